@@ -1,0 +1,508 @@
+//! The engine: runs a compiled flow against a store, persisting every step before acting on it.
+//!
+//! # The write-ahead rule
+//!
+//! - An atom's `RUNNING`, with its attempt number, is committed before `execute` is called.
+//! - Its result (or failure) is committed before any atom after it starts: in the same batch as
+//!   those atoms' `RUNNING`, so a step costs one commit.
+//! - `REVERTING` is committed before `revert` is called.
+//!
+//! The engine keeps a copy of the flow's records in memory only as a cache: it can be dropped at
+//! any instruction, and [`Engine::run`] on the same flow id rebuilds it from the store and goes
+//! on in the direction the flow was heading.
+//!
+//! # Resume
+//!
+//! Atoms in `SUCCESS` keep their results and do not run again. Atoms caught in `RUNNING` run
+//! again with a larger [`TaskContext::attempt`](crate::TaskContext::attempt) and the same
+//! [`TaskContext::idempotency_key`](crate::TaskContext::idempotency_key): execution is
+//! at-least-once. Atoms caught in `REVERTING` revert again. A suspended flow resumes in the
+//! direction it was going.
+
+mod run;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::compile::CompiledFlow;
+use crate::failure::Failure;
+use crate::ids::{Fence, FlowId};
+use crate::model::{AtomRecord, Change, FlowRecord, Inputs};
+use crate::state::{AtomState, FlowState, Intention};
+use crate::store::{self, Store};
+
+/// What can stop the engine from running a flow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The flow needs an input nobody gave it.
+    #[error(
+        "atom {atom:?} requires {symbol:?}, which no atom provides and the flow was not given"
+    )]
+    MissingInput {
+        /// The atom.
+        atom: String,
+        /// The missing symbol.
+        symbol: String,
+    },
+    /// The stored run does not match the flow definition it is run with.
+    #[error("flow {flow} does not match its definition: {detail}")]
+    FlowMismatch {
+        /// The stored run.
+        flow: FlowId,
+        /// What differs.
+        detail: String,
+    },
+    /// The run was halted from outside (see [`Control::halt`]); nothing more was written.
+    #[error("run of flow {0} was halted")]
+    Halted(FlowId),
+    /// The store refused a write or could not be read. On [`store::Error::Fenced`] the run
+    /// lost its claim and stopped writing.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The flow cannot make progress from its stored state (a bug, or records edited by hand).
+    #[error("flow {flow} is stuck: {detail}")]
+    Stuck {
+        /// The flow.
+        flow: FlowId,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// The result type of engine operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Tuning for an [`Engine`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// How many atoms may run at once (1 runs the flow serially).
+    pub parallelism: usize,
+    /// The largest result (serialized JSON, bytes) an atom may return; a larger one fails the
+    /// atom.
+    pub max_result_bytes: usize,
+    /// How often, at most, one atom's progress is written to the store.
+    pub progress_interval: Duration,
+    /// The first wait before retrying a store that is unavailable (doubling up to
+    /// `store_retry_max`).
+    pub store_retry_base: Duration,
+    /// The longest wait between retries of an unavailable store.
+    pub store_retry_max: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            parallelism: 8,
+            max_result_bytes: 1 << 20,
+            progress_interval: Duration::from_secs(1),
+            store_retry_base: Duration::from_millis(50),
+            store_retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A notification of something that happened to a flow run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The flow run.
+    pub flow: FlowId,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// What an [`Event`] reports.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A transition, committed to the store.
+    Transition(Change),
+    /// A task reported progress.
+    Progress {
+        /// The atom.
+        atom: String,
+        /// Its progress, 0.0 to 1.0.
+        progress: f64,
+    },
+}
+
+/// A subscription to an engine's events, from [`Engine::subscribe`].
+#[derive(Debug)]
+pub struct Events {
+    rx: broadcast::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the engine is dropped. A subscriber that falls more than
+    /// 4096 events behind skips the oldest ones.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: an event is never lost by dropping the future.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            match self.rx.recv().await {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// Steers a run from outside: suspend it at a step boundary, or halt it.
+///
+/// Clones control the same run.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    suspend: CancellationToken,
+    halt: CancellationToken,
+}
+
+impl Control {
+    /// A control that has not been triggered.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the run to suspend: it starts nothing new, waits for running atoms, records their
+    /// results and ends `SUSPENDED`. [`Engine::run`] resumes it later.
+    pub fn suspend(&self) {
+        self.suspend.cancel();
+    }
+
+    /// Stops the run at once without writing anything more. Running tasks are dropped; the
+    /// stored state is left as it was, and a later run resumes from it (re-running the atoms
+    /// that were `RUNNING`). This is what a conductor does when it loses its claim.
+    pub fn halt(&self) {
+        self.halt.cancel();
+    }
+}
+
+/// Per-run settings for [`Engine::run_with`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct RunOptions {
+    pub(crate) fence: Option<Fence>,
+    pub(crate) control: Control,
+}
+
+impl RunOptions {
+    /// Default settings: no fence, a fresh control.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every write carry `fence`, so the store refuses them once the claim is lost.
+    pub fn fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Steers the run with `control`.
+    pub fn control(mut self, control: Control) -> Self {
+        self.control = control;
+        self
+    }
+}
+
+/// Settings for creating a flow run with [`Engine::create_with`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct CreateOptions {
+    pub(crate) id: Option<FlowId>,
+    pub(crate) meta: Value,
+    pub(crate) fence: Option<Fence>,
+}
+
+impl CreateOptions {
+    /// Defaults: a new id, no metadata, no fence.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses `id` for the run (e.g. one chosen by a job).
+    pub fn id(mut self, id: FlowId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Stores `meta` with the run.
+    pub fn meta(mut self, meta: Value) -> Self {
+        self.meta = meta;
+        self
+    }
+
+    /// Fences the creation.
+    pub fn fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+}
+
+/// How a run ended (or paused).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The run.
+    pub flow: FlowId,
+    /// Its state: `SUCCESS`, `REVERTED`, `FAILURE` or `SUSPENDED`.
+    pub state: FlowState,
+    /// The results of the atoms that succeeded, by atom name.
+    pub results: BTreeMap<String, Value>,
+    /// Every failure recorded, execute and revert failures, including those of attempts a
+    /// retry controller retried.
+    pub failures: Vec<Failure>,
+    symbols: BTreeMap<String, Value>,
+}
+
+impl Outcome {
+    /// Whether the flow succeeded.
+    #[must_use]
+    pub fn is_success(&self) -> bool {
+        self.state == FlowState::Success
+    }
+
+    /// The value of a symbol provided by an atom that succeeded.
+    #[must_use]
+    pub fn symbol(&self, name: &str) -> Option<&Value> {
+        self.symbols.get(name)
+    }
+
+    /// The value of a symbol, as `T`.
+    ///
+    /// # Errors
+    /// If the value does not deserialize as `T`.
+    pub fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, serde_json::Error> {
+        self.symbols.get(name).map(T::deserialize).transpose()
+    }
+}
+
+/// Runs flows against a store.
+///
+/// Cheap to clone; clones share the store and the event channel.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use baton_core::{Atom, Engine, Flow, MemoryStore};
+/// use serde_json::json;
+///
+/// let flow = Flow::linear("hello")
+///     .add(Atom::from_fn("greet", |ctx| async move {
+///         let who: String = ctx.input("who")?;
+///         Ok(json!(format!("hello, {who}")))
+///     }).requires(["who"]).provides("greeting"))
+///     .compile()?;
+/// let engine = Engine::new(MemoryStore::new());
+/// let mut inputs = serde_json::Map::new();
+/// inputs.insert("who".into(), json!("world"));
+/// let outcome = engine.start(&flow, inputs).await?;
+/// assert_eq!(outcome.symbol("greeting"), Some(&json!("hello, world")));
+/// # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    options: Options,
+    events: broadcast::Sender<Event>,
+}
+
+impl Engine {
+    /// An engine over `store` with default options.
+    pub fn new(store: impl Store + 'static) -> Self {
+        Self::from_arc(Arc::new(store))
+    }
+
+    /// An engine over a shared store.
+    #[must_use]
+    pub fn from_arc(store: Arc<dyn Store>) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Self {
+            store,
+            options: Options::default(),
+            events,
+        }
+    }
+
+    /// Replaces the options.
+    #[must_use]
+    pub fn with_options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets how many atoms may run at once (at least 1).
+    #[must_use]
+    pub fn with_parallelism(mut self, parallelism: usize) -> Self {
+        self.options.parallelism = parallelism.max(1);
+        self
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The options.
+    #[must_use]
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Subscribes to the events of every run of this engine (and its clones) from now on.
+    #[must_use]
+    pub fn subscribe(&self) -> Events {
+        Events {
+            rx: self.events.subscribe(),
+        }
+    }
+
+    /// Stores a new run of `flow` with `inputs`, all atoms `PENDING`.
+    ///
+    /// # Errors
+    /// [`Error::MissingInput`] naming the atom and symbol when a required input is neither
+    /// provided by an atom nor in `inputs`; store errors.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: if dropped, the run may or may not have been stored.
+    pub async fn create(&self, flow: &CompiledFlow, inputs: Inputs) -> Result<FlowId> {
+        self.create_with(flow, inputs, CreateOptions::new()).await
+    }
+
+    /// [`Engine::create`] with options.
+    ///
+    /// # Errors
+    /// As [`Engine::create`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe.
+    pub async fn create_with(
+        &self,
+        flow: &CompiledFlow,
+        inputs: Inputs,
+        options: CreateOptions,
+    ) -> Result<FlowId> {
+        for (atom, symbol) in flow.required_inputs() {
+            if !inputs.contains_key(symbol) {
+                return Err(Error::MissingInput {
+                    atom: atom.to_owned(),
+                    symbol: symbol.to_owned(),
+                });
+            }
+        }
+        let now = Utc::now();
+        let record = FlowRecord {
+            id: options.id.unwrap_or_default(),
+            name: flow.name().to_owned(),
+            state: FlowState::Pending,
+            intention: Intention::Execute,
+            inputs,
+            meta: options.meta,
+            created_at: now,
+            updated_at: now,
+        };
+        let atoms: Vec<AtomRecord> = flow
+            .atoms
+            .iter()
+            .map(|a| AtomRecord::pending(a.name.clone(), a.kind()))
+            .collect();
+        self.store
+            .create_flow(&record, &atoms, options.fence)
+            .await?;
+        Ok(record.id)
+    }
+
+    /// Creates a run of `flow` and runs it to the end.
+    ///
+    /// # Errors
+    /// As [`Engine::create`] and [`Engine::run`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe; see [`Engine::run`].
+    pub async fn start(&self, flow: &CompiledFlow, inputs: Inputs) -> Result<Outcome> {
+        let id = self.create(flow, inputs).await?;
+        self.run(flow, id).await
+    }
+
+    /// Runs (or resumes) the stored run `id` of `flow` until it ends or is suspended.
+    ///
+    /// A run that already ended returns its outcome without writing anything.
+    ///
+    /// # Errors
+    /// [`Error::FlowMismatch`] if the stored run was not made from `flow`; [`Error::Store`] if
+    /// the store refuses a write (a lost claim shows as [`store::Error::Fenced`]). An
+    /// unavailable store is retried with backoff, never reported. Task failures are not errors:
+    /// they are in the [`Outcome`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops the run where it is, like [`Control::halt`]: what was
+    /// committed stays, and running the flow again resumes it.
+    pub async fn run(&self, flow: &CompiledFlow, id: FlowId) -> Result<Outcome> {
+        self.run_with(flow, id, RunOptions::new()).await
+    }
+
+    /// [`Engine::run`] with a fence and a [`Control`].
+    ///
+    /// # Errors
+    /// As [`Engine::run`], and [`Error::Halted`] when halted.
+    ///
+    /// # Cancel safety
+    /// As [`Engine::run`].
+    pub async fn run_with(
+        &self,
+        flow: &CompiledFlow,
+        id: FlowId,
+        options: RunOptions,
+    ) -> Result<Outcome> {
+        run::Run::load(self, flow, id, options).await?.drive().await
+    }
+}
+
+/// Builds the outcome of a run from its records.
+pub(crate) fn outcome(
+    flow: &CompiledFlow,
+    id: FlowId,
+    state: FlowState,
+    atoms: &[AtomRecord],
+) -> Outcome {
+    let mut results = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut symbols = BTreeMap::new();
+    for &i in &flow.topo {
+        let rec = &atoms[i];
+        for attempt in &rec.retry_history {
+            failures.extend(attempt.failures.iter().cloned());
+        }
+        failures.extend(rec.failure.iter().cloned());
+        failures.extend(rec.revert_failure.iter().cloned());
+        if rec.state == AtomState::Success {
+            if let Some(result) = &rec.result {
+                results.insert(rec.name.clone(), result.clone());
+                for s in flow.atoms[i].provides.names() {
+                    if let Some(v) = run::project(&flow.atoms[i].provides, result, s) {
+                        symbols.insert(s.clone(), v.clone());
+                    }
+                }
+            }
+        }
+    }
+    Outcome {
+        flow: id,
+        state,
+        results,
+        failures,
+        symbols,
+    }
+}

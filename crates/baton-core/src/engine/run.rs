@@ -1,0 +1,1019 @@
+//! One run of a flow: the scheduling loop.
+//!
+//! Each turn of the loop plans what the current records allow (start ready atoms, revert what
+//! must be reverted, reset a retried subflow, end the flow), commits all of it as one batch,
+//! and only then starts the tasks the batch marked `RUNNING` or `REVERTING`. Completions that
+//! arrive together are folded into the next batch, so parallel branches share commits.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{field, Instrument};
+
+use super::{outcome, Control, Engine, Error, Event, EventKind, Outcome, Result, RunOptions};
+use crate::compile::{CompiledFlow, Source};
+use crate::failure::{Failure, FailureKind, TaskError};
+use crate::flow::{AtomBody, Provides};
+use crate::ids::{Fence, FlowId};
+use crate::model::{AtomKind, AtomRecord, Batch, FlowRecord, RetryAttempt, Write};
+use crate::retry::{Decision, History, RetryContext};
+use crate::state::{AtomState, FlowState, Intention};
+use crate::store::{self, transition_of};
+use crate::task::{AtomScope, ProgressReport, RevertContext, TaskContext};
+
+/// What a spawned task reports back.
+enum Done {
+    Executed(Result<Value, Failure>),
+    Reverted(Result<(), Failure>),
+}
+
+/// Work to start once the batch that allows it is committed.
+enum Launch {
+    Execute(usize, std::collections::HashMap<String, Value>),
+    Revert(usize, std::collections::HashMap<String, Value>),
+}
+
+pub(crate) struct Run<'a> {
+    engine: &'a Engine,
+    flow: &'a CompiledFlow,
+    id: FlowId,
+    fence: Option<Fence>,
+    control: Control,
+    record: FlowRecord,
+    atoms: Vec<AtomRecord>,
+    in_flight: Vec<bool>,
+    in_flight_count: usize,
+    running: JoinSet<(usize, Done)>,
+    writes: Vec<Write>,
+    launches: Vec<Launch>,
+    progress_tx: mpsc::UnboundedSender<ProgressReport>,
+    progress_rx: mpsc::UnboundedReceiver<ProgressReport>,
+    progress_written: HashMap<usize, Instant>,
+    wake_at: Option<DateTime<Utc>>,
+    finished: Option<FlowState>,
+    suspend_requested: bool,
+}
+
+/// The value of `symbol` in a result, as the atom's `provides` maps it.
+pub(crate) fn project<'v>(
+    provides: &Provides,
+    result: &'v Value,
+    symbol: &str,
+) -> Option<&'v Value> {
+    match provides {
+        Provides::Nothing => None,
+        Provides::One(s) => (s == symbol).then_some(result),
+        Provides::Many(names) => {
+            let pos = names.iter().position(|n| n == symbol)?;
+            match result {
+                Value::Array(items) => items.get(pos),
+                Value::Object(map) => map.get(symbol),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "task panicked".to_owned()
+    }
+}
+
+impl<'a> Run<'a> {
+    pub(crate) async fn load(
+        engine: &'a Engine,
+        flow: &'a CompiledFlow,
+        id: FlowId,
+        options: RunOptions,
+    ) -> Result<Run<'a>> {
+        let snapshot = engine.store.load_flow(id).await?;
+        let mismatch = |detail: String| Error::FlowMismatch { flow: id, detail };
+        if snapshot.flow.name != flow.name {
+            return Err(mismatch(format!(
+                "stored as {:?}, definition is {:?}",
+                snapshot.flow.name, flow.name
+            )));
+        }
+        if snapshot.atoms.len() != flow.atoms.len() {
+            return Err(mismatch(format!(
+                "{} atoms stored, {} defined",
+                snapshot.atoms.len(),
+                flow.atoms.len()
+            )));
+        }
+        let mut by_name: HashMap<String, AtomRecord> = snapshot
+            .atoms
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
+            .collect();
+        let mut atoms = Vec::with_capacity(flow.atoms.len());
+        for a in &flow.atoms {
+            let rec = by_name
+                .remove(&a.name)
+                .ok_or_else(|| mismatch(format!("atom {:?} is not stored", a.name)))?;
+            if rec.kind != a.kind() {
+                return Err(mismatch(format!(
+                    "atom {:?} is stored as a {}, defined as a {}",
+                    a.name,
+                    rec.kind.as_str(),
+                    a.kind().as_str()
+                )));
+            }
+            atoms.push(rec);
+        }
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let n = atoms.len();
+        Ok(Run {
+            engine,
+            flow,
+            id,
+            fence: options.fence,
+            control: options.control,
+            record: snapshot.flow,
+            atoms,
+            in_flight: vec![false; n],
+            in_flight_count: 0,
+            running: JoinSet::new(),
+            writes: Vec::new(),
+            launches: Vec::new(),
+            progress_tx,
+            progress_rx,
+            progress_written: HashMap::new(),
+            wake_at: None,
+            finished: None,
+            suspend_requested: false,
+        })
+    }
+
+    pub(crate) async fn drive(mut self) -> Result<Outcome> {
+        let span = tracing::info_span!(
+            "flow",
+            flow.id = %self.id,
+            flow.name = %self.flow.name,
+            job.id = field::Empty,
+        );
+        if let Some(f) = self.fence {
+            span.record("job.id", field::display(f.job));
+        }
+        async move {
+            if self.record.state.is_terminal() {
+                return Ok(self.outcome(self.record.state));
+            }
+            self.enter();
+            loop {
+                self.plan();
+                self.commit().await?;
+                self.launch();
+                if let Some(state) = self.finished {
+                    tracing::info!(state = %state, "flow ended");
+                    return Ok(self.outcome(state));
+                }
+                if self.in_flight_count == 0 && self.wake_at.is_none() {
+                    return Err(Error::Stuck {
+                        flow: self.id,
+                        detail: format!(
+                            "flow is {} and no atom can run or revert",
+                            self.record.state
+                        ),
+                    });
+                }
+                self.wait().await?;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn outcome(&self, state: FlowState) -> Outcome {
+        outcome(self.flow, self.id, state, &self.atoms)
+    }
+
+    /// Moves the flow into its working state (`RUNNING` or `REVERTING`).
+    fn enter(&mut self) {
+        let target = match self.record.intention {
+            Intention::Revert => FlowState::Reverting,
+            _ => FlowState::Running,
+        };
+        let intention = self.record.intention;
+        match self.record.state {
+            FlowState::Pending => self.set_flow(FlowState::Running, Intention::Execute),
+            FlowState::Suspending => {
+                self.set_flow(FlowState::Suspended, intention);
+                self.set_flow(FlowState::Resuming, intention);
+                self.set_flow(target, intention);
+            }
+            FlowState::Suspended => {
+                self.set_flow(FlowState::Resuming, intention);
+                self.set_flow(target, intention);
+            }
+            FlowState::Resuming => self.set_flow(target, intention),
+            _ => {}
+        }
+    }
+
+    // ----- writes -------------------------------------------------------------------------
+
+    fn set_flow(&mut self, to: FlowState, intention: Intention) {
+        self.writes.push(Write::Flow {
+            from: self.record.state,
+            to,
+            intention,
+        });
+        self.record.state = to;
+        self.record.intention = intention;
+    }
+
+    fn set_atom(&mut self, i: usize, change: impl FnOnce(&mut AtomRecord)) {
+        let rec = &mut self.atoms[i];
+        let (expected_state, expected_attempt) = (rec.state, rec.attempt);
+        change(rec);
+        self.writes.push(Write::Atom {
+            expected_state,
+            expected_attempt,
+            record: rec.clone(),
+        });
+    }
+
+    /// Commits the pending writes as one batch, retrying while the store is unavailable.
+    async fn commit(&mut self) -> Result<()> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let batch = Batch {
+            flow: self.id,
+            fence: self.fence,
+            at: Utc::now(),
+            writes: std::mem::take(&mut self.writes),
+        };
+        let options = &self.engine.options;
+        let mut delay = options.store_retry_base;
+        let mut retried = false;
+        loop {
+            if self.control.halt.is_cancelled() {
+                return Err(Error::Halted(self.id));
+            }
+            match self.engine.store.commit(&batch).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "store unavailable, retrying commit");
+                    retried = true;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.control.halt.cancelled() => return Err(Error::Halted(self.id)),
+                    }
+                    delay = (delay * 2).min(options.store_retry_max);
+                }
+                Err(e @ store::Error::Conflict { .. }) if retried => {
+                    // The attempt that timed out may have been applied after all.
+                    if self.batch_applied(&batch).await? {
+                        break;
+                    }
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for write in &batch.writes {
+            if let Some(change) = transition_of(write) {
+                tracing::debug!(?change, "transition");
+                // Nobody listening is fine.
+                let _ = self.engine.events.send(Event {
+                    flow: self.id,
+                    at: batch.at,
+                    kind: EventKind::Transition(change),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the store already holds the outcome of `batch`.
+    async fn batch_applied(&self, batch: &Batch) -> Result<bool> {
+        let snapshot = self.engine.store.load_flow(self.id).await?;
+        let stored: HashMap<&str, &AtomRecord> = snapshot
+            .atoms
+            .iter()
+            .map(|a| (a.name.as_str(), a))
+            .collect();
+        let mut last: HashMap<&str, &AtomRecord> = HashMap::new();
+        let mut flow_state = None;
+        for w in &batch.writes {
+            match w {
+                Write::Flow { to, .. } => flow_state = Some(*to),
+                Write::Atom { record, .. } => {
+                    last.insert(record.name.as_str(), record);
+                }
+            }
+        }
+        let atoms_match = last.iter().all(|(name, rec)| {
+            stored
+                .get(name)
+                .is_some_and(|s| s.state == rec.state && s.attempt == rec.attempt)
+        });
+        Ok(atoms_match && flow_state.is_none_or(|f| snapshot.flow.state == f))
+    }
+
+    // ----- planning -----------------------------------------------------------------------
+
+    fn plan(&mut self) {
+        self.wake_at = None;
+        if !matches!(
+            self.record.state,
+            FlowState::Running | FlowState::Reverting | FlowState::Suspending
+        ) {
+            return;
+        }
+        let may_start = self.record.state != FlowState::Suspending;
+        if self.record.intention != Intention::Revert {
+            self.plan_forward(may_start);
+        }
+        if self.record.intention == Intention::Revert {
+            self.plan_revert(may_start);
+        }
+        if self.in_flight_count > 0 || !self.launches.is_empty() {
+            return;
+        }
+        let final_state = if self.record.intention == Intention::Revert {
+            let busy = self.atoms.iter().enumerate().any(|(i, a)| {
+                a.state == AtomState::Reverting
+                    || (self.revertible(a.state) && self.successors_clear(i, None))
+            });
+            if busy {
+                None
+            } else if self
+                .atoms
+                .iter()
+                .any(|a| a.state == AtomState::RevertFailure)
+            {
+                Some(FlowState::Failure)
+            } else {
+                Some(FlowState::Reverted)
+            }
+        } else if self
+            .atoms
+            .iter()
+            .all(|a| matches!(a.state, AtomState::Success | AtomState::Ignore))
+        {
+            Some(FlowState::Success)
+        } else {
+            None
+        };
+        if let Some(state) = final_state {
+            self.set_flow(state, self.record.intention);
+            self.finished = Some(state);
+        } else if self.record.state == FlowState::Suspending {
+            self.set_flow(FlowState::Suspended, self.record.intention);
+            self.finished = Some(FlowState::Suspended);
+        }
+    }
+
+    fn revertible(&self, state: AtomState) -> bool {
+        matches!(
+            state,
+            AtomState::Success | AtomState::Failure | AtomState::Running | AtomState::Retrying
+        )
+    }
+
+    /// Whether every successor of `i` (within `scope` if given) is at rest forward: never ran
+    /// or was reverted.
+    fn successors_clear(&self, i: usize, scope: Option<usize>) -> bool {
+        self.flow.succs[i].iter().all(|&s| {
+            (scope.is_some_and(|r| !self.in_scope(s, r)))
+                || matches!(
+                    self.atoms[s].state,
+                    AtomState::Pending | AtomState::Reverted | AtomState::Ignore
+                )
+        })
+    }
+
+    /// Whether atom `i` is governed (directly or not) by retry controller `r`.
+    fn in_scope(&self, i: usize, r: usize) -> bool {
+        let mut cur = self.flow.retry_of[i];
+        while let Some(c) = cur {
+            if c == r {
+                return true;
+            }
+            cur = self.flow.retry_of[c];
+        }
+        false
+    }
+
+    /// The outermost controller governing `i` that is retrying its subflow, if any.
+    fn retrying_scope(&self, i: usize) -> Option<usize> {
+        let mut cur = self.flow.retry_of[i];
+        let mut found = None;
+        while let Some(c) = cur {
+            if self.atoms[c].intention == Intention::Retry {
+                found = Some(c);
+            }
+            cur = self.flow.retry_of[c];
+        }
+        found
+    }
+
+    fn has_capacity(&self) -> bool {
+        self.in_flight_count + self.launches.len() < self.engine.options.parallelism
+    }
+
+    fn plan_forward(&mut self, may_start: bool) {
+        // Subflows being retried: revert them, then reset them. Outermost first.
+        for r in 0..self.atoms.len() {
+            if self.atoms[r].intention == Intention::Retry
+                && self.flow.atoms[r].kind() == AtomKind::Retry
+                && self.retrying_scope(r).is_none()
+            {
+                self.plan_scope_revert(r, may_start);
+                if self.record.intention == Intention::Revert {
+                    return;
+                }
+            }
+        }
+
+        let now = Utc::now();
+        for pos in 0..self.flow.topo.len() {
+            if self.record.intention == Intention::Revert {
+                return;
+            }
+            let i = self.flow.topo[pos];
+            if self.in_flight[i] || self.retrying_scope(i).is_some() {
+                continue;
+            }
+            match self.atoms[i].state {
+                AtomState::Pending => self.consider_pending(i, may_start),
+                AtomState::Running if may_start && self.has_capacity() => {
+                    // Interrupted by a crash: run it again, as a new attempt.
+                    self.start(i);
+                }
+                AtomState::Retrying if may_start => match self.atoms[i].retry_at {
+                    Some(at) if at > now => {
+                        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+                    }
+                    _ => self.start(i),
+                },
+                _ => {}
+            }
+        }
+    }
+
+    fn consider_pending(&mut self, i: usize, may_start: bool) {
+        let preds = &self.flow.preds[i];
+        let mut all_ignored = !preds.is_empty();
+        for &p in preds {
+            match self.atoms[p].state {
+                AtomState::Success => all_ignored = false,
+                AtomState::Ignore => {}
+                _ => return,
+            }
+        }
+        let skip = all_ignored
+            || self.flow.atoms[i].inputs.iter().any(|b| {
+                matches!(b.source, Source::Atom { index, .. }
+                    if self.atoms[index].state == AtomState::Ignore && b.default.is_none())
+            })
+            || self.flow.deciders[i].iter().any(|edge| {
+                let results = edge
+                    .sources
+                    .iter()
+                    .filter_map(|&s| {
+                        self.atoms[s]
+                            .result
+                            .as_ref()
+                            .filter(|_| self.atoms[s].state == AtomState::Success)
+                            .map(|r| (self.atoms[s].name.clone(), r.clone()))
+                    })
+                    .collect();
+                !(edge.decider)(&results)
+            });
+        if skip {
+            let now = Utc::now();
+            self.set_atom(i, |a| {
+                a.state = AtomState::Ignore;
+                a.finished_at = Some(now);
+            });
+        } else if may_start && (self.flow.atoms[i].kind() == AtomKind::Retry || self.has_capacity())
+        {
+            self.start(i);
+        }
+    }
+
+    /// Resolves the inputs of atom `i`; on a missing one, the name of the symbol.
+    fn inputs(&self, i: usize) -> Result<HashMap<String, Value>, String> {
+        let mut out = HashMap::with_capacity(self.flow.atoms[i].inputs.len());
+        for b in &self.flow.atoms[i].inputs {
+            let (value, symbol) = match &b.source {
+                Source::Inject(v) => (Some(v.clone()), b.arg.as_str()),
+                Source::Atom { index, symbol } => {
+                    let provider = &self.atoms[*index];
+                    let v = provider
+                        .result
+                        .as_ref()
+                        .filter(|_| provider.state == AtomState::Success)
+                        .and_then(|r| project(&self.flow.atoms[*index].provides, r, symbol))
+                        .or_else(|| self.record.inputs.get(symbol))
+                        .cloned();
+                    (v, symbol.as_str())
+                }
+                Source::Input { symbol } => {
+                    (self.record.inputs.get(symbol).cloned(), symbol.as_str())
+                }
+            };
+            match value.or_else(|| b.default.clone()) {
+                Some(v) => {
+                    out.insert(b.arg.clone(), v);
+                }
+                None => return Err(symbol.to_owned()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts atom `i` (pending, interrupted, or a retry controller due to run again).
+    fn start(&mut self, i: usize) {
+        let now = Utc::now();
+        self.set_atom(i, |a| {
+            a.state = AtomState::Running;
+            a.intention = Intention::Execute;
+            a.attempt += 1;
+            a.progress = 0.0;
+            a.started_at = Some(now);
+            a.retry_at = None;
+        });
+        let attempt = self.atoms[i].attempt;
+        let name = self.flow.atoms[i].name.clone();
+        let inputs = match self.inputs(i) {
+            Ok(inputs) => inputs,
+            Err(symbol) => {
+                let f = TaskError::msg(format!(
+                    "atom {name:?} requires {symbol:?}, which has no value"
+                ))
+                .into_failure(&name, attempt, FailureKind::Input);
+                self.fail(i, f);
+                return;
+            }
+        };
+        match &self.flow.atoms[i].body {
+            AtomBody::Task(_) => self.launches.push(Launch::Execute(i, inputs)),
+            AtomBody::Retry(controller) => {
+                // Controllers are pure: run them inline.
+                let controller = controller.clone();
+                let ctx = RetryContext {
+                    history: History {
+                        attempts: &self.atoms[i].retry_history,
+                    },
+                    inputs: &inputs,
+                };
+                match controller.execute(&ctx) {
+                    Ok(value) => self.succeed(i, value),
+                    Err(e) => {
+                        let f = e.into_failure(&name, attempt, FailureKind::Execute);
+                        self.fail(i, f);
+                    }
+                }
+            }
+        }
+    }
+
+    fn succeed(&mut self, i: usize, value: Value) {
+        let now = Utc::now();
+        self.set_atom(i, |a| {
+            a.state = AtomState::Success;
+            a.result = Some(value);
+            a.failure = None;
+            a.progress = 1.0;
+            a.finished_at = Some(now);
+        });
+    }
+
+    fn fail(&mut self, i: usize, failure: Failure) {
+        let now = Utc::now();
+        tracing::info!(atom = %failure.atom, attempt = failure.attempt, error = %failure, "atom failed");
+        self.set_atom(i, |a| {
+            a.state = AtomState::Failure;
+            a.failure = Some(failure);
+            a.finished_at = Some(now);
+        });
+        self.resolve_failure(i);
+    }
+
+    /// Asks the retry controllers governing the failed atom `i` what to do, innermost first.
+    fn resolve_failure(&mut self, i: usize) {
+        if self.record.intention == Intention::Revert || self.retrying_scope(i).is_some() {
+            // Already undoing: the failure is recorded, nothing more to decide.
+            return;
+        }
+        let mut current = self.flow.retry_of[i];
+        while let Some(r) = current {
+            let AtomBody::Retry(controller) = &self.flow.atoms[r].body else {
+                break;
+            };
+            let mut attempts = self.atoms[r].retry_history.clone();
+            attempts.push(RetryAttempt {
+                value: self.atoms[r].result.clone().unwrap_or(Value::Null),
+                failures: self.scope_failures(r),
+            });
+            let inputs = self.inputs(r).unwrap_or_default();
+            let ctx = RetryContext {
+                history: History {
+                    attempts: &attempts,
+                },
+                inputs: &inputs,
+            };
+            match controller.on_failure(&ctx) {
+                Decision::Retry => {
+                    let delay = controller.delay(&ctx);
+                    let at = Utc::now()
+                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    tracing::info!(retry = %self.flow.atoms[r].name, ?delay, "retrying subflow");
+                    self.set_atom(r, |a| {
+                        a.intention = Intention::Retry;
+                        a.retry_at = Some(at);
+                    });
+                    return;
+                }
+                Decision::Revert => current = self.flow.retry_of[r],
+                Decision::RevertAll => break,
+            }
+        }
+        self.revert_all();
+    }
+
+    fn scope_failures(&self, r: usize) -> Vec<Failure> {
+        self.flow.scope[r]
+            .iter()
+            .filter_map(|&m| self.atoms[m].failure.clone())
+            .collect()
+    }
+
+    fn revert_all(&mut self) {
+        tracing::info!("reverting flow");
+        let to = match self.record.state {
+            FlowState::Suspending => FlowState::Suspending,
+            _ => FlowState::Reverting,
+        };
+        self.set_flow(to, Intention::Revert);
+    }
+
+    /// Reverts the subflow of retry controller `r`, in reverse order, then resets it.
+    fn plan_scope_revert(&mut self, r: usize, may_start: bool) {
+        let members = self.flow.scope[r].clone();
+        let mut at_rest = true;
+        for &m in members.iter().rev() {
+            if self.in_flight[m] {
+                at_rest = false;
+                continue;
+            }
+            let state = self.atoms[m].state;
+            if state == AtomState::Reverting {
+                at_rest = false;
+                if may_start && self.has_capacity() {
+                    self.relaunch_revert(m);
+                }
+            } else if self.revertible(state) {
+                at_rest = false;
+                if may_start && self.successors_clear(m, Some(r)) {
+                    self.begin_revert(m);
+                }
+            }
+        }
+        if at_rest && may_start {
+            self.reset_scope(r, &members);
+        }
+    }
+
+    fn reset_scope(&mut self, r: usize, members: &[usize]) {
+        let attempt = RetryAttempt {
+            value: self.atoms[r].result.clone().unwrap_or(Value::Null),
+            failures: self.scope_failures(r),
+        };
+        self.set_atom(r, |a| {
+            a.state = AtomState::Retrying;
+            a.intention = Intention::Execute;
+            a.retry_history.push(attempt);
+        });
+        for &m in members {
+            if self.atoms[m].state != AtomState::Pending {
+                self.set_atom(m, |a| {
+                    a.state = AtomState::Pending;
+                    a.intention = Intention::Execute;
+                    a.round += 1;
+                    a.result = None;
+                    a.failure = None;
+                    a.revert_failure = None;
+                    a.retry_history.clear();
+                    a.retry_at = None;
+                    a.progress = 0.0;
+                    a.started_at = None;
+                    a.finished_at = None;
+                });
+            }
+        }
+    }
+
+    fn plan_revert(&mut self, may_start: bool) {
+        if !may_start {
+            return;
+        }
+        for pos in (0..self.flow.topo.len()).rev() {
+            let i = self.flow.topo[pos];
+            if self.in_flight[i] {
+                continue;
+            }
+            let state = self.atoms[i].state;
+            if state == AtomState::Reverting {
+                if self.has_capacity() {
+                    self.relaunch_revert(i);
+                }
+            } else if self.revertible(state) && self.successors_clear(i, None) {
+                self.begin_revert(i);
+            }
+        }
+    }
+
+    /// Marks atom `i` `REVERTING` and schedules its revert (controllers revert inline).
+    fn begin_revert(&mut self, i: usize) {
+        let is_task = matches!(self.flow.atoms[i].body, AtomBody::Task(_));
+        if is_task && !self.has_capacity() {
+            return;
+        }
+        self.set_atom(i, |a| {
+            a.state = AtomState::Reverting;
+            a.intention = Intention::Revert;
+        });
+        if is_task {
+            self.launches
+                .push(Launch::Revert(i, self.inputs_best_effort(i)));
+        } else {
+            let now = Utc::now();
+            self.set_atom(i, |a| {
+                a.state = AtomState::Reverted;
+                a.finished_at = Some(now);
+            });
+        }
+    }
+
+    fn relaunch_revert(&mut self, i: usize) {
+        if matches!(self.flow.atoms[i].body, AtomBody::Task(_)) {
+            self.launches
+                .push(Launch::Revert(i, self.inputs_best_effort(i)));
+        } else {
+            let now = Utc::now();
+            self.set_atom(i, |a| {
+                a.state = AtomState::Reverted;
+                a.finished_at = Some(now);
+            });
+        }
+    }
+
+    /// The inputs a revert gets: whatever of them can still be resolved.
+    fn inputs_best_effort(&self, i: usize) -> HashMap<String, Value> {
+        match self.inputs(i) {
+            Ok(inputs) => inputs,
+            Err(_) => {
+                let mut out = HashMap::new();
+                for b in &self.flow.atoms[i].inputs {
+                    let v = match &b.source {
+                        Source::Inject(v) => Some(v.clone()),
+                        Source::Atom { index, symbol } => self.atoms[*index]
+                            .result
+                            .as_ref()
+                            .and_then(|r| project(&self.flow.atoms[*index].provides, r, symbol))
+                            .cloned(),
+                        Source::Input { symbol } => self.record.inputs.get(symbol).cloned(),
+                    };
+                    if let Some(v) = v.or_else(|| b.default.clone()) {
+                        out.insert(b.arg.clone(), v);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    // ----- running tasks ------------------------------------------------------------------
+
+    fn scope_of(&self, i: usize, inputs: HashMap<String, Value>) -> AtomScope {
+        let a = &self.atoms[i];
+        AtomScope {
+            flow: self.id,
+            atom: a.name.as_str().into(),
+            index: i,
+            attempt: a.attempt,
+            round: a.round,
+            inputs: inputs.into(),
+        }
+    }
+
+    fn launch(&mut self) {
+        for launch in std::mem::take(&mut self.launches) {
+            let (i, job) = match launch {
+                Launch::Execute(i, inputs) => (i, Ok(inputs)),
+                Launch::Revert(i, inputs) => (i, Err(inputs)),
+            };
+            let AtomBody::Task(task) = &self.flow.atoms[i].body else {
+                continue;
+            };
+            let task = task.clone();
+            self.in_flight[i] = true;
+            self.in_flight_count += 1;
+            let name = self.atoms[i].name.clone();
+            let attempt = self.atoms[i].attempt;
+            match job {
+                Ok(inputs) => {
+                    let ctx = TaskContext {
+                        scope: self.scope_of(i, inputs),
+                        progress: Some(self.progress_tx.clone()),
+                    };
+                    let span =
+                        tracing::info_span!("atom", atom = %name, attempt, action = "execute");
+                    self.running.spawn(
+                        async move {
+                            let res = AssertUnwindSafe(task.execute(ctx)).catch_unwind().await;
+                            let done =
+                                match res {
+                                    Ok(Ok(v)) => Ok(v),
+                                    Ok(Err(e)) => {
+                                        Err(e.into_failure(&name, attempt, FailureKind::Execute))
+                                    }
+                                    Err(p) => Err(TaskError::msg(format!(
+                                        "task panicked: {}",
+                                        panic_message(p.as_ref())
+                                    ))
+                                    .into_failure(&name, attempt, FailureKind::Panic)),
+                                };
+                            (i, Done::Executed(done))
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(inputs) => {
+                    let ctx = RevertContext {
+                        scope: self.scope_of(i, inputs),
+                        result: self.atoms[i].result.clone(),
+                        failure: self.atoms[i].failure.clone(),
+                    };
+                    let span =
+                        tracing::info_span!("atom", atom = %name, attempt, action = "revert");
+                    self.running.spawn(
+                        async move {
+                            let res = AssertUnwindSafe(task.revert(ctx)).catch_unwind().await;
+                            let done =
+                                match res {
+                                    Ok(Ok(())) => Ok(()),
+                                    Ok(Err(e)) => {
+                                        Err(e.into_failure(&name, attempt, FailureKind::Revert))
+                                    }
+                                    Err(p) => Err(TaskError::msg(format!(
+                                        "revert panicked: {}",
+                                        panic_message(p.as_ref())
+                                    ))
+                                    .into_failure(&name, attempt, FailureKind::Panic)),
+                                };
+                            (i, Done::Reverted(done))
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> Result<()> {
+        let sleep_for = self
+            .wake_at
+            .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        let halt = self.control.halt.clone();
+        let suspend = self.control.suspend.clone();
+        tokio::select! {
+            biased;
+            () = halt.cancelled() => return Err(Error::Halted(self.id)),
+            () = suspend.cancelled(), if !self.suspend_requested => {
+                self.suspend_requested = true;
+                if matches!(self.record.state, FlowState::Running | FlowState::Reverting) {
+                    tracing::info!("suspending flow");
+                    self.set_flow(FlowState::Suspending, self.record.intention);
+                }
+            }
+            joined = self.running.join_next(), if self.in_flight_count > 0 => {
+                self.on_joined(joined)?;
+                while let Some(joined) = self.running.try_join_next() {
+                    self.on_joined(Some(joined))?;
+                }
+            }
+            Some(report) = self.progress_rx.recv() => self.on_progress(report),
+            () = async { tokio::time::sleep(sleep_for.unwrap_or_default()).await }, if sleep_for.is_some() => {}
+        }
+        Ok(())
+    }
+
+    fn on_joined(
+        &mut self,
+        joined: Option<Result<(usize, Done), tokio::task::JoinError>>,
+    ) -> Result<()> {
+        let (i, done) = match joined {
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
+                return Err(Error::Stuck {
+                    flow: self.id,
+                    detail: format!("a task was lost: {e}"),
+                })
+            }
+            None => return Ok(()),
+        };
+        self.in_flight[i] = false;
+        self.in_flight_count -= 1;
+        match done {
+            Done::Executed(Ok(value)) => match self.check_result(i, &value) {
+                Ok(()) => self.succeed(i, value),
+                Err(f) => self.fail(i, f),
+            },
+            Done::Executed(Err(f)) => self.fail(i, f),
+            Done::Reverted(Ok(())) => {
+                let now = Utc::now();
+                self.set_atom(i, |a| {
+                    a.state = AtomState::Reverted;
+                    a.finished_at = Some(now);
+                });
+            }
+            Done::Reverted(Err(f)) => {
+                tracing::warn!(atom = %f.atom, error = %f, "revert failed");
+                let now = Utc::now();
+                self.set_atom(i, |a| {
+                    a.state = AtomState::RevertFailure;
+                    a.revert_failure = Some(f);
+                    a.finished_at = Some(now);
+                });
+                if self.record.intention != Intention::Revert {
+                    // A subflow that cannot be undone cannot be retried either.
+                    self.revert_all();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a task's result against the atom's `provides` and the size limit.
+    fn check_result(&self, i: usize, value: &Value) -> Result<(), Failure> {
+        let atom = &self.flow.atoms[i];
+        let attempt = self.atoms[i].attempt;
+        let fail = |msg: String| {
+            Err(TaskError::msg(msg).into_failure(&atom.name, attempt, FailureKind::Result))
+        };
+        if let Provides::Many(names) = &atom.provides {
+            for name in names {
+                if project(&atom.provides, value, name).is_none() {
+                    return fail(format!(
+                        "result of atom {:?} has no value for the symbol {name:?} it provides",
+                        atom.name
+                    ));
+                }
+            }
+        }
+        let limit = self.engine.options.max_result_bytes;
+        let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+        if size > limit {
+            return fail(format!(
+                "result of atom {:?} is {size} bytes, over the limit of {limit}",
+                atom.name
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_progress(&mut self, report: ProgressReport) {
+        let i = report.atom;
+        let Some(rec) = self.atoms.get(i) else {
+            return;
+        };
+        let _ = self.engine.events.send(Event {
+            flow: self.id,
+            at: Utc::now(),
+            kind: EventKind::Progress {
+                atom: rec.name.clone(),
+                progress: report.progress,
+            },
+        });
+        if rec.state != AtomState::Running || !self.in_flight[i] {
+            return;
+        }
+        let interval = self.engine.options.progress_interval;
+        let due = self
+            .progress_written
+            .get(&i)
+            .is_none_or(|t| t.elapsed() >= interval);
+        if due {
+            self.progress_written.insert(i, Instant::now());
+            self.set_atom(i, |a| a.progress = report.progress);
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Failures are data: what went wrong in an atom, stored with the atom and shown to operators.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why an atom failed, as stored in the flow's record.
+///
+/// A `Failure` round-trips through JSON unchanged; it is what `revert` receives when the atom it
+/// reverts had failed, and what [`Outcome`](crate::Outcome) reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// What happened, in one line.
+    pub message: String,
+    /// The chain of underlying causes, outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<String>,
+    /// The atom that failed.
+    pub atom: String,
+    /// The attempt of the atom that failed (1-based).
+    pub attempt: u32,
+    /// Whether the failure was declared transient by the task.
+    pub retryable: bool,
+    /// What kind of failure this is.
+    pub kind: FailureKind,
+}
+
+/// The kind of a [`Failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The task's `execute` returned an error.
+    Execute,
+    /// The task's `revert` returned an error.
+    Revert,
+    /// The task panicked.
+    Panic,
+    /// An input the atom requires could not be found or decoded.
+    Input,
+    /// The atom's result did not contain a symbol it declares to provide, or was too large.
+    Result,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (atom {}, attempt {})",
+            self.message, self.atom, self.attempt
+        )?;
+        for cause in &self.causes {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The error a task returns from `execute` or `revert`.
+///
+/// Any `std::error::Error` converts into it with `?`, keeping its cause chain, so task code reads
+/// like ordinary Rust. Mark a transient error with [`TaskError::retryable`] or
+/// [`TaskError::retry_after`] so retry controllers and operators can tell it from a fatal one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    message: String,
+    causes: Vec<String>,
+    retry: Retryability,
+}
+
+/// Whether a task error is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retryability {
+    /// Retrying cannot help.
+    Fatal,
+    /// A transient error; retrying may help.
+    Retryable,
+    /// A transient error; retry no sooner than after this delay.
+    RetryAfter(Duration),
+}
+
+impl TaskError {
+    /// An error with a message and no cause; fatal unless marked otherwise.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            causes: Vec::new(),
+            retry: Retryability::Fatal,
+        }
+    }
+
+    /// Marks the error transient.
+    #[must_use]
+    pub fn retryable(mut self) -> Self {
+        self.retry = Retryability::Retryable;
+        self
+    }
+
+    /// Marks the error transient, with a delay before the next attempt.
+    #[must_use]
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry = Retryability::RetryAfter(delay);
+        self
+    }
+
+    /// Marks the error fatal.
+    #[must_use]
+    pub fn fatal(mut self) -> Self {
+        self.retry = Retryability::Fatal;
+        self
+    }
+
+    /// Adds context in front of the message; the old message becomes the first cause.
+    #[must_use]
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        let old = std::mem::replace(&mut self.message, context.to_string());
+        self.causes.insert(0, old);
+        self
+    }
+
+    /// Appends an underlying cause.
+    #[must_use]
+    pub fn with_cause(mut self, cause: impl fmt::Display) -> Self {
+        self.causes.push(cause.to_string());
+        self
+    }
+
+    /// The message.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// How retryable the error is.
+    #[must_use]
+    pub fn retryability(&self) -> Retryability {
+        self.retry
+    }
+
+    pub(crate) fn into_failure(self, atom: &str, attempt: u32, kind: FailureKind) -> Failure {
+        Failure {
+            message: self.message,
+            causes: self.causes,
+            atom: atom.to_owned(),
+            attempt,
+            retryable: !matches!(self.retry, Retryability::Fatal),
+            kind,
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        for cause in &self.causes {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<E: StdError + Send + Sync + 'static> From<E> for TaskError {
+    fn from(err: E) -> Self {
+        let mut causes = Vec::new();
+        let mut source = err.source();
+        while let Some(s) = source {
+            causes.push(s.to_string());
+            source = s.source();
+        }
+        Self {
+            message: err.to_string(),
+            causes,
+            retry: Retryability::Fatal,
+        }
+    }
+}
+
+/// Converts errors into [`TaskError`]s marked retryable or fatal, in one call at the `?`.
+pub trait ResultExt<T> {
+    /// Converts the error, marking it transient.
+    ///
+    /// # Errors
+    /// The converted error, if `self` is an error.
+    fn retryable(self) -> Result<T, TaskError>;
+    /// Converts the error, marking it fatal.
+    ///
+    /// # Errors
+    /// The converted error, if `self` is an error.
+    fn fatal(self) -> Result<T, TaskError>;
+}
+
+impl<T, E: Into<TaskError>> ResultExt<T> for Result<T, E> {
+    fn retryable(self) -> Result<T, TaskError> {
+        self.map_err(|e| e.into().retryable())
+    }
+
+    fn fatal(self) -> Result<T, TaskError> {
+        self.map_err(|e| e.into().fatal())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn task_error_keeps_the_cause_chain() {
+        let err: TaskError = Outer(std::io::Error::other("disk full")).into();
+        let f = err
+            .retryable()
+            .into_failure("write", 2, FailureKind::Execute);
+        assert_eq!(f.message, "outer");
+        assert_eq!(f.causes, vec!["disk full".to_owned()]);
+        assert!(f.retryable);
+        assert_eq!(f.to_string(), "outer (atom write, attempt 2): disk full");
+    }
+
+    #[test]
+    fn failure_round_trips_through_json() {
+        let f = TaskError::msg("boom")
+            .context("creating server")
+            .into_failure("server-1", 1, FailureKind::Execute);
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["kind"], "execute");
+        assert_eq!(serde_json::from_value::<Failure>(json).unwrap(), f);
+    }
+}

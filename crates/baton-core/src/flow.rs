@@ -1,0 +1,354 @@
+//! Defining flows: atoms, the three patterns, links, deciders and retry scopes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::retry::RetryController;
+use crate::task::{FnTask, Task, TaskContext};
+use crate::TaskError;
+
+/// What an atom's result provides to the atoms after it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Provides {
+    /// Nothing: the result is stored but no one can require it.
+    #[default]
+    Nothing,
+    /// One symbol: the whole result.
+    One(String),
+    /// Several symbols: a JSON array result gives them by position, an object by key.
+    Many(Vec<String>),
+}
+
+impl Provides {
+    /// The symbols provided.
+    #[must_use]
+    pub fn names(&self) -> &[String] {
+        match self {
+            Provides::Nothing => &[],
+            Provides::One(n) => std::slice::from_ref(n),
+            Provides::Many(ns) => ns,
+        }
+    }
+}
+
+/// The behaviour of an atom: a task or a retry controller.
+#[derive(Clone)]
+pub(crate) enum AtomBody {
+    Task(Arc<dyn Task>),
+    Retry(Arc<dyn RetryController>),
+}
+
+impl fmt::Debug for AtomBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AtomBody::Task(_) => f.write_str("Task"),
+            AtomBody::Retry(_) => f.write_str("Retry"),
+        }
+    }
+}
+
+/// A named unit of a flow, with the symbols it requires and provides.
+///
+/// ```
+/// use baton_core::Atom;
+/// use serde_json::json;
+///
+/// let atom = Atom::from_fn("boot", |ctx| async move {
+///     let image: String = ctx.input("image")?;
+///     Ok(json!({ "server": format!("srv-{image}") }))
+/// })
+/// .requires(["image"])
+/// .rebind("image", "default_image") // read the symbol `default_image` as input `image`
+/// .provides("server");
+/// # let _ = atom;
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Atom {
+    pub(crate) name: String,
+    pub(crate) body: AtomBody,
+    pub(crate) requires: Vec<String>,
+    pub(crate) optional: BTreeMap<String, Value>,
+    pub(crate) provides: Provides,
+    pub(crate) rebind: BTreeMap<String, String>,
+    pub(crate) inject: BTreeMap<String, Value>,
+}
+
+impl Atom {
+    fn with_body(name: impl Into<String>, body: AtomBody) -> Self {
+        Self {
+            name: name.into(),
+            body,
+            requires: Vec::new(),
+            optional: BTreeMap::new(),
+            provides: Provides::Nothing,
+            rebind: BTreeMap::new(),
+            inject: BTreeMap::new(),
+        }
+    }
+
+    /// An atom running `task`.
+    pub fn task(name: impl Into<String>, task: impl Task) -> Self {
+        Self::with_body(name, AtomBody::Task(Arc::new(task)))
+    }
+
+    /// An atom running a shared task.
+    pub fn shared(name: impl Into<String>, task: Arc<dyn Task>) -> Self {
+        Self::with_body(name, AtomBody::Task(task))
+    }
+
+    /// An atom whose `execute` is a closure (and whose `revert` does nothing). For a closure
+    /// revert, build an [`FnTask`] and use [`Atom::task`].
+    pub fn from_fn<F, Fut>(name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Value, TaskError>> + Send + 'static,
+    {
+        Self::task(name, FnTask::new(f))
+    }
+
+    /// A retry controller atom, for [`Flow::retry`].
+    pub fn retry(name: impl Into<String>, controller: impl RetryController) -> Self {
+        Self::with_body(name, AtomBody::Retry(Arc::new(controller)))
+    }
+
+    /// The atom's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds required inputs, by the names the task reads them with.
+    pub fn requires<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        for n in names {
+            let n = n.into();
+            if !self.requires.contains(&n) {
+                self.requires.push(n);
+            }
+        }
+        self
+    }
+
+    /// Adds an optional input: used if some atom or the flow's inputs provide it, `default`
+    /// otherwise.
+    pub fn optional(mut self, name: impl Into<String>, default: impl Into<Value>) -> Self {
+        self.optional.insert(name.into(), default.into());
+        self
+    }
+
+    /// Provides the whole result as `symbol`.
+    pub fn provides(mut self, symbol: impl Into<String>) -> Self {
+        self.provides = Provides::One(symbol.into());
+        self
+    }
+
+    /// Provides several symbols from the result: by position if it is a JSON array, by key if
+    /// it is an object.
+    pub fn provides_many<I, S>(mut self, symbols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.provides = Provides::Many(symbols.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Reads the input the task calls `input` from the symbol `symbol`.
+    pub fn rebind(mut self, input: impl Into<String>, symbol: impl Into<String>) -> Self {
+        self.rebind.insert(input.into(), symbol.into());
+        self
+    }
+
+    /// Gives the input `input` a fixed value for this atom only, whatever else provides it.
+    pub fn inject(mut self, input: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.inject.insert(input.into(), value.into());
+        self
+    }
+}
+
+/// A function deciding, from the results of a link's source, whether its target runs.
+pub type Decider = Arc<dyn Fn(&BTreeMap<String, Value>) -> bool + Send + Sync>;
+
+/// How a flow orders its children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// One after the other, in the order added.
+    Linear,
+    /// In no particular order; they may run in parallel.
+    Unordered,
+    /// In the order of explicit links and of data dependencies between them.
+    Graph,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Node {
+    Atom(Atom),
+    Flow(Flow),
+}
+
+impl Node {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Node::Atom(a) => &a.name,
+            Node::Flow(f) => &f.name,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Link {
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) decider: Option<Decider>,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("decider", &self.decider.is_some())
+            .finish()
+    }
+}
+
+/// A flow: atoms and subflows composed linearly, unordered or as a graph, with an optional
+/// retry controller governing all of them.
+///
+/// ```
+/// use baton_core::{Atom, Flow, retry::Times};
+/// use serde_json::json;
+///
+/// let flow = Flow::linear("stack")
+///     .add(Atom::from_fn("network", |_| async { Ok(json!("net-1")) }).provides("network"))
+///     .add(
+///         Flow::unordered("servers")
+///             .retry(Atom::retry("servers-retry", Times::new(3)))
+///             .add(Atom::from_fn("web", |_| async { Ok(json!("srv-web")) }).requires(["network"]))
+///             .add(Atom::from_fn("db", |_| async { Ok(json!("srv-db")) }).requires(["network"])),
+///     );
+/// let compiled = flow.compile().unwrap();
+/// assert_eq!(compiled.len(), 4); // three tasks and the retry controller
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Flow {
+    pub(crate) name: String,
+    pub(crate) pattern: Pattern,
+    pub(crate) children: Vec<Node>,
+    pub(crate) links: Vec<Link>,
+    pub(crate) retry: Option<Atom>,
+}
+
+impl Flow {
+    fn new(name: impl Into<String>, pattern: Pattern) -> Self {
+        Self {
+            name: name.into(),
+            pattern,
+            children: Vec::new(),
+            links: Vec::new(),
+            retry: None,
+        }
+    }
+
+    /// A flow whose children run one after the other.
+    pub fn linear(name: impl Into<String>) -> Self {
+        Self::new(name, Pattern::Linear)
+    }
+
+    /// A flow whose children have no order among themselves and may run in parallel.
+    pub fn unordered(name: impl Into<String>) -> Self {
+        Self::new(name, Pattern::Unordered)
+    }
+
+    /// A flow ordered by explicit [`Flow::link`]s and by data: a child that requires a symbol
+    /// another child provides runs after it.
+    pub fn graph(name: impl Into<String>) -> Self {
+        Self::new(name, Pattern::Graph)
+    }
+
+    /// The flow's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How the flow orders its children.
+    #[must_use]
+    pub fn pattern(&self) -> Pattern {
+        self.pattern
+    }
+
+    /// Adds an atom or a subflow.
+    #[allow(clippy::should_implement_trait)] // a builder step, not arithmetic
+    pub fn add(mut self, child: impl Into<FlowChild>) -> Self {
+        self.children.push(child.into().0);
+        self
+    }
+
+    /// Governs the flow with a retry controller atom (made with [`Atom::retry`]); it runs
+    /// before the flow's children and decides what happens when one of them fails.
+    pub fn retry(mut self, controller: Atom) -> Self {
+        self.retry = Some(controller);
+        self
+    }
+
+    /// (Graph flows) `to` runs after `from`; both name children of this flow (atoms or
+    /// subflows).
+    pub fn link(mut self, from: impl Into<String>, to: impl Into<String>) -> Self {
+        self.links.push(Link {
+            from: from.into(),
+            to: to.into(),
+            decider: None,
+        });
+        self
+    }
+
+    /// (Graph flows) `to` runs after `from`, and only if `decider`, given the results of
+    /// `from`'s atoms by name, says so. Otherwise `to` and everything after it is skipped
+    /// (state `IGNORE`).
+    pub fn link_if<F>(mut self, from: impl Into<String>, to: impl Into<String>, decider: F) -> Self
+    where
+        F: Fn(&BTreeMap<String, Value>) -> bool + Send + Sync + 'static,
+    {
+        self.links.push(Link {
+            from: from.into(),
+            to: to.into(),
+            decider: Some(Arc::new(decider)),
+        });
+        self
+    }
+
+    /// Compiles the flow into a DAG the engine can run.
+    ///
+    /// # Errors
+    /// A [`compile::Error`](crate::compile::Error) naming the culprit: a duplicate name, a cycle,
+    /// a link to an unknown child, or a symbol whose providers cannot be ordered before its
+    /// consumer.
+    pub fn compile(&self) -> Result<crate::compile::CompiledFlow, crate::compile::Error> {
+        crate::compile::compile(self)
+    }
+}
+
+/// Something that can be added to a flow: an [`Atom`] or a [`Flow`].
+#[derive(Debug, Clone)]
+pub struct FlowChild(pub(crate) Node);
+
+impl From<Atom> for FlowChild {
+    fn from(a: Atom) -> Self {
+        FlowChild(Node::Atom(a))
+    }
+}
+
+impl From<Flow> for FlowChild {
+    fn from(f: Flow) -> Self {
+        FlowChild(Node::Flow(f))
+    }
+}

@@ -1,0 +1,256 @@
+//! The persisted model: what a [`Store`](crate::store::Store) keeps about a flow run.
+//!
+//! These types are a compatibility boundary. Stores write them (as rows and JSON) and must read
+//! them back unchanged; adding a field means a migration in every SQL backend.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::failure::Failure;
+use crate::ids::{FlowId, JobId};
+use crate::state::{AtomState, FlowState, Intention};
+
+/// The version of this model; stores record it and refuse rows from a newer one.
+pub const MODEL_VERSION: u32 = 1;
+
+/// Named values given to a flow when it is created (TaskFlow calls these the "store").
+pub type Inputs = serde_json::Map<String, Value>;
+
+/// One flow run, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// The run's id.
+    pub id: FlowId,
+    /// The flow's name (from its definition).
+    pub name: String,
+    /// Its state.
+    pub state: FlowState,
+    /// Which way it is heading: forward (`EXECUTE`) or undoing (`REVERT`). Needed to resume a
+    /// flow that was suspended in either direction.
+    pub intention: Intention,
+    /// The values the flow was started with.
+    pub inputs: Inputs,
+    /// Free-form data for applications and conductors (e.g. the job that drives the run).
+    pub meta: Value,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The two kinds of atom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AtomKind {
+    /// A task: does work and can undo it.
+    Task,
+    /// A retry controller: decides what happens when its subflow fails.
+    Retry,
+}
+
+impl AtomKind {
+    /// The stable text form used in stores.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AtomKind::Task => "task",
+            AtomKind::Retry => "retry",
+        }
+    }
+}
+
+impl std::str::FromStr for AtomKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "task" => Ok(AtomKind::Task),
+            "retry" => Ok(AtomKind::Retry),
+            other => Err(format!("unknown atom kind {other:?}")),
+        }
+    }
+}
+
+/// One attempt of a retry controller's subflow: the value the controller produced for it and
+/// the failures that ended it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryAttempt {
+    /// What the controller's `execute` returned for this attempt.
+    pub value: Value,
+    /// The failures of the subflow's atoms in this attempt, by atom name.
+    pub failures: Vec<Failure>,
+}
+
+/// One atom of a flow run, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AtomRecord {
+    /// The atom's name, unique in the flow.
+    pub name: String,
+    /// Task or retry controller.
+    pub kind: AtomKind,
+    /// Its state.
+    pub state: AtomState,
+    /// What the engine means to do with it next.
+    pub intention: Intention,
+    /// How many times `execute` has been started (1-based once started). Grows on every start,
+    /// including re-runs after a crash.
+    pub attempt: u32,
+    /// How many times a retry controller reset this atom to run it afresh. Part of the
+    /// idempotency key: a crash re-run keeps the key, a retry round gets a new one.
+    pub round: u32,
+    /// The result of the last successful `execute`.
+    pub result: Option<Value>,
+    /// Why `execute` failed, if it did.
+    pub failure: Option<Failure>,
+    /// Why `revert` failed, if it did.
+    pub revert_failure: Option<Failure>,
+    /// (Retry controllers) the attempts of the subflow so far.
+    pub retry_history: Vec<RetryAttempt>,
+    /// (Retry controllers) not before this time will the subflow run again: persisted backoff.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Progress reported by the task, 0.0 to 1.0.
+    pub progress: f64,
+    /// When the current attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the atom last reached a resting state.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl AtomRecord {
+    /// A fresh, pending atom.
+    #[must_use]
+    pub fn pending(name: impl Into<String>, kind: AtomKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            state: AtomState::Pending,
+            intention: Intention::Execute,
+            attempt: 0,
+            round: 0,
+            result: None,
+            failure: None,
+            revert_failure: None,
+            retry_history: Vec::new(),
+            retry_at: None,
+            progress: 0.0,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// A flow run with all its atoms: what a store loads to resume a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowSnapshot {
+    /// The run.
+    pub flow: FlowRecord,
+    /// Its atoms, in the order they were created.
+    pub atoms: Vec<AtomRecord>,
+}
+
+/// What changed, in one entry of a flow's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "subject", rename_all = "snake_case")]
+pub enum Change {
+    /// The flow changed state.
+    Flow {
+        /// The state before.
+        from: FlowState,
+        /// The state after.
+        to: FlowState,
+    },
+    /// An atom changed state (or started a new attempt).
+    Atom {
+        /// The atom's name.
+        atom: String,
+        /// The state before.
+        from: AtomState,
+        /// The state after.
+        to: AtomState,
+        /// The atom's attempt after the change.
+        attempt: u32,
+    },
+}
+
+/// One entry of a flow's append-only history of transitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The flow.
+    pub flow: FlowId,
+    /// Position in the flow's history, from 1.
+    pub seq: u64,
+    /// When it was committed.
+    pub at: DateTime<Utc>,
+    /// What changed.
+    pub change: Change,
+}
+
+/// One change of a [`Batch`]: a compare-and-set on the flow or one atom.
+// Atom writes are the common case; boxing them to shrink the rare flow write would cost an
+// allocation per step.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Move the flow from `from` to `to` and record its intention.
+    Flow {
+        /// The state the flow must be in.
+        from: FlowState,
+        /// The new state.
+        to: FlowState,
+        /// The new intention.
+        intention: Intention,
+    },
+    /// Replace an atom's record, if it is still in `expected_state` at `expected_attempt`.
+    Atom {
+        /// The state the atom must be in.
+        expected_state: AtomState,
+        /// The attempt the atom must be at.
+        expected_attempt: u32,
+        /// The new record (its `name` names the atom).
+        record: AtomRecord,
+    },
+}
+
+/// The unit of durability: writes a store applies all together or not at all.
+///
+/// The engine gathers into one batch everything one step decides, for example an atom's result
+/// and its successors' `RUNNING`, so that a step costs one commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// The flow the writes are for.
+    pub flow: FlowId,
+    /// If set, the store refuses the batch unless this is still the job's current claim.
+    pub fence: Option<Fence>,
+    /// When the batch was made; becomes the transitions' time.
+    pub at: DateTime<Utc>,
+    /// The writes, applied in order.
+    pub writes: Vec<Write>,
+}
+
+pub use crate::ids::Fence;
+
+impl Batch {
+    /// An empty batch for `flow`.
+    #[must_use]
+    pub fn new(flow: FlowId, fence: Option<Fence>) -> Self {
+        Self {
+            flow,
+            fence,
+            at: Utc::now(),
+            writes: Vec::new(),
+        }
+    }
+
+    /// Whether the batch has no writes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// The job the batch is fenced by, if any.
+    #[must_use]
+    pub fn job(&self) -> Option<JobId> {
+        self.fence.map(|f| f.job)
+    }
+}

@@ -1,0 +1,458 @@
+//! Retry controllers: what a (sub)flow does when one of its atoms fails.
+//!
+//! A flow given a controller with [`Flow::retry`](crate::Flow::retry) gets an extra atom that
+//! runs before everything else in the flow. When an atom inside fails, the engine asks the
+//! innermost controller for a [`Decision`]:
+//!
+//! - [`Decision::Retry`]: revert the controller's subflow, then run it again (after the
+//!   controller's backoff delay, which is persisted so a resumed engine honours it);
+//! - [`Decision::Revert`]: give up on this subflow and ask the enclosing controller; with none
+//!   left, the whole flow reverts;
+//! - [`Decision::RevertAll`]: revert the whole flow at once.
+
+use std::fmt;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::failure::{Failure, TaskError};
+use crate::model::RetryAttempt;
+
+/// What to do after a failure in a controller's subflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Revert the subflow and run it again.
+    Retry,
+    /// Revert the subflow and let the enclosing controller decide.
+    Revert,
+    /// Revert the whole flow.
+    RevertAll,
+}
+
+/// The attempts of a controller's subflow so far, including the one that just failed.
+#[derive(Debug, Clone, Copy)]
+pub struct History<'a> {
+    pub(crate) attempts: &'a [RetryAttempt],
+}
+
+impl<'a> History<'a> {
+    /// How many attempts have been made (the failing one included, when deciding).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.attempts.len()
+    }
+
+    /// Whether no attempt has been made yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.attempts.is_empty()
+    }
+
+    /// Every attempt, oldest first.
+    #[must_use]
+    pub fn attempts(&self) -> &'a [RetryAttempt] {
+        self.attempts
+    }
+
+    /// The failures of the latest attempt.
+    #[must_use]
+    pub fn last_failures(&self) -> &'a [Failure] {
+        self.attempts
+            .last()
+            .map(|a| a.failures.as_slice())
+            .unwrap_or_default()
+    }
+}
+
+/// The inputs and history a controller's `execute` sees.
+#[derive(Debug)]
+pub struct RetryContext<'a> {
+    pub(crate) history: History<'a>,
+    pub(crate) inputs: &'a std::collections::HashMap<String, Value>,
+}
+
+impl<'a> RetryContext<'a> {
+    /// The attempts so far (empty before the first).
+    #[must_use]
+    pub fn history(&self) -> History<'a> {
+        self.history
+    }
+
+    /// A required input's raw JSON.
+    #[must_use]
+    pub fn input(&self, name: &str) -> Option<&'a Value> {
+        self.inputs.get(name)
+    }
+}
+
+/// Decides what happens when a subflow fails. See the [module documentation](self).
+///
+/// Controllers are pure functions of their history: the engine may call them again after a
+/// crash and must get the same answer, so keep all state in the history, never in `self`.
+pub trait RetryController: Send + Sync + 'static {
+    /// Runs before each attempt of the subflow; its result is the controller atom's result and
+    /// can be provided to the subflow as a symbol (e.g. the next value to try).
+    ///
+    /// # Errors
+    /// A [`TaskError`]: the controller atom fails and the enclosing controller decides.
+    fn execute(&self, ctx: &RetryContext<'_>) -> Result<Value, TaskError>;
+
+    /// Decides what to do after a failure in the subflow. The context's history includes the
+    /// attempt that just failed.
+    fn on_failure(&self, ctx: &RetryContext<'_>) -> Decision;
+
+    /// How long to wait before the next attempt, after `on_failure` said [`Decision::Retry`].
+    fn delay(&self, ctx: &RetryContext<'_>) -> Duration {
+        let _ = ctx;
+        Duration::ZERO
+    }
+}
+
+/// Exponential backoff with jitter, for controllers that retry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    jitter: f64,
+}
+
+impl Backoff {
+    /// `base`, then doubling on each attempt, never more than `max`; no jitter.
+    #[must_use]
+    pub fn exponential(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            jitter: 0.0,
+        }
+    }
+
+    /// Randomises each delay by up to `fraction` (0.0 to 1.0) of it, downwards, so that many
+    /// flows failing together do not retry in lockstep.
+    #[must_use]
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        self
+    }
+
+    /// The delay after `attempts` failed attempts (1 for the first failure).
+    #[must_use]
+    pub fn delay(&self, attempts: usize) -> Duration {
+        let exp = u32::try_from(attempts.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(31);
+        let delay = self.base.saturating_mul(1u32 << exp).min(self.max);
+        if self.jitter > 0.0 {
+            let cut = rand::rng().random_range(0.0..=self.jitter);
+            delay.mul_f64(1.0 - cut)
+        } else {
+            delay
+        }
+    }
+}
+
+fn backoff_delay(backoff: Option<&Backoff>, ctx: &RetryContext<'_>) -> Duration {
+    backoff.map_or(Duration::ZERO, |b| b.delay(ctx.history().len()))
+}
+
+/// Runs the subflow up to `n` times in all; then reverts (or reverts all).
+#[derive(Debug, Clone)]
+pub struct Times {
+    attempts: usize,
+    then: Decision,
+    backoff: Option<Backoff>,
+}
+
+impl Times {
+    /// At most `attempts` attempts (at least one), then [`Decision::Revert`].
+    #[must_use]
+    pub fn new(attempts: usize) -> Self {
+        Self {
+            attempts: attempts.max(1),
+            then: Decision::Revert,
+            backoff: None,
+        }
+    }
+
+    /// When out of attempts, revert the whole flow rather than only this subflow.
+    #[must_use]
+    pub fn revert_all(mut self) -> Self {
+        self.then = Decision::RevertAll;
+        self
+    }
+
+    /// Waits between attempts.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = Some(backoff);
+        self
+    }
+}
+
+impl RetryController for Times {
+    fn execute(&self, ctx: &RetryContext<'_>) -> Result<Value, TaskError> {
+        Ok(json!(ctx.history().len() + 1))
+    }
+
+    fn on_failure(&self, ctx: &RetryContext<'_>) -> Decision {
+        if ctx.history().len() < self.attempts {
+            Decision::Retry
+        } else {
+            self.then
+        }
+    }
+
+    fn delay(&self, ctx: &RetryContext<'_>) -> Duration {
+        backoff_delay(self.backoff.as_ref(), ctx)
+    }
+}
+
+fn next_value(values: &[Value], history: History<'_>) -> Result<Value, TaskError> {
+    values.get(history.len()).cloned().ok_or_else(|| {
+        TaskError::msg(format!(
+            "no values left to try ({} tried)",
+            history.len().min(values.len())
+        ))
+    })
+}
+
+fn for_each_decision(values: usize, history: History<'_>, then: Decision) -> Decision {
+    if history.len() < values {
+        Decision::Retry
+    } else {
+        then
+    }
+}
+
+/// Runs the subflow once per value, in order, until one attempt succeeds; the controller
+/// provides the value of the current attempt.
+#[derive(Debug, Clone)]
+pub struct ForEach {
+    values: Vec<Value>,
+    then: Decision,
+    backoff: Option<Backoff>,
+}
+
+impl ForEach {
+    /// Tries each of `values` in turn.
+    pub fn new<I, V>(values: I) -> Self
+    where
+        I: IntoIterator<Item = V>,
+        V: Into<Value>,
+    {
+        Self {
+            values: values.into_iter().map(Into::into).collect(),
+            then: Decision::Revert,
+            backoff: None,
+        }
+    }
+
+    /// When out of values, revert the whole flow rather than only this subflow.
+    #[must_use]
+    pub fn revert_all(mut self) -> Self {
+        self.then = Decision::RevertAll;
+        self
+    }
+
+    /// Waits between attempts.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = Some(backoff);
+        self
+    }
+}
+
+impl RetryController for ForEach {
+    fn execute(&self, ctx: &RetryContext<'_>) -> Result<Value, TaskError> {
+        next_value(&self.values, ctx.history())
+    }
+
+    fn on_failure(&self, ctx: &RetryContext<'_>) -> Decision {
+        for_each_decision(self.values.len(), ctx.history(), self.then)
+    }
+
+    fn delay(&self, ctx: &RetryContext<'_>) -> Duration {
+        backoff_delay(self.backoff.as_ref(), ctx)
+    }
+}
+
+/// Like [`ForEach`], with the values taken from an input symbol (a JSON array) at run time.
+/// The controller atom must require that symbol: `Atom::retry(name, ParameterizedForEach::new("images")).requires(["images"])`.
+#[derive(Debug, Clone)]
+pub struct ParameterizedForEach {
+    symbol: String,
+    then: Decision,
+    backoff: Option<Backoff>,
+}
+
+impl ParameterizedForEach {
+    /// Tries each value of the array input `symbol` in turn.
+    #[must_use]
+    pub fn new(symbol: impl Into<String>) -> Self {
+        Self {
+            symbol: symbol.into(),
+            then: Decision::Revert,
+            backoff: None,
+        }
+    }
+
+    /// When out of values, revert the whole flow rather than only this subflow.
+    #[must_use]
+    pub fn revert_all(mut self) -> Self {
+        self.then = Decision::RevertAll;
+        self
+    }
+
+    /// Waits between attempts.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = Some(backoff);
+        self
+    }
+
+    /// The symbol the values come from.
+    #[must_use]
+    pub fn symbol(&self) -> &str {
+        &self.symbol
+    }
+}
+
+impl RetryController for ParameterizedForEach {
+    fn execute(&self, ctx: &RetryContext<'_>) -> Result<Value, TaskError> {
+        let values = ctx
+            .input(&self.symbol)
+            .ok_or_else(|| TaskError::msg(format!("input {:?} is missing", self.symbol)))?;
+        let values = values.as_array().ok_or_else(|| {
+            TaskError::msg(format!("input {:?} is not a JSON array", self.symbol))
+        })?;
+        next_value(values, ctx.history())
+    }
+
+    fn on_failure(&self, ctx: &RetryContext<'_>) -> Decision {
+        let values = ctx
+            .input(&self.symbol)
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        for_each_decision(values, ctx.history(), self.then)
+    }
+
+    fn delay(&self, ctx: &RetryContext<'_>) -> Duration {
+        backoff_delay(self.backoff.as_ref(), ctx)
+    }
+}
+
+/// Never retries: reverts the subflow and lets the enclosing controller decide.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlwaysRevert;
+
+impl RetryController for AlwaysRevert {
+    fn execute(&self, _ctx: &RetryContext<'_>) -> Result<Value, TaskError> {
+        Ok(Value::Null)
+    }
+
+    fn on_failure(&self, _ctx: &RetryContext<'_>) -> Decision {
+        Decision::Revert
+    }
+}
+
+/// Never retries: reverts the whole flow.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlwaysRevertAll;
+
+impl RetryController for AlwaysRevertAll {
+    fn execute(&self, _ctx: &RetryContext<'_>) -> Result<Value, TaskError> {
+        Ok(Value::Null)
+    }
+
+    fn on_failure(&self, _ctx: &RetryContext<'_>) -> Decision {
+        Decision::RevertAll
+    }
+}
+
+impl fmt::Debug for dyn RetryController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RetryController")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn attempts(n: usize) -> Vec<RetryAttempt> {
+        (0..n)
+            .map(|i| RetryAttempt {
+                value: json!(i),
+                failures: vec![],
+            })
+            .collect()
+    }
+
+    fn decide(c: &dyn RetryController, n: usize, inputs: &HashMap<String, Value>) -> Decision {
+        let h = attempts(n);
+        c.on_failure(&RetryContext {
+            history: History { attempts: &h },
+            inputs,
+        })
+    }
+
+    #[test]
+    fn times_retries_until_out_of_attempts() {
+        let none = HashMap::new();
+        let t = Times::new(3);
+        assert_eq!(decide(&t, 1, &none), Decision::Retry);
+        assert_eq!(decide(&t, 2, &none), Decision::Retry);
+        assert_eq!(decide(&t, 3, &none), Decision::Revert);
+        assert_eq!(
+            decide(&Times::new(1).revert_all(), 1, &none),
+            Decision::RevertAll
+        );
+    }
+
+    #[test]
+    fn parameterized_for_each_counts_the_values_of_its_input() {
+        let p = ParameterizedForEach::new("xs").revert_all();
+        let inputs = HashMap::from([("xs".to_owned(), json!([1, 2]))]);
+        assert_eq!(decide(&p, 1, &inputs), Decision::Retry);
+        assert_eq!(decide(&p, 2, &inputs), Decision::RevertAll);
+    }
+
+    #[test]
+    fn for_each_walks_its_values_then_gives_up() {
+        let f = ForEach::new([json!("a"), json!("b")]);
+        let inputs = HashMap::new();
+        let h = attempts(1);
+        let ctx = RetryContext {
+            history: History { attempts: &h },
+            inputs: &inputs,
+        };
+        assert_eq!(f.execute(&ctx).unwrap(), json!("b"));
+        let h = attempts(2);
+        let ctx = RetryContext {
+            history: History { attempts: &h },
+            inputs: &inputs,
+        };
+        assert!(f.execute(&ctx).is_err());
+        assert_eq!(decide(&f, 2, &inputs), Decision::Revert);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_jitter_only_shortens() {
+        let b = Backoff::exponential(Duration::from_millis(100), Duration::from_millis(350));
+        assert_eq!(b.delay(1), Duration::from_millis(100));
+        assert_eq!(b.delay(2), Duration::from_millis(200));
+        assert_eq!(b.delay(3), Duration::from_millis(350));
+        assert_eq!(b.delay(1000), Duration::from_millis(350));
+        let j = b.jitter(0.5);
+        for _ in 0..100 {
+            let d = j.delay(2);
+            assert!(d <= Duration::from_millis(200) && d >= Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The in-memory store: the reference implementation of [`Store`] and the test double.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{check_write, transition_of, Error, FlowQuery, Result, Store};
+use crate::ids::{Fence, FencingToken, FlowId, JobId};
+use crate::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
+
+#[derive(Debug)]
+struct StoredFlow {
+    record: FlowRecord,
+    atoms: Vec<AtomRecord>,
+    index: HashMap<String, usize>,
+    history: Vec<Transition>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    flows: HashMap<FlowId, StoredFlow>,
+    order: Vec<FlowId>,
+    fences: HashMap<JobId, FencingToken>,
+}
+
+/// A [`Store`] that keeps everything in process memory.
+///
+/// It is the reference implementation of the store contract, and the store for tests and for
+/// flows that need no durability. Clones share the same data. [`MemoryStore::set_fence`] is how
+/// an in-memory job board tells it which claim token is current for a job.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    commits: Arc<AtomicU64>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many batches (and flow creations) this store has committed.
+    #[must_use]
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Records `token` as the current claim of `job`: from now on only batches fenced with it
+    /// are accepted for that job.
+    pub fn set_fence(&self, job: JobId, token: FencingToken) {
+        self.lock().fences.insert(job, token);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic while holding it; the data is still consistent because
+        // every mutation below validates first and only then applies.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn check_fence(inner: &Inner, flow: FlowId, fence: Option<Fence>) -> Result<()> {
+    match fence {
+        None => Ok(()),
+        Some(f) if inner.fences.get(&f.job) == Some(&f.token) => Ok(()),
+        Some(f) => Err(Error::Fenced {
+            flow,
+            job: f.job,
+            token: f.token,
+        }),
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        check_fence(&inner, flow.id, fence)?;
+        if inner.flows.contains_key(&flow.id) {
+            return Err(Error::FlowExists(flow.id));
+        }
+        let index = atoms
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.clone(), i))
+            .collect();
+        inner.flows.insert(
+            flow.id,
+            StoredFlow {
+                record: flow.clone(),
+                atoms: atoms.to_vec(),
+                index,
+                history: Vec::new(),
+            },
+        );
+        inner.order.push(flow.id);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot> {
+        let inner = self.lock();
+        let stored = inner.flows.get(&id).ok_or(Error::FlowNotFound(id))?;
+        Ok(FlowSnapshot {
+            flow: stored.record.clone(),
+            atoms: stored.atoms.clone(),
+        })
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<()> {
+        let mut inner = self.lock();
+        check_fence(&inner, batch.flow, batch.fence)?;
+        let stored = inner
+            .flows
+            .get_mut(&batch.flow)
+            .ok_or(Error::FlowNotFound(batch.flow))?;
+
+        // First validate every write against the state the writes before it leave, without
+        // touching the stored data; then apply. A refused batch changes nothing.
+        let mut flow_state = stored.record.state;
+        let mut overlay: HashMap<&str, (crate::state::AtomState, u32)> = HashMap::new();
+        for write in &batch.writes {
+            match write {
+                Write::Flow { to, .. } => {
+                    check_write(batch.flow, write, (flow_state.to_string(), 0))?;
+                    flow_state = *to;
+                }
+                Write::Atom { record, .. } => {
+                    let current = match overlay.get(record.name.as_str()) {
+                        Some(c) => *c,
+                        None => {
+                            let i = stored.index.get(&record.name).ok_or_else(|| {
+                                Error::AtomNotFound {
+                                    flow: batch.flow,
+                                    atom: record.name.clone(),
+                                }
+                            })?;
+                            (stored.atoms[*i].state, stored.atoms[*i].attempt)
+                        }
+                    };
+                    check_write(batch.flow, write, (current.0.to_string(), current.1))?;
+                    overlay.insert(&record.name, (record.state, record.attempt));
+                }
+            }
+        }
+
+        for write in &batch.writes {
+            if let Some(change) = transition_of(write) {
+                let seq = stored.history.len() as u64 + 1;
+                stored.history.push(Transition {
+                    flow: batch.flow,
+                    seq,
+                    at: batch.at,
+                    change,
+                });
+            }
+            match write {
+                Write::Flow { to, intention, .. } => {
+                    stored.record.state = *to;
+                    stored.record.intention = *intention;
+                }
+                Write::Atom { record, .. } => {
+                    if let Some(i) = stored.index.get(&record.name) {
+                        stored.atoms[*i] = record.clone();
+                    }
+                }
+            }
+        }
+        stored.record.updated_at = batch.at;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {
+        let inner = self.lock();
+        let stored = inner.flows.get(&id).ok_or(Error::FlowNotFound(id))?;
+        Ok(stored.history.clone())
+    }
+
+    async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
+        let inner = self.lock();
+        let matching = inner
+            .order
+            .iter()
+            .rev()
+            .filter_map(|id| inner.flows.get(id))
+            .map(|s| &s.record)
+            .filter(|r| query.state.is_none_or(|s| r.state == s))
+            .filter(|r| query.name.as_ref().is_none_or(|n| &r.name == n))
+            .take(query.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        Ok(matching)
+    }
+}

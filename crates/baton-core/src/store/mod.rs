@@ -1,0 +1,324 @@
+//! Persistence: the [`Store`] trait and its in-memory implementation.
+//!
+//! A store keeps flow runs ([`FlowRecord`]), their atoms ([`AtomRecord`]) and an append-only
+//! history of transitions. The engine writes to it through [`Store::commit`], one [`Batch`] per
+//! step, and treats it as the only truth: whatever the engine holds in memory can be rebuilt with
+//! [`Store::load_flow`].
+//!
+//! # Contract for implementors
+//!
+//! The trait is open so that other backends can be written, but it is exempt from semver until
+//! 1.0. A backend must:
+//!
+//! - apply a batch atomically: every write or none, and durable when `commit` returns `Ok`;
+//! - treat every [`Write`] as a compare-and-set: refuse it with [`Error::Conflict`] unless the
+//!   flow or atom is in the expected state (and, for atoms, at the expected attempt), and refuse
+//!   an illegal transition with [`Error::IllegalTransition`] (use [`check_write`]);
+//! - when the batch carries a [`Fence`], refuse it with [`Error::Fenced`] unless the fence's
+//!   token is still the job's current one, checked in the same transaction as the writes;
+//! - append one [`Transition`] per change of state (or new attempt), numbered from 1 per flow;
+//! - report a store it cannot reach as [`Error::Unavailable`], which the engine retries, and
+//!   data it cannot read as [`Error::Corrupt`] naming the flow and atom.
+//!
+//! `MemoryStore` is the reference implementation; the conformance suite holds every backend to
+//! it.
+
+mod memory;
+
+use std::error::Error as StdError;
+
+use async_trait::async_trait;
+
+use crate::ids::{FencingToken, FlowId, JobId};
+pub use crate::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
+use crate::state::FlowState;
+pub use memory::MemoryStore;
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No flow with this id is stored.
+    #[error("flow {0} not found")]
+    FlowNotFound(FlowId),
+    /// A flow with this id is already stored.
+    #[error("flow {0} already exists")]
+    FlowExists(FlowId),
+    /// The flow has no atom with this name.
+    #[error("flow {flow} has no atom named {atom:?}")]
+    AtomNotFound {
+        /// The flow.
+        flow: FlowId,
+        /// The atom name that was not found.
+        atom: String,
+    },
+    /// A compare-and-set failed: someone else changed the flow or atom first.
+    #[error("conflict in flow {flow}: {subject} is {actual}, expected {expected}")]
+    Conflict {
+        /// The flow.
+        flow: FlowId,
+        /// `flow` or `atom <name>`.
+        subject: String,
+        /// The state (and attempt) the write expected.
+        expected: String,
+        /// What the store holds.
+        actual: String,
+    },
+    /// The write asked for a transition the state machine forbids.
+    #[error("illegal transition in flow {flow}: {subject} cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// The flow.
+        flow: FlowId,
+        /// `flow` or `atom <name>`.
+        subject: String,
+        /// The current state.
+        from: String,
+        /// The requested state.
+        to: String,
+    },
+    /// The write was made under a claim that is no longer current.
+    #[error("write to flow {flow} refused: job {job} is no longer claimed with token {token}")]
+    Fenced {
+        /// The flow written to.
+        flow: FlowId,
+        /// The job whose claim was presented.
+        job: JobId,
+        /// The stale token.
+        token: FencingToken,
+    },
+    /// A value is larger than the store accepts.
+    #[error("{what} of atom {atom:?} in flow {flow} is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// The flow.
+        flow: FlowId,
+        /// The atom.
+        atom: String,
+        /// `result`, `failure`, ...
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Stored data could not be read: damaged, or written by a newer version of baton.
+    #[error("corrupt record in flow {flow}{}: {detail}", atom.as_ref().map(|a| format!(", atom {a:?}")).unwrap_or_default())]
+    Corrupt {
+        /// The flow.
+        flow: FlowId,
+        /// The atom, if the damage is in an atom's row.
+        atom: Option<String>,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The store cannot be reached right now; retrying later may work.
+    #[error("store unavailable")]
+    Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// Any other backend error.
+    #[error("store error")]
+    Backend(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl Error {
+    /// Whether the operation may succeed if retried later unchanged.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+/// The result type of store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A filter for [`Store::list_flows`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct FlowQuery {
+    /// Only flows in this state.
+    pub state: Option<FlowState>,
+    /// Only flows with this name.
+    pub name: Option<String>,
+    /// At most this many (newest first); `None` for all.
+    pub limit: Option<usize>,
+}
+
+impl FlowQuery {
+    /// Every flow, newest first.
+    #[must_use]
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only flows in `state`.
+    #[must_use]
+    pub fn state(mut self, state: FlowState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Only flows named `name`.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// At most `limit` flows.
+    #[must_use]
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// Where flow runs are persisted.
+///
+/// See the [module documentation](self) for the contract every implementation keeps.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores a new flow run with its atoms, all at once.
+    ///
+    /// # Errors
+    /// [`Error::FlowExists`] if the id is taken, [`Error::Fenced`] if `fence` is stale.
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<crate::ids::Fence>,
+    ) -> Result<()>;
+
+    /// Loads a flow run and all its atoms.
+    ///
+    /// # Errors
+    /// [`Error::FlowNotFound`], or [`Error::Corrupt`] naming the row that cannot be read.
+    async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot>;
+
+    /// Applies a batch of writes atomically and durably.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`], [`Error::IllegalTransition`], [`Error::Fenced`],
+    /// [`Error::TooLarge`]; on any of them nothing of the batch was applied.
+    /// [`Error::Unavailable`] leaves it unknown whether the batch was applied.
+    async fn commit(&self, batch: &Batch) -> Result<()>;
+
+    /// The flow's history of transitions, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::FlowNotFound`].
+    async fn history(&self, id: FlowId) -> Result<Vec<Transition>>;
+
+    /// Lists flow runs, newest first.
+    ///
+    /// # Errors
+    /// Backend errors only.
+    async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>>;
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<crate::ids::Fence>,
+    ) -> Result<()> {
+        (**self).create_flow(flow, atoms, fence).await
+    }
+
+    async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot> {
+        (**self).load_flow(id).await
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<()> {
+        (**self).commit(batch).await
+    }
+
+    async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {
+        (**self).history(id).await
+    }
+
+    async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
+        (**self).list_flows(query).await
+    }
+}
+
+/// Checks one write against what the store holds now: the compare-and-set and the state
+/// machine. Backends call it (or do the same in SQL) for every write of a batch, in order,
+/// against the state left by the writes before it.
+///
+/// `current` is the flow's state for a flow write, and the atom's state and attempt for an
+/// atom write.
+///
+/// # Errors
+/// [`Error::Conflict`] or [`Error::IllegalTransition`].
+pub fn check_write(flow: FlowId, write: &Write, current: (String, u32)) -> Result<()> {
+    let (actual_state, actual_attempt) = current;
+    match write {
+        Write::Flow { from, to, .. } => {
+            if actual_state != from.as_str() {
+                return Err(Error::Conflict {
+                    flow,
+                    subject: "flow".into(),
+                    expected: from.to_string(),
+                    actual: actual_state,
+                });
+            }
+            if from != to && !from.can_transition(*to) {
+                return Err(Error::IllegalTransition {
+                    flow,
+                    subject: "flow".into(),
+                    from: from.to_string(),
+                    to: to.to_string(),
+                });
+            }
+        }
+        Write::Atom {
+            expected_state,
+            expected_attempt,
+            record,
+        } => {
+            if actual_state != expected_state.as_str() || actual_attempt != *expected_attempt {
+                return Err(Error::Conflict {
+                    flow,
+                    subject: format!("atom {}", record.name),
+                    expected: format!("{expected_state} at attempt {expected_attempt}"),
+                    actual: format!("{actual_state} at attempt {actual_attempt}"),
+                });
+            }
+            let legal =
+                expected_state.can_transition(record.state) && record.attempt >= *expected_attempt;
+            if !legal {
+                return Err(Error::IllegalTransition {
+                    flow,
+                    subject: format!("atom {}", record.name),
+                    from: format!("{expected_state} at attempt {expected_attempt}"),
+                    to: format!("{} at attempt {}", record.state, record.attempt),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The history entry a write adds, if any: one per change of state or of attempt.
+#[must_use]
+pub fn transition_of(write: &Write) -> Option<crate::model::Change> {
+    use crate::model::Change;
+    match write {
+        Write::Flow { from, to, .. } => (from != to).then_some(Change::Flow {
+            from: *from,
+            to: *to,
+        }),
+        Write::Atom {
+            expected_state,
+            expected_attempt,
+            record,
+        } => (*expected_state != record.state || *expected_attempt != record.attempt).then(|| {
+            Change::Atom {
+                atom: record.name.clone(),
+                from: *expected_state,
+                to: record.state,
+                attempt: record.attempt,
+            }
+        }),
+    }
+}

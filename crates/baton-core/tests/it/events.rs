@@ -1,0 +1,77 @@
+//! Notifications and progress.
+
+use std::time::Duration;
+
+use baton_core::model::Change;
+use baton_core::store::Store;
+use baton_core::{Atom, AtomState, Engine, EventKind, Flow, FlowState, Inputs, MemoryStore};
+use serde_json::json;
+
+#[tokio::test]
+async fn every_committed_transition_is_an_event() {
+    let flow = Flow::linear("observed")
+        .add(Atom::from_fn("a", |_| async { Ok(json!(1)) }))
+        .add(Atom::from_fn("b", |_| async { Ok(json!(2)) }))
+        .compile()
+        .unwrap();
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let mut events = engine.subscribe();
+    let outcome = engine.start(&flow, Inputs::new()).await.unwrap();
+    let history = store.history(outcome.flow).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < history.len() {
+        let e = tokio::time::timeout(Duration::from_secs(1), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.flow, outcome.flow);
+        if let EventKind::Transition(c) = e.kind {
+            seen.push(c);
+        }
+    }
+    let expected: Vec<Change> = history.into_iter().map(|t| t.change).collect();
+    assert_eq!(seen, expected);
+    assert!(matches!(
+        seen.last(),
+        Some(Change::Flow {
+            to: FlowState::Success,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn progress_is_reported_and_persisted() {
+    let flow = Flow::linear("progress")
+        .add(Atom::from_fn("copy", |ctx| async move {
+            for i in 1..=4 {
+                ctx.progress(f64::from(i) / 4.0);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(json!("copied"))
+        }))
+        .compile()
+        .unwrap();
+    let store = MemoryStore::new();
+    let mut options = baton_core::engine::Options::default();
+    options.progress_interval = Duration::ZERO;
+    let engine = Engine::new(store.clone()).with_options(options);
+    let mut events = engine.subscribe();
+    let outcome = engine.start(&flow, Inputs::new()).await.unwrap();
+    assert!(outcome.is_success());
+    let mut progress = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), events.next()).await {
+        if let EventKind::Progress { atom, progress: p } = e.kind {
+            assert_eq!(atom, "copy");
+            progress.push(p);
+        }
+    }
+    assert_eq!(progress, vec![0.25, 0.5, 0.75, 1.0]);
+    let snap = store.load_flow(outcome.flow).await.unwrap();
+    assert_eq!(snap.atoms[0].state, AtomState::Success);
+    assert!((snap.atoms[0].progress - 1.0).abs() < f64::EPSILON);
+    // Progress writes do not add transitions.
+    let history = store.history(outcome.flow).await.unwrap();
+    assert_eq!(history.len(), 4);
+}

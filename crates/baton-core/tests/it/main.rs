@@ -1,0 +1,28 @@
+//! Engine behaviour, in the spirit of TaskFlow's engine and retry tests.
+
+// Helpers outside `#[test]` functions panic on purpose: that is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod crash;
+mod data;
+mod events;
+mod patterns;
+mod properties;
+mod resume;
+mod retries;
+mod reverts;
+mod store;
+mod validation;
+
+use baton_core::{CompiledFlow, Engine, Inputs, MemoryStore, Outcome};
+
+/// Runs `flow` on a fresh memory store and returns the outcome and the store.
+async fn run(flow: &CompiledFlow, inputs: Inputs) -> (Outcome, MemoryStore) {
+    let store = MemoryStore::new();
+    let outcome = Engine::new(store.clone())
+        .with_parallelism(4)
+        .start(flow, inputs)
+        .await
+        .expect("the engine runs the flow");
+    (outcome, store)
+}

@@ -1,0 +1,270 @@
+//! Resume: suspended and interrupted runs pick up where they stopped.
+
+use std::time::Duration;
+
+use baton_core::store::Store;
+use baton_core::{
+    Atom, AtomState, Control, CreateOptions, Engine, Flow, FlowId, FlowState, Inputs, MemoryStore,
+    RunOptions,
+};
+use baton_testkit::{Action, CrashMode, CrashStore, FlakyStore, Log, Phase, Probe};
+use serde_json::json;
+
+fn three_steps(log: &Log) -> baton_core::CompiledFlow {
+    Flow::linear("three")
+        .add(Atom::task("a", Probe::new(log)))
+        .add(Atom::task(
+            "b",
+            Probe::new(log).delay(Duration::from_millis(30)),
+        ))
+        .add(Atom::task("c", Probe::new(log)))
+        .compile()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn suspend_stops_at_a_step_boundary_and_resume_finishes() {
+    let log = Log::new();
+    let flow = three_steps(&log);
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    let control = Control::new();
+    let mut events = engine.subscribe();
+    let c2 = control.clone();
+    let watcher = tokio::spawn(async move {
+        // Suspend while `b` runs.
+        while let Some(e) = events.next().await {
+            if let baton_core::EventKind::Transition(baton_core::model::Change::Atom {
+                atom,
+                to: AtomState::Running,
+                ..
+            }) = e.kind
+            {
+                if atom == "b" {
+                    c2.suspend();
+                    return;
+                }
+            }
+        }
+    });
+    let outcome = engine
+        .run_with(&flow, id, RunOptions::new().control(control))
+        .await
+        .unwrap();
+    watcher.await.unwrap();
+    assert_eq!(outcome.state, FlowState::Suspended);
+    let snap = store.load_flow(id).await.unwrap();
+    let state = |n: &str| snap.atoms.iter().find(|a| a.name == n).unwrap().state;
+    assert_eq!(
+        state("b"),
+        AtomState::Success,
+        "the running atom finished and was recorded"
+    );
+    assert_eq!(state("c"), AtomState::Pending, "nothing new started");
+
+    let outcome = engine.run(&flow, id).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    assert_eq!(log.successes(Action::Execute).values().sum::<usize>(), 3);
+    let flow_states: Vec<(FlowState, FlowState)> = store
+        .history(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| match t.change {
+            baton_core::model::Change::Flow { from, to } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        flow_states,
+        vec![
+            (FlowState::Pending, FlowState::Running),
+            (FlowState::Running, FlowState::Suspending),
+            (FlowState::Suspending, FlowState::Suspended),
+            (FlowState::Suspended, FlowState::Resuming),
+            (FlowState::Resuming, FlowState::Running),
+            (FlowState::Running, FlowState::Success),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_rerun_keeps_the_idempotency_key_and_counts_the_attempt() {
+    let log = Log::new();
+    let flow = three_steps(&log);
+    let store = MemoryStore::new();
+    // Crash on the write that would record `b`'s result.
+    let crash = CrashStore::new(store.clone(), 4, CrashMode::BeforeWrite);
+    let id = FlowId::new();
+    let engine = Engine::new(crash);
+    engine
+        .create_with(&flow, Inputs::new(), CreateOptions::new().id(id))
+        .await
+        .unwrap();
+    assert!(engine.run(&flow, id).await.is_err());
+    let outcome = Engine::new(store).run(&flow, id).await.unwrap();
+    assert!(outcome.is_success());
+    let b: Vec<_> = log
+        .of("b")
+        .into_iter()
+        .filter(|c| c.action == Action::Execute && c.phase == Phase::Start)
+        .collect();
+    assert_eq!(b.len(), 2, "b ran again after the crash");
+    assert_eq!((b[0].attempt, b[1].attempt), (1, 2));
+    assert_eq!(b[0].key, b[1].key);
+}
+
+#[tokio::test]
+async fn a_retry_round_gets_a_new_idempotency_key() {
+    let log = Log::new();
+    let flow = Flow::linear("rounds")
+        .retry(Atom::retry("r", baton_core::retry::Times::new(2)).provides("try"))
+        .add(
+            Atom::task(
+                "x",
+                Probe::new(&log).fails_when(|ctx| ctx.input::<u32>("try").unwrap() < 2),
+            )
+            .requires(["try"]),
+        )
+        .compile()
+        .unwrap();
+    Engine::new(MemoryStore::new())
+        .start(&flow, Inputs::new())
+        .await
+        .unwrap();
+    let keys: Vec<String> = log
+        .of("x")
+        .into_iter()
+        .filter(|c| c.action == Action::Execute && c.phase == Phase::Start)
+        .map(|c| c.key)
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_ne!(keys[0], keys[1]);
+}
+
+#[tokio::test]
+async fn a_finished_flow_is_not_run_again() {
+    let log = Log::new();
+    let flow = three_steps(&log);
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let first = engine.start(&flow, Inputs::new()).await.unwrap();
+    let commits = store.commits();
+    let again = engine.run(&flow, first.flow).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(store.commits(), commits, "nothing was written");
+    assert_eq!(log.successes(Action::Execute).values().sum::<usize>(), 3);
+}
+
+#[tokio::test]
+async fn halt_writes_nothing_more() {
+    let flow = Flow::linear("halted")
+        .add(Atom::from_fn("long", |_| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(json!(null))
+        }))
+        .compile()
+        .unwrap();
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    let control = Control::new();
+    let c2 = control.clone();
+    let run = tokio::spawn({
+        let engine = engine.clone();
+        let flow = flow.clone();
+        async move {
+            engine
+                .run_with(&flow, id, RunOptions::new().control(c2))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let commits = store.commits();
+    control.halt();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, baton_core::engine::Error::Halted(f) if f == id),
+        "{err}"
+    );
+    assert_eq!(store.commits(), commits);
+    let snap = store.load_flow(id).await.unwrap();
+    assert_eq!(snap.atoms[0].state, AtomState::Running);
+}
+
+#[tokio::test]
+async fn an_unavailable_store_is_retried_and_loses_nothing() {
+    let log = Log::new();
+    let mut flow = Flow::linear("flaky-store");
+    for i in 0..20 {
+        flow = flow.add(Atom::task(format!("t{i}"), Probe::new(&log)));
+    }
+    let flow = flow.compile().unwrap();
+    let flaky = FlakyStore::new(MemoryStore::new(), 3);
+    let mut options = baton_core::engine::Options::default();
+    options.store_retry_base = Duration::from_millis(1);
+    let outcome = Engine::new(flaky.clone())
+        .with_options(options)
+        .start(&flow, Inputs::new())
+        .await
+        .unwrap();
+    assert!(outcome.is_success());
+    assert!(
+        flaky.failures() >= 5,
+        "the store failed {} times",
+        flaky.failures()
+    );
+    let execs = log.successes(Action::Execute);
+    assert!(execs.values().all(|&n| n == 1), "{execs:?}");
+}
+
+#[tokio::test]
+async fn a_fenced_write_stops_the_run() {
+    let flow = Flow::linear("fenced")
+        .add(Atom::from_fn("a", |_| async { Ok(json!(1)) }))
+        .compile()
+        .unwrap();
+    let store = MemoryStore::new();
+    let job = baton_core::JobId::new();
+    store.set_fence(job, baton_core::FencingToken(2));
+    let engine = Engine::new(store.clone());
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    let stale = baton_core::Fence {
+        job,
+        token: baton_core::FencingToken(1),
+    };
+    let err = engine
+        .run_with(&flow, id, RunOptions::new().fence(stale))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            baton_core::engine::Error::Store(baton_core::store::Error::Fenced { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        store.load_flow(id).await.unwrap().flow.state,
+        FlowState::Pending
+    );
+}
+
+#[tokio::test]
+async fn running_with_another_definition_is_refused() {
+    let log = Log::new();
+    let flow = three_steps(&log);
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    let other = Flow::linear("three")
+        .add(Atom::task("a", Probe::new(&log)))
+        .add(Atom::task("z", Probe::new(&log)))
+        .add(Atom::task("c", Probe::new(&log)))
+        .compile()
+        .unwrap();
+    let err = engine.run(&other, id).await.unwrap_err();
+    assert!(err.to_string().contains("\"z\""), "{err}");
+    assert!(log.calls().is_empty(), "nothing ran");
+}

@@ -1,0 +1,247 @@
+//! Retry controllers, after TaskFlow's test_retries.
+
+use std::time::Duration;
+
+use baton_core::retry::{
+    AlwaysRevert, AlwaysRevertAll, Backoff, ForEach, ParameterizedForEach, Times,
+};
+use baton_core::store::Store;
+use baton_core::{Atom, AtomState, Engine, Flow, FlowState, Inputs, MemoryStore};
+use baton_testkit::{inputs, Action, Log, Phase, Probe};
+use serde_json::json;
+
+use crate::run;
+
+#[tokio::test]
+async fn times_retries_the_subflow_until_it_succeeds() {
+    let log = Log::new();
+    let flow = Flow::linear("retried")
+        .retry(Atom::retry("r", Times::new(3)).provides("try"))
+        .add(Atom::task("prepare", Probe::new(&log)))
+        .add(
+            Atom::task(
+                "flaky",
+                Probe::new(&log).fails_when(|ctx| ctx.input::<u32>("try").unwrap() < 3),
+            )
+            .requires(["try"]),
+        )
+        .compile()
+        .unwrap();
+    let (outcome, store) = run(&flow, Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Success);
+    assert_eq!(log.successes(Action::Execute)["prepare"], 3);
+    assert_eq!(log.successes(Action::Revert)["prepare"], 2);
+    assert_eq!(
+        outcome.failures.len(),
+        2,
+        "both failed attempts are reported"
+    );
+    let snap = store.load_flow(outcome.flow).await.unwrap();
+    let r = snap.atoms.iter().find(|a| a.name == "r").unwrap();
+    assert_eq!(r.retry_history.len(), 2);
+    assert_eq!(r.result, Some(json!(3)));
+}
+
+#[tokio::test]
+async fn times_out_of_attempts_reverts_the_whole_flow() {
+    let log = Log::new();
+    let flow = Flow::linear("outer")
+        .add(Atom::task("before", Probe::new(&log)))
+        .add(
+            Flow::linear("retried")
+                .retry(Atom::retry("r", Times::new(2)))
+                .add(Atom::task("always-fails", Probe::new(&log).fails())),
+        )
+        .compile()
+        .unwrap();
+    let (outcome, _) = run(&flow, Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Reverted);
+    assert_eq!(
+        log.sequence(Action::Execute, Phase::Start)
+            .iter()
+            .filter(|a| *a == "always-fails")
+            .count(),
+        2
+    );
+    assert_eq!(log.successes(Action::Revert)["before"], 1);
+}
+
+#[tokio::test]
+async fn revert_lets_the_parent_controller_retry_its_larger_subflow() {
+    let log = Log::new();
+    let flow = Flow::linear("outer")
+        .retry(Atom::retry("outer-r", Times::new(2)).provides("outer_try"))
+        .add(Atom::task("setup", Probe::new(&log)))
+        .add(
+            Flow::linear("inner")
+                .retry(Atom::retry("inner-r", AlwaysRevert))
+                .add(
+                    Atom::task(
+                        "work",
+                        Probe::new(&log)
+                            .fails_when(|ctx| ctx.input::<u32>("outer_try").unwrap() < 2),
+                    )
+                    .requires(["outer_try"]),
+                ),
+        )
+        .compile()
+        .unwrap();
+    let (outcome, _) = run(&flow, Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Success);
+    // The outer controller re-ran everything under it, setup included.
+    assert_eq!(log.successes(Action::Execute)["setup"], 2);
+    assert_eq!(log.successes(Action::Revert)["setup"], 1);
+}
+
+#[tokio::test]
+async fn revert_all_skips_outer_controllers() {
+    let log = Log::new();
+    let flow = Flow::linear("outer")
+        .retry(Atom::retry("outer-r", Times::new(5)))
+        .add(Atom::task("setup", Probe::new(&log)))
+        .add(
+            Flow::linear("inner")
+                .retry(Atom::retry("inner-r", AlwaysRevertAll))
+                .add(Atom::task("work", Probe::new(&log).fails())),
+        )
+        .compile()
+        .unwrap();
+    let (outcome, _) = run(&flow, Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Reverted);
+    assert_eq!(
+        log.successes(Action::Execute)["setup"],
+        1,
+        "the outer controller never retried"
+    );
+}
+
+#[tokio::test]
+async fn for_each_tries_each_value_until_one_works() {
+    let log = Log::new();
+    let flow = Flow::linear("zones")
+        .retry(Atom::retry("zone-r", ForEach::new(["az1", "az2", "az3"])).provides("zone"))
+        .add(
+            Atom::task(
+                "boot",
+                Probe::new(&log).fails_when(|ctx| ctx.input::<String>("zone").unwrap() != "az2"),
+            )
+            .requires(["zone"]),
+        )
+        .compile()
+        .unwrap();
+    let (outcome, _) = run(&flow, Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Success);
+    let zones: Vec<serde_json::Value> = log
+        .of("boot")
+        .into_iter()
+        .filter(|c| c.action == Action::Execute && c.phase == Phase::Start)
+        .map(|c| c.inputs["zone"].clone())
+        .collect();
+    assert_eq!(zones, vec![json!("az1"), json!("az2")]);
+}
+
+#[tokio::test]
+async fn parameterized_for_each_takes_its_values_from_an_input() {
+    let log = Log::new();
+    let flow = Flow::linear("images")
+        .retry(
+            Atom::retry("image-r", ParameterizedForEach::new("images"))
+                .requires(["images"])
+                .provides("image"),
+        )
+        .add(Atom::task("boot", Probe::new(&log).fails()).requires(["image"]))
+        .compile()
+        .unwrap();
+    let (outcome, _) = run(&flow, inputs([("images", json!(["a", "b"]))])).await;
+    assert_eq!(outcome.state, FlowState::Reverted, "every value failed");
+    let tried: Vec<serde_json::Value> = log
+        .of("boot")
+        .into_iter()
+        .filter(|c| c.action == Action::Execute && c.phase == Phase::Start)
+        .map(|c| c.inputs["image"].clone())
+        .collect();
+    assert_eq!(tried, vec![json!("a"), json!("b")]);
+}
+
+#[tokio::test]
+async fn a_failure_outside_any_controller_reverts_everything() {
+    let log = Log::new();
+    let flow = Flow::linear("outer")
+        .add(
+            Flow::linear("protected")
+                .retry(Atom::retry("r", Times::new(3)))
+                .add(Atom::task("inside", Probe::new(&log))),
+        )
+        .add(Atom::task("outside", Probe::new(&log).fails()))
+        .compile()
+        .unwrap();
+    let (outcome, _) = run(&flow, Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Reverted);
+    assert_eq!(log.successes(Action::Execute)["inside"], 1);
+    assert_eq!(log.successes(Action::Revert)["inside"], 1);
+}
+
+#[tokio::test]
+async fn backoff_waits_and_its_deadline_is_persisted() {
+    let log = Log::new();
+    let flow = Flow::linear("backoff")
+        .retry(
+            Atom::retry(
+                "r",
+                Times::new(2).backoff(Backoff::exponential(
+                    Duration::from_millis(200),
+                    Duration::from_secs(1),
+                )),
+            )
+            .provides("try"),
+        )
+        .add(
+            Atom::task(
+                "flaky",
+                Probe::new(&log).fails_when(|ctx| ctx.input::<u32>("try").unwrap() < 2),
+            )
+            .requires(["try"]),
+        )
+        .compile()
+        .unwrap();
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let mut events = engine.subscribe();
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+
+    // Suspend as soon as the controller is told to wait, and look at the store.
+    let control = baton_core::Control::new();
+    let watcher = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.next().await {
+                if let baton_core::EventKind::Transition(baton_core::model::Change::Atom {
+                    to: AtomState::Retrying,
+                    ..
+                }) = e.kind
+                {
+                    control.suspend();
+                    break;
+                }
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let outcome = engine
+        .run_with(&flow, id, baton_core::RunOptions::new().control(control))
+        .await
+        .unwrap();
+    watcher.await.unwrap();
+    assert_eq!(outcome.state, FlowState::Suspended);
+    let snap = store.load_flow(id).await.unwrap();
+    let r = snap.atoms.iter().find(|a| a.name == "r").unwrap();
+    assert_eq!(r.state, AtomState::Retrying);
+    let retry_at = r.retry_at.expect("the deadline is stored");
+    assert!(retry_at - snap.flow.created_at >= chrono::Duration::milliseconds(150));
+
+    // A new engine honours the stored deadline.
+    let outcome = Engine::new(store.clone()).run(&flow, id).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    assert!(chrono::Utc::now() >= retry_at);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+}

@@ -1,0 +1,143 @@
+//! Bad flows and bad inputs are typed errors naming the culprit.
+
+use baton_core::compile::Error;
+use baton_core::retry::Times;
+use baton_core::{Atom, Engine, Flow, Inputs, MemoryStore};
+use serde_json::json;
+
+fn noop(name: &str) -> Atom {
+    Atom::from_fn(name, |_| async { Ok(json!(null)) })
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    let err = Flow::linear("dup")
+        .add(noop("a"))
+        .add(Flow::linear("inner").add(noop("a")))
+        .compile()
+        .unwrap_err();
+    assert_eq!(err, Error::DuplicateName("a".into()));
+}
+
+#[test]
+fn cycles_name_their_atoms() {
+    let err = Flow::graph("loop")
+        .add(noop("a"))
+        .add(noop("b"))
+        .add(noop("c"))
+        .link("a", "b")
+        .link("b", "c")
+        .link("c", "a")
+        .compile()
+        .unwrap_err();
+    assert_eq!(err, Error::Cycle(vec!["a".into(), "b".into(), "c".into()]));
+    assert_eq!(err.to_string(), "cycle between atoms a -> b -> c");
+}
+
+#[test]
+fn data_dependencies_can_make_a_cycle() {
+    let err = Flow::graph("data-loop")
+        .add(noop("a").requires(["y"]).provides("x"))
+        .add(noop("b").requires(["x"]).provides("y"))
+        .compile()
+        .unwrap_err();
+    assert!(matches!(err, Error::Cycle(_)), "{err}");
+}
+
+#[test]
+fn links_to_unknown_children_are_rejected() {
+    let err = Flow::graph("g")
+        .add(noop("a"))
+        .link("a", "ghost")
+        .compile()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownLinkTarget { unknown, .. } if unknown == "ghost"),
+        "{err}"
+    );
+}
+
+#[test]
+fn links_outside_graph_flows_are_rejected() {
+    let err = Flow::linear("l")
+        .add(noop("a"))
+        .add(noop("b"))
+        .link("a", "b")
+        .compile()
+        .unwrap_err();
+    assert_eq!(err, Error::LinkOutsideGraph("l".into()));
+}
+
+#[test]
+fn unordered_providers_are_ambiguous() {
+    let err = Flow::linear("l")
+        .add(
+            Flow::unordered("u")
+                .add(noop("p1").provides("v"))
+                .add(noop("p2").provides("v")),
+        )
+        .add(noop("use").requires(["v"]))
+        .compile()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::AmbiguousProvider {
+            symbol: "v".into(),
+            consumer: "use".into(),
+            providers: vec!["p1".into(), "p2".into()],
+        }
+    );
+}
+
+#[test]
+fn a_provider_that_runs_after_its_consumer_is_rejected() {
+    let err = Flow::linear("l")
+        .add(noop("use").requires(["v"]))
+        .add(noop("make").provides("v"))
+        .compile()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::UnorderedProvider { provider, consumer, .. } if provider == "make" && consumer == "use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn retry_controllers_and_tasks_stay_in_their_places() {
+    let err = Flow::linear("l")
+        .add(Atom::retry("r", Times::new(2)))
+        .compile()
+        .unwrap_err();
+    assert_eq!(err, Error::MisplacedAtom("r".into()));
+    let err = Flow::linear("l").retry(noop("t")).compile().unwrap_err();
+    assert_eq!(err, Error::MisplacedAtom("t".into()));
+}
+
+#[tokio::test]
+async fn missing_inputs_are_refused_before_anything_is_stored() {
+    let flow = Flow::linear("needs")
+        .add(noop("boot").requires(["image"]))
+        .compile()
+        .unwrap();
+    let store = MemoryStore::new();
+    let err = Engine::new(store.clone())
+        .create(&flow, Inputs::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "atom \"boot\" requires \"image\", which no atom provides and the flow was not given"
+    );
+    assert_eq!(store.commits(), 0);
+}
+
+#[test]
+fn graphs_export_to_dot_and_mermaid() {
+    let flow = Flow::linear("l")
+        .add(noop("a"))
+        .add(noop("b"))
+        .compile()
+        .unwrap();
+    assert!(flow.to_dot().contains("\"a\" -> \"b\";"));
+    assert!(flow.to_mermaid().contains("a0 --> a1"));
+}

@@ -1,0 +1,233 @@
+//! Store conformance: cases every [`Store`] must pass, generic over the backend.
+//!
+//! A backend's tests expand [`store_conformance!`](crate::store_conformance) with a constructor
+//! expression; each case becomes its own `#[tokio::test]`.
+
+use baton_core::model::{AtomKind, AtomRecord, Batch, FlowRecord, Write};
+use baton_core::store::{Error, FlowQuery, Store};
+use baton_core::{AtomState, FlowId, FlowState, Intention};
+use chrono::Utc;
+use serde_json::json;
+
+fn flow_record(name: &str) -> FlowRecord {
+    let now = Utc::now();
+    FlowRecord {
+        id: FlowId::new(),
+        name: name.to_owned(),
+        state: FlowState::Pending,
+        intention: Intention::Execute,
+        inputs: crate::inputs([("x", json!(1))]),
+        meta: json!({"owner": "tests"}),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn atoms() -> Vec<AtomRecord> {
+    vec![
+        AtomRecord::pending("a", AtomKind::Task),
+        AtomRecord::pending("r", AtomKind::Retry),
+    ]
+}
+
+fn start(rec: &AtomRecord) -> Write {
+    let mut next = rec.clone();
+    next.state = AtomState::Running;
+    next.attempt += 1;
+    Write::Atom {
+        expected_state: rec.state,
+        expected_attempt: rec.attempt,
+        record: next,
+    }
+}
+
+/// A created flow loads back exactly as written.
+pub async fn create_and_load_round_trip<S: Store>(store: S) {
+    let flow = flow_record("round-trip");
+    store.create_flow(&flow, &atoms(), None).await.unwrap();
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(snap.flow.id, flow.id);
+    assert_eq!(snap.flow.name, flow.name);
+    assert_eq!(snap.flow.inputs, flow.inputs);
+    assert_eq!(snap.flow.meta, flow.meta);
+    assert_eq!(snap.atoms, atoms());
+    assert!(matches!(
+        store.create_flow(&flow, &atoms(), None).await,
+        Err(Error::FlowExists(id)) if id == flow.id
+    ));
+    assert!(matches!(
+        store.load_flow(FlowId::new()).await,
+        Err(Error::FlowNotFound(_))
+    ));
+}
+
+/// A batch applies all its writes, in order, and records one transition per change of state.
+pub async fn batch_applies_in_order_with_history<S: Store>(store: S) {
+    let flow = flow_record("batch");
+    let atoms = atoms();
+    store.create_flow(&flow, &atoms, None).await.unwrap();
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    batch.writes.push(start(&atoms[0]));
+    let mut done = atoms[0].clone();
+    done.state = AtomState::Success;
+    done.attempt = 1;
+    done.result = Some(json!({"id": "net-1", "nested": [1, 2.5, null, "x"]}));
+    batch.writes.push(Write::Atom {
+        expected_state: AtomState::Running,
+        expected_attempt: 1,
+        record: done.clone(),
+    });
+    store.commit(&batch).await.unwrap();
+
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(snap.flow.state, FlowState::Running);
+    let a = snap.atoms.iter().find(|a| a.name == "a").unwrap();
+    assert_eq!(a, &done);
+    let history = store.history(flow.id).await.unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(
+        history.iter().map(|t| t.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
+
+/// A write expecting the wrong state or attempt is refused, and refuses the whole batch.
+pub async fn stale_writes_conflict_and_change_nothing<S: Store>(store: S) {
+    let flow = flow_record("conflict");
+    let atoms = atoms();
+    store.create_flow(&flow, &atoms, None).await.unwrap();
+    let mut first = Batch::new(flow.id, None);
+    first.writes.push(start(&atoms[0]));
+    store.commit(&first).await.unwrap();
+
+    // Same write again: the atom is no longer PENDING at attempt 0.
+    let mut again = Batch::new(flow.id, None);
+    again.writes.push(start(&atoms[1]));
+    again.writes.push(start(&atoms[0]));
+    let err = store.commit(&again).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    let snap = store.load_flow(flow.id).await.unwrap();
+    let r = snap.atoms.iter().find(|a| a.name == "r").unwrap();
+    assert_eq!(
+        r.state,
+        AtomState::Pending,
+        "the refused batch changed atom r"
+    );
+    assert_eq!(store.history(flow.id).await.unwrap().len(), 1);
+}
+
+/// The state machine is enforced: illegal transitions are refused.
+pub async fn illegal_transitions_are_refused<S: Store>(store: S) {
+    let flow = flow_record("illegal");
+    let atoms = atoms();
+    store.create_flow(&flow, &atoms, None).await.unwrap();
+    let mut skip = atoms[0].clone();
+    skip.state = AtomState::Success;
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(Write::Atom {
+        expected_state: AtomState::Pending,
+        expected_attempt: 0,
+        record: skip,
+    });
+    let err = store.commit(&batch).await.unwrap_err();
+    assert!(matches!(err, Error::IllegalTransition { .. }), "{err}");
+
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Success,
+        intention: Intention::Execute,
+    });
+    let err = store.commit(&batch).await.unwrap_err();
+    assert!(matches!(err, Error::IllegalTransition { .. }), "{err}");
+}
+
+/// Unknown flows and atoms are named in the error.
+pub async fn unknown_flow_or_atom_is_named<S: Store>(store: S) {
+    let flow = flow_record("unknown");
+    store.create_flow(&flow, &atoms(), None).await.unwrap();
+    let mut batch = Batch::new(flow.id, None);
+    batch
+        .writes
+        .push(start(&AtomRecord::pending("ghost", AtomKind::Task)));
+    let err = store.commit(&batch).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::AtomNotFound { atom, .. } if atom == "ghost"),
+        "{err}"
+    );
+    let batch = Batch::new(FlowId::new(), None);
+    assert!(matches!(
+        store.commit(&batch).await,
+        Err(Error::FlowNotFound(_))
+    ));
+}
+
+/// Listing filters by state and name, newest first, and honours the limit.
+pub async fn list_filters_and_orders<S: Store>(store: S) {
+    let name = format!("list-{}", FlowId::new());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let mut f = flow_record(&name);
+        f.created_at = Utc::now();
+        store.create_flow(&f, &atoms(), None).await.unwrap();
+        ids.push(f.id);
+    }
+    let mut batch = Batch::new(ids[0], None);
+    batch.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    store.commit(&batch).await.unwrap();
+
+    let all = store
+        .list_flows(&FlowQuery::all().name(&name))
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|f| f.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>()
+    );
+    let running = store
+        .list_flows(&FlowQuery::all().name(&name).state(FlowState::Running))
+        .await
+        .unwrap();
+    assert_eq!(
+        running.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    let limited = store
+        .list_flows(&FlowQuery::all().name(&name).limit(2))
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each given a store from `$make`
+/// (an async expression).
+#[macro_export]
+macro_rules! store_conformance {
+    ($make:expr) => {
+        $crate::store_conformance!(@cases $make;
+            create_and_load_round_trip,
+            batch_applies_in_order_with_history,
+            stale_writes_conflict_and_change_nothing,
+            illegal_transitions_are_refused,
+            unknown_flow_or_atom_is_named,
+            list_filters_and_orders,
+        );
+    };
+    (@cases $make:expr; $($case:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                $crate::conformance::$case($make).await;
+            }
+        )*
+    };
+}

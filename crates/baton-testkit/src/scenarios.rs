@@ -1,0 +1,147 @@
+//! The flows the crash and conformance tests run. Every result is deterministic (it depends only
+//! on persisted data), so a resumed run can be compared with an uninterrupted one.
+
+use baton_core::retry::Times;
+use baton_core::{Atom, CompiledFlow, Flow, Inputs};
+use serde_json::json;
+
+use crate::{inputs, Log, Probe};
+
+/// A flow to run, with its inputs and parallelism.
+#[derive(Debug)]
+pub struct Scenario {
+    /// A short name for messages.
+    pub name: &'static str,
+    /// Builds the flow with probes recording into the given log.
+    pub build: fn(&Log) -> CompiledFlow,
+    /// The flow's inputs.
+    pub inputs: Inputs,
+    /// The engine's parallelism.
+    pub parallelism: usize,
+}
+
+fn linear_flow(log: &Log, n: usize) -> CompiledFlow {
+    let mut flow = Flow::linear("linear");
+    for i in 0..n {
+        let input = if i == 0 {
+            "seed".to_owned()
+        } else {
+            format!("v{}", i - 1)
+        };
+        flow = flow.add(
+            Atom::task(format!("t{i}"), Probe::new(log))
+                .requires([input])
+                .provides(format!("v{i}")),
+        );
+    }
+    flow.compile().expect("linear flow compiles")
+}
+
+/// Five tasks in a line, each consuming the previous one's result.
+#[must_use]
+pub fn linear() -> Scenario {
+    Scenario {
+        name: "linear",
+        build: |log| linear_flow(log, 5),
+        inputs: inputs([("seed", json!(1))]),
+        parallelism: 1,
+    }
+}
+
+/// `n` tasks in a line (for load and crash tests of long flows).
+#[must_use]
+pub fn long_linear(log: &Log, n: usize) -> CompiledFlow {
+    linear_flow(log, n)
+}
+
+/// A graph: `a` fans out to `b`, `c`, `d`, which join into `e`; `f` runs beside them.
+#[must_use]
+pub fn parallel_graph() -> Scenario {
+    Scenario {
+        name: "parallel graph",
+        build: |log| {
+            Flow::graph("diamond")
+                .add(Atom::task("a", Probe::new(log)).provides("a"))
+                .add(
+                    Atom::task("b", Probe::new(log))
+                        .requires(["a"])
+                        .provides("b"),
+                )
+                .add(
+                    Atom::task("c", Probe::new(log))
+                        .requires(["a"])
+                        .provides("c"),
+                )
+                .add(
+                    Atom::task("d", Probe::new(log))
+                        .requires(["a"])
+                        .provides("d"),
+                )
+                .add(Atom::task("e", Probe::new(log)).requires(["b", "c", "d"]))
+                .add(Atom::task("f", Probe::new(log)).provides("f"))
+                .compile()
+                .expect("graph compiles")
+        },
+        inputs: Inputs::new(),
+        parallelism: 4,
+    }
+}
+
+/// `a`, then `b` and `c` in parallel, then `d`, which fails: everything is reverted.
+#[must_use]
+pub fn failing() -> Scenario {
+    Scenario {
+        name: "failing",
+        build: |log| {
+            Flow::linear("failing")
+                .add(Atom::task("a", Probe::new(log)).provides("a"))
+                .add(
+                    Flow::unordered("mid")
+                        .add(Atom::task("b", Probe::new(log)).requires(["a"]))
+                        .add(Atom::task("c", Probe::new(log)).requires(["a"])),
+                )
+                .add(Atom::task("d", Probe::new(log).fails()))
+                .compile()
+                .expect("failing flow compiles")
+        },
+        inputs: Inputs::new(),
+        parallelism: 2,
+    }
+}
+
+/// `a`, then a subflow under `Times(3)` whose task `c` fails while the controller's attempt
+/// number is below 3, then `d`: the subflow is reverted and retried twice, then succeeds.
+#[must_use]
+pub fn retrying() -> Scenario {
+    Scenario {
+        name: "retrying",
+        build: |log| {
+            Flow::linear("retrying")
+                .add(Atom::task("a", Probe::new(log)).provides("a"))
+                .add(
+                    Flow::linear("attempt")
+                        .retry(Atom::retry("r", Times::new(3)).provides("try"))
+                        .add(Atom::task("b", Probe::new(log)).requires(["a", "try"]))
+                        .add(
+                            Atom::task(
+                                "c",
+                                Probe::new(log)
+                                    .fails_when(|ctx| ctx.input::<u64>("try").unwrap_or(0) < 3),
+                            )
+                            .requires(["try"]),
+                        ),
+                )
+                .add(Atom::task("d", Probe::new(log)).requires(["a"]))
+                .compile()
+                .expect("retrying flow compiles")
+        },
+        inputs: Inputs::new(),
+        parallelism: 1,
+    }
+}
+
+/// Every scenario of the crash tests.
+#[must_use]
+pub fn all() -> Vec<Scenario> {
+    vec![linear(), parallel_graph(), failing(), retrying()]
+}

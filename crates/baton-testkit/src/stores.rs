@@ -1,0 +1,174 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition};
+use baton_core::store::{Error, FlowQuery, Result, Store};
+use baton_core::{Fence, FlowId};
+
+/// When a [`CrashStore`] kills the engine at its k-th write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// The k-th write is not applied: the process died before it reached the store.
+    BeforeWrite,
+    /// The k-th write is applied, then the engine dies before it can act on it.
+    AfterWrite,
+}
+
+#[derive(Debug)]
+struct Injected(&'static str);
+
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Injected {}
+
+/// A store wrapper that fails its k-th write (flow creation or batch) with a non-transient
+/// error, so the engine stops dead there as if its process had died. Every later write fails
+/// too: a dead engine writes nothing more.
+#[derive(Debug, Clone)]
+pub struct CrashStore<S> {
+    inner: S,
+    crash_at: u64,
+    mode: CrashMode,
+    writes: Arc<AtomicU64>,
+}
+
+impl<S: Store> CrashStore<S> {
+    /// Crashes at write number `crash_at` (from 1).
+    pub fn new(inner: S, crash_at: u64, mode: CrashMode) -> Self {
+        Self {
+            inner,
+            crash_at,
+            mode,
+            writes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A wrapper that never crashes but counts writes.
+    pub fn counting(inner: S) -> Self {
+        Self::new(inner, u64::MAX, CrashMode::BeforeWrite)
+    }
+
+    /// How many writes were attempted.
+    #[must_use]
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Whether the crash happened.
+    #[must_use]
+    pub fn crashed(&self) -> bool {
+        self.writes() >= self.crash_at
+    }
+
+    async fn write<F>(&self, f: F) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if n < self.crash_at {
+            return f.await;
+        }
+        if n == self.crash_at && self.mode == CrashMode::AfterWrite {
+            f.await?;
+        }
+        Err(Error::Backend(Box::new(Injected("injected crash"))))
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for CrashStore<S> {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+    ) -> Result<()> {
+        self.write(self.inner.create_flow(flow, atoms, fence)).await
+    }
+
+    async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot> {
+        self.inner.load_flow(id).await
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<()> {
+        self.write(self.inner.commit(batch)).await
+    }
+
+    async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {
+        self.inner.history(id).await
+    }
+
+    async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
+        self.inner.list_flows(query).await
+    }
+}
+
+/// A store wrapper that is unavailable for some commits: it answers
+/// [`Error::Unavailable`] for every `every`-th commit, half the time after applying it (the
+/// case of a connection lost after the commit reached the database).
+#[derive(Debug, Clone)]
+pub struct FlakyStore<S> {
+    inner: S,
+    every: u64,
+    commits: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+}
+
+impl<S: Store> FlakyStore<S> {
+    /// Fails every `every`-th commit (at least every 2nd).
+    pub fn new(inner: S, every: u64) -> Self {
+        Self {
+            inner,
+            every: every.max(2),
+            commits: Arc::new(AtomicU64::new(0)),
+            failures: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// How many commits it failed.
+    #[must_use]
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for FlakyStore<S> {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+    ) -> Result<()> {
+        self.inner.create_flow(flow, atoms, fence).await
+    }
+
+    async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot> {
+        self.inner.load_flow(id).await
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<()> {
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if n % self.every != 0 {
+            return self.inner.commit(batch).await;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        if failures % 2 == 0 {
+            self.inner.commit(batch).await?;
+        }
+        Err(Error::Unavailable(Box::new(Injected("injected outage"))))
+    }
+
+    async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {
+        self.inner.history(id).await
+    }
+
+    async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
+        self.inner.list_flows(query).await
+    }
+}
