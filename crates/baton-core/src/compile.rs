@@ -124,6 +124,8 @@ pub struct CompiledFlow {
     pub(crate) deciders: Vec<Vec<DeciderEdge>>,
     /// Atoms in a topological order.
     pub(crate) topo: Vec<usize>,
+    /// Each atom's position in `topo`.
+    pub(crate) topo_pos: Vec<usize>,
     /// The innermost retry controller governing each atom (for a controller: its parent's).
     pub(crate) retry_of: Vec<Option<usize>>,
     /// For each retry controller, the atoms it governs (nested ones included, itself not), in
@@ -491,6 +493,11 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
         }
     }
     let mut reach = Reach::new(n);
+    let dag = Dag {
+        preds: &preds,
+        succs: &succs,
+        pos: &topo_pos,
+    };
     let mut compiled = Vec::with_capacity(n);
     for (i, atom) in b.atoms.iter().enumerate() {
         let mut inputs = Vec::new();
@@ -516,7 +523,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
             let ordered: Vec<usize> = candidates
                 .iter()
                 .copied()
-                .filter(|&p| reach.is_ancestor(p, i, &preds, &topo_pos))
+                .filter(|&p| reach.is_ancestor(p, i, &dag))
                 .collect();
             let source = match ordered.as_slice() {
                 [] => match candidates.first() {
@@ -534,7 +541,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
                     // The nearest provider wins, if one comes after all the others.
                     let latest = many.iter().copied().find(|&p| {
                         many.iter()
-                            .all(|&q| q == p || reach.is_ancestor(q, p, &preds, &topo_pos))
+                            .all(|&q| q == p || reach.is_ancestor(q, p, &dag))
                     });
                     match latest {
                         Some(p) => Source::Atom { index: p, symbol },
@@ -583,18 +590,29 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
         succs,
         deciders,
         topo,
+        topo_pos,
         retry_of: b.retry_of,
         scope,
     })
 }
 
-/// Reachability queries on the DAG: a backwards search from the consumer that never visits
-/// atoms placed before the candidate ancestor in topological order.
+/// Reachability queries on the DAG.
+///
+/// Most queries ask whether a provider is an ancestor of a nearby consumer; a backwards search
+/// from the consumer that never visits atoms placed before the provider in topological order
+/// answers those in a few steps. A provider asked about many times (one symbol read by many
+/// atoms) gets its full set of descendants computed once instead, so compiling stays close to
+/// linear in the size of the flow.
 struct Reach {
     stamp: Vec<u32>,
     epoch: u32,
     stack: Vec<usize>,
+    asked: HashMap<usize, u32>,
+    descendants: HashMap<usize, Vec<u64>>,
 }
+
+/// Queries about one provider after which its descendants are computed once.
+const DESCENDANTS_AFTER: u32 = 4;
 
 impl Reach {
     fn new(n: usize) -> Self {
@@ -602,31 +620,71 @@ impl Reach {
             stamp: vec![0; n],
             epoch: 0,
             stack: Vec::new(),
+            asked: HashMap::new(),
+            descendants: HashMap::new(),
         }
     }
 
-    fn is_ancestor(&mut self, a: usize, b: usize, preds: &[Vec<usize>], pos: &[usize]) -> bool {
-        if pos[a] >= pos[b] {
-            return false;
-        }
+    fn next_epoch(&mut self) -> u32 {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
             self.stamp.fill(0);
             self.epoch = 1;
         }
+        self.epoch
+    }
+
+    fn is_ancestor(&mut self, a: usize, b: usize, g: &Dag<'_>) -> bool {
+        if g.pos[a] >= g.pos[b] {
+            return false;
+        }
+        if let Some(bits) = self.descendants.get(&a) {
+            return bits[b / 64] & (1 << (b % 64)) != 0;
+        }
+        let asked = self.asked.entry(a).or_insert(0);
+        *asked += 1;
+        if *asked >= DESCENDANTS_AFTER {
+            let bits = self.descendants_of(a, g);
+            let found = bits[b / 64] & (1 << (b % 64)) != 0;
+            self.descendants.insert(a, bits);
+            return found;
+        }
+        let epoch = self.next_epoch();
         self.stack.clear();
         self.stack.push(b);
         while let Some(x) = self.stack.pop() {
-            for &p in &preds[x] {
+            for &p in &g.preds[x] {
                 if p == a {
                     return true;
                 }
-                if pos[p] > pos[a] && self.stamp[p] != self.epoch {
-                    self.stamp[p] = self.epoch;
+                if g.pos[p] > g.pos[a] && self.stamp[p] != epoch {
+                    self.stamp[p] = epoch;
                     self.stack.push(p);
                 }
             }
         }
         false
     }
+
+    fn descendants_of(&mut self, a: usize, g: &Dag<'_>) -> Vec<u64> {
+        let mut bits = vec![0u64; g.succs.len().div_ceil(64)];
+        self.stack.clear();
+        self.stack.push(a);
+        while let Some(x) = self.stack.pop() {
+            for &s in &g.succs[x] {
+                if bits[s / 64] & (1 << (s % 64)) == 0 {
+                    bits[s / 64] |= 1 << (s % 64);
+                    self.stack.push(s);
+                }
+            }
+        }
+        bits
+    }
+}
+
+/// The DAG's adjacency and topological positions, for [`Reach`].
+struct Dag<'a> {
+    preds: &'a [Vec<usize>],
+    succs: &'a [Vec<usize>],
+    pos: &'a [usize],
 }

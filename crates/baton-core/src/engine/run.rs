@@ -5,7 +5,7 @@
 //! and only then starts the tasks the batch marked `RUNNING` or `REVERTING`. Completions that
 //! arrive together are folded into the next batch, so parallel branches share commits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -47,8 +47,13 @@ pub(crate) struct Run<'a> {
     control: Control,
     record: FlowRecord,
     atoms: Vec<AtomRecord>,
+    /// Atoms whose execute or revert is started (or about to be, once the batch commits).
     in_flight: Vec<bool>,
     in_flight_count: usize,
+    /// Topological positions of atoms the forward pass must look at again.
+    dirty: BTreeSet<usize>,
+    /// Retry controllers currently retrying their subflow.
+    retrying: BTreeSet<usize>,
     running: JoinSet<(usize, Done)>,
     writes: Vec<Write>,
     launches: Vec<Launch>,
@@ -134,6 +139,12 @@ impl<'a> Run<'a> {
         }
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let n = atoms.len();
+        let retrying = atoms
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.kind == AtomKind::Retry && a.intention == Intention::Retry)
+            .map(|(i, _)| i)
+            .collect();
         Ok(Run {
             engine,
             flow,
@@ -144,6 +155,8 @@ impl<'a> Run<'a> {
             atoms,
             in_flight: vec![false; n],
             in_flight_count: 0,
+            dirty: (0..n).collect(),
+            retrying,
             running: JoinSet::new(),
             writes: Vec::new(),
             launches: Vec::new(),
@@ -238,11 +251,27 @@ impl<'a> Run<'a> {
         let rec = &mut self.atoms[i];
         let (expected_state, expected_attempt) = (rec.state, rec.attempt);
         change(rec);
+        let (state, retrying) = (rec.state, rec.intention == Intention::Retry);
         self.writes.push(Write::Atom {
             expected_state,
             expected_attempt,
             record: rec.clone(),
         });
+        // What may have become possible: the atom's successors, and the atom itself if it is
+        // waiting to run (again).
+        let flow = self.flow;
+        self.dirty
+            .extend(flow.succs[i].iter().map(|&s| flow.topo_pos[s]));
+        if matches!(state, AtomState::Pending | AtomState::Retrying) {
+            self.dirty.insert(flow.topo_pos[i]);
+        }
+        if flow.atoms[i].kind() == AtomKind::Retry {
+            if retrying {
+                self.retrying.insert(i);
+            } else {
+                self.retrying.remove(&i);
+            }
+        }
     }
 
     /// Commits the pending writes as one batch, retrying while the store is unavailable.
@@ -341,7 +370,7 @@ impl<'a> Run<'a> {
         if self.record.intention == Intention::Revert {
             self.plan_revert(may_start);
         }
-        if self.in_flight_count > 0 || !self.launches.is_empty() {
+        if self.in_flight_count > 0 {
             return;
         }
         let final_state = if self.record.intention == Intention::Revert {
@@ -423,16 +452,23 @@ impl<'a> Run<'a> {
     }
 
     fn has_capacity(&self) -> bool {
-        self.in_flight_count + self.launches.len() < self.engine.options.parallelism
+        self.in_flight_count < self.engine.options.parallelism
+    }
+
+    fn queue(&mut self, launch: Launch) {
+        let i = match &launch {
+            Launch::Execute(i, _) | Launch::Revert(i, _) => *i,
+        };
+        self.in_flight[i] = true;
+        self.in_flight_count += 1;
+        self.launches.push(launch);
     }
 
     fn plan_forward(&mut self, may_start: bool) {
         // Subflows being retried: revert them, then reset them. Outermost first.
-        for r in 0..self.atoms.len() {
-            if self.atoms[r].intention == Intention::Retry
-                && self.flow.atoms[r].kind() == AtomKind::Retry
-                && self.retrying_scope(r).is_none()
-            {
+        let retrying: Vec<usize> = self.retrying.iter().copied().collect();
+        for r in retrying {
+            if self.atoms[r].intention == Intention::Retry && self.retrying_scope(r).is_none() {
                 self.plan_scope_revert(r, may_start);
                 if self.record.intention == Intention::Revert {
                     return;
@@ -440,40 +476,57 @@ impl<'a> Run<'a> {
             }
         }
 
+        // Only atoms something happened to (or near) need a look: see `set_atom`.
         let now = Utc::now();
-        for pos in 0..self.flow.topo.len() {
-            if self.record.intention == Intention::Revert {
-                return;
+        let mut later = Vec::new();
+        while let Some(pos) = self.dirty.pop_first() {
+            // Stop when nothing more can start: the rest waits for a free slot, and a pass stays
+            // proportional to what changed rather than to the size of the flow.
+            if self.record.intention == Intention::Revert || !may_start || !self.has_capacity() {
+                self.dirty.insert(pos);
+                break;
             }
             let i = self.flow.topo[pos];
             if self.in_flight[i] || self.retrying_scope(i).is_some() {
                 continue;
             }
-            match self.atoms[i].state {
+            let settled = match self.atoms[i].state {
                 AtomState::Pending => self.consider_pending(i, may_start),
                 AtomState::Running if may_start && self.has_capacity() => {
                     // Interrupted by a crash: run it again, as a new attempt.
                     self.start(i);
+                    true
                 }
                 AtomState::Retrying if may_start => match self.atoms[i].retry_at {
                     Some(at) if at > now => {
                         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+                        false
                     }
-                    _ => self.start(i),
+                    _ => {
+                        self.start(i);
+                        true
+                    }
                 },
-                _ => {}
+                AtomState::Running | AtomState::Retrying => false,
+                _ => true,
+            };
+            if !settled {
+                later.push(pos);
             }
         }
+        self.dirty.extend(later);
     }
 
-    fn consider_pending(&mut self, i: usize, may_start: bool) {
+    /// Looks at a pending atom: skips it, starts it, or leaves it to wait. Returns `false` if it
+    /// could run but was held back (no capacity, or suspending) and must be looked at again.
+    fn consider_pending(&mut self, i: usize, may_start: bool) -> bool {
         let preds = &self.flow.preds[i];
         let mut all_ignored = !preds.is_empty();
         for &p in preds {
             match self.atoms[p].state {
                 AtomState::Success => all_ignored = false,
                 AtomState::Ignore => {}
-                _ => return,
+                _ => return true,
             }
         }
         let skip = all_ignored
@@ -501,9 +554,13 @@ impl<'a> Run<'a> {
                 a.state = AtomState::Ignore;
                 a.finished_at = Some(now);
             });
+            true
         } else if may_start && (self.flow.atoms[i].kind() == AtomKind::Retry || self.has_capacity())
         {
             self.start(i);
+            true
+        } else {
+            false
         }
     }
 
@@ -563,7 +620,7 @@ impl<'a> Run<'a> {
             }
         };
         match &self.flow.atoms[i].body {
-            AtomBody::Task(_) => self.launches.push(Launch::Execute(i, inputs)),
+            AtomBody::Task(_) => self.queue(Launch::Execute(i, inputs)),
             AtomBody::Retry(controller) => {
                 // Controllers are pure: run them inline.
                 let controller = controller.clone();
@@ -751,8 +808,8 @@ impl<'a> Run<'a> {
             a.intention = Intention::Revert;
         });
         if is_task {
-            self.launches
-                .push(Launch::Revert(i, self.inputs_best_effort(i)));
+            let inputs = self.inputs_best_effort(i);
+            self.queue(Launch::Revert(i, inputs));
         } else {
             let now = Utc::now();
             self.set_atom(i, |a| {
@@ -764,8 +821,8 @@ impl<'a> Run<'a> {
 
     fn relaunch_revert(&mut self, i: usize) {
         if matches!(self.flow.atoms[i].body, AtomBody::Task(_)) {
-            self.launches
-                .push(Launch::Revert(i, self.inputs_best_effort(i)));
+            let inputs = self.inputs_best_effort(i);
+            self.queue(Launch::Revert(i, inputs));
         } else {
             let now = Utc::now();
             self.set_atom(i, |a| {
@@ -824,8 +881,6 @@ impl<'a> Run<'a> {
                 continue;
             };
             let task = task.clone();
-            self.in_flight[i] = true;
-            self.in_flight_count += 1;
             let name = self.atoms[i].name.clone();
             let attempt = self.atoms[i].attempt;
             match job {
