@@ -86,12 +86,17 @@ fn wide_graph(n: usize) -> Flow {
     flow.add(noop("join".into()))
 }
 
+/// The best of five compilations, in seconds (the minimum is the least disturbed by whatever
+/// else the machine is doing).
 fn time_compile(flow: &Flow) -> Result<f64> {
-    let start = Instant::now();
-    let compiled = flow.compile()?;
-    let secs = start.elapsed().as_secs_f64();
-    anyhow::ensure!(!compiled.is_empty());
-    Ok(secs)
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let compiled = flow.compile()?;
+        best = best.min(start.elapsed().as_secs_f64());
+        anyhow::ensure!(!compiled.is_empty());
+    }
+    Ok(best)
 }
 
 fn compile(atoms: usize) -> Result<()> {

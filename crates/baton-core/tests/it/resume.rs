@@ -268,3 +268,63 @@ async fn running_with_another_definition_is_refused() {
     assert!(err.to_string().contains("\"z\""), "{err}");
     assert!(log.calls().is_empty(), "nothing ran");
 }
+
+#[tokio::test]
+async fn an_atom_interrupted_mid_execute_is_reverted_without_a_result() {
+    let log = Log::new();
+    let flow = Flow::unordered("interrupted")
+        .add(Atom::task(
+            "slow",
+            Probe::new(&log).delay(Duration::from_millis(200)),
+        ))
+        .add(Atom::task("fails", Probe::new(&log).fails()))
+        .compile()
+        .unwrap();
+    let store = MemoryStore::new();
+    // Writes: 1 create, 2 start both, 3 `fails` failed + flow reverting + its revert begins,
+    // 4 `fails` reverted: crash there, while `slow` is still running.
+    let crash = CrashStore::new(store.clone(), 4, CrashMode::BeforeWrite);
+    let id = FlowId::new();
+    let engine = Engine::new(crash).with_parallelism(2);
+    engine
+        .create_with(&flow, Inputs::new(), CreateOptions::new().id(id))
+        .await
+        .unwrap();
+    assert!(engine.run(&flow, id).await.is_err());
+    let snap = store.load_flow(id).await.unwrap();
+    assert_eq!(snap.flow.state, FlowState::Reverting);
+    let state = |n: &str| snap.atoms.iter().find(|a| a.name == n).unwrap().state;
+    assert_eq!(state("slow"), AtomState::Running);
+    assert_eq!(state("fails"), AtomState::Reverting);
+
+    let outcome = Engine::new(store.clone()).run(&flow, id).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Reverted);
+    let slow_revert = log
+        .of("slow")
+        .into_iter()
+        .find(|c| c.action == Action::Revert)
+        .expect("the interrupted atom was reverted");
+    assert_eq!(slow_revert.result, None);
+    assert!(
+        !slow_revert.had_failure,
+        "an interrupted execute has neither result nor failure"
+    );
+    assert_eq!(
+        log.successes(Action::Revert)["fails"],
+        2,
+        "the revert caught mid-way ran again"
+    );
+}
+
+#[test]
+fn engine_handles_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let engine = Engine::new(MemoryStore::new());
+    send_sync(&engine);
+    send_sync(&Control::new());
+    let flow = Flow::linear("f").compile().unwrap();
+    send(&engine.run(&flow, FlowId::new()));
+    send(&engine.start(&flow, Inputs::new()));
+    send(&engine.subscribe());
+}
