@@ -78,6 +78,20 @@ uuid_id!(
     JobId,
     "job id"
 );
+uuid_id!(
+    /// Identifies one conductor process of a fleet.
+    ConductorId,
+    "conductor id"
+);
+
+impl FlowId {
+    /// The id of the flow a job drives. It is derived from the job's id, so every conductor
+    /// that ever claims the job finds the same flow, and creating it twice is impossible.
+    #[must_use]
+    pub const fn for_job(job: JobId) -> Self {
+        Self(job.as_uuid())
+    }
+}
 
 /// A string that is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -45,7 +45,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod board;
 pub mod compile;
+pub mod conductor;
 pub mod engine;
 mod failure;
 mod flow;
@@ -56,12 +58,14 @@ mod state;
 pub mod store;
 mod task;
 
+pub use board::{JobBoard, MemoryJobBoard, NewJob};
 pub use compile::CompiledFlow;
+pub use conductor::{Blueprint, Conductor, Registry};
 pub use engine::{Control, CreateOptions, Engine, Event, EventKind, Events, Outcome, RunOptions};
 pub use failure::{Failure, FailureKind, ResultExt, Retryability, TaskError};
 pub use flow::{Atom, Decider, Flow, FlowChild, Pattern, Provides};
-pub use ids::{Fence, FencingToken, FlowId, JobId, ParseIdError};
+pub use ids::{ConductorId, Fence, FencingToken, FlowId, JobId, ParseIdError};
 pub use model::Inputs;
-pub use state::{AtomState, FlowState, Intention, ParseStateError};
+pub use state::{AtomState, FlowState, Intention, JobState, ParseStateError};
 pub use store::MemoryStore;
 pub use task::{FnTask, RevertContext, Task, TaskContext};

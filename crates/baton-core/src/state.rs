@@ -110,6 +110,28 @@ state_enum!(
     }
 );
 
+state_enum!(
+    /// The state of a job on a job board.
+    JobState, "job state" {
+        /// Waiting for a conductor.
+        Unclaimed => "UNCLAIMED",
+        /// Owned by a conductor under a lease.
+        Claimed => "CLAIMED",
+        /// Done: its flow ended (or it could not be built), and the outcome is recorded.
+        Complete => "COMPLETE",
+        /// Retired by an operator; never runs again.
+        Trashed => "TRASHED",
+    }
+);
+
+impl JobState {
+    /// Whether the job will never run again.
+    #[must_use]
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, JobState::Complete | JobState::Trashed)
+    }
+}
+
 /// Text that names no known state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {input:?}")]

@@ -7,6 +7,7 @@
 //! - [`scenarios`]: the flows the crash tests run (linear, parallel graph, failing, retrying).
 //! - [`crash`]: the crash-at-every-write check, generic over the store.
 //! - [`conformance`]: store cases every backend must pass, one test per case per backend.
+//! - [`board`]: job-board cases every backend must pass, likewise.
 //!
 //! Panics here are failed assertions: this crate is only ever used from tests.
 
@@ -14,6 +15,7 @@
 // A panic in a fixture is a failed test with a location, which is what tests want.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod board;
 pub mod conformance;
 pub mod crash;
 mod probe;

@@ -3,6 +3,8 @@
 // Helpers outside `#[test]` functions panic on purpose: that is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod board;
+mod conductor;
 mod crash;
 mod data;
 mod events;

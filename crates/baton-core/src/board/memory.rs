@@ -1,0 +1,264 @@
+//! The in-memory job board: the reference implementation of [`JobBoard`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::{Claim, ConductorInfo, Error, Job, JobBoard, JobQuery, NewJob, Result};
+use crate::ids::{ConductorId, Fence, FencingToken, JobId};
+use crate::state::JobState;
+use crate::store::MemoryStore;
+
+#[derive(Debug, Default)]
+struct Inner {
+    jobs: HashMap<JobId, Job>,
+    order: Vec<JobId>,
+    conductors: HashMap<ConductorId, ConductorInfo>,
+}
+
+/// A [`JobBoard`] in process memory, fencing the flows of a [`MemoryStore`].
+///
+/// Clones share the same board.
+#[derive(Debug, Clone)]
+pub struct MemoryJobBoard {
+    inner: Arc<Mutex<Inner>>,
+    store: MemoryStore,
+    wake: Arc<Notify>,
+}
+
+fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
+}
+
+impl MemoryJobBoard {
+    /// A board whose claims fence writes to `store`.
+    #[must_use]
+    pub fn new(store: &MemoryStore) -> Self {
+        Self {
+            inner: Arc::default(),
+            store: store.clone(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation below checks first and then applies, so a panic elsewhere while the
+        // lock was held cannot have left a half-made change.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The job under `fence`, if the claim is current.
+    fn claimed(inner: &mut Inner, fence: Fence) -> Result<&mut Job> {
+        let job = inner
+            .jobs
+            .get_mut(&fence.job)
+            .ok_or(Error::JobNotFound(fence.job))?;
+        if job.state != JobState::Claimed || job.token != fence.token {
+            return Err(Error::ClaimLost {
+                job: fence.job,
+                token: fence.token,
+            });
+        }
+        Ok(job)
+    }
+}
+
+#[async_trait]
+impl JobBoard for MemoryJobBoard {
+    async fn post(&self, new: NewJob) -> Result<Job> {
+        new.validate()?;
+        let now = Utc::now();
+        let job = Job {
+            id: JobId::new(),
+            name: new.name,
+            factory: new.factory,
+            params: new.params,
+            key: new.key,
+            priority: new.priority,
+            state: JobState::Unclaimed,
+            owner: None,
+            lease_expires_at: None,
+            token: FencingToken(0),
+            attempts: 0,
+            outcome: None,
+            created_at: now,
+            updated_at: now,
+        };
+        {
+            let mut inner = self.lock();
+            inner.order.push(job.id);
+            inner.jobs.insert(job.id, job.clone());
+        }
+        self.wake.notify_waiters();
+        Ok(job)
+    }
+
+    async fn claim(&self, owner: ConductorId, lease: Duration) -> Result<Option<Claim>> {
+        let now = Utc::now();
+        let mut inner = self.lock();
+        let live = |j: &Job| j.lease_expires_at.is_some_and(|t| t > now);
+        // The earliest unfinished job of each key is the only one of its key that may run.
+        let mut heads: HashMap<&str, JobId> = HashMap::new();
+        for id in &inner.order {
+            let job = &inner.jobs[id];
+            if let Some(k) = &job.key {
+                if !job.state.is_terminal() {
+                    heads.entry(k.as_str()).or_insert(*id);
+                }
+            }
+        }
+        let best = inner
+            .order
+            .iter()
+            .enumerate()
+            .map(|(seq, id)| (seq, &inner.jobs[id]))
+            .filter(|(_, j)| match j.state {
+                JobState::Unclaimed => true,
+                JobState::Claimed => !live(j),
+                _ => false,
+            })
+            .filter(|(_, j)| j.key.as_deref().is_none_or(|k| heads.get(k) == Some(&j.id)))
+            .min_by_key(|(seq, j)| (std::cmp::Reverse(j.priority), *seq))
+            .map(|(_, j)| j.id);
+        let Some(id) = best else {
+            return Ok(None);
+        };
+        let Some(job) = inner.jobs.get_mut(&id) else {
+            return Ok(None);
+        };
+        job.state = JobState::Claimed;
+        job.owner = Some(owner);
+        job.token = FencingToken(job.token.0 + 1);
+        job.attempts += 1;
+        let expires = lease_until(now, lease);
+        job.lease_expires_at = Some(expires);
+        job.updated_at = now;
+        let claim = Claim {
+            job: job.clone(),
+            fence: Fence {
+                job: id,
+                token: job.token,
+            },
+            lease_expires_at: expires,
+        };
+        // Under the board's lock: from here on only the new token can write the job's flow.
+        self.store.set_fence(id, claim.fence.token);
+        Ok(Some(claim))
+    }
+
+    async fn heartbeat(&self, fence: Fence, lease: Duration) -> Result<DateTime<Utc>> {
+        let now = Utc::now();
+        let mut inner = self.lock();
+        let job = Self::claimed(&mut inner, fence)?;
+        let expires = lease_until(now, lease);
+        job.lease_expires_at = Some(expires);
+        job.updated_at = now;
+        Ok(expires)
+    }
+
+    async fn consume(&self, fence: Fence, outcome: Value) -> Result<()> {
+        let mut inner = self.lock();
+        let job = Self::claimed(&mut inner, fence)?;
+        job.state = JobState::Complete;
+        job.owner = None;
+        job.lease_expires_at = None;
+        job.outcome = Some(outcome);
+        job.updated_at = Utc::now();
+        drop(inner);
+        // A job waiting on the same key may now run.
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn abandon(&self, fence: Fence) -> Result<()> {
+        {
+            let mut inner = self.lock();
+            let job = Self::claimed(&mut inner, fence)?;
+            job.state = JobState::Unclaimed;
+            job.owner = None;
+            job.lease_expires_at = None;
+            job.updated_at = Utc::now();
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn trash(&self, id: JobId, fence: Option<Fence>, reason: Value) -> Result<()> {
+        let mut inner = self.lock();
+        let job = match fence {
+            Some(f) if f.job == id => Self::claimed(&mut inner, f)?,
+            Some(f) => {
+                return Err(Error::ClaimLost {
+                    job: f.job,
+                    token: f.token,
+                })
+            }
+            None => inner.jobs.get_mut(&id).ok_or(Error::JobNotFound(id))?,
+        };
+        if job.state == JobState::Complete {
+            return Err(Error::InvalidState {
+                job: id,
+                state: job.state,
+                operation: "trash",
+            });
+        }
+        job.state = JobState::Trashed;
+        job.owner = None;
+        job.lease_expires_at = None;
+        // Revoke any claim: its owner can no longer write the flow.
+        job.token = FencingToken(job.token.0 + 1);
+        job.outcome = Some(reason);
+        job.updated_at = Utc::now();
+        self.store.set_fence(id, job.token);
+        drop(inner);
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn get(&self, id: JobId) -> Result<Job> {
+        self.lock()
+            .jobs
+            .get(&id)
+            .cloned()
+            .ok_or(Error::JobNotFound(id))
+    }
+
+    async fn list(&self, query: &JobQuery) -> Result<Vec<Job>> {
+        let inner = self.lock();
+        Ok(inner
+            .order
+            .iter()
+            .filter_map(|id| inner.jobs.get(id))
+            .filter(|j| query.matches(j))
+            .take(query.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
+    async fn register(&self, info: &ConductorInfo) -> Result<()> {
+        self.lock().conductors.insert(info.id, info.clone());
+        Ok(())
+    }
+
+    async fn deregister(&self, id: ConductorId) -> Result<()> {
+        self.lock().conductors.remove(&id);
+        Ok(())
+    }
+
+    async fn conductors(&self) -> Result<Vec<ConductorInfo>> {
+        let mut all: Vec<ConductorInfo> = self.lock().conductors.values().cloned().collect();
+        all.sort_by_key(|c| c.started_at);
+        Ok(all)
+    }
+}

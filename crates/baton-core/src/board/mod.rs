@@ -1,0 +1,367 @@
+//! The job board: where work is posted, and claimed by conductors under a lease.
+//!
+//! # Claim semantics
+//!
+//! Every backend keeps these, and the conformance suite checks them:
+//!
+//! - **Exclusive**: at most one live claim per job. [`JobBoard::claim`] takes the next eligible
+//!   job in one atomic step (never read-then-write): an `UNCLAIMED` job, or a `CLAIMED` one
+//!   whose lease has expired.
+//! - **Ordered**: higher priority first, then posting order.
+//! - **Keys**: among the unfinished jobs that share a key, only the earliest posted is
+//!   eligible; the others wait their turn. At most one job per key is claimed at any time.
+//! - **Fencing**: every claim gives the job a new, larger [`FencingToken`]. Heartbeat, consume
+//!   and abandon check it in the same step and answer [`Error::ClaimLost`] once it is stale;
+//!   the same token guards every write to the job's flow (see
+//!   [`Store`](crate::store::Store)), so an owner that lost its claim can change nothing.
+//! - **Leases**: a claim lasts until its lease expires unless heartbeats extend it. An expired
+//!   lease makes the job claimable again; the old owner's heartbeat keeps working only until
+//!   someone else claims it.
+//!
+//! The trait is exempt from semver until 1.0.
+
+mod memory;
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{ConductorId, Fence, FencingToken, FlowId, JobId};
+use crate::state::JobState;
+
+pub use memory::MemoryJobBoard;
+
+/// What can go wrong on a job board.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No job with this id.
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    /// The claim this call was made under is no longer the job's current one.
+    #[error("claim on job {job} with token {token} is lost")]
+    ClaimLost {
+        /// The job.
+        job: JobId,
+        /// The stale token.
+        token: FencingToken,
+    },
+    /// The job is in a state that does not allow the operation.
+    #[error("job {job} is {state}: cannot {operation}")]
+    InvalidState {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+        /// What was attempted.
+        operation: &'static str,
+    },
+    /// A job was posted with something missing or malformed.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    /// Stored data could not be read.
+    #[error("corrupt job record {job}: {detail}")]
+    Corrupt {
+        /// The job (if known).
+        job: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The board cannot be reached right now; retrying later may work.
+    #[error("job board unavailable")]
+    Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// Any other backend error.
+    #[error("job board error")]
+    Backend(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl Error {
+    /// Whether the operation may succeed if retried later unchanged.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+/// The result type of job-board operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A job to post.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct NewJob {
+    /// A human-readable name.
+    pub name: String,
+    /// The name of the flow factory (in the conductors' registry) that builds its flow.
+    pub factory: String,
+    /// The factory's parameters.
+    pub params: Value,
+    /// At most one job per key is claimed at a time (e.g. a stack id).
+    pub key: Option<String>,
+    /// Higher runs first.
+    pub priority: i32,
+}
+
+impl NewJob {
+    /// A job named `name` whose flow `factory` builds, with no parameters.
+    pub fn new(name: impl Into<String>, factory: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            factory: factory.into(),
+            params: Value::Null,
+            key: None,
+            priority: 0,
+        }
+    }
+
+    /// Sets the factory's parameters.
+    pub fn params(mut self, params: Value) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Serialises the job with every other unfinished job of `key`.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the priority (default 0; higher first).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Checks the job can be posted.
+    ///
+    /// # Errors
+    /// [`Error::InvalidJob`] naming the empty field.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.trim().is_empty() {
+            return Err(Error::InvalidJob("the name is empty".into()));
+        }
+        if self.factory.trim().is_empty() {
+            return Err(Error::InvalidJob("the factory name is empty".into()));
+        }
+        if self.key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err(Error::InvalidJob("the key is empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A job, as the board holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// Its name.
+    pub name: String,
+    /// The flow factory that builds its flow.
+    pub factory: String,
+    /// The factory's parameters.
+    pub params: Value,
+    /// Its serialisation key, if any.
+    pub key: Option<String>,
+    /// Its priority.
+    pub priority: i32,
+    /// Its state.
+    pub state: JobState,
+    /// The conductor holding the claim.
+    pub owner: Option<ConductorId>,
+    /// When the current claim expires unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The token of the latest claim (0 before the first).
+    pub token: FencingToken,
+    /// How many times it was claimed.
+    pub attempts: u32,
+    /// How it ended, once complete or trashed.
+    pub outcome: Option<Value>,
+    /// When it was posted.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Job {
+    /// The id of the flow this job drives.
+    #[must_use]
+    pub fn flow(&self) -> FlowId {
+        FlowId::for_job(self.id)
+    }
+}
+
+/// A successful claim: the job and the fence every write under the claim must carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The job, as claimed.
+    pub job: Job,
+    /// Job id and the claim's token.
+    pub fence: Fence,
+    /// When the claim expires unless renewed.
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// A filter for [`JobBoard::list`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct JobQuery {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs with this key.
+    pub key: Option<String>,
+    /// Only jobs claimed by this conductor.
+    pub owner: Option<ConductorId>,
+    /// At most this many, oldest first.
+    pub limit: Option<usize>,
+}
+
+impl JobQuery {
+    /// Every job, in posting order.
+    #[must_use]
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only jobs in `state`.
+    #[must_use]
+    pub fn state(mut self, state: JobState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Only jobs with `key`.
+    #[must_use]
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Only jobs owned by `owner`.
+    #[must_use]
+    pub fn owner(mut self, owner: ConductorId) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// At most `limit` jobs.
+    #[must_use]
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Whether `job` passes the filter (for backends that filter in memory).
+    #[must_use]
+    pub fn matches(&self, job: &Job) -> bool {
+        self.state.is_none_or(|s| job.state == s)
+            && self
+                .key
+                .as_ref()
+                .is_none_or(|k| job.key.as_ref() == Some(k))
+            && self.owner.is_none_or(|o| job.owner == Some(o))
+    }
+}
+
+/// A live conductor, as registered on the board.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConductorInfo {
+    /// Its id.
+    pub id: ConductorId,
+    /// Its name (given by the operator).
+    pub name: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it last reported in.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// Where jobs are posted and claimed. See the [module documentation](self) for the semantics
+/// every backend keeps.
+#[async_trait]
+pub trait JobBoard: Send + Sync + std::fmt::Debug {
+    /// Posts a job, `UNCLAIMED`, and wakes idle conductors.
+    ///
+    /// # Errors
+    /// [`Error::InvalidJob`] for a malformed job; backend errors.
+    async fn post(&self, job: NewJob) -> Result<Job>;
+
+    /// Claims the next eligible job for `owner`, for `lease`. `None` when nothing is eligible.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn claim(&self, owner: ConductorId, lease: Duration) -> Result<Option<Claim>>;
+
+    /// Extends the claim's lease to `lease` from now, if the claim is still current.
+    ///
+    /// # Errors
+    /// [`Error::ClaimLost`] once the token is stale or the job is no longer claimed.
+    async fn heartbeat(&self, fence: Fence, lease: Duration) -> Result<DateTime<Utc>>;
+
+    /// Completes the job with `outcome`, if the claim is still current.
+    ///
+    /// # Errors
+    /// [`Error::ClaimLost`].
+    async fn consume(&self, fence: Fence, outcome: Value) -> Result<()>;
+
+    /// Hands the job back at once (`UNCLAIMED`), if the claim is still current, and wakes idle
+    /// conductors.
+    ///
+    /// # Errors
+    /// [`Error::ClaimLost`].
+    async fn abandon(&self, fence: Fence) -> Result<()>;
+
+    /// Retires a job for good, with a reason. Under a claim, pass its fence (checked); an
+    /// operator passes `None`, which also revokes any current claim.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`], [`Error::ClaimLost`], or [`Error::InvalidState`] for a job
+    /// already complete.
+    async fn trash(&self, job: JobId, fence: Option<Fence>, reason: Value) -> Result<()>;
+
+    /// One job.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`].
+    async fn get(&self, job: JobId) -> Result<Job>;
+
+    /// Jobs matching `query`, in posting order.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn list(&self, query: &JobQuery) -> Result<Vec<Job>>;
+
+    /// Returns when new work may be available (a job posted or abandoned) or after `timeout`,
+    /// whichever comes first. A wake-up can be missed; callers poll with the timeout as a
+    /// fallback.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn wait_for_work(&self, timeout: Duration);
+
+    /// Registers (or refreshes) a live conductor.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn register(&self, info: &ConductorInfo) -> Result<()>;
+
+    /// Removes a conductor from the live fleet.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn deregister(&self, id: ConductorId) -> Result<()>;
+
+    /// The registered conductors.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn conductors(&self) -> Result<Vec<ConductorInfo>>;
+}

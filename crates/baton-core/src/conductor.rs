@@ -1,0 +1,532 @@
+//! Conductors: claim jobs from a board, build their flows, run them fenced, and hand them on.
+//!
+//! A [`Conductor`] claims up to [`Options::concurrency`] jobs. For each one it builds the flow
+//! with the job's factory from the [`Registry`], creates the flow run (its id is derived from
+//! the job's, so whoever claims the job later finds the same run) or loads it, and runs it with
+//! every write fenced by the claim's token, heartbeating the lease meanwhile. When the flow
+//! ends it consumes the job with the outcome.
+//!
+//! - **Claim lost** (a heartbeat answers `ClaimLost`, a write is fenced, or the lease ran out
+//!   while the board was unreachable): the engine is halted at once and writes nothing more.
+//! - **Shutdown** (the cancellation token given to [`Conductor::run`]): stop claiming, suspend
+//!   running flows at a step boundary, abandon their jobs so another conductor resumes them at
+//!   once, and deregister. Flows still running after [`Options::drain_timeout`] are halted;
+//!   their leases expire and another conductor takes them over.
+//! - **Bad jobs** (unknown factory, parameters the factory rejects, a flow that does not
+//!   compile): the job is consumed with an outcome that says what was wrong, so it does not
+//!   come back in a crash loop.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::board::{self, Claim, ConductorInfo, JobBoard};
+use crate::engine::{self, Control, CreateOptions, Engine, RunOptions};
+use crate::flow::Flow;
+use crate::ids::{ConductorId, JobId};
+use crate::model::Inputs;
+use crate::state::FlowState;
+use crate::store;
+
+/// What a factory builds from a job's parameters: the flow and its inputs.
+#[derive(Debug)]
+pub struct Blueprint {
+    /// The flow to run.
+    pub flow: Flow,
+    /// Its inputs.
+    pub inputs: Inputs,
+}
+
+impl Blueprint {
+    /// A blueprint with no inputs.
+    #[must_use]
+    pub fn new(flow: Flow) -> Self {
+        Self {
+            flow,
+            inputs: Inputs::new(),
+        }
+    }
+
+    /// Adds inputs.
+    #[must_use]
+    pub fn inputs(mut self, inputs: Inputs) -> Self {
+        self.inputs = inputs;
+        self
+    }
+}
+
+type Factory = Arc<dyn Fn(&Value) -> Result<Blueprint, String> + Send + Sync>;
+
+/// Flow factories by name: how a conductor turns a job into a flow.
+#[derive(Clone, Default)]
+#[must_use]
+pub struct Registry {
+    factories: HashMap<String, Factory>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&String> = self.factories.keys().collect();
+        names.sort();
+        f.debug_struct("Registry")
+            .field("factories", &names)
+            .finish()
+    }
+}
+
+/// Why a job could not be turned into a flow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// No factory has this name.
+    #[error("no flow factory named {0:?} is registered")]
+    UnknownFactory(String),
+    /// The factory refused the parameters.
+    #[error("flow factory {factory:?} rejected its parameters: {reason}")]
+    BadParams {
+        /// The factory.
+        factory: String,
+        /// Why.
+        reason: String,
+    },
+    /// The flow the factory built does not compile.
+    #[error("flow factory {factory:?} built a flow that does not compile: {error}")]
+    Compile {
+        /// The factory.
+        factory: String,
+        /// The compiler's error.
+        error: crate::compile::Error,
+    },
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `factory` under `name`. It gets the job's parameters and returns the flow to
+    /// run, or a message saying what is wrong with the parameters.
+    pub fn register<F>(mut self, name: impl Into<String>, factory: F) -> Self
+    where
+        F: Fn(&Value) -> Result<Blueprint, String> + Send + Sync + 'static,
+    {
+        self.factories.insert(name.into(), Arc::new(factory));
+        self
+    }
+
+    /// The registered names, sorted.
+    #[must_use]
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.factories.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Builds and compiles the flow for `factory` with `params`.
+    ///
+    /// # Errors
+    /// A [`BuildError`] naming the factory and what went wrong.
+    pub fn build(
+        &self,
+        factory: &str,
+        params: &Value,
+    ) -> Result<(crate::CompiledFlow, Inputs), BuildError> {
+        let f = self
+            .factories
+            .get(factory)
+            .ok_or_else(|| BuildError::UnknownFactory(factory.to_owned()))?;
+        let blueprint = f(params).map_err(|reason| BuildError::BadParams {
+            factory: factory.to_owned(),
+            reason,
+        })?;
+        let compiled = blueprint
+            .flow
+            .compile()
+            .map_err(|error| BuildError::Compile {
+                factory: factory.to_owned(),
+                error,
+            })?;
+        Ok((compiled, blueprint.inputs))
+    }
+}
+
+/// Tuning for a [`Conductor`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// A name for operators.
+    pub name: String,
+    /// The host, as shown to operators.
+    pub host: String,
+    /// How many jobs it runs at once.
+    pub concurrency: usize,
+    /// How long a claim lasts without a heartbeat.
+    pub lease: Duration,
+    /// How often it heartbeats each claim (well under `lease`).
+    pub heartbeat: Duration,
+    /// How long it waits for new work before polling again.
+    pub poll: Duration,
+    /// How long shutdown waits for running flows to reach a step boundary.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            name: "conductor".into(),
+            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+            concurrency: 4,
+            lease: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(2),
+            poll: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a conductor did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Jobs it claimed.
+    pub claimed: u64,
+    /// Jobs it consumed (their flows ended, or they could not be built).
+    pub consumed: u64,
+    /// Jobs it handed back at shutdown.
+    pub abandoned: u64,
+    /// Claims it lost.
+    pub lost: u64,
+    /// Jobs still running when the drain timeout ran out (halted; their leases will expire).
+    pub left_behind: u64,
+}
+
+/// Why a conductor stopped early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The board failed in a way retrying cannot fix.
+    #[error(transparent)]
+    Board(#[from] board::Error),
+}
+
+/// How one job ended, from the conductor's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobEnd {
+    Consumed,
+    Abandoned,
+    Lost,
+    Halted,
+}
+
+/// Claims jobs and runs their flows. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Conductor {
+    id: ConductorId,
+    board: Arc<dyn JobBoard>,
+    engine: Engine,
+    registry: Arc<Registry>,
+    options: Options,
+}
+
+impl Conductor {
+    /// A conductor taking jobs from `board` and running them with `engine` (whose store must
+    /// be the one the board fences).
+    pub fn new(board: Arc<dyn JobBoard>, engine: Engine, registry: Registry) -> Self {
+        Self {
+            id: ConductorId::new(),
+            board,
+            engine,
+            registry: Arc::new(registry),
+            options: Options::default(),
+        }
+    }
+
+    /// Replaces the options.
+    #[must_use]
+    pub fn with_options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The conductor's id.
+    #[must_use]
+    pub fn id(&self) -> ConductorId {
+        self.id
+    }
+
+    /// Runs until `shutdown` is cancelled, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// Only board errors that make going on pointless; transient ones are retried.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: cancel through `shutdown` instead, so flows are suspended and their jobs
+    /// handed back.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<Summary, Error> {
+        let span = tracing::error_span!("conductor", conductor.id = %self.id, conductor.name = %self.options.name);
+        self.run_inner(shutdown).instrument(span).await
+    }
+
+    async fn run_inner(self, shutdown: CancellationToken) -> Result<Summary, Error> {
+        let started_at = Utc::now();
+        let info = |now| ConductorInfo {
+            id: self.id,
+            name: self.options.name.clone(),
+            host: self.options.host.clone(),
+            pid: std::process::id(),
+            started_at,
+            last_seen: now,
+        };
+        self.board.register(&info(started_at)).await?;
+        tracing::info!("conductor started");
+
+        let mut summary = Summary::default();
+        let mut jobs: JoinSet<JobEnd> = JoinSet::new();
+        let mut controls: HashMap<tokio::task::Id, (JobId, Control)> = HashMap::new();
+        let mut beat = tokio::time::interval(self.options.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        while !shutdown.is_cancelled() {
+            while jobs.len() < self.options.concurrency && !shutdown.is_cancelled() {
+                match self.board.claim(self.id, self.options.lease).await {
+                    Ok(Some(claim)) => {
+                        summary.claimed += 1;
+                        let control = Control::new();
+                        let job = claim.job.id;
+                        let run = JobRun {
+                            claim,
+                            board: self.board.clone(),
+                            engine: self.engine.clone(),
+                            registry: self.registry.clone(),
+                            options: self.options.clone(),
+                            control: control.clone(),
+                        };
+                        let handle = jobs.spawn(run.drive());
+                        controls.insert(handle.id(), (job, control));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim failed");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(done) = jobs.join_next_with_id() => {
+                    Self::reap(done, &mut controls, &mut summary);
+                }
+                () = self.board.wait_for_work(self.options.poll), if jobs.len() < self.options.concurrency => {}
+                _ = beat.tick() => {
+                    if let Err(e) = self.board.register(&info(Utc::now())).await {
+                        tracing::warn!(error = %e, "conductor heartbeat failed");
+                    }
+                }
+            }
+        }
+
+        // Shutdown: suspend what runs, give it time to reach a step boundary, halt the rest.
+        tracing::info!(running = jobs.len(), "conductor shutting down");
+        for (_, control) in controls.values() {
+            control.suspend();
+        }
+        let drained = tokio::time::timeout(self.options.drain_timeout, async {
+            while let Some(done) = jobs.join_next_with_id().await {
+                Self::reap(done, &mut controls, &mut summary);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            summary.left_behind = jobs.len() as u64;
+            tracing::warn!(
+                left_behind = jobs.len(),
+                "flows still running at the drain timeout were halted"
+            );
+            for (_, control) in controls.values() {
+                control.halt();
+            }
+            while let Some(done) = jobs.join_next_with_id().await {
+                Self::reap(done, &mut controls, &mut summary);
+            }
+        }
+        if let Err(e) = self.board.deregister(self.id).await {
+            tracing::warn!(error = %e, "deregistering failed");
+        }
+        tracing::info!(?summary, "conductor stopped");
+        Ok(summary)
+    }
+
+    fn reap(
+        done: Result<(tokio::task::Id, JobEnd), tokio::task::JoinError>,
+        controls: &mut HashMap<tokio::task::Id, (JobId, Control)>,
+        summary: &mut Summary,
+    ) {
+        match done {
+            Ok((id, end)) => {
+                controls.remove(&id);
+                match end {
+                    JobEnd::Consumed => summary.consumed += 1,
+                    JobEnd::Abandoned => summary.abandoned += 1,
+                    JobEnd::Lost => summary.lost += 1,
+                    JobEnd::Halted => {}
+                }
+            }
+            Err(e) => {
+                controls.remove(&e.id());
+                tracing::error!(error = %e, "a job task panicked");
+            }
+        }
+    }
+}
+
+/// One claimed job being driven to its end.
+struct JobRun {
+    claim: Claim,
+    board: Arc<dyn JobBoard>,
+    engine: Engine,
+    registry: Arc<Registry>,
+    options: Options,
+    control: Control,
+}
+
+impl JobRun {
+    async fn drive(self) -> JobEnd {
+        let job = &self.claim.job;
+        let span = tracing::info_span!(
+            "job",
+            job.id = %job.id,
+            job.name = %job.name,
+            token = %self.claim.fence.token,
+            attempt = job.attempts,
+        );
+        self.drive_inner().instrument(span).await
+    }
+
+    async fn drive_inner(self) -> JobEnd {
+        let fence = self.claim.fence;
+        let job = &self.claim.job;
+        tracing::info!(factory = %job.factory, "job claimed");
+        let (flow, inputs) = match self.registry.build(&job.factory, &job.params) {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::warn!(error = %e, "job cannot be built");
+                return self
+                    .finish(json!({ "error": e.to_string(), "kind": "build" }))
+                    .await;
+            }
+        };
+        let flow_id = job.flow();
+        match self.engine.store().load_flow(flow_id).await {
+            Ok(_) => {}
+            Err(store::Error::FlowNotFound(_)) => {
+                let options = CreateOptions::new()
+                    .id(flow_id)
+                    .fence(fence)
+                    .meta(json!({ "job": job.id, "job_name": job.name }));
+                if let Err(e) = self.engine.create_with(&flow, inputs, options).await {
+                    return self.on_engine_error(e).await;
+                }
+            }
+            Err(e) => return self.on_engine_error(e.into()).await,
+        }
+
+        let run = self.engine.run_with(
+            &flow,
+            flow_id,
+            RunOptions::new().fence(fence).control(self.control.clone()),
+        );
+        tokio::pin!(run);
+        let mut beat = tokio::time::interval(self.options.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expires = self.claim.lease_expires_at;
+        let mut lost = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut run => break result,
+                _ = beat.tick(), if !lost => {
+                    match self.board.heartbeat(fence, self.options.lease).await {
+                        Ok(until) => expires = until,
+                        Err(board::Error::ClaimLost { .. }) => {
+                            tracing::warn!("claim lost: halting the flow");
+                            lost = true;
+                            self.control.halt();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "heartbeat failed");
+                            if Utc::now() >= expires {
+                                tracing::warn!("lease ran out without a heartbeat: halting the flow");
+                                lost = true;
+                                self.control.halt();
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if lost {
+            return JobEnd::Lost;
+        }
+        match result {
+            Ok(outcome) if outcome.state == FlowState::Suspended => {
+                match self.board.abandon(fence).await {
+                    Ok(()) => {
+                        tracing::info!("flow suspended, job handed back");
+                        JobEnd::Abandoned
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "abandoning the job failed");
+                        JobEnd::Lost
+                    }
+                }
+            }
+            Ok(outcome) => {
+                let failures: Vec<String> =
+                    outcome.failures.iter().map(ToString::to_string).collect();
+                self.finish(json!({
+                    "flow": outcome.flow,
+                    "state": outcome.state,
+                    "failures": failures,
+                }))
+                .await
+            }
+            Err(e) => self.on_engine_error(e).await,
+        }
+    }
+
+    async fn on_engine_error(&self, e: engine::Error) -> JobEnd {
+        match e {
+            engine::Error::Store(store::Error::Fenced { .. }) => {
+                tracing::warn!("claim lost: a write was fenced");
+                JobEnd::Lost
+            }
+            engine::Error::Halted(_) => JobEnd::Halted,
+            e => {
+                // Not transient (the engine retries those itself): record it on the job.
+                tracing::error!(error = %e, "flow cannot run");
+                self.finish(json!({ "error": e.to_string(), "kind": "engine" }))
+                    .await
+            }
+        }
+    }
+
+    async fn finish(&self, outcome: Value) -> JobEnd {
+        match self.board.consume(self.claim.fence, outcome).await {
+            Ok(()) => {
+                tracing::info!("job consumed");
+                JobEnd::Consumed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "consuming the job failed");
+                JobEnd::Lost
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Conductors on the memory board: running jobs, bad jobs, shutdown, lost claims, races.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_core::board::{JobBoard, JobQuery};
+use baton_core::conductor::Options;
+use baton_core::store::Store;
+use baton_core::{
+    Atom, Blueprint, Conductor, ConductorId, Engine, Flow, FlowState, JobState, MemoryJobBoard,
+    MemoryStore, NewJob, Registry, RunOptions,
+};
+use baton_testkit::{Action, Log, Phase, Probe};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn registry(log: &Log, step: Duration) -> Registry {
+    let log = log.clone();
+    Registry::new().register("steps", move |params| {
+        let n = params["steps"]
+            .as_u64()
+            .ok_or_else(|| "`steps` must be a number".to_owned())?;
+        let mut flow = Flow::linear("steps");
+        for i in 0..n {
+            flow = flow.add(Atom::task(format!("s{i}"), Probe::new(&log).delay(step)));
+        }
+        Ok(Blueprint::new(flow))
+    })
+}
+
+fn fast_options() -> Options {
+    let mut o = Options::default();
+    o.lease = Duration::from_millis(600);
+    o.heartbeat = Duration::from_millis(100);
+    o.poll = Duration::from_millis(50);
+    o.drain_timeout = Duration::from_secs(5);
+    o
+}
+
+fn conductor(board: &MemoryJobBoard, store: &MemoryStore, registry: Registry) -> Conductor {
+    Conductor::new(
+        Arc::new(board.clone()),
+        Engine::new(store.clone()),
+        registry,
+    )
+    .with_options(fast_options())
+}
+
+async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn all_jobs_in(board: &MemoryJobBoard, state: JobState, n: usize) -> bool {
+    board
+        .list(&JobQuery::all().state(state))
+        .await
+        .unwrap()
+        .len()
+        == n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conductor_runs_posted_jobs_to_completion() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    for i in 0..5 {
+        board
+            .post(NewJob::new(format!("job-{i}"), "steps").params(json!({"steps": 3})))
+            .await
+            .unwrap();
+    }
+    let shutdown = CancellationToken::new();
+    let c = tokio::spawn(
+        conductor(&board, &store, registry(&log, Duration::ZERO)).run(shutdown.clone()),
+    );
+    wait_until("every job is complete", || {
+        all_jobs_in(&board, JobState::Complete, 5)
+    })
+    .await;
+    shutdown.cancel();
+    let summary = c.await.unwrap().unwrap();
+    assert_eq!((summary.claimed, summary.consumed), (5, 5));
+    for job in board.list(&JobQuery::all()).await.unwrap() {
+        assert_eq!(job.outcome.as_ref().unwrap()["state"], json!("SUCCESS"));
+        let flow = store.load_flow(job.flow()).await.unwrap();
+        assert_eq!(flow.flow.state, FlowState::Success);
+        assert_eq!(flow.flow.meta["job"], json!(job.id));
+    }
+    assert_eq!(log.sequence(Action::Execute, Phase::Ok).len(), 15);
+    assert!(
+        board.conductors().await.unwrap().is_empty(),
+        "the conductor deregistered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jobs_are_consumed_with_an_error_not_retried() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    let unknown = board
+        .post(NewJob::new("u", "no-such-factory"))
+        .await
+        .unwrap();
+    let bad = board
+        .post(NewJob::new("b", "steps").params(json!({"steps": "many"})))
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let c = tokio::spawn(
+        conductor(&board, &store, registry(&log, Duration::ZERO)).run(shutdown.clone()),
+    );
+    wait_until("both jobs are complete", || {
+        all_jobs_in(&board, JobState::Complete, 2)
+    })
+    .await;
+    shutdown.cancel();
+    c.await.unwrap().unwrap();
+    let outcome = board.get(unknown.id).await.unwrap().outcome.unwrap();
+    assert!(
+        outcome["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-factory"),
+        "{outcome}"
+    );
+    let outcome = board.get(bad.id).await.unwrap().outcome.unwrap();
+    assert!(
+        outcome["error"]
+            .as_str()
+            .unwrap()
+            .contains("`steps` must be a number"),
+        "{outcome}"
+    );
+    assert_eq!(board.get(bad.id).await.unwrap().attempts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_suspends_flows_and_another_conductor_finishes_them() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    let job = board
+        .post(NewJob::new("long", "steps").params(json!({"steps": 20})))
+        .await
+        .unwrap();
+    let first = CancellationToken::new();
+    let c1 = tokio::spawn(
+        conductor(&board, &store, registry(&log, Duration::from_millis(20))).run(first.clone()),
+    );
+    wait_until("a few steps ran", || {
+        let log = log.clone();
+        async move { log.sequence(Action::Execute, Phase::Ok).len() >= 3 }
+    })
+    .await;
+    first.cancel();
+    let summary = c1.await.unwrap().unwrap();
+    assert_eq!(summary.abandoned, 1);
+    assert_eq!(board.get(job.id).await.unwrap().state, JobState::Unclaimed);
+    assert_eq!(
+        store.load_flow(job.flow()).await.unwrap().flow.state,
+        FlowState::Suspended
+    );
+
+    let second = CancellationToken::new();
+    let c2 = tokio::spawn(
+        conductor(&board, &store, registry(&log, Duration::from_millis(1))).run(second.clone()),
+    );
+    wait_until("the job is complete", || {
+        all_jobs_in(&board, JobState::Complete, 1)
+    })
+    .await;
+    second.cancel();
+    c2.await.unwrap().unwrap();
+    let runs = log.successes(Action::Execute);
+    assert_eq!(runs.len(), 20);
+    assert!(runs.values().all(|&n| n == 1), "a step ran twice: {runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conductors_racing_for_jobs_run_each_exactly_once() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    for i in 0..20 {
+        board
+            .post(NewJob::new(format!("job-{i}"), "steps").params(json!({"steps": 2})))
+            .await
+            .unwrap();
+    }
+    let shutdown = CancellationToken::new();
+    let mut fleet = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        fleet.spawn(
+            conductor(&board, &store, registry(&log, Duration::from_millis(2)))
+                .run(shutdown.clone()),
+        );
+    }
+    wait_until("every job is complete", || {
+        all_jobs_in(&board, JobState::Complete, 20)
+    })
+    .await;
+    shutdown.cancel();
+    let mut consumed = 0;
+    while let Some(s) = fleet.join_next().await {
+        consumed += s.unwrap().unwrap().consumed;
+    }
+    assert_eq!(consumed, 20);
+    let runs = log.successes(Action::Execute);
+    // Steps are named s0, s1 in every job's flow: 20 jobs each ran each step once.
+    assert_eq!(runs.get("s0"), Some(&20));
+    assert_eq!(runs.get("s1"), Some(&20));
+}
+
+/// An owner that stalls past its lease (as if paused) loses the job to another conductor, and
+/// when it wakes, the store refuses everything it tries to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_owner_cannot_write_after_losing_its_claim() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    let job = board
+        .post(NewJob::new("contested", "steps").params(json!({"steps": 2})))
+        .await
+        .unwrap();
+
+    // The zombie: claims with a short lease, starts the flow, and stalls inside a task without
+    // heartbeating.
+    let claim = board
+        .claim(ConductorId::new(), Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    let stall = Flow::linear("steps")
+        .add(Atom::task(
+            "s0",
+            Probe::new(&log).delay(Duration::from_millis(800)),
+        ))
+        .add(Atom::task("s1", Probe::new(&log)))
+        .compile()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    engine
+        .create_with(
+            &stall,
+            Default::default(),
+            baton_core::CreateOptions::new()
+                .id(job.flow())
+                .fence(claim.fence),
+        )
+        .await
+        .unwrap();
+    let flow_id = job.flow();
+    let zombie = tokio::spawn({
+        let engine = engine.clone();
+        let flow = stall.clone();
+        async move {
+            engine
+                .run_with(&flow, flow_id, RunOptions::new().fence(claim.fence))
+                .await
+        }
+    });
+
+    // Meanwhile a healthy conductor takes over once the lease has expired and finishes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shutdown = CancellationToken::new();
+    let healthy = tokio::spawn(
+        conductor(&board, &store, registry(&log, Duration::ZERO)).run(shutdown.clone()),
+    );
+    wait_until("the job is complete", || {
+        all_jobs_in(&board, JobState::Complete, 1)
+    })
+    .await;
+    shutdown.cancel();
+    healthy.await.unwrap().unwrap();
+    let history_before = store.history(job.flow()).await.unwrap();
+
+    // The zombie wakes: its write is fenced, and the flow's history does not move.
+    let err = zombie.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            baton_core::engine::Error::Store(baton_core::store::Error::Fenced { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(store.history(job.flow()).await.unwrap(), history_before);
+    assert_eq!(
+        store.load_flow(job.flow()).await.unwrap().flow.state,
+        FlowState::Success
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trashing_a_running_job_halts_its_flow() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    let job = board
+        .post(NewJob::new("doomed", "steps").params(json!({"steps": 50})))
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let c = tokio::spawn(
+        conductor(&board, &store, registry(&log, Duration::from_millis(20))).run(shutdown.clone()),
+    );
+    wait_until("a step ran", || {
+        let log = log.clone();
+        async move { !log.sequence(Action::Execute, Phase::Ok).is_empty() }
+    })
+    .await;
+    board
+        .trash(job.id, None, json!({"by": "operator"}))
+        .await
+        .unwrap();
+    wait_until("the conductor let go", || {
+        let store = store.clone();
+        let job = job.clone();
+        async move {
+            let h1 = store.history(job.flow()).await.unwrap().len();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            store.history(job.flow()).await.unwrap().len() == h1
+        }
+    })
+    .await;
+    shutdown.cancel();
+    let summary = c.await.unwrap().unwrap();
+    assert_eq!(summary.lost, 1);
+    let flow = store.load_flow(job.flow()).await.unwrap();
+    assert_ne!(flow.flow.state, FlowState::Success);
+    assert!(log.sequence(Action::Execute, Phase::Ok).len() < 50);
+}

@@ -1,0 +1,364 @@
+//! Job-board conformance: cases every [`JobBoard`] must pass, generic over the backend.
+//!
+//! Each case gets a board and the store whose flows it fences. A backend's tests expand
+//! [`board_conformance!`](crate::board_conformance) with an expression making that pair.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use baton_core::board::{ConductorInfo, Error, JobBoard, JobQuery, NewJob};
+use baton_core::model::{Batch, Write};
+use baton_core::store::{self, Store};
+use baton_core::{Atom, ConductorId, CreateOptions, Engine, Flow, FlowState, Intention, JobState};
+use chrono::Utc;
+use serde_json::json;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn job(name: &str) -> NewJob {
+    NewJob::new(name, "noop")
+}
+
+/// Many claimers racing: every job is claimed exactly once.
+pub async fn claims_are_exclusive_under_concurrency<B: JobBoard + Clone + 'static, S: Store>(
+    board: B,
+    _store: S,
+) {
+    let mut posted = HashSet::new();
+    for i in 0..24 {
+        posted.insert(board.post(job(&format!("race-{i}"))).await.unwrap().id);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let board = board.clone();
+        tasks.spawn(async move {
+            let owner = ConductorId::new();
+            let mut mine = Vec::new();
+            while let Some(claim) = board.claim(owner, LEASE).await.unwrap() {
+                mine.push(claim.job.id);
+            }
+            mine
+        });
+    }
+    let mut claimed = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        claimed.extend(r.unwrap());
+    }
+    let unique: HashSet<_> = claimed.iter().copied().collect();
+    assert_eq!(claimed.len(), unique.len(), "a job was claimed twice");
+    assert_eq!(unique, posted);
+}
+
+/// An expired lease makes the job claimable again, with a larger token; the old claim is dead.
+pub async fn expired_leases_are_reclaimed_with_a_new_token<B: JobBoard, S: Store>(
+    board: B,
+    _store: S,
+) {
+    let posted = board.post(job("expiring")).await.unwrap();
+    let first = board
+        .claim(ConductorId::new(), Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.job.id, posted.id);
+    assert!(
+        board
+            .claim(ConductorId::new(), LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "a live claim was taken"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let second = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.job.id, posted.id);
+    assert!(second.fence.token > first.fence.token);
+    assert_eq!(second.job.attempts, 2);
+    assert!(matches!(
+        board.heartbeat(first.fence, LEASE).await,
+        Err(Error::ClaimLost { .. })
+    ));
+    board.heartbeat(second.fence, LEASE).await.unwrap();
+}
+
+/// Heartbeat, consume, abandon, trash and flow writes all refuse a stale token.
+pub async fn stale_tokens_are_refused_everywhere<B: JobBoard, S: Store + Clone + 'static>(
+    board: B,
+    store: S,
+) {
+    let posted = board.post(job("stale")).await.unwrap();
+    let old = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    // The old owner creates the job's flow under its claim.
+    let flow = Flow::linear("stale-flow")
+        .add(Atom::from_fn("a", |_| async { Ok(json!(1)) }))
+        .compile()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    engine
+        .create_with(
+            &flow,
+            Default::default(),
+            CreateOptions::new().id(posted.flow()).fence(old.fence),
+        )
+        .await
+        .unwrap();
+    board.abandon(old.fence).await.unwrap();
+    let new = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.fence.token > old.fence.token);
+
+    let lost = |r: Result<(), Error>| matches!(r, Err(Error::ClaimLost { .. }));
+    assert!(lost(board.heartbeat(old.fence, LEASE).await.map(|_| ())));
+    assert!(lost(board.consume(old.fence, json!("zombie")).await));
+    assert!(lost(board.abandon(old.fence).await));
+    assert!(lost(
+        board
+            .trash(posted.id, Some(old.fence), json!("zombie"))
+            .await
+    ));
+
+    let mut batch = Batch::new(posted.flow(), Some(old.fence));
+    batch.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    assert!(matches!(
+        store.commit(&batch).await,
+        Err(store::Error::Fenced { .. })
+    ));
+    batch.fence = Some(new.fence);
+    store.commit(&batch).await.unwrap();
+    assert_eq!(board.get(posted.id).await.unwrap().state, JobState::Claimed);
+}
+
+/// Jobs sharing a key run one at a time, in posting order; other jobs are not held up.
+pub async fn keys_serialise_jobs_in_posting_order<B: JobBoard, S: Store>(board: B, _store: S) {
+    let key = format!("stack-{}", ConductorId::new());
+    let a = board.post(job("a").key(&key)).await.unwrap();
+    let b = board.post(job("b").key(&key).priority(10)).await.unwrap();
+    let free = board.post(job("free")).await.unwrap();
+    let owner = ConductorId::new();
+    let first = board.claim(owner, LEASE).await.unwrap().unwrap();
+    assert_eq!(
+        first.job.id, a.id,
+        "b has a higher priority but must wait for a"
+    );
+    let second = board.claim(owner, LEASE).await.unwrap().unwrap();
+    assert_eq!(second.job.id, free.id);
+    assert!(
+        board.claim(owner, LEASE).await.unwrap().is_none(),
+        "b ran beside a"
+    );
+    board.consume(first.fence, json!("done")).await.unwrap();
+    let third = board.claim(owner, LEASE).await.unwrap().unwrap();
+    assert_eq!(third.job.id, b.id);
+}
+
+/// An abandoned job can be claimed again at once.
+pub async fn abandon_hands_over_at_once<B: JobBoard, S: Store>(board: B, _store: S) {
+    let posted = board.post(job("handover")).await.unwrap();
+    let first = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    board.abandon(first.fence).await.unwrap();
+    let unclaimed = board.get(posted.id).await.unwrap();
+    assert_eq!(unclaimed.state, JobState::Unclaimed);
+    assert_eq!(unclaimed.owner, None);
+    let second = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.job.id, posted.id);
+    assert_eq!(second.fence.token.0, first.fence.token.0 + 1);
+}
+
+/// A trashed job is never claimed, and trashing a claimed job revokes the claim.
+pub async fn trash_hides_jobs_and_revokes_claims<B: JobBoard, S: Store>(board: B, _store: S) {
+    let idle = board.post(job("idle")).await.unwrap();
+    board
+        .trash(idle.id, None, json!({"by": "operator"}))
+        .await
+        .unwrap();
+    let busy = board.post(job("busy")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.job.id, busy.id);
+    board
+        .trash(busy.id, None, json!({"by": "operator"}))
+        .await
+        .unwrap();
+    assert!(matches!(
+        board.heartbeat(claim.fence, LEASE).await,
+        Err(Error::ClaimLost { .. })
+    ));
+    assert!(board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    let trashed = board
+        .list(&JobQuery::all().state(JobState::Trashed))
+        .await
+        .unwrap();
+    let ids: HashSet<_> = trashed.iter().map(|j| j.id).collect();
+    assert!(ids.contains(&idle.id) && ids.contains(&busy.id));
+    assert_eq!(
+        board.get(idle.id).await.unwrap().outcome,
+        Some(json!({"by": "operator"}))
+    );
+}
+
+/// Higher priority first, then posting order.
+pub async fn priorities_order_claims<B: JobBoard, S: Store>(board: B, _store: S) {
+    let low = board.post(job("low")).await.unwrap();
+    let high = board.post(job("high").priority(5)).await.unwrap();
+    let low2 = board.post(job("low2")).await.unwrap();
+    let owner = ConductorId::new();
+    let order: Vec<_> = [
+        board.claim(owner, LEASE).await.unwrap().unwrap().job.id,
+        board.claim(owner, LEASE).await.unwrap().unwrap().job.id,
+        board.claim(owner, LEASE).await.unwrap().unwrap().job.id,
+    ]
+    .into();
+    assert_eq!(order, vec![high.id, low.id, low2.id]);
+}
+
+/// Consuming records the outcome and finishes the job.
+pub async fn consume_records_the_outcome<B: JobBoard, S: Store>(board: B, _store: S) {
+    let posted = board
+        .post(job("consumed").params(json!({"size": 3})))
+        .await
+        .unwrap();
+    let claim = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.job.params, json!({"size": 3}));
+    board
+        .consume(claim.fence, json!({"state": "SUCCESS"}))
+        .await
+        .unwrap();
+    let done = board.get(posted.id).await.unwrap();
+    assert_eq!(done.state, JobState::Complete);
+    assert_eq!(done.outcome, Some(json!({"state": "SUCCESS"})));
+    assert!(matches!(
+        board.consume(claim.fence, json!(1)).await,
+        Err(Error::ClaimLost { .. })
+    ));
+    assert!(matches!(
+        board.trash(posted.id, None, json!(null)).await,
+        Err(Error::InvalidState { .. })
+    ));
+}
+
+/// Malformed jobs and unknown ids are typed errors.
+pub async fn bad_input_is_refused<B: JobBoard, S: Store>(board: B, _store: S) {
+    assert!(matches!(
+        board.post(NewJob::new("x", "")).await,
+        Err(Error::InvalidJob(_))
+    ));
+    assert!(matches!(
+        board.post(NewJob::new(" ", "f")).await,
+        Err(Error::InvalidJob(_))
+    ));
+    let ghost = baton_core::JobId::new();
+    assert!(matches!(board.get(ghost).await, Err(Error::JobNotFound(id)) if id == ghost));
+    assert!(matches!(
+        board.trash(ghost, None, json!(null)).await,
+        Err(Error::JobNotFound(_))
+    ));
+}
+
+/// A waiting conductor wakes when a job is posted.
+pub async fn posting_wakes_waiters<B: JobBoard + Clone + 'static, S: Store>(board: B, _store: S) {
+    let waiter = {
+        let board = board.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            board.wait_for_work(Duration::from_secs(20)).await;
+            start.elapsed()
+        })
+    };
+    // Give the waiter time to start waiting, then post.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    board.post(job("wake")).await.unwrap();
+    let waited = waiter.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the waiter slept through the post ({waited:?})"
+    );
+}
+
+/// Conductors register, show up in the fleet, and leave it.
+pub async fn conductors_register_and_leave<B: JobBoard, S: Store>(board: B, _store: S) {
+    let now = Utc::now();
+    let info = ConductorInfo {
+        id: ConductorId::new(),
+        name: "c1".into(),
+        host: "host-a".into(),
+        pid: 42,
+        started_at: now,
+        last_seen: now,
+    };
+    board.register(&info).await.unwrap();
+    let fleet = board.conductors().await.unwrap();
+    assert!(fleet
+        .iter()
+        .any(|c| c.id == info.id && c.host == "host-a" && c.pid == 42));
+    board.deregister(info.id).await.unwrap();
+    assert!(!board
+        .conductors()
+        .await
+        .unwrap()
+        .iter()
+        .any(|c| c.id == info.id));
+}
+
+/// Expands to one `#[tokio::test]` per job-board case, each given `(board, store)` from
+/// `$make` (an expression, which may `.await`).
+#[macro_export]
+macro_rules! board_conformance {
+    ($make:expr) => {
+        $crate::board_conformance!(@cases $make;
+            claims_are_exclusive_under_concurrency,
+            expired_leases_are_reclaimed_with_a_new_token,
+            stale_tokens_are_refused_everywhere,
+            keys_serialise_jobs_in_posting_order,
+            abandon_hands_over_at_once,
+            trash_hides_jobs_and_revokes_claims,
+            priorities_order_claims,
+            consume_records_the_outcome,
+            bad_input_is_refused,
+            posting_wakes_waiters,
+            conductors_register_and_leave,
+        );
+    };
+    (@cases $make:expr; $($case:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (board, store) = $make;
+                $crate::board::$case(board, store).await;
+            }
+        )*
+    };
+}
