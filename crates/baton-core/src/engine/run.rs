@@ -705,11 +705,19 @@ impl<'a> Run<'a> {
         self.revert_all();
     }
 
+    /// The failures of the subflow of controller `r` in its current attempt, including those
+    /// nested controllers absorbed (their histories are reset with the subflow, so this is
+    /// where those failures stay on record).
     fn scope_failures(&self, r: usize) -> Vec<Failure> {
-        self.flow.scope[r]
-            .iter()
-            .filter_map(|&m| self.atoms[m].failure.clone())
-            .collect()
+        let mut out = Vec::new();
+        for &m in &self.flow.scope[r] {
+            let atom = &self.atoms[m];
+            for attempt in &atom.retry_history {
+                out.extend(attempt.failures.iter().cloned());
+            }
+            out.extend(atom.failure.iter().cloned());
+        }
+        out
     }
 
     fn revert_all(&mut self) {

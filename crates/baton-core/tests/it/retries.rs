@@ -245,3 +245,78 @@ async fn backoff_waits_and_its_deadline_is_persisted() {
     assert!(chrono::Utc::now() >= retry_at);
     assert!(started.elapsed() >= Duration::from_millis(150));
 }
+
+#[tokio::test]
+async fn an_outer_retry_gives_the_inner_controller_a_fresh_history() {
+    let log = Log::new();
+    let flow = Flow::linear("outer")
+        .retry(Atom::retry("outer-r", Times::new(2)).provides("outer_try"))
+        .add(Atom::task("setup", Probe::new(&log)))
+        .add(
+            Flow::linear("inner")
+                .retry(Atom::retry("inner-r", Times::new(2)))
+                .add(
+                    Atom::task(
+                        "work",
+                        Probe::new(&log)
+                            .fails_when(|ctx| ctx.input::<u32>("outer_try").unwrap() < 2),
+                    )
+                    .requires(["outer_try"]),
+                ),
+        )
+        .compile()
+        .unwrap();
+    let (outcome, store) = run(&flow, Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Success);
+    // Round 1: the inner controller tries twice and gives up; round 2: the first try works.
+    let starts = log
+        .of("work")
+        .into_iter()
+        .filter(|c| c.action == Action::Execute && c.phase == Phase::Start)
+        .count();
+    assert_eq!(starts, 3);
+    let snap = store.load_flow(outcome.flow).await.unwrap();
+    let inner = snap.atoms.iter().find(|a| a.name == "inner-r").unwrap();
+    assert!(
+        inner.retry_history.is_empty(),
+        "the inner history was not reset"
+    );
+    let outer = snap.atoms.iter().find(|a| a.name == "outer-r").unwrap();
+    assert_eq!(outer.retry_history.len(), 1);
+    assert_eq!(
+        outer.retry_history[0].failures.len(),
+        2,
+        "both inner failures are in the outer history"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_outside_a_retried_subflow_keep_running() {
+    let log = Log::new();
+    let flow = Flow::unordered("both")
+        .add(
+            Flow::linear("retried")
+                .retry(Atom::retry("r", Times::new(3)).provides("try"))
+                .add(
+                    Atom::task(
+                        "flaky",
+                        Probe::new(&log).fails_when(|ctx| ctx.input::<u32>("try").unwrap() < 3),
+                    )
+                    .requires(["try"]),
+                ),
+        )
+        .add(Atom::task(
+            "steady",
+            Probe::new(&log).delay(Duration::from_millis(50)),
+        ))
+        .compile()
+        .unwrap();
+    let (outcome, _) = run(&flow, Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Success);
+    assert_eq!(log.successes(Action::Execute)["steady"], 1);
+    assert!(
+        !log.successes(Action::Revert).contains_key("steady"),
+        "the retry undid a branch outside it"
+    );
+    assert_eq!(log.successes(Action::Execute)["flaky"], 1);
+}
