@@ -189,39 +189,93 @@ impl CompiledFlow {
         })
     }
 
+    /// The DAG's shape: atom names and kinds, and edges. Stored with every run (in its
+    /// metadata, under `graph`) so tools can draw a run without its definition.
+    #[must_use]
+    pub fn shape(&self) -> Shape {
+        Shape {
+            atoms: self
+                .atoms
+                .iter()
+                .map(|a| ShapeAtom {
+                    name: a.name.clone(),
+                    kind: a.kind(),
+                })
+                .collect(),
+            edges: self
+                .succs
+                .iter()
+                .enumerate()
+                .flat_map(|(f, ts)| ts.iter().map(move |&t| (f, t)))
+                .collect(),
+        }
+    }
+
     /// The DAG in Graphviz DOT.
     #[must_use]
     pub fn to_dot(&self) -> String {
-        let mut out = format!("digraph {:?} {{\n", self.name);
-        for a in &self.atoms {
-            let shape = match a.kind() {
-                AtomKind::Task => "box",
-                AtomKind::Retry => "diamond",
-            };
-            out.push_str(&format!("  {:?} [shape={shape}];\n", a.name));
-        }
-        for (from, to) in self.edges() {
-            out.push_str(&format!("  {from:?} -> {to:?};\n"));
-        }
-        out.push_str("}\n");
-        out
+        self.shape().to_dot(&self.name)
     }
 
     /// The DAG as a Mermaid flowchart.
     #[must_use]
     pub fn to_mermaid(&self) -> String {
+        self.shape().to_mermaid()
+    }
+}
+
+/// One atom of a [`Shape`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShapeAtom {
+    /// Its name.
+    pub name: String,
+    /// Task or retry controller.
+    pub kind: AtomKind,
+}
+
+/// The shape of a compiled flow: its atoms and the edges between them (by index).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shape {
+    /// The atoms, in definition order.
+    pub atoms: Vec<ShapeAtom>,
+    /// Edges, as (from, to) indexes into `atoms`.
+    pub edges: Vec<(usize, usize)>,
+}
+
+impl Shape {
+    /// The shape in Graphviz DOT, as a digraph named `name`.
+    #[must_use]
+    pub fn to_dot(&self, name: &str) -> String {
+        let mut out = format!("digraph {name:?} {{\n");
+        for a in &self.atoms {
+            let shape = match a.kind {
+                AtomKind::Task => "box",
+                AtomKind::Retry => "diamond",
+            };
+            out.push_str(&format!("  {:?} [shape={shape}];\n", a.name));
+        }
+        for &(from, to) in &self.edges {
+            if let (Some(f), Some(t)) = (self.atoms.get(from), self.atoms.get(to)) {
+                out.push_str(&format!("  {:?} -> {:?};\n", f.name, t.name));
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// The shape as a Mermaid flowchart.
+    #[must_use]
+    pub fn to_mermaid(&self) -> String {
         let mut out = String::from("flowchart TD\n");
         for (i, a) in self.atoms.iter().enumerate() {
             let label = a.name.replace('"', "'");
-            match a.kind() {
+            match a.kind {
                 AtomKind::Task => out.push_str(&format!("  a{i}[\"{label}\"]\n")),
                 AtomKind::Retry => out.push_str(&format!("  a{i}{{\"{label}\"}}\n")),
             }
         }
-        for (from, tos) in self.succs.iter().enumerate() {
-            for to in tos {
-                out.push_str(&format!("  a{from} --> a{to}\n"));
-            }
+        for &(from, to) in &self.edges {
+            out.push_str(&format!("  a{from} --> a{to}\n"));
         }
         out
     }

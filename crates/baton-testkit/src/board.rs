@@ -187,6 +187,36 @@ pub async fn abandon_hands_over_at_once<B: JobBoard, S: Store>(board: B, _store:
     assert_eq!(second.fence.token.0, first.fence.token.0 + 1);
 }
 
+/// An operator's release revokes the claim and hands the job over at once.
+pub async fn release_revokes_the_claim<B: JobBoard, S: Store>(board: B, _store: S) {
+    let posted = board.post(job("released")).await.unwrap();
+    let first = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    board.release(posted.id).await.unwrap();
+    assert!(matches!(
+        board.heartbeat(first.fence, LEASE).await,
+        Err(Error::ClaimLost { .. })
+    ));
+    let second = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.job.id, posted.id);
+    assert!(
+        second.fence.token.0 > first.fence.token.0 + 1,
+        "the release itself moved the token"
+    );
+    board.consume(second.fence, json!("done")).await.unwrap();
+    assert!(matches!(
+        board.release(posted.id).await,
+        Err(Error::InvalidState { .. })
+    ));
+}
+
 /// A trashed job is never claimed, and trashing a claimed job revokes the claim.
 pub async fn trash_hides_jobs_and_revokes_claims<B: JobBoard, S: Store>(board: B, _store: S) {
     let idle = board.post(job("idle")).await.unwrap();
@@ -344,6 +374,7 @@ macro_rules! board_conformance {
             stale_tokens_are_refused_everywhere,
             keys_serialise_jobs_in_posting_order,
             abandon_hands_over_at_once,
+            release_revokes_the_claim,
             trash_hides_jobs_and_revokes_claims,
             priorities_order_claims,
             consume_records_the_outcome,

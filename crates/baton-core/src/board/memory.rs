@@ -190,6 +190,31 @@ impl JobBoard for MemoryJobBoard {
         Ok(())
     }
 
+    async fn release(&self, id: JobId) -> Result<()> {
+        {
+            let mut inner = self.lock();
+            let job = inner.jobs.get_mut(&id).ok_or(Error::JobNotFound(id))?;
+            if job.state.is_terminal() {
+                return Err(Error::InvalidState {
+                    job: id,
+                    state: job.state,
+                    operation: "release",
+                });
+            }
+            if job.state != JobState::Claimed {
+                return Ok(());
+            }
+            job.state = JobState::Unclaimed;
+            job.owner = None;
+            job.lease_expires_at = None;
+            job.token = FencingToken(job.token.0 + 1);
+            job.updated_at = Utc::now();
+            self.store.set_fence(id, job.token);
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
     async fn trash(&self, id: JobId, fence: Option<Fence>, reason: Value) -> Result<()> {
         let mut inner = self.lock();
         let job = match fence {

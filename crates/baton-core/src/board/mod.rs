@@ -319,6 +319,14 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     /// [`Error::ClaimLost`].
     async fn abandon(&self, fence: Fence) -> Result<()>;
 
+    /// (Operators) takes a claimed job back from its owner and makes it `UNCLAIMED` at once:
+    /// the claim is revoked (its token moves on), so the old owner can write nothing more.
+    /// A job that is not claimed is left as it is.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`], or [`Error::InvalidState`] for a finished job.
+    async fn release(&self, job: JobId) -> Result<()>;
+
     /// Retires a job for good, with a reason. Under a claim, pass its fence (checked); an
     /// operator passes `None`, which also revokes any current claim.
     ///

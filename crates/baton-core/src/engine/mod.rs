@@ -79,6 +79,10 @@ pub enum Error {
 /// The result type of engine operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The key under which [`Engine::create`] records the flow's [`Shape`](crate::compile::Shape)
+/// in the run's metadata (when the metadata is a JSON object or empty).
+pub const GRAPH_META_KEY: &str = "graph";
+
 /// Tuning for an [`Engine`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -236,7 +240,8 @@ impl CreateOptions {
         self
     }
 
-    /// Stores `meta` with the run.
+    /// Stores `meta` with the run. If it is a JSON object (or not set), the engine adds the
+    /// flow's shape under [`GRAPH_META_KEY`].
     pub fn meta(mut self, meta: Value) -> Self {
         self.meta = meta;
         self
@@ -403,13 +408,23 @@ impl Engine {
             }
         }
         let now = Utc::now();
+        let mut meta = options.meta;
+        if meta.is_null() {
+            meta = Value::Object(serde_json::Map::new());
+        }
+        if let Some(obj) = meta.as_object_mut() {
+            // Recorded so tools can draw the run without its definition.
+            if let Ok(shape) = serde_json::to_value(flow.shape()) {
+                obj.insert(GRAPH_META_KEY.to_owned(), shape);
+            }
+        }
         let record = FlowRecord {
             id: options.id.unwrap_or_default(),
             name: flow.name().to_owned(),
             state: FlowState::Pending,
             intention: Intention::Execute,
             inputs,
-            meta: options.meta,
+            meta,
             created_at: now,
             updated_at: now,
         };

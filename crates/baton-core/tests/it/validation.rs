@@ -141,3 +141,28 @@ fn graphs_export_to_dot_and_mermaid() {
     assert!(flow.to_dot().contains("\"a\" -> \"b\";"));
     assert!(flow.to_mermaid().contains("a0 --> a1"));
 }
+
+#[tokio::test]
+async fn every_run_records_the_shape_of_its_flow() {
+    use baton_core::store::Store;
+    let flow = Flow::graph("g")
+        .add(noop("a").provides("x"))
+        .add(noop("b").requires(["x"]))
+        .compile()
+        .unwrap();
+    let store = MemoryStore::new();
+    let id = Engine::new(store.clone())
+        .create_with(
+            &flow,
+            Inputs::new(),
+            baton_core::CreateOptions::new().meta(json!({"owner": "me"})),
+        )
+        .await
+        .unwrap();
+    let meta = store.load_flow(id).await.unwrap().flow.meta;
+    assert_eq!(meta["owner"], json!("me"), "the caller's metadata is kept");
+    let shape: baton_core::compile::Shape =
+        serde_json::from_value(meta[baton_core::engine::GRAPH_META_KEY].clone()).unwrap();
+    assert_eq!(shape.to_dot("g"), flow.to_dot());
+    assert_eq!(shape, flow.shape());
+}
