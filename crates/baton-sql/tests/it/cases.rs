@@ -57,6 +57,99 @@ pub async fn new_flow<S: Store>(store: &S) -> FlowRecord {
     flow
 }
 
+/// Every field of a record survives the store: JSON values of all shapes, a JSON `null` result
+/// apart from no result, failures, retry history, timestamps (to the microsecond, the coarser
+/// of the two databases), and atoms in creation order.
+pub async fn full_records_round_trip<S: Harness>(store: S) {
+    use baton_core::model::RetryAttempt;
+    use chrono::SubsecRound;
+
+    let now = Utc::now().trunc_subsecs(6);
+    let mut flow = flow_record("full");
+    flow.created_at = now;
+    flow.updated_at = now;
+    flow.inputs = baton_testkit::inputs([
+        ("n", json!(12.5)),
+        ("s", json!("ünïcødé \"quoted\" \\ back")),
+        (
+            "deep",
+            json!({"a": [1, {"b": null}], "big": 18_446_744_073_709_551_615_u64}),
+        ),
+    ]);
+    flow.meta = serde_json::Value::Null;
+    let names = ["z", "m", "a", "q"];
+    let atoms: Vec<AtomRecord> = names
+        .iter()
+        .map(|n| AtomRecord::pending(*n, AtomKind::Task))
+        .collect();
+    store.create_flow(&flow, &atoms, None).await.unwrap();
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(snap.flow, flow);
+    assert_eq!(snap.atoms, atoms, "atoms load in creation order");
+
+    let failure = Failure {
+        message: "boom".into(),
+        causes: vec!["disk full".into()],
+        atom: "m".into(),
+        attempt: 2,
+        retryable: true,
+        kind: FailureKind::Execute,
+    };
+    let mut m = atoms[1].clone();
+    m.state = AtomState::Running;
+    m.attempt = 1;
+    let mut m_done = m.clone();
+    m_done.state = AtomState::Failure;
+    m_done.intention = Intention::Revert;
+    m_done.round = 3;
+    m_done.failure = Some(failure.clone());
+    m_done.revert_failure = Some(Failure {
+        kind: FailureKind::Revert,
+        ..failure.clone()
+    });
+    m_done.retry_history = vec![RetryAttempt {
+        value: json!({"try": 1}),
+        failures: vec![failure],
+    }];
+    m_done.retry_at = Some(now + chrono::Duration::seconds(30));
+    m_done.progress = 0.375;
+    m_done.started_at = Some(now);
+    m_done.finished_at = Some(now + chrono::Duration::milliseconds(1));
+    let mut z = atoms[0].clone();
+    z.state = AtomState::Running;
+    z.attempt = 1;
+    let mut z_done = z.clone();
+    z_done.state = AtomState::Success;
+    z_done.result = Some(serde_json::Value::Null);
+
+    let mut batch = Batch::new(flow.id, None);
+    batch.at = now;
+    for (from, to) in [
+        (&atoms[1], &m),
+        (&m, &m_done),
+        (&atoms[0], &z),
+        (&z, &z_done),
+    ] {
+        batch.writes.push(Write::Atom {
+            expected_state: from.state,
+            expected_attempt: from.attempt,
+            record: to.clone(),
+        });
+    }
+    store.commit(&batch).await.unwrap();
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(
+        snap.atoms,
+        vec![z_done, m_done, atoms[2].clone(), atoms[3].clone()]
+    );
+    assert_eq!(snap.atoms[0].result, Some(serde_json::Value::Null));
+    assert_eq!(snap.atoms[2].result, None);
+    assert_eq!(snap.flow.updated_at, now);
+    let history = store.history(flow.id).await.unwrap();
+    assert_eq!(history.len(), 4);
+    assert!(history.iter().all(|t| t.at == now));
+}
+
 /// A batch with a value over the limit is refused whole, naming the atom and the value.
 pub async fn size_limit_refuses_the_whole_batch<S: Harness>(store: S, limit: usize) {
     let flow = new_flow(&store).await;

@@ -31,6 +31,13 @@ macro_rules! generic_cases {
         }
 
         #[tokio::test]
+        async fn full_records_round_trip() {
+            if let Some(store) = $make {
+                crate::cases::full_records_round_trip(store).await;
+            }
+        }
+
+        #[tokio::test]
         async fn damaged_rows_are_corrupt_naming_flow_and_atom() {
             if let Some(store) = $make {
                 crate::cases::damaged_rows_are_corrupt_naming_flow_and_atom(store).await;

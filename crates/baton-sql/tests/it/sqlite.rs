@@ -138,3 +138,43 @@ async fn a_locked_database_is_unavailable_not_broken() {
         .await
         .unwrap();
 }
+
+/// Two stores opened separately on one file share nothing in process (no pool, no write
+/// lock), as two processes would: their writers contend through SQLite's own locking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_file_write_side_by_side() {
+    use baton_core::{Engine, FlowState};
+    use baton_testkit::{scenarios, Log};
+
+    let (_dir, url) = sqlite_url();
+    let first = SqliteStore::open(&url).await.unwrap();
+    let second = SqliteStore::open(&url).await.unwrap();
+    let mut runs = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let store = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        runs.spawn(async move {
+            let flow = scenarios::long_linear(&Log::new(), 5);
+            let inputs = baton_testkit::inputs([("seed", serde_json::json!(i))]);
+            let outcome = Engine::new(store).start(&flow, inputs).await.unwrap();
+            (outcome.flow, outcome.state)
+        });
+    }
+    let mut flows = Vec::new();
+    while let Some(done) = runs.join_next().await {
+        let (flow, state) = done.unwrap();
+        assert_eq!(state, FlowState::Success);
+        flows.push(flow);
+    }
+    // Each store sees the other's flows.
+    for flow in flows {
+        assert_eq!(
+            first.load_flow(flow).await.unwrap().flow.state,
+            FlowState::Success
+        );
+        assert_eq!(second.history(flow).await.unwrap().len(), 12);
+    }
+}
