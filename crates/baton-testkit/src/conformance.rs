@@ -210,10 +210,18 @@ pub async fn list_filters_and_orders<S: Store>(store: S) {
 
 /// Expands to one `#[tokio::test]` per conformance case, each given a store from `$make`
 /// (an async expression).
+///
+/// For a backend that may be missing (a database server the environment may not have), write
+/// `store_conformance!(optional: make)` with `make` an expression of type `Option<S>`: each case
+/// returns early, passing, when it is `None`. The constructor decides whether a missing server
+/// is a skip or a failure, and says so.
 #[macro_export]
 macro_rules! store_conformance {
-    ($make:expr) => {
-        $crate::store_conformance!(@cases $make;
+    (optional: $make:expr) => {
+        $crate::store_conformance!(@all [optional] $make);
+    };
+    (@all [$mode:ident] $make:expr) => {
+        $crate::store_conformance!(@cases [$mode] $make;
             create_and_load_round_trip,
             batch_applies_in_order_with_history,
             stale_writes_conflict_and_change_nothing,
@@ -222,12 +230,28 @@ macro_rules! store_conformance {
             list_filters_and_orders,
         );
     };
-    (@cases $make:expr; $($case:ident,)*) => {
+    (@cases [required] $make:expr; $($case:ident,)*) => {
         $(
             #[tokio::test]
             async fn $case() {
                 $crate::conformance::$case($make).await;
             }
         )*
+    };
+    (@cases [optional] $make:expr; $($case:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                if let Some(store) = $make {
+                    $crate::conformance::$case(store).await;
+                }
+            }
+        )*
+    };
+    (@cases $make:expr; $($case:ident,)*) => {
+        $crate::store_conformance!(@cases [required] $make; $($case,)*);
+    };
+    ($make:expr) => {
+        $crate::store_conformance!(@all [required] $make);
     };
 }

@@ -14,8 +14,9 @@
 //! - treat every [`Write`] as a compare-and-set: refuse it with [`Error::Conflict`] unless the
 //!   flow or atom is in the expected state (and, for atoms, at the expected attempt), and refuse
 //!   an illegal transition with [`Error::IllegalTransition`] (use [`check_write`]);
-//! - when the batch carries a [`Fence`](crate::Fence), refuse it with [`Error::Fenced`] unless the fence's
-//!   token is still the job's current one, checked in the same transaction as the writes;
+//! - when the batch carries a [`Fence`](crate::Fence), refuse it with [`Error::Fenced`] unless
+//!   the fence's token is still the job's current one, checked in the same transaction as the
+//!   writes;
 //! - append one [`Transition`] per change of state (or new attempt), numbered from 1 per flow;
 //! - report a store it cannot reach as [`Error::Unavailable`], which the engine retries, and
 //!   data it cannot read as [`Error::Corrupt`] naming the flow and atom.

@@ -1,0 +1,401 @@
+//! What both backends share: encoding records for storage (with the size limit), decoding rows
+//! back (reporting damage as [`Error::Corrupt`]), and the client-side half of the write checks.
+
+use baton_core::model::{AtomKind, AtomRecord, Change, FlowRecord, Transition, MODEL_VERSION};
+use baton_core::store::{check_write, Error, Result, Write};
+use baton_core::{FencingToken, FlowId};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// The default limit on one stored JSON value (an atom's result, failure, revert failure or
+/// retry history): 1 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// [`MODEL_VERSION`] as the databases store it.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) const MODEL_VERSION_I64: i64 = MODEL_VERSION as i64;
+
+/// An atom record ready to be written: its JSON values serialized once and checked against the
+/// size limit. Serializes as the JSON object the PostgreSQL functions read; a `None` value is
+/// left out, so that SQL `NULL` (none) and JSON `null` (a task that returned `null`) differ.
+#[derive(Debug, Serialize)]
+pub(crate) struct EncodedAtom<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) kind: &'static str,
+    pub(crate) state: &'static str,
+    pub(crate) intention: &'static str,
+    pub(crate) attempt: u32,
+    pub(crate) round: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) result: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) failure: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) revert_failure: Option<Box<RawValue>>,
+    pub(crate) retry_history: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) retry_at: Option<DateTime<Utc>>,
+    pub(crate) progress: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+}
+
+fn encode_value<T: Serialize + ?Sized>(
+    flow: FlowId,
+    atom: &str,
+    what: &'static str,
+    value: &T,
+    limit: usize,
+) -> Result<Box<RawValue>> {
+    let raw = serde_json::value::to_raw_value(value).map_err(|e| Error::Backend(Box::new(e)))?;
+    let size = raw.get().len();
+    if size > limit {
+        return Err(Error::TooLarge {
+            flow,
+            atom: atom.to_owned(),
+            what,
+            size,
+            limit,
+        });
+    }
+    Ok(raw)
+}
+
+/// Serializes `rec`'s JSON values, refusing any over `limit` bytes with [`Error::TooLarge`].
+pub(crate) fn encode_atom(flow: FlowId, rec: &AtomRecord, limit: usize) -> Result<EncodedAtom<'_>> {
+    let name = rec.name.as_str();
+    Ok(EncodedAtom {
+        name,
+        kind: rec.kind.as_str(),
+        state: rec.state.as_str(),
+        intention: rec.intention.as_str(),
+        attempt: rec.attempt,
+        round: rec.round,
+        result: rec
+            .result
+            .as_ref()
+            .map(|v| encode_value(flow, name, "result", v, limit))
+            .transpose()?,
+        failure: rec
+            .failure
+            .as_ref()
+            .map(|v| encode_value(flow, name, "failure", v, limit))
+            .transpose()?,
+        revert_failure: rec
+            .revert_failure
+            .as_ref()
+            .map(|v| encode_value(flow, name, "revert_failure", v, limit))
+            .transpose()?,
+        retry_history: encode_value(flow, name, "retry_history", &rec.retry_history, limit)?,
+        retry_at: rec.retry_at,
+        progress: rec.progress,
+        started_at: rec.started_at,
+        finished_at: rec.finished_at,
+    })
+}
+
+/// Ends a transaction explicitly: commits it if `result` is `Ok`, rolls it back otherwise.
+/// Dropping a transaction only queues its rollback until the connection is next used, which
+/// would leave its locks (SQLite's write lock, PostgreSQL's table locks) held meanwhile.
+pub(crate) async fn finish<DB: sqlx::Database, T>(
+    tx: sqlx::Transaction<'_, DB>,
+    result: Result<T>,
+) -> Result<T> {
+    match result {
+        Ok(value) => {
+            tx.commit().await.map_err(crate::error::classify)?;
+            Ok(value)
+        }
+        Err(e) => {
+            // The refusal is the news; a failed rollback ends with the connection anyway.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The text form of a timestamp in SQLite: RFC 3339 in UTC with nanoseconds, fixed width, so
+/// that text order is time order.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn time_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// Parses [`time_text`]'s form (or any RFC 3339 timestamp).
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn parse_time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("unreadable timestamp {text:?}: {e}"))
+}
+
+/// The database form of a fencing token, if it has one: tokens above `i64::MAX` cannot be
+/// stored, so they are never current.
+pub(crate) fn token_to_db(token: FencingToken) -> Option<i64> {
+    i64::try_from(token.0).ok()
+}
+
+/// The client-side half of [`check_write`]: the state-machine check, made as if the
+/// compare-and-set passed. The database does the compare-and-set; when it passes and this
+/// check failed, this is the batch's error.
+pub(crate) fn legality(flow: FlowId, write: &Write) -> Result<()> {
+    let as_expected = match write {
+        Write::Flow { from, .. } => (from.as_str().to_owned(), 0),
+        Write::Atom {
+            expected_state,
+            expected_attempt,
+            ..
+        } => (expected_state.as_str().to_owned(), *expected_attempt),
+    };
+    check_write(flow, write, as_expected)
+}
+
+/// The error for a write whose compare-and-set failed against what the database holds.
+pub(crate) fn conflict(flow: FlowId, write: &Write, actual: (String, u32)) -> Error {
+    match check_write(flow, write, actual) {
+        Err(e) => e,
+        Ok(()) => crate::error::backend(format!(
+            "the database refused a write to flow {flow} that matches what it holds"
+        )),
+    }
+}
+
+/// A flow row as read, before it is checked.
+#[derive(Debug)]
+pub(crate) struct RawFlow {
+    pub(crate) id: FlowId,
+    pub(crate) name: String,
+    pub(crate) state: String,
+    pub(crate) intention: String,
+    pub(crate) inputs: String,
+    pub(crate) meta: String,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) model_version: i64,
+}
+
+/// An atom row as read, before it is checked.
+#[derive(Debug)]
+pub(crate) struct RawAtom {
+    pub(crate) kind: String,
+    pub(crate) state: String,
+    pub(crate) intention: String,
+    pub(crate) attempt: i64,
+    pub(crate) round: i64,
+    pub(crate) result: Option<String>,
+    pub(crate) failure: Option<String>,
+    pub(crate) revert_failure: Option<String>,
+    pub(crate) retry_history: String,
+    pub(crate) retry_at: Option<DateTime<Utc>>,
+    pub(crate) progress: f64,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) model_version: i64,
+}
+
+/// A history row as read, before it is checked.
+#[derive(Debug)]
+pub(crate) struct RawTransition {
+    pub(crate) seq: i64,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) subject: String,
+    pub(crate) atom: Option<String>,
+    pub(crate) from_state: String,
+    pub(crate) to_state: String,
+    pub(crate) attempt: Option<i64>,
+}
+
+/// The error for a damaged row.
+pub(crate) fn corrupt(flow: FlowId, atom: Option<&str>, detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        flow,
+        atom: atom.map(str::to_owned),
+        detail: detail.into(),
+    }
+}
+
+fn check_version(version: i64) -> std::result::Result<(), String> {
+    match u32::try_from(version) {
+        Ok(v) if (1..=MODEL_VERSION).contains(&v) => Ok(()),
+        Ok(v) if v > MODEL_VERSION => Err(format!(
+            "written by a newer version of baton (model version {v}; this build reads up to {MODEL_VERSION})"
+        )),
+        _ => Err(format!("invalid model version {version}")),
+    }
+}
+
+fn parse<T: std::str::FromStr>(column: &str, text: &str) -> std::result::Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e| format!("column {column}: {e}"))
+}
+
+fn json<T: DeserializeOwned>(column: &str, text: &str) -> std::result::Result<T, String> {
+    serde_json::from_str(text).map_err(|e| format!("column {column}: unreadable JSON: {e}"))
+}
+
+fn count(column: &str, n: i64) -> std::result::Result<u32, String> {
+    u32::try_from(n).map_err(|_| format!("column {column}: {n} is out of range"))
+}
+
+/// Checks and converts a flow row.
+pub(crate) fn decode_flow(raw: RawFlow) -> Result<FlowRecord> {
+    let id = raw.id;
+    let go = || -> std::result::Result<FlowRecord, String> {
+        check_version(raw.model_version)?;
+        Ok(FlowRecord {
+            id,
+            name: raw.name,
+            state: parse("state", &raw.state)?,
+            intention: parse("intention", &raw.intention)?,
+            inputs: json("inputs", &raw.inputs)?,
+            meta: json("meta", &raw.meta)?,
+            created_at: raw.created_at,
+            updated_at: raw.updated_at,
+        })
+    };
+    go().map_err(|detail| corrupt(id, None, detail))
+}
+
+/// Checks and converts an atom row of flow `flow`.
+pub(crate) fn decode_atom(flow: FlowId, name: String, raw: RawAtom) -> Result<AtomRecord> {
+    let go = |name: String| -> std::result::Result<AtomRecord, String> {
+        check_version(raw.model_version)?;
+        Ok(AtomRecord {
+            kind: parse::<AtomKind>("kind", &raw.kind)?,
+            state: parse("state", &raw.state)?,
+            intention: parse("intention", &raw.intention)?,
+            attempt: count("attempt", raw.attempt)?,
+            round: count("round", raw.round)?,
+            result: raw
+                .result
+                .as_deref()
+                .map(|t| json("result", t))
+                .transpose()?,
+            failure: raw
+                .failure
+                .as_deref()
+                .map(|t| json("failure", t))
+                .transpose()?,
+            revert_failure: raw
+                .revert_failure
+                .as_deref()
+                .map(|t| json("revert_failure", t))
+                .transpose()?,
+            retry_history: json("retry_history", &raw.retry_history)?,
+            retry_at: raw.retry_at,
+            progress: raw.progress,
+            started_at: raw.started_at,
+            finished_at: raw.finished_at,
+            name,
+        })
+    };
+    go(name.clone()).map_err(|detail| corrupt(flow, Some(&name), detail))
+}
+
+/// Checks and converts a history row of flow `flow`.
+pub(crate) fn decode_transition(flow: FlowId, raw: RawTransition) -> Result<Transition> {
+    let atom = raw.atom.clone();
+    let go = || -> std::result::Result<Transition, String> {
+        let seq =
+            u64::try_from(raw.seq).map_err(|_| format!("history seq {} is negative", raw.seq))?;
+        let change = match (raw.subject.as_str(), raw.atom) {
+            ("flow", _) => Change::Flow {
+                from: parse("from_state", &raw.from_state)?,
+                to: parse("to_state", &raw.to_state)?,
+            },
+            ("atom", Some(atom)) => Change::Atom {
+                from: parse("from_state", &raw.from_state)?,
+                to: parse("to_state", &raw.to_state)?,
+                attempt: count("attempt", raw.attempt.unwrap_or(0))?,
+                atom,
+            },
+            (other, _) => return Err(format!("history entry {seq}: unknown subject {other:?}")),
+        };
+        Ok(Transition {
+            flow,
+            seq,
+            at: raw.at,
+            change,
+        })
+    };
+    go().map_err(|detail| corrupt(flow, atom.as_deref(), detail))
+}
+
+/// What a history row stores for a change: subject, atom, from, to, attempt.
+pub(crate) fn history_columns(
+    change: &Change,
+) -> (
+    &'static str,
+    Option<&str>,
+    &'static str,
+    &'static str,
+    Option<u32>,
+) {
+    match change {
+        Change::Flow { from, to } => ("flow", None, from.as_str(), to.as_str(), None),
+        Change::Atom {
+            atom,
+            from,
+            to,
+            attempt,
+        } => (
+            "atom",
+            Some(atom.as_str()),
+            from.as_str(),
+            to.as_str(),
+            Some(*attempt),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::model::AtomKind;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn none_and_null_results_stay_apart() {
+        let flow = FlowId::new();
+        let mut rec = AtomRecord::pending("a", AtomKind::Task);
+        let none = serde_json::to_value(encode_atom(flow, &rec, 100).unwrap()).unwrap();
+        assert!(none.get("result").is_none());
+        rec.result = Some(serde_json::Value::Null);
+        let null = serde_json::to_value(encode_atom(flow, &rec, 100).unwrap()).unwrap();
+        assert_eq!(null.get("result"), Some(&serde_json::Value::Null));
+    }
+
+    #[test]
+    fn oversized_values_are_refused_naming_what() {
+        let flow = FlowId::new();
+        let mut rec = AtomRecord::pending("big", AtomKind::Task);
+        rec.result = Some(json!("x".repeat(200)));
+        let err = encode_atom(flow, &rec, 100).unwrap_err();
+        assert!(
+            matches!(&err, Error::TooLarge { atom, what: "result", size: 202, limit: 100, .. } if atom == "big"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn newer_model_versions_are_corrupt() {
+        let err = check_version(i64::from(MODEL_VERSION) + 1).unwrap_err();
+        assert!(err.contains("newer version of baton"), "{err}");
+        assert!(check_version(0).is_err());
+        assert!(check_version(i64::from(MODEL_VERSION)).is_ok());
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_text() {
+        let now = Utc::now();
+        assert_eq!(parse_time(&time_text(now)).unwrap(), now);
+        assert!(parse_time("yesterday").is_err());
+    }
+}

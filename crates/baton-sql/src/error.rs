@@ -1,0 +1,174 @@
+//! The crate's error type, and how sqlx errors map onto the store's error kinds.
+
+use std::error::Error as StdError;
+
+use baton_core::store;
+
+/// What can go wrong when opening a SQL store.
+///
+/// Once a store is open, its operations report [`baton_core::store::Error`] like every other
+/// store; this type covers what comes before: choosing a backend from a URL, validating
+/// options, connecting and migrating.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL's scheme names no store baton knows.
+    #[error(
+        "unknown store url scheme {scheme:?}: expected `sqlite:`, `postgres:` or `postgresql:`"
+    )]
+    UnknownScheme {
+        /// The scheme found (the text before the first `:`).
+        scheme: String,
+    },
+    /// The URL names a backend that this build of baton-sql was compiled without.
+    #[error("the {backend} store is not compiled in: enable the `{feature}` feature of baton-sql")]
+    BackendDisabled {
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+        /// The cargo feature that compiles it in.
+        feature: &'static str,
+    },
+    /// The URL or the options are not valid.
+    #[error("invalid store configuration: {detail}")]
+    Config {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The PostgreSQL schema name is not a plain lowercase identifier.
+    #[error(
+        "invalid schema name {schema:?}: use 1 to 63 lowercase letters, digits or underscores, not starting with a digit"
+    )]
+    InvalidSchema {
+        /// The name given.
+        schema: String,
+    },
+    /// Applying the migrations failed (for instance an applied migration was edited, or the
+    /// database holds migrations of a newer baton).
+    #[error("migrating the store's schema failed")]
+    Migrate(#[source] Box<dyn StdError + Send + Sync>),
+    /// The database could not be reached or answered with an error. `Unavailable` inside means
+    /// retrying later may work.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl Error {
+    /// Whether opening may succeed if retried later unchanged (the database was unreachable).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_transient())
+    }
+}
+
+/// The result type of this crate's own operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// SQLite primary result codes that mean "try again later": `SQLITE_BUSY` (another connection
+/// holds the lock past the busy timeout), `SQLITE_LOCKED`, `SQLITE_IOERR`, `SQLITE_CANTOPEN`
+/// and `SQLITE_FULL`.
+#[cfg(feature = "sqlite")]
+const SQLITE_TRANSIENT: [i64; 5] = [5, 6, 10, 13, 14];
+
+/// Maps a sqlx error onto the store's error kinds: what retrying may cure becomes
+/// [`store::Error::Unavailable`], everything else [`store::Error::Backend`].
+///
+/// Transient: I/O errors (connection refused, reset, closed), TLS failures, a pool that timed
+/// out waiting for a connection, PostgreSQL SQLSTATE classes `08` (connection exception) and
+/// `57P0x` (admin shutdown, crash shutdown, cannot connect now, ...), and SQLite's busy,
+/// locked, I/O, full-disk and cannot-open codes. A pool closed on purpose is not transient.
+pub(crate) fn classify(err: sqlx::Error) -> store::Error {
+    if is_transient(&err) {
+        store::Error::Unavailable(Box::new(err))
+    } else {
+        store::Error::Backend(Box::new(err))
+    }
+}
+
+fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => transient_database_error(db.as_ref()),
+        _ => false,
+    }
+}
+
+fn transient_database_error(db: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return transient_postgres_code(pg.code());
+    }
+    #[cfg(feature = "sqlite")]
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return db
+            .code()
+            .and_then(|code| code.parse::<i64>().ok())
+            .is_some_and(transient_sqlite_code);
+    }
+    let _ = db;
+    false
+}
+
+#[cfg(feature = "postgres")]
+fn transient_postgres_code(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P0")
+}
+
+#[cfg(feature = "sqlite")]
+fn transient_sqlite_code(code: i64) -> bool {
+    // Extended result codes carry the primary code in their low byte.
+    SQLITE_TRANSIENT.contains(&(code & 0xff))
+}
+
+/// Maps a migration failure: a database that cannot be reached is [`Error::Store`] (transient),
+/// anything else [`Error::Migrate`].
+#[allow(dead_code)] // not every feature combination uses it
+pub(crate) fn migrate(err: sqlx::migrate::MigrateError) -> Error {
+    match err {
+        sqlx::migrate::MigrateError::Execute(e) if is_transient(&e) => Error::Store(classify(e)),
+        other => Error::Migrate(Box::new(other)),
+    }
+}
+
+/// A `Backend` error with a message of our own (for answers the store cannot make sense of).
+#[allow(dead_code)] // not every feature combination uses it
+pub(crate) fn backend(msg: impl Into<String>) -> store::Error {
+    store::Error::Backend(msg.into().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_and_pool_timeouts_are_transient() {
+        let refused = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(classify(refused).is_transient());
+        assert!(classify(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!classify(sqlx::Error::PoolClosed).is_transient());
+        assert!(!classify(sqlx::Error::RowNotFound).is_transient());
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_connection_and_shutdown_classes_are_transient() {
+        for code in ["08000", "08006", "08001", "57P01", "57P02", "57P03"] {
+            assert!(transient_postgres_code(code), "{code}");
+        }
+        for code in ["23505", "42P01", "40001", "57014", "BT004"] {
+            assert!(!transient_postgres_code(code), "{code}");
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_busy_and_io_codes_are_transient() {
+        // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT, SQLITE_IOERR_WRITE
+        for code in [5, 517, 778] {
+            assert!(transient_sqlite_code(code), "{code}");
+        }
+        // SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_ERROR
+        for code in [1555, 1] {
+            assert!(!transient_sqlite_code(code), "{code}");
+        }
+    }
+}

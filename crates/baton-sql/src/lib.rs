@@ -1,0 +1,175 @@
+//! baton's SQL stores: [`baton_core::store::Store`] implementations on SQLite and PostgreSQL,
+//! built on sqlx.
+//!
+//! A store keeps flow runs, their atoms and the history of their transitions, so that an engine
+//! can resume a run from wherever it stopped, in another process if need be. Both stores keep
+//! exactly the semantics of `baton_core::MemoryStore` (the conformance suite in
+//! `baton-testkit` holds them to it) and add durability:
+//!
+//! - [`SqliteStore`] (feature `sqlite`): one database file in WAL mode, for one host. Several
+//!   processes of that host may share it.
+//! - [`PostgresStore`] (feature `postgres`): a PostgreSQL database shared by a fleet of
+//!   engines. Its tables live in their own schema (`baton` unless configured otherwise), and a
+//!   commit is one round trip: a server-side function does the fence check, the
+//!   compare-and-set of every write and the history in one statement.
+//!
+//! Both apply their migrations (embedded in the binary) when they open a database, safely when
+//! several processes open the same one at once. The schema has four tables: `flows`, `atoms`,
+//! `history` and `fences` (the current claim token of each job, for fenced writes).
+//!
+//! # Quick start
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use baton_core::{Atom, Engine, Flow, FlowState};
+//! use serde_json::json;
+//!
+//! // `sqlite://baton.db` for a file, `postgres://user@host/db` for PostgreSQL.
+//! let store = baton_sql::connect("sqlite::memory:").await?;
+//! let flow = Flow::linear("hello")
+//!     .add(Atom::from_fn("greet", |_| async { Ok(json!("hello")) }).provides("greeting"))
+//!     .compile()?;
+//! let outcome = Engine::from_arc(store.clone()).start(&flow, Default::default()).await?;
+//! assert_eq!(outcome.state, FlowState::Success);
+//! assert_eq!(store.history(outcome.flow).await?.len(), 4);
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+//!
+//! To configure a store, open it with its options:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), baton_sql::Error> {
+//! use baton_sql::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Synchronous};
+//!
+//! // Commits that survive a power loss, not just a killed process.
+//! let sqlite =
+//!     SqliteStore::open_with("sqlite://baton.db", SqliteOptions::new().synchronous(Synchronous::Full))
+//!         .await?;
+//! // Tables in schema `workflows` instead of `baton`.
+//! let pg = PostgresStore::connect_with(
+//!     "postgres://baton@db.internal/ops",
+//!     PostgresOptions::new().schema("workflows"),
+//! )
+//! .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Errors
+//!
+//! Opening a store reports this crate's [`Error`]; a store's operations report
+//! [`baton_core::store::Error`] like every store. A database that cannot be reached (connection
+//! refused or lost, a pool timed out, PostgreSQL shutting down, SQLite busy past its timeout)
+//! is `Unavailable`, which the engine retries; rows it cannot read are `Corrupt`, naming the
+//! flow and atom; JSON values over the configured limit (1 MiB by default) are `TooLarge`, and
+//! nothing of their batch is written.
+//!
+//! # Features
+//!
+//! `sqlite` and `postgres` (both on by default) compile in each backend. [`connect`] answers
+//! [`Error::BackendDisabled`] for a URL whose backend is not compiled in.
+
+#![forbid(unsafe_code)]
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod codec;
+mod error;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::sync::Arc;
+
+use baton_core::store::Store;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use codec::DEFAULT_MAX_VALUE_BYTES;
+pub use error::{Error, Result};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore, DEFAULT_SCHEMA};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+/// The backend a URL names, from its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// `sqlite:`
+    Sqlite,
+    /// `postgres:` or `postgresql:`
+    Postgres,
+}
+
+impl Backend {
+    /// The backend `url` names.
+    ///
+    /// # Errors
+    /// [`Error::UnknownScheme`] if the scheme is none of `sqlite`, `postgres`, `postgresql`.
+    pub fn of_url(url: &str) -> Result<Self> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            _ => Err(Error::UnknownScheme {
+                scheme: scheme.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Opens the store at `url` with default options, choosing the backend by the URL's scheme:
+/// `sqlite:` ([`SqliteStore`]), `postgres:` or `postgresql:` ([`PostgresStore`]). The
+/// migrations are applied.
+///
+/// # Errors
+/// [`Error::UnknownScheme`] for another scheme, [`Error::BackendDisabled`] when the backend is
+/// not compiled in, and the errors of the backend's `open`/`connect`.
+///
+/// # Cancel safety
+/// Not cancel safe: dropped midway, the migrations may or may not have been applied (each one
+/// whole or not at all).
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    match Backend::of_url(url)? {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => Ok(Arc::new(SqliteStore::open(url).await?)),
+        #[cfg(not(feature = "sqlite"))]
+        Backend::Sqlite => Err(Error::BackendDisabled {
+            backend: "sqlite",
+            feature: "sqlite",
+        }),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => Ok(Arc::new(PostgresStore::connect(url).await?)),
+        #[cfg(not(feature = "postgres"))]
+        Backend::Postgres => Err(Error::BackendDisabled {
+            backend: "postgres",
+            feature: "postgres",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_pick_backends() {
+        assert_eq!(Backend::of_url("sqlite::memory:").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::of_url("sqlite://a.db").unwrap(), Backend::Sqlite);
+        assert_eq!(
+            Backend::of_url("postgres://h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert_eq!(
+            Backend::of_url("PostgreSQL://h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert!(matches!(
+            Backend::of_url("mysql://h/db"),
+            Err(Error::UnknownScheme { scheme }) if scheme == "mysql"
+        ));
+        assert!(matches!(
+            Backend::of_url("baton.db"),
+            Err(Error::UnknownScheme { scheme }) if scheme.is_empty()
+        ));
+    }
+}

@@ -1,0 +1,693 @@
+//! The PostgreSQL store: shared by a fleet of engines, in a schema of its own.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
+use baton_core::store::{self, transition_of, FlowQuery, Store};
+use baton_core::{Fence, FencingToken, FlowId, JobId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions, PgRow,
+};
+use sqlx::types::Json;
+use sqlx::{Connection, Postgres, QueryBuilder, Row};
+
+use crate::codec::{self, EncodedAtom, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES};
+use crate::error::{classify, Error};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The schema the store's tables live in unless configured otherwise.
+pub const DEFAULT_SCHEMA: &str = "baton";
+
+/// Settings for [`PostgresStore::connect_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+#[must_use]
+pub struct PostgresOptions {
+    /// The schema that holds the store's tables, functions and migration records (created if
+    /// missing). A plain lowercase identifier; default [`DEFAULT_SCHEMA`].
+    pub schema: String,
+    /// How many connections the pool opens at most. Default 10.
+    pub max_connections: u32,
+    /// How long an operation waits for a connection (for instance while the server is down)
+    /// before it fails with [`store::Error::Unavailable`]. Default 10 s.
+    pub acquire_timeout: Duration,
+    /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
+    /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
+    pub max_value_bytes: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// Default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`PostgresOptions::schema`].
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Sets [`PostgresOptions::max_connections`] (at least 1).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Sets [`PostgresOptions::acquire_timeout`].
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PostgresOptions::max_value_bytes`].
+    pub fn max_value_bytes(mut self, limit: usize) -> Self {
+        self.max_value_bytes = limit;
+        self
+    }
+}
+
+/// A [`Store`] in a PostgreSQL database.
+///
+/// Every object lives in one schema (see [`PostgresOptions::schema`]); each pooled connection
+/// has its `search_path` set to it alone, at connection time, so nothing else in the database
+/// is touched and no other connection's `search_path` changes.
+///
+/// A commit is one statement, so one round trip and one transaction: the function
+/// `commit_batch` checks the fence, compare-and-sets every write against the state the writes
+/// before it left, appends the history and raises a distinct SQLSTATE on refusal. Creating a
+/// flow is one statement too. Connections are not pinged before use (that would double the
+/// round trips); a connection that died is noticed by the operation that uses it, which fails
+/// with [`store::Error::Unavailable`], and the engine retries.
+///
+/// PostgreSQL keeps timestamps to the microsecond: times read back are rounded to it.
+///
+/// Clones share the pool and the commit counter.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    schema: Arc<str>,
+    commits: Arc<AtomicU64>,
+    max_value_bytes: usize,
+}
+
+fn config(e: impl std::fmt::Display) -> Error {
+    Error::Config {
+        detail: e.to_string(),
+    }
+}
+
+fn valid_schema(schema: &str) -> bool {
+    let mut chars = schema.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    first_ok
+        && schema.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with("pg_")
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://` or `postgresql://`) with default
+    /// options, creating the schema `baton` and applying the migrations if needed.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad URL, [`Error::Store`] if the server cannot be reached
+    /// (`Unavailable`) or refuses, [`Error::Migrate`] if the schema holds migrations this build
+    /// does not know or has edited.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped midway, the migrations may have been applied or not (each is
+    /// applied whole or not at all).
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// [`PostgresStore::connect`] with options.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect`], and [`Error::InvalidSchema`] for a schema name that is
+    /// not a plain lowercase identifier.
+    ///
+    /// # Cancel safety
+    /// As [`PostgresStore::connect`].
+    #[tracing::instrument(skip_all, fields(backend = "postgres", schema = %options.schema), err)]
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, Error> {
+        if !valid_schema(&options.schema) {
+            return Err(Error::InvalidSchema {
+                schema: options.schema,
+            });
+        }
+        // The search path travels in the startup packet: set on every connection the pool
+        // opens, at no extra round trip, and never on anyone else's connection.
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(config)?
+            .options([("search_path", options.schema.as_str())]);
+        prepare_schema(&connect, &options.schema).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
+            .connect_with(connect)
+            .await
+            .map_err(|e| Error::Store(classify(e)))?;
+        Ok(Self {
+            pool,
+            schema: options.schema.into(),
+            commits: Arc::new(AtomicU64::new(0)),
+            max_value_bytes: options.max_value_bytes,
+        })
+    }
+
+    /// Applies the migrations this build carries that the schema lacks.
+    /// [`PostgresStore::connect`] does it already; it is safe to repeat, and safe while other
+    /// processes do it (sqlx holds an advisory lock while migrating).
+    ///
+    /// # Errors
+    /// [`Error::Migrate`], or [`Error::Store`] if the database cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped midway, some migrations may have been applied.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::Store(classify(e)))?;
+        let result = MIGRATOR.run_direct(&mut *conn).await;
+        if result.is_err() {
+            // The migrator's advisory lock is held by the session until unlocked: never give
+            // such a connection back to the pool.
+            drop(conn.detach());
+        }
+        result.map_err(crate::error::migrate)
+    }
+
+    /// The schema the store lives in.
+    #[must_use]
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// How many transactions (flow creations and batches) this store and its clones have
+    /// committed.
+    #[must_use]
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Records `token` as the current claim of `job`: from now on only writes fenced with it
+    /// are accepted for that job. (The job board does this when it claims a job.) It waits for
+    /// fenced writes of the job that are committing, so none commits after it returns with
+    /// the old token.
+    ///
+    /// # Errors
+    /// [`store::Error::Backend`] for a token above `i64::MAX`, which cannot be stored;
+    /// [`store::Error::Unavailable`] if the database cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: one statement, applied or not.
+    pub async fn set_fence(&self, job: JobId, token: FencingToken) -> store::Result<()> {
+        let token = codec::token_to_db(token).ok_or_else(|| {
+            crate::error::backend(format!("fencing token {token} is too large to store"))
+        })?;
+        sqlx::query(
+            "INSERT INTO fences (job_id, token) VALUES ($1, $2) \
+             ON CONFLICT (job_id) DO UPDATE SET token = excluded.token",
+        )
+        .bind(job.as_uuid())
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    #[allow(dead_code)] // for the job board
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Creates the schema if it is missing, then applies the migrations, on a connection of its
+/// own that is closed afterwards (the migrator's advisory lock goes with it, whatever happens).
+async fn prepare_schema(connect: &PgConnectOptions, schema: &str) -> Result<(), Error> {
+    let mut conn = PgConnection::connect_with(connect)
+        .await
+        .map_err(|e| Error::Store(classify(e)))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Error::Store(classify(e)))?;
+    if !exists {
+        // The name was validated as a plain identifier, so it can be spliced in.
+        let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .execute(&mut conn)
+            .await;
+        match created {
+            Ok(_) => tracing::info!(schema, "created schema"),
+            // Another process created it at the same moment: a unique violation on the
+            // catalog, or "schema already exists".
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("23505" | "42P06")) => {}
+            Err(e) => return Err(Error::Store(classify(e))),
+        }
+    }
+    MIGRATOR
+        .run_direct(&mut conn)
+        .await
+        .map_err(crate::error::migrate)?;
+    conn.close().await.map_err(|e| Error::Store(classify(e)))
+}
+
+// ----- what the functions receive ---------------------------------------------------------
+
+#[derive(Serialize)]
+struct FencePayload {
+    job: JobId,
+    token: i64,
+}
+
+#[derive(Serialize)]
+struct CreatePayload<'a> {
+    flow: &'a FlowRecord,
+    atoms: Vec<EncodedAtom<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fence: Option<FencePayload>,
+    model_version: u32,
+}
+
+#[derive(Serialize)]
+struct ChangePayload<'a> {
+    subject: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    atom: Option<&'a str>,
+    from: &'static str,
+    to: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum WritePayload<'a> {
+    Flow {
+        from: &'static str,
+        to: &'static str,
+        intention: &'static str,
+        legal: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        change: Option<ChangePayload<'a>>,
+    },
+    Atom {
+        expected_state: &'static str,
+        expected_attempt: u32,
+        record: EncodedAtom<'a>,
+        legal: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        change: Option<ChangePayload<'a>>,
+    },
+}
+
+#[derive(Serialize)]
+struct BatchPayload<'a> {
+    flow: FlowId,
+    at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fence: Option<FencePayload>,
+    model_version: u32,
+    writes: Vec<WritePayload<'a>>,
+}
+
+/// The fence as the functions take it; `Err` for a token no claim can have (it cannot be
+/// stored), which is refused without asking the database.
+fn fence_payload(flow: FlowId, fence: Option<Fence>) -> store::Result<Option<FencePayload>> {
+    fence
+        .map(|f| match codec::token_to_db(f.token) {
+            Some(token) => Ok(FencePayload { job: f.job, token }),
+            None => Err(store::Error::Fenced {
+                flow,
+                job: f.job,
+                token: f.token,
+            }),
+        })
+        .transpose()
+}
+
+fn change_payload(write: &Write) -> Option<ChangePayload<'_>> {
+    transition_of(write).map(|change| {
+        let (subject, _, from, to, attempt) = codec::history_columns(&change);
+        let atom = match write {
+            Write::Atom { record, .. } if subject == "atom" => Some(record.name.as_str()),
+            _ => None,
+        };
+        ChangePayload {
+            subject,
+            atom,
+            from,
+            to,
+            attempt,
+        }
+    })
+}
+
+/// What a refusal's DETAIL carries.
+#[derive(Deserialize)]
+struct RefusalDetail {
+    index: usize,
+    state: Option<String>,
+    attempt: Option<i64>,
+}
+
+/// Maps an error of `create_flow` or `commit_batch` back to the store's error.
+fn refusal(err: sqlx::Error, flow: FlowId, fence: Option<Fence>, writes: &[Write]) -> store::Error {
+    let (code, detail) = match err
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<PgDatabaseError>())
+    {
+        Some(pg) => (pg.code().to_owned(), pg.detail().map(str::to_owned)),
+        None => return classify(err),
+    };
+    let detail = detail.and_then(|d| serde_json::from_str::<RefusalDetail>(&d).ok());
+    let write = detail.as_ref().and_then(|d| writes.get(d.index));
+    match (code.as_str(), fence, write) {
+        ("BT001", ..) => store::Error::FlowNotFound(flow),
+        ("BT006", ..) => store::Error::FlowExists(flow),
+        ("BT003", Some(f), _) => store::Error::Fenced {
+            flow,
+            job: f.job,
+            token: f.token,
+        },
+        ("BT002", _, Some(Write::Atom { record, .. })) => store::Error::AtomNotFound {
+            flow,
+            atom: record.name.clone(),
+        },
+        ("BT004", _, Some(w)) => {
+            let d = detail.as_ref();
+            let state = d.and_then(|d| d.state.clone()).unwrap_or_default();
+            match d.and_then(|d| d.attempt).map(u32::try_from) {
+                Some(Ok(attempt)) => codec::conflict(flow, w, (state, attempt)),
+                _ => codec::corrupt(
+                    flow,
+                    match w {
+                        Write::Atom { record, .. } => Some(record.name.as_str()),
+                        Write::Flow { .. } => None,
+                    },
+                    "stored attempt is out of range",
+                ),
+            }
+        }
+        ("BT005", _, Some(w)) => match codec::legality(flow, w) {
+            Err(e) => e,
+            Ok(()) => crate::error::backend(format!(
+                "the database called a legal write to flow {flow} illegal"
+            )),
+        },
+        _ => classify(err),
+    }
+}
+
+// ----- reading rows -------------------------------------------------------------------------
+
+fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, String>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(column)
+        .map_err(|e| format!("column {column}: {e}"))
+}
+
+const FLOW_COLUMNS: &str = "id, name, state, intention, inputs::text AS inputs, \
+     meta::text AS meta, created_at, updated_at, model_version";
+
+fn flow_from_row(row: &PgRow) -> store::Result<FlowRecord> {
+    let id: uuid::Uuid = get(row, "id")
+        .map_err(|d| codec::corrupt(FlowId::from_uuid(uuid::Uuid::nil()), None, d))?;
+    let id = FlowId::from_uuid(id);
+    let raw = (|| -> Result<RawFlow, String> {
+        Ok(RawFlow {
+            id,
+            name: get(row, "name")?,
+            state: get(row, "state")?,
+            intention: get(row, "intention")?,
+            inputs: get(row, "inputs")?,
+            meta: get(row, "meta")?,
+            created_at: get(row, "created_at")?,
+            updated_at: get(row, "updated_at")?,
+            model_version: get(row, "model_version")?,
+        })
+    })()
+    .map_err(|d| codec::corrupt(id, None, d))?;
+    codec::decode_flow(raw)
+}
+
+const ATOM_COLUMNS: &str = "name, kind, state, intention, attempt, round, result::text AS result, \
+     failure::text AS failure, revert_failure::text AS revert_failure, \
+     retry_history::text AS retry_history, retry_at, progress, started_at, finished_at, \
+     model_version";
+
+fn atom_from_row(flow: FlowId, row: &PgRow) -> store::Result<AtomRecord> {
+    let name: String = get(row, "name").map_err(|d| codec::corrupt(flow, None, d))?;
+    let raw = (|| -> Result<RawAtom, String> {
+        Ok(RawAtom {
+            kind: get(row, "kind")?,
+            state: get(row, "state")?,
+            intention: get(row, "intention")?,
+            attempt: get(row, "attempt")?,
+            round: get(row, "round")?,
+            result: get(row, "result")?,
+            failure: get(row, "failure")?,
+            revert_failure: get(row, "revert_failure")?,
+            retry_history: get(row, "retry_history")?,
+            retry_at: get(row, "retry_at")?,
+            progress: get(row, "progress")?,
+            started_at: get(row, "started_at")?,
+            finished_at: get(row, "finished_at")?,
+            model_version: get(row, "model_version")?,
+        })
+    })()
+    .map_err(|d| codec::corrupt(flow, Some(&name), d))?;
+    codec::decode_atom(flow, name, raw)
+}
+
+fn transition_from_row(flow: FlowId, row: &PgRow) -> store::Result<Option<Transition>> {
+    let atom: Option<String> = get(row, "atom").unwrap_or_default();
+    let raw = (|| -> Result<Option<RawTransition>, String> {
+        let Some(seq) = get::<Option<i64>>(row, "seq")? else {
+            return Ok(None);
+        };
+        Ok(Some(RawTransition {
+            seq,
+            at: get(row, "at")?,
+            subject: get(row, "subject")?,
+            atom: atom.clone(),
+            from_state: get(row, "from_state")?,
+            to_state: get(row, "to_state")?,
+            attempt: get(row, "attempt")?,
+        }))
+    })()
+    .map_err(|d| codec::corrupt(flow, atom.as_deref(), d))?;
+    raw.map(|raw| codec::decode_transition(flow, raw))
+        .transpose()
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+    ) -> store::Result<()> {
+        let payload = CreatePayload {
+            flow,
+            atoms: atoms
+                .iter()
+                .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
+                .collect::<store::Result<_>>()?,
+            fence: fence_payload(flow.id, fence)?,
+            model_version: baton_core::model::MODEL_VERSION,
+        };
+        sqlx::query("SELECT create_flow($1)")
+            .bind(Json(&payload))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| refusal(e, flow.id, fence, &[]))?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
+        // One read-only snapshot for the flow and its atoms.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(classify)?;
+        let result = async {
+            let row = sqlx::query(&format!("SELECT {FLOW_COLUMNS} FROM flows WHERE id = $1"))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?
+                .ok_or(store::Error::FlowNotFound(id))?;
+            let rows = sqlx::query(&format!(
+                "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = $1 ORDER BY position"
+            ))
+            .bind(id.as_uuid())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            Ok((row, rows))
+        }
+        .await;
+        let (row, rows) = codec::finish(tx, result).await?;
+        let flow = flow_from_row(&row)?;
+        let atoms = rows
+            .iter()
+            .map(|r| atom_from_row(id, r))
+            .collect::<store::Result<Vec<_>>>()?;
+        Ok(FlowSnapshot { flow, atoms })
+    }
+
+    async fn commit(&self, batch: &Batch) -> store::Result<()> {
+        let flow = batch.flow;
+        let mut writes = Vec::with_capacity(batch.writes.len());
+        for write in &batch.writes {
+            let legal = codec::legality(flow, write).is_ok();
+            let change = change_payload(write);
+            writes.push(match write {
+                Write::Flow {
+                    from,
+                    to,
+                    intention,
+                } => WritePayload::Flow {
+                    from: from.as_str(),
+                    to: to.as_str(),
+                    intention: intention.as_str(),
+                    legal,
+                    change,
+                },
+                Write::Atom {
+                    expected_state,
+                    expected_attempt,
+                    record,
+                } => WritePayload::Atom {
+                    expected_state: expected_state.as_str(),
+                    expected_attempt: *expected_attempt,
+                    record: codec::encode_atom(flow, record, self.max_value_bytes)?,
+                    legal,
+                    change,
+                },
+            });
+        }
+        let payload = BatchPayload {
+            flow,
+            at: batch.at,
+            fence: fence_payload(flow, batch.fence)?,
+            model_version: baton_core::model::MODEL_VERSION,
+            writes,
+        };
+        sqlx::query("SELECT commit_batch($1)")
+            .bind(Json(&payload))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| refusal(e, flow, batch.fence, &batch.writes))?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn history(&self, id: FlowId) -> store::Result<Vec<Transition>> {
+        let rows = sqlx::query(
+            "SELECT h.seq, h.at, h.subject, h.atom, h.from_state, h.to_state, h.attempt \
+             FROM flows f LEFT JOIN history h ON h.flow_id = f.id \
+             WHERE f.id = $1 ORDER BY h.seq",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        if rows.is_empty() {
+            return Err(store::Error::FlowNotFound(id));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(t) = transition_from_row(id, row)? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_flows(&self, query: &FlowQuery) -> store::Result<Vec<FlowRecord>> {
+        let mut q =
+            QueryBuilder::<Postgres>::new(format!("SELECT {FLOW_COLUMNS} FROM flows WHERE true"));
+        if let Some(state) = query.state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(name) = &query.name {
+            q.push(" AND name = ").push_bind(name.clone());
+        }
+        q.push(" ORDER BY seq DESC");
+        if let Some(limit) = query.limit {
+            q.push(" LIMIT ")
+                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
+        rows.iter().map(flow_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for ok in ["baton", "_x", "a1_b2", &"s".repeat(63)] {
+            assert!(valid_schema(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "1a",
+            "Baton",
+            "a-b",
+            "a b",
+            "a\"b",
+            "pg_x",
+            &"s".repeat(64),
+        ] {
+            assert!(!valid_schema(bad), "{bad}");
+        }
+    }
+}

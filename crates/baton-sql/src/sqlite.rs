@@ -1,0 +1,744 @@
+//! The SQLite store: one database file, shared by the processes of one host.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
+use baton_core::store::{self, check_write, transition_of, FlowQuery, Store};
+use baton_core::{Fence, FencingToken, FlowId, JobId};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::codec::{
+    self, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES, MODEL_VERSION_I64,
+};
+use crate::error::{classify, Error};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How hard SQLite works to make a commit durable (its `synchronous` setting, in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// `synchronous=NORMAL`, the default: a commit survives the death of the process (a
+    /// crash, `SIGKILL`), because it is in the operating system's cache when `commit` returns.
+    /// A power loss or an operating-system crash may lose the last commits (never corrupt the
+    /// database). Commits do not wait for the disk, so they are fast.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit waits until the write-ahead log is on the disk, so it
+    /// survives a power loss too. Each commit costs an `fsync`.
+    Full,
+}
+
+/// Settings for [`SqliteStore::open_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+#[must_use]
+pub struct SqliteOptions {
+    /// Durability of commits; see [`Synchronous`].
+    pub synchronous: Synchronous,
+    /// How long a write waits for another connection (another process) to release the
+    /// database before it fails with [`store::Error::Unavailable`]. Default 5 s.
+    pub busy_timeout: Duration,
+    /// How many connections the pool opens at most (readers run in parallel; writers take
+    /// turns). Default 4. An in-memory database always uses one.
+    pub max_connections: u32,
+    /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
+    /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
+    pub max_value_bytes: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 4,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`SqliteOptions::synchronous`].
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// Sets [`SqliteOptions::busy_timeout`].
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Sets [`SqliteOptions::max_connections`] (at least 1).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Sets [`SqliteOptions::max_value_bytes`].
+    pub fn max_value_bytes(mut self, limit: usize) -> Self {
+        self.max_value_bytes = limit;
+        self
+    }
+}
+
+/// A [`Store`] in a SQLite database.
+///
+/// The database is in WAL mode: readers never block the writer, and several processes of one
+/// host may share the file (not over a network file system). Writes take turns: each commit
+/// is one `BEGIN IMMEDIATE` transaction, in-process writers queue on an async lock, and
+/// writers of other processes wait up to the busy timeout. Expect a few thousand small commits
+/// a second with [`Synchronous::Normal`], and as many as the disk syncs a second with
+/// [`Synchronous::Full`].
+///
+/// Clones share the pool and the commit counter.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// Serialises this process's write transactions, so they queue in order instead of
+    /// polling SQLite's lock.
+    write_gate: Arc<tokio::sync::Mutex<()>>,
+    commits: Arc<AtomicU64>,
+    max_value_bytes: usize,
+}
+
+fn is_memory(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    rest.starts_with(":memory:") || rest.contains("mode=memory")
+}
+
+fn config(e: impl std::fmt::Display) -> Error {
+    Error::Config {
+        detail: e.to_string(),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the database at `url` with default options, and applies
+    /// the migrations.
+    ///
+    /// `url` is `sqlite://path`, `sqlite:path` or `sqlite::memory:` (a database private to
+    /// this store and its clones, gone when they are dropped).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad URL, [`Error::Store`] if the database cannot be opened,
+    /// [`Error::Migrate`] if it holds migrations this build does not know or has edited.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped midway, the migrations may have been applied or not (each is
+    /// applied whole or not at all).
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        Self::open_with(url, SqliteOptions::default()).await
+    }
+
+    /// [`SqliteStore::open`] with options.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    ///
+    /// # Cancel safety
+    /// As [`SqliteStore::open`].
+    #[tracing::instrument(skip_all, fields(backend = "sqlite"), err)]
+    pub async fn open_with(url: &str, options: SqliteOptions) -> Result<Self, Error> {
+        let memory = is_memory(url);
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(config)?
+            .create_if_missing(true)
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true)
+            .synchronous(match options.synchronous {
+                Synchronous::Normal => SqliteSynchronous::Normal,
+                Synchronous::Full => SqliteSynchronous::Full,
+            });
+        let pool = if memory {
+            // One connection, kept for the life of the pool: an in-memory database lives
+            // only as long as a connection to it, and all callers must see the same one.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(options.max_connections.max(1))
+        }
+        .connect_with(connect)
+        .await
+        .map_err(|e| Error::Store(classify(e)))?;
+        let store = Self {
+            pool,
+            write_gate: Arc::new(tokio::sync::Mutex::new(())),
+            commits: Arc::new(AtomicU64::new(0)),
+            max_value_bytes: options.max_value_bytes,
+        };
+        if !memory {
+            store.enable_wal(options.busy_timeout).await?;
+        }
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Switches the database to WAL mode (a persistent setting of the file). Switching needs
+    /// an exclusive lock that SQLite's busy timeout does not wait for, so a race with another
+    /// process opening the same new file is retried here for up to `patience`.
+    async fn enable_wal(&self, patience: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let answer: Result<String, sqlx::Error> =
+                sqlx::query_scalar("PRAGMA journal_mode = WAL")
+                    .fetch_one(&self.pool)
+                    .await;
+            match answer {
+                Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+                Ok(mode) => {
+                    return Err(config(format!(
+                        "the database refused WAL mode (journal mode {mode:?})"
+                    )))
+                }
+                Err(e) => {
+                    let e = classify(e);
+                    if !e.is_transient() || Instant::now() >= deadline {
+                        return Err(Error::Store(e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Applies the migrations this build carries that the database lacks. [`SqliteStore::open`]
+    /// does it already; it is safe to repeat, and safe while other processes open the same
+    /// database (the migrations run inside one `BEGIN IMMEDIATE` transaction).
+    ///
+    /// # Errors
+    /// [`Error::Migrate`], or [`Error::Store`] if the database cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped midway, the transaction rolls back.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let _gate = self.write_gate.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::Store(classify(e)))?;
+        let result = MIGRATOR.run_direct(&mut *tx).await;
+        match result {
+            Ok(()) => tx.commit().await.map_err(|e| Error::Store(classify(e))),
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(crate::error::migrate(e))
+            }
+        }
+    }
+
+    /// How many transactions (flow creations and batches) this store and its clones have
+    /// committed.
+    #[must_use]
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Records `token` as the current claim of `job`: from now on only writes fenced with it
+    /// are accepted for that job. (The job board does this when it claims a job.)
+    ///
+    /// # Errors
+    /// [`store::Error::Backend`] for a token above `i64::MAX`, which cannot be stored;
+    /// [`store::Error::Unavailable`] if the database cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: one statement, applied or not.
+    pub async fn set_fence(&self, job: JobId, token: FencingToken) -> store::Result<()> {
+        let token = codec::token_to_db(token).ok_or_else(|| {
+            crate::error::backend(format!("fencing token {token} is too large to store"))
+        })?;
+        let _gate = self.write_gate.lock().await;
+        sqlx::query(
+            "INSERT INTO fences (job_id, token) VALUES (?1, ?2) \
+             ON CONFLICT (job_id) DO UPDATE SET token = excluded.token",
+        )
+        .bind(job.to_string())
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    #[allow(dead_code)] // for the job board
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+async fn check_fence(
+    conn: &mut SqliteConnection,
+    flow: FlowId,
+    fence: Option<Fence>,
+) -> store::Result<()> {
+    let Some(fence) = fence else {
+        return Ok(());
+    };
+    let current: Option<i64> = sqlx::query_scalar("SELECT token FROM fences WHERE job_id = ?1")
+        .bind(fence.job.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?;
+    match (current, codec::token_to_db(fence.token)) {
+        (Some(current), Some(presented)) if current == presented => Ok(()),
+        _ => Err(store::Error::Fenced {
+            flow,
+            job: fence.job,
+            token: fence.token,
+        }),
+    }
+}
+
+fn flow_id_of(text: &str) -> store::Result<FlowId> {
+    FlowId::from_str(text).map_err(|e| {
+        codec::corrupt(
+            FlowId::from_uuid(uuid::Uuid::nil()),
+            None,
+            format!("unreadable flow id: {e}"),
+        )
+    })
+}
+
+fn time(column: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    codec::parse_time(text).map_err(|e| format!("column {column}: {e}"))
+}
+
+fn opt_time(
+    column: &str,
+    text: Option<String>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+    text.map(|t| time(column, &t)).transpose()
+}
+
+fn get<'r, T>(row: &'r SqliteRow, column: &str) -> Result<T, String>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(column)
+        .map_err(|e| format!("column {column}: {e}"))
+}
+
+const FLOW_COLUMNS: &str =
+    "id, name, state, intention, inputs, meta, created_at, updated_at, model_version";
+
+fn flow_from_row(row: &SqliteRow) -> store::Result<FlowRecord> {
+    let id_text: String = get(row, "id")
+        .map_err(|d| codec::corrupt(FlowId::from_uuid(uuid::Uuid::nil()), None, d))?;
+    let id = flow_id_of(&id_text)?;
+    let raw = (|| -> Result<RawFlow, String> {
+        Ok(RawFlow {
+            id,
+            name: get(row, "name")?,
+            state: get(row, "state")?,
+            intention: get(row, "intention")?,
+            inputs: get(row, "inputs")?,
+            meta: get(row, "meta")?,
+            created_at: time("created_at", &get::<String>(row, "created_at")?)?,
+            updated_at: time("updated_at", &get::<String>(row, "updated_at")?)?,
+            model_version: get(row, "model_version")?,
+        })
+    })()
+    .map_err(|d| codec::corrupt(id, None, d))?;
+    codec::decode_flow(raw)
+}
+
+const ATOM_COLUMNS: &str = "name, kind, state, intention, attempt, round, result, failure, \
+     revert_failure, retry_history, retry_at, progress, started_at, finished_at, model_version";
+
+fn atom_from_row(flow: FlowId, row: &SqliteRow) -> store::Result<AtomRecord> {
+    let name: String = get(row, "name").map_err(|d| codec::corrupt(flow, None, d))?;
+    let raw = (|| -> Result<RawAtom, String> {
+        Ok(RawAtom {
+            kind: get(row, "kind")?,
+            state: get(row, "state")?,
+            intention: get(row, "intention")?,
+            attempt: get(row, "attempt")?,
+            round: get(row, "round")?,
+            result: get(row, "result")?,
+            failure: get(row, "failure")?,
+            revert_failure: get(row, "revert_failure")?,
+            retry_history: get(row, "retry_history")?,
+            retry_at: opt_time("retry_at", get(row, "retry_at")?)?,
+            progress: get(row, "progress")?,
+            started_at: opt_time("started_at", get(row, "started_at")?)?,
+            finished_at: opt_time("finished_at", get(row, "finished_at")?)?,
+            model_version: get(row, "model_version")?,
+        })
+    })()
+    .map_err(|d| codec::corrupt(flow, Some(&name), d))?;
+    codec::decode_atom(flow, name, raw)
+}
+
+fn transition_from_row(flow: FlowId, row: &SqliteRow) -> store::Result<Option<Transition>> {
+    let atom: Option<String> = get(row, "atom").unwrap_or_default();
+    let raw = (|| -> Result<Option<RawTransition>, String> {
+        let Some(seq) = get::<Option<i64>>(row, "seq")? else {
+            return Ok(None);
+        };
+        Ok(Some(RawTransition {
+            seq,
+            at: time("at", &get::<String>(row, "at")?)?,
+            subject: get(row, "subject")?,
+            atom: atom.clone(),
+            from_state: get(row, "from_state")?,
+            to_state: get(row, "to_state")?,
+            attempt: get(row, "attempt")?,
+        }))
+    })()
+    .map_err(|d| codec::corrupt(flow, atom.as_deref(), d))?;
+    raw.map(|raw| codec::decode_transition(flow, raw))
+        .transpose()
+}
+
+/// Binds an encoded atom's columns, in `ATOM_VALUES` order, after the flow id and name.
+macro_rules! bind_atom {
+    ($query:expr, $enc:expr) => {{
+        let enc = $enc;
+        $query
+            .bind(enc.kind)
+            .bind(enc.state)
+            .bind(enc.intention)
+            .bind(i64::from(enc.attempt))
+            .bind(i64::from(enc.round))
+            .bind(enc.result.as_deref().map(serde_json::value::RawValue::get))
+            .bind(enc.failure.as_deref().map(serde_json::value::RawValue::get))
+            .bind(
+                enc.revert_failure
+                    .as_deref()
+                    .map(serde_json::value::RawValue::get),
+            )
+            .bind(enc.retry_history.get())
+            .bind(enc.retry_at.map(codec::time_text))
+            .bind(enc.progress)
+            .bind(enc.started_at.map(codec::time_text))
+            .bind(enc.finished_at.map(codec::time_text))
+            .bind(MODEL_VERSION_I64)
+    }};
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+    ) -> store::Result<()> {
+        let encoded = atoms
+            .iter()
+            .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
+            .collect::<store::Result<Vec<_>>>()?;
+        let inputs =
+            serde_json::to_string(&flow.inputs).map_err(|e| store::Error::Backend(Box::new(e)))?;
+        let meta =
+            serde_json::to_string(&flow.meta).map_err(|e| store::Error::Backend(Box::new(e)))?;
+        let id = flow.id.to_string();
+
+        let _gate = self.write_gate.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        let result = async {
+            check_fence(&mut tx, flow.id, fence).await?;
+            let inserted = sqlx::query(
+                "INSERT INTO flows (id, name, state, intention, inputs, meta, created_at, updated_at, \
+                 model_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&id)
+            .bind(&flow.name)
+            .bind(flow.state.as_str())
+            .bind(flow.intention.as_str())
+            .bind(inputs)
+            .bind(meta)
+            .bind(codec::time_text(flow.created_at))
+            .bind(codec::time_text(flow.updated_at))
+            .bind(MODEL_VERSION_I64)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            if inserted.rows_affected() == 0 {
+                return Err(store::Error::FlowExists(flow.id));
+            }
+            for (position, enc) in encoded.iter().enumerate() {
+                let position = i64::try_from(position).map_err(|_| crate::error::backend("too many atoms"))?;
+                let query = sqlx::query(
+                    "INSERT INTO atoms (flow_id, name, position, kind, state, intention, attempt, \
+                     round, result, failure, revert_failure, retry_history, retry_at, progress, \
+                     started_at, finished_at, model_version) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&id)
+                .bind(enc.name)
+                .bind(position);
+                bind_atom!(query, enc)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+            }
+            Ok(())
+        }
+        .await;
+        codec::finish(tx, result).await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
+        // One read transaction: the flow and its atoms come from the same snapshot.
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let key = id.to_string();
+        let result = async {
+            let row = sqlx::query(&format!("SELECT {FLOW_COLUMNS} FROM flows WHERE id = ?1"))
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?
+                .ok_or(store::Error::FlowNotFound(id))?;
+            let rows = sqlx::query(&format!(
+                "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = ?1 ORDER BY position"
+            ))
+            .bind(&key)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            Ok((row, rows))
+        }
+        .await;
+        let (row, rows) = codec::finish(tx, result).await?;
+        let flow = flow_from_row(&row)?;
+        let atoms = rows
+            .iter()
+            .map(|r| atom_from_row(id, r))
+            .collect::<store::Result<Vec<_>>>()?;
+        Ok(FlowSnapshot { flow, atoms })
+    }
+
+    async fn commit(&self, batch: &Batch) -> store::Result<()> {
+        let flow = batch.flow;
+        // Everything that needs no data first, so a refused batch costs no transaction.
+        let mut encoded = Vec::with_capacity(batch.writes.len());
+        for write in &batch.writes {
+            encoded.push(match write {
+                Write::Atom { record, .. } => {
+                    Some(codec::encode_atom(flow, record, self.max_value_bytes)?)
+                }
+                Write::Flow { .. } => None,
+            });
+        }
+        let key = flow.to_string();
+        let at = codec::time_text(batch.at);
+
+        let _gate = self.write_gate.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        let result = async {
+            check_fence(&mut tx, flow, batch.fence).await?;
+            let row = sqlx::query(
+                "SELECT state, intention, \
+                 (SELECT COALESCE(MAX(seq), 0) FROM history WHERE flow_id = ?1) AS last_seq \
+                 FROM flows WHERE id = ?1",
+            )
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?
+            .ok_or(store::Error::FlowNotFound(flow))?;
+            let read = |column: &str| -> store::Result<String> {
+                get(&row, column).map_err(|d| codec::corrupt(flow, None, d))
+            };
+            let mut state = read("state")?;
+            let mut intention = read("intention")?;
+            let mut seq: i64 = get(&row, "last_seq").map_err(|d| codec::corrupt(flow, None, d))?;
+
+            for (write, enc) in batch.writes.iter().zip(&encoded) {
+                match (write, enc) {
+                    (Write::Flow { to, intention: next, .. }, _) => {
+                        check_write(flow, write, (state, 0))?;
+                        state = to.as_str().to_owned();
+                        intention = next.as_str().to_owned();
+                    }
+                    (
+                        Write::Atom {
+                            expected_state,
+                            expected_attempt,
+                            record,
+                        },
+                        Some(enc),
+                    ) => {
+                        let applied = codec::legality(flow, write).is_ok() && {
+                            let query = sqlx::query(
+                                "UPDATE atoms SET kind = ?3, state = ?4, intention = ?5, \
+                                 attempt = ?6, round = ?7, result = ?8, failure = ?9, \
+                                 revert_failure = ?10, retry_history = ?11, retry_at = ?12, \
+                                 progress = ?13, started_at = ?14, finished_at = ?15, \
+                                 model_version = ?16 \
+                                 WHERE flow_id = ?1 AND name = ?2 AND state = ?17 AND attempt = ?18",
+                            )
+                            .bind(&key)
+                            .bind(&record.name);
+                            bind_atom!(query, enc)
+                                .bind(expected_state.as_str())
+                                .bind(i64::from(*expected_attempt))
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(classify)?
+                                .rows_affected()
+                                == 1
+                        };
+                        if !applied {
+                            return Err(refusal(&mut tx, flow, &key, write, record).await);
+                        }
+                    }
+                    (Write::Atom { .. }, None) => {
+                        return Err(crate::error::backend("atom write without its encoding"));
+                    }
+                }
+                if let Some(change) = transition_of(write) {
+                    seq += 1;
+                    let (subject, atom, from, to, attempt) = codec::history_columns(&change);
+                    sqlx::query(
+                        "INSERT INTO history (flow_id, seq, at, subject, atom, from_state, to_state, \
+                         attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&key)
+                    .bind(seq)
+                    .bind(&at)
+                    .bind(subject)
+                    .bind(atom)
+                    .bind(from)
+                    .bind(to)
+                    .bind(attempt.map(i64::from))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                }
+            }
+            sqlx::query("UPDATE flows SET state = ?2, intention = ?3, updated_at = ?4 WHERE id = ?1")
+                .bind(&key)
+                .bind(&state)
+                .bind(&intention)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            Ok(())
+        }
+        .await;
+        codec::finish(tx, result).await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn history(&self, id: FlowId) -> store::Result<Vec<Transition>> {
+        let rows = sqlx::query(
+            "SELECT h.seq, h.at, h.subject, h.atom, h.from_state, h.to_state, h.attempt \
+             FROM flows f LEFT JOIN history h ON h.flow_id = f.id \
+             WHERE f.id = ?1 ORDER BY h.seq",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        if rows.is_empty() {
+            return Err(store::Error::FlowNotFound(id));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(t) = transition_from_row(id, row)? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_flows(&self, query: &FlowQuery) -> store::Result<Vec<FlowRecord>> {
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {FLOW_COLUMNS} FROM flows WHERE 1 = 1"));
+        if let Some(state) = query.state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(name) = &query.name {
+            q.push(" AND name = ").push_bind(name.clone());
+        }
+        q.push(" ORDER BY seq DESC");
+        if let Some(limit) = query.limit {
+            q.push(" LIMIT ")
+                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
+        rows.iter().map(flow_from_row).collect()
+    }
+}
+
+/// Why an atom write's compare-and-set did not apply: the atom is missing, or holds another
+/// state or attempt, or (when it matches) the transition is illegal.
+async fn refusal(
+    conn: &mut SqliteConnection,
+    flow: FlowId,
+    key: &str,
+    write: &Write,
+    record: &AtomRecord,
+) -> store::Error {
+    let current = sqlx::query("SELECT state, attempt FROM atoms WHERE flow_id = ?1 AND name = ?2")
+        .bind(key)
+        .bind(&record.name)
+        .fetch_optional(&mut *conn)
+        .await;
+    let row = match current {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return store::Error::AtomNotFound {
+                flow,
+                atom: record.name.clone(),
+            }
+        }
+        Err(e) => return classify(e),
+    };
+    let actual = (|| -> Result<(String, u32), String> {
+        let state: String = get(&row, "state")?;
+        let attempt: i64 = get(&row, "attempt")?;
+        let attempt =
+            u32::try_from(attempt).map_err(|_| format!("attempt {attempt} is out of range"))?;
+        Ok((state, attempt))
+    })();
+    match actual {
+        Ok(actual) => codec::conflict(flow, write, actual),
+        Err(detail) => codec::corrupt(flow, Some(&record.name), detail),
+    }
+}

@@ -1,0 +1,507 @@
+//! Cases both backends run, generic over the store.
+
+use std::sync::Arc;
+
+use baton_core::model::{AtomKind, AtomRecord, Batch, FlowRecord, Write};
+use baton_core::store::{Error, Store};
+use baton_core::{
+    AtomState, Engine, Failure, FailureKind, Fence, FencingToken, FlowId, FlowState, Intention,
+    JobId,
+};
+use baton_testkit::crash::crash_at_every_write;
+use baton_testkit::scenarios::{self, Scenario};
+use baton_testkit::Log;
+use chrono::Utc;
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use crate::support::Harness;
+
+pub fn flow_record(name: &str) -> FlowRecord {
+    let now = Utc::now();
+    FlowRecord {
+        id: FlowId::new(),
+        name: name.to_owned(),
+        state: FlowState::Pending,
+        intention: Intention::Execute,
+        inputs: baton_testkit::inputs([("x", json!(1))]),
+        meta: json!({"owner": "tests"}),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+pub fn atoms() -> Vec<AtomRecord> {
+    vec![
+        AtomRecord::pending("a", AtomKind::Task),
+        AtomRecord::pending("b", AtomKind::Task),
+    ]
+}
+
+pub fn start(rec: &AtomRecord) -> Write {
+    let mut next = rec.clone();
+    next.state = AtomState::Running;
+    next.attempt += 1;
+    next.started_at = Some(Utc::now());
+    Write::Atom {
+        expected_state: rec.state,
+        expected_attempt: rec.attempt,
+        record: next,
+    }
+}
+
+/// A stored flow with two pending atoms.
+pub async fn new_flow<S: Store>(store: &S) -> FlowRecord {
+    let flow = flow_record("cases");
+    store.create_flow(&flow, &atoms(), None).await.unwrap();
+    flow
+}
+
+/// Every field of a record survives the store: JSON values of all shapes, a JSON `null` result
+/// apart from no result, failures, retry history, timestamps (to the microsecond, the coarser
+/// of the two databases), and atoms in creation order.
+pub async fn full_records_round_trip<S: Harness>(store: S) {
+    use baton_core::model::RetryAttempt;
+    use chrono::SubsecRound;
+
+    let now = Utc::now().trunc_subsecs(6);
+    let mut flow = flow_record("full");
+    flow.created_at = now;
+    flow.updated_at = now;
+    flow.inputs = baton_testkit::inputs([
+        ("n", json!(12.5)),
+        ("s", json!("ünïcødé \"quoted\" \\ back")),
+        (
+            "deep",
+            json!({"a": [1, {"b": null}], "big": 18_446_744_073_709_551_615_u64}),
+        ),
+    ]);
+    flow.meta = serde_json::Value::Null;
+    let names = ["z", "m", "a", "q"];
+    let atoms: Vec<AtomRecord> = names
+        .iter()
+        .map(|n| AtomRecord::pending(*n, AtomKind::Task))
+        .collect();
+    store.create_flow(&flow, &atoms, None).await.unwrap();
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(snap.flow, flow);
+    assert_eq!(snap.atoms, atoms, "atoms load in creation order");
+
+    let failure = Failure {
+        message: "boom".into(),
+        causes: vec!["disk full".into()],
+        atom: "m".into(),
+        attempt: 2,
+        retryable: true,
+        kind: FailureKind::Execute,
+    };
+    let mut m = atoms[1].clone();
+    m.state = AtomState::Running;
+    m.attempt = 1;
+    let mut m_done = m.clone();
+    m_done.state = AtomState::Failure;
+    m_done.intention = Intention::Revert;
+    m_done.round = 3;
+    m_done.failure = Some(failure.clone());
+    m_done.revert_failure = Some(Failure {
+        kind: FailureKind::Revert,
+        ..failure.clone()
+    });
+    m_done.retry_history = vec![RetryAttempt {
+        value: json!({"try": 1}),
+        failures: vec![failure],
+    }];
+    m_done.retry_at = Some(now + chrono::Duration::seconds(30));
+    m_done.progress = 0.375;
+    m_done.started_at = Some(now);
+    m_done.finished_at = Some(now + chrono::Duration::milliseconds(1));
+    let mut z = atoms[0].clone();
+    z.state = AtomState::Running;
+    z.attempt = 1;
+    let mut z_done = z.clone();
+    z_done.state = AtomState::Success;
+    z_done.result = Some(serde_json::Value::Null);
+
+    let mut batch = Batch::new(flow.id, None);
+    batch.at = now;
+    for (from, to) in [
+        (&atoms[1], &m),
+        (&m, &m_done),
+        (&atoms[0], &z),
+        (&z, &z_done),
+    ] {
+        batch.writes.push(Write::Atom {
+            expected_state: from.state,
+            expected_attempt: from.attempt,
+            record: to.clone(),
+        });
+    }
+    store.commit(&batch).await.unwrap();
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(
+        snap.atoms,
+        vec![z_done, m_done, atoms[2].clone(), atoms[3].clone()]
+    );
+    assert_eq!(snap.atoms[0].result, Some(serde_json::Value::Null));
+    assert_eq!(snap.atoms[2].result, None);
+    assert_eq!(snap.flow.updated_at, now);
+    let history = store.history(flow.id).await.unwrap();
+    assert_eq!(history.len(), 4);
+    assert!(history.iter().all(|t| t.at == now));
+}
+
+/// A batch with a value over the limit is refused whole, naming the atom and the value.
+pub async fn size_limit_refuses_the_whole_batch<S: Harness>(store: S, limit: usize) {
+    let flow = new_flow(&store).await;
+    let before = store.commits();
+    let mut big = AtomRecord::pending("a", AtomKind::Task);
+    big.state = AtomState::Success;
+    big.attempt = 1;
+    big.result = Some(json!("x".repeat(limit)));
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(start(&atoms()[1]));
+    batch.writes.push(start(&atoms()[0]));
+    batch.writes.push(Write::Atom {
+        expected_state: AtomState::Running,
+        expected_attempt: 1,
+        record: big,
+    });
+    let err = store.commit(&batch).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::TooLarge { flow: f, atom, what: "result", size, limit: l }
+            if *f == flow.id && atom == "a" && *size == limit + 2 && *l == limit),
+        "{err}"
+    );
+
+    // A failure over the limit too.
+    let mut failed = AtomRecord::pending("b", AtomKind::Task);
+    failed.state = AtomState::Failure;
+    failed.attempt = 1;
+    failed.failure = Some(Failure {
+        message: "m".repeat(limit),
+        causes: Vec::new(),
+        atom: "b".into(),
+        attempt: 1,
+        retryable: false,
+        kind: FailureKind::Execute,
+    });
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(start(&atoms()[1]));
+    batch.writes.push(Write::Atom {
+        expected_state: AtomState::Running,
+        expected_attempt: 1,
+        record: failed,
+    });
+    let err = store.commit(&batch).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::TooLarge { atom, what: "failure", .. } if atom == "b"),
+        "{err}"
+    );
+
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert!(snap.atoms.iter().all(|a| a.state == AtomState::Pending));
+    assert!(store.history(flow.id).await.unwrap().is_empty());
+    assert_eq!(store.commits(), before);
+
+    // Just under the limit is fine.
+    let mut ok = AtomRecord::pending("a", AtomKind::Task);
+    ok.state = AtomState::Success;
+    ok.attempt = 1;
+    ok.result = Some(json!("x".repeat(limit - 2)));
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(start(&atoms()[0]));
+    batch.writes.push(Write::Atom {
+        expected_state: AtomState::Running,
+        expected_attempt: 1,
+        record: ok.clone(),
+    });
+    store.commit(&batch).await.unwrap();
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(snap.atoms[0].result, ok.result);
+}
+
+/// Damaged rows are reported as `Corrupt`, naming the flow and the atom.
+pub async fn damaged_rows_are_corrupt_naming_flow_and_atom<S: Harness>(store: S) {
+    let expect_corrupt = |err: Error, flow: FlowId, atom: Option<&str>, needle: &str| match err {
+        Error::Corrupt {
+            flow: f,
+            atom: a,
+            detail,
+        } => {
+            assert_eq!(f, flow);
+            assert_eq!(a.as_deref(), atom);
+            assert!(detail.contains(needle), "{detail:?} lacks {needle:?}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    };
+
+    // An unknown state.
+    let flow = new_flow(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE atoms SET state = 'EXPLODED' WHERE flow_id = '{}' AND name = 'b'",
+            flow.id
+        ))
+        .await;
+    let err = store.load_flow(flow.id).await.unwrap_err();
+    expect_corrupt(err, flow.id, Some("b"), "EXPLODED");
+
+    // JSON that is not a failure.
+    let flow = new_flow(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE atoms SET failure = '{{\"nope\": 1}}' WHERE flow_id = '{}' AND name = 'a'",
+            flow.id
+        ))
+        .await;
+    let err = store.load_flow(flow.id).await.unwrap_err();
+    expect_corrupt(err, flow.id, Some("a"), "failure");
+
+    // A row written by a newer baton.
+    let flow = new_flow(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE atoms SET model_version = 99 WHERE flow_id = '{}' AND name = 'a'",
+            flow.id
+        ))
+        .await;
+    let err = store.load_flow(flow.id).await.unwrap_err();
+    expect_corrupt(err, flow.id, Some("a"), "newer version of baton");
+
+    // A damaged flow row: no atom to name.
+    let flow = new_flow(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE flows SET intention = 'SIDEWAYS' WHERE id = '{}'",
+            flow.id
+        ))
+        .await;
+    let err = store.load_flow(flow.id).await.unwrap_err();
+    expect_corrupt(err, flow.id, None, "SIDEWAYS");
+    let err = store
+        .list_flows(&baton_core::store::FlowQuery::all())
+        .await
+        .unwrap_err();
+    expect_corrupt(err, flow.id, None, "SIDEWAYS");
+
+    // A damaged history row names its atom.
+    let flow = new_flow(&store).await;
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(start(&atoms()[0]));
+    store.commit(&batch).await.unwrap();
+    store
+        .exec(&format!(
+            "UPDATE history SET to_state = 'MELTED' WHERE flow_id = '{}'",
+            flow.id
+        ))
+        .await;
+    let err = store.history(flow.id).await.unwrap_err();
+    expect_corrupt(err, flow.id, Some("a"), "MELTED");
+}
+
+/// Many tasks committing to different flows at once all succeed, and every commit counts.
+pub async fn many_writers_on_different_flows_all_succeed<S: Harness>(store: S) {
+    const WRITERS: usize = 16;
+    let before = store.commits();
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..WRITERS {
+        let store = store.clone();
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            let log = Log::new();
+            let flow = scenarios::long_linear(&log, 5);
+            barrier.wait().await;
+            let inputs = baton_testkit::inputs([("seed", json!(1))]);
+            Engine::new(store)
+                .with_parallelism(1)
+                .start(&flow, inputs)
+                .await
+                .unwrap()
+        });
+    }
+    let mut done = 0;
+    while let Some(outcome) = tasks.join_next().await {
+        assert_eq!(outcome.unwrap().state, FlowState::Success);
+        done += 1;
+    }
+    assert_eq!(done, WRITERS);
+    // Each run: a creation, then one commit per step (start flow + t0, t_i done + t_i+1
+    // started, ..., t4 done + flow done).
+    let per_run = store.commits() - before;
+    assert_eq!(per_run % WRITERS as u64, 0, "{per_run}");
+    assert!(per_run / WRITERS as u64 >= 6, "{per_run}");
+}
+
+/// Two writers racing the same compare-and-set: exactly one wins, the other gets `Conflict`.
+pub async fn racing_writers_one_wins_one_conflicts<S: Harness>(store: S) {
+    for _ in 0..10 {
+        let flow = new_flow(&store).await;
+        let barrier = Arc::new(Barrier::new(2));
+        let race = |store: S, barrier: Arc<Barrier>| async move {
+            let mut batch = Batch::new(flow.id, None);
+            batch.writes.push(start(&atoms()[0]));
+            barrier.wait().await;
+            store.commit(&batch).await
+        };
+        let (a, b) = tokio::join!(
+            tokio::spawn(race(store.clone(), barrier.clone())),
+            tokio::spawn(race(store.clone(), barrier.clone())),
+        );
+        let results = [a.unwrap(), b.unwrap()];
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "{results:?}");
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(Error::Conflict { subject, .. }) if subject == "atom a")),
+            "{results:?}"
+        );
+        assert_eq!(store.history(flow.id).await.unwrap().len(), 1);
+    }
+}
+
+/// Fenced writes are accepted with the job's current token and refused with any other, in
+/// creations as in batches; a refused write changes nothing.
+pub async fn fences_refuse_stale_tokens<S: Harness>(store: S) {
+    let job = JobId::new();
+    let fence = |token| Fence {
+        job,
+        token: FencingToken(token),
+    };
+
+    // No claim recorded yet: any token is stale.
+    let flow = flow_record("fenced");
+    let err = store
+        .create_flow(&flow, &atoms(), Some(fence(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Fenced { flow: f, job: j, token: FencingToken(1) } if f == flow.id && j == job),
+        "{err}"
+    );
+    assert!(matches!(
+        store.load_flow(flow.id).await,
+        Err(Error::FlowNotFound(_))
+    ));
+
+    store.set_fence(job, FencingToken(1)).await;
+    store
+        .create_flow(&flow, &atoms(), Some(fence(1)))
+        .await
+        .unwrap();
+    let mut batch = Batch::new(flow.id, Some(fence(1)));
+    batch.writes.push(start(&atoms()[0]));
+    store.commit(&batch).await.unwrap();
+
+    // Another engine claims the job: the old token is refused, the new one accepted.
+    store.set_fence(job, FencingToken(2)).await;
+    let mut stale = Batch::new(flow.id, Some(fence(1)));
+    stale.writes.push(start(&atoms()[1]));
+    let err = store.commit(&stale).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                token: FencingToken(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(snap.atoms[1].state, AtomState::Pending);
+
+    let mut current = Batch::new(flow.id, Some(fence(2)));
+    current.writes.push(start(&atoms()[1]));
+    store.commit(&current).await.unwrap();
+
+    // A token too large to store is never current.
+    let mut huge = Batch::new(flow.id, Some(fence(u64::MAX)));
+    huge.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    assert!(matches!(
+        store.commit(&huge).await,
+        Err(Error::Fenced { .. })
+    ));
+    // Unfenced writes are not checked.
+    store.commit(&huge_unfenced(flow.id)).await.unwrap();
+    assert_eq!(store.history(flow.id).await.unwrap().len(), 3);
+}
+
+fn huge_unfenced(flow: FlowId) -> Batch {
+    let mut batch = Batch::new(flow, None);
+    batch.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    batch
+}
+
+/// The engine runs flows end to end on the store: one that succeeds, one that fails and is
+/// reverted, and one with retries.
+pub async fn engine_runs_flows_end_to_end<S: Harness>(store: S) {
+    for scenario in [
+        scenarios::linear(),
+        scenarios::failing(),
+        scenarios::retrying(),
+    ] {
+        let log = Log::new();
+        let flow = (scenario.build)(&log);
+        let before = store.commits();
+        let engine = Engine::new(store.clone()).with_parallelism(scenario.parallelism);
+        let outcome = engine.start(&flow, scenario.inputs.clone()).await.unwrap();
+        let expected = match scenario.name {
+            "failing" => FlowState::Reverted,
+            _ => FlowState::Success,
+        };
+        assert_eq!(outcome.state, expected, "{}", scenario.name);
+        let snap = store.load_flow(outcome.flow).await.unwrap();
+        assert_eq!(snap.flow.state, expected);
+        let history = store.history(outcome.flow).await.unwrap();
+        assert!(!history.is_empty());
+        assert!(history
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.seq == i as u64 + 1));
+        assert!(store.commits() > before);
+        // Running the ended flow again writes nothing and gives the same outcome.
+        let commits = store.commits();
+        let again = engine.run(&flow, outcome.flow).await.unwrap();
+        assert_eq!(again.state, expected);
+        assert_eq!(again.results, outcome.results);
+        assert_eq!(store.commits(), commits);
+    }
+    // The data went through the store: t4's input is t3's result, and so on.
+    let log = Log::new();
+    let flow = scenarios::long_linear(&log, 3);
+    let outcome = Engine::new(store.clone())
+        .start(&flow, baton_testkit::inputs([("seed", json!(7))]))
+        .await
+        .unwrap();
+    let t2 = &outcome.results["t2"];
+    assert_eq!(
+        t2["inputs"]["v1"]["inputs"]["v0"]["inputs"]["seed"],
+        json!(7)
+    );
+}
+
+/// A run killed at any write and resumed ends as an uninterrupted run does.
+pub async fn crash_at_every_write_resumes<S: Harness>(store: S, scenario: Scenario) {
+    let coverage = crash_at_every_write(store, &scenario).await;
+    assert!(
+        coverage.writes >= 3,
+        "{}: only {} writes",
+        scenario.name,
+        coverage.writes
+    );
+    assert!(
+        coverage.crashes >= coverage.writes,
+        "{}: {coverage:?}",
+        scenario.name
+    );
+}

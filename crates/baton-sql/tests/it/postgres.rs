@@ -1,0 +1,139 @@
+//! The PostgreSQL store.
+
+use baton_core::store::Store;
+use baton_sql::{PostgresOptions, PostgresStore};
+use sqlx::Connection;
+
+use crate::support::{fresh_schema, pg_connect, postgres_store, postgres_store_with, postgres_url};
+
+mod conformance {
+    use crate::support::postgres_store;
+
+    baton_testkit::store_conformance!(optional: postgres_store().await);
+}
+
+crate::generic_cases!(
+    postgres_store().await,
+    postgres_store_with(PostgresOptions::new().max_value_bytes(1024)).await
+);
+
+async fn tables_in(conn: &mut sqlx::PgConnection, schema: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 \
+         ORDER BY table_name",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+async fn search_path(conn: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SHOW search_path")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let mut conn = pg_connect(url, None).await;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+/// Opens a store in `schema`, or `None` (skipped) without a server.
+async fn open(url: &str, schema: &str) -> Option<PostgresStore> {
+    match PostgresStore::connect_with(url, PostgresOptions::new().schema(schema)).await {
+        Ok(store) => Some(store),
+        Err(e) if e.is_transient() => {
+            crate::support::skip(&format!("PostgreSQL is unreachable: {e:?}"))
+        }
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn migrations_create_the_schema_once_without_leaking_the_search_path() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema();
+    let Some(store) = open(&url, &schema).await else {
+        return;
+    };
+    let mut plain = pg_connect(&url, None).await;
+    let default_path = search_path(&mut plain).await;
+
+    assert_eq!(
+        tables_in(&mut plain, &schema).await,
+        ["_sqlx_migrations", "atoms", "fences", "flows", "history"]
+    );
+    let functions: Vec<String> = sqlx::query_scalar(
+        "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = $1 ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(&mut plain)
+    .await
+    .unwrap();
+    assert_eq!(functions, ["check_fence", "commit_batch", "create_flow"]);
+    let flow = crate::cases::new_flow(&store).await;
+
+    // Nobody else's search path changed: a new plain connection has the server's default.
+    let mut fresh = pg_connect(&url, None).await;
+    let path = search_path(&mut fresh).await;
+    assert_eq!(path, default_path);
+    assert!(!path.contains(&schema), "{path}");
+
+    // Migrating again, and reopening, change nothing.
+    store.migrate().await.unwrap();
+    store.close().await;
+    let again = open(&url, &schema).await.unwrap();
+    let applied: i64 =
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {schema}._sqlx_migrations"))
+            .fetch_one(&mut plain)
+            .await
+            .unwrap();
+    assert_eq!(applied, 1);
+    assert_eq!(again.load_flow(flow.id).await.unwrap().flow.id, flow.id);
+    again.close().await;
+    plain.close().await.unwrap();
+    fresh.close().await.unwrap();
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_of_a_new_schema_both_succeed() {
+    let Some(url) = postgres_url() else { return };
+    for _ in 0..3 {
+        let schema = fresh_schema();
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let (url, schema) = (url.clone(), schema.clone());
+                async move { open(&url, &schema).await }
+            }),
+            tokio::spawn({
+                let (url, schema) = (url.clone(), schema.clone());
+                async move { open(&url, &schema).await }
+            }),
+        );
+        let (Some(a), Some(b)) = (a.unwrap(), b.unwrap()) else {
+            return;
+        };
+        let flow = crate::cases::new_flow(&a).await;
+        assert_eq!(b.load_flow(flow.id).await.unwrap().flow.id, flow.id);
+        a.close().await;
+        b.close().await;
+        drop_schema(&url, &schema).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable() {
+    // Nothing listens on port 1.
+    let err = PostgresStore::connect("postgres://postgres@127.0.0.1:1/postgres")
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+}

@@ -1,0 +1,180 @@
+//! The SQLite store.
+
+use baton_core::store::Store;
+use baton_sql::{SqliteOptions, SqliteStore, Synchronous};
+use sqlx::Connection;
+
+use crate::support::{sqlite_store, sqlite_store_with, sqlite_url};
+
+mod conformance {
+    use crate::support::sqlite_store;
+
+    baton_testkit::store_conformance!(optional: sqlite_store().await);
+}
+
+crate::generic_cases!(
+    sqlite_store().await,
+    sqlite_store_with(SqliteOptions::new().max_value_bytes(1024)).await
+);
+
+async fn tables(url: &str) -> Vec<String> {
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let names = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+         ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    names
+}
+
+async fn scalar(url: &str, sql: &str) -> String {
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let value: String = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    value
+}
+
+#[tokio::test]
+async fn migrations_create_the_schema_once() {
+    let (_dir, url) = sqlite_url();
+    let store = SqliteStore::open(&url).await.unwrap();
+    assert_eq!(
+        tables(&url).await,
+        ["_sqlx_migrations", "atoms", "fences", "flows", "history"]
+    );
+    assert_eq!(scalar(&url, "PRAGMA journal_mode").await, "wal");
+    let flow = crate::cases::new_flow(&store).await;
+
+    // Migrating again, and reopening, change nothing.
+    store.migrate().await.unwrap();
+    store.close().await;
+    let again = SqliteStore::open(&url).await.unwrap();
+    assert_eq!(
+        scalar(&url, "SELECT CAST(COUNT(*) AS TEXT) FROM _sqlx_migrations").await,
+        "1"
+    );
+    assert_eq!(
+        again.load_flow(flow.id).await.unwrap().flow,
+        flow_at_rest(&flow)
+    );
+}
+
+fn flow_at_rest(flow: &baton_core::model::FlowRecord) -> baton_core::model::FlowRecord {
+    flow.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_of_a_new_database_both_succeed() {
+    for _ in 0..5 {
+        let (_dir, url) = sqlite_url();
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let url = url.clone();
+                async move { SqliteStore::open(&url).await }
+            }),
+            tokio::spawn({
+                let url = url.clone();
+                async move { SqliteStore::open(&url).await }
+            }),
+        );
+        let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+        let flow = crate::cases::new_flow(&a).await;
+        assert_eq!(b.load_flow(flow.id).await.unwrap().flow.id, flow.id);
+        assert_eq!(
+            scalar(&url, "SELECT CAST(COUNT(*) AS TEXT) FROM _sqlx_migrations").await,
+            "1"
+        );
+    }
+}
+
+#[tokio::test]
+async fn in_memory_databases_are_shared_by_clones_only() {
+    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    let clone = store.clone();
+    let flow = crate::cases::new_flow(&store).await;
+    assert_eq!(clone.load_flow(flow.id).await.unwrap().flow.id, flow.id);
+    let other = SqliteStore::open("sqlite::memory:").await.unwrap();
+    assert!(other.load_flow(flow.id).await.is_err());
+}
+
+#[tokio::test]
+async fn full_synchronous_mode_commits() {
+    let (_dir, url) = sqlite_url();
+    let store = SqliteStore::open_with(&url, SqliteOptions::new().synchronous(Synchronous::Full))
+        .await
+        .unwrap();
+    let flow = crate::cases::new_flow(&store).await;
+    assert_eq!(store.commits(), 1);
+    assert_eq!(store.load_flow(flow.id).await.unwrap().flow.id, flow.id);
+}
+
+#[tokio::test]
+async fn a_locked_database_is_unavailable_not_broken() {
+    let (_dir, url) = sqlite_url();
+    let store = SqliteStore::open_with(
+        &url,
+        SqliteOptions::new().busy_timeout(std::time::Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    // Another process holds the write lock.
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let flow = crate::cases::flow_record("locked");
+    let err = store
+        .create_flow(&flow, &crate::cases::atoms(), None)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    store
+        .create_flow(&flow, &crate::cases::atoms(), None)
+        .await
+        .unwrap();
+}
+
+/// Two stores opened separately on one file share nothing in process (no pool, no write
+/// lock), as two processes would: their writers contend through SQLite's own locking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_file_write_side_by_side() {
+    use baton_core::{Engine, FlowState};
+    use baton_testkit::{scenarios, Log};
+
+    let (_dir, url) = sqlite_url();
+    let first = SqliteStore::open(&url).await.unwrap();
+    let second = SqliteStore::open(&url).await.unwrap();
+    let mut runs = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let store = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        runs.spawn(async move {
+            let flow = scenarios::long_linear(&Log::new(), 5);
+            let inputs = baton_testkit::inputs([("seed", serde_json::json!(i))]);
+            let outcome = Engine::new(store).start(&flow, inputs).await.unwrap();
+            (outcome.flow, outcome.state)
+        });
+    }
+    let mut flows = Vec::new();
+    while let Some(done) = runs.join_next().await {
+        let (flow, state) = done.unwrap();
+        assert_eq!(state, FlowState::Success);
+        flows.push(flow);
+    }
+    // Each store sees the other's flows.
+    for flow in flows {
+        assert_eq!(
+            first.load_flow(flow).await.unwrap().flow.state,
+            FlowState::Success
+        );
+        assert_eq!(second.history(flow).await.unwrap().len(), 12);
+    }
+}

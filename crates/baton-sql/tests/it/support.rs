@@ -1,0 +1,239 @@
+//! Store constructors for the tests, and the little each backend must offer the generic cases.
+
+use std::io::Write as _;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition};
+use baton_core::store::{FlowQuery, Result, Store};
+use baton_core::{Fence, FencingToken, FlowId, JobId};
+use baton_sql::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
+use sqlx::Connection;
+
+/// A store under test, with what keeps its database alive (a temporary directory) or cleans it
+/// up (a PostgreSQL schema dropped when the last clone goes).
+#[derive(Debug, Clone)]
+pub struct Held<S> {
+    pub store: S,
+    pub raw: Raw,
+    _guard: Arc<Guard>,
+}
+
+impl<S> Deref for Held<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.store
+    }
+}
+
+/// How to reach the store's database behind its back.
+#[derive(Debug, Clone)]
+pub enum Raw {
+    Sqlite { url: String },
+    Postgres { url: String, schema: String },
+}
+
+#[derive(Debug)]
+enum Guard {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Schema { url: String, schema: String },
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Guard::Schema { url, schema } = self {
+            let (url, schema) = (url.clone(), schema.clone());
+            // Drop runs inside the test's runtime, which cannot be blocked on: use a thread
+            // with a runtime of its own.
+            let cleanup = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                        // Never hang a test on a lock: leave the schema behind instead.
+                        let _ = sqlx::query("SET lock_timeout = '5s'")
+                            .execute(&mut conn)
+                            .await;
+                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .execute(&mut conn)
+                            .await;
+                        let _ = conn.close().await;
+                    }
+                });
+            });
+            let _ = cleanup.join();
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for Held<S> {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+    ) -> Result<()> {
+        self.store.create_flow(flow, atoms, fence).await
+    }
+
+    async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot> {
+        self.store.load_flow(id).await
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<()> {
+        self.store.commit(batch).await
+    }
+
+    async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {
+        self.store.history(id).await
+    }
+
+    async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
+        self.store.list_flows(query).await
+    }
+}
+
+/// What the generic cases need beyond the `Store` trait.
+#[async_trait]
+pub trait Harness: Store + Clone + 'static {
+    async fn set_fence(&self, job: JobId, token: FencingToken);
+    fn commits(&self) -> u64;
+    /// Runs `sql` on a connection of its own to the store's database (and schema).
+    async fn exec(&self, sql: &str);
+}
+
+#[async_trait]
+impl Harness for Held<SqliteStore> {
+    async fn set_fence(&self, job: JobId, token: FencingToken) {
+        self.store.set_fence(job, token).await.unwrap();
+    }
+
+    fn commits(&self) -> u64 {
+        self.store.commits()
+    }
+
+    async fn exec(&self, sql: &str) {
+        self.raw.exec(sql).await;
+    }
+}
+
+#[async_trait]
+impl Harness for Held<PostgresStore> {
+    async fn set_fence(&self, job: JobId, token: FencingToken) {
+        self.store.set_fence(job, token).await.unwrap();
+    }
+
+    fn commits(&self) -> u64 {
+        self.store.commits()
+    }
+
+    async fn exec(&self, sql: &str) {
+        self.raw.exec(sql).await;
+    }
+}
+
+impl Raw {
+    pub async fn exec(&self, sql: &str) {
+        match self {
+            Raw::Sqlite { url } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            Raw::Postgres { url, schema } => {
+                let mut conn = pg_connect(url, Some(schema)).await;
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+}
+
+/// A plain connection to the test server, with `search_path` set to `schema` if given.
+pub async fn pg_connect(url: &str, schema: Option<&str>) -> sqlx::PgConnection {
+    let mut options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    if let Some(schema) = schema {
+        options = options.options([("search_path", schema)]);
+    }
+    sqlx::PgConnection::connect_with(&options).await.unwrap()
+}
+
+/// A fresh temporary directory and the URL of a database file in it (not created yet).
+pub fn sqlite_url() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    (dir, url)
+}
+
+/// A SQLite store on a fresh database file, with `options`.
+pub async fn sqlite_store_with(options: SqliteOptions) -> Option<Held<SqliteStore>> {
+    let (dir, url) = sqlite_url();
+    let store = SqliteStore::open_with(&url, options).await.unwrap();
+    Some(Held {
+        store,
+        raw: Raw::Sqlite { url },
+        _guard: Arc::new(Guard::Dir(dir)),
+    })
+}
+
+/// A SQLite store on a fresh database file. (An `Option` only to match [`postgres_store`].)
+pub async fn sqlite_store() -> Option<Held<SqliteStore>> {
+    sqlite_store_with(SqliteOptions::new()).await
+}
+
+/// The test server's URL, or why there is none. A missing server fails the test under
+/// `CI=true` and skips it otherwise.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("BATON_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => skip("BATON_TEST_POSTGRES_URL is not set"),
+    }
+}
+
+/// Reports a PostgreSQL test that cannot run: a failure under `CI=true`, a skip otherwise.
+pub fn skip<T>(why: &str) -> Option<T> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}; PostgreSQL tests must run when CI=true");
+    }
+    // Straight to the stderr handle: the test harness captures `eprintln!`, and a skip should
+    // be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {why} (PostgreSQL tests need a server; set BATON_TEST_POSTGRES_URL)"
+    );
+    None
+}
+
+/// A schema name no other test uses.
+pub fn fresh_schema() -> String {
+    format!("baton_test_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A PostgreSQL store in a fresh schema, with `options` (its schema replaced), or `None` when
+/// there is no server to test against (see [`skip`]).
+pub async fn postgres_store_with(options: PostgresOptions) -> Option<Held<PostgresStore>> {
+    let url = postgres_url()?;
+    let schema = fresh_schema();
+    match PostgresStore::connect_with(&url, options.schema(schema.clone())).await {
+        Ok(store) => Some(Held {
+            store,
+            raw: Raw::Postgres {
+                url: url.clone(),
+                schema: schema.clone(),
+            },
+            _guard: Arc::new(Guard::Schema { url, schema }),
+        }),
+        Err(e) if e.is_transient() => skip(&format!("PostgreSQL is unreachable: {e:?}")),
+        Err(e) => panic!("cannot open the PostgreSQL store: {e:?}"),
+    }
+}
+
+/// A PostgreSQL store in a fresh schema, or `None` when there is no server (see [`skip`]).
+pub async fn postgres_store() -> Option<Held<PostgresStore>> {
+    postgres_store_with(PostgresOptions::new()).await
+}
