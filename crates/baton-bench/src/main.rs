@@ -1,34 +1,61 @@
-//! `baton-bench`: measures baton and prints one JSON line per scenario.
+//! `baton-bench`: measures baton and prints one JSON line per run.
 //!
 //! ```text
 //! cargo run --release -p baton-bench -- compile --atoms 10000
-//! cargo run --release -p baton-bench -- linear --backend memory --tasks 1000
-//! cargo run --release -p baton-bench -- fanout --backend memory --tasks 1000 --parallelism 8
+//! cargo run --release -p baton-bench -- linear --backend sqlite --tasks 1000
+//! cargo run --release -p baton-bench -- fanout --backend postgres --tasks 1000 --parallelism 8
 //! ```
 //!
-//! Figures are measured in the run that prints them; nothing is asserted here. Compare runs
-//! taken on the same machine at the same time.
+//! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
+//! also measures the *floor*: how many single-row commits a second the same database manages in
+//! the same run (before and after the flow, averaged), so `steps_per_sec / floor` is a ratio
+//! taken on one machine at one time. `commits_per_step` is counted by the store, not guessed.
 
 // A command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use baton_core::store::Store;
 use baton_core::{Atom, Engine, Flow, MemoryStore};
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(about = "baton's benchmark harness")]
+#[command(about = "baton's benchmark harness: one JSON line of measured figures per run")]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
     Memory,
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// Where the flow's state is kept.
+    #[arg(long, value_enum, default_value_t = Backend::Memory)]
+    backend: Backend,
+    /// Overrides the database location (PostgreSQL: BATON_TEST_POSTGRES_URL, else
+    /// postgres://postgres@127.0.0.1:5432/postgres; SQLite: a new file in a temporary folder).
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -39,17 +66,17 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         atoms: usize,
     },
-    /// Run a linear flow of no-op tasks.
+    /// Run a linear flow of no-op tasks, one at a time.
     Linear {
-        #[arg(long, value_enum, default_value_t = Backend::Memory)]
-        backend: Backend,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, default_value_t = 1000)]
         tasks: usize,
     },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
-        #[arg(long, value_enum, default_value_t = Backend::Memory)]
-        backend: Backend,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, default_value_t = 1000)]
         tasks: usize,
         #[arg(long, default_value_t = 8)]
@@ -58,7 +85,7 @@ enum Scenario {
 }
 
 fn noop(name: String) -> Atom {
-    Atom::from_fn(name, |_| async { Ok(serde_json::Value::Null) })
+    Atom::from_fn(name, |_| async { Ok(Value::Null) })
 }
 
 fn linear_flow(n: usize) -> Flow {
@@ -74,9 +101,16 @@ fn linear_flow(n: usize) -> Flow {
     flow
 }
 
+fn fanout_flow(n: usize) -> Flow {
+    let mut flow = Flow::unordered("fanout");
+    for i in 0..n {
+        flow = flow.add(noop(format!("t{i}")));
+    }
+    flow
+}
+
 fn wide_graph(n: usize) -> Flow {
-    // A root, then n-2 parallel atoms reading it, then a join reading all of them through
-    // explicit links.
+    // A root, then n-2 parallel atoms reading it, then a join after all of them.
     let mut flow = Flow::graph("wide").add(noop("root".into()).provides("root"));
     for i in 0..n.saturating_sub(2) {
         flow = flow
@@ -125,28 +159,174 @@ fn compile(atoms: usize) -> Result<()> {
     Ok(())
 }
 
-async fn run_flow(name: &str, flow: Flow, tasks: usize, parallelism: usize) -> Result<()> {
+/// A store to measure, a way to count its commits, and its floor.
+struct Bench {
+    store: Arc<dyn Store>,
+    commits: Box<dyn Fn() -> u64>,
+    floor: Floor,
+    _dir: Option<tempfile::TempDir>,
+}
+
+enum Floor {
+    None,
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool, String),
+}
+
+impl Floor {
+    /// Single-row commits a second on the same database, `n` of them.
+    async fn measure(&self, n: usize) -> Result<Option<f64>> {
+        let start = Instant::now();
+        match self {
+            Floor::None => return Ok(None),
+            Floor::Sqlite(pool) => {
+                for i in 0..n {
+                    sqlx::query("INSERT INTO bench_floor (v) VALUES (?1)")
+                        .bind(format!("row-{i}"))
+                        .execute(pool)
+                        .await?;
+                }
+            }
+            Floor::Postgres(pool, schema) => {
+                let sql = format!("INSERT INTO {schema}.bench_floor (v) VALUES ($1)");
+                for i in 0..n {
+                    sqlx::query(&sql)
+                        .bind(format!("row-{i}"))
+                        .execute(pool)
+                        .await?;
+                }
+            }
+        }
+        Ok(Some(n as f64 / start.elapsed().as_secs_f64()))
+    }
+
+    async fn clean_up(&self) -> Result<()> {
+        if let Floor::Postgres(pool, schema) = self {
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn open(target: &Target) -> Result<Bench> {
+    match target.backend {
+        Backend::Memory => {
+            let store = MemoryStore::new();
+            let counter = store.clone();
+            Ok(Bench {
+                store: Arc::new(store),
+                commits: Box::new(move || counter.commits()),
+                floor: Floor::None,
+                _dir: None,
+            })
+        }
+        Backend::Sqlite => {
+            let (url, dir) = match &target.database_url {
+                Some(url) => (url.clone(), None),
+                None => {
+                    let dir = tempfile::tempdir()?;
+                    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                    (url, Some(dir))
+                }
+            };
+            let store = baton_sql::SqliteStore::open(&url).await?;
+            let counter = store.clone();
+            // The floor uses the store's own settings: WAL, synchronous=NORMAL.
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    options
+                        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal),
+                )
+                .await?;
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS bench_floor (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+            )
+            .execute(&pool)
+            .await?;
+            Ok(Bench {
+                store: Arc::new(store),
+                commits: Box::new(move || counter.commits()),
+                floor: Floor::Sqlite(pool),
+                _dir: dir,
+            })
+        }
+        Backend::Postgres => {
+            let url = target
+                .database_url
+                .clone()
+                .or_else(|| std::env::var("BATON_TEST_POSTGRES_URL").ok())
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+            let store = baton_sql::PostgresStore::connect_with(
+                &url,
+                baton_sql::PostgresOptions::new().schema(&schema),
+            )
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+            let counter = store.clone();
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE TABLE {schema}.bench_floor (id BIGSERIAL PRIMARY KEY, v TEXT NOT NULL)"
+            ))
+            .execute(&pool)
+            .await?;
+            Ok(Bench {
+                store: Arc::new(store),
+                commits: Box::new(move || counter.commits()),
+                floor: Floor::Postgres(pool, schema),
+                _dir: None,
+            })
+        }
+    }
+}
+
+async fn run_flow(
+    name: &str,
+    target: &Target,
+    flow: Flow,
+    tasks: usize,
+    parallelism: usize,
+) -> Result<()> {
+    let bench = open(target).await?;
     let compiled = flow.compile()?;
-    let store = MemoryStore::new();
-    let engine = Engine::new(store.clone()).with_parallelism(parallelism);
+    let engine = Engine::from_arc(bench.store.clone()).with_parallelism(parallelism);
+
+    let floor_before = bench.floor.measure(tasks).await?;
     let id = engine.create(&compiled, Default::default()).await?;
-    let before = store.commits();
+    let before = (bench.commits)();
     let start = Instant::now();
     let outcome = engine.run(&compiled, id).await?;
     let secs = start.elapsed().as_secs_f64();
+    let commits = (bench.commits)() - before;
     anyhow::ensure!(outcome.is_success(), "flow ended {}", outcome.state);
-    let commits = store.commits() - before;
+    let floor_after = bench.floor.measure(tasks).await?;
+    bench.floor.clean_up().await?;
+
+    let steps_per_sec = tasks as f64 / secs;
+    let floor = floor_before.zip(floor_after).map(|(a, b)| (a + b) / 2.0);
     println!(
         "{}",
         json!({
             "scenario": name,
-            "backend": "memory",
+            "backend": target.backend.name(),
             "tasks": tasks,
             "parallelism": parallelism,
             "seconds": secs,
-            "steps_per_sec": tasks as f64 / secs,
+            "steps_per_sec": steps_per_sec,
             "commits": commits,
             "commits_per_step": commits as f64 / tasks as f64,
+            "floor_commits_per_sec": floor,
+            "floor_before": floor_before,
+            "floor_after": floor_after,
+            "ratio_to_floor": floor.map(|f| steps_per_sec / f),
         })
     );
     Ok(())
@@ -159,20 +339,19 @@ fn main() -> Result<()> {
         .build()?;
     match cli.scenario {
         Scenario::Compile { atoms } => compile(atoms),
-        Scenario::Linear {
-            backend: Backend::Memory,
-            tasks,
-        } => rt.block_on(run_flow("linear", linear_flow(tasks), tasks, 1)),
+        Scenario::Linear { target, tasks } => {
+            rt.block_on(run_flow("linear", &target, linear_flow(tasks), tasks, 1))
+        }
         Scenario::Fanout {
-            backend: Backend::Memory,
+            target,
             tasks,
             parallelism,
-        } => {
-            let mut flow = Flow::unordered("fanout");
-            for i in 0..tasks {
-                flow = flow.add(noop(format!("t{i}")));
-            }
-            rt.block_on(run_flow("fanout", flow, tasks, parallelism))
-        }
+        } => rt.block_on(run_flow(
+            "fanout",
+            &target,
+            fanout_flow(tasks),
+            tasks,
+            parallelism,
+        )),
     }
 }
