@@ -172,7 +172,8 @@ pub struct Options {
     pub lease: Duration,
     /// How often it heartbeats each claim (well under `lease`).
     pub heartbeat: Duration,
-    /// How long it waits for new work before polling again.
+    /// How long it waits for new work before polling again (an idle conductor also notices a
+    /// dead owner's jobs when it polls).
     pub poll: Duration,
     /// How long shutdown waits for running flows to reach a step boundary.
     pub drain_timeout: Duration,
@@ -186,7 +187,7 @@ impl Default for Options {
             concurrency: 4,
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),
-            poll: Duration::from_secs(1),
+            poll: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -423,19 +424,16 @@ impl JobRun {
                     .await;
             }
         };
+        // The job's flow: created by the first claim, found by every later one. Creation is
+        // atomic and fenced, so trying it is the cheapest way to find out.
         let flow_id = job.flow();
-        match self.engine.store().load_flow(flow_id).await {
-            Ok(_) => {}
-            Err(store::Error::FlowNotFound(_)) => {
-                let options = CreateOptions::new()
-                    .id(flow_id)
-                    .fence(fence)
-                    .meta(json!({ "job": job.id, "job_name": job.name }));
-                if let Err(e) = self.engine.create_with(&flow, inputs, options).await {
-                    return self.on_engine_error(e).await;
-                }
-            }
-            Err(e) => return self.on_engine_error(e.into()).await,
+        let options = CreateOptions::new()
+            .id(flow_id)
+            .fence(fence)
+            .meta(json!({ "job": job.id, "job_name": job.name }));
+        match self.engine.create_with(&flow, inputs, options).await {
+            Ok(_) | Err(engine::Error::Store(store::Error::FlowExists(_))) => {}
+            Err(e) => return self.on_engine_error(e).await,
         }
 
         let run = self.engine.run_with(
@@ -444,31 +442,54 @@ impl JobRun {
             RunOptions::new().fence(fence).control(self.control.clone()),
         );
         tokio::pin!(run);
-        let mut beat = tokio::time::interval(self.options.heartbeat);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut expires = self.claim.lease_expires_at;
-        let mut lost = false;
-        let result = loop {
-            tokio::select! {
-                result = &mut run => break result,
-                _ = beat.tick(), if !lost => {
-                    match self.board.heartbeat(fence, self.options.lease).await {
-                        Ok(until) => expires = until,
-                        Err(board::Error::ClaimLost { .. }) => {
-                            tracing::warn!("claim lost: halting the flow");
-                            lost = true;
-                            self.control.halt();
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "heartbeat failed");
-                            if Utc::now() >= expires {
-                                tracing::warn!("lease ran out without a heartbeat: halting the flow");
-                                lost = true;
-                                self.control.halt();
-                            }
+        // The heartbeat runs beside the flow, polled concurrently with it, never inside a
+        // `select!` arm that would stop polling the flow while it waits: the flow may hold a
+        // lock the heartbeat needs (SQLite's write gate), and the other way round. It is
+        // stopped by a token and awaited, never dropped in the middle of a call, so it cannot
+        // be left holding such a lock either.
+        let stop = CancellationToken::new();
+        let heartbeat = async {
+            // The claim was just made: the first heartbeat is due one interval from now.
+            let mut beat = tokio::time::interval_at(
+                tokio::time::Instant::now() + self.options.heartbeat,
+                self.options.heartbeat,
+            );
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut expires = self.claim.lease_expires_at;
+            loop {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return false,
+                    _ = beat.tick() => {}
+                }
+                match self.board.heartbeat(fence, self.options.lease).await {
+                    Ok(until) => expires = until,
+                    Err(board::Error::ClaimLost { .. }) => {
+                        tracing::warn!("claim lost: halting the flow");
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                        if Utc::now() >= expires {
+                            tracing::warn!("lease ran out without a heartbeat: halting the flow");
+                            return true;
                         }
                     }
                 }
+            }
+        };
+        tokio::pin!(heartbeat);
+        let (result, lost) = tokio::select! {
+            result = &mut run => {
+                stop.cancel();
+                let lost = heartbeat.await;
+                (result, lost)
+            }
+            lost = &mut heartbeat => {
+                if lost {
+                    self.control.halt();
+                }
+                (run.await, lost)
             }
         };
         if lost {

@@ -71,6 +71,12 @@
 #![forbid(unsafe_code)]
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod board_common;
+#[cfg(feature = "postgres")]
+mod board_postgres;
+#[cfg(feature = "sqlite")]
+mod board_sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
 mod error;
 #[cfg(feature = "postgres")]
@@ -82,6 +88,10 @@ use std::sync::Arc;
 
 use baton_core::store::Store;
 
+#[cfg(feature = "postgres")]
+pub use board_postgres::PostgresJobBoard;
+#[cfg(feature = "sqlite")]
+pub use board_sqlite::SqliteJobBoard;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use codec::DEFAULT_MAX_VALUE_BYTES;
 pub use error::{Error, Result};
@@ -139,6 +149,56 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
         }),
         #[cfg(feature = "postgres")]
         Backend::Postgres => Ok(Arc::new(PostgresStore::connect(url).await?)),
+        #[cfg(not(feature = "postgres"))]
+        Backend::Postgres => Err(Error::BackendDisabled {
+            backend: "postgres",
+            feature: "postgres",
+        }),
+    }
+}
+
+/// A store and the job board that shares its database, as [`open`] returns them.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The job board, whose claims fence the store's flows.
+    pub board: Arc<dyn baton_core::board::JobBoard>,
+}
+
+/// Opens the store at `url` and the job board beside it (same database), choosing the backend
+/// by the URL's scheme like [`connect`].
+///
+/// # Errors
+/// As [`connect`].
+///
+/// # Cancel safety
+/// As [`connect`].
+pub async fn open(url: &str) -> Result<Backends> {
+    match Backend::of_url(url)? {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => {
+            let store = SqliteStore::open(url).await?;
+            let board = SqliteJobBoard::new(&store);
+            Ok(Backends {
+                store: Arc::new(store),
+                board: Arc::new(board),
+            })
+        }
+        #[cfg(not(feature = "sqlite"))]
+        Backend::Sqlite => Err(Error::BackendDisabled {
+            backend: "sqlite",
+            feature: "sqlite",
+        }),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => {
+            let store = PostgresStore::connect(url).await?;
+            let board = PostgresJobBoard::new(&store);
+            Ok(Backends {
+                store: Arc::new(store),
+                board: Arc::new(board),
+            })
+        }
         #[cfg(not(feature = "postgres"))]
         Backend::Postgres => Err(Error::BackendDisabled {
             backend: "postgres",

@@ -251,7 +251,6 @@ impl PostgresStore {
         self.pool.close().await;
     }
 
-    #[allow(dead_code)] // for the job board
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }

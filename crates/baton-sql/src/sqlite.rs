@@ -291,9 +291,13 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    #[allow(dead_code)] // for the job board
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The lock this process's write transactions queue on (the job board's too).
+    pub(crate) fn write_gate(&self) -> &tokio::sync::Mutex<()> {
+        &self.write_gate
     }
 }
 

@@ -364,11 +364,18 @@ pub async fn conductors_register_and_leave<B: JobBoard, S: Store>(board: B, _sto
 }
 
 /// Expands to one `#[tokio::test]` per job-board case, each given `(board, store)` from
-/// `$make` (an expression, which may `.await`).
+/// `$make` (an expression, which may `.await`). With `optional:`, `$make` gives an `Option` and
+/// `None` skips the case (for backends whose server may be missing).
 #[macro_export]
 macro_rules! board_conformance {
+    (optional: $make:expr) => {
+        $crate::board_conformance!(@all [optional] $make);
+    };
     ($make:expr) => {
-        $crate::board_conformance!(@cases $make;
+        $crate::board_conformance!(@all [required] $make);
+    };
+    (@all [$mode:ident] $make:expr) => {
+        $crate::board_conformance!(@cases [$mode] $make;
             claims_are_exclusive_under_concurrency,
             expired_leases_are_reclaimed_with_a_new_token,
             stale_tokens_are_refused_everywhere,
@@ -383,12 +390,22 @@ macro_rules! board_conformance {
             conductors_register_and_leave,
         );
     };
-    (@cases $make:expr; $($case:ident,)*) => {
+    (@cases [required] $make:expr; $($case:ident,)*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let (board, store) = $make;
                 $crate::board::$case(board, store).await;
+            }
+        )*
+    };
+    (@cases [optional] $make:expr; $($case:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some((board, store)) = $make {
+                    $crate::board::$case(board, store).await;
+                }
             }
         )*
     };

@@ -12,6 +12,7 @@
     unreachable_pub
 )]
 
+mod board;
 mod cases;
 mod connect;
 mod postgres;

@@ -1,0 +1,265 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use crate::output::ColorChoice;
+
+/// The default store: a SQLite file in the working directory.
+pub const DEFAULT_DB: &str = "sqlite://baton.db";
+
+/// baton: durable workflows. Inspect and administer flows, jobs and conductors, and run the
+/// Heat-style demo.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, after_help = exit_codes_help())]
+pub struct Cli {
+    /// The store and job board: `sqlite://PATH`, `sqlite::memory:` or `postgres://...`.
+    #[arg(long, global = true, env = "BATON_DATABASE_URL", default_value = DEFAULT_DB)]
+    pub db: String,
+
+    /// When to colour the output.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+fn exit_codes_help() -> String {
+    let mut text = String::from("Exit codes:\n");
+    for (code, meaning) in crate::exit::TABLE {
+        text.push_str(&format!("  {code:>3}  {meaning}\n"));
+    }
+    text
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the demo: post a stack-create job and run a conductor for it, showing progress.
+    Demo(DemoArgs),
+    /// Run a conductor with the demo flows until interrupted (SIGINT or SIGTERM).
+    Conductor(ConductorArgs),
+    /// Inspect flow runs.
+    #[command(subcommand)]
+    Flows(FlowsCommand),
+    /// Inspect and administer jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Inspect the conductor fleet.
+    #[command(subcommand)]
+    Conductors(ConductorsCommand),
+    /// Create or upgrade the database schema (every command does it on connecting, too).
+    Migrate,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `baton demo`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DemoArgs {
+    /// Post demo jobs instead of running one.
+    #[command(subcommand)]
+    pub post: Option<DemoCommand>,
+    /// Make this atom fail, to watch the stack being undone (e.g. `server-1`).
+    #[arg(long)]
+    pub fail_at: Option<String>,
+    /// The stack's name.
+    #[arg(long, default_value = "demo")]
+    pub stack: String,
+    /// How many servers.
+    #[arg(long, default_value_t = 2)]
+    pub servers: u32,
+    /// How many volumes.
+    #[arg(long, default_value_t = 1)]
+    pub volumes: u32,
+    /// How long each fake cloud call takes, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub step_ms: u64,
+}
+
+/// `baton demo post`.
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Post demo jobs for conductors to run.
+    Post(DemoPostArgs),
+}
+
+/// `baton demo post`.
+#[derive(Debug, Args)]
+pub struct DemoPostArgs {
+    /// The demo factory: stack-create, stack-update, stack-delete or steps.
+    #[arg(long, default_value = "stack-create")]
+    pub factory: String,
+    /// The factory's parameters, as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub params: String,
+    /// How many jobs to post.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// A key shared by the jobs (they then run one at a time).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Print the posted jobs as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `baton conductor`.
+#[derive(Debug, Args)]
+pub struct ConductorArgs {
+    /// Run the demo flows (the only registry this binary has; required for clarity).
+    #[arg(long, required = true)]
+    pub demo: bool,
+    /// A name for operators.
+    #[arg(long, default_value = "conductor")]
+    pub name: String,
+    /// How many jobs to run at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Claim lease, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ms: u64,
+    /// Heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub heartbeat_ms: u64,
+    /// Poll interval when idle, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    pub poll_ms: u64,
+    /// Append the demo providers' side effects to this file (one JSON object per line).
+    #[arg(long)]
+    pub effects: Option<PathBuf>,
+    /// Exit once no job is waiting or running (for tests and scripts).
+    #[arg(long)]
+    pub exit_when_idle: bool,
+}
+
+/// `baton flows ...`.
+#[derive(Debug, Subcommand)]
+pub enum FlowsCommand {
+    /// List flow runs, newest first.
+    List {
+        /// Only runs in this state (e.g. RUNNING).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only runs with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run: its atoms, results, failures and history.
+    Show {
+        /// The flow id.
+        id: String,
+        /// Show results and failures in full.
+        #[arg(long)]
+        full: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw a run's graph.
+    Graph {
+        /// The flow id.
+        id: String,
+        /// The output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+}
+
+/// `--format` of `flows graph`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    /// Graphviz DOT.
+    Dot,
+    /// A Mermaid flowchart.
+    Mermaid,
+}
+
+/// `baton jobs ...`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs in posting order.
+    List {
+        /// Only jobs in this state (UNCLAIMED, CLAIMED, COMPLETE, TRASHED).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs with this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only jobs claimed by this conductor id.
+        #[arg(long)]
+        owner: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job.
+    Show {
+        /// The job id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Post a job.
+    Post {
+        /// The flow factory that builds its flow.
+        #[arg(long)]
+        factory: String,
+        /// A name (defaults to the factory's).
+        #[arg(long)]
+        name: Option<String>,
+        /// The factory's parameters, as JSON.
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// Run it only when no earlier job with this key is unfinished.
+        #[arg(long)]
+        key: Option<String>,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a claimed job back from its owner, so another conductor resumes it at once.
+    Abandon {
+        /// The job id.
+        id: String,
+    },
+    /// Retire a job for good.
+    Trash {
+        /// The job id.
+        id: String,
+        /// Why (recorded as the job's outcome).
+        #[arg(long, default_value = "trashed by an operator")]
+        reason: String,
+    },
+}
+
+/// `baton conductors ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConductorsCommand {
+    /// List the live fleet.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,309 @@
+//! `baton demo` and `baton conductor --demo`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_core::board::{JobBoard, JobQuery, NewJob};
+use baton_core::conductor::Options;
+use baton_core::model::Change;
+use baton_core::store::Store;
+use baton_core::{AtomState, Conductor, Engine, EventKind, FlowState, JobState};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::parse_json;
+use crate::args::{ConductorArgs, DemoArgs, DemoCommand, DemoPostArgs};
+use crate::demo::{registry, SideEffects};
+use crate::error::{CliError, Result};
+use crate::exit;
+use crate::output::{self, Style};
+
+/// Runs the demo; returns the exit code.
+pub(crate) async fn demo(
+    db: &str,
+    store: Arc<dyn Store>,
+    board: Arc<dyn JobBoard>,
+    args: DemoArgs,
+    style: Style,
+) -> Result<i32> {
+    if let Some(DemoCommand::Post(post)) = args.post {
+        self::post(&*board, post, style).await?;
+        return Ok(exit::OK);
+    }
+    let mut params = json!({
+        "stack": args.stack,
+        "servers": args.servers,
+        "volumes": args.volumes,
+        "step_ms": args.step_ms,
+    });
+    if let Some(atom) = &args.fail_at {
+        params["fail_at"] = json!(atom);
+    }
+    let effects = SideEffects::memory();
+    let registry = registry(effects.clone());
+    let (flow, _) = registry
+        .build("stack-create", &params)
+        .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+    if let Some(atom) = &args.fail_at {
+        if !flow.contains(atom) {
+            let names: Vec<&str> = flow.atom_names().collect();
+            return Err(CliError::new(
+                exit::BAD_INPUT,
+                format!(
+                    "--fail-at {atom:?} names no atom of the stack; its atoms are: {}",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    let total = flow.len();
+    let job = board
+        .post(
+            NewJob::new(format!("stack-create {}", args.stack), "stack-create")
+                .params(params)
+                .key(format!("stack:{}", args.stack)),
+        )
+        .await?;
+    println!(
+        "posted job {} to create stack {:?} ({} atoms){}",
+        job.id,
+        args.stack,
+        total,
+        args.fail_at
+            .as_deref()
+            .map(|a| format!(", with {a} set to fail"))
+            .unwrap_or_default()
+    );
+
+    let engine = Engine::from_arc(store);
+    let mut events = engine.subscribe();
+    let mut options = Options::default();
+    options.name = "demo".into();
+    options.poll = Duration::from_millis(100);
+    let conductor = Conductor::new(board.clone(), engine, registry).with_options(options);
+    let shutdown = CancellationToken::new();
+    let mut running = tokio::task::JoinSet::new();
+    running.spawn(conductor.run(shutdown.clone()));
+
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut check = tokio::time::interval(Duration::from_millis(200));
+    let mut warned = false;
+    let finished = loop {
+        tokio::select! {
+            Some(event) = events.next() => {
+                if event.flow != job.flow() {
+                    continue;
+                }
+                if let EventKind::Transition(change) = event.kind {
+                    match change {
+                        Change::Atom { atom, to, attempt, .. } => {
+                            if to == AtomState::Success {
+                                done += 1;
+                            }
+                            if to == AtomState::Reverted {
+                                done = done.saturating_sub(1);
+                            }
+                            println!("  [{done:>2}/{total}] {atom:<14} {:<10} (attempt {attempt})", paint(style, to.as_str()));
+                        }
+                        Change::Flow { to, .. } => println!("  flow {}", paint(style, to.as_str())),
+                    }
+                }
+            }
+            _ = check.tick() => {
+                let current = board.get(job.id).await?;
+                if current.state.is_terminal() {
+                    break current;
+                }
+                if !warned && current.state == JobState::Unclaimed && started.elapsed() > Duration::from_secs(3) {
+                    warned = true;
+                    println!("  (waiting: an earlier job for stack {:?} is unfinished and runs first)", args.stack);
+                }
+            }
+        }
+    };
+    shutdown.cancel();
+    while let Some(r) = running.join_next().await {
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(CliError::new(
+                    exit::INTERNAL,
+                    format!("the conductor failed: {e}"),
+                ))
+            }
+            Err(e) => {
+                return Err(CliError::new(
+                    exit::INTERNAL,
+                    format!("the conductor crashed: {e}"),
+                ))
+            }
+        }
+    }
+
+    let outcome = finished.outcome.clone().unwrap_or_default();
+    let state = outcome["state"].as_str().unwrap_or("UNKNOWN").to_owned();
+    println!(
+        "\nstack {:?}: flow {} ended {} in {:.1}s",
+        args.stack,
+        job.flow(),
+        paint(style, &state),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(failures) = outcome["failures"].as_array() {
+        for f in failures {
+            println!("  failure: {}", f.as_str().unwrap_or_default());
+        }
+    }
+    let recorded = effects.recorded();
+    let created = recorded.iter().filter(|e| e.action == "create").count();
+    let deleted = recorded.iter().filter(|e| e.action == "delete").count();
+    println!(
+        "fake cloud: {created} resources created, {deleted} deleted, {} left",
+        created.saturating_sub(deleted)
+    );
+    println!(
+        "\ninspect it:\n  baton --db {db} flows show {}\n  baton --db {db} jobs show {}",
+        job.flow(),
+        job.id
+    );
+
+    let expected = if args.fail_at.is_some() {
+        FlowState::Reverted
+    } else {
+        FlowState::Success
+    };
+    Ok(if state == expected.as_str() {
+        exit::OK
+    } else {
+        exit::FLOW_FAILED
+    })
+}
+
+fn paint(style: Style, state: &str) -> String {
+    if !style.color {
+        return state.to_owned();
+    }
+    let code = match state {
+        "SUCCESS" | "COMPLETE" => "32",
+        "FAILURE" | "REVERT_FAILURE" => "31",
+        "REVERTING" | "REVERTED" | "RETRYING" => "33",
+        "RUNNING" => "36",
+        _ => return state.to_owned(),
+    };
+    format!("\x1b[{code}m{state}\x1b[0m")
+}
+
+async fn post(board: &dyn JobBoard, args: DemoPostArgs, style: Style) -> Result<()> {
+    let params = parse_json("--params", &args.params)?;
+    registry(SideEffects::Discard)
+        .build(&args.factory, &params)
+        .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+    let mut jobs = Vec::new();
+    for i in 0..args.count {
+        let mut new = NewJob::new(format!("{} #{i}", args.factory), args.factory.clone())
+            .params(params.clone());
+        if let Some(k) = &args.key {
+            new = new.key(k.clone());
+        }
+        jobs.push(board.post(new).await?);
+    }
+    if args.json {
+        return output::print_json(&jobs);
+    }
+    super::jobs::print_jobs(&jobs, style);
+    Ok(())
+}
+
+/// Runs a conductor with the demo registry until interrupted.
+pub(crate) async fn conductor(
+    store: Arc<dyn Store>,
+    board: Arc<dyn JobBoard>,
+    args: ConductorArgs,
+) -> Result<()> {
+    let effects = args
+        .effects
+        .clone()
+        .map_or(SideEffects::Discard, SideEffects::File);
+    let mut options = Options::default();
+    options.name = args.name.clone();
+    options.concurrency = args.concurrency.max(1);
+    options.lease = Duration::from_millis(args.lease_ms);
+    options.heartbeat = Duration::from_millis(args.heartbeat_ms);
+    options.poll = Duration::from_millis(args.poll_ms);
+    let conductor = Conductor::new(board.clone(), Engine::from_arc(store), registry(effects))
+        .with_options(options);
+    let id = conductor.id();
+    let shutdown = CancellationToken::new();
+    let mut helpers = tokio::task::JoinSet::new();
+    helpers.spawn(signals(shutdown.clone()));
+    if args.exit_when_idle {
+        helpers.spawn(exit_when_idle(
+            board.clone(),
+            shutdown.clone(),
+            Duration::from_millis(args.poll_ms.max(50)),
+        ));
+    }
+    eprintln!(
+        "conductor {id} ({}) running; SIGINT or SIGTERM stops it",
+        args.name
+    );
+    let summary = conductor
+        .run(shutdown.clone())
+        .await
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("the conductor failed: {e}")))?;
+    shutdown.cancel();
+    helpers.shutdown().await;
+    println!(
+        "{}",
+        json!({
+            "conductor": id,
+            "claimed": summary.claimed,
+            "consumed": summary.consumed,
+            "abandoned": summary.abandoned,
+            "lost": summary.lost,
+            "left_behind": summary.left_behind,
+        })
+    );
+    Ok(())
+}
+
+async fn signals(shutdown: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+        () = shutdown.cancelled() => return,
+    }
+    eprintln!("stopping: suspending running flows and handing their jobs back");
+    shutdown.cancel();
+}
+
+async fn exit_when_idle(board: Arc<dyn JobBoard>, shutdown: CancellationToken, every: Duration) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let unclaimed = board
+            .list(&JobQuery::all().state(JobState::Unclaimed).limit(1))
+            .await;
+        let claimed = board
+            .list(&JobQuery::all().state(JobState::Claimed).limit(1))
+            .await;
+        match (unclaimed, claimed) {
+            (Ok(u), Ok(c)) if u.is_empty() && c.is_empty() => {
+                shutdown.cancel();
+                return;
+            }
+            _ => {}
+        }
+    }
+}

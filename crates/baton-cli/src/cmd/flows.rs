@@ -1,0 +1,196 @@
+//! `baton flows`.
+
+use baton_core::compile::Shape;
+use baton_core::engine::GRAPH_META_KEY;
+use baton_core::model::Change;
+use baton_core::store::{FlowQuery, Store};
+use baton_core::{FlowId, FlowState};
+use comfy_table::Cell;
+use serde_json::json;
+
+use super::parse;
+use crate::args::{FlowsCommand, GraphFormat};
+use crate::error::{CliError, Result};
+use crate::exit;
+use crate::output::{self, Style};
+
+const RESULT_WIDTH: usize = 48;
+
+pub(crate) async fn run(store: &dyn Store, command: FlowsCommand, style: Style) -> Result<()> {
+    match command {
+        FlowsCommand::List {
+            state,
+            name,
+            limit,
+            json,
+        } => list(store, state, name, limit, json, style).await,
+        FlowsCommand::Show { id, full, json } => show(store, &id, full, json, style).await,
+        FlowsCommand::Graph { id, format } => graph(store, &id, format).await,
+    }
+}
+
+async fn list(
+    store: &dyn Store,
+    state: Option<String>,
+    name: Option<String>,
+    limit: usize,
+    as_json: bool,
+    style: Style,
+) -> Result<()> {
+    let mut query = FlowQuery::all().limit(limit);
+    if let Some(s) = state {
+        query = query.state(parse::<FlowState>("flow state", &s.to_uppercase())?);
+    }
+    if let Some(n) = name {
+        query = query.name(n);
+    }
+    let flows = store.list_flows(&query).await?;
+    if as_json {
+        return output::print_json(&flows);
+    }
+    let mut t = output::table(style, &["id", "name", "state", "created", "updated"]);
+    for f in &flows {
+        t.add_row(vec![
+            Cell::new(f.id),
+            Cell::new(&f.name),
+            output::state_cell(style, f.state.as_str()),
+            Cell::new(output::time(Some(f.created_at))),
+            Cell::new(output::time(Some(f.updated_at))),
+        ]);
+    }
+    output::print_table(&t);
+    Ok(())
+}
+
+async fn show(store: &dyn Store, id: &str, full: bool, as_json: bool, style: Style) -> Result<()> {
+    let id: FlowId = parse("flow id", id)?;
+    let snap = store.load_flow(id).await?;
+    let history = store.history(id).await?;
+    if as_json {
+        return output::print_json(&json!({
+            "flow": snap.flow,
+            "atoms": snap.atoms,
+            "history": history,
+        }));
+    }
+    let width = (!full).then_some(RESULT_WIDTH);
+    let f = &snap.flow;
+    println!("flow     {}  {}", f.id, f.name);
+    println!("state    {} (heading: {})", f.state, f.intention);
+    println!(
+        "created  {}   updated {}",
+        output::time(Some(f.created_at)),
+        output::time(Some(f.updated_at))
+    );
+    if let Some(job) = f.meta.get("job") {
+        println!("job      {}", job.as_str().unwrap_or_default());
+    }
+    if !f.inputs.is_empty() {
+        println!(
+            "inputs   {}",
+            output::truncate(&serde_json::Value::Object(f.inputs.clone()), width)
+        );
+    }
+    println!();
+
+    let mut t = output::table(
+        style,
+        &[
+            "atom", "kind", "state", "attempt", "started", "took", "result",
+        ],
+    );
+    for a in &snap.atoms {
+        let result = match (&a.result, &a.failure) {
+            (Some(r), _) => output::truncate(r, width),
+            (None, Some(f)) => format!("failed: {}", f.message),
+            _ => String::new(),
+        };
+        t.add_row(vec![
+            Cell::new(&a.name),
+            Cell::new(a.kind.as_str()),
+            output::state_cell(style, a.state.as_str()),
+            Cell::new(a.attempt),
+            Cell::new(output::time(a.started_at)),
+            Cell::new(output::duration(a.started_at, a.finished_at)),
+            Cell::new(result),
+        ]);
+    }
+    output::print_table(&t);
+
+    let failures: Vec<_> = snap
+        .atoms
+        .iter()
+        .flat_map(|a| {
+            a.retry_history
+                .iter()
+                .flat_map(|h| h.failures.iter())
+                .chain(a.failure.iter())
+                .chain(a.revert_failure.iter())
+        })
+        .collect();
+    if !failures.is_empty() {
+        println!("\nfailures:");
+        for fl in failures {
+            println!(
+                "  {} (attempt {}, {:?}): {}",
+                fl.atom, fl.attempt, fl.kind, fl.message
+            );
+            for cause in &fl.causes {
+                println!("    caused by: {cause}");
+            }
+        }
+    }
+
+    println!("\nhistory:");
+    let mut h = output::table(style, &["seq", "at", "subject", "from", "to", "attempt"]);
+    for tr in &history {
+        let (subject, from, to, attempt) = match &tr.change {
+            Change::Flow { from, to } => {
+                ("flow".to_owned(), from.as_str(), to.as_str(), String::new())
+            }
+            Change::Atom {
+                atom,
+                from,
+                to,
+                attempt,
+            } => (
+                atom.clone(),
+                from.as_str(),
+                to.as_str(),
+                attempt.to_string(),
+            ),
+        };
+        h.add_row(vec![
+            Cell::new(tr.seq),
+            Cell::new(tr.at.format("%H:%M:%S%.3f")),
+            Cell::new(subject),
+            Cell::new(from),
+            output::state_cell(style, to),
+            Cell::new(attempt),
+        ]);
+    }
+    output::print_table(&h);
+    Ok(())
+}
+
+async fn graph(store: &dyn Store, id: &str, format: GraphFormat) -> Result<()> {
+    let id: FlowId = parse("flow id", id)?;
+    let snap = store.load_flow(id).await?;
+    let shape: Shape = snap
+        .flow
+        .meta
+        .get(GRAPH_META_KEY)
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| {
+            CliError::new(
+                exit::NOT_FOUND,
+                format!("flow {id} has no recorded graph (it was created without one)"),
+            )
+        })?;
+    match format {
+        GraphFormat::Dot => print!("{}", shape.to_dot(&snap.flow.name)),
+        GraphFormat::Mermaid => print!("{}", shape.to_mermaid()),
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `baton jobs`.
+
+use baton_core::board::{Job, JobBoard, JobQuery, NewJob};
+use baton_core::{ConductorId, JobId, JobState};
+use comfy_table::Cell;
+use serde_json::json;
+
+use super::{parse, parse_json};
+use crate::args::JobsCommand;
+use crate::error::Result;
+use crate::output::{self, Style};
+
+pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style) -> Result<()> {
+    match command {
+        JobsCommand::List {
+            state,
+            key,
+            owner,
+            limit,
+            json,
+        } => {
+            let mut query = JobQuery::all();
+            if let Some(s) = state {
+                query = query.state(parse::<JobState>("job state", &s.to_uppercase())?);
+            }
+            if let Some(k) = key {
+                query = query.key(k);
+            }
+            if let Some(o) = owner {
+                query = query.owner(parse::<ConductorId>("conductor id", &o)?);
+            }
+            if let Some(l) = limit {
+                query = query.limit(l);
+            }
+            let jobs = board.list(&query).await?;
+            if json {
+                return output::print_json(&jobs);
+            }
+            print_jobs(&jobs, style);
+            Ok(())
+        }
+        JobsCommand::Show { id, json } => {
+            let job = board.get(parse::<JobId>("job id", &id)?).await?;
+            if json {
+                return output::print_json(&job);
+            }
+            print_job(&job);
+            Ok(())
+        }
+        JobsCommand::Post {
+            factory,
+            name,
+            params,
+            key,
+            priority,
+            json,
+        } => {
+            let params = parse_json("--params", &params)?;
+            let mut new = NewJob::new(name.unwrap_or_else(|| factory.clone()), factory)
+                .params(params)
+                .priority(priority);
+            if let Some(k) = key {
+                new = new.key(k);
+            }
+            let job = board.post(new).await?;
+            if json {
+                return output::print_json(&job);
+            }
+            println!("posted job {} (its flow will be {})", job.id, job.flow());
+            Ok(())
+        }
+        JobsCommand::Abandon { id } => {
+            let id = parse::<JobId>("job id", &id)?;
+            board.release(id).await?;
+            println!("job {id} released: any conductor may claim it now");
+            Ok(())
+        }
+        JobsCommand::Trash { id, reason } => {
+            let id = parse::<JobId>("job id", &id)?;
+            board.trash(id, None, json!({ "trashed": reason })).await?;
+            println!("job {id} trashed");
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn print_jobs(jobs: &[Job], style: Style) {
+    let mut t = output::table(
+        style,
+        &[
+            "id", "name", "factory", "key", "state", "owner", "attempts", "posted",
+        ],
+    );
+    for j in jobs {
+        t.add_row(vec![
+            Cell::new(j.id),
+            Cell::new(&j.name),
+            Cell::new(&j.factory),
+            Cell::new(j.key.as_deref().unwrap_or("-")),
+            output::state_cell(style, j.state.as_str()),
+            Cell::new(j.owner.map_or_else(|| "-".to_owned(), |o| o.to_string())),
+            Cell::new(j.attempts),
+            Cell::new(output::time(Some(j.created_at))),
+        ]);
+    }
+    output::print_table(&t);
+}
+
+fn print_job(j: &Job) {
+    println!("job       {}  {}", j.id, j.name);
+    println!("factory   {}", j.factory);
+    println!("params    {}", j.params);
+    println!("key       {}", j.key.as_deref().unwrap_or("-"));
+    println!("priority  {}", j.priority);
+    println!("state     {}", j.state);
+    println!(
+        "owner     {}",
+        j.owner.map_or_else(|| "-".to_owned(), |o| o.to_string())
+    );
+    println!("lease     {}", output::time(j.lease_expires_at));
+    println!("token     {}", j.token);
+    println!("attempts  {}", j.attempts);
+    println!("flow      {}", j.flow());
+    println!("posted    {}", output::time(Some(j.created_at)));
+    println!("updated   {}", output::time(Some(j.updated_at)));
+    if let Some(o) = &j.outcome {
+        println!("outcome   {o}");
+    }
+}

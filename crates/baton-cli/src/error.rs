@@ -1,0 +1,133 @@
+//! The command's error: one line of message, an optional cause, and an exit code.
+
+use std::fmt;
+
+use baton_core::{board, engine, store};
+
+use crate::exit;
+
+/// An error the command reports and exits with.
+#[derive(Debug)]
+pub struct CliError {
+    /// The exit code.
+    pub code: i32,
+    /// What went wrong, in one line.
+    pub message: String,
+    /// The underlying cause, if any.
+    pub cause: Option<String>,
+}
+
+impl CliError {
+    /// An error with a code and a message.
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Adds the chain of causes of `err`.
+    #[must_use]
+    pub fn caused_by(mut self, err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut causes = Vec::new();
+        let mut source = Some(err);
+        while let Some(e) = source {
+            let text = e.to_string();
+            // Many errors repeat their source's text in their own: keep each fact once.
+            let known =
+                self.message.contains(&text) || causes.iter().any(|c: &String| c.contains(&text));
+            if !known {
+                causes.push(text);
+            }
+            source = e.source();
+        }
+        self.cause = (!causes.is_empty()).then(|| causes.join(": "));
+        self
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}", self.message)?;
+        if let Some(cause) = &self.cause {
+            write!(f, "\n  caused by: {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The exit code for a store error.
+pub(crate) fn store_code(e: &store::Error) -> i32 {
+    match e {
+        store::Error::FlowNotFound(_) | store::Error::AtomNotFound { .. } => exit::NOT_FOUND,
+        store::Error::Unavailable(_) => exit::UNAVAILABLE,
+        store::Error::Conflict { .. }
+        | store::Error::IllegalTransition { .. }
+        | store::Error::Fenced { .. }
+        | store::Error::FlowExists(_) => exit::CONFLICT,
+        store::Error::TooLarge { .. } => exit::BAD_INPUT,
+        _ => exit::INTERNAL,
+    }
+}
+
+impl From<store::Error> for CliError {
+    fn from(e: store::Error) -> Self {
+        let code = store_code(&e);
+        let message = match &e {
+            store::Error::Unavailable(_) => "the database cannot be reached".to_owned(),
+            other => other.to_string(),
+        };
+        CliError::new(code, message).caused_by(&e)
+    }
+}
+
+impl From<board::Error> for CliError {
+    fn from(e: board::Error) -> Self {
+        let code = match &e {
+            board::Error::JobNotFound(_) => exit::NOT_FOUND,
+            board::Error::InvalidJob(_) => exit::BAD_INPUT,
+            board::Error::InvalidState { .. } | board::Error::ClaimLost { .. } => exit::CONFLICT,
+            board::Error::Unavailable(_) => exit::UNAVAILABLE,
+            _ => exit::INTERNAL,
+        };
+        let message = match &e {
+            board::Error::Unavailable(_) => "the database cannot be reached".to_owned(),
+            other => other.to_string(),
+        };
+        CliError::new(code, message).caused_by(&e)
+    }
+}
+
+impl From<engine::Error> for CliError {
+    fn from(e: engine::Error) -> Self {
+        match e {
+            engine::Error::Store(s) => s.into(),
+            other => {
+                let code = match &other {
+                    engine::Error::MissingInput { .. } => exit::BAD_INPUT,
+                    _ => exit::INTERNAL,
+                };
+                CliError::new(code, other.to_string())
+            }
+        }
+    }
+}
+
+impl From<baton_sql::Error> for CliError {
+    fn from(e: baton_sql::Error) -> Self {
+        match e {
+            baton_sql::Error::Store(s) => s.into(),
+            baton_sql::Error::UnknownScheme { .. }
+            | baton_sql::Error::Config { .. }
+            | baton_sql::Error::InvalidSchema { .. }
+            | baton_sql::Error::BackendDisabled { .. } => {
+                CliError::new(exit::BAD_INPUT, e.to_string())
+            }
+            other => CliError::new(exit::INTERNAL, other.to_string()).caused_by(&other),
+        }
+    }
+}
+
+/// The result type of commands.
+pub(crate) type Result<T, E = CliError> = std::result::Result<T, E>;

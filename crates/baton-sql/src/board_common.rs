@@ -1,0 +1,98 @@
+//! What the SQL job boards share: error mapping, row decoding helpers.
+
+use std::str::FromStr;
+
+use baton_core::board::{self, Job};
+use baton_core::{ConductorId, FencingToken, JobId, JobState};
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+
+/// Maps a sqlx error onto the board's error kinds, as the store does.
+pub(crate) fn db(err: sqlx::Error) -> board::Error {
+    match crate::error::classify(err) {
+        baton_core::store::Error::Unavailable(e) => board::Error::Unavailable(e),
+        other => board::Error::Backend(Box::new(other)),
+    }
+}
+
+/// A lease deadline in milliseconds since the epoch, as a time.
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A duration in whole milliseconds, saturated to what the database stores.
+pub(crate) fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The parts of a job row, in text/integer form, before checking.
+pub(crate) struct RawJob {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) factory: String,
+    pub(crate) params: Value,
+    pub(crate) key: Option<String>,
+    pub(crate) priority: i64,
+    pub(crate) state: String,
+    pub(crate) owner: Option<String>,
+    pub(crate) lease_expires_at: Option<i64>,
+    pub(crate) token: i64,
+    pub(crate) attempts: i64,
+    pub(crate) outcome: Option<Value>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+fn corrupt(job: &str, detail: impl Into<String>) -> board::Error {
+    board::Error::Corrupt {
+        job: job.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+impl RawJob {
+    /// Checks and converts the row.
+    pub(crate) fn decode(self) -> Result<Job, board::Error> {
+        let id = JobId::from_str(&self.id).map_err(|e| corrupt(&self.id, e.to_string()))?;
+        let state =
+            JobState::from_str(&self.state).map_err(|e| corrupt(&self.id, e.to_string()))?;
+        let owner = self
+            .owner
+            .as_deref()
+            .map(ConductorId::from_str)
+            .transpose()
+            .map_err(|e| corrupt(&self.id, e.to_string()))?;
+        let token = u64::try_from(self.token)
+            .map_err(|_| corrupt(&self.id, format!("negative token {}", self.token)))?;
+        let attempts = u32::try_from(self.attempts)
+            .map_err(|_| corrupt(&self.id, format!("attempts {} out of range", self.attempts)))?;
+        let priority = i32::try_from(self.priority)
+            .map_err(|_| corrupt(&self.id, format!("priority {} out of range", self.priority)))?;
+        Ok(Job {
+            id,
+            name: self.name,
+            factory: self.factory,
+            params: self.params,
+            key: self.key,
+            priority,
+            state,
+            owner,
+            lease_expires_at: self.lease_expires_at.map(from_ms),
+            token: FencingToken(token),
+            attempts,
+            outcome: self.outcome,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// The token as the database stores it.
+pub(crate) fn token_db(token: FencingToken) -> Result<i64, board::Error> {
+    i64::try_from(token.0).map_err(|_| board::Error::ClaimLost {
+        job: JobId::from_uuid(uuid::Uuid::nil()),
+        token,
+    })
+}

@@ -1,0 +1,507 @@
+//! The PostgreSQL job board: shared by a fleet of conductors on many machines.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::board::{self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob};
+use baton_core::{ConductorId, Fence, JobId, JobState};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{Connection, PgConnection, Row};
+use tokio::sync::Mutex;
+
+use crate::board_common::{db, from_ms, ms, token_db, RawJob};
+use crate::postgres::PostgresStore;
+
+const COLUMNS: &str =
+    "id::text AS id, name, factory, params, job_key, priority::bigint AS priority, \
+                       state, owner::text AS owner, lease_expires_at, token, attempts, outcome, \
+                       created_at, updated_at";
+
+/// A [`JobBoard`] in a PostgreSQL schema, beside a [`PostgresStore`] whose flows its claims
+/// fence.
+///
+/// - **Claims** are one statement: the next eligible job is picked with
+///   `FOR UPDATE SKIP LOCKED`, updated, and its fence token moved on, all at once.
+/// - **Dead owners are found at once.** A conductor that registers through this board takes a
+///   session-level advisory lock on a connection of its own, kept idle for as long as the
+///   process lives (like an ephemeral node in ZooKeeper). When the process dies, the server
+///   closes that connection and drops the lock, and the owner's jobs become claimable
+///   immediately rather than when their leases run out. Leases remain the backstop for owners
+///   that are alive but cut off.
+/// - **Wake-ups**: posting, abandoning, releasing and consuming a keyed job send a
+///   `NOTIFY`, so idle conductors (waiting in [`JobBoard::wait_for_work`]) react at once;
+///   polling covers a missed one.
+#[derive(Debug, Clone)]
+pub struct PostgresJobBoard {
+    store: PostgresStore,
+    channel: Arc<str>,
+    liveness: Arc<Mutex<HashMap<ConductorId, PgConnection>>>,
+    listener: Arc<Mutex<Option<PgListener>>>,
+}
+
+/// The advisory lock key of a conductor: 62 bits of its id (positive, so its halves map to
+/// `pg_locks`' unsigned `classid`/`objid` simply).
+fn lock_key(id: ConductorId) -> i64 {
+    let bytes = id.as_uuid().as_u128();
+    let low = u64::try_from(bytes & u128::from(u64::MAX)).unwrap_or(0);
+    let high = u64::try_from(bytes >> 64).unwrap_or(0);
+    i64::try_from((low ^ high) & ((1u64 << 62) - 1)).unwrap_or(0)
+}
+
+fn decode(row: &PgRow) -> Result<Job, board::Error> {
+    RawJob {
+        id: row.try_get("id").map_err(db)?,
+        name: row.try_get("name").map_err(db)?,
+        factory: row.try_get("factory").map_err(db)?,
+        params: row.try_get("params").map_err(db)?,
+        key: row.try_get("job_key").map_err(db)?,
+        priority: row.try_get("priority").map_err(db)?,
+        state: row.try_get("state").map_err(db)?,
+        owner: row.try_get("owner").map_err(db)?,
+        lease_expires_at: row.try_get("lease_expires_at").map_err(db)?,
+        token: row.try_get("token").map_err(db)?,
+        attempts: row.try_get("attempts").map_err(db)?,
+        outcome: row.try_get("outcome").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        updated_at: row.try_get("updated_at").map_err(db)?,
+    }
+    .decode()
+}
+
+impl PostgresJobBoard {
+    /// A board in `store`'s schema; its claims fence writes to `store`'s flows.
+    #[must_use]
+    pub fn new(store: &PostgresStore) -> Self {
+        Self {
+            channel: format!("baton_jobs_{}", store.schema()).into(),
+            store: store.clone(),
+            liveness: Arc::default(),
+            listener: Arc::default(),
+        }
+    }
+
+    /// Why a fenced update touched no row.
+    async fn lost(&self, fence: Fence) -> board::Error {
+        let exists: Result<Option<i32>, _> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = $1")
+            .bind(fence.job.as_uuid())
+            .fetch_optional(self.store.pool())
+            .await;
+        match exists {
+            Ok(None) => board::Error::JobNotFound(fence.job),
+            Ok(Some(_)) => board::Error::ClaimLost {
+                job: fence.job,
+                token: fence.token,
+            },
+            Err(e) => db(e),
+        }
+    }
+
+    /// Runs a fenced update (`$1` job, `$2` token, `$3` the extra value) and sends a wake-up if
+    /// `notify`.
+    async fn fenced(
+        &self,
+        fence: Fence,
+        sql: &str,
+        extra: Option<Value>,
+        notify: bool,
+    ) -> Result<Option<i64>, board::Error> {
+        let token = token_db(fence.token)?;
+        let sql = if notify {
+            format!("WITH done AS ({sql}) SELECT done.lease_expires_at, pg_notify($4, '') IS NULL FROM done")
+        } else {
+            format!(
+                "WITH done AS ({sql}) SELECT done.lease_expires_at, $4::text IS NOT NULL FROM done"
+            )
+        };
+        let row: Option<(Option<i64>, bool)> = sqlx::query_as(&sql)
+            .bind(fence.job.as_uuid())
+            .bind(token)
+            .bind(extra)
+            .bind(&*self.channel)
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(db)?;
+        match row {
+            Some((lease, _)) => Ok(lease),
+            None => Err(self.lost(fence).await),
+        }
+    }
+
+    async fn notify(&self) {
+        // A missed wake-up only delays idle conductors until they poll.
+        let _ = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&*self.channel)
+            .execute(self.store.pool())
+            .await;
+    }
+}
+
+#[async_trait]
+impl JobBoard for PostgresJobBoard {
+    async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
+        new.validate()?;
+        let sql = format!(
+            "WITH posted AS ( \
+                 INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, now(), now()) RETURNING * \
+             ) SELECT {COLUMNS}, pg_notify($7, '') IS NULL AS woke FROM posted"
+        );
+        let row = sqlx::query(&sql)
+            .bind(JobId::new().as_uuid())
+            .bind(&new.name)
+            .bind(&new.factory)
+            .bind(&new.params)
+            .bind(&new.key)
+            .bind(new.priority)
+            .bind(&*self.channel)
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(db)?;
+        decode(&row)
+    }
+
+    async fn claim(
+        &self,
+        owner: ConductorId,
+        lease: Duration,
+    ) -> Result<Option<Claim>, board::Error> {
+        let owner_lock = self
+            .liveness
+            .lock()
+            .await
+            .contains_key(&owner)
+            .then(|| lock_key(owner));
+        let sql = format!(
+            "WITH picked AS ( \
+                 SELECT j.id FROM jobs j \
+                  WHERE (j.state = 'UNCLAIMED' \
+                         OR (j.state = 'CLAIMED' AND (j.lease_expires_at <= now_ms() \
+                             OR (j.owner_lock IS NOT NULL AND NOT lock_held(j.owner_lock))))) \
+                    AND (j.job_key IS NULL OR NOT EXISTS ( \
+                         SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
+                            AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
+                  ORDER BY j.priority DESC, j.seq \
+                  LIMIT 1 \
+                  FOR UPDATE OF j SKIP LOCKED \
+             ), claimed AS ( \
+                 UPDATE jobs SET state = 'CLAIMED', owner = $1, owner_lock = $2, \
+                        lease_expires_at = now_ms() + $3, token = token + 1, \
+                        attempts = attempts + 1, updated_at = now() \
+                   FROM picked WHERE jobs.id = picked.id \
+                 RETURNING jobs.* \
+             ), fenced AS ( \
+                 INSERT INTO fences (job_id, token) SELECT id, token FROM claimed \
+                 ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token \
+             ) SELECT {COLUMNS} FROM claimed"
+        );
+        let row = sqlx::query(&sql)
+            .bind(owner.as_uuid())
+            .bind(owner_lock)
+            .bind(ms(lease))
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(db)?;
+        let Some(row) = row else { return Ok(None) };
+        let job = decode(&row)?;
+        Ok(Some(Claim {
+            fence: Fence {
+                job: job.id,
+                token: job.token,
+            },
+            lease_expires_at: job.lease_expires_at.unwrap_or_else(Utc::now),
+            job,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<DateTime<Utc>, board::Error> {
+        let lease = self
+            .fenced(
+                fence,
+                "UPDATE jobs SET lease_expires_at = now_ms() + ($3::jsonb #>> '{}')::bigint, updated_at = now() \
+                 WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at",
+                Some(Value::from(ms(lease))),
+                false,
+            )
+            .await?;
+        Ok(lease.map_or_else(Utc::now, from_ms))
+    }
+
+    async fn consume(&self, fence: Fence, outcome: Value) -> Result<(), board::Error> {
+        self.fenced(
+            fence,
+            "UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
+                 outcome = $3, updated_at = now() \
+             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at",
+            Some(outcome),
+            true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn abandon(&self, fence: Fence) -> Result<(), board::Error> {
+        self.fenced(
+            fence,
+            "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
+                 updated_at = now() \
+             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 AND $3::jsonb IS NULL RETURNING lease_expires_at",
+            None,
+            true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn release(&self, id: JobId) -> Result<(), board::Error> {
+        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let state: JobState = state
+            .ok_or(board::Error::JobNotFound(id))?
+            .parse()
+            .map_err(|e: baton_core::ParseStateError| board::Error::Corrupt {
+                job: id.to_string(),
+                detail: e.to_string(),
+            })?;
+        if state.is_terminal() {
+            let _ = tx.rollback().await;
+            return Err(board::Error::InvalidState {
+                job: id,
+                state,
+                operation: "release",
+            });
+        }
+        if state == JobState::Claimed {
+            sqlx::query(
+                "WITH released AS ( \
+                     UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, \
+                            lease_expires_at = NULL, token = token + 1, updated_at = now() \
+                      WHERE id = $1 RETURNING id, token) \
+                 INSERT INTO fences (job_id, token) SELECT id, token FROM released \
+                 ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token",
+            )
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.notify().await;
+        Ok(())
+    }
+
+    async fn trash(
+        &self,
+        id: JobId,
+        fence: Option<Fence>,
+        reason: Value,
+    ) -> Result<(), board::Error> {
+        if let Some(f) = fence {
+            if f.job != id {
+                return Err(board::Error::ClaimLost {
+                    job: f.job,
+                    token: f.token,
+                });
+            }
+        }
+        let presented = fence.map(|f| token_db(f.token)).transpose()?;
+        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT state, token FROM jobs WHERE id = $1 FOR UPDATE")
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let (state, token) = row.ok_or(board::Error::JobNotFound(id))?;
+        let state: JobState =
+            state
+                .parse()
+                .map_err(|e: baton_core::ParseStateError| board::Error::Corrupt {
+                    job: id.to_string(),
+                    detail: e.to_string(),
+                })?;
+        let refusal = match (presented, fence) {
+            (Some(p), Some(f)) if state != JobState::Claimed || token != p => {
+                Some(board::Error::ClaimLost {
+                    job: id,
+                    token: f.token,
+                })
+            }
+            _ if state == JobState::Complete => Some(board::Error::InvalidState {
+                job: id,
+                state,
+                operation: "trash",
+            }),
+            _ => None,
+        };
+        if let Some(e) = refusal {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+        sqlx::query(
+            "WITH trashed AS ( \
+                 UPDATE jobs SET state = 'TRASHED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
+                        token = token + 1, outcome = $2, updated_at = now() \
+                  WHERE id = $1 RETURNING id, token) \
+             INSERT INTO fences (job_id, token) SELECT id, token FROM trashed \
+             ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token",
+        )
+        .bind(id.as_uuid())
+        .bind(&reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: JobId) -> Result<Job, board::Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(db)?
+            .ok_or(board::Error::JobNotFound(id))?;
+        decode(&row)
+    }
+
+    async fn list(&self, query: &JobQuery) -> Result<Vec<Job>, board::Error> {
+        let limit = query.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs \
+              WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR job_key = $2) \
+                AND ($3::uuid IS NULL OR owner = $3) \
+              ORDER BY seq LIMIT $4"
+        ))
+        .bind(query.state.map(|s| s.as_str()))
+        .bind(query.key.clone())
+        .bind(query.owner.map(|o| o.as_uuid()))
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(db)?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut guard = match tokio::time::timeout_at(deadline, self.listener.lock()).await {
+            Ok(g) => g,
+            // Another conductor of this process is already listening: just wait out the poll.
+            Err(_) => return,
+        };
+        if guard.is_none() {
+            match PgListener::connect_with(self.store.pool()).await {
+                Ok(mut l) => {
+                    if l.listen(&self.channel).await.is_ok() {
+                        *guard = Some(l);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot listen for job wake-ups; polling"),
+            }
+        }
+        match guard.as_mut() {
+            Some(listener) => {
+                if let Ok(Err(e)) = tokio::time::timeout_at(deadline, listener.recv()).await {
+                    tracing::debug!(error = %e, "job wake-up listener failed; reconnecting next time");
+                    *guard = None;
+                }
+            }
+            None => tokio::time::sleep_until(deadline).await,
+        }
+    }
+
+    async fn register(&self, info: &ConductorInfo) -> Result<(), board::Error> {
+        // Take (or check) the liveness lock on a connection of our own, kept idle.
+        {
+            let mut live = self.liveness.lock().await;
+            let healthy = match live.get_mut(&info.id) {
+                Some(conn) => conn.ping().await.is_ok(),
+                None => false,
+            };
+            if !healthy {
+                live.remove(&info.id);
+                let mut conn = PgConnection::connect_with(&self.store.pool().connect_options())
+                    .await
+                    .map_err(db)?;
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(lock_key(info.id))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(db)?;
+                live.insert(info.id, conn);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO conductors (id, name, host, pid, started_at, last_seen) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET last_seen = EXCLUDED.last_seen",
+        )
+        .bind(info.id.as_uuid())
+        .bind(&info.name)
+        .bind(&info.host)
+        .bind(i64::from(info.pid))
+        .bind(info.started_at)
+        .bind(info.last_seen)
+        .execute(self.store.pool())
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn deregister(&self, id: ConductorId) -> Result<(), board::Error> {
+        if let Some(conn) = self.liveness.lock().await.remove(&id) {
+            // Closing the session releases its advisory lock.
+            let _ = conn.close().await;
+        }
+        sqlx::query("DELETE FROM conductors WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(self.store.pool())
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn conductors(&self) -> Result<Vec<ConductorInfo>, board::Error> {
+        let rows: Vec<(
+            uuid::Uuid,
+            String,
+            String,
+            i64,
+            DateTime<Utc>,
+            DateTime<Utc>,
+        )> = sqlx::query_as(
+            "SELECT id, name, host, pid, started_at, last_seen FROM conductors ORDER BY started_at",
+        )
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(id, name, host, pid, started_at, last_seen)| {
+                Ok(ConductorInfo {
+                    id: ConductorId::from_uuid(id),
+                    name,
+                    host,
+                    pid: u32::try_from(pid).map_err(|_| board::Error::Corrupt {
+                        job: format!("conductor {id}"),
+                        detail: format!("pid {pid}"),
+                    })?,
+                    started_at,
+                    last_seen,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,508 @@
+//! The SQLite job board: jobs and the fleet in the store's own database file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::board::{self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob};
+use baton_core::{ConductorId, Fence, JobId, JobState};
+use chrono::Utc;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::Row;
+use tokio::sync::Notify;
+
+use crate::board_common::{db, ms, token_db, RawJob};
+use crate::codec;
+use crate::sqlite::SqliteStore;
+
+const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owner, \
+                       lease_expires_at, token, attempts, outcome, created_at, updated_at";
+
+/// A [`JobBoard`] in a SQLite database, beside a [`SqliteStore`] whose flows its claims fence.
+///
+/// Claims are `BEGIN IMMEDIATE` transactions, so they are exclusive across the processes that
+/// share the file. Dead owners are found by their leases running out. Idle conductors of this
+/// process are woken at once when a job is posted or handed back here; conductors of other
+/// processes find it when they next poll.
+#[derive(Debug, Clone)]
+pub struct SqliteJobBoard {
+    store: SqliteStore,
+    wake: Arc<Notify>,
+}
+
+fn text_time(job: &str, column: &str, text: &str) -> Result<chrono::DateTime<Utc>, board::Error> {
+    codec::parse_time(text).map_err(|e| board::Error::Corrupt {
+        job: job.to_owned(),
+        detail: format!("column {column}: {e}"),
+    })
+}
+
+fn json(job: &str, column: &str, text: &str) -> Result<Value, board::Error> {
+    serde_json::from_str(text).map_err(|e| board::Error::Corrupt {
+        job: job.to_owned(),
+        detail: format!("column {column}: {e}"),
+    })
+}
+
+fn decode(row: &SqliteRow) -> Result<Job, board::Error> {
+    let id: String = row.try_get("id").map_err(db)?;
+    let outcome: Option<String> = row.try_get("outcome").map_err(db)?;
+    RawJob {
+        name: row.try_get("name").map_err(db)?,
+        factory: row.try_get("factory").map_err(db)?,
+        params: json(
+            &id,
+            "params",
+            &row.try_get::<String, _>("params").map_err(db)?,
+        )?,
+        key: row.try_get("job_key").map_err(db)?,
+        priority: row.try_get("priority").map_err(db)?,
+        state: row.try_get("state").map_err(db)?,
+        owner: row.try_get("owner").map_err(db)?,
+        lease_expires_at: row.try_get("lease_expires_at").map_err(db)?,
+        token: row.try_get("token").map_err(db)?,
+        attempts: row.try_get("attempts").map_err(db)?,
+        outcome: outcome
+            .as_deref()
+            .map(|o| json(&id, "outcome", o))
+            .transpose()?,
+        created_at: text_time(
+            &id,
+            "created_at",
+            &row.try_get::<String, _>("created_at").map_err(db)?,
+        )?,
+        updated_at: text_time(
+            &id,
+            "updated_at",
+            &row.try_get::<String, _>("updated_at").map_err(db)?,
+        )?,
+        id,
+    }
+    .decode()
+}
+
+async fn set_fence(conn: &mut SqliteConnection, job: &str, token: i64) -> Result<(), board::Error> {
+    sqlx::query(
+        "INSERT INTO fences (job_id, token) VALUES (?1, ?2) \
+         ON CONFLICT (job_id) DO UPDATE SET token = excluded.token",
+    )
+    .bind(job)
+    .bind(token)
+    .execute(conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Why a guarded update touched no row: the job is gone, or the claim is stale.
+async fn lost(conn: &mut SqliteConnection, fence: Fence) -> board::Error {
+    let exists: Result<Option<i64>, _> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?1")
+        .bind(fence.job.to_string())
+        .fetch_optional(conn)
+        .await;
+    match exists {
+        Ok(None) => board::Error::JobNotFound(fence.job),
+        Ok(Some(_)) => board::Error::ClaimLost {
+            job: fence.job,
+            token: fence.token,
+        },
+        Err(e) => db(e),
+    }
+}
+
+impl SqliteJobBoard {
+    /// A board in `store`'s database; its claims fence writes to `store`'s flows.
+    #[must_use]
+    pub fn new(store: &SqliteStore) -> Self {
+        Self {
+            store: store.clone(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if it succeeds.
+    async fn write<T, F>(&self, f: F) -> Result<T, board::Error>
+    where
+        F: for<'c> FnOnce(
+            &'c mut SqliteConnection,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, board::Error>> + Send + 'c>,
+        >,
+    {
+        let _gate = self.store.write_gate().lock().await;
+        let mut tx = self
+            .store
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db)?;
+        match f(&mut tx).await {
+            Ok(v) => {
+                tx.commit().await.map_err(db)?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A guarded update of the job under `fence`. `sql` binds, in order: `?1` the job id, `?2`
+    /// the token (its `WHERE` must be `id = ?1 AND state = 'CLAIMED' AND token = ?2`), then
+    /// the lease (if any), the extra values, and last the update time.
+    async fn fenced(
+        &self,
+        fence: Fence,
+        sql: &'static str,
+        extra: Vec<Option<String>>,
+        lease: Option<i64>,
+    ) -> Result<(), board::Error> {
+        let token = token_db(fence.token)?;
+        self.write(move |conn| {
+            Box::pin(async move {
+                let mut q = sqlx::query(sql).bind(fence.job.to_string()).bind(token);
+                if let Some(l) = lease {
+                    q = q.bind(l);
+                }
+                for e in extra {
+                    q = q.bind(e);
+                }
+                let done = q
+                    .bind(codec::time_text(Utc::now()))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                if done.rows_affected() == 1 {
+                    Ok(())
+                } else {
+                    Err(lost(conn, fence).await)
+                }
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl JobBoard for SqliteJobBoard {
+    async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
+        new.validate()?;
+        let id = JobId::new();
+        let now = codec::time_text(Utc::now());
+        let params = serde_json::to_string(&new.params)
+            .map_err(|e| board::Error::InvalidJob(e.to_string()))?;
+        let sql = format!(
+            "INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'UNCLAIMED', 0, 0, ?7, ?7) RETURNING {COLUMNS}"
+        );
+        let job = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let row = sqlx::query(&sql)
+                        .bind(id.to_string())
+                        .bind(new.name)
+                        .bind(new.factory)
+                        .bind(params)
+                        .bind(new.key)
+                        .bind(i64::from(new.priority))
+                        .bind(now)
+                        .fetch_one(conn)
+                        .await
+                        .map_err(db)?;
+                    decode(&row)
+                })
+            })
+            .await?;
+        self.wake.notify_waiters();
+        Ok(job)
+    }
+
+    async fn claim(
+        &self,
+        owner: ConductorId,
+        lease: Duration,
+    ) -> Result<Option<Claim>, board::Error> {
+        let sql = format!(
+            "UPDATE jobs SET state = 'CLAIMED', owner = ?1, lease_expires_at = ?2 + ?3, \
+                 token = token + 1, attempts = attempts + 1, updated_at = ?4 \
+             WHERE id = ( \
+                 SELECT j.id FROM jobs j \
+                  WHERE (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?2)) \
+                    AND (j.job_key IS NULL OR NOT EXISTS ( \
+                        SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
+                           AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
+                  ORDER BY j.priority DESC, j.seq LIMIT 1) \
+             RETURNING {COLUMNS}"
+        );
+        let now = Utc::now();
+        let lease_ms = ms(lease);
+        let job = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let row = sqlx::query(&sql)
+                        .bind(owner.to_string())
+                        .bind(now.timestamp_millis())
+                        .bind(lease_ms)
+                        .bind(codec::time_text(now))
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(db)?;
+                    let Some(row) = row else { return Ok(None) };
+                    let job = decode(&row)?;
+                    // In the same transaction: from now on only the new token writes the flow.
+                    set_fence(conn, &job.id.to_string(), token_db(job.token)?).await?;
+                    Ok(Some(job))
+                })
+            })
+            .await?;
+        Ok(job.map(|job| Claim {
+            fence: Fence {
+                job: job.id,
+                token: job.token,
+            },
+            lease_expires_at: job.lease_expires_at.unwrap_or(now),
+            job,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<chrono::DateTime<Utc>, board::Error> {
+        let until = Utc::now().timestamp_millis().saturating_add(ms(lease));
+        self.fenced(
+            fence,
+            "UPDATE jobs SET lease_expires_at = ?3, updated_at = ?4 \
+             WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2",
+            vec![],
+            Some(until),
+        )
+        .await?;
+        Ok(crate::board_common::from_ms(until))
+    }
+
+    async fn consume(&self, fence: Fence, outcome: Value) -> Result<(), board::Error> {
+        self.fenced(
+            fence,
+            "UPDATE jobs SET state = 'COMPLETE', owner = NULL, lease_expires_at = NULL, \
+                 outcome = ?3, updated_at = ?4 \
+             WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2",
+            vec![Some(outcome.to_string())],
+            None,
+        )
+        .await?;
+        // A job waiting on the same key may now run.
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn abandon(&self, fence: Fence) -> Result<(), board::Error> {
+        self.fenced(
+            fence,
+            "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, lease_expires_at = NULL, updated_at = ?3 \
+             WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2",
+            vec![],
+            None,
+        )
+        .await?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn release(&self, id: JobId) -> Result<(), board::Error> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(db)?;
+                let state = state.ok_or(board::Error::JobNotFound(id))?;
+                let state: JobState = state.parse().map_err(|e: baton_core::ParseStateError| {
+                    board::Error::Corrupt {
+                        job: id.to_string(),
+                        detail: e.to_string(),
+                    }
+                })?;
+                if state.is_terminal() {
+                    return Err(board::Error::InvalidState {
+                        job: id,
+                        state,
+                        operation: "release",
+                    });
+                }
+                if state != JobState::Claimed {
+                    return Ok(());
+                }
+                let token: i64 = sqlx::query_scalar(
+                    "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, lease_expires_at = NULL, \
+                         token = token + 1, updated_at = ?2 WHERE id = ?1 RETURNING token",
+                )
+                .bind(id.to_string())
+                .bind(codec::time_text(Utc::now()))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db)?;
+                set_fence(conn, &id.to_string(), token).await
+            })
+        })
+        .await?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn trash(
+        &self,
+        id: JobId,
+        fence: Option<Fence>,
+        reason: Value,
+    ) -> Result<(), board::Error> {
+        if let Some(f) = fence {
+            if f.job != id {
+                return Err(board::Error::ClaimLost {
+                    job: f.job,
+                    token: f.token,
+                });
+            }
+        }
+        let presented = fence.map(|f| token_db(f.token)).transpose()?;
+        self.write(move |conn| {
+            Box::pin(async move {
+                let row: Option<(String, i64)> = sqlx::query_as("SELECT state, token FROM jobs WHERE id = ?1")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                let (state, token) = row.ok_or(board::Error::JobNotFound(id))?;
+                let state: JobState = state.parse().map_err(|e: baton_core::ParseStateError| board::Error::Corrupt {
+                    job: id.to_string(),
+                    detail: e.to_string(),
+                })?;
+                if let (Some(presented), Some(f)) = (presented, fence) {
+                    if state != JobState::Claimed || token != presented {
+                        return Err(board::Error::ClaimLost { job: id, token: f.token });
+                    }
+                }
+                if state == JobState::Complete {
+                    return Err(board::Error::InvalidState { job: id, state, operation: "trash" });
+                }
+                let token: i64 = sqlx::query_scalar(
+                    "UPDATE jobs SET state = 'TRASHED', owner = NULL, lease_expires_at = NULL, \
+                         token = token + 1, outcome = ?2, updated_at = ?3 WHERE id = ?1 RETURNING token",
+                )
+                .bind(id.to_string())
+                .bind(reason.to_string())
+                .bind(codec::time_text(Utc::now()))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db)?;
+                set_fence(conn, &id.to_string(), token).await
+            })
+        })
+        .await?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn get(&self, id: JobId) -> Result<Job, board::Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))
+            .bind(id.to_string())
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(db)?
+            .ok_or(board::Error::JobNotFound(id))?;
+        decode(&row)
+    }
+
+    async fn list(&self, query: &JobQuery) -> Result<Vec<Job>, board::Error> {
+        let limit = query
+            .limit
+            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs \
+              WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR job_key = ?2) AND (?3 IS NULL OR owner = ?3) \
+              ORDER BY seq LIMIT ?4"
+        ))
+        .bind(query.state.map(|s| s.as_str()))
+        .bind(query.key.clone())
+        .bind(query.owner.map(|o| o.to_string()))
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(db)?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
+    async fn register(&self, info: &ConductorInfo) -> Result<(), board::Error> {
+        let info = info.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO conductors (id, name, host, pid, started_at, last_seen) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                )
+                .bind(info.id.to_string())
+                .bind(info.name)
+                .bind(info.host)
+                .bind(i64::from(info.pid))
+                .bind(codec::time_text(info.started_at))
+                .bind(codec::time_text(info.last_seen))
+                .execute(conn)
+                .await
+                .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn deregister(&self, id: ConductorId) -> Result<(), board::Error> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM conductors WHERE id = ?1")
+                    .bind(id.to_string())
+                    .execute(conn)
+                    .await
+                    .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn conductors(&self) -> Result<Vec<ConductorInfo>, board::Error> {
+        let rows: Vec<(String, String, String, i64, String, String)> = sqlx::query_as(
+            "SELECT id, name, host, pid, started_at, last_seen FROM conductors ORDER BY started_at",
+        )
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(id, name, host, pid, started, seen)| {
+                let bad = |d: String| board::Error::Corrupt {
+                    job: format!("conductor {id}"),
+                    detail: d,
+                };
+                Ok(ConductorInfo {
+                    id: id
+                        .parse()
+                        .map_err(|e: baton_core::ParseIdError| bad(e.to_string()))?,
+                    name,
+                    host,
+                    pid: u32::try_from(pid).map_err(|_| bad(format!("pid {pid}")))?,
+                    started_at: codec::parse_time(&started).map_err(&bad)?,
+                    last_seen: codec::parse_time(&seen).map_err(&bad)?,
+                })
+            })
+            .collect()
+    }
+}

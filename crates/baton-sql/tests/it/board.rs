@@ -1,0 +1,218 @@
+//! The SQL job boards against the job-board contract, and PostgreSQL's fast dead-owner
+//! detection.
+
+use std::time::{Duration, Instant};
+
+use baton_core::board::{ConductorInfo, JobBoard, NewJob};
+use baton_core::ConductorId;
+use baton_sql::{PostgresJobBoard, PostgresStore, SqliteJobBoard, SqliteStore};
+use chrono::Utc;
+
+use crate::support::{postgres_store, sqlite_store, Held};
+
+async fn sqlite_pair() -> Option<(SqliteJobBoard, Held<SqliteStore>)> {
+    let store = sqlite_store().await?;
+    Some((SqliteJobBoard::new(&store.store), store))
+}
+
+async fn postgres_pair() -> Option<(PostgresJobBoard, Held<PostgresStore>)> {
+    let store = postgres_store().await?;
+    Some((PostgresJobBoard::new(&store.store), store))
+}
+
+mod sqlite {
+    use super::sqlite_pair;
+
+    baton_testkit::board_conformance!(optional: sqlite_pair().await);
+}
+
+mod postgres {
+    use super::postgres_pair;
+
+    baton_testkit::board_conformance!(optional: postgres_pair().await);
+}
+
+fn info(id: ConductorId) -> ConductorInfo {
+    let now = Utc::now();
+    ConductorInfo {
+        id,
+        name: "doomed".into(),
+        host: "test".into(),
+        pid: std::process::id(),
+        started_at: now,
+        last_seen: now,
+    }
+}
+
+/// A conductor's process dies (here: its board, with the connection holding its liveness lock,
+/// is dropped): its job is claimable at once, long before its lease would expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_jobs_of_a_dead_owner_are_claimable_at_once() {
+    let Some((survivor, store)) = postgres_pair().await else {
+        return;
+    };
+    let doomed_board = PostgresJobBoard::new(&store.store);
+    let doomed = ConductorId::new();
+    doomed_board.register(&info(doomed)).await.unwrap();
+    let posted = survivor.post(NewJob::new("orphan", "noop")).await.unwrap();
+    let claim = doomed_board
+        .claim(doomed, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.job.id, posted.id);
+
+    // While the owner lives, its claim holds.
+    assert!(survivor
+        .claim(ConductorId::new(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_none());
+
+    drop(doomed_board);
+    let died = Instant::now();
+    let taken = loop {
+        if let Some(c) = survivor
+            .claim(ConductorId::new(), Duration::from_secs(60))
+            .await
+            .unwrap()
+        {
+            break c;
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(10),
+            "the dead owner's job was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(taken.job.id, posted.id);
+    assert!(taken.fence.token > claim.fence.token);
+    eprintln!(
+        "claimable {:?} after the owner's connection closed",
+        died.elapsed()
+    );
+    assert!(died.elapsed() < Duration::from_secs(5));
+}
+
+/// A claim made without a liveness lock (an owner that never registered) is held by its lease
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unregistered_owners_keep_their_lease() {
+    let Some((board, _store)) = postgres_pair().await else {
+        return;
+    };
+    board.post(NewJob::new("leased", "noop")).await.unwrap();
+    let first = board
+        .claim(ConductorId::new(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(first.is_some());
+    assert!(board
+        .claim(ConductorId::new(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Three conductors with very frequent heartbeats (so heartbeats and flow commits interleave
+/// constantly) run 12 jobs over a SQL board and store: each job completes, each step runs once.
+async fn conductors_finish_every_job<S, B>(store: S, boards: Vec<B>)
+where
+    S: baton_core::store::Store + Clone + 'static,
+    B: JobBoard + Clone + 'static,
+{
+    use baton_core::conductor::Options;
+    use baton_core::{Atom, Blueprint, Conductor, Engine, Flow, JobState, Registry};
+    use baton_testkit::{Action, Log, Probe};
+
+    let log = Log::new();
+    let registry = {
+        let log = log.clone();
+        Registry::new().register("steps", move |params| {
+            let job = params["job"].as_u64().ok_or("`job` is required")?;
+            let mut flow = Flow::linear("steps");
+            for i in 0..4 {
+                flow = flow.add(Atom::task(
+                    format!("j{job}-s{i}"),
+                    Probe::new(&log).delay(Duration::from_millis(3)),
+                ));
+            }
+            Ok(Blueprint::new(flow))
+        })
+    };
+    let board = boards[0].clone();
+    for job in 0..12 {
+        board
+            .post(
+                NewJob::new(format!("job-{job}"), "steps")
+                    .params(serde_json::json!({ "job": job })),
+            )
+            .await
+            .unwrap();
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut fleet = tokio::task::JoinSet::new();
+    for b in &boards {
+        let mut options = Options::default();
+        options.heartbeat = Duration::from_millis(2);
+        options.poll = Duration::from_millis(20);
+        options.concurrency = 2;
+        let conductor = Conductor::new(
+            std::sync::Arc::new(b.clone()),
+            Engine::new(store.clone()),
+            registry.clone(),
+        )
+        .with_options(options);
+        fleet.spawn(conductor.run(shutdown.clone()));
+    }
+    let started = Instant::now();
+    loop {
+        let done = board
+            .list(&baton_core::board::JobQuery::all().state(JobState::Complete))
+            .await
+            .unwrap();
+        if done.len() == 12 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} jobs completed",
+            done.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    while let Some(r) = fleet.join_next().await {
+        r.unwrap().unwrap();
+    }
+    for job in board
+        .list(&baton_core::board::JobQuery::all())
+        .await
+        .unwrap()
+    {
+        assert_eq!(job.outcome.unwrap()["state"], serde_json::json!("SUCCESS"));
+    }
+    let runs = log.successes(Action::Execute);
+    assert_eq!(runs.len(), 48);
+    assert!(runs.values().all(|&n| n == 1), "{runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_conductors_finish_every_job() {
+    let Some(store) = sqlite_store().await else {
+        return;
+    };
+    let boards = (0..3).map(|_| SqliteJobBoard::new(&store.store)).collect();
+    conductors_finish_every_job(store, boards).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_conductors_finish_every_job() {
+    let Some(store) = postgres_store().await else {
+        return;
+    };
+    let boards = (0..3)
+        .map(|_| PostgresJobBoard::new(&store.store))
+        .collect();
+    conductors_finish_every_job(store, boards).await;
+}
