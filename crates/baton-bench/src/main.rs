@@ -14,6 +14,8 @@
 // A command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
 
+mod fleet;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -72,6 +74,29 @@ enum Scenario {
         target: Target,
         #[arg(long, default_value_t = 1000)]
         tasks: usize,
+    },
+    /// End to end: post N one-task jobs while K conductors claim, run and consume them.
+    Jobs {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 4)]
+        conductors: usize,
+    },
+    /// SIGKILL the conductor (a child process) that owns a running flow; measure how soon
+    /// another conductor claims the job and completes it.
+    Takeover {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// (Internal) the child conductor of `takeover`.
+    #[command(hide = true)]
+    TakeoverChild {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        schema: Option<String>,
     },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
@@ -210,6 +235,16 @@ impl Floor {
     }
 }
 
+/// The PostgreSQL server to measure: `--database-url`, else `BATON_TEST_POSTGRES_URL`, else
+/// the local default.
+fn postgres_url(target: &Target) -> String {
+    target
+        .database_url
+        .clone()
+        .or_else(|| std::env::var("BATON_TEST_POSTGRES_URL").ok())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
 async fn open(target: &Target) -> Result<Bench> {
     match target.backend {
         Backend::Memory => {
@@ -256,11 +291,7 @@ async fn open(target: &Target) -> Result<Bench> {
             })
         }
         Backend::Postgres => {
-            let url = target
-                .database_url
-                .clone()
-                .or_else(|| std::env::var("BATON_TEST_POSTGRES_URL").ok())
-                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let url = postgres_url(target);
             let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
             let store = baton_sql::PostgresStore::connect_with(
                 &url,
@@ -339,6 +370,15 @@ fn main() -> Result<()> {
         .build()?;
     match cli.scenario {
         Scenario::Compile { atoms } => compile(atoms),
+        Scenario::Jobs {
+            target,
+            jobs,
+            conductors,
+        } => rt.block_on(fleet::jobs(&target, jobs, conductors)),
+        Scenario::Takeover { target } => rt.block_on(fleet::takeover(&target)),
+        Scenario::TakeoverChild { db, schema } => {
+            rt.block_on(fleet::takeover_child(&db, schema.as_deref()))
+        }
         Scenario::Linear { target, tasks } => {
             rt.block_on(run_flow("linear", &target, linear_flow(tasks), tasks, 1))
         }

@@ -80,6 +80,10 @@ async fn kill_and_resume(db: &str, schema: Option<&str>) {
         c.kill().unwrap(); // SIGKILL
         c.wait().unwrap();
         kills += 1;
+        // A statement the child had sent may still be finishing on the server (PostgreSQL
+        // completes and commits it even though its client is gone): let it land before
+        // reading what the store says was running.
+        std::thread::sleep(Duration::from_millis(200));
         if let Ok(snap) = store.load_flow(flow).await {
             caught_running.extend(
                 snap.atoms

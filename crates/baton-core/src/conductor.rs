@@ -425,22 +425,26 @@ impl JobRun {
             }
         };
         // The job's flow: created by the first claim, found by every later one. Creation is
-        // atomic and fenced, so trying it is the cheapest way to find out.
+        // atomic and fenced, so trying it is the cheapest way to find out; a new flow runs
+        // from what was just written, an existing one from the store.
         let flow_id = job.flow();
-        let options = CreateOptions::new()
+        let create = CreateOptions::new()
             .id(flow_id)
             .fence(fence)
             .meta(json!({ "job": job.id, "job_name": job.name }));
-        match self.engine.create_with(&flow, inputs, options).await {
-            Ok(_) | Err(engine::Error::Store(store::Error::FlowExists(_))) => {}
-            Err(e) => return self.on_engine_error(e).await,
-        }
-
-        let run = self.engine.run_with(
-            &flow,
-            flow_id,
-            RunOptions::new().fence(fence).control(self.control.clone()),
-        );
+        let run_options = RunOptions::new().fence(fence).control(self.control.clone());
+        let run = async {
+            match self
+                .engine
+                .create_and_run(&flow, inputs, create, run_options.clone())
+                .await
+            {
+                Err(engine::Error::Store(store::Error::FlowExists(_))) => {
+                    self.engine.run_with(&flow, flow_id, run_options).await
+                }
+                other => other,
+            }
+        };
         tokio::pin!(run);
         // The heartbeat runs beside the flow, polled concurrently with it, never inside a
         // `select!` arm that would stop polling the flow while it waits: the flow may hold a

@@ -176,11 +176,17 @@ impl JobBoard for PostgresJobBoard {
             .contains_key(&owner)
             .then(|| lock_key(owner));
         let sql = format!(
-            "WITH picked AS ( \
+            "WITH live AS MATERIALIZED ( \
+                 SELECT (l.classid::bigint << 32) | l.objid::bigint AS owner_lock FROM pg_locks l \
+                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             ), picked AS ( \
                  SELECT j.id FROM jobs j \
-                  WHERE (j.state = 'UNCLAIMED' \
+                  WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
+                    AND (j.state = 'UNCLAIMED' \
                          OR (j.state = 'CLAIMED' AND (j.lease_expires_at <= now_ms() \
-                             OR (j.owner_lock IS NOT NULL AND NOT lock_held(j.owner_lock))))) \
+                             OR (j.owner_lock IS NOT NULL \
+                                 AND j.owner_lock NOT IN (SELECT owner_lock FROM live))))) \
                     AND (j.job_key IS NULL OR NOT EXISTS ( \
                          SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
                             AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \

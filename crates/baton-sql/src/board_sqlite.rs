@@ -229,7 +229,8 @@ impl JobBoard for SqliteJobBoard {
                  token = token + 1, attempts = attempts + 1, updated_at = ?4 \
              WHERE id = ( \
                  SELECT j.id FROM jobs j \
-                  WHERE (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?2)) \
+                  WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
+                    AND (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?2)) \
                     AND (j.job_key IS NULL OR NOT EXISTS ( \
                         SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
                            AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \

@@ -399,6 +399,37 @@ impl Engine {
         inputs: Inputs,
         options: CreateOptions,
     ) -> Result<FlowId> {
+        Ok(self.create_records(flow, inputs, options).await?.flow.id)
+    }
+
+    /// Creates a run of `flow` and runs it at once, without reading back what was just
+    /// written (what a conductor does with a new job).
+    ///
+    /// # Errors
+    /// As [`Engine::create_with`] and [`Engine::run_with`].
+    ///
+    /// # Cancel safety
+    /// As [`Engine::run`]; dropped before the creation completes, the run may or may not exist.
+    pub async fn create_and_run(
+        &self,
+        flow: &CompiledFlow,
+        inputs: Inputs,
+        create: CreateOptions,
+        run: RunOptions,
+    ) -> Result<Outcome> {
+        let snapshot = self.create_records(flow, inputs, create).await?;
+        let id = snapshot.flow.id;
+        run::Run::from_snapshot(self, flow, id, snapshot, run)?
+            .drive()
+            .await
+    }
+
+    async fn create_records(
+        &self,
+        flow: &CompiledFlow,
+        inputs: Inputs,
+        options: CreateOptions,
+    ) -> Result<crate::model::FlowSnapshot> {
         for (atom, symbol) in flow.required_inputs() {
             if !inputs.contains_key(symbol) {
                 return Err(Error::MissingInput {
@@ -436,7 +467,10 @@ impl Engine {
         self.store
             .create_flow(&record, &atoms, options.fence)
             .await?;
-        Ok(record.id)
+        Ok(crate::model::FlowSnapshot {
+            flow: record,
+            atoms,
+        })
     }
 
     /// Creates a run of `flow` and runs it to the end.

@@ -103,6 +103,17 @@ impl<'a> Run<'a> {
         options: RunOptions,
     ) -> Result<Run<'a>> {
         let snapshot = engine.store.load_flow(id).await?;
+        Self::from_snapshot(engine, flow, id, snapshot, options)
+    }
+
+    /// A run over records already in hand (just loaded, or just created by this engine).
+    pub(crate) fn from_snapshot(
+        engine: &'a Engine,
+        flow: &'a CompiledFlow,
+        id: FlowId,
+        snapshot: crate::model::FlowSnapshot,
+        options: RunOptions,
+    ) -> Result<Run<'a>> {
         let mismatch = |detail: String| Error::FlowMismatch { flow: id, detail };
         if snapshot.flow.name != flow.name {
             return Err(mismatch(format!(

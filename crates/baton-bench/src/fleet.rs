@@ -1,0 +1,304 @@
+//! The job-board scenarios: end-to-end job throughput, and takeover after SIGKILL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use baton_core::board::{JobBoard, JobQuery, NewJob};
+use baton_core::conductor::Options;
+use baton_core::store::Store;
+use baton_core::{
+    Atom, Blueprint, Conductor, Engine, Flow, JobState, MemoryJobBoard, MemoryStore, Registry,
+};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Backend, Target};
+
+/// A store and a way to make job boards over it (one per conductor, as separate processes
+/// would have), and what to clean up.
+pub(crate) struct Fleet {
+    pub(crate) store: Arc<dyn Store>,
+    make_board: Box<dyn Fn() -> Arc<dyn JobBoard>>,
+    url: String,
+    schema: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Fleet {
+    pub(crate) fn board(&self) -> Arc<dyn JobBoard> {
+        (self.make_board)()
+    }
+
+    pub(crate) async fn open(target: &Target) -> Result<Self> {
+        match target.backend {
+            Backend::Memory => {
+                let store = MemoryStore::new();
+                let board = MemoryJobBoard::new(&store);
+                Ok(Self {
+                    store: Arc::new(store),
+                    make_board: Box::new(move || Arc::new(board.clone())),
+                    url: "memory".into(),
+                    schema: None,
+                    _dir: None,
+                })
+            }
+            Backend::Sqlite => {
+                let (url, dir) = match &target.database_url {
+                    Some(url) => (url.clone(), None),
+                    None => {
+                        let dir = tempfile::tempdir()?;
+                        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+                        (url, Some(dir))
+                    }
+                };
+                let store = baton_sql::SqliteStore::open(&url).await?;
+                let for_boards = store.clone();
+                Ok(Self {
+                    store: Arc::new(store),
+                    make_board: Box::new(move || {
+                        Arc::new(baton_sql::SqliteJobBoard::new(&for_boards))
+                    }),
+                    url,
+                    schema: None,
+                    _dir: dir,
+                })
+            }
+            Backend::Postgres => {
+                let url = crate::postgres_url(target);
+                let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+                let store = baton_sql::PostgresStore::connect_with(
+                    &url,
+                    baton_sql::PostgresOptions::new().schema(&schema),
+                )
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+                let for_boards = store.clone();
+                Ok(Self {
+                    store: Arc::new(store),
+                    make_board: Box::new(move || {
+                        Arc::new(baton_sql::PostgresJobBoard::new(&for_boards))
+                    }),
+                    url,
+                    schema: Some(schema),
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    pub(crate) async fn clean_up(&self) -> Result<()> {
+        if let Some(schema) = &self.schema {
+            let pool = sqlx::PgPool::connect(&self.url).await?;
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Flows for the job scenarios: `one` is a single no-op task; `slow-first` sleeps a long time
+/// on its first attempt only (so its owner can be killed mid-step) and is quick when re-run.
+pub(crate) fn registry() -> Registry {
+    Registry::new()
+        .register("one", |_| {
+            Ok(Blueprint::new(
+                Flow::linear("one").add(Atom::from_fn("task", |_| async { Ok(Value::Null) })),
+            ))
+        })
+        .register("slow-first", |_| {
+            Ok(Blueprint::new(Flow::linear("slow-first").add(
+                Atom::from_fn("step", |ctx| async move {
+                    if ctx.attempt() == 1 {
+                        tokio::time::sleep(Duration::from_secs(600)).await;
+                    }
+                    Ok(json!("done"))
+                }),
+            )))
+        })
+}
+
+fn conductor(fleet: &Fleet, name: String, poll: Duration) -> Conductor {
+    let mut options = Options::default();
+    options.name = name;
+    options.concurrency = 8;
+    options.poll = poll;
+    Conductor::new(
+        fleet.board(),
+        Engine::from_arc(fleet.store.clone()),
+        registry(),
+    )
+    .with_options(options)
+}
+
+/// `jobs`: post N one-task jobs while K conductors run them; time until all are complete.
+pub(crate) async fn jobs(target: &Target, jobs: usize, conductors: usize) -> Result<()> {
+    let fleet = Fleet::open(target).await?;
+    let shutdown = CancellationToken::new();
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0..conductors.max(1) {
+        running.spawn(
+            conductor(&fleet, format!("bench-{i}"), Duration::from_millis(50))
+                .run(shutdown.clone()),
+        );
+    }
+    let poster = fleet.board();
+    let watcher = fleet.board();
+    let start = Instant::now();
+    let post = tokio::spawn(async move {
+        for i in 0..jobs {
+            poster.post(NewJob::new(format!("job-{i}"), "one")).await?;
+        }
+        anyhow::Ok(())
+    });
+    post.await??;
+    // Done when nothing is left unfinished (two cheap look-ups on the index of open jobs).
+    loop {
+        let unclaimed = watcher
+            .list(&JobQuery::all().state(JobState::Unclaimed).limit(1))
+            .await?;
+        let claimed = watcher
+            .list(&JobQuery::all().state(JobState::Claimed).limit(1))
+            .await?;
+        if unclaimed.is_empty() && claimed.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(600),
+            "the jobs did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let done = watcher
+        .list(&JobQuery::all().state(JobState::Complete))
+        .await?
+        .len();
+    anyhow::ensure!(done == jobs, "{done} of {jobs} jobs completed");
+    shutdown.cancel();
+    let mut consumed = 0;
+    while let Some(r) = running.join_next().await {
+        consumed += r??.consumed;
+    }
+    fleet.clean_up().await?;
+    println!(
+        "{}",
+        json!({
+            "scenario": "jobs",
+            "backend": target.backend.name(),
+            "jobs": jobs,
+            "conductors": conductors,
+            "seconds": secs,
+            "jobs_per_sec": jobs as f64 / secs,
+            "consumed": consumed,
+        })
+    );
+    Ok(())
+}
+
+/// `takeover`: a child process runs a conductor that claims a job and is SIGKILLed in the
+/// middle of its step; a conductor here takes the job over. Measures how long after the kill
+/// the job was claimed again and completed.
+pub(crate) async fn takeover(target: &Target) -> Result<()> {
+    let fleet = Fleet::open(target).await?;
+    let board = fleet.board();
+    let job = board.post(NewJob::new("takeover", "slow-first")).await?;
+
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe);
+    child.args(["takeover-child", "--db", &fleet.url]);
+    if let Some(schema) = &fleet.schema {
+        child.args(["--schema", schema]);
+    }
+    let mut child = child.spawn().context("starting the child conductor")?;
+
+    // Wait until the child owns the job and its step is running.
+    let started = Instant::now();
+    let first = loop {
+        let j = board.get(job.id).await?;
+        if j.state == JobState::Claimed {
+            if let Ok(snap) = fleet.store.load_flow(j.flow()).await {
+                if snap
+                    .atoms
+                    .iter()
+                    .any(|a| a.state == baton_core::AtomState::Running)
+                {
+                    break j;
+                }
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the child never started the job"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+
+    // A second conductor, idle, ready to take over.
+    let shutdown = CancellationToken::new();
+    let mut running = tokio::task::JoinSet::new();
+    running
+        .spawn(conductor(&fleet, "survivor".into(), Options::default().poll).run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    child.kill()?; // SIGKILL
+    let killed = Instant::now();
+    child.wait()?;
+    let mut claimed_after = None;
+    let completed_after = loop {
+        let j = board.get(job.id).await?;
+        if claimed_after.is_none() && j.token > first.token {
+            claimed_after = Some(killed.elapsed());
+        }
+        if j.state == JobState::Complete {
+            break killed.elapsed();
+        }
+        anyhow::ensure!(
+            killed.elapsed() < Duration::from_secs(120),
+            "the job was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    shutdown.cancel();
+    while let Some(r) = running.join_next().await {
+        r??;
+    }
+    fleet.clean_up().await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{}",
+        json!({
+            "scenario": "takeover",
+            "backend": target.backend.name(),
+            "lease_ms": Options::default().lease.as_millis(),
+            "poll_ms": Options::default().poll.as_millis(),
+            "claimed_after_ms": claimed_after.map(ms),
+            "completed_after_ms": ms(completed_after),
+        })
+    );
+    Ok(())
+}
+
+/// The child of `takeover`: a conductor with default settings, until killed.
+pub(crate) async fn takeover_child(db: &str, schema: Option<&str>) -> Result<()> {
+    let (store, board): (Arc<dyn Store>, Arc<dyn JobBoard>) =
+        match (baton_sql::Backend::of_url(db)?, schema) {
+            (baton_sql::Backend::Postgres, Some(schema)) => {
+                let store = baton_sql::PostgresStore::connect_with(
+                    db,
+                    baton_sql::PostgresOptions::new().schema(schema),
+                )
+                .await?;
+                let board = baton_sql::PostgresJobBoard::new(&store);
+                (Arc::new(store), Arc::new(board))
+            }
+            _ => {
+                let b = baton_sql::open(db).await?;
+                (b.store, b.board)
+            }
+        };
+    let conductor = Conductor::new(board, Engine::from_arc(store), registry());
+    conductor.run(CancellationToken::new()).await?;
+    Ok(())
+}
