@@ -1,0 +1,254 @@
+//! The real `baton` binary against SQLite (and PostgreSQL when the test server is set): the
+//! demo, listings and their JSON, and errors as one clear line with a documented exit code.
+
+// Test helpers panic on purpose: that is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod support;
+
+use baton_cli::exit;
+use serde_json::Value;
+use support::{baton, pg_db, sqlite_db, stderr, stdout};
+
+fn json(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "failed: {}", stderr(out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Replaces ids and times with placeholders, so human output can be compared as text.
+fn normalise(text: &str) -> String {
+    let uuid =
+        regex::Regex::new(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").unwrap();
+    let time = regex::Regex::new(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d").unwrap();
+    let clock = regex::Regex::new(r"\d\d:\d\d:\d\d\.\d{3}").unwrap();
+    let took = regex::Regex::new(r"\b\d+(\.\d)?m?s\b").unwrap();
+    let hash = regex::Regex::new(r"-[0-9a-f]{6}\b").unwrap();
+    let text = uuid.replace_all(text, "<id>");
+    let text = time.replace_all(&text, "<time>");
+    let text = clock.replace_all(&text, "<clock>");
+    let text = took.replace_all(&text, "<took>");
+    let text = hash.replace_all(&text, "-<hash>");
+    // Column widths depend on the placeholders' lengths: compare columns, not padding.
+    let gaps = regex::Regex::new(r" {2,}").unwrap();
+    gaps.replace_all(&text, "  ").into_owned()
+}
+
+fn demo_then_inspect(db: &str) {
+    let out = baton(db, &["demo", "--step-ms", "5", "--stack", "inspect"]);
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("ended SUCCESS"), "{text}");
+    assert!(
+        text.contains("flows show"),
+        "the demo says how to inspect it: {text}"
+    );
+
+    let flows = json(&baton(db, &["flows", "list", "--json"]));
+    let flow = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "stack-create:inspect")
+        .expect("the demo's flow is listed");
+    assert_eq!(flow["state"], "SUCCESS");
+    let id = flow["id"].as_str().unwrap();
+
+    let shown = json(&baton(db, &["flows", "show", id, "--json"]));
+    assert_eq!(shown["atoms"].as_array().unwrap().len(), 8);
+    assert!(shown["history"].as_array().unwrap().len() > 16);
+
+    let human = stdout(&baton(db, &["flows", "show", id]));
+    assert!(
+        human.contains("network") && human.contains("SUCCESS"),
+        "{human}"
+    );
+
+    let dot = stdout(&baton(db, &["flows", "graph", id]));
+    assert!(dot.contains("\"network\" -> \"subnet\";"), "{dot}");
+    let mermaid = stdout(&baton(db, &["flows", "graph", id, "--format", "mermaid"]));
+    assert!(mermaid.starts_with("flowchart TD"), "{mermaid}");
+
+    let jobs = json(&baton(
+        db,
+        &["jobs", "list", "--json", "--key", "stack:inspect"],
+    ));
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+    assert_eq!(jobs[0]["state"], "COMPLETE");
+    assert_eq!(jobs[0]["outcome"]["state"], "SUCCESS");
+    let job = json(&baton(
+        db,
+        &["jobs", "show", jobs[0]["id"].as_str().unwrap(), "--json"],
+    ));
+    assert_eq!(job["factory"], "stack-create");
+
+    let fleet = json(&baton(db, &["conductors", "list", "--json"]));
+    assert!(
+        fleet.as_array().unwrap().is_empty(),
+        "the demo's conductor left the fleet"
+    );
+}
+
+#[test]
+fn sqlite_demo_creates_the_stack_and_can_be_inspected() {
+    let db = sqlite_db();
+    demo_then_inspect(&db.url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_demo_creates_the_stack_and_can_be_inspected() {
+    let Some(db) = pg_db().await else { return };
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || demo_then_inspect(&url))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn demo_fail_at_shows_the_revert() {
+    let db = sqlite_db();
+    let out = baton(
+        &db.url,
+        &["demo", "--step-ms", "5", "--fail-at", "server-1"],
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("ended REVERTED"), "{text}");
+    assert!(
+        text.contains("server server-1 failed: quota exceeded"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 left"),
+        "everything created was deleted: {text}"
+    );
+}
+
+#[test]
+fn listings_have_a_stable_layout() {
+    let db = sqlite_db();
+    assert!(baton(&db.url, &["demo", "--step-ms", "1"]).status.success());
+    let list = normalise(&stdout(&baton(&db.url, &["flows", "list"])));
+    assert_eq!(
+        list,
+        "ID  NAME  STATE  CREATED  UPDATED\n\
+         <id>  stack-create:demo  SUCCESS  <time>  <time>\n"
+    );
+    let jobs = normalise(&stdout(&baton(&db.url, &["jobs", "list"])));
+    assert_eq!(
+        jobs,
+        "ID  NAME  FACTORY  KEY  STATE  OWNER  ATTEMPTS  POSTED\n\
+         <id>  stack-create demo  stack-create  stack:demo  COMPLETE  -  1  <time>\n"
+    );
+}
+
+#[test]
+fn jobs_can_be_posted_trashed_and_refused() {
+    let db = sqlite_db();
+    let posted = json(&baton(
+        &db.url,
+        &[
+            "jobs",
+            "post",
+            "--factory",
+            "steps",
+            "--params",
+            r#"{"steps": 2}"#,
+            "--key",
+            "k1",
+            "--json",
+        ],
+    ));
+    assert_eq!(posted["state"], "UNCLAIMED");
+    let id = posted["id"].as_str().unwrap();
+    let out = baton(&db.url, &["jobs", "trash", id, "--reason", "not needed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job = json(&baton(&db.url, &["jobs", "show", id, "--json"]));
+    assert_eq!(job["state"], "TRASHED");
+    assert_eq!(job["outcome"]["trashed"], "not needed");
+    // Releasing a finished job is refused.
+    let out = baton(&db.url, &["jobs", "abandon", id]);
+    assert_eq!(out.status.code(), Some(exit::CONFLICT));
+}
+
+/// Every error: one line naming the problem (plus at most a cause), the documented code.
+#[test]
+fn errors_are_one_clear_line_with_a_documented_code() {
+    let db = sqlite_db();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["flows", "show", "nope"],
+            exit::BAD_INPUT,
+            "invalid flow id: \"nope\" is not a UUID",
+        ),
+        (
+            &["flows", "show", "01a212f7-9158-7702-bd62-5b79b774e652"],
+            exit::NOT_FOUND,
+            "not found",
+        ),
+        (
+            &["jobs", "show", "01a212f7-9158-7702-bd62-5b79b774e652"],
+            exit::NOT_FOUND,
+            "not found",
+        ),
+        (
+            &["jobs", "post", "--factory", "steps", "--params", "{bad"],
+            exit::BAD_INPUT,
+            "--params is not valid JSON",
+        ),
+        (
+            &["jobs", "list", "--state", "SLEEPING"],
+            exit::BAD_INPUT,
+            "unknown job state \"SLEEPING\"",
+        ),
+        (
+            &["demo", "--fail-at", "volcano"],
+            exit::BAD_INPUT,
+            "--fail-at \"volcano\" names no atom",
+        ),
+        (
+            &[
+                "demo",
+                "post",
+                "--factory",
+                "stack-create",
+                "--params",
+                r#"{"servers": "two"}"#,
+            ],
+            exit::BAD_INPUT,
+            "bad parameter `servers`",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let out = baton(&db.url, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert!(err.lines().count() <= 2, "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
+    let out = baton("mysql://localhost/x", &["flows", "list"]);
+    assert_eq!(out.status.code(), Some(exit::BAD_INPUT));
+    assert!(stderr(&out).contains("unknown store url scheme \"mysql\""));
+    let out = baton("postgres://postgres@127.0.0.1:1/none", &["flows", "list"]);
+    assert_eq!(
+        out.status.code(),
+        Some(exit::UNAVAILABLE),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).starts_with("error: the database cannot be reached"));
+    let out = baton(&db.url, &["no-such-command"]);
+    assert_eq!(out.status.code(), Some(exit::USAGE));
+}
+
+#[test]
+fn completions_are_generated() {
+    let db = sqlite_db();
+    let out = baton(&db.url, &["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("baton"));
+}

@@ -1,0 +1,285 @@
+//! Conductor fleets as real processes: three `baton conductor --demo` processes share 30 jobs
+//! of 50-step flows while they are killed with SIGKILL and restarted; an owner stopped with
+//! SIGSTOP past its lease loses its job and, woken, writes nothing.
+
+// Test helpers panic on purpose: that is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_cli::demo::SideEffects;
+use baton_core::board::{JobQuery, NewJob};
+use baton_core::model::Change;
+use baton_core::{AtomState, FlowState, JobState};
+use serde_json::json;
+use support::{pg_db, sqlite_db};
+
+fn conductor(db: &str, name: &str, effects: &Path, lease_ms: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "--db",
+            db,
+            "conductor",
+            "--demo",
+            "--name",
+            name,
+            "--concurrency",
+            "2",
+        ])
+        .args([
+            "--lease-ms",
+            &lease_ms.to_string(),
+            "--heartbeat-ms",
+            "200",
+            "--poll-ms",
+            "50",
+        ])
+        .arg("--effects")
+        .arg(effects)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the conductor starts")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+fn stop_all(children: Vec<Child>) {
+    for mut c in children {
+        signal(&c, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if c.try_wait().unwrap().is_none() {
+            c.kill().unwrap();
+        }
+        c.wait().unwrap();
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn fleet_survives_kills(db: &str) {
+    const JOBS: usize = 30;
+    const KILLS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let effects = dir.path().join("effects.jsonl");
+    let backends = baton_sql::open(db).await.unwrap();
+    for i in 0..JOBS {
+        backends
+            .board
+            .post(
+                NewJob::new(format!("steps-{i}"), "steps")
+                    .params(json!({ "steps": 50, "step_ms": 4 })),
+            )
+            .await
+            .unwrap();
+    }
+    let mut fleet: Vec<Child> = (0..3)
+        .map(|i| conductor(db, &format!("c{i}"), &effects, 1500))
+        .collect();
+
+    for k in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(350 + 100 * (k as u64 % 3))).await;
+        let victim = k % fleet.len();
+        fleet[victim].kill().unwrap(); // SIGKILL
+        fleet[victim].wait().unwrap();
+        fleet[victim] = conductor(db, &format!("c{victim}-{k}"), &effects, 1500);
+    }
+
+    let board = backends.board.clone();
+    wait_until("every job is complete", Duration::from_secs(240), || {
+        let board = board.clone();
+        async move {
+            board
+                .list(&JobQuery::all().state(JobState::Complete))
+                .await
+                .unwrap()
+                .len()
+                == JOBS
+        }
+    })
+    .await;
+    stop_all(fleet);
+
+    // Side effects, by flow and step.
+    let mut creates: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for e in SideEffects::read_file(&effects).unwrap() {
+        *creates.entry((e.flow, e.atom)).or_default() += 1;
+    }
+    assert_eq!(creates.len(), JOBS * 50, "some step never ran");
+
+    // Every job ran its flow to success. The history is the proof that no step which had
+    // succeeded ran again: a step is executed once per attempt, attempts only grow from
+    // RUNNING (a step caught mid-call), and each step succeeded exactly once.
+    let mut reruns = 0;
+    for job in backends.board.list(&JobQuery::all()).await.unwrap() {
+        assert_eq!(
+            job.outcome.as_ref().unwrap()["state"],
+            json!("SUCCESS"),
+            "{}",
+            job.name
+        );
+        let snap = backends.store.load_flow(job.flow()).await.unwrap();
+        assert_eq!(snap.flow.state, FlowState::Success);
+        let history = backends.store.history(job.flow()).await.unwrap();
+        for a in &snap.atoms {
+            let successes = history
+                .iter()
+                .filter(|t| matches!(&t.change, Change::Atom { atom, to: AtomState::Success, .. } if atom == &a.name))
+                .count();
+            assert_eq!(
+                successes, 1,
+                "{} of {} succeeded {successes} times",
+                a.name, job.name
+            );
+            let ran = creates[&(job.flow().to_string(), a.name.clone())];
+            assert!(
+                ran <= a.attempt,
+                "{} of {} ran {ran} times in {} attempts",
+                a.name,
+                job.name,
+                a.attempt
+            );
+            reruns += a.attempt - 1;
+        }
+    }
+    // A killed conductor had at most 2 jobs, each with one step in flight.
+    assert!(
+        reruns as usize <= 2 * KILLS,
+        "{reruns} steps re-run for {KILLS} kills"
+    );
+    let repeated: u32 = creates.values().map(|n| n - 1).sum();
+    eprintln!("{KILLS} kills: {reruns} steps re-run, {repeated} side effects repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_fleet_finishes_every_job_through_kills() {
+    let db = sqlite_db();
+    fleet_survives_kills(&db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fleet_finishes_every_job_through_kills() {
+    let Some(db) = pg_db().await else { return };
+    fleet_survives_kills(&db.url).await;
+}
+
+async fn stopped_owner_writes_nothing(db: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let effects = dir.path().join("effects.jsonl");
+    let backends = baton_sql::open(db).await.unwrap();
+    let job = backends
+        .board
+        .post(NewJob::new("contested", "steps").params(json!({ "steps": 40, "step_ms": 60 })))
+        .await
+        .unwrap();
+    let owner = conductor(db, "owner", &effects, 1000);
+    let (board, store) = (backends.board.clone(), backends.store.clone());
+    wait_until(
+        "the owner is a few steps in",
+        Duration::from_secs(60),
+        || {
+            let (store, flow) = (store.clone(), job.flow());
+            async move {
+                store.load_flow(flow).await.is_ok_and(|s| {
+                    s.atoms
+                        .iter()
+                        .filter(|a| a.state == AtomState::Success)
+                        .count()
+                        >= 3
+                })
+            }
+        },
+    )
+    .await;
+    let claimed = board.get(job.id).await.unwrap();
+    signal(&owner, "STOP");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let at_stop = backends.store.load_flow(job.flow()).await.unwrap();
+    let caught: Vec<(String, u32)> = at_stop
+        .atoms
+        .iter()
+        .filter(|a| a.state == AtomState::Running)
+        .map(|a| (a.name.clone(), a.attempt))
+        .collect();
+    assert_eq!(
+        caught.len(),
+        1,
+        "one step was running when the owner stopped"
+    );
+
+    // Past the owner's lease, another conductor takes over and finishes.
+    let successor = conductor(db, "successor", &effects, 1000);
+    wait_until("the job is complete", Duration::from_secs(120), || {
+        let board = board.clone();
+        async move { board.get(job.id).await.unwrap().state == JobState::Complete }
+    })
+    .await;
+    let done = board.get(job.id).await.unwrap();
+    assert!(done.token > claimed.token, "the successor claimed it anew");
+    let history_before = backends.store.history(job.flow()).await.unwrap();
+
+    // The owner wakes: its heartbeat and its write are refused, and the history stays put.
+    signal(&owner, "CONT");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let history_after = backends.store.history(job.flow()).await.unwrap();
+    assert_eq!(
+        history_after, history_before,
+        "the woken owner changed the flow"
+    );
+    let (name, attempt) = &caught[0];
+    let zombie_write = history_after.iter().any(|t| {
+        matches!(&t.change, Change::Atom { atom, to: AtomState::Success, attempt: a, .. } if atom == name && a == attempt)
+    });
+    assert!(
+        !zombie_write,
+        "{name} was recorded at the stopped owner's attempt {attempt}"
+    );
+    assert_eq!(
+        backends
+            .store
+            .load_flow(job.flow())
+            .await
+            .unwrap()
+            .flow
+            .state,
+        FlowState::Success
+    );
+    stop_all(vec![owner, successor]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stopped_owner_writes_nothing_after_takeover() {
+    let db = sqlite_db();
+    stopped_owner_writes_nothing(&db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_owner_writes_nothing_after_takeover() {
+    let Some(db) = pg_db().await else { return };
+    stopped_owner_writes_nothing(&db.url).await;
+}

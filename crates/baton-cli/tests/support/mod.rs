@@ -1,0 +1,104 @@
+//! Shared helpers of the CLI's tests: running the real binary, and throwaway databases.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr
+)]
+
+use std::process::{Command, Output};
+
+/// Runs `baton --db <db> <args>` and returns what it did.
+pub fn baton(db: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("BATON_DATABASE_URL")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the baton binary runs")
+}
+
+/// Stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A SQLite database in a temporary folder.
+pub struct SqliteDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn sqlite_db() -> SqliteDb {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    SqliteDb { url, dir }
+}
+
+/// A PostgreSQL database of its own on the test server, dropped when this goes.
+pub struct PgDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A fresh PostgreSQL database, or `None` (the test is skipped) when there is no server and
+/// CI is not set; under `CI=true` a missing server fails the test.
+pub async fn pg_db() -> Option<PgDb> {
+    use sqlx::Connection;
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let Ok(admin) = std::env::var("BATON_TEST_POSTGRES_URL") else {
+        assert!(!ci, "BATON_TEST_POSTGRES_URL must be set when CI=true");
+        eprintln!("skipped: BATON_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(c) => c,
+        Err(e) if !ci => {
+            eprintln!("skipped: PostgreSQL unreachable: {e}");
+            return None;
+        }
+        Err(e) => panic!("PostgreSQL unreachable (CI=true): {e}"),
+    };
+    let name = format!("baton_cli_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = admin.rsplit_once('/').expect("the URL names a database");
+    Some(PgDb {
+        url: format!("{base}/{name}"),
+        admin,
+        name,
+    })
+}
