@@ -16,6 +16,14 @@ use tokio::sync::Mutex;
 use crate::board_common::{db, from_ms, ms, token_db, RawJob};
 use crate::postgres::PostgresStore;
 
+/// When a fenced update wakes idle conductors.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    Never,
+    Always,
+    IfKeyed,
+}
+
 const COLUMNS: &str =
     "id::text AS id, name, factory, params, job_key, priority::bigint AS priority, \
                        state, owner::text AS owner, lease_expires_at, token, attempts, outcome, \
@@ -100,23 +108,25 @@ impl PostgresJobBoard {
         }
     }
 
-    /// Runs a fenced update (`$1` job, `$2` token, `$3` the extra value) and sends a wake-up if
-    /// `notify`.
+    /// Runs a fenced update (`$1` job, `$2` token, `$3` the extra value; it must return
+    /// `lease_expires_at, job_key`) and sends a wake-up as `wake` says, in the same statement.
     async fn fenced(
         &self,
         fence: Fence,
         sql: &str,
         extra: Option<Value>,
-        notify: bool,
+        wake: Wake,
     ) -> Result<Option<i64>, board::Error> {
         let token = token_db(fence.token)?;
-        let sql = if notify {
-            format!("WITH done AS ({sql}) SELECT done.lease_expires_at, pg_notify($4, '') IS NULL FROM done")
-        } else {
-            format!(
-                "WITH done AS ({sql}) SELECT done.lease_expires_at, $4::text IS NOT NULL FROM done"
-            )
+        let notify = match wake {
+            Wake::Never => "$4::text IS NOT NULL",
+            Wake::Always => "pg_notify($4, '') IS NULL",
+            // Only a keyed job's end can let another job run.
+            Wake::IfKeyed => {
+                "(CASE WHEN done.job_key IS NOT NULL THEN pg_notify($4, '') END) IS NULL"
+            }
         };
+        let sql = format!("WITH done AS ({sql}) SELECT done.lease_expires_at, {notify} FROM done");
         let row: Option<(Option<i64>, bool)> = sqlx::query_as(&sql)
             .bind(fence.job.as_uuid())
             .bind(token)
@@ -232,9 +242,9 @@ impl JobBoard for PostgresJobBoard {
             .fenced(
                 fence,
                 "UPDATE jobs SET lease_expires_at = now_ms() + ($3::jsonb #>> '{}')::bigint, updated_at = now() \
-                 WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at",
+                 WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at, job_key",
                 Some(Value::from(ms(lease))),
-                false,
+                Wake::Never,
             )
             .await?;
         Ok(lease.map_or_else(Utc::now, from_ms))
@@ -245,9 +255,9 @@ impl JobBoard for PostgresJobBoard {
             fence,
             "UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
                  outcome = $3, updated_at = now() \
-             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at",
+             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at, job_key",
             Some(outcome),
-            true,
+            Wake::IfKeyed,
         )
         .await?;
         Ok(())
@@ -258,9 +268,10 @@ impl JobBoard for PostgresJobBoard {
             fence,
             "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
                  updated_at = now() \
-             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 AND $3::jsonb IS NULL RETURNING lease_expires_at",
+             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 AND $3::jsonb IS NULL \
+             RETURNING lease_expires_at, job_key",
             None,
-            true,
+            Wake::Always,
         )
         .await?;
         Ok(())
