@@ -1,91 +1,172 @@
-//! Stops an engine dead in the middle of a flow, then resumes the flow with a new engine from
-//! what the store recorded.
+//! Kills a process for real in the middle of a flow, then resumes the flow in another process
+//! from what the store recorded.
 //!
 //! ```text
 //! cargo run --example crash_resume
 //! ```
 //!
-//! The "crash" here is [`Control::halt`]: the engine stops at once, drops the task it was
-//! running and writes nothing more, exactly what a killed process leaves behind. The new engine
-//! skips what succeeded, runs again the step that was caught running (with a larger attempt
-//! number and the same idempotency key) and finishes.
+//! The example creates a 10-step flow in a SQLite database in a temporary folder, then starts
+//! a copy of itself (`current_exe() --child ...`) that runs the flow. Each step appends a line
+//! to a file in that folder when it starts, so the count of executions survives the process.
+//! When the fifth step has started, the parent sends the child SIGKILL (`Child::kill`), prints
+//! what the store says, and resumes the flow with a new engine of its own. Steps that had
+//! succeeded are not run again; the step caught running is run again, with a larger attempt
+//! number and the same idempotency key.
 
 // An example program: printing is its job.
 #![allow(clippy::print_stdout)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use baton::sql::SqliteStore;
 use baton::store::Store;
-use baton::{Atom, Control, Engine, Flow, MemoryStore, RunOptions};
+use baton::{Atom, AtomState, CompiledFlow, Engine, Flow, FlowId, TaskError};
 use serde_json::json;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let executions = Arc::new(AtomicUsize::new(0));
+const STEPS: usize = 10;
+/// The step during which the child is killed (0-based: the fifth).
+const KILL_DURING: usize = 4;
+
+/// The flow: ten steps, each recording its execution in `log` and then working for a while.
+fn ten_steps(log: &Path) -> anyhow::Result<CompiledFlow> {
+    let log: Arc<Path> = Arc::from(log);
     let mut flow = Flow::linear("ten-steps");
-    for i in 0..10 {
-        let executions = executions.clone();
+    for i in 0..STEPS {
+        let log = log.clone();
         flow = flow.add(Atom::from_fn(format!("step-{i}"), move |ctx| {
-            let executions = executions.clone();
+            let log = log.clone();
             async move {
-                executions.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(40)).await;
+                // One line per execution, written before the work, with O_APPEND: a killed
+                // process leaves its line behind.
+                let line = format!("{} {}\n", ctx.atom(), ctx.attempt());
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .and_then(|mut f| f.write_all(line.as_bytes()))
+                    .map_err(TaskError::from)?;
                 println!(
-                    "  {} done (attempt {}, key {})",
+                    "  [pid {}] {} starts (attempt {}, key {})",
+                    std::process::id(),
                     ctx.atom(),
                     ctx.attempt(),
                     ctx.idempotency_key()
                 );
+                tokio::time::sleep(Duration::from_millis(150)).await;
                 Ok(json!(i))
             }
         }));
     }
-    let flow = flow.compile()?;
+    Ok(flow.compile()?)
+}
 
-    let store = MemoryStore::new();
-    let first = Engine::new(store.clone());
-    let id = first.create(&flow, Default::default()).await?;
+fn db_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("flows.db").display())
+}
 
-    println!("engine 1 starts flow {id}");
-    let control = Control::new();
-    let killer = {
-        let control = control.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(170)).await;
-            println!("  -- engine 1 dies --");
-            control.halt();
-        })
-    };
-    let interrupted = first
-        .run_with(&flow, id, RunOptions::new().control(control))
-        .await;
-    killer.await?;
-    anyhow::ensure!(
-        interrupted.is_err(),
-        "the first engine should have been stopped"
-    );
-    drop(first);
+/// Lines of the execution log: one per execution.
+fn executions(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
 
-    let snapshot = store.load_flow(id).await?;
-    println!("the store says: flow {}", snapshot.flow.state);
-    for atom in &snapshot.atoms {
-        if atom.state != baton::AtomState::Pending {
-            println!(
-                "  {:<8} {} (attempt {})",
-                atom.name, atom.state, atom.attempt
-            );
+/// The child: runs the stored flow until it is killed.
+async fn child(dir: &Path, id: FlowId) -> anyhow::Result<()> {
+    let flow = ten_steps(&dir.join("executions.log"))?;
+    let engine = Engine::new(SqliteStore::open(&db_url(dir)).await?);
+    engine.run(&flow, id).await?;
+    anyhow::bail!("the child finished the flow: it should have been killed first")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, dir, id] = args.as_slice() {
+        if flag == "--child" {
+            return child(Path::new(dir), id.parse()?).await;
         }
     }
 
-    println!("engine 2 resumes it");
-    let outcome = Engine::new(store.clone()).run(&flow, id).await?;
-    println!(
-        "flow ended {} after {} executions of 10 steps",
-        outcome.state,
-        executions.load(Ordering::SeqCst)
+    let dir = tempfile::tempdir()?;
+    let log: PathBuf = dir.path().join("executions.log");
+    let flow = ten_steps(&log)?;
+    let store = SqliteStore::open(&db_url(dir.path())).await?;
+    let id = Engine::new(store.clone())
+        .create(&flow, Default::default())
+        .await?;
+    println!("created flow {id} in {}", dir.path().display());
+
+    // Run it in a child process, and kill that process during step KILL_DURING.
+    let mut process = Command::new(std::env::current_exe()?)
+        .arg("--child")
+        .arg(dir.path())
+        .arg(id.to_string())
+        .stdin(Stdio::null())
+        .spawn()?;
+    println!("child {} runs the flow", process.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while executions(&log).len() <= KILL_DURING {
+        if let Some(status) = process.try_wait()? {
+            anyhow::bail!("the child exited early ({status})");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the child made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    process.kill()?; // SIGKILL on Unix: no destructor, no last write
+    let status = process.wait()?;
+    println!("  -- child killed ({status}) --");
+
+    let snapshot = store.load_flow(id).await?;
+    println!("the store says: flow {}", snapshot.flow.state);
+    for atom in snapshot
+        .atoms
+        .iter()
+        .filter(|a| a.state != AtomState::Pending)
+    {
+        println!(
+            "  {:<7} {} (attempt {})",
+            atom.name, atom.state, atom.attempt
+        );
+    }
+    let running: Vec<&str> = snapshot
+        .atoms
+        .iter()
+        .filter(|a| a.state == AtomState::Running)
+        .map(|a| a.name.as_str())
+        .collect();
+    let killed_step = format!("step-{KILL_DURING}");
+    anyhow::ensure!(
+        running == [killed_step.as_str()],
+        "expected only {killed_step} to be caught running, found {running:?}"
     );
-    anyhow::ensure!(outcome.is_success());
+
+    println!("a new engine in process {} resumes it", std::process::id());
+    let outcome = Engine::new(store).run(&flow, id).await?;
+    println!("flow ended {}", outcome.state);
+
+    // How often each step ran, across both processes.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for line in executions(&log) {
+        let step = line.split(' ').next().unwrap_or_default().to_owned();
+        *counts.entry(step).or_default() += 1;
+    }
+    println!("executions per step (from the log):");
+    for (step, n) in &counts {
+        println!("  {step:<7} {n}");
+    }
+    let total: usize = counts.values().sum();
+    println!("{total} executions for {STEPS} steps");
+    anyhow::ensure!(outcome.is_success(), "the resumed flow should succeed");
+    anyhow::ensure!(counts.len() == STEPS, "every step should have run");
+    for (step, n) in &counts {
+        let expected = if *step == killed_step { 2 } else { 1 };
+        anyhow::ensure!(*n == expected, "{step} ran {n} times, expected {expected}");
+    }
     Ok(())
 }

@@ -1,0 +1,254 @@
+//! A fleet of three conductors sharing a PostgreSQL job board: 20 jobs posted, claimed and run
+//! by whichever conductor is free, jobs that share a key run one at a time, then a graceful
+//! shutdown.
+//!
+//! ```text
+//! cargo run --example fleet_postgres --features postgres
+//! BATON_TEST_POSTGRES_URL=postgres://user@host:5432/db cargo run --example fleet_postgres --features postgres
+//! ```
+//!
+//! The database defaults to `postgres://postgres@127.0.0.1:5432/postgres`. The example works
+//! in a schema of its own (`baton_fleet_<pid>_<time>`), which it drops at the end.
+//!
+//! Five jobs share the key `stack-a` and five `stack-b` (like jobs touching one Heat stack);
+//! the other ten have no key. The three conductors run in this process, each with its own
+//! `PostgresJobBoard` over the shared store, as they would in three processes. Once every job
+//! is complete, their cancellation tokens are cancelled: each stops claiming, drains, and
+//! deregisters, returning a summary of what it did.
+
+// An example program: printing is its job.
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use baton::board::{JobBoard, JobQuery};
+use baton::conductor::{self, Summary};
+use baton::sql::{PostgresJobBoard, PostgresOptions, PostgresStore};
+use baton::{Atom, Blueprint, Conductor, Engine, Flow, Inputs, JobState, NewJob, Registry};
+use serde_json::{json, Value};
+use sqlx::Connection as _;
+use tokio_util::sync::CancellationToken;
+
+const JOBS: usize = 20;
+const CONDUCTORS: usize = 3;
+
+/// One job's run as its tasks saw it: who ran it, and when (ms since the start).
+#[derive(Debug, Clone, Default)]
+struct Run {
+    conductor: String,
+    started: u128,
+    finished: u128,
+}
+
+type Runs = Arc<Mutex<BTreeMap<String, Run>>>;
+
+/// The `provision` factory as conductor `conductor` registers it: three short steps, the
+/// first and last noting the job's run in `runs`.
+fn registry(conductor: &str, runs: &Runs, t0: Instant) -> Registry {
+    let (conductor, runs) = (conductor.to_owned(), runs.clone());
+    Registry::new().register("provision", move |params: &Value| {
+        let label = params["label"]
+            .as_str()
+            .ok_or("`label` is required")?
+            .to_owned();
+        let step = |name: &str, note: Option<bool>| {
+            let (runs, label) = (runs.clone(), label.clone());
+            Atom::from_fn(name, move |ctx| {
+                let (runs, label) = (runs.clone(), label.clone());
+                async move {
+                    let who: String = ctx.input("conductor")?;
+                    let at = t0.elapsed().as_millis();
+                    if note == Some(true) {
+                        let mut runs = runs.lock().unwrap_or_else(PoisonError::into_inner);
+                        let run = runs.entry(label.clone()).or_default();
+                        (run.conductor, run.started) = (who, at);
+                    }
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    if note == Some(false) {
+                        let mut runs = runs.lock().unwrap_or_else(PoisonError::into_inner);
+                        runs.entry(label).or_default().finished = t0.elapsed().as_millis();
+                    }
+                    Ok(json!(ctx.atom()))
+                }
+            })
+            .requires(["conductor"])
+        };
+        let flow = Flow::linear(format!("provision-{label}"))
+            .add(step("reserve", Some(true)))
+            .add(step("boot", None))
+            .add(step("register", Some(false)));
+        let mut inputs = Inputs::new();
+        inputs.insert("conductor".into(), json!(conductor));
+        Ok(Blueprint::new(flow).inputs(inputs))
+    })
+}
+
+async fn fleet(store: &PostgresStore) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let board = PostgresJobBoard::new(store);
+
+    // Post the jobs: every fourth shares key stack-a, the next ones stack-b, the rest none.
+    let mut keys: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for i in 0..JOBS {
+        let label = format!("job-{i:02}");
+        let mut job = NewJob::new(&label, "provision").params(json!({ "label": label }));
+        let key = ["stack-a", "stack-b", "", ""][i % 4];
+        if !key.is_empty() {
+            job = job.key(key);
+            keys.entry(key).or_default().push(label);
+        }
+        board.post(job).await?;
+    }
+    println!("posted {JOBS} jobs");
+
+    // Start the fleet: one token each, so each can be stopped on its own.
+    let runs = Runs::default();
+    let mut fleet = Vec::new();
+    for n in 1..=CONDUCTORS {
+        let name = format!("c{n}");
+        let mut options = conductor::Options::default();
+        options.name.clone_from(&name);
+        options.concurrency = 3;
+        let conductor = Conductor::new(
+            Arc::new(PostgresJobBoard::new(store)),
+            Engine::new(store.clone()),
+            registry(&name, &runs, t0),
+        )
+        .with_options(options);
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(conductor.run(token.clone()));
+        fleet.push((name, token, handle));
+    }
+
+    // Wait for every job to be complete.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut registered = Vec::new();
+    loop {
+        let complete = board
+            .list(&JobQuery::all().state(JobState::Complete))
+            .await?;
+        if registered.len() < CONDUCTORS {
+            registered = board
+                .conductors()
+                .await?
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+        }
+        if complete.len() == JOBS {
+            break;
+        }
+        // A conductor that stopped on its own hit an error: report it rather than wait.
+        for (name, _, handle) in &mut fleet {
+            if handle.is_finished() {
+                let ended = handle.await?;
+                anyhow::bail!("conductor {name} stopped early: {ended:?}");
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {JOBS} jobs complete after 30 s",
+            complete.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    registered.sort();
+    println!(
+        "all {JOBS} jobs complete after {} ms; conductors registered on the board: {}",
+        t0.elapsed().as_millis(),
+        registered.join(", ")
+    );
+
+    // Graceful shutdown: cancel each conductor's token and collect its summary.
+    for (_, token, _) in &fleet {
+        token.cancel();
+    }
+    let mut total = Summary::default();
+    for (name, _, handle) in fleet {
+        let s = handle.await??;
+        println!(
+            "  {name}: claimed {}, consumed {}, abandoned {}, lost {}, left behind {}",
+            s.claimed, s.consumed, s.abandoned, s.lost, s.left_behind
+        );
+        total.claimed += s.claimed;
+        total.consumed += s.consumed;
+        total.lost += s.lost;
+    }
+    let still_registered = board.conductors().await?.len();
+
+    // What ran where, and when.
+    let runs = runs.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    for (key, labels) in &keys {
+        let line: Vec<String> = labels
+            .iter()
+            .filter_map(|l| runs.get(l).map(|r| (l, r)))
+            .map(|(l, r)| format!("{l}@{} {}-{}", r.conductor, r.started, r.finished))
+            .collect();
+        println!("  key {key}, one at a time (ms): {}", line.join(", "));
+    }
+
+    // The checks: every job ran once and succeeded, the keys were respected, nobody is left.
+    let jobs = board.list(&JobQuery::all()).await?;
+    for job in &jobs {
+        let state = job.outcome.as_ref().and_then(|o| o["state"].as_str());
+        anyhow::ensure!(
+            state == Some("SUCCESS"),
+            "{} ended {:?}",
+            job.name,
+            job.outcome
+        );
+    }
+    anyhow::ensure!(
+        runs.len() == JOBS && total.consumed == JOBS as u64 && total.lost == 0,
+        "every job should have been run and consumed once"
+    );
+    for labels in keys.values() {
+        for pair in labels.windows(2) {
+            let (a, b) = (&runs[&pair[0]], &runs[&pair[1]]);
+            anyhow::ensure!(
+                a.finished <= b.started,
+                "{} started before {} (same key) finished",
+                pair[1],
+                pair[0]
+            );
+        }
+    }
+    anyhow::ensure!(
+        registered.len() == CONDUCTORS,
+        "expected {CONDUCTORS} live conductors"
+    );
+    anyhow::ensure!(
+        still_registered == 0,
+        "conductors should deregister at shutdown"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::var("BATON_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let schema = format!("baton_fleet_{}_{stamp}", std::process::id());
+
+    let store = PostgresStore::connect_with(&url, PostgresOptions::new().schema(&schema))
+        .await
+        .with_context(|| format!("cannot open a store at {url} (is PostgreSQL running?)"))?;
+    println!("store in schema {schema}");
+    let result = fleet(&store).await;
+    store.close().await;
+
+    // Drop the schema whatever happened.
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    println!("dropped schema {schema}");
+    result
+}
