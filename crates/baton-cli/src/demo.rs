@@ -13,7 +13,7 @@
 //! | `stack-create` | `stack` (name), `servers` (2), `volumes` (1), `step_ms` (100), `fail_at` (an atom name) |
 //! | `stack-update` | `stack`, `server` (the one to replace, `server-0`), `step_ms`, `fail_at` |
 //! | `stack-delete` | `stack`, `servers`, `volumes`, `step_ms` |
-//! | `steps` | `steps` (count), `step_ms` (0): a line of plain steps, for load and crash tests |
+//! | `steps` | `steps` (count), `step_ms` (100): a line of plain steps, for load and crash tests |
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -10,6 +10,23 @@
 // The command line's job is to print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+/// `println!` that does not panic when stdout is closed (`baton flows list | head`): the
+/// reader has gone, so there is nobody left to tell.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that does not panic when stdout is closed.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub mod args;
 mod cmd;
 pub mod demo;
@@ -97,7 +114,7 @@ async fn run(cli: Cli) -> error::Result<i32> {
             .await
             .map(|()| exit::OK),
         Command::Migrate => {
-            println!("the schema of {} is up to date", cli.db);
+            outln!("the schema of {} is up to date", cli.db);
             Ok(exit::OK)
         }
         Command::Completions { .. } => Ok(exit::OK),

@@ -94,7 +94,7 @@ pub(crate) fn print_json<T: Serialize>(value: &T) -> crate::error::Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| {
         crate::error::CliError::new(crate::exit::INTERNAL, format!("cannot render JSON: {e}"))
     })?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 

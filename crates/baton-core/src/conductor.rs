@@ -533,6 +533,15 @@ impl JobRun {
                 JobEnd::Lost
             }
             engine::Error::Halted(_) => JobEnd::Halted,
+            engine::Error::Store(e) if e.is_transient() => {
+                // The store went away (the engine retries its own writes; this came from around
+                // them, e.g. creating the flow): hand the job back rather than record a failure.
+                tracing::warn!(error = %e, "store unavailable: handing the job back");
+                match self.board.abandon(self.claim.fence).await {
+                    Ok(()) => JobEnd::Abandoned,
+                    Err(_) => JobEnd::Lost,
+                }
+            }
             e => {
                 // Not transient (the engine retries those itself): record it on the job.
                 tracing::error!(error = %e, "flow cannot run");

@@ -312,8 +312,9 @@ impl Flow {
     }
 
     /// (Graph flows) `to` runs after `from`, and only if `decider`, given the results of
-    /// `from`'s atoms by name, says so. Otherwise `to` and everything after it is skipped
-    /// (state `IGNORE`).
+    /// `from`'s atoms by name, says so. Otherwise `to` is skipped (state `IGNORE`), and so is
+    /// every atom after it whose predecessors were all skipped, or that needs a value a skipped
+    /// atom would have provided. An atom joining a skipped branch and one that ran still runs.
     pub fn link_if<F>(mut self, from: impl Into<String>, to: impl Into<String>, decider: F) -> Self
     where
         F: Fn(&BTreeMap<String, Value>) -> bool + Send + Sync + 'static,

@@ -37,9 +37,10 @@ const COLUMNS: &str =
 /// - **Dead owners are found at once.** A conductor that registers through this board takes a
 ///   session-level advisory lock on a connection of its own, kept idle for as long as the
 ///   process lives (like an ephemeral node in ZooKeeper). When the process dies, the server
-///   closes that connection and drops the lock, and the owner's jobs become claimable
-///   immediately rather than when their leases run out. Leases remain the backstop for owners
-///   that are alive but cut off.
+///   closes that connection and drops the lock. Claims look for such orphans (at most every
+///   100 ms per board: one look at `pg_locks` is not free) and expire their leases, so the
+///   owner's jobs are claimed within a poll interval instead of when their leases run out.
+///   Leases remain the backstop for owners that are alive but cut off.
 /// - **Wake-ups**: posting, abandoning, releasing and consuming a keyed job send a
 ///   `NOTIFY`, so idle conductors (waiting in [`JobBoard::wait_for_work`]) react at once;
 ///   polling covers a missed one.
@@ -49,7 +50,11 @@ pub struct PostgresJobBoard {
     channel: Arc<str>,
     liveness: Arc<Mutex<HashMap<ConductorId, PgConnection>>>,
     listener: Arc<Mutex<Option<PgListener>>>,
+    last_reap: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How often, at most, a board looks for dead owners (see `PostgresJobBoard::reap`).
+const REAP_EVERY: Duration = Duration::from_millis(100);
 
 /// The advisory lock key of a conductor: 62 bits of its id (positive, so its halves map to
 /// `pg_locks`' unsigned `classid`/`objid` simply).
@@ -89,6 +94,7 @@ impl PostgresJobBoard {
             store: store.clone(),
             liveness: Arc::default(),
             listener: Arc::default(),
+            last_reap: Arc::default(),
         }
     }
 
@@ -141,6 +147,46 @@ impl PostgresJobBoard {
         }
     }
 
+    /// Whether it is time to look for dead owners again (at most every [`REAP_EVERY`]).
+    fn reap_due(&self) -> bool {
+        let mut last = self
+            .last_reap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *last {
+            Some(t) if t.elapsed() < REAP_EVERY => false,
+            _ => {
+                *last = Some(std::time::Instant::now());
+                true
+            }
+        }
+    }
+
+    /// Expires the leases of jobs whose owner's liveness lock is gone (its process died), so
+    /// the next claim takes them at once. One look at `pg_locks` per call: cheap a few times a
+    /// second, too dear for every claim.
+    async fn reap(&self) -> Result<(), board::Error> {
+        let reaped = sqlx::query(
+            "WITH live AS MATERIALIZED ( \
+                 SELECT (l.classid::bigint << 32) | l.objid::bigint AS owner_lock FROM pg_locks l \
+                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
+             UPDATE jobs SET lease_expires_at = 0 \
+              WHERE state = 'CLAIMED' AND owner_lock IS NOT NULL AND lease_expires_at > 0 \
+                AND owner_lock NOT IN (SELECT owner_lock FROM live)",
+        )
+        .execute(self.store.pool())
+        .await
+        .map_err(db)?;
+        if reaped.rows_affected() > 0 {
+            tracing::info!(
+                jobs = reaped.rows_affected(),
+                "owners of claimed jobs are gone: their jobs are free"
+            );
+        }
+        Ok(())
+    }
+
     async fn notify(&self) {
         // A missed wake-up only delays idle conductors until they poll.
         let _ = sqlx::query("SELECT pg_notify($1, '')")
@@ -179,6 +225,9 @@ impl JobBoard for PostgresJobBoard {
         owner: ConductorId,
         lease: Duration,
     ) -> Result<Option<Claim>, board::Error> {
+        if self.reap_due() {
+            self.reap().await?;
+        }
         let owner_lock = self
             .liveness
             .lock()
@@ -186,17 +235,11 @@ impl JobBoard for PostgresJobBoard {
             .contains_key(&owner)
             .then(|| lock_key(owner));
         let sql = format!(
-            "WITH live AS MATERIALIZED ( \
-                 SELECT (l.classid::bigint << 32) | l.objid::bigint AS owner_lock FROM pg_locks l \
-                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             ), picked AS ( \
+            "WITH picked AS ( \
                  SELECT j.id FROM jobs j \
                   WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
                     AND (j.state = 'UNCLAIMED' \
-                         OR (j.state = 'CLAIMED' AND (j.lease_expires_at <= now_ms() \
-                             OR (j.owner_lock IS NOT NULL \
-                                 AND j.owner_lock NOT IN (SELECT owner_lock FROM live))))) \
+                         OR (j.state = 'CLAIMED' AND j.lease_expires_at <= now_ms())) \
                     AND (j.job_key IS NULL OR NOT EXISTS ( \
                          SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
                             AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
@@ -381,6 +424,8 @@ impl JobBoard for PostgresJobBoard {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        // A job waiting behind this one's key may run now.
+        self.notify().await;
         Ok(())
     }
 

@@ -14,8 +14,10 @@
 //!   compare-and-set of every write and the history in one statement.
 //!
 //! Both apply their migrations (embedded in the binary) when they open a database, safely when
-//! several processes open the same one at once. The schema has four tables: `flows`, `atoms`,
-//! `history` and `fences` (the current claim token of each job, for fenced writes).
+//! several processes open the same one at once. The schema has six tables: `flows`, `atoms`
+//! and `history` (the store), `fences` (the current claim token of each job, for fenced
+//! writes), and `jobs` and `conductors` (the job boards, [`SqliteJobBoard`] and
+//! [`PostgresJobBoard`], which share the store's database).
 //!
 //! # Quick start
 //!

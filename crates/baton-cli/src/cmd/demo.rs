@@ -64,7 +64,7 @@ pub(crate) async fn demo(
                 .key(format!("stack:{}", args.stack)),
         )
         .await?;
-    println!(
+    outln!(
         "posted job {} to create stack {:?} ({} atoms){}",
         job.id,
         args.stack,
@@ -97,16 +97,18 @@ pub(crate) async fn demo(
                 }
                 if let EventKind::Transition(change) = event.kind {
                     match change {
-                        Change::Atom { atom, to, attempt, .. } => {
+                        Change::Atom { atom, from, to, attempt } => {
+                            // Count what stands built: a success adds one, undoing a success
+                            // takes it away again.
                             if to == AtomState::Success {
                                 done += 1;
                             }
-                            if to == AtomState::Reverted {
-                                done = done.saturating_sub(1);
+                            if from == AtomState::Success && to != AtomState::Success {
+                                done -= 1;
                             }
-                            println!("  [{done:>2}/{total}] {atom:<14} {:<10} (attempt {attempt})", paint(style, to.as_str()));
+                            outln!("  [{done:>2}/{total}] {atom:<14} {:<10} (attempt {attempt})", paint(style, to.as_str()));
                         }
-                        Change::Flow { to, .. } => println!("  flow {}", paint(style, to.as_str())),
+                        Change::Flow { to, .. } => outln!("  flow {}", paint(style, to.as_str())),
                     }
                 }
             }
@@ -117,7 +119,7 @@ pub(crate) async fn demo(
                 }
                 if !warned && current.state == JobState::Unclaimed && started.elapsed() > Duration::from_secs(3) {
                     warned = true;
-                    println!("  (waiting: an earlier job for stack {:?} is unfinished and runs first)", args.stack);
+                    outln!("  (waiting: an earlier job for stack {:?} is unfinished and runs first)", args.stack);
                 }
             }
         }
@@ -143,7 +145,7 @@ pub(crate) async fn demo(
 
     let outcome = finished.outcome.clone().unwrap_or_default();
     let state = outcome["state"].as_str().unwrap_or("UNKNOWN").to_owned();
-    println!(
+    outln!(
         "\nstack {:?}: flow {} ended {} in {:.1}s",
         args.stack,
         job.flow(),
@@ -152,17 +154,17 @@ pub(crate) async fn demo(
     );
     if let Some(failures) = outcome["failures"].as_array() {
         for f in failures {
-            println!("  failure: {}", f.as_str().unwrap_or_default());
+            outln!("  failure: {}", f.as_str().unwrap_or_default());
         }
     }
     let recorded = effects.recorded();
     let created = recorded.iter().filter(|e| e.action == "create").count();
     let deleted = recorded.iter().filter(|e| e.action == "delete").count();
-    println!(
+    outln!(
         "fake cloud: {created} resources created, {deleted} deleted, {} left",
         created.saturating_sub(deleted)
     );
-    println!(
+    outln!(
         "\ninspect it:\n  baton --db {db} flows show {}\n  baton --db {db} jobs show {}",
         job.flow(),
         job.id
@@ -254,7 +256,7 @@ pub(crate) async fn conductor(
         .map_err(|e| CliError::new(exit::INTERNAL, format!("the conductor failed: {e}")))?;
     shutdown.cancel();
     helpers.shutdown().await;
-    println!(
+    outln!(
         "{}",
         json!({
             "conductor": id,

@@ -75,23 +75,23 @@ async fn show(store: &dyn Store, id: &str, full: bool, as_json: bool, style: Sty
     }
     let width = (!full).then_some(RESULT_WIDTH);
     let f = &snap.flow;
-    println!("flow     {}  {}", f.id, f.name);
-    println!("state    {} (heading: {})", f.state, f.intention);
-    println!(
+    outln!("flow     {}  {}", f.id, f.name);
+    outln!("state    {} (heading: {})", f.state, f.intention);
+    outln!(
         "created  {}   updated {}",
         output::time(Some(f.created_at)),
         output::time(Some(f.updated_at))
     );
     if let Some(job) = f.meta.get("job") {
-        println!("job      {}", job.as_str().unwrap_or_default());
+        outln!("job      {}", job.as_str().unwrap_or_default());
     }
     if !f.inputs.is_empty() {
-        println!(
+        outln!(
             "inputs   {}",
             output::truncate(&serde_json::Value::Object(f.inputs.clone()), width)
         );
     }
-    println!();
+    outln!();
 
     let mut t = output::table(
         style,
@@ -129,19 +129,22 @@ async fn show(store: &dyn Store, id: &str, full: bool, as_json: bool, style: Sty
         })
         .collect();
     if !failures.is_empty() {
-        println!("\nfailures:");
+        outln!("\nfailures:");
         for fl in failures {
-            println!(
+            outln!(
                 "  {} (attempt {}, {:?}): {}",
-                fl.atom, fl.attempt, fl.kind, fl.message
+                fl.atom,
+                fl.attempt,
+                fl.kind,
+                fl.message
             );
             for cause in &fl.causes {
-                println!("    caused by: {cause}");
+                outln!("    caused by: {cause}");
             }
         }
     }
 
-    println!("\nhistory:");
+    outln!("\nhistory:");
     let mut h = output::table(style, &["seq", "at", "subject", "from", "to", "attempt"]);
     for tr in &history {
         let (subject, from, to, attempt) = match &tr.change {
@@ -189,8 +192,8 @@ async fn graph(store: &dyn Store, id: &str, format: GraphFormat) -> Result<()> {
             )
         })?;
     match format {
-        GraphFormat::Dot => print!("{}", shape.to_dot(&snap.flow.name)),
-        GraphFormat::Mermaid => print!("{}", shape.to_mermaid()),
+        GraphFormat::Dot => out!("{}", shape.to_dot(&snap.flow.name)),
+        GraphFormat::Mermaid => out!("{}", shape.to_mermaid()),
     }
     Ok(())
 }

@@ -66,19 +66,19 @@ pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style
             if json {
                 return output::print_json(&job);
             }
-            println!("posted job {} (its flow will be {})", job.id, job.flow());
+            outln!("posted job {} (its flow will be {})", job.id, job.flow());
             Ok(())
         }
         JobsCommand::Abandon { id } => {
             let id = parse::<JobId>("job id", &id)?;
             board.release(id).await?;
-            println!("job {id} released: any conductor may claim it now");
+            outln!("job {id} released: any conductor may claim it now");
             Ok(())
         }
         JobsCommand::Trash { id, reason } => {
             let id = parse::<JobId>("job id", &id)?;
             board.trash(id, None, json!({ "trashed": reason })).await?;
-            println!("job {id} trashed");
+            outln!("job {id} trashed");
             Ok(())
         }
     }
@@ -107,23 +107,23 @@ pub(crate) fn print_jobs(jobs: &[Job], style: Style) {
 }
 
 fn print_job(j: &Job) {
-    println!("job       {}  {}", j.id, j.name);
-    println!("factory   {}", j.factory);
-    println!("params    {}", j.params);
-    println!("key       {}", j.key.as_deref().unwrap_or("-"));
-    println!("priority  {}", j.priority);
-    println!("state     {}", j.state);
-    println!(
+    outln!("job       {}  {}", j.id, j.name);
+    outln!("factory   {}", j.factory);
+    outln!("params    {}", j.params);
+    outln!("key       {}", j.key.as_deref().unwrap_or("-"));
+    outln!("priority  {}", j.priority);
+    outln!("state     {}", j.state);
+    outln!(
         "owner     {}",
         j.owner.map_or_else(|| "-".to_owned(), |o| o.to_string())
     );
-    println!("lease     {}", output::time(j.lease_expires_at));
-    println!("token     {}", j.token);
-    println!("attempts  {}", j.attempts);
-    println!("flow      {}", j.flow());
-    println!("posted    {}", output::time(Some(j.created_at)));
-    println!("updated   {}", output::time(Some(j.updated_at)));
+    outln!("lease     {}", output::time(j.lease_expires_at));
+    outln!("token     {}", j.token);
+    outln!("attempts  {}", j.attempts);
+    outln!("flow      {}", j.flow());
+    outln!("posted    {}", output::time(Some(j.created_at)));
+    outln!("updated   {}", output::time(Some(j.updated_at)));
     if let Some(o) = &j.outcome {
-        println!("outcome   {o}");
+        outln!("outcome   {o}");
     }
 }

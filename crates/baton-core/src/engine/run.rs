@@ -95,6 +95,31 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Loads a flow, waiting out an unavailable store with the engine's backoff (a database that
+/// went away must make the engine wait, never fail the run). Halting stops the wait.
+async fn load_patiently(
+    engine: &Engine,
+    control: &Control,
+    id: FlowId,
+) -> Result<crate::model::FlowSnapshot> {
+    let options = &engine.options;
+    let mut delay = options.store_retry_base;
+    loop {
+        match engine.store.load_flow(id).await {
+            Ok(snapshot) => return Ok(snapshot),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?delay, "store unavailable, retrying load");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = control.halt.cancelled() => return Err(Error::Halted(id)),
+                }
+                delay = (delay * 2).min(options.store_retry_max);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 impl<'a> Run<'a> {
     pub(crate) async fn load(
         engine: &'a Engine,
@@ -102,7 +127,7 @@ impl<'a> Run<'a> {
         id: FlowId,
         options: RunOptions,
     ) -> Result<Run<'a>> {
-        let snapshot = engine.store.load_flow(id).await?;
+        let snapshot = load_patiently(engine, &options.control, id).await?;
         Self::from_snapshot(engine, flow, id, snapshot, options)
     }
 
@@ -340,7 +365,7 @@ impl<'a> Run<'a> {
 
     /// Whether the store already holds the outcome of `batch`.
     async fn batch_applied(&self, batch: &Batch) -> Result<bool> {
-        let snapshot = self.engine.store.load_flow(self.id).await?;
+        let snapshot = load_patiently(self.engine, &self.control, self.id).await?;
         let stored: HashMap<&str, &AtomRecord> = snapshot
             .atoms
             .iter()

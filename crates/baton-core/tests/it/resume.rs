@@ -328,3 +328,86 @@ fn engine_handles_and_futures_are_send_and_sync() {
     send(&engine.start(&flow, Inputs::new()));
     send(&engine.subscribe());
 }
+
+/// A store that is unreachable for its first few reads.
+#[derive(Debug, Clone)]
+struct SlowToWake {
+    inner: MemoryStore,
+    failures_left: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[derive(Debug)]
+struct Down;
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection refused")
+    }
+}
+
+impl std::error::Error for Down {}
+
+#[async_trait::async_trait]
+impl Store for SlowToWake {
+    async fn create_flow(
+        &self,
+        flow: &baton_core::model::FlowRecord,
+        atoms: &[baton_core::model::AtomRecord],
+        fence: Option<baton_core::Fence>,
+    ) -> baton_core::store::Result<()> {
+        self.inner.create_flow(flow, atoms, fence).await
+    }
+
+    async fn load_flow(
+        &self,
+        id: FlowId,
+    ) -> baton_core::store::Result<baton_core::model::FlowSnapshot> {
+        let left = self.failures_left.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures_left
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(baton_core::store::Error::Unavailable(Box::new(Down)));
+        }
+        self.inner.load_flow(id).await
+    }
+
+    async fn commit(&self, batch: &baton_core::model::Batch) -> baton_core::store::Result<()> {
+        self.inner.commit(batch).await
+    }
+
+    async fn history(
+        &self,
+        id: FlowId,
+    ) -> baton_core::store::Result<Vec<baton_core::model::Transition>> {
+        self.inner.history(id).await
+    }
+
+    async fn list_flows(
+        &self,
+        query: &baton_core::store::FlowQuery,
+    ) -> baton_core::store::Result<Vec<baton_core::model::FlowRecord>> {
+        self.inner.list_flows(query).await
+    }
+}
+
+#[tokio::test]
+async fn an_unavailable_store_at_load_is_waited_for() {
+    let log = Log::new();
+    let flow = three_steps(&log);
+    let store = SlowToWake {
+        inner: MemoryStore::new(),
+        failures_left: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(3)),
+    };
+    let mut options = baton_core::engine::Options::default();
+    options.store_retry_base = Duration::from_millis(1);
+    let engine = Engine::new(store.clone()).with_options(options);
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    let outcome = engine.run(&flow, id).await.unwrap();
+    assert!(outcome.is_success());
+    assert_eq!(
+        store
+            .failures_left
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
