@@ -3,7 +3,7 @@
 use std::str::FromStr;
 
 use baton_core::board::{self, Job};
-use baton_core::{ConductorId, FencingToken, JobId, JobState};
+use baton_core::{ConductorId, Fence, FencingToken, JobId, JobState};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 
@@ -95,4 +95,53 @@ pub(crate) fn token_db(token: FencingToken) -> Result<i64, board::Error> {
         job: JobId::from_uuid(uuid::Uuid::nil()),
         token,
     })
+}
+
+/// The state in a job's row: `None` (no row) is [`board::Error::JobNotFound`], unreadable text
+/// is [`board::Error::Corrupt`].
+pub(crate) fn job_state(id: JobId, text: Option<String>) -> Result<JobState, board::Error> {
+    text.ok_or(board::Error::JobNotFound(id))?
+        .parse()
+        .map_err(|e: baton_core::ParseStateError| corrupt(&id.to_string(), e.to_string()))
+}
+
+/// Whether an operator's release of a job in `state` has a claim to revoke; a finished job
+/// cannot be released.
+pub(crate) fn release_needed(id: JobId, state: JobState) -> Result<bool, board::Error> {
+    if state.is_terminal() {
+        return Err(board::Error::InvalidState {
+            job: id,
+            state,
+            operation: "release",
+        });
+    }
+    Ok(state == JobState::Claimed)
+}
+
+/// Checks a request to trash job `id`, whose row holds `state` and `token`: under a claim
+/// (`fence`), the claim must be the job's current one; a completed job cannot be trashed.
+pub(crate) fn check_trash(
+    id: JobId,
+    state: JobState,
+    token: i64,
+    fence: Option<Fence>,
+) -> Result<(), board::Error> {
+    if let Some(f) = fence {
+        let current =
+            f.job == id && state == JobState::Claimed && token_db(f.token).ok() == Some(token);
+        if !current {
+            return Err(board::Error::ClaimLost {
+                job: f.job,
+                token: f.token,
+            });
+        }
+    }
+    if state == JobState::Complete {
+        return Err(board::Error::InvalidState {
+            job: id,
+            state,
+            operation: "trash",
+        });
+    }
+    Ok(())
 }

@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::board::{self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob};
-use baton_core::{ConductorId, Fence, JobId, JobState};
+use baton_core::{ConductorId, Fence, JobId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::Mutex;
 
-use crate::board_common::{db, from_ms, ms, token_db, RawJob};
+use crate::board_common::{
+    check_trash, db, from_ms, job_state, ms, release_needed, token_db, RawJob,
+};
 use crate::postgres::PostgresStore;
 
 /// When a fenced update wakes idle conductors.
@@ -328,22 +330,14 @@ impl JobBoard for PostgresJobBoard {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db)?;
-        let state: JobState = state
-            .ok_or(board::Error::JobNotFound(id))?
-            .parse()
-            .map_err(|e: baton_core::ParseStateError| board::Error::Corrupt {
-                job: id.to_string(),
-                detail: e.to_string(),
-            })?;
-        if state.is_terminal() {
-            let _ = tx.rollback().await;
-            return Err(board::Error::InvalidState {
-                job: id,
-                state,
-                operation: "release",
-            });
-        }
-        if state == JobState::Claimed {
+        let needed = match release_needed(id, job_state(id, state)?) {
+            Ok(needed) => needed,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        if needed {
             sqlx::query(
                 "WITH released AS ( \
                      UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, \
@@ -368,15 +362,6 @@ impl JobBoard for PostgresJobBoard {
         fence: Option<Fence>,
         reason: Value,
     ) -> Result<(), board::Error> {
-        if let Some(f) = fence {
-            if f.job != id {
-                return Err(board::Error::ClaimLost {
-                    job: f.job,
-                    token: f.token,
-                });
-            }
-        }
-        let presented = fence.map(|f| token_db(f.token)).transpose()?;
         let mut tx = self.store.pool().begin().await.map_err(db)?;
         let row: Option<(String, i64)> =
             sqlx::query_as("SELECT state, token FROM jobs WHERE id = $1 FOR UPDATE")
@@ -385,27 +370,7 @@ impl JobBoard for PostgresJobBoard {
                 .await
                 .map_err(db)?;
         let (state, token) = row.ok_or(board::Error::JobNotFound(id))?;
-        let state: JobState =
-            state
-                .parse()
-                .map_err(|e: baton_core::ParseStateError| board::Error::Corrupt {
-                    job: id.to_string(),
-                    detail: e.to_string(),
-                })?;
-        let refusal = match (presented, fence) {
-            (Some(p), Some(f)) if state != JobState::Claimed || token != p => {
-                Some(board::Error::ClaimLost {
-                    job: id,
-                    token: f.token,
-                })
-            }
-            _ if state == JobState::Complete => Some(board::Error::InvalidState {
-                job: id,
-                state,
-                operation: "trash",
-            }),
-            _ => None,
-        };
+        let refusal = check_trash(id, job_state(id, Some(state))?, token, fence).err();
         if let Some(e) = refusal {
             let _ = tx.rollback().await;
             return Err(e);

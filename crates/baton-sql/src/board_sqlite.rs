@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::board::{self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob};
-use baton_core::{ConductorId, Fence, JobId, JobState};
+use baton_core::{ConductorId, Fence, JobId};
 use chrono::Utc;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 use tokio::sync::Notify;
 
-use crate::board_common::{db, ms, token_db, RawJob};
+use crate::board_common::{check_trash, db, job_state, ms, release_needed, token_db, RawJob};
 use crate::codec;
 use crate::sqlite::SqliteStore;
 
@@ -322,21 +322,7 @@ impl JobBoard for SqliteJobBoard {
                         .fetch_optional(&mut *conn)
                         .await
                         .map_err(db)?;
-                let state = state.ok_or(board::Error::JobNotFound(id))?;
-                let state: JobState = state.parse().map_err(|e: baton_core::ParseStateError| {
-                    board::Error::Corrupt {
-                        job: id.to_string(),
-                        detail: e.to_string(),
-                    }
-                })?;
-                if state.is_terminal() {
-                    return Err(board::Error::InvalidState {
-                        job: id,
-                        state,
-                        operation: "release",
-                    });
-                }
-                if state != JobState::Claimed {
+                if !release_needed(id, job_state(id, state)?)? {
                     return Ok(());
                 }
                 let token: i64 = sqlx::query_scalar(
@@ -362,15 +348,6 @@ impl JobBoard for SqliteJobBoard {
         fence: Option<Fence>,
         reason: Value,
     ) -> Result<(), board::Error> {
-        if let Some(f) = fence {
-            if f.job != id {
-                return Err(board::Error::ClaimLost {
-                    job: f.job,
-                    token: f.token,
-                });
-            }
-        }
-        let presented = fence.map(|f| token_db(f.token)).transpose()?;
         self.write(move |conn| {
             Box::pin(async move {
                 let row: Option<(String, i64)> = sqlx::query_as("SELECT state, token FROM jobs WHERE id = ?1")
@@ -379,18 +356,7 @@ impl JobBoard for SqliteJobBoard {
                     .await
                     .map_err(db)?;
                 let (state, token) = row.ok_or(board::Error::JobNotFound(id))?;
-                let state: JobState = state.parse().map_err(|e: baton_core::ParseStateError| board::Error::Corrupt {
-                    job: id.to_string(),
-                    detail: e.to_string(),
-                })?;
-                if let (Some(presented), Some(f)) = (presented, fence) {
-                    if state != JobState::Claimed || token != presented {
-                        return Err(board::Error::ClaimLost { job: id, token: f.token });
-                    }
-                }
-                if state == JobState::Complete {
-                    return Err(board::Error::InvalidState { job: id, state, operation: "trash" });
-                }
+                check_trash(id, job_state(id, Some(state))?, token, fence)?;
                 let token: i64 = sqlx::query_scalar(
                     "UPDATE jobs SET state = 'TRASHED', owner = NULL, lease_expires_at = NULL, \
                          token = token + 1, outcome = ?2, updated_at = ?3 WHERE id = ?1 RETURNING token",
