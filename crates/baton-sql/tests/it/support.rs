@@ -237,3 +237,21 @@ pub async fn postgres_store_with(options: PostgresOptions) -> Option<Held<Postgr
 pub async fn postgres_store() -> Option<Held<PostgresStore>> {
     postgres_store_with(PostgresOptions::new()).await
 }
+
+/// How many migrations this build carries for `backend` (`sqlite` or `postgres`).
+pub fn migration_count(backend: &str) -> i64 {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let n = std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count();
+    i64::try_from(n).unwrap()
+}
