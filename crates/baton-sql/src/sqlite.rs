@@ -1,7 +1,7 @@
 //! The SQLite store: one database file, shared by the processes of one host.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,11 +10,12 @@ use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition,
 use baton_core::store::{self, check_write, transition_of, FlowQuery, Store};
 use baton_core::{Fence, FencingToken, FlowId, JobId};
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use crate::codec::{
     self, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES, MODEL_VERSION_I64,
@@ -48,8 +49,8 @@ pub struct SqliteOptions {
     /// How long a write waits for another connection (another process) to release the
     /// database before it fails with [`store::Error::Unavailable`]. Default 5 s.
     pub busy_timeout: Duration,
-    /// How many connections the pool opens at most (readers run in parallel; writers take
-    /// turns). Default 4. An in-memory database always uses one.
+    /// How many connections the store opens at most: one for writes, the others for reads,
+    /// which run in parallel (at least one). Default 4. An in-memory database always uses one.
     pub max_connections: u32,
     /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
     /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
@@ -101,19 +102,37 @@ impl SqliteOptions {
 /// A [`Store`] in a SQLite database.
 ///
 /// The database is in WAL mode: readers never block the writer, and several processes of one
-/// host may share the file (not over a network file system). Writes take turns: each commit
-/// is one `BEGIN IMMEDIATE` transaction, in-process writers queue on an async lock, and
-/// writers of other processes wait up to the busy timeout. Expect a few thousand small commits
-/// a second with [`Synchronous::Normal`], and as many as the disk syncs a second with
-/// [`Synchronous::Full`].
+/// host may share the file (not over a network file system). Writes take turns: in-process
+/// writers queue on an async lock and use one connection, kept between writes; writers of
+/// other processes wait up to the busy timeout. A commit is one statement, its own
+/// transaction: the batch's rows go into the view `commit_rows`, whose triggers check the fence
+/// and compare-and-set the flow and each atom, and refuse the whole statement if a check fails.
+/// A refused batch is then applied again write by write in a `BEGIN IMMEDIATE` transaction,
+/// which finds exactly what is wrong (or applies it, if the store changed in between). Expect
+/// several thousand small commits a second with [`Synchronous::Normal`], and as many as the
+/// disk syncs a second with [`Synchronous::Full`].
 ///
 /// Clones share the pool and the commit counter.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// For reads.
     pool: SqlitePool,
     /// Serialises this process's write transactions, so they queue in order instead of
     /// polling SQLite's lock.
     write_gate: Arc<tokio::sync::Mutex<()>>,
+    /// A pool of one connection, for writes: SQLite has one writer at a time anyway, and the
+    /// connection that made the last commit still has the pages it needs cached, where another
+    /// connection would read them again.
+    writer: SqlitePool,
+    /// The writer's connection, kept between writes (taking a connection from a pool and
+    /// giving it back costs more than many a commit). Locked only by the holder of the write
+    /// gate.
+    writer_conn: Arc<tokio::sync::Mutex<Option<PoolConnection<Sqlite>>>>,
+    /// Whether the writer's connection is kept between writes: not for an in-memory database,
+    /// whose one connection serves the readers too.
+    keep_writer: bool,
+    /// Set when a write fails: the next one first checks that the connection still answers.
+    writer_suspect: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
     max_value_bytes: usize,
 }
@@ -169,23 +188,43 @@ impl SqliteStore {
                 Synchronous::Normal => SqliteSynchronous::Normal,
                 Synchronous::Full => SqliteSynchronous::Full,
             });
-        let pool = if memory {
+        // Pinging a SQLite connection before use only costs a message to its thread: there is
+        // no server that could have gone away.
+        let (pool, writer) = if memory {
             // One connection, kept for the life of the pool: an in-memory database lives
             // only as long as a connection to it, and all callers must see the same one.
-            SqlitePoolOptions::new()
+            let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
+                .test_before_acquire(false)
+                .connect_with(connect)
+                .await
+                .map_err(|e| Error::Store(classify(e)))?;
+            (pool.clone(), pool)
         } else {
-            SqlitePoolOptions::new().max_connections(options.max_connections.max(1))
-        }
-        .connect_with(connect)
-        .await
-        .map_err(|e| Error::Store(classify(e)))?;
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .test_before_acquire(false)
+                .connect_with(connect.clone())
+                .await
+                .map_err(|e| Error::Store(classify(e)))?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections.saturating_sub(1).max(1))
+                .test_before_acquire(false)
+                .connect_with(connect)
+                .await
+                .map_err(|e| Error::Store(classify(e)))?;
+            (pool, writer)
+        };
         let store = Self {
             pool,
             write_gate: Arc::new(tokio::sync::Mutex::new(())),
+            writer,
+            writer_conn: Arc::new(tokio::sync::Mutex::new(None)),
+            keep_writer: !memory,
+            writer_suspect: Arc::new(AtomicBool::new(false)),
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
         };
@@ -204,7 +243,7 @@ impl SqliteStore {
         loop {
             let answer: Result<String, sqlx::Error> =
                 sqlx::query_scalar("PRAGMA journal_mode = WAL")
-                    .fetch_one(&self.pool)
+                    .fetch_one(&self.writer)
                     .await;
             match answer {
                 Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
@@ -234,17 +273,21 @@ impl SqliteStore {
     /// # Cancel safety
     /// Cancel safe: dropped midway, the transaction rolls back.
     pub async fn migrate(&self) -> Result<(), Error> {
-        let _gate = self.write_gate.lock().await;
-        let mut tx = self
-            .pool
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn
+            .conn()?
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|e| Error::Store(classify(e)))?;
+            .map_err(|e| Error::Store(self.failed(classify(e))))?;
         let result = MIGRATOR.run_direct(&mut *tx).await;
         match result {
-            Ok(()) => tx.commit().await.map_err(|e| Error::Store(classify(e))),
+            Ok(()) => tx
+                .commit()
+                .await
+                .map_err(|e| Error::Store(self.failed(classify(e)))),
             Err(e) => {
                 let _ = tx.rollback().await;
+                self.writer_suspect.store(true, Ordering::Relaxed);
                 Err(crate::error::migrate(e))
             }
         }
@@ -270,16 +313,16 @@ impl SqliteStore {
         let token = codec::token_to_db(token).ok_or_else(|| {
             crate::error::backend(format!("fencing token {token} is too large to store"))
         })?;
-        let _gate = self.write_gate.lock().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "INSERT INTO fences (job_id, token) VALUES (?1, ?2) \
              ON CONFLICT (job_id) DO UPDATE SET token = excluded.token",
         )
         .bind(job.to_string())
         .bind(token)
-        .execute(&self.pool)
+        .execute(turn.conn()?)
         .await
-        .map_err(classify)?;
+        .map_err(|e| self.failed(classify(e)))?;
         Ok(())
     }
 
@@ -288,7 +331,43 @@ impl SqliteStore {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn close(&self) {
+        // The writer's pool waits for its connection, so give it back first.
+        let gate = self.write_gate.lock().await;
+        let held = self.writer_conn.lock().await.take();
+        drop(held);
+        drop(gate);
         self.pool.close().await;
+        self.writer.close().await;
+    }
+
+    /// Waits for this process's turn to write (the write gate), with the writer's connection.
+    async fn write_turn(&self) -> store::Result<Turn<'_>> {
+        let gate = self.write_gate.lock().await;
+        let mut slot = self.writer_conn.lock().await;
+        if self.writer_suspect.swap(false, Ordering::Relaxed) {
+            // The last write failed: keep the connection only if it still answers.
+            if let Some(mut conn) = slot.take() {
+                if conn.ping().await.is_ok() {
+                    *slot = Some(conn);
+                } else {
+                    conn.close_on_drop();
+                }
+            }
+        }
+        if slot.is_none() {
+            *slot = Some(self.writer.acquire().await.map_err(classify)?);
+        }
+        Ok(Turn {
+            slot,
+            keep: self.keep_writer,
+            _gate: gate,
+        })
+    }
+
+    /// Notes that a write failed, so the next one checks the writer's connection first.
+    fn failed(&self, e: store::Error) -> store::Error {
+        self.writer_suspect.store(true, Ordering::Relaxed);
+        e
     }
 
     pub(crate) fn pool(&self) -> &SqlitePool {
@@ -298,6 +377,33 @@ impl SqliteStore {
     /// The lock this process's write transactions queue on (the job board's too).
     pub(crate) fn write_gate(&self) -> &tokio::sync::Mutex<()> {
         &self.write_gate
+    }
+}
+
+/// A turn to write: the write gate, held, and the connection to write on.
+struct Turn<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<PoolConnection<Sqlite>>>,
+    keep: bool,
+    // Dropped after `slot` (fields drop in order): the connection is put away first.
+    _gate: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Turn<'_> {
+    /// The writer's connection.
+    fn conn(&mut self) -> store::Result<&mut SqliteConnection> {
+        match self.slot.as_mut() {
+            Some(conn) => Ok(&mut **conn),
+            None => Err(crate::error::backend("no connection to write on")),
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            // Back to the pool, for the readers.
+            self.slot.take();
+        }
     }
 }
 
@@ -425,6 +531,53 @@ fn transition_from_row(flow: FlowId, row: &SqliteRow) -> store::Result<Option<Tr
         .transpose()
 }
 
+/// The columns of the view `commit_rows`, in the order rows bind them.
+const COMMIT_ROWS_COLUMNS: [&str; 23] = [
+    "op",
+    "flow_id",
+    "at",
+    "fence_job",
+    "fence_token",
+    "subject",
+    "name",
+    "expected_state",
+    "expected_attempt",
+    "kind",
+    "state",
+    "intention",
+    "attempt",
+    "round",
+    "result",
+    "failure",
+    "revert_failure",
+    "retry_history",
+    "retry_at",
+    "progress",
+    "started_at",
+    "finished_at",
+    "model_version",
+];
+
+/// How many of `commit_rows`' columns come after `intention`: the ones a flow row leaves NULL.
+const ATOM_VALUE_COLUMNS: usize = 11;
+
+/// The most rows a one-statement commit sends (each row count is a statement of its own in the
+/// connection's cache); a batch that needs more is committed the careful way.
+const MAX_STATEMENT_ROWS: usize = 64;
+
+/// The message of the triggers' `RAISE` when a check fails.
+const REFUSED: &str = "baton: batch refused";
+
+/// `INSERT INTO commit_rows ... VALUES (?, ...), ...` for `rows` rows.
+fn commit_rows_sql(rows: usize) -> String {
+    let columns = COMMIT_ROWS_COLUMNS.join(", ");
+    let row = format!("({})", vec!["?"; COMMIT_ROWS_COLUMNS.len()].join(", "));
+    format!(
+        "INSERT INTO commit_rows ({columns}) VALUES {}",
+        vec![row; rows].join(", ")
+    )
+}
+
 /// Binds an encoded atom's columns, in `ATOM_VALUES` order, after the flow id and name.
 macro_rules! bind_atom {
     ($query:expr, $enc:expr) => {{
@@ -469,12 +622,12 @@ impl Store for SqliteStore {
             serde_json::to_string(&flow.meta).map_err(|e| store::Error::Backend(Box::new(e)))?;
         let id = flow.id.to_string();
 
-        let _gate = self.write_gate.lock().await;
-        let mut tx = self
-            .pool
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn
+            .conn()?
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.failed(classify(e)))?;
         let result = async {
             check_fence(&mut tx, flow.id, fence).await?;
             let inserted = sqlx::query(
@@ -515,7 +668,9 @@ impl Store for SqliteStore {
             Ok(())
         }
         .await;
-        codec::finish(tx, result).await?;
+        codec::finish(tx, result)
+            .await
+            .map_err(|e| self.failed(e))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -564,13 +719,26 @@ impl Store for SqliteStore {
         }
         let key = flow.to_string();
         let at = codec::time_text(batch.at);
+        let plan = codec::plan(flow, &batch.writes)
+            .filter(|p| 1 + p.atoms.len() + p.history.len() <= MAX_STATEMENT_ROWS);
 
-        let _gate = self.write_gate.lock().await;
-        let mut tx = self
-            .pool
+        let mut turn = self.write_turn().await?;
+        if let Some(plan) = plan {
+            let applied = commit_statement(turn.conn()?, batch, &plan, &encoded, &key, &at)
+                .await
+                .map_err(|e| self.failed(classify(e)))?;
+            if applied {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        // Refused (nothing was applied), or not planned: write by write, which finds exactly
+        // what is wrong.
+        let mut tx = turn
+            .conn()?
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.failed(classify(e)))?;
         let result = async {
             check_fence(&mut tx, flow, batch.fence).await?;
             let row = sqlx::query(
@@ -664,7 +832,9 @@ impl Store for SqliteStore {
             Ok(())
         }
         .await;
-        codec::finish(tx, result).await?;
+        codec::finish(tx, result)
+            .await
+            .map_err(|e| self.failed(e))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -707,6 +877,98 @@ impl Store for SqliteStore {
         }
         let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
         rows.iter().map(flow_from_row).collect()
+    }
+}
+
+/// Applies a planned batch in one statement (see the migration that creates `commit_rows`):
+/// `Ok(true)` if it was applied, `Ok(false)` if it was refused whole.
+async fn commit_statement(
+    conn: &mut SqliteConnection,
+    batch: &Batch,
+    plan: &codec::Plan<'_>,
+    encoded: &[Option<codec::EncodedAtom<'_>>],
+    key: &str,
+    at: &str,
+) -> Result<bool, sqlx::Error> {
+    let fence = match batch.fence {
+        None => None,
+        Some(f) => match codec::token_to_db(f.token) {
+            Some(token) => Some((f.job.to_string(), token)),
+            // No claim can hold it: the careful path says so.
+            None => return Ok(false),
+        },
+    };
+    let rows = 1 + plan.atoms.len() + plan.history.len();
+    let sql = commit_rows_sql(rows);
+    let none_text: Option<&str> = None;
+    let none_int: Option<i64> = None;
+    let none_real: Option<f64> = None;
+    let flow = plan.flow;
+    let (fence_job, fence_token) = fence.unzip();
+    let mut query = sqlx::query(&sql)
+        .bind("flow")
+        .bind(key)
+        .bind(at)
+        .bind(fence_job)
+        .bind(fence_token)
+        .bind(none_text)
+        .bind(none_text)
+        .bind(flow.map(|f| f.expected))
+        .bind(none_int)
+        .bind(none_text)
+        .bind(flow.map(|f| f.state))
+        .bind(flow.map(|f| f.intention));
+    for _ in 0..ATOM_VALUE_COLUMNS {
+        query = query.bind(none_text);
+    }
+    for atom in &plan.atoms {
+        let Some(Some(enc)) = encoded.get(atom.last) else {
+            return Err(sqlx::Error::Protocol(
+                "atom write without its encoding".into(),
+            ));
+        };
+        let q = query
+            .bind("atom")
+            .bind(key)
+            .bind(none_text)
+            .bind(none_text)
+            .bind(none_int)
+            .bind(none_text)
+            .bind(enc.name)
+            .bind(atom.expected_state)
+            .bind(i64::from(atom.expected_attempt));
+        query = bind_atom!(q, enc);
+    }
+    for h in &plan.history {
+        query = query
+            .bind("history")
+            .bind(key)
+            .bind(at)
+            .bind(none_text)
+            .bind(none_int)
+            .bind(h.subject)
+            .bind(h.atom)
+            .bind(h.from)
+            .bind(none_int)
+            .bind(none_text)
+            .bind(h.to)
+            .bind(none_text)
+            .bind(h.attempt.map(i64::from))
+            .bind(none_int)
+            .bind(none_text)
+            .bind(none_text)
+            .bind(none_text)
+            .bind(none_text)
+            .bind(none_text)
+            .bind(none_real)
+            .bind(none_text)
+            .bind(none_text)
+            .bind(none_int);
+    }
+    match query.execute(conn).await {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.message() == REFUSED => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

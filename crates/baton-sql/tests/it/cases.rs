@@ -505,3 +505,174 @@ pub async fn crash_at_every_write_resumes<S: Harness>(store: S, scenario: Scenar
         scenario.name
     );
 }
+
+/// A small deterministic generator, so a failing batch can be replayed from its seed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next()).unwrap() % n
+    }
+
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+/// Random batches (chains of writes to one atom, flow writes, stale expectations, illegal
+/// transitions, unknown atoms, a fence) give exactly what `MemoryStore`, the reference, gives:
+/// the same error or none, the same records and the same history.
+pub async fn batches_agree_with_the_memory_store<S: Harness>(store: S) {
+    use baton_core::store::FlowQuery;
+    use baton_core::MemoryStore;
+    use chrono::SubsecRound;
+
+    let reference = MemoryStore::new();
+    let job = JobId::new();
+    store.set_fence(job, FencingToken(7)).await;
+    reference.set_fence(job, FencingToken(7));
+    let mut rng = Lcg(0x5eed);
+    let names = ["a", "b", "c"];
+    for round in 0..40 {
+        let mut flow = flow_record("agree");
+        flow.created_at = flow.created_at.trunc_subsecs(6);
+        flow.updated_at = flow.created_at;
+        let atoms: Vec<AtomRecord> = names
+            .iter()
+            .map(|n| AtomRecord::pending(*n, AtomKind::Task))
+            .collect();
+        store.create_flow(&flow, &atoms, None).await.unwrap();
+        reference.create_flow(&flow, &atoms, None).await.unwrap();
+        for step in 0..12 {
+            let ctx = format!("round {round}, batch {step}");
+            let now = Utc::now().trunc_subsecs(6);
+            let fence = match rng.below(10) {
+                0 => Some(Fence {
+                    job,
+                    token: FencingToken(7),
+                }),
+                1 => Some(Fence {
+                    job,
+                    token: FencingToken(6),
+                }),
+                _ => None,
+            };
+            let mut batch = Batch::new(flow.id, fence);
+            batch.at = now;
+            // What the writes so far leave, as the batch is built.
+            let snap = reference.load_flow(flow.id).await.unwrap();
+            let mut flow_state = snap.flow.state;
+            let mut current = snap.atoms.clone();
+            for _ in 0..=rng.below(5) {
+                if rng.chance(20) {
+                    let from = if rng.chance(85) {
+                        flow_state
+                    } else {
+                        rng.pick(FlowState::ALL)
+                    };
+                    let legal: Vec<FlowState> = FlowState::ALL
+                        .iter()
+                        .copied()
+                        .filter(|to| from == *to || from.can_transition(*to))
+                        .collect();
+                    let to = if rng.chance(85) && !legal.is_empty() {
+                        rng.pick(&legal)
+                    } else {
+                        rng.pick(FlowState::ALL)
+                    };
+                    batch.writes.push(Write::Flow {
+                        from,
+                        to,
+                        intention: rng.pick(Intention::ALL),
+                    });
+                    flow_state = to;
+                    continue;
+                }
+                if rng.chance(4) {
+                    batch
+                        .writes
+                        .push(start(&AtomRecord::pending("ghost", AtomKind::Task)));
+                    continue;
+                }
+                let i = rng.below(current.len());
+                let before = current[i].clone();
+                let (expected_state, expected_attempt) = if rng.chance(85) {
+                    (before.state, before.attempt)
+                } else {
+                    (rng.pick(AtomState::ALL), before.attempt + rng.pick(&[0, 1]))
+                };
+                let legal: Vec<AtomState> = AtomState::ALL
+                    .iter()
+                    .copied()
+                    .filter(|to| expected_state.can_transition(*to))
+                    .collect();
+                let mut next = before.clone();
+                next.state = if rng.chance(90) && !legal.is_empty() {
+                    rng.pick(&legal)
+                } else {
+                    rng.pick(AtomState::ALL)
+                };
+                next.attempt = match rng.below(10) {
+                    0 => expected_attempt.saturating_sub(1),
+                    1..=4 => expected_attempt + 1,
+                    _ => expected_attempt,
+                };
+                next.intention = rng.pick(Intention::ALL);
+                next.result = match rng.below(3) {
+                    0 => None,
+                    1 => Some(serde_json::Value::Null),
+                    _ => Some(json!({"round": round, "step": step, "x": [1.5, "y"]})),
+                };
+                next.progress = f64::from(u32::try_from(rng.below(5)).unwrap()) / 4.0;
+                next.started_at = rng.chance(50).then_some(now);
+                next.finished_at = rng.chance(30).then_some(now);
+                batch.writes.push(Write::Atom {
+                    expected_state,
+                    expected_attempt,
+                    record: next.clone(),
+                });
+                current[i] = next;
+            }
+            let got = store.commit(&batch).await;
+            let want = reference.commit(&batch).await;
+            match (&got, &want) {
+                (Ok(()), Ok(())) => {}
+                (Err(g), Err(w)) => assert_eq!(g.to_string(), w.to_string(), "{ctx}: {batch:?}"),
+                _ => panic!("{ctx}: got {got:?}, want {want:?} for {batch:?}"),
+            }
+            let (g, w) = (
+                store.load_flow(flow.id).await.unwrap(),
+                reference.load_flow(flow.id).await.unwrap(),
+            );
+            assert_eq!(g.atoms, w.atoms, "{ctx}: {batch:?}");
+            assert_eq!(
+                (g.flow.state, g.flow.intention),
+                (w.flow.state, w.flow.intention),
+                "{ctx}: {batch:?}"
+            );
+            assert_eq!(g.flow.updated_at, w.flow.updated_at, "{ctx}");
+            assert_eq!(
+                store.history(flow.id).await.unwrap(),
+                reference.history(flow.id).await.unwrap(),
+                "{ctx}: {batch:?}"
+            );
+        }
+    }
+    assert!(!store
+        .list_flows(&FlowQuery::all())
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -33,20 +33,47 @@ async fn sqlite_urls_open_a_sqlite_store() {
 
 #[tokio::test]
 async fn postgres_urls_open_a_postgres_store() {
-    let Some(url) = crate::support::postgres_url() else {
+    use sqlx::Connection;
+
+    let Some(server) = crate::support::postgres_url() else {
         return;
     };
-    let store = match baton_sql::connect(&url).await {
-        Ok(store) => store,
-        Err(e) if e.is_transient() => {
+    // A database of its own: the store goes into the default schema, which a database shared
+    // with other checkouts may hold at another version.
+    let mut admin = match sqlx::PgConnection::connect(&server).await {
+        Ok(conn) => conn,
+        Err(e) => {
             crate::support::skip::<()>(&format!("PostgreSQL is unreachable: {e:?}"));
             return;
         }
-        Err(e) => panic!("{e:?}"),
     };
+    let db = format!("baton_connect_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // The same server and credentials, the new database.
+    let (base, query) = server.split_once('?').unwrap_or((&server, ""));
+    let authority_end = base
+        .find("://")
+        .and_then(|at| base[at + 3..].find('/').map(|p| at + 3 + p))
+        .unwrap_or(base.len());
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    let url = format!("{}/{db}{query}", &base[..authority_end]);
+    let store = baton_sql::connect(&url).await.unwrap();
     assert!(format!("{store:?}").contains("PostgresStore"));
     let flow = crate::cases::new_flow(&store).await;
     assert_eq!(store.load_flow(flow.id).await.unwrap().flow.id, flow.id);
+    drop(store);
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
 }
 
 #[tokio::test]

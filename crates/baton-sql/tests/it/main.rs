@@ -52,6 +52,13 @@ macro_rules! generic_cases {
             }
         }
 
+        #[tokio::test]
+        async fn batches_agree_with_the_memory_store() {
+            if let Some(store) = $make {
+                crate::cases::batches_agree_with_the_memory_store(store).await;
+            }
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn racing_writers_one_wins_one_conflicts() {
             if let Some(store) = $make {
