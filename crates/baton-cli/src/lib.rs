@@ -77,8 +77,9 @@ pub fn main() -> i32 {
 fn init_logging(command: &Command) {
     // The conductor logs what it does; other commands report errors themselves, as one line
     // and its cause. RUST_LOG overrides.
+    // (sqlx reports the server's routine notices at info: keep those out.)
     let default = match command {
-        Command::Conductor(_) => "info",
+        Command::Conductor(_) => "info,sqlx=warn",
         _ => "off",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -86,6 +87,7 @@ fn init_logging(command: &Command) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
