@@ -20,6 +20,7 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
 use crate::codec::{self, EncodedAtom, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES};
 use crate::error::{classify, Error};
+use serde_json::value::RawValue;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -93,9 +94,12 @@ impl PostgresOptions {
 /// is touched and no other connection's `search_path` changes.
 ///
 /// A commit is one statement, so one round trip and one transaction: the function
-/// `commit_batch` checks the fence, compare-and-sets every write against the state the writes
-/// before it left, appends the history and raises a distinct SQLSTATE on refusal. Creating a
-/// flow is one statement too. Connections are not pinged before use (that would double the
+/// `commit_plan` takes the batch as arrays, checks the fence, compare-and-sets the flow and
+/// each atom, appends the history and refuses the whole batch if a check fails. A refused
+/// batch goes to the function `commit_batch`, which applies it write by write, each against
+/// the state the writes before it left, and raises a distinct SQLSTATE naming exactly what is
+/// wrong (or applies it, if the store changed in between). Creating a flow is one statement
+/// too. Connections are not pinged before use (that would double the
 /// round trips); a connection that died is noticed by the operation that uses it, which fails
 /// with [`store::Error::Unavailable`], and the engine retries.
 ///
@@ -521,6 +525,130 @@ fn transition_from_row(flow: FlowId, row: &PgRow) -> store::Result<Option<Transi
         .transpose()
 }
 
+impl PostgresStore {
+    /// Applies a planned batch with `commit_plan` (see its migration): `Ok(true)` if it was
+    /// applied, `Ok(false)` if it was refused whole or cannot be sent this way.
+    async fn commit_plan(
+        &self,
+        batch: &Batch,
+        plan: &codec::Plan<'_>,
+        encoded: &[Option<EncodedAtom<'_>>],
+    ) -> store::Result<bool> {
+        let fence = match batch.fence {
+            None => None,
+            Some(f) => match codec::token_to_db(f.token) {
+                Some(token) => Some((f.job.as_uuid(), token)),
+                // No claim can hold it: `commit_batch`'s path says so.
+                None => return Ok(false),
+            },
+        };
+        let n = plan.atoms.len();
+        let mut names = Vec::with_capacity(n);
+        let mut expected_states = Vec::with_capacity(n);
+        let mut expected_attempts = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut intentions = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut rounds = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        let mut failures = Vec::with_capacity(n);
+        let mut revert_failures = Vec::with_capacity(n);
+        let mut retry_histories = Vec::with_capacity(n);
+        let mut retry_ats = Vec::with_capacity(n);
+        let mut progresses = Vec::with_capacity(n);
+        let mut started_ats = Vec::with_capacity(n);
+        let mut finished_ats = Vec::with_capacity(n);
+        for atom in &plan.atoms {
+            let Some(Some(enc)) = encoded.get(atom.last) else {
+                return Err(crate::error::backend("atom write without its encoding"));
+            };
+            if !enc.progress.is_finite() {
+                // JSON has no such number: `commit_batch`'s path refuses it as it always did.
+                return Ok(false);
+            }
+            names.push(enc.name);
+            expected_states.push(atom.expected_state);
+            expected_attempts.push(i64::from(atom.expected_attempt));
+            kinds.push(enc.kind);
+            states.push(enc.state);
+            intentions.push(enc.intention);
+            attempts.push(i64::from(enc.attempt));
+            rounds.push(i64::from(enc.round));
+            results.push(enc.result.as_deref().map(RawValue::get));
+            failures.push(enc.failure.as_deref().map(RawValue::get));
+            revert_failures.push(enc.revert_failure.as_deref().map(RawValue::get));
+            retry_histories.push(enc.retry_history.get());
+            retry_ats.push(enc.retry_at.map(codec::time_text));
+            progresses.push(enc.progress);
+            started_ats.push(enc.started_at.map(codec::time_text));
+            finished_ats.push(enc.finished_at.map(codec::time_text));
+        }
+        let h = plan.history.len();
+        let mut subjects = Vec::with_capacity(h);
+        let mut atoms = Vec::with_capacity(h);
+        let mut froms = Vec::with_capacity(h);
+        let mut tos = Vec::with_capacity(h);
+        let mut history_attempts = Vec::with_capacity(h);
+        for row in &plan.history {
+            subjects.push(row.subject);
+            atoms.push(row.atom);
+            froms.push(row.from);
+            tos.push(row.to);
+            history_attempts.push(row.attempt.map(i64::from));
+        }
+        let (fence_job, fence_token) = fence.unzip();
+        let flow = plan.flow;
+        let outcome = sqlx::query(
+            "SELECT commit_plan($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
+        )
+        .bind(batch.flow.as_uuid())
+        .bind(codec::time_text(batch.at))
+        .bind(fence_job)
+        .bind(fence_token)
+        .bind(flow.map(|f| f.expected))
+        .bind(flow.map(|f| f.state))
+        .bind(flow.map(|f| f.intention))
+        .bind(codec::MODEL_VERSION_I64)
+        .bind(names)
+        .bind(expected_states)
+        .bind(expected_attempts)
+        .bind(kinds)
+        .bind(states)
+        .bind(intentions)
+        .bind(attempts)
+        .bind(rounds)
+        .bind(results)
+        .bind(failures)
+        .bind(revert_failures)
+        .bind(retry_histories)
+        .bind(retry_ats)
+        .bind(progresses)
+        .bind(started_ats)
+        .bind(finished_ats)
+        .bind(subjects)
+        .bind(atoms)
+        .bind(froms)
+        .bind(tos)
+        .bind(history_attempts)
+        .execute(&self.pool)
+        .await;
+        match outcome {
+            Ok(_) => Ok(true),
+            Err(e) if is_refusal(&e) => Ok(false),
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
+/// Whether `commit_plan` refused its batch (SQLSTATE `BT000`).
+fn is_refusal(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.try_downcast_ref::<PgDatabaseError>())
+        .is_some_and(|pg| pg.code() == "BT000")
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_flow(
@@ -582,33 +710,58 @@ impl Store for PostgresStore {
 
     async fn commit(&self, batch: &Batch) -> store::Result<()> {
         let flow = batch.flow;
-        let mut writes = Vec::with_capacity(batch.writes.len());
+        let mut encoded = Vec::with_capacity(batch.writes.len());
         for write in &batch.writes {
+            encoded.push(match write {
+                Write::Atom { record, .. } => {
+                    Some(codec::encode_atom(flow, record, self.max_value_bytes)?)
+                }
+                Write::Flow { .. } => None,
+            });
+        }
+        if let Some(plan) = codec::plan(flow, &batch.writes) {
+            if self.commit_plan(batch, &plan, &encoded).await? {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        // Refused, or not planned: write by write, which says exactly what is wrong.
+        let mut writes = Vec::with_capacity(batch.writes.len());
+        for (write, enc) in batch.writes.iter().zip(encoded) {
             let legal = codec::legality(flow, write).is_ok();
             let change = change_payload(write);
-            writes.push(match write {
-                Write::Flow {
-                    from,
-                    to,
-                    intention,
-                } => WritePayload::Flow {
+            writes.push(match (write, enc) {
+                (
+                    Write::Flow {
+                        from,
+                        to,
+                        intention,
+                    },
+                    _,
+                ) => WritePayload::Flow {
                     from: from.as_str(),
                     to: to.as_str(),
                     intention: intention.as_str(),
                     legal,
                     change,
                 },
-                Write::Atom {
-                    expected_state,
-                    expected_attempt,
-                    record,
-                } => WritePayload::Atom {
+                (
+                    Write::Atom {
+                        expected_state,
+                        expected_attempt,
+                        ..
+                    },
+                    Some(record),
+                ) => WritePayload::Atom {
                     expected_state: expected_state.as_str(),
                     expected_attempt: *expected_attempt,
-                    record: codec::encode_atom(flow, record, self.max_value_bytes)?,
+                    record,
                     legal,
                     change,
                 },
+                (Write::Atom { .. }, None) => {
+                    return Err(crate::error::backend("atom write without its encoding"));
+                }
             });
         }
         let payload = BatchPayload {

@@ -77,7 +77,10 @@ async fn migrations_create_the_schema_once_without_leaking_the_search_path() {
     .fetch_all(&mut plain)
     .await
     .unwrap();
-    assert_eq!(functions, ["check_fence", "commit_batch", "create_flow"]);
+    assert_eq!(
+        functions,
+        ["check_fence", "commit_batch", "commit_plan", "create_flow"]
+    );
     let flow = crate::cases::new_flow(&store).await;
 
     // Nobody else's search path changed: a new plain connection has the server's default.
