@@ -12,6 +12,7 @@ use baton_core::{Fence, FencingToken, FlowId, JobId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{
     PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions, PgRow,
 };
@@ -35,7 +36,8 @@ pub struct PostgresOptions {
     /// The schema that holds the store's tables, functions and migration records (created if
     /// missing). A plain lowercase identifier; default [`DEFAULT_SCHEMA`].
     pub schema: String,
-    /// How many connections the pool opens at most. Default 10.
+    /// How many connections the pool opens at most. Default 10. Writes keep up to half of
+    /// them between writes (see [`PostgresStore`]); reads and the other writes share the rest.
     pub max_connections: u32,
     /// How long an operation waits for a connection (for instance while the server is down)
     /// before it fails with [`store::Error::Unavailable`]. Default 10 s.
@@ -99,9 +101,13 @@ impl PostgresOptions {
 /// batch goes to the function `commit_batch`, which applies it write by write, each against
 /// the state the writes before it left, and raises a distinct SQLSTATE naming exactly what is
 /// wrong (or applies it, if the store changed in between). Creating a flow is one statement
-/// too. Connections are not pinged before use (that would double the
-/// round trips); a connection that died is noticed by the operation that uses it, which fails
-/// with [`store::Error::Unavailable`], and the engine retries.
+/// too.
+///
+/// Connections are not pinged before use (that would double the round trips), and writes keep
+/// theirs between writes instead of giving them back to the pool, which pings a connection
+/// given back: up to half of [`PostgresOptions::max_connections`] stay with the writes. A
+/// connection that died is noticed by the operation that uses it, which fails with
+/// [`store::Error::Unavailable`] (the connection is then closed), and the engine retries.
 ///
 /// PostgreSQL keeps timestamps to the microsecond: times read back are rounded to it.
 ///
@@ -109,6 +115,8 @@ impl PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Connections that commits keep out of the pool between them.
+    spare: Arc<Spare>,
     schema: Arc<str>,
     commits: Arc<AtomicU64>,
     max_value_bytes: usize,
@@ -176,6 +184,7 @@ impl PostgresStore {
             .await
             .map_err(|e| Error::Store(classify(e)))?;
         Ok(Self {
+            spare: Arc::new(Spare::holding(options.max_connections.max(1) / 2)),
             pool,
             schema: options.schema.into(),
             commits: Arc::new(AtomicU64::new(0)),
@@ -252,12 +261,76 @@ impl PostgresStore {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn close(&self) {
+        // The pool waits for the connections it lent, so give them back first.
+        drop(self.spare.drain());
         self.pool.close().await;
+    }
+
+    /// Runs a writing statement on a connection kept between writes (see [`Spare`]).
+    async fn write(
+        &self,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+        let mut conn = match self.spare.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        let outcome = query.execute(&mut *conn).await;
+        self.spare.keep(conn, &outcome);
+        outcome
     }
 
     #[allow(dead_code)] // for the job board
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// Connections kept out of the pool between writes, up to a cap.
+///
+/// Giving a connection back to sqlx's pool costs a round trip each time (the pool pings it,
+/// from a task of its own), which is a good part of a commit. A connection here goes back
+/// only when the cap is reached, the store is closed, or a write on it failed in a way that
+/// may have broken it (anything but an error the server reported): then it is closed. The
+/// pool lends the rest to reads and to writes that find no spare.
+#[derive(Debug)]
+struct Spare {
+    conns: std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
+    cap: usize,
+}
+
+impl Spare {
+    fn holding(cap: u32) -> Self {
+        Self {
+            conns: std::sync::Mutex::new(Vec::new()),
+            cap: usize::try_from(cap).unwrap_or(usize::MAX).max(1),
+        }
+    }
+
+    fn take(&self) -> Option<PoolConnection<Postgres>> {
+        self.lock().pop()
+    }
+
+    fn keep<T>(&self, mut conn: PoolConnection<Postgres>, outcome: &Result<T, sqlx::Error>) {
+        if matches!(outcome, Err(e) if !matches!(e, sqlx::Error::Database(_))) {
+            conn.close_on_drop();
+            return;
+        }
+        let mut conns = self.lock();
+        if conns.len() < self.cap {
+            conns.push(conn);
+        }
+    }
+
+    fn drain(&self) -> Vec<PoolConnection<Postgres>> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
+        // Nothing can be left half done under this lock: a poisoned one is as good as new.
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -599,7 +672,7 @@ impl PostgresStore {
         }
         let (fence_job, fence_token) = fence.unzip();
         let flow = plan.flow;
-        let outcome = sqlx::query(
+        let query = sqlx::query(
             "SELECT commit_plan($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
         )
@@ -631,10 +704,8 @@ impl PostgresStore {
         .bind(atoms)
         .bind(froms)
         .bind(tos)
-        .bind(history_attempts)
-        .execute(&self.pool)
-        .await;
-        match outcome {
+        .bind(history_attempts);
+        match self.write(query).await {
             Ok(_) => Ok(true),
             Err(e) if is_refusal(&e) => Ok(false),
             Err(e) => Err(classify(e)),
@@ -666,9 +737,7 @@ impl Store for PostgresStore {
             fence: fence_payload(flow.id, fence)?,
             model_version: baton_core::model::MODEL_VERSION,
         };
-        sqlx::query("SELECT create_flow($1)")
-            .bind(Json(&payload))
-            .execute(&self.pool)
+        self.write(sqlx::query("SELECT create_flow($1)").bind(Json(&payload)))
             .await
             .map_err(|e| refusal(e, flow.id, fence, &[]))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -771,9 +840,7 @@ impl Store for PostgresStore {
             model_version: baton_core::model::MODEL_VERSION,
             writes,
         };
-        sqlx::query("SELECT commit_batch($1)")
-            .bind(Json(&payload))
-            .execute(&self.pool)
+        self.write(sqlx::query("SELECT commit_batch($1)").bind(Json(&payload)))
             .await
             .map_err(|e| refusal(e, flow, batch.fence, &batch.writes))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
