@@ -14,7 +14,6 @@ use serde_json::value::RawValue;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
 /// [`MODEL_VERSION`] as the databases store it.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) const MODEL_VERSION_I64: i64 = MODEL_VERSION as i64;
 
 /// An atom record ready to be written: its JSON values serialized once and checked against the
@@ -119,8 +118,7 @@ pub(crate) async fn finish<DB: sqlx::Database, T>(
 }
 
 /// The text form of a timestamp in SQLite: RFC 3339 in UTC with nanoseconds, fixed width, so
-/// that text order is time order.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+/// that text order is time order. (PostgreSQL's `commit_plan` reads times in this form too.)
 pub(crate) fn time_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
@@ -162,7 +160,6 @@ pub(crate) fn legality(flow: FlowId, write: &Write) -> Result<()> {
 /// database, and only the last one's record remains: so the database checks each flow and atom
 /// once and writes it once, which is the same outcome in fewer statements.
 #[derive(Debug)]
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) struct Plan<'b> {
     /// The flow's writes, if any: the state it must be in, and the state and intention it ends
     /// in.
@@ -175,7 +172,6 @@ pub(crate) struct Plan<'b> {
 
 /// The flow's part of a [`Plan`].
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) struct FlowPlan {
     pub(crate) expected: &'static str,
     pub(crate) state: &'static str,
@@ -184,7 +180,6 @@ pub(crate) struct FlowPlan {
 
 /// An atom's part of a [`Plan`].
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) struct AtomPlan {
     /// The state and attempt the atom must hold (the first write's expectation).
     pub(crate) expected_state: &'static str,
@@ -195,7 +190,6 @@ pub(crate) struct AtomPlan {
 
 /// A history entry of a [`Plan`]: subject, atom, from, to, attempt.
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) struct HistoryRow<'b> {
     pub(crate) subject: &'static str,
     pub(crate) atom: Option<&'b str>,
@@ -207,7 +201,6 @@ pub(crate) struct HistoryRow<'b> {
 /// The [`Plan`] of `writes`, or `None` when a write is illegal or does not expect what the
 /// write before it to the same flow or atom left: such a batch is refused, and the careful
 /// write-by-write path finds the error to report.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn plan(flow: FlowId, writes: &[Write]) -> Option<Plan<'_>> {
     let mut plan = Plan {
         flow: None,

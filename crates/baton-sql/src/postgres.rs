@@ -12,6 +12,7 @@ use baton_core::{Fence, FencingToken, FlowId, JobId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{
     PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions, PgRow,
 };
@@ -20,6 +21,7 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
 use crate::codec::{self, EncodedAtom, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES};
 use crate::error::{classify, Error};
+use serde_json::value::RawValue;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -34,7 +36,8 @@ pub struct PostgresOptions {
     /// The schema that holds the store's tables, functions and migration records (created if
     /// missing). A plain lowercase identifier; default [`DEFAULT_SCHEMA`].
     pub schema: String,
-    /// How many connections the pool opens at most. Default 10.
+    /// How many connections the pool opens at most. Default 10. Writes keep up to half of
+    /// them between writes (see [`PostgresStore`]); reads and the other writes share the rest.
     pub max_connections: u32,
     /// How long an operation waits for a connection (for instance while the server is down)
     /// before it fails with [`store::Error::Unavailable`]. Default 10 s.
@@ -93,11 +96,18 @@ impl PostgresOptions {
 /// is touched and no other connection's `search_path` changes.
 ///
 /// A commit is one statement, so one round trip and one transaction: the function
-/// `commit_batch` checks the fence, compare-and-sets every write against the state the writes
-/// before it left, appends the history and raises a distinct SQLSTATE on refusal. Creating a
-/// flow is one statement too. Connections are not pinged before use (that would double the
-/// round trips); a connection that died is noticed by the operation that uses it, which fails
-/// with [`store::Error::Unavailable`], and the engine retries.
+/// `commit_plan` takes the batch as arrays, checks the fence, compare-and-sets the flow and
+/// each atom, appends the history and refuses the whole batch if a check fails. A refused
+/// batch goes to the function `commit_batch`, which applies it write by write, each against
+/// the state the writes before it left, and raises a distinct SQLSTATE naming exactly what is
+/// wrong (or applies it, if the store changed in between). Creating a flow is one statement
+/// too.
+///
+/// Connections are not pinged before use (that would double the round trips), and writes keep
+/// theirs between writes instead of giving them back to the pool, which pings a connection
+/// given back: up to half of [`PostgresOptions::max_connections`] stay with the writes. A
+/// connection that died is noticed by the operation that uses it, which fails with
+/// [`store::Error::Unavailable`] (the connection is then closed), and the engine retries.
 ///
 /// PostgreSQL keeps timestamps to the microsecond: times read back are rounded to it.
 ///
@@ -105,6 +115,8 @@ impl PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Connections that commits keep out of the pool between them.
+    spare: Arc<Spare>,
     schema: Arc<str>,
     commits: Arc<AtomicU64>,
     max_value_bytes: usize,
@@ -172,6 +184,7 @@ impl PostgresStore {
             .await
             .map_err(|e| Error::Store(classify(e)))?;
         Ok(Self {
+            spare: Arc::new(Spare::holding(options.max_connections.max(1) / 2)),
             pool,
             schema: options.schema.into(),
             commits: Arc::new(AtomicU64::new(0)),
@@ -248,11 +261,75 @@ impl PostgresStore {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn close(&self) {
+        // The pool waits for the connections it lent, so give them back first.
+        drop(self.spare.drain());
         self.pool.close().await;
+    }
+
+    /// Runs a writing statement on a connection kept between writes (see [`Spare`]).
+    async fn write(
+        &self,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+        let mut conn = match self.spare.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        let outcome = query.execute(&mut *conn).await;
+        self.spare.keep(conn, &outcome);
+        outcome
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// Connections kept out of the pool between writes, up to a cap.
+///
+/// Giving a connection back to sqlx's pool costs a round trip each time (the pool pings it,
+/// from a task of its own), which is a good part of a commit. A connection here goes back
+/// only when the cap is reached, the store is closed, or a write on it failed in a way that
+/// may have broken it (anything but an error the server reported): then it is closed. The
+/// pool lends the rest to reads and to writes that find no spare.
+#[derive(Debug)]
+struct Spare {
+    conns: std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
+    cap: usize,
+}
+
+impl Spare {
+    fn holding(cap: u32) -> Self {
+        Self {
+            conns: std::sync::Mutex::new(Vec::new()),
+            cap: usize::try_from(cap).unwrap_or(usize::MAX).max(1),
+        }
+    }
+
+    fn take(&self) -> Option<PoolConnection<Postgres>> {
+        self.lock().pop()
+    }
+
+    fn keep<T>(&self, mut conn: PoolConnection<Postgres>, outcome: &Result<T, sqlx::Error>) {
+        if matches!(outcome, Err(e) if !matches!(e, sqlx::Error::Database(_))) {
+            conn.close_on_drop();
+            return;
+        }
+        let mut conns = self.lock();
+        if conns.len() < self.cap {
+            conns.push(conn);
+        }
+    }
+
+    fn drain(&self) -> Vec<PoolConnection<Postgres>> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
+        // Nothing can be left half done under this lock: a poisoned one is as good as new.
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -520,6 +597,128 @@ fn transition_from_row(flow: FlowId, row: &PgRow) -> store::Result<Option<Transi
         .transpose()
 }
 
+impl PostgresStore {
+    /// Applies a planned batch with `commit_plan` (see its migration): `Ok(true)` if it was
+    /// applied, `Ok(false)` if it was refused whole or cannot be sent this way.
+    async fn commit_plan(
+        &self,
+        batch: &Batch,
+        plan: &codec::Plan<'_>,
+        encoded: &[Option<EncodedAtom<'_>>],
+    ) -> store::Result<bool> {
+        let fence = match batch.fence {
+            None => None,
+            Some(f) => match codec::token_to_db(f.token) {
+                Some(token) => Some((f.job.as_uuid(), token)),
+                // No claim can hold it: `commit_batch`'s path says so.
+                None => return Ok(false),
+            },
+        };
+        let n = plan.atoms.len();
+        let mut names = Vec::with_capacity(n);
+        let mut expected_states = Vec::with_capacity(n);
+        let mut expected_attempts = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut intentions = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut rounds = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        let mut failures = Vec::with_capacity(n);
+        let mut revert_failures = Vec::with_capacity(n);
+        let mut retry_histories = Vec::with_capacity(n);
+        let mut retry_ats = Vec::with_capacity(n);
+        let mut progresses = Vec::with_capacity(n);
+        let mut started_ats = Vec::with_capacity(n);
+        let mut finished_ats = Vec::with_capacity(n);
+        for atom in &plan.atoms {
+            let Some(Some(enc)) = encoded.get(atom.last) else {
+                return Err(crate::error::backend("atom write without its encoding"));
+            };
+            if !enc.progress.is_finite() {
+                // JSON has no such number: `commit_batch`'s path refuses it as it always did.
+                return Ok(false);
+            }
+            names.push(enc.name);
+            expected_states.push(atom.expected_state);
+            expected_attempts.push(i64::from(atom.expected_attempt));
+            kinds.push(enc.kind);
+            states.push(enc.state);
+            intentions.push(enc.intention);
+            attempts.push(i64::from(enc.attempt));
+            rounds.push(i64::from(enc.round));
+            results.push(enc.result.as_deref().map(RawValue::get));
+            failures.push(enc.failure.as_deref().map(RawValue::get));
+            revert_failures.push(enc.revert_failure.as_deref().map(RawValue::get));
+            retry_histories.push(enc.retry_history.get());
+            retry_ats.push(enc.retry_at.map(codec::time_text));
+            progresses.push(enc.progress);
+            started_ats.push(enc.started_at.map(codec::time_text));
+            finished_ats.push(enc.finished_at.map(codec::time_text));
+        }
+        let h = plan.history.len();
+        let mut subjects = Vec::with_capacity(h);
+        let mut atoms = Vec::with_capacity(h);
+        let mut froms = Vec::with_capacity(h);
+        let mut tos = Vec::with_capacity(h);
+        let mut history_attempts = Vec::with_capacity(h);
+        for row in &plan.history {
+            subjects.push(row.subject);
+            atoms.push(row.atom);
+            froms.push(row.from);
+            tos.push(row.to);
+            history_attempts.push(row.attempt.map(i64::from));
+        }
+        let (fence_job, fence_token) = fence.unzip();
+        let flow = plan.flow;
+        let query = sqlx::query(
+            "SELECT commit_plan($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
+        )
+        .bind(batch.flow.as_uuid())
+        .bind(codec::time_text(batch.at))
+        .bind(fence_job)
+        .bind(fence_token)
+        .bind(flow.map(|f| f.expected))
+        .bind(flow.map(|f| f.state))
+        .bind(flow.map(|f| f.intention))
+        .bind(codec::MODEL_VERSION_I64)
+        .bind(names)
+        .bind(expected_states)
+        .bind(expected_attempts)
+        .bind(kinds)
+        .bind(states)
+        .bind(intentions)
+        .bind(attempts)
+        .bind(rounds)
+        .bind(results)
+        .bind(failures)
+        .bind(revert_failures)
+        .bind(retry_histories)
+        .bind(retry_ats)
+        .bind(progresses)
+        .bind(started_ats)
+        .bind(finished_ats)
+        .bind(subjects)
+        .bind(atoms)
+        .bind(froms)
+        .bind(tos)
+        .bind(history_attempts);
+        match self.write(query).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_refusal(&e) => Ok(false),
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
+/// Whether `commit_plan` refused its batch (SQLSTATE `BT000`).
+fn is_refusal(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.try_downcast_ref::<PgDatabaseError>())
+        .is_some_and(|pg| pg.code() == "BT000")
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_flow(
@@ -537,9 +736,7 @@ impl Store for PostgresStore {
             fence: fence_payload(flow.id, fence)?,
             model_version: baton_core::model::MODEL_VERSION,
         };
-        sqlx::query("SELECT create_flow($1)")
-            .bind(Json(&payload))
-            .execute(&self.pool)
+        self.write(sqlx::query("SELECT create_flow($1)").bind(Json(&payload)))
             .await
             .map_err(|e| refusal(e, flow.id, fence, &[]))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -581,33 +778,58 @@ impl Store for PostgresStore {
 
     async fn commit(&self, batch: &Batch) -> store::Result<()> {
         let flow = batch.flow;
-        let mut writes = Vec::with_capacity(batch.writes.len());
+        let mut encoded = Vec::with_capacity(batch.writes.len());
         for write in &batch.writes {
+            encoded.push(match write {
+                Write::Atom { record, .. } => {
+                    Some(codec::encode_atom(flow, record, self.max_value_bytes)?)
+                }
+                Write::Flow { .. } => None,
+            });
+        }
+        if let Some(plan) = codec::plan(flow, &batch.writes) {
+            if self.commit_plan(batch, &plan, &encoded).await? {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        // Refused, or not planned: write by write, which says exactly what is wrong.
+        let mut writes = Vec::with_capacity(batch.writes.len());
+        for (write, enc) in batch.writes.iter().zip(encoded) {
             let legal = codec::legality(flow, write).is_ok();
             let change = change_payload(write);
-            writes.push(match write {
-                Write::Flow {
-                    from,
-                    to,
-                    intention,
-                } => WritePayload::Flow {
+            writes.push(match (write, enc) {
+                (
+                    Write::Flow {
+                        from,
+                        to,
+                        intention,
+                    },
+                    _,
+                ) => WritePayload::Flow {
                     from: from.as_str(),
                     to: to.as_str(),
                     intention: intention.as_str(),
                     legal,
                     change,
                 },
-                Write::Atom {
-                    expected_state,
-                    expected_attempt,
-                    record,
-                } => WritePayload::Atom {
+                (
+                    Write::Atom {
+                        expected_state,
+                        expected_attempt,
+                        ..
+                    },
+                    Some(record),
+                ) => WritePayload::Atom {
                     expected_state: expected_state.as_str(),
                     expected_attempt: *expected_attempt,
-                    record: codec::encode_atom(flow, record, self.max_value_bytes)?,
+                    record,
                     legal,
                     change,
                 },
+                (Write::Atom { .. }, None) => {
+                    return Err(crate::error::backend("atom write without its encoding"));
+                }
             });
         }
         let payload = BatchPayload {
@@ -617,9 +839,7 @@ impl Store for PostgresStore {
             model_version: baton_core::model::MODEL_VERSION,
             writes,
         };
-        sqlx::query("SELECT commit_batch($1)")
-            .bind(Json(&payload))
-            .execute(&self.pool)
+        self.write(sqlx::query("SELECT commit_batch($1)").bind(Json(&payload)))
             .await
             .map_err(|e| refusal(e, flow, batch.fence, &batch.writes))?;
         self.commits.fetch_add(1, Ordering::Relaxed);

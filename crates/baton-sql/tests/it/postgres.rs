@@ -90,6 +90,7 @@ async fn migrations_create_the_schema_once_without_leaking_the_search_path() {
         [
             "check_fence",
             "commit_batch",
+            "commit_plan",
             "create_flow",
             "lock_held",
             "now_ms"
