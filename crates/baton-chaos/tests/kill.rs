@@ -159,6 +159,7 @@ async fn postgres_flow_survives_sigkill_at_random_points() {
         return;
     };
     kill_and_resume(&url, Some(&schema)).await;
+    drop_schema(&url, &schema).await;
 }
 
 /// The PostgreSQL server for tests: required when CI=true, skipped (loudly) otherwise.
@@ -177,4 +178,14 @@ async fn postgres_url(schema: &str) -> Option<String> {
         }
         Err(e) => panic!("PostgreSQL at {url} is unreachable (CI=true): {e}"),
     }
+}
+
+/// Removes a test's schema (only after it passed: a failed test leaves its data to look at).
+async fn drop_schema(url: &str, schema: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }

@@ -84,4 +84,12 @@ async fn a_flow_rides_out_a_postgres_restart() {
     assert_eq!(creates.len(), 300);
     // The engine never died: no step had to run twice.
     assert!(creates.values().all(|&n| n == 1), "{creates:?}");
+
+    // Passed: remove the test's schema (a failed test leaves its data to look at).
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }
