@@ -133,6 +133,25 @@ fn listings_have_a_stable_layout() {
         "ID  NAME  STATE  CREATED  UPDATED\n\
          <id>  stack-create:demo  SUCCESS  <time>  <time>\n"
     );
+    let flows = json(&baton(&db.url, &["flows", "list", "--json"]));
+    let id = flows[0]["id"].as_str().unwrap();
+    let show = normalise(&stdout(&baton(&db.url, &["flows", "show", id])));
+    let head: Vec<&str> = show.lines().take(9).collect();
+    assert_eq!(
+        head,
+        [
+            "flow  <id>  stack-create:demo",
+            "state  SUCCESS (heading: EXECUTE)",
+            "created  <time>  updated <time>",
+            "job  <id>",
+            "",
+            "ATOM  KIND  STATE  ATTEMPT  STARTED  TOOK  RESULT",
+            "network  task  SUCCESS  1  <time>  <took>  {\"id\":\"network-network-<hash>\",\"kind\":\"network\"}",
+            "subnet  task  SUCCESS  1  <time>  <took>  {\"id\":\"subnet-subnet-<hash>\",\"kind\":\"subnet\"}",
+            "router  task  SUCCESS  1  <time>  <took>  {\"id\":\"router-router-<hash>\",\"kind\":\"router\"}",
+        ]
+    );
+    assert!(show.contains("\nhistory:\nSEQ  AT  SUBJECT  FROM  TO  ATTEMPT\n1  <clock>  flow  PENDING  RUNNING\n"), "{show}");
     let jobs = normalise(&stdout(&baton(&db.url, &["jobs", "list"])));
     assert_eq!(
         jobs,
