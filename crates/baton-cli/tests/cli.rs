@@ -151,7 +151,12 @@ fn listings_have_a_stable_layout() {
             "router  task  SUCCESS  1  <time>  <took>  {\"id\":\"router-router-<hash>\",\"kind\":\"router\"}",
         ]
     );
-    assert!(show.contains("\nhistory:\nSEQ  AT  SUBJECT  FROM  TO  ATTEMPT\n1  <clock>  flow  PENDING  RUNNING\n"), "{show}");
+    assert!(
+        show.contains(
+            "\nhistory:\nSEQ  AT  SUBJECT  FROM  TO  ATTEMPT\n1  <clock>  flow  PENDING  RUNNING\n"
+        ),
+        "{show}"
+    );
     let jobs = normalise(&stdout(&baton(&db.url, &["jobs", "list"])));
     assert_eq!(
         jobs,
