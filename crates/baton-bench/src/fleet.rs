@@ -119,10 +119,10 @@ pub(crate) fn registry() -> Registry {
         })
 }
 
-fn conductor(fleet: &Fleet, name: String, poll: Duration) -> Conductor {
+fn conductor(fleet: &Fleet, name: String, poll: Duration, concurrency: usize) -> Conductor {
     let mut options = Options::default();
     options.name = name;
-    options.concurrency = 8;
+    options.concurrency = concurrency.max(1);
     options.poll = poll;
     Conductor::new(
         fleet.board(),
@@ -133,14 +133,24 @@ fn conductor(fleet: &Fleet, name: String, poll: Duration) -> Conductor {
 }
 
 /// `jobs`: post N one-task jobs while K conductors run them; time until all are complete.
-pub(crate) async fn jobs(target: &Target, jobs: usize, conductors: usize) -> Result<()> {
+pub(crate) async fn jobs(
+    target: &Target,
+    jobs: usize,
+    conductors: usize,
+    concurrency: usize,
+) -> Result<()> {
     let fleet = Fleet::open(target).await?;
     let shutdown = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
     for i in 0..conductors.max(1) {
         running.spawn(
-            conductor(&fleet, format!("bench-{i}"), Duration::from_millis(50))
-                .run(shutdown.clone()),
+            conductor(
+                &fleet,
+                format!("bench-{i}"),
+                Duration::from_millis(50),
+                concurrency,
+            )
+            .run(shutdown.clone()),
         );
     }
     let poster = fleet.board();
@@ -189,6 +199,7 @@ pub(crate) async fn jobs(target: &Target, jobs: usize, conductors: usize) -> Res
             "backend": target.backend.name(),
             "jobs": jobs,
             "conductors": conductors,
+            "concurrency": concurrency,
             "seconds": secs,
             "jobs_per_sec": jobs as f64 / secs,
             "consumed": consumed,
@@ -238,8 +249,9 @@ pub(crate) async fn takeover(target: &Target) -> Result<()> {
     // A second conductor, idle, ready to take over.
     let shutdown = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
-    running
-        .spawn(conductor(&fleet, "survivor".into(), Options::default().poll).run(shutdown.clone()));
+    running.spawn(
+        conductor(&fleet, "survivor".into(), Options::default().poll, 8).run(shutdown.clone()),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     child.kill()?; // SIGKILL

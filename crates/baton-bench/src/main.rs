@@ -89,6 +89,9 @@ enum Scenario {
         jobs: usize,
         #[arg(long, default_value_t = 4)]
         conductors: usize,
+        /// Jobs each conductor runs at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
     },
     /// SIGKILL the conductor (a child process) that owns a running flow; measure how soon
     /// another conductor claims the job and completes it.
@@ -381,7 +384,8 @@ fn main() -> Result<()> {
             target,
             jobs,
             conductors,
-        } => rt.block_on(fleet::jobs(&target, jobs, conductors)),
+            concurrency,
+        } => rt.block_on(fleet::jobs(&target, jobs, conductors, concurrency)),
         Scenario::Takeover { target } => rt.block_on(fleet::takeover(&target)),
         Scenario::TakeoverChild { db, schema } => {
             rt.block_on(fleet::takeover_child(&db, schema.as_deref()))
