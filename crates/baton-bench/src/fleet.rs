@@ -44,14 +44,7 @@ impl Fleet {
                 })
             }
             Backend::Sqlite => {
-                let (url, dir) = match &target.database_url {
-                    Some(url) => (url.clone(), None),
-                    None => {
-                        let dir = tempfile::tempdir()?;
-                        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
-                        (url, Some(dir))
-                    }
-                };
+                let (url, dir) = crate::sqlite_url(target)?;
                 let store = baton_sql::SqliteStore::open(&url).await?;
                 let for_boards = store.clone();
                 Ok(Self {

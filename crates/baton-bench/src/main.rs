@@ -246,6 +246,19 @@ impl Floor {
     }
 }
 
+/// The SQLite database to measure: `--database-url`, else a new file in a temporary folder
+/// (returned too, as it must live as long as the database is used).
+fn sqlite_url(target: &Target) -> Result<(String, Option<tempfile::TempDir>)> {
+    Ok(match &target.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+            (url, Some(dir))
+        }
+    })
+}
+
 /// The PostgreSQL server to measure: `--database-url`, else `BATON_TEST_POSTGRES_URL`, else
 /// the local default.
 fn postgres_url(target: &Target) -> String {
@@ -269,14 +282,7 @@ async fn open(target: &Target) -> Result<Bench> {
             })
         }
         Backend::Sqlite => {
-            let (url, dir) = match &target.database_url {
-                Some(url) => (url.clone(), None),
-                None => {
-                    let dir = tempfile::tempdir()?;
-                    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-                    (url, Some(dir))
-                }
-            };
+            let (url, dir) = sqlite_url(target)?;
             let store = baton_sql::SqliteStore::open(&url).await?;
             let counter = store.clone();
             // The floor uses the store's own settings: WAL, synchronous=NORMAL, and one
