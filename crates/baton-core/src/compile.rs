@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -113,9 +114,14 @@ impl std::fmt::Debug for DeciderEdge {
 
 /// A flow compiled into one DAG of atoms, ready to run.
 ///
-/// Cheap to share: wrap it in an `Arc` and run many flows from one compiled definition.
+/// Cheap to clone (clones share one definition): run many flows from one compiled flow.
 #[derive(Debug, Clone)]
-pub struct CompiledFlow {
+pub struct CompiledFlow(Arc<Compiled>);
+
+/// The inside of a [`CompiledFlow`], shared by its clones. Nothing in it is public.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Compiled {
     pub(crate) name: String,
     pub(crate) atoms: Vec<CompiledAtom>,
     pub(crate) index: HashMap<String, usize>,
@@ -131,6 +137,14 @@ pub struct CompiledFlow {
     /// For each retry controller, the atoms it governs (nested ones included, itself not), in
     /// topological order.
     pub(crate) scope: Vec<Vec<usize>>,
+}
+
+impl std::ops::Deref for CompiledFlow {
+    type Target = Compiled;
+
+    fn deref(&self) -> &Compiled {
+        &self.0
+    }
 }
 
 impl CompiledFlow {
@@ -636,7 +650,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
         members.sort_unstable_by_key(|&m| topo_pos[m]);
         scope[r] = members;
     }
-    Ok(CompiledFlow {
+    Ok(CompiledFlow(Arc::new(Compiled {
         name: flow.name.clone(),
         atoms: compiled,
         index: b.names,
@@ -647,7 +661,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
         topo_pos,
         retry_of: b.retry_of,
         scope,
-    })
+    })))
 }
 
 /// Reachability queries on the DAG.

@@ -1,8 +1,10 @@
 //! What both backends share: encoding records for storage (with the size limit), decoding rows
 //! back (reporting damage as [`Error::Corrupt`]), and the client-side half of the write checks.
 
-use baton_core::model::{AtomKind, AtomRecord, Change, FlowRecord, Transition, MODEL_VERSION};
-use baton_core::store::{check_write, transition_of, Error, Result, Write};
+use baton_core::model::{
+    AtomKind, AtomRecord, Change, FlowRecord, FlowSnapshot, Transition, MODEL_VERSION,
+};
+use baton_core::store::{check_write, Error, Result, Write};
 use baton_core::{FencingToken, FlowId};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
@@ -152,129 +154,37 @@ pub(crate) fn legality(flow: FlowId, write: &Write) -> Result<()> {
     check_write(flow, write, as_expected)
 }
 
-/// A batch reduced to what the database must check and write, for the one-statement commit.
-///
-/// Applying a batch write by write, each write is checked against the state the writes before
-/// it left. When every write is legal and every write to a flow or atom expects exactly what
-/// the write before it to the same one left, only the first write to each can fail against the
-/// database, and only the last one's record remains: so the database checks each flow and atom
-/// once and writes it once, which is the same outcome in fewer statements.
-#[derive(Debug)]
-pub(crate) struct Plan<'b> {
-    /// The flow's writes, if any: the state it must be in, and the state and intention it ends
-    /// in.
-    pub(crate) flow: Option<FlowPlan>,
-    /// One entry per atom written, in order of first write.
-    pub(crate) atoms: Vec<AtomPlan>,
-    /// One entry per change of state (or new attempt), in order.
-    pub(crate) history: Vec<HistoryRow<'b>>,
-}
-
-/// The flow's part of a [`Plan`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FlowPlan {
-    pub(crate) expected: &'static str,
-    pub(crate) state: &'static str,
-    pub(crate) intention: &'static str,
-}
-
-/// An atom's part of a [`Plan`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AtomPlan {
-    /// The state and attempt the atom must hold (the first write's expectation).
-    pub(crate) expected_state: &'static str,
-    pub(crate) expected_attempt: u32,
-    /// The index in the batch of the last write to the atom: its record is what is stored.
-    pub(crate) last: usize,
-}
-
-/// A history entry of a [`Plan`]: subject, atom, from, to, attempt.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HistoryRow<'b> {
-    pub(crate) subject: &'static str,
-    pub(crate) atom: Option<&'b str>,
-    pub(crate) from: &'static str,
-    pub(crate) to: &'static str,
-    pub(crate) attempt: Option<u32>,
-}
-
-/// The [`Plan`] of `writes`, or `None` when a write is illegal or does not expect what the
-/// write before it to the same flow or atom left: such a batch is refused, and the careful
-/// write-by-write path finds the error to report.
-pub(crate) fn plan(flow: FlowId, writes: &[Write]) -> Option<Plan<'_>> {
-    let mut plan = Plan {
-        flow: None,
-        atoms: Vec::with_capacity(writes.len()),
-        history: Vec::with_capacity(writes.len()),
-    };
-    // Where each atom's entry is in `plan.atoms`.
-    let mut seen: std::collections::HashMap<&str, usize> =
-        std::collections::HashMap::with_capacity(writes.len());
-    for (index, write) in writes.iter().enumerate() {
-        if legality(flow, write).is_err() {
-            return None;
-        }
+/// Checks a batch write by write against the flow as it is (each write against what the
+/// writes before it left), reporting exactly what is wrong.
+pub(crate) fn check_writes(flow: FlowId, snapshot: &FlowSnapshot, writes: &[Write]) -> Result<()> {
+    let mut state = snapshot.flow.state.as_str().to_owned();
+    let mut atoms: std::collections::HashMap<&str, (String, u32)> = snapshot
+        .atoms
+        .iter()
+        .map(|a| (a.name.as_str(), (a.state.as_str().to_owned(), a.attempt)))
+        .collect();
+    for write in writes {
         match write {
-            Write::Flow {
-                from,
-                to,
-                intention,
-            } => match &mut plan.flow {
-                Some(f) if f.state != from.as_str() => return None,
-                Some(f) => {
-                    f.state = to.as_str();
-                    f.intention = intention.as_str();
-                }
-                None => {
-                    plan.flow = Some(FlowPlan {
-                        expected: from.as_str(),
-                        state: to.as_str(),
-                        intention: intention.as_str(),
-                    });
-                }
-            },
-            Write::Atom {
-                expected_state,
-                expected_attempt,
-                record,
-            } => match seen.get(record.name.as_str()) {
-                Some(&at) => {
-                    let before = match plan.atoms.get(at).and_then(|a| writes.get(a.last)) {
-                        Some(Write::Atom { record, .. }) => record,
-                        _ => return None,
-                    };
-                    if before.state != *expected_state || before.attempt != *expected_attempt {
-                        return None;
+            Write::Flow { to, .. } => {
+                check_write(flow, write, (state, 0))?;
+                state = to.as_str().to_owned();
+            }
+            Write::Atom { record, .. } => {
+                let current = atoms.get(record.name.as_str()).cloned().ok_or_else(|| {
+                    Error::AtomNotFound {
+                        flow,
+                        atom: record.name.clone(),
                     }
-                    if let Some(a) = plan.atoms.get_mut(at) {
-                        a.last = index;
-                    }
-                }
-                None => {
-                    seen.insert(record.name.as_str(), plan.atoms.len());
-                    plan.atoms.push(AtomPlan {
-                        expected_state: expected_state.as_str(),
-                        expected_attempt: *expected_attempt,
-                        last: index,
-                    });
-                }
-            },
-        }
-        if let Some(change) = transition_of(write) {
-            let (subject, _, from, to, attempt) = history_columns(&change);
-            plan.history.push(HistoryRow {
-                subject,
-                atom: match write {
-                    Write::Atom { record, .. } => Some(record.name.as_str()),
-                    Write::Flow { .. } => None,
-                },
-                from,
-                to,
-                attempt,
-            });
+                })?;
+                check_write(flow, write, current)?;
+                atoms.insert(
+                    record.name.as_str(),
+                    (record.state.as_str().to_owned(), record.attempt),
+                );
+            }
         }
     }
-    Some(plan)
+    Ok(())
 }
 
 /// The error for a write whose compare-and-set failed against what the database holds.
@@ -341,7 +251,7 @@ pub(crate) fn corrupt(flow: FlowId, atom: Option<&str>, detail: impl Into<String
     }
 }
 
-fn check_version(version: i64) -> std::result::Result<(), String> {
+pub(crate) fn check_version(version: i64) -> std::result::Result<(), String> {
     match u32::try_from(version) {
         Ok(v) if (1..=MODEL_VERSION).contains(&v) => Ok(()),
         Ok(v) if v > MODEL_VERSION => Err(format!(
@@ -450,37 +360,9 @@ pub(crate) fn decode_transition(flow: FlowId, raw: RawTransition) -> Result<Tran
     go().map_err(|detail| corrupt(flow, atom.as_deref(), detail))
 }
 
-/// What a history row stores for a change: subject, atom, from, to, attempt.
-pub(crate) fn history_columns(
-    change: &Change,
-) -> (
-    &'static str,
-    Option<&str>,
-    &'static str,
-    &'static str,
-    Option<u32>,
-) {
-    match change {
-        Change::Flow { from, to } => ("flow", None, from.as_str(), to.as_str(), None),
-        Change::Atom {
-            atom,
-            from,
-            to,
-            attempt,
-        } => (
-            "atom",
-            Some(atom.as_str()),
-            from.as_str(),
-            to.as_str(),
-            Some(*attempt),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use baton_core::model::AtomKind;
-    use baton_core::{AtomState, FlowState, Intention};
     use serde_json::json;
 
     use super::*;
@@ -514,82 +396,6 @@ mod tests {
         assert!(err.contains("newer version of baton"), "{err}");
         assert!(check_version(0).is_err());
         assert!(check_version(i64::from(MODEL_VERSION)).is_ok());
-    }
-
-    fn moved(rec: &AtomRecord, state: AtomState, attempt: u32) -> (Write, AtomRecord) {
-        let mut next = rec.clone();
-        next.state = state;
-        next.attempt = attempt;
-        let write = Write::Atom {
-            expected_state: rec.state,
-            expected_attempt: rec.attempt,
-            record: next.clone(),
-        };
-        (write, next)
-    }
-
-    #[test]
-    fn plans_check_each_atom_once_and_keep_every_change() {
-        let flow = FlowId::new();
-        let a = AtomRecord::pending("a", AtomKind::Task);
-        let b = AtomRecord::pending("b", AtomKind::Task);
-        let (start_a, running_a) = moved(&a, AtomState::Running, 1);
-        let (start_b, _) = moved(&b, AtomState::Running, 1);
-        let (finish_a, _) = moved(&running_a, AtomState::Success, 1);
-        let writes = vec![
-            Write::Flow {
-                from: FlowState::Pending,
-                to: FlowState::Running,
-                intention: Intention::Execute,
-            },
-            start_a,
-            start_b,
-            finish_a,
-        ];
-        let plan = plan(flow, &writes).unwrap();
-        let f = plan.flow.unwrap();
-        assert_eq!((f.expected, f.state), ("PENDING", "RUNNING"));
-        let atoms: Vec<_> = plan
-            .atoms
-            .iter()
-            .map(|a| (a.expected_state, a.expected_attempt, a.last))
-            .collect();
-        assert_eq!(atoms, [("PENDING", 0, 3), ("PENDING", 0, 2)]);
-        let history: Vec<_> = plan
-            .history
-            .iter()
-            .map(|h| (h.subject, h.atom, h.from, h.to))
-            .collect();
-        assert_eq!(
-            history,
-            [
-                ("flow", None, "PENDING", "RUNNING"),
-                ("atom", Some("a"), "PENDING", "RUNNING"),
-                ("atom", Some("b"), "PENDING", "RUNNING"),
-                ("atom", Some("a"), "RUNNING", "SUCCESS"),
-            ]
-        );
-    }
-
-    #[test]
-    fn batches_that_cannot_be_planned_go_write_by_write() {
-        let flow = FlowId::new();
-        let a = AtomRecord::pending("a", AtomKind::Task);
-        let (start_a, _) = moved(&a, AtomState::Running, 1);
-        // The second write expects what the first did not leave.
-        let (stale, _) = moved(&a, AtomState::Running, 1);
-        assert!(plan(flow, &[start_a.clone(), stale]).is_none());
-        // Illegal: PENDING cannot go to SUCCESS.
-        let (skip, _) = moved(&a, AtomState::Success, 1);
-        assert!(plan(flow, &[skip]).is_none());
-        // Two flow writes that do not chain.
-        let run = Write::Flow {
-            from: FlowState::Pending,
-            to: FlowState::Running,
-            intention: Intention::Execute,
-        };
-        assert!(plan(flow, &[run.clone(), run.clone()]).is_none());
-        assert!(plan(flow, &[run, start_a]).is_some());
     }
 
     #[test]

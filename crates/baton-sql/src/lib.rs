@@ -85,6 +85,8 @@ mod error;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod steplog;
 
 use std::sync::Arc;
 

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
-use baton_core::store::{self, transition_of, FlowQuery, Store};
+use baton_core::store::{self, FlowQuery, Store};
 use baton_core::{Fence, FencingToken, FlowId, JobId};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
@@ -21,7 +20,7 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
 use crate::codec::{self, EncodedAtom, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES};
 use crate::error::{classify, Error};
-use serde_json::value::RawValue;
+use crate::steplog::{self, Known, Step, StepRow};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -120,6 +119,8 @@ pub struct PostgresStore {
     schema: Arc<str>,
     commits: Arc<AtomicU64>,
     max_value_bytes: usize,
+    /// What this store knows of the flows it writes to (see [`crate::steplog`]).
+    known: Arc<steplog::Cache>,
 }
 
 fn config(e: impl std::fmt::Display) -> Error {
@@ -189,6 +190,7 @@ impl PostgresStore {
             schema: options.schema.into(),
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
+            known: Arc::default(),
         })
     }
 
@@ -276,7 +278,10 @@ impl PostgresStore {
             None => self.pool.acquire().await?,
         };
         let outcome = query.execute(&mut *conn).await;
-        self.spare.keep(conn, &outcome);
+        self.spare.keep(
+            conn,
+            !matches!(&outcome, Err(e) if !matches!(e, sqlx::Error::Database(_))),
+        );
         outcome
     }
 
@@ -310,8 +315,10 @@ impl Spare {
         self.lock().pop()
     }
 
-    fn keep<T>(&self, mut conn: PoolConnection<Postgres>, outcome: &Result<T, sqlx::Error>) {
-        if matches!(outcome, Err(e) if !matches!(e, sqlx::Error::Database(_))) {
+    /// Keeps `conn` for the next write, unless it may be broken (`healthy` is false when an
+    /// operation on it failed with anything but an error the server reported).
+    fn keep(&self, mut conn: PoolConnection<Postgres>, healthy: bool) {
+        if !healthy {
             conn.close_on_drop();
             return;
         }
@@ -383,48 +390,6 @@ struct CreatePayload<'a> {
     model_version: u32,
 }
 
-#[derive(Serialize)]
-struct ChangePayload<'a> {
-    subject: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    atom: Option<&'a str>,
-    from: &'static str,
-    to: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    attempt: Option<u32>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum WritePayload<'a> {
-    Flow {
-        from: &'static str,
-        to: &'static str,
-        intention: &'static str,
-        legal: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        change: Option<ChangePayload<'a>>,
-    },
-    Atom {
-        expected_state: &'static str,
-        expected_attempt: u32,
-        record: EncodedAtom<'a>,
-        legal: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        change: Option<ChangePayload<'a>>,
-    },
-}
-
-#[derive(Serialize)]
-struct BatchPayload<'a> {
-    flow: FlowId,
-    at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fence: Option<FencePayload>,
-    model_version: u32,
-    writes: Vec<WritePayload<'a>>,
-}
-
 /// The fence as the functions take it; `Err` for a token no claim can have (it cannot be
 /// stored), which is refused without asking the database.
 fn fence_payload(flow: FlowId, fence: Option<Fence>) -> store::Result<Option<FencePayload>> {
@@ -438,23 +403,6 @@ fn fence_payload(flow: FlowId, fence: Option<Fence>) -> store::Result<Option<Fen
             }),
         })
         .transpose()
-}
-
-fn change_payload(write: &Write) -> Option<ChangePayload<'_>> {
-    transition_of(write).map(|change| {
-        let (subject, _, from, to, attempt) = codec::history_columns(&change);
-        let atom = match write {
-            Write::Atom { record, .. } if subject == "atom" => Some(record.name.as_str()),
-            _ => None,
-        };
-        ChangePayload {
-            subject,
-            atom,
-            from,
-            to,
-            attempt,
-        }
-    })
 }
 
 /// What a refusal's DETAIL carries.
@@ -597,126 +545,183 @@ fn transition_from_row(flow: FlowId, row: &PgRow) -> store::Result<Option<Transi
         .transpose()
 }
 
+fn step_from_row(flow: FlowId, row: &PgRow) -> store::Result<StepRow> {
+    let go = || -> Result<StepRow, String> {
+        Ok(StepRow {
+            seq: get(row, "seq")?,
+            at: get(row, "at")?,
+            body: get(row, "body")?,
+            model_version: get(row, "model_version")?,
+        })
+    };
+    go().map_err(|d| codec::corrupt(flow, None, format!("step log: {d}")))
+}
+
+/// The flow's steps, in order.
+async fn read_steps(conn: &mut PgConnection, flow: FlowId) -> store::Result<Vec<StepRow>> {
+    let rows = sqlx::query(
+        "SELECT seq, at, body, model_version FROM steps WHERE flow_id = $1 ORDER BY seq",
+    )
+    .bind(flow.as_uuid())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(classify)?;
+    rows.iter().map(|r| step_from_row(flow, r)).collect()
+}
+
+/// The flow as it is now, and the number of its log's last step. Run it in a `REPEATABLE
+/// READ` transaction, so that the rows come from one snapshot.
+async fn read_flow(conn: &mut PgConnection, id: FlowId) -> store::Result<(FlowSnapshot, i64)> {
+    let row = sqlx::query(&format!("SELECT {FLOW_COLUMNS} FROM flows WHERE id = $1"))
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?
+        .ok_or(store::Error::FlowNotFound(id))?;
+    let rows = sqlx::query(&format!(
+        "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = $1 ORDER BY position"
+    ))
+    .bind(id.as_uuid())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(classify)?;
+    let steps = read_steps(conn, id).await?;
+    let mut flow = flow_from_row(&row)?;
+    let mut atoms = rows
+        .iter()
+        .map(|r| atom_from_row(id, r))
+        .collect::<store::Result<Vec<_>>>()?;
+    steplog::replay(&mut flow, &mut atoms, &steps)?;
+    let last = steps.last().map_or(0, |s| s.seq);
+    Ok((FlowSnapshot { flow, atoms }, last))
+}
+
+/// The statement that appends a step: `$1`..`$7` are the row; a fenced one also takes the
+/// job (`$8`) and token (`$9`), and share-locks the fence row until the commit, so a new claim
+/// of the job (which updates that row) waits for the append: the two never interleave.
+fn append_sql(fenced: bool) -> &'static str {
+    if fenced {
+        "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
+         SELECT $1, $2, $3, $4, $5, $6, $7 \
+         WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = $8 AND token = $9 FOR SHARE)"
+    } else {
+        "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    }
+}
+
+/// Whether a careful commit met another writer (a step appended, a fence row updated) and
+/// should look again.
+fn met_another_writer(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation() || d.code().as_deref() == Some("40001"))
+}
+
+/// How many times a careful commit looks again after meeting another writer.
+const CAREFUL_TRIES: usize = 5;
+
 impl PostgresStore {
-    /// Applies a planned batch with `commit_plan` (see its migration): `Ok(true)` if it was
-    /// applied, `Ok(false)` if it was refused whole or cannot be sent this way.
-    async fn commit_plan(
+    /// The careful commit: in one `REPEATABLE READ` transaction, check the fence, read the flow
+    /// as it is, check write by write (reporting exactly what is wrong) and append. Returns
+    /// what the flow was before the batch, and its last step then.
+    async fn commit_carefully(
         &self,
         batch: &Batch,
-        plan: &codec::Plan<'_>,
-        encoded: &[Option<EncodedAtom<'_>>],
-    ) -> store::Result<bool> {
-        let fence = match batch.fence {
-            None => None,
-            Some(f) => match codec::token_to_db(f.token) {
-                Some(token) => Some((f.job.as_uuid(), token)),
-                // No claim can hold it: `commit_batch`'s path says so.
-                None => return Ok(false),
-            },
-        };
-        let n = plan.atoms.len();
-        let mut names = Vec::with_capacity(n);
-        let mut expected_states = Vec::with_capacity(n);
-        let mut expected_attempts = Vec::with_capacity(n);
-        let mut kinds = Vec::with_capacity(n);
-        let mut states = Vec::with_capacity(n);
-        let mut intentions = Vec::with_capacity(n);
-        let mut attempts = Vec::with_capacity(n);
-        let mut rounds = Vec::with_capacity(n);
-        let mut results = Vec::with_capacity(n);
-        let mut failures = Vec::with_capacity(n);
-        let mut revert_failures = Vec::with_capacity(n);
-        let mut retry_histories = Vec::with_capacity(n);
-        let mut retry_ats = Vec::with_capacity(n);
-        let mut progresses = Vec::with_capacity(n);
-        let mut started_ats = Vec::with_capacity(n);
-        let mut finished_ats = Vec::with_capacity(n);
-        for atom in &plan.atoms {
-            let Some(Some(enc)) = encoded.get(atom.last) else {
-                return Err(crate::error::backend("atom write without its encoding"));
+        step: &Step,
+    ) -> store::Result<(FlowSnapshot, i64)> {
+        let flow = batch.flow;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut conn = match self.spare.take() {
+                Some(conn) => conn,
+                None => self.pool.acquire().await.map_err(classify)?,
             };
-            if !enc.progress.is_finite() {
-                // JSON has no such number: `commit_batch`'s path refuses it as it always did.
-                return Ok(false);
+            let outcome = self.try_carefully(&mut conn, batch, step).await;
+            let healthy = match &outcome {
+                Err(Attempt::Db(e)) => matches!(e, sqlx::Error::Database(_)),
+                _ => true,
+            };
+            self.spare.keep(conn, healthy);
+            match outcome {
+                Ok(done) => return Ok(done),
+                Err(Attempt::Db(e)) if met_another_writer(&e) && tries < CAREFUL_TRIES => {}
+                Err(Attempt::Db(e)) if met_another_writer(&e) => {
+                    return Err(store::Error::Conflict {
+                        flow,
+                        subject: "flow".into(),
+                        expected: "no other writer".into(),
+                        actual: format!("other writers changed it {tries} times meanwhile"),
+                    })
+                }
+                Err(Attempt::Db(e)) => return Err(classify(e)),
+                Err(Attempt::Store(e)) => return Err(e),
             }
-            names.push(enc.name);
-            expected_states.push(atom.expected_state);
-            expected_attempts.push(i64::from(atom.expected_attempt));
-            kinds.push(enc.kind);
-            states.push(enc.state);
-            intentions.push(enc.intention);
-            attempts.push(i64::from(enc.attempt));
-            rounds.push(i64::from(enc.round));
-            results.push(enc.result.as_deref().map(RawValue::get));
-            failures.push(enc.failure.as_deref().map(RawValue::get));
-            revert_failures.push(enc.revert_failure.as_deref().map(RawValue::get));
-            retry_histories.push(enc.retry_history.get());
-            retry_ats.push(enc.retry_at.map(codec::time_text));
-            progresses.push(enc.progress);
-            started_ats.push(enc.started_at.map(codec::time_text));
-            finished_ats.push(enc.finished_at.map(codec::time_text));
         }
-        let h = plan.history.len();
-        let mut subjects = Vec::with_capacity(h);
-        let mut atoms = Vec::with_capacity(h);
-        let mut froms = Vec::with_capacity(h);
-        let mut tos = Vec::with_capacity(h);
-        let mut history_attempts = Vec::with_capacity(h);
-        for row in &plan.history {
-            subjects.push(row.subject);
-            atoms.push(row.atom);
-            froms.push(row.from);
-            tos.push(row.to);
-            history_attempts.push(row.attempt.map(i64::from));
+    }
+
+    async fn try_carefully(
+        &self,
+        conn: &mut PgConnection,
+        batch: &Batch,
+        step: &Step,
+    ) -> Result<(FlowSnapshot, i64), Attempt> {
+        let flow = batch.flow;
+        let mut tx = conn
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(Attempt::Db)?;
+        let result = async {
+            if let Some(f) = batch.fence {
+                let current: Option<i64> =
+                    sqlx::query_scalar("SELECT token FROM fences WHERE job_id = $1 FOR SHARE")
+                        .bind(f.job.as_uuid())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(Attempt::Db)?;
+                if current.is_none() || current != codec::token_to_db(f.token) {
+                    return Err(Attempt::Store(store::Error::Fenced {
+                        flow,
+                        job: f.job,
+                        token: f.token,
+                    }));
+                }
+            }
+            let (snapshot, seq) = read_flow(&mut tx, flow).await.map_err(Attempt::Store)?;
+            codec::check_writes(flow, &snapshot, &batch.writes).map_err(Attempt::Store)?;
+            sqlx::query(append_sql(false))
+                .bind(flow.as_uuid())
+                .bind(seq + 1)
+                .bind(batch.at)
+                .bind(step.flow_state)
+                .bind(step.flow_intention)
+                .bind(step.body.as_str())
+                .bind(codec::MODEL_VERSION_I64)
+                .execute(&mut *tx)
+                .await
+                .map_err(Attempt::Db)?;
+            Ok((snapshot, seq))
         }
-        let (fence_job, fence_token) = fence.unzip();
-        let flow = plan.flow;
-        let query = sqlx::query(
-            "SELECT commit_plan($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
-        )
-        .bind(batch.flow.as_uuid())
-        .bind(codec::time_text(batch.at))
-        .bind(fence_job)
-        .bind(fence_token)
-        .bind(flow.map(|f| f.expected))
-        .bind(flow.map(|f| f.state))
-        .bind(flow.map(|f| f.intention))
-        .bind(codec::MODEL_VERSION_I64)
-        .bind(names)
-        .bind(expected_states)
-        .bind(expected_attempts)
-        .bind(kinds)
-        .bind(states)
-        .bind(intentions)
-        .bind(attempts)
-        .bind(rounds)
-        .bind(results)
-        .bind(failures)
-        .bind(revert_failures)
-        .bind(retry_histories)
-        .bind(retry_ats)
-        .bind(progresses)
-        .bind(started_ats)
-        .bind(finished_ats)
-        .bind(subjects)
-        .bind(atoms)
-        .bind(froms)
-        .bind(tos)
-        .bind(history_attempts);
-        match self.write(query).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_refusal(&e) => Ok(false),
-            Err(e) => Err(classify(e)),
+        .await;
+        match result {
+            Ok(done) => {
+                tx.commit().await.map_err(Attempt::Db)?;
+                Ok(done)
+            }
+            Err(e) => {
+                // The refusal is the news; a failed rollback ends with the connection anyway.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
         }
     }
 }
 
-/// Whether `commit_plan` refused its batch (SQLSTATE `BT000`).
-fn is_refusal(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .and_then(|e| e.try_downcast_ref::<PgDatabaseError>())
-        .is_some_and(|pg| pg.code() == "BT000")
+/// Why a careful commit's attempt failed: the database (maybe another writer, to look again
+/// for), or the batch itself.
+enum Attempt {
+    Db(sqlx::Error),
+    Store(store::Error),
 }
 
 #[async_trait]
@@ -740,40 +745,22 @@ impl Store for PostgresStore {
             .await
             .map_err(|e| refusal(e, flow.id, fence, &[]))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
+        self.known.put(flow.id, Known::of(0, flow, atoms));
         Ok(())
     }
 
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
-        // One read-only snapshot for the flow and its atoms.
+        // One read-only snapshot for the flow, its atoms and its log.
         let mut tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(classify)?;
-        let result = async {
-            let row = sqlx::query(&format!("SELECT {FLOW_COLUMNS} FROM flows WHERE id = $1"))
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(classify)?
-                .ok_or(store::Error::FlowNotFound(id))?;
-            let rows = sqlx::query(&format!(
-                "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = $1 ORDER BY position"
-            ))
-            .bind(id.as_uuid())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
-            Ok((row, rows))
-        }
-        .await;
-        let (row, rows) = codec::finish(tx, result).await?;
-        let flow = flow_from_row(&row)?;
-        let atoms = rows
-            .iter()
-            .map(|r| atom_from_row(id, r))
-            .collect::<store::Result<Vec<_>>>()?;
-        Ok(FlowSnapshot { flow, atoms })
+        let result = read_flow(&mut tx, id).await;
+        let (snapshot, seq) = codec::finish(tx, result).await?;
+        self.known
+            .put(id, Known::of(seq, &snapshot.flow, &snapshot.atoms));
+        Ok(snapshot)
     }
 
     async fn commit(&self, batch: &Batch) -> store::Result<()> {
@@ -787,90 +774,101 @@ impl Store for PostgresStore {
                 Write::Flow { .. } => None,
             });
         }
-        if let Some(plan) = codec::plan(flow, &batch.writes) {
-            if self.commit_plan(batch, &plan, &encoded).await? {
-                self.commits.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+        let step = steplog::encode(flow, &batch.writes, &encoded)?;
+        let fence = match batch.fence {
+            None => None,
+            Some(f) => match codec::token_to_db(f.token) {
+                Some(token) => Some((f.job.as_uuid(), token)),
+                // No claim can hold a token the database cannot store.
+                None => {
+                    return Err(store::Error::Fenced {
+                        flow,
+                        job: f.job,
+                        token: f.token,
+                    })
+                }
+            },
+        };
+        // The one-statement append, when what this store knows of the flow admits the batch.
+        if let Some(mut known) = self
+            .known
+            .take(flow)
+            .filter(|k| k.admits(flow, &batch.writes))
+        {
+            let mut query = sqlx::query(append_sql(fence.is_some()))
+                .bind(flow.as_uuid())
+                .bind(known.seq + 1)
+                .bind(batch.at)
+                .bind(step.flow_state)
+                .bind(step.flow_intention)
+                .bind(step.body.as_str())
+                .bind(codec::MODEL_VERSION_I64);
+            if let Some((job, token)) = fence {
+                query = query.bind(job).bind(token);
+            }
+            match self.write(query).await {
+                Ok(done) if done.rows_affected() == 1 => {
+                    known.apply(&batch.writes);
+                    self.known.put(flow, known);
+                    self.commits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // The fence did not hold, or someone else appended first: the careful way
+                // finds out which, and what to report.
+                Ok(_) => {}
+                Err(e)
+                    if e.as_database_error()
+                        .is_some_and(|d| d.is_unique_violation()) => {}
+                Err(e) => return Err(classify(e)),
             }
         }
-        // Refused, or not planned: write by write, which says exactly what is wrong.
-        let mut writes = Vec::with_capacity(batch.writes.len());
-        for (write, enc) in batch.writes.iter().zip(encoded) {
-            let legal = codec::legality(flow, write).is_ok();
-            let change = change_payload(write);
-            writes.push(match (write, enc) {
-                (
-                    Write::Flow {
-                        from,
-                        to,
-                        intention,
-                    },
-                    _,
-                ) => WritePayload::Flow {
-                    from: from.as_str(),
-                    to: to.as_str(),
-                    intention: intention.as_str(),
-                    legal,
-                    change,
-                },
-                (
-                    Write::Atom {
-                        expected_state,
-                        expected_attempt,
-                        ..
-                    },
-                    Some(record),
-                ) => WritePayload::Atom {
-                    expected_state: expected_state.as_str(),
-                    expected_attempt: *expected_attempt,
-                    record,
-                    legal,
-                    change,
-                },
-                (Write::Atom { .. }, None) => {
-                    return Err(crate::error::backend("atom write without its encoding"));
-                }
-            });
-        }
-        let payload = BatchPayload {
-            flow,
-            at: batch.at,
-            fence: fence_payload(flow, batch.fence)?,
-            model_version: baton_core::model::MODEL_VERSION,
-            writes,
-        };
-        self.write(sqlx::query("SELECT commit_batch($1)").bind(Json(&payload)))
-            .await
-            .map_err(|e| refusal(e, flow, batch.fence, &batch.writes))?;
+        let (snapshot, seq) = self.commit_carefully(batch, &step).await?;
+        let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms);
+        known.apply(&batch.writes);
+        self.known.put(flow, known);
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     async fn history(&self, id: FlowId) -> store::Result<Vec<Transition>> {
-        let rows = sqlx::query(
-            "SELECT h.seq, h.at, h.subject, h.atom, h.from_state, h.to_state, h.attempt \
-             FROM flows f LEFT JOIN history h ON h.flow_id = f.id \
-             WHERE f.id = $1 ORDER BY h.seq",
-        )
-        .bind(id.as_uuid())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(classify)?;
+        let result = async {
+            let rows = sqlx::query(
+                "SELECT h.seq, h.at, h.subject, h.atom, h.from_state, h.to_state, h.attempt \
+                 FROM flows f LEFT JOIN history h ON h.flow_id = f.id \
+                 WHERE f.id = $1 ORDER BY h.seq",
+            )
+            .bind(id.as_uuid())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let steps = read_steps(&mut tx, id).await?;
+            Ok((rows, steps))
+        }
+        .await;
+        let (rows, steps) = codec::finish(tx, result).await?;
         if rows.is_empty() {
             return Err(store::Error::FlowNotFound(id));
         }
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = Vec::with_capacity(rows.len() + 2 * steps.len());
         for row in &rows {
             if let Some(t) = transition_from_row(id, row)? {
                 out.push(t);
             }
         }
+        let last = out.last().map_or(0, |t| t.seq);
+        out.extend(steplog::transitions(id, last, &steps)?);
         Ok(out)
     }
 
     async fn list_flows(&self, query: &FlowQuery) -> store::Result<Vec<FlowRecord>> {
-        let mut q =
-            QueryBuilder::<Postgres>::new(format!("SELECT {FLOW_COLUMNS} FROM flows WHERE true"));
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE true"
+        ));
         if let Some(state) = query.state {
             q.push(" AND state = ").push_bind(state.as_str());
         }
@@ -886,6 +884,12 @@ impl Store for PostgresStore {
         rows.iter().map(flow_from_row).collect()
     }
 }
+
+/// The flow's columns for listings: `updated_at` is the time of the last step, if any.
+const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs::text AS inputs, \
+     meta::text AS meta, created_at, \
+     coalesce((SELECT s.at FROM steps s WHERE s.flow_id = flows.id ORDER BY s.seq DESC \
+     LIMIT 1), updated_at) AS updated_at, model_version";
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
-use baton_core::store::{self, check_write, transition_of, FlowQuery, Store};
+use baton_core::store::{self, FlowQuery, Store};
 use baton_core::{Fence, FencingToken, FlowId, JobId};
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
@@ -21,6 +21,7 @@ use crate::codec::{
     self, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES, MODEL_VERSION_I64,
 };
 use crate::error::{classify, Error};
+use crate::steplog::{self, Known, Step, StepRow};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -135,6 +136,8 @@ pub struct SqliteStore {
     writer_suspect: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
     max_value_bytes: usize,
+    /// What this store knows of the flows it writes to (see [`crate::steplog`]).
+    known: Arc<steplog::Cache>,
 }
 
 fn is_memory(url: &str) -> bool {
@@ -227,6 +230,7 @@ impl SqliteStore {
             writer_suspect: Arc::new(AtomicBool::new(false)),
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
+            known: Arc::default(),
         };
         if !memory {
             store.enable_wal(options.busy_timeout).await?;
@@ -531,51 +535,99 @@ fn transition_from_row(flow: FlowId, row: &SqliteRow) -> store::Result<Option<Tr
         .transpose()
 }
 
-/// The columns of the view `commit_rows`, in the order rows bind them.
-const COMMIT_ROWS_COLUMNS: [&str; 23] = [
-    "op",
-    "flow_id",
-    "at",
-    "fence_job",
-    "fence_token",
-    "subject",
-    "name",
-    "expected_state",
-    "expected_attempt",
-    "kind",
-    "state",
-    "intention",
-    "attempt",
-    "round",
-    "result",
-    "failure",
-    "revert_failure",
-    "retry_history",
-    "retry_at",
-    "progress",
-    "started_at",
-    "finished_at",
-    "model_version",
-];
+fn step_from_row(flow: FlowId, row: &SqliteRow) -> store::Result<StepRow> {
+    let go = || -> Result<StepRow, String> {
+        Ok(StepRow {
+            seq: get(row, "seq")?,
+            at: time("at", &get::<String>(row, "at")?)?,
+            body: get(row, "body")?,
+            model_version: get(row, "model_version")?,
+        })
+    };
+    go().map_err(|d| codec::corrupt(flow, None, format!("step log: {d}")))
+}
 
-/// How many of `commit_rows`' columns come after `intention`: the ones a flow row leaves NULL.
-const ATOM_VALUE_COLUMNS: usize = 11;
-
-/// The most rows a one-statement commit sends (each row count is a statement of its own in the
-/// connection's cache); a batch that needs more is committed the careful way.
-const MAX_STATEMENT_ROWS: usize = 64;
-
-/// The message of the triggers' `RAISE` when a check fails.
-const REFUSED: &str = "baton: batch refused";
-
-/// `INSERT INTO commit_rows ... VALUES (?, ...), ...` for `rows` rows.
-fn commit_rows_sql(rows: usize) -> String {
-    let columns = COMMIT_ROWS_COLUMNS.join(", ");
-    let row = format!("({})", vec!["?"; COMMIT_ROWS_COLUMNS.len()].join(", "));
-    format!(
-        "INSERT INTO commit_rows ({columns}) VALUES {}",
-        vec![row; rows].join(", ")
+/// The flow's steps, in order.
+async fn read_steps(
+    conn: &mut SqliteConnection,
+    flow: FlowId,
+    key: &str,
+) -> store::Result<Vec<StepRow>> {
+    let rows = sqlx::query(
+        "SELECT seq, at, body, model_version FROM steps WHERE flow_id = ?1 ORDER BY seq",
     )
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(classify)?;
+    rows.iter().map(|r| step_from_row(flow, r)).collect()
+}
+
+/// The flow as it is now, and the number of its log's last step. Run it in a transaction, so
+/// that the rows come from one snapshot.
+async fn read_flow(conn: &mut SqliteConnection, id: FlowId) -> store::Result<(FlowSnapshot, i64)> {
+    let key = id.to_string();
+    let row = sqlx::query(&format!("SELECT {FLOW_COLUMNS} FROM flows WHERE id = ?1"))
+        .bind(&key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?
+        .ok_or(store::Error::FlowNotFound(id))?;
+    let rows = sqlx::query(&format!(
+        "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = ?1 ORDER BY position"
+    ))
+    .bind(&key)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(classify)?;
+    let steps = read_steps(conn, id, &key).await?;
+    let mut flow = flow_from_row(&row)?;
+    let mut atoms = rows
+        .iter()
+        .map(|r| atom_from_row(id, r))
+        .collect::<store::Result<Vec<_>>>()?;
+    steplog::replay(&mut flow, &mut atoms, &steps)?;
+    let last = steps.last().map_or(0, |s| s.seq);
+    Ok((FlowSnapshot { flow, atoms }, last))
+}
+
+/// Appends `step` as step number `seq` of the flow: `Ok(false)` if the fence (job id and
+/// token) does not hold, a unique violation if that step exists already.
+async fn append(
+    conn: &mut SqliteConnection,
+    key: &str,
+    seq: i64,
+    at: &str,
+    step: &Step,
+    fence: Option<&(String, i64)>,
+) -> Result<bool, sqlx::Error> {
+    const INSERT: &str =
+        "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version)";
+    let sql = match fence {
+        None => format!("{INSERT} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        Some(_) => format!(
+            "{INSERT} SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+             WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = ?8 AND token = ?9)"
+        ),
+    };
+    let mut query = sqlx::query(&sql)
+        .bind(key)
+        .bind(seq)
+        .bind(at)
+        .bind(step.flow_state)
+        .bind(step.flow_intention)
+        .bind(step.body.as_str())
+        .bind(MODEL_VERSION_I64);
+    if let Some((job, token)) = fence {
+        query = query.bind(job.as_str()).bind(*token);
+    }
+    Ok(query.execute(conn).await?.rows_affected() == 1)
+}
+
+/// Whether the database refused a row because its key exists.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
 }
 
 /// Binds an encoded atom's columns, in `ATOM_VALUES` order, after the flow id and name.
@@ -672,37 +724,18 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| self.failed(e))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
+        self.known.put(flow.id, Known::of(0, flow, atoms));
         Ok(())
     }
 
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
-        // One read transaction: the flow and its atoms come from the same snapshot.
+        // One read transaction: the flow, its atoms and its log come from the same snapshot.
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let key = id.to_string();
-        let result = async {
-            let row = sqlx::query(&format!("SELECT {FLOW_COLUMNS} FROM flows WHERE id = ?1"))
-                .bind(&key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(classify)?
-                .ok_or(store::Error::FlowNotFound(id))?;
-            let rows = sqlx::query(&format!(
-                "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = ?1 ORDER BY position"
-            ))
-            .bind(&key)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
-            Ok((row, rows))
-        }
-        .await;
-        let (row, rows) = codec::finish(tx, result).await?;
-        let flow = flow_from_row(&row)?;
-        let atoms = rows
-            .iter()
-            .map(|r| atom_from_row(id, r))
-            .collect::<store::Result<Vec<_>>>()?;
-        Ok(FlowSnapshot { flow, atoms })
+        let result = read_flow(&mut tx, id).await;
+        let (snapshot, seq) = codec::finish(tx, result).await?;
+        self.known
+            .put(id, Known::of(seq, &snapshot.flow, &snapshot.atoms));
+        Ok(snapshot)
     }
 
     async fn commit(&self, batch: &Batch) -> store::Result<()> {
@@ -717,23 +750,55 @@ impl Store for SqliteStore {
                 Write::Flow { .. } => None,
             });
         }
+        let step = steplog::encode(flow, &batch.writes, &encoded)?;
+        let fence = match batch.fence {
+            None => None,
+            Some(f) => match codec::token_to_db(f.token) {
+                Some(token) => Some((f.job.to_string(), token)),
+                // No claim can hold a token the database cannot store.
+                None => {
+                    return Err(store::Error::Fenced {
+                        flow,
+                        job: f.job,
+                        token: f.token,
+                    })
+                }
+            },
+        };
         let key = flow.to_string();
         let at = codec::time_text(batch.at);
-        let plan = codec::plan(flow, &batch.writes)
-            .filter(|p| 1 + p.atoms.len() + p.history.len() <= MAX_STATEMENT_ROWS);
 
         let mut turn = self.write_turn().await?;
-        if let Some(plan) = plan {
-            let applied = commit_statement(turn.conn()?, batch, &plan, &encoded, &key, &at)
-                .await
-                .map_err(|e| self.failed(classify(e)))?;
-            if applied {
-                self.commits.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+        // The one-statement append, when what this store knows of the flow admits the batch.
+        if let Some(mut known) = self
+            .known
+            .take(flow)
+            .filter(|k| k.admits(flow, &batch.writes))
+        {
+            match append(
+                turn.conn()?,
+                &key,
+                known.seq + 1,
+                &at,
+                &step,
+                fence.as_ref(),
+            )
+            .await
+            {
+                Ok(true) => {
+                    known.apply(&batch.writes);
+                    self.known.put(flow, known);
+                    self.commits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // The fence did not hold, or someone else appended first: the careful way
+                // finds out which, and what to report.
+                Ok(false) => {}
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(self.failed(classify(e))),
             }
         }
-        // Refused (nothing was applied), or not planned: write by write, which finds exactly
-        // what is wrong.
+        // The careful way: read what the flow is now and check write by write.
         let mut tx = turn
             .conn()?
             .begin_with("BEGIN IMMEDIATE")
@@ -741,129 +806,60 @@ impl Store for SqliteStore {
             .map_err(|e| self.failed(classify(e)))?;
         let result = async {
             check_fence(&mut tx, flow, batch.fence).await?;
-            let row = sqlx::query(
-                "SELECT state, intention, \
-                 (SELECT COALESCE(MAX(seq), 0) FROM history WHERE flow_id = ?1) AS last_seq \
-                 FROM flows WHERE id = ?1",
-            )
-            .bind(&key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify)?
-            .ok_or(store::Error::FlowNotFound(flow))?;
-            let read = |column: &str| -> store::Result<String> {
-                get(&row, column).map_err(|d| codec::corrupt(flow, None, d))
-            };
-            let mut state = read("state")?;
-            let mut intention = read("intention")?;
-            let mut seq: i64 = get(&row, "last_seq").map_err(|d| codec::corrupt(flow, None, d))?;
-
-            for (write, enc) in batch.writes.iter().zip(&encoded) {
-                match (write, enc) {
-                    (Write::Flow { to, intention: next, .. }, _) => {
-                        check_write(flow, write, (state, 0))?;
-                        state = to.as_str().to_owned();
-                        intention = next.as_str().to_owned();
-                    }
-                    (
-                        Write::Atom {
-                            expected_state,
-                            expected_attempt,
-                            record,
-                        },
-                        Some(enc),
-                    ) => {
-                        let applied = codec::legality(flow, write).is_ok() && {
-                            let query = sqlx::query(
-                                "UPDATE atoms SET kind = ?3, state = ?4, intention = ?5, \
-                                 attempt = ?6, round = ?7, result = ?8, failure = ?9, \
-                                 revert_failure = ?10, retry_history = ?11, retry_at = ?12, \
-                                 progress = ?13, started_at = ?14, finished_at = ?15, \
-                                 model_version = ?16 \
-                                 WHERE flow_id = ?1 AND name = ?2 AND state = ?17 AND attempt = ?18",
-                            )
-                            .bind(&key)
-                            .bind(&record.name);
-                            bind_atom!(query, enc)
-                                .bind(expected_state.as_str())
-                                .bind(i64::from(*expected_attempt))
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(classify)?
-                                .rows_affected()
-                                == 1
-                        };
-                        if !applied {
-                            return Err(refusal(&mut tx, flow, &key, write, record).await);
-                        }
-                    }
-                    (Write::Atom { .. }, None) => {
-                        return Err(crate::error::backend("atom write without its encoding"));
-                    }
-                }
-                if let Some(change) = transition_of(write) {
-                    seq += 1;
-                    let (subject, atom, from, to, attempt) = codec::history_columns(&change);
-                    sqlx::query(
-                        "INSERT INTO history (flow_id, seq, at, subject, atom, from_state, to_state, \
-                         attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(&key)
-                    .bind(seq)
-                    .bind(&at)
-                    .bind(subject)
-                    .bind(atom)
-                    .bind(from)
-                    .bind(to)
-                    .bind(attempt.map(i64::from))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                }
-            }
-            sqlx::query("UPDATE flows SET state = ?2, intention = ?3, updated_at = ?4 WHERE id = ?1")
-                .bind(&key)
-                .bind(&state)
-                .bind(&intention)
-                .bind(&at)
-                .execute(&mut *tx)
+            let (snapshot, seq) = read_flow(&mut tx, flow).await?;
+            codec::check_writes(flow, &snapshot, &batch.writes)?;
+            append(&mut tx, &key, seq + 1, &at, &step, None)
                 .await
                 .map_err(classify)?;
-            Ok(())
+            Ok((snapshot, seq))
         }
         .await;
-        codec::finish(tx, result)
+        let (snapshot, seq) = codec::finish(tx, result)
             .await
             .map_err(|e| self.failed(e))?;
+        let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms);
+        known.apply(&batch.writes);
+        self.known.put(flow, known);
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     async fn history(&self, id: FlowId) -> store::Result<Vec<Transition>> {
-        let rows = sqlx::query(
-            "SELECT h.seq, h.at, h.subject, h.atom, h.from_state, h.to_state, h.attempt \
-             FROM flows f LEFT JOIN history h ON h.flow_id = f.id \
-             WHERE f.id = ?1 ORDER BY h.seq",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let key = id.to_string();
+        let result = async {
+            let rows = sqlx::query(
+                "SELECT h.seq, h.at, h.subject, h.atom, h.from_state, h.to_state, h.attempt \
+                 FROM flows f LEFT JOIN history h ON h.flow_id = f.id \
+                 WHERE f.id = ?1 ORDER BY h.seq",
+            )
+            .bind(&key)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let steps = read_steps(&mut tx, id, &key).await?;
+            Ok((rows, steps))
+        }
+        .await;
+        let (rows, steps) = codec::finish(tx, result).await?;
         if rows.is_empty() {
             return Err(store::Error::FlowNotFound(id));
         }
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = Vec::with_capacity(rows.len() + 2 * steps.len());
         for row in &rows {
             if let Some(t) = transition_from_row(id, row)? {
                 out.push(t);
             }
         }
+        let last = out.last().map_or(0, |t| t.seq);
+        out.extend(steplog::transitions(id, last, &steps)?);
         Ok(out)
     }
 
     async fn list_flows(&self, query: &FlowQuery) -> store::Result<Vec<FlowRecord>> {
-        let mut q =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {FLOW_COLUMNS} FROM flows WHERE 1 = 1"));
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE 1 = 1"
+        ));
         if let Some(state) = query.state {
             q.push(" AND state = ").push_bind(state.as_str());
         }
@@ -880,131 +876,7 @@ impl Store for SqliteStore {
     }
 }
 
-/// Applies a planned batch in one statement (see the migration that creates `commit_rows`):
-/// `Ok(true)` if it was applied, `Ok(false)` if it was refused whole.
-async fn commit_statement(
-    conn: &mut SqliteConnection,
-    batch: &Batch,
-    plan: &codec::Plan<'_>,
-    encoded: &[Option<codec::EncodedAtom<'_>>],
-    key: &str,
-    at: &str,
-) -> Result<bool, sqlx::Error> {
-    let fence = match batch.fence {
-        None => None,
-        Some(f) => match codec::token_to_db(f.token) {
-            Some(token) => Some((f.job.to_string(), token)),
-            // No claim can hold it: the careful path says so.
-            None => return Ok(false),
-        },
-    };
-    let rows = 1 + plan.atoms.len() + plan.history.len();
-    let sql = commit_rows_sql(rows);
-    let none_text: Option<&str> = None;
-    let none_int: Option<i64> = None;
-    let none_real: Option<f64> = None;
-    let flow = plan.flow;
-    let (fence_job, fence_token) = fence.unzip();
-    let mut query = sqlx::query(&sql)
-        .bind("flow")
-        .bind(key)
-        .bind(at)
-        .bind(fence_job)
-        .bind(fence_token)
-        .bind(none_text)
-        .bind(none_text)
-        .bind(flow.map(|f| f.expected))
-        .bind(none_int)
-        .bind(none_text)
-        .bind(flow.map(|f| f.state))
-        .bind(flow.map(|f| f.intention));
-    for _ in 0..ATOM_VALUE_COLUMNS {
-        query = query.bind(none_text);
-    }
-    for atom in &plan.atoms {
-        let Some(Some(enc)) = encoded.get(atom.last) else {
-            return Err(sqlx::Error::Protocol(
-                "atom write without its encoding".into(),
-            ));
-        };
-        let q = query
-            .bind("atom")
-            .bind(key)
-            .bind(none_text)
-            .bind(none_text)
-            .bind(none_int)
-            .bind(none_text)
-            .bind(enc.name)
-            .bind(atom.expected_state)
-            .bind(i64::from(atom.expected_attempt));
-        query = bind_atom!(q, enc);
-    }
-    for h in &plan.history {
-        query = query
-            .bind("history")
-            .bind(key)
-            .bind(at)
-            .bind(none_text)
-            .bind(none_int)
-            .bind(h.subject)
-            .bind(h.atom)
-            .bind(h.from)
-            .bind(none_int)
-            .bind(none_text)
-            .bind(h.to)
-            .bind(none_text)
-            .bind(h.attempt.map(i64::from))
-            .bind(none_int)
-            .bind(none_text)
-            .bind(none_text)
-            .bind(none_text)
-            .bind(none_text)
-            .bind(none_text)
-            .bind(none_real)
-            .bind(none_text)
-            .bind(none_text)
-            .bind(none_int);
-    }
-    match query.execute(conn).await {
-        Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(e)) if e.message() == REFUSED => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Why an atom write's compare-and-set did not apply: the atom is missing, or holds another
-/// state or attempt, or (when it matches) the transition is illegal.
-async fn refusal(
-    conn: &mut SqliteConnection,
-    flow: FlowId,
-    key: &str,
-    write: &Write,
-    record: &AtomRecord,
-) -> store::Error {
-    let current = sqlx::query("SELECT state, attempt FROM atoms WHERE flow_id = ?1 AND name = ?2")
-        .bind(key)
-        .bind(&record.name)
-        .fetch_optional(&mut *conn)
-        .await;
-    let row = match current {
-        Ok(Some(row)) => row,
-        Ok(None) => {
-            return store::Error::AtomNotFound {
-                flow,
-                atom: record.name.clone(),
-            }
-        }
-        Err(e) => return classify(e),
-    };
-    let actual = (|| -> Result<(String, u32), String> {
-        let state: String = get(&row, "state")?;
-        let attempt: i64 = get(&row, "attempt")?;
-        let attempt =
-            u32::try_from(attempt).map_err(|_| format!("attempt {attempt} is out of range"))?;
-        Ok((state, attempt))
-    })();
-    match actual {
-        Ok(actual) => codec::conflict(flow, write, actual),
-        Err(detail) => codec::corrupt(flow, Some(&record.name), detail),
-    }
-}
+/// The flow's columns for listings: `updated_at` is the time of the last step, if any.
+const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs, meta, created_at, \
+     coalesce((SELECT s.at FROM steps s WHERE s.flow_id = flows.id ORDER BY s.seq DESC \
+     LIMIT 1), updated_at) AS updated_at, model_version";

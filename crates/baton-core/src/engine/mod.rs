@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::compile::CompiledFlow;
 use crate::failure::Failure;
@@ -419,9 +420,8 @@ impl Engine {
     ) -> Result<Outcome> {
         let snapshot = self.create_records(flow, inputs, create).await?;
         let id = snapshot.flow.id;
-        run::Run::from_snapshot(self, flow, id, snapshot, run)?
-            .drive()
-            .await
+        let run = run::Run::from_snapshot(self.clone(), flow.clone(), id, snapshot, run)?;
+        drive(run).await
     }
 
     async fn create_records(
@@ -515,7 +515,35 @@ impl Engine {
         id: FlowId,
         options: RunOptions,
     ) -> Result<Outcome> {
-        run::Run::load(self, flow, id, options).await?.drive().await
+        let run = run::Run::load(self.clone(), flow.clone(), id, options).await?;
+        drive(run).await
+    }
+}
+
+/// Drives a run to its end in a task of its own, aborted if the returned future is dropped.
+///
+/// The scheduling loop, its commits and the tasks it spawns then share a worker thread of the
+/// runtime, instead of handing every step over between the caller's thread (often a
+/// `block_on` outside the runtime's workers) and a worker and back, which cost more than a
+/// no-op step itself.
+async fn drive(run: run::Run) -> Result<Outcome> {
+    /// Aborts the run's task when the caller stops waiting for it.
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let id = run.id();
+    let handle = tokio::spawn(run.drive().instrument(tracing::Span::current()));
+    let _abort = AbortOnDrop(handle.abort_handle());
+    match handle.await {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::Stuck {
+            flow: id,
+            detail: format!("the run's task ended early: {e}"),
+        }),
     }
 }
 

@@ -39,9 +39,9 @@ enum Launch {
     Revert(usize, std::collections::HashMap<String, Value>),
 }
 
-pub(crate) struct Run<'a> {
-    engine: &'a Engine,
-    flow: &'a CompiledFlow,
+pub(crate) struct Run {
+    engine: Engine,
+    flow: CompiledFlow,
     id: FlowId,
     fence: Option<Fence>,
     control: Control,
@@ -120,25 +120,25 @@ async fn load_patiently(
     }
 }
 
-impl<'a> Run<'a> {
+impl Run {
     pub(crate) async fn load(
-        engine: &'a Engine,
-        flow: &'a CompiledFlow,
+        engine: Engine,
+        flow: CompiledFlow,
         id: FlowId,
         options: RunOptions,
-    ) -> Result<Run<'a>> {
-        let snapshot = load_patiently(engine, &options.control, id).await?;
+    ) -> Result<Run> {
+        let snapshot = load_patiently(&engine, &options.control, id).await?;
         Self::from_snapshot(engine, flow, id, snapshot, options)
     }
 
     /// A run over records already in hand (just loaded, or just created by this engine).
     pub(crate) fn from_snapshot(
-        engine: &'a Engine,
-        flow: &'a CompiledFlow,
+        engine: Engine,
+        flow: CompiledFlow,
         id: FlowId,
         snapshot: crate::model::FlowSnapshot,
         options: RunOptions,
-    ) -> Result<Run<'a>> {
+    ) -> Result<Run> {
         let mismatch = |detail: String| Error::FlowMismatch { flow: id, detail };
         if snapshot.flow.name != flow.name {
             return Err(mismatch(format!(
@@ -205,6 +205,11 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// The run's flow id.
+    pub(crate) fn id(&self) -> FlowId {
+        self.id
+    }
+
     pub(crate) async fn drive(mut self) -> Result<Outcome> {
         let span = tracing::info_span!(
             "flow",
@@ -245,7 +250,7 @@ impl<'a> Run<'a> {
     }
 
     fn outcome(&self, state: FlowState) -> Outcome {
-        outcome(self.flow, self.id, state, &self.atoms)
+        outcome(&self.flow, self.id, state, &self.atoms)
     }
 
     /// Moves the flow into its working state (`RUNNING` or `REVERTING`).
@@ -295,7 +300,7 @@ impl<'a> Run<'a> {
         });
         // What may have become possible: the atom's successors, and the atom itself if it is
         // waiting to run (again).
-        let flow = self.flow;
+        let flow = &self.flow;
         self.dirty
             .extend(flow.succs[i].iter().map(|&s| flow.topo_pos[s]));
         if matches!(state, AtomState::Pending | AtomState::Retrying) {
@@ -365,7 +370,7 @@ impl<'a> Run<'a> {
 
     /// Whether the store already holds the outcome of `batch`.
     async fn batch_applied(&self, batch: &Batch) -> Result<bool> {
-        let snapshot = load_patiently(self.engine, &self.control, self.id).await?;
+        let snapshot = load_patiently(&self.engine, &self.control, self.id).await?;
         let stored: HashMap<&str, &AtomRecord> = snapshot
             .atoms
             .iter()

@@ -284,19 +284,49 @@ pub async fn damaged_rows_are_corrupt_naming_flow_and_atom<S: Harness>(store: S)
         .unwrap_err();
     expect_corrupt(err, flow.id, None, "SIDEWAYS");
 
-    // A damaged history row names its atom.
+    // A damaged step of the log names its atom, in the history and on load.
     let flow = new_flow(&store).await;
     let mut batch = Batch::new(flow.id, None);
     batch.writes.push(start(&atoms()[0]));
     store.commit(&batch).await.unwrap();
     store
         .exec(&format!(
-            "UPDATE history SET to_state = 'MELTED' WHERE flow_id = '{}'",
+            "UPDATE steps SET body = replace(body, '\"RUNNING\"', '\"MELTED\"') WHERE flow_id = '{}'",
             flow.id
         ))
         .await;
     let err = store.history(flow.id).await.unwrap_err();
     expect_corrupt(err, flow.id, Some("a"), "MELTED");
+    let err = store.load_flow(flow.id).await.unwrap_err();
+    expect_corrupt(err, flow.id, Some("a"), "MELTED");
+
+    // A step that is not JSON at all: no atom to name, but the step is.
+    let flow = new_flow(&store).await;
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(start(&atoms()[0]));
+    store.commit(&batch).await.unwrap();
+    store
+        .exec(&format!(
+            "UPDATE steps SET body = '[{{\"op\":' WHERE flow_id = '{}'",
+            flow.id
+        ))
+        .await;
+    let err = store.load_flow(flow.id).await.unwrap_err();
+    expect_corrupt(err, flow.id, None, "step 1");
+
+    // A step written by a newer baton.
+    let flow = new_flow(&store).await;
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(start(&atoms()[0]));
+    store.commit(&batch).await.unwrap();
+    store
+        .exec(&format!(
+            "UPDATE steps SET model_version = 99 WHERE flow_id = '{}'",
+            flow.id
+        ))
+        .await;
+    let err = store.history(flow.id).await.unwrap_err();
+    expect_corrupt(err, flow.id, None, "newer version of baton");
 }
 
 /// Many tasks committing to different flows at once all succeed, and every commit counts.

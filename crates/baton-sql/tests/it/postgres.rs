@@ -74,7 +74,8 @@ async fn migrations_create_the_schema_once_without_leaking_the_search_path() {
             "fences",
             "flows",
             "history",
-            "jobs"
+            "jobs",
+            "steps"
         ]
     );
     let functions: Vec<String> = sqlx::query_scalar(
@@ -89,11 +90,10 @@ async fn migrations_create_the_schema_once_without_leaking_the_search_path() {
         functions,
         [
             "check_fence",
-            "commit_batch",
-            "commit_plan",
             "create_flow",
             "lock_held",
-            "now_ms"
+            "now_ms",
+            "steps_move_flow"
         ]
     );
     let flow = crate::cases::new_flow(&store).await;

@@ -50,7 +50,8 @@ async fn migrations_create_the_schema_once() {
             "fences",
             "flows",
             "history",
-            "jobs"
+            "jobs",
+            "steps"
         ]
     );
     assert_eq!(scalar(&url, "PRAGMA journal_mode").await, "wal");

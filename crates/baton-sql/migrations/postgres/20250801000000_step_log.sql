@@ -1,0 +1,50 @@
+-- The step log: a commit appends one row (see baton-sql's src/steplog.rs for the design).
+-- Keep this logically identical to ../sqlite/20250801000000_step_log.sql.
+--
+-- A step is one batch of the engine, numbered from 1 per flow. `body` holds its writes as
+-- JSON text, in order: {"op":"flow","from","to","intention"} or {"op":"atom","from" (the
+-- state expected), "expected_attempt", "record" (the atom's new record)}. It is text, not
+-- JSONB: the server only stores it, and parsing it on every commit would cost server time for
+-- nothing. An atom's current record is its last one in the log, else its row in `atoms` (as
+-- created, or as an older baton left it). The history is the `history` rows, then the log's
+-- changes numbered on from them.
+--
+-- The primary key is the compare-and-set: a writer appends the number after the last step it
+-- knows, so an append made after another writer's fails. No foreign key: checking one costs
+-- a lookup in `flows` per step, and flows are never deleted.
+--
+-- `flow_state` and `flow_intention` are set when the step moves the flow; the trigger below
+-- keeps the flow's row current, so listings by state read `flows` alone.
+--
+-- Applied migrations are immutable: change this with a new migration.
+
+CREATE TABLE steps (
+    flow_id        UUID        NOT NULL,
+    seq            BIGINT      NOT NULL,
+    at             TIMESTAMPTZ NOT NULL,
+    flow_state     TEXT,
+    flow_intention TEXT,
+    body           TEXT        NOT NULL,
+    model_version  BIGINT      NOT NULL,
+    PRIMARY KEY (flow_id, seq)
+);
+
+CREATE FUNCTION steps_move_flow() RETURNS TRIGGER
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    UPDATE flows
+       SET state = NEW.flow_state, intention = NEW.flow_intention, updated_at = NEW.at
+     WHERE id = NEW.flow_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER steps_move_flow AFTER INSERT ON steps
+    FOR EACH ROW WHEN (NEW.flow_state IS NOT NULL) EXECUTE FUNCTION steps_move_flow();
+
+-- Commits no longer go through these (20250601000000_store.sql and
+-- 20250615000000_one_statement_commit.sql).
+DROP FUNCTION commit_plan;
+DROP FUNCTION commit_batch;

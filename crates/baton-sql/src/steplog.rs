@@ -1,0 +1,571 @@
+//! The step log: how both SQL stores record a batch with one row.
+//!
+//! A batch (one engine step) is stored as one row of the table `steps`, numbered from 1 per
+//! flow: the batch's writes as JSON, in order. The `atoms` table keeps each atom's record as it
+//! was when the flow was created (or, in a database written by an older baton, as it was
+//! before the log began); an atom's current record is its last record in the log, or that row
+//! when the log has none. A flow's history is the old `history` rows, then one transition per
+//! change in the log, numbered on from them. The flow's row stays current: a trigger copies a
+//! step's final flow state onto it, so listings by state need no replay.
+//!
+//! # Why one row
+//!
+//! A step used to update the flow's row and each atom's row and insert a history row per
+//! change: five rows and their indexes on the linear path, which made a commit several times
+//! dearer than the single-row insert it has to be. An append costs what that insert costs.
+//!
+//! # The compare-and-set, made by the primary key
+//!
+//! Every write of a batch is a compare-and-set on the flow or an atom. The store keeps what it
+//! knows of each flow it writes to (a [`Known`]: the log's last step, the flow's state, each
+//! atom's state and attempt) and checks the batch against that in memory. The knowledge may be
+//! stale (another process may have written since); what makes the check sound is the insert:
+//! it appends the step with the number after the last one known, and the primary key
+//! `(flow_id, seq)` refuses it if any step was appended since. An insert that succeeds
+//! therefore proves the knowledge was current, and so that every expectation held. A refused
+//! insert, a fence that does not hold, or a flow the store knows nothing of goes the careful
+//! way: a transaction that reads the flow's current state, checks write by write (reporting
+//! exactly what is wrong) and appends.
+
+use std::collections::HashMap;
+
+use baton_core::model::{AtomRecord, FlowRecord, Transition, Write};
+use baton_core::store::{transition_of, Error, Result};
+use baton_core::{AtomState, FlowId, FlowState};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::codec::{self, EncodedAtom, RawAtom};
+
+/// One write as a step's body stores it.
+#[derive(Serialize)]
+struct EntryOut<'a> {
+    op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intention: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<&'a EncodedAtom<'a>>,
+}
+
+/// A step ready to be appended: its body and the flow state it leaves, if it moves the flow.
+#[derive(Debug)]
+pub(crate) struct Step {
+    pub(crate) body: String,
+    pub(crate) flow_state: Option<&'static str>,
+    pub(crate) flow_intention: Option<&'static str>,
+}
+
+/// Encodes a batch's writes (with their atoms already encoded, in the same order) as a step.
+pub(crate) fn encode(
+    flow: FlowId,
+    writes: &[Write],
+    encoded: &[Option<EncodedAtom<'_>>],
+) -> Result<Step> {
+    let mut entries = Vec::with_capacity(writes.len());
+    let mut flow_state = None;
+    let mut flow_intention = None;
+    for (write, enc) in writes.iter().zip(encoded) {
+        entries.push(match (write, enc) {
+            (
+                Write::Flow {
+                    from,
+                    to,
+                    intention,
+                },
+                _,
+            ) => {
+                flow_state = Some(to.as_str());
+                flow_intention = Some(intention.as_str());
+                EntryOut {
+                    op: "flow",
+                    from: Some(from.as_str()),
+                    to: Some(to.as_str()),
+                    intention: Some(intention.as_str()),
+                    expected_attempt: None,
+                    record: None,
+                }
+            }
+            (
+                Write::Atom {
+                    expected_state,
+                    expected_attempt,
+                    record,
+                },
+                Some(enc),
+            ) => {
+                if !enc.progress.is_finite() {
+                    // JSON has no such number; it would come back unreadable.
+                    return Err(crate::error::backend(format!(
+                        "progress of atom {:?} in flow {flow} is {}, not a finite number",
+                        record.name, enc.progress
+                    )));
+                }
+                EntryOut {
+                    op: "atom",
+                    from: Some(expected_state.as_str()),
+                    to: None,
+                    intention: None,
+                    expected_attempt: Some(*expected_attempt),
+                    record: Some(enc),
+                }
+            }
+            (Write::Atom { .. }, None) => {
+                return Err(crate::error::backend("atom write without its encoding"));
+            }
+        });
+    }
+    let body = serde_json::to_string(&entries).map_err(|e| Error::Backend(Box::new(e)))?;
+    Ok(Step {
+        body,
+        flow_state,
+        flow_intention,
+    })
+}
+
+/// A JSON value that is present, `null` included (a missing field is `None`).
+fn present<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct AtomIn {
+    name: String,
+    kind: String,
+    state: String,
+    intention: String,
+    attempt: i64,
+    round: i64,
+    #[serde(default, deserialize_with = "present")]
+    result: Option<Box<RawValue>>,
+    #[serde(default, deserialize_with = "present")]
+    failure: Option<Box<RawValue>>,
+    #[serde(default, deserialize_with = "present")]
+    revert_failure: Option<Box<RawValue>>,
+    retry_history: Box<RawValue>,
+    #[serde(default)]
+    retry_at: Option<DateTime<Utc>>,
+    progress: f64,
+    #[serde(default)]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize)]
+struct EntryIn {
+    op: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    intention: Option<String>,
+    #[serde(default)]
+    expected_attempt: Option<u32>,
+    #[serde(default)]
+    record: Option<AtomIn>,
+}
+
+/// A row of `steps` as read.
+#[derive(Debug)]
+pub(crate) struct StepRow {
+    pub(crate) seq: i64,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) body: String,
+    pub(crate) model_version: i64,
+}
+
+fn parse<T: std::str::FromStr>(what: &str, text: Option<&str>) -> std::result::Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let text = text.ok_or_else(|| format!("{what} is missing"))?;
+    text.parse().map_err(|e| format!("{what}: {e}"))
+}
+
+/// Decodes a step's writes. Damage is [`Error::Corrupt`], naming the atom when it can.
+pub(crate) fn decode(flow: FlowId, row: &StepRow) -> Result<Vec<Write>> {
+    let at_step = |detail: String| format!("step {}: {detail}", row.seq);
+    codec::check_version(row.model_version).map_err(|d| codec::corrupt(flow, None, at_step(d)))?;
+    let entries: Vec<EntryIn> = serde_json::from_str(&row.body)
+        .map_err(|e| codec::corrupt(flow, None, at_step(format!("unreadable body: {e}"))))?;
+    let mut writes = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let write = match (entry.op.as_str(), entry.record) {
+            ("flow", _) => {
+                let go = || -> std::result::Result<Write, String> {
+                    Ok(Write::Flow {
+                        from: parse("flow write's from", entry.from.as_deref())?,
+                        to: parse("flow write's to", entry.to.as_deref())?,
+                        intention: parse("flow write's intention", entry.intention.as_deref())?,
+                    })
+                };
+                go().map_err(|d| codec::corrupt(flow, None, at_step(d)))?
+            }
+            ("atom", Some(rec)) => {
+                let name = rec.name;
+                let expected_state: AtomState = parse("expected state", entry.from.as_deref())
+                    .map_err(|d| codec::corrupt(flow, Some(&name), at_step(d)))?;
+                let expected_attempt = entry.expected_attempt.ok_or_else(|| {
+                    codec::corrupt(
+                        flow,
+                        Some(&name),
+                        at_step("expected attempt is missing".into()),
+                    )
+                })?;
+                let text = |v: Option<Box<RawValue>>| v.map(|v| v.get().to_owned());
+                let raw = RawAtom {
+                    kind: rec.kind,
+                    state: rec.state,
+                    intention: rec.intention,
+                    attempt: rec.attempt,
+                    round: rec.round,
+                    result: text(rec.result),
+                    failure: text(rec.failure),
+                    revert_failure: text(rec.revert_failure),
+                    retry_history: rec.retry_history.get().to_owned(),
+                    retry_at: rec.retry_at,
+                    progress: rec.progress,
+                    started_at: rec.started_at,
+                    finished_at: rec.finished_at,
+                    model_version: row.model_version,
+                };
+                Write::Atom {
+                    expected_state,
+                    expected_attempt,
+                    record: codec::decode_atom(flow, name, raw)?,
+                }
+            }
+            (op, _) => {
+                return Err(codec::corrupt(
+                    flow,
+                    None,
+                    at_step(format!("unknown write {op:?}")),
+                ))
+            }
+        };
+        writes.push(write);
+    }
+    Ok(writes)
+}
+
+/// Brings the atoms as the `atoms` table holds them up to date with the log. Also takes the
+/// flow's `updated_at` to the last step's time.
+pub(crate) fn replay(
+    flow: &mut FlowRecord,
+    atoms: &mut [AtomRecord],
+    steps: &[StepRow],
+) -> Result<()> {
+    let index: HashMap<String, usize> = atoms
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.name.clone(), i))
+        .collect();
+    for row in steps {
+        for write in decode(flow.id, row)? {
+            if let Write::Atom { record, .. } = write {
+                let Some(&i) = index.get(&record.name) else {
+                    return Err(codec::corrupt(
+                        flow.id,
+                        Some(&record.name),
+                        format!("step {} writes an atom the flow does not have", row.seq),
+                    ));
+                };
+                atoms[i] = record;
+            }
+        }
+        flow.updated_at = flow.updated_at.max(row.at);
+    }
+    Ok(())
+}
+
+/// The transitions the log adds to a history whose last entry is number `last_seq`.
+pub(crate) fn transitions(
+    flow: FlowId,
+    mut last_seq: u64,
+    steps: &[StepRow],
+) -> Result<Vec<Transition>> {
+    let mut out = Vec::new();
+    for row in steps {
+        for write in decode(flow, row)? {
+            if let Some(change) = transition_of(&write) {
+                last_seq += 1;
+                out.push(Transition {
+                    flow,
+                    seq: last_seq,
+                    at: row.at,
+                    change,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a store knows of a flow as of one step of its log (see the module's documentation).
+#[derive(Debug, Clone)]
+pub(crate) struct Known {
+    /// The number of the log's last step (0: none yet).
+    pub(crate) seq: i64,
+    flow: FlowState,
+    atoms: HashMap<String, (AtomState, u32)>,
+}
+
+impl Known {
+    /// What a snapshot of the flow says, as of step `seq`.
+    pub(crate) fn of(seq: i64, flow: &FlowRecord, atoms: &[AtomRecord]) -> Self {
+        Self {
+            seq,
+            flow: flow.state,
+            atoms: atoms
+                .iter()
+                .map(|a| (a.name.clone(), (a.state, a.attempt)))
+                .collect(),
+        }
+    }
+
+    /// Whether every write is legal and expects what this knowledge, updated write by write,
+    /// holds.
+    pub(crate) fn admits(&self, flow: FlowId, writes: &[Write]) -> bool {
+        let mut state = self.flow;
+        let mut touched: HashMap<&str, (AtomState, u32)> = HashMap::new();
+        for write in writes {
+            if codec::legality(flow, write).is_err() {
+                return false;
+            }
+            match write {
+                Write::Flow { from, to, .. } => {
+                    if *from != state {
+                        return false;
+                    }
+                    state = *to;
+                }
+                Write::Atom {
+                    expected_state,
+                    expected_attempt,
+                    record,
+                } => {
+                    let name = record.name.as_str();
+                    let current = touched.get(name).or_else(|| self.atoms.get(name)).copied();
+                    if current != Some((*expected_state, *expected_attempt)) {
+                        return false;
+                    }
+                    touched.insert(name, (record.state, record.attempt));
+                }
+            }
+        }
+        true
+    }
+
+    /// Takes in the writes of the step just appended.
+    pub(crate) fn apply(&mut self, writes: &[Write]) {
+        self.seq += 1;
+        for write in writes {
+            match write {
+                Write::Flow { to, .. } => self.flow = *to,
+                Write::Atom { record, .. } => {
+                    if let Some(slot) = self.atoms.get_mut(record.name.as_str()) {
+                        *slot = (record.state, record.attempt);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The most flows a store keeps knowledge of; past it, it forgets them all (which costs each
+/// a careful commit, nothing more).
+const KNOWN_FLOWS: usize = 4096;
+
+/// A store's knowledge of the flows it writes to. Knowledge is taken out for a commit and put
+/// back after it, so two commits to one flow at once cannot both use it.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    flows: std::sync::Mutex<HashMap<FlowId, Known>>,
+}
+
+impl Cache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlowId, Known>> {
+        // A map left half-updated by a panic is still a map of valid entries.
+        self.flows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn take(&self, flow: FlowId) -> Option<Known> {
+        self.lock().remove(&flow)
+    }
+
+    /// Keeps what is known of `flow`; a flow that has ended is forgotten, as it is unlikely
+    /// to be written again.
+    pub(crate) fn put(&self, flow: FlowId, known: Known) {
+        if known.flow.is_terminal() {
+            return;
+        }
+        let mut flows = self.lock();
+        if flows.len() >= KNOWN_FLOWS && !flows.contains_key(&flow) {
+            flows.clear();
+        }
+        flows.insert(flow, known);
+    }
+}
+
+/// The history entries of a flow's `Change`s, for the tests.
+#[cfg(test)]
+fn changes(transitions: &[Transition]) -> Vec<baton_core::model::Change> {
+    transitions.iter().map(|t| t.change.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::model::AtomKind;
+    use baton_core::{FlowState, Intention};
+    use serde_json::json;
+
+    use super::*;
+
+    fn moved(rec: &AtomRecord, state: AtomState, attempt: u32) -> (Write, AtomRecord) {
+        let mut next = rec.clone();
+        next.state = state;
+        next.attempt = attempt;
+        let write = Write::Atom {
+            expected_state: rec.state,
+            expected_attempt: rec.attempt,
+            record: next.clone(),
+        };
+        (write, next)
+    }
+
+    fn row(seq: i64, writes: &[Write], flow: FlowId) -> StepRow {
+        let encoded: Vec<_> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Atom { record, .. } => {
+                    Some(codec::encode_atom(flow, record, 1 << 20).unwrap())
+                }
+                Write::Flow { .. } => None,
+            })
+            .collect();
+        StepRow {
+            seq,
+            at: Utc::now(),
+            body: encode(flow, writes, &encoded).unwrap().body,
+            model_version: codec::MODEL_VERSION_I64,
+        }
+    }
+
+    #[test]
+    fn steps_round_trip_and_keep_none_apart_from_null() {
+        let flow = FlowId::new();
+        let a = AtomRecord::pending("a", AtomKind::Task);
+        let (start, mut running) = moved(&a, AtomState::Running, 1);
+        running.result = Some(serde_json::Value::Null);
+        let (finish, _) = moved(&running, AtomState::Success, 1);
+        let writes = vec![
+            Write::Flow {
+                from: FlowState::Pending,
+                to: FlowState::Running,
+                intention: Intention::Execute,
+            },
+            start,
+            finish,
+        ];
+        let decoded = decode(flow, &row(1, &writes, flow)).unwrap();
+        assert_eq!(decoded, writes);
+        let Write::Atom { record, .. } = &decoded[1] else {
+            panic!("not an atom write");
+        };
+        assert_eq!(record.result, None);
+        let Write::Atom { record, .. } = &decoded[2] else {
+            panic!("not an atom write");
+        };
+        assert_eq!(record.result, Some(serde_json::Value::Null));
+    }
+
+    #[test]
+    fn knowledge_admits_only_what_it_expects() {
+        let flow = FlowId::new();
+        let a = AtomRecord::pending("a", AtomKind::Task);
+        let rec = FlowRecord {
+            id: flow,
+            name: "f".into(),
+            state: FlowState::Running,
+            intention: Intention::Execute,
+            inputs: Default::default(),
+            meta: json!(null),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let mut known = Known::of(0, &rec, std::slice::from_ref(&a));
+        let (start, running) = moved(&a, AtomState::Running, 1);
+        let (finish, _) = moved(&running, AtomState::Success, 1);
+        assert!(known.admits(flow, &[start.clone(), finish.clone()]));
+        // The second write must expect what the first left.
+        assert!(!known.admits(flow, &[start.clone(), start.clone()]));
+        // Illegal transitions are never admitted.
+        let (skip, _) = moved(&a, AtomState::Success, 1);
+        assert!(!known.admits(flow, &[skip]));
+        // Unknown atoms neither.
+        let (ghost, _) = moved(
+            &AtomRecord::pending("ghost", AtomKind::Task),
+            AtomState::Running,
+            1,
+        );
+        assert!(!known.admits(flow, &[ghost]));
+        known.apply(std::slice::from_ref(&start));
+        assert_eq!(known.seq, 1);
+        assert!(!known.admits(flow, std::slice::from_ref(&start)));
+        assert!(known.admits(flow, &[finish]));
+    }
+
+    #[test]
+    fn history_continues_the_old_numbering() {
+        let flow = FlowId::new();
+        let a = AtomRecord::pending("a", AtomKind::Task);
+        let (start, running) = moved(&a, AtomState::Running, 1);
+        let (finish, _) = moved(&running, AtomState::Success, 1);
+        let steps = [row(1, &[start], flow), row(2, &[finish], flow)];
+        let t = transitions(flow, 3, &steps).unwrap();
+        assert_eq!(t.iter().map(|t| t.seq).collect::<Vec<_>>(), [4, 5]);
+        assert!(matches!(
+            &changes(&t)[1],
+            baton_core::model::Change::Atom {
+                to: AtomState::Success,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn damaged_steps_are_corrupt_and_named() {
+        let flow = FlowId::new();
+        let bad = StepRow {
+            seq: 7,
+            at: Utc::now(),
+            body: "[{\"op\":\"atom\",\"from\":\"PENDING\"".into(),
+            model_version: codec::MODEL_VERSION_I64,
+        };
+        let err = decode(flow, &bad).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { .. }) && err.to_string().contains("step 7"),
+            "{err}"
+        );
+        let newer = StepRow {
+            model_version: codec::MODEL_VERSION_I64 + 1,
+            ..bad
+        };
+        assert!(decode(flow, &newer)
+            .unwrap_err()
+            .to_string()
+            .contains("newer version"));
+    }
+}
