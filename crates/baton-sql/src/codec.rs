@@ -120,7 +120,7 @@ pub(crate) async fn finish<DB: sqlx::Database, T>(
 }
 
 /// The text form of a timestamp in SQLite: RFC 3339 in UTC with nanoseconds, fixed width, so
-/// that text order is time order. (PostgreSQL's `commit_plan` reads times in this form too.)
+/// that text order is time order.
 pub(crate) fn time_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }

@@ -10,12 +10,15 @@
 //!   processes of that host may share it.
 //! - [`PostgresStore`] (feature `postgres`): a PostgreSQL database shared by a fleet of
 //!   engines. Its tables live in their own schema (`baton` unless configured otherwise), and a
-//!   commit is one round trip: a server-side function does the fence check, the
-//!   compare-and-set of every write and the history in one statement.
+//!   commit is one round trip.
+//!
+//! On both, a commit appends one row to the flow's step log (`steps`): the primary key makes
+//! the append a compare-and-set, and a fenced append checks the claim in the same statement.
 //!
 //! Both apply their migrations (embedded in the binary) when they open a database, safely when
-//! several processes open the same one at once. The schema has six tables: `flows`, `atoms`
-//! and `history` (the store), `fences` (the current claim token of each job, for fenced
+//! several processes open the same one at once. The schema has seven tables: `flows`, `atoms`,
+//! `steps` and `history` (the store; `history` only holds what baton wrote before the step
+//! log), `fences` (the current claim token of each job, for fenced
 //! writes), and `jobs` and `conductors` (the job boards, [`SqliteJobBoard`] and
 //! [`PostgresJobBoard`], which share the store's database).
 //!

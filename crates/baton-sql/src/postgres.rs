@@ -94,13 +94,12 @@ impl PostgresOptions {
 /// has its `search_path` set to it alone, at connection time, so nothing else in the database
 /// is touched and no other connection's `search_path` changes.
 ///
-/// A commit is one statement, so one round trip and one transaction: the function
-/// `commit_plan` takes the batch as arrays, checks the fence, compare-and-sets the flow and
-/// each atom, appends the history and refuses the whole batch if a check fails. A refused
-/// batch goes to the function `commit_batch`, which applies it write by write, each against
-/// the state the writes before it left, and raises a distinct SQLSTATE naming exactly what is
-/// wrong (or applies it, if the store changed in between). Creating a flow is one statement
-/// too.
+/// A commit is one statement, so one round trip and one transaction: the insert of one row
+/// into the flow's step log, whose primary key makes it a compare-and-set (see
+/// `docs/stores.md`, "What one step costs"). A fenced commit checks the job's token in the same
+/// statement. A refused insert is followed by a careful `REPEATABLE READ` transaction that
+/// reads the flow as it is, checks write by write and names exactly what is wrong (or
+/// appends, if the batch still applies). Creating a flow is one statement too.
 ///
 /// Connections are not pinged before use (that would double the round trips), and writes keep
 /// theirs between writes instead of giving them back to the pool, which pings a connection
@@ -413,7 +412,7 @@ struct RefusalDetail {
     attempt: Option<i64>,
 }
 
-/// Maps an error of `create_flow` or `commit_batch` back to the store's error.
+/// Maps an error of the function `create_flow` back to the store's error.
 fn refusal(err: sqlx::Error, flow: FlowId, fence: Option<Fence>, writes: &[Write]) -> store::Error {
     let (code, detail) = match err
         .as_database_error()

@@ -106,10 +106,11 @@ impl SqliteOptions {
 /// host may share the file (not over a network file system). Writes take turns: in-process
 /// writers queue on an async lock and use one connection, kept between writes; writers of
 /// other processes wait up to the busy timeout. A commit is one statement, its own
-/// transaction: the batch's rows go into the view `commit_rows`, whose triggers check the fence
-/// and compare-and-set the flow and each atom, and refuse the whole statement if a check fails.
-/// A refused batch is then applied again write by write in a `BEGIN IMMEDIATE` transaction,
-/// which finds exactly what is wrong (or applies it, if the store changed in between). Expect
+/// transaction: the insert of one row into the flow's step log, whose primary key makes it a
+/// compare-and-set (see `docs/stores.md`, "What one step costs"); a fenced commit checks the
+/// job's token in the same statement. A refused insert is followed by a `BEGIN IMMEDIATE`
+/// transaction that reads the flow as it is, checks write by write and names exactly what is
+/// wrong (or appends, if the batch still applies). Expect
 /// several thousand small commits a second with [`Synchronous::Normal`], and as many as the
 /// disk syncs a second with [`Synchronous::Full`].
 ///
