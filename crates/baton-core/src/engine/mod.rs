@@ -496,8 +496,9 @@ impl Engine {
     /// they are in the [`Outcome`].
     ///
     /// # Cancel safety
-    /// Dropping the future stops the run where it is, like [`Control::halt`]: what was
-    /// committed stays, and running the flow again resumes it.
+    /// The run is driven in a task of its own on the current tokio runtime. Dropping the
+    /// future aborts that task, which stops the run at its next await, like
+    /// [`Control::halt`]: what was committed stays, and running the flow again resumes it.
     pub async fn run(&self, flow: &CompiledFlow, id: FlowId) -> Result<Outcome> {
         self.run_with(flow, id, RunOptions::new()).await
     }

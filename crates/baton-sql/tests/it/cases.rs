@@ -706,3 +706,63 @@ pub async fn batches_agree_with_the_memory_store<S: Harness>(store: S) {
         .unwrap()
         .is_empty());
 }
+
+/// Two stores writing to one flow, as two processes would: what each remembers of the flow
+/// goes stale when the other writes, and the step log's primary key catches it. A stale write
+/// is refused as a conflict naming the atom, a write that expects what the other store left is
+/// applied, and the history keeps every change once, in order.
+pub async fn stale_knowledge_is_caught_by_the_log<S: Store>(first: &S, second: &S) {
+    let flow = new_flow(first).await;
+    let [a, b]: [AtomRecord; 2] = atoms().try_into().unwrap();
+    second.load_flow(flow.id).await.unwrap();
+    let mut started = Batch::new(flow.id, None);
+    started.writes.push(start(&a));
+    second.commit(&started).await.unwrap();
+
+    // `first` still believes `a` is PENDING.
+    let err = first.commit(&started).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Conflict { subject, .. } if subject == "atom a"),
+        "{err}"
+    );
+
+    // What `second` left, `first` can build on.
+    let running = second.load_flow(flow.id).await.unwrap().atoms[0].clone();
+    let mut done = running.clone();
+    done.state = AtomState::Success;
+    done.result = Some(json!(1));
+    let mut finished = Batch::new(flow.id, None);
+    finished.writes.push(Write::Atom {
+        expected_state: running.state,
+        expected_attempt: running.attempt,
+        record: done,
+    });
+    first.commit(&finished).await.unwrap();
+
+    // `second` is now the stale one, about a flow whose log moved on; its write to `b` is
+    // still right, and is applied.
+    let mut other = Batch::new(flow.id, None);
+    other.writes.push(start(&b));
+    second.commit(&other).await.unwrap();
+
+    let snapshot = first.load_flow(flow.id).await.unwrap();
+    assert_eq!(snapshot.atoms[0].state, AtomState::Success);
+    assert_eq!(snapshot.atoms[0].result, Some(json!(1)));
+    assert_eq!(snapshot.atoms[1].state, AtomState::Running);
+    let history = second.history(flow.id).await.unwrap();
+    let seen: Vec<_> = history
+        .iter()
+        .map(|t| match &t.change {
+            baton_core::model::Change::Atom { atom, to, .. } => (t.seq, atom.clone(), *to),
+            other => panic!("unexpected change {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "a".to_owned(), AtomState::Running),
+            (2, "a".to_owned(), AtomState::Success),
+            (3, "b".to_owned(), AtomState::Running),
+        ]
+    );
+}

@@ -155,3 +155,16 @@ async fn an_unreachable_server_is_unavailable() {
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 }
+
+#[tokio::test]
+async fn stale_knowledge_is_caught_by_the_log() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema();
+    let (Some(first), Some(second)) = (open(&url, &schema).await, open(&url, &schema).await) else {
+        return;
+    };
+    crate::cases::stale_knowledge_is_caught_by_the_log(&first, &second).await;
+    first.close().await;
+    second.close().await;
+    drop_schema(&url, &schema).await;
+}

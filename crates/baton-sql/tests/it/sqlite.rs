@@ -187,3 +187,11 @@ async fn two_stores_on_one_file_write_side_by_side() {
         assert_eq!(second.history(flow).await.unwrap().len(), 12);
     }
 }
+
+#[tokio::test]
+async fn stale_knowledge_is_caught_by_the_log() {
+    let (_dir, url) = sqlite_url();
+    let first = SqliteStore::open(&url).await.unwrap();
+    let second = SqliteStore::open(&url).await.unwrap();
+    crate::cases::stale_knowledge_is_caught_by_the_log(&first, &second).await;
+}
