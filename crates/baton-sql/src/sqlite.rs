@@ -548,32 +548,53 @@ fn step_from_row(flow: FlowId, row: &SqliteRow) -> store::Result<StepRow> {
     go().map_err(|d| codec::corrupt(flow, None, format!("step log: {d}")))
 }
 
-/// The flow's steps, in order.
+/// How many steps a flow may have: its steps' row ids are `base + seq`, where `base` is the
+/// flow's `flows.seq` times this (see the migration that creates `steps`).
+const STEPS_PER_FLOW: i64 = 1 << 32;
+
+/// Where the steps of the flow with `flows.seq = flow_seq` start.
+fn base_of(flow: FlowId, flow_seq: i64) -> store::Result<i64> {
+    flow_seq.checked_mul(STEPS_PER_FLOW).ok_or_else(|| {
+        codec::corrupt(
+            flow,
+            None,
+            format!("flow number {flow_seq} is out of range"),
+        )
+    })
+}
+
+/// The flow's steps, in order; its steps start at `base`.
 async fn read_steps(
     conn: &mut SqliteConnection,
     flow: FlowId,
-    key: &str,
+    base: i64,
 ) -> store::Result<Vec<StepRow>> {
     let rows = sqlx::query(
-        "SELECT seq, at, body, model_version FROM steps WHERE flow_id = ?1 ORDER BY seq",
+        "SELECT seq, at, body, model_version FROM steps WHERE id > ?1 AND id < ?2 ORDER BY id",
     )
-    .bind(key)
+    .bind(base)
+    .bind(base.saturating_add(STEPS_PER_FLOW))
     .fetch_all(&mut *conn)
     .await
     .map_err(classify)?;
     rows.iter().map(|r| step_from_row(flow, r)).collect()
 }
 
-/// The flow as it is now, and the number of its log's last step. Run it in a transaction, so
+/// The flow as it is now, and what this store then knows of it. Run it in a transaction, so
 /// that the rows come from one snapshot.
-async fn read_flow(conn: &mut SqliteConnection, id: FlowId) -> store::Result<(FlowSnapshot, i64)> {
+async fn read_flow(
+    conn: &mut SqliteConnection,
+    id: FlowId,
+) -> store::Result<(FlowSnapshot, Known)> {
     let key = id.to_string();
-    let row = sqlx::query(&format!("SELECT {FLOW_COLUMNS} FROM flows WHERE id = ?1"))
-        .bind(&key)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(classify)?
-        .ok_or(store::Error::FlowNotFound(id))?;
+    let row = sqlx::query(&format!(
+        "SELECT {FLOW_COLUMNS}, seq AS flow_seq FROM flows WHERE id = ?1"
+    ))
+    .bind(&key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(classify)?
+    .ok_or(store::Error::FlowNotFound(id))?;
     let rows = sqlx::query(&format!(
         "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = ?1 ORDER BY position"
     ))
@@ -581,7 +602,9 @@ async fn read_flow(conn: &mut SqliteConnection, id: FlowId) -> store::Result<(Fl
     .fetch_all(&mut *conn)
     .await
     .map_err(classify)?;
-    let steps = read_steps(conn, id, &key).await?;
+    let flow_seq: i64 = get(&row, "flow_seq").map_err(|d| codec::corrupt(id, None, d))?;
+    let base = base_of(id, flow_seq)?;
+    let steps = read_steps(conn, id, base).await?;
     let mut flow = flow_from_row(&row)?;
     let mut atoms = rows
         .iter()
@@ -589,29 +612,38 @@ async fn read_flow(conn: &mut SqliteConnection, id: FlowId) -> store::Result<(Fl
         .collect::<store::Result<Vec<_>>>()?;
     steplog::replay(&mut flow, &mut atoms, &steps)?;
     let last = steps.last().map_or(0, |s| s.seq);
-    Ok((FlowSnapshot { flow, atoms }, last))
+    let known = Known::of(last, &flow, &atoms).based(base);
+    Ok((FlowSnapshot { flow, atoms }, known))
 }
 
-/// Appends `step` as step number `seq` of the flow: `Ok(false)` if the fence (job id and
-/// token) does not hold, a unique violation if that step exists already.
+/// Appends `step` as step number `seq` of the flow whose steps start at `base`: `Ok(false)`
+/// if the fence (job id and token) does not hold, a unique violation if that step exists
+/// already.
 async fn append(
     conn: &mut SqliteConnection,
     key: &str,
+    base: i64,
     seq: i64,
     at: &str,
     step: &Step,
     fence: Option<&(String, i64)>,
 ) -> Result<bool, sqlx::Error> {
-    const INSERT: &str =
-        "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version)";
+    if !(1..STEPS_PER_FLOW).contains(&seq) {
+        return Err(sqlx::Error::Protocol(format!(
+            "flow {key} cannot have a step number {seq}: a flow holds fewer than 2^32 steps"
+        )));
+    }
+    const INSERT: &str = "INSERT INTO steps \
+         (id, flow_id, seq, at, flow_state, flow_intention, body, model_version)";
     let sql = match fence {
-        None => format!("{INSERT} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        None => format!("{INSERT} VALUES (?1 + ?3, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
         Some(_) => format!(
-            "{INSERT} SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
-             WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = ?8 AND token = ?9)"
+            "{INSERT} SELECT ?1 + ?3, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
+             WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = ?9 AND token = ?10)"
         ),
     };
     let mut query = sqlx::query(&sql)
+        .bind(base)
         .bind(key)
         .bind(seq)
         .bind(at)
@@ -702,6 +734,7 @@ impl Store for SqliteStore {
             if inserted.rows_affected() == 0 {
                 return Err(store::Error::FlowExists(flow.id));
             }
+            let base = base_of(flow.id, inserted.last_insert_rowid())?;
             for (position, enc) in encoded.iter().enumerate() {
                 let position = i64::try_from(position).map_err(|_| crate::error::backend("too many atoms"))?;
                 let query = sqlx::query(
@@ -718,14 +751,15 @@ impl Store for SqliteStore {
                     .await
                     .map_err(classify)?;
             }
-            Ok(())
+            Ok(base)
         }
         .await;
-        codec::finish(tx, result)
+        let base = codec::finish(tx, result)
             .await
             .map_err(|e| self.failed(e))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
-        self.known.put(flow.id, Known::of(0, flow, atoms));
+        self.known
+            .put(flow.id, Known::of(0, flow, atoms).based(base));
         Ok(())
     }
 
@@ -733,9 +767,8 @@ impl Store for SqliteStore {
         // One read transaction: the flow, its atoms and its log come from the same snapshot.
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let result = read_flow(&mut tx, id).await;
-        let (snapshot, seq) = codec::finish(tx, result).await?;
-        self.known
-            .put(id, Known::of(seq, &snapshot.flow, &snapshot.atoms));
+        let (snapshot, known) = codec::finish(tx, result).await?;
+        self.known.put(id, known);
         Ok(snapshot)
     }
 
@@ -779,6 +812,7 @@ impl Store for SqliteStore {
             match append(
                 turn.conn()?,
                 &key,
+                known.base,
                 known.seq + 1,
                 &at,
                 &step,
@@ -807,18 +841,17 @@ impl Store for SqliteStore {
             .map_err(|e| self.failed(classify(e)))?;
         let result = async {
             check_fence(&mut tx, flow, batch.fence).await?;
-            let (snapshot, seq) = read_flow(&mut tx, flow).await?;
+            let (snapshot, known) = read_flow(&mut tx, flow).await?;
             codec::check_writes(flow, &snapshot, &batch.writes)?;
-            append(&mut tx, &key, seq + 1, &at, &step, None)
+            append(&mut tx, &key, known.base, known.seq + 1, &at, &step, None)
                 .await
                 .map_err(classify)?;
-            Ok((snapshot, seq))
+            Ok(known)
         }
         .await;
-        let (snapshot, seq) = codec::finish(tx, result)
+        let mut known = codec::finish(tx, result)
             .await
             .map_err(|e| self.failed(e))?;
-        let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms);
         known.apply(&batch.writes);
         self.known.put(flow, known);
         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -830,7 +863,8 @@ impl Store for SqliteStore {
         let key = id.to_string();
         let result = async {
             let rows = sqlx::query(
-                "SELECT h.seq, h.at, h.subject, h.atom, h.from_state, h.to_state, h.attempt \
+                "SELECT f.seq AS flow_seq, h.seq, h.at, h.subject, h.atom, h.from_state, \
+                 h.to_state, h.attempt \
                  FROM flows f LEFT JOIN history h ON h.flow_id = f.id \
                  WHERE f.id = ?1 ORDER BY h.seq",
             )
@@ -838,7 +872,11 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(classify)?;
-            let steps = read_steps(&mut tx, id, &key).await?;
+            let Some(first) = rows.first() else {
+                return Err(store::Error::FlowNotFound(id));
+            };
+            let flow_seq: i64 = get(first, "flow_seq").map_err(|d| codec::corrupt(id, None, d))?;
+            let steps = read_steps(&mut tx, id, base_of(id, flow_seq)?).await?;
             Ok((rows, steps))
         }
         .await;
@@ -879,5 +917,6 @@ impl Store for SqliteStore {
 
 /// The flow's columns for listings: `updated_at` is the time of the last step, if any.
 const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs, meta, created_at, \
-     coalesce((SELECT s.at FROM steps s WHERE s.flow_id = flows.id ORDER BY s.seq DESC \
-     LIMIT 1), updated_at) AS updated_at, model_version";
+     coalesce((SELECT s.at FROM steps s WHERE s.id > flows.seq * 4294967296 \
+     AND s.id < (flows.seq + 1) * 4294967296 ORDER BY s.id DESC LIMIT 1), updated_at) \
+     AS updated_at, model_version";

@@ -316,6 +316,9 @@ pub(crate) fn transitions(
 pub(crate) struct Known {
     /// The number of the log's last step (0: none yet).
     pub(crate) seq: i64,
+    /// Where the flow's steps start in the backend's key space (SQLite: see its migration;
+    /// PostgreSQL: 0, unused).
+    pub(crate) base: i64,
     flow: FlowState,
     atoms: HashMap<String, (AtomState, u32)>,
 }
@@ -325,12 +328,20 @@ impl Known {
     pub(crate) fn of(seq: i64, flow: &FlowRecord, atoms: &[AtomRecord]) -> Self {
         Self {
             seq,
+            base: 0,
             flow: flow.state,
             atoms: atoms
                 .iter()
                 .map(|a| (a.name.clone(), (a.state, a.attempt)))
                 .collect(),
         }
+    }
+
+    /// The same knowledge, of a flow whose steps start at `base`.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn based(mut self, base: i64) -> Self {
+        self.base = base;
+        self
     }
 
     /// Whether every write is legal and expects what this knowledge, updated write by write,
