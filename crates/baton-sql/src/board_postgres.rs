@@ -102,10 +102,15 @@ impl PostgresJobBoard {
 
     /// Why a fenced update touched no row.
     async fn lost(&self, fence: Fence) -> board::Error {
+        let mut kept = match self.store.acquire().await {
+            Ok(kept) => kept,
+            Err(e) => return db(e),
+        };
         let exists: Result<Option<i32>, _> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = $1")
             .bind(fence.job.as_uuid())
-            .fetch_optional(self.store.pool())
+            .fetch_optional(&mut *kept)
             .await;
+        self.store.release(kept, &exists);
         match exists {
             Ok(None) => board::Error::JobNotFound(fence.job),
             Ok(Some(_)) => board::Error::ClaimLost {
@@ -135,14 +140,16 @@ impl PostgresJobBoard {
             }
         };
         let sql = format!("WITH done AS ({sql}) SELECT done.lease_expires_at, {notify} FROM done");
-        let row: Option<(Option<i64>, bool)> = sqlx::query_as(&sql)
+        let mut kept = self.store.acquire().await.map_err(db)?;
+        let row: Result<Option<(Option<i64>, bool)>, _> = sqlx::query_as(&sql)
             .bind(fence.job.as_uuid())
             .bind(token)
             .bind(extra)
             .bind(&*self.channel)
-            .fetch_optional(self.store.pool())
-            .await
-            .map_err(db)?;
+            .fetch_optional(&mut *kept)
+            .await;
+        self.store.release(kept, &row);
+        let row = row.map_err(db)?;
         match row {
             Some((lease, _)) => Ok(lease),
             None => Err(self.lost(fence).await),
@@ -168,6 +175,7 @@ impl PostgresJobBoard {
     /// the next claim takes them at once. One look at `pg_locks` per call: cheap a few times a
     /// second, too dear for every claim.
     async fn reap(&self) -> Result<(), board::Error> {
+        let mut kept = self.store.acquire().await.map_err(db)?;
         let reaped = sqlx::query(
             "WITH live AS MATERIALIZED ( \
                  SELECT (l.classid::bigint << 32) | l.objid::bigint AS owner_lock FROM pg_locks l \
@@ -177,9 +185,9 @@ impl PostgresJobBoard {
               WHERE state = 'CLAIMED' AND owner_lock IS NOT NULL AND lease_expires_at > 0 \
                 AND owner_lock NOT IN (SELECT owner_lock FROM live)",
         )
-        .execute(self.store.pool())
-        .await
-        .map_err(db)?;
+        .execute(&mut *kept).await;
+        self.store.release(kept, &reaped);
+        let reaped = reaped.map_err(db)?;
         if reaped.rows_affected() > 0 {
             tracing::info!(
                 jobs = reaped.rows_affected(),
@@ -191,10 +199,14 @@ impl PostgresJobBoard {
 
     async fn notify(&self) {
         // A missed wake-up only delays idle conductors until they poll.
-        let _ = sqlx::query("SELECT pg_notify($1, '')")
+        let Ok(mut kept) = self.store.acquire().await else {
+            return;
+        };
+        let sent = sqlx::query("SELECT pg_notify($1, '')")
             .bind(&*self.channel)
-            .execute(self.store.pool())
+            .execute(&mut *kept)
             .await;
+        self.store.release(kept, &sent);
     }
 }
 
@@ -208,6 +220,7 @@ impl JobBoard for PostgresJobBoard {
                  VALUES ($1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, now(), now()) RETURNING * \
              ) SELECT {COLUMNS}, pg_notify($7, '') IS NULL AS woke FROM posted"
         );
+        let mut kept = self.store.acquire().await.map_err(db)?;
         let row = sqlx::query(&sql)
             .bind(JobId::new().as_uuid())
             .bind(&new.name)
@@ -216,9 +229,10 @@ impl JobBoard for PostgresJobBoard {
             .bind(&new.key)
             .bind(new.priority)
             .bind(&*self.channel)
-            .fetch_one(self.store.pool())
-            .await
-            .map_err(db)?;
+            .fetch_one(&mut *kept)
+            .await;
+        self.store.release(kept, &row);
+        let row = row.map_err(db)?;
         decode(&row)
     }
 
@@ -259,13 +273,15 @@ impl JobBoard for PostgresJobBoard {
                  ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token \
              ) SELECT {COLUMNS} FROM claimed"
         );
+        let mut kept = self.store.acquire().await.map_err(db)?;
         let row = sqlx::query(&sql)
             .bind(owner.as_uuid())
             .bind(owner_lock)
             .bind(ms(lease))
-            .fetch_optional(self.store.pool())
-            .await
-            .map_err(db)?;
+            .fetch_optional(&mut *kept)
+            .await;
+        self.store.release(kept, &row);
+        let row = row.map_err(db)?;
         let Some(row) = row else { return Ok(None) };
         let job = decode(&row)?;
         Ok(Some(Claim {
@@ -395,17 +411,19 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn get(&self, id: JobId) -> Result<Job, board::Error> {
+        let mut kept = self.store.acquire().await.map_err(db)?;
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
             .bind(id.as_uuid())
-            .fetch_optional(self.store.pool())
-            .await
-            .map_err(db)?
-            .ok_or(board::Error::JobNotFound(id))?;
+            .fetch_optional(&mut *kept)
+            .await;
+        self.store.release(kept, &row);
+        let row = row.map_err(db)?.ok_or(board::Error::JobNotFound(id))?;
         decode(&row)
     }
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>, board::Error> {
         let limit = query.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut kept = self.store.acquire().await.map_err(db)?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM jobs \
               WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR job_key = $2) \
@@ -416,9 +434,10 @@ impl JobBoard for PostgresJobBoard {
         .bind(query.key.clone())
         .bind(query.owner.map(|o| o.as_uuid()))
         .bind(limit)
-        .fetch_all(self.store.pool())
-        .await
-        .map_err(db)?;
+        .fetch_all(&mut *kept)
+        .await;
+        self.store.release(kept, &rows);
+        let rows = rows.map_err(db)?;
         rows.iter().map(decode).collect()
     }
 

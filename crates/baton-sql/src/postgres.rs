@@ -284,9 +284,35 @@ impl PostgresStore {
         outcome
     }
 
+    /// A connection for one operation: a kept one if there is any, else one from the pool.
+    /// Give it back with [`PostgresStore::release`], so it is kept too (the pool would ping it
+    /// on its way back, a round trip per operation).
+    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        match self.spare.take() {
+            Some(conn) => Ok(conn),
+            None => self.pool.acquire().await,
+        }
+    }
+
+    /// Gives back a connection from [`PostgresStore::acquire`] after an operation with this
+    /// outcome: kept unless the operation failed in a way that may have broken it.
+    pub(crate) fn release<T>(
+        &self,
+        conn: PoolConnection<Postgres>,
+        outcome: &Result<T, sqlx::Error>,
+    ) {
+        self.spare.keep(conn, healthy(outcome));
+    }
+
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// Whether a connection is still good after an operation with this outcome: anything but an
+/// error the server reported may have left it broken or mid-protocol.
+fn healthy<T>(outcome: &Result<T, sqlx::Error>) -> bool {
+    !matches!(outcome, Err(e) if !matches!(e, sqlx::Error::Database(_)))
 }
 
 /// Connections kept out of the pool between writes, up to a cap.
