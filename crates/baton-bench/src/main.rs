@@ -381,6 +381,13 @@ async fn run_flow(
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Logs only when asked for (RUST_LOG=warn, ...): the figures are the output.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
