@@ -766,3 +766,96 @@ pub async fn stale_knowledge_is_caught_by_the_log<S: Store>(first: &S, second: &
         ]
     );
 }
+
+/// The migrations of `migrator` from before the step log (`20250801000000`), to make a
+/// database as an older baton left it.
+pub fn before_the_step_log(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrator.migrations = std::borrow::Cow::Owned(
+        migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20250801000000)
+            .cloned()
+            .collect(),
+    );
+    migrator
+}
+
+/// SQL (good on both databases) for a run as a baton from before the step log left it: `a`
+/// done, `b` running, four transitions in `history`.
+pub fn old_run(flow: FlowId) -> Vec<String> {
+    let now = "2025-07-01T10:00:00.000000000Z";
+    vec![
+        format!(
+            "INSERT INTO flows (id, name, state, intention, inputs, meta, created_at, updated_at, \
+             model_version) VALUES ('{flow}', 'old', 'RUNNING', 'EXECUTE', '{{}}', '{{}}', '{now}', \
+             '{now}', 1)"
+        ),
+        format!(
+            "INSERT INTO atoms (flow_id, name, position, kind, state, intention, attempt, round, \
+             result, retry_history, progress, started_at, finished_at, model_version) VALUES \
+             ('{flow}', 'a', 0, 'task', 'SUCCESS', 'EXECUTE', 1, 0, '\"made\"', '[]', 1.0, '{now}', \
+             '{now}', 1), \
+             ('{flow}', 'b', 1, 'task', 'RUNNING', 'EXECUTE', 1, 0, NULL, '[]', 0.0, '{now}', NULL, 1)"
+        ),
+        format!(
+            "INSERT INTO history (flow_id, seq, at, subject, atom, from_state, to_state, attempt) \
+             VALUES ('{flow}', 1, '{now}', 'flow', NULL, 'PENDING', 'RUNNING', NULL), \
+             ('{flow}', 2, '{now}', 'atom', 'a', 'PENDING', 'RUNNING', 1), \
+             ('{flow}', 3, '{now}', 'atom', 'a', 'RUNNING', 'SUCCESS', 1), \
+             ('{flow}', 4, '{now}', 'atom', 'b', 'PENDING', 'RUNNING', 1)"
+        ),
+    ]
+}
+
+/// The run of [`old_run`], in an upgraded database, loads as it was and goes on: new steps go
+/// to the log, and the history continues the old numbering.
+pub async fn old_run_goes_on<S: Store>(store: &S, flow: FlowId) {
+    use baton_core::model::Change;
+    use baton_core::store::FlowQuery;
+
+    let snapshot = store.load_flow(flow).await.unwrap();
+    assert_eq!(snapshot.flow.state, FlowState::Running);
+    assert_eq!(snapshot.atoms[0].result, Some(serde_json::json!("made")));
+    let b = snapshot.atoms[1].clone();
+    assert_eq!((b.state, b.attempt), (AtomState::Running, 1));
+
+    // The run goes on: `b` succeeds, and so does the flow.
+    let mut done = b.clone();
+    done.state = AtomState::Success;
+    done.result = Some(serde_json::json!(2));
+    let mut batch = Batch::new(flow, None);
+    batch.writes.push(Write::Atom {
+        expected_state: b.state,
+        expected_attempt: b.attempt,
+        record: done,
+    });
+    batch.writes.push(Write::Flow {
+        from: FlowState::Running,
+        to: FlowState::Success,
+        intention: Intention::Execute,
+    });
+    store.commit(&batch).await.unwrap();
+
+    let snapshot = store.load_flow(flow).await.unwrap();
+    assert_eq!(snapshot.flow.state, FlowState::Success);
+    assert_eq!(snapshot.atoms[1].result, Some(serde_json::json!(2)));
+    let listed = store.list_flows(&FlowQuery::all()).await.unwrap();
+    assert_eq!(listed[0].state, FlowState::Success);
+    let history = store.history(flow).await.unwrap();
+    assert_eq!(
+        history.iter().map(|t| t.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert!(matches!(
+        &history[4].change,
+        Change::Atom { atom, to: AtomState::Success, .. } if atom == "b"
+    ));
+    assert!(matches!(
+        history[5].change,
+        Change::Flow {
+            to: FlowState::Success,
+            ..
+        }
+    ));
+}

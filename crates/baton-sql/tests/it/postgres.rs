@@ -168,3 +168,34 @@ async fn stale_knowledge_is_caught_by_the_log() {
     second.close().await;
     drop_schema(&url, &schema).await;
 }
+
+/// A schema last written by a baton from before the step log, with a run in progress, is
+/// upgraded on connect, and the run goes on (see `cases::old_run_goes_on`).
+#[tokio::test]
+async fn a_run_in_progress_survives_the_upgrade_to_the_step_log() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema();
+    let mut plain = pg_connect(&url, None).await;
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut plain)
+        .await
+        .unwrap();
+    plain.close().await.unwrap();
+    let mut conn = pg_connect(&url, Some(&schema)).await;
+    crate::cases::before_the_step_log(sqlx::migrate!("./migrations/postgres"))
+        .run(&mut conn)
+        .await
+        .unwrap();
+    let flow = baton_core::FlowId::new();
+    for sql in crate::cases::old_run(flow) {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    // Connecting applies the step log's migration.
+    let Some(store) = open(&url, &schema).await else {
+        return;
+    };
+    crate::cases::old_run_goes_on(&store, flow).await;
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}

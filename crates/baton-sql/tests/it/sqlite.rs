@@ -195,3 +195,26 @@ async fn stale_knowledge_is_caught_by_the_log() {
     let second = SqliteStore::open(&url).await.unwrap();
     crate::cases::stale_knowledge_is_caught_by_the_log(&first, &second).await;
 }
+
+/// A database last written by a baton from before the step log, with a run in progress, is
+/// upgraded on open, and the run goes on (see `cases::old_run_goes_on`).
+#[tokio::test]
+async fn a_run_in_progress_survives_the_upgrade_to_the_step_log() {
+    let (_dir, url) = sqlite_url();
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+    let mut conn = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true))
+        .await
+        .unwrap();
+    crate::cases::before_the_step_log(sqlx::migrate!("./migrations/sqlite"))
+        .run(&mut conn)
+        .await
+        .unwrap();
+    let flow = baton_core::FlowId::new();
+    for sql in crate::cases::old_run(flow) {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    // Opening applies the step log's migration.
+    let store = SqliteStore::open(&url).await.unwrap();
+    crate::cases::old_run_goes_on(&store, flow).await;
+}
