@@ -295,28 +295,35 @@ impl Conductor {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         while !shutdown.is_cancelled() {
-            while jobs.len() < self.options.concurrency && !shutdown.is_cancelled() {
-                match self.board.claim(self.id, self.options.lease).await {
-                    Ok(Some(claim)) => {
-                        summary.claimed += 1;
-                        let control = Control::new();
-                        let job = claim.job.id;
-                        let run = JobRun {
-                            claim,
-                            board: self.board.clone(),
-                            engine: self.engine.clone(),
-                            registry: self.registry.clone(),
-                            options: self.options.clone(),
-                            control: control.clone(),
-                        };
-                        let handle = jobs.spawn(run.drive());
-                        controls.insert(handle.id(), (job, control));
-                    }
-                    Ok(None) => break,
+            let free = self.options.concurrency.saturating_sub(jobs.len());
+            if free > 0 && !shutdown.is_cancelled() {
+                // All it has room for in one go: fewer means the board has no more for now,
+                // so there is no need to ask again until woken.
+                let claims = match self
+                    .board
+                    .claim_up_to(self.id, self.options.lease, free)
+                    .await
+                {
+                    Ok(claims) => claims,
                     Err(e) => {
                         tracing::warn!(error = %e, "claim failed");
-                        break;
+                        Vec::new()
                     }
+                };
+                for claim in claims {
+                    summary.claimed += 1;
+                    let control = Control::new();
+                    let job = claim.job.id;
+                    let run = JobRun {
+                        claim,
+                        board: self.board.clone(),
+                        engine: self.engine.clone(),
+                        registry: self.registry.clone(),
+                        options: self.options.clone(),
+                        control: control.clone(),
+                    };
+                    let handle = jobs.spawn(run.drive());
+                    controls.insert(handle.id(), (job, control));
                 }
             }
             tokio::select! {

@@ -241,6 +241,18 @@ impl JobBoard for PostgresJobBoard {
         owner: ConductorId,
         lease: Duration,
     ) -> Result<Option<Claim>, board::Error> {
+        Ok(self.claim_up_to(owner, lease, 1).await?.pop())
+    }
+
+    async fn claim_up_to(
+        &self,
+        owner: ConductorId,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Claim>, board::Error> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         if self.reap_due() {
             self.reap().await?;
         }
@@ -260,7 +272,7 @@ impl JobBoard for PostgresJobBoard {
                          SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
                             AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
                   ORDER BY j.priority DESC, j.seq \
-                  LIMIT 1 \
+                  LIMIT $4 \
                   FOR UPDATE OF j SKIP LOCKED \
              ), claimed AS ( \
                  UPDATE jobs SET state = 'CLAIMED', owner = $1, owner_lock = $2, \
@@ -271,27 +283,31 @@ impl JobBoard for PostgresJobBoard {
              ), fenced AS ( \
                  INSERT INTO fences (job_id, token) SELECT id, token FROM claimed \
                  ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token \
-             ) SELECT {COLUMNS} FROM claimed"
+             ) SELECT {COLUMNS} FROM claimed ORDER BY priority DESC, seq"
         );
         let mut kept = self.store.acquire().await.map_err(db)?;
-        let row = sqlx::query(&sql)
+        let rows = sqlx::query(&sql)
             .bind(owner.as_uuid())
             .bind(owner_lock)
             .bind(ms(lease))
-            .fetch_optional(&mut *kept)
+            .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .fetch_all(&mut *kept)
             .await;
-        self.store.release(kept, &row);
-        let row = row.map_err(db)?;
-        let Some(row) = row else { return Ok(None) };
-        let job = decode(&row)?;
-        Ok(Some(Claim {
-            fence: Fence {
-                job: job.id,
-                token: job.token,
-            },
-            lease_expires_at: job.lease_expires_at.unwrap_or_else(Utc::now),
-            job,
-        }))
+        self.store.release(kept, &rows);
+        rows.map_err(db)?
+            .iter()
+            .map(|row| {
+                let job = decode(row)?;
+                Ok(Claim {
+                    fence: Fence {
+                        job: job.id,
+                        token: job.token,
+                    },
+                    lease_expires_at: job.lease_expires_at.unwrap_or_else(Utc::now),
+                    job,
+                })
+            })
+            .collect()
     }
 
     async fn heartbeat(

@@ -224,48 +224,72 @@ impl JobBoard for SqliteJobBoard {
         owner: ConductorId,
         lease: Duration,
     ) -> Result<Option<Claim>, board::Error> {
+        Ok(self.claim_up_to(owner, lease, 1).await?.pop())
+    }
+
+    async fn claim_up_to(
+        &self,
+        owner: ConductorId,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Claim>, board::Error> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let sql = format!(
             "UPDATE jobs SET state = 'CLAIMED', owner = ?1, lease_expires_at = ?2 + ?3, \
                  token = token + 1, attempts = attempts + 1, updated_at = ?4 \
-             WHERE id = ( \
+             WHERE id IN ( \
                  SELECT j.id FROM jobs j \
                   WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
                     AND (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?2)) \
                     AND (j.job_key IS NULL OR NOT EXISTS ( \
                         SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
                            AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
-                  ORDER BY j.priority DESC, j.seq LIMIT 1) \
-             RETURNING {COLUMNS}"
+                  ORDER BY j.priority DESC, j.seq LIMIT ?5) \
+             RETURNING {COLUMNS}, seq AS claim_order"
         );
         let now = Utc::now();
         let lease_ms = ms(lease);
-        let job = self
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut jobs = self
             .write(move |conn| {
                 Box::pin(async move {
-                    let row = sqlx::query(&sql)
+                    let rows = sqlx::query(&sql)
                         .bind(owner.to_string())
                         .bind(now.timestamp_millis())
                         .bind(lease_ms)
                         .bind(codec::time_text(now))
-                        .fetch_optional(&mut *conn)
+                        .bind(limit)
+                        .fetch_all(&mut *conn)
                         .await
                         .map_err(db)?;
-                    let Some(row) = row else { return Ok(None) };
-                    let job = decode(&row)?;
-                    // In the same transaction: from now on only the new token writes the flow.
-                    set_fence(conn, &job.id.to_string(), token_db(job.token)?).await?;
-                    Ok(Some(job))
+                    let mut jobs = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        let job = decode(row)?;
+                        let order: i64 = row.try_get("claim_order").map_err(db)?;
+                        // In the same transaction: from now on only the new token writes the
+                        // flow.
+                        set_fence(conn, &job.id.to_string(), token_db(job.token)?).await?;
+                        jobs.push((order, job));
+                    }
+                    Ok(jobs)
                 })
             })
             .await?;
-        Ok(job.map(|job| Claim {
-            fence: Fence {
-                job: job.id,
-                token: job.token,
-            },
-            lease_expires_at: job.lease_expires_at.unwrap_or(now),
-            job,
-        }))
+        // In the order one claim at a time would have taken them.
+        jobs.sort_by_key(|(order, job)| (std::cmp::Reverse(job.priority), *order));
+        Ok(jobs
+            .into_iter()
+            .map(|(_, job)| Claim {
+                fence: Fence {
+                    job: job.id,
+                    token: job.token,
+                },
+                lease_expires_at: job.lease_expires_at.unwrap_or(now),
+                job,
+            })
+            .collect())
     }
 
     async fn heartbeat(

@@ -271,6 +271,56 @@ pub async fn priorities_order_claims<B: JobBoard, S: Store>(board: B, _store: S)
     assert_eq!(order, vec![high.id, low.id, low2.id]);
 }
 
+/// Claiming several at once takes what claims one at a time would: by priority, then posting
+/// order, never two of one key, never a job already claimed; and no more than asked.
+pub async fn claims_up_to_take_what_single_claims_would<B: JobBoard, S: Store>(
+    board: B,
+    _store: S,
+) {
+    let key = format!("stack-{}", ConductorId::new());
+    let low = board.post(job("low")).await.unwrap();
+    let keyed = board.post(job("keyed").key(&key)).await.unwrap();
+    let keyed_later = board
+        .post(job("keyed-later").key(&key).priority(9))
+        .await
+        .unwrap();
+    let high = board.post(job("high").priority(5)).await.unwrap();
+    let taken = board.post(job("taken")).await.unwrap();
+    // Another conductor holds the best job: it is not claimed again.
+    let first = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.job.id, high.id);
+    let owner = ConductorId::new();
+    let two = board.claim_up_to(owner, LEASE, 2).await.unwrap();
+    let ids: Vec<_> = two.iter().map(|c| c.job.id).collect();
+    assert_eq!(ids, [low.id, keyed.id], "no more than asked, in order");
+    let rest = board.claim_up_to(owner, LEASE, 10).await.unwrap();
+    let ids: Vec<_> = rest.iter().map(|c| c.job.id).collect();
+    assert_eq!(
+        ids,
+        [taken.id],
+        "the later job of a key waits for the earlier one"
+    );
+    assert!(board
+        .claim_up_to(owner, LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    for claim in two.iter().chain(&rest) {
+        let stored = board.get(claim.job.id).await.unwrap();
+        assert_eq!(stored.state, JobState::Claimed);
+        assert_eq!(stored.token, claim.fence.token);
+    }
+    board.consume(two[1].fence, json!("done")).await.unwrap();
+    let last = board.claim_up_to(owner, LEASE, 10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].job.id, keyed_later.id);
+    assert!(board.claim_up_to(owner, LEASE, 0).await.unwrap().is_empty());
+}
+
 /// Consuming records the outcome and finishes the job.
 pub async fn consume_records_the_outcome<B: JobBoard, S: Store>(board: B, _store: S) {
     let posted = board
@@ -384,6 +434,7 @@ macro_rules! board_conformance {
             release_revokes_the_claim,
             trash_hides_jobs_and_revokes_claims,
             priorities_order_claims,
+            claims_up_to_take_what_single_claims_would,
             consume_records_the_outcome,
             bad_input_is_refused,
             posting_wakes_waiters,

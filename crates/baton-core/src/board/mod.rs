@@ -300,6 +300,29 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     /// Backend errors.
     async fn claim(&self, owner: ConductorId, lease: Duration) -> Result<Option<Claim>>;
 
+    /// Claims up to `max` eligible jobs for `owner` at once, in the order one claim at a time
+    /// would take them (so never two of one key). Fewer, or none, when fewer are eligible:
+    /// a caller that gets fewer than it asked for knows the board had no more for it, without
+    /// asking again. The SQL boards do it in one statement; the default claims one at a time.
+    ///
+    /// # Errors
+    /// Backend errors. Jobs claimed before an error stay claimed (a lease frees them).
+    async fn claim_up_to(
+        &self,
+        owner: ConductorId,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Claim>> {
+        let mut claims = Vec::new();
+        while claims.len() < max {
+            match self.claim(owner, lease).await? {
+                Some(claim) => claims.push(claim),
+                None => break,
+            }
+        }
+        Ok(claims)
+    }
+
     /// Extends the claim's lease to `lease` from now, if the claim is still current.
     ///
     /// # Errors
