@@ -121,6 +121,7 @@ pub(crate) async fn finish<DB: sqlx::Database, T>(
 
 /// The text form of a timestamp in SQLite: RFC 3339 in UTC with nanoseconds, fixed width, so
 /// that text order is time order.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn time_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
@@ -137,6 +138,24 @@ pub(crate) fn parse_time(text: &str) -> std::result::Result<DateTime<Utc>, Strin
 /// stored, so they are never current.
 pub(crate) fn token_to_db(token: FencingToken) -> Option<i64> {
     i64::try_from(token.0).ok()
+}
+
+/// A batch's fence as the databases store it: the job and its token. A token no claim can
+/// have (too large to store) is refused at once as [`Error::Fenced`].
+pub(crate) fn fence_to_db(
+    flow: FlowId,
+    fence: Option<baton_core::Fence>,
+) -> Result<Option<(baton_core::JobId, i64)>> {
+    fence
+        .map(|f| match token_to_db(f.token) {
+            Some(token) => Ok((f.job, token)),
+            None => Err(Error::Fenced {
+                flow,
+                job: f.job,
+                token: f.token,
+            }),
+        })
+        .transpose()
 }
 
 /// The client-side half of [`check_write`]: the state-machine check, made as if the
@@ -185,16 +204,6 @@ pub(crate) fn check_writes(flow: FlowId, snapshot: &FlowSnapshot, writes: &[Writ
         }
     }
     Ok(())
-}
-
-/// The error for a write whose compare-and-set failed against what the database holds.
-pub(crate) fn conflict(flow: FlowId, write: &Write, actual: (String, u32)) -> Error {
-    match check_write(flow, write, actual) {
-        Err(e) => e,
-        Ok(()) => crate::error::backend(format!(
-            "the database refused a write to flow {flow} that matches what it holds"
-        )),
-    }
 }
 
 /// A flow row as read, before it is checked.

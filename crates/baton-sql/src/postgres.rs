@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
+use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition};
 use baton_core::store::{self, FlowQuery, Store};
 use baton_core::{Fence, FencingToken, FlowId, JobId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{
@@ -430,57 +430,19 @@ fn fence_payload(flow: FlowId, fence: Option<Fence>) -> store::Result<Option<Fen
         .transpose()
 }
 
-/// What a refusal's DETAIL carries.
-#[derive(Deserialize)]
-struct RefusalDetail {
-    index: usize,
-    state: Option<String>,
-    attempt: Option<i64>,
-}
-
-/// Maps an error of the function `create_flow` back to the store's error.
-fn refusal(err: sqlx::Error, flow: FlowId, fence: Option<Fence>, writes: &[Write]) -> store::Error {
-    let (code, detail) = match err
+/// Maps an error of the function `create_flow` back to the store's error: it refuses with
+/// SQLSTATE `BT003` (the fence is stale) or `BT006` (the flow exists).
+fn refusal(err: sqlx::Error, flow: FlowId, fence: Option<Fence>) -> store::Error {
+    let code = err
         .as_database_error()
         .and_then(|e| e.try_downcast_ref::<PgDatabaseError>())
-    {
-        Some(pg) => (pg.code().to_owned(), pg.detail().map(str::to_owned)),
-        None => return classify(err),
-    };
-    let detail = detail.and_then(|d| serde_json::from_str::<RefusalDetail>(&d).ok());
-    let write = detail.as_ref().and_then(|d| writes.get(d.index));
-    match (code.as_str(), fence, write) {
-        ("BT001", ..) => store::Error::FlowNotFound(flow),
-        ("BT006", ..) => store::Error::FlowExists(flow),
-        ("BT003", Some(f), _) => store::Error::Fenced {
+        .map(|pg| pg.code().to_owned());
+    match (code.as_deref(), fence) {
+        (Some("BT006"), _) => store::Error::FlowExists(flow),
+        (Some("BT003"), Some(f)) => store::Error::Fenced {
             flow,
             job: f.job,
             token: f.token,
-        },
-        ("BT002", _, Some(Write::Atom { record, .. })) => store::Error::AtomNotFound {
-            flow,
-            atom: record.name.clone(),
-        },
-        ("BT004", _, Some(w)) => {
-            let d = detail.as_ref();
-            let state = d.and_then(|d| d.state.clone()).unwrap_or_default();
-            match d.and_then(|d| d.attempt).map(u32::try_from) {
-                Some(Ok(attempt)) => codec::conflict(flow, w, (state, attempt)),
-                _ => codec::corrupt(
-                    flow,
-                    match w {
-                        Write::Atom { record, .. } => Some(record.name.as_str()),
-                        Write::Flow { .. } => None,
-                    },
-                    "stored attempt is out of range",
-                ),
-            }
-        }
-        ("BT005", _, Some(w)) => match codec::legality(flow, w) {
-            Err(e) => e,
-            Ok(()) => crate::error::backend(format!(
-                "the database called a legal write to flow {flow} illegal"
-            )),
         },
         _ => classify(err),
     }
@@ -768,7 +730,7 @@ impl Store for PostgresStore {
         };
         self.write(sqlx::query("SELECT create_flow($1)").bind(Json(&payload)))
             .await
-            .map_err(|e| refusal(e, flow.id, fence, &[]))?;
+            .map_err(|e| refusal(e, flow.id, fence))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.known.put(flow.id, Known::of(0, flow, atoms));
         Ok(())
@@ -790,30 +752,10 @@ impl Store for PostgresStore {
 
     async fn commit(&self, batch: &Batch) -> store::Result<()> {
         let flow = batch.flow;
-        let mut encoded = Vec::with_capacity(batch.writes.len());
-        for write in &batch.writes {
-            encoded.push(match write {
-                Write::Atom { record, .. } => {
-                    Some(codec::encode_atom(flow, record, self.max_value_bytes)?)
-                }
-                Write::Flow { .. } => None,
-            });
-        }
-        let step = steplog::encode(flow, &batch.writes, &encoded)?;
-        let fence = match batch.fence {
-            None => None,
-            Some(f) => match codec::token_to_db(f.token) {
-                Some(token) => Some((f.job.as_uuid(), token)),
-                // No claim can hold a token the database cannot store.
-                None => {
-                    return Err(store::Error::Fenced {
-                        flow,
-                        job: f.job,
-                        token: f.token,
-                    })
-                }
-            },
-        };
+        // Everything that needs no data first, so a refused batch costs no transaction.
+        let step = steplog::encode_batch(batch, self.max_value_bytes)?;
+        let fence =
+            codec::fence_to_db(flow, batch.fence)?.map(|(job, token)| (job.as_uuid(), token));
         // The one-statement append, when what this store knows of the flow admits the batch.
         if let Some(mut known) = self
             .known

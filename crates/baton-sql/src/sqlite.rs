@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
+use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition};
 use baton_core::store::{self, FlowQuery, Store};
 use baton_core::{Fence, FencingToken, FlowId, JobId};
 use sqlx::migrate::Migrator;
@@ -775,30 +775,9 @@ impl Store for SqliteStore {
     async fn commit(&self, batch: &Batch) -> store::Result<()> {
         let flow = batch.flow;
         // Everything that needs no data first, so a refused batch costs no transaction.
-        let mut encoded = Vec::with_capacity(batch.writes.len());
-        for write in &batch.writes {
-            encoded.push(match write {
-                Write::Atom { record, .. } => {
-                    Some(codec::encode_atom(flow, record, self.max_value_bytes)?)
-                }
-                Write::Flow { .. } => None,
-            });
-        }
-        let step = steplog::encode(flow, &batch.writes, &encoded)?;
-        let fence = match batch.fence {
-            None => None,
-            Some(f) => match codec::token_to_db(f.token) {
-                Some(token) => Some((f.job.to_string(), token)),
-                // No claim can hold a token the database cannot store.
-                None => {
-                    return Err(store::Error::Fenced {
-                        flow,
-                        job: f.job,
-                        token: f.token,
-                    })
-                }
-            },
-        };
+        let step = steplog::encode_batch(batch, self.max_value_bytes)?;
+        let fence =
+            codec::fence_to_db(flow, batch.fence)?.map(|(job, token)| (job.to_string(), token));
         let key = flow.to_string();
         let at = codec::time_text(batch.at);
 

@@ -62,6 +62,19 @@ pub(crate) struct Step {
     pub(crate) flow_intention: Option<&'static str>,
 }
 
+/// Encodes a batch as a step, refusing any value over `limit` bytes with `TooLarge`.
+pub(crate) fn encode_batch(batch: &baton_core::model::Batch, limit: usize) -> Result<Step> {
+    let encoded = batch
+        .writes
+        .iter()
+        .map(|write| match write {
+            Write::Atom { record, .. } => codec::encode_atom(batch.flow, record, limit).map(Some),
+            Write::Flow { .. } => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    encode(batch.flow, &batch.writes, &encoded)
+}
+
 /// Encodes a batch's writes (with their atoms already encoded, in the same order) as a step.
 pub(crate) fn encode(
     flow: FlowId,
