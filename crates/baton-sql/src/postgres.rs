@@ -9,18 +9,16 @@ use async_trait::async_trait;
 use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition};
 use baton_core::store::{self, FlowQuery, Store};
 use baton_core::{Fence, FencingToken, FlowId, JobId};
-use serde::Serialize;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{
-    PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions, PgRow,
-};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
-use crate::codec::{self, EncodedAtom, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES};
+use crate::codec::{self, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES};
 use crate::error::{classify, Error};
 use crate::steplog::{self, Known, Step, StepRow};
+use serde_json::value::RawValue;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -398,55 +396,41 @@ async fn prepare_schema(connect: &PgConnectOptions, schema: &str) -> Result<(), 
     conn.close().await.map_err(|e| Error::Store(classify(e)))
 }
 
-// ----- what the functions receive ---------------------------------------------------------
-
-#[derive(Serialize)]
-struct FencePayload {
-    job: JobId,
-    token: i64,
+/// A JSON value's text, if there is one.
+fn raw(value: &Option<Box<RawValue>>) -> Option<&str> {
+    value.as_deref().map(RawValue::get)
 }
 
-#[derive(Serialize)]
-struct CreatePayload<'a> {
-    flow: &'a FlowRecord,
-    atoms: Vec<EncodedAtom<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fence: Option<FencePayload>,
-    model_version: u32,
-}
-
-/// The fence as the functions take it; `Err` for a token no claim can have (it cannot be
-/// stored), which is refused without asking the database.
-fn fence_payload(flow: FlowId, fence: Option<Fence>) -> store::Result<Option<FencePayload>> {
-    fence
-        .map(|f| match codec::token_to_db(f.token) {
-            Some(token) => Ok(FencePayload { job: f.job, token }),
-            None => Err(store::Error::Fenced {
-                flow,
-                job: f.job,
-                token: f.token,
-            }),
-        })
-        .transpose()
-}
-
-/// Maps an error of the function `create_flow` back to the store's error: it refuses with
-/// SQLSTATE `BT003` (the fence is stale) or `BT006` (the flow exists).
-fn refusal(err: sqlx::Error, flow: FlowId, fence: Option<Fence>) -> store::Error {
-    let code = err
-        .as_database_error()
-        .and_then(|e| e.try_downcast_ref::<PgDatabaseError>())
-        .map(|pg| pg.code().to_owned());
-    match (code.as_deref(), fence) {
-        (Some("BT006"), _) => store::Error::FlowExists(flow),
-        (Some("BT003"), Some(f)) => store::Error::Fenced {
-            flow,
-            job: f.job,
-            token: f.token,
-        },
-        _ => classify(err),
-    }
-}
+/// Creating a run in one statement: the fence check (share-locking the fence row, so a new
+/// claim waits for the creation), the flow's row, and its atoms from arrays, one per column.
+/// Answers whether the fence held and whether the flow was created (it was not if the id is
+/// taken).
+const CREATE_FLOW: &str = "\
+    WITH fence AS ( \
+        SELECT $1::uuid IS NULL OR EXISTS ( \
+            SELECT 1 FROM fences WHERE job_id = $1 AND token = $2 FOR SHARE) AS holds \
+    ), flow AS ( \
+        INSERT INTO flows (id, name, state, intention, inputs, meta, created_at, updated_at, \
+                           model_version) \
+        SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM fence WHERE fence.holds \
+        ON CONFLICT (id) DO NOTHING \
+        RETURNING id \
+    ), atoms AS ( \
+        INSERT INTO atoms (flow_id, name, position, kind, state, intention, attempt, round, \
+                           result, failure, revert_failure, retry_history, retry_at, progress, \
+                           started_at, finished_at, model_version) \
+        SELECT flow.id, a.name, a.pos - 1, a.kind, a.state, a.intention, a.attempt, a.round, \
+               a.result::jsonb, a.failure::jsonb, a.revert_failure::jsonb, \
+               a.retry_history::jsonb, a.retry_at, a.progress, a.started_at, a.finished_at, $11 \
+          FROM flow, unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::bigint[], \
+                            $17::bigint[], $18::text[], $19::text[], $20::text[], $21::text[], \
+                            $22::timestamptz[], $23::float8[], $24::timestamptz[], \
+                            $25::timestamptz[]) \
+               WITH ORDINALITY AS a(name, kind, state, intention, attempt, round, result, \
+                                    failure, revert_failure, retry_history, retry_at, progress, \
+                                    started_at, finished_at, pos) \
+    ) \
+    SELECT (SELECT holds FROM fence) AS holds, EXISTS (SELECT 1 FROM flow) AS created";
 
 // ----- reading rows -------------------------------------------------------------------------
 
@@ -719,21 +703,75 @@ impl Store for PostgresStore {
         atoms: &[AtomRecord],
         fence: Option<Fence>,
     ) -> store::Result<()> {
-        let payload = CreatePayload {
-            flow,
-            atoms: atoms
-                .iter()
-                .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
-                .collect::<store::Result<_>>()?,
-            fence: fence_payload(flow.id, fence)?,
-            model_version: baton_core::model::MODEL_VERSION,
-        };
-        self.write(sqlx::query("SELECT create_flow($1)").bind(Json(&payload)))
-            .await
-            .map_err(|e| refusal(e, flow.id, fence))?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.known.put(flow.id, Known::of(0, flow, atoms));
-        Ok(())
+        let encoded = atoms
+            .iter()
+            .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
+            .collect::<store::Result<Vec<_>>>()?;
+        let (fence_job, fence_token) = codec::fence_to_db(flow.id, fence)?
+            .map(|(job, token)| (job.as_uuid(), token))
+            .unzip();
+        let query = sqlx::query_as::<_, (bool, bool)>(CREATE_FLOW)
+            .bind(fence_job)
+            .bind(fence_token)
+            .bind(flow.id.as_uuid())
+            .bind(&flow.name)
+            .bind(flow.state.as_str())
+            .bind(flow.intention.as_str())
+            .bind(Json(&flow.inputs))
+            .bind(Json(&flow.meta))
+            .bind(flow.created_at)
+            .bind(flow.updated_at)
+            .bind(codec::MODEL_VERSION_I64)
+            .bind(encoded.iter().map(|a| a.name).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.kind).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.state).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.intention).collect::<Vec<_>>())
+            .bind(
+                encoded
+                    .iter()
+                    .map(|a| i64::from(a.attempt))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                encoded
+                    .iter()
+                    .map(|a| i64::from(a.round))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(encoded.iter().map(|a| raw(&a.result)).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| raw(&a.failure)).collect::<Vec<_>>())
+            .bind(
+                encoded
+                    .iter()
+                    .map(|a| raw(&a.revert_failure))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                encoded
+                    .iter()
+                    .map(|a| a.retry_history.get())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(encoded.iter().map(|a| a.retry_at).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.progress).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.started_at).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.finished_at).collect::<Vec<_>>());
+        let mut conn = self.acquire().await.map_err(classify)?;
+        let answer = query.fetch_one(&mut *conn).await;
+        self.release(conn, &answer);
+        match (answer.map_err(classify)?, fence) {
+            ((false, _), Some(f)) => Err(store::Error::Fenced {
+                flow: flow.id,
+                job: f.job,
+                token: f.token,
+            }),
+            ((_, false), _) => Err(store::Error::FlowExists(flow.id)),
+            _ => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.known.put(flow.id, Known::of(0, flow, atoms));
+                Ok(())
+            }
+        }
     }
 
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
