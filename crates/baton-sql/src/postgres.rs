@@ -859,15 +859,11 @@ impl Store for PostgresStore {
         if rows.is_empty() {
             return Err(store::Error::FlowNotFound(id));
         }
-        let mut out = Vec::with_capacity(rows.len() + 2 * steps.len());
-        for row in &rows {
-            if let Some(t) = transition_from_row(id, row)? {
-                out.push(t);
-            }
-        }
-        let last = out.last().map_or(0, |t| t.seq);
-        out.extend(steplog::transitions(id, last, &steps)?);
-        Ok(out)
+        let recorded = rows
+            .iter()
+            .filter_map(|row| transition_from_row(id, row).transpose())
+            .collect::<store::Result<Vec<_>>>()?;
+        steplog::history(id, recorded, &steps)
     }
 
     async fn list_flows(&self, query: &FlowQuery) -> store::Result<Vec<FlowRecord>> {

@@ -301,6 +301,18 @@ pub(crate) fn replay(
     Ok(())
 }
 
+/// A flow's whole history: the transitions recorded in `history` rows (by a baton from before
+/// the step log), then the log's, numbered on from them.
+pub(crate) fn history(
+    flow: FlowId,
+    mut recorded: Vec<Transition>,
+    steps: &[StepRow],
+) -> Result<Vec<Transition>> {
+    let last = recorded.last().map_or(0, |t| t.seq);
+    recorded.extend(transitions(flow, last, steps)?);
+    Ok(recorded)
+}
+
 /// The transitions the log adds to a history whose last entry is number `last_seq`.
 pub(crate) fn transitions(
     flow: FlowId,

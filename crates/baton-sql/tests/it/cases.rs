@@ -50,6 +50,15 @@ pub fn start(rec: &AtomRecord) -> Write {
     }
 }
 
+/// A stored flow whose atom `a` was started by one committed step.
+pub async fn flow_with_one_step<S: Store>(store: &S) -> FlowRecord {
+    let flow = new_flow(store).await;
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(start(&atoms()[0]));
+    store.commit(&batch).await.unwrap();
+    flow
+}
+
 /// A stored flow with two pending atoms.
 pub async fn new_flow<S: Store>(store: &S) -> FlowRecord {
     let flow = flow_record("cases");
@@ -285,10 +294,7 @@ pub async fn damaged_rows_are_corrupt_naming_flow_and_atom<S: Harness>(store: S)
     expect_corrupt(err, flow.id, None, "SIDEWAYS");
 
     // A damaged step of the log names its atom, in the history and on load.
-    let flow = new_flow(&store).await;
-    let mut batch = Batch::new(flow.id, None);
-    batch.writes.push(start(&atoms()[0]));
-    store.commit(&batch).await.unwrap();
+    let flow = flow_with_one_step(&store).await;
     store
         .exec(&format!(
             "UPDATE steps SET body = replace(body, '\"RUNNING\"', '\"MELTED\"') WHERE flow_id = '{}'",
@@ -301,10 +307,7 @@ pub async fn damaged_rows_are_corrupt_naming_flow_and_atom<S: Harness>(store: S)
     expect_corrupt(err, flow.id, Some("a"), "MELTED");
 
     // A step that is not JSON at all: no atom to name, but the step is.
-    let flow = new_flow(&store).await;
-    let mut batch = Batch::new(flow.id, None);
-    batch.writes.push(start(&atoms()[0]));
-    store.commit(&batch).await.unwrap();
+    let flow = flow_with_one_step(&store).await;
     store
         .exec(&format!(
             "UPDATE steps SET body = '[{{\"op\":' WHERE flow_id = '{}'",
@@ -315,10 +318,7 @@ pub async fn damaged_rows_are_corrupt_naming_flow_and_atom<S: Harness>(store: S)
     expect_corrupt(err, flow.id, None, "step 1");
 
     // A step written by a newer baton.
-    let flow = new_flow(&store).await;
-    let mut batch = Batch::new(flow.id, None);
-    batch.writes.push(start(&atoms()[0]));
-    store.commit(&batch).await.unwrap();
+    let flow = flow_with_one_step(&store).await;
     store
         .exec(&format!(
             "UPDATE steps SET model_version = 99 WHERE flow_id = '{}'",
