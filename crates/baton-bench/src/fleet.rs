@@ -205,11 +205,20 @@ pub(crate) async fn jobs(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let done = watcher
+    let complete = watcher
         .list(&JobQuery::all().state(JobState::Complete))
-        .await?
-        .len();
+        .await?;
+    let done = complete.len();
     anyhow::ensure!(done == jobs, "{done} of {jobs} jobs completed");
+    // Completed means the flow succeeded: a job consumed with an error outcome is no result.
+    let failed = complete
+        .iter()
+        .filter(|j| j.outcome.as_ref().and_then(|o| o.get("state")) != Some(&json!("SUCCESS")))
+        .count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {jobs} jobs ended without their flow succeeding"
+    );
     shutdown.cancel();
     let mut consumed = 0;
     while let Some(r) = running.join_next().await {

@@ -177,6 +177,12 @@ pub struct Options {
     pub poll: Duration,
     /// How long shutdown waits for running flows to reach a step boundary.
     pub drain_timeout: Duration,
+    /// How long a conductor that is already running jobs lets work gather after a wake-up
+    /// before it claims: one claim then takes the jobs posted meanwhile, instead of one claim
+    /// per posted job by every conductor woken (each post wakes them all; one wins). A
+    /// conductor with nothing to run claims at once, so an idle fleet starts work without
+    /// delay. Zero claims at once always.
+    pub gather: Duration,
 }
 
 impl Default for Options {
@@ -189,6 +195,7 @@ impl Default for Options {
             heartbeat: Duration::from_secs(2),
             poll: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(30),
+            gather: Duration::from_millis(5),
         }
     }
 }
@@ -332,7 +339,14 @@ impl Conductor {
                 Some(done) = jobs.join_next_with_id() => {
                     Self::reap(done, &mut controls, &mut summary);
                 }
-                () = self.board.wait_for_work(self.options.poll), if jobs.len() < self.options.concurrency => {}
+                () = self.board.wait_for_work(self.options.poll), if jobs.len() < self.options.concurrency => {
+                    if !jobs.is_empty() && !self.options.gather.is_zero() {
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(self.options.gather) => {}
+                        }
+                    }
+                }
                 _ = beat.tick() => {
                     if let Err(e) = self.board.register(&info(Utc::now())).await {
                         tracing::warn!(error = %e, "conductor heartbeat failed");
@@ -439,7 +453,12 @@ impl JobRun {
             .id(flow_id)
             .fence(fence)
             .meta(json!({ "job": job.id, "job_name": job.name }));
-        let run_options = RunOptions::new().fence(fence).control(self.control.clone());
+        // The flow's last step consumes the job too, where the store can (one commit fewer,
+        // and no window between the flow's end and the job's).
+        let run_options = RunOptions::new()
+            .fence(fence)
+            .control(self.control.clone())
+            .consume_job();
         let run = async {
             match self
                 .engine
@@ -519,16 +538,11 @@ impl JobRun {
                     }
                 }
             }
-            Ok(outcome) => {
-                let failures: Vec<String> =
-                    outcome.failures.iter().map(ToString::to_string).collect();
-                self.finish(json!({
-                    "flow": outcome.flow,
-                    "state": outcome.state,
-                    "failures": failures,
-                }))
-                .await
+            Ok(outcome) if outcome.job_consumed => {
+                tracing::info!("job consumed with the flow's last step");
+                JobEnd::Consumed
             }
+            Ok(outcome) => self.finish(outcome.job_outcome()).await,
             Err(e) => self.on_engine_error(e).await,
         }
     }

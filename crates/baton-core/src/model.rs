@@ -226,6 +226,12 @@ pub struct Batch {
     pub at: DateTime<Utc>,
     /// The writes, applied in order.
     pub writes: Vec<Write>,
+    /// If set, the batch also consumes the job of its [`fence`](Batch::fence), recording
+    /// this outcome on it, in the same transaction: the flow's last step and the job's end
+    /// are then one commit, and neither happens without the other. Only for stores whose
+    /// [`Store::consumes_jobs`](crate::Store::consumes_jobs) says so; the engine sets it on a
+    /// run's final batch when asked to ([`RunOptions::consume_job`](crate::RunOptions::consume_job)).
+    pub consume: Option<serde_json::Value>,
 }
 
 pub use crate::ids::Fence;
@@ -239,6 +245,7 @@ impl Batch {
             fence,
             at: Utc::now(),
             writes: Vec::new(),
+            consume: None,
         }
     }
 

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use baton_core::board::{self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob};
 use baton_core::{ConductorId, Fence, JobId};
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use serde_json::Value;
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{Connection, PgConnection, Row};
@@ -25,6 +26,11 @@ enum Wake {
     Always,
     IfKeyed,
 }
+
+/// Whether job `j` may run as far as its key goes: no earlier open job has the key.
+const KEY_IS_FREE: &str = "j.job_key IS NULL OR NOT EXISTS ( \
+        SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
+           AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)";
 
 const COLUMNS: &str =
     "id::text AS id, name, factory, params, job_key, priority::bigint AS priority, \
@@ -92,7 +98,7 @@ impl PostgresJobBoard {
     #[must_use]
     pub fn new(store: &PostgresStore) -> Self {
         Self {
-            channel: format!("baton_jobs_{}", store.schema()).into(),
+            channel: store.job_channel().into(),
             store: store.clone(),
             liveness: Arc::default(),
             listener: Arc::default(),
@@ -197,6 +203,19 @@ impl PostgresJobBoard {
         Ok(())
     }
 
+    /// Drops the wake-ups already received: this claim sees the work they announce (a
+    /// wake-up is sent when its job is committed), so each would only cost another claim
+    /// finding nothing. Skipped if a conductor of this process is waiting on the listener.
+    fn forget_wake_ups(&self) {
+        let Ok(mut guard) = self.listener.try_lock() else {
+            return;
+        };
+        if let Some(listener) = guard.as_mut() {
+            // Only what has arrived: `recv` is polled once, never waited for.
+            while let Some(Ok(_)) = listener.recv().now_or_never() {}
+        }
+    }
+
     async fn notify(&self) {
         // A missed wake-up only delays idle conductors until they poll.
         let Ok(mut kept) = self.store.acquire().await else {
@@ -256,24 +275,32 @@ impl JobBoard for PostgresJobBoard {
         if self.reap_due() {
             self.reap().await?;
         }
+        self.forget_wake_ups();
         let owner_lock = self
             .liveness
             .lock()
             .await
             .contains_key(&owner)
             .then(|| lock_key(owner));
+        // Two paths, each along an index of its own and each taking at most `max`: unclaimed
+        // jobs in claim order, and claimed jobs whose lease ran out. The best `max` of both
+        // are claimed (a row a path locked but the cut left out is free again when the
+        // statement ends).
         let sql = format!(
-            "WITH picked AS ( \
-                 SELECT j.id FROM jobs j \
-                  WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
-                    AND (j.state = 'UNCLAIMED' \
-                         OR (j.state = 'CLAIMED' AND j.lease_expires_at <= now_ms())) \
-                    AND (j.job_key IS NULL OR NOT EXISTS ( \
-                         SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
-                            AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
-                  ORDER BY j.priority DESC, j.seq \
-                  LIMIT $4 \
+            "WITH fresh AS ( \
+                 SELECT j.id, j.priority, j.seq FROM jobs j \
+                  WHERE j.state = 'UNCLAIMED' AND ({KEY_IS_FREE}) \
+                  ORDER BY j.priority DESC, j.seq LIMIT $4 \
                   FOR UPDATE OF j SKIP LOCKED \
+             ), stale AS ( \
+                 SELECT j.id, j.priority, j.seq FROM jobs j \
+                  WHERE j.state = 'CLAIMED' AND j.lease_expires_at <= now_ms() \
+                    AND ({KEY_IS_FREE}) \
+                  ORDER BY j.priority DESC, j.seq LIMIT $4 \
+                  FOR UPDATE OF j SKIP LOCKED \
+             ), picked AS ( \
+                 SELECT id FROM (SELECT * FROM fresh UNION ALL SELECT * FROM stale) c \
+                  ORDER BY priority DESC, seq LIMIT $4 \
              ), claimed AS ( \
                  UPDATE jobs SET state = 'CLAIMED', owner = $1, owner_lock = $2, \
                         lease_expires_at = now_ms() + $3, token = token + 1, \

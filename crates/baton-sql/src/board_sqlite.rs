@@ -117,7 +117,7 @@ impl SqliteJobBoard {
     pub fn new(store: &SqliteStore) -> Self {
         Self {
             store: store.clone(),
-            wake: Arc::new(Notify::new()),
+            wake: store.job_wake().clone(),
         }
     }
 

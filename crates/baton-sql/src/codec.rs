@@ -1,9 +1,7 @@
 //! What both backends share: encoding records for storage (with the size limit), decoding rows
 //! back (reporting damage as [`Error::Corrupt`]), and the client-side half of the write checks.
 
-use baton_core::model::{
-    AtomKind, AtomRecord, Change, FlowRecord, FlowSnapshot, Transition, MODEL_VERSION,
-};
+use baton_core::model::{AtomKind, AtomRecord, Change, FlowRecord, Transition, MODEL_VERSION};
 use baton_core::store::{check_write, Error, Result, Write};
 use baton_core::{FencingToken, FlowId};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -175,10 +173,14 @@ pub(crate) fn legality(flow: FlowId, write: &Write) -> Result<()> {
 
 /// Checks a batch write by write against the flow as it is (each write against what the
 /// writes before it left), reporting exactly what is wrong.
-pub(crate) fn check_writes(flow: FlowId, snapshot: &FlowSnapshot, writes: &[Write]) -> Result<()> {
-    let mut state = snapshot.flow.state.as_str().to_owned();
-    let mut atoms: std::collections::HashMap<&str, (String, u32)> = snapshot
-        .atoms
+pub(crate) fn check_writes(
+    flow: FlowId,
+    record: &FlowRecord,
+    atoms: &[AtomRecord],
+    writes: &[Write],
+) -> Result<()> {
+    let mut state = record.state.as_str().to_owned();
+    let mut atoms: std::collections::HashMap<&str, (String, u32)> = atoms
         .iter()
         .map(|a| (a.name.as_str(), (a.state.as_str().to_owned(), a.attempt)))
         .collect();
@@ -367,6 +369,21 @@ pub(crate) fn decode_transition(flow: FlowId, raw: RawTransition) -> Result<Tran
         })
     };
     go().map_err(|detail| corrupt(flow, atom.as_deref(), detail))
+}
+
+/// The job a batch consumes, with the outcome to record, if it asks to: a batch that consumes
+/// a job must be fenced by that job's claim.
+pub(crate) fn consumed_job(
+    batch: &baton_core::store::Batch,
+) -> Result<Option<(baton_core::Fence, String)>> {
+    match (&batch.consume, batch.fence) {
+        (None, _) => Ok(None),
+        (Some(_), None) => Err(Error::Refused {
+            flow: batch.flow,
+            reason: "a batch that consumes a job must be fenced by the job's claim",
+        }),
+        (Some(outcome), Some(fence)) => Ok(Some((fence, outcome.to_string()))),
+    }
 }
 
 #[cfg(test)]

@@ -305,6 +305,11 @@ impl PostgresStore {
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// The channel the job board's wake-ups are sent on.
+    pub(crate) fn job_channel(&self) -> String {
+        format!("baton_jobs_{}", self.schema)
+    }
 }
 
 /// Whether a connection is still good after an operation with this outcome: anything but an
@@ -405,7 +410,7 @@ fn raw(value: &Option<Box<RawValue>>) -> Option<&str> {
 /// claim waits for the creation), the flow's row, and its atoms from arrays, one per column.
 /// Answers whether the fence held and whether the flow was created (it was not if the id is
 /// taken).
-const CREATE_FLOW: &str = "\
+const CREATE_FLOW_WITH: &str = "\
     WITH fence AS ( \
         SELECT $1::uuid IS NULL OR EXISTS ( \
             SELECT 1 FROM fences WHERE job_id = $1 AND token = $2 FOR SHARE) AS holds \
@@ -429,8 +434,57 @@ const CREATE_FLOW: &str = "\
                WITH ORDINALITY AS a(name, kind, state, intention, attempt, round, result, \
                                     failure, revert_failure, retry_history, retry_at, progress, \
                                     started_at, finished_at, pos) \
-    ) \
-    SELECT (SELECT holds FROM fence) AS holds, EXISTS (SELECT 1 FROM flow) AS created";
+    )";
+
+/// What creating a run answers: whether the fence held and whether the flow was created.
+const CREATE_FLOW_ANSWER: &str =
+    " SELECT (SELECT holds FROM fence) AS holds, EXISTS (SELECT 1 FROM flow) AS created";
+
+/// Creating a run ([`CREATE_FLOW_WITH`]), and with `with_step` its first batch too: its step is appended in
+/// the same statement if (and only if) the flow was created (`$26`..`$29`: time, flow state,
+/// intention, body).
+fn create_flow_sql(with_step: bool) -> String {
+    if with_step {
+        format!(
+            "{CREATE_FLOW_WITH}, step AS ( \
+                 INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
+                                    model_version) \
+                 SELECT flow.id, 1, $26, $27, $28, $29, $11 FROM flow \
+             ){CREATE_FLOW_ANSWER}"
+        )
+    } else {
+        format!("{CREATE_FLOW_WITH}{CREATE_FLOW_ANSWER}")
+    }
+}
+
+/// Ends the job a fenced batch consumes, in the batch's transaction: `$1` job, `$2` token,
+/// `$3` outcome, `$4` the job board's channel, woken when the job has a key (another job with
+/// it may run now). A row back means the job was consumed.
+const CONSUME_JOB: &str = "\
+    WITH done AS ( \
+        UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, \
+               lease_expires_at = NULL, outcome = $3::jsonb, updated_at = now() \
+         WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
+        RETURNING job_key \
+    ) SELECT (CASE WHEN job_key IS NOT NULL THEN pg_notify($4, '') END) IS NULL FROM done";
+
+/// The one-statement append of a batch that also consumes its job: the job's row is updated
+/// first (its token checked under the row's lock, so a new claim waits for this statement),
+/// and the step is appended only if that held. `$1`..`$7` the step, `$8` job, `$9` token,
+/// `$10` outcome, `$11` channel; answers whether the step was appended.
+const APPEND_AND_CONSUME: &str = "\
+    WITH done AS ( \
+        UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, \
+               lease_expires_at = NULL, outcome = $10::jsonb, updated_at = now() \
+         WHERE id = $8 AND state = 'CLAIMED' AND token = $9 \
+        RETURNING job_key \
+    ), step AS ( \
+        INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
+        SELECT $1, $2, $3, $4, $5, $6, $7 FROM done \
+        RETURNING seq \
+    ) SELECT EXISTS (SELECT 1 FROM step) AS appended, \
+             (SELECT (CASE WHEN job_key IS NOT NULL THEN pg_notify($11, '') END) IS NULL \
+                FROM done) AS woke";
 
 // ----- reading rows -------------------------------------------------------------------------
 
@@ -599,6 +653,7 @@ impl PostgresStore {
         &self,
         batch: &Batch,
         step: &Step,
+        consume: Option<&(Fence, String)>,
     ) -> store::Result<(FlowSnapshot, i64)> {
         let flow = batch.flow;
         let mut tries = 0;
@@ -608,7 +663,7 @@ impl PostgresStore {
                 Some(conn) => conn,
                 None => self.pool.acquire().await.map_err(classify)?,
             };
-            let outcome = self.try_carefully(&mut conn, batch, step).await;
+            let outcome = self.try_carefully(&mut conn, batch, step, consume).await;
             let healthy = match &outcome {
                 Err(Attempt::Db(e)) => matches!(e, sqlx::Error::Database(_)),
                 _ => true,
@@ -636,6 +691,7 @@ impl PostgresStore {
         conn: &mut PgConnection,
         batch: &Batch,
         step: &Step,
+        consume: Option<&(Fence, String)>,
     ) -> Result<(FlowSnapshot, i64), Attempt> {
         let flow = batch.flow;
         let mut tx = conn
@@ -659,7 +715,8 @@ impl PostgresStore {
                 }
             }
             let (snapshot, seq) = read_flow(&mut tx, flow).await.map_err(Attempt::Store)?;
-            codec::check_writes(flow, &snapshot, &batch.writes).map_err(Attempt::Store)?;
+            codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)
+                .map_err(Attempt::Store)?;
             sqlx::query(append_sql(false))
                 .bind(flow.as_uuid())
                 .bind(seq + 1)
@@ -671,6 +728,9 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(Attempt::Db)?;
+            if let Some((fence, outcome)) = consume {
+                self.consume_job(&mut tx, flow, *fence, outcome).await?;
+            }
             Ok((snapshot, seq))
         }
         .await;
@@ -695,14 +755,26 @@ enum Attempt {
     Store(store::Error),
 }
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn create_flow(
+impl PostgresStore {
+    /// Stores a new run, and its first batch with it if there is one, in one statement (a
+    /// transaction if the first batch also ends the run's job).
+    async fn create(
         &self,
         flow: &FlowRecord,
         atoms: &[AtomRecord],
         fence: Option<Fence>,
+        first: Option<&Batch>,
     ) -> store::Result<()> {
+        // The first batch is checked against the run as created, before any statement.
+        let first = match first {
+            Some(batch) => {
+                codec::check_writes(flow.id, flow, atoms, &batch.writes)?;
+                let step = steplog::encode_batch(batch, self.max_value_bytes)?;
+                let consume = codec::consumed_job(batch)?;
+                Some((batch, step, consume))
+            }
+            None => None,
+        };
         let encoded = atoms
             .iter()
             .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
@@ -710,17 +782,32 @@ impl Store for PostgresStore {
         let (fence_job, fence_token) = codec::fence_to_db(flow.id, fence)?
             .map(|(job, token)| (job.as_uuid(), token))
             .unzip();
-        let query = sqlx::query_as::<_, (bool, bool)>(CREATE_FLOW)
+        // The flow's row is written as the first batch leaves it, so its step need not move it
+        // (which would write the row a second time).
+        let (state, intention, updated_at) = match &first {
+            Some((batch, step, _)) => (
+                step.flow_state.unwrap_or(flow.state.as_str()),
+                step.flow_intention.unwrap_or(flow.intention.as_str()),
+                batch.at.max(flow.updated_at),
+            ),
+            None => (
+                flow.state.as_str(),
+                flow.intention.as_str(),
+                flow.updated_at,
+            ),
+        };
+        let sql = create_flow_sql(first.is_some());
+        let mut query = sqlx::query_as::<_, (bool, bool)>(&sql)
             .bind(fence_job)
             .bind(fence_token)
             .bind(flow.id.as_uuid())
             .bind(&flow.name)
-            .bind(flow.state.as_str())
-            .bind(flow.intention.as_str())
+            .bind(state)
+            .bind(intention)
             .bind(Json(&flow.inputs))
             .bind(Json(&flow.meta))
             .bind(flow.created_at)
-            .bind(flow.updated_at)
+            .bind(updated_at)
             .bind(codec::MODEL_VERSION_I64)
             .bind(encoded.iter().map(|a| a.name).collect::<Vec<_>>())
             .bind(encoded.iter().map(|a| a.kind).collect::<Vec<_>>())
@@ -756,10 +843,33 @@ impl Store for PostgresStore {
             .bind(encoded.iter().map(|a| a.progress).collect::<Vec<_>>())
             .bind(encoded.iter().map(|a| a.started_at).collect::<Vec<_>>())
             .bind(encoded.iter().map(|a| a.finished_at).collect::<Vec<_>>());
+        if let Some((batch, step, _)) = &first {
+            query = query
+                .bind(batch.at)
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(step.body.as_str());
+        }
+        let consume = first.as_ref().and_then(|(_, _, consume)| consume.as_ref());
         let mut conn = self.acquire().await.map_err(classify)?;
-        let answer = query.fetch_one(&mut *conn).await;
-        self.release(conn, &answer);
-        match (answer.map_err(classify)?, fence) {
+        let answer = match consume {
+            None => query.fetch_one(&mut *conn).await.map_err(Attempt::Db),
+            // A run whose first batch ends it (it has nothing to run): the job's end needs a
+            // statement of its own, so both go in a transaction.
+            Some((job_fence, outcome)) => {
+                self.create_and_consume(&mut conn, query, *job_fence, outcome, flow.id)
+                    .await
+            }
+        };
+        let healthy =
+            !matches!(&answer, Err(Attempt::Db(e)) if !matches!(e, sqlx::Error::Database(_)));
+        self.spare.keep(conn, healthy);
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(Attempt::Db(e)) => return Err(classify(e)),
+            Err(Attempt::Store(e)) => return Err(e),
+        };
+        match (answer, fence) {
             ((false, _), Some(f)) => Err(store::Error::Fenced {
                 flow: flow.id,
                 job: f.job,
@@ -768,10 +878,103 @@ impl Store for PostgresStore {
             ((_, false), _) => Err(store::Error::FlowExists(flow.id)),
             _ => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
-                self.known.put(flow.id, Known::of(0, flow, atoms));
+                let mut known = Known::of(0, flow, atoms);
+                if let Some((batch, _, _)) = &first {
+                    known.apply(&batch.writes);
+                }
+                self.known.put(flow.id, known);
                 Ok(())
             }
         }
+    }
+
+    /// Runs the creation `query` and ends the job `fence` claims, in one transaction.
+    async fn create_and_consume(
+        &self,
+        conn: &mut PgConnection,
+        query: sqlx::query::QueryAs<'_, Postgres, (bool, bool), sqlx::postgres::PgArguments>,
+        fence: Fence,
+        outcome: &str,
+        flow: FlowId,
+    ) -> Result<(bool, bool), Attempt> {
+        let mut tx = conn.begin().await.map_err(Attempt::Db)?;
+        let result = async {
+            let answer = query.fetch_one(&mut *tx).await.map_err(Attempt::Db)?;
+            if answer == (true, true) {
+                self.consume_job(&mut tx, flow, fence, outcome).await?;
+            }
+            Ok(answer)
+        }
+        .await;
+        match result {
+            Ok(answer) => {
+                tx.commit().await.map_err(Attempt::Db)?;
+                Ok(answer)
+            }
+            Err(e) => {
+                // The refusal is the news; a failed rollback ends with the connection anyway.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the job `fence` claims, in the caller's transaction ([`CONSUME_JOB`]).
+    async fn consume_job(
+        &self,
+        conn: &mut PgConnection,
+        flow: FlowId,
+        fence: Fence,
+        outcome: &str,
+    ) -> Result<(), Attempt> {
+        let consumed: Option<bool> = sqlx::query_scalar(CONSUME_JOB)
+            .bind(fence.job.as_uuid())
+            .bind(codec::token_to_db(fence.token))
+            .bind(outcome)
+            .bind(self.job_channel())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Attempt::Db)?;
+        match consumed {
+            Some(_) => Ok(()),
+            None => Err(Attempt::Store(store::Error::Fenced {
+                flow,
+                job: fence.job,
+                token: fence.token,
+            })),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+    ) -> store::Result<()> {
+        self.create(flow, atoms, fence, None).await
+    }
+
+    async fn create_and_commit(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+        first: &Batch,
+    ) -> store::Result<()> {
+        if first.flow != flow.id {
+            return Err(store::Error::Refused {
+                flow: flow.id,
+                reason: "the first batch is for another flow",
+            });
+        }
+        self.create(flow, atoms, fence, Some(first)).await
+    }
+
+    fn consumes_jobs(&self) -> bool {
+        true
     }
 
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
@@ -794,25 +997,53 @@ impl Store for PostgresStore {
         let step = steplog::encode_batch(batch, self.max_value_bytes)?;
         let fence =
             codec::fence_to_db(flow, batch.fence)?.map(|(job, token)| (job.as_uuid(), token));
+        let consume = codec::consumed_job(batch)?;
         // The one-statement append, when what this store knows of the flow admits the batch.
-        if let Some(mut known) = self
+        let known = self
             .known
             .take(flow)
-            .filter(|k| k.admits(flow, &batch.writes))
-        {
-            let mut query = sqlx::query(append_sql(fence.is_some()))
-                .bind(flow.as_uuid())
-                .bind(known.seq + 1)
-                .bind(batch.at)
-                .bind(step.flow_state)
-                .bind(step.flow_intention)
-                .bind(step.body.as_str())
-                .bind(codec::MODEL_VERSION_I64);
-            if let Some((job, token)) = fence {
-                query = query.bind(job).bind(token);
-            }
-            match self.write(query).await {
-                Ok(done) if done.rows_affected() == 1 => {
+            .filter(|k| k.admits(flow, &batch.writes));
+        if let Some(mut known) = known {
+            let seq = known.seq + 1;
+            let appended = match (&consume, fence) {
+                // The run's last step, ending its job too.
+                (Some((_, outcome)), Some((job, token))) => {
+                    let query = sqlx::query_as::<_, (bool, Option<bool>)>(APPEND_AND_CONSUME)
+                        .bind(flow.as_uuid())
+                        .bind(seq)
+                        .bind(batch.at)
+                        .bind(step.flow_state)
+                        .bind(step.flow_intention)
+                        .bind(step.body.as_str())
+                        .bind(codec::MODEL_VERSION_I64)
+                        .bind(job)
+                        .bind(token)
+                        .bind(outcome.as_str())
+                        .bind(self.job_channel());
+                    let mut conn = self.acquire().await.map_err(classify)?;
+                    let answer = query.fetch_one(&mut *conn).await;
+                    self.release(conn, &answer);
+                    answer.map(|(appended, _)| appended)
+                }
+                _ => {
+                    let mut query = sqlx::query(append_sql(fence.is_some()))
+                        .bind(flow.as_uuid())
+                        .bind(seq)
+                        .bind(batch.at)
+                        .bind(step.flow_state)
+                        .bind(step.flow_intention)
+                        .bind(step.body.as_str())
+                        .bind(codec::MODEL_VERSION_I64);
+                    if let Some((job, token)) = fence {
+                        query = query.bind(job).bind(token);
+                    }
+                    self.write(query)
+                        .await
+                        .map(|done| done.rows_affected() == 1)
+                }
+            };
+            match appended {
+                Ok(true) => {
                     known.apply(&batch.writes);
                     self.known.put(flow, known);
                     self.commits.fetch_add(1, Ordering::Relaxed);
@@ -820,14 +1051,16 @@ impl Store for PostgresStore {
                 }
                 // The fence did not hold, or someone else appended first: the careful way
                 // finds out which, and what to report.
-                Ok(_) => {}
+                Ok(false) => {}
                 Err(e)
                     if e.as_database_error()
                         .is_some_and(|d| d.is_unique_violation()) => {}
                 Err(e) => return Err(classify(e)),
             }
         }
-        let (snapshot, seq) = self.commit_carefully(batch, &step).await?;
+        let (snapshot, seq) = self
+            .commit_carefully(batch, &step, consume.as_ref())
+            .await?;
         let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms);
         known.apply(&batch.writes);
         self.known.put(flow, known);

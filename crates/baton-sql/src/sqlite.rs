@@ -139,6 +139,9 @@ pub struct SqliteStore {
     max_value_bytes: usize,
     /// What this store knows of the flows it writes to (see [`crate::steplog`]).
     known: Arc<steplog::Cache>,
+    /// Wakes this process's conductors waiting for work (the job boards made from this store
+    /// wait on it) when a job ends with a flow's last step: a job with the same key may run.
+    job_wake: Arc<tokio::sync::Notify>,
 }
 
 fn is_memory(url: &str) -> bool {
@@ -232,6 +235,7 @@ impl SqliteStore {
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
             known: Arc::default(),
+            job_wake: Arc::default(),
         };
         if !memory {
             store.enable_wal(options.busy_timeout).await?;
@@ -379,6 +383,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// What this process's job boards on this store wait on for new work.
+    pub(crate) fn job_wake(&self) -> &Arc<tokio::sync::Notify> {
+        &self.job_wake
+    }
+
     /// The lock this process's write transactions queue on (the job board's too).
     pub(crate) fn write_gate(&self) -> &tokio::sync::Mutex<()> {
         &self.write_gate
@@ -432,6 +441,38 @@ async fn check_fence(
             job: fence.job,
             token: fence.token,
         }),
+    }
+}
+
+/// Marks the job `fence` claims `COMPLETE` with `outcome`, in the caller's transaction;
+/// [`store::Error::Fenced`] if the claim is no longer current.
+async fn consume_job(
+    conn: &mut SqliteConnection,
+    flow: FlowId,
+    fence: Fence,
+    outcome: &str,
+) -> store::Result<()> {
+    let token = codec::token_to_db(fence.token);
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'COMPLETE', owner = NULL, lease_expires_at = NULL, \
+             outcome = ?3, updated_at = ?4 \
+         WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2",
+    )
+    .bind(fence.job.to_string())
+    .bind(token)
+    .bind(outcome)
+    .bind(codec::time_text(chrono::Utc::now()))
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(store::Error::Fenced {
+            flow,
+            job: fence.job,
+            token: fence.token,
+        })
     }
 }
 
@@ -689,14 +730,35 @@ macro_rules! bind_atom {
     }};
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn create_flow(
+impl SqliteStore {
+    /// Stores a new run, and its first batch with it if there is one, in one transaction.
+    async fn create(
         &self,
         flow: &FlowRecord,
         atoms: &[AtomRecord],
         fence: Option<Fence>,
+        first: Option<&Batch>,
     ) -> store::Result<()> {
+        // The first batch is checked against the run as created, before any transaction.
+        // The flow's row is written as the first batch leaves it, so its step need not move it
+        // (which would write the row a second time).
+        let (mut state, mut intention, mut updated_at) = (
+            flow.state.as_str(),
+            flow.intention.as_str(),
+            flow.updated_at,
+        );
+        let first = match first {
+            Some(batch) => {
+                codec::check_writes(flow.id, flow, atoms, &batch.writes)?;
+                let mut step = steplog::encode_batch(batch, self.max_value_bytes)?;
+                state = step.flow_state.take().unwrap_or(state);
+                intention = step.flow_intention.take().unwrap_or(intention);
+                updated_at = updated_at.max(batch.at);
+                let consume = codec::consumed_job(batch)?;
+                Some((batch, step, consume))
+            }
+            None => None,
+        };
         let encoded = atoms
             .iter()
             .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
@@ -721,12 +783,12 @@ impl Store for SqliteStore {
             )
             .bind(&id)
             .bind(&flow.name)
-            .bind(flow.state.as_str())
-            .bind(flow.intention.as_str())
+            .bind(state)
+            .bind(intention)
             .bind(inputs)
             .bind(meta)
             .bind(codec::time_text(flow.created_at))
-            .bind(codec::time_text(flow.updated_at))
+            .bind(codec::time_text(updated_at))
             .bind(MODEL_VERSION_I64)
             .execute(&mut *tx)
             .await
@@ -751,6 +813,15 @@ impl Store for SqliteStore {
                     .await
                     .map_err(classify)?;
             }
+            if let Some((batch, step, consume)) = &first {
+                let at = codec::time_text(batch.at);
+                append(&mut tx, &id, base, 1, &at, step, None)
+                    .await
+                    .map_err(classify)?;
+                if let Some((fence, outcome)) = consume {
+                    consume_job(&mut tx, flow.id, *fence, outcome).await?;
+                }
+            }
             Ok(base)
         }
         .await;
@@ -758,9 +829,47 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| self.failed(e))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
-        self.known
-            .put(flow.id, Known::of(0, flow, atoms).based(base));
+        let mut known = Known::of(0, flow, atoms).based(base);
+        if let Some((batch, _, consume)) = &first {
+            known.apply(&batch.writes);
+            if consume.is_some() {
+                self.job_wake.notify_waiters();
+            }
+        }
+        self.known.put(flow.id, known);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+    ) -> store::Result<()> {
+        self.create(flow, atoms, fence, None).await
+    }
+
+    async fn create_and_commit(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+        first: &Batch,
+    ) -> store::Result<()> {
+        if first.flow != flow.id {
+            return Err(store::Error::Refused {
+                flow: flow.id,
+                reason: "the first batch is for another flow",
+            });
+        }
+        self.create(flow, atoms, fence, Some(first)).await
+    }
+
+    fn consumes_jobs(&self) -> bool {
+        true
     }
 
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
@@ -778,15 +887,17 @@ impl Store for SqliteStore {
         let step = steplog::encode_batch(batch, self.max_value_bytes)?;
         let fence =
             codec::fence_to_db(flow, batch.fence)?.map(|(job, token)| (job.to_string(), token));
+        let consume = codec::consumed_job(batch)?;
         let key = flow.to_string();
         let at = codec::time_text(batch.at);
 
         let mut turn = self.write_turn().await?;
-        // The one-statement append, when what this store knows of the flow admits the batch.
+        // The one-statement append, when what this store knows of the flow admits the batch
+        // (and the batch ends no job: that takes a second statement, so a transaction).
         if let Some(mut known) = self
             .known
             .take(flow)
-            .filter(|k| k.admits(flow, &batch.writes))
+            .filter(|k| consume.is_none() && k.admits(flow, &batch.writes))
         {
             match append(
                 turn.conn()?,
@@ -821,10 +932,13 @@ impl Store for SqliteStore {
         let result = async {
             check_fence(&mut tx, flow, batch.fence).await?;
             let (snapshot, known) = read_flow(&mut tx, flow).await?;
-            codec::check_writes(flow, &snapshot, &batch.writes)?;
+            codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
             append(&mut tx, &key, known.base, known.seq + 1, &at, &step, None)
                 .await
                 .map_err(classify)?;
+            if let Some((fence, outcome)) = &consume {
+                consume_job(&mut tx, flow, *fence, outcome).await?;
+            }
             Ok(known)
         }
         .await;
@@ -834,6 +948,9 @@ impl Store for SqliteStore {
         known.apply(&batch.writes);
         self.known.put(flow, known);
         self.commits.fetch_add(1, Ordering::Relaxed);
+        if consume.is_some() {
+            self.job_wake.notify_waiters();
+        }
         Ok(())
     }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use baton_core::board::{ConductorInfo, Error, JobBoard, JobQuery, NewJob};
 use baton_core::model::{Batch, Write};
 use baton_core::store::{self, Store};
-use baton_core::{Atom, ConductorId, CreateOptions, Engine, Flow, FlowState, Intention, JobState};
+use baton_core::{
+    Atom, ConductorId, CreateOptions, Engine, Flow, FlowState, Intention, JobState, RunOptions,
+};
 use chrono::Utc;
 use serde_json::json;
 
@@ -350,6 +352,94 @@ pub async fn consume_records_the_outcome<B: JobBoard, S: Store>(board: B, _store
     ));
 }
 
+/// A run under a claim can end its job with its last step: where the store consumes jobs,
+/// the flow's end and the job's are one commit (a stale claim changes neither); elsewhere
+/// the job is left to the caller. Either way, the next job with the same key runs after.
+pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone + 'static>(
+    board: B,
+    store: S,
+) {
+    let first = board.post(job("first").key("stack-9")).await.unwrap();
+    let second = board.post(job("second").key("stack-9")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.job.id, first.id);
+    let flow = Flow::linear("consumed-with-last-step")
+        .add(Atom::from_fn("a", |_| async { Ok(json!(1)) }))
+        .compile()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    let outcome = engine
+        .create_and_run(
+            &flow,
+            Default::default(),
+            CreateOptions::new().id(first.flow()).fence(claim.fence),
+            RunOptions::new().fence(claim.fence).consume_job(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    assert_eq!(outcome.job_consumed, store.consumes_jobs());
+    if outcome.job_consumed {
+        let done = board.get(first.id).await.unwrap();
+        assert_eq!(done.state, JobState::Complete);
+        assert_eq!(done.outcome, Some(outcome.job_outcome()));
+        assert!(matches!(
+            board.consume(claim.fence, json!("again")).await,
+            Err(Error::ClaimLost { .. })
+        ));
+    } else {
+        assert_eq!(board.get(first.id).await.unwrap().state, JobState::Claimed);
+        board
+            .consume(claim.fence, outcome.job_outcome())
+            .await
+            .unwrap();
+    }
+
+    // The next job with the key can run now; a claim it lost cannot end it.
+    let old = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.job.id, second.id);
+    engine
+        .create_with(
+            &flow,
+            Default::default(),
+            CreateOptions::new().id(second.flow()).fence(old.fence),
+        )
+        .await
+        .unwrap();
+    board.abandon(old.fence).await.unwrap();
+    let new = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut last = Batch::new(second.flow(), Some(old.fence));
+    last.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    last.consume = Some(json!({"state": "zombie"}));
+    let err = store.commit(&last).await.unwrap_err();
+    if store.consumes_jobs() {
+        assert!(matches!(err, store::Error::Fenced { .. }), "{err}");
+    } else {
+        assert!(matches!(err, store::Error::Refused { .. }), "{err}");
+    }
+    let job = board.get(second.id).await.unwrap();
+    assert_eq!(job.state, JobState::Claimed);
+    assert_eq!(job.token, new.fence.token);
+    assert_eq!(job.outcome, None);
+    assert!(store.history(second.flow()).await.unwrap().is_empty());
+}
+
 /// Malformed jobs and unknown ids are typed errors.
 pub async fn bad_input_is_refused<B: JobBoard, S: Store>(board: B, _store: S) {
     assert!(matches!(
@@ -436,6 +526,7 @@ macro_rules! board_conformance {
             priorities_order_claims,
             claims_up_to_take_what_single_claims_would,
             consume_records_the_outcome,
+            a_flows_last_step_can_consume_its_job,
             bad_input_is_refused,
             posting_wakes_waiters,
             conductors_register_and_leave,

@@ -96,6 +96,91 @@ pub async fn batch_applies_in_order_with_history<S: Store>(store: S) {
     );
 }
 
+/// A run stored with its first batch reads back with the batch applied and its transitions
+/// numbered from 1; a taken id or a refused first batch stores nothing; a batch asking the
+/// store to consume a job without a fence is refused.
+pub async fn create_and_commit_stores_a_run_with_its_first_batch<S: Store>(store: S) {
+    let flow = flow_record("created-with-first-batch");
+    let atoms = atoms();
+    let mut first = Batch::new(flow.id, None);
+    first.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    first.writes.push(start(&atoms[0]));
+    store
+        .create_and_commit(&flow, &atoms, None, &first)
+        .await
+        .unwrap();
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(snap.flow.state, FlowState::Running);
+    let a = snap.atoms.iter().find(|a| a.name == "a").unwrap();
+    assert_eq!((a.state, a.attempt), (AtomState::Running, 1));
+    let history = store.history(flow.id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|t| t.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // Later batches go on from there.
+    let mut next = Batch::new(flow.id, None);
+    next.writes.push(start(&atoms[1]));
+    store.commit(&next).await.unwrap();
+    assert_eq!(store.history(flow.id).await.unwrap().len(), 3);
+
+    // The id is taken: nothing changes.
+    let err = store
+        .create_and_commit(&flow, &atoms, None, &first)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::FlowExists(id) if id == flow.id),
+        "{err}"
+    );
+    assert_eq!(store.history(flow.id).await.unwrap().len(), 3);
+
+    // A first batch that does not apply to the new run: refused, and no run is left behind.
+    let other = flow_record("refused-first-batch");
+    let mut wrong = Batch::new(other.id, None);
+    wrong.writes.push(Write::Flow {
+        from: FlowState::Running,
+        to: FlowState::Success,
+        intention: Intention::Execute,
+    });
+    wrong.writes.push(start(&atoms[0]));
+    wrong.writes.push(start(&atoms[0]));
+    let err = store
+        .create_and_commit(&other, &atoms, None, &wrong)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Conflict { .. } | Error::IllegalTransition { .. }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        store.load_flow(other.id).await,
+        Err(Error::FlowNotFound(_))
+    ));
+
+    // Consuming a job needs the job's claim.
+    let mut unfenced = Batch::new(flow.id, None);
+    unfenced.writes.push(Write::Flow {
+        from: FlowState::Running,
+        to: FlowState::Suspending,
+        intention: Intention::Execute,
+    });
+    unfenced.consume = Some(json!({"state": "SUCCESS"}));
+    let err = store.commit(&unfenced).await.unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    assert_eq!(
+        store.load_flow(flow.id).await.unwrap().flow.state,
+        FlowState::Running
+    );
+}
+
 /// A write expecting the wrong state or attempt is refused, and refuses the whole batch.
 pub async fn stale_writes_conflict_and_change_nothing<S: Store>(store: S) {
     let flow = flow_record("conflict");
@@ -224,6 +309,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@cases [$mode] $make;
             create_and_load_round_trip,
             batch_applies_in_order_with_history,
+            create_and_commit_stores_a_run_with_its_first_batch,
             stale_writes_conflict_and_change_nothing,
             illegal_transitions_are_refused,
             unknown_flow_or_atom_is_named,

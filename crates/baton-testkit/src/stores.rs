@@ -106,6 +106,21 @@ impl<S: Store> Store for CrashStore<S> {
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
         self.inner.list_flows(query).await
     }
+
+    async fn create_and_commit(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+        first: &Batch,
+    ) -> Result<()> {
+        self.write(self.inner.create_and_commit(flow, atoms, fence, first))
+            .await
+    }
+
+    fn consumes_jobs(&self) -> bool {
+        self.inner.consumes_jobs()
+    }
 }
 
 /// A store wrapper that is unavailable for some commits: it answers
@@ -128,6 +143,22 @@ impl<S: Store> FlakyStore<S> {
             commits: Arc::new(AtomicU64::new(0)),
             failures: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Runs a commit, or fails it as the schedule says (applied first, every other time).
+    async fn flaky<F>(&self, commit: F) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if n % self.every != 0 {
+            return commit.await;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        if failures % 2 == 0 {
+            commit.await?;
+        }
+        Err(Error::Unavailable(Box::new(Injected("injected outage"))))
     }
 
     /// How many commits it failed.
@@ -153,15 +184,22 @@ impl<S: Store> Store for FlakyStore<S> {
     }
 
     async fn commit(&self, batch: &Batch) -> Result<()> {
-        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
-        if n % self.every != 0 {
-            return self.inner.commit(batch).await;
-        }
-        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
-        if failures % 2 == 0 {
-            self.inner.commit(batch).await?;
-        }
-        Err(Error::Unavailable(Box::new(Injected("injected outage"))))
+        self.flaky(self.inner.commit(batch)).await
+    }
+
+    async fn create_and_commit(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+        first: &Batch,
+    ) -> Result<()> {
+        self.flaky(self.inner.create_and_commit(flow, atoms, fence, first))
+            .await
+    }
+
+    fn consumes_jobs(&self) -> bool {
+        self.inner.consumes_jobs()
     }
 
     async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {

@@ -199,6 +199,7 @@ impl Control {
 pub struct RunOptions {
     pub(crate) fence: Option<Fence>,
     pub(crate) control: Control,
+    pub(crate) consume_job: bool,
 }
 
 impl RunOptions {
@@ -216,6 +217,16 @@ impl RunOptions {
     /// Steers the run with `control`.
     pub fn control(mut self, control: Control) -> Self {
         self.control = control;
+        self
+    }
+
+    /// Ends the fence's job together with the run: when the run ends (`SUCCESS`, `REVERTED`
+    /// or `FAILURE`) and the store [consumes jobs](crate::Store::consumes_jobs), the final
+    /// batch also consumes the job with [`Outcome::job_outcome`], in the same transaction, and
+    /// [`Outcome::job_consumed`] says so. Otherwise (no fence, a store that does not, a
+    /// suspended run, a run that had already ended) the job is left to the caller.
+    pub fn consume_job(mut self) -> Self {
+        self.consume_job = true;
         self
     }
 }
@@ -267,6 +278,9 @@ pub struct Outcome {
     /// Every failure recorded, execute and revert failures, including those of attempts a
     /// retry controller retried.
     pub failures: Vec<Failure>,
+    /// Whether the run's final batch also consumed its job (see
+    /// [`RunOptions::consume_job`]).
+    pub job_consumed: bool,
     symbols: BTreeMap<String, Value>,
 }
 
@@ -275,6 +289,18 @@ impl Outcome {
     #[must_use]
     pub fn is_success(&self) -> bool {
         self.state == FlowState::Success
+    }
+
+    /// What a conductor records on the job of this run when it consumes it: the flow, its
+    /// final state and its failures (as text).
+    #[must_use]
+    pub fn job_outcome(&self) -> Value {
+        let failures: Vec<String> = self.failures.iter().map(ToString::to_string).collect();
+        serde_json::json!({
+            "flow": self.flow,
+            "state": self.state,
+            "failures": failures,
+        })
     }
 
     /// The value of a symbol provided by an atom that succeeded.
@@ -404,7 +430,10 @@ impl Engine {
     }
 
     /// Creates a run of `flow` and runs it at once, without reading back what was just
-    /// written (what a conductor does with a new job).
+    /// written (what a conductor does with a new job). The run is stored together with its
+    /// first step ([`Store::create_and_commit`](crate::Store::create_and_commit)), so the
+    /// creation costs no commit of its own; [`store::Error::FlowExists`] means the id was
+    /// taken and nothing was written.
     ///
     /// # Errors
     /// As [`Engine::create_with`] and [`Engine::run_with`].
@@ -418,14 +447,31 @@ impl Engine {
         create: CreateOptions,
         run: RunOptions,
     ) -> Result<Outcome> {
-        let snapshot = self.create_records(flow, inputs, create).await?;
+        let fence = create.fence;
+        let snapshot = Self::records(flow, inputs, create)?;
         let id = snapshot.flow.id;
-        let run = run::Run::from_snapshot(self.clone(), flow.clone(), id, snapshot, run)?;
+        let mut run =
+            run::Run::from_snapshot(self.clone(), flow.clone(), id, snapshot.clone(), run)?;
+        run.create_with_first_batch(snapshot, fence);
         drive(run).await
     }
 
     async fn create_records(
         &self,
+        flow: &CompiledFlow,
+        inputs: Inputs,
+        options: CreateOptions,
+    ) -> Result<crate::model::FlowSnapshot> {
+        let fence = options.fence;
+        let snapshot = Self::records(flow, inputs, options)?;
+        self.store
+            .create_flow(&snapshot.flow, &snapshot.atoms, fence)
+            .await?;
+        Ok(snapshot)
+    }
+
+    /// The records of a new run of `flow`: the flow `PENDING`, every atom `PENDING`.
+    fn records(
         flow: &CompiledFlow,
         inputs: Inputs,
         options: CreateOptions,
@@ -464,16 +510,14 @@ impl Engine {
             .iter()
             .map(|a| AtomRecord::pending(a.name.clone(), a.kind()))
             .collect();
-        self.store
-            .create_flow(&record, &atoms, options.fence)
-            .await?;
         Ok(crate::model::FlowSnapshot {
             flow: record,
             atoms,
         })
     }
 
-    /// Creates a run of `flow` and runs it to the end.
+    /// Creates a run of `flow` and runs it to the end (the run is stored with its first step,
+    /// as [`Engine::create_and_run`] does).
     ///
     /// # Errors
     /// As [`Engine::create`] and [`Engine::run`].
@@ -481,8 +525,8 @@ impl Engine {
     /// # Cancel safety
     /// Not cancel safe; see [`Engine::run`].
     pub async fn start(&self, flow: &CompiledFlow, inputs: Inputs) -> Result<Outcome> {
-        let id = self.create(flow, inputs).await?;
-        self.run(flow, id).await
+        self.create_and_run(flow, inputs, CreateOptions::new(), RunOptions::new())
+            .await
     }
 
     /// Runs (or resumes) the stored run `id` of `flow` until it ends or is suspended.
@@ -581,6 +625,7 @@ pub(crate) fn outcome(
         state,
         results,
         failures,
+        job_consumed: false,
         symbols,
     }
 }

@@ -63,6 +63,12 @@ pub(crate) struct Run {
     wake_at: Option<DateTime<Utc>>,
     finished: Option<FlowState>,
     suspend_requested: bool,
+    /// A run not stored yet: its records as created, stored with the first batch.
+    unstored: Option<(crate::model::FlowSnapshot, Option<Fence>)>,
+    /// Whether the final batch should consume the fence's job (see `RunOptions::consume_job`).
+    consume_job: bool,
+    /// Whether it did.
+    job_consumed: bool,
 }
 
 /// The value of `symbol` in a result, as the atom's `provides` maps it.
@@ -202,7 +208,20 @@ impl Run {
             wake_at: None,
             finished: None,
             suspend_requested: false,
+            unstored: None,
+            consume_job: options.consume_job,
+            job_consumed: false,
         })
+    }
+
+    /// Makes the run store `created` (with the creation fenced by `fence`) together with its
+    /// first batch, instead of expecting it stored already.
+    pub(crate) fn create_with_first_batch(
+        &mut self,
+        created: crate::model::FlowSnapshot,
+        fence: Option<Fence>,
+    ) {
+        self.unstored = Some((created, fence));
     }
 
     /// The run's flow id.
@@ -231,7 +250,9 @@ impl Run {
                 self.launch();
                 if let Some(state) = self.finished {
                     tracing::info!(state = %state, "flow ended");
-                    return Ok(self.outcome(state));
+                    let mut outcome = self.outcome(state);
+                    outcome.job_consumed = self.job_consumed;
+                    return Ok(outcome);
                 }
                 if self.in_flight_count == 0 && self.wake_at.is_none() {
                     return Err(Error::Stuck {
@@ -317,18 +338,38 @@ impl Run {
 
     /// Commits the pending writes as one batch, retrying while the store is unavailable.
     async fn commit(&mut self) -> Result<()> {
-        if self.writes.is_empty() {
+        if self.writes.is_empty() && self.unstored.is_none() {
             return Ok(());
         }
-        let batch = Batch {
+        let mut batch = Batch {
             flow: self.id,
             fence: self.fence,
             at: Utc::now(),
             writes: std::mem::take(&mut self.writes),
+            consume: None,
         };
+        let consume = self.consume_job
+            && self.fence.is_some()
+            && self.finished.is_some_and(FlowState::is_terminal)
+            && self.engine.store.consumes_jobs();
+        if consume {
+            if let Some(state) = self.finished {
+                batch.consume = Some(self.outcome(state).job_outcome());
+            }
+        }
+        let mut retried = false;
+        if let Some((created, fence)) = self.unstored.take() {
+            if self.create(&created, fence, &batch).await? {
+                self.job_consumed = batch.consume.is_some();
+                self.announce(&batch);
+                return Ok(());
+            }
+            // The creation timed out and was applied after all: the run exists. Commit the
+            // batch the ordinary way, which finds out whether it was applied with it.
+            retried = true;
+        }
         let options = &self.engine.options;
         let mut delay = options.store_retry_base;
-        let mut retried = false;
         loop {
             if self.control.halt.is_cancelled() {
                 return Err(Error::Halted(self.id));
@@ -354,6 +395,51 @@ impl Run {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.job_consumed = batch.consume.is_some();
+        self.announce(&batch);
+        Ok(())
+    }
+
+    /// Stores the run with its first batch, retrying while the store is unavailable. `false`
+    /// when a retry found the run stored: an earlier attempt was applied after all (maybe
+    /// with the batch; the caller finds out).
+    async fn create(
+        &self,
+        created: &crate::model::FlowSnapshot,
+        fence: Option<Fence>,
+        batch: &Batch,
+    ) -> Result<bool> {
+        let options = &self.engine.options;
+        let mut delay = options.store_retry_base;
+        let mut retried = false;
+        loop {
+            if self.control.halt.is_cancelled() {
+                return Err(Error::Halted(self.id));
+            }
+            match self
+                .engine
+                .store
+                .create_and_commit(&created.flow, &created.atoms, fence, batch)
+                .await
+            {
+                Ok(()) => return Ok(true),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "store unavailable, retrying creation");
+                    retried = true;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.control.halt.cancelled() => return Err(Error::Halted(self.id)),
+                    }
+                    delay = (delay * 2).min(options.store_retry_max);
+                }
+                Err(store::Error::FlowExists(_)) if retried => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends the transitions of a committed batch to the event stream.
+    fn announce(&self, batch: &Batch) {
         for write in &batch.writes {
             if let Some(change) = transition_of(write) {
                 tracing::debug!(?change, "transition");
@@ -365,7 +451,6 @@ impl Run {
                 });
             }
         }
-        Ok(())
     }
 
     /// Whether the store already holds the outcome of `batch`.

@@ -76,6 +76,110 @@ fn check_fence(inner: &Inner, flow: FlowId, fence: Option<Fence>) -> Result<()> 
     }
 }
 
+/// Stores a new run, under the caller's lock.
+fn create_locked(
+    inner: &mut Inner,
+    flow: &FlowRecord,
+    atoms: &[AtomRecord],
+    fence: Option<Fence>,
+) -> Result<()> {
+    check_fence(inner, flow.id, fence)?;
+    if inner.flows.contains_key(&flow.id) {
+        return Err(Error::FlowExists(flow.id));
+    }
+    let index = atoms
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.name.clone(), i))
+        .collect();
+    inner.flows.insert(
+        flow.id,
+        StoredFlow {
+            record: flow.clone(),
+            atoms: atoms.to_vec(),
+            index,
+            history: Vec::new(),
+        },
+    );
+    inner.order.push(flow.id);
+    Ok(())
+}
+
+/// Refuses a batch that asks this store to consume a job: its job board does that.
+fn refuse_consume(batch: &Batch) -> Result<()> {
+    match batch.consume {
+        Some(_) => Err(Error::Refused {
+            flow: batch.flow,
+            reason: "this store does not consume jobs (its job board does)",
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Validates and applies a batch, under the caller's lock.
+fn commit_locked(inner: &mut Inner, batch: &Batch) -> Result<()> {
+    check_fence(inner, batch.flow, batch.fence)?;
+    let stored = inner
+        .flows
+        .get_mut(&batch.flow)
+        .ok_or(Error::FlowNotFound(batch.flow))?;
+
+    // First validate every write against the state the writes before it leave, without
+    // touching the stored data; then apply. A refused batch changes nothing.
+    let mut flow_state = stored.record.state;
+    let mut overlay: HashMap<&str, (crate::state::AtomState, u32)> = HashMap::new();
+    for write in &batch.writes {
+        match write {
+            Write::Flow { to, .. } => {
+                check_write(batch.flow, write, (flow_state.to_string(), 0))?;
+                flow_state = *to;
+            }
+            Write::Atom { record, .. } => {
+                let current =
+                    match overlay.get(record.name.as_str()) {
+                        Some(c) => *c,
+                        None => {
+                            let i = stored.index.get(&record.name).ok_or_else(|| {
+                                Error::AtomNotFound {
+                                    flow: batch.flow,
+                                    atom: record.name.clone(),
+                                }
+                            })?;
+                            (stored.atoms[*i].state, stored.atoms[*i].attempt)
+                        }
+                    };
+                check_write(batch.flow, write, (current.0.to_string(), current.1))?;
+                overlay.insert(&record.name, (record.state, record.attempt));
+            }
+        }
+    }
+
+    for write in &batch.writes {
+        if let Some(change) = transition_of(write) {
+            let seq = stored.history.len() as u64 + 1;
+            stored.history.push(Transition {
+                flow: batch.flow,
+                seq,
+                at: batch.at,
+                change,
+            });
+        }
+        match write {
+            Write::Flow { to, intention, .. } => {
+                stored.record.state = *to;
+                stored.record.intention = *intention;
+            }
+            Write::Atom { record, .. } => {
+                if let Some(i) = stored.index.get(&record.name) {
+                    stored.atoms[*i] = record.clone();
+                }
+            }
+        }
+    }
+    stored.record.updated_at = batch.at;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     async fn create_flow(
@@ -85,25 +189,34 @@ impl Store for MemoryStore {
         fence: Option<Fence>,
     ) -> Result<()> {
         let mut inner = self.lock();
-        check_fence(&inner, flow.id, fence)?;
-        if inner.flows.contains_key(&flow.id) {
-            return Err(Error::FlowExists(flow.id));
+        create_locked(&mut inner, flow, atoms, fence)?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn create_and_commit(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+        first: &Batch,
+    ) -> Result<()> {
+        if first.flow != flow.id {
+            return Err(Error::Refused {
+                flow: flow.id,
+                reason: "the first batch is for another flow",
+            });
         }
-        let index = atoms
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.name.clone(), i))
-            .collect();
-        inner.flows.insert(
-            flow.id,
-            StoredFlow {
-                record: flow.clone(),
-                atoms: atoms.to_vec(),
-                index,
-                history: Vec::new(),
-            },
-        );
-        inner.order.push(flow.id);
+        refuse_consume(first)?;
+        // One lock for both: nobody sees the run without its first batch, and a refused
+        // batch leaves no run behind.
+        let mut inner = self.lock();
+        create_locked(&mut inner, flow, atoms, fence)?;
+        if let Err(e) = commit_locked(&mut inner, first) {
+            inner.flows.remove(&flow.id);
+            inner.order.retain(|id| *id != flow.id);
+            return Err(e);
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -118,65 +231,9 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, batch: &Batch) -> Result<()> {
+        refuse_consume(batch)?;
         let mut inner = self.lock();
-        check_fence(&inner, batch.flow, batch.fence)?;
-        let stored = inner
-            .flows
-            .get_mut(&batch.flow)
-            .ok_or(Error::FlowNotFound(batch.flow))?;
-
-        // First validate every write against the state the writes before it leave, without
-        // touching the stored data; then apply. A refused batch changes nothing.
-        let mut flow_state = stored.record.state;
-        let mut overlay: HashMap<&str, (crate::state::AtomState, u32)> = HashMap::new();
-        for write in &batch.writes {
-            match write {
-                Write::Flow { to, .. } => {
-                    check_write(batch.flow, write, (flow_state.to_string(), 0))?;
-                    flow_state = *to;
-                }
-                Write::Atom { record, .. } => {
-                    let current = match overlay.get(record.name.as_str()) {
-                        Some(c) => *c,
-                        None => {
-                            let i = stored.index.get(&record.name).ok_or_else(|| {
-                                Error::AtomNotFound {
-                                    flow: batch.flow,
-                                    atom: record.name.clone(),
-                                }
-                            })?;
-                            (stored.atoms[*i].state, stored.atoms[*i].attempt)
-                        }
-                    };
-                    check_write(batch.flow, write, (current.0.to_string(), current.1))?;
-                    overlay.insert(&record.name, (record.state, record.attempt));
-                }
-            }
-        }
-
-        for write in &batch.writes {
-            if let Some(change) = transition_of(write) {
-                let seq = stored.history.len() as u64 + 1;
-                stored.history.push(Transition {
-                    flow: batch.flow,
-                    seq,
-                    at: batch.at,
-                    change,
-                });
-            }
-            match write {
-                Write::Flow { to, intention, .. } => {
-                    stored.record.state = *to;
-                    stored.record.intention = *intention;
-                }
-                Write::Atom { record, .. } => {
-                    if let Some(i) = stored.index.get(&record.name) {
-                        stored.atoms[*i] = record.clone();
-                    }
-                }
-            }
-        }
-        stored.record.updated_at = batch.at;
+        commit_locked(&mut inner, batch)?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

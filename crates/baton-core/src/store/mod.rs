@@ -111,6 +111,16 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The batch asks for something this store does not do, or asks for it wrongly (for
+    /// example [`Batch::consume`] on a store whose [`Store::consumes_jobs`] is `false`, or
+    /// without a fence).
+    #[error("batch for flow {flow} refused: {reason}")]
+    Refused {
+        /// The flow.
+        flow: FlowId,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The store cannot be reached right now; retrying later may work.
     #[error("store unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
@@ -212,6 +222,39 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Backend errors only.
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>>;
+
+    /// Stores a new flow run and applies its first batch, as [`Store::create_flow`] then
+    /// [`Store::commit`] would. The engine uses it for a run it creates and starts at once, so
+    /// that the creation costs no commit of its own.
+    ///
+    /// The default does exactly those two calls. Backends that can should do both in one
+    /// transaction: then either the run exists with its first batch applied, or nothing was
+    /// stored.
+    ///
+    /// # Errors
+    /// As [`Store::create_flow`] (nothing stored) and [`Store::commit`] (for the default, the
+    /// run may then exist without the batch: [`Error::FlowExists`] on a second call says so).
+    async fn create_and_commit(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<crate::ids::Fence>,
+        first: &Batch,
+    ) -> Result<()> {
+        self.create_flow(flow, atoms, fence).await?;
+        self.commit(first).await
+    }
+
+    /// Whether [`Batch::consume`] may be used: the store shares its database with the job
+    /// board whose claims fence it, and ends a job in the same transaction as a batch. When a
+    /// fenced batch carries `consume`, the store applies the writes and marks the job
+    /// `COMPLETE` with that outcome together, or neither (a lost claim is [`Error::Fenced`]).
+    ///
+    /// The default is `false`: batches must not carry `consume`, and a store that cannot
+    /// honour it refuses such a batch with [`Error::Unsupported`].
+    fn consumes_jobs(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -239,6 +282,20 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
         (**self).list_flows(query).await
+    }
+
+    async fn create_and_commit(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<crate::ids::Fence>,
+        first: &Batch,
+    ) -> Result<()> {
+        (**self).create_and_commit(flow, atoms, fence, first).await
+    }
+
+    fn consumes_jobs(&self) -> bool {
+        (**self).consumes_jobs()
     }
 }
 

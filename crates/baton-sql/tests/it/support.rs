@@ -96,6 +96,22 @@ impl<S: Store> Store for Held<S> {
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
         self.store.list_flows(query).await
     }
+
+    async fn create_and_commit(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+        first: &Batch,
+    ) -> Result<()> {
+        self.store
+            .create_and_commit(flow, atoms, fence, first)
+            .await
+    }
+
+    fn consumes_jobs(&self) -> bool {
+        self.store.consumes_jobs()
+    }
 }
 
 /// What the generic cases need beyond the `Store` trait.
