@@ -92,6 +92,9 @@ enum Scenario {
         /// Jobs each conductor runs at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Clients posting the jobs at the same time, each with its own connections.
+        #[arg(long, default_value_t = 4)]
+        posters: usize,
     },
     /// SIGKILL the conductor (a child process) that owns a running flow; measure how soon
     /// another conductor claims the job and completes it.
@@ -398,7 +401,8 @@ fn main() -> Result<()> {
             jobs,
             conductors,
             concurrency,
-        } => rt.block_on(fleet::jobs(&target, jobs, conductors, concurrency)),
+            posters,
+        } => rt.block_on(fleet::jobs(&target, jobs, conductors, concurrency, posters)),
         Scenario::Takeover { target } => rt.block_on(fleet::takeover(&target)),
         Scenario::TakeoverChild { db, schema } => {
             rt.block_on(fleet::takeover_child(&db, schema.as_deref()))
