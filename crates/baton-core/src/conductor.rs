@@ -4,7 +4,8 @@
 //! with the job's factory from the [`Registry`], creates the flow run (its id is derived from
 //! the job's, so whoever claims the job later finds the same run) or loads it, and runs it with
 //! every write fenced by the claim's token, heartbeating the lease meanwhile. When the flow
-//! ends it consumes the job with the outcome.
+//! ends it consumes the job with the outcome: in the flow's last step where the store can
+//! (see [`crate::RunOptions::consume_job`]), through the board otherwise.
 //!
 //! - **Claim lost** (a heartbeat answers `ClaimLost`, a write is fenced, or the lease ran out
 //!   while the board was unreachable): the engine is halted at once and writes nothing more.

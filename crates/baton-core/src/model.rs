@@ -229,7 +229,7 @@ pub struct Batch {
     /// If set, the batch also consumes the job of its [`fence`](Batch::fence), recording
     /// this outcome on it, in the same transaction: the flow's last step and the job's end
     /// are then one commit, and neither happens without the other. Only for stores whose
-    /// [`Store::consumes_jobs`](crate::Store::consumes_jobs) says so; the engine sets it on a
+    /// [`Store::consumes_jobs`](crate::store::Store::consumes_jobs) says so; the engine sets it on a
     /// run's final batch when asked to ([`RunOptions::consume_job`](crate::RunOptions::consume_job)).
     pub consume: Option<serde_json::Value>,
 }

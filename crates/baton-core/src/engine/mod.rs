@@ -221,7 +221,7 @@ impl RunOptions {
     }
 
     /// Ends the fence's job together with the run: when the run ends (`SUCCESS`, `REVERTED`
-    /// or `FAILURE`) and the store [consumes jobs](crate::Store::consumes_jobs), the final
+    /// or `FAILURE`) and the store [consumes jobs](crate::store::Store::consumes_jobs), the final
     /// batch also consumes the job with [`Outcome::job_outcome`], in the same transaction, and
     /// [`Outcome::job_consumed`] says so. Otherwise (no fence, a store that does not, a
     /// suspended run, a run that had already ended) the job is left to the caller.
@@ -431,7 +431,7 @@ impl Engine {
 
     /// Creates a run of `flow` and runs it at once, without reading back what was just
     /// written (what a conductor does with a new job). The run is stored together with its
-    /// first step ([`Store::create_and_commit`](crate::Store::create_and_commit)), so the
+    /// first step ([`Store::create_and_commit`]), so the
     /// creation costs no commit of its own; [`store::Error::FlowExists`] means the id was
     /// taken and nothing was written.
     ///

@@ -251,7 +251,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `COMPLETE` with that outcome together, or neither (a lost claim is [`Error::Fenced`]).
     ///
     /// The default is `false`: batches must not carry `consume`, and a store that cannot
-    /// honour it refuses such a batch with [`Error::Unsupported`].
+    /// honour it refuses such a batch with [`Error::Refused`].
     fn consumes_jobs(&self) -> bool {
         false
     }
