@@ -411,3 +411,108 @@ async fn an_unavailable_store_at_load_is_waited_for() {
         0
     );
 }
+
+/// A store whose first `create_and_commit` reports the database unreachable, after applying
+/// it (the answer was lost) or not (the request was).
+#[derive(Debug, Clone)]
+struct CreationAnswerLost {
+    inner: MemoryStore,
+    applied: bool,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Store for CreationAnswerLost {
+    async fn create_flow(
+        &self,
+        flow: &baton_core::model::FlowRecord,
+        atoms: &[baton_core::model::AtomRecord],
+        fence: Option<baton_core::Fence>,
+    ) -> baton_core::store::Result<()> {
+        self.inner.create_flow(flow, atoms, fence).await
+    }
+
+    async fn load_flow(
+        &self,
+        id: FlowId,
+    ) -> baton_core::store::Result<baton_core::model::FlowSnapshot> {
+        self.inner.load_flow(id).await
+    }
+
+    async fn commit(&self, batch: &baton_core::model::Batch) -> baton_core::store::Result<()> {
+        self.inner.commit(batch).await
+    }
+
+    async fn history(
+        &self,
+        id: FlowId,
+    ) -> baton_core::store::Result<Vec<baton_core::model::Transition>> {
+        self.inner.history(id).await
+    }
+
+    async fn list_flows(
+        &self,
+        query: &baton_core::store::FlowQuery,
+    ) -> baton_core::store::Result<Vec<baton_core::model::FlowRecord>> {
+        self.inner.list_flows(query).await
+    }
+
+    async fn create_and_commit(
+        &self,
+        flow: &baton_core::model::FlowRecord,
+        atoms: &[baton_core::model::AtomRecord],
+        fence: Option<baton_core::Fence>,
+        first: &baton_core::model::Batch,
+    ) -> baton_core::store::Result<()> {
+        if self.fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return self
+                .inner
+                .create_and_commit(flow, atoms, fence, first)
+                .await;
+        }
+        if self.applied {
+            self.inner
+                .create_and_commit(flow, atoms, fence, first)
+                .await?;
+        }
+        Err(baton_core::store::Error::Unavailable(Box::new(Down)))
+    }
+}
+
+#[tokio::test]
+async fn a_creation_whose_answer_was_lost_is_retried_and_runs_once() {
+    for applied in [false, true] {
+        let log = Log::new();
+        let flow = three_steps(&log);
+        let store = CreationAnswerLost {
+            inner: MemoryStore::new(),
+            applied,
+            fired: std::sync::Arc::default(),
+        };
+        let mut options = baton_core::engine::Options::default();
+        options.store_retry_base = Duration::from_millis(1);
+        let outcome = Engine::new(store.clone())
+            .with_options(options)
+            .start(&flow, Inputs::new())
+            .await
+            .unwrap();
+        assert!(outcome.is_success(), "applied: {applied}");
+        assert!(store.fired.load(std::sync::atomic::Ordering::SeqCst));
+        let execs = log.successes(Action::Execute);
+        assert_eq!(execs.len(), 3, "applied: {applied}: {execs:?}");
+        assert!(
+            execs.values().all(|&n| n == 1),
+            "applied: {applied}: {execs:?}"
+        );
+        // The first step is in the history once, whichever way the creation went.
+        let history = store.inner.history(outcome.flow).await.unwrap();
+        let first_starts = history
+            .iter()
+            .filter(|t| {
+                matches!(&t.change, baton_core::model::Change::Atom { atom, to, .. }
+                    if atom == "a" && *to == AtomState::Running)
+            })
+            .count();
+        assert_eq!(first_starts, 1, "applied: {applied}: {history:?}");
+    }
+}
