@@ -199,7 +199,7 @@ pub(crate) async fn jobs(
         posted??;
     }
     let posted_after = start.elapsed();
-    // Done when nothing is left unfinished (two cheap look-ups on the index of open jobs),
+    // Done when nothing is left unfinished (two cheap look-ups along the claim indexes),
     // looked at every 20 ms: the look-ups compete with the conductors for the database, and
     // 20 ms is under 1% of a run of 1000 jobs.
     loop {

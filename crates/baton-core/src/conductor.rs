@@ -523,6 +523,12 @@ impl JobRun {
                 (run.await, lost)
             }
         };
+        // A run whose last step consumed the job is done, whatever a heartbeat racing that
+        // step answered (the job was no longer claimed when it looked).
+        if matches!(&result, Ok(outcome) if outcome.job_consumed) {
+            tracing::info!("job consumed with the flow's last step");
+            return JobEnd::Consumed;
+        }
         if lost {
             return JobEnd::Lost;
         }
@@ -538,10 +544,6 @@ impl JobRun {
                         JobEnd::Lost
                     }
                 }
-            }
-            Ok(outcome) if outcome.job_consumed => {
-                tracing::info!("job consumed with the flow's last step");
-                JobEnd::Consumed
             }
             Ok(outcome) => self.finish(outcome.job_outcome()).await,
             Err(e) => self.on_engine_error(e).await,

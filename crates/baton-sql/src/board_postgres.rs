@@ -210,9 +210,21 @@ impl PostgresJobBoard {
         let Ok(mut guard) = self.listener.try_lock() else {
             return;
         };
-        if let Some(listener) = guard.as_mut() {
-            // Only what has arrived: `recv` is polled once, never waited for.
-            while let Some(Ok(_)) = listener.recv().now_or_never() {}
+        let Some(listener) = guard.as_mut() else {
+            return;
+        };
+        // Only what has arrived: `try_recv` is polled once, never waited for. The listener
+        // does not reconnect on its own (see `wait_for_work`), so polling it once cannot stop
+        // a reconnection half-way; a lost connection is dropped here and made anew there.
+        loop {
+            match listener.try_recv().now_or_never() {
+                Some(Ok(Some(_))) => {}
+                None => return,
+                Some(Ok(None) | Err(_)) => {
+                    *guard = None;
+                    return;
+                }
+            }
         }
     }
 
@@ -294,7 +306,7 @@ impl JobBoard for PostgresJobBoard {
                   FOR UPDATE OF j SKIP LOCKED \
              ), stale AS ( \
                  SELECT j.id, j.priority, j.seq FROM jobs j \
-                  WHERE j.state = 'CLAIMED' AND j.lease_expires_at <= now_ms() \
+                  WHERE j.state = 'CLAIMED' AND j.lease_expires_at <= (SELECT now_ms()) \
                     AND ({KEY_IS_FREE}) \
                   ORDER BY j.priority DESC, j.seq LIMIT $4 \
                   FOR UPDATE OF j SKIP LOCKED \
@@ -494,6 +506,10 @@ impl JobBoard for PostgresJobBoard {
         if guard.is_none() {
             match PgListener::connect_with(self.store.pool()).await {
                 Ok(mut l) => {
+                    // Reconnecting is done here, never inside `try_recv`: that one is given
+                    // up on at the deadline, and giving it up in the middle of a reconnection
+                    // could hand a half-subscribed connection back to the pool.
+                    l.eager_reconnect(false);
                     if l.listen(&self.channel).await.is_ok() {
                         *guard = Some(l);
                     }
@@ -502,12 +518,19 @@ impl JobBoard for PostgresJobBoard {
             }
         }
         match guard.as_mut() {
-            Some(listener) => {
-                if let Ok(Err(e)) = tokio::time::timeout_at(deadline, listener.recv()).await {
+            Some(listener) => match tokio::time::timeout_at(deadline, listener.try_recv()).await {
+                Ok(Ok(Some(_))) | Err(_) => {}
+                Ok(Ok(None)) => {
+                    tracing::debug!(
+                        "job wake-up listener lost its connection; reconnecting next time"
+                    );
+                    *guard = None;
+                }
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "job wake-up listener failed; reconnecting next time");
                     *guard = None;
                 }
-            }
+            },
             None => tokio::time::sleep_until(deadline).await,
         }
     }

@@ -638,8 +638,9 @@ fn append_sql(fenced: bool) -> &'static str {
 /// Whether a careful commit met another writer (a step appended, a fence row updated) and
 /// should look again.
 fn met_another_writer(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation() || d.code().as_deref() == Some("40001"))
+    e.as_database_error().is_some_and(|d| {
+        d.is_unique_violation() || matches!(d.code().as_deref(), Some("40001" | "40P01"))
+    })
 }
 
 /// How many times a careful commit looks again after meeting another writer.
@@ -699,6 +700,11 @@ impl PostgresStore {
             .await
             .map_err(Attempt::Db)?;
         let result = async {
+            // A job's row is locked before its fence row, in the order a claim locks them,
+            // so the two never wait for each other.
+            if let Some((fence, outcome)) = consume {
+                self.consume_job(&mut tx, flow, *fence, outcome).await?;
+            }
             if let Some(f) = batch.fence {
                 let current: Option<i64> =
                     sqlx::query_scalar("SELECT token FROM fences WHERE job_id = $1 FOR SHARE")
@@ -728,9 +734,6 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(Attempt::Db)?;
-            if let Some((fence, outcome)) = consume {
-                self.consume_job(&mut tx, flow, *fence, outcome).await?;
-            }
             Ok((snapshot, seq))
         }
         .await;
@@ -899,11 +902,19 @@ impl PostgresStore {
     ) -> Result<(bool, bool), Attempt> {
         let mut tx = conn.begin().await.map_err(Attempt::Db)?;
         let result = async {
+            // The job's row first, then the creation (which share-locks the fence row): the
+            // order a claim locks them in. A refused creation rolls the consume back.
+            self.consume_job(&mut tx, flow, fence, outcome).await?;
             let answer = query.fetch_one(&mut *tx).await.map_err(Attempt::Db)?;
-            if answer == (true, true) {
-                self.consume_job(&mut tx, flow, fence, outcome).await?;
+            match answer {
+                (true, true) => Ok(answer),
+                (false, _) => Err(Attempt::Store(store::Error::Fenced {
+                    flow,
+                    job: fence.job,
+                    token: fence.token,
+                })),
+                (true, false) => Err(Attempt::Store(store::Error::FlowExists(flow))),
             }
-            Ok(answer)
         }
         .await;
         match result {
@@ -968,6 +979,12 @@ impl Store for PostgresStore {
             return Err(store::Error::Refused {
                 flow: flow.id,
                 reason: "the first batch is for another flow",
+            });
+        }
+        if first.fence != fence {
+            return Err(store::Error::Refused {
+                flow: flow.id,
+                reason: "the first batch must carry the creation's fence",
             });
         }
         self.create(flow, atoms, fence, Some(first)).await

@@ -865,6 +865,12 @@ impl Store for SqliteStore {
                 reason: "the first batch is for another flow",
             });
         }
+        if first.fence != fence {
+            return Err(store::Error::Refused {
+                flow: flow.id,
+                reason: "the first batch must carry the creation's fence",
+            });
+        }
         self.create(flow, atoms, fence, Some(first)).await
     }
 

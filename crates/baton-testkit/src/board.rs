@@ -433,11 +433,85 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
     } else {
         assert!(matches!(err, store::Error::Refused { .. }), "{err}");
     }
-    let job = board.get(second.id).await.unwrap();
-    assert_eq!(job.state, JobState::Claimed);
-    assert_eq!(job.token, new.fence.token);
-    assert_eq!(job.outcome, None);
+    let untouched = board.get(second.id).await.unwrap();
+    assert_eq!(untouched.state, JobState::Claimed);
+    assert_eq!(untouched.token, new.fence.token);
+    assert_eq!(untouched.outcome, None);
     assert!(store.history(second.flow()).await.unwrap().is_empty());
+
+    // A run with nothing to run ends with its first batch, which is stored with the run and
+    // ends the job too, where the store can.
+    let third = board.post(job("third").key("stack-9")).await.unwrap();
+    board.consume(new.fence, json!("done")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.job.id, third.id);
+    let empty = Flow::linear("nothing-to-run").compile().unwrap();
+    let outcome = engine
+        .create_and_run(
+            &empty,
+            Default::default(),
+            CreateOptions::new().id(third.flow()).fence(claim.fence),
+            RunOptions::new().fence(claim.fence).consume_job(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    assert_eq!(outcome.job_consumed, store.consumes_jobs());
+    let expected = if store.consumes_jobs() {
+        JobState::Complete
+    } else {
+        JobState::Claimed
+    };
+    assert_eq!(board.get(third.id).await.unwrap().state, expected);
+}
+
+/// A run's first batch must carry the fence its creation is made under.
+pub async fn a_first_batch_carries_the_creations_fence<B: JobBoard, S: Store>(board: B, store: S) {
+    let posted = board.post(job("fenced-creation")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let now = Utc::now();
+    let flow = baton_core::model::FlowRecord {
+        id: posted.flow(),
+        name: "fenced-creation".into(),
+        state: FlowState::Pending,
+        intention: Intention::Execute,
+        inputs: Default::default(),
+        meta: json!({}),
+        created_at: now,
+        updated_at: now,
+    };
+    let mut first = Batch::new(flow.id, None);
+    first.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    let err = store
+        .create_and_commit(&flow, &[], Some(claim.fence), &first)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, store::Error::Refused { .. }), "{err}");
+    assert!(matches!(
+        store.load_flow(flow.id).await,
+        Err(store::Error::FlowNotFound(_))
+    ));
+    first.fence = Some(claim.fence);
+    store
+        .create_and_commit(&flow, &[], Some(claim.fence), &first)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_flow(flow.id).await.unwrap().flow.state,
+        FlowState::Running
+    );
 }
 
 /// Malformed jobs and unknown ids are typed errors.
@@ -527,6 +601,7 @@ macro_rules! board_conformance {
             claims_up_to_take_what_single_claims_would,
             consume_records_the_outcome,
             a_flows_last_step_can_consume_its_job,
+            a_first_batch_carries_the_creations_fence,
             bad_input_is_refused,
             posting_wakes_waiters,
             conductors_register_and_leave,

@@ -447,6 +447,14 @@ impl Engine {
         create: CreateOptions,
         run: RunOptions,
     ) -> Result<Outcome> {
+        if create.fence != run.fence {
+            // The first batch carries the run's fence: the creation, fenced otherwise, is
+            // stored on its own first.
+            let snapshot = self.create_records(flow, inputs, create).await?;
+            let id = snapshot.flow.id;
+            let run = run::Run::from_snapshot(self.clone(), flow.clone(), id, snapshot, run)?;
+            return drive(run).await;
+        }
         let fence = create.fence;
         let snapshot = Self::records(flow, inputs, create)?;
         let id = snapshot.flow.id;

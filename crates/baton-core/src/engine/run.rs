@@ -432,7 +432,19 @@ impl Run {
                     }
                     delay = (delay * 2).min(options.store_retry_max);
                 }
-                Err(store::Error::FlowExists(_)) if retried => return Ok(false),
+                Err(store::Error::FlowExists(id)) if retried => {
+                    // Ours, stored by an attempt whose answer was lost, or another engine's
+                    // run with the same id? Ours has the creation time made here (compared to
+                    // the microsecond, what every store keeps).
+                    let stored = load_patiently(&self.engine, &self.control, self.id).await?;
+                    let ours = stored.flow.name == created.flow.name
+                        && stored.flow.created_at.timestamp_micros()
+                            == created.flow.created_at.timestamp_micros();
+                    if ours {
+                        return Ok(false);
+                    }
+                    return Err(store::Error::FlowExists(id).into());
+                }
                 Err(e) => return Err(e.into()),
             }
         }

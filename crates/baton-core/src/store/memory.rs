@@ -207,6 +207,12 @@ impl Store for MemoryStore {
                 reason: "the first batch is for another flow",
             });
         }
+        if first.fence != fence {
+            return Err(Error::Refused {
+                flow: flow.id,
+                reason: "the first batch must carry the creation's fence",
+            });
+        }
         refuse_consume(first)?;
         // One lock for both: nobody sees the run without its first batch, and a refused
         // batch leaves no run behind.

@@ -229,7 +229,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// The default does exactly those two calls. Backends that can should do both in one
     /// transaction: then either the run exists with its first batch applied, or nothing was
-    /// stored.
+    /// stored. `first` must be for `flow` and carry `fence` as its own fence; the stores of
+    /// this workspace refuse it otherwise ([`Error::Refused`]).
     ///
     /// # Errors
     /// As [`Store::create_flow`] (nothing stored) and [`Store::commit`] (for the default, the

@@ -418,6 +418,7 @@ async fn an_unavailable_store_at_load_is_waited_for() {
 struct CreationAnswerLost {
     inner: MemoryStore,
     applied: bool,
+    interloper: bool,
     fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -470,7 +471,12 @@ impl Store for CreationAnswerLost {
                 .create_and_commit(flow, atoms, fence, first)
                 .await;
         }
-        if self.applied {
+        if self.interloper {
+            // Not ours: another engine stores a run with the same id meanwhile.
+            let mut theirs = flow.clone();
+            theirs.created_at -= chrono::Duration::seconds(1);
+            self.inner.create_flow(&theirs, atoms, None).await?;
+        } else if self.applied {
             self.inner
                 .create_and_commit(flow, atoms, fence, first)
                 .await?;
@@ -487,6 +493,7 @@ async fn a_creation_whose_answer_was_lost_is_retried_and_runs_once() {
         let store = CreationAnswerLost {
             inner: MemoryStore::new(),
             applied,
+            interloper: false,
             fired: std::sync::Arc::default(),
         };
         let mut options = baton_core::engine::Options::default();
@@ -515,4 +522,31 @@ async fn a_creation_whose_answer_was_lost_is_retried_and_runs_once() {
             .count();
         assert_eq!(first_starts, 1, "applied: {applied}: {history:?}");
     }
+}
+
+#[tokio::test]
+async fn a_retried_creation_does_not_adopt_another_engines_run() {
+    let log = Log::new();
+    let flow = three_steps(&log);
+    let store = CreationAnswerLost {
+        inner: MemoryStore::new(),
+        applied: false,
+        interloper: true,
+        fired: std::sync::Arc::default(),
+    };
+    let mut options = baton_core::engine::Options::default();
+    options.store_retry_base = Duration::from_millis(1);
+    let err = Engine::new(store.clone())
+        .with_options(options)
+        .start(&flow, Inputs::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            baton_core::engine::Error::Store(baton_core::store::Error::FlowExists(_))
+        ),
+        "{err}"
+    );
+    assert!(log.successes(Action::Execute).is_empty(), "a task ran");
 }

@@ -1,9 +1,12 @@
 -- Claims look for work along two paths, each with an index of its own: unclaimed jobs in
--- claim order (priority, then posting order), and claimed jobs whose lease has run out, by
--- lease. An empty claim, the usual answer when idle conductors are all woken by one posted
--- job, then reads no row at all, where the index of open jobs made it visit every claimed
--- job to check its lease. The two indexes replace the open-jobs and by-state ones, so a job's
--- updates keep no more index entries than before.
+-- claim order (priority, then posting order), and claimed jobs by lease, so that the claims
+-- whose lease has run out are a range of it. An empty claim, the usual answer when idle
+-- conductors are all woken by one posted job, then reads next to nothing, where the index of
+-- open jobs made it visit every claimed job to check its lease.
+--
+-- The two indexes replace the open-jobs and by-state ones. The price: a heartbeat changes an
+-- indexed column (the lease), so it writes new index entries where it used to update the row
+-- in place; a heartbeat comes every few seconds per job, a claim many times a second.
 --
 -- PostgreSQL only: the SQLite board's claim is one statement over its own indexes and is
 -- unchanged.

@@ -182,9 +182,14 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
+    let mut consumed = 0;
     while let Some(r) = fleet.join_next().await {
-        r.unwrap().unwrap();
+        let summary = r.unwrap().unwrap();
+        // Heartbeats racing the last step (which consumes the job) must not count as lost.
+        assert_eq!(summary.lost, 0, "{summary:?}");
+        consumed += summary.consumed;
     }
+    assert_eq!(consumed, 12);
     for job in board
         .list(&baton_core::board::JobQuery::all())
         .await
