@@ -93,7 +93,7 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
         /// Clients posting the jobs at the same time, each with its own connections.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 1)]
         posters: usize,
     },
     /// SIGKILL the conductor (a child process) that owns a running flow; measure how soon
