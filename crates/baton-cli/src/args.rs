@@ -18,6 +18,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "BATON_DATABASE_URL", default_value = DEFAULT_DB)]
     pub db: String,
 
+    /// PostgreSQL only: the schema that holds baton's tables (default `baton`).
+    #[arg(long, global = true, env = "BATON_SCHEMA")]
+    pub schema: Option<String>,
+
     /// When to colour the output.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,

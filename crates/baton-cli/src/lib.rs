@@ -97,10 +97,19 @@ async fn run(cli: Cli) -> error::Result<i32> {
         clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());
         return Ok(exit::OK);
     }
-    let backends = baton_sql::open(&cli.db).await?;
+    let mut options = baton_sql::OpenOptions::new();
+    if let Some(schema) = &cli.schema {
+        options = options.schema(schema);
+    }
+    let backends = baton_sql::open_with(&cli.db, options).await?;
     match cli.command {
         Command::Demo(args) => {
-            cmd::demo::demo(&cli.db, backends.store, backends.board, args, style).await
+            // How to reach this database again, for the hints the demo prints.
+            let target = match &cli.schema {
+                Some(schema) => format!("{} --schema {schema}", cli.db),
+                None => cli.db.clone(),
+            };
+            cmd::demo::demo(&target, backends.store, backends.board, args, style).await
         }
         Command::Conductor(args) => {
             cmd::demo::conductor(backends.store, backends.board, args).await?;

@@ -267,6 +267,55 @@ fn errors_are_one_clear_line_with_a_documented_code() {
     assert!(stderr(&out).starts_with("error: the database cannot be reached"));
     let out = baton(&db.url, &["no-such-command"]);
     assert_eq!(out.status.code(), Some(exit::USAGE));
+    let out = baton(&db.url, &["--schema", "ops", "flows", "list"]);
+    assert_eq!(out.status.code(), Some(exit::BAD_INPUT));
+    assert!(stderr(&out).contains("a schema applies to PostgreSQL only"));
+}
+
+/// `--schema` puts baton's tables in a schema of its own: what is posted there is not seen
+/// in the default schema, and the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_option_selects_the_schema() {
+    let Some(db) = pg_db().await else { return };
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let posted = baton(
+            &url,
+            &[
+                "--schema",
+                "ops_baton",
+                "jobs",
+                "post",
+                "--factory",
+                "steps",
+                "--name",
+                "in-ops",
+            ],
+        );
+        assert_eq!(posted.status.code(), Some(exit::OK), "{}", stderr(&posted));
+        let listed = baton(&url, &["--schema", "ops_baton", "jobs", "list", "--json"]);
+        assert_eq!(listed.status.code(), Some(exit::OK), "{}", stderr(&listed));
+        let jobs = json(&listed);
+        assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
+        assert_eq!(jobs[0]["name"], "in-ops");
+        let default = baton(&url, &["jobs", "list", "--json"]);
+        assert_eq!(
+            default.status.code(),
+            Some(exit::OK),
+            "{}",
+            stderr(&default)
+        );
+        assert_eq!(json(&default).as_array().map(Vec::len), Some(0));
+        let bad = baton(&url, &["--schema", "Ops-Baton", "jobs", "list"]);
+        assert_eq!(bad.status.code(), Some(exit::BAD_INPUT), "{}", stderr(&bad));
+        assert!(
+            stderr(&bad).contains("invalid schema name"),
+            "{}",
+            stderr(&bad)
+        );
+    })
+    .await
+    .unwrap();
 }
 
 #[test]

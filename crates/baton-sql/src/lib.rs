@@ -182,7 +182,48 @@ pub struct Backends {
 /// # Cancel safety
 /// As [`connect`].
 pub async fn open(url: &str) -> Result<Backends> {
-    match Backend::of_url(url)? {
+    open_with(url, OpenOptions::new()).await
+}
+
+/// What [`open_with`] may be told beyond the URL.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+#[must_use]
+pub struct OpenOptions {
+    /// The PostgreSQL schema to use instead of the default (`baton`). Refused for SQLite, which
+    /// has no schemas.
+    pub schema: Option<String>,
+}
+
+impl OpenOptions {
+    /// The defaults: the default schema.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses the PostgreSQL schema `schema`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+}
+
+/// [`open`] with options.
+///
+/// # Errors
+/// As [`open`], and [`Error::Config`] if a schema is given for SQLite,
+/// [`Error::InvalidSchema`] if it is not a plain lowercase identifier.
+///
+/// # Cancel safety
+/// As [`connect`].
+pub async fn open_with(url: &str, options: OpenOptions) -> Result<Backends> {
+    let backend = Backend::of_url(url)?;
+    if backend == Backend::Sqlite && options.schema.is_some() {
+        return Err(Error::Config {
+            detail: "a schema applies to PostgreSQL only; a SQLite database has none".into(),
+        });
+    }
+    match backend {
         #[cfg(feature = "sqlite")]
         Backend::Sqlite => {
             let store = SqliteStore::open(url).await?;
@@ -199,7 +240,11 @@ pub async fn open(url: &str) -> Result<Backends> {
         }),
         #[cfg(feature = "postgres")]
         Backend::Postgres => {
-            let store = PostgresStore::connect(url).await?;
+            let mut pg = PostgresOptions::new();
+            if let Some(schema) = options.schema {
+                pg = pg.schema(schema);
+            }
+            let store = PostgresStore::connect_with(url, pg).await?;
             let board = PostgresJobBoard::new(&store);
             Ok(Backends {
                 store: Arc::new(store),

@@ -17,6 +17,7 @@ pub fn baton(db: &str, args: &[&str]) -> Output {
         .arg(db)
         .args(args)
         .env_remove("BATON_DATABASE_URL")
+        .env_remove("BATON_SCHEMA")
         .env("NO_COLOR", "1")
         .output()
         .expect("the baton binary runs")
