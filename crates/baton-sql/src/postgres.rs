@@ -737,17 +737,7 @@ impl PostgresStore {
             Ok((snapshot, seq))
         }
         .await;
-        match result {
-            Ok(done) => {
-                tx.commit().await.map_err(Attempt::Db)?;
-                Ok(done)
-            }
-            Err(e) => {
-                // The refusal is the news; a failed rollback ends with the connection anyway.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        settle(tx, result).await
     }
 }
 
@@ -756,6 +746,24 @@ impl PostgresStore {
 enum Attempt {
     Db(sqlx::Error),
     Store(store::Error),
+}
+
+/// Commits `tx` if `result` is a success, else rolls it back and passes the refusal on.
+async fn settle<T>(
+    tx: sqlx::Transaction<'_, Postgres>,
+    result: Result<T, Attempt>,
+) -> Result<T, Attempt> {
+    match result {
+        Ok(done) => {
+            tx.commit().await.map_err(Attempt::Db)?;
+            Ok(done)
+        }
+        Err(e) => {
+            // The refusal is the news; a failed rollback ends with the connection anyway.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 impl PostgresStore {
@@ -917,17 +925,7 @@ impl PostgresStore {
             }
         }
         .await;
-        match result {
-            Ok(answer) => {
-                tx.commit().await.map_err(Attempt::Db)?;
-                Ok(answer)
-            }
-            Err(e) => {
-                // The refusal is the news; a failed rollback ends with the connection anyway.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        settle(tx, result).await
     }
 
     /// Ends the job `fence` claims, in the caller's transaction ([`CONSUME_JOB`]).
@@ -975,18 +973,7 @@ impl Store for PostgresStore {
         fence: Option<Fence>,
         first: &Batch,
     ) -> store::Result<()> {
-        if first.flow != flow.id {
-            return Err(store::Error::Refused {
-                flow: flow.id,
-                reason: "the first batch is for another flow",
-            });
-        }
-        if first.fence != fence {
-            return Err(store::Error::Refused {
-                flow: flow.id,
-                reason: "the first batch must carry the creation's fence",
-            });
-        }
+        store::check_first_batch(flow, fence, first)?;
         self.create(flow, atoms, fence, Some(first)).await
     }
 

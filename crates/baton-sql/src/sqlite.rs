@@ -859,18 +859,7 @@ impl Store for SqliteStore {
         fence: Option<Fence>,
         first: &Batch,
     ) -> store::Result<()> {
-        if first.flow != flow.id {
-            return Err(store::Error::Refused {
-                flow: flow.id,
-                reason: "the first batch is for another flow",
-            });
-        }
-        if first.fence != fence {
-            return Err(store::Error::Refused {
-                flow: flow.id,
-                reason: "the first batch must carry the creation's fence",
-            });
-        }
+        store::check_first_batch(flow, fence, first)?;
         self.create(flow, atoms, fence, Some(first)).await
     }
 

@@ -201,18 +201,7 @@ impl Store for MemoryStore {
         fence: Option<Fence>,
         first: &Batch,
     ) -> Result<()> {
-        if first.flow != flow.id {
-            return Err(Error::Refused {
-                flow: flow.id,
-                reason: "the first batch is for another flow",
-            });
-        }
-        if first.fence != fence {
-            return Err(Error::Refused {
-                flow: flow.id,
-                reason: "the first batch must carry the creation's fence",
-            });
-        }
+        super::check_first_batch(flow, fence, first)?;
         refuse_consume(first)?;
         // One lock for both: nobody sees the run without its first batch, and a refused
         // batch leaves no run behind.

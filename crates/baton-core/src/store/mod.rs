@@ -300,6 +300,31 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
 }
 
+/// Checks what [`Store::create_and_commit`] is given belongs together: the first batch is
+/// for the run being created and carries the creation's fence.
+///
+/// # Errors
+/// [`Error::Refused`] naming what does not match.
+pub fn check_first_batch(
+    flow: &FlowRecord,
+    fence: Option<crate::ids::Fence>,
+    first: &Batch,
+) -> Result<()> {
+    if first.flow != flow.id {
+        return Err(Error::Refused {
+            flow: flow.id,
+            reason: "the first batch is for another flow",
+        });
+    }
+    if first.fence != fence {
+        return Err(Error::Refused {
+            flow: flow.id,
+            reason: "the first batch must carry the creation's fence",
+        });
+    }
+    Ok(())
+}
+
 /// Checks one write against what the store holds now: the compare-and-set and the state
 /// machine. Backends call it (or do the same in SQL) for every write of a batch, in order,
 /// against the state left by the writes before it.
