@@ -136,6 +136,10 @@ pub struct ConductorArgs {
     /// Poll interval when idle, in milliseconds.
     #[arg(long, default_value_t = 250)]
     pub poll_ms: u64,
+    /// How long a conductor already running jobs lets posted jobs gather after a wake-up
+    /// before it claims, in milliseconds (0: claim at once).
+    #[arg(long, default_value_t = 5)]
+    pub gather_ms: u64,
     /// Append the demo providers' side effects to this file (one JSON object per line).
     #[arg(long)]
     pub effects: Option<PathBuf>,

@@ -233,6 +233,7 @@ pub(crate) async fn conductor(
     options.lease = Duration::from_millis(args.lease_ms);
     options.heartbeat = Duration::from_millis(args.heartbeat_ms);
     options.poll = Duration::from_millis(args.poll_ms);
+    options.gather = Duration::from_millis(args.gather_ms);
     let conductor = Conductor::new(board.clone(), Engine::from_arc(store), registry(effects))
         .with_options(options);
     let id = conductor.id();
