@@ -495,6 +495,9 @@ impl JobRun {
                 }
                 match self.board.heartbeat(fence, self.options.lease).await {
                     Ok(until) => expires = until,
+                    // The run ended while this heartbeat was on its way: its last step may
+                    // have consumed the job, which is no loss.
+                    Err(board::Error::ClaimLost { .. }) if stop.is_cancelled() => return false,
                     Err(board::Error::ClaimLost { .. }) => {
                         tracing::warn!("claim lost: halting the flow");
                         return true;
