@@ -776,16 +776,8 @@ impl PostgresStore {
         fence: Option<Fence>,
         first: Option<&Batch>,
     ) -> store::Result<()> {
-        // The first batch is checked against the run as created, before any statement.
-        let first = match first {
-            Some(batch) => {
-                codec::check_writes(flow.id, flow, atoms, &batch.writes)?;
-                let step = steplog::encode_batch(batch, self.max_value_bytes)?;
-                let consume = codec::consumed_job(batch)?;
-                Some((batch, step, consume))
-            }
-            None => None,
-        };
+        // The first batch is checked and encoded before any statement.
+        let (row, first) = steplog::first_step(flow, atoms, first, self.max_value_bytes)?;
         let encoded = atoms
             .iter()
             .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
@@ -793,32 +785,18 @@ impl PostgresStore {
         let (fence_job, fence_token) = codec::fence_to_db(flow.id, fence)?
             .map(|(job, token)| (job.as_uuid(), token))
             .unzip();
-        // The flow's row is written as the first batch leaves it, so its step need not move it
-        // (which would write the row a second time).
-        let (state, intention, updated_at) = match &first {
-            Some((batch, step, _)) => (
-                step.flow_state.unwrap_or(flow.state.as_str()),
-                step.flow_intention.unwrap_or(flow.intention.as_str()),
-                batch.at.max(flow.updated_at),
-            ),
-            None => (
-                flow.state.as_str(),
-                flow.intention.as_str(),
-                flow.updated_at,
-            ),
-        };
         let sql = create_flow_sql(first.is_some());
         let mut query = sqlx::query_as::<_, (bool, bool)>(&sql)
             .bind(fence_job)
             .bind(fence_token)
             .bind(flow.id.as_uuid())
             .bind(&flow.name)
-            .bind(state)
-            .bind(intention)
+            .bind(row.state)
+            .bind(row.intention)
             .bind(Json(&flow.inputs))
             .bind(Json(&flow.meta))
             .bind(flow.created_at)
-            .bind(updated_at)
+            .bind(row.updated_at)
             .bind(codec::MODEL_VERSION_I64)
             .bind(encoded.iter().map(|a| a.name).collect::<Vec<_>>())
             .bind(encoded.iter().map(|a| a.kind).collect::<Vec<_>>())
@@ -857,8 +835,8 @@ impl PostgresStore {
         if let Some((batch, step, _)) = &first {
             query = query
                 .bind(batch.at)
-                .bind(None::<&str>)
-                .bind(None::<&str>)
+                .bind(step.flow_state)
+                .bind(step.flow_intention)
                 .bind(step.body.as_str());
         }
         let consume = first.as_ref().and_then(|(_, _, consume)| consume.as_ref());

@@ -739,26 +739,8 @@ impl SqliteStore {
         fence: Option<Fence>,
         first: Option<&Batch>,
     ) -> store::Result<()> {
-        // The first batch is checked against the run as created, before any transaction.
-        // The flow's row is written as the first batch leaves it, so its step need not move it
-        // (which would write the row a second time).
-        let (mut state, mut intention, mut updated_at) = (
-            flow.state.as_str(),
-            flow.intention.as_str(),
-            flow.updated_at,
-        );
-        let first = match first {
-            Some(batch) => {
-                codec::check_writes(flow.id, flow, atoms, &batch.writes)?;
-                let mut step = steplog::encode_batch(batch, self.max_value_bytes)?;
-                state = step.flow_state.take().unwrap_or(state);
-                intention = step.flow_intention.take().unwrap_or(intention);
-                updated_at = updated_at.max(batch.at);
-                let consume = codec::consumed_job(batch)?;
-                Some((batch, step, consume))
-            }
-            None => None,
-        };
+        // The first batch is checked and encoded before any transaction.
+        let (row, first) = steplog::first_step(flow, atoms, first, self.max_value_bytes)?;
         let encoded = atoms
             .iter()
             .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
@@ -783,12 +765,12 @@ impl SqliteStore {
             )
             .bind(&id)
             .bind(&flow.name)
-            .bind(state)
-            .bind(intention)
+            .bind(row.state)
+            .bind(row.intention)
             .bind(inputs)
             .bind(meta)
             .bind(codec::time_text(flow.created_at))
-            .bind(codec::time_text(updated_at))
+            .bind(codec::time_text(row.updated_at))
             .bind(MODEL_VERSION_I64)
             .execute(&mut *tx)
             .await

@@ -29,9 +29,9 @@
 
 use std::collections::HashMap;
 
-use baton_core::model::{AtomRecord, FlowRecord, Transition, Write};
+use baton_core::model::{AtomRecord, Batch, FlowRecord, Transition, Write};
 use baton_core::store::{transition_of, Error, Result};
-use baton_core::{AtomState, FlowId, FlowState};
+use baton_core::{AtomState, Fence, FlowId, FlowState};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -60,6 +60,43 @@ pub(crate) struct Step {
     pub(crate) body: String,
     pub(crate) flow_state: Option<&'static str>,
     pub(crate) flow_intention: Option<&'static str>,
+}
+
+/// How a new run's row in `flows` is written: as its first batch (if it is stored with one)
+/// leaves it, so that the first step need not move the flow (writing the row a second time).
+pub(crate) struct NewRow {
+    pub(crate) state: &'static str,
+    pub(crate) intention: &'static str,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+/// A new run's first batch, ready to be stored with the run: the batch, its step (which
+/// leaves the flow's state to the row), and the job it consumes with the outcome, if any.
+pub(crate) type FirstStep<'a> = (&'a Batch, Step, Option<(Fence, String)>);
+
+/// Prepares the creation of `flow` with `first` as its first batch: the batch is checked
+/// against the run as created and encoded, before anything is sent to the database.
+pub(crate) fn first_step<'a>(
+    flow: &FlowRecord,
+    atoms: &[AtomRecord],
+    first: Option<&'a Batch>,
+    limit: usize,
+) -> Result<(NewRow, Option<FirstStep<'a>>)> {
+    let mut row = NewRow {
+        state: flow.state.as_str(),
+        intention: flow.intention.as_str(),
+        updated_at: flow.updated_at,
+    };
+    let Some(batch) = first else {
+        return Ok((row, None));
+    };
+    codec::check_writes(flow.id, flow, atoms, &batch.writes)?;
+    let mut step = encode_batch(batch, limit)?;
+    row.state = step.flow_state.take().unwrap_or(row.state);
+    row.intention = step.flow_intention.take().unwrap_or(row.intention);
+    row.updated_at = row.updated_at.max(batch.at);
+    let consume = codec::consumed_job(batch)?;
+    Ok((row, Some((batch, step, consume))))
 }
 
 /// Encodes a batch as a step, refusing any value over `limit` bytes with `TooLarge`.
