@@ -24,6 +24,7 @@ pub(crate) struct Fleet {
     backend: Backend,
     url: String,
     schema: Option<String>,
+    sqlite: baton_sql::SqliteOptions,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -38,7 +39,8 @@ impl Fleet {
         Ok(match self.backend {
             Backend::Memory => (self.store.clone(), self.board()),
             Backend::Sqlite => {
-                let store = baton_sql::SqliteStore::open(&self.url).await?;
+                let store =
+                    baton_sql::SqliteStore::open_with(&self.url, self.sqlite.clone()).await?;
                 let board = baton_sql::SqliteJobBoard::new(&store);
                 (Arc::new(store), Arc::new(board))
             }
@@ -65,12 +67,14 @@ impl Fleet {
                     backend: Backend::Memory,
                     url: "memory".into(),
                     schema: None,
+                    sqlite: target.sqlite_options(),
                     _dir: None,
                 })
             }
             Backend::Sqlite => {
                 let (url, dir) = crate::sqlite_url(target)?;
-                let store = baton_sql::SqliteStore::open(&url).await?;
+                let store =
+                    baton_sql::SqliteStore::open_with(&url, target.sqlite_options()).await?;
                 let for_boards = store.clone();
                 Ok(Self {
                     store: Arc::new(store),
@@ -80,6 +84,7 @@ impl Fleet {
                     backend: Backend::Sqlite,
                     url,
                     schema: None,
+                    sqlite: target.sqlite_options(),
                     _dir: dir,
                 })
             }
@@ -101,6 +106,7 @@ impl Fleet {
                     backend: Backend::Postgres,
                     url,
                     schema: Some(schema),
+                    sqlite: target.sqlite_options(),
                     _dir: None,
                 })
             }

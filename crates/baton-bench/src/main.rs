@@ -64,6 +64,21 @@ struct Target {
     /// postgres://postgres@127.0.0.1:5432/postgres; SQLite: a new file in a temporary folder).
     #[arg(long)]
     database_url: Option<String>,
+    /// SQLite: how long a commit spins for its answer before sleeping, in microseconds
+    /// (`SqliteOptions::spin`; the floor waits the same way). Default: the store's default.
+    #[arg(long)]
+    sqlite_spin_us: Option<u64>,
+}
+
+impl Target {
+    /// The SQLite store's options for this run.
+    fn sqlite_options(&self) -> baton_sql::SqliteOptions {
+        let options = baton_sql::SqliteOptions::new();
+        match self.sqlite_spin_us {
+            Some(us) => options.spin(std::time::Duration::from_micros(us)),
+            None => options,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -80,6 +95,9 @@ enum Scenario {
         target: Target,
         #[arg(long, default_value_t = 1000)]
         tasks: usize,
+        /// Rounds of (floor, flow) measured; the medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// End to end: post N one-task jobs while K conductors claim, run and consume them.
     Jobs {
@@ -118,6 +136,9 @@ enum Scenario {
         tasks: usize,
         #[arg(long, default_value_t = 8)]
         parallelism: usize,
+        /// Rounds of (floor, flow) measured; the medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -200,29 +221,40 @@ fn compile(atoms: usize) -> Result<()> {
 struct Bench {
     store: Arc<dyn Store>,
     commits: Box<dyn Fn() -> u64>,
-    floor: Floor,
+    floor: Arc<Floor>,
     _dir: Option<tempfile::TempDir>,
 }
 
 enum Floor {
     None,
-    Sqlite(tokio::sync::Mutex<sqlx::SqliteConnection>),
+    Sqlite(
+        tokio::sync::Mutex<sqlx::SqliteConnection>,
+        std::time::Duration,
+    ),
     Postgres(tokio::sync::Mutex<sqlx::PgConnection>, String),
 }
 
 impl Floor {
-    /// Single-row commits a second on the same database, `n` of them.
-    async fn measure(&self, n: usize) -> Result<Option<f64>> {
+    /// Single-row commits a second on the same database, `n` of them, made the way the store
+    /// makes its commits: from a task on the runtime (the engine runs a flow in one), waiting
+    /// for each answer as the store does (SQLite: `baton_sql::spin`, with the store's default
+    /// spin).
+    async fn measure(self: &Arc<Self>, n: usize) -> Result<Option<f64>> {
+        let floor = self.clone();
+        tokio::spawn(async move { floor.inserts(n).await }).await?
+    }
+
+    async fn inserts(&self, n: usize) -> Result<Option<f64>> {
         let start = Instant::now();
         match self {
             Floor::None => return Ok(None),
-            Floor::Sqlite(conn) => {
+            Floor::Sqlite(conn, spin) => {
                 let mut conn = conn.lock().await;
                 for i in 0..n {
-                    sqlx::query("INSERT INTO bench_floor (v) VALUES (?1)")
+                    let insert = sqlx::query("INSERT INTO bench_floor (v) VALUES (?1)")
                         .bind(format!("row-{i}"))
-                        .execute(&mut *conn)
-                        .await?;
+                        .execute(&mut *conn);
+                    baton_sql::spin::spin_then_sleep(*spin, insert).await?;
                 }
             }
             Floor::Postgres(conn, schema) => {
@@ -246,6 +278,20 @@ impl Floor {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// The median of measured figures (the mean of the middle two for an even count).
+fn median(figures: &[f64]) -> f64 {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.is_empty() {
+        f64::NAN
+    } else if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
     }
 }
 
@@ -280,13 +326,15 @@ async fn open(target: &Target) -> Result<Bench> {
             Ok(Bench {
                 store: Arc::new(store),
                 commits: Box::new(move || counter.commits()),
-                floor: Floor::None,
+                floor: Arc::new(Floor::None),
                 _dir: None,
             })
         }
         Backend::Sqlite => {
             let (url, dir) = sqlite_url(target)?;
-            let store = baton_sql::SqliteStore::open(&url).await?;
+            let options = target.sqlite_options();
+            let spin = options.spin;
+            let store = baton_sql::SqliteStore::open_with(&url, options).await?;
             let counter = store.clone();
             // The floor uses the store's own settings: WAL, synchronous=NORMAL, and one
             // connection kept open, as the store keeps the one it writes on.
@@ -305,7 +353,7 @@ async fn open(target: &Target) -> Result<Bench> {
             Ok(Bench {
                 store: Arc::new(store),
                 commits: Box::new(move || counter.commits()),
-                floor: Floor::Sqlite(tokio::sync::Mutex::new(conn)),
+                floor: Arc::new(Floor::Sqlite(tokio::sync::Mutex::new(conn), spin)),
                 _dir: dir,
             })
         }
@@ -328,7 +376,7 @@ async fn open(target: &Target) -> Result<Bench> {
             Ok(Bench {
                 store: Arc::new(store),
                 commits: Box::new(move || counter.commits()),
-                floor: Floor::Postgres(tokio::sync::Mutex::new(conn), schema),
+                floor: Arc::new(Floor::Postgres(tokio::sync::Mutex::new(conn), schema)),
                 _dir: None,
             })
         }
@@ -341,27 +389,43 @@ async fn run_flow(
     flow: Flow,
     tasks: usize,
     parallelism: usize,
+    rounds: usize,
 ) -> Result<()> {
     let bench = open(target).await?;
     let compiled = flow.compile()?;
     let engine = Engine::from_arc(bench.store.clone()).with_parallelism(parallelism);
+    let rounds = rounds.max(1);
 
     // Once untimed: the first inserts on a new database also grow its log, which the flow's
     // commits then find done.
     bench.floor.measure(tasks).await?;
-    let floor_before = bench.floor.measure(tasks).await?;
-    let id = engine.create(&compiled, Default::default()).await?;
-    let before = (bench.commits)();
-    let start = Instant::now();
-    let outcome = engine.run(&compiled, id).await?;
-    let secs = start.elapsed().as_secs_f64();
-    let commits = (bench.commits)() - before;
-    anyhow::ensure!(outcome.is_success(), "flow ended {}", outcome.state);
-    let floor_after = bench.floor.measure(tasks).await?;
+    // Then rounds of (floor, flow), each flow a new run of `tasks` steps: how fast a machine
+    // wakes its threads drifts within seconds, and the rounds put both figures under the same
+    // drift; the medians are reported.
+    let mut floors = Vec::with_capacity(rounds);
+    let mut speeds = Vec::with_capacity(rounds);
+    let mut commits = 0;
+    let mut secs = 0.0;
+    for _ in 0..rounds {
+        if let Some(floor) = bench.floor.measure(tasks).await? {
+            floors.push(floor);
+        }
+        let id = engine.create(&compiled, Default::default()).await?;
+        let before = (bench.commits)();
+        let start = Instant::now();
+        let outcome = engine.run(&compiled, id).await?;
+        let elapsed = start.elapsed().as_secs_f64();
+        commits += (bench.commits)() - before;
+        anyhow::ensure!(outcome.is_success(), "flow ended {}", outcome.state);
+        secs += elapsed;
+        speeds.push(tasks as f64 / elapsed);
+    }
     bench.floor.clean_up().await?;
 
-    let steps_per_sec = tasks as f64 / secs;
-    let floor = floor_before.zip(floor_after).map(|(a, b)| (a + b) / 2.0);
+    let steps_per_sec = median(&speeds);
+    let floor = (!floors.is_empty()).then(|| median(&floors));
+    let ratios: Option<Vec<f64>> =
+        (!floors.is_empty()).then(|| speeds.iter().zip(&floors).map(|(s, f)| s / f).collect());
     println!(
         "{}",
         json!({
@@ -369,14 +433,16 @@ async fn run_flow(
             "backend": target.backend.name(),
             "tasks": tasks,
             "parallelism": parallelism,
+            "rounds": rounds,
             "seconds": secs,
             "steps_per_sec": steps_per_sec,
+            "steps_per_sec_rounds": speeds,
             "commits": commits,
-            "commits_per_step": commits as f64 / tasks as f64,
+            "commits_per_step": commits as f64 / (tasks * rounds) as f64,
             "floor_commits_per_sec": floor,
-            "floor_before": floor_before,
-            "floor_after": floor_after,
+            "floor_rounds": (!floors.is_empty()).then_some(&floors),
             "ratio_to_floor": floor.map(|f| steps_per_sec / f),
+            "ratio_rounds": ratios,
         })
     );
     Ok(())
@@ -407,19 +473,30 @@ fn main() -> Result<()> {
         Scenario::TakeoverChild { db, schema } => {
             rt.block_on(fleet::takeover_child(&db, schema.as_deref()))
         }
-        Scenario::Linear { target, tasks } => {
-            rt.block_on(run_flow("linear", &target, linear_flow(tasks), tasks, 1))
-        }
+        Scenario::Linear {
+            target,
+            tasks,
+            rounds,
+        } => rt.block_on(run_flow(
+            "linear",
+            &target,
+            linear_flow(tasks),
+            tasks,
+            1,
+            rounds,
+        )),
         Scenario::Fanout {
             target,
             tasks,
             parallelism,
+            rounds,
         } => rt.block_on(run_flow(
             "fanout",
             &target,
             fanout_flow(tasks),
             tasks,
             parallelism,
+            rounds,
         )),
     }
 }

@@ -56,6 +56,16 @@ pub struct SqliteOptions {
     /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
     /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
     pub max_value_bytes: usize,
+    /// How long a commit keeps polling for SQLite's answer before its task goes to sleep
+    /// until woken (see [`crate::spin`]). Default zero: not at all.
+    ///
+    /// The runtime thread runs nothing else while it polls, so this suits a process that
+    /// runs one flow at a time (a command-line tool, a script): there, 100 µs (about twice a
+    /// one-step commit) made a linear flow's steps 10–20 % faster on a 2-core machine. With
+    /// many flows at once, the thread is better spent on the others: four conductors in one
+    /// process completed about 12 % fewer jobs a second with it (`baton-bench jobs
+    /// --backend sqlite --sqlite-spin-us 100` against `0`).
+    pub spin: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -65,6 +75,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_connections: 4,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            spin: Duration::ZERO,
         }
     }
 }
@@ -96,6 +107,12 @@ impl SqliteOptions {
     /// Sets [`SqliteOptions::max_value_bytes`].
     pub fn max_value_bytes(mut self, limit: usize) -> Self {
         self.max_value_bytes = limit;
+        self
+    }
+
+    /// Sets [`SqliteOptions::spin`].
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
         self
     }
 }
@@ -137,6 +154,7 @@ pub struct SqliteStore {
     writer_suspect: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
     max_value_bytes: usize,
+    spin: Duration,
     /// What this store knows of the flows it writes to (see [`crate::steplog`]).
     known: Arc<steplog::Cache>,
     /// Wakes this process's conductors waiting for work (the job boards made from this store
@@ -234,6 +252,7 @@ impl SqliteStore {
             writer_suspect: Arc::new(AtomicBool::new(false)),
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
+            spin: options.spin,
             known: Arc::default(),
             job_wake: Arc::default(),
         };
@@ -876,7 +895,8 @@ impl Store for SqliteStore {
             .take(flow)
             .filter(|k| consume.is_none() && k.admits(flow, &batch.writes))
         {
-            match append(
+            // Waiting for the answer by spinning first: see `SqliteOptions::spin`.
+            let appended = append(
                 turn.conn()?,
                 &key,
                 known.base,
@@ -884,9 +904,8 @@ impl Store for SqliteStore {
                 &at,
                 &step,
                 fence.as_ref(),
-            )
-            .await
-            {
+            );
+            match crate::spin::spin_then_sleep(self.spin, appended).await {
                 Ok(true) => {
                     known.apply(&batch.writes);
                     self.known.put(flow, known);

@@ -320,3 +320,55 @@ async fn branches_outside_a_retried_subflow_keep_running() {
     );
     assert_eq!(log.successes(Action::Execute)["flaky"], 1);
 }
+
+/// A task that starts when nothing else runs is polled by the run's own loop instead of being
+/// spawned; a retry whose backoff ends meanwhile must still start (spawned) and finish while
+/// that task goes on.
+#[tokio::test]
+async fn a_retry_starts_and_ends_while_a_task_runs_alone() {
+    let ms = Duration::from_millis;
+    let log = Log::new();
+    let flow = Flow::unordered("mixed")
+        .add(
+            Flow::linear("retried")
+                .retry(
+                    Atom::retry(
+                        "r",
+                        Times::new(2).backoff(Backoff::exponential(ms(100), ms(100))),
+                    )
+                    .provides("try"),
+                )
+                .add(
+                    Atom::task(
+                        "flaky",
+                        Probe::new(&log).fails_when(|ctx| ctx.input::<u32>("try").unwrap() < 2),
+                    )
+                    .requires(["try"]),
+                ),
+        )
+        .add(
+            Flow::linear("slow")
+                .add(Atom::task("first", Probe::new(&log).delay(ms(20))))
+                .add(Atom::task("long", Probe::new(&log).delay(ms(600)))),
+        )
+        .compile()
+        .unwrap();
+    let (outcome, _) = run(&flow, Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Success);
+    // "long" starts alone (the first "flaky" failed and was reverted, its retry waits out
+    // the backoff); the second "flaky" starts and ends before "long" is done.
+    let ends = log.sequence(Action::Execute, Phase::Ok);
+    let flaky_done = ends.iter().rposition(|a| a == "flaky").unwrap();
+    let long_done = ends.iter().position(|a| a == "long").unwrap();
+    assert!(
+        flaky_done < long_done,
+        "the retried task waited for the lone one: {ends:?}"
+    );
+    assert_eq!(
+        log.sequence(Action::Execute, Phase::Start)
+            .iter()
+            .filter(|a| *a == "flaky")
+            .count(),
+        2
+    );
+}
