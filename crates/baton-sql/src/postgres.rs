@@ -481,7 +481,10 @@ const APPEND_AND_CONSUME: &str = "\
     ), step AS ( \
         INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
         SELECT $1, $2, $3, $4, $5, $6, $7 FROM done \
-        RETURNING seq \
+        RETURNING flow_id \
+    ), moved AS ( \
+        UPDATE flows SET state = $4, intention = $5, updated_at = $3 \
+          FROM step WHERE flows.id = step.flow_id AND $4::text IS NOT NULL \
     ) SELECT EXISTS (SELECT 1 FROM step) AS appended, \
              (SELECT (CASE WHEN job_key IS NOT NULL THEN pg_notify($11, '') END) IS NULL \
                 FROM done) AS woke";
@@ -624,14 +627,43 @@ async fn read_flow(conn: &mut PgConnection, id: FlowId) -> store::Result<(FlowSn
 /// The statement that appends a step: `$1`..`$7` are the row; a fenced one also takes the
 /// job (`$8`) and token (`$9`), and share-locks the fence row until the commit, so a new claim
 /// of the job (which updates that row) waits for the append: the two never interleave.
-fn append_sql(fenced: bool) -> &'static str {
-    if fenced {
-        "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
-         SELECT $1, $2, $3, $4, $5, $6, $7 \
-         WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = $8 AND token = $9 FOR SHARE)"
-    } else {
-        "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+///
+/// A step that moves the flow (`$4`, `$5` not null) also updates the flow's row, in the same
+/// statement and only if the step was appended. Either way the statement's count of rows
+/// (`rows_affected`) is 1 if the step was appended, 0 if the fence did not hold.
+fn append_sql(fenced: bool, moves_flow: bool) -> &'static str {
+    match (fenced, moves_flow) {
+        (false, false) => {
+            "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        }
+        (true, false) => {
+            "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
+             SELECT $1, $2, $3, $4, $5, $6, $7 \
+             WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = $8 AND token = $9 FOR SHARE)"
+        }
+        (false, true) => {
+            "WITH step AS ( \
+                 INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
+                                    model_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING flow_id \
+             ), moved AS ( \
+                 UPDATE flows SET state = $4, intention = $5, updated_at = $3 \
+                   FROM step WHERE flows.id = step.flow_id \
+             ) SELECT 1 FROM step"
+        }
+        (true, true) => {
+            "WITH step AS ( \
+                 INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
+                                    model_version) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7 \
+                 WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = $8 AND token = $9 FOR SHARE) \
+                 RETURNING flow_id \
+             ), moved AS ( \
+                 UPDATE flows SET state = $4, intention = $5, updated_at = $3 \
+                   FROM step WHERE flows.id = step.flow_id \
+             ) SELECT 1 FROM step"
+        }
     }
 }
 
@@ -723,7 +755,7 @@ impl PostgresStore {
             let (snapshot, seq) = read_flow(&mut tx, flow).await.map_err(Attempt::Store)?;
             codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)
                 .map_err(Attempt::Store)?;
-            sqlx::query(append_sql(false))
+            sqlx::query(append_sql(false, step.flow_state.is_some()))
                 .bind(flow.as_uuid())
                 .bind(seq + 1)
                 .bind(batch.at)
@@ -1008,14 +1040,15 @@ impl Store for PostgresStore {
                     answer.map(|(appended, _)| appended)
                 }
                 _ => {
-                    let mut query = sqlx::query(append_sql(fence.is_some()))
-                        .bind(flow.as_uuid())
-                        .bind(seq)
-                        .bind(batch.at)
-                        .bind(step.flow_state)
-                        .bind(step.flow_intention)
-                        .bind(step.body.as_str())
-                        .bind(codec::MODEL_VERSION_I64);
+                    let mut query =
+                        sqlx::query(append_sql(fence.is_some(), step.flow_state.is_some()))
+                            .bind(flow.as_uuid())
+                            .bind(seq)
+                            .bind(batch.at)
+                            .bind(step.flow_state)
+                            .bind(step.flow_intention)
+                            .bind(step.body.as_str())
+                            .bind(codec::MODEL_VERSION_I64);
                     if let Some((job, token)) = fence {
                         query = query.bind(job).bind(token);
                     }

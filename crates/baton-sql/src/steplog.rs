@@ -5,8 +5,9 @@
 //! was when the flow was created (or, in a database written by an older baton, as it was
 //! before the log began); an atom's current record is its last record in the log, or that row
 //! when the log has none. A flow's history is the old `history` rows, then one transition per
-//! change in the log, numbered on from them. The flow's row stays current: a trigger copies a
-//! step's final flow state onto it, so listings by state need no replay.
+//! change in the log, numbered on from them. The flow's row stays current: a step's final flow
+//! state is copied onto it in the statement that appends the step (SQLite: by a trigger;
+//! PostgreSQL: by the statement itself), so listings by state need no replay.
 //!
 //! # Why one row
 //!

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use baton_core::board::{ConductorInfo, Error, JobBoard, JobQuery, NewJob};
 use baton_core::model::{Batch, Write};
-use baton_core::store::{self, Store};
+use baton_core::store::{self, FlowQuery, Store};
 use baton_core::{
     Atom, ConductorId, CreateOptions, Engine, Flow, FlowState, Intention, JobState, RunOptions,
 };
@@ -16,6 +16,17 @@ use chrono::Utc;
 use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// The flows named `name` that the store lists in `state`.
+async fn listed<S: Store>(store: &S, name: &str, state: FlowState) -> Vec<baton_core::FlowId> {
+    store
+        .list_flows(&FlowQuery::all().name(name).state(state))
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.id)
+        .collect()
+}
 
 fn job(name: &str) -> NewJob {
     NewJob::new(name, "noop")
@@ -383,6 +394,11 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
         .unwrap();
     assert_eq!(outcome.state, FlowState::Success);
     assert_eq!(outcome.job_consumed, store.consumes_jobs());
+    // The listings follow the flow to its end.
+    assert_eq!(
+        listed(&store, "consumed-with-last-step", FlowState::Success).await,
+        [first.flow()]
+    );
     if outcome.job_consumed {
         let done = board.get(first.id).await.unwrap();
         assert_eq!(done.state, JobState::Complete);
@@ -438,6 +454,37 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
     assert_eq!(untouched.token, new.fence.token);
     assert_eq!(untouched.outcome, None);
     assert!(store.history(second.flow()).await.unwrap().is_empty());
+
+    // The new claim's writes go through, and the listings follow the flow: the first by the
+    // careful way (the store forgot the flow when it refused the stale write), the second by
+    // the one-statement way.
+    let mut start = Batch::new(second.flow(), Some(new.fence));
+    start.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    store.commit(&start).await.unwrap();
+    assert_eq!(
+        listed(&store, "consumed-with-last-step", FlowState::Running).await,
+        [second.flow()]
+    );
+    let mut suspend = Batch::new(second.flow(), Some(new.fence));
+    suspend.writes.push(Write::Flow {
+        from: FlowState::Running,
+        to: FlowState::Suspending,
+        intention: Intention::Execute,
+    });
+    store.commit(&suspend).await.unwrap();
+    assert_eq!(
+        listed(&store, "consumed-with-last-step", FlowState::Suspending).await,
+        [second.flow()]
+    );
+    assert!(
+        listed(&store, "consumed-with-last-step", FlowState::Running)
+            .await
+            .is_empty()
+    );
 
     // A run with nothing to run ends with its first batch, which is stored with the run and
     // ends the job too, where the store can.

@@ -88,13 +88,7 @@ async fn migrations_create_the_schema_once_without_leaking_the_search_path() {
     .unwrap();
     assert_eq!(
         functions,
-        [
-            "check_fence",
-            "create_flow",
-            "lock_held",
-            "now_ms",
-            "steps_move_flow"
-        ]
+        ["check_fence", "create_flow", "lock_held", "now_ms"]
     );
     let flow = crate::cases::new_flow(&store).await;
 
