@@ -237,8 +237,8 @@ enum Floor {
 impl Floor {
     /// Single-row commits a second on the same database, `n` of them, made the way the store
     /// makes its commits: from a task on the runtime (the engine runs a flow in one), waiting
-    /// for each answer as the store does (SQLite: `baton_sql::spin`, with the store's default
-    /// spin).
+    /// for each answer as the store does (SQLite: `baton_sql::spin` with `--sqlite-spin-us`,
+    /// the store's setting too).
     async fn measure(self: &Arc<Self>, n: usize) -> Result<Option<f64>> {
         let floor = self.clone();
         tokio::spawn(async move { floor.inserts(n).await }).await?
@@ -434,6 +434,7 @@ async fn run_flow(
             "tasks": tasks,
             "parallelism": parallelism,
             "rounds": rounds,
+            // The flows' time over all rounds (the floors' not included).
             "seconds": secs,
             "steps_per_sec": steps_per_sec,
             "steps_per_sec_rounds": speeds,
@@ -441,7 +442,7 @@ async fn run_flow(
             "commits_per_step": commits as f64 / (tasks * rounds) as f64,
             "floor_commits_per_sec": floor,
             "floor_rounds": (!floors.is_empty()).then_some(&floors),
-            "ratio_to_floor": floor.map(|f| steps_per_sec / f),
+            "ratio_to_floor": ratios.as_deref().map(median),
             "ratio_rounds": ratios,
         })
     );

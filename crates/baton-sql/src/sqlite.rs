@@ -56,8 +56,10 @@ pub struct SqliteOptions {
     /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
     /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
     pub max_value_bytes: usize,
-    /// How long a commit keeps polling for SQLite's answer before its task goes to sleep
-    /// until woken (see [`crate::spin`]). Default zero: not at all.
+    /// How long a commit's one-statement append (the usual way to commit; the transactions of
+    /// the careful way, of creations and of batches that end a job do not spin) keeps polling
+    /// for SQLite's answer before its task goes to sleep until woken (see [`crate::spin`]).
+    /// Default zero: not at all.
     ///
     /// The runtime thread runs nothing else while it polls, so this suits a process that
     /// runs one flow at a time (a command-line tool, a script): there, 100 µs (about twice a

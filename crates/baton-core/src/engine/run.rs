@@ -346,6 +346,16 @@ impl Run {
         if self.writes.is_empty() && self.unstored.is_none() {
             return Ok(());
         }
+        // The loop polls a lone task only while it waits (`wait`). Before it waits for
+        // anything else, the task goes to the runtime, so it keeps running during the commit
+        // (however long the store takes) and whatever it holds (the store's write gate, a
+        // pooled connection) cannot hold the commit up.
+        if let Some(task) = self.alone.take() {
+            self.running.spawn(
+                task.into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+        }
         let mut batch = Batch {
             flow: self.id,
             fence: self.fence,
@@ -1025,10 +1035,12 @@ impl Run {
     /// Starts the tasks of the batch just committed.
     ///
     /// A task that starts when nothing else is running (the whole of a linear flow) is polled
-    /// by the run's own loop rather than spawned: a no-op step then costs no hand-off through
-    /// the runtime's scheduler, which on a multi-threaded runtime wakes an idle worker thread
-    /// now and then (measured: a third of a no-op step on SQLite). Tasks that run beside
-    /// others are spawned, so they use every worker thread.
+    /// by the run's own loop while the loop waits, rather than spawned: a no-op step then costs
+    /// no hand-off through the runtime's scheduler, which on a multi-threaded runtime wakes an
+    /// idle worker thread now and then (measured: a third of a no-op step on SQLite). If the
+    /// loop has to commit while the task still runs (a progress report, a retry's deadline,
+    /// a suspend request), `commit` spawns the task first. Tasks that run beside others are
+    /// spawned, so they use every worker thread.
     fn launch(&mut self) {
         let launches = std::mem::take(&mut self.launches);
         let alone = launches.len() == 1 && self.alone.is_none() && self.running.is_empty();

@@ -218,3 +218,50 @@ async fn a_run_in_progress_survives_the_upgrade_to_the_step_log() {
     let store = SqliteStore::open(&url).await.unwrap();
     crate::cases::old_run_goes_on(&store, flow).await;
 }
+
+/// A task may write through its own run's store (here: create child runs, which takes the
+/// store's write gate) while its run commits a progress report it sent just before: the run
+/// must not stop polling the task while it waits for the gate the task holds.
+#[tokio::test]
+async fn a_task_writing_to_its_own_store_does_not_block_its_run() {
+    use baton_core::{Atom, Engine, Flow, FlowState};
+    use std::time::Duration;
+
+    let (_dir, url) = sqlite_url();
+    let store = SqliteStore::open(&url).await.unwrap();
+    let mut options = baton_core::engine::Options::default();
+    options.progress_interval = Duration::ZERO; // every report is a commit
+    let engine = Engine::new(store.clone()).with_options(options);
+    let child = Flow::linear("child")
+        .add(Atom::from_fn("c", |_| async {
+            Ok(serde_json::Value::Null)
+        }))
+        .compile()
+        .unwrap();
+    let spawner = engine.clone();
+    let parent = Flow::linear("parent")
+        .add(Atom::from_fn("p", move |ctx| {
+            let engine = spawner.clone();
+            let child = child.clone();
+            async move {
+                let mut children = Vec::new();
+                for i in 0..20 {
+                    ctx.progress(f64::from(i) / 20.0);
+                    children.push(engine.create(&child, Default::default()).await?.to_string());
+                }
+                Ok(serde_json::json!(children))
+            }
+        }))
+        .compile()
+        .unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        engine.start(&parent, Default::default()),
+    )
+    .await
+    .expect("the run is stuck behind its own task")
+    .unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    let children = outcome.results["p"].as_array().unwrap().len();
+    assert_eq!(children, 20);
+}
