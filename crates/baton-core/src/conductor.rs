@@ -302,9 +302,15 @@ impl Conductor {
         let mut beat = tokio::time::interval(self.options.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+        // Whether the board may have work for this conductor: at the start, after a wake-up
+        // or a poll's timeout, after a claim that took all it asked for, and after a job ends
+        // while the conductor was full (it was not listening then). Not after every job's end:
+        // with many conductors that cost a claim per job that found nothing, most of the
+        // claims a busy fleet made.
+        let mut ask = true;
         while !shutdown.is_cancelled() {
             let free = self.options.concurrency.saturating_sub(jobs.len());
-            if free > 0 && !shutdown.is_cancelled() {
+            if free > 0 && ask && !shutdown.is_cancelled() {
                 // All it has room for in one go: fewer means the board has no more for now,
                 // so there is no need to ask again until woken.
                 let claims = match self
@@ -312,7 +318,11 @@ impl Conductor {
                     .claim_up_to(self.id, self.options.lease, free)
                     .await
                 {
-                    Ok(claims) => claims,
+                    Ok(claims) => {
+                        // Fewer than asked for: the board has no more for now.
+                        ask = claims.len() == free;
+                        claims
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "claim failed");
                         Vec::new()
@@ -338,9 +348,13 @@ impl Conductor {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(done) = jobs.join_next_with_id() => {
+                    if jobs.len() + 1 >= self.options.concurrency {
+                        ask = true;
+                    }
                     Self::reap(done, &mut controls, &mut summary);
                 }
                 () = self.board.wait_for_work(self.options.poll), if jobs.len() < self.options.concurrency => {
+                    ask = true;
                     if !jobs.is_empty() && !self.options.gather.is_zero() {
                         tokio::select! {
                             () = shutdown.cancelled() => break,

@@ -10,7 +10,6 @@ use chrono::Utc;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
-use tokio::sync::Notify;
 
 use crate::board_common::{check_trash, db, job_state, ms, release_needed, token_db, RawJob};
 use crate::codec;
@@ -28,7 +27,7 @@ const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owne
 #[derive(Debug, Clone)]
 pub struct SqliteJobBoard {
     store: SqliteStore,
-    wake: Arc<Notify>,
+    wake: Arc<baton_core::board::Wake>,
 }
 
 fn text_time(job: &str, column: &str, text: &str) -> Result<chrono::DateTime<Utc>, board::Error> {
@@ -215,7 +214,7 @@ impl JobBoard for SqliteJobBoard {
                 })
             })
             .await?;
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(job)
     }
 
@@ -320,7 +319,7 @@ impl JobBoard for SqliteJobBoard {
         )
         .await?;
         // A job waiting on the same key may now run.
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(())
     }
 
@@ -333,7 +332,7 @@ impl JobBoard for SqliteJobBoard {
             None,
         )
         .await?;
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(())
     }
 
@@ -362,7 +361,7 @@ impl JobBoard for SqliteJobBoard {
             })
         })
         .await?;
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(())
     }
 
@@ -395,7 +394,7 @@ impl JobBoard for SqliteJobBoard {
             })
         })
         .await?;
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(())
     }
 
@@ -429,7 +428,7 @@ impl JobBoard for SqliteJobBoard {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+        self.wake.wait(timeout).await;
     }
 
     async fn register(&self, info: &ConductorInfo) -> Result<(), board::Error> {

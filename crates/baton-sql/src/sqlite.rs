@@ -161,7 +161,7 @@ pub struct SqliteStore {
     known: Arc<steplog::Cache>,
     /// Wakes this process's conductors waiting for work (the job boards made from this store
     /// wait on it) when a job ends with a flow's last step: a job with the same key may run.
-    job_wake: Arc<tokio::sync::Notify>,
+    job_wake: Arc<baton_core::board::Wake>,
 }
 
 fn is_memory(url: &str) -> bool {
@@ -405,7 +405,7 @@ impl SqliteStore {
     }
 
     /// What this process's job boards on this store wait on for new work.
-    pub(crate) fn job_wake(&self) -> &Arc<tokio::sync::Notify> {
+    pub(crate) fn job_wake(&self) -> &Arc<baton_core::board::Wake> {
         &self.job_wake
     }
 
@@ -836,7 +836,7 @@ impl SqliteStore {
         if let Some((batch, _, consume)) = &first {
             known.apply(&batch.writes);
             if consume.is_some() {
-                self.job_wake.notify_waiters();
+                self.job_wake.wake();
             }
         }
         self.known.put(flow.id, known);
@@ -947,7 +947,7 @@ impl Store for SqliteStore {
         self.known.put(flow, known);
         self.commits.fetch_add(1, Ordering::Relaxed);
         if consume.is_some() {
-            self.job_wake.notify_waiters();
+            self.job_wake.wake();
         }
         Ok(())
     }

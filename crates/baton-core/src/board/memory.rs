@@ -7,7 +7,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use super::{Claim, ConductorInfo, Error, Job, JobBoard, JobQuery, NewJob, Result};
 use crate::ids::{ConductorId, Fence, FencingToken, JobId};
@@ -28,7 +27,7 @@ struct Inner {
 pub struct MemoryJobBoard {
     inner: Arc<Mutex<Inner>>,
     store: MemoryStore,
-    wake: Arc<Notify>,
+    wake: Arc<super::Wake>,
 }
 
 fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
@@ -42,7 +41,7 @@ impl MemoryJobBoard {
         Self {
             inner: Arc::default(),
             store: store.clone(),
-            wake: Arc::new(Notify::new()),
+            wake: Arc::new(super::Wake::new()),
         }
     }
 
@@ -96,7 +95,7 @@ impl JobBoard for MemoryJobBoard {
             inner.order.push(job.id);
             inner.jobs.insert(job.id, job.clone());
         }
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(job)
     }
 
@@ -173,7 +172,7 @@ impl JobBoard for MemoryJobBoard {
         job.updated_at = Utc::now();
         drop(inner);
         // A job waiting on the same key may now run.
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(())
     }
 
@@ -186,7 +185,7 @@ impl JobBoard for MemoryJobBoard {
             job.lease_expires_at = None;
             job.updated_at = Utc::now();
         }
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(())
     }
 
@@ -211,7 +210,7 @@ impl JobBoard for MemoryJobBoard {
             job.updated_at = Utc::now();
             self.store.set_fence(id, job.token);
         }
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(())
     }
 
@@ -243,7 +242,7 @@ impl JobBoard for MemoryJobBoard {
         job.updated_at = Utc::now();
         self.store.set_fence(id, job.token);
         drop(inner);
-        self.wake.notify_waiters();
+        self.wake.wake();
         Ok(())
     }
 
@@ -268,7 +267,7 @@ impl JobBoard for MemoryJobBoard {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+        self.wake.wait(timeout).await;
     }
 
     async fn register(&self, info: &ConductorInfo) -> Result<()> {

@@ -21,6 +21,7 @@
 //! The trait is exempt from semver until 1.0.
 
 mod memory;
+mod wake;
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -34,6 +35,7 @@ use crate::ids::{ConductorId, Fence, FencingToken, FlowId, JobId};
 use crate::state::JobState;
 
 pub use memory::MemoryJobBoard;
+pub use wake::Wake;
 
 /// What can go wrong on a job board.
 #[derive(Debug, thiserror::Error)]
@@ -371,8 +373,9 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>>;
 
     /// Returns when new work may be available (a job posted or abandoned) or after `timeout`,
-    /// whichever comes first. A wake-up can be missed; callers poll with the timeout as a
-    /// fallback.
+    /// whichever comes first. A wake-up that came since the last wait is not lost on the
+    /// boards baton ships (the next wait returns at once), but a wake-up from another process
+    /// may never come (SQLite): callers poll with the timeout as a fallback.
     ///
     /// # Cancel safety
     /// Cancel safe.

@@ -335,3 +335,55 @@ async fn trashing_a_running_job_halts_its_flow() {
     assert_ne!(flow.flow.state, FlowState::Success);
     assert!(log.sequence(Action::Execute, Phase::Ok).len() < 50);
 }
+
+/// A conductor claims again only when the board may have work for it; with polling all but
+/// off (a minute), what it runs must still come at once: jobs posted while it is busy, and
+/// the next job of a key when the one before ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_polling_off_wake_ups_alone_bring_the_work() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    let mut options = fast_options();
+    options.poll = Duration::from_secs(60);
+    options.concurrency = 2;
+    let c = Conductor::new(
+        Arc::new(board.clone()),
+        Engine::new(store.clone()),
+        registry(&log, Duration::from_millis(20)),
+    )
+    .with_options(options);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(c.run(shutdown.clone()));
+    let started = std::time::Instant::now();
+
+    // Three jobs of one key (one at a time, each waking the conductor for the next as it
+    // ends), and jobs without a key posted while it is busy with them.
+    for i in 0..3 {
+        board
+            .post(
+                NewJob::new(format!("keyed-{i}"), "steps")
+                    .key("stack-1")
+                    .params(json!({"steps": 3})),
+            )
+            .await
+            .unwrap();
+    }
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        board
+            .post(NewJob::new(format!("free-{i}"), "steps").params(json!({"steps": 2})))
+            .await
+            .unwrap();
+    }
+    wait_until("every job is complete", || {
+        all_jobs_in(&board, JobState::Complete, 7)
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the conductor waited for a poll"
+    );
+    shutdown.cancel();
+    let summary = running.await.unwrap().unwrap();
+    assert_eq!(summary.claimed, 7);
+}
