@@ -319,7 +319,6 @@ impl Conductor {
                     .await
                 {
                     Ok(claims) => {
-                        // Fewer than asked for: the board has no more for now.
                         ask = claims.len() == free;
                         claims
                     }
