@@ -8,13 +8,18 @@
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
 //! also measures the *floor*: how many single-row commits a second the same database manages in
-//! the same run (before and after the flow, averaged), so `steps_per_sec / floor` is a ratio
-//! taken on one machine at one time. `commits_per_step` is counted by the store, not guessed.
+//! the same run, so `steps_per_sec / floor` is a ratio taken on one machine at one time.
+//! `linear` and `fanout` measure in rounds, each a floor then a new run of the flow, and report
+//! medians (the ratio: the median of each round's flow over the floor just before it), because
+//! how fast a small virtual machine wakes threads drifts within seconds. `commits_per_step` is
+//! counted by the store, not guessed.
 //!
 //! The floor's inserts go over one connection kept open, as the stores' commits do (SQLite
-//! writes on one connection, PostgreSQL commits keep theirs between writes), so the ratio
-//! measures what baton adds to a commit, not what a client path costs that the store avoids
-//! (taking a connection from sqlx's pool and giving it back costs a ping or two each time).
+//! writes on one connection, PostgreSQL commits keep theirs between writes), from a task on the
+//! runtime, as the engine commits from the task that runs the flow, and wait for each answer
+//! the way the store does; so the ratio measures what baton adds to a commit, not what a
+//! client path costs that the store avoids (taking a connection from sqlx's pool and giving it
+//! back costs a ping or two each time).
 
 // A command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
