@@ -17,6 +17,22 @@ use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(30);
 
+/// A batch that moves flow `flow` from `from` to `to` (intention execute) under `fence`.
+fn flow_move(
+    flow: baton_core::FlowId,
+    fence: Option<baton_core::Fence>,
+    from: FlowState,
+    to: FlowState,
+) -> Batch {
+    let mut batch = Batch::new(flow, fence);
+    batch.writes.push(Write::Flow {
+        from,
+        to,
+        intention: Intention::Execute,
+    });
+    batch
+}
+
 /// The flows named `name` that the store lists in `state`.
 async fn listed<S: Store>(store: &S, name: &str, state: FlowState) -> Vec<baton_core::FlowId> {
     store
@@ -141,12 +157,12 @@ pub async fn stale_tokens_are_refused_everywhere<B: JobBoard, S: Store + Clone +
             .await
     ));
 
-    let mut batch = Batch::new(posted.flow(), Some(old.fence));
-    batch.writes.push(Write::Flow {
-        from: FlowState::Pending,
-        to: FlowState::Running,
-        intention: Intention::Execute,
-    });
+    let mut batch = flow_move(
+        posted.flow(),
+        Some(old.fence),
+        FlowState::Pending,
+        FlowState::Running,
+    );
     assert!(matches!(
         store.commit(&batch).await,
         Err(store::Error::Fenced { .. })
@@ -436,12 +452,12 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
         .await
         .unwrap()
         .unwrap();
-    let mut last = Batch::new(second.flow(), Some(old.fence));
-    last.writes.push(Write::Flow {
-        from: FlowState::Pending,
-        to: FlowState::Running,
-        intention: Intention::Execute,
-    });
+    let mut last = flow_move(
+        second.flow(),
+        Some(old.fence),
+        FlowState::Pending,
+        FlowState::Running,
+    );
     last.consume = Some(json!({"state": "zombie"}));
     let err = store.commit(&last).await.unwrap_err();
     if store.consumes_jobs() {
@@ -458,23 +474,23 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
     // The new claim's writes go through, and the listings follow the flow: the first by the
     // careful way (the store forgot the flow when it refused the stale write), the second by
     // the one-statement way.
-    let mut start = Batch::new(second.flow(), Some(new.fence));
-    start.writes.push(Write::Flow {
-        from: FlowState::Pending,
-        to: FlowState::Running,
-        intention: Intention::Execute,
-    });
+    let start = flow_move(
+        second.flow(),
+        Some(new.fence),
+        FlowState::Pending,
+        FlowState::Running,
+    );
     store.commit(&start).await.unwrap();
     assert_eq!(
         listed(&store, "consumed-with-last-step", FlowState::Running).await,
         [second.flow()]
     );
-    let mut suspend = Batch::new(second.flow(), Some(new.fence));
-    suspend.writes.push(Write::Flow {
-        from: FlowState::Running,
-        to: FlowState::Suspending,
-        intention: Intention::Execute,
-    });
+    let suspend = flow_move(
+        second.flow(),
+        Some(new.fence),
+        FlowState::Running,
+        FlowState::Suspending,
+    );
     store.commit(&suspend).await.unwrap();
     assert_eq!(
         listed(&store, "consumed-with-last-step", FlowState::Suspending).await,
@@ -535,12 +551,7 @@ pub async fn a_first_batch_carries_the_creations_fence<B: JobBoard, S: Store>(bo
         created_at: now,
         updated_at: now,
     };
-    let mut first = Batch::new(flow.id, None);
-    first.writes.push(Write::Flow {
-        from: FlowState::Pending,
-        to: FlowState::Running,
-        intention: Intention::Execute,
-    });
+    let mut first = flow_move(flow.id, None, FlowState::Pending, FlowState::Running);
     let err = store
         .create_and_commit(&flow, &[], Some(claim.fence), &first)
         .await
