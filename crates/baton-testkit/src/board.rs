@@ -33,6 +33,31 @@ fn flow_move(
     batch
 }
 
+/// The owner of claim `old` creates run `id` of `flow` under it and abandons the job, and
+/// another conductor claims it: the new claim.
+async fn create_then_hand_over<B: JobBoard>(
+    board: &B,
+    engine: &Engine,
+    flow: &baton_core::CompiledFlow,
+    id: baton_core::FlowId,
+    old: baton_core::Fence,
+) -> baton_core::board::Claim {
+    engine
+        .create_with(
+            flow,
+            Default::default(),
+            CreateOptions::new().id(id).fence(old),
+        )
+        .await
+        .unwrap();
+    board.abandon(old).await.unwrap();
+    board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// The flows named `name` that the store lists in `state`.
 async fn listed<S: Store>(store: &S, name: &str, state: FlowState) -> Vec<baton_core::FlowId> {
     store
@@ -131,20 +156,7 @@ pub async fn stale_tokens_are_refused_everywhere<B: JobBoard, S: Store + Clone +
         .compile()
         .unwrap();
     let engine = Engine::new(store.clone());
-    engine
-        .create_with(
-            &flow,
-            Default::default(),
-            CreateOptions::new().id(posted.flow()).fence(old.fence),
-        )
-        .await
-        .unwrap();
-    board.abandon(old.fence).await.unwrap();
-    let new = board
-        .claim(ConductorId::new(), LEASE)
-        .await
-        .unwrap()
-        .unwrap();
+    let new = create_then_hand_over(&board, &engine, &flow, posted.flow(), old.fence).await;
     assert!(new.fence.token > old.fence.token);
 
     let lost = |r: Result<(), Error>| matches!(r, Err(Error::ClaimLost { .. }));
@@ -438,20 +450,7 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
         .unwrap()
         .unwrap();
     assert_eq!(old.job.id, second.id);
-    engine
-        .create_with(
-            &flow,
-            Default::default(),
-            CreateOptions::new().id(second.flow()).fence(old.fence),
-        )
-        .await
-        .unwrap();
-    board.abandon(old.fence).await.unwrap();
-    let new = board
-        .claim(ConductorId::new(), LEASE)
-        .await
-        .unwrap()
-        .unwrap();
+    let new = create_then_hand_over(&board, &engine, &flow, second.flow(), old.fence).await;
     let mut last = flow_move(
         second.flow(),
         Some(old.fence),
