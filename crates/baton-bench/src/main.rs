@@ -118,6 +118,11 @@ enum Scenario {
         /// Clients posting the jobs at the same time, each with its own connections.
         #[arg(long, default_value_t = 1)]
         posters: usize,
+        /// Jobs posted and run to the end before the clock starts, so the timed jobs meet a
+        /// running fleet (connections open, statements prepared, server caches warm), as
+        /// they would in service; 0 times the fleet's start too.
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
     },
     /// SIGKILL the conductor (a child process) that owns a running flow; measure how soon
     /// another conductor claims the job and completes it.
@@ -474,7 +479,17 @@ fn main() -> Result<()> {
             conductors,
             concurrency,
             posters,
-        } => rt.block_on(fleet::jobs(&target, jobs, conductors, concurrency, posters)),
+            warmup,
+        } => rt.block_on(fleet::jobs(
+            &target,
+            fleet::Load {
+                jobs,
+                conductors,
+                concurrency,
+                posters,
+                warmup,
+            },
+        )),
         Scenario::Takeover { target } => rt.block_on(fleet::takeover(&target)),
         Scenario::TakeoverChild { db, schema } => {
             rt.block_on(fleet::takeover_child(&db, schema.as_deref()))
