@@ -625,12 +625,41 @@ fn base_of(flow: FlowId, flow_seq: i64) -> store::Result<i64> {
     })
 }
 
-/// The flow's steps, in order; its steps start at `base`.
+/// The flow's steps, in order; its steps start at `base`. Packed into one JSON text by
+/// SQLite first, for the reason given at [`read_atoms`]; a step row that does not fit the
+/// expected shape sends the read down the row-by-row path.
 async fn read_steps(
     conn: &mut SqliteConnection,
     flow: FlowId,
     base: i64,
 ) -> store::Result<Vec<StepRow>> {
+    let packed: Result<Option<String>, _> = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(seq, at, body, model_version)) FROM steps \
+         WHERE id > ?1 AND id < ?2",
+    )
+    .bind(base)
+    .bind(base.saturating_add(STEPS_PER_FLOW))
+    .fetch_one(&mut *conn)
+    .await;
+    if let Some(mut packed) = packed
+        .ok()
+        .flatten()
+        .and_then(|text| serde_json::from_str::<Vec<(i64, String, String, i64)>>(&text).ok())
+    {
+        packed.sort_by_key(|s| s.0);
+        return packed
+            .into_iter()
+            .map(|(seq, at, body, model_version)| {
+                Ok(StepRow {
+                    seq,
+                    at: time("at", &at)
+                        .map_err(|d| codec::corrupt(flow, None, format!("step log: {d}")))?,
+                    body,
+                    model_version,
+                })
+            })
+            .collect();
+    }
     let rows = sqlx::query(
         "SELECT seq, at, body, model_version FROM steps WHERE id > ?1 AND id < ?2 ORDER BY id",
     )
@@ -640,6 +669,91 @@ async fn read_steps(
     .await
     .map_err(classify)?;
     rows.iter().map(|r| step_from_row(flow, r)).collect()
+}
+
+/// An atom's row as SQLite packs it into a JSON array: the columns of [`ATOM_COLUMNS`] in
+/// order, then `position`.
+type PackedAtom = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    f64,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+/// All of a flow's atoms in one row: a JSON array of [`PackedAtom`]s. JSON columns stay text
+/// (quoted), so a damaged value is found by the same checks as on the row-by-row path.
+const PACKED_ATOMS: &str = "SELECT json_group_array(json_array(name, kind, state, intention, \
+     attempt, round, result, failure, revert_failure, retry_history, retry_at, progress, \
+     started_at, finished_at, model_version, position)) FROM atoms WHERE flow_id = ?1";
+
+/// The flow's atoms, in creation order.
+///
+/// sqlx hands a result's rows over from its SQLite thread one message at a time, and each row
+/// is copied column by column: for a flow of 1000 atoms that took 4–10 ms, most of the time
+/// to load it. So SQLite packs the atoms into one JSON text, read as one value. Anything that
+/// does not fit the expected shape (a damaged row: a number that is text, a BLOB) sends the
+/// read down the row-by-row path, whose error names the row.
+async fn read_atoms(
+    conn: &mut SqliteConnection,
+    id: FlowId,
+    key: &str,
+) -> store::Result<Vec<AtomRecord>> {
+    let packed: Result<Option<String>, _> = sqlx::query_scalar(PACKED_ATOMS)
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await;
+    if let Some(mut packed) = packed
+        .ok()
+        .flatten()
+        .and_then(|text| serde_json::from_str::<Vec<PackedAtom>>(&text).ok())
+    {
+        packed.sort_by_key(|a| a.15);
+        return packed.into_iter().map(|a| unpack_atom(id, a)).collect();
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = ?1 ORDER BY position"
+    ))
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(classify)?;
+    rows.iter().map(|r| atom_from_row(id, r)).collect()
+}
+
+fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<AtomRecord> {
+    let name = a.0;
+    let raw = (|| -> Result<RawAtom, String> {
+        Ok(RawAtom {
+            kind: a.1,
+            state: a.2,
+            intention: a.3,
+            attempt: a.4,
+            round: a.5,
+            result: a.6,
+            failure: a.7,
+            revert_failure: a.8,
+            retry_history: a.9,
+            retry_at: opt_time("retry_at", a.10)?,
+            progress: a.11,
+            started_at: opt_time("started_at", a.12)?,
+            finished_at: opt_time("finished_at", a.13)?,
+            model_version: a.14,
+        })
+    })()
+    .map_err(|d| codec::corrupt(flow, Some(&name), d))?;
+    codec::decode_atom(flow, name, raw)
 }
 
 /// The flow as it is now, and what this store then knows of it. Run it in a transaction, so
@@ -657,21 +771,11 @@ async fn read_flow(
     .await
     .map_err(classify)?
     .ok_or(store::Error::FlowNotFound(id))?;
-    let rows = sqlx::query(&format!(
-        "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = ?1 ORDER BY position"
-    ))
-    .bind(&key)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(classify)?;
+    let mut atoms = read_atoms(conn, id, &key).await?;
     let flow_seq: i64 = get(&row, "flow_seq").map_err(|d| codec::corrupt(id, None, d))?;
     let base = base_of(id, flow_seq)?;
     let steps = read_steps(conn, id, base).await?;
     let mut flow = flow_from_row(&row)?;
-    let mut atoms = rows
-        .iter()
-        .map(|r| atom_from_row(id, r))
-        .collect::<store::Result<Vec<_>>>()?;
     steplog::replay(&mut flow, &mut atoms, &steps)?;
     let last = steps.last().map_or(0, |s| s.seq);
     let known = Known::of(last, &flow, &atoms).based(base);

@@ -265,3 +265,82 @@ async fn a_task_writing_to_its_own_store_does_not_block_its_run() {
     let children = outcome.results["p"].as_array().unwrap().len();
     assert_eq!(children, 20);
 }
+
+/// SQLite reads a flow's atoms and steps packed into one JSON text; rows that do not fit that
+/// shape (SQLite lets a column hold a value of another type) are still reported as `Corrupt`,
+/// naming the flow and the atom, through the row-by-row path. Atoms come back in creation
+/// order, whatever their names, and a flow with many steps replays them in order.
+#[tokio::test]
+async fn loading_reads_packed_rows_and_names_damaged_ones() {
+    use crate::cases::{flow_record, flow_with_one_step, new_flow, start};
+    use crate::support::Harness;
+    use baton_core::model::{AtomKind, AtomRecord, Batch};
+    use baton_core::store::Error;
+    use baton_core::AtomState;
+
+    let store = sqlite_store().await.expect("SQLite is always there");
+    let corrupt = |err: Error| match err {
+        Error::Corrupt { flow, atom, detail } => (flow, atom, detail),
+        other => panic!("expected Corrupt, got {other:?}"),
+    };
+
+    // Creation order, not name order; and a history of many steps.
+    let flow = flow_record("packed");
+    let names = ["zeta", "alpha", "mu", "beta"];
+    let atoms: Vec<AtomRecord> = names
+        .iter()
+        .map(|n| AtomRecord::pending(*n, AtomKind::Task))
+        .collect();
+    store.create_flow(&flow, &atoms, None).await.unwrap();
+    let mut current = atoms.clone();
+    for rec in &mut current {
+        let mut batch = Batch::new(flow.id, None);
+        let write = start(rec);
+        if let baton_core::model::Write::Atom { record, .. } = &write {
+            *rec = record.clone();
+        }
+        batch.writes.push(write);
+        store.commit(&batch).await.unwrap();
+    }
+    let snap = store.load_flow(flow.id).await.unwrap();
+    let loaded: Vec<&str> = snap.atoms.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(loaded, names);
+    assert!(snap.atoms.iter().all(|a| a.state == AtomState::Running));
+    assert_eq!(snap.atoms, current);
+
+    // A number column holding text.
+    let flow = new_flow(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE atoms SET attempt = 'many' WHERE flow_id = '{}' AND name = 'b'",
+            flow.id
+        ))
+        .await;
+    let (f, atom, detail) = corrupt(store.load_flow(flow.id).await.unwrap_err());
+    assert_eq!((f, atom.as_deref()), (flow.id, Some("b")));
+    assert!(detail.contains("attempt"), "{detail}");
+
+    // A BLOB where a JSON text belongs (SQLite's JSON functions refuse BLOBs).
+    let flow = new_flow(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE atoms SET result = x'00ff' WHERE flow_id = '{}' AND name = 'a'",
+            flow.id
+        ))
+        .await;
+    let (f, atom, detail) = corrupt(store.load_flow(flow.id).await.unwrap_err());
+    assert_eq!((f, atom.as_deref()), (flow.id, Some("a")));
+    assert!(detail.contains("result"), "{detail}");
+
+    // A step whose number is text.
+    let flow = flow_with_one_step(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE steps SET seq = 'first' WHERE flow_id = '{}'",
+            flow.id
+        ))
+        .await;
+    let (f, atom, detail) = corrupt(store.load_flow(flow.id).await.unwrap_err());
+    assert_eq!((f, atom), (flow.id, None));
+    assert!(detail.contains("step log"), "{detail}");
+}
