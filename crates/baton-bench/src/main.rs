@@ -9,9 +9,10 @@
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
 //! also measures the *floor*: how many single-row commits a second the same database manages in
 //! the same run, so `steps_per_sec / floor` is a ratio taken on one machine at one time.
-//! `linear` and `fanout` measure in rounds, each a floor then a new run of the flow, and report
-//! medians (the ratio: the median of each round's flow over the floor just before it), because
-//! how fast a small virtual machine wakes threads drifts within seconds. `commits_per_step` is
+//! `linear` and `fanout` measure in rounds, each a new run of the flow between two floors, and
+//! report medians (the ratio: the median of each run's speed over the mean of the floors just
+//! before and just after it), because how fast a small virtual machine wakes threads drifts
+//! within seconds. `commits_per_step` is
 //! counted by the store, not guessed.
 //!
 //! The floor's inserts go over one connection kept open, as the stores' commits do (SQLite
@@ -100,7 +101,7 @@ enum Scenario {
         target: Target,
         #[arg(long, default_value_t = 1000)]
         tasks: usize,
-        /// Rounds of (floor, flow) measured; the medians are reported.
+        /// Runs of the flow measured, each between two floors; the medians are reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
@@ -146,7 +147,7 @@ enum Scenario {
         tasks: usize,
         #[arg(long, default_value_t = 8)]
         parallelism: usize,
-        /// Rounds of (floor, flow) measured; the medians are reported.
+        /// Runs of the flow measured, each between two floors; the medians are reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
@@ -409,17 +410,16 @@ async fn run_flow(
     // Once untimed: the first inserts on a new database also grow its log, which the flow's
     // commits then find done.
     bench.floor.measure(tasks).await?;
-    // Then rounds of (floor, flow), each flow a new run of `tasks` steps: how fast a machine
-    // wakes its threads drifts within seconds, and the rounds put both figures under the same
-    // drift; the medians are reported.
-    let mut floors = Vec::with_capacity(rounds);
+    // Then rounds, each a new run of `tasks` steps between two floors (the floor after one
+    // run is the floor before the next): how fast a machine wakes its threads drifts within
+    // seconds, so each run is compared with the mean of the floors measured just before and
+    // just after it, and the medians are reported.
+    let mut floors = Vec::with_capacity(rounds + 1);
     let mut speeds = Vec::with_capacity(rounds);
     let mut commits = 0;
     let mut secs = 0.0;
+    floors.extend(bench.floor.measure(tasks).await?);
     for _ in 0..rounds {
-        if let Some(floor) = bench.floor.measure(tasks).await? {
-            floors.push(floor);
-        }
         let id = engine.create(&compiled, Default::default()).await?;
         let before = (bench.commits)();
         let start = Instant::now();
@@ -429,13 +429,19 @@ async fn run_flow(
         anyhow::ensure!(outcome.is_success(), "flow ended {}", outcome.state);
         secs += elapsed;
         speeds.push(tasks as f64 / elapsed);
+        floors.extend(bench.floor.measure(tasks).await?);
     }
     bench.floor.clean_up().await?;
 
     let steps_per_sec = median(&speeds);
     let floor = (!floors.is_empty()).then(|| median(&floors));
-    let ratios: Option<Vec<f64>> =
-        (!floors.is_empty()).then(|| speeds.iter().zip(&floors).map(|(s, f)| s / f).collect());
+    let ratios: Option<Vec<f64>> = (!floors.is_empty()).then(|| {
+        speeds
+            .iter()
+            .zip(floors.windows(2))
+            .map(|(s, around)| s / ((around[0] + around[1]) / 2.0))
+            .collect()
+    });
     println!(
         "{}",
         json!({
