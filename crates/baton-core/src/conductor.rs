@@ -190,7 +190,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             name: "conductor".into(),
-            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+            host: crate::board::this_host(),
             concurrency: 4,
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),

@@ -600,7 +600,8 @@ impl JobBoard for PostgresJobBoard {
         .fetch_all(self.store.pool())
         .await
         .map_err(db)?;
-        rows.into_iter()
+        let all = rows
+            .into_iter()
             .map(|(id, name, host, pid, started_at, last_seen)| {
                 Ok(ConductorInfo {
                     id: ConductorId::from_uuid(id),
@@ -614,6 +615,33 @@ impl JobBoard for PostgresJobBoard {
                     last_seen,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, board::Error>>()?;
+        // Read after the rows: a conductor takes its lock before it writes its row, so one
+        // listed above without a lock now is dead (or lost its lock's connection, and takes it
+        // again, with its row, at its next report).
+        let live: std::collections::HashSet<i64> = sqlx::query_scalar(
+            "SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l \
+              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(db)?
+        .into_iter()
+        .collect();
+        let (alive, dead): (Vec<_>, Vec<_>) = all
+            .into_iter()
+            .partition(|c| live.contains(&lock_key(c.id)));
+        for c in &dead {
+            // Unless it took its lock again meanwhile.
+            sqlx::query("DELETE FROM conductors WHERE id = $1 AND NOT lock_held($2)")
+                .bind(c.id.as_uuid())
+                .bind(lock_key(c.id))
+                .execute(self.store.pool())
+                .await
+                .map_err(db)?;
+            tracing::info!(conductor = %c.id, name = %c.name, host = %c.host, pid = c.pid, "forgot a dead conductor");
+        }
+        Ok(alive)
     }
 }

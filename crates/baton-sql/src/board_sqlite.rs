@@ -476,7 +476,8 @@ impl JobBoard for SqliteJobBoard {
         .fetch_all(self.store.pool())
         .await
         .map_err(db)?;
-        rows.into_iter()
+        let all = rows
+            .into_iter()
             .map(|(id, name, host, pid, started, seen)| {
                 let bad = |d: String| board::Error::Corrupt {
                     job: format!("conductor {id}"),
@@ -493,6 +494,43 @@ impl JobBoard for SqliteJobBoard {
                     last_seen: codec::parse_time(&seen).map_err(&bad)?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, board::Error>>()?;
+        // Every process that shares a SQLite file runs on one host, so a conductor registered
+        // under this host's name whose process is gone is dead; so is one that has not
+        // reported in for a long while (its host's name may differ, as in a container).
+        let here = board::this_host();
+        let horizon = Utc::now()
+            - chrono::Duration::from_std(board::CONDUCTOR_UNSEEN_LIMIT)
+                .unwrap_or_else(|_| chrono::Duration::zero());
+        let (live, dead): (Vec<_>, Vec<_>) = all
+            .into_iter()
+            .partition(|c| c.last_seen >= horizon && !(c.host == here && process_gone(c.pid)));
+        if !dead.is_empty() {
+            self.write(move |conn| {
+                Box::pin(async move {
+                    for c in &dead {
+                        // Unless it reported in meanwhile.
+                        sqlx::query("DELETE FROM conductors WHERE id = ?1 AND last_seen = ?2")
+                            .bind(c.id.to_string())
+                            .bind(codec::time_text(c.last_seen))
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(db)?;
+                        tracing::info!(conductor = %c.id, name = %c.name, pid = c.pid, "forgot a dead conductor");
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        }
+        Ok(live)
     }
+}
+
+/// Whether process `pid` of this host is certainly gone: the process table can be read (Linux's
+/// `/proc`) and holds no such process. Elsewhere nothing is certain, and only
+/// [`board::CONDUCTOR_UNSEEN_LIMIT`] counts.
+fn process_gone(pid: u32) -> bool {
+    std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -281,7 +281,13 @@ impl JobBoard for MemoryJobBoard {
     }
 
     async fn conductors(&self) -> Result<Vec<ConductorInfo>> {
-        let mut all: Vec<ConductorInfo> = self.lock().conductors.values().cloned().collect();
+        let horizon = Utc::now()
+            - chrono::Duration::from_std(super::CONDUCTOR_UNSEEN_LIMIT)
+                .unwrap_or_else(|_| chrono::Duration::zero());
+        let mut inner = self.lock();
+        inner.conductors.retain(|_, c| c.last_seen >= horizon);
+        let mut all: Vec<ConductorInfo> = inner.conductors.values().cloned().collect();
+        drop(inner);
         all.sort_by_key(|c| c.started_at);
         Ok(all)
     }

@@ -269,6 +269,28 @@ impl JobQuery {
     }
 }
 
+/// How long a conductor may go without reporting in before a board that has no surer sign of
+/// its death counts it dead and forgets it ([`JobBoard::conductors`]). Conductors report in
+/// every [`heartbeat`](crate::conductor::Options::heartbeat), 2 s by default; a conductor
+/// forgotten while alive comes back with its next report.
+pub const CONDUCTOR_UNSEEN_LIMIT: Duration = Duration::from_secs(600);
+
+/// The name of this host, as conductors register it by default: `HOSTNAME` if set, else the
+/// contents of `/etc/hostname`, else `localhost`.
+#[must_use]
+pub fn this_host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// A live conductor, as registered on the board.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConductorInfo {
@@ -393,7 +415,11 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     /// Backend errors.
     async fn deregister(&self, id: ConductorId) -> Result<()>;
 
-    /// The registered conductors.
+    /// The registered conductors that are alive as far as the board can tell, oldest first.
+    /// The board forgets (deletes) the ones it finds dead: on PostgreSQL, those whose liveness
+    /// lock is gone; on SQLite, those whose process is gone from this host's process table, or
+    /// that have not reported in for [`CONDUCTOR_UNSEEN_LIMIT`]; on [`MemoryJobBoard`], those
+    /// unseen for that long. A conductor that deregisters is gone at once.
     ///
     /// # Errors
     /// Backend errors.

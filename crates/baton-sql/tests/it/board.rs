@@ -94,6 +94,105 @@ async fn postgres_jobs_of_a_dead_owner_are_claimable_at_once() {
     assert!(died.elapsed() < Duration::from_secs(5));
 }
 
+/// A conductor whose process died (its board, with the connection holding its liveness lock,
+/// is dropped without deregistering) leaves the listing, and its row is deleted; a live one
+/// stays, however long ago it last reported in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dead_conductors_are_forgotten() {
+    let Some((survivor, store)) = postgres_pair().await else {
+        return;
+    };
+    let doomed_board = PostgresJobBoard::new(&store.store);
+    let doomed = ConductorId::new();
+    doomed_board.register(&info(doomed)).await.unwrap();
+    let alive = ConductorId::new();
+    let mut quiet = info(alive);
+    quiet.last_seen = Utc::now() - chrono::Duration::hours(5);
+    survivor.register(&quiet).await.unwrap();
+    let listed: Vec<ConductorId> = survivor
+        .conductors()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert!(listed.contains(&doomed) && listed.contains(&alive));
+
+    drop(doomed_board);
+    let died = Instant::now();
+    loop {
+        let listed: Vec<ConductorId> = survivor
+            .conductors()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert!(listed.contains(&alive), "a live conductor was forgotten");
+        if !listed.contains(&doomed) {
+            break;
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(10),
+            "the dead conductor is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = store
+        .raw
+        .count(&format!(
+            "SELECT count(*) FROM conductors WHERE id = '{doomed}'"
+        ))
+        .await;
+    assert_eq!(rows, 0, "the dead conductor's row is still there");
+}
+
+/// On SQLite (one host): a conductor registered under this host's name whose process is gone
+/// is forgotten, and so is one unseen for longer than `CONDUCTOR_UNSEEN_LIMIT`; a live one
+/// stays.
+#[tokio::test]
+async fn sqlite_dead_conductors_are_forgotten() {
+    let Some((board, store)) = sqlite_pair().await else {
+        return;
+    };
+    let here = baton_core::board::this_host();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = child.id();
+    child.wait().unwrap();
+
+    let mut live = info(ConductorId::new());
+    live.host = here.clone();
+    let mut dead = info(ConductorId::new());
+    dead.host = here.clone();
+    dead.pid = gone_pid;
+    let mut unseen = info(ConductorId::new());
+    unseen.host = "a-container".into();
+    unseen.last_seen = Utc::now()
+        - chrono::Duration::from_std(baton_core::board::CONDUCTOR_UNSEEN_LIMIT).unwrap()
+        - chrono::Duration::minutes(1);
+    let mut elsewhere = info(ConductorId::new());
+    elsewhere.host = "a-container".into();
+    elsewhere.pid = gone_pid;
+    for c in [&live, &dead, &unseen, &elsewhere] {
+        board.register(c).await.unwrap();
+    }
+
+    let mut listed: Vec<ConductorId> = board
+        .conductors()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    listed.sort();
+    let mut expected = vec![live.id, elsewhere.id];
+    expected.sort();
+    // Another host's process ids mean nothing here: only its silence counts.
+    assert_eq!(listed, expected);
+    let rows = store.raw.count("SELECT count(*) FROM conductors").await;
+    assert_eq!(rows, 2, "the dead conductors' rows are still there");
+}
+
 /// A claim made without a liveness lock (an owner that never registered) is held by its lease
 /// alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,6 +154,24 @@ impl Harness for Held<PostgresStore> {
 }
 
 impl Raw {
+    /// Runs `sql`, a query answering one number.
+    pub async fn count(&self, sql: &str) -> i64 {
+        match self {
+            Raw::Sqlite { url } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                let n = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                n
+            }
+            Raw::Postgres { url, schema } => {
+                let mut conn = pg_connect(url, Some(schema)).await;
+                let n = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                n
+            }
+        }
+    }
+
     pub async fn exec(&self, sql: &str) {
         match self {
             Raw::Sqlite { url } => {
