@@ -625,41 +625,63 @@ fn base_of(flow: FlowId, flow_seq: i64) -> store::Result<i64> {
     })
 }
 
-/// The flow's steps, in order; its steps start at `base`. Packed into one JSON text by
-/// SQLite first, for the reason given at [`read_atoms`]; a step row that does not fit the
-/// expected shape sends the read down the row-by-row path.
+/// The flow's steps, in order; its steps start at `base`. Read packed, in chunks, for the
+/// reasons given at [`read_atoms`]; a step row of an unexpected type sends the whole read down
+/// the row-by-row path, whose error says what is wrong.
 async fn read_steps(
     conn: &mut SqliteConnection,
     flow: FlowId,
     base: i64,
 ) -> store::Result<Vec<StepRow>> {
-    let packed: Result<Option<String>, _> = sqlx::query_scalar(
-        "SELECT json_group_array(json_array(seq, at, body, model_version)) FROM steps \
-         WHERE id > ?1 AND id < ?2",
-    )
-    .bind(base)
-    .bind(base.saturating_add(STEPS_PER_FLOW))
-    .fetch_one(&mut *conn)
-    .await;
-    if let Some(mut packed) = packed
-        .ok()
-        .flatten()
-        .and_then(|text| serde_json::from_str::<Vec<(i64, String, String, i64)>>(&text).ok())
-    {
-        packed.sort_by_key(|s| s.0);
-        return packed
-            .into_iter()
-            .map(|(seq, at, body, model_version)| {
-                Ok(StepRow {
+    let end = base.saturating_add(STEPS_PER_FLOW);
+    let mut steps = Vec::new();
+    let mut after = base;
+    loop {
+        let Some(chunk) = read_packed(
+            conn,
+            flow,
+            "SELECT json_group_array(json_array(id, seq, at, body, model_version)), count(*), \
+                    max(id), max(typeof(seq) <> 'integer' OR typeof(at) <> 'text' \
+                        OR typeof(body) <> 'text' OR typeof(model_version) <> 'integer') \
+               FROM (SELECT * FROM steps WHERE id > ?1 AND id < ?2 ORDER BY id LIMIT ?3)",
+            (after, end),
+            None,
+        )
+        .await?
+        else {
+            return read_step_rows(conn, flow, base).await;
+        };
+        let Ok(rows) = serde_json::from_str::<Vec<(i64, i64, String, String, i64)>>(&chunk.json)
+        else {
+            return read_step_rows(conn, flow, base).await;
+        };
+        for (id, seq, at, body, model_version) in rows {
+            steps.push((
+                id,
+                StepRow {
                     seq,
                     at: time("at", &at)
                         .map_err(|d| codec::corrupt(flow, None, format!("step log: {d}")))?,
                     body,
                     model_version,
-                })
-            })
-            .collect();
+                },
+            ));
+        }
+        match chunk.next_after {
+            Some(last) => after = last,
+            None => break,
+        }
     }
+    steps.sort_by_key(|(id, _)| *id);
+    Ok(steps.into_iter().map(|(_, step)| step).collect())
+}
+
+/// The flow's steps, one row at a time.
+async fn read_step_rows(
+    conn: &mut SqliteConnection,
+    flow: FlowId,
+    base: i64,
+) -> store::Result<Vec<StepRow>> {
     let rows = sqlx::query(
         "SELECT seq, at, body, model_version FROM steps WHERE id > ?1 AND id < ?2 ORDER BY id",
     )
@@ -672,7 +694,8 @@ async fn read_steps(
 }
 
 /// An atom's row as SQLite packs it into a JSON array: the columns of [`ATOM_COLUMNS`] in
-/// order, then `position`.
+/// order (`progress` as text with 17 significant digits, which reads back exactly; SQLite's
+/// JSON writes 15), then `position`.
 type PackedAtom = (
     String,
     String,
@@ -685,43 +708,134 @@ type PackedAtom = (
     Option<String>,
     String,
     Option<String>,
-    f64,
+    String,
     Option<String>,
     Option<String>,
     i64,
     i64,
 );
 
-/// All of a flow's atoms in one row: a JSON array of [`PackedAtom`]s. JSON columns stay text
-/// (quoted), so a damaged value is found by the same checks as on the row-by-row path.
-const PACKED_ATOMS: &str = "SELECT json_group_array(json_array(name, kind, state, intention, \
-     attempt, round, result, failure, revert_failure, retry_history, retry_at, progress, \
-     started_at, finished_at, model_version, position)) FROM atoms WHERE flow_id = ?1";
+/// Rows read packed per statement: bounds the memory a packed read holds at once (the text
+/// SQLite builds, sqlx's copy of it and the parsed rows) to a few copies of this many rows.
+const PACKED_CHUNK: i64 = 128;
+
+/// A chunk of rows packed by SQLite.
+struct Packed {
+    /// The rows, a JSON array of arrays.
+    json: String,
+    /// The key to read on from, if the chunk was full (more rows may follow).
+    next_after: Option<i64>,
+}
+
+/// Runs a packing query (`?1` the key to read after, `?2` the end of the range, `?3` the chunk
+/// size, `?4` the flow's id if `flow_key` is given) answering the packed rows, how many, the
+/// last key and whether any row has a value of an unexpected type. `None` when the rows must
+/// be read one by one instead: an odd row, or a statement error that leaves the transaction
+/// as it was (`SQLITE_ERROR`, as for a BLOB that SQLite's JSON functions refuse, or
+/// `SQLITE_TOOBIG`). Any other error is the read's error: SQLite may have rolled back the
+/// transaction the read is part of.
+async fn read_packed(
+    conn: &mut SqliteConnection,
+    flow: FlowId,
+    sql: &str,
+    (after, end): (i64, i64),
+    flow_key: Option<&str>,
+) -> store::Result<Option<Packed>> {
+    let mut query = sqlx::query_as(sql).bind(after).bind(end).bind(PACKED_CHUNK);
+    if let Some(key) = flow_key {
+        query = query.bind(key);
+    }
+    let answer: Result<(String, i64, Option<i64>, Option<bool>), _> =
+        query.fetch_one(&mut *conn).await;
+    match answer {
+        Ok((_, _, _, Some(true))) => {
+            tracing::debug!(%flow, "a row of an unexpected type: reading the rows one by one");
+            Ok(None)
+        }
+        Ok((json, count, last, _)) => Ok(Some(Packed {
+            json,
+            next_after: last.filter(|_| count >= PACKED_CHUNK),
+        })),
+        Err(e) if statement_error(&e) => {
+            tracing::debug!(%flow, error = %e, "packing refused: reading the rows one by one");
+            Ok(None)
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// Whether `e` is an error of the statement alone (`SQLITE_ERROR`, `SQLITE_TOOBIG`), which
+/// leaves an open transaction as it was.
+fn statement_error(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 1 | 18))
+}
+
+/// Packs up to `?3` of flow `?4`'s atoms with positions in (`?1`, `?2`): see [`read_packed`].
+const PACKED_ATOMS: &str = "\
+    SELECT json_group_array(json_array(name, kind, state, intention, attempt, round, result, \
+               failure, revert_failure, retry_history, retry_at, printf('%!.17g', progress), \
+               started_at, finished_at, model_version, position)), \
+           count(*), max(position), \
+           max(typeof(name) <> 'text' OR typeof(kind) <> 'text' OR typeof(state) <> 'text' \
+               OR typeof(intention) <> 'text' OR typeof(attempt) <> 'integer' \
+               OR typeof(round) <> 'integer' OR typeof(result) NOT IN ('text', 'null') \
+               OR typeof(failure) NOT IN ('text', 'null') \
+               OR typeof(revert_failure) NOT IN ('text', 'null') \
+               OR typeof(retry_history) <> 'text' OR typeof(retry_at) NOT IN ('text', 'null') \
+               OR typeof(progress) <> 'real' OR typeof(started_at) NOT IN ('text', 'null') \
+               OR typeof(finished_at) NOT IN ('text', 'null') \
+               OR typeof(model_version) <> 'integer' OR typeof(position) <> 'integer') \
+      FROM (SELECT * FROM atoms WHERE flow_id = ?4 AND position > ?1 AND position < ?2 \
+             ORDER BY position LIMIT ?3)";
 
 /// The flow's atoms, in creation order.
 ///
 /// sqlx hands a result's rows over from its SQLite thread one message at a time, and each row
 /// is copied column by column: for a flow of 1000 atoms that took 4–10 ms, most of the time
-/// to load it. So SQLite packs the atoms into one JSON text, read as one value. Anything that
-/// does not fit the expected shape (a damaged row: a number that is text, a BLOB) sends the
-/// read down the row-by-row path, whose error names the row.
+/// to load it. So SQLite packs the atoms into JSON text, [`PACKED_CHUNK`] rows per statement.
+/// JSON columns stay text (quoted), so a damaged value is found by the same checks as on the
+/// row-by-row path; a value of an unexpected type (SQLite lets a column hold any) sends the
+/// whole read down the row-by-row path, whose error names the row.
 async fn read_atoms(
     conn: &mut SqliteConnection,
     id: FlowId,
     key: &str,
 ) -> store::Result<Vec<AtomRecord>> {
-    let packed: Result<Option<String>, _> = sqlx::query_scalar(PACKED_ATOMS)
-        .bind(key)
-        .fetch_one(&mut *conn)
-        .await;
-    if let Some(mut packed) = packed
-        .ok()
-        .flatten()
-        .and_then(|text| serde_json::from_str::<Vec<PackedAtom>>(&text).ok())
-    {
-        packed.sort_by_key(|a| a.15);
-        return packed.into_iter().map(|a| unpack_atom(id, a)).collect();
+    let mut atoms = Vec::new();
+    let mut after = -1;
+    loop {
+        let Some(chunk) = read_packed(conn, id, PACKED_ATOMS, (after, i64::MAX), Some(key)).await?
+        else {
+            return read_atom_rows(conn, id, key).await;
+        };
+        let Ok(rows) = serde_json::from_str::<Vec<PackedAtom>>(&chunk.json) else {
+            return read_atom_rows(conn, id, key).await;
+        };
+        for a in rows {
+            let position = a.15;
+            match unpack_atom(id, a)? {
+                Some(atom) => atoms.push((position, atom)),
+                None => return read_atom_rows(conn, id, key).await,
+            }
+        }
+        match chunk.next_after {
+            Some(last) => after = last,
+            None => break,
+        }
     }
+    atoms.sort_by_key(|(position, _)| *position);
+    Ok(atoms.into_iter().map(|(_, atom)| atom).collect())
+}
+
+/// The flow's atoms, one row at a time.
+async fn read_atom_rows(
+    conn: &mut SqliteConnection,
+    id: FlowId,
+    key: &str,
+) -> store::Result<Vec<AtomRecord>> {
     let rows = sqlx::query(&format!(
         "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = ?1 ORDER BY position"
     ))
@@ -732,7 +846,12 @@ async fn read_atoms(
     rows.iter().map(|r| atom_from_row(id, r)).collect()
 }
 
-fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<AtomRecord> {
+/// An atom read packed; `None` if its `progress` does not read back as a number (then the
+/// row-by-row path says why).
+fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<Option<AtomRecord>> {
+    let Ok(progress) = a.11.parse::<f64>() else {
+        return Ok(None);
+    };
     let name = a.0;
     let raw = (|| -> Result<RawAtom, String> {
         Ok(RawAtom {
@@ -746,14 +865,14 @@ fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<AtomRecord> {
             revert_failure: a.8,
             retry_history: a.9,
             retry_at: opt_time("retry_at", a.10)?,
-            progress: a.11,
+            progress,
             started_at: opt_time("started_at", a.12)?,
             finished_at: opt_time("finished_at", a.13)?,
             model_version: a.14,
         })
     })()
     .map_err(|d| codec::corrupt(flow, Some(&name), d))?;
-    codec::decode_atom(flow, name, raw)
+    codec::decode_atom(flow, name, raw).map(Some)
 }
 
 /// The flow as it is now, and what this store then knows of it. Run it in a transaction, so

@@ -284,12 +284,18 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
         other => panic!("expected Corrupt, got {other:?}"),
     };
 
-    // Creation order, not name order; and a history of many steps.
+    // Creation order, not name order, over several packed chunks (128 rows each); progress
+    // that needs all 17 digits; and a history of more steps than a chunk holds.
     let flow = flow_record("packed");
-    let names = ["zeta", "alpha", "mu", "beta"];
+    let names: Vec<String> = (0..300).map(|i| format!("atom-{}", 299 - i)).collect();
     let atoms: Vec<AtomRecord> = names
         .iter()
-        .map(|n| AtomRecord::pending(*n, AtomKind::Task))
+        .enumerate()
+        .map(|(i, n)| {
+            let mut a = AtomRecord::pending(n.as_str(), AtomKind::Task);
+            a.progress = [1.0 / 3.0, 0.1 + 0.2, 2.0 / 3.0, 0.123_456_789_012_345_68][i % 4];
+            a
+        })
         .collect();
     store.create_flow(&flow, &atoms, None).await.unwrap();
     let mut current = atoms.clone();
@@ -307,6 +313,18 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
     assert_eq!(loaded, names);
     assert!(snap.atoms.iter().all(|a| a.state == AtomState::Running));
     assert_eq!(snap.atoms, current);
+    assert_eq!(store.history(flow.id).await.unwrap().len(), 300);
+
+    // Progress written by hand, exactly.
+    let flow = new_flow(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE atoms SET progress = 1.0 / 3.0 WHERE flow_id = '{}' AND name = 'a'",
+            flow.id
+        ))
+        .await;
+    let snap = store.load_flow(flow.id).await.unwrap();
+    assert_eq!(snap.atoms[0].progress.to_bits(), (1.0_f64 / 3.0).to_bits());
 
     // A number column holding text.
     let flow = new_flow(&store).await;
@@ -320,7 +338,20 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
     assert_eq!((f, atom.as_deref()), (flow.id, Some("b")));
     assert!(detail.contains("attempt"), "{detail}");
 
-    // A BLOB where a JSON text belongs (SQLite's JSON functions refuse BLOBs).
+    // A BLOB that SQLite's JSON functions would read as JSONB (a number 7) where a number
+    // belongs.
+    let flow = new_flow(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE atoms SET attempt = x'1337' WHERE flow_id = '{}' AND name = 'b'",
+            flow.id
+        ))
+        .await;
+    let (f, atom, detail) = corrupt(store.load_flow(flow.id).await.unwrap_err());
+    assert_eq!((f, atom.as_deref()), (flow.id, Some("b")));
+    assert!(detail.contains("attempt"), "{detail}");
+
+    // A BLOB where a JSON text belongs.
     let flow = new_flow(&store).await;
     store
         .exec(&format!(
