@@ -633,14 +633,22 @@ impl JobBoard for PostgresJobBoard {
             .into_iter()
             .partition(|c| live.contains(&lock_key(c.id)));
         for c in &dead {
-            // Unless it took its lock again meanwhile.
-            sqlx::query("DELETE FROM conductors WHERE id = $1 AND NOT lock_held($2)")
+            // Unless it took its lock again meanwhile. Best effort: the listing stands even if
+            // forgetting fails.
+            let done = sqlx::query("DELETE FROM conductors WHERE id = $1 AND NOT lock_held($2)")
                 .bind(c.id.as_uuid())
                 .bind(lock_key(c.id))
                 .execute(self.store.pool())
-                .await
-                .map_err(db)?;
-            tracing::info!(conductor = %c.id, name = %c.name, host = %c.host, pid = c.pid, "forgot a dead conductor");
+                .await;
+            match done {
+                Ok(done) if done.rows_affected() == 1 => {
+                    tracing::info!(conductor = %c.id, name = %c.name, host = %c.host, pid = c.pid, "forgot a dead conductor");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(conductor = %c.id, error = %e, "could not forget a dead conductor")
+                }
+            }
         }
         Ok(alive)
     }

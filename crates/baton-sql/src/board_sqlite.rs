@@ -496,36 +496,51 @@ impl JobBoard for SqliteJobBoard {
             })
             .collect::<Result<Vec<_>, board::Error>>()?;
         // Every process that shares a SQLite file runs on one host, so a conductor registered
-        // under this host's name whose process is gone is dead; so is one that has not
-        // reported in for a long while (its host's name may differ, as in a container).
+        // under this host's name whose process is gone, and that has been quiet for a while
+        // (a process of the same host name may not be visible from here: containers of one
+        // pod, `/proc` mounted with `hidepid`), is dead; so is one that has not reported in
+        // for a long while, whatever its host.
         let here = board::this_host();
-        let horizon = Utc::now()
-            - chrono::Duration::from_std(board::CONDUCTOR_UNSEEN_LIMIT)
-                .unwrap_or_else(|_| chrono::Duration::zero());
-        let (live, dead): (Vec<_>, Vec<_>) = all
-            .into_iter()
-            .partition(|c| c.last_seen >= horizon && !(c.host == here && process_gone(c.pid)));
+        let now = Utc::now();
+        let ago = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
+        let (unseen, quiet) = (ago(board::CONDUCTOR_UNSEEN_LIMIT), ago(GONE_AND_QUIET));
+        let (live, dead): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| {
+            c.last_seen >= unseen && !(c.last_seen < quiet && c.host == here && process_gone(c.pid))
+        });
         if !dead.is_empty() {
-            self.write(move |conn| {
-                Box::pin(async move {
-                    for c in &dead {
-                        // Unless it reported in meanwhile.
-                        sqlx::query("DELETE FROM conductors WHERE id = ?1 AND last_seen = ?2")
+            // Best effort: the listing stands even if forgetting fails.
+            let forgot = self
+                .write(move |conn| {
+                    Box::pin(async move {
+                        for c in &dead {
+                            // Unless it reported in meanwhile.
+                            let done = sqlx::query(
+                                "DELETE FROM conductors WHERE id = ?1 AND last_seen = ?2",
+                            )
                             .bind(c.id.to_string())
                             .bind(codec::time_text(c.last_seen))
                             .execute(&mut *conn)
                             .await
                             .map_err(db)?;
-                        tracing::info!(conductor = %c.id, name = %c.name, pid = c.pid, "forgot a dead conductor");
-                    }
-                    Ok(())
+                            if done.rows_affected() == 1 {
+                                tracing::info!(conductor = %c.id, name = %c.name, pid = c.pid, "forgot a dead conductor");
+                            }
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .await?;
+                .await;
+            if let Err(e) = forgot {
+                tracing::warn!(error = %e, "could not forget dead conductors");
+            }
         }
         Ok(live)
     }
 }
+
+/// How long a conductor whose process is gone from this host must also have been quiet before
+/// it counts as dead (see `conductors`).
+const GONE_AND_QUIET: Duration = Duration::from_secs(30);
 
 /// Whether process `pid` of this host is certainly gone: the process table can be read (Linux's
 /// `/proc`) and holds no such process. Elsewhere nothing is certain, and only

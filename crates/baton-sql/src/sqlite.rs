@@ -637,18 +637,16 @@ async fn read_steps(
     let mut steps = Vec::new();
     let mut after = base;
     loop {
-        let Some(chunk) = read_packed(
-            conn,
-            flow,
+        let query = sqlx::query_as(
             "SELECT json_group_array(json_array(id, seq, at, body, model_version)), count(*), \
                     max(id), max(typeof(seq) <> 'integer' OR typeof(at) <> 'text' \
                         OR typeof(body) <> 'text' OR typeof(model_version) <> 'integer') \
                FROM (SELECT * FROM steps WHERE id > ?1 AND id < ?2 ORDER BY id LIMIT ?3)",
-            (after, end),
-            None,
         )
-        .await?
-        else {
+        .bind(after)
+        .bind(end)
+        .bind(PACKED_CHUNK);
+        let Some(chunk) = read_packed(conn, flow, query, PACKED_CHUNK).await? else {
             return read_step_rows(conn, flow, base).await;
         };
         let Ok(rows) = serde_json::from_str::<Vec<(i64, i64, String, String, i64)>>(&chunk.json)
@@ -727,34 +725,30 @@ struct Packed {
     next_after: Option<i64>,
 }
 
-/// Runs a packing query (`?1` the key to read after, `?2` the end of the range, `?3` the chunk
-/// size, `?4` the flow's id if `flow_key` is given) answering the packed rows, how many, the
-/// last key and whether any row has a value of an unexpected type. `None` when the rows must
-/// be read one by one instead: an odd row, or a statement error that leaves the transaction
-/// as it was (`SQLITE_ERROR`, as for a BLOB that SQLite's JSON functions refuse, or
-/// `SQLITE_TOOBIG`). Any other error is the read's error: SQLite may have rolled back the
+/// What a packing query answers: the packed rows, how many, the last key, and whether any
+/// row has a value of an unexpected type.
+type PackedAnswer = (String, i64, Option<i64>, Option<bool>);
+
+/// Runs a packing query (see [`PackedAnswer`]; `chunk` is the `LIMIT` it was given). `None`
+/// when the rows must be read one by one instead: an odd row; an answer sqlx cannot decode
+/// (text that is not UTF-8, a key that is not a number); or a statement error that leaves the
+/// transaction as it was (`SQLITE_ERROR`, as for a BLOB that SQLite's JSON functions refuse,
+/// or `SQLITE_TOOBIG`). Any other error is the read's error: SQLite may have rolled back the
 /// transaction the read is part of.
-async fn read_packed(
+async fn read_packed<'q>(
     conn: &mut SqliteConnection,
     flow: FlowId,
-    sql: &str,
-    (after, end): (i64, i64),
-    flow_key: Option<&str>,
+    query: sqlx::query::QueryAs<'q, Sqlite, PackedAnswer, sqlx::sqlite::SqliteArguments<'q>>,
+    chunk: i64,
 ) -> store::Result<Option<Packed>> {
-    let mut query = sqlx::query_as(sql).bind(after).bind(end).bind(PACKED_CHUNK);
-    if let Some(key) = flow_key {
-        query = query.bind(key);
-    }
-    let answer: Result<(String, i64, Option<i64>, Option<bool>), _> =
-        query.fetch_one(&mut *conn).await;
-    match answer {
+    match query.fetch_one(&mut *conn).await {
         Ok((_, _, _, Some(true))) => {
             tracing::debug!(%flow, "a row of an unexpected type: reading the rows one by one");
             Ok(None)
         }
         Ok((json, count, last, _)) => Ok(Some(Packed {
             json,
-            next_after: last.filter(|_| count >= PACKED_CHUNK),
+            next_after: last.filter(|_| count >= chunk),
         })),
         Err(e) if statement_error(&e) => {
             tracing::debug!(%flow, error = %e, "packing refused: reading the rows one by one");
@@ -764,16 +758,19 @@ async fn read_packed(
     }
 }
 
-/// Whether `e` is an error of the statement alone (`SQLITE_ERROR`, `SQLITE_TOOBIG`), which
-/// leaves an open transaction as it was.
+/// Whether `e` is an error of the statement alone (`SQLITE_ERROR`, `SQLITE_TOOBIG`, or an
+/// answer sqlx could not decode), which leaves an open transaction as it was.
 fn statement_error(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .and_then(|code| code.parse::<i64>().ok())
-        .is_some_and(|code| matches!(code & 0xff, 1 | 18))
+    matches!(e, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))
+        || e.as_database_error()
+            .and_then(|d| d.code())
+            .and_then(|code| code.parse::<i64>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 1 | 18))
 }
 
-/// Packs up to `?3` of flow `?4`'s atoms with positions in (`?1`, `?2`): see [`read_packed`].
+/// Packs up to `?3` of flow `?1`'s atoms with positions after `?2` (all, if `?2` is NULL): see
+/// [`read_packed`]. No upper bound: a damaged position (text, a BLOB) sorts after every
+/// number, so it lands in a chunk and trips the type check instead of being left out.
 const PACKED_ATOMS: &str = "\
     SELECT json_group_array(json_array(name, kind, state, intention, attempt, round, result, \
                failure, revert_failure, retry_history, retry_at, printf('%!.17g', progress), \
@@ -788,7 +785,7 @@ const PACKED_ATOMS: &str = "\
                OR typeof(progress) <> 'real' OR typeof(started_at) NOT IN ('text', 'null') \
                OR typeof(finished_at) NOT IN ('text', 'null') \
                OR typeof(model_version) <> 'integer' OR typeof(position) <> 'integer') \
-      FROM (SELECT * FROM atoms WHERE flow_id = ?4 AND position > ?1 AND position < ?2 \
+      FROM (SELECT * FROM atoms WHERE flow_id = ?1 AND (?2 IS NULL OR position > ?2) \
              ORDER BY position LIMIT ?3)";
 
 /// The flow's atoms, in creation order.
@@ -805,10 +802,13 @@ async fn read_atoms(
     key: &str,
 ) -> store::Result<Vec<AtomRecord>> {
     let mut atoms = Vec::new();
-    let mut after = -1;
+    let mut after: Option<i64> = None;
     loop {
-        let Some(chunk) = read_packed(conn, id, PACKED_ATOMS, (after, i64::MAX), Some(key)).await?
-        else {
+        let query = sqlx::query_as(PACKED_ATOMS)
+            .bind(key)
+            .bind(after)
+            .bind(PACKED_CHUNK);
+        let Some(chunk) = read_packed(conn, id, query, PACKED_CHUNK).await? else {
             return read_atom_rows(conn, id, key).await;
         };
         let Ok(rows) = serde_json::from_str::<Vec<PackedAtom>>(&chunk.json) else {
@@ -822,7 +822,7 @@ async fn read_atoms(
             }
         }
         match chunk.next_after {
-            Some(last) => after = last,
+            Some(last) => after = Some(last),
             None => break,
         }
     }

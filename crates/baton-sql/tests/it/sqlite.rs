@@ -326,6 +326,21 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
     let snap = store.load_flow(flow.id).await.unwrap();
     assert_eq!(snap.atoms[0].progress.to_bits(), (1.0_f64 / 3.0).to_bits());
 
+    // A damaged position (text, or out of the usual range) loses no atom: the load reads
+    // them all, in the order the row-by-row path would.
+    for (damage, order) in [("'last'", ["a", "b"]), ("-5", ["b", "a"])] {
+        let flow = new_flow(&store).await;
+        store
+            .exec(&format!(
+                "UPDATE atoms SET position = {damage} WHERE flow_id = '{}' AND name = 'b'",
+                flow.id
+            ))
+            .await;
+        let snap = store.load_flow(flow.id).await.unwrap();
+        let names: Vec<&str> = snap.atoms.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, order, "position {damage}");
+    }
+
     // A number column holding text.
     let flow = new_flow(&store).await;
     store
