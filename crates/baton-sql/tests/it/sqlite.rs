@@ -341,42 +341,25 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
         assert_eq!(names, order, "position {damage}");
     }
 
-    // A number column holding text.
-    let flow = new_flow(&store).await;
-    store
-        .exec(&format!(
-            "UPDATE atoms SET attempt = 'many' WHERE flow_id = '{}' AND name = 'b'",
-            flow.id
-        ))
-        .await;
-    let (f, atom, detail) = corrupt(store.load_flow(flow.id).await.unwrap_err());
-    assert_eq!((f, atom.as_deref()), (flow.id, Some("b")));
-    assert!(detail.contains("attempt"), "{detail}");
-
-    // A BLOB that SQLite's JSON functions would read as JSONB (a number 7) where a number
-    // belongs.
-    let flow = new_flow(&store).await;
-    store
-        .exec(&format!(
-            "UPDATE atoms SET attempt = x'1337' WHERE flow_id = '{}' AND name = 'b'",
-            flow.id
-        ))
-        .await;
-    let (f, atom, detail) = corrupt(store.load_flow(flow.id).await.unwrap_err());
-    assert_eq!((f, atom.as_deref()), (flow.id, Some("b")));
-    assert!(detail.contains("attempt"), "{detail}");
-
-    // A BLOB where a JSON text belongs.
-    let flow = new_flow(&store).await;
-    store
-        .exec(&format!(
-            "UPDATE atoms SET result = x'00ff' WHERE flow_id = '{}' AND name = 'a'",
-            flow.id
-        ))
-        .await;
-    let (f, atom, detail) = corrupt(store.load_flow(flow.id).await.unwrap_err());
-    assert_eq!((f, atom.as_deref()), (flow.id, Some("a")));
-    assert!(detail.contains("result"), "{detail}");
+    // Values of the wrong type: a number column holding text; a BLOB that SQLite's JSON
+    // functions would read as JSONB (the number 7) where a number belongs; a BLOB where a JSON
+    // text belongs. Each is named: (set, atom, column).
+    for (set, name, column) in [
+        ("attempt = 'many'", "b", "attempt"),
+        ("attempt = x'1337'", "b", "attempt"),
+        ("result = x'00ff'", "a", "result"),
+    ] {
+        let flow = new_flow(&store).await;
+        store
+            .exec(&format!(
+                "UPDATE atoms SET {set} WHERE flow_id = '{}' AND name = '{name}'",
+                flow.id
+            ))
+            .await;
+        let (f, atom, detail) = corrupt(store.load_flow(flow.id).await.unwrap_err());
+        assert_eq!((f, atom.as_deref()), (flow.id, Some(name)), "{set}");
+        assert!(detail.contains(column), "{set}: {detail}");
+    }
 
     // A step whose number is text.
     let flow = flow_with_one_step(&store).await;
