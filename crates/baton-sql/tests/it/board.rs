@@ -94,6 +94,17 @@ async fn postgres_jobs_of_a_dead_owner_are_claimable_at_once() {
     assert!(died.elapsed() < Duration::from_secs(5));
 }
 
+/// The ids of the conductors `board` lists.
+async fn listed_ids(board: &impl JobBoard) -> Vec<ConductorId> {
+    board
+        .conductors()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect()
+}
+
 /// A conductor whose process died (its board, with the connection holding its liveness lock,
 /// is dropped without deregistering) leaves the listing, and its row is deleted; a live one
 /// stays, however long ago it last reported in.
@@ -109,25 +120,13 @@ async fn postgres_dead_conductors_are_forgotten() {
     let mut quiet = info(alive);
     quiet.last_seen = Utc::now() - chrono::Duration::hours(5);
     survivor.register(&quiet).await.unwrap();
-    let listed: Vec<ConductorId> = survivor
-        .conductors()
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.id)
-        .collect();
+    let listed = listed_ids(&survivor).await;
     assert!(listed.contains(&doomed) && listed.contains(&alive));
 
     drop(doomed_board);
     let died = Instant::now();
     loop {
-        let listed: Vec<ConductorId> = survivor
-            .conductors()
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| c.id)
-            .collect();
+        let listed = listed_ids(&survivor).await;
         assert!(listed.contains(&alive), "a live conductor was forgotten");
         if !listed.contains(&doomed) {
             break;
@@ -183,13 +182,7 @@ async fn sqlite_dead_conductors_are_forgotten() {
         board.register(c).await.unwrap();
     }
 
-    let mut listed: Vec<ConductorId> = board
-        .conductors()
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.id)
-        .collect();
+    let mut listed = listed_ids(&board).await;
     listed.sort();
     // Another host's process ids mean nothing here: only its silence counts. Without a process
     // table to read (not Linux), only silence counts at all.
