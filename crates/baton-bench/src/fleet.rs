@@ -180,6 +180,7 @@ async fn post_all(posters: &[Arc<dyn JobBoard>], prefix: &str, count: usize) -> 
                     .post(NewJob::new(format!("{prefix}-{i}"), "one"))
                     .await?;
             }
+            poster.flush_wake_ups().await;
             anyhow::Ok(())
         });
     }

@@ -98,7 +98,7 @@ use std::sync::Arc;
 use baton_core::store::Store;
 
 #[cfg(feature = "postgres")]
-pub use board_postgres::PostgresJobBoard;
+pub use board_postgres::{PostgresJobBoard, DEFAULT_WAKE_WINDOW};
 #[cfg(feature = "sqlite")]
 pub use board_sqlite::SqliteJobBoard;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

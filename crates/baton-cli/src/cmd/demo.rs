@@ -210,6 +210,8 @@ async fn post(board: &dyn JobBoard, args: DemoPostArgs, style: Style) -> Result<
         }
         jobs.push(board.post(new).await?);
     }
+    // This process exits next: send any wake-up the board held back for a later post.
+    board.flush_wake_ups().await;
     if args.json {
         return output::print_json(&jobs);
     }

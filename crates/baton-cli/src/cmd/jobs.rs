@@ -63,6 +63,8 @@ pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style
                 new = new.key(k);
             }
             let job = board.post(new).await?;
+            // This process exits next: send any wake-up the board held back.
+            board.flush_wake_ups().await;
             if json {
                 return output::print_json(&job);
             }

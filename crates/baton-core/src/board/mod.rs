@@ -403,6 +403,13 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     /// Cancel safe.
     async fn wait_for_work(&self, timeout: Duration);
 
+    /// Sends the wake-ups this board still owes for jobs it posted. A board may hold a post's
+    /// wake-up back for a moment, to share one with the posts that follow
+    /// ([`PostgresJobBoard`](https://docs.rs/baton-sql) does, for a few milliseconds); a
+    /// process that posts jobs and exits at once calls this first, or idle conductors find
+    /// those jobs only when they next poll. The default does nothing.
+    async fn flush_wake_ups(&self) {}
+
     /// Registers (or refreshes) a live conductor.
     ///
     /// # Errors

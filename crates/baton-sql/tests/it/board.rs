@@ -200,6 +200,73 @@ async fn sqlite_dead_conductors_are_forgotten() {
     );
 }
 
+/// Claims jobs as wake-ups announce them, with a poll too long to matter, until `want` jobs
+/// are claimed or `within` has passed; answers how many it claimed.
+async fn claim_on_wake_ups(board: PostgresJobBoard, want: usize, within: Duration) -> usize {
+    let owner = ConductorId::new();
+    let started = Instant::now();
+    let mut claimed = board
+        .claim_up_to(owner, Duration::from_secs(60), want)
+        .await
+        .unwrap()
+        .len();
+    while claimed < want {
+        let left = within.saturating_sub(started.elapsed());
+        let woken = tokio::time::timeout(left, board.wait_for_work(Duration::from_secs(600)));
+        if woken.await.is_err() {
+            break;
+        }
+        claimed += board
+            .claim_up_to(owner, Duration::from_secs(60), want - claimed)
+            .await
+            .unwrap()
+            .len();
+    }
+    claimed
+}
+
+/// Posts that come close together share a wake-up, sent when the window after the first one
+/// ends: an idle conductor that only listens (its poll is ten minutes) still gets a job
+/// posted inside the window, when the window ends (here 300 ms, to leave the conductor time
+/// to take the first job and listen again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_posts_in_a_window_share_a_wake_up() {
+    let Some((waiter, store)) = postgres_pair().await else {
+        return;
+    };
+    let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let poster = PostgresJobBoard::new(&store.store).with_wake_window(Duration::from_millis(300));
+    let first = Instant::now();
+    poster.post(NewJob::new("first", "noop")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    poster.post(NewJob::new("second", "noop")).await.unwrap();
+    assert_eq!(
+        idle.await.unwrap(),
+        2,
+        "the job posted in the window was never announced"
+    );
+    assert!(first.elapsed() >= Duration::from_millis(300));
+}
+
+/// A board holding a wake-up back sends it on `flush_wake_ups`, at once: here the window is
+/// ten minutes, so without the flush the second job would not be announced in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_flushing_sends_owed_wake_ups_at_once() {
+    let Some((waiter, store)) = postgres_pair().await else {
+        return;
+    };
+    let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let poster = PostgresJobBoard::new(&store.store).with_wake_window(Duration::from_secs(600));
+    poster.post(NewJob::new("first", "noop")).await.unwrap();
+    // Let the waiter take the first job and go back to listening.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    poster.post(NewJob::new("second", "noop")).await.unwrap();
+    poster.flush_wake_ups().await;
+    assert_eq!(idle.await.unwrap(), 2, "the owed wake-up was not sent");
+}
+
 /// A claim made without a liveness lock (an owner that never registered) is held by its lease
 /// alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
