@@ -50,8 +50,9 @@ const COLUMNS: &str =
 ///   owner's jobs are claimed within a poll interval instead of when their leases run out.
 ///   Leases remain the backstop for owners that are alive but cut off.
 /// - **Wake-ups**: posting, abandoning, releasing and consuming a keyed job send a
-///   `NOTIFY`, so idle conductors (waiting in [`JobBoard::wait_for_work`]) react at once;
-///   polling covers a missed one.
+///   `NOTIFY`, so idle conductors (waiting in [`JobBoard::wait_for_work`]) react at once
+///   (posts close together share one, sent at most a window later: see
+///   [`PostgresJobBoard::with_wake_window`]); polling covers a missed one.
 #[derive(Debug, Clone)]
 pub struct PostgresJobBoard {
     store: PostgresStore,
@@ -129,7 +130,7 @@ impl PostgresJobBoard {
     ///
     /// A post wakes idle conductors with a `NOTIFY` sent when it commits. PostgreSQL signals
     /// every listening session for each one and serialises the commits of notifying
-    /// transactions (they take a database-wide lock held until after the commit), so a wake-up
+    /// transactions (they take a lock held until after the commit), so a wake-up
     /// per post cost a fleet of four conductors about a fifth of its jobs a second. So the
     /// first post after a quiet spell wakes conductors at once, and the posts of the following
     /// window commit without a `NOTIFY` and share one sent when the window ends (after they
