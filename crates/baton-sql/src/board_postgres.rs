@@ -18,6 +18,7 @@ use crate::board_common::{
     check_trash, db, from_ms, job_state, ms, release_needed, token_db, RawJob,
 };
 use crate::postgres::PostgresStore;
+use crate::wake::{self, PostWakes};
 
 /// When a fenced update wakes idle conductors.
 #[derive(Debug, Clone, Copy)]
@@ -60,19 +61,7 @@ pub struct PostgresJobBoard {
     liveness: Arc<Mutex<HashMap<ConductorId, PgConnection>>>,
     listener: Arc<Mutex<Option<PgListener>>>,
     last_reap: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-    wake_window: Duration,
-    owed: Arc<std::sync::Mutex<Owed>>,
-}
-
-/// The wake-ups of this board's posts (see [`PostgresJobBoard::with_wake_window`]).
-#[derive(Debug, Default)]
-struct Owed {
-    /// When the last wake-up went out (with a post, or on its own).
-    last_sent: Option<std::time::Instant>,
-    /// Whether a post has committed without a wake-up since then.
-    owed: bool,
-    /// Whether a task is on its way to send the owed wake-up.
-    flushing: bool,
+    wakes: PostWakes,
 }
 
 /// The default of [`PostgresJobBoard::with_wake_window`].
@@ -120,8 +109,11 @@ impl PostgresJobBoard {
             liveness: Arc::default(),
             listener: Arc::default(),
             last_reap: Arc::default(),
-            wake_window: DEFAULT_WAKE_WINDOW,
-            owed: Arc::default(),
+            wakes: PostWakes::new(
+                store.clone(),
+                store.job_channel().into(),
+                DEFAULT_WAKE_WINDOW,
+            ),
         }
     }
 
@@ -135,67 +127,14 @@ impl PostgresJobBoard {
     /// first post after a quiet spell wakes conductors at once, and the posts of the following
     /// window commit without a `NOTIFY` and share one sent when the window ends (after they
     /// committed): an idle conductor learns of each job at most a window late. A process that
-    /// posts and exits at once calls [`JobBoard::flush_wake_ups`] first.
+    /// posts and exits at once calls [`JobBoard::flush_wake_ups`] first; it returns once a
+    /// wake-up covering every earlier post has gone out (waiting for one already on its way).
+    /// A window too long to end (`Duration::MAX`) holds every wake-up after the first until a
+    /// flush (or until the conductors poll).
     #[must_use]
     pub fn with_wake_window(mut self, window: Duration) -> Self {
-        self.wake_window = window;
+        self.wakes = PostWakes::new(self.store.clone(), Arc::clone(&self.channel), window);
         self
-    }
-
-    fn owed(&self) -> std::sync::MutexGuard<'_, Owed> {
-        self.owed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Whether the post about to be made sends its own wake-up (then it is counted as sent).
-    fn post_wakes(&self) -> bool {
-        let mut owed = self.owed();
-        let due = owed
-            .last_sent
-            .is_none_or(|t| t.elapsed() >= self.wake_window);
-        if due {
-            owed.last_sent = Some(std::time::Instant::now());
-        }
-        due
-    }
-
-    /// Notes a post that committed without a wake-up, and makes sure one follows.
-    fn owe_wake_up(&self) {
-        let mut owed = self.owed();
-        owed.owed = true;
-        if !owed.flushing {
-            owed.flushing = true;
-            let board = self.clone();
-            tokio::spawn(async move { board.send_owed(true).await });
-        }
-    }
-
-    /// Sends the owed wake-ups, waiting for the end of the window first if `wait`, until none
-    /// is owed. Only the task that set `flushing` runs this with `wait`.
-    async fn send_owed(&self, wait: bool) {
-        loop {
-            if wait {
-                let due = self.owed().last_sent.map(|t| t + self.wake_window);
-                if let Some(due) = due {
-                    tokio::time::sleep_until(due.into()).await;
-                }
-            }
-            {
-                let mut owed = self.owed();
-                if !owed.owed {
-                    if wait {
-                        owed.flushing = false;
-                    }
-                    return;
-                }
-                // Everything owed so far committed before this point: the wake-up sent next
-                // covers it.
-                owed.owed = false;
-                owed.last_sent = Some(std::time::Instant::now());
-            }
-            self.notify().await;
-        }
     }
 
     /// Why a fenced update touched no row.
@@ -321,15 +260,7 @@ impl PostgresJobBoard {
     }
 
     async fn notify(&self) {
-        // A missed wake-up only delays idle conductors until they poll.
-        let Ok(mut kept) = self.store.acquire().await else {
-            return;
-        };
-        let sent = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&*self.channel)
-            .execute(&mut *kept)
-            .await;
-        self.store.release(kept, &sent);
+        wake::notify(&self.store, &self.channel).await;
     }
 }
 
@@ -337,7 +268,7 @@ impl PostgresJobBoard {
 impl JobBoard for PostgresJobBoard {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
         new.validate()?;
-        let wakes = self.post_wakes();
+        let wakes = self.wakes.post_wakes();
         let woke = if wakes {
             "pg_notify($7, '') IS NULL"
         } else {
@@ -350,6 +281,9 @@ impl JobBoard for PostgresJobBoard {
              ) SELECT {COLUMNS}, {woke} AS woke FROM posted"
         );
         let mut kept = self.store.acquire().await.map_err(db)?;
+        // Counts the post as owed a wake-up unless its own went out with it, also if this
+        // future is dropped half-way.
+        let guard = self.wakes.guard();
         let row = sqlx::query(&sql)
             .bind(JobId::new().as_uuid())
             .bind(&new.name)
@@ -361,9 +295,10 @@ impl JobBoard for PostgresJobBoard {
             .fetch_one(&mut *kept)
             .await;
         self.store.release(kept, &row);
-        // A post whose wake-up failed with it leaves one owed, like a post that sent none.
-        if !wakes || row.is_err() {
-            self.owe_wake_up();
+        if wakes && row.is_ok() {
+            guard.sent();
+        } else {
+            drop(guard);
         }
         let row = row.map_err(db)?;
         decode(&row)
@@ -638,7 +573,7 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn flush_wake_ups(&self) {
-        self.send_owed(false).await;
+        self.wakes.flush().await;
     }
 
     async fn register(&self, info: &ConductorInfo) -> Result<(), board::Error> {

@@ -92,6 +92,8 @@ pub mod spin;
 mod sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod steplog;
+#[cfg(feature = "postgres")]
+mod wake;
 
 use std::sync::Arc;
 

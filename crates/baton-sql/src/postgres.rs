@@ -327,20 +327,28 @@ fn healthy<T>(outcome: &Result<T, sqlx::Error>) -> bool {
 /// pool lends the rest to reads and to writes that find no spare.
 #[derive(Debug)]
 struct Spare {
-    conns: std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
+    conns: std::sync::Mutex<Kept>,
     cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    conns: Vec<PoolConnection<Postgres>>,
+    /// Set by [`Spare::drain`] (the store is closing): nothing is kept any more, so the pool
+    /// gets back every connection an operation racing the close still held.
+    closed: bool,
 }
 
 impl Spare {
     fn holding(cap: u32) -> Self {
         Self {
-            conns: std::sync::Mutex::new(Vec::new()),
+            conns: std::sync::Mutex::default(),
             cap: usize::try_from(cap).unwrap_or(usize::MAX).max(1),
         }
     }
 
     fn take(&self) -> Option<PoolConnection<Postgres>> {
-        self.lock().pop()
+        self.lock().conns.pop()
     }
 
     /// Keeps `conn` for the next write, unless it may be broken (`healthy` is false when an
@@ -350,17 +358,20 @@ impl Spare {
             conn.close_on_drop();
             return;
         }
-        let mut conns = self.lock();
-        if conns.len() < self.cap {
-            conns.push(conn);
+        let mut kept = self.lock();
+        if !kept.closed && kept.conns.len() < self.cap {
+            kept.conns.push(conn);
         }
     }
 
+    /// Gives up the kept connections, for good: later ones go back to the pool at once.
     fn drain(&self) -> Vec<PoolConnection<Postgres>> {
-        std::mem::take(&mut *self.lock())
+        let mut kept = self.lock();
+        kept.closed = true;
+        std::mem::take(&mut kept.conns)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         // Nothing can be left half done under this lock: a poisoned one is as good as new.
         self.conns
             .lock()

@@ -208,7 +208,14 @@ async fn post(board: &dyn JobBoard, args: DemoPostArgs, style: Style) -> Result<
         if let Some(k) = &args.key {
             new = new.key(k.clone());
         }
-        jobs.push(board.post(new).await?);
+        match board.post(new).await {
+            Ok(job) => jobs.push(job),
+            Err(e) => {
+                // The jobs posted so far stay posted: announce them before reporting.
+                board.flush_wake_ups().await;
+                return Err(e.into());
+            }
+        }
     }
     // This process exits next: send any wake-up the board held back for a later post.
     board.flush_wake_ups().await;

@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use baton_core::board::{ConductorInfo, JobBoard, NewJob};
-use baton_core::ConductorId;
+use baton_core::{ConductorId, JobState};
 use baton_sql::{PostgresJobBoard, PostgresStore, SqliteJobBoard, SqliteStore};
 use chrono::Utc;
 
-use crate::support::{postgres_store, sqlite_store, Held};
+use crate::support::{self, postgres_store, sqlite_store, Held, Raw};
 
 async fn sqlite_pair() -> Option<(SqliteJobBoard, Held<SqliteStore>)> {
     let store = sqlite_store().await?;
@@ -226,31 +226,47 @@ async fn claim_on_wake_ups(board: PostgresJobBoard, want: usize, within: Duratio
 }
 
 /// Posts that come close together share a wake-up, sent when the window after the first one
-/// ends: an idle conductor that only listens (its poll is ten minutes) still gets a job
-/// posted inside the window, when the window ends (here 300 ms, to leave the conductor time
-/// to take the first job and listen again).
+/// ends: an idle conductor that only listens (its poll is ten minutes) gets the first job at
+/// once (its post sent its own wake-up) and a job posted inside the window when the window
+/// ends, not before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_posts_in_a_window_share_a_wake_up() {
     let Some((waiter, store)) = postgres_pair().await else {
         return;
     };
-    let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(5)));
+    let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(10)));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let poster = PostgresJobBoard::new(&store.store).with_wake_window(Duration::from_millis(300));
-    let first = Instant::now();
-    poster.post(NewJob::new("first", "noop")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let window = Duration::from_millis(600);
+    let poster = PostgresJobBoard::new(&store.store).with_wake_window(window);
+    let posted = Instant::now();
+    let first = poster.post(NewJob::new("first", "noop")).await.unwrap();
+    while poster.get(first.id).await.unwrap().state != JobState::Claimed {
+        assert!(
+            posted.elapsed() < Duration::from_secs(5),
+            "the first post's own wake-up was not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     poster.post(NewJob::new("second", "noop")).await.unwrap();
+    // Checked only while the window is open, so a slow machine cannot fail it falsely.
+    tokio::time::sleep(window / 2).await;
+    let finished = idle.is_finished();
+    if posted.elapsed() < window {
+        assert!(
+            !finished,
+            "the second job was announced before the window ended"
+        );
+    }
     assert_eq!(
         idle.await.unwrap(),
         2,
         "the job posted in the window was never announced"
     );
-    assert!(first.elapsed() >= Duration::from_millis(300));
+    assert!(posted.elapsed() >= window);
 }
 
-/// A board holding a wake-up back sends it on `flush_wake_ups`, at once: here the window is
-/// ten minutes, so without the flush the second job would not be announced in time.
+/// A board holding a wake-up back sends it on `flush_wake_ups`, at once: here the window
+/// never ends, so without the flush the second job would never be announced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_flushing_sends_owed_wake_ups_at_once() {
     let Some((waiter, store)) = postgres_pair().await else {
@@ -258,13 +274,54 @@ async fn postgres_flushing_sends_owed_wake_ups_at_once() {
     };
     let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let poster = PostgresJobBoard::new(&store.store).with_wake_window(Duration::from_secs(600));
-    poster.post(NewJob::new("first", "noop")).await.unwrap();
+    let poster = PostgresJobBoard::new(&store.store).with_wake_window(Duration::MAX);
+    let first = poster.post(NewJob::new("first", "noop")).await.unwrap();
     // Let the waiter take the first job and go back to listening.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    while poster.get(first.id).await.unwrap().state != JobState::Claimed {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     poster.post(NewJob::new("second", "noop")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!idle.is_finished(), "a wake-up went out without a flush");
     poster.flush_wake_ups().await;
     assert_eq!(idle.await.unwrap(), 2, "the owed wake-up was not sent");
+}
+
+/// Closing the store while an operation still holds one of its connections waits for that
+/// operation, and no longer: the connection it gives back afterwards goes to the (closing)
+/// pool rather than being kept for a next operation that will never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_close_is_not_held_up_by_an_operation_racing_it() {
+    let Some((board, store)) = postgres_pair().await else {
+        return;
+    };
+    let Raw::Postgres { url, schema } = &store.raw else {
+        unreachable!("a PostgreSQL store");
+    };
+    let mut locker = support::pg_connect(url, Some(schema)).await;
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let posting = tokio::spawn({
+        let board = board.clone();
+        async move { board.post(NewJob::new("late", "noop")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let closing = tokio::spawn({
+        let store = store.store.clone();
+        async move { store.close().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!closing.is_finished(), "close did not wait for the post");
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    // The post had its connection before the close began, so it completes.
+    posting.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), closing)
+        .await
+        .expect("close hung on a connection given back after it began")
+        .unwrap();
 }
 
 /// A claim made without a liveness lock (an owner that never registered) is held by its lease
