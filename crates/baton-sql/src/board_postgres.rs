@@ -282,7 +282,8 @@ impl JobBoard for PostgresJobBoard {
         );
         let mut kept = self.store.acquire().await.map_err(db)?;
         // Counts the post as owed a wake-up unless its own went out with it, also if this
-        // future is dropped half-way.
+        // future is dropped half-way. (A statement cancelled half-way may still commit after
+        // the wake-up that covers it went out: that job then waits for a poll.)
         let guard = self.wakes.guard();
         let row = sqlx::query(&sql)
             .bind(JobId::new().as_uuid())
@@ -541,7 +542,16 @@ impl JobBoard for PostgresJobBoard {
             Err(_) => return,
         };
         if guard.is_none() {
-            match PgListener::connect_with(self.store.pool()).await {
+            // On a connection of its own, outside the store's pool: a listener kept between
+            // waits would otherwise hold one of the pool's connections for good, and closing
+            // the store (which waits for them all) would wait for this board to go.
+            let own = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with((*self.store.pool().connect_options()).clone());
+            let listening = tokio::time::timeout_at(deadline, PgListener::connect_with(&own));
+            match listening.await.unwrap_or(Err(sqlx::Error::PoolTimedOut)) {
                 Ok(mut l) => {
                     // Reconnecting is done here, never inside `try_recv`: that one is given
                     // up on at the deadline, and giving it up in the middle of a reconnection

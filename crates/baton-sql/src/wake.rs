@@ -92,8 +92,12 @@ impl PostWakes {
         };
         state.flushing = true;
         drop(state);
-        let inner = Arc::clone(&self.inner);
-        runtime.spawn(flusher(inner));
+        // The reset goes into the task's future, so it also runs if the task is dropped
+        // before it is ever polled (spawned onto a runtime that is shutting down).
+        runtime.spawn(flusher(ResetFlushing {
+            inner: Arc::clone(&self.inner),
+            armed: true,
+        }));
     }
 
     /// Sends the wake-up owed to the posts made so far, at once, and returns once one covering
@@ -156,19 +160,17 @@ impl Inner {
     }
 }
 
-/// Sends owed wake-ups a window after the last one, until none is owed or a send fails.
-async fn flusher(inner: Arc<Inner>) {
-    // Should this task be dropped half-way (its runtime shutting down) or panic, the next
-    // owed post starts another.
-    let mut reset = ResetFlushing {
-        inner: &inner,
-        armed: true,
-    };
+/// Sends owed wake-ups a window after the last one, until none is owed. A failed send is tried
+/// again a window later only if posts were owed meanwhile (each owed post so brings one more
+/// try, no more); otherwise the flusher gives up and the next owed post starts another.
+async fn flusher(mut reset: ResetFlushing) {
+    let inner = Arc::clone(&reset.inner);
     loop {
         let due = inner.state().last_sent.map(|t| t.checked_add(inner.window));
         match due {
             None => {}
             Some(Some(due)) => tokio::time::sleep_until(due.into()).await,
+            // A window that never ends: the wake-ups wait for a flush.
             Some(None) => break,
         }
         let target = {
@@ -181,20 +183,28 @@ async fn flusher(inner: Arc<Inner>) {
             }
             state.owed
         };
-        if !inner.send_covering(target).await {
-            break;
+        if inner.send_covering(target).await {
+            continue;
+        }
+        let mut state = inner.state();
+        if state.owed == target {
+            // Nothing owed since the failed send: give up until the next owed post (which
+            // starts a flusher again); polling finds the jobs meanwhile.
+            state.flushing = false;
+            reset.armed = false;
+            return;
         }
     }
-    // Given up (the database is unreachable, or the window never ends): the next owed post
-    // starts a flusher again; polling finds the jobs meanwhile.
 }
 
-struct ResetFlushing<'a> {
-    inner: &'a Inner,
+/// Marks the flusher as gone when its task ends in any way but the ones that say so under the
+/// lock (it panicked, or was dropped with its runtime).
+struct ResetFlushing {
+    inner: Arc<Inner>,
     armed: bool,
 }
 
-impl Drop for ResetFlushing<'_> {
+impl Drop for ResetFlushing {
     fn drop(&mut self) {
         if self.armed {
             self.inner.state().flushing = false;
@@ -202,17 +212,31 @@ impl Drop for ResetFlushing<'_> {
     }
 }
 
+/// How long a wake-up may take to go out before it is given up on: a statement on a
+/// connection whose server vanished can otherwise hang for as long as TCP retransmits.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Sends one wake-up on `channel`; answers whether it went out. A missed wake-up only delays
 /// idle conductors until they poll.
 pub(crate) async fn notify(store: &PostgresStore, channel: &str) -> bool {
-    let Ok(mut kept) = store.acquire().await else {
-        return false;
+    let send = async {
+        let mut kept = store.acquire().await?;
+        let sent = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(channel)
+            .execute(&mut *kept)
+            .await;
+        store.release(kept, &sent);
+        sent.map(|_| ())
     };
-    let sent = sqlx::query("SELECT pg_notify($1, '')")
-        .bind(channel)
-        .execute(&mut *kept)
-        .await;
-    let ok = sent.is_ok();
-    store.release(kept, &sent);
-    ok
+    match tokio::time::timeout(NOTIFY_TIMEOUT, send).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "job wake-up not sent; conductors find the job by polling");
+            false
+        }
+        Err(_) => {
+            tracing::debug!("job wake-up timed out; conductors find the job by polling");
+            false
+        }
+    }
 }

@@ -212,7 +212,9 @@ async fn post(board: &dyn JobBoard, args: DemoPostArgs, style: Style) -> Result<
             Ok(job) => jobs.push(job),
             Err(e) => {
                 // The jobs posted so far stay posted: announce them before reporting.
-                board.flush_wake_ups().await;
+                if !jobs.is_empty() {
+                    board.flush_wake_ups().await;
+                }
                 return Err(e.into());
             }
         }

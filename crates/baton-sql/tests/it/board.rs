@@ -225,6 +225,33 @@ async fn claim_on_wake_ups(board: PostgresJobBoard, want: usize, within: Duratio
     claimed
 }
 
+/// Waits until a session of the test server listens for `store`'s job wake-ups.
+async fn until_listening(store: &Held<PostgresStore>) {
+    let Raw::Postgres { url, schema } = &store.raw else {
+        unreachable!("a PostgreSQL store");
+    };
+    let mut conn = support::pg_connect(url, None).await;
+    let started = Instant::now();
+    loop {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+              WHERE query LIKE 'LISTEN %' AND query LIKE '%' || $1 || '%' AND state = 'idle'",
+        )
+        .bind(format!("baton_jobs_{schema}"))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if listening > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the waiter never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Posts that come close together share a wake-up, sent when the window after the first one
 /// ends: an idle conductor that only listens (its poll is ten minutes) gets the first job at
 /// once (its post sent its own wake-up) and a job posted inside the window when the window
@@ -235,7 +262,7 @@ async fn postgres_posts_in_a_window_share_a_wake_up() {
         return;
     };
     let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(10)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_listening(&store).await;
     let window = Duration::from_millis(600);
     let poster = PostgresJobBoard::new(&store.store).with_wake_window(window);
     let posted = Instant::now();
@@ -272,8 +299,8 @@ async fn postgres_flushing_sends_owed_wake_ups_at_once() {
     let Some((waiter, store)) = postgres_pair().await else {
         return;
     };
-    let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(5)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(10)));
+    until_listening(&store).await;
     let poster = PostgresJobBoard::new(&store.store).with_wake_window(Duration::MAX);
     let first = poster.post(NewJob::new("first", "noop")).await.unwrap();
     // Let the waiter take the first job and go back to listening.
@@ -308,7 +335,24 @@ async fn postgres_close_is_not_held_up_by_an_operation_racing_it() {
         let board = board.clone();
         async move { board.post(NewJob::new("late", "noop")).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut watcher = support::pg_connect(url, Some(schema)).await;
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'jobs'::regclass",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the post never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let closing = tokio::spawn({
         let store = store.store.clone();
         async move { store.close().await }
@@ -322,6 +366,21 @@ async fn postgres_close_is_not_held_up_by_an_operation_racing_it() {
         .await
         .expect("close hung on a connection given back after it began")
         .unwrap();
+}
+
+/// A board that has listened for wake-ups keeps its listening connection outside the store's
+/// pool, so closing the store does not wait for the board to go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_close_is_not_held_up_by_a_listening_board() {
+    let Some((board, store)) = postgres_pair().await else {
+        return;
+    };
+    board.wait_for_work(Duration::from_millis(50)).await;
+    until_listening(&store).await;
+    tokio::time::timeout(Duration::from_secs(10), store.store.close())
+        .await
+        .expect("close waited for the board's listening connection");
+    drop(board);
 }
 
 /// A claim made without a liveness lock (an owner that never registered) is held by its lease
