@@ -12,7 +12,13 @@ use crate::ids::{FlowId, JobId};
 use crate::state::{AtomState, FlowState, Intention};
 
 /// The version of this model; stores record it and refuse rows from a newer one.
-pub const MODEL_VERSION: u32 = 1;
+///
+/// - 1: the first.
+/// - 2: the SQL stores' step log writes its steps in a compact form (short keys, fields at
+///   their defaults left out, times as integer nanoseconds). The records are unchanged; a
+///   store of this version reads both forms, and one of version 1 refuses the new rows as
+///   written by a newer version instead of misreading them.
+pub const MODEL_VERSION: u32 = 2;
 
 /// Named values given to a flow when it is created (TaskFlow calls these the "store").
 pub type Inputs = serde_json::Map<String, Value>;

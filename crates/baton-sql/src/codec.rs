@@ -17,30 +17,95 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 pub(crate) const MODEL_VERSION_I64: i64 = MODEL_VERSION as i64;
 
 /// An atom record ready to be written: its JSON values serialized once and checked against the
-/// size limit. Serializes as the JSON object the PostgreSQL functions read; a `None` value is
-/// left out, so that SQL `NULL` (none) and JSON `null` (a task that returned `null`) differ.
+/// size limit.
+///
+/// Serializes as a step holds it (see `steplog`): short keys, fields at their defaults left
+/// out, times as integer nanoseconds since 1970 (RFC 3339 text for a time outside the years
+/// 1677 to 2262). A `None` value is left out, so that none and JSON `null` (a task that
+/// returned `null`) differ.
 #[derive(Debug, Serialize)]
 pub(crate) struct EncodedAtom<'a> {
+    #[serde(rename = "n")]
     pub(crate) name: &'a str,
+    #[serde(rename = "k", skip_serializing_if = "is_task")]
     pub(crate) kind: &'static str,
+    #[serde(rename = "s")]
     pub(crate) state: &'static str,
+    #[serde(rename = "i", skip_serializing_if = "is_execute")]
     pub(crate) intention: &'static str,
+    #[serde(rename = "a")]
     pub(crate) attempt: u32,
+    #[serde(rename = "rd", skip_serializing_if = "is_zero")]
     pub(crate) round: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "v", skip_serializing_if = "Option::is_none")]
     pub(crate) result: Option<Box<RawValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "x", skip_serializing_if = "Option::is_none")]
     pub(crate) failure: Option<Box<RawValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "rx", skip_serializing_if = "Option::is_none")]
     pub(crate) revert_failure: Option<Box<RawValue>>,
+    #[serde(rename = "h", skip_serializing_if = "is_empty_list")]
     pub(crate) retry_history: Box<RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ra",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "time"
+    )]
     pub(crate) retry_at: Option<DateTime<Utc>>,
+    #[serde(rename = "p", skip_serializing_if = "is_positive_zero")]
     pub(crate) progress: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "st",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "time"
+    )]
     pub(crate) started_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ft",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "time"
+    )]
     pub(crate) finished_at: Option<DateTime<Utc>>,
+}
+
+/// A time as a step holds it: nanoseconds since 1970 when they fit an `i64`, else RFC 3339
+/// text (the step log's reader takes either).
+#[allow(clippy::ref_option)] // serde passes a reference
+fn time<S: serde::Serializer>(
+    t: &Option<DateTime<Utc>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match t {
+        None => s.serialize_none(),
+        Some(t) => match t.timestamp_nanos_opt() {
+            Some(ns) => s.serialize_i64(ns),
+            None => s.serialize_str(&time_text(*t)),
+        },
+    }
+}
+
+// The fields a step leaves out at their defaults (the step log's reader fills them in).
+
+fn is_task(kind: &&'static str) -> bool {
+    *kind == AtomKind::Task.as_str()
+}
+
+fn is_execute(intention: &&'static str) -> bool {
+    *intention == baton_core::Intention::Execute.as_str()
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_empty_list(raw: &RawValue) -> bool {
+    raw.get() == "[]"
+}
+
+/// Exactly `0.0`: a `-0.0` is written, so it reads back with its sign.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_positive_zero(x: &f64) -> bool {
+    x.to_bits() == 0
 }
 
 fn encode_value<T: Serialize + ?Sized>(
@@ -398,10 +463,10 @@ mod tests {
         let flow = FlowId::new();
         let mut rec = AtomRecord::pending("a", AtomKind::Task);
         let none = serde_json::to_value(encode_atom(flow, &rec, 100).unwrap()).unwrap();
-        assert!(none.get("result").is_none());
+        assert!(none.get("v").is_none());
         rec.result = Some(serde_json::Value::Null);
         let null = serde_json::to_value(encode_atom(flow, &rec, 100).unwrap()).unwrap();
-        assert_eq!(null.get("result"), Some(&serde_json::Value::Null));
+        assert_eq!(null.get("v"), Some(&serde_json::Value::Null));
     }
 
     #[test]

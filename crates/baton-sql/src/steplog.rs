@@ -39,19 +39,20 @@ use serde_json::value::RawValue;
 
 use crate::codec::{self, EncodedAtom, RawAtom};
 
-/// One write as a step's body stores it.
+/// One write as a step's body stores it (short keys: see the module's documentation).
 #[derive(Serialize)]
 struct EntryOut<'a> {
+    #[serde(rename = "o")]
     op: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "f", skip_serializing_if = "Option::is_none")]
     from: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "t", skip_serializing_if = "Option::is_none")]
     to: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "i", skip_serializing_if = "Option::is_none")]
     intention: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "e", skip_serializing_if = "Option::is_none")]
     expected_attempt: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "r", skip_serializing_if = "Option::is_none")]
     record: Option<&'a EncodedAtom<'a>>,
 }
 
@@ -135,7 +136,7 @@ pub(crate) fn encode(
                 flow_state = Some(to.as_str());
                 flow_intention = Some(intention.as_str());
                 EntryOut {
-                    op: "flow",
+                    op: "f",
                     from: Some(from.as_str()),
                     to: Some(to.as_str()),
                     intention: Some(intention.as_str()),
@@ -159,7 +160,7 @@ pub(crate) fn encode(
                     )));
                 }
                 EntryOut {
-                    op: "atom",
+                    op: "a",
                     from: Some(expected_state.as_str()),
                     to: None,
                     intention: None,
@@ -187,40 +188,57 @@ fn present<'de, D: Deserializer<'de>>(
     Box::<RawValue>::deserialize(d).map(Some)
 }
 
+/// A time as a step holds it: integer nanoseconds since 1970, or RFC 3339 text (written by
+/// earlier versions, and for times an `i64` of nanoseconds cannot hold); `null` is none.
+fn time<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<DateTime<Utc>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Nanos(i64),
+        Text(DateTime<Utc>),
+    }
+    Ok(Option::<Time>::deserialize(d)?.map(|t| match t {
+        Time::Nanos(ns) => DateTime::from_timestamp_nanos(ns),
+        Time::Text(t) => t,
+    }))
+}
+
 /// An atom record as a step holds it.
 ///
-/// Fields at their defaults may be left out (`kind` task, `intention` EXECUTE, `round` and
-/// `progress` zero, `retry_history` empty), although this version writes them all:
-/// a step's size is most of what a SQLite commit costs beyond a bare insert (in an experiment,
-/// a one-byte body made 15 to 30 % more steps a second), so a later version may write shorter
-/// steps, and engines of this version, running in the same fleet during an upgrade, can read
-/// them.
+/// This version writes short keys (`n`, `k`, `s`, ...: see [`codec::EncodedAtom`]), leaves
+/// fields at their defaults out (`kind` task, `intention` EXECUTE, `round` and `progress`
+/// zero, `retry_history` empty) and writes times as integer nanoseconds. It reads that and the
+/// long form earlier versions wrote (keys `name`, `kind`, `state`, ..., every field, times as
+/// text), so a flow begun by an earlier version resumes here.
 #[derive(Deserialize)]
 struct AtomIn {
+    #[serde(alias = "n")]
     name: String,
-    #[serde(default = "default_kind")]
+    #[serde(alias = "k", default = "default_kind")]
     kind: String,
+    #[serde(alias = "s")]
     state: String,
-    #[serde(default = "default_intention")]
+    #[serde(alias = "i", default = "default_intention")]
     intention: String,
+    #[serde(alias = "a")]
     attempt: i64,
-    #[serde(default)]
+    #[serde(alias = "rd", default)]
     round: i64,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(alias = "v", default, deserialize_with = "present")]
     result: Option<Box<RawValue>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(alias = "x", default, deserialize_with = "present")]
     failure: Option<Box<RawValue>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(alias = "rx", default, deserialize_with = "present")]
     revert_failure: Option<Box<RawValue>>,
-    #[serde(default = "empty_history")]
+    #[serde(alias = "h", default = "empty_history")]
     retry_history: Box<RawValue>,
-    #[serde(default)]
+    #[serde(alias = "ra", default, deserialize_with = "time")]
     retry_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(alias = "p", default)]
     progress: f64,
-    #[serde(default)]
+    #[serde(alias = "st", default, deserialize_with = "time")]
     started_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(alias = "ft", default, deserialize_with = "time")]
     finished_at: Option<DateTime<Utc>>,
 }
 
@@ -237,18 +255,22 @@ fn empty_history() -> Box<RawValue> {
     RawValue::from_string("[]".to_owned()).unwrap_or_default()
 }
 
+/// One write as a step holds it: short keys (`o` with `f` for the flow or `a` for an atom,
+/// `f` from, `t` to, `i` intention, `e` the attempt expected, `r` the record), or the long
+/// ones of earlier versions (`op` with `flow` or `atom`, `from`, ...).
 #[derive(Deserialize)]
 struct EntryIn {
+    #[serde(alias = "o")]
     op: String,
-    #[serde(default)]
+    #[serde(alias = "f", default)]
     from: Option<String>,
-    #[serde(default)]
+    #[serde(alias = "t", default)]
     to: Option<String>,
-    #[serde(default)]
+    #[serde(alias = "i", default)]
     intention: Option<String>,
-    #[serde(default)]
+    #[serde(alias = "e", default)]
     expected_attempt: Option<u32>,
-    #[serde(default)]
+    #[serde(alias = "r", default)]
     record: Option<AtomIn>,
 }
 
@@ -278,7 +300,7 @@ pub(crate) fn decode(flow: FlowId, row: &StepRow) -> Result<Vec<Write>> {
     let mut writes = Vec::with_capacity(entries.len());
     for entry in entries {
         let write = match (entry.op.as_str(), entry.record) {
-            ("flow", _) => {
+            ("f" | "flow", _) => {
                 let go = || -> std::result::Result<Write, String> {
                     Ok(Write::Flow {
                         from: parse("flow write's from", entry.from.as_deref())?,
@@ -288,7 +310,7 @@ pub(crate) fn decode(flow: FlowId, row: &StepRow) -> Result<Vec<Write>> {
                 };
                 go().map_err(|d| codec::corrupt(flow, None, at_step(d)))?
             }
-            ("atom", Some(rec)) => {
+            ("a" | "atom", Some(rec)) => {
                 let name = rec.name;
                 let expected_state: AtomState = parse("expected state", entry.from.as_deref())
                     .map_err(|d| codec::corrupt(flow, Some(&name), at_step(d)))?;
@@ -563,38 +585,144 @@ mod tests {
         }
     }
 
+    /// A record with every field away from its default.
+    fn busy_record() -> AtomRecord {
+        let at = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+        AtomRecord {
+            name: "retry \"x\"".into(),
+            kind: AtomKind::Retry,
+            state: AtomState::Reverting,
+            intention: baton_core::Intention::Revert,
+            attempt: 3,
+            round: 2,
+            result: Some(json!({"n": [1, 2.5, null]})),
+            failure: Some(baton_core::Failure {
+                message: "boom".into(),
+                causes: vec!["deeper".into()],
+                atom: "retry".into(),
+                attempt: 3,
+                retryable: true,
+                kind: baton_core::FailureKind::Execute,
+            }),
+            revert_failure: None,
+            retry_history: vec![baton_core::model::RetryAttempt {
+                value: json!(1),
+                failures: vec![],
+            }],
+            retry_at: at("2026-11-26T03:04:05.123456789Z"),
+            progress: -0.0,
+            started_at: at("1969-12-31T23:59:59.999999999Z"),
+            // Outside what nanoseconds in an `i64` hold: written as text.
+            finished_at: at("2300-01-01T00:00:00.000000001Z"),
+        }
+    }
+
+    /// A step names a record's fields with short keys and leaves its defaults out.
     #[test]
-    fn records_may_leave_out_fields_at_their_defaults() {
+    fn steps_are_written_short() {
         let flow = FlowId::new();
+        let mut pending = AtomRecord::pending("a", AtomKind::Task);
+        pending.started_at = Some(DateTime::from_timestamp_nanos(1_795_659_645_407_374_990));
+        let (write, _) = moved(&pending, AtomState::Running, 1);
+        assert_eq!(
+            row(1, &[write], flow).body,
+            r#"[{"o":"a","f":"PENDING","e":0,"r":{"n":"a","s":"RUNNING","a":1,"st":1795659645407374990}}]"#
+        );
+    }
+
+    /// Every field of a record comes back from a step exactly: `-0.0` keeps its sign, times
+    /// keep their nanoseconds, before 1970 and past 2262 too.
+    #[test]
+    fn steps_keep_every_field_exactly() {
+        let flow = FlowId::new();
+        let write = Write::Atom {
+            expected_state: AtomState::Failure,
+            expected_attempt: 3,
+            record: busy_record(),
+        };
+        let step = row(4, std::slice::from_ref(&write), flow);
+        assert!(
+            step.body
+                .contains(r#""ft":"2300-01-01T00:00:00.000000001Z""#),
+            "{}",
+            step.body
+        );
+        let decoded = decode(flow, &step).unwrap();
+        assert_eq!(decoded, [write]);
+        let Write::Atom { record, .. } = &decoded[0] else {
+            panic!("not an atom write");
+        };
+        assert!(record.progress.is_sign_negative());
+    }
+
+    /// Steps as earlier versions wrote them (long keys, every field, times as text; or long
+    /// keys with defaults left out) read the same as this version's, so their flows resume.
+    #[test]
+    fn steps_of_earlier_versions_read_the_same() {
+        let flow = FlowId::new();
+        let rec = busy_record();
+        let write = Write::Atom {
+            expected_state: AtomState::Failure,
+            expected_attempt: 3,
+            record: rec.clone(),
+        };
+        let time = |t: Option<DateTime<Utc>>| t.map(codec::time_text);
+        let long = json!([{
+            "op": "atom", "from": "FAILURE", "expected_attempt": 3,
+            "record": {
+                "name": rec.name, "kind": "retry", "state": "REVERTING", "intention": "REVERT",
+                "attempt": 3, "round": 2, "result": rec.result, "failure": rec.failure,
+                "retry_history": rec.retry_history, "retry_at": time(rec.retry_at),
+                "progress": -0.0, "started_at": time(rec.started_at),
+                "finished_at": time(rec.finished_at)
+            }
+        }, {"op": "flow", "from": "RUNNING", "to": "REVERTING", "intention": "REVERT"}]);
+        let old = StepRow {
+            body: long.to_string(),
+            model_version: 1,
+            ..row(4, &[], flow)
+        };
+        let flow_write = Write::Flow {
+            from: FlowState::Running,
+            to: FlowState::Reverting,
+            intention: Intention::Revert,
+        };
+        assert_eq!(decode(flow, &old).unwrap(), [write, flow_write]);
+
         let pending = AtomRecord::pending("a", AtomKind::Task);
         let (write, running) = moved(&pending, AtomState::Running, 1);
-        let full = row(1, std::slice::from_ref(&write), flow);
-        let short = StepRow {
+        let defaults_left_out = StepRow {
             body: r#"[{"op":"atom","from":"PENDING","expected_attempt":0,
                        "record":{"name":"a","state":"RUNNING","attempt":1}}]"#
                 .to_owned(),
-            ..row(1, std::slice::from_ref(&write), flow)
+            model_version: 1,
+            ..row(1, &[], flow)
         };
-        let compact: String = short.body.split_whitespace().collect();
-        assert!(
-            compact.len() < full.body.len(),
-            "{compact} against {}",
-            full.body
-        );
-        let decoded = decode(flow, &short).unwrap();
-        assert_eq!(decoded, decode(flow, &full).unwrap());
+        let decoded = decode(flow, &defaults_left_out).unwrap();
+        assert_eq!(decoded, [write]);
         let Write::Atom { record, .. } = &decoded[0] else {
             panic!("not an atom write");
         };
         assert_eq!(record, &running);
-        // What identifies a record stays required.
-        let nameless = StepRow {
-            body: r#"[{"op":"atom","from":"PENDING","expected_attempt":0,
-                       "record":{"state":"RUNNING","attempt":1}}]"#
-                .to_owned(),
-            ..row(1, std::slice::from_ref(&write), flow)
-        };
-        assert!(decode(flow, &nameless).is_err());
+    }
+
+    /// What identifies a record stays required, in either form.
+    #[test]
+    fn records_without_a_name_are_corrupt() {
+        let flow = FlowId::new();
+        for body in [
+            r#"[{"op":"atom","from":"PENDING","expected_attempt":0,"record":{"state":"RUNNING","attempt":1}}]"#,
+            r#"[{"o":"a","f":"PENDING","e":0,"r":{"s":"RUNNING","a":1}}]"#,
+        ] {
+            let step = StepRow {
+                body: body.to_owned(),
+                ..row(1, &[], flow)
+            };
+            assert!(
+                matches!(decode(flow, &step), Err(Error::Corrupt { .. })),
+                "{body}"
+            );
+        }
     }
 
     #[test]
