@@ -25,6 +25,7 @@ pub(crate) struct Fleet {
     url: String,
     schema: Option<String>,
     sqlite: baton_sql::SqliteOptions,
+    step_format: baton_sql::StepFormat,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -45,7 +46,7 @@ impl Fleet {
                 (Arc::new(store), Arc::new(board))
             }
             Backend::Postgres => {
-                let mut options = baton_sql::PostgresOptions::new();
+                let mut options = baton_sql::PostgresOptions::new().step_format(self.step_format);
                 if let Some(schema) = &self.schema {
                     options = options.schema(schema);
                 }
@@ -68,6 +69,7 @@ impl Fleet {
                     url: "memory".into(),
                     schema: None,
                     sqlite: target.sqlite_options(),
+                    step_format: target.step_format(),
                     _dir: None,
                 })
             }
@@ -85,18 +87,17 @@ impl Fleet {
                     url,
                     schema: None,
                     sqlite: target.sqlite_options(),
+                    step_format: target.step_format(),
                     _dir: dir,
                 })
             }
             Backend::Postgres => {
                 let url = crate::postgres_url(target);
                 let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
-                let store = baton_sql::PostgresStore::connect_with(
-                    &url,
-                    baton_sql::PostgresOptions::new().schema(&schema),
-                )
-                .await
-                .with_context(|| format!("connecting to {url}"))?;
+                let store =
+                    baton_sql::PostgresStore::connect_with(&url, target.postgres_options(&schema))
+                        .await
+                        .with_context(|| format!("connecting to {url}"))?;
                 let for_boards = store.clone();
                 Ok(Self {
                     store: Arc::new(store),
@@ -107,6 +108,7 @@ impl Fleet {
                     url,
                     schema: Some(schema),
                     sqlite: target.sqlite_options(),
+                    step_format: target.step_format(),
                     _dir: None,
                 })
             }

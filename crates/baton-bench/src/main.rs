@@ -74,16 +74,39 @@ struct Target {
     /// (`SqliteOptions::spin`; the floor waits the same way). Default: the store's default.
     #[arg(long)]
     sqlite_spin_us: Option<u64>,
+    /// How the SQL stores write their steps (`StepFormat`: `long`, the default, or `short`).
+    #[arg(long, value_enum, default_value_t = StepForm::Long)]
+    step_format: StepForm,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum StepForm {
+    Long,
+    Short,
 }
 
 impl Target {
+    fn step_format(&self) -> baton_sql::StepFormat {
+        match self.step_format {
+            StepForm::Long => baton_sql::StepFormat::Long,
+            StepForm::Short => baton_sql::StepFormat::Short,
+        }
+    }
+
     /// The SQLite store's options for this run.
     fn sqlite_options(&self) -> baton_sql::SqliteOptions {
-        let options = baton_sql::SqliteOptions::new();
+        let options = baton_sql::SqliteOptions::new().step_format(self.step_format());
         match self.sqlite_spin_us {
             Some(us) => options.spin(std::time::Duration::from_micros(us)),
             None => options,
         }
+    }
+
+    /// The PostgreSQL store's options for this run, in `schema`.
+    fn postgres_options(&self, schema: &str) -> baton_sql::PostgresOptions {
+        baton_sql::PostgresOptions::new()
+            .schema(schema)
+            .step_format(self.step_format())
     }
 }
 
@@ -371,12 +394,10 @@ async fn open(target: &Target) -> Result<Bench> {
         Backend::Postgres => {
             let url = postgres_url(target);
             let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
-            let store = baton_sql::PostgresStore::connect_with(
-                &url,
-                baton_sql::PostgresOptions::new().schema(&schema),
-            )
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
+            let store =
+                baton_sql::PostgresStore::connect_with(&url, target.postgres_options(&schema))
+                    .await
+                    .with_context(|| format!("connecting to {url}"))?;
             let counter = store.clone();
             let mut conn = sqlx::PgConnection::connect(&url).await?;
             sqlx::query(&format!(

@@ -11,13 +11,14 @@ use crate::failure::Failure;
 use crate::ids::{FlowId, JobId};
 use crate::state::{AtomState, FlowState, Intention};
 
-/// The version of this model; stores record it and refuse rows from a newer one.
+/// The newest version of this model that this build reads. Stores stamp each row with the
+/// oldest version that reads it, and refuse rows stamped with a version newer than this one
+/// (as `Corrupt`, "written by a newer version") instead of misreading them.
 ///
 /// - 1: the first.
-/// - 2: the SQL stores' step log writes its steps in a compact form (short keys, fields at
-///   their defaults left out, times as integer nanoseconds). The records are unchanged; a
-///   store of this version reads both forms, and one of version 1 refuses the new rows as
-///   written by a newer version instead of misreading them.
+/// - 2: the SQL stores' steps may be written short (`baton_sql::StepFormat::Short`: short
+///   keys, times as integer nanoseconds). Only such steps are stamped 2; every other row is
+///   as version 1 wrote it.
 pub const MODEL_VERSION: u32 = 2;
 
 /// Named values given to a flow when it is created (TaskFlow calls these the "store").

@@ -13,99 +13,144 @@ use serde_json::value::RawValue;
 /// retry history): 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
-/// [`MODEL_VERSION`] as the databases store it.
-pub(crate) const MODEL_VERSION_I64: i64 = MODEL_VERSION as i64;
+/// The model version `flows` and `atoms` rows are stamped with: the oldest that reads them
+/// (see `MODEL_VERSION`; steps are stamped by their [`StepFormat`]).
+pub(crate) const ROW_VERSION: i64 = 1;
 
 /// An atom record ready to be written: its JSON values serialized once and checked against the
-/// size limit.
-///
-/// Serializes as a step holds it (see `steplog`): short keys, fields at their defaults left
-/// out, times as integer nanoseconds since 1970 (RFC 3339 text for a time outside the years
-/// 1677 to 2262). A `None` value is left out, so that none and JSON `null` (a task that
-/// returned `null`) differ.
-#[derive(Debug, Serialize)]
+/// size limit. A step holds it in the form its store writes (see [`Shaped`]).
+#[derive(Debug)]
 pub(crate) struct EncodedAtom<'a> {
-    #[serde(rename = "n")]
     pub(crate) name: &'a str,
-    #[serde(rename = "k", skip_serializing_if = "is_task")]
     pub(crate) kind: &'static str,
-    #[serde(rename = "s")]
     pub(crate) state: &'static str,
-    #[serde(rename = "i", skip_serializing_if = "is_execute")]
     pub(crate) intention: &'static str,
-    #[serde(rename = "a")]
     pub(crate) attempt: u32,
-    #[serde(rename = "rd", skip_serializing_if = "is_zero")]
     pub(crate) round: u32,
-    #[serde(rename = "v", skip_serializing_if = "Option::is_none")]
     pub(crate) result: Option<Box<RawValue>>,
-    #[serde(rename = "x", skip_serializing_if = "Option::is_none")]
     pub(crate) failure: Option<Box<RawValue>>,
-    #[serde(rename = "rx", skip_serializing_if = "Option::is_none")]
     pub(crate) revert_failure: Option<Box<RawValue>>,
-    #[serde(rename = "h", skip_serializing_if = "is_empty_list")]
     pub(crate) retry_history: Box<RawValue>,
-    #[serde(
-        rename = "ra",
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "time"
-    )]
     pub(crate) retry_at: Option<DateTime<Utc>>,
-    #[serde(rename = "p", skip_serializing_if = "is_positive_zero")]
     pub(crate) progress: f64,
-    #[serde(
-        rename = "st",
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "time"
-    )]
     pub(crate) started_at: Option<DateTime<Utc>>,
-    #[serde(
-        rename = "ft",
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "time"
-    )]
     pub(crate) finished_at: Option<DateTime<Utc>>,
 }
 
-/// A time as a step holds it: nanoseconds since 1970 when they fit an `i64`, else RFC 3339
-/// text (the step log's reader takes either).
-#[allow(clippy::ref_option)] // serde passes a reference
-fn time<S: serde::Serializer>(
-    t: &Option<DateTime<Utc>>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    match t {
-        None => s.serialize_none(),
-        Some(t) => match t.timestamp_nanos_opt() {
-            Some(ns) => s.serialize_i64(ns),
-            None => s.serialize_str(&time_text(*t)),
-        },
+/// An atom record as a step of `format` holds it: the fields at their defaults (kind task,
+/// intention EXECUTE, round and progress zero, empty retry history) and those that are none
+/// left out, so that none and JSON `null` (a task that returned `null`) differ.
+///
+/// - [`StepFormat::Long`]: the keys are the `atoms` table's column names, times RFC 3339 text.
+/// - [`StepFormat::Short`]: `n` name, `k` kind, `s` state, `i` intention, `a` attempt, `rd`
+///   round, `v` result, `x` failure, `rx` revert failure, `h` retry history, `ra` retry at,
+///   `p` progress, `st` started at, `ft` finished at; times as integer nanoseconds since 1970
+///   (as text when they do not fit an `i64`, or fall in a leap second).
+pub(crate) struct Shaped<'a> {
+    pub(crate) atom: &'a EncodedAtom<'a>,
+    pub(crate) format: StepFormat,
+}
+
+impl Serialize for Shaped<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let short = self.format == StepFormat::Short;
+        let key =
+            |long: &'static str, short_key: &'static str| if short { short_key } else { long };
+        let a = self.atom;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry(key("name", "n"), a.name)?;
+        if a.kind != AtomKind::Task.as_str() {
+            m.serialize_entry(key("kind", "k"), a.kind)?;
+        }
+        m.serialize_entry(key("state", "s"), a.state)?;
+        if a.intention != baton_core::Intention::Execute.as_str() {
+            m.serialize_entry(key("intention", "i"), a.intention)?;
+        }
+        m.serialize_entry(key("attempt", "a"), &a.attempt)?;
+        if a.round != 0 {
+            m.serialize_entry(key("round", "rd"), &a.round)?;
+        }
+        for (long, short_key, value) in [
+            ("result", "v", &a.result),
+            ("failure", "x", &a.failure),
+            ("revert_failure", "rx", &a.revert_failure),
+        ] {
+            if let Some(value) = value {
+                m.serialize_entry(key(long, short_key), value)?;
+            }
+        }
+        if a.retry_history.get() != "[]" {
+            m.serialize_entry(key("retry_history", "h"), &a.retry_history)?;
+        }
+        // Left out when exactly `0.0`: a `-0.0` is written, so it reads back with its sign.
+        if a.progress.to_bits() != 0 {
+            m.serialize_entry(key("progress", "p"), &a.progress)?;
+        }
+        let times = [
+            ("retry_at", "ra", a.retry_at),
+            ("started_at", "st", a.started_at),
+            ("finished_at", "ft", a.finished_at),
+        ];
+        for (long, short_key, time) in times {
+            if let Some(t) = time {
+                m.serialize_entry(key(long, short_key), &Time { t, short })?;
+            }
+        }
+        m.end()
     }
 }
 
-// The fields a step leaves out at their defaults (the step log's reader fills them in).
-
-fn is_task(kind: &&'static str) -> bool {
-    *kind == AtomKind::Task.as_str()
+/// A time as a step holds it (see [`Shaped`]).
+struct Time {
+    t: DateTime<Utc>,
+    short: bool,
 }
 
-fn is_execute(intention: &&'static str) -> bool {
-    *intention == baton_core::Intention::Execute.as_str()
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        // A leap second's nanoseconds (1e9 and up) would come back as the next second's.
+        let nanos = (self.short && self.t.timestamp_subsec_nanos() < 1_000_000_000)
+            .then(|| self.t.timestamp_nanos_opt())
+            .flatten();
+        match nanos {
+            Some(ns) => s.serialize_i64(ns),
+            // chrono's own form, which the long steps have always used.
+            None => self.t.serialize(s),
+        }
+    }
 }
 
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+/// How a SQL store writes the steps of its log (`SqliteOptions::step_format`,
+/// `PostgresOptions::step_format`). Either way, every field of a record reads back exactly,
+/// and this version reads both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StepFormat {
+    /// Keys named like the `atoms` table's columns, times as RFC 3339 text, fields at their
+    /// defaults left out: about 380 bytes for a linear step. Read by this version and the one
+    /// before it (which began reading steps that leave defaults out), so a fleet can upgrade
+    /// one engine at a time. The default.
+    #[default]
+    Long,
+    /// Short keys and times as integer nanoseconds: about 220 bytes for a linear step, so
+    /// about 5 % more SQLite steps a second (see `docs/stores.md`) and a log less than half as
+    /// big. Read by this version and later ones only: a version before this one refuses such
+    /// steps as written by a newer version, and a conductor of it gives up the job (ending
+    /// it failed) while its run stays unfinished. Choose it once every engine that may resume
+    /// the store's runs is of this version or later; a later version makes it the default.
+    Short,
 }
 
-fn is_empty_list(raw: &RawValue) -> bool {
-    raw.get() == "[]"
-}
-
-/// Exactly `0.0`: a `-0.0` is written, so it reads back with its sign.
-#[allow(clippy::trivially_copy_pass_by_ref)]
-fn is_positive_zero(x: &f64) -> bool {
-    x.to_bits() == 0
+impl StepFormat {
+    /// The oldest model version that reads steps of this format: what their rows are stamped
+    /// with (see `MODEL_VERSION`).
+    pub(crate) fn model_version(self) -> i64 {
+        match self {
+            StepFormat::Long => 1,
+            StepFormat::Short => 2,
+        }
+    }
 }
 
 fn encode_value<T: Serialize + ?Sized>(
@@ -462,11 +507,24 @@ mod tests {
     fn none_and_null_results_stay_apart() {
         let flow = FlowId::new();
         let mut rec = AtomRecord::pending("a", AtomKind::Task);
-        let none = serde_json::to_value(encode_atom(flow, &rec, 100).unwrap()).unwrap();
-        assert!(none.get("v").is_none());
-        rec.result = Some(serde_json::Value::Null);
-        let null = serde_json::to_value(encode_atom(flow, &rec, 100).unwrap()).unwrap();
-        assert_eq!(null.get("v"), Some(&serde_json::Value::Null));
+        for (format, key) in [(StepFormat::Long, "result"), (StepFormat::Short, "v")] {
+            rec.result = None;
+            let atom = encode_atom(flow, &rec, 100).unwrap();
+            let none = serde_json::to_value(Shaped {
+                atom: &atom,
+                format,
+            })
+            .unwrap();
+            assert!(none.get(key).is_none());
+            rec.result = Some(serde_json::Value::Null);
+            let atom = encode_atom(flow, &rec, 100).unwrap();
+            let null = serde_json::to_value(Shaped {
+                atom: &atom,
+                format,
+            })
+            .unwrap();
+            assert_eq!(null.get(key), Some(&serde_json::Value::Null));
+        }
     }
 
     #[test]

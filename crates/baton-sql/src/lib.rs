@@ -104,7 +104,7 @@ pub use board_postgres::{PostgresJobBoard, DEFAULT_WAKE_WINDOW};
 #[cfg(feature = "sqlite")]
 pub use board_sqlite::SqliteJobBoard;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use codec::DEFAULT_MAX_VALUE_BYTES;
+pub use codec::{StepFormat, DEFAULT_MAX_VALUE_BYTES};
 pub use error::{Error, Result};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore, DEFAULT_SCHEMA};

@@ -15,7 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::types::Json;
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
-use crate::codec::{self, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES};
+use crate::codec::{self, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES};
 use crate::error::{classify, Error};
 use crate::steplog::{self, Known, Step, StepRow};
 use serde_json::value::RawValue;
@@ -42,6 +42,9 @@ pub struct PostgresOptions {
     /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
     /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
     pub max_value_bytes: usize,
+    /// How steps are written (see [`StepFormat`]); default [`StepFormat::Long`], which the
+    /// previous version reads too.
+    pub step_format: StepFormat,
 }
 
 impl Default for PostgresOptions {
@@ -51,6 +54,7 @@ impl Default for PostgresOptions {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            step_format: StepFormat::default(),
         }
     }
 }
@@ -82,6 +86,12 @@ impl PostgresOptions {
     /// Sets [`PostgresOptions::max_value_bytes`].
     pub fn max_value_bytes(mut self, limit: usize) -> Self {
         self.max_value_bytes = limit;
+        self
+    }
+
+    /// Sets [`PostgresOptions::step_format`].
+    pub fn step_format(mut self, format: StepFormat) -> Self {
+        self.step_format = format;
         self
     }
 }
@@ -116,6 +126,7 @@ pub struct PostgresStore {
     schema: Arc<str>,
     commits: Arc<AtomicU64>,
     max_value_bytes: usize,
+    step_format: StepFormat,
     /// What this store knows of the flows it writes to (see [`crate::steplog`]).
     known: Arc<steplog::Cache>,
 }
@@ -187,6 +198,7 @@ impl PostgresStore {
             schema: options.schema.into(),
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
+            step_format: options.step_format,
             known: Arc::default(),
         })
     }
@@ -452,15 +464,15 @@ const CREATE_FLOW_ANSWER: &str =
     " SELECT (SELECT holds FROM fence) AS holds, EXISTS (SELECT 1 FROM flow) AS created";
 
 /// Creating a run ([`CREATE_FLOW_WITH`]), and with `with_step` its first batch too: its step is appended in
-/// the same statement if (and only if) the flow was created (`$26`..`$29`: time, flow state,
-/// intention, body).
+/// the same statement if (and only if) the flow was created (`$26`..`$30`: time, flow state,
+/// intention, body, model version).
 fn create_flow_sql(with_step: bool) -> String {
     if with_step {
         format!(
             "{CREATE_FLOW_WITH}, step AS ( \
                  INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
                                     model_version) \
-                 SELECT flow.id, 1, $26, $27, $28, $29, $11 FROM flow \
+                 SELECT flow.id, 1, $26, $27, $28, $29, $30 FROM flow \
              ){CREATE_FLOW_ANSWER}"
         )
     } else {
@@ -773,7 +785,7 @@ impl PostgresStore {
                 .bind(step.flow_state)
                 .bind(step.flow_intention)
                 .bind(step.body.as_str())
-                .bind(codec::MODEL_VERSION_I64)
+                .bind(step.model_version)
                 .execute(&mut *tx)
                 .await
                 .map_err(Attempt::Db)?;
@@ -820,7 +832,8 @@ impl PostgresStore {
         first: Option<&Batch>,
     ) -> store::Result<()> {
         // The first batch is checked and encoded before any statement.
-        let (row, first) = steplog::first_step(flow, atoms, first, self.max_value_bytes)?;
+        let (row, first) =
+            steplog::first_step(flow, atoms, first, self.max_value_bytes, self.step_format)?;
         let encoded = atoms
             .iter()
             .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
@@ -840,7 +853,7 @@ impl PostgresStore {
             .bind(Json(&flow.meta))
             .bind(flow.created_at)
             .bind(row.updated_at)
-            .bind(codec::MODEL_VERSION_I64)
+            .bind(codec::ROW_VERSION)
             .bind(encoded.iter().map(|a| a.name).collect::<Vec<_>>())
             .bind(encoded.iter().map(|a| a.kind).collect::<Vec<_>>())
             .bind(encoded.iter().map(|a| a.state).collect::<Vec<_>>())
@@ -880,7 +893,8 @@ impl PostgresStore {
                 .bind(batch.at)
                 .bind(step.flow_state)
                 .bind(step.flow_intention)
-                .bind(step.body.as_str());
+                .bind(step.body.as_str())
+                .bind(step.model_version);
         }
         let consume = first.as_ref().and_then(|(_, _, consume)| consume.as_ref());
         let mut conn = self.acquire().await.map_err(classify)?;
@@ -1019,7 +1033,7 @@ impl Store for PostgresStore {
     async fn commit(&self, batch: &Batch) -> store::Result<()> {
         let flow = batch.flow;
         // Everything that needs no data first, so a refused batch costs no transaction.
-        let step = steplog::encode_batch(batch, self.max_value_bytes)?;
+        let step = steplog::encode_batch(batch, self.max_value_bytes, self.step_format)?;
         let fence =
             codec::fence_to_db(flow, batch.fence)?.map(|(job, token)| (job.as_uuid(), token));
         let consume = codec::consumed_job(batch)?;
@@ -1040,7 +1054,7 @@ impl Store for PostgresStore {
                         .bind(step.flow_state)
                         .bind(step.flow_intention)
                         .bind(step.body.as_str())
-                        .bind(codec::MODEL_VERSION_I64)
+                        .bind(step.model_version)
                         .bind(job)
                         .bind(token)
                         .bind(outcome.as_str())
@@ -1059,7 +1073,7 @@ impl Store for PostgresStore {
                             .bind(step.flow_state)
                             .bind(step.flow_intention)
                             .bind(step.body.as_str())
-                            .bind(codec::MODEL_VERSION_I64);
+                            .bind(step.model_version);
                     if let Some((job, token)) = fence {
                         query = query.bind(job).bind(token);
                     }

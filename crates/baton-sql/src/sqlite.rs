@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use crate::codec::{
-    self, RawAtom, RawFlow, RawTransition, DEFAULT_MAX_VALUE_BYTES, MODEL_VERSION_I64,
+    self, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES, ROW_VERSION,
 };
 use crate::error::{classify, Error};
 use crate::steplog::{self, Known, Step, StepRow};
@@ -68,6 +68,9 @@ pub struct SqliteOptions {
     /// process completed about 12 % fewer jobs a second with it (`baton-bench jobs
     /// --backend sqlite --sqlite-spin-us 100` against `0`).
     pub spin: Duration,
+    /// How steps are written (see [`StepFormat`]); default [`StepFormat::Long`], which the
+    /// previous version reads too.
+    pub step_format: StepFormat,
 }
 
 impl Default for SqliteOptions {
@@ -78,6 +81,7 @@ impl Default for SqliteOptions {
             max_connections: 4,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             spin: Duration::ZERO,
+            step_format: StepFormat::default(),
         }
     }
 }
@@ -109,6 +113,12 @@ impl SqliteOptions {
     /// Sets [`SqliteOptions::max_value_bytes`].
     pub fn max_value_bytes(mut self, limit: usize) -> Self {
         self.max_value_bytes = limit;
+        self
+    }
+
+    /// Sets [`SqliteOptions::step_format`].
+    pub fn step_format(mut self, format: StepFormat) -> Self {
+        self.step_format = format;
         self
     }
 
@@ -156,6 +166,7 @@ pub struct SqliteStore {
     writer_suspect: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
     max_value_bytes: usize,
+    step_format: StepFormat,
     spin: Duration,
     /// What this store knows of the flows it writes to (see [`crate::steplog`]).
     known: Arc<steplog::Cache>,
@@ -254,6 +265,7 @@ impl SqliteStore {
             writer_suspect: Arc::new(AtomicBool::new(false)),
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
+            step_format: options.step_format,
             spin: options.spin,
             known: Arc::default(),
             job_wake: Arc::default(),
@@ -935,7 +947,7 @@ async fn append(
         .bind(step.flow_state)
         .bind(step.flow_intention)
         .bind(step.body.as_str())
-        .bind(MODEL_VERSION_I64);
+        .bind(step.model_version);
     if let Some((job, token)) = fence {
         query = query.bind(job.as_str()).bind(*token);
     }
@@ -970,7 +982,7 @@ macro_rules! bind_atom {
             .bind(enc.progress)
             .bind(enc.started_at.map(codec::time_text))
             .bind(enc.finished_at.map(codec::time_text))
-            .bind(MODEL_VERSION_I64)
+            .bind(ROW_VERSION)
     }};
 }
 
@@ -984,7 +996,8 @@ impl SqliteStore {
         first: Option<&Batch>,
     ) -> store::Result<()> {
         // The first batch is checked and encoded before any transaction.
-        let (row, first) = steplog::first_step(flow, atoms, first, self.max_value_bytes)?;
+        let (row, first) =
+            steplog::first_step(flow, atoms, first, self.max_value_bytes, self.step_format)?;
         let encoded = atoms
             .iter()
             .map(|a| codec::encode_atom(flow.id, a, self.max_value_bytes))
@@ -1015,7 +1028,7 @@ impl SqliteStore {
             .bind(meta)
             .bind(codec::time_text(flow.created_at))
             .bind(codec::time_text(row.updated_at))
-            .bind(MODEL_VERSION_I64)
+            .bind(ROW_VERSION)
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
@@ -1105,7 +1118,7 @@ impl Store for SqliteStore {
     async fn commit(&self, batch: &Batch) -> store::Result<()> {
         let flow = batch.flow;
         // Everything that needs no data first, so a refused batch costs no transaction.
-        let step = steplog::encode_batch(batch, self.max_value_bytes)?;
+        let step = steplog::encode_batch(batch, self.max_value_bytes, self.step_format)?;
         let fence =
             codec::fence_to_db(flow, batch.fence)?.map(|(job, token)| (job.to_string(), token));
         let consume = codec::consumed_job(batch)?;

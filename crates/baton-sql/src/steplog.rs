@@ -9,6 +9,10 @@
 //! state is copied onto it in the statement that appends the step (SQLite: by a trigger;
 //! PostgreSQL: by the statement itself), so listings by state need no replay.
 //!
+//! A step's JSON comes in two forms, long and short ([`StepFormat`]; the keys are listed at
+//! `EntryOut` and [`codec::Shaped`]), and the reader takes both, as well as the long form with
+//! every field that versions before defaults were left out wrote.
+//!
 //! # Why one row
 //!
 //! A step used to update the flow's row and each atom's row and insert a history row per
@@ -37,29 +41,51 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use crate::codec::{self, EncodedAtom, RawAtom};
+use crate::codec::{self, EncodedAtom, RawAtom, StepFormat};
 
-/// One write as a step's body stores it (short keys: see the module's documentation).
-#[derive(Serialize)]
+/// One write as a step's body stores it (see [`StepFormat`]): `op` (short: `o`) is `flow` (`f`)
+/// or `atom` (`a`); then `from` (`f`), `to` (`t`) and `intention` (`i`) for the flow, or
+/// `from` (`f`), `expected_attempt` (`e`) and `record` (`r`, see [`codec::Shaped`]) for an
+/// atom.
 struct EntryOut<'a> {
-    #[serde(rename = "o")]
-    op: &'static str,
-    #[serde(rename = "f", skip_serializing_if = "Option::is_none")]
-    from: Option<&'static str>,
-    #[serde(rename = "t", skip_serializing_if = "Option::is_none")]
-    to: Option<&'static str>,
-    #[serde(rename = "i", skip_serializing_if = "Option::is_none")]
-    intention: Option<&'static str>,
-    #[serde(rename = "e", skip_serializing_if = "Option::is_none")]
-    expected_attempt: Option<u32>,
-    #[serde(rename = "r", skip_serializing_if = "Option::is_none")]
-    record: Option<&'a EncodedAtom<'a>>,
+    flow: Option<(&'static str, &'static str, &'static str)>,
+    atom: Option<(&'static str, u32, &'a EncodedAtom<'a>)>,
+    format: StepFormat,
+}
+
+impl Serialize for EntryOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let short = self.format == StepFormat::Short;
+        let key =
+            |long: &'static str, short_key: &'static str| if short { short_key } else { long };
+        let mut m = s.serialize_map(None)?;
+        if let Some((from, to, intention)) = self.flow {
+            m.serialize_entry(key("op", "o"), key("flow", "f"))?;
+            m.serialize_entry(key("from", "f"), from)?;
+            m.serialize_entry(key("to", "t"), to)?;
+            m.serialize_entry(key("intention", "i"), intention)?;
+        }
+        if let Some((from, attempt, atom)) = self.atom {
+            m.serialize_entry(key("op", "o"), key("atom", "a"))?;
+            m.serialize_entry(key("from", "f"), from)?;
+            m.serialize_entry(key("expected_attempt", "e"), &attempt)?;
+            let shaped = codec::Shaped {
+                atom,
+                format: self.format,
+            };
+            m.serialize_entry(key("record", "r"), &shaped)?;
+        }
+        m.end()
+    }
 }
 
 /// A step ready to be appended: its body and the flow state it leaves, if it moves the flow.
 #[derive(Debug)]
 pub(crate) struct Step {
     pub(crate) body: String,
+    /// What the step's row is stamped with: see [`StepFormat::model_version`].
+    pub(crate) model_version: i64,
     pub(crate) flow_state: Option<&'static str>,
     pub(crate) flow_intention: Option<&'static str>,
 }
@@ -83,6 +109,7 @@ pub(crate) fn first_step<'a>(
     atoms: &[AtomRecord],
     first: Option<&'a Batch>,
     limit: usize,
+    format: StepFormat,
 ) -> Result<(NewRow, Option<FirstStep<'a>>)> {
     let mut row = NewRow {
         state: flow.state.as_str(),
@@ -93,7 +120,7 @@ pub(crate) fn first_step<'a>(
         return Ok((row, None));
     };
     codec::check_writes(flow.id, flow, atoms, &batch.writes)?;
-    let mut step = encode_batch(batch, limit)?;
+    let mut step = encode_batch(batch, limit, format)?;
     row.state = step.flow_state.take().unwrap_or(row.state);
     row.intention = step.flow_intention.take().unwrap_or(row.intention);
     row.updated_at = row.updated_at.max(batch.at);
@@ -101,8 +128,13 @@ pub(crate) fn first_step<'a>(
     Ok((row, Some((batch, step, consume))))
 }
 
-/// Encodes a batch as a step, refusing any value over `limit` bytes with `TooLarge`.
-pub(crate) fn encode_batch(batch: &baton_core::model::Batch, limit: usize) -> Result<Step> {
+/// Encodes a batch as a step of `format`, refusing any value over `limit` bytes with
+/// `TooLarge`.
+pub(crate) fn encode_batch(
+    batch: &baton_core::model::Batch,
+    limit: usize,
+    format: StepFormat,
+) -> Result<Step> {
     let encoded = batch
         .writes
         .iter()
@@ -111,14 +143,16 @@ pub(crate) fn encode_batch(batch: &baton_core::model::Batch, limit: usize) -> Re
             Write::Flow { .. } => Ok(None),
         })
         .collect::<Result<Vec<_>>>()?;
-    encode(batch.flow, &batch.writes, &encoded)
+    encode(batch.flow, &batch.writes, &encoded, format)
 }
 
-/// Encodes a batch's writes (with their atoms already encoded, in the same order) as a step.
+/// Encodes a batch's writes (with their atoms already encoded, in the same order) as a step
+/// of `format`.
 pub(crate) fn encode(
     flow: FlowId,
     writes: &[Write],
     encoded: &[Option<EncodedAtom<'_>>],
+    format: StepFormat,
 ) -> Result<Step> {
     let mut entries = Vec::with_capacity(writes.len());
     let mut flow_state = None;
@@ -136,12 +170,9 @@ pub(crate) fn encode(
                 flow_state = Some(to.as_str());
                 flow_intention = Some(intention.as_str());
                 EntryOut {
-                    op: "f",
-                    from: Some(from.as_str()),
-                    to: Some(to.as_str()),
-                    intention: Some(intention.as_str()),
-                    expected_attempt: None,
-                    record: None,
+                    flow: Some((from.as_str(), to.as_str(), intention.as_str())),
+                    atom: None,
+                    format,
                 }
             }
             (
@@ -160,12 +191,9 @@ pub(crate) fn encode(
                     )));
                 }
                 EntryOut {
-                    op: "a",
-                    from: Some(expected_state.as_str()),
-                    to: None,
-                    intention: None,
-                    expected_attempt: Some(*expected_attempt),
-                    record: Some(enc),
+                    flow: None,
+                    atom: Some((expected_state.as_str(), *expected_attempt, enc)),
+                    format,
                 }
             }
             (Write::Atom { .. }, None) => {
@@ -176,6 +204,7 @@ pub(crate) fn encode(
     let body = serde_json::to_string(&entries).map_err(|e| Error::Backend(Box::new(e)))?;
     Ok(Step {
         body,
+        model_version: format.model_version(),
         flow_state,
         flow_intention,
     })
@@ -203,13 +232,9 @@ fn time<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<DateTime<
     }))
 }
 
-/// An atom record as a step holds it.
-///
-/// This version writes short keys (`n`, `k`, `s`, ...: see [`codec::EncodedAtom`]), leaves
-/// fields at their defaults out (`kind` task, `intention` EXECUTE, `round` and `progress`
-/// zero, `retry_history` empty) and writes times as integer nanoseconds. It reads that and the
-/// long form earlier versions wrote (keys `name`, `kind`, `state`, ..., every field, times as
-/// text), so a flow begun by an earlier version resumes here.
+/// An atom record as a step holds it, in either form (see [`StepFormat`]): short keys or the
+/// long ones, fields at their defaults left out or not (steps of versions before the one that
+/// began leaving them out wrote every field), times as integer nanoseconds or text.
 #[derive(Deserialize)]
 struct AtomIn {
     #[serde(alias = "n")]
@@ -568,6 +593,10 @@ mod tests {
     }
 
     fn row(seq: i64, writes: &[Write], flow: FlowId) -> StepRow {
+        row_in(StepFormat::default(), seq, writes, flow)
+    }
+
+    fn row_in(format: StepFormat, seq: i64, writes: &[Write], flow: FlowId) -> StepRow {
         let encoded: Vec<_> = writes
             .iter()
             .map(|w| match w {
@@ -577,17 +606,26 @@ mod tests {
                 Write::Flow { .. } => None,
             })
             .collect();
+        let step = encode(flow, writes, &encoded, format).unwrap();
         StepRow {
             seq,
             at: Utc::now(),
-            body: encode(flow, writes, &encoded).unwrap().body,
-            model_version: codec::MODEL_VERSION_I64,
+            body: step.body,
+            model_version: step.model_version,
         }
     }
 
     /// A record with every field away from its default.
     fn busy_record() -> AtomRecord {
         let at = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+        let failure = |message: &str| baton_core::Failure {
+            message: message.into(),
+            causes: vec!["deeper".into()],
+            atom: "retry".into(),
+            attempt: 3,
+            retryable: true,
+            kind: baton_core::FailureKind::Execute,
+        };
         AtomRecord {
             name: "retry \"x\"".into(),
             kind: AtomKind::Retry,
@@ -596,15 +634,8 @@ mod tests {
             attempt: 3,
             round: 2,
             result: Some(json!({"n": [1, 2.5, null]})),
-            failure: Some(baton_core::Failure {
-                message: "boom".into(),
-                causes: vec!["deeper".into()],
-                atom: "retry".into(),
-                attempt: 3,
-                retryable: true,
-                kind: baton_core::FailureKind::Execute,
-            }),
-            revert_failure: None,
+            failure: Some(failure("boom")),
+            revert_failure: Some(failure("undo")),
             retry_history: vec![baton_core::model::RetryAttempt {
                 value: json!(1),
                 failures: vec![],
@@ -612,73 +643,97 @@ mod tests {
             retry_at: at("2026-11-26T03:04:05.123456789Z"),
             progress: -0.0,
             started_at: at("1969-12-31T23:59:59.999999999Z"),
-            // Outside what nanoseconds in an `i64` hold: written as text.
+            // Outside what nanoseconds in an `i64` hold: written as text in either form.
             finished_at: at("2300-01-01T00:00:00.000000001Z"),
         }
     }
 
-    /// A step names a record's fields with short keys and leaves its defaults out.
+    fn busy_write() -> Write {
+        Write::Atom {
+            expected_state: AtomState::Failure,
+            expected_attempt: 3,
+            record: busy_record(),
+        }
+    }
+
+    /// The long form (the default) names fields like the `atoms` table's columns and leaves
+    /// the defaults out; the short form uses short keys and integer times. Rows are stamped
+    /// with the oldest model version that reads them.
     #[test]
-    fn steps_are_written_short() {
+    fn steps_are_written_long_or_short() {
         let flow = FlowId::new();
         let mut pending = AtomRecord::pending("a", AtomKind::Task);
         pending.started_at = Some(DateTime::from_timestamp_nanos(1_795_659_645_407_374_990));
         let (write, _) = moved(&pending, AtomState::Running, 1);
+        let long = row(1, std::slice::from_ref(&write), flow);
         assert_eq!(
-            row(1, &[write], flow).body,
+            long.body,
+            r#"[{"op":"atom","from":"PENDING","expected_attempt":0,"record":{"name":"a","state":"RUNNING","attempt":1,"started_at":"2026-11-26T02:20:45.407374990Z"}}]"#
+        );
+        assert_eq!(long.model_version, 1);
+        let short = row_in(StepFormat::Short, 1, &[write], flow);
+        assert_eq!(
+            short.body,
             r#"[{"o":"a","f":"PENDING","e":0,"r":{"n":"a","s":"RUNNING","a":1,"st":1795659645407374990}}]"#
         );
+        assert_eq!(short.model_version, 2);
     }
 
-    /// Every field of a record comes back from a step exactly: `-0.0` keeps its sign, times
-    /// keep their nanoseconds, before 1970 and past 2262 too.
+    /// Every field of a record comes back from a step exactly, in either form: `-0.0` keeps
+    /// its sign, times keep their nanoseconds, before 1970 and past 2262 too.
     #[test]
     fn steps_keep_every_field_exactly() {
         let flow = FlowId::new();
-        let write = Write::Atom {
-            expected_state: AtomState::Failure,
-            expected_attempt: 3,
-            record: busy_record(),
-        };
-        let step = row(4, std::slice::from_ref(&write), flow);
-        assert!(
-            step.body
-                .contains(r#""ft":"2300-01-01T00:00:00.000000001Z""#),
-            "{}",
-            step.body
-        );
-        let decoded = decode(flow, &step).unwrap();
-        assert_eq!(decoded, [write]);
-        let Write::Atom { record, .. } = &decoded[0] else {
-            panic!("not an atom write");
-        };
-        assert!(record.progress.is_sign_negative());
+        for format in [StepFormat::Long, StepFormat::Short] {
+            let step = row_in(format, 4, &[busy_write()], flow);
+            assert!(
+                step.body.contains(r#""2300-01-01T00:00:00.000000001Z""#),
+                "{}",
+                step.body
+            );
+            let decoded = decode(flow, &step).unwrap();
+            assert_eq!(decoded, [busy_write()], "{format:?}");
+            let Write::Atom { record, .. } = &decoded[0] else {
+                panic!("not an atom write");
+            };
+            assert!(record.progress.is_sign_negative());
+        }
     }
 
-    /// Steps as earlier versions wrote them (long keys, every field, times as text; or long
-    /// keys with defaults left out) read the same as this version's, so their flows resume.
+    /// A time inside a leap second is written as text in the short form too, so it comes
+    /// back a leap second rather than the second after.
+    #[test]
+    fn leap_seconds_survive_the_short_form() {
+        let flow = FlowId::new();
+        let mut rec = AtomRecord::pending("a", AtomKind::Task);
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .unwrap()
+            .and_utc();
+        rec.started_at = Some(leap);
+        let (write, _) = moved(&rec, AtomState::Running, 1);
+        let step = row_in(StepFormat::Short, 1, std::slice::from_ref(&write), flow);
+        assert_eq!(decode(flow, &step).unwrap(), [write]);
+    }
+
+    /// A step exactly as versions before defaults were left out wrote it (every field, long
+    /// keys, chrono's text times) reads as the same writes, so their flows resume here.
     #[test]
     fn steps_of_earlier_versions_read_the_same() {
         let flow = FlowId::new();
-        let rec = busy_record();
-        let write = Write::Atom {
-            expected_state: AtomState::Failure,
-            expected_attempt: 3,
-            record: rec.clone(),
-        };
-        let time = |t: Option<DateTime<Utc>>| t.map(codec::time_text);
-        let long = json!([{
-            "op": "atom", "from": "FAILURE", "expected_attempt": 3,
-            "record": {
-                "name": rec.name, "kind": "retry", "state": "REVERTING", "intention": "REVERT",
-                "attempt": 3, "round": 2, "result": rec.result, "failure": rec.failure,
-                "retry_history": rec.retry_history, "retry_at": time(rec.retry_at),
-                "progress": -0.0, "started_at": time(rec.started_at),
-                "finished_at": time(rec.finished_at)
-            }
-        }, {"op": "flow", "from": "RUNNING", "to": "REVERTING", "intention": "REVERT"}]);
         let old = StepRow {
-            body: long.to_string(),
+            body: concat!(
+                r#"[{"op":"atom","from":"FAILURE","expected_attempt":3,"record":{"#,
+                r#""name":"retry \"x\"","kind":"retry","state":"REVERTING","intention":"REVERT","#,
+                r#""attempt":3,"round":2,"result":{"n":[1,2.5,null]},"#,
+                r#""failure":{"message":"boom","causes":["deeper"],"atom":"retry","attempt":3,"retryable":true,"kind":"execute"},"#,
+                r#""revert_failure":{"message":"undo","causes":["deeper"],"atom":"retry","attempt":3,"retryable":true,"kind":"execute"},"#,
+                r#""retry_history":[{"value":1,"failures":[]}],"retry_at":"2026-11-26T03:04:05.123456789Z","#,
+                r#""progress":-0.0,"started_at":"1969-12-31T23:59:59.999999999Z","#,
+                r#""finished_at":"2300-01-01T00:00:00.000000001Z"}},"#,
+                r#"{"op":"flow","from":"RUNNING","to":"REVERTING","intention":"REVERT"}]"#
+            )
+            .to_owned(),
             model_version: 1,
             ..row(4, &[], flow)
         };
@@ -687,32 +742,23 @@ mod tests {
             to: FlowState::Reverting,
             intention: Intention::Revert,
         };
-        assert_eq!(decode(flow, &old).unwrap(), [write, flow_write]);
-
-        let pending = AtomRecord::pending("a", AtomKind::Task);
-        let (write, running) = moved(&pending, AtomState::Running, 1);
-        let defaults_left_out = StepRow {
-            body: r#"[{"op":"atom","from":"PENDING","expected_attempt":0,
-                       "record":{"name":"a","state":"RUNNING","attempt":1}}]"#
-                .to_owned(),
-            model_version: 1,
-            ..row(1, &[], flow)
-        };
-        let decoded = decode(flow, &defaults_left_out).unwrap();
-        assert_eq!(decoded, [write]);
-        let Write::Atom { record, .. } = &decoded[0] else {
-            panic!("not an atom write");
-        };
-        assert_eq!(record, &running);
+        assert_eq!(decode(flow, &old).unwrap(), [busy_write(), flow_write]);
     }
 
-    /// What identifies a record stays required, in either form.
+    /// What identifies a record stays required, in either form, and values of the wrong type
+    /// are refused rather than misread.
     #[test]
-    fn records_without_a_name_are_corrupt() {
+    fn damaged_records_are_corrupt() {
         let flow = FlowId::new();
         for body in [
             r#"[{"op":"atom","from":"PENDING","expected_attempt":0,"record":{"state":"RUNNING","attempt":1}}]"#,
             r#"[{"o":"a","f":"PENDING","e":0,"r":{"s":"RUNNING","a":1}}]"#,
+            // A key in both forms.
+            r#"[{"o":"a","f":"PENDING","e":0,"r":{"n":"a","name":"a","s":"RUNNING","a":1}}]"#,
+            // Times that are neither text nor nanoseconds in an `i64`.
+            r#"[{"o":"a","f":"PENDING","e":0,"r":{"n":"a","s":"RUNNING","a":1,"st":1.5}}]"#,
+            r#"[{"o":"a","f":"PENDING","e":0,"r":{"n":"a","s":"RUNNING","a":1,"st":9223372036854775808}}]"#,
+            r#"[{"o":"a","f":"PENDING","e":0,"r":{"n":"a","s":"RUNNING","a":1,"st":"yesterday"}}]"#,
         ] {
             let step = StepRow {
                 body: body.to_owned(),
@@ -723,6 +769,15 @@ mod tests {
                 "{body}"
             );
         }
+        // A `null` time is none.
+        let pending = AtomRecord::pending("a", AtomKind::Task);
+        let (write, _) = moved(&pending, AtomState::Running, 1);
+        let step = StepRow {
+            body: r#"[{"o":"a","f":"PENDING","e":0,"r":{"n":"a","s":"RUNNING","a":1,"st":null}}]"#
+                .to_owned(),
+            ..row(1, &[], flow)
+        };
+        assert_eq!(decode(flow, &step).unwrap(), [write]);
     }
 
     #[test]
@@ -814,7 +869,7 @@ mod tests {
             seq: 7,
             at: Utc::now(),
             body: "[{\"op\":\"atom\",\"from\":\"PENDING\"".into(),
-            model_version: codec::MODEL_VERSION_I64,
+            model_version: 1,
         };
         let err = decode(flow, &bad).unwrap_err();
         assert!(
@@ -822,7 +877,7 @@ mod tests {
             "{err}"
         );
         let newer = StepRow {
-            model_version: codec::MODEL_VERSION_I64 + 1,
+            model_version: i64::from(baton_core::model::MODEL_VERSION) + 1,
             ..bad
         };
         assert!(decode(flow, &newer)

@@ -859,3 +859,66 @@ pub async fn old_run_goes_on<S: Store>(store: &S, flow: FlowId) {
         }
     ));
 }
+
+/// Stores of one database that write steps in different forms (`StepFormat`), as engines of
+/// two versions would during an upgrade: a run that one begins and the other resumes after a
+/// crash ends as an uninterrupted run does, with the same history, whichever writes first,
+/// and each reads everything the other wrote.
+pub async fn step_formats_mix<S: Store + Clone + 'static>(long: S, short: S) {
+    use baton_testkit::{Action, CrashMode, CrashStore};
+
+    for scenario in [scenarios::retrying(), scenarios::failing()] {
+        let reference_log = Log::new();
+        let flow = (scenario.build)(&reference_log);
+        let reference = Engine::new(long.clone())
+            .start(&flow, scenario.inputs.clone())
+            .await
+            .unwrap();
+        let reference_history = long.history(reference.flow).await.unwrap().len();
+        for (first, then) in [(&long, &short), (&short, &long)] {
+            let log = Log::new();
+            let flow = (scenario.build)(&log);
+            let id = FlowId::new();
+            let crashing = CrashStore::new(first.clone(), 4, CrashMode::AfterWrite);
+            let engine = Engine::new(crashing.clone());
+            engine
+                .create_with(
+                    &flow,
+                    scenario.inputs.clone(),
+                    baton_core::CreateOptions::new().id(id),
+                )
+                .await
+                .unwrap();
+            assert!(engine.run(&flow, id).await.is_err(), "{}", scenario.name);
+            assert!(crashing.crashed());
+            let outcome = Engine::new(then.clone()).run(&flow, id).await.unwrap();
+            assert_eq!(outcome.state, reference.state, "{}", scenario.name);
+            assert_eq!(outcome.results, reference.results, "{}", scenario.name);
+            // One task may run again: the one the crash caught running.
+            let runs = log.successes(Action::Execute).values().sum::<usize>();
+            let want = reference_log
+                .successes(Action::Execute)
+                .values()
+                .sum::<usize>();
+            assert!(
+                runs == want || runs == want + 1,
+                "{}: {runs} runs against {want}",
+                scenario.name
+            );
+            // The crash adds at most the new attempt of that task to the history.
+            let history = then.history(id).await.unwrap();
+            assert!(
+                history.len() == reference_history || history.len() == reference_history + 1,
+                "{}: {} transitions against {reference_history}",
+                scenario.name,
+                history.len()
+            );
+            // Each store reads what both wrote, the same way.
+            assert_eq!(first.history(id).await.unwrap(), history);
+            assert_eq!(
+                first.load_flow(id).await.unwrap(),
+                then.load_flow(id).await.unwrap()
+            );
+        }
+    }
+}

@@ -150,6 +150,40 @@ async fn an_unreachable_server_is_unavailable() {
     assert!(err.is_transient(), "{err:?}");
 }
 
+/// A store writing long steps and one writing short ones share a schema (see
+/// `cases::step_formats_mix`).
+#[tokio::test]
+async fn step_formats_mix() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema();
+    let Some(long) = open(&url, &schema).await else {
+        return;
+    };
+    let short = PostgresStore::connect_with(
+        &url,
+        PostgresOptions::new()
+            .schema(&schema)
+            .step_format(baton_sql::StepFormat::Short),
+    )
+    .await
+    .unwrap();
+    crate::cases::step_formats_mix(long.clone(), short.clone()).await;
+    // Both forms are in the log, each stamped with the oldest version that reads it.
+    let mut conn = pg_connect(&url, Some(&schema)).await;
+    let forms: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT left(body, 6), model_version::bigint, count(*) FROM steps GROUP BY 1, 2 ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let forms: Vec<(&str, i64)> = forms.iter().map(|(f, v, _)| (f.as_str(), *v)).collect();
+    assert_eq!(forms, [(r#"[{"o":"#, 2), (r#"[{"op""#, 1)]);
+    conn.close().await.unwrap();
+    long.close().await;
+    short.close().await;
+    drop_schema(&url, &schema).await;
+}
+
 #[tokio::test]
 async fn stale_knowledge_is_caught_by_the_log() {
     let Some(url) = postgres_url() else { return };

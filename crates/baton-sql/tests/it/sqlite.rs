@@ -12,6 +12,17 @@ mod conformance {
     baton_testkit::store_conformance!(optional: sqlite_store().await);
 }
 
+/// The same contract, with steps written short.
+mod conformance_short_steps {
+    use baton_sql::{SqliteOptions, StepFormat};
+
+    use crate::support::sqlite_store_with;
+
+    baton_testkit::store_conformance!(
+        optional: sqlite_store_with(SqliteOptions::new().step_format(StepFormat::Short)).await
+    );
+}
+
 crate::generic_cases!(
     sqlite_store().await,
     sqlite_store_with(SqliteOptions::new().max_value_bytes(1024)).await
@@ -186,6 +197,39 @@ async fn two_stores_on_one_file_write_side_by_side() {
         );
         assert_eq!(second.history(flow).await.unwrap().len(), 12);
     }
+}
+
+/// A store writing long steps and one writing short ones share a file (see
+/// `cases::step_formats_mix`).
+#[tokio::test]
+async fn step_formats_mix() {
+    let (_dir, url) = sqlite_url();
+    let long = SqliteStore::open(&url).await.unwrap();
+    let short = SqliteStore::open_with(
+        &url,
+        SqliteOptions::new().step_format(baton_sql::StepFormat::Short),
+    )
+    .await
+    .unwrap();
+    crate::cases::step_formats_mix(long, short).await;
+    // Both forms are in the log, each stamped with the oldest version that reads it.
+    for (form, version) in [(r#"[{"op":%"#, "1"), (r#"[{"o":%"#, "2")] {
+        let steps = scalar(
+            &url,
+            &format!(
+                "SELECT CAST(count(*) AS TEXT) FROM steps WHERE body LIKE '{form}' AND model_version = {version}"
+            ),
+        )
+        .await;
+        assert_ne!(steps, "0", "no step like {form}");
+    }
+    let all = scalar(&url, "SELECT CAST(count(*) AS TEXT) FROM steps").await;
+    let stamped = scalar(
+        &url,
+        r#"SELECT CAST(count(*) AS TEXT) FROM steps WHERE (body LIKE '[{"o":%' AND model_version = 2) OR (body LIKE '[{"op":%' AND model_version = 1)"#,
+    )
+    .await;
+    assert_eq!(all, stamped);
 }
 
 #[tokio::test]
