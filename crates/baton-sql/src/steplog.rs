@@ -700,6 +700,47 @@ mod tests {
         }
     }
 
+    /// Floating-point results and progress come back bit for bit, in either form.
+    #[test]
+    fn floats_come_back_exactly() {
+        let flow = FlowId::new();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut floats = Vec::new();
+        while floats.len() < 2000 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let x = f64::from_bits(seed);
+            if x.is_finite() {
+                floats.push(x);
+            }
+        }
+        let pending = AtomRecord::pending("a", AtomKind::Task);
+        for format in [StepFormat::Long, StepFormat::Short] {
+            for chunk in floats.chunks(100) {
+                let (write, mut done) = moved(&pending, AtomState::Running, 1);
+                done.result = Some(json!(chunk));
+                done.progress = chunk[0];
+                let finish = Write::Atom {
+                    expected_state: AtomState::Running,
+                    expected_attempt: 1,
+                    record: done.clone(),
+                };
+                let step = row_in(format, 1, &[write, finish], flow);
+                let decoded = decode(flow, &step).unwrap();
+                let Write::Atom { record, .. } = &decoded[1] else {
+                    panic!("not an atom write");
+                };
+                let back: Vec<f64> =
+                    serde_json::from_value(record.result.clone().unwrap()).unwrap();
+                for (x, y) in chunk.iter().zip(&back) {
+                    assert_eq!(x.to_bits(), y.to_bits(), "{x:e} came back as {y:e}");
+                }
+                assert_eq!(record.progress.to_bits(), chunk[0].to_bits());
+            }
+        }
+    }
+
     /// A time inside a leap second is written as text in the short form too, so it comes
     /// back a leap second rather than the second after.
     #[test]
