@@ -214,6 +214,10 @@ pub struct Summary {
     pub lost: u64,
     /// Jobs still running when the drain timeout ran out (halted; their leases will expire).
     pub left_behind: u64,
+    /// Jobs whose runs hold data of a newer version of baton
+    /// ([`store::Error::TooNew`]): left claimed, without heartbeats, so that their leases run
+    /// out and a conductor that can read them takes them.
+    pub left_for_newer: u64,
 }
 
 /// Why a conductor stopped early.
@@ -232,6 +236,7 @@ enum JobEnd {
     Abandoned,
     Lost,
     Halted,
+    LeftForNewer,
 }
 
 /// Claims jobs and runs their flows. See the [module documentation](self).
@@ -412,6 +417,7 @@ impl Conductor {
                     JobEnd::Consumed => summary.consumed += 1,
                     JobEnd::Abandoned => summary.abandoned += 1,
                     JobEnd::Lost => summary.lost += 1,
+                    JobEnd::LeftForNewer => summary.left_for_newer += 1,
                     JobEnd::Halted => {}
                 }
             }
@@ -573,6 +579,22 @@ impl JobRun {
                 JobEnd::Lost
             }
             engine::Error::Halted(_) => JobEnd::Halted,
+            engine::Error::Store(store::Error::TooNew {
+                version, supported, ..
+            }) => {
+                // A newer baton wrote the run (during an upgrade, say). Consuming the job
+                // would end it failed and leave the run unfinished for good; handing it back
+                // would have the conductors of this version claim it in turn as fast as they
+                // can. Left claimed without heartbeats, it goes to whoever claims it when its
+                // lease runs out: in time, a conductor that can read it.
+                tracing::warn!(
+                    version,
+                    supported,
+                    "the run holds data of a newer version of baton: leaving the job to a \
+                     conductor that can read it"
+                );
+                JobEnd::LeftForNewer
+            }
             engine::Error::Store(e) if e.is_transient() => {
                 // The store went away (the engine retries its own writes; this came from around
                 // them, e.g. creating the flow): hand the job back rather than record a failure.

@@ -13,7 +13,7 @@ use crate::state::{AtomState, FlowState, Intention};
 
 /// The newest version of this model that this build reads. Stores stamp each row with the
 /// oldest version that reads it, and refuse rows stamped with a version newer than this one
-/// (as `Corrupt`, "written by a newer version") instead of misreading them.
+/// (as [`store::Error::TooNew`](crate::store::Error::TooNew)) instead of misreading them.
 ///
 /// - 1: the first.
 /// - 2: the SQL stores' steps may be written short (`baton_sql::StepFormat::Short`: short

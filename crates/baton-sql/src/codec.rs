@@ -372,13 +372,21 @@ pub(crate) fn corrupt(flow: FlowId, atom: Option<&str>, detail: impl Into<String
     }
 }
 
-pub(crate) fn check_version(version: i64) -> std::result::Result<(), String> {
+/// Whether a row of `flow` stamped with model `version` can be read by this build:
+/// [`Error::TooNew`] if a newer one wrote it, `Corrupt` if the stamp is no version at all.
+pub(crate) fn check_version(flow: FlowId, atom: Option<&str>, version: i64) -> Result<()> {
     match u32::try_from(version) {
         Ok(v) if (1..=MODEL_VERSION).contains(&v) => Ok(()),
-        Ok(v) if v > MODEL_VERSION => Err(format!(
-            "written by a newer version of baton (model version {v}; this build reads up to {MODEL_VERSION})"
+        Ok(v) if v > MODEL_VERSION => Err(Error::TooNew {
+            flow,
+            version: v,
+            supported: MODEL_VERSION,
+        }),
+        _ => Err(corrupt(
+            flow,
+            atom,
+            format!("invalid model version {version}"),
         )),
-        _ => Err(format!("invalid model version {version}")),
     }
 }
 
@@ -400,8 +408,8 @@ fn count(column: &str, n: i64) -> std::result::Result<u32, String> {
 /// Checks and converts a flow row.
 pub(crate) fn decode_flow(raw: RawFlow) -> Result<FlowRecord> {
     let id = raw.id;
+    check_version(id, None, raw.model_version)?;
     let go = || -> std::result::Result<FlowRecord, String> {
-        check_version(raw.model_version)?;
         Ok(FlowRecord {
             id,
             name: raw.name,
@@ -418,8 +426,8 @@ pub(crate) fn decode_flow(raw: RawFlow) -> Result<FlowRecord> {
 
 /// Checks and converts an atom row of flow `flow`.
 pub(crate) fn decode_atom(flow: FlowId, name: String, raw: RawAtom) -> Result<AtomRecord> {
+    check_version(flow, Some(&name), raw.model_version)?;
     let go = |name: String| -> std::result::Result<AtomRecord, String> {
-        check_version(raw.model_version)?;
         Ok(AtomRecord {
             kind: parse::<AtomKind>("kind", &raw.kind)?,
             state: parse("state", &raw.state)?,
@@ -540,11 +548,22 @@ mod tests {
     }
 
     #[test]
-    fn newer_model_versions_are_corrupt() {
-        let err = check_version(i64::from(MODEL_VERSION) + 1).unwrap_err();
-        assert!(err.contains("newer version of baton"), "{err}");
-        assert!(check_version(0).is_err());
-        assert!(check_version(i64::from(MODEL_VERSION)).is_ok());
+    fn newer_model_versions_are_too_new() {
+        let flow = FlowId::new();
+        let err = check_version(flow, None, i64::from(MODEL_VERSION) + 1).unwrap_err();
+        assert!(
+            matches!(err, Error::TooNew { flow: f, version, supported: MODEL_VERSION } if f == flow && version == MODEL_VERSION + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer version of baton"), "{err}");
+        for invalid in [0, -1, i64::MAX] {
+            assert!(matches!(
+                check_version(flow, None, invalid),
+                Err(Error::Corrupt { .. })
+            ));
+        }
+        assert!(check_version(flow, None, i64::from(MODEL_VERSION)).is_ok());
+        assert!(check_version(flow, None, 1).is_ok());
     }
 
     #[test]

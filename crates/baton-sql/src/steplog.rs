@@ -319,7 +319,14 @@ where
 /// Decodes a step's writes. Damage is [`Error::Corrupt`], naming the atom when it can.
 pub(crate) fn decode(flow: FlowId, row: &StepRow) -> Result<Vec<Write>> {
     let at_step = |detail: String| format!("step {}: {detail}", row.seq);
-    codec::check_version(row.model_version).map_err(|d| codec::corrupt(flow, None, at_step(d)))?;
+    codec::check_version(flow, None, row.model_version).map_err(|e| match e {
+        Error::Corrupt { flow, atom, detail } => Error::Corrupt {
+            flow,
+            atom,
+            detail: at_step(detail),
+        },
+        other => other,
+    })?;
     let entries: Vec<EntryIn> = serde_json::from_str(&row.body)
         .map_err(|e| codec::corrupt(flow, None, at_step(format!("unreadable body: {e}"))))?;
     let mut writes = Vec::with_capacity(entries.len());
@@ -921,9 +928,9 @@ mod tests {
             model_version: i64::from(baton_core::model::MODEL_VERSION) + 1,
             ..bad
         };
-        assert!(decode(flow, &newer)
-            .unwrap_err()
-            .to_string()
-            .contains("newer version"));
+        assert!(matches!(
+            decode(flow, &newer),
+            Err(Error::TooNew { flow: f, .. }) if f == flow
+        ));
     }
 }

@@ -277,6 +277,7 @@ pub(crate) async fn conductor(
             "abandoned": summary.abandoned,
             "lost": summary.lost,
             "left_behind": summary.left_behind,
+            "left_for_newer": summary.left_for_newer,
         })
     );
     Ok(())

@@ -101,7 +101,20 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// Stored data could not be read: damaged, or written by a newer version of baton.
+    /// Stored data of the flow was written by a newer version of baton: its model version
+    /// is newer than this build's [`MODEL_VERSION`](crate::model::MODEL_VERSION), so this
+    /// build cannot read it. Nothing was changed; a newer build can run the flow. (A
+    /// [`Conductor`](crate::Conductor) meeting this leaves the job to one.)
+    #[error("flow {flow} holds data of a newer version of baton (model version {version}; this build reads up to {supported})")]
+    TooNew {
+        /// The flow.
+        flow: FlowId,
+        /// The model version of the data.
+        version: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// Stored data could not be read: damaged, or of an unknown model version.
     #[error("corrupt record in flow {flow}{}: {detail}", atom.as_ref().map(|a| format!(", atom {a:?}")).unwrap_or_default())]
     Corrupt {
         /// The flow.

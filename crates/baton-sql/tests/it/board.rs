@@ -510,3 +510,108 @@ async fn postgres_conductors_finish_every_job() {
         .collect();
     conductors_finish_every_job(store, boards).await;
 }
+
+/// A conductor that meets a run written by a newer version of baton neither fails its job nor
+/// hands it straight back: it leaves it claimed, without heartbeats, and the job goes to
+/// whoever claims it once the lease has run out. The run is left as it was.
+async fn runs_of_newer_versions_are_left_to_newer_conductors<S, B>(held: Held<S>, board: B)
+where
+    S: baton_core::store::Store + Clone + 'static,
+    B: JobBoard + Clone + 'static,
+{
+    use baton_core::conductor::Options;
+    use baton_core::{Atom, Blueprint, Conductor, CreateOptions, Engine, Flow, Registry};
+
+    let registry = Registry::new().register("one", |_| {
+        Ok(Blueprint::new(
+            Flow::linear("one").add(Atom::from_fn("only", |_| async {
+                Ok(serde_json::json!(1))
+            })),
+        ))
+    });
+    let job = board
+        .post(NewJob::new("from the future", "one"))
+        .await
+        .unwrap();
+    let flow = Flow::linear("one")
+        .add(Atom::from_fn("only", |_| async {
+            Ok(serde_json::json!(1))
+        }))
+        .compile()
+        .unwrap();
+    Engine::new(held.store.clone())
+        .create_with(
+            &flow,
+            Default::default(),
+            CreateOptions::new().id(job.flow()),
+        )
+        .await
+        .unwrap();
+    held.raw
+        .exec(&format!(
+            "UPDATE flows SET model_version = 99 WHERE id = '{}'",
+            job.flow()
+        ))
+        .await;
+
+    let lease = Duration::from_millis(800);
+    let mut options = Options::default();
+    options.lease = lease;
+    options.heartbeat = Duration::from_millis(100);
+    options.poll = Duration::from_millis(20);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let conductor = Conductor::new(
+        std::sync::Arc::new(board.clone()),
+        Engine::new(held.store.clone()),
+        registry,
+    )
+    .with_options(options);
+    let running = tokio::spawn(conductor.run(shutdown.clone()));
+    let started = Instant::now();
+    while board.get(job.id).await.unwrap().state == JobState::Unclaimed {
+        assert!(started.elapsed() < Duration::from_secs(10), "never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Well inside the lease: the conductor has given up on the job by now, and must not
+    // claim it again while its lease runs.
+    tokio::time::sleep(lease / 2).await;
+    shutdown.cancel();
+    let summary = running.await.unwrap().unwrap();
+    assert_eq!(summary.left_for_newer, 1, "{summary:?}");
+    assert_eq!(summary.consumed, 0, "{summary:?}");
+    let left = board.get(job.id).await.unwrap();
+    assert_eq!(left.state, JobState::Claimed);
+    assert_eq!(left.outcome, None);
+    assert_eq!(left.attempts, 1);
+    let untouched = held
+        .raw
+        .count(&format!(
+            "SELECT count(*) FROM flows WHERE id = '{}' AND model_version = 99 AND state = 'PENDING'",
+            job.flow()
+        ))
+        .await;
+    assert_eq!(untouched, 1, "the run was changed");
+    // Once the lease has run out, another conductor claims it.
+    tokio::time::sleep(lease).await;
+    let next = board
+        .claim(ConductorId::new(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(next.map(|c| c.job.id), Some(job.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_runs_of_newer_versions_are_left_to_newer_conductors() {
+    let Some((board, held)) = sqlite_pair().await else {
+        return;
+    };
+    runs_of_newer_versions_are_left_to_newer_conductors(held, board).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_runs_of_newer_versions_are_left_to_newer_conductors() {
+    let Some((board, held)) = postgres_pair().await else {
+        return;
+    };
+    runs_of_newer_versions_are_left_to_newer_conductors(held, board).await;
+}
