@@ -225,31 +225,32 @@ async fn claim_on_wake_ups(board: PostgresJobBoard, want: usize, within: Duratio
     claimed
 }
 
+/// Polls `sql`, a query answering a count, until the count is above zero; fails naming
+/// `what` after ten seconds.
+async fn until_positive(conn: &mut sqlx::PgConnection, sql: &str, what: &str) {
+    let started = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap();
+        if n > 0 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until a session of the test server listens for `store`'s job wake-ups.
 async fn until_listening(store: &Held<PostgresStore>) {
     let Raw::Postgres { url, schema } = &store.raw else {
         unreachable!("a PostgreSQL store");
     };
     let mut conn = support::pg_connect(url, None).await;
-    let started = Instant::now();
-    loop {
-        let listening: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-              WHERE query LIKE 'LISTEN %' AND query LIKE '%' || $1 || '%' AND state = 'idle'",
-        )
-        .bind(format!("baton_jobs_{schema}"))
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        if listening > 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the waiter never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The schema is a plain identifier (the tests make it), so it can be spliced in.
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' \
+          AND query LIKE '%baton_jobs_{schema}%' AND state = 'idle'"
+    );
+    until_positive(&mut conn, &sql, "the waiter never listened").await;
 }
 
 /// Posts that come close together share a wake-up, sent when the window after the first one
@@ -336,23 +337,12 @@ async fn postgres_close_is_not_held_up_by_an_operation_racing_it() {
         async move { board.post(NewJob::new("late", "noop")).await }
     });
     let mut watcher = support::pg_connect(url, Some(schema)).await;
-    let started = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'jobs'::regclass",
-        )
-        .fetch_one(&mut watcher)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the post never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_positive(
+        &mut watcher,
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'jobs'::regclass",
+        "the post never waited for the lock",
+    )
+    .await;
     let closing = tokio::spawn({
         let store = store.store.clone();
         async move { store.close().await }
