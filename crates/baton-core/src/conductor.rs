@@ -16,6 +16,10 @@
 //! - **Bad jobs** (unknown factory, parameters the factory rejects, a flow that does not
 //!   compile): the job is consumed with an outcome that says what was wrong, so it does not
 //!   come back in a crash loop.
+//! - **A run of a newer version of baton** ([`store::Error::TooNew`], during an upgrade): the
+//!   job is left claimed without heartbeats, untouched, so that whoever claims it when the
+//!   lease runs out takes it, in time a conductor that can read it
+//!   ([`Summary::left_for_newer`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -203,6 +207,7 @@ impl Default for Options {
 
 /// What a conductor did, returned when it stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Summary {
     /// Jobs it claimed.
     pub claimed: u64,
@@ -214,9 +219,10 @@ pub struct Summary {
     pub lost: u64,
     /// Jobs still running when the drain timeout ran out (halted; their leases will expire).
     pub left_behind: u64,
-    /// Jobs whose runs hold data of a newer version of baton
+    /// Claims of jobs whose runs hold data of a newer version of baton
     /// ([`store::Error::TooNew`]): left claimed, without heartbeats, so that their leases run
-    /// out and a conductor that can read them takes them.
+    /// out and a conductor that can read them takes them. (A fleet with no such conductor
+    /// claims them again at every lease's end: trash the job, or upgrade.)
     pub left_for_newer: u64,
 }
 
@@ -590,6 +596,7 @@ impl JobRun {
                 tracing::warn!(
                     version,
                     supported,
+                    attempts = self.claim.job.attempts,
                     "the run holds data of a newer version of baton: leaving the job to a \
                      conductor that can read it"
                 );

@@ -16,9 +16,10 @@ use crate::state::{AtomState, FlowState, Intention};
 /// (as [`store::Error::TooNew`](crate::store::Error::TooNew)) instead of misreading them.
 ///
 /// - 1: the first.
-/// - 2: the SQL stores' steps may be written short (`baton_sql::StepFormat::Short`: short
-///   keys, times as integer nanoseconds). Only such steps are stamped 2; every other row is
-///   as version 1 wrote it.
+/// - 2 (baton 0.2.0): the SQL stores' steps may be written short
+///   (`baton_sql::StepFormat::Short`: short keys, times as integer nanoseconds). Only such
+///   steps are stamped 2. Long steps, stamped 1, leave fields at their defaults out, which
+///   version-1 readers accept from baton 0.1.0's commit `74e6cff` on.
 pub const MODEL_VERSION: u32 = 2;
 
 /// Named values given to a flow when it is created (TaskFlow calls these the "store").

@@ -128,9 +128,9 @@ impl Serialize for Time {
 #[non_exhaustive]
 pub enum StepFormat {
     /// Keys named like the `atoms` table's columns, times as RFC 3339 text, fields at their
-    /// defaults left out: about 380 bytes for a linear step. Read by this version and the one
-    /// before it (which began reading steps that leave defaults out), so a fleet can upgrade
-    /// one engine at a time. The default.
+    /// defaults left out: about 380 bytes for a linear step. Read by this version (0.2.0) and
+    /// by 0.1.0 builds from commit `74e6cff` on (which began reading steps that leave defaults
+    /// out), so a fleet on such a build can upgrade one engine at a time. The default.
     #[default]
     Long,
     /// Short keys and times as integer nanoseconds: about 220 bytes for a linear step, so

@@ -65,7 +65,7 @@
 //! [`baton_core::store::Error`] like every store. A database that cannot be reached (connection
 //! refused or lost, a pool timed out, PostgreSQL shutting down, SQLite busy past its timeout)
 //! is `Unavailable`, which the engine retries; rows it cannot read are `Corrupt`, naming the
-//! flow and atom; JSON values over the configured limit (1 MiB by default) are `TooLarge`, and
+//! flow and atom, and rows of a newer version of baton are `TooNew`; JSON values over the configured limit (1 MiB by default) are `TooLarge`, and
 //! nothing of their batch is written.
 //!
 //! # Features

@@ -543,8 +543,9 @@ impl Engine {
     ///
     /// # Errors
     /// [`Error::FlowMismatch`] if the stored run was not made from `flow`; [`Error::Store`] if
-    /// the store refuses a write (a lost claim shows as [`store::Error::Fenced`]). An
-    /// unavailable store is retried with backoff, never reported. Task failures are not errors:
+    /// the store refuses a write (a lost claim shows as [`store::Error::Fenced`]) or cannot
+    /// read the run ([`store::Error::Corrupt`], or [`store::Error::TooNew`] for a run a newer
+    /// version of baton wrote). An unavailable store is retried with backoff, never reported. Task failures are not errors:
     /// they are in the [`Outcome`].
     ///
     /// # Cancel safety

@@ -19,7 +19,9 @@
 //!   writes;
 //! - append one [`Transition`] per change of state (or new attempt), numbered from 1 per flow;
 //! - report a store it cannot reach as [`Error::Unavailable`], which the engine retries, and
-//!   data it cannot read as [`Error::Corrupt`] naming the flow and atom.
+//!   data it cannot read as [`Error::Corrupt`] naming the flow and atom, and data of a newer
+//!   version of baton (a model version above [`MODEL_VERSION`](crate::model::MODEL_VERSION))
+//!   as [`Error::TooNew`].
 //!
 //! `MemoryStore` is the reference implementation; the conformance suite holds every backend to
 //! it.
@@ -213,7 +215,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Loads a flow run and all its atoms.
     ///
     /// # Errors
-    /// [`Error::FlowNotFound`], or [`Error::Corrupt`] naming the row that cannot be read.
+    /// [`Error::FlowNotFound`], [`Error::Corrupt`] naming the row that cannot be read, or
+    /// [`Error::TooNew`].
     async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot>;
 
     /// Applies a batch of writes atomically and durably.

@@ -12,6 +12,17 @@ mod conformance {
     baton_testkit::store_conformance!(optional: postgres_store().await);
 }
 
+/// The same contract, with steps written short.
+mod conformance_short_steps {
+    use baton_sql::{PostgresOptions, StepFormat};
+
+    use crate::support::postgres_store_with;
+
+    baton_testkit::store_conformance!(
+        optional: postgres_store_with(PostgresOptions::new().step_format(StepFormat::Short)).await
+    );
+}
+
 crate::generic_cases!(
     postgres_store().await,
     postgres_store_with(PostgresOptions::new().max_value_bytes(1024)).await
