@@ -557,7 +557,10 @@ impl JobBoard for PostgresJobBoard {
                     // up on at the deadline, and giving it up in the middle of a reconnection
                     // could hand a half-subscribed connection back to the pool.
                     l.eager_reconnect(false);
-                    if l.listen(&self.channel).await.is_ok() {
+                    // Bounded by the poll too; a listener given up on half-way is dropped with
+                    // its own one-connection pool, so nothing half-subscribed is reused.
+                    let subscribed = tokio::time::timeout_at(deadline, l.listen(&self.channel));
+                    if matches!(subscribed.await, Ok(Ok(()))) {
                         *guard = Some(l);
                     }
                 }
