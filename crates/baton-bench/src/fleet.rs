@@ -315,6 +315,9 @@ pub(crate) async fn takeover(target: &Target) -> Result<()> {
     if let Some(schema) = &fleet.schema {
         child.args(["--schema", schema]);
     }
+    if fleet.step_format == baton_sql::StepFormat::Short {
+        child.arg("--short-steps");
+    }
     let mut child = child.spawn().context("starting the child conductor")?;
 
     // Wait until the child owns the job and its step is running.
@@ -387,17 +390,27 @@ pub(crate) async fn takeover(target: &Target) -> Result<()> {
     Ok(())
 }
 
-/// The child of `takeover`: a conductor with default settings, until killed.
-pub(crate) async fn takeover_child(db: &str, schema: Option<&str>) -> Result<()> {
+/// The child of `takeover`: a conductor with default settings (but the step format), until
+/// killed.
+pub(crate) async fn takeover_child(
+    db: &str,
+    schema: Option<&str>,
+    format: baton_sql::StepFormat,
+) -> Result<()> {
     let (store, board): (Arc<dyn Store>, Arc<dyn JobBoard>) =
         match (baton_sql::Backend::of_url(db)?, schema) {
             (baton_sql::Backend::Postgres, Some(schema)) => {
-                let store = baton_sql::PostgresStore::connect_with(
-                    db,
-                    baton_sql::PostgresOptions::new().schema(schema),
-                )
-                .await?;
+                let options = baton_sql::PostgresOptions::new()
+                    .schema(schema)
+                    .step_format(format);
+                let store = baton_sql::PostgresStore::connect_with(db, options).await?;
                 let board = baton_sql::PostgresJobBoard::new(&store);
+                (Arc::new(store), Arc::new(board))
+            }
+            (baton_sql::Backend::Sqlite, _) => {
+                let options = baton_sql::SqliteOptions::new().step_format(format);
+                let store = baton_sql::SqliteStore::open_with(db, options).await?;
+                let board = baton_sql::SqliteJobBoard::new(&store);
                 (Arc::new(store), Arc::new(board))
             }
             _ => {

@@ -161,6 +161,9 @@ enum Scenario {
         db: String,
         #[arg(long)]
         schema: Option<String>,
+        /// Write short steps (`StepFormat::Short`), as the parent's `--step-format short`.
+        #[arg(long)]
+        short_steps: bool,
     },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
@@ -518,8 +521,17 @@ fn main() -> Result<()> {
             },
         )),
         Scenario::Takeover { target } => rt.block_on(fleet::takeover(&target)),
-        Scenario::TakeoverChild { db, schema } => {
-            rt.block_on(fleet::takeover_child(&db, schema.as_deref()))
+        Scenario::TakeoverChild {
+            db,
+            schema,
+            short_steps,
+        } => {
+            let format = if short_steps {
+                baton_sql::StepFormat::Short
+            } else {
+                baton_sql::StepFormat::Long
+            };
+            rt.block_on(fleet::takeover_child(&db, schema.as_deref(), format))
         }
         Scenario::Linear {
             target,
