@@ -136,8 +136,8 @@ enum Scenario {
         jobs: usize,
         #[arg(long, default_value_t = 4)]
         conductors: usize,
-        /// Jobs each conductor runs at once.
-        #[arg(long, default_value_t = 8)]
+        /// Jobs each conductor runs at once (default: a conductor's own default).
+        #[arg(long, default_value_t = baton_core::conductor::Options::default().concurrency)]
         concurrency: usize,
         /// Clients posting the jobs at the same time, each with its own connections.
         #[arg(long, default_value_t = 1)]
