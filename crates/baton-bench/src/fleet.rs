@@ -26,6 +26,7 @@ pub(crate) struct Fleet {
     schema: Option<String>,
     sqlite: baton_sql::SqliteOptions,
     step_format: baton_sql::StepFormat,
+    target: Target,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -51,7 +52,7 @@ impl Fleet {
                     options = options.schema(schema);
                 }
                 let store = baton_sql::PostgresStore::connect_with(&self.url, options).await?;
-                let board = baton_sql::PostgresJobBoard::new(&store);
+                let board = self.target.postgres_board(&store);
                 (Arc::new(store), Arc::new(board))
             }
         })
@@ -70,6 +71,7 @@ impl Fleet {
                     schema: None,
                     sqlite: target.sqlite_options(),
                     step_format: target.step_format(),
+                    target: target.clone(),
                     _dir: None,
                 })
             }
@@ -88,6 +90,7 @@ impl Fleet {
                     schema: None,
                     sqlite: target.sqlite_options(),
                     step_format: target.step_format(),
+                    target: target.clone(),
                     _dir: dir,
                 })
             }
@@ -99,16 +102,16 @@ impl Fleet {
                         .await
                         .with_context(|| format!("connecting to {url}"))?;
                 let for_boards = store.clone();
+                let for_windows = target.clone();
                 Ok(Self {
                     store: Arc::new(store),
-                    make_board: Box::new(move || {
-                        Arc::new(baton_sql::PostgresJobBoard::new(&for_boards))
-                    }),
+                    make_board: Box::new(move || Arc::new(for_windows.postgres_board(&for_boards))),
                     backend: Backend::Postgres,
                     url,
                     schema: Some(schema),
                     sqlite: target.sqlite_options(),
                     step_format: target.step_format(),
+                    target: target.clone(),
                     _dir: None,
                 })
             }

@@ -77,6 +77,10 @@ struct Target {
     /// How the SQL stores write their steps (`StepFormat`: `long`, the default, or `short`).
     #[arg(long, value_enum, default_value_t = StepForm::Long)]
     step_format: StepForm,
+    /// PostgreSQL: how long after a wake-up posts share the next one, in milliseconds
+    /// (`PostgresJobBoard::with_wake_window`). Default: the board's default.
+    #[arg(long)]
+    pg_wake_window_ms: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -99,6 +103,15 @@ impl Target {
         match self.sqlite_spin_us {
             Some(us) => options.spin(std::time::Duration::from_micros(us)),
             None => options,
+        }
+    }
+
+    /// A PostgreSQL job board on `store`, with this run's wake window.
+    fn postgres_board(&self, store: &baton_sql::PostgresStore) -> baton_sql::PostgresJobBoard {
+        let board = baton_sql::PostgresJobBoard::new(store);
+        match self.pg_wake_window_ms {
+            Some(ms) => board.with_wake_window(std::time::Duration::from_millis(ms)),
+            None => board,
         }
     }
 

@@ -65,7 +65,7 @@ pub struct PostgresJobBoard {
 }
 
 /// The default of [`PostgresJobBoard::with_wake_window`].
-pub const DEFAULT_WAKE_WINDOW: Duration = Duration::from_millis(5);
+pub const DEFAULT_WAKE_WINDOW: Duration = Duration::from_millis(20);
 
 /// How often, at most, a board looks for dead owners (see `PostgresJobBoard::reap`).
 const REAP_EVERY: Duration = Duration::from_millis(100);
@@ -118,7 +118,7 @@ impl PostgresJobBoard {
     }
 
     /// How long after a wake-up this board's posts share the next one (default
-    /// [`DEFAULT_WAKE_WINDOW`], 5 ms; zero: every post sends its own).
+    /// [`DEFAULT_WAKE_WINDOW`], 20 ms; zero: every post sends its own).
     ///
     /// A post wakes idle conductors with a `NOTIFY` sent when it commits. PostgreSQL signals
     /// every listening session for each one and serialises the commits of notifying
