@@ -295,6 +295,12 @@ pub(crate) async fn jobs(target: &Target, load: Load) -> Result<()> {
             "concurrency": concurrency,
             "posters": posters,
             "warmup_jobs": warmup,
+            // The window the PostgreSQL boards used (none on the other backends).
+            "pg_wake_window_ms": matches!(target.backend, Backend::Postgres).then(|| {
+                target.pg_wake_window_ms.unwrap_or_else(|| {
+                    u64::try_from(baton_sql::DEFAULT_WAKE_WINDOW.as_millis()).unwrap_or(u64::MAX)
+                })
+            }),
             "seconds": secs,
             "jobs_per_sec": jobs as f64 / secs,
             "posted_after_secs": posted_after.as_secs_f64(),
@@ -349,9 +355,14 @@ pub(crate) async fn takeover(target: &Target) -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
     running.spawn(
-        conductor(&fleet, "survivor".into(), Options::default().poll, 8)
-            .await?
-            .run(shutdown.clone()),
+        conductor(
+            &fleet,
+            "survivor".into(),
+            Options::default().poll,
+            Options::default().concurrency,
+        )
+        .await?
+        .run(shutdown.clone()),
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
