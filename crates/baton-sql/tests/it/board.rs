@@ -253,18 +253,17 @@ async fn until_listening(store: &Held<PostgresStore>) {
     until_positive(&mut conn, &sql, "the waiter never listened").await;
 }
 
-/// Posts that come close together share a wake-up, sent when the window after the first one
-/// ends: an idle conductor that only listens (its poll is ten minutes) gets the first job at
-/// once (its post sent its own wake-up) and a job posted inside the window when the window
-/// ends, not before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_posts_in_a_window_share_a_wake_up() {
-    let Some((waiter, store)) = postgres_pair().await else {
-        return;
-    };
+/// Starts `waiter` claiming two jobs as wake-ups announce them, then posts a first job through
+/// a board with `window` and waits until the waiter has claimed it (so it listens again).
+/// Answers the waiter (how many it claimed), the posting board, and when the first job was
+/// posted.
+async fn first_job_claimed(
+    waiter: PostgresJobBoard,
+    store: &Held<PostgresStore>,
+    window: Duration,
+) -> (tokio::task::JoinHandle<usize>, PostgresJobBoard, Instant) {
     let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(10)));
-    until_listening(&store).await;
-    let window = Duration::from_millis(600);
+    until_listening(store).await;
     let poster = PostgresJobBoard::new(&store.store).with_wake_window(window);
     let posted = Instant::now();
     let first = poster.post(NewJob::new("first", "noop")).await.unwrap();
@@ -275,6 +274,20 @@ async fn postgres_posts_in_a_window_share_a_wake_up() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    (idle, poster, posted)
+}
+
+/// Posts that come close together share a wake-up, sent when the window after the first one
+/// ends: an idle conductor that only listens (its poll is ten minutes) gets the first job at
+/// once (its post sent its own wake-up) and a job posted inside the window when the window
+/// ends, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_posts_in_a_window_share_a_wake_up() {
+    let Some((waiter, store)) = postgres_pair().await else {
+        return;
+    };
+    let window = Duration::from_millis(600);
+    let (idle, poster, posted) = first_job_claimed(waiter, &store, window).await;
     poster.post(NewJob::new("second", "noop")).await.unwrap();
     // Checked only while the window is open, so a slow machine cannot fail it falsely.
     tokio::time::sleep(window / 2).await;
@@ -300,14 +313,7 @@ async fn postgres_flushing_sends_owed_wake_ups_at_once() {
     let Some((waiter, store)) = postgres_pair().await else {
         return;
     };
-    let idle = tokio::spawn(claim_on_wake_ups(waiter, 2, Duration::from_secs(10)));
-    until_listening(&store).await;
-    let poster = PostgresJobBoard::new(&store.store).with_wake_window(Duration::MAX);
-    let first = poster.post(NewJob::new("first", "noop")).await.unwrap();
-    // Let the waiter take the first job and go back to listening.
-    while poster.get(first.id).await.unwrap().state != JobState::Claimed {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (idle, poster, _) = first_job_claimed(waiter, &store, Duration::MAX).await;
     poster.post(NewJob::new("second", "noop")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!idle.is_finished(), "a wake-up went out without a flush");
