@@ -24,8 +24,6 @@ pub(crate) struct Fleet {
     backend: Backend,
     url: String,
     schema: Option<String>,
-    sqlite: baton_sql::SqliteOptions,
-    step_format: baton_sql::StepFormat,
     target: Target,
     _dir: Option<tempfile::TempDir>,
 }
@@ -42,12 +40,14 @@ impl Fleet {
             Backend::Memory => (self.store.clone(), self.board()),
             Backend::Sqlite => {
                 let store =
-                    baton_sql::SqliteStore::open_with(&self.url, self.sqlite.clone()).await?;
+                    baton_sql::SqliteStore::open_with(&self.url, self.target.sqlite_options())
+                        .await?;
                 let board = baton_sql::SqliteJobBoard::new(&store);
                 (Arc::new(store), Arc::new(board))
             }
             Backend::Postgres => {
-                let mut options = baton_sql::PostgresOptions::new().step_format(self.step_format);
+                let mut options =
+                    baton_sql::PostgresOptions::new().step_format(self.target.step_format());
                 if let Some(schema) = &self.schema {
                     options = options.schema(schema);
                 }
@@ -69,8 +69,6 @@ impl Fleet {
                     backend: Backend::Memory,
                     url: "memory".into(),
                     schema: None,
-                    sqlite: target.sqlite_options(),
-                    step_format: target.step_format(),
                     target: target.clone(),
                     _dir: None,
                 })
@@ -88,8 +86,6 @@ impl Fleet {
                     backend: Backend::Sqlite,
                     url,
                     schema: None,
-                    sqlite: target.sqlite_options(),
-                    step_format: target.step_format(),
                     target: target.clone(),
                     _dir: dir,
                 })
@@ -109,8 +105,6 @@ impl Fleet {
                     backend: Backend::Postgres,
                     url,
                     schema: Some(schema),
-                    sqlite: target.sqlite_options(),
-                    step_format: target.step_format(),
                     target: target.clone(),
                     _dir: None,
                 })
@@ -324,7 +318,7 @@ pub(crate) async fn takeover(target: &Target) -> Result<()> {
     if let Some(schema) = &fleet.schema {
         child.args(["--schema", schema]);
     }
-    if fleet.step_format == baton_sql::StepFormat::Short {
+    if fleet.target.step_format() == baton_sql::StepFormat::Short {
         child.arg("--short-steps");
     }
     let mut child = child.spawn().context("starting the child conductor")?;
