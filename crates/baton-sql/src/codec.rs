@@ -55,8 +55,7 @@ impl Serialize for Shaped<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let short = self.format == StepFormat::Short;
-        let key =
-            |long: &'static str, short_key: &'static str| if short { short_key } else { long };
+        let key = |long, short_key| self.format.key(long, short_key);
         let a = self.atom;
         let mut m = s.serialize_map(None)?;
         m.serialize_entry(key("name", "n"), a.name)?;
@@ -143,6 +142,14 @@ pub enum StepFormat {
 }
 
 impl StepFormat {
+    /// A field's key in this format: `long`, or `short` in the short form.
+    pub(crate) fn key(self, long: &'static str, short: &'static str) -> &'static str {
+        match self {
+            StepFormat::Long => long,
+            StepFormat::Short => short,
+        }
+    }
+
     /// The oldest model version that reads steps of this format: what their rows are stamped
     /// with (see `MODEL_VERSION`).
     pub(crate) fn model_version(self) -> i64 {

@@ -48,33 +48,39 @@ use crate::codec::{self, EncodedAtom, RawAtom, StepFormat};
 /// `from` (`f`), `expected_attempt` (`e`) and `record` (`r`, see [`codec::Shaped`]) for an
 /// atom.
 struct EntryOut<'a> {
-    flow: Option<(&'static str, &'static str, &'static str)>,
-    atom: Option<(&'static str, u32, &'a EncodedAtom<'a>)>,
+    write: WriteOut<'a>,
     format: StepFormat,
+}
+
+enum WriteOut<'a> {
+    /// The flow's move: from, to, intention.
+    Flow(&'static str, &'static str, &'static str),
+    /// An atom's: the state and attempt expected, and its new record.
+    Atom(&'static str, u32, &'a EncodedAtom<'a>),
 }
 
 impl Serialize for EntryOut<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let short = self.format == StepFormat::Short;
-        let key =
-            |long: &'static str, short_key: &'static str| if short { short_key } else { long };
+        let key = |long, short_key| self.format.key(long, short_key);
         let mut m = s.serialize_map(None)?;
-        if let Some((from, to, intention)) = self.flow {
-            m.serialize_entry(key("op", "o"), key("flow", "f"))?;
-            m.serialize_entry(key("from", "f"), from)?;
-            m.serialize_entry(key("to", "t"), to)?;
-            m.serialize_entry(key("intention", "i"), intention)?;
-        }
-        if let Some((from, attempt, atom)) = self.atom {
-            m.serialize_entry(key("op", "o"), key("atom", "a"))?;
-            m.serialize_entry(key("from", "f"), from)?;
-            m.serialize_entry(key("expected_attempt", "e"), &attempt)?;
-            let shaped = codec::Shaped {
-                atom,
-                format: self.format,
-            };
-            m.serialize_entry(key("record", "r"), &shaped)?;
+        match self.write {
+            WriteOut::Flow(from, to, intention) => {
+                m.serialize_entry(key("op", "o"), key("flow", "f"))?;
+                m.serialize_entry(key("from", "f"), from)?;
+                m.serialize_entry(key("to", "t"), to)?;
+                m.serialize_entry(key("intention", "i"), intention)?;
+            }
+            WriteOut::Atom(from, attempt, atom) => {
+                m.serialize_entry(key("op", "o"), key("atom", "a"))?;
+                m.serialize_entry(key("from", "f"), from)?;
+                m.serialize_entry(key("expected_attempt", "e"), &attempt)?;
+                let shaped = codec::Shaped {
+                    atom,
+                    format: self.format,
+                };
+                m.serialize_entry(key("record", "r"), &shaped)?;
+            }
         }
         m.end()
     }
@@ -170,8 +176,7 @@ pub(crate) fn encode(
                 flow_state = Some(to.as_str());
                 flow_intention = Some(intention.as_str());
                 EntryOut {
-                    flow: Some((from.as_str(), to.as_str(), intention.as_str())),
-                    atom: None,
+                    write: WriteOut::Flow(from.as_str(), to.as_str(), intention.as_str()),
                     format,
                 }
             }
@@ -191,8 +196,7 @@ pub(crate) fn encode(
                     )));
                 }
                 EntryOut {
-                    flow: None,
-                    atom: Some((expected_state.as_str(), *expected_attempt, enc)),
+                    write: WriteOut::Atom(expected_state.as_str(), *expected_attempt, enc),
                     format,
                 }
             }
