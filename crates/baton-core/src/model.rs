@@ -220,6 +220,24 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// Whether the write is a legal move of the state machine, taken on its own: the flow's
+    /// or the atom's transition is allowed, and an atom's attempt does not go back. Whether
+    /// it also expects what the store holds is the compare-and-set's business
+    /// ([`check_write`](crate::store::check_write) checks both).
+    #[must_use]
+    pub fn is_legal(&self) -> bool {
+        match self {
+            Write::Flow { from, to, .. } => from == to || from.can_transition(*to),
+            Write::Atom {
+                expected_state,
+                expected_attempt,
+                record,
+            } => expected_state.can_transition(record.state) && record.attempt >= *expected_attempt,
+        }
+    }
+}
+
 /// The unit of durability: writes a store applies all together or not at all.
 ///
 /// The engine gathers into one batch everything one step decides, for example an atom's result

@@ -51,6 +51,186 @@ pub(crate) struct Shaped<'a> {
     pub(crate) format: StepFormat,
 }
 
+impl Shaped<'_> {
+    /// Appends the record's JSON to `out`: the same text as serde would write through this
+    /// type's `Serialize` (the tests' oracle), in a fraction of the instructions. Keys are
+    /// static ASCII names and states static ASCII words, written as they are; the name and
+    /// chrono's fallback times go through `serde_json`, which escapes them; results, failures
+    /// and retry histories are JSON already.
+    pub(crate) fn write_to(&self, out: &mut JsonOut) {
+        let short = self.format == StepFormat::Short;
+        let key = |long, short_key| self.format.key(long, short_key);
+        let a = self.atom;
+        out.open(b'{');
+        out.key(key("name", "n"));
+        out.string(a.name);
+        if a.kind != AtomKind::Task.as_str() {
+            out.key(key("kind", "k"));
+            out.word(a.kind);
+        }
+        out.key(key("state", "s"));
+        out.word(a.state);
+        if a.intention != baton_core::Intention::Execute.as_str() {
+            out.key(key("intention", "i"));
+            out.word(a.intention);
+        }
+        out.key(key("attempt", "a"));
+        out.integer(i64::from(a.attempt));
+        if a.round != 0 {
+            out.key(key("round", "rd"));
+            out.integer(i64::from(a.round));
+        }
+        for (long, short_key, value) in [
+            ("result", "v", &a.result),
+            ("failure", "x", &a.failure),
+            ("revert_failure", "rx", &a.revert_failure),
+        ] {
+            if let Some(value) = value {
+                out.key(key(long, short_key));
+                out.raw(value.get());
+            }
+        }
+        if a.retry_history.get() != "[]" {
+            out.key(key("retry_history", "h"));
+            out.raw(a.retry_history.get());
+        }
+        // Left out when exactly `0.0`: a `-0.0` is written, so it reads back with its sign.
+        if a.progress.to_bits() != 0 {
+            out.key(key("progress", "p"));
+            out.float(a.progress);
+        }
+        let times = [
+            ("retry_at", "ra", a.retry_at),
+            ("started_at", "st", a.started_at),
+            ("finished_at", "ft", a.finished_at),
+        ];
+        for (long, short_key, time) in times {
+            if let Some(t) = time {
+                out.key(key(long, short_key));
+                out.time(t, short);
+            }
+        }
+        out.close(b'}');
+    }
+}
+
+/// A JSON text being written by hand for the fixed shapes of a step (see
+/// [`Shaped::write_to`]): it tracks only whether a comma is due.
+pub(crate) struct JsonOut {
+    buf: Vec<u8>,
+    /// Whether the next key or element opens its object or array (no comma before it).
+    first: bool,
+    /// The first value `serde_json` could not write, if any.
+    failed: Option<serde_json::Error>,
+}
+
+impl JsonOut {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(capacity),
+            first: true,
+            failed: None,
+        }
+    }
+
+    /// Opens an object or array, as an element of the enclosing array if one is open.
+    pub(crate) fn open(&mut self, bracket: u8) {
+        self.comma();
+        self.buf.push(bracket);
+        self.first = true;
+    }
+
+    pub(crate) fn close(&mut self, bracket: u8) {
+        self.buf.push(bracket);
+        self.first = false;
+    }
+
+    fn comma(&mut self) {
+        if !self.first {
+            self.buf.push(b',');
+        }
+    }
+
+    /// A key: a static ASCII name that needs no escaping.
+    pub(crate) fn key(&mut self, key: &'static str) {
+        self.comma();
+        self.word(key);
+        self.buf.push(b':');
+        // The value follows the colon without a comma.
+        self.first = true;
+    }
+
+    /// A static ASCII word (a key, a state): quoted, needing no escaping.
+    pub(crate) fn word(&mut self, word: &'static str) {
+        debug_assert!(word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(word.as_bytes());
+        self.buf.push(b'"');
+        self.first = false;
+    }
+
+    /// Any string, escaped as JSON requires.
+    pub(crate) fn string(&mut self, text: &str) {
+        self.value(text);
+    }
+
+    pub(crate) fn integer(&mut self, n: i64) {
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.first = false;
+    }
+
+    /// A finite float, written as `serde_json` writes it (so it reads back bit for bit).
+    pub(crate) fn float(&mut self, x: f64) {
+        self.value(&x);
+    }
+
+    /// JSON text, written as it is.
+    pub(crate) fn raw(&mut self, json: &str) {
+        self.buf.extend_from_slice(json.as_bytes());
+        self.first = false;
+    }
+
+    /// A time as a step of the form holds it (see [`Shaped`]).
+    fn time(&mut self, t: DateTime<Utc>, short: bool) {
+        // A leap second's nanoseconds (1e9 and up) would come back as the next second's.
+        let nanos = (short && t.timestamp_subsec_nanos() < 1_000_000_000)
+            .then(|| t.timestamp_nanos_opt())
+            .flatten();
+        if let Some(ns) = nanos {
+            return self.integer(ns);
+        }
+        // chrono's own form, which the long steps have always used.
+        match crate::rfc3339::write_fast(t, crate::rfc3339::Fraction::Auto) {
+            Some(text) => {
+                self.buf.push(b'"');
+                self.buf.extend_from_slice(text.as_str().as_bytes());
+                self.buf.push(b'"');
+                self.first = false;
+            }
+            None => self.value(&t),
+        }
+    }
+
+    fn value<T: Serialize + ?Sized>(&mut self, value: &T) {
+        // Strings, floats and times do not fail to serialize; should one, the text is
+        // refused as a whole by `into_string`.
+        if let Err(e) = serde_json::to_writer(&mut self.buf, value) {
+            self.failed.get_or_insert(e);
+        }
+        self.first = false;
+    }
+
+    /// The text written, or the first error met writing it.
+    pub(crate) fn into_string(self) -> Result<String> {
+        if let Some(e) = self.failed {
+            return Err(Error::Backend(Box::new(e)));
+        }
+        String::from_utf8(self.buf).map_err(|e| Error::Backend(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
 impl Serialize for Shaped<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -101,11 +281,13 @@ impl Serialize for Shaped<'_> {
 }
 
 /// A time as a step holds it (see [`Shaped`]).
+#[cfg(test)]
 struct Time {
     t: DateTime<Utc>,
     short: bool,
 }
 
+#[cfg(test)]
 impl Serialize for Time {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         // A leap second's nanoseconds (1e9 and up) would come back as the next second's.
@@ -114,8 +296,12 @@ impl Serialize for Time {
             .flatten();
         match nanos {
             Some(ns) => s.serialize_i64(ns),
-            // chrono's own form, which the long steps have always used.
-            None => self.t.serialize(s),
+            // chrono's own form, which the long steps have always used (written the fast way
+            // when it can be).
+            None => match crate::rfc3339::write_fast(self.t, crate::rfc3339::Fraction::Auto) {
+                Some(text) => s.serialize_str(text.as_str()),
+                None => self.t.serialize(s),
+            },
         }
     }
 }
@@ -238,12 +424,18 @@ pub(crate) async fn finish<DB: sqlx::Database, T>(
 /// that text order is time order.
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn time_text(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    match crate::rfc3339::write_fast(t, crate::rfc3339::Fraction::Nanos) {
+        Some(text) => text.as_str().to_owned(),
+        None => t.to_rfc3339_opts(SecondsFormat::Nanos, true),
+    }
 }
 
 /// Parses [`time_text`]'s form (or any RFC 3339 timestamp).
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn parse_time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
+    if let Some(t) = crate::rfc3339::read_fast(text) {
+        return Ok(t);
+    }
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("unreadable timestamp {text:?}: {e}"))
@@ -271,21 +463,6 @@ pub(crate) fn fence_to_db(
             }),
         })
         .transpose()
-}
-
-/// The client-side half of [`check_write`]: the state-machine check, made as if the
-/// compare-and-set passed. The database does the compare-and-set; when it passes and this
-/// check failed, this is the batch's error.
-pub(crate) fn legality(flow: FlowId, write: &Write) -> Result<()> {
-    let as_expected = match write {
-        Write::Flow { from, .. } => (from.as_str().to_owned(), 0),
-        Write::Atom {
-            expected_state,
-            expected_attempt,
-            ..
-        } => (expected_state.as_str().to_owned(), *expected_attempt),
-    };
-    check_write(flow, write, as_expected)
 }
 
 /// Checks a batch write by write against the flow as it is (each write against what the

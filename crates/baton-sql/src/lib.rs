@@ -86,6 +86,8 @@ mod codec;
 mod error;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod rfc3339;
 #[cfg(feature = "sqlite")]
 pub mod spin;
 #[cfg(feature = "sqlite")]

@@ -1038,10 +1038,7 @@ impl Store for PostgresStore {
             codec::fence_to_db(flow, batch.fence)?.map(|(job, token)| (job.as_uuid(), token));
         let consume = codec::consumed_job(batch)?;
         // The one-statement append, when what this store knows of the flow admits the batch.
-        let known = self
-            .known
-            .take(flow)
-            .filter(|k| k.admits(flow, &batch.writes));
+        let known = self.known.take(flow).filter(|k| k.admits(&batch.writes));
         if let Some(mut known) = known {
             let seq = known.seq + 1;
             let appended = match (&consume, fence) {

@@ -930,16 +930,21 @@ async fn append(
             "flow {key} cannot have a step number {seq}: a flow holds fewer than 2^32 steps"
         )));
     }
-    const INSERT: &str = "INSERT INTO steps \
-         (id, flow_id, seq, at, flow_state, flow_intention, body, model_version)";
+    macro_rules! insert {
+        () => {
+            "INSERT INTO steps \
+             (id, flow_id, seq, at, flow_state, flow_intention, body, model_version) "
+        };
+    }
     let sql = match fence {
-        None => format!("{INSERT} VALUES (?1 + ?3, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-        Some(_) => format!(
-            "{INSERT} SELECT ?1 + ?3, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
+        None => concat!(insert!(), "VALUES (?1 + ?3, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        Some(_) => concat!(
+            insert!(),
+            "SELECT ?1 + ?3, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
              WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = ?9 AND token = ?10)"
         ),
     };
-    let mut query = sqlx::query(&sql)
+    let mut query = sqlx::query(sql)
         .bind(base)
         .bind(key)
         .bind(seq)
@@ -1131,7 +1136,7 @@ impl Store for SqliteStore {
         if let Some(mut known) = self
             .known
             .take(flow)
-            .filter(|k| consume.is_none() && k.admits(flow, &batch.writes))
+            .filter(|k| consume.is_none() && k.admits(&batch.writes))
         {
             // Waiting for the answer by spinning first: see `SqliteOptions::spin`.
             let appended = append(

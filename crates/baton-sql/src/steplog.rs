@@ -38,7 +38,9 @@ use baton_core::model::{AtomRecord, Batch, FlowRecord, Transition, Write};
 use baton_core::store::{transition_of, Error, Result};
 use baton_core::{AtomState, Fence, FlowId, FlowState};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+#[cfg(test)]
+use serde::Serialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::codec::{self, EncodedAtom, RawAtom, StepFormat};
@@ -59,6 +61,43 @@ enum WriteOut<'a> {
     Atom(&'static str, u32, &'a EncodedAtom<'a>),
 }
 
+impl EntryOut<'_> {
+    /// Appends the entry's JSON to `out`: the same text as serde writes through this type's
+    /// `Serialize` (the tests' oracle); see [`codec::Shaped::write_to`].
+    fn write_to(&self, out: &mut codec::JsonOut) {
+        let key = |long, short_key| self.format.key(long, short_key);
+        out.open(b'{');
+        match self.write {
+            WriteOut::Flow(from, to, intention) => {
+                out.key(key("op", "o"));
+                out.word(key("flow", "f"));
+                out.key(key("from", "f"));
+                out.word(from);
+                out.key(key("to", "t"));
+                out.word(to);
+                out.key(key("intention", "i"));
+                out.word(intention);
+            }
+            WriteOut::Atom(from, attempt, atom) => {
+                out.key(key("op", "o"));
+                out.word(key("atom", "a"));
+                out.key(key("from", "f"));
+                out.word(from);
+                out.key(key("expected_attempt", "e"));
+                out.integer(i64::from(attempt));
+                out.key(key("record", "r"));
+                codec::Shaped {
+                    atom,
+                    format: self.format,
+                }
+                .write_to(out);
+            }
+        }
+        out.close(b'}');
+    }
+}
+
+#[cfg(test)]
 impl Serialize for EntryOut<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -205,7 +244,20 @@ pub(crate) fn encode(
             }
         });
     }
-    let body = serde_json::to_string(&entries).map_err(|e| Error::Backend(Box::new(e)))?;
+    // Sized for a linear step (two entries) so that writing it does not grow the buffer.
+    let mut out = codec::JsonOut::with_capacity(256 * entries.len().max(1));
+    out.open(b'[');
+    for entry in &entries {
+        entry.write_to(&mut out);
+    }
+    out.close(b']');
+    let body = out.into_string()?;
+    #[cfg(test)]
+    assert_eq!(
+        Some(&body),
+        serde_json::to_string(&entries).ok().as_ref(),
+        "the hand-written step differs from serde's"
+    );
     Ok(Step {
         body,
         model_version: format.model_version(),
@@ -224,16 +276,50 @@ fn present<'de, D: Deserializer<'de>>(
 /// A time as a step holds it: integer nanoseconds since 1970, or RFC 3339 text (written by
 /// earlier versions, and for times an `i64` of nanoseconds cannot hold); `null` is none.
 fn time<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<DateTime<Utc>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Time {
-        Nanos(i64),
-        Text(DateTime<Utc>),
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<DateTime<Utc>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a time: integer nanoseconds since 1970, RFC 3339 text, or null")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, ns: i64) -> std::result::Result<Self::Value, E> {
+            Ok(Some(DateTime::from_timestamp_nanos(ns)))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, ns: u64) -> std::result::Result<Self::Value, E> {
+            i64::try_from(ns)
+                .map(|ns| Some(DateTime::from_timestamp_nanos(ns)))
+                .map_err(|_| E::custom(format!("time {ns} ns is out of range")))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<Self::Value, E> {
+            if let Some(t) = crate::rfc3339::read_fast(text) {
+                return Ok(Some(t));
+            }
+            // Any other form chrono's own serde reads (what earlier versions wrote).
+            text.parse::<DateTime<chrono::FixedOffset>>()
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(E::custom)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D2: Deserializer<'de>>(
+            self,
+            d: D2,
+        ) -> std::result::Result<Self::Value, D2::Error> {
+            d.deserialize_any(Visitor)
+        }
     }
-    Ok(Option::<Time>::deserialize(d)?.map(|t| match t {
-        Time::Nanos(ns) => DateTime::from_timestamp_nanos(ns),
-        Time::Text(t) => t,
-    }))
+    d.deserialize_option(Visitor)
 }
 
 /// An atom record as a step holds it, in either form (see [`StepFormat`]): short keys or the
@@ -493,11 +579,12 @@ impl Known {
 
     /// Whether every write is legal and expects what this knowledge, updated write by write,
     /// holds.
-    pub(crate) fn admits(&self, flow: FlowId, writes: &[Write]) -> bool {
+    pub(crate) fn admits(&self, writes: &[Write]) -> bool {
         let mut state = self.flow;
-        let mut touched: HashMap<&str, (AtomState, u32)> = HashMap::new();
+        // A batch touches an atom or two: a list beats a map.
+        let mut touched: Vec<(&str, (AtomState, u32))> = Vec::with_capacity(writes.len());
         for write in writes {
-            if codec::legality(flow, write).is_err() {
+            if !write.is_legal() {
                 return false;
             }
             match write {
@@ -513,11 +600,19 @@ impl Known {
                     record,
                 } => {
                     let name = record.name.as_str();
-                    let current = touched.get(name).or_else(|| self.atoms.get(name)).copied();
+                    let slot = touched.iter().position(|(n, _)| *n == name);
+                    let current = match slot {
+                        Some(i) => Some(touched[i].1),
+                        None => self.atoms.get(name).copied(),
+                    };
                     if current != Some((*expected_state, *expected_attempt)) {
                         return false;
                     }
-                    touched.insert(name, (record.state, record.attempt));
+                    let now = (record.state, record.attempt);
+                    match slot {
+                        Some(i) => touched[i].1 = now,
+                        None => touched.push((name, now)),
+                    }
                 }
             }
         }
@@ -711,6 +806,49 @@ mod tests {
         }
     }
 
+    /// Steps are written by hand (`EntryOut::write_to`); `encode` checks the text against
+    /// serde's through the `Serialize` impls kept as the oracle in test builds. These batches
+    /// take every branch: a flow write, every field set, times as text in either form (leap
+    /// seconds, years past 9999), names that need escaping.
+    #[test]
+    fn hand_written_steps_are_what_serde_writes() {
+        let flow = FlowId::new();
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .unwrap()
+            .and_utc();
+        let far = "+10000-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let mut odd = busy_record();
+        odd.name = "tab\t \"quoted\" \u{1} é ✓".into();
+        odd.started_at = Some(leap);
+        odd.finished_at = Some(far);
+        odd.retry_at = Some(DateTime::from_timestamp_nanos(0));
+        odd.progress = 0.1;
+        let flow_write = Write::Flow {
+            from: FlowState::Running,
+            to: FlowState::Reverting,
+            intention: Intention::Revert,
+        };
+        let odd_write = Write::Atom {
+            expected_state: AtomState::Failure,
+            expected_attempt: 3,
+            record: odd,
+        };
+        let pending = AtomRecord::pending("a", AtomKind::Task);
+        let (start, _) = moved(&pending, AtomState::Running, 1);
+        for format in [StepFormat::Long, StepFormat::Short] {
+            for writes in [
+                vec![flow_write.clone()],
+                vec![busy_write(), flow_write.clone(), odd_write.clone()],
+                vec![start.clone()],
+            ] {
+                // `row_in` encodes, and `encode` asserts the two texts are the same.
+                let step = row_in(format, 1, &writes, flow);
+                assert_eq!(decode(flow, &step).unwrap(), writes, "{format:?}");
+            }
+        }
+    }
+
     /// Floating-point results and progress come back bit for bit, in either form.
     #[test]
     fn floats_come_back_exactly() {
@@ -877,23 +1015,23 @@ mod tests {
         let mut known = Known::of(0, &rec, std::slice::from_ref(&a));
         let (start, running) = moved(&a, AtomState::Running, 1);
         let (finish, _) = moved(&running, AtomState::Success, 1);
-        assert!(known.admits(flow, &[start.clone(), finish.clone()]));
+        assert!(known.admits(&[start.clone(), finish.clone()]));
         // The second write must expect what the first left.
-        assert!(!known.admits(flow, &[start.clone(), start.clone()]));
+        assert!(!known.admits(&[start.clone(), start.clone()]));
         // Illegal transitions are never admitted.
         let (skip, _) = moved(&a, AtomState::Success, 1);
-        assert!(!known.admits(flow, &[skip]));
+        assert!(!known.admits(&[skip]));
         // Unknown atoms neither.
         let (ghost, _) = moved(
             &AtomRecord::pending("ghost", AtomKind::Task),
             AtomState::Running,
             1,
         );
-        assert!(!known.admits(flow, &[ghost]));
+        assert!(!known.admits(&[ghost]));
         known.apply(std::slice::from_ref(&start));
         assert_eq!(known.seq, 1);
-        assert!(!known.admits(flow, std::slice::from_ref(&start)));
-        assert!(known.admits(flow, &[finish]));
+        assert!(!known.admits(std::slice::from_ref(&start)));
+        assert!(known.admits(&[finish]));
     }
 
     #[test]

@@ -362,7 +362,7 @@ pub fn check_write(flow: FlowId, write: &Write, current: (String, u32)) -> Resul
                     actual: actual_state,
                 });
             }
-            if from != to && !from.can_transition(*to) {
+            if !write.is_legal() {
                 return Err(Error::IllegalTransition {
                     flow,
                     subject: "flow".into(),
@@ -384,9 +384,7 @@ pub fn check_write(flow: FlowId, write: &Write, current: (String, u32)) -> Resul
                     actual: format!("{actual_state} at attempt {actual_attempt}"),
                 });
             }
-            let legal =
-                expected_state.can_transition(record.state) && record.attempt >= *expected_attempt;
-            if !legal {
+            if !write.is_legal() {
                 return Err(Error::IllegalTransition {
                     flow,
                     subject: format!("atom {}", record.name),
