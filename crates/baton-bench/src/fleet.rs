@@ -320,8 +320,8 @@ pub(crate) async fn takeover(target: &Target) -> Result<()> {
     if let Some(schema) = &fleet.schema {
         child.args(["--schema", schema]);
     }
-    if fleet.target.step_format() == baton_sql::StepFormat::Short {
-        child.arg("--short-steps");
+    if fleet.target.step_format() == baton_sql::StepFormat::Long {
+        child.arg("--long-steps");
     }
     let mut child = child.spawn().context("starting the child conductor")?;
 

@@ -74,8 +74,9 @@ struct Target {
     /// (`SqliteOptions::spin`; the floor waits the same way). Default: the store's default.
     #[arg(long)]
     sqlite_spin_us: Option<u64>,
-    /// How the SQL stores write their steps (`StepFormat`: `long`, the default, or `short`).
-    #[arg(long, value_enum, default_value_t = StepForm::Long)]
+    /// How the SQL stores write their steps (`StepFormat`: `short`, the stores' default, or
+    /// `long`).
+    #[arg(long, value_enum, default_value_t = StepForm::Short)]
     step_format: StepForm,
     /// PostgreSQL: how long after a wake-up posts share the next one, in milliseconds
     /// (`PostgresJobBoard::with_wake_window`). Default: the board's default.
@@ -174,9 +175,9 @@ enum Scenario {
         db: String,
         #[arg(long)]
         schema: Option<String>,
-        /// Write short steps (`StepFormat::Short`), as the parent's `--step-format short`.
+        /// Write long steps (`StepFormat::Long`), as the parent's `--step-format long`.
         #[arg(long)]
-        short_steps: bool,
+        long_steps: bool,
     },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
@@ -537,12 +538,12 @@ fn main() -> Result<()> {
         Scenario::TakeoverChild {
             db,
             schema,
-            short_steps,
+            long_steps,
         } => {
-            let format = if short_steps {
-                baton_sql::StepFormat::Short
-            } else {
+            let format = if long_steps {
                 baton_sql::StepFormat::Long
+            } else {
+                baton_sql::StepFormat::Short
             };
             rt.block_on(fleet::takeover_child(&db, schema.as_deref(), format))
         }

@@ -313,17 +313,17 @@ impl Serialize for Time {
 #[non_exhaustive]
 pub enum StepFormat {
     /// Keys named like the `atoms` table's columns, times as RFC 3339 text, fields at their
-    /// defaults left out: about 380 bytes for a linear step. Read by this version (0.2.0) and
-    /// by 0.1.0 builds from commit `74e6cff` on (which began reading steps that leave defaults
-    /// out), so a fleet on such a build can upgrade one engine at a time. The default.
-    #[default]
+    /// defaults left out: about 380 bytes for a linear step. Read by every version from 0.1.0
+    /// builds of commit `74e6cff` on (which began reading steps that leave defaults out); the
+    /// default of 0.2.0. Choose it while engines of 0.1.0 may still resume the store's runs.
     Long,
     /// Short keys and times as integer nanoseconds: about 220 bytes for a linear step, so
     /// about 5 % more SQLite steps a second (see `docs/stores.md`) and a log less than half as
-    /// big. Read by this version and later ones only: a version before this one refuses such
-    /// steps as written by a newer version, and a conductor of it gives up the job (ending
-    /// it failed) while its run stays unfinished. Choose it once every engine that may resume
-    /// the store's runs is of this version or later; a later version makes it the default.
+    /// big. Read from 0.2.0 on; the default from 0.3.0 on. A 0.1.0 build refuses such steps
+    /// as written by a newer version, and a conductor of it gives up the job (ending it
+    /// failed) while its run stays unfinished: upgrade a 0.1.0 fleet to 0.2.0 first, or
+    /// choose [`StepFormat::Long`] until no 0.1.0 engine is left.
+    #[default]
     Short,
 }
 

@@ -42,8 +42,9 @@ pub struct PostgresOptions {
     /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
     /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
     pub max_value_bytes: usize,
-    /// How steps are written (see [`StepFormat`]); default [`StepFormat::Long`], which the
-    /// previous version reads too.
+    /// How steps are written (see [`StepFormat`]); default [`StepFormat::Short`], which
+    /// versions from 0.2.0 on read ([`StepFormat::Long`] for a fleet that still has 0.1.0
+    /// engines).
     pub step_format: StepFormat,
 }
 

@@ -68,8 +68,9 @@ pub struct SqliteOptions {
     /// process completed about 12 % fewer jobs a second with it (`baton-bench jobs
     /// --backend sqlite --sqlite-spin-us 100` against `0`).
     pub spin: Duration,
-    /// How steps are written (see [`StepFormat`]); default [`StepFormat::Long`], which the
-    /// previous version reads too.
+    /// How steps are written (see [`StepFormat`]); default [`StepFormat::Short`], which
+    /// versions from 0.2.0 on read ([`StepFormat::Long`] for a fleet that still has 0.1.0
+    /// engines).
     pub step_format: StepFormat,
 }
 

@@ -699,7 +699,7 @@ mod tests {
     }
 
     fn row(seq: i64, writes: &[Write], flow: FlowId) -> StepRow {
-        row_in(StepFormat::default(), seq, writes, flow)
+        row_in(StepFormat::Long, seq, writes, flow)
     }
 
     fn row_in(format: StepFormat, seq: i64, writes: &[Write], flow: FlowId) -> StepRow {
@@ -762,7 +762,7 @@ mod tests {
         }
     }
 
-    /// The long form (the default) names fields like the `atoms` table's columns and leaves
+    /// The long form names fields like the `atoms` table's columns and leaves
     /// the defaults out; the short form uses short keys and integer times. Rows are stamped
     /// with the oldest model version that reads them.
     #[test]

@@ -12,14 +12,14 @@ mod conformance {
     baton_testkit::store_conformance!(optional: postgres_store().await);
 }
 
-/// The same contract, with steps written short.
-mod conformance_short_steps {
+/// The same contract, with steps written long (the default of 0.2.0; short is the default now).
+mod conformance_long_steps {
     use baton_sql::{PostgresOptions, StepFormat};
 
     use crate::support::postgres_store_with;
 
     baton_testkit::store_conformance!(
-        optional: postgres_store_with(PostgresOptions::new().step_format(StepFormat::Short)).await
+        optional: postgres_store_with(PostgresOptions::new().step_format(StepFormat::Long)).await
     );
 }
 
@@ -167,14 +167,15 @@ async fn an_unreachable_server_is_unavailable() {
 async fn step_formats_mix() {
     let Some(url) = postgres_url() else { return };
     let schema = fresh_schema();
-    let Some(long) = open(&url, &schema).await else {
+    // Short steps are the default.
+    let Some(short) = open(&url, &schema).await else {
         return;
     };
-    let short = PostgresStore::connect_with(
+    let long = PostgresStore::connect_with(
         &url,
         PostgresOptions::new()
             .schema(&schema)
-            .step_format(baton_sql::StepFormat::Short),
+            .step_format(baton_sql::StepFormat::Long),
     )
     .await
     .unwrap();

@@ -12,14 +12,14 @@ mod conformance {
     baton_testkit::store_conformance!(optional: sqlite_store().await);
 }
 
-/// The same contract, with steps written short.
-mod conformance_short_steps {
+/// The same contract, with steps written long (the default of 0.2.0; short is the default now).
+mod conformance_long_steps {
     use baton_sql::{SqliteOptions, StepFormat};
 
     use crate::support::sqlite_store_with;
 
     baton_testkit::store_conformance!(
-        optional: sqlite_store_with(SqliteOptions::new().step_format(StepFormat::Short)).await
+        optional: sqlite_store_with(SqliteOptions::new().step_format(StepFormat::Long)).await
     );
 }
 
@@ -204,10 +204,11 @@ async fn two_stores_on_one_file_write_side_by_side() {
 #[tokio::test]
 async fn step_formats_mix() {
     let (_dir, url) = sqlite_url();
-    let long = SqliteStore::open(&url).await.unwrap();
-    let short = SqliteStore::open_with(
+    // Short steps are the default.
+    let short = SqliteStore::open(&url).await.unwrap();
+    let long = SqliteStore::open_with(
         &url,
-        SqliteOptions::new().step_format(baton_sql::StepFormat::Short),
+        SqliteOptions::new().step_format(baton_sql::StepFormat::Long),
     )
     .await
     .unwrap();
