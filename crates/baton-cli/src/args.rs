@@ -185,6 +185,35 @@ pub enum FlowsCommand {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
+    /// Delete runs that ended (SUCCESS, FAILURE, REVERTED) before a time, with their atoms,
+    /// step logs and histories. Runs that have not ended are never touched.
+    Purge(PurgeArgs),
+}
+
+/// `baton flows purge` and `baton jobs purge`.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Which ended runs or jobs: by age or by end time.
+    #[command(flatten)]
+    pub cutoff: Cutoff,
+    /// How many to delete per transaction; the command repeats until one deletes fewer.
+    #[arg(long, default_value_t = 500)]
+    pub batch: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which ended runs or jobs a purge deletes: exactly one of the two.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Cutoff {
+    /// Those that ended longer ago than this, e.g. `30d`, `12h`, `1h 30m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Those that ended before this time, in RFC 3339 (e.g. `2026-11-01T00:00:00Z`).
+    #[arg(long)]
+    pub ended_before: Option<String>,
 }
 
 /// `--format` of `flows graph`.
@@ -251,6 +280,9 @@ pub enum JobsCommand {
         /// The job id.
         id: String,
     },
+    /// Delete jobs that ended (COMPLETE, TRASHED) before a time. Jobs waiting or running are
+    /// never touched, nor are the runs the jobs drove (see `flows purge`).
+    Purge(PurgeArgs),
     /// Retire a job for good.
     Trash {
         /// The job id.

@@ -194,6 +194,80 @@ fn jobs_can_be_posted_trashed_and_refused() {
     assert_eq!(out.status.code(), Some(exit::CONFLICT));
 }
 
+/// Purging deletes what ended before the cutoff and nothing that is still open; a cutoff that
+/// is missing, doubled or unreadable is refused as bad input.
+#[test]
+fn ended_runs_and_jobs_can_be_purged() {
+    let db = sqlite_db();
+    let out = baton(&db.url, &["demo", "--step-ms", "1", "--stack", "old"]);
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+    let waiting = json(&baton(
+        &db.url,
+        &["jobs", "post", "--factory", "steps", "--json"],
+    ));
+    let count = |what: &str| {
+        json(&baton(&db.url, &[what, "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!((count("flows"), count("jobs")), (1, 2));
+
+    // Nothing ended a day ago.
+    let purged = json(&baton(
+        &db.url,
+        &["flows", "purge", "--older-than", "1d", "--json"],
+    ));
+    assert_eq!(purged["purged"], 0);
+    let purged = json(&baton(
+        &db.url,
+        &[
+            "flows",
+            "purge",
+            "--ended-before",
+            "2999-01-01T00:00:00Z",
+            "--batch",
+            "1",
+            "--json",
+        ],
+    ));
+    assert_eq!(purged["purged"], 1);
+    let out = baton(&db.url, &["jobs", "purge", "--older-than", "0s"]);
+    assert!(
+        stdout(&out).starts_with("purged 1 job that ended before"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!((count("flows"), count("jobs")), (0, 1));
+    let left = json(&baton(&db.url, &["jobs", "list", "--json"]));
+    assert_eq!(left[0]["id"], waiting["id"]);
+
+    // clap refuses a missing or doubled cutoff and an unreadable age as usage errors; an
+    // unreadable time is bad input.
+    for (bad, code) in [
+        (&["flows", "purge"][..], exit::USAGE),
+        (
+            &[
+                "flows",
+                "purge",
+                "--older-than",
+                "1d",
+                "--ended-before",
+                "2026-01-01T00:00:00Z",
+            ],
+            exit::USAGE,
+        ),
+        (&["jobs", "purge", "--older-than", "soon"], exit::USAGE),
+        (
+            &["jobs", "purge", "--ended-before", "yesterday"],
+            exit::BAD_INPUT,
+        ),
+    ] {
+        let out = baton(&db.url, bad);
+        assert_eq!(out.status.code(), Some(code), "{bad:?}: {}", stderr(&out));
+    }
+}
+
 /// Every error: one line naming the problem (plus at most a cause), the documented code.
 #[test]
 fn errors_are_one_clear_line_with_a_documented_code() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::board::{self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob};
-use baton_core::{ConductorId, Fence, JobId};
+use baton_core::{ConductorId, Fence, JobId, JobState};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde_json::Value;
@@ -532,6 +532,35 @@ impl JobBoard for PostgresJobBoard {
         self.store.release(kept, &rows);
         let rows = rows.map_err(db)?;
         rows.iter().map(decode).collect()
+    }
+
+    async fn purge_jobs(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, board::Error> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut kept = self.store.acquire().await.map_err(db)?;
+        // One statement: the jobs and their fences go together. A job being trashed or
+        // consumed at this moment is skipped (it is not over yet).
+        let purged = sqlx::query_scalar::<_, i64>(
+            "WITH doomed AS ( \
+                 SELECT id FROM jobs WHERE state IN ($1, $2) AND updated_at < $3 \
+                 ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             gone_fences AS (DELETE FROM fences WHERE job_id IN (SELECT id FROM doomed)), \
+             gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
+             SELECT count(*) FROM gone",
+        )
+        .bind(JobState::Complete.as_str())
+        .bind(JobState::Trashed.as_str())
+        .bind(ended_before)
+        .bind(i64::from(limit))
+        .fetch_one(&mut *kept)
+        .await;
+        self.store.release(kept, &purged);
+        Ok(u64::try_from(purged.map_err(db)?).unwrap_or(0))
     }
 
     async fn wait_for_work(&self, timeout: Duration) {

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::board::{self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob};
+use baton_core::JobState;
 use baton_core::{ConductorId, Fence, JobId};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
@@ -425,6 +426,46 @@ impl JobBoard for SqliteJobBoard {
         .await
         .map_err(db)?;
         rows.iter().map(decode).collect()
+    }
+
+    async fn purge_jobs(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, board::Error> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let before = codec::time_text(ended_before);
+        self.write(move |conn| {
+            Box::pin(async move {
+                let doomed: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM jobs WHERE state IN (?1, ?2) AND updated_at < ?3 \
+                     ORDER BY seq LIMIT ?4",
+                )
+                .bind(JobState::Complete.as_str())
+                .bind(JobState::Trashed.as_str())
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db)?;
+                for id in &doomed {
+                    for sql in [
+                        "DELETE FROM fences WHERE job_id = ?1",
+                        "DELETE FROM jobs WHERE id = ?1",
+                    ] {
+                        sqlx::query(sql)
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(db)?;
+                    }
+                }
+                Ok(doomed.len() as u64)
+            })
+        })
+        .await
     }
 
     async fn wait_for_work(&self, timeout: Duration) {

@@ -9,6 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+/// The states a run never leaves, as stored: what `purge_flows` may delete.
+pub(crate) const TERMINAL_FLOW_STATES: [&str; 3] = ["SUCCESS", "FAILURE", "REVERTED"];
+
 /// The default limit on one stored JSON value (an atom's result, failure, revert failure or
 /// retry history): 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
@@ -694,6 +697,16 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn terminal_states_are_the_core_ones() {
+        let terminal: Vec<&str> = baton_core::FlowState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(terminal, TERMINAL_FLOW_STATES);
+    }
 
     #[test]
     fn none_and_null_results_stay_apart() {

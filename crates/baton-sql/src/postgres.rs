@@ -1155,6 +1155,39 @@ impl Store for PostgresStore {
         let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
         rows.iter().map(flow_from_row).collect()
     }
+
+    async fn purge_flows(
+        &self,
+        ended_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> store::Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut kept = self.acquire().await.map_err(classify)?;
+        // One statement, so one transaction: the runs with their step logs and atoms (their
+        // history goes by the foreign key's cascade). A run's `updated_at` is the time of its
+        // last move, for an ended run its end.
+        let purged: Result<Vec<uuid::Uuid>, sqlx::Error> = sqlx::query_scalar(
+            "WITH doomed AS ( \
+                 SELECT id FROM flows WHERE state = ANY($1) AND updated_at < $2 \
+                 ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             gone_steps AS (DELETE FROM steps WHERE flow_id IN (SELECT id FROM doomed)), \
+             gone_atoms AS (DELETE FROM atoms WHERE flow_id IN (SELECT id FROM doomed)) \
+             DELETE FROM flows WHERE id IN (SELECT id FROM doomed) RETURNING id",
+        )
+        .bind(&codec::TERMINAL_FLOW_STATES[..])
+        .bind(ended_before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *kept)
+        .await;
+        self.release(kept, &purged);
+        let purged = purged.map_err(classify)?;
+        for id in &purged {
+            self.known.take(FlowId::from_uuid(*id));
+        }
+        Ok(purged.len() as u64)
+    }
 }
 
 /// The flow's columns for listings: `updated_at` is the time of the last step, if any.

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition};
 use baton_core::store::{self, FlowQuery, Store};
 use baton_core::{Fence, FencingToken, FlowId, JobId};
+use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
@@ -1244,6 +1245,69 @@ impl Store for SqliteStore {
         }
         let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
         rows.iter().map(flow_from_row).collect()
+    }
+
+    async fn purge_flows(&self, ended_before: DateTime<Utc>, limit: u32) -> store::Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let [a, b, c] = codec::TERMINAL_FLOW_STATES;
+        let before = codec::time_text(ended_before);
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn
+            .conn()?
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.failed(classify(e)))?;
+        let result = async {
+            // A run's `updated_at` is the time of its last move, which for an ended run is
+            // its end (the step log's trigger keeps it).
+            let doomed: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT seq, id FROM flows WHERE state IN (?1, ?2, ?3) AND updated_at < ?4 \
+                 ORDER BY seq LIMIT ?5",
+            )
+            .bind(a)
+            .bind(b)
+            .bind(c)
+            .bind(&before)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            for (seq, id) in &doomed {
+                let flow = flow_id_of(id).unwrap_or(FlowId::from_uuid(uuid::Uuid::nil()));
+                let base = base_of(flow, *seq)?;
+                sqlx::query("DELETE FROM steps WHERE id >= ?1 AND id < ?2")
+                    .bind(base)
+                    .bind(base.saturating_add(STEPS_PER_FLOW))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                for table in ["history", "atoms"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE flow_id = ?1"))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                }
+                sqlx::query("DELETE FROM flows WHERE seq = ?1")
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+            }
+            Ok(doomed)
+        }
+        .await;
+        let doomed = codec::finish(tx, result)
+            .await
+            .map_err(|e| self.failed(e))?;
+        for (_, id) in &doomed {
+            if let Ok(flow) = flow_id_of(id) {
+                self.known.take(flow);
+            }
+        }
+        Ok(doomed.len() as u64)
     }
 }
 

@@ -391,6 +391,70 @@ pub async fn consume_records_the_outcome<B: JobBoard, S: Store>(board: B, _store
     ));
 }
 
+/// Purging deletes jobs that ended (complete or trashed) before the cutoff, oldest first and
+/// no more than asked; open jobs and later ones stay, and the purged jobs' claims stay
+/// refused, by the board and by the store.
+pub async fn purge_deletes_only_jobs_that_ended_before_the_cutoff<B: JobBoard, S: Store>(
+    board: B,
+    store: S,
+) {
+    let owner = ConductorId::new();
+    let done = board.post(job("done")).await.unwrap();
+    let done_claim = board.claim(owner, LEASE).await.unwrap().unwrap();
+    assert_eq!(done_claim.job.id, done.id);
+    board.consume(done_claim.fence, json!("ok")).await.unwrap();
+    let trashed = board.post(job("trashed")).await.unwrap();
+    board.trash(trashed.id, None, json!("no")).await.unwrap();
+    let open = board.post(job("open")).await.unwrap();
+    let open_claim = board.claim(owner, LEASE).await.unwrap().unwrap();
+    assert_eq!(open_claim.job.id, open.id);
+    let waiting = board.post(job("waiting")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cutoff = Utc::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let late = board.post(job("late")).await.unwrap();
+    board.trash(late.id, None, json!("later")).await.unwrap();
+
+    assert_eq!(board.purge_jobs(cutoff, 0).await.unwrap(), 0);
+    assert_eq!(board.purge_jobs(cutoff, 1).await.unwrap(), 1);
+    assert!(matches!(
+        board.get(done.id).await,
+        Err(Error::JobNotFound(id)) if id == done.id
+    ));
+    assert!(board.get(trashed.id).await.is_ok(), "the limit was one");
+    assert_eq!(board.purge_jobs(cutoff, 10).await.unwrap(), 1);
+    assert_eq!(board.purge_jobs(cutoff, 10).await.unwrap(), 0);
+    let left: Vec<_> = board
+        .list(&JobQuery::all())
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(left, vec![open.id, waiting.id, late.id]);
+    // The purged job's claim is refused by the board and by the store.
+    assert!(board.heartbeat(done_claim.fence, LEASE).await.is_err());
+    let flow = baton_core::FlowId::for_job(done.id);
+    let record = baton_core::model::FlowRecord {
+        id: flow,
+        name: "purged".into(),
+        state: FlowState::Pending,
+        intention: Intention::Execute,
+        inputs: Default::default(),
+        meta: json!({}),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    assert!(matches!(
+        store
+            .create_flow(&record, &[], Some(done_claim.fence))
+            .await,
+        Err(store::Error::Fenced { .. })
+    ));
+    // The open claim still works.
+    board.heartbeat(open_claim.fence, LEASE).await.unwrap();
+}
+
 /// A run under a claim can end its job with its last step: where the store consumes jobs,
 /// the flow's end and the job's are one commit (a stale claim changes neither); elsewhere
 /// the job is left to the caller. Either way, the next job with the same key runs after.
@@ -662,6 +726,7 @@ macro_rules! board_conformance {
             bad_input_is_refused,
             posting_wakes_waiters,
             conductors_register_and_leave,
+            purge_deletes_only_jobs_that_ended_before_the_cutoff,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

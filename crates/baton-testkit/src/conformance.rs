@@ -293,6 +293,97 @@ pub async fn list_filters_and_orders<S: Store>(store: S) {
     assert_eq!(limited.len(), 2);
 }
 
+/// Moves `flow` (pending, with the atoms of [`atoms`]) through a run that starts atom `a`, and
+/// on to `end`, one batch per move: it then has a step log and a history.
+async fn run_to<S: Store>(store: &S, flow: FlowId, end: FlowState) {
+    let mut batch = Batch::new(flow, None);
+    batch.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    batch.writes.push(start(&atoms()[0]));
+    store.commit(&batch).await.unwrap();
+    if end == FlowState::Running {
+        return;
+    }
+    let mut batch = Batch::new(flow, None);
+    batch.writes.push(Write::Flow {
+        from: FlowState::Running,
+        to: end,
+        intention: Intention::Execute,
+    });
+    store.commit(&batch).await.unwrap();
+}
+
+/// Purging deletes runs that ended before the cutoff, oldest first and no more than asked,
+/// with everything about them (a run created again with the same id starts clean); runs that
+/// have not ended, or ended later, stay.
+pub async fn purge_deletes_only_runs_that_ended_before_the_cutoff<S: Store>(store: S) {
+    let name = format!("purge-{}", FlowId::new());
+    let make = || {
+        let f = flow_record(&name);
+        (f.id, f)
+    };
+    let (ok, ok_rec) = make();
+    let (failed, failed_rec) = make();
+    let (running, running_rec) = make();
+    let (late, late_rec) = make();
+    for rec in [&ok_rec, &failed_rec, &running_rec, &late_rec] {
+        store.create_flow(rec, &atoms(), None).await.unwrap();
+    }
+    run_to(&store, ok, FlowState::Success).await;
+    run_to(&store, failed, FlowState::Failure).await;
+    run_to(&store, running, FlowState::Running).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let cutoff = Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    run_to(&store, late, FlowState::Success).await;
+
+    assert_eq!(store.purge_flows(cutoff, 0).await.unwrap(), 0);
+    assert_eq!(store.purge_flows(cutoff, 1).await.unwrap(), 1);
+    assert!(matches!(
+        store.load_flow(ok).await,
+        Err(Error::FlowNotFound(id)) if id == ok
+    ));
+    assert!(store.load_flow(failed).await.is_ok(), "the limit was one");
+    assert_eq!(store.purge_flows(cutoff, 10).await.unwrap(), 1);
+    assert_eq!(store.purge_flows(cutoff, 10).await.unwrap(), 0);
+    for gone in [ok, failed] {
+        assert!(matches!(
+            store.load_flow(gone).await,
+            Err(Error::FlowNotFound(_))
+        ));
+        assert!(matches!(
+            store.history(gone).await,
+            Err(Error::FlowNotFound(_))
+        ));
+    }
+    let left: Vec<FlowId> = store
+        .list_flows(&FlowQuery::all().name(&name))
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(left, vec![late, running]);
+    assert_eq!(
+        store.load_flow(running).await.unwrap().flow.state,
+        FlowState::Running
+    );
+    assert_eq!(
+        store.load_flow(late).await.unwrap().flow.state,
+        FlowState::Success
+    );
+    // Nothing of the old run is left to leak into a new one with the same id.
+    store.create_flow(&ok_rec, &atoms(), None).await.unwrap();
+    let again = store.load_flow(ok).await.unwrap();
+    assert_eq!(again.flow.state, FlowState::Pending);
+    assert_eq!(again.atoms, atoms());
+    assert!(store.history(ok).await.unwrap().is_empty());
+    run_to(&store, ok, FlowState::Success).await;
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each given a store from `$make`
 /// (an async expression).
 ///
@@ -314,6 +405,7 @@ macro_rules! store_conformance {
             illegal_transitions_are_refused,
             unknown_flow_or_atom_is_named,
             list_filters_and_orders,
+            purge_deletes_only_runs_that_ended_before_the_cutoff,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

@@ -107,6 +107,14 @@ impl<S: Store> Store for CrashStore<S> {
         self.inner.list_flows(query).await
     }
 
+    async fn purge_flows(
+        &self,
+        ended_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64> {
+        self.inner.purge_flows(ended_before, limit).await
+    }
+
     async fn create_and_commit(
         &self,
         flow: &FlowRecord,
@@ -208,5 +216,13 @@ impl<S: Store> Store for FlakyStore<S> {
 
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
         self.inner.list_flows(query).await
+    }
+
+    async fn purge_flows(
+        &self,
+        ended_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64> {
+        self.inner.purge_flows(ended_before, limit).await
     }
 }

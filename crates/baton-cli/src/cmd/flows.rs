@@ -26,6 +26,12 @@ pub(crate) async fn run(store: &dyn Store, command: FlowsCommand, style: Style) 
         } => list(store, state, name, limit, json, style).await,
         FlowsCommand::Show { id, full, json } => show(store, &id, full, json, style).await,
         FlowsCommand::Graph { id, format } => graph(store, &id, format).await,
+        FlowsCommand::Purge(args) => {
+            super::purge("run", &args, |before, n| async move {
+                Ok(store.purge_flows(before, n).await?)
+            })
+            .await
+        }
     }
 }
 

@@ -77,6 +77,12 @@ pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style
             outln!("job {id} released: any conductor may claim it now");
             Ok(())
         }
+        JobsCommand::Purge(args) => {
+            super::purge("job", &args, |before, n| async move {
+                Ok(board.purge_jobs(before, n).await?)
+            })
+            .await
+        }
         JobsCommand::Trash { id, reason } => {
             let id = parse::<JobId>("job id", &id)?;
             board.trash(id, None, json!({ "trashed": reason })).await?;

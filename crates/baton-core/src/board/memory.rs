@@ -266,6 +266,29 @@ impl JobBoard for MemoryJobBoard {
             .collect())
     }
 
+    async fn purge_jobs(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut purged = Vec::new();
+        let jobs = &mut inner.jobs;
+        inner.order.retain(|id| {
+            let ended = jobs
+                .get(id)
+                .is_some_and(|j| j.state.is_terminal() && j.updated_at < ended_before);
+            if purged.len() < limit && ended {
+                jobs.remove(id);
+                purged.push(*id);
+                return false;
+            }
+            true
+        });
+        for id in &purged {
+            self.store.forget_fence(*id);
+        }
+        Ok(purged.len() as u64)
+    }
+
     async fn wait_for_work(&self, timeout: Duration) {
         self.wake.wait(timeout).await;
     }

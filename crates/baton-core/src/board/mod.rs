@@ -394,6 +394,18 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     /// Backend errors.
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>>;
 
+    /// Deletes up to `limit` jobs that ended (`COMPLETE` or `TRASHED`, states a job never
+    /// leaves) before `ended_before` (their `updated_at`), oldest first, with their fences.
+    /// Returns how many were deleted; call again while it returns `limit` to delete more.
+    /// Open jobs (`UNCLAIMED`, `CLAIMED`) are never touched. A deleted job is gone
+    /// ([`Error::JobNotFound`]); a write still fenced by one of its claims is refused as
+    /// before. The flows the jobs drove are not deleted: see
+    /// [`Store::purge_flows`](crate::store::Store::purge_flows).
+    ///
+    /// # Errors
+    /// Backend errors; a call's deletions are one transaction.
+    async fn purge_jobs(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64>;
+
     /// Returns when new work may be available (a job posted or abandoned) or after `timeout`,
     /// whichever comes first. A wake-up that came since the last wait is not lost on the
     /// boards baton ships (the next wait returns at once), but a wake-up from another process

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::{check_write, transition_of, Error, FlowQuery, Result, Store};
 use crate::ids::{Fence, FencingToken, FlowId, JobId};
@@ -53,6 +54,12 @@ impl MemoryStore {
     /// are accepted for that job.
     pub fn set_fence(&self, job: JobId, token: FencingToken) {
         self.lock().fences.insert(job, token);
+    }
+
+    /// Forgets `job`'s fence (the board purged the job): a batch fenced by any of its claims
+    /// is refused from now on.
+    pub(crate) fn forget_fence(&self, job: JobId) {
+        self.lock().fences.remove(&job);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -253,5 +260,25 @@ impl Store for MemoryStore {
             .cloned()
             .collect();
         Ok(matching)
+    }
+
+    async fn purge_flows(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut purged = 0;
+        let flows = &mut inner.flows;
+        inner.order.retain(|id| {
+            let ended = flows.get(id).is_some_and(|s| {
+                s.record.state.is_terminal() && s.record.updated_at < ended_before
+            });
+            if purged < limit && ended {
+                flows.remove(id);
+                purged += 1;
+                return false;
+            }
+            true
+        });
+        Ok(purged as u64)
     }
 }

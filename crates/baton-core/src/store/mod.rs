@@ -31,6 +31,7 @@ mod memory;
 use std::error::Error as StdError;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::ids::{FencingToken, FlowId, JobId};
 pub use crate::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
@@ -239,6 +240,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Backend errors only.
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>>;
 
+    /// Deletes up to `limit` runs that ended (`SUCCESS`, `FAILURE` or `REVERTED`, states a
+    /// run never leaves) before `ended_before`, oldest first, with everything stored about
+    /// them: atoms, step log, history. Returns how many were deleted; call again while it
+    /// returns `limit` to delete more. A run that has not ended is never touched, whatever
+    /// its age, and a deleted run is gone: [`Store::load_flow`] answers
+    /// [`Error::FlowNotFound`].
+    ///
+    /// This is how an operator keeps the store from growing without end (`baton flows
+    /// purge`); see `docs/operations.md`, "Retention".
+    ///
+    /// # Errors
+    /// Backend errors only; a batch of deletions is one transaction, so an error leaves the
+    /// runs of that call all there.
+    async fn purge_flows(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64>;
+
     /// Stores a new flow run and applies its first batch, as [`Store::create_flow`] then
     /// [`Store::commit`] would. The engine uses it for a run it creates and starts at once, so
     /// that the creation costs no commit of its own.
@@ -299,6 +315,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
         (**self).list_flows(query).await
+    }
+
+    async fn purge_flows(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        (**self).purge_flows(ended_before, limit).await
     }
 
     async fn create_and_commit(

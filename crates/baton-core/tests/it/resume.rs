@@ -388,6 +388,14 @@ impl Store for SlowToWake {
     ) -> baton_core::store::Result<Vec<baton_core::model::FlowRecord>> {
         self.inner.list_flows(query).await
     }
+
+    async fn purge_flows(
+        &self,
+        ended_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> baton_core::store::Result<u64> {
+        self.inner.purge_flows(ended_before, limit).await
+    }
 }
 
 #[tokio::test]
@@ -456,6 +464,14 @@ impl Store for CreationAnswerLost {
         query: &baton_core::store::FlowQuery,
     ) -> baton_core::store::Result<Vec<baton_core::model::FlowRecord>> {
         self.inner.list_flows(query).await
+    }
+
+    async fn purge_flows(
+        &self,
+        ended_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> baton_core::store::Result<u64> {
+        self.inner.purge_flows(ended_before, limit).await
     }
 
     async fn create_and_commit(

@@ -239,3 +239,57 @@ async fn a_run_in_progress_survives_the_upgrade_to_the_step_log() {
     store.close().await;
     drop_schema(&url, &schema).await;
 }
+
+/// Purging ended runs leaves no row of theirs in any table, and none of the others' goes.
+#[tokio::test]
+async fn purged_runs_leave_no_rows_behind() {
+    use baton_core::{Engine, FlowState};
+    use baton_testkit::{scenarios, Log};
+
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema();
+    let Some(store) = open(&url, &schema).await else {
+        return;
+    };
+    let engine = Engine::new(store.clone());
+    let flow = scenarios::long_linear(&Log::new(), 5);
+    for _ in 0..3 {
+        let outcome = engine
+            .start(
+                &flow,
+                baton_testkit::inputs([("seed", serde_json::json!(1))]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome.state, FlowState::Success);
+    }
+    let kept = engine
+        .create(
+            &flow,
+            baton_testkit::inputs([("seed", serde_json::json!(2))]),
+        )
+        .await
+        .unwrap();
+    let mut conn = pg_connect(&url, Some(&schema)).await;
+    let mut counts = Vec::new();
+    let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.purge_flows(cutoff, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_flows(cutoff, 2).await.unwrap(), 1);
+    for table in ["flows", "atoms", "steps", "history"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        counts.push(n);
+    }
+    // What is left is the run that has not started: its row and its atoms.
+    let atoms = i64::try_from(store.load_flow(kept).await.unwrap().atoms.len()).unwrap();
+    assert_eq!(counts, [1, atoms, 0, 0]);
+    assert_eq!(
+        engine.run(&flow, kept).await.unwrap().state,
+        FlowState::Success
+    );
+    conn.close().await.unwrap();
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}

@@ -418,3 +418,58 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
     assert_eq!((f, atom), (flow.id, None));
     assert!(detail.contains("step log"), "{detail}");
 }
+
+/// Purging ended runs leaves no row of theirs in any table, and none of the others' goes.
+#[tokio::test]
+async fn purged_runs_leave_no_rows_behind() {
+    use baton_core::{Engine, FlowState};
+    use baton_testkit::{scenarios, Log};
+
+    let (_dir, url) = sqlite_url();
+    let store = SqliteStore::open(&url).await.unwrap();
+    let engine = Engine::new(store.clone());
+    let flow = scenarios::long_linear(&Log::new(), 5);
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        let outcome = engine
+            .start(
+                &flow,
+                baton_testkit::inputs([("seed", serde_json::json!(1))]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome.state, FlowState::Success);
+        ended.push(outcome.flow);
+    }
+    let kept = engine
+        .create(
+            &flow,
+            baton_testkit::inputs([("seed", serde_json::json!(2))]),
+        )
+        .await
+        .unwrap();
+    let counts = || async {
+        let mut out = Vec::new();
+        for table in ["flows", "atoms", "steps", "history"] {
+            out.push(scalar(&url, &format!("SELECT CAST(count(*) AS TEXT) FROM {table}")).await);
+        }
+        out
+    };
+    assert_ne!(counts().await[2], "0", "the runs have steps");
+    let purged = store
+        .purge_flows(chrono::Utc::now() + chrono::Duration::seconds(1), 2)
+        .await
+        .unwrap()
+        + store
+            .purge_flows(chrono::Utc::now() + chrono::Duration::seconds(1), 2)
+            .await
+            .unwrap();
+    assert_eq!(purged, 3);
+    // What is left is the run that has not started: its row and its atoms.
+    let atoms = store.load_flow(kept).await.unwrap().atoms.len().to_string();
+    assert_eq!(counts().await, ["1", atoms.as_str(), "0", "0"]);
+    assert_eq!(
+        engine.run(&flow, kept).await.unwrap().state,
+        FlowState::Success
+    );
+}

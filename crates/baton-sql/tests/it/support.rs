@@ -97,6 +97,14 @@ impl<S: Store> Store for Held<S> {
         self.store.list_flows(query).await
     }
 
+    async fn purge_flows(
+        &self,
+        ended_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64> {
+        self.store.purge_flows(ended_before, limit).await
+    }
+
     async fn create_and_commit(
         &self,
         flow: &FlowRecord,
