@@ -4,6 +4,7 @@
 //! cargo run --release -p baton-bench -- compile --atoms 10000
 //! cargo run --release -p baton-bench -- linear --backend sqlite --tasks 1000
 //! cargo run --release -p baton-bench -- fanout --backend postgres --tasks 1000 --parallelism 8
+//! cargo run --release -p baton-bench -- floor --backend sqlite --gap-us 0,5,20
 //! ```
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
@@ -28,7 +29,7 @@
 mod fleet;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use baton_core::store::Store;
@@ -179,6 +180,22 @@ enum Scenario {
         #[arg(long)]
         long_steps: bool,
     },
+    /// The floor alone, with the runtime thread kept busy for a while between commits (as
+    /// an engine is, deciding the next step): how the cost of a commit depends on what
+    /// happens between two of them.
+    Floor {
+        #[command(flatten)]
+        target: Target,
+        /// Commits per measurement.
+        #[arg(long, default_value_t = 3000)]
+        commits: usize,
+        /// Microseconds of work between commits (the thread computes, it does not sleep), one
+        /// measurement for each, in turn, repeated `--rounds` times.
+        #[arg(long, value_delimiter = ',', default_value = "0,2,5,10,20")]
+        gap_us: Vec<u64>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
         #[command(flatten)]
@@ -268,6 +285,46 @@ fn compile(atoms: usize) -> Result<()> {
     Ok(())
 }
 
+/// `floor`: the floor's single-row commits with `gaps` of work between them, each measured
+/// `rounds` times in turn; prints the median microseconds a commit took beyond its gap.
+async fn floor_gaps(target: &Target, commits: usize, gaps: &[u64], rounds: usize) -> Result<()> {
+    let bench = open(target).await?;
+    let floor = bench.floor.clone();
+    anyhow::ensure!(
+        !matches!(*floor, Floor::None),
+        "the memory backend has no floor"
+    );
+    // Once untimed, as `linear` does: the first inserts also grow the new database's log.
+    floor.measure(commits).await?;
+    let mut per_gap: Vec<Vec<f64>> = vec![Vec::new(); gaps.len()];
+    for _ in 0..rounds.max(1) {
+        for (gap, out) in gaps.iter().zip(&mut per_gap) {
+            let gap = Duration::from_micros(*gap);
+            let f = floor.clone();
+            let rate = tokio::spawn(async move { f.inserts_apart(commits, gap).await }).await??;
+            // Microseconds a commit took, beyond the gap before it.
+            if let Some(rate) = rate {
+                out.push(1e6 / rate - gap.as_secs_f64() * 1e6);
+            }
+        }
+    }
+    floor.clean_up().await?;
+    let medians: Vec<f64> = per_gap.iter().map(|v| median(v)).collect();
+    println!(
+        "{}",
+        json!({
+            "scenario": "floor",
+            "backend": target.backend.name(),
+            "commits": commits,
+            "rounds": rounds.max(1),
+            "gap_us": gaps,
+            "commit_us_beyond_gap": medians,
+            "commit_us_beyond_gap_rounds": per_gap,
+        })
+    );
+    Ok(())
+}
+
 /// A store to measure, a way to count its commits, and its floor.
 struct Bench {
     store: Arc<dyn Store>,
@@ -296,12 +353,24 @@ impl Floor {
     }
 
     async fn inserts(&self, n: usize) -> Result<Option<f64>> {
+        self.inserts_apart(n, Duration::ZERO).await
+    }
+
+    /// As [`Floor::inserts`], keeping the thread busy for `gap` before each insert.
+    async fn inserts_apart(&self, n: usize, gap: Duration) -> Result<Option<f64>> {
         let start = Instant::now();
+        let busy = || {
+            let until = Instant::now() + gap;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        };
         match self {
             Floor::None => return Ok(None),
             Floor::Sqlite(conn, spin) => {
                 let mut conn = conn.lock().await;
                 for i in 0..n {
+                    busy();
                     let insert = sqlx::query("INSERT INTO bench_floor (v) VALUES (?1)")
                         .bind(format!("row-{i}"))
                         .execute(&mut *conn);
@@ -312,6 +381,7 @@ impl Floor {
                 let mut conn = conn.lock().await;
                 let sql = format!("INSERT INTO {schema}.bench_floor (v) VALUES ($1)");
                 for i in 0..n {
+                    busy();
                     sqlx::query(&sql)
                         .bind(format!("row-{i}"))
                         .execute(&mut *conn)
@@ -559,6 +629,12 @@ fn main() -> Result<()> {
             1,
             rounds,
         )),
+        Scenario::Floor {
+            target,
+            commits,
+            gap_us,
+            rounds,
+        } => rt.block_on(floor_gaps(&target, commits, &gap_us, rounds)),
         Scenario::Fanout {
             target,
             tasks,
