@@ -436,7 +436,7 @@ impl JobBoard for SqliteJobBoard {
         if limit == 0 {
             return Ok(0);
         }
-        let before = codec::time_text(ended_before);
+        let before = codec::time_text(codec::sortable_time(ended_before));
         self.write(move |conn| {
             Box::pin(async move {
                 let doomed: Vec<String> = sqlx::query_scalar(

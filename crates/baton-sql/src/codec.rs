@@ -299,12 +299,9 @@ impl Serialize for Time {
             .flatten();
         match nanos {
             Some(ns) => s.serialize_i64(ns),
-            // chrono's own form, which the long steps have always used (written the fast way
-            // when it can be).
-            None => match crate::rfc3339::write_fast(self.t, crate::rfc3339::Fraction::Auto) {
-                Some(text) => s.serialize_str(text.as_str()),
-                None => self.t.serialize(s),
-            },
+            // chrono's own form, which the long steps have always used: the oracle of
+            // `JsonOut::time`, so chrono itself.
+            None => self.t.serialize(s),
         }
     }
 }
@@ -430,6 +427,20 @@ pub(crate) fn time_text(t: DateTime<Utc>) -> String {
     match crate::rfc3339::write_fast(t, crate::rfc3339::Fraction::Nanos) {
         Some(text) => text.as_str().to_owned(),
         None => t.to_rfc3339_opts(SecondsFormat::Nanos, true),
+    }
+}
+
+/// `t`, or the last instant of year 9999 if it is later: [`time_text`] writes later years with
+/// a sign (`+10000-...`), which sorts before every year of four digits, so a cutoff compared
+/// as text must not go past it.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn sortable_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    let last = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 999_999_999))
+        .map(|t| t.and_utc());
+    match last {
+        Some(last) if t > last => last,
+        _ => t,
     }
 }
 

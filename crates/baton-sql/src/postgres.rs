@@ -494,13 +494,15 @@ const CONSUME_JOB: &str = "\
 
 /// The one-statement append of a batch that also consumes its job: the job's row is updated
 /// first (its token checked under the row's lock, so a new claim waits for this statement),
-/// and the step is appended only if that held. `$1`..`$7` the step, `$8` job, `$9` token,
+/// and the step is appended only if that held (and the run exists: see `append_sql`).
+/// `$1`..`$7` the step, `$8` job, `$9` token,
 /// `$10` outcome, `$11` channel; answers whether the step was appended.
 const APPEND_AND_CONSUME: &str = "\
     WITH done AS ( \
         UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, \
                lease_expires_at = NULL, outcome = $10::jsonb, updated_at = now() \
          WHERE id = $8 AND state = 'CLAIMED' AND token = $9 \
+           AND EXISTS (SELECT 1 FROM flows WHERE id = $1) \
         RETURNING job_key \
     ), step AS ( \
         INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
@@ -654,23 +656,29 @@ async fn read_flow(conn: &mut PgConnection, id: FlowId) -> store::Result<(FlowSn
 ///
 /// A step that moves the flow (`$4`, `$5` not null) also updates the flow's row, in the same
 /// statement and only if the step was appended. Either way the statement's count of rows
-/// (`rows_affected`) is 1 if the step was appended, 0 if the fence did not hold.
+/// (`rows_affected`) is 1 if the step was appended, 0 if the fence did not hold or the run's
+/// row is gone: a writer with a stale view of a run that ended and was purged meanwhile finds
+/// no later step to collide with, and must be refused all the same (the careful way then
+/// answers `FlowNotFound`).
 fn append_sql(fenced: bool, moves_flow: bool) -> &'static str {
     match (fenced, moves_flow) {
         (false, false) => {
             "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+             SELECT $1, $2, $3, $4, $5, $6, $7 \
+             WHERE EXISTS (SELECT 1 FROM flows WHERE id = $1)"
         }
         (true, false) => {
             "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
              SELECT $1, $2, $3, $4, $5, $6, $7 \
-             WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = $8 AND token = $9 FOR SHARE)"
+             WHERE EXISTS (SELECT 1 FROM flows WHERE id = $1) \
+               AND EXISTS (SELECT 1 FROM fences WHERE job_id = $8 AND token = $9 FOR SHARE)"
         }
         (false, true) => {
             "WITH step AS ( \
                  INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
                                     model_version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING flow_id \
+                 SELECT $1, $2, $3, $4, $5, $6, $7 \
+                 WHERE EXISTS (SELECT 1 FROM flows WHERE id = $1) RETURNING flow_id \
              ), moved AS ( \
                  UPDATE flows SET state = $4, intention = $5, updated_at = $3 \
                    FROM step WHERE flows.id = step.flow_id \
@@ -681,7 +689,8 @@ fn append_sql(fenced: bool, moves_flow: bool) -> &'static str {
                  INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
                                     model_version) \
                  SELECT $1, $2, $3, $4, $5, $6, $7 \
-                 WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = $8 AND token = $9 FOR SHARE) \
+                 WHERE EXISTS (SELECT 1 FROM flows WHERE id = $1) \
+                   AND EXISTS (SELECT 1 FROM fences WHERE job_id = $8 AND token = $9 FOR SHARE) \
                  RETURNING flow_id \
              ), moved AS ( \
                  UPDATE flows SET state = $4, intention = $5, updated_at = $3 \
@@ -1171,6 +1180,8 @@ impl Store for PostgresStore {
         let purged: Result<Vec<uuid::Uuid>, sqlx::Error> = sqlx::query_scalar(
             "WITH doomed AS ( \
                  SELECT id FROM flows WHERE state = ANY($1) AND updated_at < $2 \
+                   AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = flows.id \
+                                   AND jobs.state IN ('UNCLAIMED', 'CLAIMED')) \
                  ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
              gone_steps AS (DELETE FROM steps WHERE flow_id IN (SELECT id FROM doomed)), \
              gone_atoms AS (DELETE FROM atoms WHERE flow_id IN (SELECT id FROM doomed)) \

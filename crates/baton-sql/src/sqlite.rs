@@ -932,18 +932,22 @@ async fn append(
             "flow {key} cannot have a step number {seq}: a flow holds fewer than 2^32 steps"
         )));
     }
+    // Only while the run exists (a lookup of its row by key, `base` being its `seq` shifted):
+    // a writer with a stale view of a run that ended and was purged meanwhile finds no
+    // step after its last one to collide with, and must be refused all the same.
     macro_rules! insert {
         () => {
             "INSERT INTO steps \
-             (id, flow_id, seq, at, flow_state, flow_intention, body, model_version) "
+             (id, flow_id, seq, at, flow_state, flow_intention, body, model_version) \
+             SELECT ?1 + ?3, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
+             WHERE EXISTS (SELECT 1 FROM flows WHERE seq = ?1 >> 32 AND id = ?2)"
         };
     }
     let sql = match fence {
-        None => concat!(insert!(), "VALUES (?1 + ?3, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        None => insert!(),
         Some(_) => concat!(
             insert!(),
-            "SELECT ?1 + ?3, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
-             WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = ?9 AND token = ?10)"
+            " AND EXISTS (SELECT 1 FROM fences WHERE job_id = ?9 AND token = ?10)"
         ),
     };
     let mut query = sqlx::query(sql)
@@ -1252,7 +1256,7 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let [a, b, c] = codec::TERMINAL_FLOW_STATES;
-        let before = codec::time_text(ended_before);
+        let before = codec::time_text(codec::sortable_time(ended_before));
         let mut turn = self.write_turn().await?;
         let mut tx = turn
             .conn()?
@@ -1262,8 +1266,12 @@ impl Store for SqliteStore {
         let result = async {
             // A run's `updated_at` is the time of its last move, which for an ended run is
             // its end (the step log's trigger keeps it).
+            // A run whose job is still open is kept: its conductor may be about to end the
+            // job, and would start a deleted run afresh (a conductor's run has its job's id).
             let doomed: Vec<(i64, String)> = sqlx::query_as(
                 "SELECT seq, id FROM flows WHERE state IN (?1, ?2, ?3) AND updated_at < ?4 \
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = flows.id \
+                                 AND jobs.state IN ('UNCLAIMED', 'CLAIMED')) \
                  ORDER BY seq LIMIT ?5",
             )
             .bind(a)

@@ -453,6 +453,58 @@ pub async fn purge_deletes_only_jobs_that_ended_before_the_cutoff<B: JobBoard, S
     ));
     // The open claim still works.
     board.heartbeat(open_claim.fence, LEASE).await.unwrap();
+    // The latest cutoff there is takes every ended job.
+    let everything = chrono::DateTime::<Utc>::MAX_UTC;
+    assert_eq!(board.purge_jobs(everything, 10).await.unwrap(), 1);
+}
+
+/// A run that ended while its job is still open (its conductor has not ended the job yet) is
+/// not purged, however old: a conductor claiming the job would find no run and start it
+/// afresh. Once the job ends, the run goes.
+pub async fn runs_of_open_jobs_are_not_purged<B: JobBoard, S: Store>(board: B, store: S) {
+    let posted = board.post(job("open-run")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.job.id, posted.id);
+    let flow = baton_core::FlowId::for_job(posted.id);
+    let record = baton_core::model::FlowRecord {
+        id: flow,
+        name: "open-run".into(),
+        state: FlowState::Pending,
+        intention: Intention::Execute,
+        inputs: Default::default(),
+        meta: json!({}),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    store
+        .create_flow(&record, &[], Some(claim.fence))
+        .await
+        .unwrap();
+    for (from, to) in [
+        (FlowState::Pending, FlowState::Running),
+        (FlowState::Running, FlowState::Success),
+    ] {
+        store
+            .commit(&flow_move(flow, Some(claim.fence), from, to))
+            .await
+            .unwrap();
+    }
+    let later = Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.purge_flows(later, 10).await.unwrap(), 0);
+    assert_eq!(
+        store.load_flow(flow).await.unwrap().flow.state,
+        FlowState::Success
+    );
+    board.consume(claim.fence, json!("done")).await.unwrap();
+    assert_eq!(store.purge_flows(later, 10).await.unwrap(), 1);
+    assert!(matches!(
+        store.load_flow(flow).await,
+        Err(store::Error::FlowNotFound(_))
+    ));
 }
 
 /// A run under a claim can end its job with its last step: where the store consumes jobs,
@@ -727,6 +779,7 @@ macro_rules! board_conformance {
             posting_wakes_waiters,
             conductors_register_and_leave,
             purge_deletes_only_jobs_that_ended_before_the_cutoff,
+            runs_of_open_jobs_are_not_purged,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

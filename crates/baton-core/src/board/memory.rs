@@ -149,6 +149,7 @@ impl JobBoard for MemoryJobBoard {
         };
         // Under the board's lock: from here on only the new token can write the job's flow.
         self.store.set_fence(id, claim.fence.token);
+        self.store.set_job_open(id, true);
         Ok(Some(claim))
     }
 
@@ -170,6 +171,7 @@ impl JobBoard for MemoryJobBoard {
         job.lease_expires_at = None;
         job.outcome = Some(outcome);
         job.updated_at = Utc::now();
+        self.store.set_job_open(fence.job, false);
         drop(inner);
         // A job waiting on the same key may now run.
         self.wake.wake();
@@ -241,6 +243,7 @@ impl JobBoard for MemoryJobBoard {
         job.outcome = Some(reason);
         job.updated_at = Utc::now();
         self.store.set_fence(id, job.token);
+        self.store.set_job_open(id, false);
         drop(inner);
         self.wake.wake();
         Ok(())

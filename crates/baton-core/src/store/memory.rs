@@ -24,6 +24,10 @@ struct Inner {
     flows: HashMap<FlowId, StoredFlow>,
     order: Vec<FlowId>,
     fences: HashMap<JobId, FencingToken>,
+    /// Jobs of the board fencing this store that were claimed and have not ended: their runs
+    /// are not purged, even once ended, because a conductor may still be about to end the job
+    /// (and would start a purged run afresh).
+    open_jobs: std::collections::HashSet<JobId>,
 }
 
 /// A [`Store`] that keeps everything in process memory.
@@ -59,7 +63,19 @@ impl MemoryStore {
     /// Forgets `job`'s fence (the board purged the job): a batch fenced by any of its claims
     /// is refused from now on.
     pub(crate) fn forget_fence(&self, job: JobId) {
-        self.lock().fences.remove(&job);
+        let mut inner = self.lock();
+        inner.fences.remove(&job);
+        inner.open_jobs.remove(&job);
+    }
+
+    /// Notes whether `job` is open (claimed and not yet ended); see `Inner::open_jobs`.
+    pub(crate) fn set_job_open(&self, job: JobId, open: bool) {
+        let mut inner = self.lock();
+        if open {
+            inner.open_jobs.insert(job);
+        } else {
+            inner.open_jobs.remove(&job);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -268,10 +284,11 @@ impl Store for MemoryStore {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut purged = 0;
         let flows = &mut inner.flows;
+        let open_jobs = &inner.open_jobs;
         inner.order.retain(|id| {
             let ended = flows.get(id).is_some_and(|s| {
                 s.record.state.is_terminal() && s.record.updated_at < ended_before
-            });
+            }) && !open_jobs.contains(&JobId::from_uuid(id.as_uuid()));
             if purged < limit && ended {
                 flows.remove(id);
                 purged += 1;

@@ -244,8 +244,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// run never leaves) before `ended_before`, oldest first, with everything stored about
     /// them: atoms, step log, history. Returns how many were deleted; call again while it
     /// returns `limit` to delete more. A run that has not ended is never touched, whatever
-    /// its age, and a deleted run is gone: [`Store::load_flow`] answers
-    /// [`Error::FlowNotFound`].
+    /// its age, nor is the run of a job that has not ended on the board fencing this store
+    /// (a conductor may be about to end the job, and would start a deleted run afresh). A
+    /// deleted run is gone: [`Store::load_flow`] answers [`Error::FlowNotFound`], and a
+    /// batch for it is refused the same way, however stale its writer's view.
     ///
     /// This is how an operator keeps the store from growing without end (`baton flows
     /// purge`); see `docs/operations.md`, "Retention".

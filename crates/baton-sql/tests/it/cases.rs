@@ -777,6 +777,54 @@ pub async fn stale_knowledge_is_caught_by_the_log<S: Store>(first: &S, second: &
 
 /// The migrations of `migrator` from before the step log (`20250801000000`), to make a
 /// database as an older baton left it.
+/// A writer whose view of a run is stale (it last saw the run running) while another store
+/// ends the run, purges it and creates a new one (on SQLite the new run may take the purged
+/// run's number, and with it the range of its step keys): the stale write is refused, not
+/// appended to a run that is gone, and the new run is untouched.
+pub async fn a_stale_write_to_a_purged_run_is_refused<S: Store>(stale: &S, other: &S) {
+    let flow = flow_with_one_step(other).await;
+    let snapshot = stale.load_flow(flow.id).await.unwrap();
+    let running = snapshot.atoms[0].clone();
+    assert_eq!(running.state, AtomState::Running);
+
+    let mut end = Batch::new(flow.id, None);
+    for (from, to) in [
+        (FlowState::Pending, FlowState::Running),
+        (FlowState::Running, FlowState::Failure),
+    ] {
+        end.writes.push(Write::Flow {
+            from,
+            to,
+            intention: Intention::Execute,
+        });
+    }
+    other.commit(&end).await.unwrap();
+    let cutoff = Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(other.purge_flows(cutoff, 100).await.unwrap(), 1);
+    let fresh = new_flow(other).await;
+
+    let mut done = running.clone();
+    done.state = AtomState::Success;
+    let mut late = Batch::new(flow.id, None);
+    late.writes.push(Write::Atom {
+        expected_state: running.state,
+        expected_attempt: running.attempt,
+        record: done,
+    });
+    let err = stale.commit(&late).await.unwrap_err();
+    assert!(
+        matches!(err, Error::FlowNotFound(id) if id == flow.id),
+        "{err}"
+    );
+    let untouched = other.load_flow(fresh.id).await.unwrap();
+    assert_eq!(untouched.atoms, atoms());
+    assert!(other.history(fresh.id).await.unwrap().is_empty());
+    assert!(matches!(
+        other.load_flow(flow.id).await,
+        Err(Error::FlowNotFound(_))
+    ));
+}
+
 pub fn before_the_step_log(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
     migrator.migrations = std::borrow::Cow::Owned(
         migrator

@@ -197,6 +197,19 @@ async fn step_formats_mix() {
 }
 
 #[tokio::test]
+async fn a_stale_write_to_a_purged_run_is_refused() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema();
+    let (Some(stale), Some(other)) = (open(&url, &schema).await, open(&url, &schema).await) else {
+        return;
+    };
+    crate::cases::a_stale_write_to_a_purged_run_is_refused(&stale, &other).await;
+    stale.close().await;
+    other.close().await;
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test]
 async fn stale_knowledge_is_caught_by_the_log() {
     let Some(url) = postgres_url() else { return };
     let schema = fresh_schema();

@@ -234,6 +234,14 @@ async fn step_formats_mix() {
 }
 
 #[tokio::test]
+async fn a_stale_write_to_a_purged_run_is_refused() {
+    let (_dir, url) = sqlite_url();
+    let stale = SqliteStore::open(&url).await.unwrap();
+    let other = SqliteStore::open(&url).await.unwrap();
+    crate::cases::a_stale_write_to_a_purged_run_is_refused(&stale, &other).await;
+}
+
+#[tokio::test]
 async fn stale_knowledge_is_caught_by_the_log() {
     let (_dir, url) = sqlite_url();
     let first = SqliteStore::open(&url).await.unwrap();
