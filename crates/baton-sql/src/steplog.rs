@@ -544,6 +544,19 @@ pub(crate) fn transitions(
     Ok(out)
 }
 
+/// How long a store trusts what it knows of a run (a [`Known`]) for the one-statement
+/// append, counted from when the database last confirmed it (a load, the run's creation, or
+/// an append of this store); past it, the next commit takes the careful way, which reads the
+/// run again.
+///
+/// The append's primary key catches every writer that went stale while the run's steps are
+/// in the log, but a purge deletes them: a writer that last saw a run before it ended would
+/// find no later step to collide with. Purges keep every run that ended less than
+/// [`PURGE_MIN_AGE`](baton_core::store::PURGE_MIN_AGE) (10 minutes) ago, so such a writer's
+/// knowledge is always older than this, and it goes the careful way and is told the run is
+/// gone; the append need not look the run up.
+pub(crate) const VIEW_TRUST: chrono::Duration = chrono::Duration::seconds(60);
+
 /// What a store knows of a flow as of one step of its log (see the module's documentation).
 #[derive(Debug, Clone)]
 pub(crate) struct Known {
@@ -554,10 +567,12 @@ pub(crate) struct Known {
     pub(crate) base: i64,
     flow: FlowState,
     atoms: HashMap<String, (AtomState, u32)>,
+    /// When the database last confirmed this knowledge (see [`VIEW_TRUST`]).
+    confirmed: DateTime<Utc>,
 }
 
 impl Known {
-    /// What a snapshot of the flow says, as of step `seq`.
+    /// What a snapshot of the flow, just read, says as of step `seq`.
     pub(crate) fn of(seq: i64, flow: &FlowRecord, atoms: &[AtomRecord]) -> Self {
         Self {
             seq,
@@ -567,7 +582,15 @@ impl Known {
                 .iter()
                 .map(|a| (a.name.clone(), (a.state, a.attempt)))
                 .collect(),
+            confirmed: Utc::now(),
         }
+    }
+
+    /// Whether this knowledge may still be used for the one-statement append at `now` (see
+    /// [`VIEW_TRUST`]). A clock that went back makes it untrusted too.
+    pub(crate) fn trusted(&self, now: DateTime<Utc>) -> bool {
+        let age = now.signed_duration_since(self.confirmed);
+        age >= chrono::Duration::zero() && age < VIEW_TRUST
     }
 
     /// The same knowledge, of a flow whose steps start at `base`.
@@ -619,9 +642,10 @@ impl Known {
         true
     }
 
-    /// Takes in the writes of the step just appended.
+    /// Takes in the writes of the step just appended, which the database confirmed.
     pub(crate) fn apply(&mut self, writes: &[Write]) {
         self.seq += 1;
+        self.confirmed = Utc::now();
         for write in writes {
             match write {
                 Write::Flow { to, .. } => self.flow = *to,
@@ -656,6 +680,13 @@ impl Cache {
 
     pub(crate) fn take(&self, flow: FlowId) -> Option<Known> {
         self.lock().remove(&flow)
+    }
+
+    /// Makes everything known look `by` older (for tests of [`VIEW_TRUST`]).
+    pub(crate) fn backdate(&self, by: chrono::Duration) {
+        for known in self.lock().values_mut() {
+            known.confirmed -= by;
+        }
     }
 
     /// Keeps what is known of `flow`; a flow that has ended is forgotten, as it is unlikely
@@ -996,6 +1027,33 @@ mod tests {
             panic!("not an atom write");
         };
         assert_eq!(record.result, Some(serde_json::Value::Null));
+    }
+
+    #[test]
+    fn knowledge_is_trusted_for_a_minute() {
+        let flow = FlowRecord {
+            id: FlowId::new(),
+            name: "f".into(),
+            state: FlowState::Running,
+            intention: Intention::Execute,
+            inputs: Default::default(),
+            meta: json!(null),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let known = Known::of(0, &flow, &[]);
+        let now = known.confirmed;
+        assert!(known.trusted(now));
+        assert!(known.trusted(now + VIEW_TRUST - chrono::Duration::milliseconds(1)));
+        assert!(!known.trusted(now + VIEW_TRUST));
+        assert!(
+            !known.trusted(now - chrono::Duration::seconds(1)),
+            "the clock went back"
+        );
+        assert!(
+            VIEW_TRUST * 5 <= chrono::Duration::from_std(baton_core::store::PURGE_MIN_AGE).unwrap(),
+            "purges must keep runs well past the trust, whatever the clocks' skew"
+        );
     }
 
     #[test]

@@ -488,10 +488,10 @@ pub async fn runs_of_open_jobs_are_not_purged<B: JobBoard, S: Store>(board: B, s
         (FlowState::Pending, FlowState::Running),
         (FlowState::Running, FlowState::Success),
     ] {
-        store
-            .commit(&flow_move(flow, Some(claim.fence), from, to))
-            .await
-            .unwrap();
+        // Ended an hour ago: old enough for any purge.
+        let mut batch = flow_move(flow, Some(claim.fence), from, to);
+        batch.at = Utc::now() - chrono::Duration::hours(1);
+        store.commit(&batch).await.unwrap();
     }
     let later = Utc::now() + chrono::Duration::seconds(1);
     assert_eq!(store.purge_flows(later, 10).await.unwrap(), 0);

@@ -294,9 +294,11 @@ pub async fn list_filters_and_orders<S: Store>(store: S) {
 }
 
 /// Moves `flow` (pending, with the atoms of [`atoms`]) through a run that starts atom `a`, and
-/// on to `end`, one batch per move: it then has a step log and a history.
-async fn run_to<S: Store>(store: &S, flow: FlowId, end: FlowState) {
+/// on to `end`, one batch per move, each made `ago` before now: it then has a step log and a
+/// history, and (if `end` is an ended state) ended `ago` before now.
+async fn run_to<S: Store>(store: &S, flow: FlowId, end: FlowState, ago: chrono::Duration) {
     let mut batch = Batch::new(flow, None);
+    batch.at = Utc::now() - ago;
     batch.writes.push(Write::Flow {
         from: FlowState::Pending,
         to: FlowState::Running,
@@ -308,6 +310,7 @@ async fn run_to<S: Store>(store: &S, flow: FlowId, end: FlowState) {
         return;
     }
     let mut batch = Batch::new(flow, None);
+    batch.at = Utc::now() - ago;
     batch.writes.push(Write::Flow {
         from: FlowState::Running,
         to: end,
@@ -318,8 +321,10 @@ async fn run_to<S: Store>(store: &S, flow: FlowId, end: FlowState) {
 
 /// Purging deletes runs that ended before the cutoff, oldest first and no more than asked,
 /// with everything about them (a run created again with the same id starts clean); runs that
-/// have not ended, or ended later, stay.
+/// have not ended, ended after the cutoff, or ended less than `PURGE_MIN_AGE` ago whatever
+/// the cutoff, stay.
 pub async fn purge_deletes_only_runs_that_ended_before_the_cutoff<S: Store>(store: S) {
+    let hours = chrono::Duration::hours;
     let name = format!("purge-{}", FlowId::new());
     let make = || {
         let f = flow_record(&name);
@@ -329,16 +334,23 @@ pub async fn purge_deletes_only_runs_that_ended_before_the_cutoff<S: Store>(stor
     let (failed, failed_rec) = make();
     let (running, running_rec) = make();
     let (late, late_rec) = make();
-    for rec in [&ok_rec, &failed_rec, &running_rec, &late_rec] {
+    let (recent, recent_rec) = make();
+    for rec in [&ok_rec, &failed_rec, &running_rec, &late_rec, &recent_rec] {
         store.create_flow(rec, &atoms(), None).await.unwrap();
     }
-    run_to(&store, ok, FlowState::Success).await;
-    run_to(&store, failed, FlowState::Failure).await;
-    run_to(&store, running, FlowState::Running).await;
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let cutoff = Utc::now();
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    run_to(&store, late, FlowState::Success).await;
+    run_to(&store, ok, FlowState::Success, hours(3)).await;
+    run_to(&store, failed, FlowState::Failure, hours(3)).await;
+    run_to(&store, running, FlowState::Running, hours(3)).await;
+    run_to(&store, late, FlowState::Success, hours(1)).await;
+    // Ended a minute ago: younger than `PURGE_MIN_AGE`.
+    run_to(
+        &store,
+        recent,
+        FlowState::Success,
+        chrono::Duration::minutes(1),
+    )
+    .await;
+    let cutoff = Utc::now() - hours(2);
 
     assert_eq!(store.purge_flows(cutoff, 0).await.unwrap(), 0);
     assert_eq!(store.purge_flows(cutoff, 1).await.unwrap(), 1);
@@ -359,21 +371,19 @@ pub async fn purge_deletes_only_runs_that_ended_before_the_cutoff<S: Store>(stor
             Err(Error::FlowNotFound(_))
         ));
     }
-    let left: Vec<FlowId> = store
-        .list_flows(&FlowQuery::all().name(&name))
-        .await
-        .unwrap()
-        .iter()
-        .map(|f| f.id)
-        .collect();
-    assert_eq!(left, vec![late, running]);
+    let listed = || async {
+        store
+            .list_flows(&FlowQuery::all().name(&name))
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.id)
+            .collect::<Vec<FlowId>>()
+    };
+    assert_eq!(listed().await, vec![recent, late, running]);
     assert_eq!(
         store.load_flow(running).await.unwrap().flow.state,
         FlowState::Running
-    );
-    assert_eq!(
-        store.load_flow(late).await.unwrap().flow.state,
-        FlowState::Success
     );
     // Nothing of the old run is left to leak into a new one with the same id.
     store.create_flow(&ok_rec, &atoms(), None).await.unwrap();
@@ -381,19 +391,12 @@ pub async fn purge_deletes_only_runs_that_ended_before_the_cutoff<S: Store>(stor
     assert_eq!(again.flow.state, FlowState::Pending);
     assert_eq!(again.atoms, atoms());
     assert!(store.history(ok).await.unwrap().is_empty());
-    run_to(&store, ok, FlowState::Success).await;
-    // The latest cutoff there is takes every ended run (SQLite compares times as text, and
-    // years past 9999 are written with a sign).
+    run_to(&store, ok, FlowState::Success, hours(1)).await;
+    // The latest cutoff there is takes every run that ended long enough ago (SQLite compares
+    // times as text, and years past 9999 are written with a sign), but not the recent one.
     let everything = chrono::DateTime::<Utc>::MAX_UTC;
     assert_eq!(store.purge_flows(everything, 10).await.unwrap(), 2);
-    let left: Vec<FlowId> = store
-        .list_flows(&FlowQuery::all().name(&name))
-        .await
-        .unwrap()
-        .iter()
-        .map(|f| f.id)
-        .collect();
-    assert_eq!(left, vec![running]);
+    assert_eq!(listed().await, vec![recent, running]);
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, each given a store from `$make`

@@ -279,6 +279,7 @@ impl Store for MemoryStore {
     }
 
     async fn purge_flows(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let ended_before = super::purge_cutoff(ended_before, Utc::now());
         let mut inner = self.lock();
         let inner = &mut *inner;
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);

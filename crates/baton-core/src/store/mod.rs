@@ -197,6 +197,24 @@ impl FlowQuery {
     }
 }
 
+/// How long ago a run must have ended for [`Store::purge_flows`] to delete it, whatever the
+/// cutoff it is given: 10 minutes. An engine in another process may still hold a view of the
+/// run from before it ended; the SQL stores trust such a view for a minute at most, so by the
+/// time a run may be purged, no writer can append to it on a view that old without the store
+/// reading the run again (and finding it gone).
+pub const PURGE_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The latest cutoff [`Store::purge_flows`] honours at `now`: `ended_before`, or
+/// [`PURGE_MIN_AGE`] before `now` if that is earlier.
+#[must_use]
+pub fn purge_cutoff(ended_before: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let latest = chrono::Duration::from_std(PURGE_MIN_AGE)
+        .ok()
+        .and_then(|age| now.checked_sub_signed(age))
+        .unwrap_or(now);
+    ended_before.min(latest)
+}
+
 /// Where flow runs are persisted.
 ///
 /// See the [module documentation](self) for the contract every implementation keeps.
@@ -241,7 +259,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>>;
 
     /// Deletes up to `limit` runs that ended (`SUCCESS`, `FAILURE` or `REVERTED`, states a
-    /// run never leaves) before `ended_before`, oldest first, with everything stored about
+    /// run never leaves) before `ended_before` and at least [`PURGE_MIN_AGE`] ago (see
+    /// [`purge_cutoff`]), oldest first, with everything stored about
     /// them: atoms, step log, history. Returns how many were deleted; call again while it
     /// returns `limit` to delete more. A run that has not ended is never touched, whatever
     /// its age, nor is the run of a job that has not ended on the board fencing this store

@@ -777,11 +777,16 @@ pub async fn stale_knowledge_is_caught_by_the_log<S: Store>(first: &S, second: &
 
 /// The migrations of `migrator` from before the step log (`20250801000000`), to make a
 /// database as an older baton left it.
-/// A writer whose view of a run is stale (it last saw the run running) while another store
-/// ends the run, purges it and creates a new one (on SQLite the new run may take the purged
-/// run's number, and with it the range of its step keys): the stale write is refused, not
-/// appended to a run that is gone, and the new run is untouched.
-pub async fn a_stale_write_to_a_purged_run_is_refused<S: Store>(stale: &S, other: &S) {
+/// A writer whose view of a run is stale (it last saw the run running, and was then paused,
+/// which `age` stands in for) while another store ends the run, purges it and creates a new
+/// one (on SQLite the new run may take the purged run's number, and with it the range of its
+/// step keys): the stale write is refused, not appended to a run that is gone, and the new
+/// run is untouched.
+pub async fn a_stale_write_to_a_purged_run_is_refused<S: Store>(
+    stale: &S,
+    other: &S,
+    age: impl Fn(&S),
+) {
     let flow = flow_with_one_step(other).await;
     let snapshot = stale.load_flow(flow.id).await.unwrap();
     let running = snapshot.atoms[0].clone();
@@ -798,7 +803,10 @@ pub async fn a_stale_write_to_a_purged_run_is_refused<S: Store>(stale: &S, other
             intention: Intention::Execute,
         });
     }
+    // The run ended an hour ago, and the stale writer has been paused longer than that.
+    end.at = Utc::now() - chrono::Duration::hours(1);
     other.commit(&end).await.unwrap();
+    age(stale);
     let cutoff = Utc::now() + chrono::Duration::seconds(1);
     assert_eq!(other.purge_flows(cutoff, 100).await.unwrap(), 1);
     let fresh = new_flow(other).await;

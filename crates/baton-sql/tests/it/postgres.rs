@@ -203,7 +203,10 @@ async fn a_stale_write_to_a_purged_run_is_refused() {
     let (Some(stale), Some(other)) = (open(&url, &schema).await, open(&url, &schema).await) else {
         return;
     };
-    crate::cases::a_stale_write_to_a_purged_run_is_refused(&stale, &other).await;
+    crate::cases::a_stale_write_to_a_purged_run_is_refused(&stale, &other, |s| {
+        s.backdate_cached_views(std::time::Duration::from_secs(2 * 3600));
+    })
+    .await;
     stale.close().await;
     other.close().await;
     drop_schema(&url, &schema).await;
@@ -284,6 +287,11 @@ async fn purged_runs_leave_no_rows_behind() {
         .await
         .unwrap();
     let mut conn = pg_connect(&url, Some(&schema)).await;
+    // As if they had ended a day ago: purges keep runs that ended in the last ten minutes.
+    sqlx::query("UPDATE flows SET updated_at = now() - interval '1 day' WHERE state = 'SUCCESS'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let mut counts = Vec::new();
     let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
     assert_eq!(store.purge_flows(cutoff, 2).await.unwrap(), 2);

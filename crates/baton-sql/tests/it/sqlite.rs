@@ -238,7 +238,10 @@ async fn a_stale_write_to_a_purged_run_is_refused() {
     let (_dir, url) = sqlite_url();
     let stale = SqliteStore::open(&url).await.unwrap();
     let other = SqliteStore::open(&url).await.unwrap();
-    crate::cases::a_stale_write_to_a_purged_run_is_refused(&stale, &other).await;
+    crate::cases::a_stale_write_to_a_purged_run_is_refused(&stale, &other, |s| {
+        s.backdate_cached_views(std::time::Duration::from_secs(2 * 3600));
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -464,6 +467,15 @@ async fn purged_runs_leave_no_rows_behind() {
         out
     };
     assert_ne!(counts().await[2], "0", "the runs have steps");
+    // As if they had ended a day ago: purges keep runs that ended in the last ten minutes.
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE flows SET updated_at = '2000-01-01T00:00:00.000000000Z' WHERE state = 'SUCCESS'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
     let purged = store
         .purge_flows(chrono::Utc::now() + chrono::Duration::seconds(1), 2)
         .await
