@@ -854,6 +854,7 @@ impl PostgresStore {
             .map(|(job, token)| (job.as_uuid(), token))
             .unzip();
         let sql = create_flow_sql(first.is_some());
+        let began = chrono::Utc::now();
         let mut query = sqlx::query_as::<_, (bool, bool)>(&sql)
             .bind(fence_job)
             .bind(fence_token)
@@ -936,9 +937,9 @@ impl PostgresStore {
             ((_, false), _) => Err(store::Error::FlowExists(flow.id)),
             _ => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
-                let mut known = Known::of(0, flow, atoms);
+                let mut known = Known::of(0, flow, atoms, began);
                 if let Some((batch, _, _)) = &first {
-                    known.apply(&batch.writes);
+                    known.apply(&batch.writes, Some(began));
                 }
                 self.known.put(flow.id, known);
                 Ok(())
@@ -1030,6 +1031,7 @@ impl Store for PostgresStore {
 
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
         // One read-only snapshot for the flow, its atoms and its log.
+        let began = chrono::Utc::now();
         let mut tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -1038,7 +1040,7 @@ impl Store for PostgresStore {
         let result = read_flow(&mut tx, id).await;
         let (snapshot, seq) = codec::finish(tx, result).await?;
         self.known
-            .put(id, Known::of(seq, &snapshot.flow, &snapshot.atoms));
+            .put(id, Known::of(seq, &snapshot.flow, &snapshot.atoms, began));
         Ok(snapshot)
     }
 
@@ -1096,7 +1098,8 @@ impl Store for PostgresStore {
             };
             match appended {
                 Ok(true) => {
-                    known.apply(&batch.writes);
+                    // The append did not look the run up: the stamp stays (see `Known::apply`).
+                    known.apply(&batch.writes, None);
                     self.known.put(flow, known);
                     self.commits.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
@@ -1110,11 +1113,12 @@ impl Store for PostgresStore {
                 Err(e) => return Err(classify(e)),
             }
         }
+        let began = chrono::Utc::now();
         let (snapshot, seq) = self
             .commit_carefully(batch, &step, consume.as_ref())
             .await?;
-        let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms);
-        known.apply(&batch.writes);
+        let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms, began);
+        known.apply(&batch.writes, Some(began));
         self.known.put(flow, known);
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -903,6 +903,7 @@ fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<Option<AtomRecord>>
 async fn read_flow(
     conn: &mut SqliteConnection,
     id: FlowId,
+    began: DateTime<Utc>,
 ) -> store::Result<(FlowSnapshot, Known)> {
     let key = id.to_string();
     let row = sqlx::query(&format!(
@@ -920,7 +921,7 @@ async fn read_flow(
     let mut flow = flow_from_row(&row)?;
     steplog::replay(&mut flow, &mut atoms, &steps)?;
     let last = steps.last().map_or(0, |s| s.seq);
-    let known = Known::of(last, &flow, &atoms).based(base);
+    let known = Known::of(last, &flow, &atoms, began).based(base);
     Ok((FlowSnapshot { flow, atoms }, known))
 }
 
@@ -1029,6 +1030,7 @@ impl SqliteStore {
         let id = flow.id.to_string();
 
         let mut turn = self.write_turn().await?;
+        let began = Utc::now();
         let mut tx = turn
             .conn()?
             .begin_with("BEGIN IMMEDIATE")
@@ -1088,9 +1090,9 @@ impl SqliteStore {
             .await
             .map_err(|e| self.failed(e))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
-        let mut known = Known::of(0, flow, atoms).based(base);
+        let mut known = Known::of(0, flow, atoms, began).based(base);
         if let Some((batch, _, consume)) = &first {
-            known.apply(&batch.writes);
+            known.apply(&batch.writes, Some(began));
             if consume.is_some() {
                 self.job_wake.wake();
             }
@@ -1128,8 +1130,9 @@ impl Store for SqliteStore {
 
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
         // One read transaction: the flow, its atoms and its log come from the same snapshot.
+        let began = Utc::now();
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let result = read_flow(&mut tx, id).await;
+        let result = read_flow(&mut tx, id, began).await;
         let (snapshot, known) = codec::finish(tx, result).await?;
         self.known.put(id, known);
         Ok(snapshot)
@@ -1146,12 +1149,13 @@ impl Store for SqliteStore {
         let at = codec::time_text(batch.at);
 
         let mut turn = self.write_turn().await?;
+        let sent = Utc::now();
         // The one-statement append, when what this store knows of the flow admits the batch
         // (and the batch ends no job: that takes a second statement, so a transaction).
         if let Some(mut known) = self
             .known
             .take(flow)
-            .filter(|k| consume.is_none() && k.trusted(Utc::now()) && k.admits(&batch.writes))
+            .filter(|k| consume.is_none() && k.trusted(sent) && k.admits(&batch.writes))
         {
             // Waiting for the answer by spinning first: see `SqliteOptions::spin`.
             let appended = append(
@@ -1165,7 +1169,8 @@ impl Store for SqliteStore {
             );
             match crate::spin::spin_then_sleep(self.spin, appended).await {
                 Ok(true) => {
-                    known.apply(&batch.writes);
+                    // The append looked the run up: the knowledge is confirmed as of `sent`.
+                    known.apply(&batch.writes, Some(sent));
                     self.known.put(flow, known);
                     self.commits.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
@@ -1178,6 +1183,7 @@ impl Store for SqliteStore {
             }
         }
         // The careful way: read what the flow is now and check write by write.
+        let began = Utc::now();
         let mut tx = turn
             .conn()?
             .begin_with("BEGIN IMMEDIATE")
@@ -1185,7 +1191,7 @@ impl Store for SqliteStore {
             .map_err(|e| self.failed(classify(e)))?;
         let result = async {
             check_fence(&mut tx, flow, batch.fence).await?;
-            let (snapshot, known) = read_flow(&mut tx, flow).await?;
+            let (snapshot, known) = read_flow(&mut tx, flow, began).await?;
             codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
             append(&mut tx, &key, known.base, known.seq + 1, &at, &step, None)
                 .await
@@ -1199,7 +1205,7 @@ impl Store for SqliteStore {
         let mut known = codec::finish(tx, result)
             .await
             .map_err(|e| self.failed(e))?;
-        known.apply(&batch.writes);
+        known.apply(&batch.writes, Some(began));
         self.known.put(flow, known);
         self.commits.fetch_add(1, Ordering::Relaxed);
         if consume.is_some() {

@@ -572,8 +572,15 @@ pub(crate) struct Known {
 }
 
 impl Known {
-    /// What a snapshot of the flow, just read, says as of step `seq`.
-    pub(crate) fn of(seq: i64, flow: &FlowRecord, atoms: &[AtomRecord]) -> Self {
+    /// What a snapshot of the flow says as of step `seq`, read (or written) by a statement
+    /// sent at `confirmed` or later: callers pass the time from before they began, so that a
+    /// pause during the round trip makes the knowledge look older, never newer.
+    pub(crate) fn of(
+        seq: i64,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        confirmed: DateTime<Utc>,
+    ) -> Self {
         Self {
             seq,
             base: 0,
@@ -582,7 +589,7 @@ impl Known {
                 .iter()
                 .map(|a| (a.name.clone(), (a.state, a.attempt)))
                 .collect(),
-            confirmed: Utc::now(),
+            confirmed,
         }
     }
 
@@ -642,10 +649,16 @@ impl Known {
         true
     }
 
-    /// Takes in the writes of the step just appended, which the database confirmed.
-    pub(crate) fn apply(&mut self, writes: &[Write]) {
+    /// Takes in the writes of the step just appended. `confirmed` renews the knowledge's
+    /// stamp (the time from before the append was sent) when the append proves the run is
+    /// still there (a careful commit, or SQLite's append, which looks the run up); PostgreSQL's
+    /// one-statement append does not look the run up, so it leaves the stamp as it was, and a
+    /// flow written that way is read again once a minute.
+    pub(crate) fn apply(&mut self, writes: &[Write], confirmed: Option<DateTime<Utc>>) {
         self.seq += 1;
-        self.confirmed = Utc::now();
+        if let Some(at) = confirmed {
+            self.confirmed = at;
+        }
         for write in writes {
             match write {
                 Write::Flow { to, .. } => self.flow = *to,
@@ -1041,7 +1054,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };
-        let known = Known::of(0, &flow, &[]);
+        let known = Known::of(0, &flow, &[], Utc::now());
         let now = known.confirmed;
         assert!(known.trusted(now));
         assert!(known.trusted(now + VIEW_TRUST - chrono::Duration::milliseconds(1)));
@@ -1050,6 +1063,12 @@ mod tests {
             !known.trusted(now - chrono::Duration::seconds(1)),
             "the clock went back"
         );
+        // An append that does not look the run up keeps the stamp; one that does renews it.
+        let mut known = known;
+        known.apply(&[], None);
+        assert!(!known.trusted(now + VIEW_TRUST));
+        known.apply(&[], Some(now + VIEW_TRUST));
+        assert!(known.trusted(now + VIEW_TRUST));
         assert!(
             VIEW_TRUST * 5 <= chrono::Duration::from_std(baton_core::store::PURGE_MIN_AGE).unwrap(),
             "purges must keep runs well past the trust, whatever the clocks' skew"
@@ -1070,7 +1089,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };
-        let mut known = Known::of(0, &rec, std::slice::from_ref(&a));
+        let mut known = Known::of(0, &rec, std::slice::from_ref(&a), Utc::now());
         let (start, running) = moved(&a, AtomState::Running, 1);
         let (finish, _) = moved(&running, AtomState::Success, 1);
         assert!(known.admits(&[start.clone(), finish.clone()]));
@@ -1086,7 +1105,7 @@ mod tests {
             1,
         );
         assert!(!known.admits(&[ghost]));
-        known.apply(std::slice::from_ref(&start));
+        known.apply(std::slice::from_ref(&start), None);
         assert_eq!(known.seq, 1);
         assert!(!known.admits(std::slice::from_ref(&start)));
         assert!(known.admits(&[finish]));

@@ -27,7 +27,7 @@ pub(crate) async fn run(store: &dyn Store, command: FlowsCommand, style: Style) 
         FlowsCommand::Show { id, full, json } => show(store, &id, full, json, style).await,
         FlowsCommand::Graph { id, format } => graph(store, &id, format).await,
         FlowsCommand::Purge(args) => {
-            super::purge("run", &args, |before, n| async move {
+            super::purge("run", &args, true, |before, n| async move {
                 Ok(store.purge_flows(before, n).await?)
             })
             .await

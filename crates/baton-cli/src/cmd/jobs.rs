@@ -78,7 +78,7 @@ pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style
             Ok(())
         }
         JobsCommand::Purge(args) => {
-            super::purge("job", &args, |before, n| async move {
+            super::purge("job", &args, false, |before, n| async move {
                 Ok(board.purge_jobs(before, n).await?)
             })
             .await

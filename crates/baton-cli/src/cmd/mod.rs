@@ -54,16 +54,23 @@ pub(crate) fn cutoff(cutoff: &crate::args::Cutoff) -> Result<chrono::DateTime<ch
 
 /// Runs a purge: `once(cutoff, n)` deletes up to `n` ended `what`s (runs or jobs), and is
 /// called until a call deletes fewer than the batch; then reports the total.
+///
+/// Runs are kept for `PURGE_MIN_AGE` after they end whatever the cutoff (`runs`), so the cutoff
+/// reported for them is the one the store applies.
 pub(crate) async fn purge<F, Fut>(
     what: &str,
     args: &crate::args::PurgeArgs,
+    runs: bool,
     mut once: F,
 ) -> Result<()>
 where
     F: FnMut(chrono::DateTime<chrono::Utc>, u32) -> Fut,
     Fut: std::future::Future<Output = Result<u64>>,
 {
-    let before = cutoff(&args.cutoff)?;
+    let mut before = cutoff(&args.cutoff)?;
+    if runs {
+        before = baton_core::store::purge_cutoff(before, chrono::Utc::now());
+    }
     let batch = args.batch.max(1);
     let mut purged = 0;
     loop {

@@ -399,6 +399,9 @@ impl Run {
                         () = self.control.halt.cancelled() => return Err(Error::Halted(self.id)),
                     }
                     delay = (delay * 2).min(options.store_retry_max);
+                    // The batch's time is when it is stored: after a long outage, a run's end
+                    // must not look older than it is (purges go by it).
+                    batch.at = Utc::now();
                 }
                 Err(e @ store::Error::Conflict { .. }) if retried => {
                     // The attempt that timed out may have been applied after all.

@@ -265,8 +265,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// returns `limit` to delete more. A run that has not ended is never touched, whatever
     /// its age, nor is the run of a job that has not ended on the board fencing this store
     /// (a conductor may be about to end the job, and would start a deleted run afresh). A
-    /// deleted run is gone: [`Store::load_flow`] answers [`Error::FlowNotFound`], and a
-    /// batch for it is refused the same way, however stale its writer's view.
+    /// deleted run is gone: [`Store::load_flow`] answers [`Error::FlowNotFound`], and so does
+    /// a commit for it. A writer fenced by the run's job is refused in any case (the job has
+    /// ended); an unfenced writer in another process whose view of the run dates from before
+    /// it ended is refused because the stores of this workspace trust such a view for a
+    /// minute at most (see `docs/operations.md`, "Retention", for what that assumes of the
+    /// machines' clocks).
     ///
     /// This is how an operator keeps the store from growing without end (`baton flows
     /// purge`); see `docs/operations.md`, "Retention".

@@ -566,3 +566,91 @@ async fn a_retried_creation_does_not_adopt_another_engines_run() {
     );
     assert!(log.successes(Action::Execute).is_empty(), "a task ran");
 }
+
+/// A store that refuses every batch's first attempt as unreachable (storing nothing) and
+/// remembers the time each attempt carried.
+#[derive(Debug, Clone, Default)]
+struct RefusesFirstAttempts {
+    inner: MemoryStore,
+    attempts: std::sync::Arc<std::sync::Mutex<Vec<chrono::DateTime<chrono::Utc>>>>,
+}
+
+#[async_trait::async_trait]
+impl Store for RefusesFirstAttempts {
+    async fn create_flow(
+        &self,
+        flow: &baton_core::model::FlowRecord,
+        atoms: &[baton_core::model::AtomRecord],
+        fence: Option<baton_core::Fence>,
+    ) -> baton_core::store::Result<()> {
+        self.inner.create_flow(flow, atoms, fence).await
+    }
+
+    async fn load_flow(
+        &self,
+        id: FlowId,
+    ) -> baton_core::store::Result<baton_core::model::FlowSnapshot> {
+        self.inner.load_flow(id).await
+    }
+
+    async fn commit(&self, batch: &baton_core::model::Batch) -> baton_core::store::Result<()> {
+        let first = {
+            let mut attempts = self.attempts.lock().unwrap();
+            attempts.push(batch.at);
+            attempts.len() % 2 == 1
+        };
+        if first {
+            return Err(baton_core::store::Error::Unavailable(Box::new(Down)));
+        }
+        self.inner.commit(batch).await
+    }
+
+    async fn history(
+        &self,
+        id: FlowId,
+    ) -> baton_core::store::Result<Vec<baton_core::model::Transition>> {
+        self.inner.history(id).await
+    }
+
+    async fn list_flows(
+        &self,
+        query: &baton_core::store::FlowQuery,
+    ) -> baton_core::store::Result<Vec<baton_core::model::FlowRecord>> {
+        self.inner.list_flows(query).await
+    }
+
+    async fn purge_flows(
+        &self,
+        ended_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> baton_core::store::Result<u64> {
+        self.inner.purge_flows(ended_before, limit).await
+    }
+}
+
+/// A batch retried through an outage carries the time it is stored, not the time it was
+/// first tried: a run's end is never recorded as older than it is (purges go by it).
+#[tokio::test]
+async fn a_retried_batch_is_stamped_when_it_is_stored() {
+    let log = Log::new();
+    let flow = three_steps(&log);
+    let store = RefusesFirstAttempts::default();
+    let mut options = baton_core::engine::Options::default();
+    options.store_retry_base = Duration::from_millis(20);
+    let engine = Engine::new(store.clone()).with_options(options);
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    assert!(engine.run(&flow, id).await.unwrap().is_success());
+    let attempts = store.attempts.lock().unwrap().clone();
+    assert!(attempts.len() >= 2);
+    for pair in attempts.chunks(2) {
+        if let [first, second] = pair {
+            assert!(
+                *second >= *first + chrono::Duration::milliseconds(20),
+                "the retry kept the first attempt's time: {first} then {second}"
+            );
+        }
+    }
+    // The run's recorded end is its last (stored) attempt's time.
+    let ended = store.load_flow(id).await.unwrap().flow.updated_at;
+    assert_eq!(Some(&ended), attempts.last());
+}
