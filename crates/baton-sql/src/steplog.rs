@@ -1042,10 +1042,9 @@ mod tests {
         assert_eq!(record.result, Some(serde_json::Value::Null));
     }
 
-    #[test]
-    fn knowledge_is_trusted_for_a_minute() {
-        let flow = FlowRecord {
-            id: FlowId::new(),
+    fn running_flow(id: FlowId) -> FlowRecord {
+        FlowRecord {
+            id,
             name: "f".into(),
             state: FlowState::Running,
             intention: Intention::Execute,
@@ -1053,8 +1052,12 @@ mod tests {
             meta: json!(null),
             created_at: Utc::now(),
             updated_at: Utc::now(),
-        };
-        let known = Known::of(0, &flow, &[], Utc::now());
+        }
+    }
+
+    #[test]
+    fn knowledge_is_trusted_for_a_minute() {
+        let known = Known::of(0, &running_flow(FlowId::new()), &[], Utc::now());
         let now = known.confirmed;
         assert!(known.trusted(now));
         assert!(known.trusted(now + VIEW_TRUST - chrono::Duration::milliseconds(1)));
@@ -1079,16 +1082,7 @@ mod tests {
     fn knowledge_admits_only_what_it_expects() {
         let flow = FlowId::new();
         let a = AtomRecord::pending("a", AtomKind::Task);
-        let rec = FlowRecord {
-            id: flow,
-            name: "f".into(),
-            state: FlowState::Running,
-            intention: Intention::Execute,
-            inputs: Default::default(),
-            meta: json!(null),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        };
+        let rec = running_flow(flow);
         let mut known = Known::of(0, &rec, std::slice::from_ref(&a), Utc::now());
         let (start, running) = moved(&a, AtomState::Running, 1);
         let (finish, _) = moved(&running, AtomState::Success, 1);

@@ -69,6 +69,20 @@ async fn listed<S: Store>(store: &S, name: &str, state: FlowState) -> Vec<baton_
         .collect()
 }
 
+/// A new, pending run of job `job`, as a conductor would create it (with the job's id).
+fn job_run(job: baton_core::JobId, name: &str) -> baton_core::model::FlowRecord {
+    baton_core::model::FlowRecord {
+        id: baton_core::FlowId::for_job(job),
+        name: name.into(),
+        state: FlowState::Pending,
+        intention: Intention::Execute,
+        inputs: Default::default(),
+        meta: json!({}),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
 fn job(name: &str) -> NewJob {
     NewJob::new(name, "noop")
 }
@@ -434,17 +448,7 @@ pub async fn purge_deletes_only_jobs_that_ended_before_the_cutoff<B: JobBoard, S
     assert_eq!(left, vec![open.id, waiting.id, late.id]);
     // The purged job's claim is refused by the board and by the store.
     assert!(board.heartbeat(done_claim.fence, LEASE).await.is_err());
-    let flow = baton_core::FlowId::for_job(done.id);
-    let record = baton_core::model::FlowRecord {
-        id: flow,
-        name: "purged".into(),
-        state: FlowState::Pending,
-        intention: Intention::Execute,
-        inputs: Default::default(),
-        meta: json!({}),
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    };
+    let record = job_run(done.id, "purged");
     assert!(matches!(
         store
             .create_flow(&record, &[], Some(done_claim.fence))
@@ -469,17 +473,8 @@ pub async fn runs_of_open_jobs_are_not_purged<B: JobBoard, S: Store>(board: B, s
         .unwrap()
         .unwrap();
     assert_eq!(claim.job.id, posted.id);
-    let flow = baton_core::FlowId::for_job(posted.id);
-    let record = baton_core::model::FlowRecord {
-        id: flow,
-        name: "open-run".into(),
-        state: FlowState::Pending,
-        intention: Intention::Execute,
-        inputs: Default::default(),
-        meta: json!({}),
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    };
+    let record = job_run(posted.id, "open-run");
+    let flow = record.id;
     store
         .create_flow(&record, &[], Some(claim.fence))
         .await
