@@ -140,6 +140,10 @@ pub struct ConductorArgs {
     /// before it claims, in milliseconds (0: claim at once).
     #[arg(long, default_value_t = 5)]
     pub gather_ms: u64,
+    /// Also delete runs and jobs that ended longer ago than this (e.g. `30d`), every ten
+    /// minutes, beside the work; by default everything is kept.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retain: Option<std::time::Duration>,
     /// Append the demo providers' side effects to this file (one JSON object per line).
     #[arg(long)]
     pub effects: Option<PathBuf>,

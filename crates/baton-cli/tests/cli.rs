@@ -271,6 +271,33 @@ fn ended_runs_and_jobs_can_be_purged() {
     }
 }
 
+/// `baton conductor --retain` purges what ended longer ago than that, and says so.
+#[test]
+fn a_conductor_can_purge_beside_its_work() {
+    let db = sqlite_db();
+    let out = baton(&db.url, &["demo", "--step-ms", "1", "--stack", "old"]);
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+    backdate_ended_runs(&db.url);
+    let out = baton(
+        &db.url,
+        &[
+            "conductor",
+            "--demo",
+            "--exit-when-idle",
+            "--poll-ms",
+            "50",
+            "--retain",
+            "0s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(summary["purged_runs"], 1, "{summary}");
+    assert_eq!(summary["purged_jobs"], 1, "{summary}");
+    let flows = json(&baton(&db.url, &["flows", "list", "--json"]));
+    assert_eq!(flows.as_array().unwrap().len(), 0);
+}
+
 /// Makes the ended runs of the SQLite database at `url` look as if they had ended in 2000.
 fn backdate_ended_runs(url: &str) {
     use sqlx::Connection;

@@ -188,6 +188,15 @@ pub struct Options {
     /// conductor with nothing to run claims at once, so an idle fleet starts work without
     /// delay. Zero claims at once always.
     pub gather: Duration,
+    /// If set, the conductor also deletes runs and jobs that ended longer ago than this
+    /// ([`Store::purge_flows`](crate::store::Store::purge_flows),
+    /// [`JobBoard::purge_jobs`]), every [`Options::retention_every`], in batches, beside its
+    /// work. Default: `None`, keep everything. Every conductor of a fleet may do it: the
+    /// purges of two conductors never delete a row twice.
+    pub retention: Option<Duration>,
+    /// How often a conductor with a [`Options::retention`] purges (the first time when it
+    /// starts). Default 10 minutes.
+    pub retention_every: Duration,
 }
 
 impl Default for Options {
@@ -201,6 +210,8 @@ impl Default for Options {
             poll: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(30),
             gather: Duration::from_millis(5),
+            retention: None,
+            retention_every: Duration::from_secs(600),
         }
     }
 }
@@ -224,6 +235,10 @@ pub struct Summary {
     /// out and a conductor that can read them takes them. (A fleet with no such conductor
     /// claims them again at every lease's end: trash the job, or upgrade.)
     pub left_for_newer: u64,
+    /// Ended runs it deleted ([`Options::retention`]).
+    pub purged_runs: u64,
+    /// Ended jobs it deleted ([`Options::retention`]).
+    pub purged_jobs: u64,
 }
 
 /// Why a conductor stopped early.
@@ -243,6 +258,76 @@ enum JobEnd {
     Lost,
     Halted,
     LeftForNewer,
+}
+
+/// How many runs or jobs one purge call of [`Options::retention`] deletes (one transaction).
+const RETENTION_BATCH: u32 = 500;
+
+/// The most purge calls of each kind per round of [`Options::retention`]: a backlog is worked
+/// off over several rounds rather than in one long burst beside the fleet's work.
+const RETENTION_CALLS: usize = 20;
+
+/// [`Options::retention`]: every `every`, deletes what ended longer ago than `keep`, until
+/// `stop`; the runs and jobs it deleted.
+async fn retain(
+    store: Arc<dyn crate::store::Store>,
+    board: Arc<dyn JobBoard>,
+    keep: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) -> (u64, u64) {
+    let (mut runs, mut jobs) = (0, 0);
+    let mut round = tokio::time::interval(every.max(Duration::from_millis(1)));
+    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = round.tick() => {}
+        }
+        let cutoff = chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|keep| Utc::now().checked_sub_signed(keep));
+        let Some(cutoff) = cutoff else {
+            // Nothing can have ended that long ago.
+            continue;
+        };
+        for _ in 0..RETENTION_CALLS {
+            if stop.is_cancelled() {
+                break;
+            }
+            match store.purge_flows(cutoff, RETENTION_BATCH).await {
+                Ok(n) => {
+                    runs += n;
+                    if n < u64::from(RETENTION_BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging ended runs failed; trying again next round");
+                    break;
+                }
+            }
+        }
+        for _ in 0..RETENTION_CALLS {
+            if stop.is_cancelled() {
+                break;
+            }
+            match board.purge_jobs(cutoff, RETENTION_BATCH).await {
+                Ok(n) => {
+                    jobs += n;
+                    if n < u64::from(RETENTION_BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging ended jobs failed; trying again next round");
+                    break;
+                }
+            }
+        }
+        tracing::debug!(runs, jobs, "retention round done");
+    }
+    (runs, jobs)
 }
 
 /// Claims jobs and runs their flows. See the [module documentation](self).
@@ -308,6 +393,20 @@ impl Conductor {
         tracing::info!("conductor started");
 
         let mut summary = Summary::default();
+        let retention = self.options.retention.map(|keep| {
+            let stop = shutdown.child_token();
+            let task = tokio::spawn(
+                retain(
+                    self.engine.store().clone(),
+                    self.board.clone(),
+                    keep,
+                    self.options.retention_every,
+                    stop.clone(),
+                )
+                .in_current_span(),
+            );
+            (stop, task)
+        });
         let mut jobs: JoinSet<JobEnd> = JoinSet::new();
         let mut controls: HashMap<tokio::task::Id, (JobId, Control)> = HashMap::new();
         let mut beat = tokio::time::interval(self.options.heartbeat);
@@ -402,6 +501,16 @@ impl Conductor {
             }
             while let Some(done) = jobs.join_next_with_id().await {
                 Self::reap(done, &mut controls, &mut summary);
+            }
+        }
+        if let Some((stop, task)) = retention {
+            stop.cancel();
+            match task.await {
+                Ok((runs, jobs)) => {
+                    summary.purged_runs = runs;
+                    summary.purged_jobs = jobs;
+                }
+                Err(e) => tracing::warn!(error = %e, "the retention task failed"),
             }
         }
         if let Err(e) = self.board.deregister(self.id).await {

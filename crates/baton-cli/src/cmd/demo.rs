@@ -245,6 +245,7 @@ pub(crate) async fn conductor(
     options.heartbeat = Duration::from_millis(args.heartbeat_ms);
     options.poll = Duration::from_millis(args.poll_ms);
     options.gather = Duration::from_millis(args.gather_ms);
+    options.retention = args.retain;
     let conductor = Conductor::new(board.clone(), Engine::from_arc(store), registry(effects))
         .with_options(options);
     let id = conductor.id();
@@ -278,6 +279,8 @@ pub(crate) async fn conductor(
             "lost": summary.lost,
             "left_behind": summary.left_behind,
             "left_for_newer": summary.left_for_newer,
+            "purged_runs": summary.purged_runs,
+            "purged_jobs": summary.purged_jobs,
         })
     );
     Ok(())

@@ -387,3 +387,86 @@ async fn with_polling_off_wake_ups_alone_bring_the_work() {
     let summary = running.await.unwrap().unwrap();
     assert_eq!(summary.claimed, 7);
 }
+
+/// A conductor with a retention deletes what ended longer ago than it, beside its work, and
+/// counts it; what is open, or ended too recently, stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conductor_with_a_retention_purges_what_ended_long_ago() {
+    use baton_core::model::{AtomKind, AtomRecord, Batch, FlowRecord, Write};
+    use baton_core::store::FlowQuery;
+    use baton_core::{FlowId, Intention};
+
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    // Two runs that ended an hour ago, one still running since then.
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut old = Vec::new();
+    for end in [FlowState::Success, FlowState::Failure, FlowState::Running] {
+        let flow = FlowRecord {
+            id: FlowId::new(),
+            name: "old".into(),
+            state: FlowState::Pending,
+            intention: Intention::Execute,
+            inputs: Default::default(),
+            meta: json!({}),
+            created_at: an_hour_ago,
+            updated_at: an_hour_ago,
+        };
+        store
+            .create_flow(&flow, &[AtomRecord::pending("a", AtomKind::Task)], None)
+            .await
+            .unwrap();
+        let mut moves = vec![(FlowState::Pending, FlowState::Running)];
+        if end != FlowState::Running {
+            moves.push((FlowState::Running, end));
+        }
+        for (from, to) in moves {
+            let mut batch = Batch::new(flow.id, None);
+            batch.at = an_hour_ago;
+            batch.writes.push(Write::Flow {
+                from,
+                to,
+                intention: Intention::Execute,
+            });
+            store.commit(&batch).await.unwrap();
+        }
+        old.push(flow.id);
+    }
+    // Two jobs that end now.
+    for i in 0..2 {
+        board
+            .post(NewJob::new(format!("job-{i}"), "steps").params(json!({"steps": 1})))
+            .await
+            .unwrap();
+    }
+    let mut options = fast_options();
+    options.retention = Some(Duration::ZERO);
+    options.retention_every = Duration::from_millis(20);
+    let shutdown = CancellationToken::new();
+    let c = tokio::spawn(
+        Conductor::new(
+            Arc::new(board.clone()),
+            Engine::new(store.clone()),
+            registry(&log, Duration::ZERO),
+        )
+        .with_options(options)
+        .run(shutdown.clone()),
+    );
+    wait_until("the ended jobs and the old ended runs are gone", || async {
+        board.list(&JobQuery::all()).await.unwrap().is_empty()
+            && store.load_flow(old[0]).await.is_err()
+            && store.load_flow(old[1]).await.is_err()
+    })
+    .await;
+    shutdown.cancel();
+    let summary = c.await.unwrap().unwrap();
+    assert_eq!((summary.consumed, summary.purged_jobs), (2, 2));
+    assert_eq!(summary.purged_runs, 2);
+    // The run still running, and the jobs' runs that ended just now, stay.
+    let left = store.list_flows(&FlowQuery::all()).await.unwrap();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(
+        store.load_flow(old[2]).await.unwrap().flow.state,
+        FlowState::Running
+    );
+}
