@@ -291,43 +291,41 @@ async fn retain(
             // Nothing can have ended that long ago.
             continue;
         };
-        for _ in 0..RETENTION_CALLS {
-            if stop.is_cancelled() {
-                break;
-            }
-            match store.purge_flows(cutoff, RETENTION_BATCH).await {
-                Ok(n) => {
-                    runs += n;
-                    if n < u64::from(RETENTION_BATCH) {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "purging ended runs failed; trying again next round");
-                    break;
-                }
-            }
-        }
-        for _ in 0..RETENTION_CALLS {
-            if stop.is_cancelled() {
-                break;
-            }
-            match board.purge_jobs(cutoff, RETENTION_BATCH).await {
-                Ok(n) => {
-                    jobs += n;
-                    if n < u64::from(RETENTION_BATCH) {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "purging ended jobs failed; trying again next round");
-                    break;
-                }
-            }
-        }
+        runs += purge_round("runs", &stop, |n| store.purge_flows(cutoff, n)).await;
+        jobs += purge_round("jobs", &stop, |n| board.purge_jobs(cutoff, n)).await;
         tracing::debug!(runs, jobs, "retention round done");
     }
     (runs, jobs)
+}
+
+/// One round of [`Options::retention`] for one kind (`what`): purge calls of
+/// [`RETENTION_BATCH`] until one deletes fewer, at most [`RETENTION_CALLS`], stopping early on
+/// `stop` or an error (tried again next round); how many it deleted.
+async fn purge_round<F, Fut, E>(what: &str, stop: &CancellationToken, mut purge: F) -> u64
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<u64, E>>,
+    E: std::fmt::Display,
+{
+    let mut purged = 0;
+    for _ in 0..RETENTION_CALLS {
+        if stop.is_cancelled() {
+            break;
+        }
+        match purge(RETENTION_BATCH).await {
+            Ok(n) => {
+                purged += n;
+                if n < u64::from(RETENTION_BATCH) {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, what, "purging ended {what} failed; trying again next round");
+                break;
+            }
+        }
+    }
+    purged
 }
 
 /// Claims jobs and runs their flows. See the [module documentation](self).
