@@ -318,11 +318,10 @@ impl SqliteStore {
     /// Cancel safe: dropped midway, the transaction rolls back.
     pub async fn migrate(&self) -> Result<(), Error> {
         let mut turn = self.write_turn().await?;
-        let mut tx = turn
-            .conn()?
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = self
+            .begin_immediate(&mut turn)
             .await
-            .map_err(|e| Error::Store(self.failed(classify(e))))?;
+            .map_err(Error::Store)?;
         let result = MIGRATOR.run_direct(&mut *tx).await;
         match result {
             Ok(()) => tx
@@ -415,6 +414,18 @@ impl SqliteStore {
             keep: self.keep_writer,
             _gate: gate,
         })
+    }
+
+    /// Begins a write transaction on `turn`'s connection: `BEGIN IMMEDIATE`, which takes
+    /// SQLite's write lock at once (waiting up to the busy timeout for another process).
+    async fn begin_immediate<'t>(
+        &self,
+        turn: &'t mut Turn<'_>,
+    ) -> store::Result<sqlx::Transaction<'t, Sqlite>> {
+        turn.conn()?
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.failed(classify(e)))
     }
 
     /// Notes that a write failed, so the next one checks the writer's connection first.
@@ -1031,11 +1042,7 @@ impl SqliteStore {
 
         let mut turn = self.write_turn().await?;
         let began = Utc::now();
-        let mut tx = turn
-            .conn()?
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.failed(classify(e)))?;
+        let mut tx = self.begin_immediate(&mut turn).await?;
         let result = async {
             check_fence(&mut tx, flow.id, fence).await?;
             let inserted = sqlx::query(
@@ -1184,11 +1191,7 @@ impl Store for SqliteStore {
         }
         // The careful way: read what the flow is now and check write by write.
         let began = Utc::now();
-        let mut tx = turn
-            .conn()?
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.failed(classify(e)))?;
+        let mut tx = self.begin_immediate(&mut turn).await?;
         let result = async {
             check_fence(&mut tx, flow, batch.fence).await?;
             let (snapshot, known) = read_flow(&mut tx, flow, began).await?;
@@ -1274,11 +1277,7 @@ impl Store for SqliteStore {
         let ended_before = store::purge_cutoff(ended_before, Utc::now());
         let before = codec::time_text(codec::sortable_time(ended_before));
         let mut turn = self.write_turn().await?;
-        let mut tx = turn
-            .conn()?
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.failed(classify(e)))?;
+        let mut tx = self.begin_immediate(&mut turn).await?;
         let result = async {
             // A run's `updated_at` is the time of its last move, which for an ended run is
             // its end (the step log's trigger keeps it).
