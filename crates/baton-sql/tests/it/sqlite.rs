@@ -244,6 +244,17 @@ async fn a_stale_write_to_a_purged_run_is_refused() {
     .await;
 }
 
+/// The same, with the writer's view still trusted (confirmed moments ago; the run's end was
+/// stamped an hour back so it can be purged at once): the one-statement append itself must
+/// find the run gone, or the late step would land in the new run's range of step keys.
+#[tokio::test]
+async fn a_trusted_write_to_a_purged_run_is_refused_by_the_append() {
+    let (_dir, url) = sqlite_url();
+    let stale = SqliteStore::open(&url).await.unwrap();
+    let other = SqliteStore::open(&url).await.unwrap();
+    crate::cases::a_stale_write_to_a_purged_run_is_refused(&stale, &other, |_| {}).await;
+}
+
 #[tokio::test]
 async fn stale_knowledge_is_caught_by_the_log() {
     let (_dir, url) = sqlite_url();
