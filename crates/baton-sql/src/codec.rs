@@ -658,6 +658,21 @@ pub(crate) fn decode_atom(flow: FlowId, name: String, raw: RawAtom) -> Result<At
     go(name.clone()).map_err(|detail| corrupt(flow, Some(&name), detail))
 }
 
+/// Checks and converts an atom row that is as its creation left it (pending, never started:
+/// see the SQLite store's packed read), of which only these columns were read.
+pub(crate) fn decode_pristine_atom(
+    flow: FlowId,
+    name: String,
+    kind: &str,
+    model_version: i64,
+) -> Result<AtomRecord> {
+    check_version(flow, Some(&name), model_version)?;
+    match parse::<AtomKind>("kind", kind) {
+        Ok(kind) => Ok(AtomRecord::pending(name, kind)),
+        Err(detail) => Err(corrupt(flow, Some(&name), detail)),
+    }
+}
+
 /// Checks and converts a history row of flow `flow`.
 pub(crate) fn decode_transition(flow: FlowId, raw: RawTransition) -> Result<Transition> {
     let atom = raw.atom.clone();

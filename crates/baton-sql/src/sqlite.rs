@@ -725,27 +725,95 @@ async fn read_step_rows(
     rows.iter().map(|r| step_from_row(flow, r)).collect()
 }
 
-/// An atom's row as SQLite packs it into a JSON array: the columns of [`ATOM_COLUMNS`] in
-/// order (`progress` as text with 17 significant digits, which reads back exactly; SQLite's
-/// JSON writes 15), then `position`.
-type PackedAtom = (
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-);
+/// An atom's row as SQLite packs it into a JSON array (see [`packed_atoms`]): `position`,
+/// `name`, `kind` and `model_version`, then, unless the atom is as its creation left it
+/// ([`PackedAtom::rest`] is `None`), the other columns of [`ATOM_COLUMNS`] in order (`progress`
+/// as text with 17 significant digits, which reads back exactly; SQLite's JSON writes 15).
+struct PackedAtom {
+    position: i64,
+    name: String,
+    kind: String,
+    model_version: i64,
+    rest: Option<PackedRest>,
+}
+
+/// The columns of an atom that has moved since its creation.
+struct PackedRest {
+    state: String,
+    intention: String,
+    attempt: i64,
+    round: i64,
+    result: Option<String>,
+    failure: Option<String>,
+    revert_failure: Option<String>,
+    retry_history: String,
+    retry_at: Option<String>,
+    progress: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for PackedAtom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error as _, SeqAccess, Visitor};
+
+        struct Row;
+        impl<'de> Visitor<'de> for Row {
+            type Value = PackedAtom;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a packed atom row")
+            }
+
+            // The count after the last field is not read.
+            #[allow(unused_assignments)]
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PackedAtom, A::Error> {
+                let mut read = 0;
+                macro_rules! field {
+                    () => {{
+                        let value = seq
+                            .next_element()?
+                            .ok_or_else(|| A::Error::invalid_length(read, &self))?;
+                        read += 1;
+                        value
+                    }};
+                }
+                let position = field!();
+                let name = field!();
+                let kind = field!();
+                let model_version = field!();
+                let rest = match seq.next_element::<String>()? {
+                    None => None,
+                    Some(state) => {
+                        read += 1;
+                        Some(PackedRest {
+                            state,
+                            intention: field!(),
+                            attempt: field!(),
+                            round: field!(),
+                            result: field!(),
+                            failure: field!(),
+                            revert_failure: field!(),
+                            retry_history: field!(),
+                            retry_at: field!(),
+                            progress: field!(),
+                            started_at: field!(),
+                            finished_at: field!(),
+                        })
+                    }
+                };
+                Ok(PackedAtom {
+                    position,
+                    name,
+                    kind,
+                    model_version,
+                    rest,
+                })
+            }
+        }
+        d.deserialize_seq(Row)
+    }
+}
 
 /// Rows read packed per statement: bounds the memory a packed read holds at once (the text
 /// SQLite builds, sqlx's copy of it and the parsed rows) to a few copies of this many rows.
@@ -802,25 +870,50 @@ fn statement_error(e: &sqlx::Error) -> bool {
             .is_some_and(|code| matches!(code & 0xff, 1 | 18))
 }
 
-/// Packs up to `?3` of flow `?1`'s atoms with positions after `?2` (all, if `?2` is NULL): see
-/// [`read_packed`]. No upper bound: a damaged position (text, a BLOB) sorts after every
-/// number, so it lands in a chunk and trips the type check instead of being left out.
-const PACKED_ATOMS: &str = "\
-    SELECT json_group_array(json_array(name, kind, state, intention, attempt, round, result, \
-               failure, revert_failure, retry_history, retry_at, printf('%!.17g', progress), \
-               started_at, finished_at, model_version, position)), \
+/// Packs up to `?3` of flow `?1`'s atoms with positions after `?2` (from the first, if `?2` is
+/// NULL): see [`read_packed`] and [`PackedAtom`]. No upper bound: a damaged position (text, a
+/// BLOB) sorts after every number, so it lands in a chunk and trips the type check instead of
+/// being left out. Two statements, not one with `?2 IS NULL OR position > ?2`, which SQLite
+/// cannot answer from the index's range: each chunk would scan the flow's atoms from the first.
+///
+/// An atom as its creation left it (every atom of a new run, and on SQLite the `atoms` table
+/// is written only at creation: later changes are in the step log) is packed as four values,
+/// checked only where its columns' affinities leave room for another type: a column of
+/// INTEGER or REAL affinity that equals 0 holds the number 0 (SQLite stores `0.0` in an INTEGER
+/// column, or `0` in a REAL one, as that column's type), and one of TEXT affinity that equals a
+/// text holds text. `name` and `kind` hold text or a BLOB, which `json_array` refuses (then the
+/// rows are read one by one).
+macro_rules! packed_atoms {
+    ($after:literal) => {
+        concat!(
+            "\
+    SELECT json_group_array(CASE WHEN pristine \
+               THEN json_array(position, name, kind, model_version) \
+               ELSE json_array(position, name, kind, model_version, state, intention, attempt, \
+                   round, result, failure, revert_failure, retry_history, retry_at, \
+                   printf('%!.17g', progress), started_at, finished_at) END), \
            count(*), max(position), \
-           max(typeof(name) <> 'text' OR typeof(kind) <> 'text' OR typeof(state) <> 'text' \
-               OR typeof(intention) <> 'text' OR typeof(attempt) <> 'integer' \
-               OR typeof(round) <> 'integer' OR typeof(result) NOT IN ('text', 'null') \
-               OR typeof(failure) NOT IN ('text', 'null') \
-               OR typeof(revert_failure) NOT IN ('text', 'null') \
-               OR typeof(retry_history) <> 'text' OR typeof(retry_at) NOT IN ('text', 'null') \
-               OR typeof(progress) <> 'real' OR typeof(started_at) NOT IN ('text', 'null') \
-               OR typeof(finished_at) NOT IN ('text', 'null') \
-               OR typeof(model_version) <> 'integer' OR typeof(position) <> 'integer') \
-      FROM (SELECT * FROM atoms WHERE flow_id = ?1 AND (?2 IS NULL OR position > ?2) \
-             ORDER BY position LIMIT ?3)";
+           max(typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
+               OR (NOT pristine AND (typeof(name) <> 'text' OR typeof(kind) <> 'text' \
+                   OR typeof(state) <> 'text' OR typeof(intention) <> 'text' \
+                   OR typeof(attempt) <> 'integer' OR typeof(round) <> 'integer' \
+                   OR typeof(result) NOT IN ('text', 'null') \
+                   OR typeof(failure) NOT IN ('text', 'null') \
+                   OR typeof(revert_failure) NOT IN ('text', 'null') \
+                   OR typeof(retry_history) <> 'text' OR typeof(retry_at) NOT IN ('text', 'null') \
+                   OR typeof(progress) <> 'real' OR typeof(started_at) NOT IN ('text', 'null') \
+                   OR typeof(finished_at) NOT IN ('text', 'null')))) \
+      FROM (SELECT *, state = 'PENDING' AND intention = 'EXECUTE' AND attempt = 0 \
+                   AND round = 0 AND result IS NULL AND failure IS NULL \
+                   AND revert_failure IS NULL AND retry_history = '[]' AND retry_at IS NULL \
+                   AND progress = 0 AND started_at IS NULL AND finished_at IS NULL \
+                   AS pristine \
+              FROM atoms WHERE flow_id = ?1",
+            $after,
+            " ORDER BY position LIMIT ?3)"
+        )
+    };
+}
 
 /// The flow's atoms, in creation order.
 ///
@@ -838,10 +931,11 @@ async fn read_atoms(
     let mut atoms = Vec::new();
     let mut after: Option<i64> = None;
     loop {
-        let query = sqlx::query_as(PACKED_ATOMS)
-            .bind(key)
-            .bind(after)
-            .bind(PACKED_CHUNK);
+        let sql = match after {
+            None => packed_atoms!(""),
+            Some(_) => packed_atoms!(" AND position > ?2"),
+        };
+        let query = sqlx::query_as(sql).bind(key).bind(after).bind(PACKED_CHUNK);
         let Some(chunk) = read_packed(conn, id, query, PACKED_CHUNK).await? else {
             return read_atom_rows(conn, id, key).await;
         };
@@ -849,7 +943,7 @@ async fn read_atoms(
             return read_atom_rows(conn, id, key).await;
         };
         for a in rows {
-            let position = a.15;
+            let position = a.position;
             match unpack_atom(id, a)? {
                 Some(atom) => atoms.push((position, atom)),
                 None => return read_atom_rows(conn, id, key).await,
@@ -883,26 +977,29 @@ async fn read_atom_rows(
 /// An atom read packed; `None` if its `progress` does not read back as a number (then the
 /// row-by-row path says why).
 fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<Option<AtomRecord>> {
-    let Ok(progress) = a.11.parse::<f64>() else {
+    let name = a.name;
+    let Some(rest) = a.rest else {
+        return codec::decode_pristine_atom(flow, name, &a.kind, a.model_version).map(Some);
+    };
+    let Ok(progress) = rest.progress.parse::<f64>() else {
         return Ok(None);
     };
-    let name = a.0;
     let raw = (|| -> Result<RawAtom, String> {
         Ok(RawAtom {
-            kind: a.1,
-            state: a.2,
-            intention: a.3,
-            attempt: a.4,
-            round: a.5,
-            result: a.6,
-            failure: a.7,
-            revert_failure: a.8,
-            retry_history: a.9,
-            retry_at: opt_time("retry_at", a.10)?,
+            kind: a.kind,
+            state: rest.state,
+            intention: rest.intention,
+            attempt: rest.attempt,
+            round: rest.round,
+            result: rest.result,
+            failure: rest.failure,
+            revert_failure: rest.revert_failure,
+            retry_history: rest.retry_history,
+            retry_at: opt_time("retry_at", rest.retry_at)?,
             progress,
-            started_at: opt_time("started_at", a.12)?,
-            finished_at: opt_time("finished_at", a.13)?,
-            model_version: a.14,
+            started_at: opt_time("started_at", rest.started_at)?,
+            finished_at: opt_time("finished_at", rest.finished_at)?,
+            model_version: a.model_version,
         })
     })()
     .map_err(|d| codec::corrupt(flow, Some(&name), d))?;

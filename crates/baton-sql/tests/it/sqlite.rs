@@ -393,6 +393,71 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
     let snap = store.load_flow(flow.id).await.unwrap();
     assert_eq!(snap.atoms[0].progress.to_bits(), (1.0_f64 / 3.0).to_bits());
 
+    // Atoms as their creation left them are packed short; one that differs from a new atom
+    // in any single column is not, and loads back as it was.
+    let failure = baton_core::Failure {
+        message: "boom".to_owned(),
+        causes: Vec::new(),
+        atom: "x".to_owned(),
+        attempt: 1,
+        retryable: false,
+        kind: baton_core::FailureKind::Execute,
+    };
+    let when = chrono::DateTime::parse_from_rfc3339("2026-12-05T10:00:00.5Z")
+        .unwrap()
+        .to_utc();
+    type Change = Box<dyn Fn(&mut AtomRecord)>;
+    let changes: Vec<(&str, Change)> = vec![
+        ("new", Box::new(|_| {})),
+        ("retry", Box::new(|a| a.kind = AtomKind::Retry)),
+        ("state", Box::new(|a| a.state = AtomState::Ignore)),
+        (
+            "intention",
+            Box::new(|a| a.intention = baton_core::Intention::Revert),
+        ),
+        ("attempt", Box::new(|a| a.attempt = 1)),
+        ("round", Box::new(|a| a.round = 1)),
+        (
+            "null-result",
+            Box::new(|a| a.result = Some(serde_json::Value::Null)),
+        ),
+        (
+            "failure",
+            Box::new({
+                let failure = failure.clone();
+                move |a| a.failure = Some(failure.clone())
+            }),
+        ),
+        (
+            "revert-failure",
+            Box::new(move |a| a.revert_failure = Some(failure.clone())),
+        ),
+        (
+            "retry-history",
+            Box::new(|a| {
+                a.retry_history = vec![baton_core::model::RetryAttempt {
+                    value: serde_json::json!(1),
+                    failures: Vec::new(),
+                }]
+            }),
+        ),
+        ("retry-at", Box::new(move |a| a.retry_at = Some(when))),
+        ("progress", Box::new(|a| a.progress = 0.5)),
+        ("started", Box::new(move |a| a.started_at = Some(when))),
+        ("finished", Box::new(move |a| a.finished_at = Some(when))),
+    ];
+    let atoms: Vec<AtomRecord> = changes
+        .iter()
+        .map(|(name, change)| {
+            let mut a = AtomRecord::pending(*name, AtomKind::Task);
+            change(&mut a);
+            a
+        })
+        .collect();
+    let flow = flow_record("one-change-each");
+    store.create_flow(&flow, &atoms, None).await.unwrap();
+    assert_eq!(store.load_flow(flow.id).await.unwrap().atoms, atoms);
+
     // A damaged position (text, or out of the usual range) loses no atom: the load reads
     // them all, in the order the row-by-row path would.
     for (damage, order) in [("'last'", ["a", "b"]), ("-5", ["b", "a"])] {
