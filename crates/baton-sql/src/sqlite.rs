@@ -1131,6 +1131,63 @@ macro_rules! bind_atom {
     }};
 }
 
+/// How many atoms one statement inserts at a run's creation: as many of the biggest size as
+/// fit, then of the next, so that any run takes few statements and the connection's statement
+/// cache holds only these four texts. 50 rows of 17 values keep a statement under the 999
+/// variables older SQLite builds allow.
+const ATOMS_PER_INSERT: [usize; 4] = [50, 16, 4, 1];
+
+/// The statement that inserts `rows` atoms (one of [`ATOMS_PER_INSERT`]).
+fn insert_atoms_sql(rows: usize) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        ATOMS_PER_INSERT
+            .iter()
+            .map(|&rows| {
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                format!(
+                    "INSERT INTO atoms (flow_id, name, position, kind, state, intention, \
+                     attempt, round, result, failure, revert_failure, retry_history, retry_at, \
+                     progress, started_at, finished_at, model_version) VALUES {}",
+                    vec![row; rows].join(", ")
+                )
+            })
+            .collect()
+    });
+    let i = ATOMS_PER_INSERT
+        .iter()
+        .position(|&r| r == rows)
+        .unwrap_or(ATOMS_PER_INSERT.len() - 1);
+    &texts[i]
+}
+
+/// Inserts a new run's atoms, several rows a statement (see [`ATOMS_PER_INSERT`]): one
+/// statement an atom held SQLite's write lock about four times as long for a run of 1000
+/// atoms, a message to sqlx's SQLite thread and back for each.
+async fn insert_atoms(
+    conn: &mut SqliteConnection,
+    flow: &str,
+    atoms: &[codec::EncodedAtom<'_>],
+) -> store::Result<()> {
+    let mut done = 0;
+    while done < atoms.len() {
+        let left = atoms.len() - done;
+        let rows = ATOMS_PER_INSERT
+            .into_iter()
+            .find(|&r| r <= left)
+            .unwrap_or(1);
+        let mut query = sqlx::query(insert_atoms_sql(rows));
+        for (i, enc) in atoms[done..done + rows].iter().enumerate() {
+            let position =
+                i64::try_from(done + i).map_err(|_| crate::error::backend("too many atoms"))?;
+            query = bind_atom!(query.bind(flow).bind(enc.name).bind(position), enc);
+        }
+        query.execute(&mut *conn).await.map_err(classify)?;
+        done += rows;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Stores a new run, and its first batch with it if there is one, in one transaction.
     async fn create(
@@ -1178,22 +1235,7 @@ impl SqliteStore {
                 return Err(store::Error::FlowExists(flow.id));
             }
             let base = base_of(flow.id, inserted.last_insert_rowid())?;
-            for (position, enc) in encoded.iter().enumerate() {
-                let position = i64::try_from(position).map_err(|_| crate::error::backend("too many atoms"))?;
-                let query = sqlx::query(
-                    "INSERT INTO atoms (flow_id, name, position, kind, state, intention, attempt, \
-                     round, result, failure, revert_failure, retry_history, retry_at, progress, \
-                     started_at, finished_at, model_version) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&id)
-                .bind(enc.name)
-                .bind(position);
-                bind_atom!(query, enc)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-            }
+            insert_atoms(&mut tx, &id, &encoded).await?;
             if let Some((batch, step, consume)) = &first {
                 let at = codec::time_text(batch.at);
                 append(&mut tx, &id, base, 1, &at, step, None)

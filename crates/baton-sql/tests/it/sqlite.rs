@@ -351,10 +351,14 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
         other => panic!("expected Corrupt, got {other:?}"),
     };
 
-    // Creation order, not name order, over several packed chunks (128 rows each); progress
-    // that needs all 17 digits; and a history of more steps than a chunk holds.
+    // Creation order, not name order, over several packed chunks (128 rows each) and
+    // inserted in statements of each size (323 = 6 × 50 + 16 + 4 + 3 × 1); progress that
+    // needs all 17 digits; and a history of more steps than a chunk holds.
     let flow = flow_record("packed");
-    let names: Vec<String> = (0..300).map(|i| format!("atom-{}", 299 - i)).collect();
+    let count = 323;
+    let names: Vec<String> = (0..count)
+        .map(|i| format!("atom-{}", count - 1 - i))
+        .collect();
     let atoms: Vec<AtomRecord> = names
         .iter()
         .enumerate()
@@ -380,7 +384,7 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
     assert_eq!(loaded, names);
     assert!(snap.atoms.iter().all(|a| a.state == AtomState::Running));
     assert_eq!(snap.atoms, current);
-    assert_eq!(store.history(flow.id).await.unwrap().len(), 300);
+    assert_eq!(store.history(flow.id).await.unwrap().len(), count);
 
     // Progress written by hand, exactly.
     let flow = new_flow(&store).await;
