@@ -893,8 +893,10 @@ macro_rules! packed_atoms {
                    round, result, failure, revert_failure, retry_history, retry_at, \
                    printf('%!.17g', progress), started_at, finished_at) END), \
            count(*), max(position), \
-           max(typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
-               OR (NOT pristine AND (typeof(name) <> 'text' OR typeof(kind) <> 'text' \
+           max(CASE WHEN pristine \
+               THEN typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
+               ELSE typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
+                   OR typeof(name) <> 'text' OR typeof(kind) <> 'text' \
                    OR typeof(state) <> 'text' OR typeof(intention) <> 'text' \
                    OR typeof(attempt) <> 'integer' OR typeof(round) <> 'integer' \
                    OR typeof(result) NOT IN ('text', 'null') \
@@ -902,7 +904,7 @@ macro_rules! packed_atoms {
                    OR typeof(revert_failure) NOT IN ('text', 'null') \
                    OR typeof(retry_history) <> 'text' OR typeof(retry_at) NOT IN ('text', 'null') \
                    OR typeof(progress) <> 'real' OR typeof(started_at) NOT IN ('text', 'null') \
-                   OR typeof(finished_at) NOT IN ('text', 'null')))) \
+                   OR typeof(finished_at) NOT IN ('text', 'null') END) \
       FROM (SELECT *, state = 'PENDING' AND intention = 'EXECUTE' AND attempt = 0 \
                    AND round = 0 AND result IS NULL AND failure IS NULL \
                    AND revert_failure IS NULL AND retry_history = '[]' AND retry_at IS NULL \
