@@ -163,25 +163,41 @@ impl Run {
                 flow.atoms.len()
             )));
         }
-        let mut by_name: HashMap<String, AtomRecord> = snapshot
+        // Stores keep atoms in creation order, which is the definition's: match by position,
+        // and by name only if that fails (the kinds are checked either way).
+        let atoms = if snapshot
             .atoms
-            .into_iter()
-            .map(|a| (a.name.clone(), a))
-            .collect();
-        let mut atoms = Vec::with_capacity(flow.atoms.len());
-        for a in &flow.atoms {
-            let rec = by_name
-                .remove(&a.name)
-                .ok_or_else(|| mismatch(format!("atom {:?} is not stored", a.name)))?;
-            if rec.kind != a.kind() {
-                return Err(mismatch(format!(
-                    "atom {:?} is stored as a {}, defined as a {}",
-                    a.name,
-                    rec.kind.as_str(),
-                    a.kind().as_str()
-                )));
+            .iter()
+            .zip(&flow.atoms)
+            .all(|(rec, a)| rec.name == a.name)
+        {
+            snapshot.atoms
+        } else {
+            let mut by_name: HashMap<String, AtomRecord> = snapshot
+                .atoms
+                .into_iter()
+                .map(|a| (a.name.clone(), a))
+                .collect();
+            let mut atoms = Vec::with_capacity(flow.atoms.len());
+            for a in &flow.atoms {
+                let rec = by_name
+                    .remove(&a.name)
+                    .ok_or_else(|| mismatch(format!("atom {:?} is not stored", a.name)))?;
+                atoms.push(rec);
             }
-            atoms.push(rec);
+            atoms
+        };
+        if let Some((rec, a)) = atoms
+            .iter()
+            .zip(&flow.atoms)
+            .find(|(rec, a)| rec.kind != a.kind())
+        {
+            return Err(mismatch(format!(
+                "atom {:?} is stored as a {}, defined as a {}",
+                a.name,
+                rec.kind.as_str(),
+                a.kind().as_str()
+            )));
         }
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let n = atoms.len();

@@ -166,3 +166,67 @@ async fn every_run_records_the_shape_of_its_flow() {
     assert_eq!(shape.to_dot("g"), flow.to_dot());
     assert_eq!(shape, flow.shape());
 }
+
+/// A stored run resumed with a definition it was not made from is refused, naming what
+/// differs; the same atoms in another order are matched by name.
+#[tokio::test]
+async fn a_run_resumed_with_another_definition_is_refused() {
+    use baton_core::engine::Error as EngineError;
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let made = Flow::linear("deploy")
+        .add(noop("a"))
+        .add(noop("b"))
+        .retry(Atom::retry("r", Times::new(2)))
+        .compile()
+        .unwrap();
+    let id = engine.create(&made, Inputs::new()).await.unwrap();
+    let mismatch = |flow: Flow| {
+        let engine = engine.clone();
+        async move {
+            match engine.run(&flow.compile().unwrap(), id).await {
+                Err(EngineError::FlowMismatch { flow, detail }) => {
+                    assert_eq!(flow, id);
+                    detail
+                }
+                other => panic!("expected FlowMismatch, got {other:?}"),
+            }
+        }
+    };
+    let retry = || Atom::retry("r", Times::new(2));
+
+    let other_name = Flow::linear("undeploy")
+        .add(noop("a"))
+        .add(noop("b"))
+        .retry(retry());
+    assert_eq!(
+        mismatch(other_name).await,
+        "stored as \"deploy\", definition is \"undeploy\""
+    );
+    let more = Flow::linear("deploy")
+        .add(noop("a"))
+        .add(noop("b"))
+        .add(noop("c"))
+        .retry(retry());
+    assert_eq!(mismatch(more).await, "3 atoms stored, 4 defined");
+    let renamed = Flow::linear("deploy")
+        .add(noop("a"))
+        .add(noop("z"))
+        .retry(retry());
+    assert_eq!(mismatch(renamed).await, "atom \"z\" is not stored");
+    let retry_as_task = Flow::linear("deploy")
+        .add(noop("r"))
+        .add(noop("a"))
+        .add(noop("b"));
+    assert_eq!(
+        mismatch(retry_as_task).await,
+        "atom \"r\" is stored as a retry, defined as a task"
+    );
+
+    let reordered = Flow::linear("deploy")
+        .add(noop("b"))
+        .add(noop("a"))
+        .retry(retry());
+    let outcome = engine.run(&reordered.compile().unwrap(), id).await.unwrap();
+    assert!(outcome.is_success(), "{}", outcome.state);
+}
