@@ -608,9 +608,12 @@ pub(crate) fn outcome(
     state: FlowState,
     atoms: &[AtomRecord],
 ) -> Outcome {
-    let mut results = BTreeMap::new();
+    // Gathered in lists and sorted into maps at the end (a symbol provided twice keeps the
+    // later value, as inserting one by one would): about half the instructions of inserting
+    // into the maps one by one, which weighed on big runs.
+    let mut results = Vec::new();
     let mut failures = Vec::new();
-    let mut symbols = BTreeMap::new();
+    let mut symbols = Vec::new();
     for &i in &flow.topo {
         let rec = &atoms[i];
         for attempt in &rec.retry_history {
@@ -620,15 +623,17 @@ pub(crate) fn outcome(
         failures.extend(rec.revert_failure.iter().cloned());
         if rec.state == AtomState::Success {
             if let Some(result) = &rec.result {
-                results.insert(rec.name.clone(), result.clone());
+                results.push((rec.name.clone(), result.clone()));
                 for s in flow.atoms[i].provides.names() {
                     if let Some(v) = run::project(&flow.atoms[i].provides, result, s) {
-                        symbols.insert(s.clone(), v.clone());
+                        symbols.push((s.clone(), v.clone()));
                     }
                 }
             }
         }
     }
+    let results: BTreeMap<String, Value> = results.into_iter().collect();
+    let symbols: BTreeMap<String, Value> = symbols.into_iter().collect();
     Outcome {
         flow: id,
         state,

@@ -211,3 +211,22 @@ async fn a_panicking_task_fails_its_atom_not_the_engine() {
     assert_eq!(outcome.failures[0].kind, baton_core::FailureKind::Panic);
     assert!(outcome.failures[0].message.contains("index out of range"));
 }
+
+/// A symbol that two atoms provide ends in the outcome with the value of the later one.
+#[tokio::test]
+async fn the_outcome_keeps_the_last_value_of_a_symbol() {
+    let value = |v: i64| move |_| async move { Ok(json!(v)) };
+    for (first, second, expected) in [(1, 2, 2), (2, 1, 1)] {
+        let flow = Flow::linear("twice")
+            .add(Atom::from_fn("a", value(first)).provides("x"))
+            .add(Atom::from_fn("b", value(second)).provides("x"))
+            .compile()
+            .unwrap();
+        let outcome = baton_core::Engine::new(baton_core::MemoryStore::new())
+            .start(&flow, Inputs::new())
+            .await
+            .unwrap();
+        assert_eq!(outcome.symbol("x"), Some(&json!(expected)));
+        assert_eq!(outcome.results.len(), 2);
+    }
+}
