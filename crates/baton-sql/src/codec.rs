@@ -8,6 +8,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::sync::OnceLock;
 
 /// The states a run never leaves, as stored: what `purge_flows` may delete.
 pub(crate) const TERMINAL_FLOW_STATES: [&str; 3] = ["SUCCESS", "FAILURE", "REVERTED"];
@@ -30,10 +32,10 @@ pub(crate) struct EncodedAtom<'a> {
     pub(crate) intention: &'static str,
     pub(crate) attempt: u32,
     pub(crate) round: u32,
-    pub(crate) result: Option<Box<RawValue>>,
-    pub(crate) failure: Option<Box<RawValue>>,
-    pub(crate) revert_failure: Option<Box<RawValue>>,
-    pub(crate) retry_history: Box<RawValue>,
+    pub(crate) result: Option<Cow<'static, RawValue>>,
+    pub(crate) failure: Option<Cow<'static, RawValue>>,
+    pub(crate) revert_failure: Option<Cow<'static, RawValue>>,
+    pub(crate) retry_history: Cow<'static, RawValue>,
     pub(crate) retry_at: Option<DateTime<Utc>>,
     pub(crate) progress: f64,
     pub(crate) started_at: Option<DateTime<Utc>>,
@@ -367,9 +369,38 @@ fn encode_value<T: Serialize + ?Sized>(
     Ok(raw)
 }
 
+/// `json`, a constant JSON text, as a value borrowed for good (parsed once).
+fn constant(
+    json: &'static str,
+    cell: &'static OnceLock<Option<&'static RawValue>>,
+) -> Option<&'static RawValue> {
+    *cell.get_or_init(|| serde_json::from_str(json).ok())
+}
+
 /// Serializes `rec`'s JSON values, refusing any over `limit` bytes with [`Error::TooLarge`].
+/// The commonest values (a `null` result, an empty retry history) are shared constants
+/// rather than serialized anew for every step.
 pub(crate) fn encode_atom(flow: FlowId, rec: &AtomRecord, limit: usize) -> Result<EncodedAtom<'_>> {
+    static EMPTY_ARRAY: OnceLock<Option<&'static RawValue>> = OnceLock::new();
     let name = rec.name.as_str();
+    let value = |what, v: &serde_json::Value| -> Result<Cow<'static, RawValue>> {
+        if v.is_null() && RawValue::NULL.get().len() <= limit {
+            return Ok(Cow::Borrowed(RawValue::NULL));
+        }
+        encode_value(flow, name, what, v, limit).map(Cow::Owned)
+    };
+    let retry_history = match constant("[]", &EMPTY_ARRAY) {
+        Some(empty) if rec.retry_history.is_empty() && empty.get().len() <= limit => {
+            Cow::Borrowed(empty)
+        }
+        _ => Cow::Owned(encode_value(
+            flow,
+            name,
+            "retry_history",
+            &rec.retry_history,
+            limit,
+        )?),
+    };
     Ok(EncodedAtom {
         name,
         kind: rec.kind.as_str(),
@@ -380,19 +411,19 @@ pub(crate) fn encode_atom(flow: FlowId, rec: &AtomRecord, limit: usize) -> Resul
         result: rec
             .result
             .as_ref()
-            .map(|v| encode_value(flow, name, "result", v, limit))
+            .map(|v| value("result", v))
             .transpose()?,
         failure: rec
             .failure
             .as_ref()
-            .map(|v| encode_value(flow, name, "failure", v, limit))
+            .map(|v| encode_value(flow, name, "failure", v, limit).map(Cow::Owned))
             .transpose()?,
         revert_failure: rec
             .revert_failure
             .as_ref()
-            .map(|v| encode_value(flow, name, "revert_failure", v, limit))
+            .map(|v| encode_value(flow, name, "revert_failure", v, limit).map(Cow::Owned))
             .transpose()?,
-        retry_history: encode_value(flow, name, "retry_history", &rec.retry_history, limit)?,
+        retry_history,
         retry_at: rec.retry_at,
         progress: rec.progress,
         started_at: rec.started_at,
@@ -732,6 +763,45 @@ mod tests {
             .map(|s| s.as_str())
             .collect();
         assert_eq!(terminal, TERMINAL_FLOW_STATES);
+    }
+
+    /// The shared constants for a `null` result and an empty retry history are held to the
+    /// size limit like any value.
+    #[test]
+    fn constant_values_keep_to_the_size_limit() {
+        let flow = FlowId::new();
+        let mut rec = AtomRecord::pending("a", AtomKind::Task);
+        rec.result = Some(serde_json::Value::Null);
+        let atom = encode_atom(flow, &rec, 4).unwrap();
+        assert_eq!(atom.result.as_deref().map(RawValue::get), Some("null"));
+        assert_eq!(atom.retry_history.get(), "[]");
+        let err = encode_atom(flow, &rec, 3).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    what: "result",
+                    size: 4,
+                    limit: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        rec.result = None;
+        let err = encode_atom(flow, &rec, 1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    what: "retry_history",
+                    size: 2,
+                    limit: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

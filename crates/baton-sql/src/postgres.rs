@@ -435,7 +435,7 @@ async fn prepare_schema(connect: &PgConnectOptions, schema: &str) -> Result<(), 
 }
 
 /// A JSON value's text, if there is one.
-fn raw(value: &Option<Box<RawValue>>) -> Option<&str> {
+fn raw<'a>(value: &'a Option<std::borrow::Cow<'static, RawValue>>) -> Option<&'a str> {
     value.as_deref().map(RawValue::get)
 }
 
