@@ -877,12 +877,12 @@ fn statement_error(e: &sqlx::Error) -> bool {
 /// cannot answer from the index's range: each chunk would scan the flow's atoms from the first.
 ///
 /// An atom as its creation left it (every atom of a new run, and on SQLite the `atoms` table
-/// is written only at creation: later changes are in the step log) is packed as four values,
-/// checked only where its columns' affinities leave room for another type: a column of
-/// INTEGER or REAL affinity that equals 0 holds the number 0 (SQLite stores `0.0` in an INTEGER
-/// column, or `0` in a REAL one, as that column's type), and one of TEXT affinity that equals a
-/// text holds text. `name` and `kind` hold text or a BLOB, which `json_array` refuses (then the
-/// rows are read one by one).
+/// is written only at creation: later changes are in the step log) is packed as four values.
+/// The columns it is recognised by need no type check: a column of INTEGER or REAL affinity
+/// that equals 0 holds the number 0 (SQLite stores `0.0` in an INTEGER column, or `0` in a REAL
+/// one, as that column's type), and one of TEXT affinity that equals a text holds text (a BLOB
+/// never equals a text). The four it is packed as are checked, `name` and `kind` included: a
+/// BLOB there that is valid binary JSON, `json_array` would take as JSON.
 macro_rules! packed_atoms {
     ($after:literal) => {
         concat!(
@@ -895,6 +895,7 @@ macro_rules! packed_atoms {
            count(*), max(position), \
            max(CASE WHEN pristine \
                THEN typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
+                   OR typeof(name) <> 'text' OR typeof(kind) <> 'text' \
                ELSE typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
                    OR typeof(name) <> 'text' OR typeof(kind) <> 'text' \
                    OR typeof(state) <> 'text' OR typeof(intention) <> 'text' \
@@ -1089,16 +1090,40 @@ async fn append(
     }
     match query.execute(conn).await {
         Ok(_) => Ok(true),
-        Err(e) if is_not_null_violation(&e) => Ok(false),
+        Err(e) if is_gone_run(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Whether the database refused a row for a NULL in a `NOT NULL` column: in [`append`], the
-/// run or the fence it looked up is gone.
-fn is_not_null_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::NotNullViolation)
+/// Whether [`append`] was refused for a NULL `flow_id`: the run or the fence it looked up is
+/// gone. A NULL in any other column is an error like any other.
+fn is_gone_run(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| {
+        d.kind() == sqlx::error::ErrorKind::NotNullViolation
+            && d.message().ends_with("steps.flow_id")
+    })
+}
+
+/// [`append`] inside a transaction that has just read or written the run: the run is there,
+/// so a refusal would be a bug, reported rather than committed as a step that is not.
+async fn append_in_transaction(
+    conn: &mut SqliteConnection,
+    key: &str,
+    base: i64,
+    seq: i64,
+    at: &str,
+    step: &Step,
+) -> store::Result<()> {
+    if append(conn, key, base, seq, at, step, None)
+        .await
+        .map_err(classify)?
+    {
+        Ok(())
+    } else {
+        Err(crate::error::backend(format!(
+            "flow {key}: its step {seq} was refused although the transaction holds the run"
+        )))
+    }
 }
 
 /// Whether the database refused a row because its key exists.
@@ -1139,8 +1164,8 @@ macro_rules! bind_atom {
 /// variables older SQLite builds allow.
 const ATOMS_PER_INSERT: [usize; 4] = [50, 16, 4, 1];
 
-/// The statement that inserts `rows` atoms (one of [`ATOMS_PER_INSERT`]).
-fn insert_atoms_sql(rows: usize) -> &'static str {
+/// The statement that inserts `ATOMS_PER_INSERT[size]` atoms.
+fn insert_atoms_sql(size: usize) -> &'static str {
     static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let texts = TEXTS.get_or_init(|| {
         ATOMS_PER_INSERT
@@ -1156,11 +1181,7 @@ fn insert_atoms_sql(rows: usize) -> &'static str {
             })
             .collect()
     });
-    let i = ATOMS_PER_INSERT
-        .iter()
-        .position(|&r| r == rows)
-        .unwrap_or(ATOMS_PER_INSERT.len() - 1);
-    &texts[i]
+    &texts[size]
 }
 
 /// Inserts a new run's atoms, several rows a statement (see [`ATOMS_PER_INSERT`]): one
@@ -1174,11 +1195,13 @@ async fn insert_atoms(
     let mut done = 0;
     while done < atoms.len() {
         let left = atoms.len() - done;
-        let rows = ATOMS_PER_INSERT
-            .into_iter()
-            .find(|&r| r <= left)
-            .unwrap_or(1);
-        let mut query = sqlx::query(insert_atoms_sql(rows));
+        // The last size is 1, so one always fits.
+        let size = ATOMS_PER_INSERT
+            .iter()
+            .position(|&rows| rows <= left)
+            .unwrap_or(ATOMS_PER_INSERT.len() - 1);
+        let rows = ATOMS_PER_INSERT[size];
+        let mut query = sqlx::query(insert_atoms_sql(size));
         for (i, enc) in atoms[done..done + rows].iter().enumerate() {
             let position =
                 i64::try_from(done + i).map_err(|_| crate::error::backend("too many atoms"))?;
@@ -1240,9 +1263,7 @@ impl SqliteStore {
             insert_atoms(&mut tx, &id, &encoded).await?;
             if let Some((batch, step, consume)) = &first {
                 let at = codec::time_text(batch.at);
-                append(&mut tx, &id, base, 1, &at, step, None)
-                    .await
-                    .map_err(classify)?;
+                append_in_transaction(&mut tx, &id, base, 1, &at, step).await?;
                 if let Some((fence, outcome)) = consume {
                     consume_job(&mut tx, flow.id, *fence, outcome).await?;
                 }
@@ -1353,9 +1374,7 @@ impl Store for SqliteStore {
             check_fence(&mut tx, flow, batch.fence).await?;
             let (snapshot, known) = read_flow(&mut tx, flow, began).await?;
             codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
-            append(&mut tx, &key, known.base, known.seq + 1, &at, &step, None)
-                .await
-                .map_err(classify)?;
+            append_in_transaction(&mut tx, &key, known.base, known.seq + 1, &at, &step).await?;
             if let Some((fence, outcome)) = &consume {
                 consume_job(&mut tx, flow, *fence, outcome).await?;
             }

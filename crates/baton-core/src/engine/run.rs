@@ -163,14 +163,30 @@ impl Run {
                 flow.atoms.len()
             )));
         }
+        let kind_mismatch = |rec: &AtomRecord, a: &crate::compile::CompiledAtom| {
+            mismatch(format!(
+                "atom {:?} is stored as a {}, defined as a {}",
+                a.name,
+                rec.kind.as_str(),
+                a.kind().as_str()
+            ))
+        };
         // Stores keep atoms in creation order, which is the definition's: match by position,
-        // and by name only if that fails (the kinds are checked either way).
+        // and by name only if that fails. Either way, atom by atom in the definition's order.
         let atoms = if snapshot
             .atoms
             .iter()
             .zip(&flow.atoms)
             .all(|(rec, a)| rec.name == a.name)
         {
+            if let Some((rec, a)) = snapshot
+                .atoms
+                .iter()
+                .zip(&flow.atoms)
+                .find(|(rec, a)| rec.kind != a.kind())
+            {
+                return Err(kind_mismatch(rec, a));
+            }
             snapshot.atoms
         } else {
             let mut by_name: HashMap<String, AtomRecord> = snapshot
@@ -183,22 +199,13 @@ impl Run {
                 let rec = by_name
                     .remove(&a.name)
                     .ok_or_else(|| mismatch(format!("atom {:?} is not stored", a.name)))?;
+                if rec.kind != a.kind() {
+                    return Err(kind_mismatch(&rec, a));
+                }
                 atoms.push(rec);
             }
             atoms
         };
-        if let Some((rec, a)) = atoms
-            .iter()
-            .zip(&flow.atoms)
-            .find(|(rec, a)| rec.kind != a.kind())
-        {
-            return Err(mismatch(format!(
-                "atom {:?} is stored as a {}, defined as a {}",
-                a.name,
-                rec.kind.as_str(),
-                a.kind().as_str()
-            )));
-        }
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let n = atoms.len();
         let retrying = atoms

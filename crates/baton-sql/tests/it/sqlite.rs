@@ -479,11 +479,14 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
 
     // Values of the wrong type: a number column holding text; a BLOB that SQLite's JSON
     // functions would read as JSONB (the number 7) where a number belongs; a BLOB where a JSON
-    // text belongs. Each is named: (set, atom, column).
+    // text belongs; and in an atom as its creation left it (packed short), a valid JSONB BLOB
+    // as its kind, and text as its model version. Each is named: (set, atom, column).
     for (set, name, column) in [
         ("attempt = 'many'", "b", "attempt"),
         ("attempt = x'1337'", "b", "attempt"),
         ("result = x'00ff'", "a", "result"),
+        ("kind = jsonb('\"task\"')", "b", "kind"),
+        ("model_version = 'two'", "b", "model_version"),
     ] {
         let flow = new_flow(&store).await;
         store
@@ -496,6 +499,19 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
         assert_eq!((f, atom.as_deref()), (flow.id, Some(name)), "{set}");
         assert!(detail.contains(column), "{set}: {detail}");
     }
+
+    // A name that is a valid JSONB BLOB in an atom as its creation left it: the row cannot
+    // name itself, so the error names the column.
+    let flow = new_flow(&store).await;
+    store
+        .exec(&format!(
+            "UPDATE atoms SET name = jsonb('\"b\"') WHERE flow_id = '{}' AND name = 'b'",
+            flow.id
+        ))
+        .await;
+    let (f, atom, detail) = corrupt(store.load_flow(flow.id).await.unwrap_err());
+    assert_eq!((f, atom), (flow.id, None));
+    assert!(detail.contains("name"), "{detail}");
 
     // A step whose number is text.
     let flow = flow_with_one_step(&store).await;
