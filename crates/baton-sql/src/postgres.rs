@@ -532,8 +532,24 @@ where
         .map_err(|e| format!("column {column}: {e}"))
 }
 
-const FLOW_COLUMNS: &str = "id, name, state, intention, inputs::text AS inputs, \
-     meta::text AS meta, created_at, updated_at, model_version";
+/// The columns of a flow's row, with `meta` as given (the column as text, or
+/// `'null' AS meta`).
+macro_rules! flow_columns {
+    ($meta:literal) => {
+        concat!(
+            "id, name, state, intention, inputs::text AS inputs, ",
+            $meta,
+            ", created_at, updated_at, model_version"
+        )
+    };
+}
+
+/// Whether a read of a flow parses its `meta` (see [`Store::load_run`]).
+#[derive(Clone, Copy)]
+enum Meta {
+    Read,
+    Skip,
+}
 
 fn flow_from_row(row: &PgRow) -> store::Result<FlowRecord> {
     let id: uuid::Uuid = get(row, "id")
@@ -632,8 +648,26 @@ async fn read_steps(conn: &mut PgConnection, flow: FlowId) -> store::Result<Vec<
 
 /// The flow as it is now, and the number of its log's last step. Run it in a `REPEATABLE
 /// READ` transaction, so that the rows come from one snapshot.
-async fn read_flow(conn: &mut PgConnection, id: FlowId) -> store::Result<(FlowSnapshot, i64)> {
-    let row = sqlx::query(&format!("SELECT {FLOW_COLUMNS} FROM flows WHERE id = $1"))
+///
+/// With [`Meta::Skip`] the run's `meta` is read as `null` (see [`Store::load_run`]).
+async fn read_flow(
+    conn: &mut PgConnection,
+    id: FlowId,
+    meta: Meta,
+) -> store::Result<(FlowSnapshot, i64)> {
+    let sql = match meta {
+        Meta::Read => concat!(
+            "SELECT ",
+            flow_columns!("meta::text AS meta"),
+            " FROM flows WHERE id = $1"
+        ),
+        Meta::Skip => concat!(
+            "SELECT ",
+            flow_columns!("'null' AS meta"),
+            " FROM flows WHERE id = $1"
+        ),
+    };
+    let row = sqlx::query(sql)
         .bind(id.as_uuid())
         .fetch_optional(&mut *conn)
         .await
@@ -714,6 +748,21 @@ fn met_another_writer(e: &sqlx::Error) -> bool {
 const CAREFUL_TRIES: usize = 5;
 
 impl PostgresStore {
+    /// A load in one read-only snapshot for the flow, its atoms and its log.
+    async fn load(&self, id: FlowId, meta: Meta) -> store::Result<FlowSnapshot> {
+        let began = chrono::Utc::now();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(classify)?;
+        let result = read_flow(&mut tx, id, meta).await;
+        let (snapshot, seq) = codec::finish(tx, result).await?;
+        self.known
+            .put(id, Known::of(seq, &snapshot.flow, &snapshot.atoms, began));
+        Ok(snapshot)
+    }
+
     /// The careful commit: in one `REPEATABLE READ` transaction, check the fence, read the flow
     /// as it is, check write by write (reporting exactly what is wrong) and append. Returns
     /// what the flow was before the batch, and its last step then.
@@ -787,7 +836,9 @@ impl PostgresStore {
                     }));
                 }
             }
-            let (snapshot, seq) = read_flow(&mut tx, flow).await.map_err(Attempt::Store)?;
+            let (snapshot, seq) = read_flow(&mut tx, flow, Meta::Skip)
+                .await
+                .map_err(Attempt::Store)?;
             codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)
                 .map_err(Attempt::Store)?;
             sqlx::query(append_sql(false, step.flow_state.is_some()))
@@ -1030,18 +1081,11 @@ impl Store for PostgresStore {
     }
 
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
-        // One read-only snapshot for the flow, its atoms and its log.
-        let began = chrono::Utc::now();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(classify)?;
-        let result = read_flow(&mut tx, id).await;
-        let (snapshot, seq) = codec::finish(tx, result).await?;
-        self.known
-            .put(id, Known::of(seq, &snapshot.flow, &snapshot.atoms, began));
-        Ok(snapshot)
+        self.load(id, Meta::Read).await
+    }
+
+    async fn load_run(&self, id: FlowId) -> store::Result<FlowSnapshot> {
+        self.load(id, Meta::Skip).await
     }
 
     async fn commit(&self, batch: &Batch) -> store::Result<()> {

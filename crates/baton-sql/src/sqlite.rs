@@ -393,6 +393,17 @@ impl SqliteStore {
     }
 
     /// Waits for this process's turn to write (the write gate), with the writer's connection.
+    /// A load in one read transaction: the flow, its atoms and its log come from the same
+    /// snapshot.
+    async fn load(&self, id: FlowId, meta: Meta) -> store::Result<FlowSnapshot> {
+        let began = Utc::now();
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let result = read_flow(&mut tx, id, began, meta).await;
+        let (snapshot, known) = codec::finish(tx, result).await?;
+        self.known.put(id, known);
+        Ok(snapshot)
+    }
+
     async fn write_turn(&self) -> store::Result<Turn<'_>> {
         let gate = self.write_gate.lock().await;
         let mut slot = self.writer_conn.lock().await;
@@ -560,8 +571,23 @@ where
         .map_err(|e| format!("column {column}: {e}"))
 }
 
-const FLOW_COLUMNS: &str =
-    "id, name, state, intention, inputs, meta, created_at, updated_at, model_version";
+/// The columns of a flow's row, with `meta` as given (the column, or `'null' AS meta`).
+macro_rules! flow_columns {
+    ($meta:literal) => {
+        concat!(
+            "id, name, state, intention, inputs, ",
+            $meta,
+            ", created_at, updated_at, model_version"
+        )
+    };
+}
+
+/// Whether a read of a flow parses its `meta` (see [`Store::load_run`]).
+#[derive(Clone, Copy)]
+enum Meta {
+    Read,
+    Skip,
+}
 
 fn flow_from_row(row: &SqliteRow) -> store::Result<FlowRecord> {
     let id_text: String = get(row, "id")
@@ -1011,20 +1037,33 @@ fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<Option<AtomRecord>>
 
 /// The flow as it is now, and what this store then knows of it. Run it in a transaction, so
 /// that the rows come from one snapshot.
+///
+/// With [`Meta::Skip`] the run's `meta` is read as `null` (see [`Store::load_run`]).
 async fn read_flow(
     conn: &mut SqliteConnection,
     id: FlowId,
     began: DateTime<Utc>,
+    meta: Meta,
 ) -> store::Result<(FlowSnapshot, Known)> {
     let key = id.to_string();
-    let row = sqlx::query(&format!(
-        "SELECT {FLOW_COLUMNS}, seq AS flow_seq FROM flows WHERE id = ?1"
-    ))
-    .bind(&key)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(classify)?
-    .ok_or(store::Error::FlowNotFound(id))?;
+    let sql = match meta {
+        Meta::Read => concat!(
+            "SELECT ",
+            flow_columns!("meta"),
+            ", seq AS flow_seq FROM flows WHERE id = ?1"
+        ),
+        Meta::Skip => concat!(
+            "SELECT ",
+            flow_columns!("'null' AS meta"),
+            ", seq AS flow_seq FROM flows WHERE id = ?1"
+        ),
+    };
+    let row = sqlx::query(sql)
+        .bind(&key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?
+        .ok_or(store::Error::FlowNotFound(id))?;
     let mut atoms = read_atoms(conn, id, &key).await?;
     let flow_seq: i64 = get(&row, "flow_seq").map_err(|d| codec::corrupt(id, None, d))?;
     let base = base_of(id, flow_seq)?;
@@ -1314,13 +1353,11 @@ impl Store for SqliteStore {
     }
 
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
-        // One read transaction: the flow, its atoms and its log come from the same snapshot.
-        let began = Utc::now();
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let result = read_flow(&mut tx, id, began).await;
-        let (snapshot, known) = codec::finish(tx, result).await?;
-        self.known.put(id, known);
-        Ok(snapshot)
+        self.load(id, Meta::Read).await
+    }
+
+    async fn load_run(&self, id: FlowId) -> store::Result<FlowSnapshot> {
+        self.load(id, Meta::Skip).await
     }
 
     async fn commit(&self, batch: &Batch) -> store::Result<()> {
@@ -1372,7 +1409,7 @@ impl Store for SqliteStore {
         let mut tx = self.begin_immediate(&mut turn).await?;
         let result = async {
             check_fence(&mut tx, flow, batch.fence).await?;
-            let (snapshot, known) = read_flow(&mut tx, flow, began).await?;
+            let (snapshot, known) = read_flow(&mut tx, flow, began, Meta::Skip).await?;
             codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
             append_in_transaction(&mut tx, &key, known.base, known.seq + 1, &at, &step).await?;
             if let Some((fence, outcome)) = &consume {

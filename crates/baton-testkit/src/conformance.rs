@@ -61,6 +61,46 @@ pub async fn create_and_load_round_trip<S: Store>(store: S) {
     ));
 }
 
+/// `load_run` reads what `load_flow` does, but for the run's `meta`, which it may leave out;
+/// and the store can go on committing after it.
+pub async fn load_run_is_load_flow_but_for_meta<S: Store>(store: S) {
+    let flow = flow_record("load-run");
+    let atoms = atoms();
+    store.create_flow(&flow, &atoms, None).await.unwrap();
+    let mut batch = Batch::new(flow.id, None);
+    batch.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    batch.writes.push(start(&atoms[0]));
+    store.commit(&batch).await.unwrap();
+
+    let full = store.load_flow(flow.id).await.unwrap();
+    let run = store.load_run(flow.id).await.unwrap();
+    assert_eq!(run.atoms, full.atoms);
+    assert!(
+        run.flow.meta.is_null() || run.flow.meta == full.flow.meta,
+        "meta {}",
+        run.flow.meta
+    );
+    let mut without_meta = full.flow.clone();
+    without_meta.meta = run.flow.meta.clone();
+    assert_eq!(run.flow, without_meta);
+
+    let mut next = Batch::new(flow.id, None);
+    next.writes.push(start(&atoms[1]));
+    store.commit(&next).await.unwrap();
+    assert_eq!(
+        store.load_run(flow.id).await.unwrap().atoms[1].state,
+        AtomState::Running
+    );
+    assert!(matches!(
+        store.load_run(FlowId::new()).await,
+        Err(Error::FlowNotFound(_))
+    ));
+}
+
 /// A batch applies all its writes, in order, and records one transition per change of state.
 pub async fn batch_applies_in_order_with_history<S: Store>(store: S) {
     let flow = flow_record("batch");
@@ -414,6 +454,7 @@ macro_rules! store_conformance {
     (@all [$mode:ident] $make:expr) => {
         $crate::store_conformance!(@cases [$mode] $make;
             create_and_load_round_trip,
+            load_run_is_load_flow_but_for_meta,
             batch_applies_in_order_with_history,
             create_and_commit_stores_a_run_with_its_first_batch,
             stale_writes_conflict_and_change_nothing,

@@ -95,6 +95,10 @@ impl<S: Store> Store for CrashStore<S> {
         self.inner.load_flow(id).await
     }
 
+    async fn load_run(&self, id: FlowId) -> Result<FlowSnapshot> {
+        self.inner.load_run(id).await
+    }
+
     async fn commit(&self, batch: &Batch) -> Result<()> {
         self.write(self.inner.commit(batch)).await
     }
@@ -189,6 +193,10 @@ impl<S: Store> Store for FlakyStore<S> {
 
     async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot> {
         self.inner.load_flow(id).await
+    }
+
+    async fn load_run(&self, id: FlowId) -> Result<FlowSnapshot> {
+        self.inner.load_run(id).await
     }
 
     async fn commit(&self, batch: &Batch) -> Result<()> {

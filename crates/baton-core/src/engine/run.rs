@@ -115,7 +115,7 @@ async fn load_patiently(
     let options = &engine.options;
     let mut delay = options.store_retry_base;
     loop {
-        match engine.store.load_flow(id).await {
+        match engine.store.load_run(id).await {
             Ok(snapshot) => return Ok(snapshot),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?delay, "store unavailable, retrying load");
@@ -220,7 +220,12 @@ impl Run {
             id,
             fence: options.fence,
             control: options.control,
-            record: snapshot.flow,
+            record: crate::model::FlowRecord {
+                // Never read by the run, and for a big flow mostly the graph's shape: not
+                // worth keeping in memory while it runs.
+                meta: Value::Null,
+                ..snapshot.flow
+            },
             atoms,
             in_flight: vec![false; n],
             in_flight_count: 0,

@@ -238,6 +238,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`Error::TooNew`].
     async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot>;
 
+    /// Loads a flow run as an engine needs it to run the flow: as [`Store::load_flow`], except
+    /// that the run's `meta` may be left out ([`serde_json::Value::Null`]). The engine never
+    /// reads it, and for a big flow it is mostly the graph's shape (see
+    /// [`GRAPH_META_KEY`](crate::engine::GRAPH_META_KEY)), whose parsing can be a good part of
+    /// the load and whose parsed form would stay in memory for the whole run. The default
+    /// loads everything.
+    ///
+    /// # Errors
+    /// As [`Store::load_flow`].
+    async fn load_run(&self, id: FlowId) -> Result<FlowSnapshot> {
+        self.load_flow(id).await
+    }
+
     /// Applies a batch of writes atomically and durably.
     ///
     /// # Errors
@@ -328,6 +341,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot> {
         (**self).load_flow(id).await
+    }
+
+    async fn load_run(&self, id: FlowId) -> Result<FlowSnapshot> {
+        (**self).load_run(id).await
     }
 
     async fn commit(&self, batch: &Batch) -> Result<()> {

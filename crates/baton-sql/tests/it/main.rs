@@ -32,6 +32,13 @@ macro_rules! generic_cases {
         }
 
         #[tokio::test]
+        async fn loading_a_run_leaves_its_meta_unread() {
+            if let Some(store) = $make {
+                crate::cases::loading_a_run_leaves_its_meta_unread(store).await;
+            }
+        }
+
+        #[tokio::test]
         async fn full_records_round_trip() {
             if let Some(store) = $make {
                 crate::cases::full_records_round_trip(store).await;

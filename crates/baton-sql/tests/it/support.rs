@@ -85,6 +85,10 @@ impl<S: Store> Store for Held<S> {
         self.store.load_flow(id).await
     }
 
+    async fn load_run(&self, id: FlowId) -> Result<FlowSnapshot> {
+        self.store.load_run(id).await
+    }
+
     async fn commit(&self, batch: &Batch) -> Result<()> {
         self.store.commit(batch).await
     }
