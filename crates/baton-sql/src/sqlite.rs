@@ -1367,7 +1367,9 @@ impl Store for SqliteStore {
         let fence =
             codec::fence_to_db(flow, batch.fence)?.map(|(job, token)| (job.to_string(), token));
         let consume = codec::consumed_job(batch)?;
-        let key = flow.to_string();
+        // The flow's key as its rows hold it (a UUID's hyphenated form), without allocating.
+        let mut key_buf = uuid::Uuid::encode_buffer();
+        let key: &str = flow.as_uuid().hyphenated().encode_lower(&mut key_buf);
         let at = codec::time_text(batch.at);
 
         let mut turn = self.write_turn().await?;
@@ -1382,7 +1384,7 @@ impl Store for SqliteStore {
             // Waiting for the answer by spinning first: see `SqliteOptions::spin`.
             let appended = append(
                 turn.conn()?,
-                &key,
+                key,
                 known.base,
                 known.seq + 1,
                 &at,
@@ -1411,7 +1413,7 @@ impl Store for SqliteStore {
             check_fence(&mut tx, flow, batch.fence).await?;
             let (snapshot, known) = read_flow(&mut tx, flow, began, Meta::Skip).await?;
             codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
-            append_in_transaction(&mut tx, &key, known.base, known.seq + 1, &at, &step).await?;
+            append_in_transaction(&mut tx, key, known.base, known.seq + 1, &at, &step).await?;
             if let Some((fence, outcome)) = &consume {
                 consume_job(&mut tx, flow, *fence, outcome).await?;
             }

@@ -498,6 +498,9 @@ impl Run {
 
     /// Sends the transitions of a committed batch to the event stream.
     fn announce(&self, batch: &Batch) {
+        if self.engine.events.receiver_count() == 0 && !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
         for write in &batch.writes {
             if let Some(change) = transition_of(write) {
                 tracing::debug!(?change, "transition");
@@ -661,7 +664,7 @@ impl Run {
         }
 
         // Only atoms something happened to (or near) need a look: see `set_atom`.
-        let now = Utc::now();
+        let mut now = None;
         let mut later = Vec::new();
         while let Some(pos) = self.dirty.pop_first() {
             // Stop when nothing more can start: the rest waits for a free slot, and a pass stays
@@ -682,7 +685,7 @@ impl Run {
                     true
                 }
                 AtomState::Retrying if may_start => match self.atoms[i].retry_at {
-                    Some(at) if at > now => {
+                    Some(at) if at > *now.get_or_insert_with(Utc::now) => {
                         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
                         false
                     }
