@@ -140,7 +140,9 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         tasks: usize,
         /// Runs of the flow measured, each between two floors; the medians are reported.
-        #[arg(long, default_value_t = 5)]
+        /// On a small virtual machine a single round's ratio ranges over a factor of three, so
+        /// the default takes enough of them for a steady median.
+        #[arg(long, default_value_t = 15)]
         rounds: usize,
     },
     /// End to end: post N one-task jobs while K conductors claim, run and consume them.
@@ -205,7 +207,9 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         parallelism: usize,
         /// Runs of the flow measured, each between two floors; the medians are reported.
-        #[arg(long, default_value_t = 5)]
+        /// On a small virtual machine a single round's ratio ranges over a factor of three, so
+        /// the default takes enough of them for a steady median.
+        #[arg(long, default_value_t = 15)]
         rounds: usize,
     },
 }
