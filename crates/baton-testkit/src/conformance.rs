@@ -41,6 +41,18 @@ fn start(rec: &AtomRecord) -> Write {
     }
 }
 
+/// A batch that starts the flow and its atom `first`.
+fn start_flow(flow: FlowId, first: &AtomRecord) -> Batch {
+    let mut batch = Batch::new(flow, None);
+    batch.writes.push(Write::Flow {
+        from: FlowState::Pending,
+        to: FlowState::Running,
+        intention: Intention::Execute,
+    });
+    batch.writes.push(start(first));
+    batch
+}
+
 /// A created flow loads back exactly as written.
 pub async fn create_and_load_round_trip<S: Store>(store: S) {
     let flow = flow_record("round-trip");
@@ -67,14 +79,7 @@ pub async fn load_run_is_load_flow_but_for_meta<S: Store>(store: S) {
     let flow = flow_record("load-run");
     let atoms = atoms();
     store.create_flow(&flow, &atoms, None).await.unwrap();
-    let mut batch = Batch::new(flow.id, None);
-    batch.writes.push(Write::Flow {
-        from: FlowState::Pending,
-        to: FlowState::Running,
-        intention: Intention::Execute,
-    });
-    batch.writes.push(start(&atoms[0]));
-    store.commit(&batch).await.unwrap();
+    store.commit(&start_flow(flow.id, &atoms[0])).await.unwrap();
 
     let full = store.load_flow(flow.id).await.unwrap();
     let run = store.load_run(flow.id).await.unwrap();
@@ -106,13 +111,7 @@ pub async fn batch_applies_in_order_with_history<S: Store>(store: S) {
     let flow = flow_record("batch");
     let atoms = atoms();
     store.create_flow(&flow, &atoms, None).await.unwrap();
-    let mut batch = Batch::new(flow.id, None);
-    batch.writes.push(Write::Flow {
-        from: FlowState::Pending,
-        to: FlowState::Running,
-        intention: Intention::Execute,
-    });
-    batch.writes.push(start(&atoms[0]));
+    let mut batch = start_flow(flow.id, &atoms[0]);
     let mut done = atoms[0].clone();
     done.state = AtomState::Success;
     done.attempt = 1;
@@ -142,13 +141,7 @@ pub async fn batch_applies_in_order_with_history<S: Store>(store: S) {
 pub async fn create_and_commit_stores_a_run_with_its_first_batch<S: Store>(store: S) {
     let flow = flow_record("created-with-first-batch");
     let atoms = atoms();
-    let mut first = Batch::new(flow.id, None);
-    first.writes.push(Write::Flow {
-        from: FlowState::Pending,
-        to: FlowState::Running,
-        intention: Intention::Execute,
-    });
-    first.writes.push(start(&atoms[0]));
+    let first = start_flow(flow.id, &atoms[0]);
     store
         .create_and_commit(&flow, &atoms, None, &first)
         .await
