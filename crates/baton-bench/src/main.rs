@@ -141,7 +141,7 @@ enum Scenario {
         tasks: usize,
         /// Runs of the flow measured, each between two floors; the medians are reported.
         /// On a small virtual machine a single round's ratio ranges over a factor of three, so
-        /// the default takes enough of them for a steady median.
+        /// the default takes enough of them for a steadier median.
         #[arg(long, default_value_t = 15)]
         rounds: usize,
     },
@@ -208,7 +208,7 @@ enum Scenario {
         parallelism: usize,
         /// Runs of the flow measured, each between two floors; the medians are reported.
         /// On a small virtual machine a single round's ratio ranges over a factor of three, so
-        /// the default takes enough of them for a steady median.
+        /// the default takes enough of them for a steadier median.
         #[arg(long, default_value_t = 15)]
         rounds: usize,
     },

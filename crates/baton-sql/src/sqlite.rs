@@ -392,7 +392,6 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    /// Waits for this process's turn to write (the write gate), with the writer's connection.
     /// A load in one read transaction: the flow, its atoms and its log come from the same
     /// snapshot.
     async fn load(&self, id: FlowId, meta: Meta) -> store::Result<FlowSnapshot> {
@@ -404,6 +403,7 @@ impl SqliteStore {
         Ok(snapshot)
     }
 
+    /// Waits for this process's turn to write (the write gate), with the writer's connection.
     async fn write_turn(&self) -> store::Result<Turn<'_>> {
         let gate = self.write_gate.lock().await;
         let mut slot = self.writer_conn.lock().await;
