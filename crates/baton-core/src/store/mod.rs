@@ -3,7 +3,8 @@
 //! A store keeps flow runs ([`FlowRecord`]), their atoms ([`AtomRecord`]) and an append-only
 //! history of transitions. The engine writes to it through [`Store::commit`], one [`Batch`] per
 //! step, and treats it as the only truth: whatever the engine holds in memory can be rebuilt with
-//! [`Store::load_flow`].
+//! [`Store::load_flow`] (the engine itself loads with [`Store::load_run`], which may leave out
+//! the run's `meta`, which it never reads).
 //!
 //! # Contract for implementors
 //!
