@@ -791,18 +791,14 @@ impl<'de> serde::Deserialize<'de> for PackedAtom {
                 f.write_str("a packed atom row")
             }
 
-            // The count after the last field is not read.
-            #[allow(unused_assignments)]
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PackedAtom, A::Error> {
-                let mut read = 0;
+                // A row cut short is refused (the read then goes row by row, whose error
+                // says what is wrong).
                 macro_rules! field {
-                    () => {{
-                        let value = seq
-                            .next_element()?
-                            .ok_or_else(|| A::Error::invalid_length(read, &self))?;
-                        read += 1;
-                        value
-                    }};
+                    () => {
+                        seq.next_element()?
+                            .ok_or_else(|| A::Error::custom("a packed atom row ended early"))?
+                    };
                 }
                 let position = field!();
                 let name = field!();
@@ -810,23 +806,20 @@ impl<'de> serde::Deserialize<'de> for PackedAtom {
                 let model_version = field!();
                 let rest = match seq.next_element::<String>()? {
                     None => None,
-                    Some(state) => {
-                        read += 1;
-                        Some(PackedRest {
-                            state,
-                            intention: field!(),
-                            attempt: field!(),
-                            round: field!(),
-                            result: field!(),
-                            failure: field!(),
-                            revert_failure: field!(),
-                            retry_history: field!(),
-                            retry_at: field!(),
-                            progress: field!(),
-                            started_at: field!(),
-                            finished_at: field!(),
-                        })
-                    }
+                    Some(state) => Some(PackedRest {
+                        state,
+                        intention: field!(),
+                        attempt: field!(),
+                        round: field!(),
+                        result: field!(),
+                        failure: field!(),
+                        revert_failure: field!(),
+                        retry_history: field!(),
+                        retry_at: field!(),
+                        progress: field!(),
+                        started_at: field!(),
+                        finished_at: field!(),
+                    }),
                 };
                 Ok(PackedAtom {
                     position,
