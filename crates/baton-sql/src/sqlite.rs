@@ -912,12 +912,10 @@ macro_rules! packed_atoms {
                    round, result, failure, revert_failure, retry_history, retry_at, \
                    printf('%!.17g', progress), started_at, finished_at) END), \
            count(*), max(position), \
-           max(CASE WHEN pristine \
-               THEN typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
-                   OR typeof(name) <> 'text' OR typeof(kind) <> 'text' \
-               ELSE typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
-                   OR typeof(name) <> 'text' OR typeof(kind) <> 'text' \
-                   OR typeof(state) <> 'text' OR typeof(intention) <> 'text' \
+           max(typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
+               OR typeof(name) <> 'text' OR typeof(kind) <> 'text' \
+               OR CASE WHEN pristine THEN 0 \
+               ELSE typeof(state) <> 'text' OR typeof(intention) <> 'text' \
                    OR typeof(attempt) <> 'integer' OR typeof(round) <> 'integer' \
                    OR typeof(result) NOT IN ('text', 'null') \
                    OR typeof(failure) NOT IN ('text', 'null') \
