@@ -47,6 +47,23 @@ pub struct FlowRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl FlowRecord {
+    /// A copy with `meta` left out (`null`), without copying it: what an engine runs on (see
+    /// [`Store::load_run`](crate::store::Store::load_run)).
+    pub(crate) fn without_meta(&self) -> Self {
+        Self {
+            id: self.id,
+            name: self.name.clone(),
+            state: self.state,
+            intention: self.intention,
+            inputs: self.inputs.clone(),
+            meta: Value::Null,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
 /// The two kinds of atom.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -458,8 +458,11 @@ impl Engine {
         let fence = create.fence;
         let snapshot = Self::records(flow, inputs, create)?;
         let id = snapshot.flow.id;
-        let mut run =
-            run::Run::from_snapshot(self.clone(), flow.clone(), id, snapshot.clone(), run)?;
+        let for_run = crate::model::FlowSnapshot {
+            flow: snapshot.flow.without_meta(),
+            atoms: snapshot.atoms.clone(),
+        };
+        let mut run = run::Run::from_snapshot(self.clone(), flow.clone(), id, for_run, run)?;
         run.create_with_first_batch(snapshot, fence);
         drive(run).await
     }

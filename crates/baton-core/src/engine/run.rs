@@ -220,9 +220,9 @@ impl Run {
             id,
             fence: options.fence,
             control: options.control,
+            // `meta` is never read by the run, and for a big flow mostly the graph's shape:
+            // not worth keeping in memory while it runs.
             record: crate::model::FlowRecord {
-                // Never read by the run, and for a big flow mostly the graph's shape: not
-                // worth keeping in memory while it runs.
                 meta: Value::Null,
                 ..snapshot.flow
             },

@@ -248,6 +248,16 @@ impl Store for MemoryStore {
         })
     }
 
+    /// Without copying `meta`, which the engine would only drop.
+    async fn load_run(&self, id: FlowId) -> Result<FlowSnapshot> {
+        let inner = self.lock();
+        let stored = inner.flows.get(&id).ok_or(Error::FlowNotFound(id))?;
+        Ok(FlowSnapshot {
+            flow: stored.record.without_meta(),
+            atoms: stored.atoms.clone(),
+        })
+    }
+
     async fn commit(&self, batch: &Batch) -> Result<()> {
         refuse_consume(batch)?;
         let mut inner = self.lock();
