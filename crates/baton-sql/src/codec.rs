@@ -320,7 +320,7 @@ pub enum StepFormat {
     /// default of 0.2.0. Choose it while engines of 0.1.0 may still resume the store's runs.
     Long,
     /// Short keys and times as integer nanoseconds: about 220 bytes for a linear step, so
-    /// about 5 % more SQLite steps a second (see `docs/stores.md`) and a log less than half as
+    /// about 5 % more SQLite steps a second (see `docs/performance.md`) and a log less than half as
     /// big. Read from 0.2.0 on; the default from 0.3.0 on. A 0.1.0 build refuses such steps
     /// as written by a newer version, and a conductor of it gives up the job (ending it
     /// failed) while its run stays unfinished: upgrade a 0.1.0 fleet to 0.2.0 first, or
