@@ -431,6 +431,14 @@ pub(crate) fn encode_atom(flow: FlowId, rec: &AtomRecord, limit: usize) -> Resul
     })
 }
 
+/// Whether a store's read of a flow parses its `meta`: an engine's load
+/// ([`Store::load_run`](baton_core::store::Store::load_run)) and the careful commit skip it.
+#[derive(Clone, Copy)]
+pub(crate) enum Meta {
+    Read,
+    Skip,
+}
+
 /// Ends a transaction explicitly: commits it if `result` is `Ok`, rolls it back otherwise.
 /// Dropping a transaction only queues its rollback until the connection is next used, which
 /// would leave its locks (SQLite's write lock, PostgreSQL's table locks) held meanwhile.

@@ -15,7 +15,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::types::Json;
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
-use crate::codec::{self, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES};
+use crate::codec::{
+    self, Meta, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES,
+};
 use crate::error::{classify, Error};
 use crate::steplog::{self, Known, Step, StepRow};
 use serde_json::value::RawValue;
@@ -542,13 +544,6 @@ macro_rules! flow_columns {
             ", created_at, updated_at, model_version"
         )
     };
-}
-
-/// Whether a read of a flow parses its `meta` (see [`Store::load_run`]).
-#[derive(Clone, Copy)]
-enum Meta {
-    Read,
-    Skip,
 }
 
 fn flow_from_row(row: &PgRow) -> store::Result<FlowRecord> {

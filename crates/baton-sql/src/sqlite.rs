@@ -19,7 +19,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use crate::codec::{
-    self, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES, ROW_VERSION,
+    self, Meta, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES, ROW_VERSION,
 };
 use crate::error::{classify, Error};
 use crate::steplog::{self, Known, Step, StepRow};
@@ -580,13 +580,6 @@ macro_rules! flow_columns {
             ", created_at, updated_at, model_version"
         )
     };
-}
-
-/// Whether a read of a flow parses its `meta` (see [`Store::load_run`]).
-#[derive(Clone, Copy)]
-enum Meta {
-    Read,
-    Skip,
 }
 
 fn flow_from_row(row: &SqliteRow) -> store::Result<FlowRecord> {
