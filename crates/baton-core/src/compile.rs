@@ -203,6 +203,13 @@ impl CompiledFlow {
         })
     }
 
+    /// The fingerprint of the flow's structure: what a run records to be resumed only with
+    /// the definition it was made from (see [`Fingerprint`](crate::Fingerprint)).
+    #[must_use]
+    pub fn fingerprint(&self) -> crate::Fingerprint {
+        crate::fingerprint::of(self)
+    }
+
     /// The DAG's shape: atom names and kinds, and edges. Stored with every run (in its
     /// metadata, under `graph`) so tools can draw a run without its definition.
     #[must_use]

@@ -1,11 +1,15 @@
 //! Conductors: claim jobs from a board, build their flows, run them fenced, and hand them on.
 //!
-//! A [`Conductor`] claims up to [`Options::concurrency`] jobs. For each one it builds the flow
-//! with the job's factory from the [`Registry`], creates the flow run (its id is derived from
-//! the job's, so whoever claims the job later finds the same run) or loads it, and runs it with
-//! every write fenced by the claim's token, heartbeating the lease meanwhile. When the flow
-//! ends it consumes the job with the outcome: in the flow's last step where the store can
-//! (see [`crate::RunOptions::consume_job`]), through the board otherwise.
+//! A [`Conductor`] claims up to [`Options::concurrency`] jobs, only those its [`Registry`]
+//! can run (the claim carries the registry's [`Offer`](crate::board::Offer)). For each one it
+//! builds the flow with the job's factory, at the version the job is pinned to, creates the
+//! flow run (its id is derived from the job's, so whoever claims the job later finds the same
+//! run) or loads it, and runs it with every write fenced by the claim's token, heartbeating
+//! the lease meanwhile. When the run is at rest (`SUCCESS`, `REVERTED`, or `FAILURE` after a
+//! revert failed) it consumes the job with the outcome: in the flow's last step where the
+//! store can (see [`crate::RunOptions::consume_job`]), through the board otherwise.
+//!
+//! Every other way a run can stop leaves it where an operator sees it:
 //!
 //! - **Claim lost** (a heartbeat answers `ClaimLost`, a write is fenced, or the lease ran out
 //!   while the board was unreachable): the engine is halted at once and writes nothing more.
@@ -13,155 +17,36 @@
 //!   running flows at a step boundary, abandon their jobs so another conductor resumes them at
 //!   once, and deregister. Flows still running after [`Options::drain_timeout`] are halted;
 //!   their leases expire and another conductor takes them over.
-//! - **Bad jobs** (unknown factory, parameters the factory rejects, a flow that does not
-//!   compile): the job is consumed with an outcome that says what was wrong, so it does not
-//!   come back in a crash loop.
+//! - **Parked** (a reason outside the flow: a build that fails or panics, a stored run that
+//!   does not match its definition, data a store refuses or cannot read, a job claimed
+//!   [`Options::max_stalled_claims`] times in a row without progress): the job is parked
+//!   with the reason ([`JobBoard::park`]) and its run left exactly as stored, for an operator
+//!   to retry, revert or trash ([`crate::recovery`]). Nothing is consumed as an error.
 //! - **A run of a newer version of baton** ([`store::Error::TooNew`], during an upgrade): the
 //!   job is left claimed without heartbeats, untouched, so that whoever claims it when the
 //!   lease runs out takes it, in time a conductor that can read it
 //!   ([`Summary::left_for_newer`]).
+//!
+//! A job carrying a [`Cancel::Revert`](crate::board::Cancel::Revert) request (an operator's
+//! `baton flows revert`) has its run reverted instead of run forward.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::FutureExt;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::board::{self, Claim, ConductorInfo, JobBoard};
+use crate::board::{self, Cancel, Claim, ConductorInfo, JobBoard, Offer};
 use crate::engine::{self, Control, CreateOptions, Engine, RunOptions};
-use crate::flow::Flow;
 use crate::ids::{ConductorId, JobId};
-use crate::model::Inputs;
+use crate::registry::Registry;
 use crate::state::FlowState;
 use crate::store;
-
-/// What a factory builds from a job's parameters: the flow and its inputs.
-#[derive(Debug)]
-pub struct Blueprint {
-    /// The flow to run.
-    pub flow: Flow,
-    /// Its inputs.
-    pub inputs: Inputs,
-}
-
-impl Blueprint {
-    /// A blueprint with no inputs.
-    #[must_use]
-    pub fn new(flow: Flow) -> Self {
-        Self {
-            flow,
-            inputs: Inputs::new(),
-        }
-    }
-
-    /// Adds inputs.
-    #[must_use]
-    pub fn inputs(mut self, inputs: Inputs) -> Self {
-        self.inputs = inputs;
-        self
-    }
-}
-
-type Factory = Arc<dyn Fn(&Value) -> Result<Blueprint, String> + Send + Sync>;
-
-/// Flow factories by name: how a conductor turns a job into a flow.
-#[derive(Clone, Default)]
-#[must_use]
-pub struct Registry {
-    factories: HashMap<String, Factory>,
-}
-
-impl fmt::Debug for Registry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&String> = self.factories.keys().collect();
-        names.sort();
-        f.debug_struct("Registry")
-            .field("factories", &names)
-            .finish()
-    }
-}
-
-/// Why a job could not be turned into a flow.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// No factory has this name.
-    #[error("no flow factory named {0:?} is registered")]
-    UnknownFactory(String),
-    /// The factory refused the parameters.
-    #[error("flow factory {factory:?} rejected its parameters: {reason}")]
-    BadParams {
-        /// The factory.
-        factory: String,
-        /// Why.
-        reason: String,
-    },
-    /// The flow the factory built does not compile.
-    #[error("flow factory {factory:?} built a flow that does not compile: {error}")]
-    Compile {
-        /// The factory.
-        factory: String,
-        /// The compiler's error.
-        error: crate::compile::Error,
-    },
-}
-
-impl Registry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Registers `factory` under `name`. It gets the job's parameters and returns the flow to
-    /// run, or a message saying what is wrong with the parameters.
-    pub fn register<F>(mut self, name: impl Into<String>, factory: F) -> Self
-    where
-        F: Fn(&Value) -> Result<Blueprint, String> + Send + Sync + 'static,
-    {
-        self.factories.insert(name.into(), Arc::new(factory));
-        self
-    }
-
-    /// The registered names, sorted.
-    #[must_use]
-    pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.factories.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
-    }
-
-    /// Builds and compiles the flow for `factory` with `params`.
-    ///
-    /// # Errors
-    /// A [`BuildError`] naming the factory and what went wrong.
-    pub fn build(
-        &self,
-        factory: &str,
-        params: &Value,
-    ) -> Result<(crate::CompiledFlow, Inputs), BuildError> {
-        let f = self
-            .factories
-            .get(factory)
-            .ok_or_else(|| BuildError::UnknownFactory(factory.to_owned()))?;
-        let blueprint = f(params).map_err(|reason| BuildError::BadParams {
-            factory: factory.to_owned(),
-            reason,
-        })?;
-        let compiled = blueprint
-            .flow
-            .compile()
-            .map_err(|error| BuildError::Compile {
-                factory: factory.to_owned(),
-                error,
-            })?;
-        Ok((compiled, blueprint.inputs))
-    }
-}
 
 /// Tuning for a [`Conductor`].
 #[derive(Debug, Clone)]
@@ -197,6 +82,11 @@ pub struct Options {
     /// How often a conductor with a [`Options::retention`] purges (the first time when it
     /// starts). Default 10 minutes.
     pub retention_every: Duration,
+    /// A job claimed this many times in a row without progress (its owners died, or lost
+    /// their claims, before any atom of its run came to rest, and never handed it back) is
+    /// parked when claimed again, instead of crashing another conductor: a poison job.
+    /// Default 5.
+    pub max_stalled_claims: u32,
 }
 
 impl Default for Options {
@@ -212,6 +102,7 @@ impl Default for Options {
             gather: Duration::from_millis(5),
             retention: None,
             retention_every: Duration::from_secs(600),
+            max_stalled_claims: 5,
         }
     }
 }
@@ -228,6 +119,8 @@ pub struct Summary {
     pub abandoned: u64,
     /// Claims it lost.
     pub lost: u64,
+    /// Jobs it parked (see the [module documentation](self)).
+    pub parked: u64,
     /// Jobs still running when the drain timeout ran out (halted; their leases will expire).
     pub left_behind: u64,
     /// Claims of jobs whose runs hold data of a newer version of baton
@@ -254,6 +147,7 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobEnd {
     Consumed,
+    Parked,
     Abandoned,
     Lost,
     Halted,
@@ -335,17 +229,19 @@ pub struct Conductor {
     board: Arc<dyn JobBoard>,
     engine: Engine,
     registry: Arc<Registry>,
+    offer: Offer,
     options: Options,
 }
 
 impl Conductor {
     /// A conductor taking jobs from `board` and running them with `engine` (whose store must
-    /// be the one the board fences).
+    /// be the one the board fences). It claims only jobs `registry` can run.
     pub fn new(board: Arc<dyn JobBoard>, engine: Engine, registry: Registry) -> Self {
         Self {
             id: ConductorId::new(),
             board,
             engine,
+            offer: registry.offer(),
             registry: Arc::new(registry),
             options: Options::default(),
         }
@@ -386,6 +282,7 @@ impl Conductor {
             pid: std::process::id(),
             started_at,
             last_seen: now,
+            offer: self.offer.clone(),
         };
         self.board.register(&info(started_at)).await?;
         tracing::info!("conductor started");
@@ -423,7 +320,7 @@ impl Conductor {
                 // so there is no need to ask again until woken.
                 let claims = match self
                     .board
-                    .claim_up_to(self.id, self.options.lease, free)
+                    .claim_up_to(self.id, self.options.lease, free, &self.offer)
                     .await
                 {
                     Ok(claims) => {
@@ -528,6 +425,7 @@ impl Conductor {
                 controls.remove(&id);
                 match end {
                     JobEnd::Consumed => summary.consumed += 1,
+                    JobEnd::Parked => summary.parked += 1,
                     JobEnd::Abandoned => summary.abandoned += 1,
                     JobEnd::Lost => summary.lost += 1,
                     JobEnd::LeftForNewer => summary.left_for_newer += 1,
@@ -552,6 +450,11 @@ struct JobRun {
     control: Control,
 }
 
+/// Why a job is parked: what its outcome records.
+fn park_reason(kind: &str, error: impl std::fmt::Display) -> Value {
+    json!({ "parked": kind, "error": error.to_string() })
+}
+
 impl JobRun {
     async fn drive(self) -> JobEnd {
         let job = &self.claim.job;
@@ -562,44 +465,95 @@ impl JobRun {
             token = %self.claim.fence.token,
             attempt = job.attempts,
         );
-        self.drive_inner().instrument(span).await
+        let fence = self.claim.fence;
+        let board = self.board.clone();
+        // The engine catches what tasks panic with; a panic here is a bug, of baton's or in
+        // code it calls around the run. Caught, so the job is parked, not left claimed to
+        // crash the next conductor the same way.
+        let driven = std::panic::AssertUnwindSafe(self.drive_inner())
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
+        match driven {
+            Ok(end) => end,
+            Err(panic) => {
+                let message = crate::panic_message(panic.as_ref());
+                let _enter = span.enter();
+                tracing::error!(error = %message, "driving the job panicked: parking it");
+                park(&*board, fence, park_reason("panic", message)).await
+            }
+        }
     }
 
     async fn drive_inner(self) -> JobEnd {
         let fence = self.claim.fence;
         let job = &self.claim.job;
-        tracing::info!(factory = %job.factory, "job claimed");
-        let (flow, inputs) = match self.registry.build(&job.factory, &job.params) {
+        tracing::info!(factory = %job.factory, version = ?job.version, "job claimed");
+        if job.stalled_claims > self.options.max_stalled_claims {
+            let why = format!(
+                "claimed {} times in a row without progress (its build or its run may be \
+                 crashing the conductors that take it)",
+                job.stalled_claims
+            );
+            tracing::error!(
+                stalled_claims = job.stalled_claims,
+                "poison job: parking it"
+            );
+            return self.park(park_reason("stalled", why)).await;
+        }
+        let Some(factory) = job.factory_ref() else {
+            // Every claim pins the version; a board that did not is broken.
+            return self
+                .park(park_reason(
+                    "build",
+                    "the board claimed the job without pinning its version",
+                ))
+                .await;
+        };
+        let (flow, inputs) = match self.registry.build(&factory, &job.params) {
             Ok(built) => built,
             Err(e) => {
-                tracing::warn!(error = %e, "job cannot be built");
-                return self
-                    .finish(json!({ "error": e.to_string(), "kind": "build" }))
-                    .await;
+                tracing::error!(error = %e, "job cannot be built: parking it");
+                return self.park(park_reason("build", e)).await;
             }
         };
         // The job's flow: created by the first claim, found by every later one. Creation is
         // atomic and fenced, so trying it is the cheapest way to find out; a new flow runs
         // from what was just written, an existing one from the store.
         let flow_id = job.flow();
+        let revert = job.cancel == Some(Cancel::Revert);
         let create = CreateOptions::new()
             .id(flow_id)
             .fence(fence)
+            .factory(factory)
             .meta(json!({ "job": job.id, "job_name": job.name }));
         // The flow's last step consumes the job too, where the store can (one commit fewer,
         // and no window between the flow's end and the job's).
-        let run_options = RunOptions::new()
+        let mut run_options = RunOptions::new()
             .fence(fence)
             .control(self.control.clone())
             .consume_job();
+        if revert {
+            tracing::info!("the job asks for its run to be reverted");
+            run_options = run_options.revert();
+        }
         let run = async {
+            if revert {
+                // A run to turn round, if it was ever created.
+                return self
+                    .engine
+                    .run_with(&flow, flow_id, run_options.clone())
+                    .await;
+            }
             match self
                 .engine
                 .create_and_run(&flow, inputs, create, run_options.clone())
                 .await
             {
                 Err(engine::Error::Store(store::Error::FlowExists(_))) => {
-                    self.engine.run_with(&flow, flow_id, run_options).await
+                    self.engine
+                        .run_with(&flow, flow_id, run_options.clone())
+                        .await
                 }
                 other => other,
             }
@@ -619,14 +573,25 @@ impl JobRun {
             );
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut expires = self.claim.lease_expires_at;
+            // Atoms come to rest: the progress the board has been told of.
+            let mut reported = 0;
             loop {
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => return false,
                     _ = beat.tick() => {}
                 }
-                match self.board.heartbeat(fence, self.options.lease).await {
-                    Ok(until) => expires = until,
+                let settled = self.control.settled();
+                let progressed = settled > reported;
+                match self
+                    .board
+                    .heartbeat(fence, self.options.lease, progressed)
+                    .await
+                {
+                    Ok(until) => {
+                        expires = until;
+                        reported = settled;
+                    }
                     // The run ended while this heartbeat was on its way: its last step may
                     // have consumed the job, which is no loss.
                     Err(board::Error::ClaimLost { .. }) if stop.is_cancelled() => return false,
@@ -681,6 +646,16 @@ impl JobRun {
                 }
             }
             Ok(outcome) => self.finish(outcome.job_outcome()).await,
+            Err(engine::Error::Store(store::Error::FlowNotFound(_))) if revert => {
+                // Asked to revert a run that was never created: nothing ran, nothing to undo.
+                tracing::info!("the job's run never started: nothing to revert");
+                self.finish(json!({
+                    "flow": flow_id,
+                    "state": null,
+                    "cancelled": "the run was to be reverted, but it never started",
+                }))
+                .await
+            }
             Err(e) => self.on_engine_error(e).await,
         }
     }
@@ -695,11 +670,11 @@ impl JobRun {
             engine::Error::Store(store::Error::TooNew {
                 version, supported, ..
             }) => {
-                // A newer baton wrote the run (during an upgrade, say). Consuming the job
-                // would end it failed and leave the run unfinished for good; handing it back
-                // would have the conductors of this version claim it in turn as fast as they
-                // can. Left claimed without heartbeats, it goes to whoever claims it when its
-                // lease runs out: in time, a conductor that can read it.
+                // A newer baton wrote the run (during an upgrade, say). Parking it would need
+                // an operator; handing it back would have the conductors of this version claim
+                // it in turn as fast as they can. Left claimed without heartbeats, it goes to
+                // whoever claims it when its lease runs out: in time, a conductor that can
+                // read it.
                 tracing::warn!(
                     version,
                     supported,
@@ -719,12 +694,21 @@ impl JobRun {
                 }
             }
             e => {
-                // Not transient (the engine retries those itself): record it on the job.
-                tracing::error!(error = %e, "flow cannot run");
-                self.finish(json!({ "error": e.to_string(), "kind": "engine" }))
-                    .await
+                // Not the flow's own end, and not something waiting fixes: the run stays as
+                // stored, for an operator.
+                let kind = match &e {
+                    engine::Error::FlowMismatch { .. } => "definition",
+                    engine::Error::Store(_) => "store",
+                    _ => "engine",
+                };
+                tracing::error!(error = %e, "flow cannot go on: parking the job");
+                self.park(park_reason(kind, &e)).await
             }
         }
+    }
+
+    async fn park(&self, reason: Value) -> JobEnd {
+        park(&*self.board, self.claim.fence, reason).await
     }
 
     async fn finish(&self, outcome: Value) -> JobEnd {
@@ -737,6 +721,22 @@ impl JobRun {
                 tracing::warn!(error = %e, "consuming the job failed");
                 JobEnd::Lost
             }
+        }
+    }
+}
+
+/// Parks the job of `fence` with `reason`.
+async fn park(board: &dyn JobBoard, fence: crate::Fence, reason: Value) -> JobEnd {
+    match board.park(fence, reason).await {
+        Ok(()) => {
+            tracing::warn!("job parked: it waits for an operator");
+            JobEnd::Parked
+        }
+        Err(e) => {
+            // Lost, or the board cannot be reached: whoever claims the job next meets the
+            // same reason (or the stall count) and parks it.
+            tracing::warn!(error = %e, "parking the job failed");
+            JobEnd::Lost
         }
     }
 }

@@ -50,9 +50,12 @@ pub mod compile;
 pub mod conductor;
 pub mod engine;
 mod failure;
+mod fingerprint;
 mod flow;
 mod ids;
 pub mod model;
+pub mod recovery;
+pub mod registry;
 pub mod retry;
 mod state;
 pub mod store;
@@ -60,12 +63,25 @@ mod task;
 
 pub use board::{JobBoard, MemoryJobBoard, NewJob};
 pub use compile::CompiledFlow;
-pub use conductor::{Blueprint, Conductor, Registry};
+pub use conductor::Conductor;
 pub use engine::{Control, CreateOptions, Engine, Event, EventKind, Events, Outcome, RunOptions};
 pub use failure::{Failure, FailureKind, ResultExt, Retryability, TaskError};
+pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use flow::{Atom, Decider, Flow, FlowChild, Pattern, Provides};
 pub use ids::{ConductorId, Fence, FencingToken, FlowId, JobId, ParseIdError};
-pub use model::Inputs;
+pub use model::{FactoryRef, Inputs};
+pub use registry::{Blueprint, Registry};
 pub use state::{AtomState, FlowState, Intention, JobState, ParseStateError};
 pub use store::MemoryStore;
 pub use task::{FnTask, RevertContext, Task, TaskContext};
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic whose value is not text".to_owned()
+    }
+}

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::failure::Failure;
+use crate::fingerprint::Fingerprint;
 use crate::ids::{FlowId, JobId};
 use crate::state::{AtomState, FlowState, Intention};
 
@@ -41,6 +42,16 @@ pub struct FlowRecord {
     pub inputs: Inputs,
     /// Free-form data for applications and conductors (e.g. the job that drives the run).
     pub meta: Value,
+    /// The factory, and its version, that built the run's flow: set for runs a
+    /// [`Conductor`](crate::Conductor) made from a job, which it resumes only with that
+    /// version. `None` for runs created by hand, and for runs created before baton 0.4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factory: Option<FactoryRef>,
+    /// The [`Fingerprint`] of the definition the run was created with: a run is resumed only
+    /// with a definition of the same fingerprint. `None` for runs created before baton 0.4,
+    /// which are checked by their atoms' names and kinds only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
     /// When the run was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -58,9 +69,37 @@ impl FlowRecord {
             intention: self.intention,
             inputs: self.inputs.clone(),
             meta: Value::Null,
+            factory: self.factory.clone(),
+            fingerprint: self.fingerprint,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
+    }
+}
+
+/// A flow factory and one of its versions, as a [`Registry`](crate::Registry) holds them:
+/// what a run was built with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FactoryRef {
+    /// The factory's name.
+    pub name: String,
+    /// The version (1 or more).
+    pub version: u32,
+}
+
+impl FactoryRef {
+    /// `name` at `version`.
+    pub fn new(name: impl Into<String>, version: u32) -> Self {
+        Self {
+            name: name.into(),
+            version,
+        }
+    }
+}
+
+impl std::fmt::Display for FactoryRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} v{}", self.name, self.version)
     }
 }
 

@@ -117,18 +117,33 @@ state_enum!(
         Unclaimed => "UNCLAIMED",
         /// Owned by a conductor under a lease.
         Claimed => "CLAIMED",
-        /// Done: its flow ended (or it could not be built), and the outcome is recorded.
+        /// Done: its flow ended (`SUCCESS`, `REVERTED`, or `FAILURE` after a revert failed),
+        /// and the outcome is recorded.
         Complete => "COMPLETE",
         /// Retired by an operator; never runs again.
         Trashed => "TRASHED",
+        /// Stopped for a reason outside its flow (a definition no conductor has, data a store
+        /// refuses, a build that fails, a job claimed too often without progress): its run is
+        /// left exactly as stored, and the job keeps its key, until an operator retries it,
+        /// has its run reverted, or trashes it. The outcome holds the reason.
+        Parked => "PARKED",
     }
 );
 
 impl JobState {
-    /// Whether the job will never run again.
+    /// Whether the job has ended: `COMPLETE` or `TRASHED`. Only an operator recovering a run
+    /// that was left unfinished reopens such a job
+    /// ([`JobBoard::requeue`](crate::JobBoard::requeue) with [`Requeue::reopen_ended`](crate::board::Requeue::reopen_ended)).
     #[must_use]
     pub const fn is_terminal(self) -> bool {
         matches!(self, JobState::Complete | JobState::Trashed)
+    }
+
+    /// Whether the job holds its key: it has not ended (waiting, claimed or parked), so later
+    /// jobs of its key wait for it.
+    #[must_use]
+    pub const fn holds_key(self) -> bool {
+        !self.is_terminal()
     }
 }
 
@@ -138,6 +153,15 @@ impl JobState {
 pub struct ParseStateError {
     what: &'static str,
     input: String,
+}
+
+impl ParseStateError {
+    pub(crate) fn new(what: &'static str, input: &str) -> Self {
+        Self {
+            what,
+            input: input.chars().take(64).collect(),
+        }
+    }
 }
 
 impl FlowState {
@@ -188,6 +212,20 @@ impl AtomState {
                     | (Retrying, Running | Pending | Reverting)
                     | (Ignore, Pending)
             )
+    }
+
+    /// Whether the atom is at rest: done with what it was doing (succeeded, failed, reverted,
+    /// failed to revert, or skipped).
+    #[must_use]
+    pub const fn is_at_rest(self) -> bool {
+        matches!(
+            self,
+            AtomState::Success
+                | AtomState::Failure
+                | AtomState::Reverted
+                | AtomState::RevertFailure
+                | AtomState::Ignore
+        )
     }
 
     /// Whether the atom has executed (or started to) and so may need a revert.

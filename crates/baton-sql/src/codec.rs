@@ -654,6 +654,8 @@ pub(crate) fn decode_flow(raw: RawFlow) -> Result<FlowRecord> {
             intention: parse("intention", &raw.intention)?,
             inputs: json("inputs", &raw.inputs)?,
             meta: json("meta", &raw.meta)?,
+            factory: None,
+            fingerprint: None,
             created_at: raw.created_at,
             updated_at: raw.updated_at,
         })

@@ -1050,6 +1050,8 @@ mod tests {
             intention: Intention::Execute,
             inputs: Default::default(),
             meta: json!(null),
+            factory: None,
+            fingerprint: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

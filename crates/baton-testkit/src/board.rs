@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use baton_core::board::{ConductorInfo, Error, JobBoard, JobQuery, NewJob};
+use baton_core::board::{Cancel, ConductorInfo, Error, JobBoard, JobQuery, NewJob, Offer, Requeue};
 use baton_core::model::{Batch, Write};
 use baton_core::store::{self, FlowQuery, Store};
 use baton_core::{
@@ -52,7 +52,7 @@ async fn create_then_hand_over<B: JobBoard>(
         .unwrap();
     board.abandon(old).await.unwrap();
     board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap()
@@ -78,6 +78,8 @@ fn job_run(job: baton_core::JobId, name: &str) -> baton_core::model::FlowRecord 
         intention: Intention::Execute,
         inputs: Default::default(),
         meta: json!({}),
+        factory: None,
+        fingerprint: None,
         created_at: Utc::now(),
         updated_at: Utc::now(),
     }
@@ -85,6 +87,12 @@ fn job_run(job: baton_core::JobId, name: &str) -> baton_core::model::FlowRecord 
 
 fn job(name: &str) -> NewJob {
     NewJob::new(name, "noop")
+}
+
+/// What the cases' claimants offer: version 1 of the factories their jobs name (`noop`,
+/// `steps`).
+pub fn offer() -> Offer {
+    Offer::new().with("noop", 1).with("steps", 1)
 }
 
 /// Many claimers racing: every job is claimed exactly once.
@@ -102,7 +110,7 @@ pub async fn claims_are_exclusive_under_concurrency<B: JobBoard + Clone + 'stati
         tasks.spawn(async move {
             let owner = ConductorId::new();
             let mut mine = Vec::new();
-            while let Some(claim) = board.claim(owner, LEASE).await.unwrap() {
+            while let Some(claim) = board.claim(owner, LEASE, &offer()).await.unwrap() {
                 mine.push(claim.job.id);
             }
             mine
@@ -124,14 +132,14 @@ pub async fn expired_leases_are_reclaimed_with_a_new_token<B: JobBoard, S: Store
 ) {
     let posted = board.post(job("expiring")).await.unwrap();
     let first = board
-        .claim(ConductorId::new(), Duration::from_millis(100))
+        .claim(ConductorId::new(), Duration::from_millis(100), &offer())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(first.job.id, posted.id);
     assert!(
         board
-            .claim(ConductorId::new(), LEASE)
+            .claim(ConductorId::new(), LEASE, &offer())
             .await
             .unwrap()
             .is_none(),
@@ -139,7 +147,7 @@ pub async fn expired_leases_are_reclaimed_with_a_new_token<B: JobBoard, S: Store
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
     let second = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -147,10 +155,10 @@ pub async fn expired_leases_are_reclaimed_with_a_new_token<B: JobBoard, S: Store
     assert!(second.fence.token > first.fence.token);
     assert_eq!(second.job.attempts, 2);
     assert!(matches!(
-        board.heartbeat(first.fence, LEASE).await,
+        board.heartbeat(first.fence, LEASE, false).await,
         Err(Error::ClaimLost { .. })
     ));
-    board.heartbeat(second.fence, LEASE).await.unwrap();
+    board.heartbeat(second.fence, LEASE, false).await.unwrap();
 }
 
 /// Heartbeat, consume, abandon, trash and flow writes all refuse a stale token.
@@ -160,7 +168,7 @@ pub async fn stale_tokens_are_refused_everywhere<B: JobBoard, S: Store + Clone +
 ) {
     let posted = board.post(job("stale")).await.unwrap();
     let old = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -174,7 +182,9 @@ pub async fn stale_tokens_are_refused_everywhere<B: JobBoard, S: Store + Clone +
     assert!(new.fence.token > old.fence.token);
 
     let lost = |r: Result<(), Error>| matches!(r, Err(Error::ClaimLost { .. }));
-    assert!(lost(board.heartbeat(old.fence, LEASE).await.map(|_| ())));
+    assert!(lost(
+        board.heartbeat(old.fence, LEASE, false).await.map(|_| ())
+    ));
     assert!(lost(board.consume(old.fence, json!("zombie")).await));
     assert!(lost(board.abandon(old.fence).await));
     assert!(lost(
@@ -205,19 +215,19 @@ pub async fn keys_serialise_jobs_in_posting_order<B: JobBoard, S: Store>(board: 
     let b = board.post(job("b").key(&key).priority(10)).await.unwrap();
     let free = board.post(job("free")).await.unwrap();
     let owner = ConductorId::new();
-    let first = board.claim(owner, LEASE).await.unwrap().unwrap();
+    let first = board.claim(owner, LEASE, &offer()).await.unwrap().unwrap();
     assert_eq!(
         first.job.id, a.id,
         "b has a higher priority but must wait for a"
     );
-    let second = board.claim(owner, LEASE).await.unwrap().unwrap();
+    let second = board.claim(owner, LEASE, &offer()).await.unwrap().unwrap();
     assert_eq!(second.job.id, free.id);
     assert!(
-        board.claim(owner, LEASE).await.unwrap().is_none(),
+        board.claim(owner, LEASE, &offer()).await.unwrap().is_none(),
         "b ran beside a"
     );
     board.consume(first.fence, json!("done")).await.unwrap();
-    let third = board.claim(owner, LEASE).await.unwrap().unwrap();
+    let third = board.claim(owner, LEASE, &offer()).await.unwrap().unwrap();
     assert_eq!(third.job.id, b.id);
 }
 
@@ -225,7 +235,7 @@ pub async fn keys_serialise_jobs_in_posting_order<B: JobBoard, S: Store>(board: 
 pub async fn abandon_hands_over_at_once<B: JobBoard, S: Store>(board: B, _store: S) {
     let posted = board.post(job("handover")).await.unwrap();
     let first = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -234,7 +244,7 @@ pub async fn abandon_hands_over_at_once<B: JobBoard, S: Store>(board: B, _store:
     assert_eq!(unclaimed.state, JobState::Unclaimed);
     assert_eq!(unclaimed.owner, None);
     let second = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -246,17 +256,17 @@ pub async fn abandon_hands_over_at_once<B: JobBoard, S: Store>(board: B, _store:
 pub async fn release_revokes_the_claim<B: JobBoard, S: Store>(board: B, _store: S) {
     let posted = board.post(job("released")).await.unwrap();
     let first = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
     board.release(posted.id).await.unwrap();
     assert!(matches!(
-        board.heartbeat(first.fence, LEASE).await,
+        board.heartbeat(first.fence, LEASE, false).await,
         Err(Error::ClaimLost { .. })
     ));
     let second = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -281,7 +291,7 @@ pub async fn trash_hides_jobs_and_revokes_claims<B: JobBoard, S: Store>(board: B
         .unwrap();
     let busy = board.post(job("busy")).await.unwrap();
     let claim = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -291,11 +301,11 @@ pub async fn trash_hides_jobs_and_revokes_claims<B: JobBoard, S: Store>(board: B
         .await
         .unwrap();
     assert!(matches!(
-        board.heartbeat(claim.fence, LEASE).await,
+        board.heartbeat(claim.fence, LEASE, false).await,
         Err(Error::ClaimLost { .. })
     ));
     assert!(board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .is_none());
@@ -318,9 +328,27 @@ pub async fn priorities_order_claims<B: JobBoard, S: Store>(board: B, _store: S)
     let low2 = board.post(job("low2")).await.unwrap();
     let owner = ConductorId::new();
     let order: Vec<_> = [
-        board.claim(owner, LEASE).await.unwrap().unwrap().job.id,
-        board.claim(owner, LEASE).await.unwrap().unwrap().job.id,
-        board.claim(owner, LEASE).await.unwrap().unwrap().job.id,
+        board
+            .claim(owner, LEASE, &offer())
+            .await
+            .unwrap()
+            .unwrap()
+            .job
+            .id,
+        board
+            .claim(owner, LEASE, &offer())
+            .await
+            .unwrap()
+            .unwrap()
+            .job
+            .id,
+        board
+            .claim(owner, LEASE, &offer())
+            .await
+            .unwrap()
+            .unwrap()
+            .job
+            .id,
     ]
     .into();
     assert_eq!(order, vec![high.id, low.id, low2.id]);
@@ -343,16 +371,16 @@ pub async fn claims_up_to_take_what_single_claims_would<B: JobBoard, S: Store>(
     let taken = board.post(job("taken")).await.unwrap();
     // Another conductor holds the best job: it is not claimed again.
     let first = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(first.job.id, high.id);
     let owner = ConductorId::new();
-    let two = board.claim_up_to(owner, LEASE, 2).await.unwrap();
+    let two = board.claim_up_to(owner, LEASE, 2, &offer()).await.unwrap();
     let ids: Vec<_> = two.iter().map(|c| c.job.id).collect();
     assert_eq!(ids, [low.id, keyed.id], "no more than asked, in order");
-    let rest = board.claim_up_to(owner, LEASE, 10).await.unwrap();
+    let rest = board.claim_up_to(owner, LEASE, 10, &offer()).await.unwrap();
     let ids: Vec<_> = rest.iter().map(|c| c.job.id).collect();
     assert_eq!(
         ids,
@@ -360,7 +388,7 @@ pub async fn claims_up_to_take_what_single_claims_would<B: JobBoard, S: Store>(
         "the later job of a key waits for the earlier one"
     );
     assert!(board
-        .claim_up_to(owner, LEASE, 10)
+        .claim_up_to(owner, LEASE, 10, &offer())
         .await
         .unwrap()
         .is_empty());
@@ -370,10 +398,14 @@ pub async fn claims_up_to_take_what_single_claims_would<B: JobBoard, S: Store>(
         assert_eq!(stored.token, claim.fence.token);
     }
     board.consume(two[1].fence, json!("done")).await.unwrap();
-    let last = board.claim_up_to(owner, LEASE, 10).await.unwrap();
+    let last = board.claim_up_to(owner, LEASE, 10, &offer()).await.unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].job.id, keyed_later.id);
-    assert!(board.claim_up_to(owner, LEASE, 0).await.unwrap().is_empty());
+    assert!(board
+        .claim_up_to(owner, LEASE, 0, &offer())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Consuming records the outcome and finishes the job.
@@ -383,7 +415,7 @@ pub async fn consume_records_the_outcome<B: JobBoard, S: Store>(board: B, _store
         .await
         .unwrap();
     let claim = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -414,13 +446,13 @@ pub async fn purge_deletes_only_jobs_that_ended_before_the_cutoff<B: JobBoard, S
 ) {
     let owner = ConductorId::new();
     let done = board.post(job("done")).await.unwrap();
-    let done_claim = board.claim(owner, LEASE).await.unwrap().unwrap();
+    let done_claim = board.claim(owner, LEASE, &offer()).await.unwrap().unwrap();
     assert_eq!(done_claim.job.id, done.id);
     board.consume(done_claim.fence, json!("ok")).await.unwrap();
     let trashed = board.post(job("trashed")).await.unwrap();
     board.trash(trashed.id, None, json!("no")).await.unwrap();
     let open = board.post(job("open")).await.unwrap();
-    let open_claim = board.claim(owner, LEASE).await.unwrap().unwrap();
+    let open_claim = board.claim(owner, LEASE, &offer()).await.unwrap().unwrap();
     assert_eq!(open_claim.job.id, open.id);
     let waiting = board.post(job("waiting")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -447,7 +479,10 @@ pub async fn purge_deletes_only_jobs_that_ended_before_the_cutoff<B: JobBoard, S
         .collect();
     assert_eq!(left, vec![open.id, waiting.id, late.id]);
     // The purged job's claim is refused by the board and by the store.
-    assert!(board.heartbeat(done_claim.fence, LEASE).await.is_err());
+    assert!(board
+        .heartbeat(done_claim.fence, LEASE, false)
+        .await
+        .is_err());
     let record = job_run(done.id, "purged");
     assert!(matches!(
         store
@@ -456,7 +491,10 @@ pub async fn purge_deletes_only_jobs_that_ended_before_the_cutoff<B: JobBoard, S
         Err(store::Error::Fenced { .. })
     ));
     // The open claim still works.
-    board.heartbeat(open_claim.fence, LEASE).await.unwrap();
+    board
+        .heartbeat(open_claim.fence, LEASE, false)
+        .await
+        .unwrap();
     // The latest cutoff there is takes every ended job.
     let everything = chrono::DateTime::<Utc>::MAX_UTC;
     assert_eq!(board.purge_jobs(everything, 10).await.unwrap(), 1);
@@ -468,7 +506,7 @@ pub async fn purge_deletes_only_jobs_that_ended_before_the_cutoff<B: JobBoard, S
 pub async fn runs_of_open_jobs_are_not_purged<B: JobBoard, S: Store>(board: B, store: S) {
     let posted = board.post(job("open-run")).await.unwrap();
     let claim = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -512,7 +550,7 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
     let first = board.post(job("first").key("stack-9")).await.unwrap();
     let second = board.post(job("second").key("stack-9")).await.unwrap();
     let claim = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -556,7 +594,7 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
 
     // The next job with the key can run now; a claim it lost cannot end it.
     let old = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -617,7 +655,7 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
     let third = board.post(job("third").key("stack-9")).await.unwrap();
     board.consume(new.fence, json!("done")).await.unwrap();
     let claim = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -646,7 +684,7 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
 pub async fn a_first_batch_carries_the_creations_fence<B: JobBoard, S: Store>(board: B, store: S) {
     let posted = board.post(job("fenced-creation")).await.unwrap();
     let claim = board
-        .claim(ConductorId::new(), LEASE)
+        .claim(ConductorId::new(), LEASE, &offer())
         .await
         .unwrap()
         .unwrap();
@@ -658,6 +696,8 @@ pub async fn a_first_batch_carries_the_creations_fence<B: JobBoard, S: Store>(bo
         intention: Intention::Execute,
         inputs: Default::default(),
         meta: json!({}),
+        factory: None,
+        fingerprint: None,
         created_at: now,
         updated_at: now,
     };
@@ -720,6 +760,282 @@ pub async fn posting_wakes_waiters<B: JobBoard + Clone + 'static, S: Store>(boar
     );
 }
 
+/// A claim takes only jobs its offer covers, and pins an unpinned job to the newest version
+/// it offers; jobs it cannot run are left for others, untouched.
+pub async fn claims_take_only_jobs_the_offer_covers<B: JobBoard, S: Store>(board: B, _store: S) {
+    let alpha = board.post(NewJob::new("a", "alpha")).await.unwrap();
+    let beta = board
+        .post(NewJob::new("b", "beta").version(2))
+        .await
+        .unwrap();
+    let alpha3 = board
+        .post(NewJob::new("a3", "alpha").version(3))
+        .await
+        .unwrap();
+    assert_eq!(alpha.version, None);
+    assert_eq!(beta.version, Some(2));
+
+    let old = Offer::new().with("alpha", 1).with("alpha", 2);
+    let claim = board
+        .claim(ConductorId::new(), LEASE, &old)
+        .await
+        .unwrap()
+        .expect("alpha can be run");
+    assert_eq!(claim.job.id, alpha.id);
+    assert_eq!(
+        claim.job.version,
+        Some(2),
+        "pinned to the newest version offered"
+    );
+    assert_eq!(board.get(alpha.id).await.unwrap().version, Some(2));
+    assert!(
+        board
+            .claim(ConductorId::new(), LEASE, &old)
+            .await
+            .unwrap()
+            .is_none(),
+        "beta is not offered and alpha v3 not either"
+    );
+    let claims = board
+        .claim_up_to(ConductorId::new(), LEASE, 5, &old)
+        .await
+        .unwrap();
+    assert!(claims.is_empty(), "{claims:?}");
+    for id in [beta.id, alpha3.id] {
+        let waiting = board.get(id).await.unwrap();
+        assert_eq!((waiting.state, waiting.attempts), (JobState::Unclaimed, 0));
+    }
+    let claim = board
+        .claim(ConductorId::new(), LEASE, &Offer::new().with("beta", 2))
+        .await
+        .unwrap()
+        .expect("beta v2 can be run");
+    assert_eq!((claim.job.id, claim.job.version), (beta.id, Some(2)));
+    let claim = board
+        .claim(ConductorId::new(), LEASE, &Offer::new().with("alpha", 3))
+        .await
+        .unwrap()
+        .expect("alpha v3 can be run");
+    assert_eq!((claim.job.id, claim.job.version), (alpha3.id, Some(3)));
+    assert!(board
+        .claim(ConductorId::new(), LEASE, &Offer::new())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// A job nobody can run waits, and holds back the later jobs of its key.
+pub async fn a_job_nobody_can_run_holds_its_key<B: JobBoard, S: Store>(board: B, _store: S) {
+    let first = board
+        .post(NewJob::new("first", "retired").key("stack-1"))
+        .await
+        .unwrap();
+    let second = board.post(job("second").key("stack-1")).await.unwrap();
+    let free = board.post(job("free")).await.unwrap();
+    let claims = board
+        .claim_up_to(ConductorId::new(), LEASE, 5, &offer())
+        .await
+        .unwrap();
+    let ids: Vec<_> = claims.iter().map(|c| c.job.id).collect();
+    assert_eq!(
+        ids,
+        [free.id],
+        "the second job of the key waits behind the first"
+    );
+    assert_eq!(
+        board.get(first.id).await.unwrap().state,
+        JobState::Unclaimed
+    );
+    assert_eq!(
+        board.get(second.id).await.unwrap().state,
+        JobState::Unclaimed
+    );
+}
+
+/// Parking stops a job under its current claim: the token moves on, the reason is its
+/// outcome, the job keeps its key, and purges leave it alone; requeueing puts it back.
+pub async fn parking_keeps_the_job_and_its_key_for_an_operator<B: JobBoard, S: Store>(
+    board: B,
+    store: S,
+) {
+    let parked = board.post(job("parked").key("stack-2")).await.unwrap();
+    let behind = board.post(job("behind").key("stack-2")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), LEASE, &offer())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.job.id, parked.id);
+    let record = job_run(parked.id, "parked-run");
+    store
+        .create_flow(&record, &[], Some(claim.fence))
+        .await
+        .unwrap();
+    board
+        .park(
+            claim.fence,
+            json!({"parked": "definition", "error": "v1 is gone"}),
+        )
+        .await
+        .unwrap();
+    let job = board.get(parked.id).await.unwrap();
+    assert_eq!(job.state, JobState::Parked);
+    assert_eq!(
+        job.outcome,
+        Some(json!({"parked": "definition", "error": "v1 is gone"}))
+    );
+    assert_eq!(job.owner, None);
+    assert!(job.token > claim.fence.token, "parking moves the token");
+    // The claim is gone everywhere.
+    assert!(matches!(
+        board.heartbeat(claim.fence, LEASE, false).await,
+        Err(Error::ClaimLost { .. })
+    ));
+    assert!(matches!(
+        board.park(claim.fence, json!("again")).await,
+        Err(Error::ClaimLost { .. })
+    ));
+    assert!(matches!(
+        store
+            .commit(&flow_move(
+                record.id,
+                Some(claim.fence),
+                FlowState::Pending,
+                FlowState::Running
+            ))
+            .await,
+        Err(store::Error::Fenced { .. })
+    ));
+    // Its key is held: the next job of the key waits.
+    assert!(board
+        .claim(ConductorId::new(), LEASE, &offer())
+        .await
+        .unwrap()
+        .is_none());
+    // Purges leave a parked job (and its run) alone.
+    let later = Utc::now() + chrono::Duration::days(1);
+    assert_eq!(board.purge_jobs(later, 10).await.unwrap(), 0);
+    // An operator retries it: back on the board, first of its key again.
+    let requeued = board.requeue(parked.id, Requeue::retry()).await.unwrap();
+    assert_eq!(requeued.state, JobState::Unclaimed);
+    assert_eq!(requeued.outcome, None);
+    assert_eq!(requeued.cancel, None);
+    let again = board
+        .claim(ConductorId::new(), LEASE, &offer())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.job.id, parked.id);
+    assert_eq!(
+        again.job.stalled_claims, 1,
+        "a requeued job starts its stall count afresh"
+    );
+    assert_eq!(
+        board.get(behind.id).await.unwrap().state,
+        JobState::Unclaimed
+    );
+}
+
+/// Every claim counts a stall; a heartbeat reporting progress and a hand-back reset it.
+pub async fn stalled_claims_count_claims_without_progress<B: JobBoard, S: Store>(
+    board: B,
+    _store: S,
+) {
+    let posted = board.post(job("crashy")).await.unwrap();
+    assert_eq!(posted.stalled_claims, 0);
+    let short = Duration::from_millis(50);
+    let mut last = None;
+    for expected in 1..=3 {
+        let claim = loop {
+            if let Some(c) = board
+                .claim(ConductorId::new(), short, &offer())
+                .await
+                .unwrap()
+            {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(claim.job.stalled_claims, expected);
+        last = Some(claim);
+    }
+    let claim = last.unwrap();
+    // A heartbeat without progress changes nothing; with progress, the count starts over.
+    board.heartbeat(claim.fence, LEASE, false).await.unwrap();
+    assert_eq!(board.get(posted.id).await.unwrap().stalled_claims, 3);
+    board.heartbeat(claim.fence, LEASE, true).await.unwrap();
+    assert_eq!(board.get(posted.id).await.unwrap().stalled_claims, 0);
+    // Handing the job back is no stall either.
+    board.abandon(claim.fence).await.unwrap();
+    let next = board
+        .claim(ConductorId::new(), LEASE, &offer())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.job.stalled_claims, 1);
+    board.abandon(next.fence).await.unwrap();
+    assert_eq!(board.get(posted.id).await.unwrap().stalled_claims, 0);
+}
+
+/// `requeue` puts back what an operator may put back, and refuses the rest, changing nothing.
+pub async fn requeue_puts_back_only_what_may_go_back<B: JobBoard, S: Store>(board: B, _store: S) {
+    assert!(matches!(
+        board
+            .requeue(baton_core::JobId::new(), Requeue::retry())
+            .await,
+        Err(Error::JobNotFound(_))
+    ));
+    // A job running under a live lease is its owner's.
+    let running = board.post(job("running")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), LEASE, &offer())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.job.id, running.id);
+    assert!(matches!(
+        board.requeue(running.id, Requeue::revert()).await,
+        Err(Error::InvalidState {
+            state: JobState::Claimed,
+            ..
+        })
+    ));
+    assert_eq!(board.get(running.id).await.unwrap().cancel, None);
+    // A job that ended goes back only when asked to reopen it.
+    board.consume(claim.fence, json!("done")).await.unwrap();
+    assert!(matches!(
+        board.requeue(running.id, Requeue::retry()).await,
+        Err(Error::InvalidState {
+            state: JobState::Complete,
+            ..
+        })
+    ));
+    assert_eq!(
+        board.get(running.id).await.unwrap().state,
+        JobState::Complete
+    );
+    let reopened = board
+        .requeue(running.id, Requeue::revert().reopening_ended())
+        .await
+        .unwrap();
+    assert_eq!(reopened.state, JobState::Unclaimed);
+    assert_eq!(reopened.cancel, Some(Cancel::Revert));
+    assert_eq!(reopened.outcome, None);
+    // A waiting job stays waiting, with the request added; its claimer sees it.
+    let waiting = board.post(job("waiting")).await.unwrap();
+    let asked = board.requeue(waiting.id, Requeue::revert()).await.unwrap();
+    assert_eq!(
+        (asked.state, asked.cancel),
+        (JobState::Unclaimed, Some(Cancel::Revert))
+    );
+    let claims = board
+        .claim_up_to(ConductorId::new(), LEASE, 5, &offer())
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 2);
+    assert!(claims.iter().all(|c| c.job.cancel == Some(Cancel::Revert)));
+}
+
 /// Conductors register, show up in the fleet, and leave it.
 pub async fn conductors_register_and_leave<B: JobBoard, S: Store>(board: B, _store: S) {
     let now = Utc::now();
@@ -730,12 +1046,13 @@ pub async fn conductors_register_and_leave<B: JobBoard, S: Store>(board: B, _sto
         pid: 42,
         started_at: now,
         last_seen: now,
+        offer: offer(),
     };
     board.register(&info).await.unwrap();
     let fleet = board.conductors().await.unwrap();
     assert!(fleet
         .iter()
-        .any(|c| c.id == info.id && c.host == "host-a" && c.pid == 42));
+        .any(|c| c.id == info.id && c.host == "host-a" && c.pid == 42 && c.offer == offer()));
     board.deregister(info.id).await.unwrap();
     assert!(!board
         .conductors()
@@ -775,6 +1092,11 @@ macro_rules! board_conformance {
             conductors_register_and_leave,
             purge_deletes_only_jobs_that_ended_before_the_cutoff,
             runs_of_open_jobs_are_not_purged,
+            claims_take_only_jobs_the_offer_covers,
+            a_job_nobody_can_run_holds_its_key,
+            parking_keeps_the_job_and_its_key_for_an_operator,
+            stalled_claims_count_claims_without_progress,
+            requeue_puts_back_only_what_may_go_back,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

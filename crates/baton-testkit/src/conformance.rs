@@ -18,6 +18,8 @@ fn flow_record(name: &str) -> FlowRecord {
         intention: Intention::Execute,
         inputs: crate::inputs([("x", json!(1))]),
         meta: json!({"owner": "tests"}),
+        factory: None,
+        fingerprint: None,
         created_at: now,
         updated_at: now,
     }

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{Claim, ConductorInfo, Error, Job, JobBoard, JobQuery, NewJob, Result};
+use super::{
+    Cancel, Claim, ConductorInfo, Error, Job, JobBoard, JobQuery, NewJob, Offer, Requeue, Result,
+};
 use crate::ids::{ConductorId, Fence, FencingToken, JobId};
 use crate::state::JobState;
 use crate::store::MemoryStore;
@@ -87,6 +89,9 @@ impl JobBoard for MemoryJobBoard {
             token: FencingToken(0),
             attempts: 0,
             outcome: None,
+            version: new.version,
+            stalled_claims: 0,
+            cancel: None,
             created_at: now,
             updated_at: now,
         };
@@ -99,7 +104,12 @@ impl JobBoard for MemoryJobBoard {
         Ok(job)
     }
 
-    async fn claim(&self, owner: ConductorId, lease: Duration) -> Result<Option<Claim>> {
+    async fn claim(
+        &self,
+        owner: ConductorId,
+        lease: Duration,
+        offer: &Offer,
+    ) -> Result<Option<Claim>> {
         let now = Utc::now();
         let mut inner = self.lock();
         let live = |j: &Job| j.lease_expires_at.is_some_and(|t| t > now);
@@ -108,7 +118,7 @@ impl JobBoard for MemoryJobBoard {
         for id in &inner.order {
             let job = &inner.jobs[id];
             if let Some(k) = &job.key {
-                if !job.state.is_terminal() {
+                if job.state.holds_key() {
                     heads.entry(k.as_str()).or_insert(*id);
                 }
             }
@@ -124,6 +134,7 @@ impl JobBoard for MemoryJobBoard {
                 _ => false,
             })
             .filter(|(_, j)| j.key.as_deref().is_none_or(|k| heads.get(k) == Some(&j.id)))
+            .filter(|(_, j)| offer.covers(j))
             .min_by_key(|(seq, j)| (std::cmp::Reverse(j.priority), *seq))
             .map(|(_, j)| j.id);
         let Some(id) = best else {
@@ -132,10 +143,12 @@ impl JobBoard for MemoryJobBoard {
         let Some(job) = inner.jobs.get_mut(&id) else {
             return Ok(None);
         };
+        job.version = offer.pin(job);
         job.state = JobState::Claimed;
         job.owner = Some(owner);
         job.token = FencingToken(job.token.0 + 1);
         job.attempts += 1;
+        job.stalled_claims += 1;
         let expires = lease_until(now, lease);
         job.lease_expires_at = Some(expires);
         job.updated_at = now;
@@ -153,13 +166,21 @@ impl JobBoard for MemoryJobBoard {
         Ok(Some(claim))
     }
 
-    async fn heartbeat(&self, fence: Fence, lease: Duration) -> Result<DateTime<Utc>> {
+    async fn heartbeat(
+        &self,
+        fence: Fence,
+        lease: Duration,
+        progressed: bool,
+    ) -> Result<DateTime<Utc>> {
         let now = Utc::now();
         let mut inner = self.lock();
         let job = Self::claimed(&mut inner, fence)?;
         let expires = lease_until(now, lease);
         job.lease_expires_at = Some(expires);
         job.updated_at = now;
+        if progressed {
+            job.stalled_claims = 0;
+        }
         Ok(expires)
     }
 
@@ -185,10 +206,61 @@ impl JobBoard for MemoryJobBoard {
             job.state = JobState::Unclaimed;
             job.owner = None;
             job.lease_expires_at = None;
+            job.stalled_claims = 0;
             job.updated_at = Utc::now();
         }
         self.wake.wake();
         Ok(())
+    }
+
+    async fn park(&self, fence: Fence, reason: Value) -> Result<()> {
+        let mut inner = self.lock();
+        let job = Self::claimed(&mut inner, fence)?;
+        job.state = JobState::Parked;
+        job.owner = None;
+        job.lease_expires_at = None;
+        job.token = FencingToken(job.token.0 + 1);
+        job.outcome = Some(reason);
+        job.updated_at = Utc::now();
+        self.store.set_fence(fence.job, job.token);
+        Ok(())
+    }
+
+    async fn requeue(&self, id: JobId, how: Requeue) -> Result<Job> {
+        let now = Utc::now();
+        let job = {
+            let mut inner = self.lock();
+            let job = inner.jobs.get_mut(&id).ok_or(Error::JobNotFound(id))?;
+            let refuse = |operation| Error::InvalidState {
+                job: id,
+                state: job.state,
+                operation,
+            };
+            match job.state {
+                JobState::Claimed if job.lease_expires_at.is_some_and(|t| t > now) => {
+                    return Err(refuse("requeue a job its owner is running"));
+                }
+                JobState::Complete | JobState::Trashed if !how.reopen_ended => {
+                    return Err(refuse("requeue a job that ended"));
+                }
+                JobState::Unclaimed | JobState::Claimed => {}
+                JobState::Parked | JobState::Complete | JobState::Trashed => {
+                    job.state = JobState::Unclaimed;
+                    job.owner = None;
+                    job.lease_expires_at = None;
+                    job.outcome = None;
+                    job.stalled_claims = 0;
+                }
+            }
+            if how.revert {
+                job.cancel = Some(Cancel::Revert);
+            }
+            job.updated_at = now;
+            self.store.set_job_open(id, true);
+            job.clone()
+        };
+        self.wake.wake();
+        Ok(job)
     }
 
     async fn release(&self, id: JobId) -> Result<()> {

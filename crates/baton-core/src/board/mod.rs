@@ -17,6 +17,18 @@
 //! - **Leases**: a claim lasts until its lease expires unless heartbeats extend it. An expired
 //!   lease makes the job claimable again; the old owner's heartbeat keeps working only until
 //!   someone else claims it.
+//! - **Capabilities**: a claim names what the claimant can run (an [`Offer`]: factories and
+//!   their versions) and takes only jobs it can run: a job whose factory it does not offer,
+//!   or that is pinned to a version it does not offer, is left for another conductor (and
+//!   waits, holding its key, if none can run it). A job posted without a version is pinned by
+//!   its first claim to the newest version the claimant offers, and keeps it; a job without a
+//!   version that was claimed before (by a release of baton older than versions) is version 1.
+//! - **Parking**: a claimed job whose run cannot go on for a reason outside its flow is
+//!   parked ([`JobBoard::park`]): it stops, keeps its key, and waits for an operator
+//!   ([`JobBoard::requeue`], [`JobBoard::trash`]). Parking moves the fencing token.
+//! - **Stalls**: every claim counts one more [`Job::stalled_claims`]; a heartbeat that reports
+//!   progress and a hand-back ([`JobBoard::abandon`]) reset it. A conductor parks a job whose
+//!   count shows it crashing one conductor after another.
 //!
 //! The trait is exempt from semver until 1.0.
 
@@ -106,6 +118,9 @@ pub struct NewJob {
     pub key: Option<String>,
     /// Higher runs first.
     pub priority: i32,
+    /// The factory version to run it with; `None` for the newest version offered by the
+    /// conductor that first claims it.
+    pub version: Option<u32>,
 }
 
 impl NewJob {
@@ -117,6 +132,7 @@ impl NewJob {
             params: Value::Null,
             key: None,
             priority: 0,
+            version: None,
         }
     }
 
@@ -138,11 +154,22 @@ impl NewJob {
         self
     }
 
+    /// Pins the job to version `version` of its factory (see [`Registry`](crate::Registry)).
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = Some(version);
+        self
+    }
+
     /// Checks the job can be posted.
     ///
     /// # Errors
-    /// [`Error::InvalidJob`] naming the empty field.
+    /// [`Error::InvalidJob`] naming the empty field, or a version 0.
     pub fn validate(&self) -> Result<()> {
+        if self.version == Some(0) {
+            return Err(Error::InvalidJob(
+                "version 0 is not a version (versions start at 1)".into(),
+            ));
+        }
         if self.name.trim().is_empty() {
             return Err(Error::InvalidJob("the name is empty".into()));
         }
@@ -181,8 +208,16 @@ pub struct Job {
     pub token: FencingToken,
     /// How many times it was claimed.
     pub attempts: u32,
-    /// How it ended, once complete or trashed.
+    /// How it ended, once complete or trashed; why it was parked, once parked.
     pub outcome: Option<Value>,
+    /// The factory version its run is pinned to: the one it was posted with, or the newest
+    /// offered by the conductor that first claimed it. `None` until then.
+    pub version: Option<u32>,
+    /// Claims in a row that ended neither with progress reported nor with the job handed
+    /// back: a count that grows when the job crashes one conductor after another.
+    pub stalled_claims: u32,
+    /// A request to cancel the job's run, for whoever runs it next.
+    pub cancel: Option<Cancel>,
     /// When it was posted.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -194,6 +229,165 @@ impl Job {
     #[must_use]
     pub fn flow(&self) -> FlowId {
         FlowId::for_job(self.id)
+    }
+
+    /// The factory and version this job's run is built with, once its version is pinned.
+    #[must_use]
+    pub fn factory_ref(&self) -> Option<crate::model::FactoryRef> {
+        self.version
+            .map(|v| crate::model::FactoryRef::new(self.factory.clone(), v))
+    }
+}
+
+/// A request to cancel a job's run, stored on the job for whoever runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum Cancel {
+    /// Stop going forward and revert what ran; the job completes when the run is `REVERTED`.
+    Revert,
+}
+
+impl Cancel {
+    /// The stable text form used in stores.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Cancel::Revert => "REVERT",
+        }
+    }
+}
+
+impl std::str::FromStr for Cancel {
+    type Err = crate::state::ParseStateError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "REVERT" => Ok(Cancel::Revert),
+            other => Err(crate::state::ParseStateError::new("cancel request", other)),
+        }
+    }
+}
+
+/// What a conductor can run: factories and their versions. A claim takes only jobs its offer
+/// covers (see the [module documentation](self)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+#[must_use]
+pub struct Offer {
+    factories: std::collections::BTreeMap<String, std::collections::BTreeSet<u32>>,
+}
+
+impl Offer {
+    /// An offer of nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds version `version` of `factory`.
+    pub fn with(mut self, factory: impl Into<String>, version: u32) -> Self {
+        self.factories
+            .entry(factory.into())
+            .or_default()
+            .insert(version);
+        self
+    }
+
+    /// Whether a job of `factory`, pinned to `version` (or not pinned yet), can be run.
+    #[must_use]
+    pub fn can_run(&self, factory: &str, version: Option<u32>) -> bool {
+        self.factories
+            .get(factory)
+            .is_some_and(|vs| version.is_none_or(|v| vs.contains(&v)))
+    }
+
+    /// Whether `job`, as it stands, can be run with this offer (a job claimed before without
+    /// a version counts as version 1).
+    #[must_use]
+    pub fn covers(&self, job: &Job) -> bool {
+        self.can_run(&job.factory, Self::effective_version(job))
+    }
+
+    /// The version a claim with this offer pins `job` to.
+    #[must_use]
+    pub fn pin(&self, job: &Job) -> Option<u32> {
+        Self::effective_version(job).or_else(|| self.newest(&job.factory))
+    }
+
+    fn effective_version(job: &Job) -> Option<u32> {
+        match job.version {
+            Some(v) => Some(v),
+            None if job.attempts > 0 => Some(1),
+            None => None,
+        }
+    }
+
+    /// The newest version of `factory` offered.
+    #[must_use]
+    pub fn newest(&self, factory: &str) -> Option<u32> {
+        self.factories.get(factory)?.last().copied()
+    }
+
+    /// Whether nothing is offered.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.factories.is_empty()
+    }
+
+    /// Every (factory, version) offered, sorted.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.factories
+            .iter()
+            .flat_map(|(f, vs)| vs.iter().map(move |&v| (f.as_str(), v)))
+    }
+}
+
+impl std::fmt::Display for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (name, versions) in &self.factories {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            let vs: Vec<String> = versions.iter().map(|v| format!("v{v}")).collect();
+            write!(f, "{name} {}", vs.join("/"))?;
+        }
+        Ok(())
+    }
+}
+
+/// How [`JobBoard::requeue`] puts a job back on the board.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+#[must_use]
+pub struct Requeue {
+    /// Also ask for the job's run to be reverted ([`Cancel::Revert`]).
+    pub revert: bool,
+    /// Also reopen a job that ended (`COMPLETE` or `TRASHED`): for a run left unfinished by a
+    /// job that ended without it (by an operator's trash, or a release of baton older than
+    /// parking). The caller checks the run is unfinished.
+    pub reopen_ended: bool,
+}
+
+impl Requeue {
+    /// Put a parked job back as it was: its run goes on in the direction it was heading.
+    pub fn retry() -> Self {
+        Self::default()
+    }
+
+    /// Put the job back with a request to revert its run.
+    pub fn revert() -> Self {
+        Self {
+            revert: true,
+            ..Self::default()
+        }
+    }
+
+    /// Also reopen a job that ended (see [`Requeue::reopen_ended`]).
+    pub fn reopening_ended(mut self) -> Self {
+        self.reopen_ended = true;
+        self
     }
 }
 
@@ -306,6 +500,9 @@ pub struct ConductorInfo {
     pub started_at: DateTime<Utc>,
     /// When it last reported in.
     pub last_seen: DateTime<Utc>,
+    /// What it runs: the factories and versions it claims jobs of.
+    #[serde(default)]
+    pub offer: Offer,
 }
 
 /// Where jobs are posted and claimed. See the [module documentation](self) for the semantics
@@ -318,11 +515,17 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     /// [`Error::InvalidJob`] for a malformed job; backend errors.
     async fn post(&self, job: NewJob) -> Result<Job>;
 
-    /// Claims the next eligible job for `owner`, for `lease`. `None` when nothing is eligible.
+    /// Claims the next eligible job that `offer` covers for `owner`, for `lease`, pinning its
+    /// version (see the [module documentation](self)). `None` when nothing is eligible.
     ///
     /// # Errors
     /// Backend errors.
-    async fn claim(&self, owner: ConductorId, lease: Duration) -> Result<Option<Claim>>;
+    async fn claim(
+        &self,
+        owner: ConductorId,
+        lease: Duration,
+        offer: &Offer,
+    ) -> Result<Option<Claim>>;
 
     /// Claims up to `max` eligible jobs for `owner` at once, in the order one claim at a time
     /// would take them (so never two of one key). Fewer, or none, when fewer are eligible:
@@ -336,10 +539,11 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
         owner: ConductorId,
         lease: Duration,
         max: usize,
+        offer: &Offer,
     ) -> Result<Vec<Claim>> {
         let mut claims = Vec::new();
         while claims.len() < max {
-            match self.claim(owner, lease).await? {
+            match self.claim(owner, lease, offer).await? {
                 Some(claim) => claims.push(claim),
                 None => break,
             }
@@ -347,11 +551,18 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
         Ok(claims)
     }
 
-    /// Extends the claim's lease to `lease` from now, if the claim is still current.
+    /// Extends the claim's lease to `lease` from now, if the claim is still current. With
+    /// `progressed`, the owner reports that the job's run moved on since its claim (an atom
+    /// came to rest), which resets [`Job::stalled_claims`].
     ///
     /// # Errors
     /// [`Error::ClaimLost`] once the token is stale or the job is no longer claimed.
-    async fn heartbeat(&self, fence: Fence, lease: Duration) -> Result<DateTime<Utc>>;
+    async fn heartbeat(
+        &self,
+        fence: Fence,
+        lease: Duration,
+        progressed: bool,
+    ) -> Result<DateTime<Utc>>;
 
     /// Completes the job with `outcome`, if the claim is still current.
     ///
@@ -360,11 +571,34 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     async fn consume(&self, fence: Fence, outcome: Value) -> Result<()>;
 
     /// Hands the job back at once (`UNCLAIMED`), if the claim is still current, and wakes idle
-    /// conductors.
+    /// conductors. A hand-back is no stall: it resets [`Job::stalled_claims`].
     ///
     /// # Errors
     /// [`Error::ClaimLost`].
     async fn abandon(&self, fence: Fence) -> Result<()>;
+
+    /// Parks the job (`PARKED`), if the claim is still current, with `reason` as its outcome:
+    /// its run cannot go on for a reason outside the flow, and waits for an operator. The
+    /// token moves on, so the claim can write nothing more; the job keeps its key.
+    ///
+    /// # Errors
+    /// [`Error::ClaimLost`].
+    async fn park(&self, fence: Fence, reason: Value) -> Result<()>;
+
+    /// (Operators) puts a job back on the board, `UNCLAIMED`, with its stall count reset and
+    /// its outcome cleared, as `how` says, and wakes idle conductors:
+    ///
+    /// - a `PARKED` job goes back; with [`Requeue::revert`], its run is to be reverted;
+    /// - an `UNCLAIMED` job, or a `CLAIMED` one whose lease has run out, stays as it is, with
+    ///   the request to revert added if asked;
+    /// - a `COMPLETE` or `TRASHED` job goes back only with [`Requeue::reopen_ended`].
+    ///
+    /// Returns the job as it now is.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`]; [`Error::InvalidState`] for a job claimed under a live lease
+    /// (its owner is running it), or one that ended when `how` does not reopen ended jobs.
+    async fn requeue(&self, job: JobId, how: Requeue) -> Result<Job>;
 
     /// (Operators) takes a claimed job back from its owner and makes it `UNCLAIMED` at once:
     /// the claim is revoked (its token moves on), so the old owner can write nothing more.

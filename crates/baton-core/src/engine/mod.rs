@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::compile::CompiledFlow;
 use crate::failure::Failure;
 use crate::ids::{Fence, FlowId};
-use crate::model::{AtomRecord, Change, FlowRecord, Inputs};
+use crate::model::{AtomRecord, Change, FactoryRef, FlowRecord, Inputs};
 use crate::state::{AtomState, FlowState, Intention};
 use crate::store::{self, Store};
 
@@ -170,6 +170,9 @@ impl Events {
 pub struct Control {
     suspend: CancellationToken,
     halt: CancellationToken,
+    /// How many times an atom came to rest (succeeded, failed, was reverted or skipped) in a
+    /// committed batch of the run: what a conductor reports as progress.
+    settled: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Control {
@@ -191,6 +194,31 @@ impl Control {
     pub fn halt(&self) {
         self.halt.cancel();
     }
+
+    /// How many times, so far, an atom of the run came to rest in a committed batch.
+    pub(crate) fn settled(&self) -> u64 {
+        self.settled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts the atoms `batch` (just committed) brought to rest.
+    pub(crate) fn note_settled(&self, batch: &crate::model::Batch) {
+        let n = batch
+            .writes
+            .iter()
+            .filter(|w| match w {
+                crate::model::Write::Atom {
+                    expected_state,
+                    record,
+                    ..
+                } => record.state != *expected_state && record.state.is_at_rest(),
+                crate::model::Write::Flow { .. } => false,
+            })
+            .count() as u64;
+        if n > 0 {
+            self.settled
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// Per-run settings for [`Engine::run_with`].
@@ -200,6 +228,7 @@ pub struct RunOptions {
     pub(crate) fence: Option<Fence>,
     pub(crate) control: Control,
     pub(crate) consume_job: bool,
+    pub(crate) revert: bool,
 }
 
 impl RunOptions {
@@ -229,6 +258,16 @@ impl RunOptions {
         self.consume_job = true;
         self
     }
+
+    /// Reverts the run instead of going on with it: a run heading forward (running,
+    /// suspended, or not started) turns round and reverts what ran, in reverse order, and
+    /// ends `REVERTED` (or `FAILURE` if a revert fails). A run already reverting goes on
+    /// reverting; a run that ended is left as it is. This is how a conductor honours a
+    /// [`Cancel::Revert`](crate::board::Cancel::Revert) request.
+    pub fn revert(mut self) -> Self {
+        self.revert = true;
+        self
+    }
 }
 
 /// Settings for creating a flow run with [`Engine::create_with`].
@@ -238,6 +277,7 @@ pub struct CreateOptions {
     pub(crate) id: Option<FlowId>,
     pub(crate) meta: Value,
     pub(crate) fence: Option<Fence>,
+    pub(crate) factory: Option<FactoryRef>,
 }
 
 impl CreateOptions {
@@ -262,6 +302,13 @@ impl CreateOptions {
     /// Fences the creation.
     pub fn fence(mut self, fence: Fence) -> Self {
         self.fence = Some(fence);
+        self
+    }
+
+    /// Records the factory and version that built the flow
+    /// ([`FlowRecord::factory`](crate::model::FlowRecord::factory)), as a conductor does.
+    pub fn factory(mut self, factory: FactoryRef) -> Self {
+        self.factory = Some(factory);
         self
     }
 }
@@ -513,6 +560,8 @@ impl Engine {
             intention: Intention::Execute,
             inputs,
             meta,
+            factory: options.factory,
+            fingerprint: Some(flow.fingerprint()),
             created_at: now,
             updated_at: now,
         };

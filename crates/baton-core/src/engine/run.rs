@@ -73,6 +73,8 @@ pub(crate) struct Run {
     consume_job: bool,
     /// Whether it did.
     job_consumed: bool,
+    /// Whether to turn the run round and revert it (see `RunOptions::revert`).
+    revert: bool,
 }
 
 /// The value of `symbol` in a result, as the atom's `provides` maps it.
@@ -92,16 +94,6 @@ pub(crate) fn project<'v>(
                 _ => None,
             }
         }
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "task panicked".to_owned()
     }
 }
 
@@ -138,7 +130,28 @@ impl Run {
         options: RunOptions,
     ) -> Result<Run> {
         let snapshot = load_patiently(&engine, &options.control, id).await?;
-        Self::from_snapshot(engine, flow, id, snapshot, options)
+        let stored = snapshot.flow.fingerprint;
+        let run = Self::from_snapshot(engine.clone(), flow.clone(), id, snapshot, options)?;
+        // Same atoms, same kinds: the wiring between them must be the same too.
+        let defined = flow.fingerprint();
+        match stored {
+            Some(stored) if stored != defined => {
+                let mut detail = format!(
+                    "its atoms are the same, but their wiring is not (inputs, symbols, edges, \
+                     deciders or retry scopes): stored fingerprint {stored}, definition's {defined}"
+                );
+                // Which edges differ, if the run's recorded shape tells (its metadata, which
+                // the engine's load leaves out: read once more, on this error only).
+                if let Ok(full) = engine.store.load_flow(id).await {
+                    if let Some(edges) = crate::fingerprint::edge_difference(&full.flow.meta, &flow)
+                    {
+                        detail = format!("{detail}; {edges}");
+                    }
+                }
+                Err(Error::FlowMismatch { flow: id, detail })
+            }
+            _ => Ok(run),
+        }
     }
 
     /// A run over records already in hand (just loaded, or just created by this engine).
@@ -244,6 +257,7 @@ impl Run {
             unstored: None,
             consume_job: options.consume_job,
             job_consumed: false,
+            revert: options.revert,
         })
     }
 
@@ -307,15 +321,27 @@ impl Run {
         outcome(&self.flow, self.id, state, &self.atoms)
     }
 
-    /// Moves the flow into its working state (`RUNNING` or `REVERTING`).
+    /// Moves the flow into its working state (`RUNNING` or `REVERTING`); asked to revert
+    /// (`RunOptions::revert`), into `REVERTING`, whichever way it was heading.
     fn enter(&mut self) {
+        let turn = self.revert && self.record.intention != Intention::Revert;
+        if turn {
+            // Written with the transitions below.
+            tracing::info!("reverting the flow, as asked");
+            self.record.intention = Intention::Revert;
+        }
         let target = match self.record.intention {
             Intention::Revert => FlowState::Reverting,
             _ => FlowState::Running,
         };
         let intention = self.record.intention;
         match self.record.state {
-            FlowState::Pending => self.set_flow(FlowState::Running, Intention::Execute),
+            FlowState::Pending => {
+                self.set_flow(FlowState::Running, Intention::Execute);
+                if turn {
+                    self.set_flow(FlowState::Reverting, Intention::Revert);
+                }
+            }
             FlowState::Suspending => {
                 self.set_flow(FlowState::Suspended, intention);
                 self.set_flow(FlowState::Resuming, intention);
@@ -326,6 +352,7 @@ impl Run {
                 self.set_flow(target, intention);
             }
             FlowState::Resuming => self.set_flow(target, intention),
+            FlowState::Running if turn => self.set_flow(FlowState::Reverting, Intention::Revert),
             _ => {}
         }
     }
@@ -404,6 +431,7 @@ impl Run {
         if let Some((created, fence)) = self.unstored.take() {
             if self.create(&created, fence, &batch).await? {
                 self.job_consumed = batch.consume.is_some();
+                self.control.note_settled(&batch);
                 self.announce(&batch);
                 return Ok(());
             }
@@ -442,6 +470,7 @@ impl Run {
             }
         }
         self.job_consumed = batch.consume.is_some();
+        self.control.note_settled(&batch);
         self.announce(&batch);
         Ok(())
     }
@@ -1109,7 +1138,7 @@ impl Run {
                                     }
                                     Err(p) => Err(TaskError::msg(format!(
                                         "task panicked: {}",
-                                        panic_message(p.as_ref())
+                                        crate::panic_message(p.as_ref())
                                     ))
                                     .into_failure(&name, attempt, FailureKind::Panic)),
                                 };
@@ -1138,7 +1167,7 @@ impl Run {
                                     }
                                     Err(p) => Err(TaskError::msg(format!(
                                         "revert panicked: {}",
-                                        panic_message(p.as_ref())
+                                        crate::panic_message(p.as_ref())
                                     ))
                                     .into_failure(&name, attempt, FailureKind::Panic)),
                                 };

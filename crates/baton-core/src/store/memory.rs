@@ -280,8 +280,7 @@ impl Store for MemoryStore {
             .rev()
             .filter_map(|id| inner.flows.get(id))
             .map(|s| &s.record)
-            .filter(|r| query.state.is_none_or(|s| r.state == s))
-            .filter(|r| query.name.as_ref().is_none_or(|n| &r.name == n))
+            .filter(|r| query.matches(r))
             .take(query.limit.unwrap_or(usize::MAX))
             .cloned()
             .collect();

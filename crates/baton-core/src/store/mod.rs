@@ -165,6 +165,12 @@ pub struct FlowQuery {
     pub state: Option<FlowState>,
     /// Only flows with this name.
     pub name: Option<String>,
+    /// Only runs built by this factory ([`FlowRecord::factory`]).
+    pub factory: Option<String>,
+    /// Only runs built by this version of their factory.
+    pub version: Option<u32>,
+    /// Only runs that have not ended (not `SUCCESS`, `FAILURE` or `REVERTED`).
+    pub unfinished: bool,
     /// At most this many (newest first); `None` for all.
     pub limit: Option<usize>,
 }
@@ -190,11 +196,47 @@ impl FlowQuery {
         self
     }
 
+    /// Only runs built by `factory`.
+    #[must_use]
+    pub fn factory(mut self, factory: impl Into<String>) -> Self {
+        self.factory = Some(factory.into());
+        self
+    }
+
+    /// Only runs built by version `version` of their factory.
+    #[must_use]
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// Only runs that have not ended.
+    #[must_use]
+    pub fn unfinished(mut self) -> Self {
+        self.unfinished = true;
+        self
+    }
+
     /// At most `limit` flows.
     #[must_use]
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = Some(limit);
         self
+    }
+
+    /// Whether `flow` passes the filter (for backends that filter in memory).
+    #[must_use]
+    pub fn matches(&self, flow: &FlowRecord) -> bool {
+        self.state.is_none_or(|s| flow.state == s)
+            && self.name.as_ref().is_none_or(|n| &flow.name == n)
+            && self
+                .factory
+                .as_ref()
+                .is_none_or(|f| flow.factory.as_ref().is_some_and(|r| &r.name == f))
+            && self
+                .version
+                .is_none_or(|v| flow.factory.as_ref().is_some_and(|r| r.version == v))
+            && !(self.unfinished && flow.state.is_terminal())
     }
 }
 

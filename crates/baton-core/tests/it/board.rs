@@ -25,6 +25,7 @@ async fn conductors_unseen_for_long_are_forgotten() {
         pid: 1,
         started_at: now,
         last_seen: now,
+        offer: Default::default(),
     };
     let mut silent = fresh.clone();
     silent.id = ConductorId::new();

@@ -10,22 +10,25 @@ use baton_core::{
     Atom, Blueprint, Conductor, ConductorId, Engine, Flow, FlowState, JobState, MemoryJobBoard,
     MemoryStore, NewJob, Registry, RunOptions,
 };
+use baton_testkit::board::offer;
 use baton_testkit::{Action, Log, Phase, Probe};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn registry(log: &Log, step: Duration) -> Registry {
     let log = log.clone();
-    Registry::new().register("steps", move |params| {
-        let n = params["steps"]
-            .as_u64()
-            .ok_or_else(|| "`steps` must be a number".to_owned())?;
-        let mut flow = Flow::linear("steps");
-        for i in 0..n {
-            flow = flow.add(Atom::task(format!("s{i}"), Probe::new(&log).delay(step)));
-        }
-        Ok(Blueprint::new(flow))
-    })
+    Registry::new()
+        .register("steps", 1, move |params| {
+            let n = params["steps"]
+                .as_u64()
+                .ok_or_else(|| "`steps` must be a number".to_owned())?;
+            let mut flow = Flow::linear("steps");
+            for i in 0..n {
+                flow = flow.add(Atom::task(format!("s{i}"), Probe::new(&log).delay(step)));
+            }
+            Ok(Blueprint::new(flow))
+        })
+        .unwrap()
 }
 
 fn fast_options() -> Options {
@@ -104,7 +107,7 @@ async fn a_conductor_runs_posted_jobs_to_completion() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_jobs_are_consumed_with_an_error_not_retried() {
+async fn bad_jobs_are_parked_and_jobs_nobody_can_run_wait() {
     let (store, log) = (MemoryStore::new(), Log::new());
     let board = MemoryJobBoard::new(&store);
     let unknown = board
@@ -115,25 +118,31 @@ async fn bad_jobs_are_consumed_with_an_error_not_retried() {
         .post(NewJob::new("b", "steps").params(json!({"steps": "many"})))
         .await
         .unwrap();
+    let good = board
+        .post(NewJob::new("g", "steps").params(json!({"steps": 1})))
+        .await
+        .unwrap();
     let shutdown = CancellationToken::new();
     let c = tokio::spawn(
         conductor(&board, &store, registry(&log, Duration::ZERO)).run(shutdown.clone()),
     );
-    wait_until("both jobs are complete", || {
-        all_jobs_in(&board, JobState::Complete, 2)
-    })
+    wait_until(
+        "the bad job is parked and the good one complete",
+        || async {
+            board.get(bad.id).await.unwrap().state == JobState::Parked
+                && board.get(good.id).await.unwrap().state == JobState::Complete
+        },
+    )
     .await;
     shutdown.cancel();
-    c.await.unwrap().unwrap();
-    let outcome = board.get(unknown.id).await.unwrap().outcome.unwrap();
-    assert!(
-        outcome["error"]
-            .as_str()
-            .unwrap()
-            .contains("no-such-factory"),
-        "{outcome}"
-    );
-    let outcome = board.get(bad.id).await.unwrap().outcome.unwrap();
+    let summary = c.await.unwrap().unwrap();
+    assert_eq!((summary.parked, summary.consumed), (1, 1));
+    // Nobody offers its factory: it waits, never claimed, never consumed.
+    let unknown = board.get(unknown.id).await.unwrap();
+    assert_eq!((unknown.state, unknown.attempts), (JobState::Unclaimed, 0));
+    let bad = board.get(bad.id).await.unwrap();
+    let outcome = bad.outcome.unwrap();
+    assert_eq!(outcome["parked"], "build", "{outcome}");
     assert!(
         outcome["error"]
             .as_str()
@@ -141,7 +150,12 @@ async fn bad_jobs_are_consumed_with_an_error_not_retried() {
             .contains("`steps` must be a number"),
         "{outcome}"
     );
-    assert_eq!(board.get(bad.id).await.unwrap().attempts, 1);
+    assert_eq!(bad.attempts, 1);
+    assert_eq!(
+        bad.version,
+        Some(1),
+        "the claim pinned the newest version offered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +247,7 @@ async fn a_stalled_owner_cannot_write_after_losing_its_claim() {
     // The zombie: claims with a short lease, starts the flow, and stalls inside a task without
     // heartbeating.
     let claim = board
-        .claim(ConductorId::new(), Duration::from_millis(100))
+        .claim(ConductorId::new(), Duration::from_millis(100), &offer())
         .await
         .unwrap()
         .unwrap();
@@ -409,6 +423,8 @@ async fn a_conductor_with_a_retention_purges_what_ended_long_ago() {
             intention: Intention::Execute,
             inputs: Default::default(),
             meta: json!({}),
+            factory: None,
+            fingerprint: None,
             created_at: an_hour_ago,
             updated_at: an_hour_ago,
         };

@@ -2,6 +2,7 @@
 
 use baton_core::compile::Error;
 use baton_core::retry::Times;
+use baton_core::store::Store;
 use baton_core::{Atom, Engine, Flow, Inputs, MemoryStore};
 use serde_json::json;
 
@@ -223,10 +224,57 @@ async fn a_run_resumed_with_another_definition_is_refused() {
         "atom \"r\" is stored as a retry, defined as a task"
     );
 
+    // The same atoms, wired differently: the fingerprint tells, and the recorded shape says
+    // which edges differ.
     let reordered = Flow::linear("deploy")
         .add(noop("b"))
         .add(noop("a"))
         .retry(retry());
-    let outcome = engine.run(&reordered.compile().unwrap(), id).await.unwrap();
+    let detail = mismatch(reordered).await;
+    assert!(
+        detail.starts_with("its atoms are the same, but their wiring is not"),
+        "{detail}"
+    );
+    assert!(
+        detail.ends_with(
+            "edges no longer defined: a -> b, r -> a; edges new in the definition: b -> a, r -> b"
+        ),
+        "{detail}"
+    );
+    // Nothing was written by the refusals.
+    assert_eq!(store.history(id).await.unwrap().len(), 0);
+}
+
+/// A run stored before fingerprints (none recorded) is matched by its atoms' names and kinds,
+/// in whatever order the definition lists them.
+#[tokio::test]
+async fn a_run_without_a_fingerprint_is_matched_by_atom_names() {
+    use baton_core::model::{AtomKind, AtomRecord, FlowRecord};
+    use baton_core::{FlowId, FlowState, Intention};
+    let store = MemoryStore::new();
+    let id = FlowId::new();
+    let now = chrono::Utc::now();
+    let record = FlowRecord {
+        id,
+        name: "deploy".into(),
+        state: FlowState::Pending,
+        intention: Intention::Execute,
+        inputs: Inputs::new(),
+        meta: json!({}),
+        factory: None,
+        fingerprint: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let atoms = [
+        AtomRecord::pending("a", AtomKind::Task),
+        AtomRecord::pending("b", AtomKind::Task),
+    ];
+    store.create_flow(&record, &atoms, None).await.unwrap();
+    let reordered = Flow::linear("deploy").add(noop("b")).add(noop("a"));
+    let outcome = Engine::new(store.clone())
+        .run(&reordered.compile().unwrap(), id)
+        .await
+        .unwrap();
     assert!(outcome.is_success(), "{}", outcome.state);
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use baton_core::board::{ConductorInfo, JobBoard, NewJob};
 use baton_core::{ConductorId, JobState};
 use baton_sql::{PostgresJobBoard, PostgresStore, SqliteJobBoard, SqliteStore};
+use baton_testkit::board::offer;
 use chrono::Utc;
 
 use crate::support::{self, postgres_store, sqlite_store, Held, Raw};
@@ -56,7 +57,7 @@ async fn postgres_jobs_of_a_dead_owner_are_claimable_at_once() {
     doomed_board.register(&info(doomed)).await.unwrap();
     let posted = survivor.post(NewJob::new("orphan", "noop")).await.unwrap();
     let claim = doomed_board
-        .claim(doomed, Duration::from_secs(600))
+        .claim(doomed, Duration::from_secs(600), &offer())
         .await
         .unwrap()
         .unwrap();
@@ -64,7 +65,7 @@ async fn postgres_jobs_of_a_dead_owner_are_claimable_at_once() {
 
     // While the owner lives, its claim holds.
     assert!(survivor
-        .claim(ConductorId::new(), Duration::from_secs(60))
+        .claim(ConductorId::new(), Duration::from_secs(60), &offer())
         .await
         .unwrap()
         .is_none());
@@ -73,7 +74,7 @@ async fn postgres_jobs_of_a_dead_owner_are_claimable_at_once() {
     let died = Instant::now();
     let taken = loop {
         if let Some(c) = survivor
-            .claim(ConductorId::new(), Duration::from_secs(60))
+            .claim(ConductorId::new(), Duration::from_secs(60), &offer())
             .await
             .unwrap()
         {
@@ -206,7 +207,7 @@ async fn claim_on_wake_ups(board: PostgresJobBoard, want: usize, within: Duratio
     let owner = ConductorId::new();
     let started = Instant::now();
     let mut claimed = board
-        .claim_up_to(owner, Duration::from_secs(60), want)
+        .claim_up_to(owner, Duration::from_secs(60), want, &offer())
         .await
         .unwrap()
         .len();
@@ -217,7 +218,7 @@ async fn claim_on_wake_ups(board: PostgresJobBoard, want: usize, within: Duratio
             break;
         }
         claimed += board
-            .claim_up_to(owner, Duration::from_secs(60), want - claimed)
+            .claim_up_to(owner, Duration::from_secs(60), want - claimed, &offer())
             .await
             .unwrap()
             .len();
@@ -388,12 +389,12 @@ async fn postgres_unregistered_owners_keep_their_lease() {
     };
     board.post(NewJob::new("leased", "noop")).await.unwrap();
     let first = board
-        .claim(ConductorId::new(), Duration::from_secs(60))
+        .claim(ConductorId::new(), Duration::from_secs(60), &offer())
         .await
         .unwrap();
     assert!(first.is_some());
     assert!(board
-        .claim(ConductorId::new(), Duration::from_secs(60))
+        .claim(ConductorId::new(), Duration::from_secs(60), &offer())
         .await
         .unwrap()
         .is_none());
@@ -590,7 +591,7 @@ where
     // Once the lease has run out, another conductor claims it.
     tokio::time::sleep(lease).await;
     let next = board
-        .claim(ConductorId::new(), Duration::from_secs(60))
+        .claim(ConductorId::new(), Duration::from_secs(60), &offer())
         .await
         .unwrap();
     assert_eq!(next.map(|c| c.job.id), Some(job.id));

@@ -26,6 +26,8 @@ pub fn flow_record(name: &str) -> FlowRecord {
         intention: Intention::Execute,
         inputs: baton_testkit::inputs([("x", json!(1))]),
         meta: json!({"owner": "tests"}),
+        factory: None,
+        fingerprint: None,
         created_at: now,
         updated_at: now,
     }

@@ -1,0 +1,235 @@
+//! Operator recovery: finding runs nobody will finish, and putting them right.
+//!
+//! A conductor consumes a job only when its run is at rest (`SUCCESS`, `REVERTED`, or
+//! `FAILURE` after a revert failed); a run that cannot go on for a reason outside its flow is
+//! parked with its job (see [`conductor`](crate::conductor)). What is left for an operator:
+//!
+//! - [`stranded`]: runs that have not ended and that no conductor will take up by itself: their
+//!   job is parked, ended (trashed by an operator, or consumed by a release of baton older than
+//!   parking) or gone.
+//! - [`retry`]: put a parked job back on the board, say once a conductor with the definition
+//!   it needs is deployed. Its run goes on in the direction it was heading.
+//! - [`revert`]: have a stranded or parked run rolled back, by a conductor that has its
+//!   definition, under a fresh claim: the job goes back on the board with a request to revert
+//!   ([`Cancel::Revert`](crate::board::Cancel::Revert)), and completes when the run is
+//!   `REVERTED`.
+//! - [`resume`]: the same, going on in the direction the run was heading.
+//!
+//! None of these runs a flow here: the process calling them (the `baton` command line, say)
+//! need not have the service's flow definitions. Conductors do the work; the job's state
+//! shows when it is done. A run whose job is owned by a live conductor is refused
+//! ([`Error::Owned`]): that conductor is running it.
+
+use chrono::{DateTime, Utc};
+
+use crate::board::{self, Job, JobBoard, Requeue};
+use crate::ids::{FlowId, JobId};
+use crate::model::FlowRecord;
+use crate::state::{FlowState, JobState};
+use crate::store::{self, FlowQuery, Store};
+
+/// Why a recovery could not be done. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The run has ended: there is nothing to recover.
+    #[error("flow {flow} has ended ({state}): there is nothing to recover")]
+    Ended {
+        /// The run.
+        flow: FlowId,
+        /// Its state.
+        state: FlowState,
+    },
+    /// The run was not made from a job, or its job is gone: no conductor can be given it.
+    #[error("flow {flow} has no job on the board (it was not run by a conductor, or its job was purged): run it again with the program that defines it")]
+    NoJob {
+        /// The run.
+        flow: FlowId,
+    },
+    /// The job is claimed under a live lease: its owner is running it.
+    #[error("job {job} is owned by conductor {owner} until {until}: it is running, not stranded")]
+    Owned {
+        /// The job.
+        job: JobId,
+        /// Its owner.
+        owner: String,
+        /// When the owner's lease runs out unless renewed.
+        until: DateTime<Utc>,
+    },
+    /// `retry` of a job that is not parked.
+    #[error("job {job} is {state}: only a parked job can be retried")]
+    NotParked {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The board failed.
+    #[error(transparent)]
+    Board(board::Error),
+}
+
+impl From<board::Error> for Error {
+    fn from(e: board::Error) -> Self {
+        Error::Board(e)
+    }
+}
+
+/// The result type of recovery operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a run is stranded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Because {
+    /// Its job is parked: the job's outcome says why.
+    Parked,
+    /// Its job ended (`COMPLETE` or `TRASHED`) without it.
+    JobEnded(JobState),
+    /// Its job is gone from the board.
+    JobMissing,
+}
+
+impl std::fmt::Display for Because {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Because::Parked => f.write_str("job parked"),
+            Because::JobEnded(state) => write!(f, "job {state}"),
+            Because::JobMissing => f.write_str("job missing"),
+        }
+    }
+}
+
+/// A run that has not ended and that no conductor will take up by itself.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Stranded {
+    /// The run.
+    pub flow: FlowRecord,
+    /// Its job, unless it is gone.
+    pub job: Option<Job>,
+    /// Why no conductor will take it up.
+    pub because: Because,
+}
+
+/// The job a run was made from: the same id.
+fn job_of(flow: FlowId) -> JobId {
+    JobId::from_uuid(flow.as_uuid())
+}
+
+/// Whether a run was made by a conductor from a job (which records itself in the run).
+fn made_from_job(flow: &FlowRecord) -> bool {
+    flow.factory.is_some() || flow.meta.get("job").is_some()
+}
+
+/// The stranded runs among those `query` selects (it is narrowed to unfinished runs made from
+/// jobs), newest first.
+///
+/// # Errors
+/// Store or board errors.
+pub async fn stranded(
+    store: &dyn Store,
+    board: &dyn JobBoard,
+    query: &FlowQuery,
+) -> Result<Vec<Stranded>> {
+    let query = query.clone().unfinished();
+    let mut out = Vec::new();
+    for flow in store.list_flows(&query).await? {
+        if !made_from_job(&flow) {
+            continue;
+        }
+        let (job, because) = match board.get(job_of(flow.id)).await {
+            Ok(job) if job.state == JobState::Parked => (Some(job), Because::Parked),
+            Ok(job) if job.state.is_terminal() => {
+                let state = job.state;
+                (Some(job), Because::JobEnded(state))
+            }
+            Ok(_) => continue,
+            Err(board::Error::JobNotFound(_)) => (None, Because::JobMissing),
+            Err(e) => return Err(e.into()),
+        };
+        out.push(Stranded { flow, job, because });
+    }
+    Ok(out)
+}
+
+/// Puts the parked job `job` back on the board; its run goes on in the direction it was
+/// heading, with whichever conductor can run it. Returns the job as it now is.
+///
+/// # Errors
+/// [`Error::NotParked`] for a job that is not parked (nothing changed); board errors.
+pub async fn retry(board: &dyn JobBoard, job: JobId) -> Result<Job> {
+    let current = board.get(job).await?;
+    if current.state != JobState::Parked {
+        return Err(Error::NotParked {
+            job,
+            state: current.state,
+        });
+    }
+    requeue(board, job, Requeue::retry()).await
+}
+
+/// Has the unfinished run `flow` reverted by a conductor that has its definition: its job
+/// goes (back) on the board with a request to revert, and completes when the run is
+/// `REVERTED`. Returns the job as it now is.
+///
+/// # Errors
+/// [`Error::Ended`], [`Error::NoJob`], [`Error::Owned`] (nothing changed); store and board
+/// errors.
+pub async fn revert(store: &dyn Store, board: &dyn JobBoard, flow: FlowId) -> Result<Job> {
+    recover(store, board, flow, Requeue::revert()).await
+}
+
+/// Has the unfinished run `flow` taken up again by a conductor that has its definition, going
+/// on in the direction it was heading. Returns the job as it now is.
+///
+/// # Errors
+/// As [`revert`].
+pub async fn resume(store: &dyn Store, board: &dyn JobBoard, flow: FlowId) -> Result<Job> {
+    recover(store, board, flow, Requeue::retry()).await
+}
+
+async fn recover(
+    store: &dyn Store,
+    board: &dyn JobBoard,
+    flow: FlowId,
+    how: Requeue,
+) -> Result<Job> {
+    let run = store.load_run(flow).await?.flow;
+    if run.state.is_terminal() {
+        return Err(Error::Ended {
+            flow,
+            state: run.state,
+        });
+    }
+    let job = match board.get(job_of(flow)).await {
+        Ok(job) => job,
+        Err(board::Error::JobNotFound(_)) => return Err(Error::NoJob { flow }),
+        Err(e) => return Err(e.into()),
+    };
+    // The run has not ended, so a job that did was ended without it: reopen it.
+    requeue(board, job.id, how.reopening_ended()).await
+}
+
+async fn requeue(board: &dyn JobBoard, job: JobId, how: Requeue) -> Result<Job> {
+    match board.requeue(job, how).await {
+        Ok(job) => Ok(job),
+        Err(board::Error::InvalidState {
+            state: JobState::Claimed,
+            ..
+        }) => {
+            let current = board.get(job).await?;
+            Err(Error::Owned {
+                job,
+                owner: current
+                    .owner
+                    .map_or_else(|| "unknown".to_owned(), |o| o.to_string()),
+                until: current.lease_expires_at.unwrap_or_else(Utc::now),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
