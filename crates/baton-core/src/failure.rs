@@ -21,7 +21,8 @@ pub struct Failure {
     pub atom: String,
     /// The attempt of the atom that failed (1-based).
     pub attempt: u32,
-    /// Whether the failure was declared transient by the task.
+    /// Whether the failure was declared transient by the task. The built-in retry controllers
+    /// retry only such failures.
     pub retryable: bool,
     /// What kind of failure this is.
     pub kind: FailureKind,

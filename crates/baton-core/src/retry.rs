@@ -63,6 +63,14 @@ impl<'a> History<'a> {
             .map(|a| a.failures.as_slice())
             .unwrap_or_default()
     }
+
+    /// Whether retrying may help: no failure of the latest attempt is fatal (every one was
+    /// marked retryable by its task, see [`Failure::retryable`]). The built-in controllers do
+    /// not retry otherwise.
+    #[must_use]
+    pub fn retryable(&self) -> bool {
+        self.last_failures().iter().all(|f| f.retryable)
+    }
 }
 
 /// The inputs and history a controller's `execute` sees.
@@ -99,7 +107,8 @@ pub trait RetryController: Send + Sync + 'static {
     fn execute(&self, ctx: &RetryContext<'_>) -> Result<Value, TaskError>;
 
     /// Decides what to do after a failure in the subflow. The context's history includes the
-    /// attempt that just failed.
+    /// attempt that just failed; [`History::retryable`] says whether its failures were all
+    /// marked retryable (the built-in controllers retry only then).
     fn on_failure(&self, ctx: &RetryContext<'_>) -> Decision;
 
     /// How long to wait before the next attempt, after `on_failure` said [`Decision::Retry`].
@@ -160,7 +169,9 @@ fn backoff_delay(backoff: Option<&Backoff>, ctx: &RetryContext<'_>) -> Duration 
     backoff.map_or(Duration::ZERO, |b| b.delay(ctx.history().len()))
 }
 
-/// Runs the subflow up to `n` times in all; then reverts (or reverts all).
+/// Runs the subflow up to `n` times in all; then reverts (or reverts all). A failure that is not
+/// [retryable](Failure::retryable) is not retried: the controller answers at once as it does
+/// when out of attempts.
 #[derive(Debug, Clone)]
 pub struct Times {
     attempts: usize,
@@ -200,7 +211,8 @@ impl RetryController for Times {
     }
 
     fn on_failure(&self, ctx: &RetryContext<'_>) -> Decision {
-        if ctx.history().len() < self.attempts {
+        let history = ctx.history();
+        if history.retryable() && history.len() < self.attempts {
             Decision::Retry
         } else {
             self.then
@@ -222,7 +234,7 @@ fn next_value(values: &[Value], history: History<'_>) -> Result<Value, TaskError
 }
 
 fn for_each_decision(values: usize, history: History<'_>, then: Decision) -> Decision {
-    if history.len() < values {
+    if history.retryable() && history.len() < values {
         Decision::Retry
     } else {
         then
@@ -230,7 +242,9 @@ fn for_each_decision(values: usize, history: History<'_>, then: Decision) -> Dec
 }
 
 /// Runs the subflow once per value, in order, until one attempt succeeds; the controller
-/// provides the value of the current attempt.
+/// provides the value of the current attempt. A failure that is not
+/// [retryable](Failure::retryable) is not retried: the controller answers at once as it does
+/// when out of values.
 #[derive(Debug, Clone)]
 pub struct ForEach {
     values: Vec<Value>,
@@ -281,7 +295,8 @@ impl RetryController for ForEach {
     }
 }
 
-/// Like [`ForEach`], with the values taken from an input symbol (a JSON array) at run time.
+/// Like [`ForEach`] (a failure that is not retryable is not retried either), with the values
+/// taken from an input symbol (a JSON array) at run time.
 /// The controller atom must require that symbol: `Atom::retry(name, ParameterizedForEach::new("images")).requires(["images"])`.
 #[derive(Debug, Clone)]
 pub struct ParameterizedForEach {
@@ -413,6 +428,47 @@ mod tests {
             decide(&Times::new(1).revert_all(), 1, &none),
             Decision::RevertAll
         );
+    }
+
+    #[test]
+    fn a_fatal_failure_is_answered_as_on_exhaustion() {
+        let failure = |retryable| Failure {
+            retryable,
+            ..TaskError::msg("boom").into_failure("a", 1, crate::failure::FailureKind::Execute)
+        };
+        let history = |last: Vec<Failure>| {
+            let mut h = attempts(1);
+            h[0].failures = last;
+            h
+        };
+        let inputs = HashMap::from([("xs".to_owned(), json!([1, 2, 3]))]);
+        let backoff = Backoff::exponential(Duration::from_millis(1), Duration::from_millis(1));
+        let controllers: [(&dyn RetryController, Decision); 4] = [
+            (&Times::new(3), Decision::Revert),
+            (
+                &Times::new(3).backoff(backoff).revert_all(),
+                Decision::RevertAll,
+            ),
+            (&ForEach::new([1, 2, 3]).backoff(backoff), Decision::Revert),
+            (
+                &ParameterizedForEach::new("xs").revert_all(),
+                Decision::RevertAll,
+            ),
+        ];
+        for (c, then) in controllers {
+            for (last, expected) in [
+                (vec![failure(true)], Decision::Retry),
+                (vec![failure(false)], then),
+                (vec![failure(true), failure(false)], then),
+            ] {
+                let h = history(last);
+                let ctx = RetryContext {
+                    history: History { attempts: &h },
+                    inputs: &inputs,
+                };
+                assert_eq!(c.on_failure(&ctx), expected);
+            }
+        }
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Retry controllers, after TaskFlow's test_retries.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::retry::{
-    AlwaysRevert, AlwaysRevertAll, Backoff, ForEach, ParameterizedForEach, Times,
+    AlwaysRevert, AlwaysRevertAll, Backoff, Decision, ForEach, ParameterizedForEach, RetryContext,
+    RetryController, Times,
 };
 use baton_core::store::Store;
-use baton_core::{Atom, AtomState, Engine, Flow, FlowState, Inputs, MemoryStore};
+use baton_core::{Atom, AtomState, Engine, Flow, FlowState, Inputs, MemoryStore, TaskError};
 use baton_testkit::{inputs, Action, Log, Phase, Probe};
 use serde_json::json;
 
@@ -371,4 +374,83 @@ async fn a_retry_starts_and_ends_while_a_task_runs_alone() {
             .count(),
         2
     );
+}
+
+/// Counts how often it is asked, and always answers Revert.
+struct Asked(Arc<AtomicUsize>);
+
+impl RetryController for Asked {
+    fn execute(&self, _ctx: &RetryContext<'_>) -> Result<serde_json::Value, TaskError> {
+        Ok(json!(null))
+    }
+
+    fn on_failure(&self, _ctx: &RetryContext<'_>) -> Decision {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Decision::Revert
+    }
+}
+
+/// A failure not marked retryable is not retried by any built-in controller, with or without
+/// a backoff: each answers as when out of attempts (Revert asks the enclosing controller,
+/// RevertAll does not).
+#[tokio::test]
+async fn built_in_controllers_do_not_retry_a_fatal_failure() {
+    let backoff = Backoff::exponential(Duration::from_millis(1), Duration::from_millis(1));
+    let controllers: Vec<(&str, Atom, bool)> = vec![
+        ("times", Atom::retry("r", Times::new(3)), false),
+        (
+            "times, backoff, revert all",
+            Atom::retry("r", Times::new(3).backoff(backoff).revert_all()),
+            true,
+        ),
+        ("for each", Atom::retry("r", ForEach::new([1, 2, 3])), false),
+        (
+            "for each, backoff, revert all",
+            Atom::retry("r", ForEach::new([1, 2, 3]).backoff(backoff).revert_all()),
+            true,
+        ),
+        (
+            "parameterized for each",
+            Atom::retry("r", ParameterizedForEach::new("xs")).requires(["xs"]),
+            false,
+        ),
+        (
+            "parameterized for each, backoff, revert all",
+            Atom::retry(
+                "r",
+                ParameterizedForEach::new("xs")
+                    .backoff(backoff)
+                    .revert_all(),
+            )
+            .requires(["xs"]),
+            true,
+        ),
+    ];
+    for (what, controller, revert_all) in controllers {
+        let (calls, asked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let work = {
+            let calls = calls.clone();
+            Atom::from_fn("work", move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err(TaskError::msg("bad request").fatal()) }
+            })
+        };
+        let flow = Flow::linear("outer")
+            .retry(Atom::retry("outer-r", Asked(asked.clone())))
+            .add(Flow::linear("inner").retry(controller).add(work))
+            .compile()
+            .unwrap();
+        let (outcome, store) = run(&flow, inputs([("xs", json!([1, 2, 3]))])).await;
+        assert_eq!(outcome.state, FlowState::Reverted, "{what}");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{what}: a fatal failure was retried"
+        );
+        let expected_asked = usize::from(!revert_all);
+        assert_eq!(asked.load(Ordering::SeqCst), expected_asked, "{what}");
+        let snap = store.load_flow(outcome.flow).await.unwrap();
+        let r = snap.atoms.iter().find(|a| a.name == "r").unwrap();
+        assert!(r.retry_history.is_empty(), "{what}");
+    }
 }
