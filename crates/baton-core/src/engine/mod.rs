@@ -179,8 +179,9 @@ impl Control {
         Self::default()
     }
 
-    /// Asks the run to suspend: it starts nothing new, waits for running atoms, records their
-    /// results and ends `SUSPENDED`. [`Engine::run`] resumes it later.
+    /// Asks the run to suspend: it starts nothing after the request (even one a task makes
+    /// as it ends), waits for running atoms, records their results and ends `SUSPENDED`.
+    /// [`Engine::run`] resumes it later.
     pub fn suspend(&self) {
         self.suspend.cancel();
     }

@@ -278,6 +278,12 @@ impl Run {
             }
             self.enter();
             loop {
+                // A task that asked to suspend as it ended may have ended in the same poll that
+                // `wait` returned from: look at the request before planning, so nothing starts
+                // after it.
+                if self.control.suspend.is_cancelled() {
+                    self.on_suspend();
+                }
                 self.plan();
                 self.commit().await?;
                 self.launch();
@@ -1173,13 +1179,7 @@ impl Run {
         tokio::select! {
             biased;
             () = halt.cancelled() => return Err(Error::Halted(self.id)),
-            () = suspend.cancelled(), if !self.suspend_requested => {
-                self.suspend_requested = true;
-                if matches!(self.record.state, FlowState::Running | FlowState::Reverting) {
-                    tracing::info!("suspending flow");
-                    self.set_flow(FlowState::Suspending, self.record.intention);
-                }
-            }
+            () = suspend.cancelled(), if !self.suspend_requested => self.on_suspend(),
             done = std::future::poll_fn(|cx| match self.alone.as_mut() {
                 Some(task) => task
                     .get_mut()
@@ -1203,6 +1203,18 @@ impl Run {
             () = async { tokio::time::sleep(sleep_for.unwrap_or_default()).await }, if sleep_for.is_some() => {}
         }
         Ok(())
+    }
+
+    /// Acts on a suspend request (once): the flow goes `SUSPENDING`, which starts nothing new.
+    fn on_suspend(&mut self) {
+        if self.suspend_requested {
+            return;
+        }
+        self.suspend_requested = true;
+        if matches!(self.record.state, FlowState::Running | FlowState::Reverting) {
+            tracing::info!("suspending flow");
+            self.set_flow(FlowState::Suspending, self.record.intention);
+        }
     }
 
     fn on_joined(
