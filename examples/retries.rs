@@ -134,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
         let (store, retry_ats) = (store.clone(), retry_ats.clone());
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
+                // A watcher that fell behind misses some retry_ats; the checks below say so.
+                let Ok(event) = event else { continue };
                 let EventKind::Transition(Change::Atom {
                     atom,
                     to: AtomState::Retrying,

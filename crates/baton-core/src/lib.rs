@@ -61,7 +61,9 @@ mod task;
 pub use board::{JobBoard, MemoryJobBoard, NewJob};
 pub use compile::CompiledFlow;
 pub use conductor::{Blueprint, Conductor, Registry};
-pub use engine::{Control, CreateOptions, Engine, Event, EventKind, Events, Outcome, RunOptions};
+pub use engine::{
+    Control, CreateOptions, Engine, Event, EventKind, Events, Lagged, Outcome, RunOptions,
+};
 pub use failure::{Failure, FailureKind, ResultExt, Retryability, TaskError};
 pub use flow::{Atom, Decider, Flow, FlowChild, Pattern, Provides};
 pub use ids::{ConductorId, Fence, FencingToken, FlowId, JobId, ParseIdError};

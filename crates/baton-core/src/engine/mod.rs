@@ -146,19 +146,33 @@ pub struct Events {
     rx: broadcast::Receiver<Event>,
 }
 
+/// What [`Events::next`] gives in place of the events a subscriber missed: it fell more than
+/// [`Events::CAPACITY`] events behind, and the oldest of them were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("fell behind the engine's events and missed {missed} of them")]
+pub struct Lagged {
+    /// How many events were dropped.
+    pub missed: u64,
+}
+
 impl Events {
-    /// The next event; `None` once the engine is dropped. A subscriber that falls more than
-    /// 4096 events behind skips the oldest ones.
+    /// How many events a subscriber may fall behind before it misses the oldest.
+    pub const CAPACITY: usize = 4096;
+
+    /// The next event; `None` once every clone of the engine is dropped and the events sent
+    /// before are read.
+    ///
+    /// A subscriber that falls more than [`Events::CAPACITY`] events behind misses the
+    /// oldest ones: it gets `Err(Lagged)` saying how many, then the events after them (the
+    /// store's [history](crate::store::Store::history) still holds every transition).
     ///
     /// # Cancel safety
     /// Cancel safe: an event is never lost by dropping the future.
-    pub async fn next(&mut self) -> Option<Event> {
-        loop {
-            match self.rx.recv().await {
-                Ok(e) => return Some(e),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+    pub async fn next(&mut self) -> Option<Result<Event, Lagged>> {
+        match self.rx.recv().await {
+            Ok(e) => Some(Ok(e)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Err(Lagged { missed })),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 }
@@ -360,7 +374,7 @@ impl Engine {
     /// An engine over a shared store.
     #[must_use]
     pub fn from_arc(store: Arc<dyn Store>) -> Self {
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(Events::CAPACITY);
         Self {
             store,
             options: Options::default(),

@@ -35,6 +35,7 @@ async fn suspend_stops_at_a_step_boundary_and_resume_finishes() {
     let watcher = tokio::spawn(async move {
         // Suspend while `b` runs.
         while let Some(e) = events.next().await {
+            let e = e.unwrap();
             if let baton_core::EventKind::Transition(baton_core::model::Change::Atom {
                 atom,
                 to: AtomState::Running,

@@ -218,6 +218,7 @@ async fn backoff_waits_and_its_deadline_is_persisted() {
         let control = control.clone();
         tokio::spawn(async move {
             while let Some(e) = events.next().await {
+                let e = e.unwrap();
                 if let baton_core::EventKind::Transition(baton_core::model::Change::Atom {
                     to: AtomState::Retrying,
                     ..
