@@ -57,6 +57,7 @@ pub mod retry;
 mod state;
 pub mod store;
 mod task;
+mod time;
 
 pub use board::{JobBoard, MemoryJobBoard, NewJob};
 pub use compile::CompiledFlow;

@@ -123,7 +123,7 @@ async fn load_patiently(
                     () = tokio::time::sleep(delay) => {}
                     () = control.halt.cancelled() => return Err(Error::Halted(id)),
                 }
-                delay = (delay * 2).min(options.store_retry_max);
+                delay = crate::time::doubled(delay, options.store_retry_max);
             }
             Err(e) => return Err(e.into()),
         }
@@ -432,7 +432,7 @@ impl Run {
                         () = tokio::time::sleep(delay) => {}
                         () = self.control.halt.cancelled() => return Err(Error::Halted(self.id)),
                     }
-                    delay = (delay * 2).min(options.store_retry_max);
+                    delay = crate::time::doubled(delay, options.store_retry_max);
                     // The batch's time is when it is stored: after a long outage, a run's end
                     // must not look older than it is (purges go by it).
                     batch.at = Utc::now();
@@ -482,7 +482,7 @@ impl Run {
                         () = tokio::time::sleep(delay) => {}
                         () = self.control.halt.cancelled() => return Err(Error::Halted(self.id)),
                     }
-                    delay = (delay * 2).min(options.store_retry_max);
+                    delay = crate::time::doubled(delay, options.store_retry_max);
                 }
                 Err(store::Error::FlowExists(id)) if retried => {
                     // Ours, stored by an attempt whose answer was lost, or another engine's
@@ -794,7 +794,8 @@ impl Run {
         self.set_atom(i, |a| {
             a.state = AtomState::Running;
             a.intention = Intention::Execute;
-            a.attempt += 1;
+            // Saturating: the attempt comes from the store.
+            a.attempt = a.attempt.saturating_add(1);
             a.progress = 0.0;
             a.started_at = Some(now);
             a.retry_at = None;
@@ -882,8 +883,7 @@ impl Run {
             match controller.on_failure(&ctx) {
                 Decision::Retry => {
                     let delay = controller.delay(&ctx);
-                    let at = Utc::now()
-                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    let at = crate::time::after(Utc::now(), delay);
                     tracing::info!(retry = %self.flow.atoms[r].name, ?delay, "retrying subflow");
                     self.set_atom(r, |a| {
                         a.intention = Intention::Retry;
@@ -964,7 +964,7 @@ impl Run {
                 self.set_atom(m, |a| {
                     a.state = AtomState::Pending;
                     a.intention = Intention::Execute;
-                    a.round += 1;
+                    a.round = a.round.saturating_add(1);
                     a.result = None;
                     a.failure = None;
                     a.revert_failure = None;

@@ -8,6 +8,7 @@ mod conductor;
 mod crash;
 mod data;
 mod events;
+mod limits;
 mod patterns;
 mod properties;
 mod resume;

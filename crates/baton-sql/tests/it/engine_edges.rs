@@ -1,0 +1,98 @@
+//! The engine's edge cases that depend on what a SQL store keeps: times at the end of the
+//! clock, and the failure path under the store's size limit. Each test runs on SQLite and
+//! PostgreSQL (when a server is given), with steps written short and long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_core::retry::{Backoff, Times};
+use baton_core::store::Store;
+use baton_core::{
+    Atom, AtomState, Control, Engine, Flow, FlowState, Inputs, RunOptions, TaskError,
+};
+use baton_sql::{PostgresOptions, SqliteOptions, StepFormat};
+use chrono::{DateTime, Utc};
+
+use crate::support::{postgres_store_with, sqlite_store_with};
+
+/// Every SQL store to try, by name, with `max_value_bytes` as the size limit (the default
+/// when `None`).
+async fn stores(max_value_bytes: Option<usize>) -> Vec<(String, Arc<dyn Store>)> {
+    let mut out: Vec<(String, Arc<dyn Store>)> = Vec::new();
+    for format in [StepFormat::Short, StepFormat::Long] {
+        let mut sqlite = SqliteOptions::new().step_format(format);
+        let mut postgres = PostgresOptions::new().step_format(format);
+        if let Some(limit) = max_value_bytes {
+            sqlite = sqlite.max_value_bytes(limit);
+            postgres = postgres.max_value_bytes(limit);
+        }
+        if let Some(store) = sqlite_store_with(sqlite).await {
+            out.push((format!("sqlite, {format:?} steps"), Arc::new(store)));
+        }
+        if let Some(store) = postgres_store_with(postgres).await {
+            out.push((format!("postgres, {format:?} steps"), Arc::new(store)));
+        }
+    }
+    out
+}
+
+/// Runs `flow` until its retry controller goes `RETRYING`, then suspends it.
+async fn run_until_retrying(
+    engine: &Engine,
+    flow: &baton_core::CompiledFlow,
+    id: baton_core::FlowId,
+) -> baton_core::Outcome {
+    let control = Control::new();
+    let mut events = engine.subscribe();
+    let watcher = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.next().await {
+                if let Ok(baton_core::Event {
+                    kind:
+                        baton_core::EventKind::Transition(baton_core::model::Change::Atom {
+                            to: AtomState::Retrying,
+                            ..
+                        }),
+                    ..
+                }) = e
+                {
+                    control.suspend();
+                    return;
+                }
+            }
+        })
+    };
+    let outcome = engine
+        .run_with(flow, id, RunOptions::new().control(control))
+        .await
+        .unwrap();
+    watcher.await.unwrap();
+    outcome
+}
+
+/// A retry delay too large for the clock is stored as the latest time the clock holds, and
+/// read back as such (an engine taking the run over waits for it rather than failing).
+#[tokio::test]
+async fn a_retry_at_the_end_of_time_is_stored_and_read_back() {
+    let forever = Backoff::exponential(Duration::MAX, Duration::MAX);
+    let flow = Flow::linear("forever")
+        .retry(Atom::retry("r", Times::new(2).backoff(forever)))
+        .add(Atom::from_fn("flaky", |_| async {
+            Err(TaskError::msg("try later").retryable())
+        }))
+        .compile()
+        .unwrap();
+    for (name, store) in stores(None).await {
+        let engine = Engine::from_arc(store.clone());
+        let id = engine.create(&flow, Inputs::new()).await.unwrap();
+        let outcome = run_until_retrying(&engine, &flow, id).await;
+        assert_eq!(outcome.state, FlowState::Suspended, "{name}");
+        let snap = store.load_flow(id).await.unwrap();
+        assert_eq!(
+            snap.atoms[0].retry_at,
+            Some(DateTime::<Utc>::MAX_UTC),
+            "{name}"
+        );
+    }
+}
