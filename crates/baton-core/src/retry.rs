@@ -5,7 +5,9 @@
 //! innermost controller for a [`Decision`]:
 //!
 //! - [`Decision::Retry`]: revert the controller's subflow, then run it again (after the
-//!   controller's backoff delay, which is persisted so a resumed engine honours it);
+//!   controller's backoff delay, or the delay the failed task asked for with
+//!   [`TaskError::retry_after`] if longer; the time is persisted so a resumed engine honours
+//!   it);
 //! - [`Decision::Revert`]: give up on this subflow and ask the enclosing controller; with none
 //!   left, the whole flow reverts;
 //! - [`Decision::RevertAll`]: revert the whole flow at once.
@@ -112,6 +114,8 @@ pub trait RetryController: Send + Sync + 'static {
     fn on_failure(&self, ctx: &RetryContext<'_>) -> Decision;
 
     /// How long to wait before the next attempt, after `on_failure` said [`Decision::Retry`].
+    /// The engine waits the longer of this and the failure's
+    /// [`retry_after`](Failure::retry_after), and stores the time of the next attempt.
     fn delay(&self, ctx: &RetryContext<'_>) -> Duration {
         let _ = ctx;
         Duration::ZERO

@@ -774,6 +774,7 @@ mod tests {
             atom: "retry".into(),
             attempt: 3,
             retryable: true,
+            retry_after: None,
             kind: baton_core::FailureKind::Execute,
         };
         AtomRecord {

@@ -882,7 +882,10 @@ impl Run {
             };
             match controller.on_failure(&ctx) {
                 Decision::Retry => {
-                    let delay = controller.delay(&ctx);
+                    // The later of the controller's backoff and the wait the failed task
+                    // asked for (`TaskError::retry_after`).
+                    let asked = self.atoms[i].failure.as_ref().and_then(|f| f.retry_after);
+                    let delay = controller.delay(&ctx).max(asked.unwrap_or_default());
                     let at = crate::time::after(Utc::now(), delay);
                     tracing::info!(retry = %self.flow.atoms[r].name, ?delay, "retrying subflow");
                     self.set_atom(r, |a| {

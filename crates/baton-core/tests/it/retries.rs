@@ -455,3 +455,113 @@ async fn built_in_controllers_do_not_retry_a_fatal_failure() {
         assert!(r.retry_history.is_empty(), "{what}");
     }
 }
+
+/// A flow whose task fails once with `retry_after(after)` under `Times(2)` with a backoff of
+/// `backoff`, then succeeds; it records when each attempt started.
+fn throttled(
+    after: Duration,
+    backoff: Duration,
+    starts: &Arc<std::sync::Mutex<Vec<chrono::DateTime<chrono::Utc>>>>,
+) -> baton_core::CompiledFlow {
+    let starts = starts.clone();
+    Flow::linear("throttled")
+        .retry(
+            Atom::retry(
+                "r",
+                Times::new(2).backoff(Backoff::exponential(backoff, backoff)),
+            )
+            .provides("try"),
+        )
+        .add(
+            Atom::from_fn("api", move |ctx| {
+                starts.lock().unwrap().push(chrono::Utc::now());
+                async move {
+                    if ctx.input::<u32>("try")? < 2 {
+                        return Err(TaskError::msg("throttled").retry_after(after));
+                    }
+                    Ok(json!("done"))
+                }
+            })
+            .requires(["try"]),
+        )
+        .compile()
+        .unwrap()
+}
+
+/// Runs `flow` until its controller goes `RETRYING`, suspends it there, and returns the
+/// stored controller.
+async fn suspend_when_retrying(
+    engine: &Engine,
+    flow: &baton_core::CompiledFlow,
+    id: baton_core::FlowId,
+) -> baton_core::model::AtomRecord {
+    let control = baton_core::Control::new();
+    let mut events = engine.subscribe();
+    let watcher = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.next().await {
+                if let baton_core::EventKind::Transition(baton_core::model::Change::Atom {
+                    to: AtomState::Retrying,
+                    ..
+                }) = e.unwrap().kind
+                {
+                    control.suspend();
+                    return;
+                }
+            }
+        })
+    };
+    let outcome = engine
+        .run_with(flow, id, baton_core::RunOptions::new().control(control))
+        .await
+        .unwrap();
+    watcher.await.unwrap();
+    assert_eq!(outcome.state, FlowState::Suspended);
+    let snap = engine.store().load_flow(id).await.unwrap();
+    snap.atoms.into_iter().find(|a| a.name == "r").unwrap()
+}
+
+/// `TaskError::retry_after` is stored with the failure and sets the persisted time of the next
+/// attempt (when longer than the controller's backoff); an engine resuming the run waits
+/// for it.
+#[tokio::test]
+async fn retry_after_is_stored_and_delays_the_next_attempt_across_a_resume() {
+    let ms = Duration::from_millis;
+    let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let flow = throttled(ms(300), ms(1), &starts);
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    let r = suspend_when_retrying(&engine, &flow, id).await;
+    assert_eq!(r.state, AtomState::Retrying);
+    let failure = &r.retry_history[0].failures[0];
+    assert_eq!(failure.retry_after, Some(ms(300)));
+    let failed_at = starts.lock().unwrap()[0];
+    let retry_at = r.retry_at.expect("the next attempt's time is stored");
+    assert!(
+        retry_at - failed_at >= chrono::Duration::milliseconds(300),
+        "retry_at is {} after the failure",
+        retry_at - failed_at
+    );
+
+    // Another engine resumes the run, and waits until then.
+    let outcome = Engine::new(store.clone()).run(&flow, id).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 2);
+    assert!(starts[1] >= retry_at, "the retry started before its time");
+}
+
+/// The controller's backoff still counts when it is the longer of the two.
+#[tokio::test]
+async fn a_backoff_longer_than_retry_after_wins() {
+    let ms = Duration::from_millis;
+    let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let flow = throttled(ms(1), ms(300), &starts);
+    let engine = Engine::new(MemoryStore::new());
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    let r = suspend_when_retrying(&engine, &flow, id).await;
+    let failed_at = starts.lock().unwrap()[0];
+    assert!(r.retry_at.unwrap() - failed_at >= chrono::Duration::milliseconds(300));
+}

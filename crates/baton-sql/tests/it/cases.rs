@@ -111,6 +111,7 @@ pub async fn full_records_round_trip<S: Harness>(store: S) {
         atom: "m".into(),
         attempt: 2,
         retryable: true,
+        retry_after: None,
         kind: FailureKind::Execute,
     };
     let mut m = atoms[1].clone();
@@ -201,6 +202,7 @@ pub async fn size_limit_refuses_the_whole_batch<S: Harness>(store: S, limit: usi
         atom: "b".into(),
         attempt: 1,
         retryable: false,
+        retry_after: None,
         kind: FailureKind::Execute,
     });
     let mut batch = Batch::new(flow.id, None);

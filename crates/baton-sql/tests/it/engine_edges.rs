@@ -96,3 +96,56 @@ async fn a_retry_at_the_end_of_time_is_stored_and_read_back() {
         );
     }
 }
+
+/// `TaskError::retry_after` survives into the stored failure (in either step format) and
+/// into the stored time of the next attempt, which an engine resuming the run honours.
+#[tokio::test]
+async fn retry_after_is_stored_and_honoured_across_a_resume() {
+    let after = Duration::from_millis(200);
+    for (name, store) in stores(None).await {
+        let starts = Arc::new(std::sync::Mutex::new(Vec::<DateTime<Utc>>::new()));
+        let flow = {
+            let starts = starts.clone();
+            Flow::linear("throttled")
+                .retry(Atom::retry("r", Times::new(2)).provides("try"))
+                .add(
+                    Atom::from_fn("api", move |ctx| {
+                        starts.lock().unwrap().push(Utc::now());
+                        async move {
+                            if ctx.input::<u32>("try")? < 2 {
+                                return Err(TaskError::msg("throttled").retry_after(after));
+                            }
+                            Ok(serde_json::json!("done"))
+                        }
+                    })
+                    .requires(["try"]),
+                )
+                .compile()
+                .unwrap()
+        };
+        let engine = Engine::from_arc(store.clone());
+        let id = engine.create(&flow, Inputs::new()).await.unwrap();
+        let outcome = run_until_retrying(&engine, &flow, id).await;
+        assert_eq!(outcome.state, FlowState::Suspended, "{name}");
+        let snap = store.load_flow(id).await.unwrap();
+        let r = &snap.atoms[0];
+        assert_eq!(
+            r.retry_history[0].failures[0].retry_after,
+            Some(after),
+            "{name}"
+        );
+        let retry_at = r.retry_at.unwrap();
+        let failed_at = starts.lock().unwrap()[0];
+        assert!(
+            retry_at - failed_at >= chrono::Duration::milliseconds(200),
+            "{name}"
+        );
+
+        let outcome = Engine::from_arc(store.clone())
+            .run(&flow, id)
+            .await
+            .unwrap();
+        assert_eq!(outcome.state, FlowState::Success, "{name}");
+        assert!(starts.lock().unwrap()[1] >= retry_at, "{name}");
+    }
+}

@@ -405,6 +405,7 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
         atom: "x".to_owned(),
         attempt: 1,
         retryable: false,
+        retry_after: None,
         kind: baton_core::FailureKind::Execute,
     };
     let when = chrono::DateTime::parse_from_rfc3339("2026-12-05T10:00:00.5Z")
