@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod board;
+mod clip;
 pub mod compile;
 pub mod conductor;
 pub mod engine;

@@ -39,10 +39,14 @@ pub struct History<'a> {
 }
 
 impl<'a> History<'a> {
-    /// How many attempts have been made (the failing one included, when deciding).
+    /// How many attempts have been made (the failing one included, when deciding), counting
+    /// those the stored history left out ([`RetryAttempt::dropped_before`]).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.attempts.len()
+        self.attempts.iter().fold(0usize, |n, a| {
+            n.saturating_add(1)
+                .saturating_add(usize::try_from(a.dropped_before).unwrap_or(usize::MAX))
+        })
     }
 
     /// Whether no attempt has been made yet.
@@ -51,7 +55,8 @@ impl<'a> History<'a> {
         self.attempts.is_empty()
     }
 
-    /// Every attempt, oldest first.
+    /// The attempts the history keeps, oldest first: all of them, or, after many, the first
+    /// and the latest ones (see [`RetryAttempt`]), so use [`History::len`] to count them.
     #[must_use]
     pub fn attempts(&self) -> &'a [RetryAttempt] {
         self.attempts
@@ -406,10 +411,7 @@ mod tests {
 
     fn attempts(n: usize) -> Vec<RetryAttempt> {
         (0..n)
-            .map(|i| RetryAttempt {
-                value: json!(i),
-                failures: vec![],
-            })
+            .map(|i| RetryAttempt::new(json!(i), vec![]))
             .collect()
     }
 

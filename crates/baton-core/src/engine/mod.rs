@@ -93,6 +93,19 @@ pub struct Options {
     /// The largest result (serialized JSON, bytes) an atom may return; a larger one fails the
     /// atom.
     pub max_result_bytes: usize,
+    /// The most one recorded failure takes in the store (its JSON, bytes; at least 1 KiB): a
+    /// failure whose message or causes are longer is clipped in the middle (each text keeps
+    /// its head and its tail around a mark saying how much was cut), so recording a failure
+    /// never fails. Keep it under the store's limit on one value (the SQL stores'
+    /// `max_value_bytes`, 1 MiB by default).
+    pub max_failure_bytes: usize,
+    /// The most a retry controller's history takes in the store (its JSON, bytes; at least
+    /// 8 KiB). A history keeps its first attempt and its latest 8 (the others counted, so
+    /// controllers still count every attempt), and what is still over this is clipped: the
+    /// failures' texts, then failures, then values, then all but the latest attempt (see
+    /// [`RetryAttempt`](crate::model::RetryAttempt)). Keep it under the store's limit on one
+    /// value.
+    pub max_history_bytes: usize,
     /// How often, at most, one atom's progress is written to the store.
     pub progress_interval: Duration,
     /// The first wait before retrying a store that is unavailable (doubling up to
@@ -107,6 +120,8 @@ impl Default for Options {
         Self {
             parallelism: 8,
             max_result_bytes: 1 << 20,
+            max_failure_bytes: 64 << 10,
+            max_history_bytes: 256 << 10,
             progress_interval: Duration::from_secs(1),
             store_retry_base: Duration::from_millis(50),
             store_retry_max: Duration::from_secs(5),

@@ -846,7 +846,8 @@ impl Run {
         });
     }
 
-    fn fail(&mut self, i: usize, failure: Failure) {
+    fn fail(&mut self, i: usize, mut failure: Failure) {
+        crate::clip::clip_failure(&mut failure, self.engine.options.max_failure_bytes);
         let now = Utc::now();
         tracing::info!(atom = %failure.atom, attempt = failure.attempt, error = %failure, "atom failed");
         self.set_atom(i, |a| {
@@ -869,10 +870,10 @@ impl Run {
                 break;
             };
             let mut attempts = self.atoms[r].retry_history.clone();
-            attempts.push(RetryAttempt {
-                value: self.atoms[r].result.clone().unwrap_or(Value::Null),
-                failures: self.scope_failures(r),
-            });
+            attempts.push(RetryAttempt::new(
+                self.atoms[r].result.clone().unwrap_or(Value::Null),
+                self.scope_failures(r),
+            ));
             let inputs = self.inputs(r).unwrap_or_default();
             let ctx = RetryContext {
                 history: History {
@@ -953,14 +954,16 @@ impl Run {
     }
 
     fn reset_scope(&mut self, r: usize, members: &[usize]) {
-        let attempt = RetryAttempt {
-            value: self.atoms[r].result.clone().unwrap_or(Value::Null),
-            failures: self.scope_failures(r),
-        };
+        let attempt = RetryAttempt::new(
+            self.atoms[r].result.clone().unwrap_or(Value::Null),
+            self.scope_failures(r),
+        );
+        let limit = self.engine.options.max_history_bytes;
         self.set_atom(r, |a| {
             a.state = AtomState::Retrying;
             a.intention = Intention::Execute;
             a.retry_history.push(attempt);
+            crate::clip::clip_history(&mut a.retry_history, limit);
         });
         for &m in members {
             if self.atoms[m].state != AtomState::Pending {
@@ -1249,7 +1252,8 @@ impl Run {
                     a.finished_at = Some(now);
                 });
             }
-            Done::Reverted(Err(f)) => {
+            Done::Reverted(Err(mut f)) => {
+                crate::clip::clip_failure(&mut f, self.engine.options.max_failure_bytes);
                 tracing::warn!(atom = %f.atom, error = %f, "revert failed");
                 let now = Utc::now();
                 self.set_atom(i, |a| {

@@ -1,6 +1,7 @@
 //! Values at the edges (durations too long for the clock, counters at their maximum): the
 //! engine saturates them, it never panics on them.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_core::board::JobBoard;
@@ -9,7 +10,7 @@ use baton_core::retry::{Backoff, Times};
 use baton_core::store::Store;
 use baton_core::{
     Atom, AtomState, ConductorId, Control, Engine, Flow, FlowState, Inputs, MemoryJobBoard,
-    MemoryStore, RunOptions,
+    MemoryStore, RunOptions, TaskError,
 };
 use baton_testkit::{Action, FlakyStore, Log, Phase, Probe};
 use chrono::{DateTime, Utc};
@@ -143,4 +144,102 @@ async fn attempts_and_rounds_at_their_maximum_are_saturated() {
     assert_eq!(log.successes(Action::Execute)["x"], 1);
     let snap = store.load_flow(id).await.unwrap();
     assert_eq!(snap.atoms[1].round, u32::MAX);
+}
+
+/// A task failing with a 10 MB message, ten long causes and a 10 MB revert failure.
+fn huge_failures() -> baton_core::CompiledFlow {
+    let huge = |what: &str| format!("{what} starts {} {what} ends", "x".repeat(10 << 20));
+    let task = baton_core::FnTask::new(move |_| {
+        let mut err = TaskError::msg(huge("message"));
+        for i in 0..10 {
+            err = err.with_cause(format!("cause {i} {}", "c".repeat(100_000)));
+        }
+        async move { Err(err) }
+    })
+    .on_revert(move |_| {
+        let err = TaskError::msg(huge("revert"));
+        async move { Err(err) }
+    });
+    Flow::linear("huge")
+        .add(Atom::task("x", task))
+        .compile()
+        .unwrap()
+}
+
+/// A failure (and a revert failure) far over the store's limit is stored clipped to
+/// `Options::max_failure_bytes`: its head and tail kept, the cut marked.
+#[tokio::test]
+async fn a_huge_failure_is_stored_clipped_to_the_engines_limit() {
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let limit = engine.options().max_failure_bytes;
+    let outcome = engine.start(&huge_failures(), Inputs::new()).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Failure);
+    let snap = store.load_flow(outcome.flow).await.unwrap();
+    let x = &snap.atoms[0];
+    for (what, f) in [
+        ("failure", x.failure.as_ref().unwrap()),
+        ("revert failure", x.revert_failure.as_ref().unwrap()),
+    ] {
+        let size = serde_json::to_vec(f).unwrap().len();
+        assert!(size <= limit, "{what} is {size} bytes");
+        assert!(
+            f.message.contains(" bytes cut ...] "),
+            "{what}: {}",
+            &f.message[..100]
+        );
+    }
+    let f = x.failure.as_ref().unwrap();
+    assert!(f.message.starts_with("message starts xxx") && f.message.ends_with("xxx message ends"));
+    assert_eq!(f.causes.len(), 10);
+    assert!(f.causes[9].starts_with("cause 9 "));
+    assert_eq!(outcome.failures.len(), 2);
+}
+
+/// A retry that goes on for long keeps a bounded history (the first attempt and the latest),
+/// and `Times` still counts every attempt.
+#[tokio::test]
+async fn a_long_running_retry_keeps_a_bounded_history_and_counts_every_attempt() {
+    let tries = Arc::new(Mutex::new(Vec::new()));
+    let flow = {
+        let tries = tries.clone();
+        Flow::linear("long")
+            .retry(Atom::retry("r", Times::new(100)).provides("try"))
+            .add(
+                Atom::from_fn("x", move |ctx| {
+                    let tries = tries.clone();
+                    async move {
+                        let n: usize = ctx.input("try")?;
+                        tries.lock().unwrap().push(n);
+                        if n < 100 {
+                            let err = TaskError::msg(format!("try {n}: {}", "m".repeat(20_000)));
+                            return Err(err.retryable());
+                        }
+                        Ok(json!(n))
+                    }
+                })
+                .requires(["try"]),
+            )
+            .compile()
+            .unwrap()
+    };
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let budget = engine.options().max_history_bytes;
+    let outcome = engine.start(&flow, Inputs::new()).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    assert_eq!(*tries.lock().unwrap(), (1..=100).collect::<Vec<_>>());
+    let snap = store.load_flow(outcome.flow).await.unwrap();
+    let r = &snap.atoms[0];
+    let size = serde_json::to_vec(&r.retry_history).unwrap().len();
+    assert!(size <= budget, "the history is {size} bytes");
+    assert_eq!(r.retry_history.len(), 9, "the first attempt and the last 8");
+    let counted: u32 = r.retry_history.iter().map(|a| 1 + a.dropped_before).sum();
+    assert_eq!(counted, 99);
+    assert!(r.retry_history[0].failures[0]
+        .message
+        .starts_with("try 1: "));
+    assert!(r.retry_history[8].failures[0]
+        .message
+        .starts_with("try 99: "));
 }

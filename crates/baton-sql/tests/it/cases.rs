@@ -126,10 +126,7 @@ pub async fn full_records_round_trip<S: Harness>(store: S) {
         kind: FailureKind::Revert,
         ..failure.clone()
     });
-    m_done.retry_history = vec![RetryAttempt {
-        value: json!({"try": 1}),
-        failures: vec![failure],
-    }];
+    m_done.retry_history = vec![RetryAttempt::new(json!({"try": 1}), vec![failure])];
     m_done.retry_at = Some(now + chrono::Duration::seconds(30));
     m_done.progress = 0.375;
     m_done.started_at = Some(now);

@@ -149,3 +149,93 @@ async fn retry_after_is_stored_and_honoured_across_a_resume() {
         assert!(starts.lock().unwrap()[1] >= retry_at, "{name}");
     }
 }
+
+/// A task failing with a 10 MB message (and a cause chain), whose revert fails the same way.
+fn huge_failures() -> baton_core::CompiledFlow {
+    let huge = |what: &str| format!("{what} starts {} {what} ends", "x".repeat(10 << 20));
+    let task = baton_core::FnTask::new(move |_| {
+        let mut err = TaskError::msg(huge("message"));
+        for i in 0..10 {
+            err = err.with_cause(format!("cause {i} {}", "c".repeat(100_000)));
+        }
+        async move { Err(err) }
+    })
+    .on_revert(move |_| {
+        let err = TaskError::msg(huge("revert"));
+        async move { Err(err) }
+    });
+    Flow::linear("huge")
+        .add(Atom::task("x", task))
+        .compile()
+        .unwrap()
+}
+
+/// The failure path does not fail: a failure and a revert failure of 10 MB each are recorded
+/// (clipped) under the store's limit, with the engine's default options.
+#[tokio::test]
+async fn a_huge_failure_is_recorded_under_the_stores_limit() {
+    let flow = huge_failures();
+    for (name, store) in stores(None).await {
+        let outcome = Engine::from_arc(store.clone())
+            .start(&flow, Inputs::new())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(outcome.state, FlowState::Failure, "{name}");
+        let snap = store.load_flow(outcome.flow).await.unwrap();
+        let x = &snap.atoms[0];
+        assert_eq!(x.state, AtomState::RevertFailure, "{name}");
+        let f = x.failure.as_ref().unwrap();
+        assert!(f.message.starts_with("message starts") && f.message.ends_with("message ends"));
+        assert!(f.message.contains(" bytes cut ...] "), "{name}");
+        assert!(x
+            .revert_failure
+            .as_ref()
+            .unwrap()
+            .message
+            .ends_with("revert ends"));
+    }
+}
+
+/// A retry that goes on for long, each attempt failing with a long message, keeps a history
+/// the store accepts, and `Times` counts every attempt; also with a store limit lowered and
+/// the engine's limits lowered to match.
+#[tokio::test]
+async fn a_long_running_retry_is_recorded_under_the_stores_limit() {
+    let attempts = 12;
+    let flow = Flow::linear("long")
+        .retry(Atom::retry("r", Times::new(attempts)).provides("try"))
+        .add(
+            Atom::from_fn("x", move |ctx| async move {
+                let n: usize = ctx.input("try")?;
+                if n < attempts {
+                    let err = TaskError::msg(format!("try {n}: {}", "m".repeat(150_000)));
+                    return Err(err.retryable());
+                }
+                Ok(serde_json::json!(n))
+            })
+            .requires(["try"]),
+        )
+        .compile()
+        .unwrap();
+    let mut lowered = baton_core::engine::Options::default();
+    lowered.max_failure_bytes = 16 << 10;
+    lowered.max_history_bytes = 48 << 10;
+    for (limit, options) in [
+        (None, baton_core::engine::Options::default()),
+        (Some(64 << 10), lowered),
+    ] {
+        for (name, store) in stores(limit).await {
+            let outcome = Engine::from_arc(store.clone())
+                .with_options(options.clone())
+                .start(&flow, Inputs::new())
+                .await
+                .unwrap_or_else(|e| panic!("{name}, limit {limit:?}: {e}"));
+            assert_eq!(outcome.state, FlowState::Success, "{name}");
+            assert_eq!(outcome.results["r"], serde_json::json!(attempts), "{name}");
+            let snap = store.load_flow(outcome.flow).await.unwrap();
+            let history = &snap.atoms[0].retry_history;
+            let counted: u32 = history.iter().map(|a| 1 + a.dropped_before).sum();
+            assert_eq!(counted as usize, attempts - 1, "{name}");
+        }
+    }
+}

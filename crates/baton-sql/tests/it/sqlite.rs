@@ -440,10 +440,10 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
         (
             "retry-history",
             Box::new(|a| {
-                a.retry_history = vec![baton_core::model::RetryAttempt {
-                    value: serde_json::json!(1),
-                    failures: Vec::new(),
-                }]
+                a.retry_history = vec![baton_core::model::RetryAttempt::new(
+                    serde_json::json!(1),
+                    Vec::new(),
+                )]
             }),
         ),
         ("retry-at", Box::new(move |a| a.retry_at = Some(when))),
