@@ -146,26 +146,6 @@ async fn attempts_and_rounds_at_their_maximum_are_saturated() {
     assert_eq!(snap.atoms[1].round, u32::MAX);
 }
 
-/// A task failing with a 10 MB message, ten long causes and a 10 MB revert failure.
-fn huge_failures() -> baton_core::CompiledFlow {
-    let huge = |what: &str| format!("{what} starts {} {what} ends", "x".repeat(10 << 20));
-    let task = baton_core::FnTask::new(move |_| {
-        let mut err = TaskError::msg(huge("message"));
-        for i in 0..10 {
-            err = err.with_cause(format!("cause {i} {}", "c".repeat(100_000)));
-        }
-        async move { Err(err) }
-    })
-    .on_revert(move |_| {
-        let err = TaskError::msg(huge("revert"));
-        async move { Err(err) }
-    });
-    Flow::linear("huge")
-        .add(Atom::task("x", task))
-        .compile()
-        .unwrap()
-}
-
 /// A failure (and a revert failure) far over the store's limit is stored clipped to
 /// `Options::max_failure_bytes`: its head and tail kept, the cut marked.
 #[tokio::test]
@@ -173,7 +153,10 @@ async fn a_huge_failure_is_stored_clipped_to_the_engines_limit() {
     let store = MemoryStore::new();
     let engine = Engine::new(store.clone());
     let limit = engine.options().max_failure_bytes;
-    let outcome = engine.start(&huge_failures(), Inputs::new()).await.unwrap();
+    let outcome = engine
+        .start(&baton_testkit::scenarios::huge_failures(), Inputs::new())
+        .await
+        .unwrap();
     assert_eq!(outcome.state, FlowState::Failure);
     let snap = store.load_flow(outcome.flow).await.unwrap();
     let x = &snap.atoms[0];

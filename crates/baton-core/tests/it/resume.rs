@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use baton_core::store::Store;
 use baton_core::{
-    Atom, AtomState, Control, CreateOptions, Engine, Flow, FlowId, FlowState, Inputs, MemoryStore,
-    RunOptions,
+    Atom, AtomState, CompiledFlow, Control, CreateOptions, Engine, Flow, FlowId, FlowState, Inputs,
+    MemoryStore, RunOptions,
 };
 use baton_testkit::{Action, CrashMode, CrashStore, FlakyStore, Log, Phase, Probe};
 use serde_json::json;
 
-fn three_steps(log: &Log) -> baton_core::CompiledFlow {
+fn three_steps(log: &Log) -> CompiledFlow {
     Flow::linear("three")
         .add(Atom::task("a", Probe::new(log)))
         .add(Atom::task(
@@ -671,6 +671,19 @@ async fn states(store: &MemoryStore, id: FlowId) -> std::collections::BTreeMap<S
     snap.atoms.into_iter().map(|a| (a.name, a.state)).collect()
 }
 
+/// Runs a new run of `flow` on a memory store under `control`, and checks it ends suspended.
+async fn run_to_suspended(flow: &CompiledFlow, control: Control) -> (Engine, MemoryStore, FlowId) {
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let id = engine.create(flow, Inputs::new()).await.unwrap();
+    let outcome = engine
+        .run_with(flow, id, RunOptions::new().control(control))
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, FlowState::Suspended);
+    (engine, store, id)
+}
+
 /// A suspend requested at the very end of a task that runs alone (every task of a linear
 /// flow) is seen before the next task could start: nothing starts after the request.
 #[tokio::test]
@@ -683,14 +696,7 @@ async fn a_suspend_requested_by_a_lone_task_starts_nothing_after_it() {
         .add(Atom::task("t3", Probe::new(&log)))
         .compile()
         .unwrap();
-    let store = MemoryStore::new();
-    let engine = Engine::new(store.clone());
-    let id = engine.create(&flow, Inputs::new()).await.unwrap();
-    let outcome = engine
-        .run_with(&flow, id, RunOptions::new().control(control))
-        .await
-        .unwrap();
-    assert_eq!(outcome.state, FlowState::Suspended);
+    let (engine, store, id) = run_to_suspended(&flow, control).await;
     let states = states(&store, id).await;
     assert_eq!(states["t1"], AtomState::Success);
     assert_eq!(
@@ -722,14 +728,7 @@ async fn a_suspend_requested_by_a_parallel_task_starts_nothing_after_it() {
         ))
         .compile()
         .unwrap();
-    let store = MemoryStore::new();
-    let engine = Engine::new(store.clone());
-    let id = engine.create(&flow, Inputs::new()).await.unwrap();
-    let outcome = engine
-        .run_with(&flow, id, RunOptions::new().control(control))
-        .await
-        .unwrap();
-    assert_eq!(outcome.state, FlowState::Suspended);
+    let (engine, store, id) = run_to_suspended(&flow, control).await;
     let states = states(&store, id).await;
     assert_eq!(states["asks"], AtomState::Success);
     assert_eq!(
@@ -765,14 +764,7 @@ async fn a_suspend_requested_by_a_revert_starts_nothing_after_it() {
         .add(Atom::task("t3", Probe::new(&log).fails()))
         .compile()
         .unwrap();
-    let store = MemoryStore::new();
-    let engine = Engine::new(store.clone());
-    let id = engine.create(&flow, Inputs::new()).await.unwrap();
-    let outcome = engine
-        .run_with(&flow, id, RunOptions::new().control(control))
-        .await
-        .unwrap();
-    assert_eq!(outcome.state, FlowState::Suspended);
+    let (engine, store, id) = run_to_suspended(&flow, control).await;
     let states = states(&store, id).await;
     assert_eq!(states["t2"], AtomState::Reverted);
     assert_eq!(

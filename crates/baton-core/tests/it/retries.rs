@@ -495,28 +495,7 @@ async fn suspend_when_retrying(
     flow: &baton_core::CompiledFlow,
     id: baton_core::FlowId,
 ) -> baton_core::model::AtomRecord {
-    let control = baton_core::Control::new();
-    let mut events = engine.subscribe();
-    let watcher = {
-        let control = control.clone();
-        tokio::spawn(async move {
-            while let Some(e) = events.next().await {
-                if let baton_core::EventKind::Transition(baton_core::model::Change::Atom {
-                    to: AtomState::Retrying,
-                    ..
-                }) = e.unwrap().kind
-                {
-                    control.suspend();
-                    return;
-                }
-            }
-        })
-    };
-    let outcome = engine
-        .run_with(flow, id, baton_core::RunOptions::new().control(control))
-        .await
-        .unwrap();
-    watcher.await.unwrap();
+    let outcome = baton_testkit::run_until_retrying(engine, flow, id).await;
     assert_eq!(outcome.state, FlowState::Suspended);
     let snap = engine.store().load_flow(id).await.unwrap();
     snap.atoms.into_iter().find(|a| a.name == "r").unwrap()

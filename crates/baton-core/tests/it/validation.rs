@@ -115,33 +115,34 @@ fn retry_controllers_and_tasks_stay_in_their_places() {
 
 #[test]
 fn inject_and_rebind_of_an_input_the_atom_does_not_require_are_refused() {
+    let cases = [
+        (
+            noop("boot").requires(["flavor"]).inject("flavour", "tiny"),
+            "flavour",
+            "inject",
+        ),
+        (
+            noop("boot").rebind("image", "default_image"),
+            "image",
+            "rebind",
+        ),
+    ];
+    for (atom, input, via) in cases {
+        let err = Flow::linear("l").add(atom).compile().unwrap_err();
+        let expected = Error::UndeclaredInput {
+            atom: "boot".into(),
+            input: input.into(),
+            via,
+        };
+        assert_eq!(err, expected);
+    }
     let err = Flow::linear("l")
-        .add(noop("boot").requires(["flavor"]).inject("flavour", "tiny"))
+        .add(noop("boot").inject("flavour", "tiny"))
         .compile()
         .unwrap_err();
-    assert_eq!(
-        err,
-        Error::UndeclaredInput {
-            atom: "boot".into(),
-            input: "flavour".into(),
-            via: "inject",
-        }
-    );
     assert_eq!(
         err.to_string(),
         "atom \"boot\" has an inject for input \"flavour\", which it neither requires nor takes as optional"
-    );
-    let err = Flow::linear("l")
-        .add(noop("boot").rebind("image", "default_image"))
-        .compile()
-        .unwrap_err();
-    assert_eq!(
-        err,
-        Error::UndeclaredInput {
-            atom: "boot".into(),
-            input: "image".into(),
-            via: "rebind",
-        }
     );
     // Declared as required or optional, either is fine, on tasks and controllers alike.
     Flow::linear("l")

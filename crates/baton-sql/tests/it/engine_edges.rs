@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use baton_core::retry::{Backoff, Times};
 use baton_core::store::Store;
-use baton_core::{
-    Atom, AtomState, Control, Engine, Flow, FlowState, Inputs, RunOptions, TaskError,
-};
+use baton_core::{Atom, AtomState, Engine, Flow, FlowState, Inputs, TaskError};
 use baton_sql::{PostgresOptions, SqliteOptions, StepFormat};
 use chrono::{DateTime, Utc};
 
@@ -36,41 +34,6 @@ async fn stores(max_value_bytes: Option<usize>) -> Vec<(String, Arc<dyn Store>)>
     out
 }
 
-/// Runs `flow` until its retry controller goes `RETRYING`, then suspends it.
-async fn run_until_retrying(
-    engine: &Engine,
-    flow: &baton_core::CompiledFlow,
-    id: baton_core::FlowId,
-) -> baton_core::Outcome {
-    let control = Control::new();
-    let mut events = engine.subscribe();
-    let watcher = {
-        let control = control.clone();
-        tokio::spawn(async move {
-            while let Some(e) = events.next().await {
-                if let Ok(baton_core::Event {
-                    kind:
-                        baton_core::EventKind::Transition(baton_core::model::Change::Atom {
-                            to: AtomState::Retrying,
-                            ..
-                        }),
-                    ..
-                }) = e
-                {
-                    control.suspend();
-                    return;
-                }
-            }
-        })
-    };
-    let outcome = engine
-        .run_with(flow, id, RunOptions::new().control(control))
-        .await
-        .unwrap();
-    watcher.await.unwrap();
-    outcome
-}
-
 /// A retry delay too large for the clock is stored as the latest time the clock holds, and
 /// read back as such (an engine taking the run over waits for it rather than failing).
 #[tokio::test]
@@ -86,7 +49,7 @@ async fn a_retry_at_the_end_of_time_is_stored_and_read_back() {
     for (name, store) in stores(None).await {
         let engine = Engine::from_arc(store.clone());
         let id = engine.create(&flow, Inputs::new()).await.unwrap();
-        let outcome = run_until_retrying(&engine, &flow, id).await;
+        let outcome = baton_testkit::run_until_retrying(&engine, &flow, id).await;
         assert_eq!(outcome.state, FlowState::Suspended, "{name}");
         let snap = store.load_flow(id).await.unwrap();
         assert_eq!(
@@ -125,7 +88,7 @@ async fn retry_after_is_stored_and_honoured_across_a_resume() {
         };
         let engine = Engine::from_arc(store.clone());
         let id = engine.create(&flow, Inputs::new()).await.unwrap();
-        let outcome = run_until_retrying(&engine, &flow, id).await;
+        let outcome = baton_testkit::run_until_retrying(&engine, &flow, id).await;
         assert_eq!(outcome.state, FlowState::Suspended, "{name}");
         let snap = store.load_flow(id).await.unwrap();
         let r = &snap.atoms[0];
@@ -150,31 +113,11 @@ async fn retry_after_is_stored_and_honoured_across_a_resume() {
     }
 }
 
-/// A task failing with a 10 MB message (and a cause chain), whose revert fails the same way.
-fn huge_failures() -> baton_core::CompiledFlow {
-    let huge = |what: &str| format!("{what} starts {} {what} ends", "x".repeat(10 << 20));
-    let task = baton_core::FnTask::new(move |_| {
-        let mut err = TaskError::msg(huge("message"));
-        for i in 0..10 {
-            err = err.with_cause(format!("cause {i} {}", "c".repeat(100_000)));
-        }
-        async move { Err(err) }
-    })
-    .on_revert(move |_| {
-        let err = TaskError::msg(huge("revert"));
-        async move { Err(err) }
-    });
-    Flow::linear("huge")
-        .add(Atom::task("x", task))
-        .compile()
-        .unwrap()
-}
-
 /// The failure path does not fail: a failure and a revert failure of 10 MB each are recorded
 /// (clipped) under the store's limit, with the engine's default options.
 #[tokio::test]
 async fn a_huge_failure_is_recorded_under_the_stores_limit() {
-    let flow = huge_failures();
+    let flow = baton_testkit::scenarios::huge_failures();
     for (name, store) in stores(None).await {
         let outcome = Engine::from_arc(store.clone())
             .start(&flow, Inputs::new())
