@@ -81,7 +81,9 @@ async fn main() -> anyhow::Result<()> {
                 let zone: String = ctx.input("zone")?;
                 if zone != "az-3" {
                     println!("  +{:>4} ms place in {zone}: no capacity", ms(now));
-                    return Err(TaskError::msg(format!("no capacity in {zone}")));
+                    // Another zone may have capacity: worth retrying (a fatal error would
+                    // end the ForEach at once).
+                    return Err(TaskError::msg(format!("no capacity in {zone}")).retryable());
                 }
                 println!("  +{:>4} ms place in {zone}: volume created", ms(now));
                 Ok(json!(format!("vol-1@{zone}")))
@@ -132,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
         let (store, retry_ats) = (store.clone(), retry_ats.clone());
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
+                // A watcher that fell behind misses some retry_ats; the checks below say so.
+                let Ok(event) = event else { continue };
                 let EventKind::Transition(Change::Atom {
                     atom,
                     to: AtomState::Retrying,

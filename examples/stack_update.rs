@@ -181,6 +181,13 @@ async fn main() -> anyhow::Result<()> {
     let mut events = engine.subscribe();
     let printer = tokio::spawn(async move {
         while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(lagged) => {
+                    println!("  ({lagged})");
+                    continue;
+                }
+            };
             if let EventKind::Transition(Change::Atom { atom, to, .. }) = event.kind {
                 println!("  {atom:<18} {to}");
             }

@@ -60,6 +60,17 @@ pub enum Error {
         /// An atom providing it, not ordered before the consumer.
         provider: String,
     },
+    /// `inject` or `rebind` names an input the atom neither requires nor takes as optional: the
+    /// task could never read it (most often a typo, or a missing `requires`).
+    #[error("atom {atom:?} has an {via} for input {input:?}, which it neither requires nor takes as optional")]
+    UndeclaredInput {
+        /// The atom.
+        atom: String,
+        /// The input named by the `inject` or `rebind`.
+        input: String,
+        /// `inject` or `rebind`.
+        via: &'static str,
+    },
 }
 
 /// Where an atom's input comes from.
@@ -321,6 +332,7 @@ struct Builder {
 
 impl Builder {
     fn push_atom(&mut self, atom: &Atom, retry: Option<usize>) -> Result<usize, Error> {
+        check_declared(atom)?;
         let index = self.atoms.len();
         if self.names.insert(atom.name.clone(), index).is_some() {
             return Err(Error::DuplicateName(atom.name.clone()));
@@ -507,6 +519,27 @@ impl Builder {
             .flat_map(|c| parts[c].sinks.clone())
             .collect();
         Ok((sources, sinks))
+    }
+}
+
+/// Refuses an `inject` or `rebind` of an input the atom does not declare: the task could never
+/// read it, and the input it meant would silently come from elsewhere (or be missing).
+fn check_declared(atom: &Atom) -> Result<(), Error> {
+    let declared =
+        |input: &str| atom.requires.iter().any(|r| r == input) || atom.optional.contains_key(input);
+    let undeclared = atom
+        .inject
+        .keys()
+        .map(|input| (input, "inject"))
+        .chain(atom.rebind.keys().map(|input| (input, "rebind")))
+        .find(|(input, _)| !declared(input));
+    match undeclared {
+        Some((input, via)) => Err(Error::UndeclaredInput {
+            atom: atom.name.clone(),
+            input: input.clone(),
+            via,
+        }),
+        None => Ok(()),
     }
 }
 

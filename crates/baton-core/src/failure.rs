@@ -21,10 +21,51 @@ pub struct Failure {
     pub atom: String,
     /// The attempt of the atom that failed (1-based).
     pub attempt: u32,
-    /// Whether the failure was declared transient by the task.
+    /// Whether the failure was declared transient by the task. The built-in retry controllers
+    /// retry only such failures.
     pub retryable: bool,
+    /// How long the task asked to wait before it is tried again
+    /// ([`TaskError::retry_after`]). A retry controller that retries waits at least this
+    /// long, or its own backoff if that is longer. Stored as whole milliseconds
+    /// (`retry_after_ms`, rounded up); failures stored by earlier versions read as none.
+    #[serde(
+        default,
+        rename = "retry_after_ms",
+        with = "millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_after: Option<Duration>,
     /// What kind of failure this is.
     pub kind: FailureKind,
+}
+
+/// An optional duration as whole milliseconds, rounded up (so a wait is never shortened) and
+/// saturated at `u64::MAX`.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    // serde's `with` hands the field by reference.
+    #[allow(clippy::ref_option)]
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => {
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                serializer.serialize_u64(u64::try_from(ms).unwrap_or(u64::MAX))
+            }
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
+    }
 }
 
 /// The kind of a [`Failure`].
@@ -97,7 +138,9 @@ impl TaskError {
         self
     }
 
-    /// Marks the error transient, with a delay before the next attempt.
+    /// Marks the error transient, with a delay before the next attempt: it is stored with the
+    /// failure ([`Failure::retry_after`]), and a retry controller that retries waits at least
+    /// this long (or its own backoff, if longer), across a resume.
     #[must_use]
     pub fn retry_after(mut self, delay: Duration) -> Self {
         self.retry = Retryability::RetryAfter(delay);
@@ -145,6 +188,10 @@ impl TaskError {
             atom: atom.to_owned(),
             attempt,
             retryable: !matches!(self.retry, Retryability::Fatal),
+            retry_after: match self.retry {
+                Retryability::RetryAfter(delay) => Some(delay),
+                _ => None,
+            },
             kind,
         }
     }
@@ -218,6 +265,34 @@ mod tests {
         assert_eq!(f.causes, vec!["disk full".to_owned()]);
         assert!(f.retryable);
         assert_eq!(f.to_string(), "outer (atom write, attempt 2): disk full");
+    }
+
+    #[test]
+    fn retry_after_is_kept_in_whole_milliseconds_rounded_up() {
+        let f = TaskError::msg("throttled")
+            .retry_after(Duration::from_micros(1500))
+            .into_failure("api", 1, FailureKind::Execute);
+        assert!(f.retryable);
+        assert_eq!(f.retry_after, Some(Duration::from_micros(1500)));
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["retry_after_ms"], 2);
+        let back: Failure = serde_json::from_value(json).unwrap();
+        assert_eq!(back.retry_after, Some(Duration::from_millis(2)));
+        let f = TaskError::msg("throttled")
+            .retry_after(Duration::MAX)
+            .into_failure("api", 1, FailureKind::Execute);
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["retry_after_ms"], u64::MAX);
+    }
+
+    /// Failures stored before `retry_after` existed read as having none, and a failure without
+    /// one is written as before.
+    #[test]
+    fn failures_without_retry_after_read_and_write_as_before() {
+        let old = r#"{"message":"boom","atom":"a","attempt":1,"retryable":true,"kind":"execute"}"#;
+        let f: Failure = serde_json::from_str(old).unwrap();
+        assert_eq!(f.retry_after, None);
+        assert_eq!(serde_json::to_string(&f).unwrap(), old);
     }
 
     #[test]

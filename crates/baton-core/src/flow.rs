@@ -160,13 +160,19 @@ impl Atom {
         self
     }
 
-    /// Reads the input the task calls `input` from the symbol `symbol`.
+    /// Reads the input the task calls `input` from the symbol `symbol`. `input` must be
+    /// declared with [`Atom::requires`] or [`Atom::optional`]; otherwise
+    /// [`compile`](Flow::compile) refuses the flow
+    /// ([`UndeclaredInput`](crate::compile::Error::UndeclaredInput)).
     pub fn rebind(mut self, input: impl Into<String>, symbol: impl Into<String>) -> Self {
         self.rebind.insert(input.into(), symbol.into());
         self
     }
 
     /// Gives the input `input` a fixed value for this atom only, whatever else provides it.
+    /// `input` must be declared with [`Atom::requires`] or [`Atom::optional`]; otherwise
+    /// [`compile`](Flow::compile) refuses the flow
+    /// ([`UndeclaredInput`](crate::compile::Error::UndeclaredInput)).
     pub fn inject(mut self, input: impl Into<String>, value: impl Into<Value>) -> Self {
         self.inject.insert(input.into(), value.into());
         self
@@ -331,8 +337,8 @@ impl Flow {
     ///
     /// # Errors
     /// A [`compile::Error`](crate::compile::Error) naming the culprit: a duplicate name, a cycle,
-    /// a link to an unknown child, or a symbol whose providers cannot be ordered before its
-    /// consumer.
+    /// a link to an unknown child, a symbol whose providers cannot be ordered before its
+    /// consumer, or an `inject` or `rebind` of an input the atom does not declare.
     pub fn compile(&self) -> Result<crate::compile::CompiledFlow, crate::compile::Error> {
         crate::compile::compile(self)
     }

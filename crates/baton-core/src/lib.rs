@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod board;
+mod clip;
 pub mod compile;
 pub mod conductor;
 pub mod engine;
@@ -60,11 +61,14 @@ pub mod retry;
 mod state;
 pub mod store;
 mod task;
+mod time;
 
 pub use board::{JobBoard, MemoryJobBoard, NewJob};
 pub use compile::CompiledFlow;
 pub use conductor::Conductor;
-pub use engine::{Control, CreateOptions, Engine, Event, EventKind, Events, Outcome, RunOptions};
+pub use engine::{
+    Control, CreateOptions, Engine, Event, EventKind, Events, Lagged, Outcome, RunOptions,
+};
 pub use failure::{Failure, FailureKind, ResultExt, Retryability, TaskError};
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use flow::{Atom, Decider, Flow, FlowChild, Pattern, Provides};

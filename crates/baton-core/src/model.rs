@@ -138,12 +138,44 @@ impl std::str::FromStr for AtomKind {
 
 /// One attempt of a retry controller's subflow: the value the controller produced for it and
 /// the failures that ended it.
+///
+/// The engine keeps a history small enough to store (see
+/// [`Options::max_history_bytes`](crate::engine::Options::max_history_bytes)): the first
+/// attempt and the latest ones, their failures' texts clipped in the middle if need be. What
+/// it leaves out is counted here, so [`History::len`](crate::retry::History::len) still counts
+/// every attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetryAttempt {
-    /// What the controller's `execute` returned for this attempt.
+    /// What the controller's `execute` returned for this attempt (`null` if it was too large
+    /// to keep in the history).
     pub value: Value,
     /// The failures of the subflow's atoms in this attempt, by atom name.
     pub failures: Vec<Failure>,
+    /// How many attempts made just before this one were left out of the history.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_before: u32,
+    /// How many failures of this attempt were left out (from the middle of the list).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_failures: u32,
+}
+
+impl RetryAttempt {
+    /// An attempt with nothing left out.
+    #[must_use]
+    pub fn new(value: Value, failures: Vec<Failure>) -> Self {
+        Self {
+            value,
+            failures,
+            dropped_before: 0,
+            dropped_failures: 0,
+        }
+    }
+}
+
+// serde's `skip_serializing_if` hands the field by reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One atom of a flow run, as stored.

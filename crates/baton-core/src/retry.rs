@@ -5,7 +5,9 @@
 //! innermost controller for a [`Decision`]:
 //!
 //! - [`Decision::Retry`]: revert the controller's subflow, then run it again (after the
-//!   controller's backoff delay, which is persisted so a resumed engine honours it);
+//!   controller's backoff delay, or the delay the failed task asked for with
+//!   [`TaskError::retry_after`] if longer; the time is persisted so a resumed engine honours
+//!   it);
 //! - [`Decision::Revert`]: give up on this subflow and ask the enclosing controller; with none
 //!   left, the whole flow reverts;
 //! - [`Decision::RevertAll`]: revert the whole flow at once.
@@ -37,10 +39,14 @@ pub struct History<'a> {
 }
 
 impl<'a> History<'a> {
-    /// How many attempts have been made (the failing one included, when deciding).
+    /// How many attempts have been made (the failing one included, when deciding), counting
+    /// those the stored history left out ([`RetryAttempt::dropped_before`]).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.attempts.len()
+        self.attempts.iter().fold(0usize, |n, a| {
+            n.saturating_add(1)
+                .saturating_add(usize::try_from(a.dropped_before).unwrap_or(usize::MAX))
+        })
     }
 
     /// Whether no attempt has been made yet.
@@ -49,7 +55,8 @@ impl<'a> History<'a> {
         self.attempts.is_empty()
     }
 
-    /// Every attempt, oldest first.
+    /// The attempts the history keeps, oldest first: all of them, or, after many, the first
+    /// and the latest ones (see [`RetryAttempt`]), so use [`History::len`] to count them.
     #[must_use]
     pub fn attempts(&self) -> &'a [RetryAttempt] {
         self.attempts
@@ -62,6 +69,14 @@ impl<'a> History<'a> {
             .last()
             .map(|a| a.failures.as_slice())
             .unwrap_or_default()
+    }
+
+    /// Whether retrying may help: no failure of the latest attempt is fatal (every one was
+    /// marked retryable by its task, see [`Failure::retryable`]). The built-in controllers do
+    /// not retry otherwise.
+    #[must_use]
+    pub fn retryable(&self) -> bool {
+        self.last_failures().iter().all(|f| f.retryable)
     }
 }
 
@@ -99,10 +114,13 @@ pub trait RetryController: Send + Sync + 'static {
     fn execute(&self, ctx: &RetryContext<'_>) -> Result<Value, TaskError>;
 
     /// Decides what to do after a failure in the subflow. The context's history includes the
-    /// attempt that just failed.
+    /// attempt that just failed; [`History::retryable`] says whether its failures were all
+    /// marked retryable (the built-in controllers retry only then).
     fn on_failure(&self, ctx: &RetryContext<'_>) -> Decision;
 
     /// How long to wait before the next attempt, after `on_failure` said [`Decision::Retry`].
+    /// The engine waits the longer of this and the failure's
+    /// [`retry_after`](Failure::retry_after), and stores the time of the next attempt.
     fn delay(&self, ctx: &RetryContext<'_>) -> Duration {
         let _ = ctx;
         Duration::ZERO
@@ -160,7 +178,9 @@ fn backoff_delay(backoff: Option<&Backoff>, ctx: &RetryContext<'_>) -> Duration 
     backoff.map_or(Duration::ZERO, |b| b.delay(ctx.history().len()))
 }
 
-/// Runs the subflow up to `n` times in all; then reverts (or reverts all).
+/// Runs the subflow up to `n` times in all; then reverts (or reverts all). A failure that is not
+/// [retryable](Failure::retryable) is not retried: the controller answers at once as it does
+/// when out of attempts.
 #[derive(Debug, Clone)]
 pub struct Times {
     attempts: usize,
@@ -200,7 +220,8 @@ impl RetryController for Times {
     }
 
     fn on_failure(&self, ctx: &RetryContext<'_>) -> Decision {
-        if ctx.history().len() < self.attempts {
+        let history = ctx.history();
+        if history.retryable() && history.len() < self.attempts {
             Decision::Retry
         } else {
             self.then
@@ -222,7 +243,7 @@ fn next_value(values: &[Value], history: History<'_>) -> Result<Value, TaskError
 }
 
 fn for_each_decision(values: usize, history: History<'_>, then: Decision) -> Decision {
-    if history.len() < values {
+    if history.retryable() && history.len() < values {
         Decision::Retry
     } else {
         then
@@ -230,7 +251,9 @@ fn for_each_decision(values: usize, history: History<'_>, then: Decision) -> Dec
 }
 
 /// Runs the subflow once per value, in order, until one attempt succeeds; the controller
-/// provides the value of the current attempt.
+/// provides the value of the current attempt. A failure that is not
+/// [retryable](Failure::retryable) is not retried: the controller answers at once as it does
+/// when out of values.
 #[derive(Debug, Clone)]
 pub struct ForEach {
     values: Vec<Value>,
@@ -281,7 +304,8 @@ impl RetryController for ForEach {
     }
 }
 
-/// Like [`ForEach`], with the values taken from an input symbol (a JSON array) at run time.
+/// Like [`ForEach`] (a failure that is not retryable is not retried either), with the values
+/// taken from an input symbol (a JSON array) at run time.
 /// The controller atom must require that symbol: `Atom::retry(name, ParameterizedForEach::new("images")).requires(["images"])`.
 #[derive(Debug, Clone)]
 pub struct ParameterizedForEach {
@@ -387,10 +411,7 @@ mod tests {
 
     fn attempts(n: usize) -> Vec<RetryAttempt> {
         (0..n)
-            .map(|i| RetryAttempt {
-                value: json!(i),
-                failures: vec![],
-            })
+            .map(|i| RetryAttempt::new(json!(i), vec![]))
             .collect()
     }
 
@@ -413,6 +434,47 @@ mod tests {
             decide(&Times::new(1).revert_all(), 1, &none),
             Decision::RevertAll
         );
+    }
+
+    #[test]
+    fn a_fatal_failure_is_answered_as_on_exhaustion() {
+        let failure = |retryable| Failure {
+            retryable,
+            ..TaskError::msg("boom").into_failure("a", 1, crate::failure::FailureKind::Execute)
+        };
+        let history = |last: Vec<Failure>| {
+            let mut h = attempts(1);
+            h[0].failures = last;
+            h
+        };
+        let inputs = HashMap::from([("xs".to_owned(), json!([1, 2, 3]))]);
+        let backoff = Backoff::exponential(Duration::from_millis(1), Duration::from_millis(1));
+        let controllers: [(&dyn RetryController, Decision); 4] = [
+            (&Times::new(3), Decision::Revert),
+            (
+                &Times::new(3).backoff(backoff).revert_all(),
+                Decision::RevertAll,
+            ),
+            (&ForEach::new([1, 2, 3]).backoff(backoff), Decision::Revert),
+            (
+                &ParameterizedForEach::new("xs").revert_all(),
+                Decision::RevertAll,
+            ),
+        ];
+        for (c, then) in controllers {
+            for (last, expected) in [
+                (vec![failure(true)], Decision::Retry),
+                (vec![failure(false)], then),
+                (vec![failure(true), failure(false)], then),
+            ] {
+                let h = history(last);
+                let ctx = RetryContext {
+                    history: History { attempts: &h },
+                    inputs: &inputs,
+                };
+                assert_eq!(c.on_failure(&ctx), expected);
+            }
+        }
     }
 
     #[test]

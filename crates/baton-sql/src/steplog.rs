@@ -774,6 +774,7 @@ mod tests {
             atom: "retry".into(),
             attempt: 3,
             retryable: true,
+            retry_after: None,
             kind: baton_core::FailureKind::Execute,
         };
         AtomRecord {
@@ -786,10 +787,7 @@ mod tests {
             result: Some(json!({"n": [1, 2.5, null]})),
             failure: Some(failure("boom")),
             revert_failure: Some(failure("undo")),
-            retry_history: vec![baton_core::model::RetryAttempt {
-                value: json!(1),
-                failures: vec![],
-            }],
+            retry_history: vec![baton_core::model::RetryAttempt::new(json!(1), vec![])],
             retry_at: at("2026-11-26T03:04:05.123456789Z"),
             progress: -0.0,
             started_at: at("1969-12-31T23:59:59.999999999Z"),

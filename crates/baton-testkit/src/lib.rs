@@ -4,7 +4,9 @@
 //!   command, so a test can check what ran, in which order, and how often.
 //! - [`CrashStore`] and [`FlakyStore`]: store wrappers that kill the engine at the k-th write, or
 //!   make the store unavailable for a while.
-//! - [`scenarios`]: the flows the crash tests run (linear, parallel graph, failing, retrying).
+//! - [`scenarios`]: the flows the crash tests run (linear, parallel graph, failing, retrying),
+//!   and flows for edge cases ([`scenarios::huge_failures`]).
+//! - [`run_until_retrying`]: runs a flow until a retry controller waits, and suspends it there.
 //! - [`crash`]: the crash-at-every-write check, generic over the store.
 //! - [`conformance`]: store cases every backend must pass, one test per case per backend.
 //! - [`board`]: job-board cases every backend must pass, likewise.
@@ -24,6 +26,45 @@ mod stores;
 
 pub use probe::{Action, Call, Log, Phase, Probe};
 pub use stores::{CrashMode, CrashStore, FlakyStore};
+
+/// Runs (or resumes) the stored run `id` of `flow` on `engine` until a retry controller goes
+/// `RETRYING`, suspends it there, and returns the outcome (`SUSPENDED`, unless the run ended
+/// first).
+pub async fn run_until_retrying(
+    engine: &baton_core::Engine,
+    flow: &baton_core::CompiledFlow,
+    id: baton_core::FlowId,
+) -> baton_core::Outcome {
+    use baton_core::model::Change;
+    use baton_core::{AtomState, Control, EventKind, RunOptions};
+
+    let control = Control::new();
+    let mut events = engine.subscribe();
+    let watcher = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let retrying = matches!(
+                    event.map(|e| e.kind),
+                    Ok(EventKind::Transition(Change::Atom {
+                        to: AtomState::Retrying,
+                        ..
+                    }))
+                );
+                if retrying {
+                    control.suspend();
+                    return;
+                }
+            }
+        })
+    };
+    let outcome = engine
+        .run_with(flow, id, RunOptions::new().control(control))
+        .await
+        .expect("the engine runs the flow");
+    watcher.abort();
+    outcome
+}
 
 /// Builds [`baton_core::Inputs`] from `(name, value)` pairs.
 #[must_use]

@@ -146,13 +146,14 @@ impl Probe {
         self
     }
 
-    /// Always fails `execute`.
+    /// Always fails `execute`, with an error marked retryable (so retry controllers retry it).
     #[must_use]
     pub fn fails(self) -> Self {
         self.fails_when(|_| true)
     }
 
-    /// Fails `execute` when `pred` holds for the call's context.
+    /// Fails `execute` when `pred` holds for the call's context, with an error marked
+    /// retryable (so retry controllers retry it).
     #[must_use]
     pub fn fails_when(
         mut self,
@@ -230,7 +231,7 @@ impl Task for Probe {
         }
         if self.fail.as_ref().is_some_and(|f| f(&ctx)) {
             rec.at(Phase::Err);
-            return Err(TaskError::msg(format!("{} failed on purpose", ctx.atom())));
+            return Err(TaskError::msg(format!("{} failed on purpose", ctx.atom())).retryable());
         }
         let value = self
             .result

@@ -2,7 +2,7 @@
 //! on persisted data), so a resumed run can be compared with an uninterrupted one.
 
 use baton_core::retry::Times;
-use baton_core::{Atom, CompiledFlow, Flow, Inputs};
+use baton_core::{Atom, CompiledFlow, Flow, FnTask, Inputs, TaskError};
 use serde_json::json;
 
 use crate::{inputs, Log, Probe};
@@ -138,6 +138,30 @@ pub fn retrying() -> Scenario {
         inputs: Inputs::new(),
         parallelism: 1,
     }
+}
+
+/// A task `x` whose `execute` fails with a 10 MB message and ten causes of 100 KB, and whose
+/// `revert` fails with a 10 MB message: far over any store's limit on one value. (Not one of
+/// [`all`]: no crash test runs it.) Each message starts with `"{what} starts"` and ends with
+/// `"{what} ends"`, `what` being `message` or `revert`.
+#[must_use]
+pub fn huge_failures() -> CompiledFlow {
+    let huge = |what: &str| format!("{what} starts {} {what} ends", "x".repeat(10 << 20));
+    let task = FnTask::new(move |_| {
+        let mut err = TaskError::msg(huge("message"));
+        for i in 0..10 {
+            err = err.with_cause(format!("cause {i} {}", "c".repeat(100_000)));
+        }
+        async move { Err(err) }
+    })
+    .on_revert(move |_| {
+        let err = TaskError::msg(huge("revert"));
+        async move { Err(err) }
+    });
+    Flow::linear("huge")
+        .add(Atom::task("x", task))
+        .compile()
+        .expect("huge failures flow compiles")
 }
 
 /// Every scenario of the crash tests.

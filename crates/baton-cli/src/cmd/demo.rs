@@ -92,6 +92,13 @@ pub(crate) async fn demo(
     let finished = loop {
         tokio::select! {
             Some(event) = events.next() => {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(lagged) => {
+                        outln!("  ({lagged})");
+                        continue;
+                    }
+                };
                 if event.flow != job.flow() {
                     continue;
                 }

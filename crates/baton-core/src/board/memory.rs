@@ -33,7 +33,7 @@ pub struct MemoryJobBoard {
 }
 
 fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
+    crate::time::after(now, lease)
 }
 
 impl MemoryJobBoard {

@@ -93,6 +93,19 @@ pub struct Options {
     /// The largest result (serialized JSON, bytes) an atom may return; a larger one fails the
     /// atom.
     pub max_result_bytes: usize,
+    /// The most one recorded failure takes in the store (its JSON, bytes; at least 1 KiB): a
+    /// failure whose message or causes are longer is clipped in the middle (each text keeps
+    /// its head and its tail around a mark saying how much was cut), so recording a failure
+    /// never fails. Keep it under the store's limit on one value (the SQL stores'
+    /// `max_value_bytes`, 1 MiB by default).
+    pub max_failure_bytes: usize,
+    /// The most a retry controller's history takes in the store (its JSON, bytes; at least
+    /// 8 KiB). A history keeps its first attempt and its latest 8 (the others counted, so
+    /// controllers still count every attempt), and what is still over this is clipped: the
+    /// failures' texts, then failures, then values, then all but the latest attempt (see
+    /// [`RetryAttempt`](crate::model::RetryAttempt)). Keep it under the store's limit on one
+    /// value.
+    pub max_history_bytes: usize,
     /// How often, at most, one atom's progress is written to the store.
     pub progress_interval: Duration,
     /// The first wait before retrying a store that is unavailable (doubling up to
@@ -107,6 +120,8 @@ impl Default for Options {
         Self {
             parallelism: 8,
             max_result_bytes: 1 << 20,
+            max_failure_bytes: 64 << 10,
+            max_history_bytes: 256 << 10,
             progress_interval: Duration::from_secs(1),
             store_retry_base: Duration::from_millis(50),
             store_retry_max: Duration::from_secs(5),
@@ -146,19 +161,33 @@ pub struct Events {
     rx: broadcast::Receiver<Event>,
 }
 
+/// What [`Events::next`] gives in place of the events a subscriber missed: it fell more than
+/// [`Events::CAPACITY`] events behind, and the oldest of them were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("fell behind the engine's events and missed {missed} of them")]
+pub struct Lagged {
+    /// How many events were dropped.
+    pub missed: u64,
+}
+
 impl Events {
-    /// The next event; `None` once the engine is dropped. A subscriber that falls more than
-    /// 4096 events behind skips the oldest ones.
+    /// How many events a subscriber may fall behind before it misses the oldest.
+    pub const CAPACITY: usize = 4096;
+
+    /// The next event; `None` once every clone of the engine is dropped and the events sent
+    /// before are read.
+    ///
+    /// A subscriber that falls more than [`Events::CAPACITY`] events behind misses the
+    /// oldest ones: it gets `Err(Lagged)` saying how many, then the events after them (the
+    /// store's [history](crate::store::Store::history) still holds every transition).
     ///
     /// # Cancel safety
     /// Cancel safe: an event is never lost by dropping the future.
-    pub async fn next(&mut self) -> Option<Event> {
-        loop {
-            match self.rx.recv().await {
-                Ok(e) => return Some(e),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+    pub async fn next(&mut self) -> Option<Result<Event, Lagged>> {
+        match self.rx.recv().await {
+            Ok(e) => Some(Ok(e)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Err(Lagged { missed })),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 }
@@ -182,8 +211,9 @@ impl Control {
         Self::default()
     }
 
-    /// Asks the run to suspend: it starts nothing new, waits for running atoms, records their
-    /// results and ends `SUSPENDED`. [`Engine::run`] resumes it later.
+    /// Asks the run to suspend: it starts nothing after the request (even one a task makes
+    /// as it ends), waits for running atoms, records their results and ends `SUSPENDED`.
+    /// [`Engine::run`] resumes it later.
     pub fn suspend(&self) {
         self.suspend.cancel();
     }
@@ -406,7 +436,7 @@ impl Engine {
     /// An engine over a shared store.
     #[must_use]
     pub fn from_arc(store: Arc<dyn Store>) -> Self {
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(Events::CAPACITY);
         Self {
             store,
             options: Options::default(),

@@ -115,7 +115,7 @@ async fn load_patiently(
                     () = tokio::time::sleep(delay) => {}
                     () = control.halt.cancelled() => return Err(Error::Halted(id)),
                 }
-                delay = (delay * 2).min(options.store_retry_max);
+                delay = crate::time::doubled(delay, options.store_retry_max);
             }
             Err(e) => return Err(e.into()),
         }
@@ -292,6 +292,12 @@ impl Run {
             }
             self.enter();
             loop {
+                // A task that asked to suspend as it ended may have ended in the same poll that
+                // `wait` returned from: look at the request before planning, so nothing starts
+                // after it.
+                if self.control.suspend.is_cancelled() {
+                    self.on_suspend();
+                }
                 self.plan();
                 self.commit().await?;
                 self.launch();
@@ -454,7 +460,7 @@ impl Run {
                         () = tokio::time::sleep(delay) => {}
                         () = self.control.halt.cancelled() => return Err(Error::Halted(self.id)),
                     }
-                    delay = (delay * 2).min(options.store_retry_max);
+                    delay = crate::time::doubled(delay, options.store_retry_max);
                     // The batch's time is when it is stored: after a long outage, a run's end
                     // must not look older than it is (purges go by it).
                     batch.at = Utc::now();
@@ -505,7 +511,7 @@ impl Run {
                         () = tokio::time::sleep(delay) => {}
                         () = self.control.halt.cancelled() => return Err(Error::Halted(self.id)),
                     }
-                    delay = (delay * 2).min(options.store_retry_max);
+                    delay = crate::time::doubled(delay, options.store_retry_max);
                 }
                 Err(store::Error::FlowExists(id)) if retried => {
                     // Ours, stored by an attempt whose answer was lost, or another engine's
@@ -817,7 +823,8 @@ impl Run {
         self.set_atom(i, |a| {
             a.state = AtomState::Running;
             a.intention = Intention::Execute;
-            a.attempt += 1;
+            // Saturating: the attempt comes from the store.
+            a.attempt = a.attempt.saturating_add(1);
             a.progress = 0.0;
             a.started_at = Some(now);
             a.retry_at = None;
@@ -868,7 +875,8 @@ impl Run {
         });
     }
 
-    fn fail(&mut self, i: usize, failure: Failure) {
+    fn fail(&mut self, i: usize, mut failure: Failure) {
+        crate::clip::clip_failure(&mut failure, self.engine.options.max_failure_bytes);
         let now = Utc::now();
         tracing::info!(atom = %failure.atom, attempt = failure.attempt, error = %failure, "atom failed");
         self.set_atom(i, |a| {
@@ -891,10 +899,10 @@ impl Run {
                 break;
             };
             let mut attempts = self.atoms[r].retry_history.clone();
-            attempts.push(RetryAttempt {
-                value: self.atoms[r].result.clone().unwrap_or(Value::Null),
-                failures: self.scope_failures(r),
-            });
+            attempts.push(RetryAttempt::new(
+                self.atoms[r].result.clone().unwrap_or(Value::Null),
+                self.scope_failures(r),
+            ));
             let inputs = self.inputs(r).unwrap_or_default();
             let ctx = RetryContext {
                 history: History {
@@ -904,9 +912,11 @@ impl Run {
             };
             match controller.on_failure(&ctx) {
                 Decision::Retry => {
-                    let delay = controller.delay(&ctx);
-                    let at = Utc::now()
-                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    // The later of the controller's backoff and the wait the failed task
+                    // asked for (`TaskError::retry_after`).
+                    let asked = self.atoms[i].failure.as_ref().and_then(|f| f.retry_after);
+                    let delay = controller.delay(&ctx).max(asked.unwrap_or_default());
+                    let at = crate::time::after(Utc::now(), delay);
                     tracing::info!(retry = %self.flow.atoms[r].name, ?delay, "retrying subflow");
                     self.set_atom(r, |a| {
                         a.intention = Intention::Retry;
@@ -973,21 +983,23 @@ impl Run {
     }
 
     fn reset_scope(&mut self, r: usize, members: &[usize]) {
-        let attempt = RetryAttempt {
-            value: self.atoms[r].result.clone().unwrap_or(Value::Null),
-            failures: self.scope_failures(r),
-        };
+        let attempt = RetryAttempt::new(
+            self.atoms[r].result.clone().unwrap_or(Value::Null),
+            self.scope_failures(r),
+        );
+        let limit = self.engine.options.max_history_bytes;
         self.set_atom(r, |a| {
             a.state = AtomState::Retrying;
             a.intention = Intention::Execute;
             a.retry_history.push(attempt);
+            crate::clip::clip_history(&mut a.retry_history, limit);
         });
         for &m in members {
             if self.atoms[m].state != AtomState::Pending {
                 self.set_atom(m, |a| {
                     a.state = AtomState::Pending;
                     a.intention = Intention::Execute;
-                    a.round += 1;
+                    a.round = a.round.saturating_add(1);
                     a.result = None;
                     a.failure = None;
                     a.revert_failure = None;
@@ -1202,13 +1214,7 @@ impl Run {
         tokio::select! {
             biased;
             () = halt.cancelled() => return Err(Error::Halted(self.id)),
-            () = suspend.cancelled(), if !self.suspend_requested => {
-                self.suspend_requested = true;
-                if matches!(self.record.state, FlowState::Running | FlowState::Reverting) {
-                    tracing::info!("suspending flow");
-                    self.set_flow(FlowState::Suspending, self.record.intention);
-                }
-            }
+            () = suspend.cancelled(), if !self.suspend_requested => self.on_suspend(),
             done = std::future::poll_fn(|cx| match self.alone.as_mut() {
                 Some(task) => task
                     .get_mut()
@@ -1232,6 +1238,18 @@ impl Run {
             () = async { tokio::time::sleep(sleep_for.unwrap_or_default()).await }, if sleep_for.is_some() => {}
         }
         Ok(())
+    }
+
+    /// Acts on a suspend request (once): the flow goes `SUSPENDING`, which starts nothing new.
+    fn on_suspend(&mut self) {
+        if self.suspend_requested {
+            return;
+        }
+        self.suspend_requested = true;
+        if matches!(self.record.state, FlowState::Running | FlowState::Reverting) {
+            tracing::info!("suspending flow");
+            self.set_flow(FlowState::Suspending, self.record.intention);
+        }
     }
 
     fn on_joined(
@@ -1263,7 +1281,8 @@ impl Run {
                     a.finished_at = Some(now);
                 });
             }
-            Done::Reverted(Err(f)) => {
+            Done::Reverted(Err(mut f)) => {
+                crate::clip::clip_failure(&mut f, self.engine.options.max_failure_bytes);
                 tracing::warn!(atom = %f.atom, error = %f, "revert failed");
                 let now = Utc::now();
                 self.set_atom(i, |a| {

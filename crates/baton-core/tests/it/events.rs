@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use baton_core::model::Change;
 use baton_core::store::Store;
-use baton_core::{Atom, AtomState, Engine, EventKind, Flow, FlowState, Inputs, MemoryStore};
+use baton_core::{
+    Atom, AtomState, Engine, EventKind, Events, Flow, FlowState, Inputs, Lagged, MemoryStore,
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -23,6 +25,7 @@ async fn every_committed_transition_is_an_event() {
     while seen.len() < history.len() {
         let e = tokio::time::timeout(Duration::from_secs(1), events.next())
             .await
+            .unwrap()
             .unwrap()
             .unwrap();
         assert_eq!(e.flow, outcome.flow);
@@ -62,6 +65,7 @@ async fn progress_is_reported_and_persisted() {
     assert!(outcome.is_success());
     let mut progress = Vec::new();
     while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), events.next()).await {
+        let e = e.unwrap();
         if let EventKind::Progress { atom, progress: p } = e.kind {
             assert_eq!(atom, "copy");
             progress.push(p);
@@ -74,4 +78,40 @@ async fn progress_is_reported_and_persisted() {
     // Progress writes do not add transitions.
     let history = store.history(outcome.flow).await.unwrap();
     assert_eq!(history.len(), 4);
+}
+
+/// A subscriber that falls behind by more than the channel holds is told how many events it
+/// missed, and then gets the rest: what it got and what it missed add up to every event.
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_is_told_how_many_events_it_missed() {
+    let mut flow = Flow::linear("long");
+    for i in 0..3000 {
+        flow = flow.add(Atom::from_fn(format!("a{i}"), |_| async {
+            Ok(json!(null))
+        }));
+    }
+    let flow = flow.compile().unwrap();
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let mut events = engine.subscribe();
+    let outcome = engine.start(&flow, Inputs::new()).await.unwrap();
+    drop(engine);
+    let total = store.history(outcome.flow).await.unwrap().len();
+    assert!(
+        total > Events::CAPACITY,
+        "the flow made too few events to fall behind: {total}"
+    );
+    let first = events.next().await.unwrap();
+    let missed = match first {
+        Err(Lagged { missed }) => usize::try_from(missed).unwrap(),
+        Ok(e) => panic!("the first event was not the lag: {e:?}"),
+    };
+    assert_eq!(missed, total - Events::CAPACITY);
+    let mut received = 0;
+    while let Some(e) = events.next().await {
+        let e = e.expect("one lag only");
+        assert_eq!(e.flow, outcome.flow);
+        received += 1;
+    }
+    assert_eq!(received, Events::CAPACITY);
 }

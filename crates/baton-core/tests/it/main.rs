@@ -9,6 +9,7 @@ mod crash;
 mod data;
 mod events;
 mod lifecycle;
+mod limits;
 mod patterns;
 mod properties;
 mod resume;

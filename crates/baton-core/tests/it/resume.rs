@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use baton_core::store::Store;
 use baton_core::{
-    Atom, AtomState, Control, CreateOptions, Engine, Flow, FlowId, FlowState, Inputs, MemoryStore,
-    RunOptions,
+    Atom, AtomState, CompiledFlow, Control, CreateOptions, Engine, Flow, FlowId, FlowState, Inputs,
+    MemoryStore, RunOptions,
 };
 use baton_testkit::{Action, CrashMode, CrashStore, FlakyStore, Log, Phase, Probe};
 use serde_json::json;
 
-fn three_steps(log: &Log) -> baton_core::CompiledFlow {
+fn three_steps(log: &Log) -> CompiledFlow {
     Flow::linear("three")
         .add(Atom::task("a", Probe::new(log)))
         .add(Atom::task(
@@ -35,6 +35,7 @@ async fn suspend_stops_at_a_step_boundary_and_resume_finishes() {
     let watcher = tokio::spawn(async move {
         // Suspend while `b` runs.
         while let Some(e) = events.next().await {
+            let e = e.unwrap();
             if let baton_core::EventKind::Transition(baton_core::model::Change::Atom {
                 atom,
                 to: AtomState::Running,
@@ -653,4 +654,126 @@ async fn a_retried_batch_is_stamped_when_it_is_stored() {
     // The run's recorded end is its last (stored) attempt's time.
     let ended = store.load_flow(id).await.unwrap().flow.updated_at;
     assert_eq!(Some(&ended), attempts.last());
+}
+
+/// A task that asks its run to suspend, then succeeds.
+fn suspends(name: &str, control: &Control) -> Atom {
+    let control = control.clone();
+    Atom::from_fn(name, move |_| {
+        control.suspend();
+        async { Ok(json!("done")) }
+    })
+}
+
+/// The states of a stored run's atoms, by name.
+async fn states(store: &MemoryStore, id: FlowId) -> std::collections::BTreeMap<String, AtomState> {
+    let snap = store.load_flow(id).await.unwrap();
+    snap.atoms.into_iter().map(|a| (a.name, a.state)).collect()
+}
+
+/// Runs a new run of `flow` on a memory store under `control`, and checks it ends suspended.
+async fn run_to_suspended(flow: &CompiledFlow, control: Control) -> (Engine, MemoryStore, FlowId) {
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let id = engine.create(flow, Inputs::new()).await.unwrap();
+    let outcome = engine
+        .run_with(flow, id, RunOptions::new().control(control))
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, FlowState::Suspended);
+    (engine, store, id)
+}
+
+/// A suspend requested at the very end of a task that runs alone (every task of a linear
+/// flow) is seen before the next task could start: nothing starts after the request.
+#[tokio::test]
+async fn a_suspend_requested_by_a_lone_task_starts_nothing_after_it() {
+    let log = Log::new();
+    let control = Control::new();
+    let flow = Flow::linear("three")
+        .add(suspends("t1", &control))
+        .add(Atom::task("t2", Probe::new(&log)))
+        .add(Atom::task("t3", Probe::new(&log)))
+        .compile()
+        .unwrap();
+    let (engine, store, id) = run_to_suspended(&flow, control).await;
+    let states = states(&store, id).await;
+    assert_eq!(states["t1"], AtomState::Success);
+    assert_eq!(
+        states["t2"],
+        AtomState::Pending,
+        "t2 started after the suspend"
+    );
+    assert!(log.calls().is_empty());
+    let outcome = engine.run(&flow, id).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    assert_eq!(log.successes(Action::Execute).len(), 2);
+}
+
+/// The same for a task that runs beside another: when it ends, what it unblocks does not
+/// start, and the run suspends once the other task is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspend_requested_by_a_parallel_task_starts_nothing_after_it() {
+    let log = Log::new();
+    let control = Control::new();
+    let flow = Flow::unordered("both")
+        .add(
+            Flow::linear("left")
+                .add(suspends("asks", &control))
+                .add(Atom::task("next", Probe::new(&log))),
+        )
+        .add(Atom::task(
+            "slow",
+            Probe::new(&log).delay(Duration::from_millis(50)),
+        ))
+        .compile()
+        .unwrap();
+    let (engine, store, id) = run_to_suspended(&flow, control).await;
+    let states = states(&store, id).await;
+    assert_eq!(states["asks"], AtomState::Success);
+    assert_eq!(
+        states["slow"],
+        AtomState::Success,
+        "the running task was recorded"
+    );
+    assert_eq!(
+        states["next"],
+        AtomState::Pending,
+        "next started after the suspend"
+    );
+    let outcome = engine.run(&flow, id).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+}
+
+/// And while reverting: a suspend requested at the end of a revert that runs alone lets no
+/// further revert start; the run resumes reverting.
+#[tokio::test]
+async fn a_suspend_requested_by_a_revert_starts_nothing_after_it() {
+    let log = Log::new();
+    let control = Control::new();
+    let asks = {
+        let control = control.clone();
+        baton_core::FnTask::new(|_| async { Ok(json!("done")) }).on_revert(move |_| {
+            control.suspend();
+            async { Ok(()) }
+        })
+    };
+    let flow = Flow::linear("undo")
+        .add(Atom::task("t1", Probe::new(&log)))
+        .add(Atom::task("t2", asks))
+        .add(Atom::task("t3", Probe::new(&log).fails()))
+        .compile()
+        .unwrap();
+    let (engine, store, id) = run_to_suspended(&flow, control).await;
+    let states = states(&store, id).await;
+    assert_eq!(states["t2"], AtomState::Reverted);
+    assert_eq!(
+        states["t1"],
+        AtomState::Success,
+        "t1's revert started after the suspend"
+    );
+    assert!(!log.successes(Action::Revert).contains_key("t1"));
+    let outcome = engine.run(&flow, id).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Reverted);
+    assert_eq!(log.successes(Action::Revert)["t1"], 1);
 }

@@ -1,12 +1,15 @@
 //! Retry controllers, after TaskFlow's test_retries.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::retry::{
-    AlwaysRevert, AlwaysRevertAll, Backoff, ForEach, ParameterizedForEach, Times,
+    AlwaysRevert, AlwaysRevertAll, Backoff, Decision, ForEach, ParameterizedForEach, RetryContext,
+    RetryController, Times,
 };
 use baton_core::store::Store;
-use baton_core::{Atom, AtomState, Engine, Flow, FlowState, Inputs, MemoryStore};
+use baton_core::{Atom, AtomState, Engine, Flow, FlowState, Inputs, MemoryStore, TaskError};
 use baton_testkit::{inputs, Action, Log, Phase, Probe};
 use serde_json::json;
 
@@ -215,6 +218,7 @@ async fn backoff_waits_and_its_deadline_is_persisted() {
         let control = control.clone();
         tokio::spawn(async move {
             while let Some(e) = events.next().await {
+                let e = e.unwrap();
                 if let baton_core::EventKind::Transition(baton_core::model::Change::Atom {
                     to: AtomState::Retrying,
                     ..
@@ -371,4 +375,172 @@ async fn a_retry_starts_and_ends_while_a_task_runs_alone() {
             .count(),
         2
     );
+}
+
+/// Counts how often it is asked, and always answers Revert.
+struct Asked(Arc<AtomicUsize>);
+
+impl RetryController for Asked {
+    fn execute(&self, _ctx: &RetryContext<'_>) -> Result<serde_json::Value, TaskError> {
+        Ok(json!(null))
+    }
+
+    fn on_failure(&self, _ctx: &RetryContext<'_>) -> Decision {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Decision::Revert
+    }
+}
+
+/// A failure not marked retryable is not retried by any built-in controller, with or without
+/// a backoff: each answers as when out of attempts (Revert asks the enclosing controller,
+/// RevertAll does not).
+#[tokio::test]
+async fn built_in_controllers_do_not_retry_a_fatal_failure() {
+    let backoff = Backoff::exponential(Duration::from_millis(1), Duration::from_millis(1));
+    let controllers: Vec<(&str, Atom, bool)> = vec![
+        ("times", Atom::retry("r", Times::new(3)), false),
+        (
+            "times, backoff, revert all",
+            Atom::retry("r", Times::new(3).backoff(backoff).revert_all()),
+            true,
+        ),
+        ("for each", Atom::retry("r", ForEach::new([1, 2, 3])), false),
+        (
+            "for each, backoff, revert all",
+            Atom::retry("r", ForEach::new([1, 2, 3]).backoff(backoff).revert_all()),
+            true,
+        ),
+        (
+            "parameterized for each",
+            Atom::retry("r", ParameterizedForEach::new("xs")).requires(["xs"]),
+            false,
+        ),
+        (
+            "parameterized for each, backoff, revert all",
+            Atom::retry(
+                "r",
+                ParameterizedForEach::new("xs")
+                    .backoff(backoff)
+                    .revert_all(),
+            )
+            .requires(["xs"]),
+            true,
+        ),
+    ];
+    for (what, controller, revert_all) in controllers {
+        let (calls, asked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let work = {
+            let calls = calls.clone();
+            Atom::from_fn("work", move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err(TaskError::msg("bad request").fatal()) }
+            })
+        };
+        let flow = Flow::linear("outer")
+            .retry(Atom::retry("outer-r", Asked(asked.clone())))
+            .add(Flow::linear("inner").retry(controller).add(work))
+            .compile()
+            .unwrap();
+        let (outcome, store) = run(&flow, inputs([("xs", json!([1, 2, 3]))])).await;
+        assert_eq!(outcome.state, FlowState::Reverted, "{what}");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{what}: a fatal failure was retried"
+        );
+        let expected_asked = usize::from(!revert_all);
+        assert_eq!(asked.load(Ordering::SeqCst), expected_asked, "{what}");
+        let snap = store.load_flow(outcome.flow).await.unwrap();
+        let r = snap.atoms.iter().find(|a| a.name == "r").unwrap();
+        assert!(r.retry_history.is_empty(), "{what}");
+    }
+}
+
+/// A flow whose task fails once with `retry_after(after)` under `Times(2)` with a backoff of
+/// `backoff`, then succeeds; it records when each attempt started.
+fn throttled(
+    after: Duration,
+    backoff: Duration,
+    starts: &Arc<std::sync::Mutex<Vec<chrono::DateTime<chrono::Utc>>>>,
+) -> baton_core::CompiledFlow {
+    let starts = starts.clone();
+    Flow::linear("throttled")
+        .retry(
+            Atom::retry(
+                "r",
+                Times::new(2).backoff(Backoff::exponential(backoff, backoff)),
+            )
+            .provides("try"),
+        )
+        .add(
+            Atom::from_fn("api", move |ctx| {
+                starts.lock().unwrap().push(chrono::Utc::now());
+                async move {
+                    if ctx.input::<u32>("try")? < 2 {
+                        return Err(TaskError::msg("throttled").retry_after(after));
+                    }
+                    Ok(json!("done"))
+                }
+            })
+            .requires(["try"]),
+        )
+        .compile()
+        .unwrap()
+}
+
+/// Runs `flow` until its controller goes `RETRYING`, suspends it there, and returns the
+/// stored controller.
+async fn suspend_when_retrying(
+    engine: &Engine,
+    flow: &baton_core::CompiledFlow,
+    id: baton_core::FlowId,
+) -> baton_core::model::AtomRecord {
+    let outcome = baton_testkit::run_until_retrying(engine, flow, id).await;
+    assert_eq!(outcome.state, FlowState::Suspended);
+    let snap = engine.store().load_flow(id).await.unwrap();
+    snap.atoms.into_iter().find(|a| a.name == "r").unwrap()
+}
+
+/// `TaskError::retry_after` is stored with the failure and sets the persisted time of the next
+/// attempt (when longer than the controller's backoff); an engine resuming the run waits
+/// for it.
+#[tokio::test]
+async fn retry_after_is_stored_and_delays_the_next_attempt_across_a_resume() {
+    let ms = Duration::from_millis;
+    let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let flow = throttled(ms(300), ms(1), &starts);
+    let store = MemoryStore::new();
+    let engine = Engine::new(store.clone());
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    let r = suspend_when_retrying(&engine, &flow, id).await;
+    assert_eq!(r.state, AtomState::Retrying);
+    let failure = &r.retry_history[0].failures[0];
+    assert_eq!(failure.retry_after, Some(ms(300)));
+    let failed_at = starts.lock().unwrap()[0];
+    let retry_at = r.retry_at.expect("the next attempt's time is stored");
+    assert!(
+        retry_at - failed_at >= chrono::Duration::milliseconds(300),
+        "retry_at is {} after the failure",
+        retry_at - failed_at
+    );
+
+    // Another engine resumes the run, and waits until then.
+    let outcome = Engine::new(store.clone()).run(&flow, id).await.unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 2);
+    assert!(starts[1] >= retry_at, "the retry started before its time");
+}
+
+/// The controller's backoff still counts when it is the longer of the two.
+#[tokio::test]
+async fn a_backoff_longer_than_retry_after_wins() {
+    let ms = Duration::from_millis;
+    let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let flow = throttled(ms(1), ms(300), &starts);
+    let engine = Engine::new(MemoryStore::new());
+    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    let r = suspend_when_retrying(&engine, &flow, id).await;
+    let failed_at = starts.lock().unwrap()[0];
+    assert!(r.retry_at.unwrap() - failed_at >= chrono::Duration::milliseconds(300));
 }

@@ -114,6 +114,55 @@ fn retry_controllers_and_tasks_stay_in_their_places() {
     assert_eq!(err, Error::MisplacedAtom("t".into()));
 }
 
+#[test]
+fn inject_and_rebind_of_an_input_the_atom_does_not_require_are_refused() {
+    let cases = [
+        (
+            noop("boot").requires(["flavor"]).inject("flavour", "tiny"),
+            "flavour",
+            "inject",
+        ),
+        (
+            noop("boot").rebind("image", "default_image"),
+            "image",
+            "rebind",
+        ),
+    ];
+    for (atom, input, via) in cases {
+        let err = Flow::linear("l").add(atom).compile().unwrap_err();
+        let expected = Error::UndeclaredInput {
+            atom: "boot".into(),
+            input: input.into(),
+            via,
+        };
+        assert_eq!(err, expected);
+    }
+    let err = Flow::linear("l")
+        .add(noop("boot").inject("flavour", "tiny"))
+        .compile()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "atom \"boot\" has an inject for input \"flavour\", which it neither requires nor takes as optional"
+    );
+    // Declared as required or optional, either is fine, on tasks and controllers alike.
+    Flow::linear("l")
+        .retry(
+            Atom::retry("r", Times::new(2))
+                .optional("n", 1)
+                .inject("n", 2),
+        )
+        .add(
+            noop("boot")
+                .requires(["image"])
+                .rebind("image", "default_image")
+                .optional("flavor", "tiny")
+                .inject("flavor", "large"),
+        )
+        .compile()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn missing_inputs_are_refused_before_anything_is_stored() {
     let flow = Flow::linear("needs")

@@ -113,6 +113,7 @@ pub async fn full_records_round_trip<S: Harness>(store: S) {
         atom: "m".into(),
         attempt: 2,
         retryable: true,
+        retry_after: None,
         kind: FailureKind::Execute,
     };
     let mut m = atoms[1].clone();
@@ -127,10 +128,7 @@ pub async fn full_records_round_trip<S: Harness>(store: S) {
         kind: FailureKind::Revert,
         ..failure.clone()
     });
-    m_done.retry_history = vec![RetryAttempt {
-        value: json!({"try": 1}),
-        failures: vec![failure],
-    }];
+    m_done.retry_history = vec![RetryAttempt::new(json!({"try": 1}), vec![failure])];
     m_done.retry_at = Some(now + chrono::Duration::seconds(30));
     m_done.progress = 0.375;
     m_done.started_at = Some(now);
@@ -203,6 +201,7 @@ pub async fn size_limit_refuses_the_whole_batch<S: Harness>(store: S, limit: usi
         atom: "b".into(),
         attempt: 1,
         retryable: false,
+        retry_after: None,
         kind: FailureKind::Execute,
     });
     let mut batch = Batch::new(flow.id, None);

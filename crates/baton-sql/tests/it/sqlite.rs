@@ -405,6 +405,7 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
         atom: "x".to_owned(),
         attempt: 1,
         retryable: false,
+        retry_after: None,
         kind: baton_core::FailureKind::Execute,
     };
     let when = chrono::DateTime::parse_from_rfc3339("2026-12-05T10:00:00.5Z")
@@ -439,10 +440,10 @@ async fn loading_reads_packed_rows_and_names_damaged_ones() {
         (
             "retry-history",
             Box::new(|a| {
-                a.retry_history = vec![baton_core::model::RetryAttempt {
-                    value: serde_json::json!(1),
-                    failures: Vec::new(),
-                }]
+                a.retry_history = vec![baton_core::model::RetryAttempt::new(
+                    serde_json::json!(1),
+                    Vec::new(),
+                )]
             }),
         ),
         ("retry-at", Box::new(move |a| a.retry_at = Some(when))),
