@@ -175,7 +175,11 @@ impl PostgresStore {
     ///
     /// # Cancel safety
     /// As [`PostgresStore::connect`].
-    #[tracing::instrument(skip_all, fields(backend = "postgres", schema = %options.schema), err)]
+    #[tracing::instrument(
+        skip_all,
+        fields(backend = "postgres", url = %crate::redact_url(url), schema = %options.schema),
+        err
+    )]
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, Error> {
         if !valid_schema(&options.schema) {
             return Err(Error::InvalidSchema {
