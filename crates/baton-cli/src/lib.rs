@@ -51,6 +51,11 @@ pub fn main() -> i32 {
     let (cli, matches) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                // clap answers `baton flows` with the help of `flows`: say first what is
+                // wrong, as every error does.
+                eprintln!("error: a command is missing: the choices follow\n");
+            }
             let _ = e.print();
             return if e.use_stderr() {
                 exit::USAGE
