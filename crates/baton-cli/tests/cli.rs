@@ -736,6 +736,8 @@ fn the_database_password_is_never_shown() {
         "postgres://baton:s3%63ret@127.0.0.1:1/db".to_owned(),
         "postgres://127.0.0.1:1/db?sslmode=bogus&password=s3cret".to_owned(),
         "postgres://127.0.0.1:1/db?password=s3cret".to_owned(),
+        // Not a parameter the driver reads: it would log it, value and all.
+        "postgres://127.0.0.1:1/db?passwd=s3cret".to_owned(),
         "baton:s3cret@127.0.0.1:1/db".to_owned(),
         format!(
             "sqlite://baton:s3cret@{}/none/baton.db",

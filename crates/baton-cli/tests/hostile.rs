@@ -404,6 +404,7 @@ fn urls_and_schemas() {
         ("postgres://127.0.0.1:99999/db".into(), BAD_INPUT),
         ("postgres://u:p@[::1/db".into(), BAD_INPUT),
         ("postgres://127.0.0.1:1/db?sslmode=bogus".into(), BAD_INPUT),
+        ("postgres://127.0.0.1:1/db?passwd=s3cret".into(), BAD_INPUT),
         (
             "postgres://127.0.0.1:1/db?statement-cache-capacity=-1".into(),
             BAD_INPUT,

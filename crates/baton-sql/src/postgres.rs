@@ -186,6 +186,16 @@ impl PostgresStore {
                 schema: options.schema,
             });
         }
+        if let Some(name) = crate::url::unread_secret(url) {
+            // The driver would ignore it (and log its value): refuse it, saying where a
+            // password goes.
+            return Err(Error::Config {
+                detail: format!(
+                    "the URL's query parameter `{name}` is not one PostgreSQL URLs take: \
+                     give the password as `password=` or in the user part (user:password@host)"
+                ),
+            });
+        }
         // The search path travels in the startup packet: set on every connection the pool
         // opens, at no extra round trip, and never on anyone else's connection.
         let connect = PgConnectOptions::from_str(url)

@@ -44,27 +44,52 @@ pub fn redact_url(url: &str) -> Cow<'_, str> {
             }
         }
     }
-    if let Some(q) = url[query..].find('?').map(|i| query + i) {
-        let end = url[q..].find('#').map_or(url.len(), |i| q + i);
-        let mut pos = q + 1;
-        for pair in url[q + 1..end].split('&') {
-            if let Some((name, value)) = pair.split_once('=') {
-                let name = name.to_ascii_lowercase();
-                if !value.is_empty() && SECRET_PARAMETERS.iter().any(|s| name.contains(s)) {
-                    let value_at = pos + pair.len() - value.len();
-                    out.push_str(&url[copied..value_at]);
-                    out.push_str(HIDDEN);
-                    copied = pos + pair.len();
-                }
-            }
-            pos += pair.len() + 1;
-        }
+    for (_, value) in secret_parameters(url, query) {
+        out.push_str(&url[copied..value.start]);
+        out.push_str(HIDDEN);
+        copied = value.end;
     }
     if copied == 0 {
         return Cow::Borrowed(url);
     }
     out.push_str(&url[copied..]);
     Cow::Owned(out)
+}
+
+/// The query parameters of `url` (whose query or fragment starts at `from`) that hold a
+/// secret: the name of each, and where its value is (never empty).
+fn secret_parameters(url: &str, from: usize) -> Vec<(&str, std::ops::Range<usize>)> {
+    let mut found = Vec::new();
+    let Some(q) = url[from..].find('?').map(|i| from + i) else {
+        return found;
+    };
+    let end = url[q..].find('#').map_or(url.len(), |i| q + i);
+    let mut pos = q + 1;
+    for pair in url[q + 1..end].split('&') {
+        if let Some((name, value)) = pair.split_once('=') {
+            let lower = name.to_ascii_lowercase();
+            if !value.is_empty() && SECRET_PARAMETERS.iter().any(|s| lower.contains(s)) {
+                let value_at = pos + pair.len() - value.len();
+                found.push((name, value_at..pos + pair.len()));
+            }
+        }
+        pos += pair.len() + 1;
+    }
+    found
+}
+
+/// The first query parameter of a PostgreSQL `url` that holds a secret but is not one the
+/// driver reads (only `password` is): the driver would ignore it, and log it, value and all.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn unread_secret(url: &str) -> Option<&str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let query = url[start..]
+        .find(['?', '#'])
+        .map_or(url.len(), |i| start + i);
+    secret_parameters(url, query)
+        .into_iter()
+        .map(|(name, _)| name)
+        .find(|name| *name != "password")
 }
 
 #[cfg(test)]
@@ -127,6 +152,23 @@ mod tests {
             ("日本:秘密@db", "日本:***@db"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn secrets_the_driver_would_not_read_are_named() {
+        for (url, unread) in [
+            ("postgres://db/ops?password=s3cret", None),
+            ("postgres://u:pw@db/ops?sslmode=disable", None),
+            ("postgres://db/ops?passwd=s3cret", Some("passwd")),
+            (
+                "postgres://db/ops?password=a&sslpassword=b",
+                Some("sslpassword"),
+            ),
+            ("postgres://db/ops?Password=s3cret", Some("Password")),
+            ("postgres://db/ops?token=", None),
+        ] {
+            assert_eq!(unread_secret(url), unread, "{url}");
         }
     }
 
