@@ -221,3 +221,39 @@ fn read_bounded(what: &str, from: &str, source: impl Read) -> Result<Vec<u8>> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(url: &str, schema: Option<&str>, url_given: bool, schema_given: bool) -> Database {
+        Database {
+            url: url.into(),
+            schema: schema.map(Into::into),
+            url_given,
+            schema_given,
+        }
+    }
+
+    /// A hint repeats what the command line gave, quoted and without a password, and leaves
+    /// out what the environment or the defaults gave.
+    #[test]
+    fn hints_repeat_the_database_the_command_line_named() {
+        assert_eq!(
+            db("sqlite://baton.db", None, false, false).hint_args(),
+            (String::new(), false)
+        );
+        assert_eq!(
+            db("postgres://u:pw@h/db", Some("ops"), false, true).hint_args(),
+            ("--schema ops ".into(), false)
+        );
+        assert_eq!(
+            db("postgres://u:pw@h/db", Some("ops"), true, false).hint_args(),
+            ("--db 'postgres://u:***@h/db' ".into(), true)
+        );
+        assert_eq!(
+            db("sqlite:///tmp/a b.db", None, true, false).hint_args(),
+            ("--db 'sqlite:///tmp/a b.db' ".into(), false)
+        );
+    }
+}
