@@ -55,7 +55,12 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
     options.name = "demo".into();
     options.poll = Duration::from_millis(100);
     let backends = db.open().await?;
-    let (store, board) = (backends.store, backends.board);
+    let board = backends.board;
+    let engine = Engine::from_arc(backends.store);
+    let mut events = engine.subscribe();
+    let conductor = Conductor::new(board.clone(), engine, registry)
+        .with_options(options)
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("the demo's conductor: {e}")))?;
     let job = board
         .post(
             NewJob::new(format!("stack-create {}", args.stack), "stack-create")
@@ -74,11 +79,6 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
             .unwrap_or_default()
     );
 
-    let engine = Engine::from_arc(store);
-    let mut events = engine.subscribe();
-    let conductor = Conductor::new(board.clone(), engine, registry)
-        .with_options(options)
-        .map_err(|e| CliError::new(exit::INTERNAL, format!("the demo's conductor: {e}")))?;
     let shutdown = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
     running.spawn(conductor.run(shutdown.clone()));
