@@ -38,6 +38,13 @@ fn case<S: Into<OsString> + Clone>(args: &[S], code: i32) -> Case {
     }
 }
 
+/// A case of `baton conductor --demo` that exits once idle, with `extra` arguments.
+fn conductor(extra: &[&str], code: i32) -> Case {
+    let mut args = vec!["conductor", "--demo", "--exit-when-idle", "--poll-ms", "10"];
+    args.extend_from_slice(extra);
+    case(&args, code)
+}
+
 /// Runs every case against the database `db` (none: the arguments give it) and checks it.
 fn check(db: Option<&str>, cases: Vec<Case>) {
     let mut failures = Vec::new();
@@ -198,18 +205,7 @@ fn durations_and_times() {
     ] {
         cases.push(case(&["flows", "purge", "--older-than", age], purge));
         cases.push(case(&["jobs", "purge", "--older-than", age], purge));
-        cases.push(case(
-            &[
-                "conductor",
-                "--demo",
-                "--exit-when-idle",
-                "--poll-ms",
-                "10",
-                "--retain",
-                age,
-            ],
-            retain,
-        ));
+        cases.push(conductor(&["--retain", age], retain));
     }
     cases.push(case(&["jobs", "purge", "--older-than", &big()], USAGE));
     for (time, code) in [
@@ -302,18 +298,7 @@ fn numbers() {
         ("--concurrency", "18446744073709551616", USAGE),
         ("--concurrency", "18446744073709551615", OK),
     ] {
-        cases.push(case(
-            &[
-                "conductor",
-                "--demo",
-                "--exit-when-idle",
-                "--poll-ms",
-                "10",
-                option,
-                value,
-            ],
-            code,
-        ));
+        cases.push(conductor(&[option, value], code));
     }
     check(Some(&db.url), cases);
 }
@@ -516,18 +501,7 @@ fn names_and_text() {
             ],
             NOT_FOUND,
         ));
-        cases.push(case(
-            &[
-                "conductor",
-                "--demo",
-                "--exit-when-idle",
-                "--poll-ms",
-                "10",
-                "--name",
-                t,
-            ],
-            OK,
-        ));
+        cases.push(conductor(&["--name", t], OK));
     }
     // A job's factory and name are free text, but not empty.
     for (factory, code) in [
