@@ -285,10 +285,14 @@ impl Options {
                 return Err(InvalidOptions::TooLong { option, value, max });
             }
         }
-        if self.heartbeat.saturating_mul(3) > self.lease {
+        let min_lease = self.heartbeat.saturating_mul(3);
+        if min_lease > self.lease {
+            let third = u64::try_from(self.lease.as_millis() / 3).unwrap_or(u64::MAX);
             return Err(InvalidOptions::HeartbeatTooSlow {
                 heartbeat: self.heartbeat,
                 lease: self.lease,
+                max_heartbeat: Duration::from_millis(third),
+                min_lease,
             });
         }
         Ok(())
@@ -328,40 +332,19 @@ pub enum InvalidOptions {
          give a heartbeat of {} or less, or a lease of {} or more",
         Millis(*heartbeat),
         Millis(*lease),
-        Millis(self.max_heartbeat()),
-        Millis(self.min_lease())
+        Millis(*max_heartbeat),
+        Millis(*min_lease)
     )]
     HeartbeatTooSlow {
         /// The heartbeat given.
         heartbeat: Duration,
         /// The lease given.
         lease: Duration,
+        /// The longest heartbeat that suits the lease: a third of it, in whole milliseconds.
+        max_heartbeat: Duration,
+        /// The shortest lease that suits the heartbeat: three times it.
+        min_lease: Duration,
     },
-}
-
-impl InvalidOptions {
-    /// For [`InvalidOptions::HeartbeatTooSlow`]: the longest heartbeat that suits the lease
-    /// (a third of it, in whole milliseconds); zero for the other variants.
-    #[must_use]
-    pub fn max_heartbeat(&self) -> Duration {
-        match self {
-            InvalidOptions::HeartbeatTooSlow { lease, .. } => {
-                let third = lease.as_millis() / 3;
-                Duration::from_millis(u64::try_from(third).unwrap_or(u64::MAX))
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    /// For [`InvalidOptions::HeartbeatTooSlow`]: the shortest lease that suits the heartbeat
-    /// (three times it); zero for the other variants.
-    #[must_use]
-    pub fn min_lease(&self) -> Duration {
-        match self {
-            InvalidOptions::HeartbeatTooSlow { heartbeat, .. } => heartbeat.saturating_mul(3),
-            _ => Duration::ZERO,
-        }
-    }
 }
 
 /// A duration as people write it: `250ms`, `10s`, or finer when it is not whole milliseconds.

@@ -293,13 +293,18 @@ fn options_error(e: &InvalidOptions) -> CliError {
             let (value, max) = (value.as_millis(), max.as_millis());
             format!("{flag} {value} is too long: give {max} or less")
         }),
-        InvalidOptions::HeartbeatTooSlow { heartbeat, lease } => Some(format!(
+        InvalidOptions::HeartbeatTooSlow {
+            heartbeat,
+            lease,
+            max_heartbeat,
+            min_lease,
+        } => Some(format!(
             "--heartbeat-ms {} is more than a third of --lease-ms {}, so one late heartbeat \
              would lose the claim: give --heartbeat-ms {} or less, or --lease-ms {} or more",
             heartbeat.as_millis(),
             lease.as_millis(),
-            e.max_heartbeat().as_millis(),
-            e.min_lease().as_millis()
+            max_heartbeat.as_millis(),
+            min_lease.as_millis()
         )),
         _ => None,
     };

@@ -569,6 +569,8 @@ fn options_that_cannot_work_are_refused_when_the_conductor_is_built() {
             InvalidOptions::HeartbeatTooSlow {
                 heartbeat: Duration::from_secs(5),
                 lease: Duration::from_secs(1),
+                max_heartbeat: ms(333),
+                min_lease: Duration::from_secs(15),
             },
             "heartbeat 5s is more than a third of the lease 1s, so one late heartbeat would lose \
              the claim: give a heartbeat of 333ms or less, or a lease of 15s or more",
@@ -581,6 +583,8 @@ fn options_that_cannot_work_are_refused_when_the_conductor_is_built() {
             InvalidOptions::HeartbeatTooSlow {
                 heartbeat: ms(3334),
                 lease: Duration::from_secs(10),
+                max_heartbeat: ms(3333),
+                min_lease: ms(10002),
             },
             "give a heartbeat of 3333ms or less, or a lease of 10002ms or more",
         ),
