@@ -94,6 +94,7 @@ pub mod spin;
 mod sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod steplog;
+mod url;
 #[cfg(feature = "postgres")]
 mod wake;
 
@@ -112,6 +113,7 @@ pub use error::{Error, Result};
 pub use postgres::{PostgresOptions, PostgresStore, DEFAULT_SCHEMA};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use url::redact_url;
 
 /// The backend a URL names, from its scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,14 +130,27 @@ impl Backend {
     ///
     /// # Errors
     /// [`Error::UnknownScheme`] if the scheme is none of `sqlite`, `postgres`, `postgresql`.
+    /// It names the scheme found only if the text before the first `:` is one (letters,
+    /// digits, `+`, `-`, `.`, starting with a letter), and is empty otherwise: text that is
+    /// not a scheme may be a user name and password given without one.
     pub fn of_url(url: &str) -> Result<Self> {
         let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
         match scheme.to_ascii_lowercase().as_str() {
             "sqlite" => Ok(Backend::Sqlite),
             "postgres" | "postgresql" => Ok(Backend::Postgres),
-            _ => Err(Error::UnknownScheme {
-                scheme: scheme.to_owned(),
-            }),
+            _ => {
+                let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+                Err(Error::UnknownScheme {
+                    scheme: if is_scheme {
+                        scheme.to_owned()
+                    } else {
+                        String::new()
+                    },
+                })
+            }
         }
     }
 }
@@ -289,5 +304,23 @@ mod tests {
             Backend::of_url("baton.db"),
             Err(Error::UnknownScheme { scheme }) if scheme.is_empty()
         ));
+    }
+
+    /// A URL given without its scheme may begin with a user name and password: the error
+    /// names a scheme only when the text is one.
+    #[test]
+    fn an_unknown_scheme_is_named_only_when_it_is_one() {
+        for (url, named) in [
+            ("mysql://h/db", "mysql"),
+            ("git+ssh://h/db", "git+ssh"),
+            ("s3cret@db.internal:5432/ops", ""),
+            ("//baton:s3cret@db/ops", ""),
+            ("1x:y", ""),
+        ] {
+            assert!(
+                matches!(Backend::of_url(url), Err(Error::UnknownScheme { scheme }) if scheme == named),
+                "{url}"
+            );
+        }
     }
 }

@@ -175,11 +175,25 @@ impl PostgresStore {
     ///
     /// # Cancel safety
     /// As [`PostgresStore::connect`].
-    #[tracing::instrument(skip_all, fields(backend = "postgres", schema = %options.schema), err)]
+    #[tracing::instrument(
+        skip_all,
+        fields(backend = "postgres", url = %crate::redact_url(url), schema = %options.schema),
+        err
+    )]
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, Error> {
         if !valid_schema(&options.schema) {
             return Err(Error::InvalidSchema {
                 schema: options.schema,
+            });
+        }
+        if let Some(name) = crate::url::unread_secret(url) {
+            // The driver would ignore it (and log its value): refuse it, saying where a
+            // password goes.
+            return Err(Error::Config {
+                detail: format!(
+                    "the URL's query parameter `{name}` is not one PostgreSQL URLs take: \
+                     give the password as `password=` or in the user part (user:password@host)"
+                ),
             });
         }
         // The search path travels in the startup packet: set on every connection the pool

@@ -216,7 +216,7 @@ impl SqliteStore {
     ///
     /// # Cancel safety
     /// As [`SqliteStore::open`].
-    #[tracing::instrument(skip_all, fields(backend = "sqlite"), err)]
+    #[tracing::instrument(skip_all, fields(backend = "sqlite", url = %crate::redact_url(url)), err)]
     pub async fn open_with(url: &str, options: SqliteOptions) -> Result<Self, Error> {
         let memory = is_memory(url);
         let connect = SqliteConnectOptions::from_str(url)

@@ -447,7 +447,8 @@ where
             Engine::new(store.clone()),
             registry.clone(),
         )
-        .with_options(options);
+        .with_options(options)
+        .unwrap();
         fleet.spawn(conductor.run(shutdown.clone()));
     }
     let started = Instant::now();
@@ -561,7 +562,8 @@ where
         Engine::new(held.store.clone()),
         registry,
     )
-    .with_options(options);
+    .with_options(options)
+    .unwrap();
     let running = tokio::spawn(conductor.run(shutdown.clone()));
     let started = Instant::now();
     while board.get(job.id).await.unwrap().state == JobState::Unclaimed {
