@@ -18,7 +18,7 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 use crate::codec::{
     self, Meta, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES,
 };
-use crate::error::{classify, Error};
+use crate::error::{classify, is_unique_violation, Error};
 use crate::steplog::{self, Known, Step, StepRow};
 use serde_json::value::RawValue;
 
@@ -784,7 +784,10 @@ impl PostgresStore {
             match outcome {
                 Ok(done) => return Ok(done),
                 Err(Attempt::Db(e)) if met_another_writer(&e) && tries < CAREFUL_TRIES => {}
-                Err(Attempt::Db(e)) if met_another_writer(&e) => {
+                // Another writer's steps, again and again: a conflict. (A serialization
+                // failure or a deadlock that persists is left to `classify`: unavailable,
+                // retried like an outage.)
+                Err(Attempt::Db(e)) if is_unique_violation(&e) => {
                     return Err(store::Error::Conflict {
                         flow,
                         subject: "flow".into(),
@@ -1146,9 +1149,7 @@ impl Store for PostgresStore {
                 // The fence did not hold, or someone else appended first: the careful way
                 // finds out which, and what to report.
                 Ok(false) => {}
-                Err(e)
-                    if e.as_database_error()
-                        .is_some_and(|d| d.is_unique_violation()) => {}
+                Err(e) if is_unique_violation(&e) => {}
                 Err(e) => return Err(classify(e)),
             }
         }

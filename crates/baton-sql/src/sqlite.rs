@@ -21,7 +21,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use crate::codec::{
     self, Meta, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES, ROW_VERSION,
 };
-use crate::error::{classify, Error};
+use crate::error::{classify, is_unique_violation, Error};
 use crate::steplog::{self, Known, Step, StepRow};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -1147,12 +1147,6 @@ async fn append_in_transaction(
             "flow {key}: its step {seq} was refused although the transaction holds the run"
         )))
     }
-}
-
-/// Whether the database refused a row because its key exists.
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
 }
 
 /// Binds an encoded atom's columns, in `ATOM_VALUES` order, after the flow id and name.

@@ -15,6 +15,7 @@
 mod board;
 mod cases;
 mod connect;
+mod errors;
 mod postgres;
 mod sqlite;
 mod support;
