@@ -1118,13 +1118,16 @@ async fn append(
     }
 }
 
+/// SQLite's extended result code for a `NOT NULL` constraint that failed.
+const SQLITE_CONSTRAINT_NOTNULL: &str = "1299";
+
 /// Whether [`append`] was refused for a NULL `flow_id`: the run or the fence it looked up is
-/// gone. A NULL in any other column is an error like any other.
+/// gone. Told by the extended result code alone, never by the message (SQLite's to word):
+/// every other `NOT NULL` column of the insert is bound from a value that is never NULL, so
+/// `flow_id` is the only one it can find NULL.
 fn is_gone_run(e: &sqlx::Error) -> bool {
-    e.as_database_error().is_some_and(|d| {
-        d.kind() == sqlx::error::ErrorKind::NotNullViolation
-            && d.message().ends_with("steps.flow_id")
-    })
+    e.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some(SQLITE_CONSTRAINT_NOTNULL))
 }
 
 /// [`append`] inside a transaction that has just read or written the run: the run is there,
@@ -1532,3 +1535,75 @@ const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs, meta, cre
      coalesce((SELECT s.at FROM steps s WHERE s.id > flows.seq * 4294967296 \
      AND s.id < (flows.seq + 1) * 4294967296 ORDER BY s.id DESC LIMIT 1), updated_at) \
      AS updated_at, model_version";
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// A database error as SQLite would report it: an extended result code and a message.
+    #[derive(Debug)]
+    struct Reported {
+        code: &'static str,
+        message: &'static str,
+    }
+
+    impl std::fmt::Display for Reported {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.message)
+        }
+    }
+
+    impl std::error::Error for Reported {}
+
+    impl sqlx::error::DatabaseError for Reported {
+        fn message(&self) -> &str {
+            self.message
+        }
+
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.code))
+        }
+
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn reported(code: &'static str, message: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Reported { code, message }))
+    }
+
+    /// A gone run is told by SQLite's extended result code (`SQLITE_CONSTRAINT_NOTNULL`),
+    /// whatever the message says: its wording is SQLite's to change.
+    #[test]
+    fn a_gone_run_is_told_by_the_error_code_not_the_message() {
+        assert!(is_gone_run(&reported(
+            "1299",
+            "NOT NULL constraint failed: main.steps.flow_id (in a later wording)"
+        )));
+        // Another constraint, or another error, whatever its message.
+        assert!(!is_gone_run(&reported(
+            "1555",
+            "NOT NULL constraint failed: steps.flow_id"
+        )));
+        assert!(!is_gone_run(&reported(
+            "1",
+            "NOT NULL constraint failed: steps.flow_id"
+        )));
+        assert!(!is_gone_run(&sqlx::Error::RowNotFound));
+    }
+}
