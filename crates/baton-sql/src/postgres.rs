@@ -132,6 +132,8 @@ pub struct PostgresStore {
     step_format: StepFormat,
     /// What this store knows of the flows it writes to (see [`crate::steplog`]).
     known: Arc<steplog::Cache>,
+    /// The channel of the job board's wake-ups (see [`job_channel`]).
+    channel: Arc<str>,
 }
 
 fn config(e: impl std::fmt::Display) -> Error {
@@ -198,6 +200,7 @@ impl PostgresStore {
         Ok(Self {
             spare: Arc::new(Spare::holding(options.max_connections.max(1) / 2)),
             pool,
+            channel: job_channel(&options.schema).into(),
             schema: options.schema.into(),
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
@@ -330,10 +333,35 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// The channel the job board's wake-ups are sent on.
-    pub(crate) fn job_channel(&self) -> String {
-        format!("baton_jobs_{}", self.schema)
+    /// The channel the job board's wake-ups are sent on (see [`job_channel`]).
+    pub(crate) fn job_channel(&self) -> &str {
+        &self.channel
     }
+}
+
+/// PostgreSQL's longest identifier, in bytes (`NAMEDATALEN - 1`): a channel name too.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// The channel the job wake-ups of `schema` are sent on: `baton_jobs_` and the schema, when
+/// that fits an identifier; for a longer schema (up to 63 bytes are allowed), `baton_jobs_`,
+/// the schema's first 35 bytes, `_` and 16 hex digits of a hash of the whole schema: 63
+/// bytes. (PostgreSQL refuses a longer channel in `pg_notify`, and cuts a `LISTEN`'s short,
+/// so neither wake-ups nor keyed jobs' ends would work.) The hash (64-bit FNV-1a) is the same
+/// on every machine and in every build, as every process of a fleet must agree on the
+/// channel; two schemas that share one only wake each other's conductors for nothing.
+fn job_channel(schema: &str) -> String {
+    const PREFIX: &str = "baton_jobs_";
+    let plain = format!("{PREFIX}{schema}");
+    if plain.len() <= MAX_IDENTIFIER_BYTES {
+        return plain;
+    }
+    let hash = schema.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    // A validated schema is ASCII, so any byte is a character boundary.
+    let kept = MAX_IDENTIFIER_BYTES - PREFIX.len() - 1 - 16;
+    let head = schema.get(..kept).unwrap_or(schema);
+    format!("{PREFIX}{head}_{hash:016x}")
 }
 
 /// Whether a connection is still good after an operation with this outcome: anything but an
@@ -1260,6 +1288,34 @@ const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs::text AS i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every valid schema gets a channel that fits an identifier; a schema short enough keeps
+    /// the channel earlier versions used, and long ones that differ anywhere get different
+    /// channels.
+    #[test]
+    fn job_channels_fit_an_identifier() {
+        assert_eq!(job_channel("baton"), "baton_jobs_baton");
+        let longest_plain = "s".repeat(MAX_IDENTIFIER_BYTES - "baton_jobs_".len());
+        assert_eq!(
+            job_channel(&longest_plain),
+            format!("baton_jobs_{longest_plain}")
+        );
+        let long = "s".repeat(63);
+        let mut other = long.clone();
+        other.replace_range(62.., "t");
+        for schema in [&long, &other, &format!("{longest_plain}x")] {
+            assert!(valid_schema(schema));
+            let channel = job_channel(schema);
+            assert_eq!(channel.len(), MAX_IDENTIFIER_BYTES, "{channel}");
+            assert!(channel.starts_with("baton_jobs_sss"), "{channel}");
+        }
+        assert_ne!(job_channel(&long), job_channel(&other));
+        // The same in every build: a fleet must agree.
+        assert_eq!(
+            job_channel(&long),
+            "baton_jobs_sssssssssssssssssssssssssssssssssss_64515d96d7bbe874"
+        );
+    }
 
     #[test]
     fn schema_names_are_plain_identifiers() {

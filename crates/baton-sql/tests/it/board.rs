@@ -611,3 +611,97 @@ async fn postgres_runs_of_newer_versions_are_left_to_newer_conductors() {
     };
     runs_of_newer_versions_are_left_to_newer_conductors(held, board).await;
 }
+
+/// A schema may be as long as PostgreSQL's identifiers (63 bytes), which the channel of its
+/// job wake-ups must fit too: there, posts wake idle conductors, and a keyed job's end, by the
+/// board or by its flow's last step, lets the next job of its key run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wake_ups_and_keyed_jobs_work_in_a_schema_of_63_characters() {
+    use baton_core::{Atom, CreateOptions, Engine, Flow, FlowState, RunOptions};
+
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let schema = format!("{:x<63}", format!("{}_", support::fresh_schema()));
+    assert_eq!(schema.len(), 63);
+    let store =
+        match PostgresStore::connect_with(&url, baton_sql::PostgresOptions::new().schema(&schema))
+            .await
+        {
+            Ok(store) => store,
+            Err(e) if e.is_transient() => {
+                support::skip::<()>(&format!("PostgreSQL is unreachable: {e:?}"));
+                return;
+            }
+            Err(e) => panic!("{e:?}"),
+        };
+    let poster = PostgresJobBoard::new(&store).with_wake_window(Duration::ZERO);
+
+    // An idle conductor is woken by a post.
+    let waiter = tokio::spawn(claim_on_wake_ups(
+        PostgresJobBoard::new(&store),
+        1,
+        Duration::from_secs(20),
+    ));
+    let mut conn = support::pg_connect(&url, None).await;
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' \
+          AND query LIKE '%{}%' AND state = 'idle'",
+        &schema[..32]
+    );
+    until_positive(&mut conn, &sql, "the waiter never listened").await;
+    poster.post(NewJob::new("woken", "noop")).await.unwrap();
+    assert_eq!(waiter.await.unwrap(), 1, "the post woke nobody");
+
+    // Keyed jobs: the second runs once the first ended, whichever way it ends.
+    let owner = ConductorId::new();
+    let lease = Duration::from_secs(60);
+    let key = "stack-63";
+    let jobs = [
+        poster
+            .post(NewJob::new("a", "noop").key(key))
+            .await
+            .unwrap(),
+        poster
+            .post(NewJob::new("b", "noop").key(key))
+            .await
+            .unwrap(),
+        poster
+            .post(NewJob::new("c", "noop").key(key))
+            .await
+            .unwrap(),
+    ];
+    let first = poster.claim(owner, lease).await.unwrap().unwrap();
+    assert_eq!(first.job.id, jobs[0].id);
+    assert!(poster.claim(owner, lease).await.unwrap().is_none());
+    poster
+        .consume(first.fence, serde_json::json!("done"))
+        .await
+        .unwrap();
+    let second = poster.claim(owner, lease).await.unwrap().unwrap();
+    assert_eq!(second.job.id, jobs[1].id);
+    let flow = Flow::linear("keyed")
+        .add(Atom::from_fn("a", |_| async { Ok(serde_json::json!(1)) }))
+        .compile()
+        .unwrap();
+    let outcome = Engine::new(store.clone())
+        .create_and_run(
+            &flow,
+            Default::default(),
+            CreateOptions::new().id(jobs[1].flow()).fence(second.fence),
+            RunOptions::new().fence(second.fence).consume_job(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    assert!(outcome.job_consumed);
+    let third = poster.claim(owner, lease).await.unwrap().unwrap();
+    assert_eq!(third.job.id, jobs[2].id);
+
+    store.close().await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+}
