@@ -87,6 +87,8 @@ mod board_sqlite;
 mod codec;
 mod error;
 #[cfg(feature = "postgres")]
+mod liveness;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod rfc3339;

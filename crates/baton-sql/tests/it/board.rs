@@ -705,3 +705,46 @@ async fn postgres_wake_ups_and_keyed_jobs_work_in_a_schema_of_63_characters() {
         .unwrap();
     sqlx::Connection::close(conn).await.unwrap();
 }
+
+/// Registration waits for a conductor's liveness lock outside the board's other work: while
+/// a board waits for a lock that another session holds (here: the same conductor registered
+/// through another board), its claims go on, and the registration completes once the lock is
+/// free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_go_on_while_registration_waits_for_a_lock() {
+    let Some((holder, store)) = postgres_pair().await else {
+        return;
+    };
+    let board = PostgresJobBoard::new(&store.store);
+    let conductor = info(ConductorId::new());
+    holder.register(&conductor).await.unwrap();
+    let posted = board.post(NewJob::new("meanwhile", "noop")).await.unwrap();
+
+    let registering = tokio::spawn({
+        let (board, conductor) = (board.clone(), conductor.clone());
+        async move { board.register(&conductor).await }
+    });
+    // Let it reach the lock the holder has.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!registering.is_finished(), "the lock was not held");
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(5),
+        board.claim(ConductorId::new(), Duration::from_secs(60)),
+    )
+    .await
+    .expect("a claim waited for a registration")
+    .unwrap()
+    .unwrap();
+    assert_eq!(claimed.job.id, posted.id);
+
+    // The holder lets go: the registration takes the lock and completes.
+    holder.deregister(conductor.id).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), registering)
+        .await
+        .expect("the registration never took the freed lock")
+        .unwrap()
+        .unwrap();
+    // (Refreshed once more: the holder's deregistration deletes the row after it lets go.)
+    board.register(&conductor).await.unwrap();
+    assert!(listed_ids(&board).await.contains(&conductor.id));
+}
