@@ -151,13 +151,16 @@ impl PostgresJobBoard {
     }
 
     /// Runs a fenced update (`$1` job, `$2` token, `$3` the extra value; it must return
-    /// `lease_expires_at, job_key`) and sends a wake-up as `wake` says, in the same statement.
+    /// `id, token, lease_expires_at, job_key`) and sends a wake-up as `wake` says, in the same
+    /// statement. With `revoke`, the update moves the job's token on, and the statement
+    /// records the new token in `fences` too, so the claim's writes are refused from then on.
     async fn fenced(
         &self,
         fence: Fence,
         sql: &str,
         extra: Option<Value>,
         wake: Wake,
+        revoke: bool,
     ) -> Result<Option<i64>, board::Error> {
         let token = token_db(fence.token)?;
         let notify = match wake {
@@ -168,7 +171,15 @@ impl PostgresJobBoard {
                 "(CASE WHEN done.job_key IS NOT NULL THEN pg_notify($4, '') END) IS NULL"
             }
         };
-        let sql = format!("WITH done AS ({sql}) SELECT done.lease_expires_at, {notify} FROM done");
+        let revoked = if revoke {
+            ", revoked AS (INSERT INTO fences (job_id, token) SELECT id, token FROM done \
+             ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "WITH done AS ({sql}){revoked} SELECT done.lease_expires_at, {notify} FROM done"
+        );
         let mut kept = self.store.acquire().await.map_err(db)?;
         let row: Result<Option<(Option<i64>, bool)>, _> = sqlx::query_as(&sql)
             .bind(fence.job.as_uuid())
@@ -383,9 +394,11 @@ impl JobBoard for PostgresJobBoard {
             .fenced(
                 fence,
                 "UPDATE jobs SET lease_expires_at = now_ms() + ($3::jsonb #>> '{}')::bigint, updated_at = now() \
-                 WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at, job_key",
+                 WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
+                 RETURNING id, token, lease_expires_at, job_key",
                 Some(Value::from(ms(lease))),
                 Wake::Never,
+                false,
             )
             .await?;
         Ok(lease.map_or_else(Utc::now, from_ms))
@@ -396,9 +409,11 @@ impl JobBoard for PostgresJobBoard {
             fence,
             "UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
                  outcome = $3, updated_at = now() \
-             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at, job_key",
+             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
+             RETURNING id, token, lease_expires_at, job_key",
             Some(outcome),
             Wake::IfKeyed,
+            false,
         )
         .await?;
         Ok(())
@@ -408,11 +423,12 @@ impl JobBoard for PostgresJobBoard {
         self.fenced(
             fence,
             "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
-                 updated_at = now() \
+                 token = token + 1, updated_at = now() \
              WHERE id = $1 AND state = 'CLAIMED' AND token = $2 AND $3::jsonb IS NULL \
-             RETURNING lease_expires_at, job_key",
+             RETURNING id, token, lease_expires_at, job_key",
             None,
             Wake::Always,
+            true,
         )
         .await?;
         Ok(())

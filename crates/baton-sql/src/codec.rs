@@ -500,12 +500,15 @@ pub(crate) fn token_to_db(token: FencingToken) -> Option<i64> {
     i64::try_from(token.0).ok()
 }
 
-/// A batch's fence as the databases store it: the job and its token. A token no claim can
-/// have (too large to store) is refused at once as [`Error::Fenced`].
+/// A batch's (or a creation's) fence as the databases store it: the job and its token. A
+/// fence for another flow than its job's is refused at once as [`Error::Refused`] (see
+/// [`check_fence_flow`](baton_core::store::check_fence_flow)), and a token no claim can have
+/// (too large to store) as [`Error::Fenced`].
 pub(crate) fn fence_to_db(
     flow: FlowId,
     fence: Option<baton_core::Fence>,
 ) -> Result<Option<(baton_core::JobId, i64)>> {
+    baton_core::store::check_fence_flow(flow, fence)?;
     fence
         .map(|f| match token_to_db(f.token) {
             Some(token) => Ok((f.job, token)),

@@ -1242,7 +1242,9 @@ impl SqliteStore {
         fence: Option<Fence>,
         first: Option<&Batch>,
     ) -> store::Result<()> {
-        // The first batch is checked and encoded before any transaction.
+        // The fence's flow, and the first batch, are checked and encoded before any
+        // transaction.
+        codec::fence_to_db(flow.id, fence)?;
         let (row, first) =
             steplog::first_step(flow, atoms, first, self.max_value_bytes, self.step_format)?;
         let encoded = atoms

@@ -239,7 +239,104 @@ pub async fn abandon_hands_over_at_once<B: JobBoard, S: Store>(board: B, _store:
         .unwrap()
         .unwrap();
     assert_eq!(second.job.id, posted.id);
-    assert_eq!(second.fence.token.0, first.fence.token.0 + 1);
+    assert!(second.fence.token > first.fence.token);
+}
+
+/// Abandoning a job revokes its claim at once, before anyone claims the job again: the old
+/// owner can neither write the job's flow nor renew the claim.
+pub async fn abandon_revokes_the_claim<B: JobBoard, S: Store>(board: B, store: S) {
+    let posted = board.post(job("abandoned")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .create_flow(&job_run(posted.id, "abandoned"), &[], Some(claim.fence))
+        .await
+        .unwrap();
+    board.abandon(claim.fence).await.unwrap();
+    let late = flow_move(
+        posted.flow(),
+        Some(claim.fence),
+        FlowState::Pending,
+        FlowState::Running,
+    );
+    let err = store.commit(&late).await.unwrap_err();
+    assert!(matches!(err, store::Error::Fenced { .. }), "{err}");
+    assert!(matches!(
+        board.heartbeat(claim.fence, LEASE).await,
+        Err(Error::ClaimLost { .. })
+    ));
+    assert_eq!(
+        store.load_flow(posted.flow()).await.unwrap().flow.state,
+        FlowState::Pending
+    );
+    let again = board
+        .claim(ConductorId::new(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.job.id, posted.id);
+    let mut next = late;
+    next.fence = Some(again.fence);
+    store.commit(&next).await.unwrap();
+}
+
+/// A claim fences its own job's flow and no other: a creation or a batch for another flow
+/// made under it is refused, and changes nothing.
+pub async fn a_claim_fences_only_its_jobs_flow<B: JobBoard, S: Store>(board: B, store: S) {
+    let mine = board.post(job("mine")).await.unwrap();
+    let theirs = board.post(job("theirs")).await.unwrap();
+    let owner = ConductorId::new();
+    let claim = board.claim(owner, LEASE).await.unwrap().unwrap();
+    assert_eq!(claim.job.id, mine.id);
+    let their_claim = board.claim(owner, LEASE).await.unwrap().unwrap();
+    assert_eq!(their_claim.job.id, theirs.id);
+    let refused = |r: store::Result<()>| matches!(r, Err(store::Error::Refused { .. }));
+
+    // Another job's run, or a run of no job at all.
+    let their_run = job_run(theirs.id, "theirs");
+    let loose = job_run(baton_core::JobId::new(), "loose");
+    for run in [&their_run, &loose] {
+        assert!(refused(
+            store.create_flow(run, &[], Some(claim.fence)).await
+        ));
+        let first = flow_move(
+            run.id,
+            Some(claim.fence),
+            FlowState::Pending,
+            FlowState::Running,
+        );
+        assert!(refused(
+            store
+                .create_and_commit(run, &[], Some(claim.fence), &first)
+                .await
+        ));
+        assert!(matches!(
+            store.load_flow(run.id).await,
+            Err(store::Error::FlowNotFound(_))
+        ));
+    }
+
+    // A batch for the other job's run.
+    store
+        .create_flow(&their_run, &[], Some(their_claim.fence))
+        .await
+        .unwrap();
+    let mut batch = flow_move(
+        their_run.id,
+        Some(claim.fence),
+        FlowState::Pending,
+        FlowState::Running,
+    );
+    assert!(refused(store.commit(&batch).await));
+    assert_eq!(
+        store.load_flow(their_run.id).await.unwrap().flow.state,
+        FlowState::Pending
+    );
+    batch.fence = Some(their_claim.fence);
+    store.commit(&batch).await.unwrap();
 }
 
 /// An operator's release revokes the claim and hands the job over at once.
@@ -763,6 +860,8 @@ macro_rules! board_conformance {
             stale_tokens_are_refused_everywhere,
             keys_serialise_jobs_in_posting_order,
             abandon_hands_over_at_once,
+            abandon_revokes_the_claim,
+            a_claim_fences_only_its_jobs_flow,
             release_revokes_the_claim,
             trash_hides_jobs_and_revokes_claims,
             priorities_order_claims,

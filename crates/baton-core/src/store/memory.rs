@@ -88,6 +88,7 @@ impl MemoryStore {
 }
 
 fn check_fence(inner: &Inner, flow: FlowId, fence: Option<Fence>) -> Result<()> {
+    super::check_fence_flow(flow, fence)?;
     match fence {
         None => Ok(()),
         Some(f) if inner.fences.get(&f.job) == Some(&f.token) => Ok(()),

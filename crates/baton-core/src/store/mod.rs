@@ -17,7 +17,9 @@
 //!   an illegal transition with [`Error::IllegalTransition`] (use [`check_write`]);
 //! - when the batch carries a [`Fence`](crate::Fence), refuse it with [`Error::Fenced`] unless
 //!   the fence's token is still the job's current one, checked in the same transaction as the
-//!   writes;
+//!   writes, and with [`Error::Refused`] if the batch's flow is not the job's own
+//!   ([`FlowId::for_job`]): a claim fences its job's flow and no other (use
+//!   [`check_fence_flow`]; a creation under a fence likewise);
 //! - append one [`Transition`] per change of state (or new attempt), numbered from 1 per flow;
 //! - report a store it cannot reach as [`Error::Unavailable`], which the engine retries, and
 //!   data it cannot read as [`Error::Corrupt`] naming the flow and atom, and data of a newer
@@ -402,6 +404,23 @@ pub fn check_first_batch(
         });
     }
     Ok(())
+}
+
+/// Checks that a write made under `fence` is for the fence's job's own flow
+/// ([`FlowId::for_job`]): a claim fences that flow and no other, so any live claim cannot
+/// write to every flow. Stores call it for every fenced creation and batch, before anything
+/// else.
+///
+/// # Errors
+/// [`Error::Refused`] if `flow` is another flow.
+pub fn check_fence_flow(flow: FlowId, fence: Option<crate::ids::Fence>) -> Result<()> {
+    match fence {
+        Some(f) if FlowId::for_job(f.job) != flow => Err(Error::Refused {
+            flow,
+            reason: "the fence is another flow's: a job's claim fences only the job's own flow",
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks one write against what the store holds now: the compare-and-set and the state

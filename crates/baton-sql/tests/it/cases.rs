@@ -417,8 +417,9 @@ pub async fn fences_refuse_stale_tokens<S: Harness>(store: S) {
         token: FencingToken(token),
     };
 
-    // No claim recorded yet: any token is stale.
-    let flow = flow_record("fenced");
+    // No claim recorded yet: any token is stale. (The job's own run: a claim fences no other.)
+    let mut flow = flow_record("fenced");
+    flow.id = FlowId::for_job(job);
     let err = store
         .create_flow(&flow, &atoms(), Some(fence(1)))
         .await
