@@ -759,6 +759,42 @@ pub(crate) fn consumed_job(
     }
 }
 
+/// What a careful commit reads when it is about to refuse a batch that ends a job, to tell
+/// whether an earlier attempt of the same batch was stored (its answer lost on the way back,
+/// and the batch tried again): the body of the flow's last step, and the job's row.
+#[derive(Debug, Default)]
+pub(crate) struct Ended {
+    /// The body of the flow's last step, if it has one.
+    pub(crate) last_step: Option<String>,
+    /// The job's state, token and outcome (JSON text), if there is such a job.
+    pub(crate) job: Option<(String, i64, Option<String>)>,
+}
+
+impl Ended {
+    /// Whether the batch whose step has `body`, ending the job under `fence` with `outcome`
+    /// (JSON text), is stored already: it is the flow's last step, and the job ended with it,
+    /// under that claim, with that outcome. Then the batch is applied, and the refusal the
+    /// retry met is its own earlier success. (The step and the job's end are one transaction,
+    /// and the step's body holds the records the engine made, times included, so no other
+    /// batch has the same.)
+    pub(crate) fn holds(&self, body: &str, fence: baton_core::Fence, outcome: &str) -> bool {
+        let Some((state, token, stored)) = &self.job else {
+            return false;
+        };
+        let same_outcome = || {
+            let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+            stored
+                .as_deref()
+                .and_then(parse)
+                .is_some_and(|s| Some(s) == parse(outcome))
+        };
+        self.last_step.as_deref() == Some(body)
+            && state == baton_core::JobState::Complete.as_str()
+            && Some(*token) == token_to_db(fence.token)
+            && same_outcome()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use baton_core::model::AtomKind;

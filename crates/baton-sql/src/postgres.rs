@@ -788,13 +788,14 @@ impl PostgresStore {
 
     /// The careful commit: in one `REPEATABLE READ` transaction, check the fence, read the flow
     /// as it is, check write by write (reporting exactly what is wrong) and append. Returns
-    /// what the flow was before the batch, and its last step then.
+    /// what the flow was before the batch, and its last step then; `None` if the batch ends
+    /// a job and an earlier attempt of it was stored already (see [`codec::Ended`]).
     async fn commit_carefully(
         &self,
         batch: &Batch,
         step: &Step,
         consume: Option<&(Fence, String)>,
-    ) -> store::Result<(FlowSnapshot, i64)> {
+    ) -> store::Result<Option<(FlowSnapshot, i64)>> {
         let flow = batch.flow;
         let mut tries = 0;
         loop {
@@ -835,7 +836,7 @@ impl PostgresStore {
         batch: &Batch,
         step: &Step,
         consume: Option<&(Fence, String)>,
-    ) -> Result<(FlowSnapshot, i64), Attempt> {
+    ) -> Result<Option<(FlowSnapshot, i64)>, Attempt> {
         let flow = batch.flow;
         let mut tx = conn
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -845,7 +846,12 @@ impl PostgresStore {
             // A job's row is locked before its fence row, in the order a claim locks them,
             // so the two never wait for each other.
             if let Some((fence, outcome)) = consume {
-                self.consume_job(&mut tx, flow, *fence, outcome).await?;
+                if !self
+                    .end_job(&mut tx, flow, *fence, outcome, &step.body)
+                    .await?
+                {
+                    return Ok(None);
+                }
             }
             if let Some(f) = batch.fence {
                 let current: Option<i64> =
@@ -878,11 +884,25 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(Attempt::Db)?;
-            Ok((snapshot, seq))
+            Ok(Some((snapshot, seq)))
         }
         .await;
         settle(tx, result).await
     }
+}
+
+/// What tells whether a batch ending job `job` was stored already (see [`codec::Ended`]).
+async fn ended(conn: &mut PgConnection, flow: FlowId, job: JobId) -> sqlx::Result<codec::Ended> {
+    let last_step: Option<String> =
+        sqlx::query_scalar("SELECT body FROM steps WHERE flow_id = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(flow.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await?;
+    let job = sqlx::query_as("SELECT state, token, outcome::text FROM jobs WHERE id = $1")
+        .bind(job.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(codec::Ended { last_step, job })
 }
 
 /// Why a careful commit's attempt failed: the database (maybe another writer, to look again
@@ -986,14 +1006,17 @@ impl PostgresStore {
                 .bind(step.body.as_str())
                 .bind(step.model_version);
         }
-        let consume = first.as_ref().and_then(|(_, _, consume)| consume.as_ref());
+        let consume = first
+            .as_ref()
+            .and_then(|(_, step, consume)| Some((step, consume.as_ref()?)));
         let mut conn = self.acquire().await.map_err(classify)?;
         let answer = match consume {
             None => query.fetch_one(&mut *conn).await.map_err(Attempt::Db),
             // A run whose first batch ends it (it has nothing to run): the job's end needs a
             // statement of its own, so both go in a transaction.
-            Some((job_fence, outcome)) => {
-                self.create_and_consume(&mut conn, query, *job_fence, outcome, flow.id)
+            Some((step, (job_fence, outcome))) => {
+                let job = (*job_fence, outcome.as_str());
+                self.create_and_consume(&mut conn, query, job, flow.id, &step.body)
                     .await
             }
         };
@@ -1024,20 +1047,24 @@ impl PostgresStore {
         }
     }
 
-    /// Runs the creation `query` and ends the job `fence` claims, in one transaction.
+    /// Runs the creation `query`, whose first step has `body`, and ends the job `fence`
+    /// claims, in one transaction. (If an earlier attempt of the same creation did both, it
+    /// answers as if this one had.)
     async fn create_and_consume(
         &self,
         conn: &mut PgConnection,
         query: sqlx::query::QueryAs<'_, Postgres, (bool, bool), sqlx::postgres::PgArguments>,
-        fence: Fence,
-        outcome: &str,
+        (fence, outcome): (Fence, &str),
         flow: FlowId,
+        body: &str,
     ) -> Result<(bool, bool), Attempt> {
         let mut tx = conn.begin().await.map_err(Attempt::Db)?;
         let result = async {
             // The job's row first, then the creation (which share-locks the fence row): the
             // order a claim locks them in. A refused creation rolls the consume back.
-            self.consume_job(&mut tx, flow, fence, outcome).await?;
+            if !self.end_job(&mut tx, flow, fence, outcome, body).await? {
+                return Ok((true, true));
+            }
             let answer = query.fetch_one(&mut *tx).await.map_err(Attempt::Db)?;
             match answer {
                 (true, true) => Ok(answer),
@@ -1051,6 +1078,34 @@ impl PostgresStore {
         }
         .await;
         settle(tx, result).await
+    }
+
+    /// Ends the job `fence` claims in the caller's transaction, for the batch whose step has
+    /// `body`: `true` if it did; `false` if an earlier attempt of that batch ended it with its
+    /// step, and only the answer was lost (see [`codec::Ended`]).
+    ///
+    /// # Errors
+    /// [`store::Error::Fenced`] if the claim no longer holds otherwise.
+    async fn end_job(
+        &self,
+        conn: &mut PgConnection,
+        flow: FlowId,
+        fence: Fence,
+        outcome: &str,
+        body: &str,
+    ) -> Result<bool, Attempt> {
+        match self.consume_job(&mut *conn, flow, fence, outcome).await {
+            Ok(()) => Ok(true),
+            Err(refused @ Attempt::Store(store::Error::Fenced { .. })) => {
+                let ended = ended(conn, flow, fence.job).await.map_err(Attempt::Db)?;
+                if ended.holds(body, fence, outcome) {
+                    Ok(false)
+                } else {
+                    Err(refused)
+                }
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Ends the job `fence` claims, in the caller's transaction ([`CONSUME_JOB`]).
@@ -1182,12 +1237,15 @@ impl Store for PostgresStore {
             }
         }
         let began = chrono::Utc::now();
-        let (snapshot, seq) = self
+        // `None`: stored by an earlier attempt; the run has ended, there is nothing to know.
+        if let Some((snapshot, seq)) = self
             .commit_carefully(batch, &step, consume.as_ref())
-            .await?;
-        let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms, began);
-        known.apply(&batch.writes, Some(began));
-        self.known.put(flow, known);
+            .await?
+        {
+            let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms, began);
+            known.apply(&batch.writes, Some(began));
+            self.known.put(flow, known);
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

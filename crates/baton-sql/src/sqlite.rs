@@ -510,6 +510,32 @@ async fn check_fence(
     }
 }
 
+/// What tells whether a batch of `flow` ending job `job` was stored already (see
+/// [`codec::Ended`]).
+async fn ended(
+    conn: &mut SqliteConnection,
+    flow: FlowId,
+    job: JobId,
+) -> sqlx::Result<codec::Ended> {
+    let last_step: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT (SELECT s.body FROM steps s WHERE s.id > f.seq * ?2 AND s.id < (f.seq + 1) * ?2 \
+                 ORDER BY s.id DESC LIMIT 1) \
+           FROM flows f WHERE f.id = ?1",
+    )
+    .bind(flow.to_string())
+    .bind(STEPS_PER_FLOW)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let job = sqlx::query_as("SELECT state, token, outcome FROM jobs WHERE id = ?1")
+        .bind(job.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(codec::Ended {
+        last_step: last_step.flatten(),
+        job,
+    })
+}
+
 /// Marks the job `fence` claims `COMPLETE` with `outcome`, in the caller's transaction;
 /// [`store::Error::Fenced`] if the claim is no longer current.
 async fn consume_job(
@@ -1393,21 +1419,48 @@ impl Store for SqliteStore {
         let began = Utc::now();
         let mut tx = self.begin_immediate(&mut turn).await?;
         let result = async {
-            check_fence(&mut tx, flow, batch.fence).await?;
-            let (snapshot, known) = read_flow(&mut tx, flow, began, Meta::Skip).await?;
-            codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
+            let checked = async {
+                check_fence(&mut tx, flow, batch.fence).await?;
+                let (snapshot, known) = read_flow(&mut tx, flow, began, Meta::Skip).await?;
+                codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
+                Ok(known)
+            }
+            .await;
+            let known = match (checked, &consume) {
+                (Ok(known), _) => known,
+                // A batch that ends a job, refused: maybe because an earlier attempt of it
+                // was stored, and only its answer was lost (see `codec::Ended`).
+                (
+                    Err(
+                        refused @ (store::Error::Fenced { .. }
+                        | store::Error::Conflict { .. }
+                        | store::Error::IllegalTransition { .. }),
+                    ),
+                    Some((fence, outcome)),
+                ) => {
+                    let ended = ended(&mut tx, flow, fence.job).await.map_err(classify)?;
+                    if ended.holds(&step.body, *fence, outcome) {
+                        return Ok(None);
+                    }
+                    return Err(refused);
+                }
+                (Err(e), _) => return Err(e),
+            };
             append_in_transaction(&mut tx, key, known.base, known.seq + 1, &at, &step).await?;
             if let Some((fence, outcome)) = &consume {
                 consume_job(&mut tx, flow, *fence, outcome).await?;
             }
-            Ok(known)
+            Ok(Some(known))
         }
         .await;
-        let mut known = codec::finish(tx, result)
+        // `None`: stored by an earlier attempt; the run has ended, there is nothing to know.
+        let known = codec::finish(tx, result)
             .await
             .map_err(|e| self.failed(e))?;
-        known.apply(&batch.writes, Some(began));
-        self.known.put(flow, known);
+        if let Some(mut known) = known {
+            known.apply(&batch.writes, Some(began));
+            self.known.put(flow, known);
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         if consume.is_some() {
             self.job_wake.wake();

@@ -339,6 +339,65 @@ pub async fn a_claim_fences_only_its_jobs_flow<B: JobBoard, S: Store>(board: B, 
     store.commit(&batch).await.unwrap();
 }
 
+/// The answer to a run's last write is lost (the connection dropped after the database
+/// committed it) and the engine writes it again: the run ends as stored, and the job ends with
+/// it (where the store ends jobs with the last step), rather than the retry being taken for a
+/// lost claim. Both for a run that ends with a later batch and for one that ends with the
+/// batch it is created with.
+pub async fn a_lost_answer_to_the_last_step_is_not_a_lost_claim<
+    B: JobBoard,
+    S: Store + Clone + 'static,
+>(
+    board: B,
+    store: S,
+) {
+    let one_task = Flow::linear("lost-answer")
+        .add(Atom::from_fn("a", |_| async { Ok(json!(1)) }))
+        .compile()
+        .unwrap();
+    let nothing = Flow::linear("lost-answer-at-creation").compile().unwrap();
+    for flow in [&one_task, &nothing] {
+        let posted = board.post(job(flow.name())).await.unwrap();
+        let claim = board
+            .claim(ConductorId::new(), LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(claim.job.id, posted.id);
+        let losing = crate::LosesAnswer::new(store.clone());
+        let outcome = Engine::new(losing.clone())
+            .create_and_run(
+                flow,
+                Default::default(),
+                CreateOptions::new().id(posted.flow()).fence(claim.fence),
+                RunOptions::new().fence(claim.fence).consume_job(),
+            )
+            .await
+            .unwrap();
+        assert!(losing.lost(), "{}: no answer was lost", flow.name());
+        assert_eq!(outcome.state, FlowState::Success, "{}", flow.name());
+        assert_eq!(
+            outcome.job_consumed,
+            store.consumes_jobs(),
+            "{}",
+            flow.name()
+        );
+        if !outcome.job_consumed {
+            board
+                .consume(claim.fence, outcome.job_outcome())
+                .await
+                .unwrap();
+        }
+        let done = board.get(posted.id).await.unwrap();
+        assert_eq!(done.state, JobState::Complete, "{}", flow.name());
+        assert_eq!(done.outcome, Some(outcome.job_outcome()), "{}", flow.name());
+        assert_eq!(
+            store.load_flow(posted.flow()).await.unwrap().flow.state,
+            FlowState::Success
+        );
+    }
+}
+
 /// An operator's release revokes the claim and hands the job over at once.
 pub async fn release_revokes_the_claim<B: JobBoard, S: Store>(board: B, _store: S) {
     let posted = board.post(job("released")).await.unwrap();
@@ -862,6 +921,7 @@ macro_rules! board_conformance {
             abandon_hands_over_at_once,
             abandon_revokes_the_claim,
             a_claim_fences_only_its_jobs_flow,
+            a_lost_answer_to_the_last_step_is_not_a_lost_claim,
             release_revokes_the_claim,
             trash_hides_jobs_and_revokes_claims,
             priorities_order_claims,

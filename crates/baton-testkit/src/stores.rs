@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -212,6 +212,108 @@ impl<S: Store> Store for FlakyStore<S> {
     ) -> Result<()> {
         self.flaky(self.inner.create_and_commit(flow, atoms, fence, first))
             .await
+    }
+
+    fn consumes_jobs(&self) -> bool {
+        self.inner.consumes_jobs()
+    }
+
+    async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {
+        self.inner.history(id).await
+    }
+
+    async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
+        self.inner.list_flows(query).await
+    }
+
+    async fn purge_flows(
+        &self,
+        ended_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64> {
+        self.inner.purge_flows(ended_before, limit).await
+    }
+}
+
+/// A store wrapper that loses the answer to the write that ends a run: the first batch (or
+/// creation with its first batch) that moves its flow to an ended state is applied, and then
+/// answered with [`Error::Unavailable`], as when the connection drops after the database
+/// committed. Every other write, and every later one, passes through.
+#[derive(Debug, Clone)]
+pub struct LosesAnswer<S> {
+    inner: S,
+    lost: Arc<AtomicBool>,
+}
+
+impl<S: Store> LosesAnswer<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            lost: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether it lost an answer yet.
+    #[must_use]
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Runs a write; loses its answer if it is the first to end a run and was applied.
+    async fn write<F>(&self, batch: &Batch, write: F) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        let ends = batch
+            .writes
+            .iter()
+            .any(|w| matches!(w, baton_core::model::Write::Flow { to, .. } if to.is_terminal()));
+        write.await?;
+        if ends && !self.lost.swap(true, Ordering::SeqCst) {
+            return Err(Error::Unavailable(Box::new(Injected(
+                "injected loss of the answer",
+            ))));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for LosesAnswer<S> {
+    async fn create_flow(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+    ) -> Result<()> {
+        self.inner.create_flow(flow, atoms, fence).await
+    }
+
+    async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot> {
+        self.inner.load_flow(id).await
+    }
+
+    async fn load_run(&self, id: FlowId) -> Result<FlowSnapshot> {
+        self.inner.load_run(id).await
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<()> {
+        self.write(batch, self.inner.commit(batch)).await
+    }
+
+    async fn create_and_commit(
+        &self,
+        flow: &FlowRecord,
+        atoms: &[AtomRecord],
+        fence: Option<Fence>,
+        first: &Batch,
+    ) -> Result<()> {
+        self.write(
+            first,
+            self.inner.create_and_commit(flow, atoms, fence, first),
+        )
+        .await
     }
 
     fn consumes_jobs(&self) -> bool {

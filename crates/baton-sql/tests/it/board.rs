@@ -748,3 +748,83 @@ async fn postgres_claims_go_on_while_registration_waits_for_a_lock() {
     board.register(&conductor).await.unwrap();
     assert!(listed_ids(&board).await.contains(&conductor.id));
 }
+
+/// A batch that ends its run and its job, committed again (its answer was lost): the store
+/// answers as if it had just stored it, and stores nothing twice; another batch under the same
+/// claim is still refused.
+async fn a_retried_last_step_is_answered_as_stored<B: JobBoard, S: baton_core::store::Store>(
+    board: B,
+    store: S,
+) {
+    use baton_core::model::{Batch, FlowRecord, Write};
+    use baton_core::{FlowState, Intention};
+    use serde_json::json;
+
+    let posted = board.post(NewJob::new("retried", "noop")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let run = FlowRecord {
+        id: posted.flow(),
+        name: "retried".into(),
+        state: FlowState::Pending,
+        intention: Intention::Execute,
+        inputs: Default::default(),
+        meta: json!({}),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    store
+        .create_flow(&run, &[], Some(claim.fence))
+        .await
+        .unwrap();
+    let moved = |from, to| {
+        let mut batch = Batch::new(run.id, Some(claim.fence));
+        batch.writes.push(Write::Flow {
+            from,
+            to,
+            intention: Intention::Execute,
+        });
+        batch
+    };
+    store
+        .commit(&moved(FlowState::Pending, FlowState::Running))
+        .await
+        .unwrap();
+    let mut last = moved(FlowState::Running, FlowState::Success);
+    last.consume = Some(json!({"state": "SUCCESS"}));
+    store.commit(&last).await.unwrap();
+    store.commit(&last).await.unwrap();
+    assert_eq!(store.history(run.id).await.unwrap().len(), 2);
+    let done = board.get(posted.id).await.unwrap();
+    assert_eq!(done.state, JobState::Complete);
+    assert_eq!(done.outcome, last.consume);
+
+    let mut other = last.clone();
+    other.consume = Some(json!({"state": "OTHER"}));
+    let err = store.commit(&other).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            baton_core::store::Error::Fenced { .. } | baton_core::store::Error::Conflict { .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(board.get(posted.id).await.unwrap().outcome, last.consume);
+}
+
+#[tokio::test]
+async fn sqlite_a_retried_last_step_is_answered_as_stored() {
+    if let Some((board, store)) = sqlite_pair().await {
+        a_retried_last_step_is_answered_as_stored(board, store).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_retried_last_step_is_answered_as_stored() {
+    if let Some((board, store)) = postgres_pair().await {
+        a_retried_last_step_is_answered_as_stored(board, store).await;
+    }
+}
