@@ -270,7 +270,7 @@ impl PostgresJobBoard {
 #[async_trait]
 impl JobBoard for PostgresJobBoard {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
-        new.validate()?;
+        new.check(self.store.max_value_bytes())?;
         let wakes = self.wakes.post_wakes();
         let woke = if wakes {
             "pg_notify($7, '') IS NULL"

@@ -214,7 +214,7 @@ impl SqliteJobBoard {
 #[async_trait]
 impl JobBoard for SqliteJobBoard {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
-        new.validate()?;
+        new.check(self.store.max_value_bytes())?;
         let id = JobId::new();
         let now = codec::time_text(Utc::now());
         let params = serde_json::to_string(&new.params)

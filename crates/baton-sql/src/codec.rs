@@ -14,9 +14,7 @@ use std::sync::OnceLock;
 /// The states a run never leaves, as stored: what `purge_flows` may delete.
 pub(crate) const TERMINAL_FLOW_STATES: [&str; 3] = ["SUCCESS", "FAILURE", "REVERTED"];
 
-/// The default limit on one stored JSON value (an atom's result, failure, revert failure or
-/// retry history): 1 MiB.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+pub use baton_core::store::DEFAULT_MAX_VALUE_BYTES;
 
 /// The model version `flows` and `atoms` rows are stamped with: the oldest that reads them
 /// (see `MODEL_VERSION`; steps are stamped by their [`StepFormat`]).
@@ -360,7 +358,7 @@ fn encode_value<T: Serialize + ?Sized>(
     if size > limit {
         return Err(Error::TooLarge {
             flow,
-            atom: atom.to_owned(),
+            atom: Some(atom.to_owned()),
             what,
             size,
             limit,
@@ -882,7 +880,7 @@ mod tests {
         rec.result = Some(json!("x".repeat(200)));
         let err = encode_atom(flow, &rec, 100).unwrap_err();
         assert!(
-            matches!(&err, Error::TooLarge { atom, what: "result", size: 202, limit: 100, .. } if atom == "big"),
+            matches!(&err, Error::TooLarge { atom: Some(atom), what: "result", size: 202, limit: 100, .. } if atom == "big"),
             "{err}"
         );
     }

@@ -66,9 +66,10 @@
 //! refused or lost, a pool timed out, PostgreSQL shutting down, failing over, out of
 //! connections, a database or role it does not know, a serialization failure or deadlock,
 //! SQLite busy past its timeout) is `Unavailable`, which the engine retries, with the
-//! database's message as its source; rows it cannot read are `Corrupt`, naming the
-//! flow and atom, and rows of a newer version of baton are `TooNew`; JSON values over the configured limit (1 MiB by default) are `TooLarge`, and
-//! nothing of their batch is written.
+//! database's message as its source; rows it cannot read are `Corrupt`, naming the flow and
+//! atom, and rows of a newer version of baton are `TooNew`; JSON values over the configured
+//! limit (1 MiB by default: results, failures, a run's inputs, a job's parameters) are
+//! `TooLarge`, and nothing of their batch is written.
 //!
 //! # Features
 //!

@@ -41,8 +41,11 @@ pub struct PostgresOptions {
     /// How long an operation waits for a connection (for instance while the server is down)
     /// before it fails with [`store::Error::Unavailable`]. Default 10 s.
     pub acquire_timeout: Duration,
-    /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
-    /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
+    /// The largest stored JSON value (result, failure, revert failure, retry history, a run's
+    /// inputs) in bytes; a larger one is refused with [`store::Error::TooLarge`]. The job
+    /// board built on the store refuses a job's parameters over it likewise
+    /// ([`board::Error::TooLarge`](baton_core::board::Error::TooLarge)). Default 1 MiB
+    /// ([`DEFAULT_MAX_VALUE_BYTES`]).
     pub max_value_bytes: usize,
     /// How steps are written (see [`StepFormat`]); default [`StepFormat::Short`], which
     /// versions from 0.2.0 on read ([`StepFormat::Long`] for a fleet that still has 0.1.0
@@ -331,6 +334,11 @@ impl PostgresStore {
 
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The limit on a JSON value (the job board keeps to it for a job's parameters).
+    pub(crate) fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
     }
 
     /// The channel the job board's wake-ups are sent on (see [`job_channel`]).

@@ -54,8 +54,11 @@ pub struct SqliteOptions {
     /// How many connections the store opens at most: one for writes, the others for reads,
     /// which run in parallel (at least one). Default 4. An in-memory database always uses one.
     pub max_connections: u32,
-    /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
-    /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
+    /// The largest stored JSON value (result, failure, revert failure, retry history, a run's
+    /// inputs) in bytes; a larger one is refused with [`store::Error::TooLarge`]. The job
+    /// board built on the store refuses a job's parameters over it likewise
+    /// ([`board::Error::TooLarge`](baton_core::board::Error::TooLarge)). Default 1 MiB
+    /// ([`DEFAULT_MAX_VALUE_BYTES`]).
     pub max_value_bytes: usize,
     /// How long a commit's one-statement append (the usual way to commit; the transactions of
     /// the careful way, of creations and of batches that end a job do not spin) keeps polling
@@ -447,6 +450,11 @@ impl SqliteStore {
 
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The limit on a JSON value (the job board keeps to it for a job's parameters).
+    pub(crate) fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
     }
 
     /// What this process's job boards on this store wait on for new work.

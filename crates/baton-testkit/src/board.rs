@@ -856,6 +856,37 @@ pub async fn bad_input_is_refused<B: JobBoard, S: Store>(board: B, _store: S) {
     ));
 }
 
+/// A job's parameters get the limit every stored JSON value gets
+/// ([`DEFAULT_MAX_VALUE_BYTES`] by default, as the board under test is made): over it, the post
+/// is refused with `TooLarge`, naming the parameters, their size and the limit, and nothing is
+/// posted; at the limit the job is posted.
+///
+/// [`DEFAULT_MAX_VALUE_BYTES`]: baton_core::store::DEFAULT_MAX_VALUE_BYTES
+pub async fn params_over_the_limit_are_refused<B: JobBoard, S: Store>(board: B, _store: S) {
+    let limit = baton_core::store::DEFAULT_MAX_VALUE_BYTES;
+    // `{"x":"..."}`: eight bytes and the text.
+    let params = |size: usize| json!({ "x": "p".repeat(size - 8) });
+    // (Not `unwrap_err`, which would print the megabyte of parameters.)
+    let Err(err) = board.post(job("too-big").params(params(limit + 1))).await else {
+        panic!("parameters over the limit were posted");
+    };
+    assert!(
+        matches!(&err, Error::TooLarge { what: "params", size, limit: l }
+            if *size == limit + 1 && *l == limit),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("limit of {limit}")),
+        "{err}"
+    );
+    assert!(board.list(&JobQuery::all()).await.unwrap().is_empty());
+    let posted = board
+        .post(job("just-fits").params(params(limit)))
+        .await
+        .unwrap();
+    assert!(board.get(posted.id).await.unwrap().params == params(limit));
+}
+
 /// A waiting conductor wakes when a job is posted.
 pub async fn posting_wakes_waiters<B: JobBoard + Clone + 'static, S: Store>(board: B, _store: S) {
     let waiter = {
@@ -930,6 +961,7 @@ macro_rules! board_conformance {
             a_flows_last_step_can_consume_its_job,
             a_first_batch_carries_the_creations_fence,
             bad_input_is_refused,
+            params_over_the_limit_are_refused,
             posting_wakes_waiters,
             conductors_register_and_leave,
             purge_deletes_only_jobs_that_ended_before_the_cutoff,

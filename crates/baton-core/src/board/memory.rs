@@ -83,7 +83,7 @@ impl MemoryJobBoard {
 #[async_trait]
 impl JobBoard for MemoryJobBoard {
     async fn post(&self, new: NewJob) -> Result<Job> {
-        new.validate()?;
+        new.check(self.store.max_value_bytes())?;
         let now = Utc::now();
         let job = Job {
             id: JobId::new(),

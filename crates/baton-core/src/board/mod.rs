@@ -67,6 +67,17 @@ pub enum Error {
     /// A job was posted with something missing or malformed.
     #[error("invalid job: {0}")]
     InvalidJob(String),
+    /// A job was posted with a value larger than the board accepts (see
+    /// [`DEFAULT_MAX_VALUE_BYTES`](crate::store::DEFAULT_MAX_VALUE_BYTES)).
+    #[error("the job's {what} take {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// `params`.
+        what: &'static str,
+        /// Its size, in bytes of JSON text.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Stored data could not be read.
     #[error("corrupt job record {job}: {detail}")]
     Corrupt {
@@ -138,6 +149,25 @@ impl NewJob {
     pub fn priority(mut self, priority: i32) -> Self {
         self.priority = priority;
         self
+    }
+
+    /// Checks the job can be posted on a board whose limit on a JSON value is
+    /// `max_value_bytes`: [`NewJob::validate`], and parameters no larger than that.
+    ///
+    /// # Errors
+    /// [`Error::InvalidJob`] naming the empty field, [`Error::TooLarge`] for parameters over
+    /// the limit.
+    pub fn check(&self, max_value_bytes: usize) -> Result<()> {
+        self.validate()?;
+        let size = crate::store::json_size(&self.params);
+        if size > max_value_bytes {
+            return Err(Error::TooLarge {
+                what: "params",
+                size,
+                limit: max_value_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Checks the job can be posted.
