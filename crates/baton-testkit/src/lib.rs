@@ -2,9 +2,8 @@
 //!
 //! - [`Log`] and [`Probe`]: tasks that record each `execute` and `revert` call, and fail on
 //!   command, so a test can check what ran, in which order, and how often.
-//! - [`CrashStore`], [`FlakyStore`] and [`LosesAnswer`]: store wrappers that kill the engine at
-//!   the k-th write, make the store unavailable for a while, or lose the answer to a run's
-//!   last write.
+//! - [`CrashStore`] and [`FlakyStore`]: store wrappers that kill the engine at the k-th write, or
+//!   make the store unavailable for a while (or lose the answer to a run's last write).
 //! - [`scenarios`]: the flows the crash tests run (linear, parallel graph, failing, retrying).
 //! - [`crash`]: the crash-at-every-write check, generic over the store.
 //! - [`conformance`]: store cases every backend must pass, one test per case per backend.
@@ -24,7 +23,7 @@ pub mod scenarios;
 mod stores;
 
 pub use probe::{Action, Call, Log, Phase, Probe};
-pub use stores::{CrashMode, CrashStore, FlakyStore, LosesAnswer};
+pub use stores::{CrashMode, CrashStore, FlakyStore};
 
 /// Builds [`baton_core::Inputs`] from `(name, value)` pairs.
 #[must_use]

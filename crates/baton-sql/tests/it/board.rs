@@ -699,11 +699,8 @@ async fn postgres_wake_ups_and_keyed_jobs_work_in_a_schema_of_63_characters() {
     assert_eq!(third.job.id, jobs[2].id);
 
     store.close().await;
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
     sqlx::Connection::close(conn).await.unwrap();
+    crate::postgres::drop_schema(&url, &schema).await;
 }
 
 /// Registration waits for a conductor's liveness lock outside the board's other work: while
@@ -756,7 +753,7 @@ async fn a_retried_last_step_is_answered_as_stored<B: JobBoard, S: baton_core::s
     board: B,
     store: S,
 ) {
-    use baton_core::model::{Batch, FlowRecord, Write};
+    use baton_core::model::{Batch, Write};
     use baton_core::{FlowState, Intention};
     use serde_json::json;
 
@@ -766,16 +763,7 @@ async fn a_retried_last_step_is_answered_as_stored<B: JobBoard, S: baton_core::s
         .await
         .unwrap()
         .unwrap();
-    let run = FlowRecord {
-        id: posted.flow(),
-        name: "retried".into(),
-        state: FlowState::Pending,
-        intention: Intention::Execute,
-        inputs: Default::default(),
-        meta: json!({}),
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    };
+    let run = baton_testkit::board::job_run(posted.id, "retried");
     store
         .create_flow(&run, &[], Some(claim.fence))
         .await

@@ -115,12 +115,7 @@ async fn done(url: &str, stores: [PostgresStore; 2], schema: &str) {
     for store in stores {
         store.close().await;
     }
-    let mut conn = pg_connect(url, None).await;
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
+    crate::postgres::drop_schema(url, schema).await;
 }
 
 /// A commit the server refuses with SQLSTATE `code` is `Unavailable`, by the one-statement
