@@ -700,6 +700,7 @@ pub(crate) fn decode_atom(flow: FlowId, name: String, raw: RawAtom) -> Result<At
 
 /// Checks and converts an atom row that is as its creation left it (pending, never started:
 /// see the SQLite store's packed read), of which only these columns were read.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_pristine_atom(
     flow: FlowId,
     name: String,
