@@ -114,7 +114,7 @@ impl From<board::Error> for CliError {
     fn from(e: board::Error) -> Self {
         let code = match &e {
             board::Error::JobNotFound(_) => exit::NOT_FOUND,
-            board::Error::InvalidJob(_) => exit::BAD_INPUT,
+            board::Error::InvalidJob(_) | board::Error::TooLarge { .. } => exit::BAD_INPUT,
             board::Error::InvalidState { .. } | board::Error::ClaimLost { .. } => exit::CONFLICT,
             board::Error::Unavailable(_) => exit::UNAVAILABLE,
             _ => exit::INTERNAL,

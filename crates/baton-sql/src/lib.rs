@@ -63,10 +63,13 @@
 //!
 //! Opening a store reports this crate's [`Error`]; a store's operations report
 //! [`baton_core::store::Error`] like every store. A database that cannot be reached (connection
-//! refused or lost, a pool timed out, PostgreSQL shutting down, SQLite busy past its timeout)
-//! is `Unavailable`, which the engine retries; rows it cannot read are `Corrupt`, naming the
-//! flow and atom, and rows of a newer version of baton are `TooNew`; JSON values over the configured limit (1 MiB by default) are `TooLarge`, and
-//! nothing of their batch is written.
+//! refused or lost, a pool timed out, PostgreSQL shutting down, failing over, out of
+//! connections, a database or role it does not know, a serialization failure or deadlock,
+//! SQLite busy past its timeout) is `Unavailable`, which the engine retries, with the
+//! database's message as its source; rows it cannot read are `Corrupt`, naming the flow and
+//! atom, and rows of a newer version of baton are `TooNew`; JSON values over the configured
+//! limit (1 MiB by default: results, failures, a run's inputs, a job's parameters) are
+//! `TooLarge`, and nothing of their batch is written.
 //!
 //! # Features
 //!
@@ -84,6 +87,8 @@ mod board_sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
 mod error;
+#[cfg(feature = "postgres")]
+mod liveness;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
