@@ -117,7 +117,7 @@ async fn fleet(store: &PostgresStore) -> anyhow::Result<()> {
             Engine::new(store.clone()),
             registry(&name, &runs, t0),
         )
-        .with_options(options);
+        .with_options(options)?;
         let token = CancellationToken::new();
         let handle = tokio::spawn(conductor.run(token.clone()));
         fleet.push((name, token, handle));

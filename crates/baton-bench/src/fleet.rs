@@ -153,9 +153,11 @@ async fn conductor(
     let (store, board) = fleet.member().await?;
     let mut options = Options::default();
     options.name = name;
-    options.concurrency = concurrency.max(1);
+    options.concurrency = concurrency;
     options.poll = poll;
-    Ok(Conductor::new(board, Engine::from_arc(store), registry()).with_options(options))
+    Conductor::new(board, Engine::from_arc(store), registry())
+        .with_options(options)
+        .context("invalid conductor options")
 }
 
 /// The shape of a `jobs` run.

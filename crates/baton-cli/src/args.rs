@@ -9,13 +9,23 @@ pub use crate::output::ColorChoice;
 /// The default store: a SQLite file in the working directory.
 pub const DEFAULT_DB: &str = "sqlite://baton.db";
 
+/// The most jobs one `baton demo post` posts.
+pub const MAX_POST_COUNT: i64 = 10_000;
+
 /// baton: durable workflows. Inspect and administer flows, jobs and conductors, and run the
 /// Heat-style demo.
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, after_help = exit_codes_help())]
 pub struct Cli {
     /// The store and job board: `sqlite://PATH`, `sqlite::memory:` or `postgres://...`.
-    #[arg(long, global = true, env = "BATON_DATABASE_URL", default_value = DEFAULT_DB)]
+    // The environment's value is not shown in the help: it may hold a password.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_DATABASE_URL",
+        hide_env_values = true,
+        default_value = DEFAULT_DB
+    )]
     pub db: String,
 
     /// PostgreSQL only: the schema that holds baton's tables (default `baton`).
@@ -78,13 +88,13 @@ pub struct DemoArgs {
     #[arg(long, default_value = "demo")]
     pub stack: String,
     /// How many servers.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2)]
     pub servers: u32,
     /// How many volumes.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     pub volumes: u32,
     /// How long each fake cloud call takes, in milliseconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 300)]
     pub step_ms: u64,
 }
 
@@ -101,11 +111,12 @@ pub struct DemoPostArgs {
     /// The demo factory: stack-create, stack-update, stack-delete or steps.
     #[arg(long, default_value = "stack-create")]
     pub factory: String,
-    /// The factory's parameters, as a JSON object.
-    #[arg(long, default_value = "{}")]
+    /// The factory's parameters: a JSON object, `@FILE` to read it from a file, or `-` to
+    /// read it from standard input.
+    #[arg(long, default_value = "{}", value_name = "JSON|@FILE|-")]
     pub params: String,
-    /// How many jobs to post.
-    #[arg(long, default_value_t = 1)]
+    /// How many jobs to post (1 to 10000).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_POST_COUNT))]
     pub count: u32,
     /// A key shared by the jobs (they then run one at a time).
     #[arg(long)]
@@ -124,21 +135,21 @@ pub struct ConductorArgs {
     /// A name for operators.
     #[arg(long, default_value = "conductor")]
     pub name: String,
-    /// How many jobs to run at once.
-    #[arg(long, default_value_t = 4)]
+    /// How many jobs to run at once (at least 1).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 4)]
     pub concurrency: usize,
-    /// Claim lease, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    /// Claim lease, in milliseconds (at least three heartbeats).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10_000)]
     pub lease_ms: u64,
-    /// Heartbeat interval, in milliseconds.
-    #[arg(long, default_value_t = 2_000)]
+    /// Heartbeat interval, in milliseconds (at least 1, at most a third of the lease).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2_000)]
     pub heartbeat_ms: u64,
-    /// Poll interval when idle, in milliseconds.
-    #[arg(long, default_value_t = 250)]
+    /// Poll interval when idle, in milliseconds (at least 1).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 250)]
     pub poll_ms: u64,
     /// How long a conductor already running jobs lets posted jobs gather after a wake-up
     /// before it claims, in milliseconds (0: claim at once).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5)]
     pub gather_ms: u64,
     /// Also delete runs and jobs that ended longer ago than this (e.g. `30d`), every ten
     /// minutes, beside the work; by default everything is kept.
@@ -164,7 +175,7 @@ pub enum FlowsCommand {
         #[arg(long)]
         name: Option<String>,
         /// At most this many.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 50)]
         limit: usize,
         /// Print JSON.
         #[arg(long)]
@@ -200,8 +211,9 @@ pub struct PurgeArgs {
     /// Which ended runs or jobs: by age or by end time.
     #[command(flatten)]
     pub cutoff: Cutoff,
-    /// How many to delete per transaction; the command repeats until one deletes fewer.
-    #[arg(long, default_value_t = 500)]
+    /// How many to delete per transaction (at least 1); the command repeats until one
+    /// deletes fewer.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
     /// Print JSON.
     #[arg(long)]
@@ -244,7 +256,7 @@ pub enum JobsCommand {
         #[arg(long)]
         owner: Option<String>,
         /// At most this many.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         limit: Option<usize>,
         /// Print JSON.
         #[arg(long)]
@@ -266,14 +278,15 @@ pub enum JobsCommand {
         /// A name (defaults to the factory's).
         #[arg(long)]
         name: Option<String>,
-        /// The factory's parameters, as JSON.
-        #[arg(long, default_value = "{}")]
+        /// The factory's parameters: JSON, `@FILE` to read it from a file, or `-` to read it
+        /// from standard input.
+        #[arg(long, default_value = "{}", value_name = "JSON|@FILE|-")]
         params: String,
         /// Run it only when no earlier job with this key is unfinished.
         #[arg(long)]
         key: Option<String>,
         /// Higher runs first.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
         priority: i32,
         /// Print the job as JSON.
         #[arg(long)]

@@ -14,6 +14,10 @@
 //! | `stack-update` | `stack`, `server` (the one to replace, `server-0`), `step_ms`, `fail_at` |
 //! | `stack-delete` | `stack`, `servers`, `volumes`, `step_ms` |
 //! | `steps` | `steps` (count), `step_ms` (100): a line of plain steps, for load and crash tests |
+//!
+//! Counts and times are bounded, so that no job can make a flow too big to build or a step
+//! that never ends: at most 100 `servers` and 100 `volumes`, 10 000 `steps`, and a `step_ms`
+//! of 600 000 (ten minutes).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -213,16 +217,37 @@ fn default_server() -> String {
     "server-0".into()
 }
 
+/// The most servers, volumes and steps a demo flow has, and the longest `step_ms`.
+const MAX_SERVERS: u32 = 100;
+const MAX_VOLUMES: u32 = 100;
+const MAX_STEPS: u32 = 10_000;
+const MAX_STEP_MS: u64 = 600_000;
+
 fn parse(params: &Value) -> Result<StackParams, String> {
     let params = if params.is_null() {
         json!({})
     } else {
         params.clone()
     };
-    serde_path_to_error::deserialize(params).map_err(|e| match e.path().to_string().as_str() {
-        "." => format!("bad parameters: {}", e.inner()),
-        path => format!("bad parameter `{path}`: {}", e.inner()),
-    })
+    let p: StackParams = serde_path_to_error::deserialize(params).map_err(|e| {
+        match e.path().to_string().as_str() {
+            "." => format!("bad parameters: {}", e.inner()),
+            path => format!("bad parameter `{path}`: {}", e.inner()),
+        }
+    })?;
+    for (name, value, max) in [
+        ("servers", u64::from(p.servers), u64::from(MAX_SERVERS)),
+        ("volumes", u64::from(p.volumes), u64::from(MAX_VOLUMES)),
+        ("steps", u64::from(p.steps), u64::from(MAX_STEPS)),
+        ("step_ms", p.step_ms, MAX_STEP_MS),
+    ] {
+        if value > max {
+            return Err(format!(
+                "bad parameter `{name}`: {value} is more than the demo allows, {max}"
+            ));
+        }
+    }
+    Ok(p)
 }
 
 struct Maker<'a> {
@@ -431,6 +456,25 @@ mod tests {
             .build("stack-create", &json!({"colour": "blue"}))
             .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    /// Counts and times that would take forever to build or to run are refused, naming the
+    /// parameter and the limit; the limits themselves are accepted.
+    #[test]
+    fn counts_and_times_are_bounded() {
+        let registry = registry(SideEffects::Discard);
+        for (factory, params, message) in [
+            ("stack-create", json!({"servers": u32::MAX}), "bad parameter `servers`: 4294967295 is more than the demo allows, 100"),
+            ("stack-delete", json!({"volumes": 101}), "bad parameter `volumes`: 101 is more than the demo allows, 100"),
+            ("steps", json!({"steps": 10_001}), "bad parameter `steps`: 10001 is more than the demo allows, 10000"),
+            ("stack-update", json!({"step_ms": u64::MAX}), "bad parameter `step_ms`: 18446744073709551615 is more than the demo allows, 600000"),
+        ] {
+            let err = registry.build(factory, &params).unwrap_err();
+            assert!(err.to_string().contains(message), "{err}");
+        }
+        let most = json!({"servers": 100, "volumes": 100, "step_ms": 600_000});
+        registry.build("stack-create", &most).unwrap();
+        registry.build("steps", &json!({"steps": 10_000})).unwrap();
     }
 
     #[tokio::test]

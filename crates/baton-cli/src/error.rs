@@ -49,12 +49,40 @@ impl CliError {
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error: {}", self.message)?;
+        write!(f, "error: {}", shown(&self.message))?;
         if let Some(cause) = &self.cause {
-            write!(f, "\n  caused by: {cause}")?;
+            write!(f, "\n  caused by: {}", shown(cause))?;
         }
         Ok(())
     }
+}
+
+/// The most characters of a message (or of its cause) shown.
+const MAX_SHOWN: usize = 1000;
+
+/// `text` as one line of reasonable length, whatever the input it quotes: control characters
+/// (a newline, a terminal escape sequence) are shown escaped, and the middle of a text longer
+/// than [`MAX_SHOWN`] characters (a 100 KB value echoed back) is cut, keeping its head and its
+/// tail, which usually says what was wrong.
+fn shown(text: &str) -> String {
+    let mut line = String::with_capacity(text.len().min(4 * MAX_SHOWN));
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    let count = line.chars().count();
+    if count <= MAX_SHOWN {
+        return line;
+    }
+    let (head, tail) = (MAX_SHOWN * 2 / 3, MAX_SHOWN / 4);
+    let cut = count - head - tail;
+    let mut chars = line.chars();
+    let start: String = chars.by_ref().take(head).collect();
+    let end: String = chars.skip(cut).collect();
+    format!("{start} [… {cut} characters cut …] {end}")
 }
 
 /// The exit code for a store error.
@@ -86,7 +114,7 @@ impl From<board::Error> for CliError {
     fn from(e: board::Error) -> Self {
         let code = match &e {
             board::Error::JobNotFound(_) => exit::NOT_FOUND,
-            board::Error::InvalidJob(_) => exit::BAD_INPUT,
+            board::Error::InvalidJob(_) | board::Error::TooLarge { .. } => exit::BAD_INPUT,
             board::Error::InvalidState { .. } | board::Error::ClaimLost { .. } => exit::CONFLICT,
             board::Error::Unavailable(_) => exit::UNAVAILABLE,
             _ => exit::INTERNAL,
@@ -131,3 +159,20 @@ impl From<baton_sql::Error> for CliError {
 
 /// The result type of commands.
 pub(crate) type Result<T, E = CliError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_one_line_whatever_they_quote() {
+        let e = CliError::new(exit::BAD_INPUT, "bad \"a\nb\x1b[2J\"");
+        assert_eq!(e.to_string(), "error: bad \"a\\nb\\u{1b}[2J\"");
+        let long = format!("--fail-at {:?} names no atom", "x".repeat(100_000));
+        let shown = CliError::new(exit::BAD_INPUT, long).to_string();
+        assert!(shown.len() < 1100, "{}", shown.len());
+        assert!(shown.starts_with("error: --fail-at \"xxx"), "{shown}");
+        assert!(shown.ends_with("xxx\" names no atom"), "{shown}");
+        assert!(shown.contains("[… 99110 characters cut …]"), "{shown}");
+    }
+}

@@ -32,9 +32,11 @@ mod cmd;
 pub mod demo;
 mod error;
 pub mod exit;
+mod hint;
 mod output;
 
-use clap::{CommandFactory, Parser};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 
 pub use error::CliError;
 
@@ -43,9 +45,17 @@ use args::{Cli, Command};
 /// Runs the command line; returns the process's exit code.
 #[must_use]
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                // clap answers `baton flows` with the help of `flows`: say first what is
+                // wrong, as every error does.
+                eprintln!("error: a command is missing: the choices follow\n");
+            }
             let _ = e.print();
             return if e.use_stderr() {
                 exit::USAGE
@@ -53,6 +63,13 @@ pub fn main() -> i32 {
                 exit::OK
             };
         }
+    };
+    let given = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let db = cmd::Database {
+        url_given: given("db"),
+        schema_given: given("schema"),
+        url: cli.db.clone(),
+        schema: cli.schema.clone(),
     };
     init_logging(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -65,7 +82,7 @@ pub fn main() -> i32 {
             return exit::INTERNAL;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, &db)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{e}");
@@ -91,43 +108,26 @@ fn init_logging(command: &Command) {
         .try_init();
 }
 
-async fn run(cli: Cli) -> error::Result<i32> {
+/// Runs a command; each opens `db` once it has checked what it can without it.
+async fn run(cli: Cli, db: &cmd::Database) -> error::Result<i32> {
     let style = output::Style::detect(cli.color);
-    if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());
-        return Ok(exit::OK);
-    }
-    let mut options = baton_sql::OpenOptions::new();
-    if let Some(schema) = &cli.schema {
-        options = options.schema(schema);
-    }
-    let backends = baton_sql::open_with(&cli.db, options).await?;
     match cli.command {
-        Command::Demo(args) => {
-            // How to reach this database again, for the hints the demo prints.
-            let target = match &cli.schema {
-                Some(schema) => format!("{} --schema {schema}", cli.db),
-                None => cli.db.clone(),
-            };
-            cmd::demo::demo(&target, backends.store, backends.board, args, style).await
-        }
+        Command::Demo(args) => cmd::demo::demo(db, args, style).await,
         Command::Conductor(args) => {
-            cmd::demo::conductor(backends.store, backends.board, args).await?;
+            cmd::demo::conductor(db, args).await?;
             Ok(exit::OK)
         }
-        Command::Flows(c) => cmd::flows::run(&*backends.store, c, style)
-            .await
-            .map(|()| exit::OK),
-        Command::Jobs(c) => cmd::jobs::run(&*backends.board, c, style)
-            .await
-            .map(|()| exit::OK),
-        Command::Conductors(c) => cmd::conductors::run(&*backends.board, c, style)
-            .await
-            .map(|()| exit::OK),
+        Command::Flows(c) => cmd::flows::run(db, c, style).await.map(|()| exit::OK),
+        Command::Jobs(c) => cmd::jobs::run(db, c, style).await.map(|()| exit::OK),
+        Command::Conductors(c) => cmd::conductors::run(db, c, style).await.map(|()| exit::OK),
         Command::Migrate => {
-            outln!("the schema of {} is up to date", cli.db);
+            db.open().await?;
+            outln!("the schema of {} is up to date", db.shown());
             Ok(exit::OK)
         }
-        Command::Completions { .. } => Ok(exit::OK),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
     }
 }

@@ -8,7 +8,7 @@ mod support;
 
 use baton_cli::exit;
 use serde_json::Value;
-use support::{baton, pg_db, sqlite_db, stderr, stdout};
+use support::{baton, command, pg_db, run, sqlite_db, stderr, stdout};
 
 fn json(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "failed: {}", stderr(out));
@@ -447,4 +447,477 @@ fn completions_are_generated() {
     let out = baton(&db.url, &["completions", "bash"]);
     assert!(out.status.success());
     assert!(stdout(&out).contains("baton"));
+}
+
+/// Asserts that `out` is a refusal with `code` whose one-line message contains `message`.
+fn refused(out: &std::process::Output, code: i32, message: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(message), "expected {message:?} in: {err}");
+    if code != exit::USAGE {
+        assert!(err.lines().count() <= 2, "{err}");
+    }
+}
+
+/// Conductor options that cannot work (a zero heartbeat panicked, a zero lease or a heartbeat
+/// near the lease made jobs change hands, a zero poll spun, a zero concurrency became 1) are
+/// refused with exit code 4 and what would work, before the database is touched.
+#[test]
+fn conductor_options_that_cannot_work_are_refused() {
+    let db = sqlite_db();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["--heartbeat-ms", "0"],
+            exit::BAD_INPUT,
+            "--heartbeat-ms 0 is too short: give 1 or more",
+        ),
+        (
+            &["--lease-ms", "0"],
+            exit::BAD_INPUT,
+            "--lease-ms 0 is too short: give 1 or more",
+        ),
+        (
+            &["--lease-ms", "1000", "--heartbeat-ms", "5000"],
+            exit::BAD_INPUT,
+            "--heartbeat-ms 5000 is more than a third of --lease-ms 1000, so one late heartbeat \
+             would lose the claim: give --heartbeat-ms 333 or less, or --lease-ms 15000 or more",
+        ),
+        (
+            &["--poll-ms", "0"],
+            exit::BAD_INPUT,
+            "--poll-ms 0 is too short: give 1 or more",
+        ),
+        (
+            &["--concurrency", "0"],
+            exit::BAD_INPUT,
+            "--concurrency 0 would run no job: give 1 or more",
+        ),
+        (
+            &["--lease-ms", "31536000001"],
+            exit::BAD_INPUT,
+            "--lease-ms 31536000001 is too long: give 31536000000 or less",
+        ),
+        (
+            &["--gather-ms", "18446744073709551615"],
+            exit::BAD_INPUT,
+            "--gather-ms 18446744073709551615 is too long: give 200000 or less",
+        ),
+        (&["--lease-ms", "-1"], exit::USAGE, "'-1'"),
+        (&["--concurrency", "many"], exit::USAGE, "'many'"),
+    ];
+    for (options, code, message) in cases {
+        let mut args = vec!["conductor", "--demo", "--exit-when-idle"];
+        args.extend_from_slice(options);
+        let out = baton(&db.url, &args);
+        refused(&out, *code, message);
+        assert!(
+            !db.dir.path().join("baton.db").exists(),
+            "{options:?} created the database"
+        );
+    }
+    // The smallest values the rules allow run.
+    let out = baton(
+        &db.url,
+        &[
+            "conductor",
+            "--demo",
+            "--exit-when-idle",
+            "--lease-ms",
+            "3",
+            "--heartbeat-ms",
+            "1",
+            "--poll-ms",
+            "1",
+            "--concurrency",
+            "1",
+            "--gather-ms",
+            "0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+}
+
+/// `demo post --count 0` posted nothing and said nothing; a count out of range is a usage
+/// error now, and nothing is posted.
+#[test]
+fn demo_post_refuses_a_count_that_makes_no_sense() {
+    let db = sqlite_db();
+    for count in ["0", "10001", "-1", "4294967296"] {
+        let out = baton(
+            &db.url,
+            &["demo", "post", "--factory", "steps", "--count", count],
+        );
+        refused(&out, exit::USAGE, "--count");
+        assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    }
+    let jobs = json(&baton(&db.url, &["jobs", "list", "--json"]));
+    assert_eq!(jobs, serde_json::json!([]));
+}
+
+/// `--params @FILE` and `--params -` pass parameters larger than one argument may be (the
+/// system caps an argument at 128 KiB), to `jobs post` and `demo post`.
+#[test]
+fn params_can_come_from_a_file_or_standard_input() {
+    let db = sqlite_db();
+    let big = serde_json::json!({ "steps": 1, "blob": "x".repeat(200 * 1024) });
+    let file = db.dir.path().join("params.json");
+    // With a byte-order mark, as some editors write, and a trailing newline.
+    std::fs::write(&file, format!("\u{feff}{big}\n")).unwrap();
+    let at_file = format!("@{}", file.display());
+    let posted = json(&baton(
+        &db.url,
+        &[
+            "jobs",
+            "post",
+            "--factory",
+            "steps",
+            "--params",
+            &at_file,
+            "--json",
+        ],
+    ));
+    assert_eq!(posted["params"], big);
+
+    let out = run(
+        command(
+            Some(&db.url),
+            &[
+                "demo",
+                "post",
+                "--factory",
+                "steps",
+                "--params",
+                "-",
+                "--json",
+            ],
+        ),
+        Some(br#"{"steps": 2, "step_ms": 1}"#.to_vec()),
+    );
+    let jobs = json(&out);
+    assert_eq!(
+        jobs[0]["params"],
+        serde_json::json!({"steps": 2, "step_ms": 1})
+    );
+    let out = run(
+        command(
+            Some(&db.url),
+            &[
+                "jobs",
+                "post",
+                "--factory",
+                "steps",
+                "--params",
+                "-",
+                "--json",
+            ],
+        ),
+        Some(big.to_string().into_bytes()),
+    );
+    assert_eq!(json(&out)["params"], big);
+}
+
+/// Parameters that cannot be read are refused with exit code 4 and a message that says why:
+/// a missing or unreadable file, JSON that does not parse (with where), not an object where
+/// one is required, more than the command reads.
+#[test]
+fn params_that_cannot_be_read_are_refused_clearly() {
+    let db = sqlite_db();
+    let dir = db.dir.path();
+    let write = |name: &str, text: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        format!("@{}", path.display())
+    };
+    let broken = write("broken.json", b"{\n  \"steps\": 1,\n}\n");
+    let array = write("array.json", b"[1, 2]");
+    let huge = write("huge.json", &vec![b' '; (8 << 20) + 1]);
+    let missing = format!("@{}", dir.join("missing.json").display());
+    let folder = format!("@{}", dir.display());
+    let cases: Vec<(&str, &str, Option<Vec<u8>>, String)> = vec![
+        (
+            "jobs",
+            missing.as_str(),
+            None,
+            format!("cannot open --params file {:?}", dir.join("missing.json")),
+        ),
+        (
+            "jobs",
+            missing.as_str(),
+            None,
+            "No such file or directory".into(),
+        ),
+        ("jobs", folder.as_str(), None, "Is a directory".into()),
+        (
+            "jobs",
+            "@",
+            None,
+            "--params @ names no file: give @PATH, or - for standard input".into(),
+        ),
+        (
+            "jobs",
+            broken.as_str(),
+            None,
+            "is not valid JSON: trailing comma at line 3 column 1".into(),
+        ),
+        (
+            "demo",
+            array.as_str(),
+            None,
+            "must be a JSON object, not an array".into(),
+        ),
+        (
+            "demo",
+            "null",
+            None,
+            "--params must be a JSON object, not null".into(),
+        ),
+        (
+            "jobs",
+            huge.as_str(),
+            None,
+            "holds more than 8 MiB, the most the command reads".into(),
+        ),
+        (
+            "jobs",
+            "-",
+            Some(vec![b' '; (8 << 20) + 1]),
+            "--params from standard input holds more than 8 MiB".into(),
+        ),
+        (
+            "jobs",
+            "-",
+            Some(b"{\"steps\": \xff}".to_vec()),
+            "--params from standard input is not valid JSON".into(),
+        ),
+        (
+            "jobs",
+            "-",
+            Some(Vec::new()),
+            "EOF while parsing a value at line 1 column 0".into(),
+        ),
+    ];
+    for (which, params, stdin, message) in cases {
+        let args: &[&str] = if which == "jobs" {
+            &["jobs", "post", "--factory", "steps", "--params", params]
+        } else {
+            &["demo", "post", "--factory", "steps", "--params", params]
+        };
+        let out = run(command(Some(&db.url), args), stdin);
+        refused(&out, exit::BAD_INPUT, &message);
+    }
+    // Nothing was posted; no database was even created.
+    assert!(!dir.join("baton.db").exists());
+}
+
+/// The database URL's password shows nowhere: not in the help (the URL may come from
+/// `BATON_DATABASE_URL`), not in errors or logs, whatever is wrong with the URL.
+#[test]
+fn the_database_password_is_never_shown() {
+    let mut help = command::<&str>(None, &["--help"]);
+    help.env(
+        "BATON_DATABASE_URL",
+        "postgres://baton:s3cret@127.0.0.1:1/db",
+    );
+    let out = run(help, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("BATON_DATABASE_URL"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains("s3cret"), "{}", stdout(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let urls = [
+        "postgres://baton:s3cret@127.0.0.1:1/db".to_owned(),
+        "postgres://baton:s3cret@127.0.0.1:99999/db".to_owned(),
+        "postgres://baton:s3cret@[::1/db".to_owned(),
+        "postgres://baton:s3%63ret@127.0.0.1:1/db".to_owned(),
+        "postgres://127.0.0.1:1/db?sslmode=bogus&password=s3cret".to_owned(),
+        "postgres://127.0.0.1:1/db?password=s3cret".to_owned(),
+        // Not a parameter the driver reads: it would log it, value and all.
+        "postgres://127.0.0.1:1/db?passwd=s3cret".to_owned(),
+        "baton:s3cret@127.0.0.1:1/db".to_owned(),
+        format!(
+            "sqlite://baton:s3cret@{}/none/baton.db",
+            dir.path().display()
+        ),
+    ];
+    for url in &urls {
+        for args in [
+            &["flows", "list"][..],
+            &["migrate"],
+            &["conductor", "--demo", "--exit-when-idle"],
+        ] {
+            let mut cmd = command(Some(url), args);
+            cmd.env("RUST_LOG", "trace");
+            let out = run(cmd, None);
+            assert!(!out.status.success(), "{url} {args:?}");
+            for text in [stdout(&out), stderr(&out)] {
+                assert!(
+                    !text.contains("s3cret") && !text.contains("s3%63ret"),
+                    "{url} {args:?}: {text}"
+                );
+            }
+        }
+    }
+}
+
+/// On a database reached with a password (the test server trusts every client, so any
+/// password works), `migrate` and the demo's hints show the URL without it, and the
+/// conductor's log, at every level, never has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_urls_are_shown_without_their_password() {
+    let Some(db) = pg_db().await else { return };
+    let url = db.url.replacen("://postgres@", "://postgres:s3cret@", 1);
+    assert_ne!(url, db.url, "the test server's URL names the user postgres");
+    let shown = url.replace(":s3cret@", ":***@");
+    tokio::task::spawn_blocking(move || {
+        let out = baton(&url, &["migrate"]);
+        assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+        assert_eq!(
+            stdout(&out),
+            format!("the schema of {shown} is up to date\n")
+        );
+        let out = baton(&url, &["demo", "--step-ms", "1"]);
+        assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains(&format!("--db '{shown}' flows show")),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "(the password is not shown: put the URL in BATON_DATABASE_URL and leave out --db)"
+            ),
+            "{text}"
+        );
+        let mut conductor = command(Some(&url), &["conductor", "--demo", "--exit-when-idle"]);
+        conductor.env("RUST_LOG", "trace");
+        let out = run(conductor, None);
+        assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("s3cret"), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&shown), "the log names the database");
+    })
+    .await
+    .unwrap();
+}
+
+/// The lines of the demo's "inspect it" hints.
+fn hints(out: &std::process::Output) -> Vec<String> {
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(out));
+    let text = stdout(out);
+    let (_, hints) = text
+        .split_once("\ninspect it:\n")
+        .expect("the demo prints hints");
+    hints.lines().map(|l| l.trim().to_owned()).collect()
+}
+
+/// The demo's hints run as printed: here, by the path the binary was started with, with a
+/// note on installing it, since it runs from cargo's build directory.
+#[test]
+fn demo_hints_run_as_printed() {
+    let db = sqlite_db();
+    let shown = hints(&baton(&db.url, &["demo", "--step-ms", "1"]));
+    let bin = env!("CARGO_BIN_EXE_baton");
+    assert_eq!(shown.len(), 3, "{shown:?}");
+    for hint in &shown[..2] {
+        let words: Vec<&str> = hint.split(' ').collect();
+        assert_eq!(&words[..3], [bin, "--db", db.url.as_str()], "{hint}");
+        let out = run(command::<&str>(None, &words[1..]), None);
+        assert_eq!(
+            out.status.code(),
+            Some(exit::OK),
+            "{hint}: {}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).contains("SUCCESS"), "{hint}: {}", stdout(&out));
+    }
+    assert_eq!(
+        shown[2],
+        format!(
+            "(to type `baton` instead of `{bin}`, install it: cargo install --path crates/baton-cli)"
+        )
+    );
+}
+
+/// Under `cargo run` (the README's way), the hints say `cargo run -p baton-cli --`, and how to
+/// install the command; `baton` itself would not be found.
+#[test]
+fn under_cargo_run_the_hints_say_cargo_run() {
+    let db = sqlite_db();
+    let mut demo = command(Some(&db.url), &["demo", "--step-ms", "1"]);
+    demo.env("CARGO_PKG_NAME", "baton-cli");
+    let shown = hints(&run(demo, None));
+    let cargo_run = format!("cargo run -p baton-cli -- --db {}", db.url);
+    assert!(
+        shown[0].starts_with(&format!("{cargo_run} flows show ")),
+        "{shown:?}"
+    );
+    assert!(
+        shown[1].starts_with(&format!("{cargo_run} jobs show ")),
+        "{shown:?}"
+    );
+    assert_eq!(
+        shown[2],
+        "(to type `baton` instead of `cargo run -p baton-cli --`, install it: cargo install --path crates/baton-cli)"
+    );
+}
+
+/// A database given by `BATON_DATABASE_URL` is left out of the hints (the environment still
+/// gives it); one given on the command line is repeated, quoted if a shell would split it.
+#[test]
+fn hints_repeat_only_what_the_command_line_gave_and_quote_it() {
+    let db = sqlite_db();
+    let mut demo = command::<&str>(None, &["demo", "--step-ms", "1"]);
+    demo.env("BATON_DATABASE_URL", &db.url);
+    let from_env = hints(&run(demo, None));
+    let bin = env!("CARGO_BIN_EXE_baton");
+    assert!(
+        from_env[0].starts_with(&format!("{bin} flows show ")),
+        "{from_env:?}"
+    );
+    // It still names the same database.
+    let words: Vec<&str> = from_env[0].split(' ').collect();
+    let mut show = command::<&str>(None, &words[1..]);
+    show.env("BATON_DATABASE_URL", &db.url);
+    let out = run(show, None);
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+
+    let spaced = db.dir.path().join("my stacks");
+    std::fs::create_dir(&spaced).unwrap();
+    let url = format!("sqlite://{}", spaced.join("baton.db").display());
+    let quoted = hints(&baton(&url, &["demo", "--step-ms", "1"]));
+    assert!(
+        quoted[0].starts_with(&format!("{bin} --db '{url}' flows show ")),
+        "{quoted:?}"
+    );
+}
+
+/// A negative number is read as a value, not as an unknown option: `--priority -5` posts a job
+/// that runs after the others, and a negative limit is refused as out of range.
+#[test]
+fn negative_numbers_are_read_as_numbers() {
+    let db = sqlite_db();
+    let job = json(&baton(
+        &db.url,
+        &[
+            "jobs",
+            "post",
+            "--factory",
+            "steps",
+            "--priority",
+            "-5",
+            "--json",
+        ],
+    ));
+    assert_eq!(job["priority"], -5);
+    let out = baton(&db.url, &["flows", "list", "--limit", "-1"]);
+    refused(
+        &out,
+        exit::USAGE,
+        "invalid value '-1' for '--limit <LIMIT>'",
+    );
 }

@@ -31,6 +31,7 @@
 //! `baton flows revert`) has its run reverted instead of run forward.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,23 @@ use crate::registry::Registry;
 use crate::state::FlowState;
 use crate::store;
 
-/// Tuning for a [`Conductor`].
+/// Tuning for a [`Conductor`], checked by [`Options::validate`] when the conductor is built
+/// ([`Conductor::with_options`]).
+///
+/// The rules, so that no value can make a conductor panic, spin or lose its claims:
+///
+/// - `concurrency` is at least 1.
+/// - `lease`, `heartbeat`, `poll` and `retention_every` are at least [`Options::MIN_INTERVAL`]
+///   (1 ms: a lease is stored in whole milliseconds, and a zero interval would spin).
+/// - `heartbeat` is at most a third of `lease`, so that a claim outlives one heartbeat that is
+///   late or lost: with a heartbeat near the lease, every slow answer hands the job to another
+///   conductor while this one still runs it.
+/// - `heartbeat` and `gather` are at most [`Options::MAX_HEARTBEAT`] (a third of
+///   [`board::CONDUCTOR_UNSEEN_LIMIT`]), so that the conductor reports in often enough that no
+///   board takes it for dead.
+/// - The other durations are at most [`Options::MAX_DURATION`] (a year), far inside what the
+///   clocks and timers can add. `drain_timeout` and `gather` may be zero (halt at once, claim
+///   at once); `retention` has no bound (a retention longer than history keeps everything).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Options {
@@ -56,16 +73,18 @@ pub struct Options {
     pub name: String,
     /// The host, as shown to operators.
     pub host: String,
-    /// How many jobs it runs at once.
+    /// How many jobs it runs at once (at least 1).
     pub concurrency: usize,
     /// How long a claim lasts without a heartbeat.
     pub lease: Duration,
-    /// How often it heartbeats each claim (well under `lease`).
+    /// How often it heartbeats each claim and its own registration: at most a third of
+    /// `lease`.
     pub heartbeat: Duration,
     /// How long it waits for new work before polling again (an idle conductor also notices a
     /// dead owner's jobs when it polls).
     pub poll: Duration,
-    /// How long shutdown waits for running flows to reach a step boundary.
+    /// How long shutdown waits for running flows to reach a step boundary (zero: halt them at
+    /// once).
     pub drain_timeout: Duration,
     /// How long a conductor that is already running jobs lets work gather after a wake-up
     /// before it claims: one claim then takes the jobs posted meanwhile, instead of one claim
@@ -103,6 +122,135 @@ impl Default for Options {
             retention: None,
             retention_every: Duration::from_secs(600),
             max_stalled_claims: 5,
+        }
+    }
+}
+
+impl Options {
+    /// The shortest `lease`, `heartbeat`, `poll` and `retention_every`.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+    /// The longest `heartbeat` and `gather`: a third of [`board::CONDUCTOR_UNSEEN_LIMIT`].
+    pub const MAX_HEARTBEAT: Duration =
+        Duration::from_secs(board::CONDUCTOR_UNSEEN_LIMIT.as_secs() / 3);
+
+    /// The longest `lease`, `poll`, `drain_timeout` and `retention_every`: 365 days.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    /// Checks the options against the rules in [`Options`]' documentation.
+    ///
+    /// # Errors
+    /// [`InvalidOptions`] for the first option that breaks a rule, naming it and what would
+    /// work.
+    pub fn validate(&self) -> Result<(), InvalidOptions> {
+        if self.concurrency == 0 {
+            return Err(InvalidOptions::ZeroConcurrency);
+        }
+        let bounds = [
+            ("lease", self.lease, Self::MIN_INTERVAL, Self::MAX_DURATION),
+            (
+                "heartbeat",
+                self.heartbeat,
+                Self::MIN_INTERVAL,
+                Self::MAX_HEARTBEAT,
+            ),
+            ("poll", self.poll, Self::MIN_INTERVAL, Self::MAX_DURATION),
+            (
+                "drain_timeout",
+                self.drain_timeout,
+                Duration::ZERO,
+                Self::MAX_DURATION,
+            ),
+            ("gather", self.gather, Duration::ZERO, Self::MAX_HEARTBEAT),
+            (
+                "retention_every",
+                self.retention_every,
+                Self::MIN_INTERVAL,
+                Self::MAX_DURATION,
+            ),
+        ];
+        for (option, value, min, max) in bounds {
+            if value < min {
+                return Err(InvalidOptions::TooShort { option, value, min });
+            }
+            if value > max {
+                return Err(InvalidOptions::TooLong { option, value, max });
+            }
+        }
+        let min_lease = self.heartbeat.saturating_mul(3);
+        if min_lease > self.lease {
+            let third = u64::try_from(self.lease.as_millis() / 3).unwrap_or(u64::MAX);
+            return Err(InvalidOptions::HeartbeatTooSlow {
+                heartbeat: self.heartbeat,
+                lease: self.lease,
+                max_heartbeat: Duration::from_millis(third),
+                min_lease,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Options`] were refused ([`Options::validate`]): the option and what would work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidOptions {
+    /// `concurrency` is zero: the conductor would never claim a job.
+    #[error("concurrency 0 would run no job: give 1 or more")]
+    ZeroConcurrency,
+    /// A duration is shorter than its rule allows.
+    #[error("{option} {} is too short: give {} or more", Millis(*value), Millis(*min))]
+    TooShort {
+        /// The option (the field's name, e.g. `poll`).
+        option: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The shortest value allowed.
+        min: Duration,
+    },
+    /// A duration is longer than its rule allows.
+    #[error("{option} {} is too long: give {} or less", Millis(*value), Millis(*max))]
+    TooLong {
+        /// The option (the field's name, e.g. `lease`).
+        option: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The longest value allowed.
+        max: Duration,
+    },
+    /// `heartbeat` is more than a third of `lease`.
+    #[error(
+        "heartbeat {} is more than a third of the lease {}, so one late heartbeat would lose the claim: \
+         give a heartbeat of {} or less, or a lease of {} or more",
+        Millis(*heartbeat),
+        Millis(*lease),
+        Millis(*max_heartbeat),
+        Millis(*min_lease)
+    )]
+    HeartbeatTooSlow {
+        /// The heartbeat given.
+        heartbeat: Duration,
+        /// The lease given.
+        lease: Duration,
+        /// The longest heartbeat that suits the lease: a third of it, in whole milliseconds.
+        max_heartbeat: Duration,
+        /// The shortest lease that suits the heartbeat: three times it.
+        min_lease: Duration,
+    },
+}
+
+/// A duration as people write it: `250ms`, `10s`, or finer when it is not whole milliseconds.
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.subsec_nanos() % 1_000_000 != 0 {
+            write!(f, "{d:?}")
+        } else if d.subsec_millis() == 0 && !d.is_zero() {
+            write!(f, "{}s", d.as_secs())
+        } else {
+            write!(f, "{}ms", d.as_millis())
         }
     }
 }
@@ -247,11 +395,15 @@ impl Conductor {
         }
     }
 
-    /// Replaces the options.
-    #[must_use]
-    pub fn with_options(mut self, options: Options) -> Self {
+    /// Replaces the options, once they pass [`Options::validate`].
+    ///
+    /// # Errors
+    /// [`InvalidOptions`] naming the first option that breaks a rule; the conductor is
+    /// dropped.
+    pub fn with_options(mut self, options: Options) -> Result<Self, InvalidOptions> {
+        options.validate()?;
         self.options = options;
-        self
+        Ok(self)
     }
 
     /// The conductor's id.

@@ -1,6 +1,5 @@
 //! The PostgreSQL job board: shared by a fleet of conductors on many machines.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +10,13 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde_json::Value;
 use sqlx::postgres::{PgListener, PgRow};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::Row;
 use tokio::sync::Mutex;
 
 use crate::board_common::{
     check_trash, db, from_ms, job_state, ms, release_needed, token_db, RawJob,
 };
+use crate::liveness::{lock_key, Liveness};
 use crate::postgres::PostgresStore;
 use crate::wake::{self, PostWakes};
 
@@ -49,7 +49,8 @@ const COLUMNS: &str =
 ///   closes that connection and drops the lock. Claims look for such orphans (at most every
 ///   100 ms per board: one look at `pg_locks` is not free) and expire their leases, so the
 ///   owner's jobs are claimed within a poll interval instead of when their leases run out.
-///   Leases remain the backstop for owners that are alive but cut off.
+///   Leases remain the backstop for owners that are alive but cut off. Registering waits 2 s
+///   at most for the lock (or the connection), and claims never wait for it.
 /// - **Wake-ups**: posting, abandoning, releasing and consuming a keyed job send a
 ///   `NOTIFY`, so idle conductors (waiting in [`JobBoard::wait_for_work`]) react at once
 ///   (posts close together share one, sent at most a window later: see
@@ -58,7 +59,7 @@ const COLUMNS: &str =
 pub struct PostgresJobBoard {
     store: PostgresStore,
     channel: Arc<str>,
-    liveness: Arc<Mutex<HashMap<ConductorId, PgConnection>>>,
+    liveness: Arc<Liveness>,
     listener: Arc<Mutex<Option<PgListener>>>,
     last_reap: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     wakes: PostWakes,
@@ -69,15 +70,6 @@ pub const DEFAULT_WAKE_WINDOW: Duration = Duration::from_millis(20);
 
 /// How often, at most, a board looks for dead owners (see `PostgresJobBoard::reap`).
 const REAP_EVERY: Duration = Duration::from_millis(100);
-
-/// The advisory lock key of a conductor: 62 bits of its id (positive, so its halves map to
-/// `pg_locks`' unsigned `classid`/`objid` simply).
-fn lock_key(id: ConductorId) -> i64 {
-    let bytes = id.as_uuid().as_u128();
-    let low = u64::try_from(bytes & u128::from(u64::MAX)).unwrap_or(0);
-    let high = u64::try_from(bytes >> 64).unwrap_or(0);
-    i64::try_from((low ^ high) & ((1u64 << 62) - 1)).unwrap_or(0)
-}
 
 fn decode(row: &PgRow) -> Result<Job, board::Error> {
     RawJob {
@@ -159,13 +151,16 @@ impl PostgresJobBoard {
     }
 
     /// Runs a fenced update (`$1` job, `$2` token, `$3` the extra value; it must return
-    /// `lease_expires_at, job_key`) and sends a wake-up as `wake` says, in the same statement.
+    /// `id, token, lease_expires_at, job_key`) and sends a wake-up as `wake` says, in the same
+    /// statement. With `revoke`, the update moves the job's token on, and the statement
+    /// records the new token in `fences` too, so the claim's writes are refused from then on.
     async fn fenced(
         &self,
         fence: Fence,
         sql: &str,
         extra: Option<Value>,
         wake: Wake,
+        revoke: bool,
     ) -> Result<Option<i64>, board::Error> {
         let token = token_db(fence.token)?;
         let notify = match wake {
@@ -176,7 +171,15 @@ impl PostgresJobBoard {
                 "(CASE WHEN done.job_key IS NOT NULL THEN pg_notify($4, '') END) IS NULL"
             }
         };
-        let sql = format!("WITH done AS ({sql}) SELECT done.lease_expires_at, {notify} FROM done");
+        let revoked = if revoke {
+            ", revoked AS (INSERT INTO fences (job_id, token) SELECT id, token FROM done \
+             ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "WITH done AS ({sql}){revoked} SELECT done.lease_expires_at, {notify} FROM done"
+        );
         let mut kept = self.store.acquire().await.map_err(db)?;
         let row: Result<Option<(Option<i64>, bool)>, _> = sqlx::query_as(&sql)
             .bind(fence.job.as_uuid())
@@ -267,7 +270,7 @@ impl PostgresJobBoard {
 #[async_trait]
 impl JobBoard for PostgresJobBoard {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
-        new.validate()?;
+        new.check(self.store.max_value_bytes())?;
         let wakes = self.wakes.post_wakes();
         let woke = if wakes {
             "pg_notify($7, '') IS NULL"
@@ -326,12 +329,7 @@ impl JobBoard for PostgresJobBoard {
             self.reap().await?;
         }
         self.forget_wake_ups();
-        let owner_lock = self
-            .liveness
-            .lock()
-            .await
-            .contains_key(&owner)
-            .then(|| lock_key(owner));
+        let owner_lock = self.liveness.holds(owner).then(|| lock_key(owner));
         // Two paths, each along an index of its own and each taking at most `max`: unclaimed
         // jobs in claim order, and claimed jobs whose lease ran out. The best `max` of both
         // are claimed (a row a path locked but the cut left out is free again when the
@@ -396,9 +394,11 @@ impl JobBoard for PostgresJobBoard {
             .fenced(
                 fence,
                 "UPDATE jobs SET lease_expires_at = now_ms() + ($3::jsonb #>> '{}')::bigint, updated_at = now() \
-                 WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at, job_key",
+                 WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
+                 RETURNING id, token, lease_expires_at, job_key",
                 Some(Value::from(ms(lease))),
                 Wake::Never,
+                false,
             )
             .await?;
         Ok(lease.map_or_else(Utc::now, from_ms))
@@ -409,9 +409,11 @@ impl JobBoard for PostgresJobBoard {
             fence,
             "UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
                  outcome = $3, updated_at = now() \
-             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 RETURNING lease_expires_at, job_key",
+             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
+             RETURNING id, token, lease_expires_at, job_key",
             Some(outcome),
             Wake::IfKeyed,
+            false,
         )
         .await?;
         Ok(())
@@ -421,11 +423,12 @@ impl JobBoard for PostgresJobBoard {
         self.fenced(
             fence,
             "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
-                 updated_at = now() \
+                 token = token + 1, updated_at = now() \
              WHERE id = $1 AND state = 'CLAIMED' AND token = $2 AND $3::jsonb IS NULL \
-             RETURNING lease_expires_at, job_key",
+             RETURNING id, token, lease_expires_at, job_key",
             None,
             Wake::Always,
+            true,
         )
         .await?;
         Ok(())
@@ -619,26 +622,11 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn register(&self, info: &ConductorInfo) -> Result<(), board::Error> {
-        // Take (or check) the liveness lock on a connection of our own, kept idle.
-        {
-            let mut live = self.liveness.lock().await;
-            let healthy = match live.get_mut(&info.id) {
-                Some(conn) => conn.ping().await.is_ok(),
-                None => false,
-            };
-            if !healthy {
-                live.remove(&info.id);
-                let mut conn = PgConnection::connect_with(&self.store.pool().connect_options())
-                    .await
-                    .map_err(db)?;
-                sqlx::query("SELECT pg_advisory_lock($1)")
-                    .bind(lock_key(info.id))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(db)?;
-                live.insert(info.id, conn);
-            }
-        }
+        // Check (or take) the liveness lock on a connection of our own, kept idle; bounded,
+        // and without holding up claims meanwhile (see `crate::liveness`).
+        self.liveness
+            .keep(info.id, &self.store.pool().connect_options())
+            .await?;
         sqlx::query(
             "INSERT INTO conductors (id, name, host, pid, started_at, last_seen) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -657,10 +645,8 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn deregister(&self, id: ConductorId) -> Result<(), board::Error> {
-        if let Some(conn) = self.liveness.lock().await.remove(&id) {
-            // Closing the session releases its advisory lock.
-            let _ = conn.close().await;
-        }
+        // Closing the session releases its advisory lock.
+        self.liveness.release(id).await;
         sqlx::query("DELETE FROM conductors WHERE id = $1")
             .bind(id.as_uuid())
             .execute(self.store.pool())

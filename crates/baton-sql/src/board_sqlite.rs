@@ -95,6 +95,32 @@ async fn set_fence(conn: &mut SqliteConnection, job: &str, token: i64) -> Result
     Ok(())
 }
 
+/// Makes claimed job `id` `UNCLAIMED` and revokes its claim (its token moves on, in the job's
+/// row and in `fences`), in the caller's transaction; under a claim (`token`), only if that
+/// claim is current. Answers whether the job was handed back.
+async fn hand_back(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    token: Option<i64>,
+) -> Result<bool, board::Error> {
+    let key = id.to_string();
+    let moved: Option<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, lease_expires_at = NULL, \
+             token = token + 1, updated_at = ?2 \
+         WHERE id = ?1 AND state = 'CLAIMED' AND (?3 IS NULL OR token = ?3) RETURNING token",
+    )
+    .bind(&key)
+    .bind(codec::time_text(Utc::now()))
+    .bind(token)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    match moved {
+        Some(token) => set_fence(conn, &key, token).await.map(|()| true),
+        None => Ok(false),
+    }
+}
+
 /// Why a guarded update touched no row: the job is gone, or the claim is stale.
 async fn lost(conn: &mut SqliteConnection, fence: Fence) -> board::Error {
     let exists: Result<Option<i64>, _> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?1")
@@ -188,7 +214,7 @@ impl SqliteJobBoard {
 #[async_trait]
 impl JobBoard for SqliteJobBoard {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
-        new.validate()?;
+        new.check(self.store.max_value_bytes())?;
         let id = JobId::new();
         let now = codec::time_text(Utc::now());
         let params = serde_json::to_string(&new.params)
@@ -325,13 +351,16 @@ impl JobBoard for SqliteJobBoard {
     }
 
     async fn abandon(&self, fence: Fence) -> Result<(), board::Error> {
-        self.fenced(
-            fence,
-            "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, lease_expires_at = NULL, updated_at = ?3 \
-             WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2",
-            vec![],
-            None,
-        )
+        let token = token_db(fence.token)?;
+        self.write(move |conn| {
+            Box::pin(async move {
+                if hand_back(&mut *conn, fence.job, Some(token)).await? {
+                    Ok(())
+                } else {
+                    Err(lost(conn, fence).await)
+                }
+            })
+        })
         .await?;
         self.wake.wake();
         Ok(())
@@ -346,19 +375,10 @@ impl JobBoard for SqliteJobBoard {
                         .fetch_optional(&mut *conn)
                         .await
                         .map_err(db)?;
-                if !release_needed(id, job_state(id, state)?)? {
-                    return Ok(());
+                if release_needed(id, job_state(id, state)?)? {
+                    hand_back(conn, id, None).await?;
                 }
-                let token: i64 = sqlx::query_scalar(
-                    "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, lease_expires_at = NULL, \
-                         token = token + 1, updated_at = ?2 WHERE id = ?1 RETURNING token",
-                )
-                .bind(id.to_string())
-                .bind(codec::time_text(Utc::now()))
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db)?;
-                set_fence(conn, &id.to_string(), token).await
+                Ok(())
             })
         })
         .await?;

@@ -14,9 +14,7 @@ use std::sync::OnceLock;
 /// The states a run never leaves, as stored: what `purge_flows` may delete.
 pub(crate) const TERMINAL_FLOW_STATES: [&str; 3] = ["SUCCESS", "FAILURE", "REVERTED"];
 
-/// The default limit on one stored JSON value (an atom's result, failure, revert failure or
-/// retry history): 1 MiB.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+pub use baton_core::store::DEFAULT_MAX_VALUE_BYTES;
 
 /// The model version `flows` and `atoms` rows are stamped with: the oldest that reads them
 /// (see `MODEL_VERSION`; steps are stamped by their [`StepFormat`]).
@@ -360,7 +358,7 @@ fn encode_value<T: Serialize + ?Sized>(
     if size > limit {
         return Err(Error::TooLarge {
             flow,
-            atom: atom.to_owned(),
+            atom: Some(atom.to_owned()),
             what,
             size,
             limit,
@@ -500,12 +498,15 @@ pub(crate) fn token_to_db(token: FencingToken) -> Option<i64> {
     i64::try_from(token.0).ok()
 }
 
-/// A batch's fence as the databases store it: the job and its token. A token no claim can
-/// have (too large to store) is refused at once as [`Error::Fenced`].
+/// A batch's (or a creation's) fence as the databases store it: the job and its token. A
+/// fence for another flow than its job's is refused at once as [`Error::Refused`] (see
+/// [`check_fence_flow`](baton_core::store::check_fence_flow)), and a token no claim can have
+/// (too large to store) as [`Error::Fenced`].
 pub(crate) fn fence_to_db(
     flow: FlowId,
     fence: Option<baton_core::Fence>,
 ) -> Result<Option<(baton_core::JobId, i64)>> {
+    baton_core::store::check_fence_flow(flow, fence)?;
     fence
         .map(|f| match token_to_db(f.token) {
             Some(token) => Ok((f.job, token)),
@@ -701,6 +702,7 @@ pub(crate) fn decode_atom(flow: FlowId, name: String, raw: RawAtom) -> Result<At
 
 /// Checks and converts an atom row that is as its creation left it (pending, never started:
 /// see the SQLite store's packed read), of which only these columns were read.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_pristine_atom(
     flow: FlowId,
     name: String,
@@ -755,6 +757,42 @@ pub(crate) fn consumed_job(
             reason: "a batch that consumes a job must be fenced by the job's claim",
         }),
         (Some(outcome), Some(fence)) => Ok(Some((fence, outcome.to_string()))),
+    }
+}
+
+/// What a careful commit reads when it is about to refuse a batch that ends a job, to tell
+/// whether an earlier attempt of the same batch was stored (its answer lost on the way back,
+/// and the batch tried again): the body of the flow's last step, and the job's row.
+#[derive(Debug, Default)]
+pub(crate) struct Ended {
+    /// The body of the flow's last step, if it has one.
+    pub(crate) last_step: Option<String>,
+    /// The job's state, token and outcome (JSON text), if there is such a job.
+    pub(crate) job: Option<(String, i64, Option<String>)>,
+}
+
+impl Ended {
+    /// Whether the batch whose step has `body`, ending the job under `fence` with `outcome`
+    /// (JSON text), is stored already: it is the flow's last step, and the job ended with it,
+    /// under that claim, with that outcome. Then the batch is applied, and the refusal the
+    /// retry met is its own earlier success. (The step and the job's end are one transaction,
+    /// and the step's body holds the records the engine made, times included, so no other
+    /// batch has the same.)
+    pub(crate) fn holds(&self, body: &str, fence: baton_core::Fence, outcome: &str) -> bool {
+        let Some((state, token, stored)) = &self.job else {
+            return false;
+        };
+        let same_outcome = || {
+            let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+            stored
+                .as_deref()
+                .and_then(parse)
+                .is_some_and(|s| Some(s) == parse(outcome))
+        };
+        self.last_step.as_deref() == Some(body)
+            && state == baton_core::JobState::Complete.as_str()
+            && Some(*token) == token_to_db(fence.token)
+            && same_outcome()
     }
 }
 
@@ -845,7 +883,7 @@ mod tests {
         rec.result = Some(json!("x".repeat(200)));
         let err = encode_atom(flow, &rec, 100).unwrap_err();
         assert!(
-            matches!(&err, Error::TooLarge { atom, what: "result", size: 202, limit: 100, .. } if atom == "big"),
+            matches!(&err, Error::TooLarge { atom: Some(atom), what: "result", size: 202, limit: 100, .. } if atom == "big"),
             "{err}"
         );
     }

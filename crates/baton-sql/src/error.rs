@@ -70,12 +70,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 const SQLITE_TRANSIENT: [i64; 5] = [5, 6, 10, 13, 14];
 
 /// Maps a sqlx error onto the store's error kinds: what retrying may cure becomes
-/// [`store::Error::Unavailable`], everything else [`store::Error::Backend`].
+/// [`store::Error::Unavailable`], everything else [`store::Error::Backend`]. Either keeps the
+/// sqlx error (and so the server's message) as its source.
 ///
 /// Transient: I/O errors (connection refused, reset, closed), TLS failures, a pool that timed
-/// out waiting for a connection, PostgreSQL SQLSTATE classes `08` (connection exception) and
-/// `57P0x` (admin shutdown, crash shutdown, cannot connect now, ...), and SQLite's busy,
-/// locked, I/O, full-disk and cannot-open codes. A pool closed on purpose is not transient.
+/// out waiting for a connection; PostgreSQL's refusals that an outage, a failover or an
+/// operator's fix cures (see [`POSTGRES_TRANSIENT`]); and SQLite's busy, locked, I/O,
+/// full-disk and cannot-open codes. A pool closed on purpose is not transient.
 pub(crate) fn classify(err: sqlx::Error) -> store::Error {
     if is_transient(&err) {
         store::Error::Unavailable(Box::new(err))
@@ -108,15 +109,46 @@ fn transient_database_error(db: &dyn sqlx::error::DatabaseError) -> bool {
     false
 }
 
+/// The PostgreSQL SQLSTATEs (whole classes end in `*`) that mean "the database cannot be
+/// reached now", which retrying may cure:
+///
+/// - `08*`: connection exceptions;
+/// - `57P0*`: the server is shutting down or starting (admin, crash, cannot connect now), and
+///   `57014`, a statement the server cancelled;
+/// - `3D000` (the database does not exist), `28*` (the role or its password is refused):
+///   the database cannot be reached until an operator makes it or fixes the credentials;
+/// - `53000`, `53100`, `53200`, `53300`: the server is out of resources (disk, memory,
+///   connections); `53400`, a configuration limit, is not among them;
+/// - `40001` (serialization failure), `40P01` (deadlock detected) and `40003` (statement
+///   completion unknown): the transaction was rolled back, and another try may pass;
+/// - `25006`: a read-only transaction, as on a primary that became a standby in a failover.
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_TRANSIENT: [&str; 13] = [
+    "08*", "57P0*", "57014", "3D000", "28*", "53000", "53100", "53200", "53300", "40001", "40P01",
+    "40003", "25006",
+];
+
 #[cfg(feature = "postgres")]
 fn transient_postgres_code(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("57P0")
+    POSTGRES_TRANSIENT
+        .iter()
+        .any(|known| match known.strip_suffix('*') {
+            Some(class) => code.starts_with(class),
+            None => code == *known,
+        })
 }
 
 #[cfg(feature = "sqlite")]
 fn transient_sqlite_code(code: i64) -> bool {
     // Extended result codes carry the primary code in their low byte.
     SQLITE_TRANSIENT.contains(&(code & 0xff))
+}
+
+/// Whether the database refused a row because its key exists.
+#[allow(dead_code)] // not every feature combination uses it
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
 }
 
 /// Maps a migration failure: a database that cannot be reached is [`Error::Store`] (transient),
@@ -150,11 +182,16 @@ mod tests {
 
     #[cfg(feature = "postgres")]
     #[test]
-    fn postgres_connection_and_shutdown_classes_are_transient() {
-        for code in ["08000", "08006", "08001", "57P01", "57P02", "57P03"] {
+    fn postgres_refusals_retrying_may_cure_are_transient() {
+        for code in [
+            "08000", "08006", "08001", "57P01", "57P02", "57P03", "57014", "3D000", "28000",
+            "28P01", "53000", "53100", "53200", "53300", "40001", "40P01", "40003", "25006",
+        ] {
             assert!(transient_postgres_code(code), "{code}");
         }
-        for code in ["23505", "42P01", "40001", "57014", "BT004"] {
+        for code in [
+            "23505", "42P01", "53400", "40002", "25001", "57000", "BT004", "",
+        ] {
             assert!(!transient_postgres_code(code), "{code}");
         }
     }

@@ -63,10 +63,13 @@
 //!
 //! Opening a store reports this crate's [`Error`]; a store's operations report
 //! [`baton_core::store::Error`] like every store. A database that cannot be reached (connection
-//! refused or lost, a pool timed out, PostgreSQL shutting down, SQLite busy past its timeout)
-//! is `Unavailable`, which the engine retries; rows it cannot read are `Corrupt`, naming the
-//! flow and atom, and rows of a newer version of baton are `TooNew`; JSON values over the configured limit (1 MiB by default) are `TooLarge`, and
-//! nothing of their batch is written.
+//! refused or lost, a pool timed out, PostgreSQL shutting down, failing over, out of
+//! connections, a database or role it does not know, a serialization failure or deadlock,
+//! SQLite busy past its timeout) is `Unavailable`, which the engine retries, with the
+//! database's message as its source; rows it cannot read are `Corrupt`, naming the flow and
+//! atom, and rows of a newer version of baton are `TooNew`; JSON values over the configured
+//! limit (1 MiB by default: results, failures, a run's inputs, a job's parameters) are
+//! `TooLarge`, and nothing of their batch is written.
 //!
 //! # Features
 //!
@@ -85,6 +88,8 @@ mod board_sqlite;
 mod codec;
 mod error;
 #[cfg(feature = "postgres")]
+mod liveness;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod rfc3339;
@@ -94,6 +99,7 @@ pub mod spin;
 mod sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod steplog;
+mod url;
 #[cfg(feature = "postgres")]
 mod wake;
 
@@ -112,6 +118,7 @@ pub use error::{Error, Result};
 pub use postgres::{PostgresOptions, PostgresStore, DEFAULT_SCHEMA};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use url::redact_url;
 
 /// The backend a URL names, from its scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,14 +135,27 @@ impl Backend {
     ///
     /// # Errors
     /// [`Error::UnknownScheme`] if the scheme is none of `sqlite`, `postgres`, `postgresql`.
+    /// It names the scheme found only if the text before the first `:` is one (letters,
+    /// digits, `+`, `-`, `.`, starting with a letter), and is empty otherwise: text that is
+    /// not a scheme may be a user name and password given without one.
     pub fn of_url(url: &str) -> Result<Self> {
         let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
         match scheme.to_ascii_lowercase().as_str() {
             "sqlite" => Ok(Backend::Sqlite),
             "postgres" | "postgresql" => Ok(Backend::Postgres),
-            _ => Err(Error::UnknownScheme {
-                scheme: scheme.to_owned(),
-            }),
+            _ => {
+                let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+                Err(Error::UnknownScheme {
+                    scheme: if is_scheme {
+                        scheme.to_owned()
+                    } else {
+                        String::new()
+                    },
+                })
+            }
         }
     }
 }
@@ -289,5 +309,23 @@ mod tests {
             Backend::of_url("baton.db"),
             Err(Error::UnknownScheme { scheme }) if scheme.is_empty()
         ));
+    }
+
+    /// A URL given without its scheme may begin with a user name and password: the error
+    /// names a scheme only when the text is one.
+    #[test]
+    fn an_unknown_scheme_is_named_only_when_it_is_one() {
+        for (url, named) in [
+            ("mysql://h/db", "mysql"),
+            ("git+ssh://h/db", "git+ssh"),
+            ("s3cret@db.internal:5432/ops", ""),
+            ("//baton:s3cret@db/ops", ""),
+            ("1x:y", ""),
+        ] {
+            assert!(
+                matches!(Backend::of_url(url), Err(Error::UnknownScheme { scheme }) if scheme == named),
+                "{url}"
+            );
+        }
     }
 }

@@ -18,7 +18,7 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 use crate::codec::{
     self, Meta, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES,
 };
-use crate::error::{classify, Error};
+use crate::error::{classify, is_unique_violation, Error};
 use crate::steplog::{self, Known, Step, StepRow};
 use serde_json::value::RawValue;
 
@@ -41,8 +41,11 @@ pub struct PostgresOptions {
     /// How long an operation waits for a connection (for instance while the server is down)
     /// before it fails with [`store::Error::Unavailable`]. Default 10 s.
     pub acquire_timeout: Duration,
-    /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
-    /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
+    /// The largest stored JSON value (result, failure, revert failure, retry history, a run's
+    /// inputs) in bytes; a larger one is refused with [`store::Error::TooLarge`]. The job
+    /// board built on the store refuses a job's parameters over it likewise
+    /// ([`board::Error::TooLarge`](baton_core::board::Error::TooLarge)). Default 1 MiB
+    /// ([`DEFAULT_MAX_VALUE_BYTES`]).
     pub max_value_bytes: usize,
     /// How steps are written (see [`StepFormat`]); default [`StepFormat::Short`], which
     /// versions from 0.2.0 on read ([`StepFormat::Long`] for a fleet that still has 0.1.0
@@ -132,6 +135,8 @@ pub struct PostgresStore {
     step_format: StepFormat,
     /// What this store knows of the flows it writes to (see [`crate::steplog`]).
     known: Arc<steplog::Cache>,
+    /// The channel of the job board's wake-ups (see [`job_channel`]).
+    channel: Arc<str>,
 }
 
 fn config(e: impl std::fmt::Display) -> Error {
@@ -175,11 +180,25 @@ impl PostgresStore {
     ///
     /// # Cancel safety
     /// As [`PostgresStore::connect`].
-    #[tracing::instrument(skip_all, fields(backend = "postgres", schema = %options.schema), err)]
+    #[tracing::instrument(
+        skip_all,
+        fields(backend = "postgres", url = %crate::redact_url(url), schema = %options.schema),
+        err
+    )]
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, Error> {
         if !valid_schema(&options.schema) {
             return Err(Error::InvalidSchema {
                 schema: options.schema,
+            });
+        }
+        if let Some(name) = crate::url::unread_secret(url) {
+            // The driver would ignore it (and log its value): refuse it, saying where a
+            // password goes.
+            return Err(Error::Config {
+                detail: format!(
+                    "the URL's query parameter `{name}` is not one PostgreSQL URLs take: \
+                     give the password as `password=` or in the user part (user:password@host)"
+                ),
             });
         }
         // The search path travels in the startup packet: set on every connection the pool
@@ -198,6 +217,7 @@ impl PostgresStore {
         Ok(Self {
             spare: Arc::new(Spare::holding(options.max_connections.max(1) / 2)),
             pool,
+            channel: job_channel(&options.schema).into(),
             schema: options.schema.into(),
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
@@ -330,10 +350,40 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// The channel the job board's wake-ups are sent on.
-    pub(crate) fn job_channel(&self) -> String {
-        format!("baton_jobs_{}", self.schema)
+    /// The limit on a JSON value (the job board keeps to it for a job's parameters).
+    pub(crate) fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
     }
+
+    /// The channel the job board's wake-ups are sent on (see [`job_channel`]).
+    pub(crate) fn job_channel(&self) -> &str {
+        &self.channel
+    }
+}
+
+/// PostgreSQL's longest identifier, in bytes (`NAMEDATALEN - 1`): a channel name too.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// The channel the job wake-ups of `schema` are sent on: `baton_jobs_` and the schema, when
+/// that fits an identifier; for a longer schema (up to 63 bytes are allowed), `baton_jobs_`,
+/// the schema's first 35 bytes, `_` and 16 hex digits of a hash of the whole schema: 63
+/// bytes. (PostgreSQL refuses a longer channel in `pg_notify`, and cuts a `LISTEN`'s short,
+/// so neither wake-ups nor keyed jobs' ends would work.) The hash (64-bit FNV-1a) is the same
+/// on every machine and in every build, as every process of a fleet must agree on the
+/// channel; two schemas that share one only wake each other's conductors for nothing.
+fn job_channel(schema: &str) -> String {
+    const PREFIX: &str = "baton_jobs_";
+    let plain = format!("{PREFIX}{schema}");
+    if plain.len() <= MAX_IDENTIFIER_BYTES {
+        return plain;
+    }
+    let hash = schema.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    // A validated schema is ASCII, so any byte is a character boundary.
+    let kept = MAX_IDENTIFIER_BYTES - PREFIX.len() - 1 - 16;
+    let head = schema.get(..kept).unwrap_or(schema);
+    format!("{PREFIX}{head}_{hash:016x}")
 }
 
 /// Whether a connection is still good after an operation with this outcome: anything but an
@@ -760,13 +810,14 @@ impl PostgresStore {
 
     /// The careful commit: in one `REPEATABLE READ` transaction, check the fence, read the flow
     /// as it is, check write by write (reporting exactly what is wrong) and append. Returns
-    /// what the flow was before the batch, and its last step then.
+    /// what the flow was before the batch, and its last step then; `None` if the batch ends
+    /// a job and an earlier attempt of it was stored already (see [`codec::Ended`]).
     async fn commit_carefully(
         &self,
         batch: &Batch,
         step: &Step,
         consume: Option<&(Fence, String)>,
-    ) -> store::Result<(FlowSnapshot, i64)> {
+    ) -> store::Result<Option<(FlowSnapshot, i64)>> {
         let flow = batch.flow;
         let mut tries = 0;
         loop {
@@ -784,7 +835,10 @@ impl PostgresStore {
             match outcome {
                 Ok(done) => return Ok(done),
                 Err(Attempt::Db(e)) if met_another_writer(&e) && tries < CAREFUL_TRIES => {}
-                Err(Attempt::Db(e)) if met_another_writer(&e) => {
+                // Another writer's steps, again and again: a conflict. (A serialization
+                // failure or a deadlock that persists is left to `classify`: unavailable,
+                // retried like an outage.)
+                Err(Attempt::Db(e)) if is_unique_violation(&e) => {
                     return Err(store::Error::Conflict {
                         flow,
                         subject: "flow".into(),
@@ -804,7 +858,7 @@ impl PostgresStore {
         batch: &Batch,
         step: &Step,
         consume: Option<&(Fence, String)>,
-    ) -> Result<(FlowSnapshot, i64), Attempt> {
+    ) -> Result<Option<(FlowSnapshot, i64)>, Attempt> {
         let flow = batch.flow;
         let mut tx = conn
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -814,7 +868,12 @@ impl PostgresStore {
             // A job's row is locked before its fence row, in the order a claim locks them,
             // so the two never wait for each other.
             if let Some((fence, outcome)) = consume {
-                self.consume_job(&mut tx, flow, *fence, outcome).await?;
+                if !self
+                    .end_job(&mut tx, flow, *fence, outcome, &step.body)
+                    .await?
+                {
+                    return Ok(None);
+                }
             }
             if let Some(f) = batch.fence {
                 let current: Option<i64> =
@@ -847,11 +906,25 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(Attempt::Db)?;
-            Ok((snapshot, seq))
+            Ok(Some((snapshot, seq)))
         }
         .await;
         settle(tx, result).await
     }
+}
+
+/// What tells whether a batch ending job `job` was stored already (see [`codec::Ended`]).
+async fn ended(conn: &mut PgConnection, flow: FlowId, job: JobId) -> sqlx::Result<codec::Ended> {
+    let last_step: Option<String> =
+        sqlx::query_scalar("SELECT body FROM steps WHERE flow_id = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(flow.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await?;
+    let job = sqlx::query_as("SELECT state, token, outcome::text FROM jobs WHERE id = $1")
+        .bind(job.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(codec::Ended { last_step, job })
 }
 
 /// Why a careful commit's attempt failed: the database (maybe another writer, to look again
@@ -955,14 +1028,17 @@ impl PostgresStore {
                 .bind(step.body.as_str())
                 .bind(step.model_version);
         }
-        let consume = first.as_ref().and_then(|(_, _, consume)| consume.as_ref());
+        let consume = first
+            .as_ref()
+            .and_then(|(_, step, consume)| Some((step, consume.as_ref()?)));
         let mut conn = self.acquire().await.map_err(classify)?;
         let answer = match consume {
             None => query.fetch_one(&mut *conn).await.map_err(Attempt::Db),
             // A run whose first batch ends it (it has nothing to run): the job's end needs a
             // statement of its own, so both go in a transaction.
-            Some((job_fence, outcome)) => {
-                self.create_and_consume(&mut conn, query, *job_fence, outcome, flow.id)
+            Some((step, (job_fence, outcome))) => {
+                let job = (*job_fence, outcome.as_str());
+                self.create_and_consume(&mut conn, query, job, flow.id, &step.body)
                     .await
             }
         };
@@ -993,20 +1069,24 @@ impl PostgresStore {
         }
     }
 
-    /// Runs the creation `query` and ends the job `fence` claims, in one transaction.
+    /// Runs the creation `query`, whose first step has `body`, and ends the job `fence`
+    /// claims, in one transaction. (If an earlier attempt of the same creation did both, it
+    /// answers as if this one had.)
     async fn create_and_consume(
         &self,
         conn: &mut PgConnection,
         query: sqlx::query::QueryAs<'_, Postgres, (bool, bool), sqlx::postgres::PgArguments>,
-        fence: Fence,
-        outcome: &str,
+        (fence, outcome): (Fence, &str),
         flow: FlowId,
+        body: &str,
     ) -> Result<(bool, bool), Attempt> {
         let mut tx = conn.begin().await.map_err(Attempt::Db)?;
         let result = async {
             // The job's row first, then the creation (which share-locks the fence row): the
             // order a claim locks them in. A refused creation rolls the consume back.
-            self.consume_job(&mut tx, flow, fence, outcome).await?;
+            if !self.end_job(&mut tx, flow, fence, outcome, body).await? {
+                return Ok((true, true));
+            }
             let answer = query.fetch_one(&mut *tx).await.map_err(Attempt::Db)?;
             match answer {
                 (true, true) => Ok(answer),
@@ -1020,6 +1100,34 @@ impl PostgresStore {
         }
         .await;
         settle(tx, result).await
+    }
+
+    /// Ends the job `fence` claims in the caller's transaction, for the batch whose step has
+    /// `body`: `true` if it did; `false` if an earlier attempt of that batch ended it with its
+    /// step, and only the answer was lost (see [`codec::Ended`]).
+    ///
+    /// # Errors
+    /// [`store::Error::Fenced`] if the claim no longer holds otherwise.
+    async fn end_job(
+        &self,
+        conn: &mut PgConnection,
+        flow: FlowId,
+        fence: Fence,
+        outcome: &str,
+        body: &str,
+    ) -> Result<bool, Attempt> {
+        match self.consume_job(&mut *conn, flow, fence, outcome).await {
+            Ok(()) => Ok(true),
+            Err(refused @ Attempt::Store(store::Error::Fenced { .. })) => {
+                let ended = ended(conn, flow, fence.job).await.map_err(Attempt::Db)?;
+                if ended.holds(body, fence, outcome) {
+                    Ok(false)
+                } else {
+                    Err(refused)
+                }
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Ends the job `fence` claims, in the caller's transaction ([`CONSUME_JOB`]).
@@ -1146,19 +1254,20 @@ impl Store for PostgresStore {
                 // The fence did not hold, or someone else appended first: the careful way
                 // finds out which, and what to report.
                 Ok(false) => {}
-                Err(e)
-                    if e.as_database_error()
-                        .is_some_and(|d| d.is_unique_violation()) => {}
+                Err(e) if is_unique_violation(&e) => {}
                 Err(e) => return Err(classify(e)),
             }
         }
         let began = chrono::Utc::now();
-        let (snapshot, seq) = self
+        // `None`: stored by an earlier attempt; the run has ended, there is nothing to know.
+        if let Some((snapshot, seq)) = self
             .commit_carefully(batch, &step, consume.as_ref())
-            .await?;
-        let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms, began);
-        known.apply(&batch.writes, Some(began));
-        self.known.put(flow, known);
+            .await?
+        {
+            let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms, began);
+            known.apply(&batch.writes, Some(began));
+            self.known.put(flow, known);
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -1259,6 +1368,34 @@ const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs::text AS i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every valid schema gets a channel that fits an identifier; a schema short enough keeps
+    /// the channel earlier versions used, and long ones that differ anywhere get different
+    /// channels.
+    #[test]
+    fn job_channels_fit_an_identifier() {
+        assert_eq!(job_channel("baton"), "baton_jobs_baton");
+        let longest_plain = "s".repeat(MAX_IDENTIFIER_BYTES - "baton_jobs_".len());
+        assert_eq!(
+            job_channel(&longest_plain),
+            format!("baton_jobs_{longest_plain}")
+        );
+        let long = "s".repeat(63);
+        let mut other = long.clone();
+        other.replace_range(62.., "t");
+        for schema in [&long, &other, &format!("{longest_plain}x")] {
+            assert!(valid_schema(schema));
+            let channel = job_channel(schema);
+            assert_eq!(channel.len(), MAX_IDENTIFIER_BYTES, "{channel}");
+            assert!(channel.starts_with("baton_jobs_sss"), "{channel}");
+        }
+        assert_ne!(job_channel(&long), job_channel(&other));
+        // The same in every build: a fleet must agree.
+        assert_eq!(
+            job_channel(&long),
+            "baton_jobs_sssssssssssssssssssssssssssssssssss_64515d96d7bbe874"
+        );
+    }
 
     #[test]
     fn schema_names_are_plain_identifiers() {

@@ -21,7 +21,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use crate::codec::{
     self, Meta, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES, ROW_VERSION,
 };
-use crate::error::{classify, Error};
+use crate::error::{classify, is_unique_violation, Error};
 use crate::steplog::{self, Known, Step, StepRow};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -54,8 +54,11 @@ pub struct SqliteOptions {
     /// How many connections the store opens at most: one for writes, the others for reads,
     /// which run in parallel (at least one). Default 4. An in-memory database always uses one.
     pub max_connections: u32,
-    /// The largest stored JSON value (result, failure, revert failure, retry history) in bytes;
-    /// a larger one is refused with [`store::Error::TooLarge`]. Default 1 MiB.
+    /// The largest stored JSON value (result, failure, revert failure, retry history, a run's
+    /// inputs) in bytes; a larger one is refused with [`store::Error::TooLarge`]. The job
+    /// board built on the store refuses a job's parameters over it likewise
+    /// ([`board::Error::TooLarge`](baton_core::board::Error::TooLarge)). Default 1 MiB
+    /// ([`DEFAULT_MAX_VALUE_BYTES`]).
     pub max_value_bytes: usize,
     /// How long a commit's one-statement append (the usual way to commit; the transactions of
     /// the careful way, of creations and of batches that end a job do not spin) keeps polling
@@ -216,7 +219,7 @@ impl SqliteStore {
     ///
     /// # Cancel safety
     /// As [`SqliteStore::open`].
-    #[tracing::instrument(skip_all, fields(backend = "sqlite"), err)]
+    #[tracing::instrument(skip_all, fields(backend = "sqlite", url = %crate::redact_url(url)), err)]
     pub async fn open_with(url: &str, options: SqliteOptions) -> Result<Self, Error> {
         let memory = is_memory(url);
         let connect = SqliteConnectOptions::from_str(url)
@@ -449,6 +452,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// The limit on a JSON value (the job board keeps to it for a job's parameters).
+    pub(crate) fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+
     /// What this process's job boards on this store wait on for new work.
     pub(crate) fn job_wake(&self) -> &Arc<baton_core::board::Wake> {
         &self.job_wake
@@ -508,6 +516,32 @@ async fn check_fence(
             token: fence.token,
         }),
     }
+}
+
+/// What tells whether a batch of `flow` ending job `job` was stored already (see
+/// [`codec::Ended`]).
+async fn ended(
+    conn: &mut SqliteConnection,
+    flow: FlowId,
+    job: JobId,
+) -> sqlx::Result<codec::Ended> {
+    let last_step: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT (SELECT s.body FROM steps s WHERE s.id > f.seq * ?2 AND s.id < (f.seq + 1) * ?2 \
+                 ORDER BY s.id DESC LIMIT 1) \
+           FROM flows f WHERE f.id = ?1",
+    )
+    .bind(flow.to_string())
+    .bind(STEPS_PER_FLOW)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let job = sqlx::query_as("SELECT state, token, outcome FROM jobs WHERE id = ?1")
+        .bind(job.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(codec::Ended {
+        last_step: last_step.flatten(),
+        job,
+    })
 }
 
 /// Marks the job `fence` claims `COMPLETE` with `outcome`, in the caller's transaction;
@@ -1118,13 +1152,16 @@ async fn append(
     }
 }
 
+/// SQLite's extended result code for a `NOT NULL` constraint that failed.
+const SQLITE_CONSTRAINT_NOTNULL: &str = "1299";
+
 /// Whether [`append`] was refused for a NULL `flow_id`: the run or the fence it looked up is
-/// gone. A NULL in any other column is an error like any other.
+/// gone. Told by the extended result code alone, never by the message (SQLite's to word):
+/// every other `NOT NULL` column of the insert is bound from a value that is never NULL, so
+/// `flow_id` is the only one it can find NULL.
 fn is_gone_run(e: &sqlx::Error) -> bool {
-    e.as_database_error().is_some_and(|d| {
-        d.kind() == sqlx::error::ErrorKind::NotNullViolation
-            && d.message().ends_with("steps.flow_id")
-    })
+    e.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some(SQLITE_CONSTRAINT_NOTNULL))
 }
 
 /// [`append`] inside a transaction that has just read or written the run: the run is there,
@@ -1147,12 +1184,6 @@ async fn append_in_transaction(
             "flow {key}: its step {seq} was refused although the transaction holds the run"
         )))
     }
-}
-
-/// Whether the database refused a row because its key exists.
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
 }
 
 /// Binds an encoded atom's columns, in `ATOM_VALUES` order, after the flow id and name.
@@ -1245,7 +1276,9 @@ impl SqliteStore {
         fence: Option<Fence>,
         first: Option<&Batch>,
     ) -> store::Result<()> {
-        // The first batch is checked and encoded before any transaction.
+        // The fence's flow, and the first batch, are checked and encoded before any
+        // transaction.
+        codec::fence_to_db(flow.id, fence)?;
         let (row, first) =
             steplog::first_step(flow, atoms, first, self.max_value_bytes, self.step_format)?;
         let encoded = atoms
@@ -1394,21 +1427,48 @@ impl Store for SqliteStore {
         let began = Utc::now();
         let mut tx = self.begin_immediate(&mut turn).await?;
         let result = async {
-            check_fence(&mut tx, flow, batch.fence).await?;
-            let (snapshot, known) = read_flow(&mut tx, flow, began, Meta::Skip).await?;
-            codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
+            let checked = async {
+                check_fence(&mut tx, flow, batch.fence).await?;
+                let (snapshot, known) = read_flow(&mut tx, flow, began, Meta::Skip).await?;
+                codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
+                Ok(known)
+            }
+            .await;
+            let known = match (checked, &consume) {
+                (Ok(known), _) => known,
+                // A batch that ends a job, refused: maybe because an earlier attempt of it
+                // was stored, and only its answer was lost (see `codec::Ended`).
+                (
+                    Err(
+                        refused @ (store::Error::Fenced { .. }
+                        | store::Error::Conflict { .. }
+                        | store::Error::IllegalTransition { .. }),
+                    ),
+                    Some((fence, outcome)),
+                ) => {
+                    let ended = ended(&mut tx, flow, fence.job).await.map_err(classify)?;
+                    if ended.holds(&step.body, *fence, outcome) {
+                        return Ok(None);
+                    }
+                    return Err(refused);
+                }
+                (Err(e), _) => return Err(e),
+            };
             append_in_transaction(&mut tx, key, known.base, known.seq + 1, &at, &step).await?;
             if let Some((fence, outcome)) = &consume {
                 consume_job(&mut tx, flow, *fence, outcome).await?;
             }
-            Ok(known)
+            Ok(Some(known))
         }
         .await;
-        let mut known = codec::finish(tx, result)
+        // `None`: stored by an earlier attempt; the run has ended, there is nothing to know.
+        let known = codec::finish(tx, result)
             .await
             .map_err(|e| self.failed(e))?;
-        known.apply(&batch.writes, Some(began));
-        self.known.put(flow, known);
+        if let Some(mut known) = known {
+            known.apply(&batch.writes, Some(began));
+            self.known.put(flow, known);
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         if consume.is_some() {
             self.job_wake.wake();
@@ -1538,3 +1598,75 @@ const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs, meta, cre
      coalesce((SELECT s.at FROM steps s WHERE s.id > flows.seq * 4294967296 \
      AND s.id < (flows.seq + 1) * 4294967296 ORDER BY s.id DESC LIMIT 1), updated_at) \
      AS updated_at, model_version";
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// A database error as SQLite would report it: an extended result code and a message.
+    #[derive(Debug)]
+    struct Reported {
+        code: &'static str,
+        message: &'static str,
+    }
+
+    impl std::fmt::Display for Reported {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.message)
+        }
+    }
+
+    impl std::error::Error for Reported {}
+
+    impl sqlx::error::DatabaseError for Reported {
+        fn message(&self) -> &str {
+            self.message
+        }
+
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.code))
+        }
+
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn reported(code: &'static str, message: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Reported { code, message }))
+    }
+
+    /// A gone run is told by SQLite's extended result code (`SQLITE_CONSTRAINT_NOTNULL`),
+    /// whatever the message says: its wording is SQLite's to change.
+    #[test]
+    fn a_gone_run_is_told_by_the_error_code_not_the_message() {
+        assert!(is_gone_run(&reported(
+            "1299",
+            "NOT NULL constraint failed: main.steps.flow_id (in a later wording)"
+        )));
+        // Another constraint, or another error, whatever its message.
+        assert!(!is_gone_run(&reported(
+            "1555",
+            "NOT NULL constraint failed: steps.flow_id"
+        )));
+        assert!(!is_gone_run(&reported(
+            "1",
+            "NOT NULL constraint failed: steps.flow_id"
+        )));
+        assert!(!is_gone_run(&sqlx::Error::RowNotFound));
+    }
+}

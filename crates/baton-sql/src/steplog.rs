@@ -147,8 +147,9 @@ pub(crate) struct NewRow {
 /// leaves the flow's state to the row), and the job it consumes with the outcome, if any.
 pub(crate) type FirstStep<'a> = (&'a Batch, Step, Option<(Fence, String)>);
 
-/// Prepares the creation of `flow` with `first` as its first batch: the batch is checked
-/// against the run as created and encoded, before anything is sent to the database.
+/// Prepares the creation of `flow` with `first` as its first batch: the run's inputs are
+/// checked against `limit`, and the batch against the run as created, and encoded, before
+/// anything is sent to the database.
 pub(crate) fn first_step<'a>(
     flow: &FlowRecord,
     atoms: &[AtomRecord],
@@ -156,6 +157,7 @@ pub(crate) fn first_step<'a>(
     limit: usize,
     format: StepFormat,
 ) -> Result<(NewRow, Option<FirstStep<'a>>)> {
+    baton_core::store::check_inputs(flow, limit)?;
     let mut row = NewRow {
         state: flow.state.as_str(),
         intention: flow.intention.as_str(),

@@ -51,11 +51,7 @@ async fn create_then_hand_over<B: JobBoard>(
         .await
         .unwrap();
     board.abandon(old).await.unwrap();
-    board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap()
+    claim_next(board).await
 }
 
 /// The flows named `name` that the store lists in `state`.
@@ -69,8 +65,17 @@ async fn listed<S: Store>(store: &S, name: &str, state: FlowState) -> Vec<baton_
         .collect()
 }
 
+/// The next eligible job, claimed by a new conductor: there must be one.
+async fn claim_next<B: JobBoard>(board: &B) -> baton_core::board::Claim {
+    board
+        .claim(ConductorId::new(), LEASE, &offer())
+        .await
+        .unwrap()
+        .expect("a job to claim")
+}
+
 /// A new, pending run of job `job`, as a conductor would create it (with the job's id).
-fn job_run(job: baton_core::JobId, name: &str) -> baton_core::model::FlowRecord {
+pub fn job_run(job: baton_core::JobId, name: &str) -> baton_core::model::FlowRecord {
     baton_core::model::FlowRecord {
         id: baton_core::FlowId::for_job(job),
         name: name.into(),
@@ -146,11 +151,7 @@ pub async fn expired_leases_are_reclaimed_with_a_new_token<B: JobBoard, S: Store
         "a live claim was taken"
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let second = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let second = claim_next(&board).await;
     assert_eq!(second.job.id, posted.id);
     assert!(second.fence.token > first.fence.token);
     assert_eq!(second.job.attempts, 2);
@@ -167,11 +168,7 @@ pub async fn stale_tokens_are_refused_everywhere<B: JobBoard, S: Store + Clone +
     store: S,
 ) {
     let posted = board.post(job("stale")).await.unwrap();
-    let old = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let old = claim_next(&board).await;
     // The old owner creates the job's flow under its claim.
     let flow = Flow::linear("stale-flow")
         .add(Atom::from_fn("a", |_| async { Ok(json!(1)) }))
@@ -234,42 +231,170 @@ pub async fn keys_serialise_jobs_in_posting_order<B: JobBoard, S: Store>(board: 
 /// An abandoned job can be claimed again at once.
 pub async fn abandon_hands_over_at_once<B: JobBoard, S: Store>(board: B, _store: S) {
     let posted = board.post(job("handover")).await.unwrap();
-    let first = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = claim_next(&board).await;
     board.abandon(first.fence).await.unwrap();
     let unclaimed = board.get(posted.id).await.unwrap();
     assert_eq!(unclaimed.state, JobState::Unclaimed);
     assert_eq!(unclaimed.owner, None);
-    let second = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let second = claim_next(&board).await;
     assert_eq!(second.job.id, posted.id);
-    assert_eq!(second.fence.token.0, first.fence.token.0 + 1);
+    assert!(second.fence.token > first.fence.token);
+}
+
+/// Abandoning a job revokes its claim at once, before anyone claims the job again: the old
+/// owner can neither write the job's flow nor renew the claim.
+pub async fn abandon_revokes_the_claim<B: JobBoard, S: Store>(board: B, store: S) {
+    let posted = board.post(job("abandoned")).await.unwrap();
+    let claim = claim_next(&board).await;
+    store
+        .create_flow(&job_run(posted.id, "abandoned"), &[], Some(claim.fence))
+        .await
+        .unwrap();
+    board.abandon(claim.fence).await.unwrap();
+    let late = flow_move(
+        posted.flow(),
+        Some(claim.fence),
+        FlowState::Pending,
+        FlowState::Running,
+    );
+    let err = store.commit(&late).await.unwrap_err();
+    assert!(matches!(err, store::Error::Fenced { .. }), "{err}");
+    assert!(matches!(
+        board.heartbeat(claim.fence, LEASE, false).await,
+        Err(Error::ClaimLost { .. })
+    ));
+    assert_eq!(
+        store.load_flow(posted.flow()).await.unwrap().flow.state,
+        FlowState::Pending
+    );
+    let again = claim_next(&board).await;
+    assert_eq!(again.job.id, posted.id);
+    let mut next = late;
+    next.fence = Some(again.fence);
+    store.commit(&next).await.unwrap();
+}
+
+/// A claim fences its own job's flow and no other: a creation or a batch for another flow
+/// made under it is refused, and changes nothing.
+pub async fn a_claim_fences_only_its_jobs_flow<B: JobBoard, S: Store>(board: B, store: S) {
+    let mine = board.post(job("mine")).await.unwrap();
+    let theirs = board.post(job("theirs")).await.unwrap();
+    let owner = ConductorId::new();
+    let claim = board.claim(owner, LEASE, &offer()).await.unwrap().unwrap();
+    assert_eq!(claim.job.id, mine.id);
+    let their_claim = board.claim(owner, LEASE, &offer()).await.unwrap().unwrap();
+    assert_eq!(their_claim.job.id, theirs.id);
+    let refused = |r: store::Result<()>| matches!(r, Err(store::Error::Refused { .. }));
+
+    // Another job's run, or a run of no job at all.
+    let their_run = job_run(theirs.id, "theirs");
+    let loose = job_run(baton_core::JobId::new(), "loose");
+    for run in [&their_run, &loose] {
+        assert!(refused(
+            store.create_flow(run, &[], Some(claim.fence)).await
+        ));
+        let first = flow_move(
+            run.id,
+            Some(claim.fence),
+            FlowState::Pending,
+            FlowState::Running,
+        );
+        assert!(refused(
+            store
+                .create_and_commit(run, &[], Some(claim.fence), &first)
+                .await
+        ));
+        assert!(matches!(
+            store.load_flow(run.id).await,
+            Err(store::Error::FlowNotFound(_))
+        ));
+    }
+
+    // A batch for the other job's run.
+    store
+        .create_flow(&their_run, &[], Some(their_claim.fence))
+        .await
+        .unwrap();
+    let mut batch = flow_move(
+        their_run.id,
+        Some(claim.fence),
+        FlowState::Pending,
+        FlowState::Running,
+    );
+    assert!(refused(store.commit(&batch).await));
+    assert_eq!(
+        store.load_flow(their_run.id).await.unwrap().flow.state,
+        FlowState::Pending
+    );
+    batch.fence = Some(their_claim.fence);
+    store.commit(&batch).await.unwrap();
+}
+
+/// The answer to a run's last write is lost (the connection dropped after the database
+/// committed it) and the engine writes it again: the run ends as stored, and the job ends with
+/// it (where the store ends jobs with the last step), rather than the retry being taken for a
+/// lost claim. Both for a run that ends with a later batch and for one that ends with the
+/// batch it is created with.
+pub async fn a_lost_answer_to_the_last_step_is_not_a_lost_claim<
+    B: JobBoard,
+    S: Store + Clone + 'static,
+>(
+    board: B,
+    store: S,
+) {
+    let one_task = Flow::linear("lost-answer")
+        .add(Atom::from_fn("a", |_| async { Ok(json!(1)) }))
+        .compile()
+        .unwrap();
+    let nothing = Flow::linear("lost-answer-at-creation").compile().unwrap();
+    for flow in [&one_task, &nothing] {
+        let posted = board.post(job(flow.name())).await.unwrap();
+        let claim = claim_next(&board).await;
+        assert_eq!(claim.job.id, posted.id);
+        let losing = crate::FlakyStore::losing_the_end(store.clone());
+        let outcome = Engine::new(losing.clone())
+            .create_and_run(
+                flow,
+                Default::default(),
+                CreateOptions::new().id(posted.flow()).fence(claim.fence),
+                RunOptions::new().fence(claim.fence).consume_job(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(losing.failures(), 1, "{}: no answer was lost", flow.name());
+        assert_eq!(outcome.state, FlowState::Success, "{}", flow.name());
+        assert_eq!(
+            outcome.job_consumed,
+            store.consumes_jobs(),
+            "{}",
+            flow.name()
+        );
+        if !outcome.job_consumed {
+            board
+                .consume(claim.fence, outcome.job_outcome())
+                .await
+                .unwrap();
+        }
+        let done = board.get(posted.id).await.unwrap();
+        assert_eq!(done.state, JobState::Complete, "{}", flow.name());
+        assert_eq!(done.outcome, Some(outcome.job_outcome()), "{}", flow.name());
+        assert_eq!(
+            store.load_flow(posted.flow()).await.unwrap().flow.state,
+            FlowState::Success
+        );
+    }
 }
 
 /// An operator's release revokes the claim and hands the job over at once.
 pub async fn release_revokes_the_claim<B: JobBoard, S: Store>(board: B, _store: S) {
     let posted = board.post(job("released")).await.unwrap();
-    let first = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = claim_next(&board).await;
     board.release(posted.id).await.unwrap();
     assert!(matches!(
         board.heartbeat(first.fence, LEASE, false).await,
         Err(Error::ClaimLost { .. })
     ));
-    let second = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let second = claim_next(&board).await;
     assert_eq!(second.job.id, posted.id);
     assert!(
         second.fence.token.0 > first.fence.token.0 + 1,
@@ -290,11 +415,7 @@ pub async fn trash_hides_jobs_and_revokes_claims<B: JobBoard, S: Store>(board: B
         .await
         .unwrap();
     let busy = board.post(job("busy")).await.unwrap();
-    let claim = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claim_next(&board).await;
     assert_eq!(claim.job.id, busy.id);
     board
         .trash(busy.id, None, json!({"by": "operator"}))
@@ -370,11 +491,7 @@ pub async fn claims_up_to_take_what_single_claims_would<B: JobBoard, S: Store>(
     let high = board.post(job("high").priority(5)).await.unwrap();
     let taken = board.post(job("taken")).await.unwrap();
     // Another conductor holds the best job: it is not claimed again.
-    let first = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = claim_next(&board).await;
     assert_eq!(first.job.id, high.id);
     let owner = ConductorId::new();
     let two = board.claim_up_to(owner, LEASE, 2, &offer()).await.unwrap();
@@ -414,11 +531,7 @@ pub async fn consume_records_the_outcome<B: JobBoard, S: Store>(board: B, _store
         .post(job("consumed").params(json!({"size": 3})))
         .await
         .unwrap();
-    let claim = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claim_next(&board).await;
     assert_eq!(claim.job.params, json!({"size": 3}));
     board
         .consume(claim.fence, json!({"state": "SUCCESS"}))
@@ -505,11 +618,7 @@ pub async fn purge_deletes_only_jobs_that_ended_before_the_cutoff<B: JobBoard, S
 /// afresh. Once the job ends, the run goes.
 pub async fn runs_of_open_jobs_are_not_purged<B: JobBoard, S: Store>(board: B, store: S) {
     let posted = board.post(job("open-run")).await.unwrap();
-    let claim = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claim_next(&board).await;
     assert_eq!(claim.job.id, posted.id);
     let record = job_run(posted.id, "open-run");
     let flow = record.id;
@@ -549,11 +658,7 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
 ) {
     let first = board.post(job("first").key("stack-9")).await.unwrap();
     let second = board.post(job("second").key("stack-9")).await.unwrap();
-    let claim = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claim_next(&board).await;
     assert_eq!(claim.job.id, first.id);
     let flow = Flow::linear("consumed-with-last-step")
         .add(Atom::from_fn("a", |_| async { Ok(json!(1)) }))
@@ -593,11 +698,7 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
     }
 
     // The next job with the key can run now; a claim it lost cannot end it.
-    let old = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let old = claim_next(&board).await;
     assert_eq!(old.job.id, second.id);
     let new = create_then_hand_over(&board, &engine, &flow, second.flow(), old.fence).await;
     let mut last = flow_move(
@@ -654,11 +755,7 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
     // ends the job too, where the store can.
     let third = board.post(job("third").key("stack-9")).await.unwrap();
     board.consume(new.fence, json!("done")).await.unwrap();
-    let claim = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claim_next(&board).await;
     assert_eq!(claim.job.id, third.id);
     let empty = Flow::linear("nothing-to-run").compile().unwrap();
     let outcome = engine
@@ -683,11 +780,7 @@ pub async fn a_flows_last_step_can_consume_its_job<B: JobBoard, S: Store + Clone
 /// A run's first batch must carry the fence its creation is made under.
 pub async fn a_first_batch_carries_the_creations_fence<B: JobBoard, S: Store>(board: B, store: S) {
     let posted = board.post(job("fenced-creation")).await.unwrap();
-    let claim = board
-        .claim(ConductorId::new(), LEASE, &offer())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claim_next(&board).await;
     let now = Utc::now();
     let flow = baton_core::model::FlowRecord {
         id: posted.flow(),
@@ -738,6 +831,37 @@ pub async fn bad_input_is_refused<B: JobBoard, S: Store>(board: B, _store: S) {
         board.trash(ghost, None, json!(null)).await,
         Err(Error::JobNotFound(_))
     ));
+}
+
+/// A job's parameters get the limit every stored JSON value gets
+/// ([`DEFAULT_MAX_VALUE_BYTES`] by default, as the board under test is made): over it, the post
+/// is refused with `TooLarge`, naming the parameters, their size and the limit, and nothing is
+/// posted; at the limit the job is posted.
+///
+/// [`DEFAULT_MAX_VALUE_BYTES`]: baton_core::store::DEFAULT_MAX_VALUE_BYTES
+pub async fn params_over_the_limit_are_refused<B: JobBoard, S: Store>(board: B, _store: S) {
+    let limit = baton_core::store::DEFAULT_MAX_VALUE_BYTES;
+    // `{"x":"..."}`: eight bytes and the text.
+    let params = |size: usize| json!({ "x": "p".repeat(size - 8) });
+    // (Not `unwrap_err`, which would print the megabyte of parameters.)
+    let Err(err) = board.post(job("too-big").params(params(limit + 1))).await else {
+        panic!("parameters over the limit were posted");
+    };
+    assert!(
+        matches!(&err, Error::TooLarge { what: "params", size, limit: l }
+            if *size == limit + 1 && *l == limit),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("limit of {limit}")),
+        "{err}"
+    );
+    assert!(board.list(&JobQuery::all()).await.unwrap().is_empty());
+    let posted = board
+        .post(job("just-fits").params(params(limit)))
+        .await
+        .unwrap();
+    assert!(board.get(posted.id).await.unwrap().params == params(limit));
 }
 
 /// A waiting conductor wakes when a job is posted.
@@ -1080,6 +1204,9 @@ macro_rules! board_conformance {
             stale_tokens_are_refused_everywhere,
             keys_serialise_jobs_in_posting_order,
             abandon_hands_over_at_once,
+            abandon_revokes_the_claim,
+            a_claim_fences_only_its_jobs_flow,
+            a_lost_answer_to_the_last_step_is_not_a_lost_claim,
             release_revokes_the_claim,
             trash_hides_jobs_and_revokes_claims,
             priorities_order_claims,
@@ -1088,6 +1215,7 @@ macro_rules! board_conformance {
             a_flows_last_step_can_consume_its_job,
             a_first_batch_carries_the_creations_fence,
             bad_input_is_refused,
+            params_over_the_limit_are_refused,
             posting_wakes_waiters,
             conductors_register_and_leave,
             purge_deletes_only_jobs_that_ended_before_the_cutoff,

@@ -434,6 +434,68 @@ pub async fn purge_deletes_only_runs_that_ended_before_the_cutoff<S: Store>(stor
     assert_eq!(listed().await, vec![recent, running]);
 }
 
+/// A run's inputs get the limit every stored JSON value gets ([`DEFAULT_MAX_VALUE_BYTES`] by
+/// default, as the store under test is made): over it, creating the run is refused with
+/// `TooLarge`, naming the inputs, their size and the limit, and nothing is stored; at the limit
+/// the run is stored. A result over it is refused likewise.
+///
+/// [`DEFAULT_MAX_VALUE_BYTES`]: baton_core::store::DEFAULT_MAX_VALUE_BYTES
+pub async fn values_over_the_limit_are_refused<S: Store>(store: S) {
+    let limit = baton_core::store::DEFAULT_MAX_VALUE_BYTES;
+    // `{"x":"..."}`: eight bytes and the text.
+    let inputs = |size: usize| crate::inputs([("x", json!("i".repeat(size - 8)))]);
+    let mut big = flow_record("big-inputs");
+    big.inputs = inputs(limit + 1);
+    let too_large = |err: Error, what: &str, atom: Option<&str>, size: usize, flow: FlowId| {
+        assert!(
+            matches!(&err, Error::TooLarge { flow: f, atom: a, what: w, size: s, limit: l }
+                if *f == flow && a.as_deref() == atom && *w == what && *s == size && *l == limit),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&format!("limit of {limit}")),
+            "{err}"
+        );
+    };
+    // (Not `unwrap_err`, which would print the megabyte of inputs.)
+    let Err(err) = store.create_flow(&big, &atoms(), None).await else {
+        panic!("inputs over the limit were stored");
+    };
+    too_large(err, "inputs", None, limit + 1, big.id);
+    let first = start_flow(big.id, &atoms()[0]);
+    let Err(err) = store.create_and_commit(&big, &atoms(), None, &first).await else {
+        panic!("inputs over the limit were stored with a first batch");
+    };
+    too_large(err, "inputs", None, limit + 1, big.id);
+    assert!(matches!(
+        store.load_flow(big.id).await,
+        Err(Error::FlowNotFound(_))
+    ));
+
+    big.inputs = inputs(limit);
+    store.create_flow(&big, &atoms(), None).await.unwrap();
+    assert!(store.load_flow(big.id).await.unwrap().flow.inputs == big.inputs);
+
+    // A result over the limit.
+    let mut batch = start_flow(big.id, &atoms()[0]);
+    let mut done = atoms()[0].clone();
+    done.state = AtomState::Success;
+    done.attempt = 1;
+    // A JSON string: its text and two quotes.
+    done.result = Some(json!("r".repeat(limit - 1)));
+    batch.writes.push(Write::Atom {
+        expected_state: AtomState::Running,
+        expected_attempt: 1,
+        record: done,
+    });
+    let Err(err) = store.commit(&batch).await else {
+        panic!("a result over the limit was stored");
+    };
+    too_large(err, "result", Some("a"), limit + 1, big.id);
+    let snap = store.load_flow(big.id).await.unwrap();
+    assert_eq!(snap.flow.state, FlowState::Pending);
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each given a store from `$make`
 /// (an async expression).
 ///
@@ -457,6 +519,7 @@ macro_rules! store_conformance {
             unknown_flow_or_atom_is_named,
             list_filters_and_orders,
             purge_deletes_only_runs_that_ended_before_the_cutoff,
+            values_over_the_limit_are_refused,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

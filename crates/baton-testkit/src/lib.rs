@@ -3,7 +3,7 @@
 //! - [`Log`] and [`Probe`]: tasks that record each `execute` and `revert` call, and fail on
 //!   command, so a test can check what ran, in which order, and how often.
 //! - [`CrashStore`] and [`FlakyStore`]: store wrappers that kill the engine at the k-th write, or
-//!   make the store unavailable for a while.
+//!   make the store unavailable for a while (or lose the answer to a run's last write).
 //! - [`scenarios`]: the flows the crash tests run (linear, parallel graph, failing, retrying),
 //!   and flows for edge cases ([`scenarios::huge_failures`]).
 //! - [`run_until_retrying`]: runs a flow until a retry controller waits, and suspends it there.

@@ -135,39 +135,79 @@ impl<S: Store> Store for CrashStore<S> {
     }
 }
 
-/// A store wrapper that is unavailable for some commits: it answers
-/// [`Error::Unavailable`] for every `every`-th commit, half the time after applying it (the
-/// case of a connection lost after the commit reached the database).
+/// A store wrapper that is unavailable for some commits (batches, and creations with a first
+/// batch): it answers [`Error::Unavailable`] as its schedule says, for a commit it did not
+/// apply or, as when a connection is lost after the commit reached the database, for one it
+/// applied.
 #[derive(Debug, Clone)]
 pub struct FlakyStore<S> {
     inner: S,
-    every: u64,
+    schedule: Schedule,
     commits: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
 }
 
+/// When a [`FlakyStore`] fails a commit.
+#[derive(Debug, Clone, Copy)]
+enum Schedule {
+    /// Every n-th commit, half the time after applying it.
+    Every(u64),
+    /// The first commit that ends a run, after applying it.
+    TheEnd,
+}
+
 impl<S: Store> FlakyStore<S> {
-    /// Fails every `every`-th commit (at least every 2nd).
+    /// Fails every `every`-th commit (at least every 2nd), every other time after applying it.
     pub fn new(inner: S, every: u64) -> Self {
+        Self::with(inner, Schedule::Every(every.max(2)))
+    }
+
+    /// Loses the answer to the write that ends a run: the first commit that moves its flow to
+    /// an ended state is applied, then answered with [`Error::Unavailable`]. Every other
+    /// commit, and every later one, passes through.
+    pub fn losing_the_end(inner: S) -> Self {
+        Self::with(inner, Schedule::TheEnd)
+    }
+
+    fn with(inner: S, schedule: Schedule) -> Self {
         Self {
             inner,
-            every: every.max(2),
+            schedule,
             commits: Arc::new(AtomicU64::new(0)),
             failures: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Runs a commit, or fails it as the schedule says (applied first, every other time).
-    async fn flaky<F>(&self, commit: F) -> Result<()>
+    /// Runs `batch`'s commit, or fails it as the schedule says.
+    async fn flaky<F>(&self, batch: &Batch, commit: F) -> Result<()>
     where
         F: std::future::Future<Output = Result<()>>,
     {
         let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
-        if n % self.every != 0 {
-            return commit.await;
-        }
-        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
-        if failures % 2 == 0 {
+        let applied_first = match self.schedule {
+            Schedule::Every(every) if n % every == 0 => {
+                self.failures.fetch_add(1, Ordering::SeqCst) % 2 == 1
+            }
+            Schedule::Every(_) => return commit.await,
+            Schedule::TheEnd => {
+                let ends = batch.writes.iter().any(
+                    |w| matches!(w, baton_core::model::Write::Flow { to, .. } if to.is_terminal()),
+                );
+                commit.await?;
+                let first = ends
+                    && self
+                        .failures
+                        .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                if first {
+                    return Err(Error::Unavailable(Box::new(Injected(
+                        "injected lost answer",
+                    ))));
+                }
+                return Ok(());
+            }
+        };
+        if applied_first {
             commit.await?;
         }
         Err(Error::Unavailable(Box::new(Injected("injected outage"))))
@@ -200,7 +240,7 @@ impl<S: Store> Store for FlakyStore<S> {
     }
 
     async fn commit(&self, batch: &Batch) -> Result<()> {
-        self.flaky(self.inner.commit(batch)).await
+        self.flaky(batch, self.inner.commit(batch)).await
     }
 
     async fn create_and_commit(
@@ -210,8 +250,11 @@ impl<S: Store> Store for FlakyStore<S> {
         fence: Option<Fence>,
         first: &Batch,
     ) -> Result<()> {
-        self.flaky(self.inner.create_and_commit(flow, atoms, fence, first))
-            .await
+        self.flaky(
+            first,
+            self.inner.create_and_commit(flow, atoms, fence, first),
+        )
+        .await
     }
 
     fn consumes_jobs(&self) -> bool {

@@ -1,20 +1,17 @@
 //! `baton conductors`.
 
-use baton_core::board::JobBoard;
 use comfy_table::Cell;
 
+use super::Database;
 use crate::args::ConductorsCommand;
 use crate::error::Result;
 use crate::output::{self, Style};
 
-pub(crate) async fn run(
-    board: &dyn JobBoard,
-    command: ConductorsCommand,
-    style: Style,
-) -> Result<()> {
+/// Runs a `conductors` command.
+pub(crate) async fn run(db: &Database, command: ConductorsCommand, style: Style) -> Result<()> {
     match command {
         ConductorsCommand::List { json } => {
-            let fleet = board.conductors().await?;
+            let fleet = db.open().await?.board.conductors().await?;
             if json {
                 return output::print_json(&fleet);
             }

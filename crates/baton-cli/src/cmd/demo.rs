@@ -4,30 +4,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_core::board::{JobBoard, JobQuery, NewJob};
-use baton_core::conductor::Options;
+use baton_core::conductor::{InvalidOptions, Options};
 use baton_core::model::Change;
-use baton_core::store::Store;
 use baton_core::{AtomState, Conductor, Engine, EventKind, FlowState, JobState};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::parse_json;
+use super::{json_arg, Database, Json};
 use crate::args::{ConductorArgs, DemoArgs, DemoCommand, DemoPostArgs};
 use crate::demo::{registry, SideEffects};
 use crate::error::{CliError, Result};
 use crate::exit;
+use crate::hint::{self, Invocation};
 use crate::output::{self, Style};
 
 /// Runs the demo; returns the exit code.
-pub(crate) async fn demo(
-    db: &str,
-    store: Arc<dyn Store>,
-    board: Arc<dyn JobBoard>,
-    args: DemoArgs,
-    style: Style,
-) -> Result<i32> {
+pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<i32> {
     if let Some(DemoCommand::Post(post)) = args.post {
-        self::post(&*board, post, style).await?;
+        self::post(db, post, style).await?;
         return Ok(exit::OK);
     }
     let mut params = json!({
@@ -57,6 +51,16 @@ pub(crate) async fn demo(
         }
     }
     let total = flow.len();
+    let mut options = Options::default();
+    options.name = "demo".into();
+    options.poll = Duration::from_millis(100);
+    let backends = db.open().await?;
+    let board = backends.board;
+    let engine = Engine::from_arc(backends.store);
+    let mut events = engine.subscribe();
+    let conductor = Conductor::new(board.clone(), engine, registry)
+        .with_options(options)
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("the demo's conductor: {e}")))?;
     let job = board
         .post(
             NewJob::new(format!("stack-create {}", args.stack), "stack-create")
@@ -75,12 +79,6 @@ pub(crate) async fn demo(
             .unwrap_or_default()
     );
 
-    let engine = Engine::from_arc(store);
-    let mut events = engine.subscribe();
-    let mut options = Options::default();
-    options.name = "demo".into();
-    options.poll = Duration::from_millis(100);
-    let conductor = Conductor::new(board.clone(), engine, registry).with_options(options);
     let shutdown = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
     running.spawn(conductor.run(shutdown.clone()));
@@ -171,11 +169,17 @@ pub(crate) async fn demo(
         "fake cloud: {created} resources created, {deleted} deleted, {} left",
         created.saturating_sub(deleted)
     );
-    outln!(
-        "\ninspect it:\n  baton --db {db} flows show {}\n  baton --db {db} jobs show {}",
-        job.flow(),
-        job.id
-    );
+    outln!("\ninspect it:");
+    for line in hints(
+        &Invocation::current(),
+        db,
+        &[
+            format!("flows show {}", job.flow()),
+            format!("jobs show {}", job.id),
+        ],
+    ) {
+        outln!("  {line}");
+    }
 
     let expected = if args.fail_at.is_some() {
         FlowState::Reverted
@@ -203,11 +207,37 @@ fn paint(style: Style, state: &str) -> String {
     format!("\x1b[{code}m{state}\x1b[0m")
 }
 
-async fn post(board: &dyn JobBoard, args: DemoPostArgs, style: Style) -> Result<()> {
-    let params = parse_json("--params", &args.params)?;
+/// The lines of a hint: each of `commands` in the form that runs as `invocation` started
+/// this process, on `db`, and notes on installing the command and on a hidden password.
+fn hints(invocation: &Invocation, db: &Database, commands: &[String]) -> Vec<String> {
+    let (db_args, hidden) = db.hint_args();
+    let mut lines: Vec<String> = commands
+        .iter()
+        .map(|c| format!("{} {db_args}{c}", invocation.prefix))
+        .collect();
+    if invocation.install_note {
+        lines.push(format!(
+            "(to type `baton` instead of `{}`, install it: {})",
+            invocation.prefix,
+            hint::INSTALL
+        ));
+    }
+    if hidden {
+        lines.push(
+            "(the password is not shown: put the URL in BATON_DATABASE_URL and leave out --db)"
+                .to_owned(),
+        );
+    }
+    lines
+}
+
+async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
+    let params = json_arg("--params", &args.params, Json::Object)?;
     registry(SideEffects::Discard)
         .build(&args.factory, &params)
         .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+    let board = db.open().await?.board;
+    let board = &*board;
     let mut jobs = Vec::new();
     for i in 0..args.count {
         let mut new = NewJob::new(format!("{} #{i}", args.factory), args.factory.clone())
@@ -235,26 +265,77 @@ async fn post(board: &dyn JobBoard, args: DemoPostArgs, style: Style) -> Result<
     Ok(())
 }
 
-/// Runs a conductor with the demo registry until interrupted.
-pub(crate) async fn conductor(
-    store: Arc<dyn Store>,
-    board: Arc<dyn JobBoard>,
-    args: ConductorArgs,
-) -> Result<()> {
-    let effects = args
-        .effects
-        .clone()
-        .map_or(SideEffects::Discard, SideEffects::File);
+/// The conductor's options from its arguments, checked.
+fn conductor_options(args: &ConductorArgs) -> Result<Options> {
     let mut options = Options::default();
     options.name = args.name.clone();
-    options.concurrency = args.concurrency.max(1);
+    options.concurrency = args.concurrency;
     options.lease = Duration::from_millis(args.lease_ms);
     options.heartbeat = Duration::from_millis(args.heartbeat_ms);
     options.poll = Duration::from_millis(args.poll_ms);
     options.gather = Duration::from_millis(args.gather_ms);
     options.retention = args.retain;
-    let conductor = Conductor::new(board.clone(), Engine::from_arc(store), registry(effects))
-        .with_options(options);
+    options.validate().map_err(|e| options_error(&e))?;
+    Ok(options)
+}
+
+/// An option error in the words of the command line: its flags, in milliseconds.
+fn options_error(e: &InvalidOptions) -> CliError {
+    let flag = |option: &str| match option {
+        "lease" => Some("--lease-ms"),
+        "heartbeat" => Some("--heartbeat-ms"),
+        "poll" => Some("--poll-ms"),
+        "gather" => Some("--gather-ms"),
+        _ => None,
+    };
+    let message = match e {
+        InvalidOptions::ZeroConcurrency => {
+            Some("--concurrency 0 would run no job: give 1 or more".to_owned())
+        }
+        InvalidOptions::TooShort { option, value, min } => flag(option).map(|flag| {
+            let (value, min) = (value.as_millis(), min.as_millis());
+            format!("{flag} {value} is too short: give {min} or more")
+        }),
+        InvalidOptions::TooLong { option, value, max } => flag(option).map(|flag| {
+            let (value, max) = (value.as_millis(), max.as_millis());
+            format!("{flag} {value} is too long: give {max} or less")
+        }),
+        InvalidOptions::HeartbeatTooSlow {
+            heartbeat,
+            lease,
+            max_heartbeat,
+            min_lease,
+        } => Some(format!(
+            "--heartbeat-ms {} is more than a third of --lease-ms {}, so one late heartbeat \
+             would lose the claim: give --heartbeat-ms {} or less, or --lease-ms {} or more",
+            heartbeat.as_millis(),
+            lease.as_millis(),
+            max_heartbeat.as_millis(),
+            min_lease.as_millis()
+        )),
+        _ => None,
+    };
+    // Options the command line does not set (the drain timeout, the retention's interval).
+    let message = message.unwrap_or_else(|| format!("invalid conductor options: {e}"));
+    CliError::new(exit::BAD_INPUT, message)
+}
+
+/// Runs a conductor with the demo registry until interrupted.
+pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> {
+    let options = conductor_options(&args)?;
+    let effects = args
+        .effects
+        .clone()
+        .map_or(SideEffects::Discard, SideEffects::File);
+    let backends = db.open().await?;
+    let board = backends.board;
+    let conductor = Conductor::new(
+        board.clone(),
+        Engine::from_arc(backends.store),
+        registry(effects),
+    )
+    .with_options(options)
+    .map_err(|e| options_error(&e))?;
     let id = conductor.id();
     let shutdown = CancellationToken::new();
     let mut helpers = tokio::task::JoinSet::new();

@@ -8,7 +8,7 @@ use baton_core::{FlowId, FlowState};
 use comfy_table::Cell;
 use serde_json::json;
 
-use super::parse;
+use super::{parse, Database};
 use crate::args::{FlowsCommand, GraphFormat};
 use crate::error::{CliError, Result};
 use crate::exit;
@@ -16,18 +16,40 @@ use crate::output::{self, Style};
 
 const RESULT_WIDTH: usize = 48;
 
-pub(crate) async fn run(store: &dyn Store, command: FlowsCommand, style: Style) -> Result<()> {
+/// Runs a `flows` command: checks its arguments, then opens the database.
+pub(crate) async fn run(db: &Database, command: FlowsCommand, style: Style) -> Result<()> {
     match command {
         FlowsCommand::List {
             state,
             name,
             limit,
             json,
-        } => list(store, state, name, limit, json, style).await,
-        FlowsCommand::Show { id, full, json } => show(store, &id, full, json, style).await,
-        FlowsCommand::Graph { id, format } => graph(store, &id, format).await,
+        } => {
+            let mut query = FlowQuery::all().limit(limit);
+            if let Some(s) = state {
+                query = query.state(parse::<FlowState>("flow state", &s.to_uppercase())?);
+            }
+            if let Some(n) = name {
+                query = query.name(n);
+            }
+            list(&*db.open().await?.store, &query, json, style).await
+        }
+        FlowsCommand::Show { id, full, json } => {
+            let id: FlowId = parse("flow id", &id)?;
+            show(&*db.open().await?.store, id, full, json, style).await
+        }
+        FlowsCommand::Graph { id, format } => {
+            let id: FlowId = parse("flow id", &id)?;
+            graph(&*db.open().await?.store, id, format).await
+        }
         FlowsCommand::Purge(args) => {
-            super::purge("run", &args, true, |before, n| async move {
+            let before = super::cutoff(&args.cutoff)?;
+            let backends = db.open().await?;
+            let store = &*backends.store;
+            // Runs are kept for a while after they end whatever the cutoff: report the
+            // cutoff the store applies.
+            let before = baton_core::store::purge_cutoff(before, chrono::Utc::now());
+            super::purge("run", &args, before, |before, n| async move {
                 Ok(store.purge_flows(before, n).await?)
             })
             .await
@@ -35,22 +57,8 @@ pub(crate) async fn run(store: &dyn Store, command: FlowsCommand, style: Style) 
     }
 }
 
-async fn list(
-    store: &dyn Store,
-    state: Option<String>,
-    name: Option<String>,
-    limit: usize,
-    as_json: bool,
-    style: Style,
-) -> Result<()> {
-    let mut query = FlowQuery::all().limit(limit);
-    if let Some(s) = state {
-        query = query.state(parse::<FlowState>("flow state", &s.to_uppercase())?);
-    }
-    if let Some(n) = name {
-        query = query.name(n);
-    }
-    let flows = store.list_flows(&query).await?;
+async fn list(store: &dyn Store, query: &FlowQuery, as_json: bool, style: Style) -> Result<()> {
+    let flows = store.list_flows(query).await?;
     if as_json {
         return output::print_json(&flows);
     }
@@ -68,8 +76,13 @@ async fn list(
     Ok(())
 }
 
-async fn show(store: &dyn Store, id: &str, full: bool, as_json: bool, style: Style) -> Result<()> {
-    let id: FlowId = parse("flow id", id)?;
+async fn show(
+    store: &dyn Store,
+    id: FlowId,
+    full: bool,
+    as_json: bool,
+    style: Style,
+) -> Result<()> {
     let snap = store.load_flow(id).await?;
     let history = store.history(id).await?;
     if as_json {
@@ -182,8 +195,7 @@ async fn show(store: &dyn Store, id: &str, full: bool, as_json: bool, style: Sty
     Ok(())
 }
 
-async fn graph(store: &dyn Store, id: &str, format: GraphFormat) -> Result<()> {
-    let id: FlowId = parse("flow id", id)?;
+async fn graph(store: &dyn Store, id: FlowId, format: GraphFormat) -> Result<()> {
     let snap = store.load_flow(id).await?;
     let shape: Shape = snap
         .flow

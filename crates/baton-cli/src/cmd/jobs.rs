@@ -1,16 +1,17 @@
 //! `baton jobs`.
 
-use baton_core::board::{Job, JobBoard, JobQuery, NewJob};
+use baton_core::board::{Job, JobQuery, NewJob};
 use baton_core::{ConductorId, JobId, JobState};
 use comfy_table::Cell;
 use serde_json::json;
 
-use super::{parse, parse_json};
+use super::{json_arg, parse, Database, Json};
 use crate::args::JobsCommand;
 use crate::error::Result;
 use crate::output::{self, Style};
 
-pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style) -> Result<()> {
+/// Runs a `jobs` command: checks its arguments, then opens the database.
+pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Result<()> {
     match command {
         JobsCommand::List {
             state,
@@ -32,7 +33,7 @@ pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style
             if let Some(l) = limit {
                 query = query.limit(l);
             }
-            let jobs = board.list(&query).await?;
+            let jobs = db.open().await?.board.list(&query).await?;
             if json {
                 return output::print_json(&jobs);
             }
@@ -40,7 +41,8 @@ pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style
             Ok(())
         }
         JobsCommand::Show { id, json } => {
-            let job = board.get(parse::<JobId>("job id", &id)?).await?;
+            let id = parse::<JobId>("job id", &id)?;
+            let job = db.open().await?.board.get(id).await?;
             if json {
                 return output::print_json(&job);
             }
@@ -55,7 +57,8 @@ pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style
             priority,
             json,
         } => {
-            let params = parse_json("--params", &params)?;
+            let params = json_arg("--params", &params, Json::Any)?;
+            let board = db.open().await?.board;
             let mut new = NewJob::new(name.unwrap_or_else(|| factory.clone()), factory)
                 .params(params)
                 .priority(priority);
@@ -73,18 +76,22 @@ pub(crate) async fn run(board: &dyn JobBoard, command: JobsCommand, style: Style
         }
         JobsCommand::Abandon { id } => {
             let id = parse::<JobId>("job id", &id)?;
-            board.release(id).await?;
+            db.open().await?.board.release(id).await?;
             outln!("job {id} released: any conductor may claim it now");
             Ok(())
         }
         JobsCommand::Purge(args) => {
-            super::purge("job", &args, false, |before, n| async move {
+            let before = super::cutoff(&args.cutoff)?;
+            let backends = db.open().await?;
+            let board = &*backends.board;
+            super::purge("job", &args, before, |before, n| async move {
                 Ok(board.purge_jobs(before, n).await?)
             })
             .await
         }
         JobsCommand::Trash { id, reason } => {
             let id = parse::<JobId>("job id", &id)?;
+            let board = db.open().await?.board;
             board.trash(id, None, json!({ "trashed": reason })).await?;
             outln!("job {id} trashed");
             Ok(())

@@ -8,19 +8,69 @@
     clippy::print_stderr
 )]
 
-use std::process::{Command, Output};
+use std::ffi::OsStr;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 /// Runs `baton --db <db> <args>` and returns what it did.
 pub fn baton(db: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
+    run(command(Some(db), args), None)
+}
+
+/// `baton [--db <db>] <args>`, to adjust before [`run`]: started as a test's tool, with no
+/// settings from the environment of the tests (the database, the schema, the log level,
+/// `cargo run`'s package name).
+pub fn command<S: AsRef<OsStr>>(db: Option<&str>, args: &[S]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));
+    if let Some(db) = db {
+        cmd.arg("--db").arg(db);
+    }
+    cmd.args(args)
         .env_remove("BATON_DATABASE_URL")
         .env_remove("BATON_SCHEMA")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the baton binary runs")
+        .env_remove("RUST_LOG")
+        .env_remove("CARGO_PKG_NAME")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// How long a command may take before the test gives up on it (and kills it).
+pub const TIME_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd`, with `stdin` on its standard input (nothing otherwise), and returns what it
+/// did; fails the test if it runs for longer than [`TIME_LIMIT`].
+pub fn run(mut cmd: Command, stdin: Option<Vec<u8>>) -> Output {
+    let shown: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().chars().take(80).collect())
+        .collect();
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("the baton binary runs");
+    let pid = child.id();
+    if let (Some(bytes), Some(mut input)) = (stdin, child.stdin.take()) {
+        // The command may stop reading early (it refuses too much): that is its answer.
+        std::thread::spawn(move || {
+            let _ = input.write_all(&bytes);
+        });
+    }
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(TIME_LIMIT) {
+        Ok(output) => output.expect("the baton binary runs"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("baton {shown:?} did not finish within {TIME_LIMIT:?}");
+        }
+    }
 }
 
 /// Stdout as text.

@@ -55,6 +55,17 @@ impl MemoryJobBoard {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Makes a claimed `job` `UNCLAIMED` and revokes its claim: the token moves on, so its
+    /// owner can write nothing more, before anyone claims the job again.
+    fn hand_back(&self, job: &mut Job) {
+        job.state = JobState::Unclaimed;
+        job.owner = None;
+        job.lease_expires_at = None;
+        job.token = FencingToken(job.token.0.saturating_add(1));
+        job.updated_at = Utc::now();
+        self.store.set_fence(job.id, job.token);
+    }
+
     /// The job under `fence`, if the claim is current.
     fn claimed(inner: &mut Inner, fence: Fence) -> Result<&mut Job> {
         let job = inner
@@ -74,7 +85,7 @@ impl MemoryJobBoard {
 #[async_trait]
 impl JobBoard for MemoryJobBoard {
     async fn post(&self, new: NewJob) -> Result<Job> {
-        new.validate()?;
+        new.check(self.store.max_value_bytes())?;
         let now = Utc::now();
         let job = Job {
             id: JobId::new(),
@@ -203,11 +214,8 @@ impl JobBoard for MemoryJobBoard {
         {
             let mut inner = self.lock();
             let job = Self::claimed(&mut inner, fence)?;
-            job.state = JobState::Unclaimed;
-            job.owner = None;
-            job.lease_expires_at = None;
             job.stalled_claims = 0;
-            job.updated_at = Utc::now();
+            self.hand_back(job);
         }
         self.wake.wake();
         Ok(())
@@ -277,12 +285,7 @@ impl JobBoard for MemoryJobBoard {
             if job.state != JobState::Claimed {
                 return Ok(());
             }
-            job.state = JobState::Unclaimed;
-            job.owner = None;
-            job.lease_expires_at = None;
-            job.token = FencingToken(job.token.0 + 1);
-            job.updated_at = Utc::now();
-            self.store.set_fence(id, job.token);
+            self.hand_back(job);
         }
         self.wake.wake();
         Ok(())

@@ -12,8 +12,10 @@
 //!   eligible; the others wait their turn. At most one job per key is claimed at any time.
 //! - **Fencing**: every claim gives the job a new, larger [`FencingToken`]. Heartbeat, consume
 //!   and abandon check it in the same step and answer [`Error::ClaimLost`] once it is stale;
-//!   the same token guards every write to the job's flow (see
+//!   the same token guards every write to the job's flow, and that flow only (see
 //!   [`Store`](crate::store::Store)), so an owner that lost its claim can change nothing.
+//!   Whatever hands a job back (abandon, an operator's release) or retires it (trash) moves
+//!   the token on too, in the same step: the claim is revoked at once, not at the next claim.
 //! - **Leases**: a claim lasts until its lease expires unless heartbeats extend it. An expired
 //!   lease makes the job claimable again; the old owner's heartbeat keeps working only until
 //!   someone else claims it.
@@ -77,6 +79,17 @@ pub enum Error {
     /// A job was posted with something missing or malformed.
     #[error("invalid job: {0}")]
     InvalidJob(String),
+    /// A job was posted with a value larger than the board accepts (see
+    /// [`DEFAULT_MAX_VALUE_BYTES`](crate::store::DEFAULT_MAX_VALUE_BYTES)).
+    #[error("the job's {what} take {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// `params`.
+        what: &'static str,
+        /// Its size, in bytes of JSON text.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Stored data could not be read.
     #[error("corrupt job record {job}: {detail}")]
     Corrupt {
@@ -160,6 +173,25 @@ impl NewJob {
         self
     }
 
+    /// Checks the job can be posted on a board whose limit on a JSON value is
+    /// `max_value_bytes`: [`NewJob::validate`], and parameters no larger than that.
+    ///
+    /// # Errors
+    /// [`Error::InvalidJob`] naming the empty field, [`Error::TooLarge`] for parameters over
+    /// the limit.
+    pub fn check(&self, max_value_bytes: usize) -> Result<()> {
+        self.validate()?;
+        let size = crate::store::json_size(&self.params);
+        if size > max_value_bytes {
+            return Err(Error::TooLarge {
+                what: "params",
+                size,
+                limit: max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Checks the job can be posted.
     ///
     /// # Errors
@@ -204,7 +236,8 @@ pub struct Job {
     pub owner: Option<ConductorId>,
     /// When the current claim expires unless renewed.
     pub lease_expires_at: Option<DateTime<Utc>>,
-    /// The token of the latest claim (0 before the first).
+    /// The current fencing token: moved on by every claim, and by whatever revokes one
+    /// (abandon, release, trash); 0 before the first claim.
     pub token: FencingToken,
     /// How many times it was claimed.
     pub attempts: u32,
@@ -571,7 +604,9 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     async fn consume(&self, fence: Fence, outcome: Value) -> Result<()>;
 
     /// Hands the job back at once (`UNCLAIMED`), if the claim is still current, and wakes idle
-    /// conductors. A hand-back is no stall: it resets [`Job::stalled_claims`].
+    /// conductors. The claim is revoked (its token moves on): its owner can write nothing
+    /// more to the job's flow. A hand-back is no stall: it resets
+    /// [`Job::stalled_claims`].
     ///
     /// # Errors
     /// [`Error::ClaimLost`].

@@ -35,10 +35,27 @@ struct Inner {
 /// It is the reference implementation of the store contract, and the store for tests and for
 /// flows that need no durability. Clones share the same data. [`MemoryStore::set_fence`] is how
 /// an in-memory job board tells it which claim token is current for a job.
-#[derive(Debug, Clone, Default)]
+///
+/// Like every store of this workspace it refuses a JSON value (an atom's result, failure,
+/// revert failure or retry history, a run's inputs) larger than its limit,
+/// [`DEFAULT_MAX_VALUE_BYTES`](super::DEFAULT_MAX_VALUE_BYTES) unless set with
+/// [`MemoryStore::with_max_value_bytes`], and so does a [`MemoryJobBoard`](crate::MemoryJobBoard)
+/// on it for a job's parameters.
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     commits: Arc<AtomicU64>,
+    max_value_bytes: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            commits: Arc::default(),
+            max_value_bytes: super::DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -46,6 +63,20 @@ impl MemoryStore {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same store (clones share its data) with `limit` as its limit on a JSON value, in
+    /// bytes of JSON text (default [`DEFAULT_MAX_VALUE_BYTES`](super::DEFAULT_MAX_VALUE_BYTES)).
+    #[must_use]
+    pub fn with_max_value_bytes(mut self, limit: usize) -> Self {
+        self.max_value_bytes = limit;
+        self
+    }
+
+    /// Its limit on a JSON value, in bytes of JSON text.
+    #[must_use]
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
     }
 
     /// How many batches (and flow creations) this store has committed.
@@ -88,6 +119,7 @@ impl MemoryStore {
 }
 
 fn check_fence(inner: &Inner, flow: FlowId, fence: Option<Fence>) -> Result<()> {
+    super::check_fence_flow(flow, fence)?;
     match fence {
         None => Ok(()),
         Some(f) if inner.fences.get(&f.job) == Some(&f.token) => Ok(()),
@@ -99,14 +131,45 @@ fn check_fence(inner: &Inner, flow: FlowId, fence: Option<Fence>) -> Result<()> 
     }
 }
 
+/// Checks `rec`'s JSON values against `limit`, naming the first one over it.
+fn check_atom(flow: FlowId, rec: &AtomRecord, limit: usize) -> Result<()> {
+    let values: [(&'static str, Option<usize>); 4] = [
+        ("result", rec.result.as_ref().map(super::json_size)),
+        ("failure", rec.failure.as_ref().map(super::json_size)),
+        (
+            "revert_failure",
+            rec.revert_failure.as_ref().map(super::json_size),
+        ),
+        ("retry_history", Some(super::json_size(&rec.retry_history))),
+    ];
+    match values
+        .into_iter()
+        .find_map(|(what, size)| size.filter(|s| *s > limit).map(|s| (what, s)))
+    {
+        Some((what, size)) => Err(Error::TooLarge {
+            flow,
+            atom: Some(rec.name.clone()),
+            what,
+            size,
+            limit,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Stores a new run, under the caller's lock.
 fn create_locked(
     inner: &mut Inner,
     flow: &FlowRecord,
     atoms: &[AtomRecord],
     fence: Option<Fence>,
+    limit: usize,
 ) -> Result<()> {
     check_fence(inner, flow.id, fence)?;
+    super::check_inputs(flow, limit)?;
+    for atom in atoms {
+        check_atom(flow.id, atom, limit)?;
+    }
     if inner.flows.contains_key(&flow.id) {
         return Err(Error::FlowExists(flow.id));
     }
@@ -140,8 +203,13 @@ fn refuse_consume(batch: &Batch) -> Result<()> {
 }
 
 /// Validates and applies a batch, under the caller's lock.
-fn commit_locked(inner: &mut Inner, batch: &Batch) -> Result<()> {
+fn commit_locked(inner: &mut Inner, batch: &Batch, limit: usize) -> Result<()> {
     check_fence(inner, batch.flow, batch.fence)?;
+    for write in &batch.writes {
+        if let Write::Atom { record, .. } = write {
+            check_atom(batch.flow, record, limit)?;
+        }
+    }
     let stored = inner
         .flows
         .get_mut(&batch.flow)
@@ -212,7 +280,7 @@ impl Store for MemoryStore {
         fence: Option<Fence>,
     ) -> Result<()> {
         let mut inner = self.lock();
-        create_locked(&mut inner, flow, atoms, fence)?;
+        create_locked(&mut inner, flow, atoms, fence, self.max_value_bytes)?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -229,8 +297,8 @@ impl Store for MemoryStore {
         // One lock for both: nobody sees the run without its first batch, and a refused
         // batch leaves no run behind.
         let mut inner = self.lock();
-        create_locked(&mut inner, flow, atoms, fence)?;
-        if let Err(e) = commit_locked(&mut inner, first) {
+        create_locked(&mut inner, flow, atoms, fence, self.max_value_bytes)?;
+        if let Err(e) = commit_locked(&mut inner, first, self.max_value_bytes) {
             inner.flows.remove(&flow.id);
             inner.order.retain(|id| *id != flow.id);
             return Err(e);
@@ -261,7 +329,7 @@ impl Store for MemoryStore {
     async fn commit(&self, batch: &Batch) -> Result<()> {
         refuse_consume(batch)?;
         let mut inner = self.lock();
-        commit_locked(&mut inner, batch)?;
+        commit_locked(&mut inner, batch, self.max_value_bytes)?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

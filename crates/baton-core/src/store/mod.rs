@@ -17,7 +17,9 @@
 //!   an illegal transition with [`Error::IllegalTransition`] (use [`check_write`]);
 //! - when the batch carries a [`Fence`](crate::Fence), refuse it with [`Error::Fenced`] unless
 //!   the fence's token is still the job's current one, checked in the same transaction as the
-//!   writes;
+//!   writes, and with [`Error::Refused`] if the batch's flow is not the job's own
+//!   ([`FlowId::for_job`]): a claim fences its job's flow and no other (use
+//!   [`check_fence_flow`]; a creation under a fence likewise);
 //! - append one [`Transition`] per change of state (or new attempt), numbered from 1 per flow;
 //! - report a store it cannot reach as [`Error::Unavailable`], which the engine retries, and
 //!   data it cannot read as [`Error::Corrupt`] naming the flow and atom, and data of a newer
@@ -91,14 +93,15 @@ pub enum Error {
         /// The stale token.
         token: FencingToken,
     },
-    /// A value is larger than the store accepts.
-    #[error("{what} of atom {atom:?} in flow {flow} is {size} bytes, over the limit of {limit}")]
+    /// A value is larger than the store accepts (see [`DEFAULT_MAX_VALUE_BYTES`]).
+    #[error("{}", too_large(*flow, atom.as_deref(), what, *size, *limit))]
     TooLarge {
         /// The flow.
         flow: FlowId,
-        /// The atom.
-        atom: String,
-        /// `result`, `failure`, ...
+        /// The atom, for an atom's value; `None` for the run's inputs.
+        atom: Option<String>,
+        /// `result`, `failure`, `revert_failure`, `retry_history` (an atom's), or `inputs`
+        /// (the run's).
         what: &'static str,
         /// Its size.
         size: usize,
@@ -144,6 +147,16 @@ pub enum Error {
     /// Any other backend error.
     #[error("store error")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+/// The message of [`Error::TooLarge`].
+fn too_large(flow: FlowId, atom: Option<&str>, what: &str, size: usize, limit: usize) -> String {
+    match atom {
+        Some(atom) => format!(
+            "{what} of atom {atom:?} in flow {flow} is {size} bytes, over the limit of {limit}"
+        ),
+        None => format!("{what} of flow {flow} take {size} bytes, over the limit of {limit}"),
+    }
 }
 
 impl Error {
@@ -238,6 +251,57 @@ impl FlowQuery {
                 .is_none_or(|v| flow.factory.as_ref().is_some_and(|r| r.version == v))
             && !(self.unfinished && flow.state.is_terminal())
     }
+}
+
+/// The largest JSON value, in bytes of JSON text, that the stores and job boards of this
+/// workspace accept unless configured otherwise: 1 MiB. The same limit holds for every value
+/// a caller hands them: an atom's result, failure, revert failure and retry history, a run's
+/// inputs, and a job's parameters. A larger one is refused ([`Error::TooLarge`], or
+/// [`board::Error::TooLarge`](crate::board::Error::TooLarge) for a job) before anything is
+/// written.
+///
+/// Each store takes its limit as an option (`MemoryStore::with_max_value_bytes`, and
+/// `max_value_bytes` in the SQL stores' options); a job board built on a store keeps to that
+/// store's limit.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// The size of `value` as JSON text, in bytes, counted without writing the text out (a value
+/// that cannot be written as JSON counts as `usize::MAX`, over any limit).
+#[must_use]
+pub fn json_size<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Checks a new run's inputs against the store's limit on a JSON value.
+///
+/// # Errors
+/// [`Error::TooLarge`] naming the inputs (`atom` `None`), their size and the limit.
+pub fn check_inputs(flow: &FlowRecord, limit: usize) -> Result<()> {
+    let size = json_size(&flow.inputs);
+    if size > limit {
+        return Err(Error::TooLarge {
+            flow: flow.id,
+            atom: None,
+            what: "inputs",
+            size,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// How long ago a run must have ended for [`Store::purge_flows`] to delete it, whatever the
@@ -444,6 +508,23 @@ pub fn check_first_batch(
         });
     }
     Ok(())
+}
+
+/// Checks that a write made under `fence` is for the fence's job's own flow
+/// ([`FlowId::for_job`]): a claim fences that flow and no other, so any live claim cannot
+/// write to every flow. Stores call it for every fenced creation and batch, before anything
+/// else.
+///
+/// # Errors
+/// [`Error::Refused`] if `flow` is another flow.
+pub fn check_fence_flow(flow: FlowId, fence: Option<crate::ids::Fence>) -> Result<()> {
+    match fence {
+        Some(f) if FlowId::for_job(f.job) != flow => Err(Error::Refused {
+            flow,
+            reason: "the fence is another flow's: a job's claim fences only the job's own flow",
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks one write against what the store holds now: the compare-and-set and the state

@@ -47,6 +47,7 @@ fn conductor(board: &MemoryJobBoard, store: &MemoryStore, registry: Registry) ->
         registry,
     )
     .with_options(fast_options())
+    .unwrap()
 }
 
 async fn wait_until<F, Fut>(what: &str, mut done: F)
@@ -365,7 +366,8 @@ async fn with_polling_off_wake_ups_alone_bring_the_work() {
         Engine::new(store.clone()),
         registry(&log, Duration::from_millis(20)),
     )
-    .with_options(options);
+    .with_options(options)
+    .unwrap();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(c.run(shutdown.clone()));
     let started = std::time::Instant::now();
@@ -466,6 +468,7 @@ async fn a_conductor_with_a_retention_purges_what_ended_long_ago() {
             registry(&log, Duration::ZERO),
         )
         .with_options(options)
+        .unwrap()
         .run(shutdown.clone()),
     );
     wait_until("the ended jobs and the old ended runs are gone", || async {
@@ -485,4 +488,187 @@ async fn a_conductor_with_a_retention_purges_what_ended_long_ago() {
         store.load_flow(old[2]).await.unwrap().flow.state,
         FlowState::Running
     );
+}
+
+/// Options that would make a conductor panic (a zero heartbeat), spin (a zero poll), lose its
+/// claims (a zero lease, a heartbeat near the lease), run nothing (no concurrency) or overflow
+/// a clock are refused when the conductor is built, naming the option and what would work.
+#[test]
+fn options_that_cannot_work_are_refused_when_the_conductor_is_built() {
+    use baton_core::conductor::InvalidOptions;
+    let ms = Duration::from_millis;
+    let year = Options::MAX_DURATION;
+    type Change = fn(&mut Options);
+    let cases: Vec<(Change, InvalidOptions, &str)> = vec![
+        (
+            |o| o.concurrency = 0,
+            InvalidOptions::ZeroConcurrency,
+            "concurrency 0 would run no job: give 1 or more",
+        ),
+        (
+            |o| o.heartbeat = Duration::ZERO,
+            InvalidOptions::TooShort {
+                option: "heartbeat",
+                value: Duration::ZERO,
+                min: ms(1),
+            },
+            "heartbeat 0ms is too short: give 1ms or more",
+        ),
+        (
+            |o| o.lease = Duration::ZERO,
+            InvalidOptions::TooShort {
+                option: "lease",
+                value: Duration::ZERO,
+                min: ms(1),
+            },
+            "lease 0ms is too short: give 1ms or more",
+        ),
+        (
+            |o| o.poll = Duration::from_micros(500),
+            InvalidOptions::TooShort {
+                option: "poll",
+                value: Duration::from_micros(500),
+                min: ms(1),
+            },
+            "poll 500µs is too short: give 1ms or more",
+        ),
+        (
+            |o| o.retention_every = Duration::ZERO,
+            InvalidOptions::TooShort {
+                option: "retention_every",
+                value: Duration::ZERO,
+                min: ms(1),
+            },
+            "retention_every 0ms is too short: give 1ms or more",
+        ),
+        (
+            |o| o.retention_every = Duration::MAX,
+            InvalidOptions::TooLong {
+                option: "retention_every",
+                value: Duration::MAX,
+                max: Options::MAX_DURATION,
+            },
+            "retention_every",
+        ),
+        (
+            |o| o.lease = Options::MAX_DURATION + Duration::from_millis(1),
+            InvalidOptions::TooLong {
+                option: "lease",
+                value: year + ms(1),
+                max: year,
+            },
+            "lease 31536000001ms is too long: give 31536000s or less",
+        ),
+        (
+            |o| o.drain_timeout = Duration::MAX,
+            InvalidOptions::TooLong {
+                option: "drain_timeout",
+                value: Duration::MAX,
+                max: year,
+            },
+            "drain_timeout",
+        ),
+        (
+            |o| o.gather = Duration::from_secs(3600),
+            InvalidOptions::TooLong {
+                option: "gather",
+                value: Duration::from_secs(3600),
+                max: Options::MAX_HEARTBEAT,
+            },
+            "gather 3600s is too long: give 200s or less",
+        ),
+        (
+            |o| {
+                o.lease = Duration::from_secs(1);
+                o.heartbeat = Duration::from_secs(5);
+            },
+            InvalidOptions::HeartbeatTooSlow {
+                heartbeat: Duration::from_secs(5),
+                lease: Duration::from_secs(1),
+                max_heartbeat: ms(333),
+                min_lease: Duration::from_secs(15),
+            },
+            "heartbeat 5s is more than a third of the lease 1s, so one late heartbeat would lose \
+             the claim: give a heartbeat of 333ms or less, or a lease of 15s or more",
+        ),
+        (
+            |o| {
+                o.lease = Duration::from_secs(10);
+                o.heartbeat = Duration::from_millis(3334);
+            },
+            InvalidOptions::HeartbeatTooSlow {
+                heartbeat: ms(3334),
+                lease: Duration::from_secs(10),
+                max_heartbeat: ms(3333),
+                min_lease: ms(10002),
+            },
+            "give a heartbeat of 3333ms or less, or a lease of 10002ms or more",
+        ),
+    ];
+    for (change, expected, message) in cases {
+        let mut options = Options::default();
+        change(&mut options);
+        let err = options.validate().unwrap_err();
+        assert_eq!(err, expected);
+        assert!(err.to_string().contains(message), "{err}");
+        let (store, log) = (MemoryStore::new(), Log::new());
+        let built = Conductor::new(
+            Arc::new(MemoryJobBoard::new(&store)),
+            Engine::new(store.clone()),
+            registry(&log, Duration::ZERO),
+        )
+        .with_options(options);
+        assert_eq!(built.unwrap_err(), expected);
+    }
+}
+
+/// The defaults and the extremes each rule allows are accepted, and a conductor at the upper
+/// extremes runs a job and stops without overflowing a clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_defaults_and_the_limits_of_each_rule_are_accepted() {
+    let ms = Duration::from_millis;
+    Options::default().validate().unwrap();
+    let mut least = Options::default();
+    least.concurrency = 1;
+    least.lease = ms(3);
+    least.heartbeat = ms(1);
+    least.poll = ms(1);
+    least.drain_timeout = Duration::ZERO;
+    least.gather = Duration::ZERO;
+    least.retention = Some(Duration::ZERO);
+    least.retention_every = ms(1);
+    least.validate().unwrap();
+    let mut most = Options::default();
+    most.concurrency = usize::MAX;
+    most.lease = Options::MAX_DURATION;
+    most.heartbeat = Options::MAX_HEARTBEAT;
+    most.poll = Options::MAX_DURATION;
+    most.drain_timeout = Options::MAX_DURATION;
+    most.gather = Options::MAX_HEARTBEAT;
+    most.retention = Some(Duration::MAX);
+    most.retention_every = Options::MAX_DURATION;
+    most.validate().unwrap();
+
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    let conductor = Conductor::new(
+        Arc::new(board.clone()),
+        Engine::new(store.clone()),
+        registry(&log, Duration::ZERO),
+    )
+    .with_options(most)
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(conductor.run(shutdown.clone()));
+    board
+        .post(NewJob::new("one", "steps").params(json!({"steps": 2})))
+        .await
+        .unwrap();
+    wait_until("the job is complete", || {
+        all_jobs_in(&board, JobState::Complete, 1)
+    })
+    .await;
+    shutdown.cancel();
+    let summary = running.await.unwrap().unwrap();
+    assert_eq!((summary.claimed, summary.consumed), (1, 1));
 }

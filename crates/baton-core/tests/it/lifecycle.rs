@@ -79,7 +79,8 @@ fn start(board: &MemoryJobBoard, store: &MemoryStore, registry: Registry, o: Opt
         Engine::new(store.clone()),
         registry,
     )
-    .with_options(o);
+    .with_options(o)
+    .unwrap();
     Running {
         task: tokio::spawn(conductor.run(shutdown.clone())),
         shutdown,

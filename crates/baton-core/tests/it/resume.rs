@@ -230,7 +230,15 @@ async fn a_fenced_write_stops_the_run() {
     let job = baton_core::JobId::new();
     store.set_fence(job, baton_core::FencingToken(2));
     let engine = Engine::new(store.clone());
-    let id = engine.create(&flow, Inputs::new()).await.unwrap();
+    // The job's run: a claim fences its own job's flow only.
+    let id = engine
+        .create_with(
+            &flow,
+            Inputs::new(),
+            baton_core::CreateOptions::new().id(baton_core::FlowId::for_job(job)),
+        )
+        .await
+        .unwrap();
     let stale = baton_core::Fence {
         job,
         token: baton_core::FencingToken(1),

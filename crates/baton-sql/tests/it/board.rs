@@ -448,7 +448,8 @@ where
             Engine::new(store.clone()),
             registry.clone(),
         )
-        .with_options(options);
+        .with_options(options)
+        .unwrap();
         fleet.spawn(conductor.run(shutdown.clone()));
     }
     let started = Instant::now();
@@ -562,7 +563,8 @@ where
         Engine::new(held.store.clone()),
         registry,
     )
-    .with_options(options);
+    .with_options(options)
+    .unwrap();
     let running = tokio::spawn(conductor.run(shutdown.clone()));
     let started = Instant::now();
     while board.get(job.id).await.unwrap().state == JobState::Unclaimed {
@@ -611,4 +613,213 @@ async fn postgres_runs_of_newer_versions_are_left_to_newer_conductors() {
         return;
     };
     runs_of_newer_versions_are_left_to_newer_conductors(held, board).await;
+}
+
+/// A schema may be as long as PostgreSQL's identifiers (63 bytes), which the channel of its
+/// job wake-ups must fit too: there, posts wake idle conductors, and a keyed job's end, by the
+/// board or by its flow's last step, lets the next job of its key run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wake_ups_and_keyed_jobs_work_in_a_schema_of_63_characters() {
+    use baton_core::{Atom, CreateOptions, Engine, Flow, FlowState, RunOptions};
+
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let schema = format!("{:x<63}", format!("{}_", support::fresh_schema()));
+    assert_eq!(schema.len(), 63);
+    let store =
+        match PostgresStore::connect_with(&url, baton_sql::PostgresOptions::new().schema(&schema))
+            .await
+        {
+            Ok(store) => store,
+            Err(e) if e.is_transient() => {
+                support::skip::<()>(&format!("PostgreSQL is unreachable: {e:?}"));
+                return;
+            }
+            Err(e) => panic!("{e:?}"),
+        };
+    let poster = PostgresJobBoard::new(&store).with_wake_window(Duration::ZERO);
+
+    // An idle conductor is woken by a post.
+    let waiter = tokio::spawn(claim_on_wake_ups(
+        PostgresJobBoard::new(&store),
+        1,
+        Duration::from_secs(20),
+    ));
+    let mut conn = support::pg_connect(&url, None).await;
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' \
+          AND query LIKE '%{}%' AND state = 'idle'",
+        &schema[..32]
+    );
+    until_positive(&mut conn, &sql, "the waiter never listened").await;
+    poster.post(NewJob::new("woken", "noop")).await.unwrap();
+    assert_eq!(waiter.await.unwrap(), 1, "the post woke nobody");
+
+    // Keyed jobs: the second runs once the first ended, whichever way it ends.
+    let owner = ConductorId::new();
+    let lease = Duration::from_secs(60);
+    let key = "stack-63";
+    let jobs = [
+        poster
+            .post(NewJob::new("a", "noop").key(key))
+            .await
+            .unwrap(),
+        poster
+            .post(NewJob::new("b", "noop").key(key))
+            .await
+            .unwrap(),
+        poster
+            .post(NewJob::new("c", "noop").key(key))
+            .await
+            .unwrap(),
+    ];
+    let first = poster.claim(owner, lease, &offer()).await.unwrap().unwrap();
+    assert_eq!(first.job.id, jobs[0].id);
+    assert!(poster
+        .claim(owner, lease, &offer())
+        .await
+        .unwrap()
+        .is_none());
+    poster
+        .consume(first.fence, serde_json::json!("done"))
+        .await
+        .unwrap();
+    let second = poster.claim(owner, lease, &offer()).await.unwrap().unwrap();
+    assert_eq!(second.job.id, jobs[1].id);
+    let flow = Flow::linear("keyed")
+        .add(Atom::from_fn("a", |_| async { Ok(serde_json::json!(1)) }))
+        .compile()
+        .unwrap();
+    let outcome = Engine::new(store.clone())
+        .create_and_run(
+            &flow,
+            Default::default(),
+            CreateOptions::new().id(jobs[1].flow()).fence(second.fence),
+            RunOptions::new().fence(second.fence).consume_job(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, FlowState::Success);
+    assert!(outcome.job_consumed);
+    let third = poster.claim(owner, lease, &offer()).await.unwrap().unwrap();
+    assert_eq!(third.job.id, jobs[2].id);
+
+    store.close().await;
+    sqlx::Connection::close(conn).await.unwrap();
+    crate::postgres::drop_schema(&url, &schema).await;
+}
+
+/// Registration waits for a conductor's liveness lock outside the board's other work: while
+/// a board waits for a lock that another session holds (here: the same conductor registered
+/// through another board), its claims go on, and the registration completes once the lock is
+/// free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_go_on_while_registration_waits_for_a_lock() {
+    let Some((holder, store)) = postgres_pair().await else {
+        return;
+    };
+    let board = PostgresJobBoard::new(&store.store);
+    let conductor = info(ConductorId::new());
+    holder.register(&conductor).await.unwrap();
+    let posted = board.post(NewJob::new("meanwhile", "noop")).await.unwrap();
+
+    let registering = tokio::spawn({
+        let (board, conductor) = (board.clone(), conductor.clone());
+        async move { board.register(&conductor).await }
+    });
+    // Let it reach the lock the holder has.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!registering.is_finished(), "the lock was not held");
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(5),
+        board.claim(ConductorId::new(), Duration::from_secs(60), &offer()),
+    )
+    .await
+    .expect("a claim waited for a registration")
+    .unwrap()
+    .unwrap();
+    assert_eq!(claimed.job.id, posted.id);
+
+    // The holder lets go: the registration takes the lock and completes.
+    holder.deregister(conductor.id).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), registering)
+        .await
+        .expect("the registration never took the freed lock")
+        .unwrap()
+        .unwrap();
+    // (Refreshed once more: the holder's deregistration deletes the row after it lets go.)
+    board.register(&conductor).await.unwrap();
+    assert!(listed_ids(&board).await.contains(&conductor.id));
+}
+
+/// A batch that ends its run and its job, committed again (its answer was lost): the store
+/// answers as if it had just stored it, and stores nothing twice; another batch under the same
+/// claim is still refused.
+async fn a_retried_last_step_is_answered_as_stored<B: JobBoard, S: baton_core::store::Store>(
+    board: B,
+    store: S,
+) {
+    use baton_core::model::{Batch, Write};
+    use baton_core::{FlowState, Intention};
+    use serde_json::json;
+
+    let posted = board.post(NewJob::new("retried", "noop")).await.unwrap();
+    let claim = board
+        .claim(ConductorId::new(), Duration::from_secs(60), &offer())
+        .await
+        .unwrap()
+        .unwrap();
+    let run = baton_testkit::board::job_run(posted.id, "retried");
+    store
+        .create_flow(&run, &[], Some(claim.fence))
+        .await
+        .unwrap();
+    let moved = |from, to| {
+        let mut batch = Batch::new(run.id, Some(claim.fence));
+        batch.writes.push(Write::Flow {
+            from,
+            to,
+            intention: Intention::Execute,
+        });
+        batch
+    };
+    store
+        .commit(&moved(FlowState::Pending, FlowState::Running))
+        .await
+        .unwrap();
+    let mut last = moved(FlowState::Running, FlowState::Success);
+    last.consume = Some(json!({"state": "SUCCESS"}));
+    store.commit(&last).await.unwrap();
+    store.commit(&last).await.unwrap();
+    assert_eq!(store.history(run.id).await.unwrap().len(), 2);
+    let done = board.get(posted.id).await.unwrap();
+    assert_eq!(done.state, JobState::Complete);
+    assert_eq!(done.outcome, last.consume);
+
+    let mut other = last.clone();
+    other.consume = Some(json!({"state": "OTHER"}));
+    let err = store.commit(&other).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            baton_core::store::Error::Fenced { .. } | baton_core::store::Error::Conflict { .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(board.get(posted.id).await.unwrap().outcome, last.consume);
+}
+
+#[tokio::test]
+async fn sqlite_a_retried_last_step_is_answered_as_stored() {
+    if let Some((board, store)) = sqlite_pair().await {
+        a_retried_last_step_is_answered_as_stored(board, store).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_retried_last_step_is_answered_as_stored() {
+    if let Some((board, store)) = postgres_pair().await {
+        a_retried_last_step_is_answered_as_stored(board, store).await;
+    }
 }

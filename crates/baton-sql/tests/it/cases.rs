@@ -186,7 +186,7 @@ pub async fn size_limit_refuses_the_whole_batch<S: Harness>(store: S, limit: usi
     });
     let err = store.commit(&batch).await.unwrap_err();
     assert!(
-        matches!(&err, Error::TooLarge { flow: f, atom, what: "result", size, limit: l }
+        matches!(&err, Error::TooLarge { flow: f, atom: Some(atom), what: "result", size, limit: l }
             if *f == flow.id && atom == "a" && *size == limit + 2 && *l == limit),
         "{err}"
     );
@@ -213,7 +213,7 @@ pub async fn size_limit_refuses_the_whole_batch<S: Harness>(store: S, limit: usi
     });
     let err = store.commit(&batch).await.unwrap_err();
     assert!(
-        matches!(&err, Error::TooLarge { atom, what: "failure", .. } if atom == "b"),
+        matches!(&err, Error::TooLarge { atom: Some(atom), what: "failure", .. } if atom == "b"),
         "{err}"
     );
 
@@ -418,8 +418,9 @@ pub async fn fences_refuse_stale_tokens<S: Harness>(store: S) {
         token: FencingToken(token),
     };
 
-    // No claim recorded yet: any token is stale.
-    let flow = flow_record("fenced");
+    // No claim recorded yet: any token is stale. (The job's own run: a claim fences no other.)
+    let mut flow = flow_record("fenced");
+    flow.id = FlowId::for_job(job);
     let err = store
         .create_flow(&flow, &atoms(), Some(fence(1)))
         .await

@@ -16,6 +16,7 @@ mod board;
 mod cases;
 mod connect;
 mod engine_edges;
+mod errors;
 mod postgres;
 mod sqlite;
 mod support;

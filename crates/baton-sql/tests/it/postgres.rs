@@ -46,7 +46,8 @@ async fn search_path(conn: &mut sqlx::PgConnection) -> String {
         .unwrap()
 }
 
-async fn drop_schema(url: &str, schema: &str) {
+/// Drops `schema` and everything in it.
+pub async fn drop_schema(url: &str, schema: &str) {
     let mut conn = pg_connect(url, None).await;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .execute(&mut conn)
