@@ -1,7 +1,7 @@
 //! Conductors: claim jobs from a board, build their flows, run them fenced, and hand them on.
 //!
 //! A [`Conductor`] claims up to [`Options::concurrency`] jobs, only those its [`Registry`]
-//! can run (the claim carries the registry's [`Offer`](crate::board::Offer)). For each one it
+//! can run (the claim carries the registry's [`Offer`]). For each one it
 //! builds the flow with the job's factory, at the version the job is pinned to, creates the
 //! flow run (its id is derived from the job's, so whoever claims the job later finds the same
 //! run) or loads it, and runs it with every write fenced by the claim's token, heartbeating
@@ -27,7 +27,7 @@
 //!   lease runs out takes it, in time a conductor that can read it
 //!   ([`Summary::left_for_newer`]).
 //!
-//! A job carrying a [`Cancel::Revert`](crate::board::Cancel::Revert) request (an operator's
+//! A job carrying a [`Cancel::Revert`] request (an operator's
 //! `baton flows revert`) has its run reverted instead of run forward.
 
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ use tracing::Instrument;
 use crate::board::{self, Cancel, Claim, ConductorInfo, JobBoard, Offer};
 use crate::engine::{self, Control, CreateOptions, Engine, RunOptions};
 use crate::ids::{ConductorId, JobId};
-use crate::registry::Registry;
+pub use crate::registry::{Blueprint, Registry};
 use crate::state::FlowState;
 use crate::store;
 
@@ -54,7 +54,7 @@ use crate::store;
 ///
 /// The rules, so that no value can make a conductor panic, spin or lose its claims:
 ///
-/// - `concurrency` is at least 1.
+/// - `concurrency` and `max_stalled_claims` are at least 1.
 /// - `lease`, `heartbeat`, `poll` and `retention_every` are at least [`Options::MIN_INTERVAL`]
 ///   (1 ms: a lease is stored in whole milliseconds, and a zero interval would spin).
 /// - `heartbeat` is at most a third of `lease`, so that a claim outlives one heartbeat that is
@@ -146,6 +146,9 @@ impl Options {
         if self.concurrency == 0 {
             return Err(InvalidOptions::ZeroConcurrency);
         }
+        if self.max_stalled_claims == 0 {
+            return Err(InvalidOptions::ZeroStalledClaims);
+        }
         let bounds = [
             ("lease", self.lease, Self::MIN_INTERVAL, Self::MAX_DURATION),
             (
@@ -198,6 +201,9 @@ pub enum InvalidOptions {
     /// `concurrency` is zero: the conductor would never claim a job.
     #[error("concurrency 0 would run no job: give 1 or more")]
     ZeroConcurrency,
+    /// `max_stalled_claims` is zero: every job would be parked when first claimed.
+    #[error("max_stalled_claims 0 would park every job at its first claim: give 1 or more")]
+    ZeroStalledClaims,
     /// A duration is shorter than its rule allows.
     #[error("{option} {} is too short: give {} or more", Millis(*value), Millis(*min))]
     TooShort {
@@ -261,7 +267,7 @@ impl fmt::Display for Millis {
 pub struct Summary {
     /// Jobs it claimed.
     pub claimed: u64,
-    /// Jobs it consumed (their flows ended, or they could not be built).
+    /// Jobs it consumed (their runs ended at rest).
     pub consumed: u64,
     /// Jobs it handed back at shutdown.
     pub abandoned: u64,
@@ -301,6 +307,10 @@ enum JobEnd {
     Halted,
     LeftForNewer,
 }
+
+/// How often a conductor looks for the first progress of a job that stalled before, to report
+/// it at once.
+const EAGER_PROGRESS: Duration = Duration::from_millis(50);
 
 /// How many runs or jobs one purge call of [`Options::retention`] deletes (one transaction).
 const RETENTION_BATCH: u32 = 500;
@@ -465,6 +475,10 @@ impl Conductor {
         // with many conductors that cost a claim per job that found nothing, most of the
         // claims a busy fleet made.
         let mut ask = true;
+        // When an idle conductor looks for work again without a wake-up. Kept across the
+        // loop's turns: a heartbeat more frequent than the poll would otherwise start the wait
+        // afresh every time and the conductor would never poll.
+        let mut next_poll = tokio::time::Instant::now() + self.options.poll;
         while !shutdown.is_cancelled() {
             let free = self.options.concurrency.saturating_sub(jobs.len());
             if free > 0 && ask && !shutdown.is_cancelled() {
@@ -509,8 +523,9 @@ impl Conductor {
                     }
                     Self::reap(done, &mut controls, &mut summary);
                 }
-                () = self.board.wait_for_work(self.options.poll), if jobs.len() < self.options.concurrency => {
+                () = self.board.wait_for_work(next_poll.saturating_duration_since(tokio::time::Instant::now())), if jobs.len() < self.options.concurrency => {
                     ask = true;
+                    next_poll = tokio::time::Instant::now() + self.options.poll;
                     if !jobs.is_empty() && !self.options.gather.is_zero() {
                         tokio::select! {
                             () = shutdown.cancelled() => break,
@@ -602,6 +617,15 @@ struct JobRun {
     control: Control,
 }
 
+/// The outcome of a job asked to revert a run that never started.
+fn never_started(flow: crate::FlowId) -> Value {
+    json!({
+        "flow": flow,
+        "state": null,
+        "cancelled": "the run was to be reverted, but it never started",
+    })
+}
+
 /// Why a job is parked: what its outcome records.
 fn park_reason(kind: &str, error: impl std::fmt::Display) -> Value {
     json!({ "parked": kind, "error": error.to_string() })
@@ -662,9 +686,20 @@ impl JobRun {
                 ))
                 .await;
         };
+        let flow_id = job.flow();
+        let revert = job.cancel == Some(Cancel::Revert);
         let (flow, inputs) = match self.registry.build(&factory, &job.params) {
             Ok(built) => built,
             Err(e) => {
+                if revert
+                    && matches!(
+                        self.engine.store().load_run(flow_id).await,
+                        Err(store::Error::FlowNotFound(_))
+                    )
+                {
+                    // Nothing ran: nothing to revert, whatever the build says.
+                    return self.finish(never_started(flow_id)).await;
+                }
                 tracing::error!(error = %e, "job cannot be built: parking it");
                 return self.park(park_reason("build", e)).await;
             }
@@ -672,19 +707,19 @@ impl JobRun {
         // The job's flow: created by the first claim, found by every later one. Creation is
         // atomic and fenced, so trying it is the cheapest way to find out; a new flow runs
         // from what was just written, an existing one from the store.
-        let flow_id = job.flow();
-        let revert = job.cancel == Some(Cancel::Revert);
         let create = CreateOptions::new()
             .id(flow_id)
             .fence(fence)
-            .factory(factory)
+            .factory(factory.clone())
             .meta(json!({ "job": job.id, "job_name": job.name }));
         // The flow's last step consumes the job too, where the store can (one commit fewer,
-        // and no window between the flow's end and the job's).
+        // and no window between the flow's end and the job's). A stored run must have been
+        // built by the version the job is pinned to.
         let mut run_options = RunOptions::new()
             .fence(fence)
             .control(self.control.clone())
-            .consume_job();
+            .consume_job()
+            .expecting_factory(factory);
         if revert {
             tracing::info!("the job asks for its run to be reverted");
             run_options = run_options.revert();
@@ -727,11 +762,22 @@ impl JobRun {
             let mut expires = self.claim.lease_expires_at;
             // Atoms come to rest: the progress the board has been told of.
             let mut reported = 0;
+            // A job that stalled before (its owners died before reporting progress) reports
+            // its first progress at once, not a heartbeat later: a crash soon after should
+            // not count against it.
+            let mut eager = self.claim.job.stalled_claims > 1;
+            let mut look = tokio::time::interval(EAGER_PROGRESS);
             loop {
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => return false,
                     _ = beat.tick() => {}
+                    _ = look.tick(), if eager => {
+                        if self.control.settled() == 0 {
+                            continue;
+                        }
+                        eager = false;
+                    }
                 }
                 let settled = self.control.settled();
                 let progressed = settled > reported;
@@ -801,12 +847,17 @@ impl JobRun {
             Err(engine::Error::Store(store::Error::FlowNotFound(_))) if revert => {
                 // Asked to revert a run that was never created: nothing ran, nothing to undo.
                 tracing::info!("the job's run never started: nothing to revert");
-                self.finish(json!({
-                    "flow": flow_id,
-                    "state": null,
-                    "cancelled": "the run was to be reverted, but it never started",
-                }))
-                .await
+                self.finish(never_started(flow_id)).await
+            }
+            Err(engine::Error::Halted(_)) => {
+                // Halted by this conductor's shutdown (a lost claim was handled above): the
+                // engine writes nothing more, so the job can go to another conductor at once,
+                // as a suspended one does. A hand-back is no stall.
+                match self.board.abandon(fence).await {
+                    Ok(()) => tracing::info!("flow halted at shutdown, job handed back"),
+                    Err(e) => tracing::warn!(error = %e, "handing the halted job back failed"),
+                }
+                JobEnd::Halted
             }
             Err(e) => self.on_engine_error(e).await,
         }
@@ -834,6 +885,15 @@ impl JobRun {
                     "the run holds data of a newer version of baton: leaving the job to a \
                      conductor that can read it"
                 );
+                // This claim is no crash: say so, or the job would look like a poison job
+                // to the next conductor of this version.
+                if let Err(e) = self
+                    .board
+                    .heartbeat(self.claim.fence, self.options.lease, true)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not reset the job's stall count");
+                }
                 JobEnd::LeftForNewer
             }
             engine::Error::Store(e) if e.is_transient() => {

@@ -78,7 +78,8 @@ impl FromStr for Fingerprint {
         let err = || ParseFingerprintError {
             input: s.chars().take(64).collect(),
         };
-        if s.len() != 32 || !s.is_ascii() {
+        // The canonical form only: 32 lowercase hexadecimal digits.
+        if s.len() != 32 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(err());
         }
         let mut out = [0u8; 16];
@@ -319,7 +320,17 @@ mod tests {
         assert_eq!(text.parse::<Fingerprint>(), Ok(f));
         let json = serde_json::to_string(&f).unwrap_or_default();
         assert_eq!(serde_json::from_str::<Fingerprint>(&json).ok(), Some(f));
-        for bad in ["", "xyz", &"0".repeat(31), &"g".repeat(32), &"é".repeat(16)] {
+        let upper = text.to_uppercase();
+        let signed = format!("+{}", &text[1..]);
+        for bad in [
+            "",
+            "xyz",
+            &"0".repeat(31),
+            &"g".repeat(32),
+            &"é".repeat(16),
+            &upper,
+            &signed,
+        ] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad:?}");
         }
     }

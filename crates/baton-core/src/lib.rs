@@ -51,7 +51,7 @@ pub mod compile;
 pub mod conductor;
 pub mod engine;
 mod failure;
-mod fingerprint;
+pub mod fingerprint;
 mod flow;
 mod ids;
 pub mod model;

@@ -11,7 +11,7 @@
 //!   it needs is deployed. Its run goes on in the direction it was heading.
 //! - [`revert`]: have a stranded or parked run rolled back, by a conductor that has its
 //!   definition, under a fresh claim: the job goes back on the board with a request to revert
-//!   ([`Cancel::Revert`](crate::board::Cancel::Revert)), and completes when the run is
+//!   ([`Cancel::Revert`]), and completes when the run is
 //!   `REVERTED`.
 //! - [`resume`]: the same, going on in the direction the run was heading.
 //!
@@ -22,8 +22,9 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::board::Cancel;
 use crate::board::{self, Job, JobBoard, Requeue};
-use crate::ids::{FlowId, JobId};
+use crate::ids::{ConductorId, FlowId, JobId};
 use crate::model::FlowRecord;
 use crate::state::{FlowState, JobState};
 use crate::store::{self, FlowQuery, Store};
@@ -47,14 +48,21 @@ pub enum Error {
         flow: FlowId,
     },
     /// The job is claimed under a live lease: its owner is running it.
-    #[error("job {job} is owned by conductor {owner} until {until}: it is running, not stranded")]
+    #[error("job {job} is owned by conductor {} until {until}: it is running, not stranded", owner.map_or_else(|| "(unknown)".to_owned(), |o| o.to_string()))]
     Owned {
         /// The job.
         job: JobId,
         /// Its owner.
-        owner: String,
+        owner: Option<ConductorId>,
         /// When the owner's lease runs out unless renewed.
         until: DateTime<Utc>,
+    },
+    /// `resume` of a run whose job already asks for it to be reverted: a revert is not taken
+    /// back.
+    #[error("job {job} already asks for its run to be reverted: it cannot be resumed")]
+    RevertRequested {
+        /// The job.
+        job: JobId,
     },
     /// `retry` of a job that is not parked.
     #[error("job {job} is {state}: only a parked job can be retried")]
@@ -126,7 +134,8 @@ fn made_from_job(flow: &FlowRecord) -> bool {
 }
 
 /// The stranded runs among those `query` selects (it is narrowed to unfinished runs made from
-/// jobs), newest first.
+/// jobs; its limit counts stranded runs), newest first. It looks up the job of every unfinished
+/// run, so it costs a board read per unfinished run.
 ///
 /// # Errors
 /// Store or board errors.
@@ -135,9 +144,14 @@ pub async fn stranded(
     board: &dyn JobBoard,
     query: &FlowQuery,
 ) -> Result<Vec<Stranded>> {
-    let query = query.clone().unfinished();
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let mut query = query.clone().unfinished();
+    query.limit = None;
     let mut out = Vec::new();
     for flow in store.list_flows(&query).await? {
+        if out.len() >= limit {
+            break;
+        }
         if !made_from_job(&flow) {
             continue;
         }
@@ -210,7 +224,11 @@ async fn recover(
         Err(board::Error::JobNotFound(_)) => return Err(Error::NoJob { flow }),
         Err(e) => return Err(e.into()),
     };
-    // The run has not ended, so a job that did was ended without it: reopen it.
+    if !how.revert && job.cancel == Some(Cancel::Revert) {
+        return Err(Error::RevertRequested { job: job.id });
+    }
+    // The run has not ended, so a job that did was ended without it: reopen it (the board
+    // checks again that the run has not ended, in the same step as the reopening).
     requeue(board, job.id, how.reopening_ended()).await
 }
 
@@ -224,9 +242,7 @@ async fn requeue(board: &dyn JobBoard, job: JobId, how: Requeue) -> Result<Job> 
             let current = board.get(job).await?;
             Err(Error::Owned {
                 job,
-                owner: current
-                    .owner
-                    .map_or_else(|| "unknown".to_owned(), |o| o.to_string()),
+                owner: current.owner,
                 until: current.lease_expires_at.unwrap_or_else(Utc::now),
             })
         }

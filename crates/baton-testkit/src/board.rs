@@ -1102,7 +1102,7 @@ pub async fn stalled_claims_count_claims_without_progress<B: JobBoard, S: Store>
 }
 
 /// `requeue` puts back what an operator may put back, and refuses the rest, changing nothing.
-pub async fn requeue_puts_back_only_what_may_go_back<B: JobBoard, S: Store>(board: B, _store: S) {
+pub async fn requeue_puts_back_only_what_may_go_back<B: JobBoard, S: Store>(board: B, store: S) {
     assert!(matches!(
         board
             .requeue(baton_core::JobId::new(), Requeue::retry())
@@ -1125,7 +1125,13 @@ pub async fn requeue_puts_back_only_what_may_go_back<B: JobBoard, S: Store>(boar
         })
     ));
     assert_eq!(board.get(running.id).await.unwrap().cancel, None);
-    // A job that ended goes back only when asked to reopen it.
+    // A job that ended goes back only when asked to reopen it, and only while its run is
+    // unfinished.
+    let record = job_run(running.id, "running");
+    store
+        .create_flow(&record, &[], Some(claim.fence))
+        .await
+        .unwrap();
     board.consume(claim.fence, json!("done")).await.unwrap();
     assert!(matches!(
         board.requeue(running.id, Requeue::retry()).await,
@@ -1145,6 +1151,70 @@ pub async fn requeue_puts_back_only_what_may_go_back<B: JobBoard, S: Store>(boar
     assert_eq!(reopened.state, JobState::Unclaimed);
     assert_eq!(reopened.cancel, Some(Cancel::Revert));
     assert_eq!(reopened.outcome, None);
+    // Its run ends; the job is consumed again; now it cannot be reopened.
+    let again = claim_next(&board).await;
+    assert_eq!(again.job.id, running.id);
+    for (from, to) in [
+        (FlowState::Pending, FlowState::Running),
+        (FlowState::Running, FlowState::Success),
+    ] {
+        store
+            .commit(&flow_move(record.id, Some(again.fence), from, to))
+            .await
+            .unwrap();
+    }
+    board.consume(again.fence, json!("done")).await.unwrap();
+    assert!(matches!(
+        board
+            .requeue(running.id, Requeue::revert().reopening_ended())
+            .await,
+        Err(Error::InvalidState {
+            state: JobState::Complete,
+            ..
+        })
+    ));
+    assert_eq!(
+        board.get(running.id).await.unwrap().outcome,
+        Some(json!("done"))
+    );
+    // A claim whose lease ran out is revoked by a requeue: its owner can write nothing more.
+    let stale = board.post(job("stale")).await.unwrap();
+    let short = board
+        .claim(ConductorId::new(), Duration::from_millis(50), &offer())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(short.job.id, stale.id);
+    let stale_run = job_run(stale.id, "stale");
+    store
+        .create_flow(&stale_run, &[], Some(short.fence))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let requeued = board.requeue(stale.id, Requeue::revert()).await.unwrap();
+    assert_eq!(
+        (requeued.state, requeued.owner),
+        (JobState::Unclaimed, None)
+    );
+    assert!(matches!(
+        board.heartbeat(short.fence, LEASE, false).await,
+        Err(Error::ClaimLost { .. })
+    ));
+    assert!(matches!(
+        store
+            .commit(&flow_move(
+                stale_run.id,
+                Some(short.fence),
+                FlowState::Pending,
+                FlowState::Running
+            ))
+            .await,
+        Err(store::Error::Fenced { .. })
+    ));
+    board
+        .trash(stale.id, None, json!("done with it"))
+        .await
+        .unwrap();
     // A waiting job stays waiting, with the request added; its claimer sees it.
     let waiting = board.post(job("waiting")).await.unwrap();
     let asked = board.requeue(waiting.id, Requeue::revert()).await.unwrap();
@@ -1156,8 +1226,37 @@ pub async fn requeue_puts_back_only_what_may_go_back<B: JobBoard, S: Store>(boar
         .claim_up_to(ConductorId::new(), LEASE, 5, &offer())
         .await
         .unwrap();
-    assert_eq!(claims.len(), 2);
-    assert!(claims.iter().all(|c| c.job.cancel == Some(Cancel::Revert)));
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].job.id, waiting.id);
+    assert_eq!(claims[0].job.cancel, Some(Cancel::Revert));
+}
+
+/// Retention keeps a job that ended while its run did not (trashed mid-run): it is what an
+/// operator recovers the run with.
+pub async fn jobs_of_unfinished_runs_are_not_purged<B: JobBoard, S: Store>(board: B, store: S) {
+    let posted = board.post(job("half-done")).await.unwrap();
+    let claim = claim_next(&board).await;
+    let record = job_run(posted.id, "half-done");
+    store
+        .create_flow(&record, &[], Some(claim.fence))
+        .await
+        .unwrap();
+    store
+        .commit(&flow_move(
+            record.id,
+            Some(claim.fence),
+            FlowState::Pending,
+            FlowState::Running,
+        ))
+        .await
+        .unwrap();
+    board
+        .trash(posted.id, None, json!("gave up"))
+        .await
+        .unwrap();
+    let later = Utc::now() + chrono::Duration::days(1);
+    assert_eq!(board.purge_jobs(later, 10).await.unwrap(), 0);
+    assert_eq!(board.get(posted.id).await.unwrap().state, JobState::Trashed);
 }
 
 /// Conductors register, show up in the fleet, and leave it.
@@ -1225,6 +1324,7 @@ macro_rules! board_conformance {
             parking_keeps_the_job_and_its_key_for_an_operator,
             stalled_claims_count_claims_without_progress,
             requeue_puts_back_only_what_may_go_back,
+            jobs_of_unfinished_runs_are_not_purged,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

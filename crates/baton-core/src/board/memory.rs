@@ -158,8 +158,8 @@ impl JobBoard for MemoryJobBoard {
         job.state = JobState::Claimed;
         job.owner = Some(owner);
         job.token = FencingToken(job.token.0 + 1);
-        job.attempts += 1;
-        job.stalled_claims += 1;
+        job.attempts = job.attempts.saturating_add(1);
+        job.stalled_claims = job.stalled_claims.saturating_add(1);
         let expires = lease_until(now, lease);
         job.lease_expires_at = Some(expires);
         job.updated_at = now;
@@ -251,15 +251,18 @@ impl JobBoard for MemoryJobBoard {
                 JobState::Complete | JobState::Trashed if !how.reopen_ended => {
                     return Err(refuse("requeue a job that ended"));
                 }
-                JobState::Unclaimed | JobState::Claimed => {}
-                JobState::Parked | JobState::Complete | JobState::Trashed => {
-                    job.state = JobState::Unclaimed;
-                    job.owner = None;
-                    job.lease_expires_at = None;
-                    job.outcome = None;
-                    job.stalled_claims = 0;
+                JobState::Complete | JobState::Trashed
+                    if !self.store.run_unfinished(job.flow()) =>
+                {
+                    return Err(refuse("reopen a job whose run has ended or never started"));
                 }
+                _ => {}
             }
+            // Whatever claim there was is revoked: whoever claims the job next does so under a
+            // token no earlier owner holds.
+            self.hand_back(job);
+            job.outcome = None;
+            job.stalled_claims = 0;
             if how.revert {
                 job.cancel = Some(Cancel::Revert);
             }
@@ -350,10 +353,15 @@ impl JobBoard for MemoryJobBoard {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut purged = Vec::new();
         let jobs = &mut inner.jobs;
+        let store = &self.store;
         inner.order.retain(|id| {
-            let ended = jobs
-                .get(id)
-                .is_some_and(|j| j.state.is_terminal() && j.updated_at < ended_before);
+            // A job whose run is unfinished stays: it is what an operator recovers the run
+            // with.
+            let ended = jobs.get(id).is_some_and(|j| {
+                j.state.is_terminal()
+                    && j.updated_at < ended_before
+                    && !store.run_unfinished(j.flow())
+            });
             if purged.len() < limit && ended {
                 jobs.remove(id);
                 purged.push(*id);

@@ -259,6 +259,7 @@ pub struct RunOptions {
     pub(crate) control: Control,
     pub(crate) consume_job: bool,
     pub(crate) revert: bool,
+    pub(crate) factory: Option<FactoryRef>,
 }
 
 impl RunOptions {
@@ -296,6 +297,13 @@ impl RunOptions {
     /// [`Cancel::Revert`](crate::board::Cancel::Revert) request.
     pub fn revert(mut self) -> Self {
         self.revert = true;
+        self
+    }
+
+    /// Refuses ([`Error::FlowMismatch`]) a stored run that records another factory or version
+    /// than `factory` (runs that record none are not checked).
+    pub(crate) fn expecting_factory(mut self, factory: FactoryRef) -> Self {
+        self.factory = Some(factory);
         self
     }
 }

@@ -131,11 +131,22 @@ impl Run {
     ) -> Result<Run> {
         let snapshot = load_patiently(&engine, &options.control, id).await?;
         let stored = snapshot.flow.fingerprint;
+        if let (Some(expected), Some(built)) = (&options.factory, &snapshot.flow.factory) {
+            if expected != built {
+                return Err(Error::FlowMismatch {
+                    flow: id,
+                    detail: format!("the run was built by {built}, not by {expected}"),
+                });
+            }
+        }
         let run = Self::from_snapshot(engine.clone(), flow.clone(), id, snapshot, options)?;
         // Same atoms, same kinds: the wiring between them must be the same too.
+        let Some(stored) = stored else {
+            return Ok(run);
+        };
         let defined = flow.fingerprint();
         match stored {
-            Some(stored) if stored != defined => {
+            stored if stored != defined => {
                 let mut detail = format!(
                     "its atoms are the same, but their wiring is not (inputs, symbols, edges, \
                      deciders or retry scopes): stored fingerprint {stored}, definition's {defined}"

@@ -99,6 +99,15 @@ impl MemoryStore {
         inner.open_jobs.remove(&job);
     }
 
+    /// Whether run `flow` is stored and has not ended (for the board's rules on jobs whose run
+    /// is unfinished).
+    pub(crate) fn run_unfinished(&self, flow: crate::ids::FlowId) -> bool {
+        self.lock()
+            .flows
+            .get(&flow)
+            .is_some_and(|s| !s.record.state.is_terminal())
+    }
+
     /// Notes whether `job` is open (claimed and not yet ended); see `Inner::open_jobs`.
     pub(crate) fn set_job_open(&self, job: JobId, open: bool) {
         let mut inner = self.lock();

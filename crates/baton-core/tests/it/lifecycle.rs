@@ -470,3 +470,177 @@ async fn a_job_asked_to_revert_before_it_ran_completes_without_a_run() {
     );
     assert!(log.calls().is_empty(), "nothing ran");
 }
+
+/// A conductor shut down while an atom outlasts its drain timeout halts the run and hands the
+/// job back: the next conductor takes it at once, and restarts are not counted as stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_halted_at_shutdown_is_handed_back_and_is_no_stall() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    let log2 = log.clone();
+    let slow = || {
+        let log = log2.clone();
+        Registry::new()
+            .register("slow", 1, move |_| {
+                Ok(Blueprint::new(Flow::linear("slow").add(
+                    baton_core::Atom::task("long", Probe::new(&log).delay(Duration::from_secs(30))),
+                )))
+            })
+            .unwrap()
+    };
+    let job = board.post(NewJob::new("slow", "slow")).await.unwrap();
+    let mut o = options();
+    o.drain_timeout = Duration::from_millis(20);
+    o.max_stalled_claims = 2;
+    for round in 1..=4 {
+        let c = start(&board, &store, slow(), o.clone());
+        wait_until("the long atom runs", || async {
+            log.of("long").len() >= round
+        })
+        .await;
+        let summary = c.stop().await;
+        assert_eq!(summary.left_behind, 1);
+        let after = board.get(job.id).await.unwrap();
+        assert_eq!(after.state, JobState::Unclaimed, "handed back at once");
+        assert_eq!(after.stalled_claims, 0);
+    }
+    assert_eq!(board.get(job.id).await.unwrap().attempts, 4);
+}
+
+/// A store that says every run was written by a newer baton.
+#[derive(Debug, Clone)]
+struct FromTheFuture(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for FromTheFuture {
+    async fn create_flow(
+        &self,
+        flow: &baton_core::model::FlowRecord,
+        atoms: &[baton_core::model::AtomRecord],
+        fence: Option<baton_core::Fence>,
+    ) -> baton_core::store::Result<()> {
+        self.0.create_flow(flow, atoms, fence).await
+    }
+    async fn load_flow(
+        &self,
+        id: FlowId,
+    ) -> baton_core::store::Result<baton_core::model::FlowSnapshot> {
+        Err(baton_core::store::Error::TooNew {
+            flow: id,
+            version: 99,
+            supported: 2,
+        })
+    }
+    async fn commit(&self, batch: &baton_core::model::Batch) -> baton_core::store::Result<()> {
+        self.0.commit(batch).await
+    }
+    async fn history(
+        &self,
+        id: FlowId,
+    ) -> baton_core::store::Result<Vec<baton_core::model::Transition>> {
+        self.0.history(id).await
+    }
+    async fn list_flows(
+        &self,
+        q: &FlowQuery,
+    ) -> baton_core::store::Result<Vec<baton_core::model::FlowRecord>> {
+        self.0.list_flows(q).await
+    }
+    async fn purge_flows(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> baton_core::store::Result<u64> {
+        self.0.purge_flows(before, limit).await
+    }
+}
+
+/// Claims of a run that a newer baton wrote are left for a newer conductor, and are no stalls:
+/// however many older conductors meet it, the job is never parked as a poison job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_newer_baton_is_left_alone_and_never_parked() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    let job = board
+        .post(NewJob::new("create", "stack").params(json!({"steps": 1})))
+        .await
+        .unwrap();
+    // Its run exists (made by the newer conductor that died).
+    let flow = registry(&log, &[1])
+        .build(&FactoryRef::new("stack", 1), &json!({"steps": 1}))
+        .unwrap()
+        .0;
+    let first = board
+        .claim(
+            ConductorId::new(),
+            Duration::from_millis(30),
+            &registry(&log, &[1]).offer(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    Engine::new(store.clone())
+        .create_with(
+            &flow,
+            Default::default(),
+            baton_core::CreateOptions::new()
+                .id(job.flow())
+                .fence(first.fence),
+        )
+        .await
+        .unwrap();
+    let mut o = options();
+    o.lease = Duration::from_millis(60);
+    o.heartbeat = Duration::from_millis(20);
+    o.max_stalled_claims = 2;
+    let conductor = Conductor::new(
+        Arc::new(board.clone()),
+        Engine::new(FromTheFuture(store.clone())),
+        registry(&log, &[1]),
+    )
+    .with_options(o)
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(conductor.run(shutdown.clone()));
+    wait_until("the job was claimed five more times", || async {
+        board.get(job.id).await.unwrap().attempts >= 6
+    })
+    .await;
+    shutdown.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert!(summary.left_for_newer >= 5, "{summary:?}");
+    assert_eq!(summary.parked, 0);
+    assert_ne!(board.get(job.id).await.unwrap().state, JobState::Parked);
+}
+
+/// An idle conductor polls for work on time even when it reports in more often than it polls
+/// (each report used to start its wait for work afresh, so it never polled): a job whose owner
+/// died, which no wake-up announces, is taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_conductor_polls_even_when_it_reports_in_more_often() {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = MemoryJobBoard::new(&store);
+    let job = board
+        .post(NewJob::new("orphan", "stack").params(json!({"steps": 1})))
+        .await
+        .unwrap();
+    // Its owner claimed it and died at once.
+    board
+        .claim(
+            ConductorId::new(),
+            Duration::from_millis(30),
+            &registry(&log, &[1]).offer(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut o = options();
+    o.heartbeat = Duration::from_millis(20);
+    o.poll = Duration::from_millis(150);
+    let c = start(&board, &store, registry(&log, &[1]), o);
+    wait_until("the orphan is complete", || async {
+        state_of(&board, job.id).await == JobState::Complete
+    })
+    .await;
+    c.stop().await;
+}
