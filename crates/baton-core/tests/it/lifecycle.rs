@@ -644,3 +644,59 @@ async fn an_idle_conductor_polls_even_when_it_reports_in_more_often() {
     .await;
     c.stop().await;
 }
+
+/// `RunOptions::revert` turns a run round from any state it can be resumed in: a run never
+/// started reverts nothing; a suspended one reverts what ran, last first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_asked_to_revert_turns_round_from_pending_and_suspended() {
+    use baton_core::{Control, RunOptions};
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let engine = Engine::new(store.clone());
+    let flow = registry(&log, &[1])
+        .build(&FactoryRef::new("stack", 1), &json!({"steps": 5}))
+        .unwrap()
+        .0;
+    let pending = engine.create(&flow, Default::default()).await.unwrap();
+    let outcome = engine
+        .run_with(&flow, pending, RunOptions::new().revert())
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, FlowState::Reverted);
+    assert!(log.calls().is_empty(), "nothing ran, nothing reverted");
+
+    // Suspended after its second step.
+    let suspended = engine.create(&flow, Default::default()).await.unwrap();
+    let control = Control::new();
+    let watch = {
+        let (store, control) = (store.clone(), control.clone());
+        tokio::spawn(async move {
+            while !reached(&store, suspended, AtomState::Success)
+                .await
+                .contains_key("s1")
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            control.suspend();
+        })
+    };
+    let outcome = engine
+        .run_with(&flow, suspended, RunOptions::new().control(control))
+        .await
+        .unwrap();
+    watch.await.unwrap();
+    assert_eq!(outcome.state, FlowState::Suspended);
+    let outcome = engine
+        .run_with(&flow, suspended, RunOptions::new().revert())
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, FlowState::Reverted);
+    let mut ran = log.sequence(Action::Execute, Phase::Ok);
+    ran.reverse();
+    assert_eq!(log.sequence(Action::Revert, Phase::Ok), ran);
+    // Asked again of a run that ended: left as it is.
+    let again = engine
+        .run_with(&flow, suspended, RunOptions::new().revert())
+        .await
+        .unwrap();
+    assert_eq!(again.state, FlowState::Reverted);
+}
