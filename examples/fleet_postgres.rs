@@ -49,7 +49,7 @@ type Runs = Arc<Mutex<BTreeMap<String, Run>>>;
 /// first and last noting the job's run in `runs`.
 fn registry(conductor: &str, runs: &Runs, t0: Instant) -> Registry {
     let (conductor, runs) = (conductor.to_owned(), runs.clone());
-    Registry::new().register("provision", move |params: &Value| {
+    let registry = Registry::new().register("provision", 1, move |params: &Value| {
         let label = params["label"]
             .as_str()
             .ok_or("`label` is required")?
@@ -83,7 +83,8 @@ fn registry(conductor: &str, runs: &Runs, t0: Instant) -> Registry {
         let mut inputs = Inputs::new();
         inputs.insert("conductor".into(), json!(conductor));
         Ok(Blueprint::new(flow).inputs(inputs))
-    })
+    });
+    registry.unwrap_or_else(|e| panic!("the example's registry: {e}"))
 }
 
 async fn fleet(store: &PostgresStore) -> anyhow::Result<()> {

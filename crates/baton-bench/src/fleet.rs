@@ -127,21 +127,24 @@ impl Fleet {
 /// on its first attempt only (so its owner can be killed mid-step) and is quick when re-run.
 pub(crate) fn registry() -> Registry {
     Registry::new()
-        .register("one", |_| {
+        .register("one", 1, |_| {
             Ok(Blueprint::new(
                 Flow::linear("one").add(Atom::from_fn("task", |_| async { Ok(Value::Null) })),
             ))
         })
-        .register("slow-first", |_| {
-            Ok(Blueprint::new(Flow::linear("slow-first").add(
-                Atom::from_fn("step", |ctx| async move {
-                    if ctx.attempt() == 1 {
-                        tokio::time::sleep(Duration::from_secs(600)).await;
-                    }
-                    Ok(json!("done"))
-                }),
-            )))
+        .and_then(|r| {
+            r.register("slow-first", 1, |_| {
+                Ok(Blueprint::new(Flow::linear("slow-first").add(
+                    Atom::from_fn("step", |ctx| async move {
+                        if ctx.attempt() == 1 {
+                            tokio::time::sleep(Duration::from_secs(600)).await;
+                        }
+                        Ok(json!("done"))
+                    }),
+                )))
+            })
         })
+        .unwrap_or_else(|e| panic!("the bench's registry: {e}"))
 }
 
 async fn conductor(

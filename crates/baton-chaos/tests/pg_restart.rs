@@ -48,7 +48,7 @@ async fn a_flow_rides_out_a_postgres_restart() {
 
     let effects = SideEffects::memory();
     let (flow, inputs) = registry(effects.clone())
-        .build("steps", &json!({ "steps": 300, "step_ms": 10 }))
+        .build_newest("steps", &json!({ "steps": 300, "step_ms": 10 }))
         .unwrap();
     let engine = Engine::from_arc(store.clone());
     let id = engine.create(&flow, inputs).await.unwrap();

@@ -369,10 +369,14 @@ pub fn registry(effects: SideEffects) -> Registry {
     let mut registry = Registry::new();
     for (name, build) in builders {
         let effects = effects.clone();
-        registry = registry.register(name, move |params| {
+        registry = match registry.register(name, 1, move |params| {
             let p = parse(params)?;
             Ok(Blueprint::new(build(&p, &effects)))
-        });
+        }) {
+            Ok(registry) => registry,
+            // Every name and version above is distinct.
+            Err(e) => unreachable!("the demo registry: {e}"),
+        };
     }
     registry
 }
@@ -384,7 +388,9 @@ mod tests {
 
     async fn run(factory: &str, params: Value) -> (baton_core::Outcome, Vec<Effect>) {
         let effects = SideEffects::memory();
-        let (flow, inputs) = registry(effects.clone()).build(factory, &params).unwrap();
+        let (flow, inputs) = registry(effects.clone())
+            .build_newest(factory, &params)
+            .unwrap();
         let outcome = Engine::new(MemoryStore::new())
             .start(&flow, inputs)
             .await
@@ -449,11 +455,11 @@ mod tests {
     #[test]
     fn bad_parameters_are_named() {
         let err = registry(SideEffects::Discard)
-            .build("stack-create", &json!({"servers": "two"}))
+            .build_newest("stack-create", &json!({"servers": "two"}))
             .unwrap_err();
         assert!(err.to_string().contains("servers"), "{err}");
         let err = registry(SideEffects::Discard)
-            .build("stack-create", &json!({"colour": "blue"}))
+            .build_newest("stack-create", &json!({"colour": "blue"}))
             .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
     }
@@ -469,12 +475,14 @@ mod tests {
             ("steps", json!({"steps": 10_001}), "bad parameter `steps`: 10001 is more than the demo allows, 10000"),
             ("stack-update", json!({"step_ms": u64::MAX}), "bad parameter `step_ms`: 18446744073709551615 is more than the demo allows, 600000"),
         ] {
-            let err = registry.build(factory, &params).unwrap_err();
+            let err = registry.build_newest(factory, &params).unwrap_err();
             assert!(err.to_string().contains(message), "{err}");
         }
         let most = json!({"servers": 100, "volumes": 100, "step_ms": 600_000});
-        registry.build("stack-create", &most).unwrap();
-        registry.build("steps", &json!({"steps": 10_000})).unwrap();
+        registry.build_newest("stack-create", &most).unwrap();
+        registry
+            .build_newest("steps", &json!({"steps": 10_000}))
+            .unwrap();
     }
 
     #[tokio::test]
@@ -483,7 +491,7 @@ mod tests {
         let path = dir.path().join("effects.jsonl");
         let effects = SideEffects::File(path.clone());
         let (flow, inputs) = registry(effects)
-            .build("steps", &json!({"steps": 5, "step_ms": 0}))
+            .build_newest("steps", &json!({"steps": 5, "step_ms": 0}))
             .unwrap();
         Engine::new(MemoryStore::new())
             .start(&flow, inputs)

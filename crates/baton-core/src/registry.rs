@@ -248,6 +248,22 @@ impl Registry {
         offer
     }
 
+    /// Builds the flow of the newest version of factory `name` with `params` (to check a job's
+    /// parameters before posting it, say), as [`Registry::build`] does.
+    ///
+    /// # Errors
+    /// As [`Registry::build`].
+    pub fn build_newest(
+        &self,
+        name: &str,
+        params: &Value,
+    ) -> Result<(CompiledFlow, Inputs), BuildError> {
+        let version = self
+            .newest(name)
+            .ok_or_else(|| BuildError::UnknownFactory(name.to_owned()))?;
+        self.build(&FactoryRef::new(name, version), params)
+    }
+
     /// Builds and compiles the flow of `factory` (a name and a version) with `params`. A
     /// factory that panics is caught and reported ([`BuildError::Panicked`]), so one bad job
     /// cannot take its conductor down. (A factory that aborts the process, running out of

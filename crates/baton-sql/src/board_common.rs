@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use baton_core::board::{self, Job};
+use baton_core::board::{self, Cancel, Job, Offer};
 use baton_core::{ConductorId, Fence, FencingToken, JobId, JobState};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
@@ -41,6 +41,9 @@ pub(crate) struct RawJob {
     pub(crate) token: i64,
     pub(crate) attempts: i64,
     pub(crate) outcome: Option<Value>,
+    pub(crate) version: Option<i64>,
+    pub(crate) stalled_claims: i64,
+    pub(crate) cancel: Option<String>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
 }
@@ -70,6 +73,25 @@ impl RawJob {
             .map_err(|_| corrupt(&self.id, format!("attempts {} out of range", self.attempts)))?;
         let priority = i32::try_from(self.priority)
             .map_err(|_| corrupt(&self.id, format!("priority {} out of range", self.priority)))?;
+        let version = self
+            .version
+            .map(|v| match u32::try_from(v) {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err(corrupt(&self.id, format!("version {v} out of range"))),
+            })
+            .transpose()?;
+        let stalled_claims = u32::try_from(self.stalled_claims).map_err(|_| {
+            corrupt(
+                &self.id,
+                format!("stalled_claims {} out of range", self.stalled_claims),
+            )
+        })?;
+        let cancel = self
+            .cancel
+            .as_deref()
+            .map(Cancel::from_str)
+            .transpose()
+            .map_err(|e| corrupt(&self.id, e.to_string()))?;
         Ok(Job {
             id,
             name: self.name,
@@ -83,6 +105,9 @@ impl RawJob {
             token: FencingToken(token),
             attempts,
             outcome: self.outcome,
+            version,
+            stalled_claims,
+            cancel,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -144,4 +169,58 @@ pub(crate) fn check_trash(
         });
     }
     Ok(())
+}
+
+/// The states of a job that holds its key, as SQL text: waiting, claimed or parked.
+pub(crate) const HOLDS_KEY: &str = "('UNCLAIMED', 'CLAIMED', 'PARKED')";
+
+/// The states of a run that has ended, as SQL text.
+pub(crate) const RUN_ENDED: &str = "('SUCCESS', 'FAILURE', 'REVERTED')";
+
+/// An offer as parallel lists of factory names and versions (one entry per pair), for claim
+/// statements to join against.
+pub(crate) fn offer_lists(offer: &Offer) -> (Vec<String>, Vec<i64>) {
+    offer
+        .pairs()
+        .map(|(f, v)| (f.to_owned(), i64::from(v)))
+        .unzip()
+}
+
+/// An offer as the JSON array of `[factory, version]` pairs the boards store and pass to
+/// SQLite's `json_each`.
+pub(crate) fn offer_json(offer: &Offer) -> Value {
+    Value::Array(
+        offer
+            .pairs()
+            .map(|(f, v)| Value::Array(vec![Value::from(f), Value::from(v)]))
+            .collect(),
+    )
+}
+
+/// An offer read back from its stored JSON (`None`: a conductor of an earlier release).
+pub(crate) fn offer_from_json(
+    conductor: &str,
+    json: Option<&Value>,
+) -> Result<Offer, board::Error> {
+    let Some(json) = json else {
+        return Ok(Offer::new());
+    };
+    let bad = || board::Error::Corrupt {
+        job: format!("conductor {conductor}"),
+        detail: format!("offer {json}"),
+    };
+    let pairs = json.as_array().ok_or_else(bad)?;
+    let mut offer = Offer::new();
+    for pair in pairs {
+        let (Some(factory), Some(version)) = (
+            pair.get(0).and_then(Value::as_str),
+            pair.get(1)
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok()),
+        ) else {
+            return Err(bad());
+        };
+        offer = offer.with(factory, version);
+    }
+    Ok(offer)
 }

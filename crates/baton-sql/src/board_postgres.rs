@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_core::board::{self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob};
+use baton_core::board::{
+    self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob, Offer, Requeue,
+};
 use baton_core::{ConductorId, Fence, JobId, JobState};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -14,7 +16,8 @@ use sqlx::Row;
 use tokio::sync::Mutex;
 
 use crate::board_common::{
-    check_trash, db, from_ms, job_state, ms, release_needed, token_db, RawJob,
+    check_trash, db, from_ms, job_state, ms, offer_from_json, offer_json, offer_lists,
+    release_needed, token_db, RawJob, RUN_ENDED,
 };
 use crate::liveness::{lock_key, Liveness};
 use crate::postgres::PostgresStore;
@@ -28,15 +31,21 @@ enum Wake {
     IfKeyed,
 }
 
-/// Whether job `j` may run as far as its key goes: no earlier open job has the key.
+/// Whether job `j` may run as far as its key goes: no earlier job that holds the key (waiting,
+/// claimed or parked) has it.
 const KEY_IS_FREE: &str = "j.job_key IS NULL OR NOT EXISTS ( \
         SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
-           AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)";
+           AND k.state IN ('UNCLAIMED', 'CLAIMED', 'PARKED') AND k.seq < j.seq)";
+
+/// Whether the claimant can run job `j`: its offer (`$5` factories, `$6` versions, as
+/// parallel arrays) has the job's factory, at the job's version if it is pinned.
+const OFFERED: &str = "EXISTS (SELECT 1 FROM unnest($5::text[], $6::bigint[]) o(f, v) \
+        WHERE o.f = j.factory AND (j.version IS NULL OR o.v = j.version))";
 
 const COLUMNS: &str =
     "id::text AS id, name, factory, params, job_key, priority::bigint AS priority, \
                        state, owner::text AS owner, lease_expires_at, token, attempts, outcome, \
-                       created_at, updated_at";
+                       version, stalled_claims, cancel, created_at, updated_at";
 
 /// A [`JobBoard`] in a PostgreSQL schema, beside a [`PostgresStore`] whose flows its claims
 /// fence.
@@ -85,6 +94,9 @@ fn decode(row: &PgRow) -> Result<Job, board::Error> {
         token: row.try_get("token").map_err(db)?,
         attempts: row.try_get("attempts").map_err(db)?,
         outcome: row.try_get("outcome").map_err(db)?,
+        version: row.try_get("version").map_err(db)?,
+        stalled_claims: row.try_get("stalled_claims").map_err(db)?,
+        cancel: row.try_get("cancel").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
         updated_at: row.try_get("updated_at").map_err(db)?,
     }
@@ -279,8 +291,8 @@ impl JobBoard for PostgresJobBoard {
         };
         let sql = format!(
             "WITH posted AS ( \
-                 INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, now(), now()) RETURNING * \
+                 INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, version, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, $8, now(), now()) RETURNING * \
              ) SELECT {COLUMNS}, {woke} AS woke FROM posted"
         );
         let mut kept = self.store.acquire().await.map_err(db)?;
@@ -296,6 +308,7 @@ impl JobBoard for PostgresJobBoard {
             .bind(&new.key)
             .bind(new.priority)
             .bind(&*self.channel)
+            .bind(new.version.map(i64::from))
             .fetch_one(&mut *kept)
             .await;
         self.store.release(kept, &row);
@@ -312,8 +325,9 @@ impl JobBoard for PostgresJobBoard {
         &self,
         owner: ConductorId,
         lease: Duration,
+        offer: &Offer,
     ) -> Result<Option<Claim>, board::Error> {
-        Ok(self.claim_up_to(owner, lease, 1).await?.pop())
+        Ok(self.claim_up_to(owner, lease, 1, offer).await?.pop())
     }
 
     async fn claim_up_to(
@@ -321,8 +335,9 @@ impl JobBoard for PostgresJobBoard {
         owner: ConductorId,
         lease: Duration,
         max: usize,
+        offer: &Offer,
     ) -> Result<Vec<Claim>, board::Error> {
-        if max == 0 {
+        if max == 0 || offer.is_empty() {
             return Ok(Vec::new());
         }
         if self.reap_due() {
@@ -337,13 +352,13 @@ impl JobBoard for PostgresJobBoard {
         let sql = format!(
             "WITH fresh AS ( \
                  SELECT j.id, j.priority, j.seq FROM jobs j \
-                  WHERE j.state = 'UNCLAIMED' AND ({KEY_IS_FREE}) \
+                  WHERE j.state = 'UNCLAIMED' AND {OFFERED} AND ({KEY_IS_FREE}) \
                   ORDER BY j.priority DESC, j.seq LIMIT $4 \
                   FOR UPDATE OF j SKIP LOCKED \
              ), stale AS ( \
                  SELECT j.id, j.priority, j.seq FROM jobs j \
                   WHERE j.state = 'CLAIMED' AND j.lease_expires_at <= (SELECT now_ms()) \
-                    AND ({KEY_IS_FREE}) \
+                    AND {OFFERED} AND ({KEY_IS_FREE}) \
                   ORDER BY j.priority DESC, j.seq LIMIT $4 \
                   FOR UPDATE OF j SKIP LOCKED \
              ), picked AS ( \
@@ -352,7 +367,12 @@ impl JobBoard for PostgresJobBoard {
              ), claimed AS ( \
                  UPDATE jobs SET state = 'CLAIMED', owner = $1, owner_lock = $2, \
                         lease_expires_at = now_ms() + $3, token = token + 1, \
-                        attempts = attempts + 1, updated_at = now() \
+                        claim_token = token + 1, \
+                        attempts = LEAST(attempts + 1, 4294967295), \
+                        stalled_claims = LEAST(stalled_claims + 1, 4294967295), \
+                        version = COALESCE(version, (SELECT max(o.v) FROM \
+                            unnest($5::text[], $6::bigint[]) o(f, v) WHERE o.f = jobs.factory)), \
+                        updated_at = now() \
                    FROM picked WHERE jobs.id = picked.id \
                  RETURNING jobs.* \
              ), fenced AS ( \
@@ -360,12 +380,15 @@ impl JobBoard for PostgresJobBoard {
                  ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token \
              ) SELECT {COLUMNS} FROM claimed ORDER BY priority DESC, seq"
         );
+        let (factories, versions) = offer_lists(offer);
         let mut kept = self.store.acquire().await.map_err(db)?;
         let rows = sqlx::query(&sql)
             .bind(owner.as_uuid())
             .bind(owner_lock)
             .bind(ms(lease))
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .bind(factories)
+            .bind(versions)
             .fetch_all(&mut *kept)
             .await;
         self.store.release(kept, &rows);
@@ -389,17 +412,20 @@ impl JobBoard for PostgresJobBoard {
         &self,
         fence: Fence,
         lease: Duration,
+        progressed: bool,
     ) -> Result<DateTime<Utc>, board::Error> {
+        let sql = if progressed {
+            "UPDATE jobs SET lease_expires_at = now_ms() + ($3::jsonb #>> '{}')::bigint, \
+                 stalled_claims = 0, updated_at = now() \
+             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
+             RETURNING id, token, lease_expires_at, job_key"
+        } else {
+            "UPDATE jobs SET lease_expires_at = now_ms() + ($3::jsonb #>> '{}')::bigint, updated_at = now() \
+             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
+             RETURNING id, token, lease_expires_at, job_key"
+        };
         let lease = self
-            .fenced(
-                fence,
-                "UPDATE jobs SET lease_expires_at = now_ms() + ($3::jsonb #>> '{}')::bigint, updated_at = now() \
-                 WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
-                 RETURNING id, token, lease_expires_at, job_key",
-                Some(Value::from(ms(lease))),
-                Wake::Never,
-                false,
-            )
+            .fenced(fence, sql, Some(Value::from(ms(lease))), Wake::Never, false)
             .await?;
         Ok(lease.map_or_else(Utc::now, from_ms))
     }
@@ -423,7 +449,7 @@ impl JobBoard for PostgresJobBoard {
         self.fenced(
             fence,
             "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
-                 token = token + 1, updated_at = now() \
+                 token = token + 1, stalled_claims = 0, updated_at = now() \
              WHERE id = $1 AND state = 'CLAIMED' AND token = $2 AND $3::jsonb IS NULL \
              RETURNING id, token, lease_expires_at, job_key",
             None,
@@ -432,6 +458,62 @@ impl JobBoard for PostgresJobBoard {
         )
         .await?;
         Ok(())
+    }
+
+    async fn park(&self, fence: Fence, reason: Value) -> Result<(), board::Error> {
+        self.fenced(
+            fence,
+            "UPDATE jobs SET state = 'PARKED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
+                 token = token + 1, outcome = $3, updated_at = now() \
+             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
+             RETURNING id, token, lease_expires_at, job_key",
+            Some(reason),
+            Wake::Never,
+            true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn requeue(&self, id: JobId, how: Requeue) -> Result<Job, board::Error> {
+        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let row: Option<(String, bool, bool)> = sqlx::query_as(&format!(
+            "SELECT j.state, coalesce(j.lease_expires_at > now_ms(), false), \
+                    EXISTS (SELECT 1 FROM flows f WHERE f.id = j.id AND f.state NOT IN {RUN_ENDED}) \
+               FROM jobs j WHERE j.id = $1 FOR UPDATE OF j"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let (state, lease_live, run_unfinished) = row.ok_or(board::Error::JobNotFound(id))?;
+        let state = job_state(id, Some(state))?;
+        if let Err(e) = board::check_requeue(id, state, lease_live, run_unfinished, how) {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+        // Whatever claim there was is revoked: the token moves on.
+        let row = sqlx::query(&format!(
+            "WITH requeued AS ( \
+                 UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, \
+                        lease_expires_at = NULL, token = token + 1, outcome = NULL, \
+                        stalled_claims = 0, cancel = CASE WHEN $2 THEN 'REVERT' ELSE cancel END, \
+                        updated_at = now() \
+                  WHERE id = $1 RETURNING * \
+             ), fenced AS ( \
+                 INSERT INTO fences (job_id, token) SELECT id, token FROM requeued \
+                 ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token \
+             ) SELECT {COLUMNS} FROM requeued"
+        ))
+        .bind(id.as_uuid())
+        .bind(how.revert)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        let job = decode(&row)?;
+        tx.commit().await.map_err(db)?;
+        self.notify().await;
+        Ok(job)
     }
 
     async fn release(&self, id: JobId) -> Result<(), board::Error> {
@@ -548,14 +630,17 @@ impl JobBoard for PostgresJobBoard {
         let mut kept = self.store.acquire().await.map_err(db)?;
         // One statement: the jobs and their fences go together. A job being trashed or
         // consumed at this moment is skipped (it is not over yet).
-        let purged = sqlx::query_scalar::<_, i64>(
+        // A job whose run is unfinished stays: it is what an operator recovers the run with.
+        let purged = sqlx::query_scalar::<_, i64>(&format!(
             "WITH doomed AS ( \
-                 SELECT id FROM jobs WHERE state IN ($1, $2) AND updated_at < $3 \
-                 ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED), \
+                 SELECT j.id FROM jobs j WHERE j.state IN ($1, $2) AND j.updated_at < $3 \
+                    AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.id = j.id \
+                                       AND f.state NOT IN {RUN_ENDED}) \
+                 ORDER BY j.seq LIMIT $4 FOR UPDATE OF j SKIP LOCKED), \
              gone_fences AS (DELETE FROM fences WHERE job_id IN (SELECT id FROM doomed)), \
              gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
              SELECT count(*) FROM gone",
-        )
+        ))
         .bind(JobState::Complete.as_str())
         .bind(JobState::Trashed.as_str())
         .bind(ended_before)
@@ -628,9 +713,9 @@ impl JobBoard for PostgresJobBoard {
             .keep(info.id, &self.store.pool().connect_options())
             .await?;
         sqlx::query(
-            "INSERT INTO conductors (id, name, host, pid, started_at, last_seen) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (id) DO UPDATE SET last_seen = EXCLUDED.last_seen",
+            "INSERT INTO conductors (id, name, host, pid, started_at, last_seen, offer) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (id) DO UPDATE SET last_seen = EXCLUDED.last_seen, offer = EXCLUDED.offer",
         )
         .bind(info.id.as_uuid())
         .bind(&info.name)
@@ -638,6 +723,7 @@ impl JobBoard for PostgresJobBoard {
         .bind(i64::from(info.pid))
         .bind(info.started_at)
         .bind(info.last_seen)
+        .bind(offer_json(&info.offer))
         .execute(self.store.pool())
         .await
         .map_err(db)?;
@@ -656,6 +742,7 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn conductors(&self) -> Result<Vec<ConductorInfo>, board::Error> {
+        #[allow(clippy::type_complexity)] // one row, as sqlx reads it
         let rows: Vec<(
             uuid::Uuid,
             String,
@@ -663,16 +750,18 @@ impl JobBoard for PostgresJobBoard {
             i64,
             DateTime<Utc>,
             DateTime<Utc>,
+            Option<Value>,
         )> = sqlx::query_as(
-            "SELECT id, name, host, pid, started_at, last_seen FROM conductors ORDER BY started_at",
+            "SELECT id, name, host, pid, started_at, last_seen, offer FROM conductors ORDER BY started_at",
         )
         .fetch_all(self.store.pool())
         .await
         .map_err(db)?;
         let all = rows
             .into_iter()
-            .map(|(id, name, host, pid, started_at, last_seen)| {
+            .map(|(id, name, host, pid, started_at, last_seen, offer)| {
                 Ok(ConductorInfo {
+                    offer: offer_from_json(&id.to_string(), offer.as_ref())?,
                     id: ConductorId::from_uuid(id),
                     name,
                     host,

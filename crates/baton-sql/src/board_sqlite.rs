@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_core::board::{self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob};
+use baton_core::board::{
+    self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob, Offer, Requeue,
+};
 use baton_core::JobState;
 use baton_core::{ConductorId, Fence, JobId};
 use chrono::{DateTime, Utc};
@@ -12,12 +14,16 @@ use serde_json::Value;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
-use crate::board_common::{check_trash, db, job_state, ms, release_needed, token_db, RawJob};
+use crate::board_common::{
+    check_trash, db, job_state, ms, offer_from_json, offer_json, release_needed, token_db, RawJob,
+    HOLDS_KEY, RUN_ENDED,
+};
 use crate::codec;
 use crate::sqlite::SqliteStore;
 
 const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owner, \
-                       lease_expires_at, token, attempts, outcome, created_at, updated_at";
+                       lease_expires_at, token, attempts, outcome, version, stalled_claims, \
+                       cancel, created_at, updated_at";
 
 /// A [`JobBoard`] in a SQLite database, beside a [`SqliteStore`] whose flows its claims fence.
 ///
@@ -67,6 +73,9 @@ fn decode(row: &SqliteRow) -> Result<Job, board::Error> {
             .as_deref()
             .map(|o| json(&id, "outcome", o))
             .transpose()?,
+        version: row.try_get("version").map_err(db)?,
+        stalled_claims: row.try_get("stalled_claims").map_err(db)?,
+        cancel: row.try_get("cancel").map_err(db)?,
         created_at: text_time(
             &id,
             "created_at",
@@ -106,7 +115,8 @@ async fn hand_back(
     let key = id.to_string();
     let moved: Option<i64> = sqlx::query_scalar(
         "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, lease_expires_at = NULL, \
-             token = token + 1, updated_at = ?2 \
+             token = token + 1, updated_at = ?2, \
+             stalled_claims = CASE WHEN ?3 IS NULL THEN stalled_claims ELSE 0 END \
          WHERE id = ?1 AND state = 'CLAIMED' AND (?3 IS NULL OR token = ?3) RETURNING token",
     )
     .bind(&key)
@@ -220,8 +230,8 @@ impl JobBoard for SqliteJobBoard {
         let params = serde_json::to_string(&new.params)
             .map_err(|e| board::Error::InvalidJob(e.to_string()))?;
         let sql = format!(
-            "INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'UNCLAIMED', 0, 0, ?7, ?7) RETURNING {COLUMNS}"
+            "INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, version, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'UNCLAIMED', 0, 0, ?8, ?7, ?7) RETURNING {COLUMNS}"
         );
         let job = self
             .write(move |conn| {
@@ -234,6 +244,7 @@ impl JobBoard for SqliteJobBoard {
                         .bind(new.key)
                         .bind(i64::from(new.priority))
                         .bind(now)
+                        .bind(new.version.map(i64::from))
                         .fetch_one(conn)
                         .await
                         .map_err(db)?;
@@ -249,8 +260,9 @@ impl JobBoard for SqliteJobBoard {
         &self,
         owner: ConductorId,
         lease: Duration,
+        offer: &Offer,
     ) -> Result<Option<Claim>, board::Error> {
-        Ok(self.claim_up_to(owner, lease, 1).await?.pop())
+        Ok(self.claim_up_to(owner, lease, 1, offer).await?.pop())
     }
 
     async fn claim_up_to(
@@ -258,23 +270,36 @@ impl JobBoard for SqliteJobBoard {
         owner: ConductorId,
         lease: Duration,
         max: usize,
+        offer: &Offer,
     ) -> Result<Vec<Claim>, board::Error> {
-        if max == 0 {
+        if max == 0 || offer.is_empty() {
             return Ok(Vec::new());
         }
+        // `?6`: the offer, a JSON array of [factory, version] pairs. A job is taken if the
+        // offer has its factory, at its version if it is pinned; an unpinned job is pinned to
+        // the newest version offered.
         let sql = format!(
             "UPDATE jobs SET state = 'CLAIMED', owner = ?1, lease_expires_at = ?2 + ?3, \
-                 token = token + 1, attempts = attempts + 1, updated_at = ?4 \
+                 token = token + 1, claim_token = token + 1, \
+                 attempts = min(attempts + 1, 4294967295), \
+                 stalled_claims = min(stalled_claims + 1, 4294967295), \
+                 version = coalesce(version, (SELECT max(o.value ->> '$[1]') FROM json_each(?6) o \
+                                               WHERE o.value ->> '$[0]' = jobs.factory)), \
+                 updated_at = ?4 \
              WHERE id IN ( \
                  SELECT j.id FROM jobs j \
                   WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
                     AND (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?2)) \
+                    AND EXISTS (SELECT 1 FROM json_each(?6) o \
+                                 WHERE o.value ->> '$[0]' = j.factory \
+                                   AND (j.version IS NULL OR o.value ->> '$[1]' = j.version)) \
                     AND (j.job_key IS NULL OR NOT EXISTS ( \
                         SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
-                           AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
+                           AND k.state IN {HOLDS_KEY} AND k.seq < j.seq)) \
                   ORDER BY j.priority DESC, j.seq LIMIT ?5) \
              RETURNING {COLUMNS}, seq AS claim_order"
         );
+        let offer = offer_json(offer).to_string();
         let now = Utc::now();
         let lease_ms = ms(lease);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
@@ -287,6 +312,7 @@ impl JobBoard for SqliteJobBoard {
                         .bind(lease_ms)
                         .bind(codec::time_text(now))
                         .bind(limit)
+                        .bind(offer)
                         .fetch_all(&mut *conn)
                         .await
                         .map_err(db)?;
@@ -322,16 +348,17 @@ impl JobBoard for SqliteJobBoard {
         &self,
         fence: Fence,
         lease: Duration,
+        progressed: bool,
     ) -> Result<chrono::DateTime<Utc>, board::Error> {
         let until = Utc::now().timestamp_millis().saturating_add(ms(lease));
-        self.fenced(
-            fence,
+        let sql = if progressed {
+            "UPDATE jobs SET lease_expires_at = ?3, stalled_claims = 0, updated_at = ?4 \
+             WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2"
+        } else {
             "UPDATE jobs SET lease_expires_at = ?3, updated_at = ?4 \
-             WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2",
-            vec![],
-            Some(until),
-        )
-        .await?;
+             WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2"
+        };
+        self.fenced(fence, sql, vec![], Some(until)).await?;
         Ok(crate::board_common::from_ms(until))
     }
 
@@ -364,6 +391,75 @@ impl JobBoard for SqliteJobBoard {
         .await?;
         self.wake.wake();
         Ok(())
+    }
+
+    async fn park(&self, fence: Fence, reason: Value) -> Result<(), board::Error> {
+        let token = token_db(fence.token)?;
+        self.write(move |conn| {
+            Box::pin(async move {
+                let key = fence.job.to_string();
+                let moved: Option<i64> = sqlx::query_scalar(
+                    "UPDATE jobs SET state = 'PARKED', owner = NULL, lease_expires_at = NULL, \
+                         token = token + 1, outcome = ?3, updated_at = ?4 \
+                     WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2 RETURNING token",
+                )
+                .bind(&key)
+                .bind(token)
+                .bind(reason.to_string())
+                .bind(codec::time_text(Utc::now()))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db)?;
+                match moved {
+                    Some(token) => set_fence(conn, &key, token).await,
+                    None => Err(lost(conn, fence).await),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn requeue(&self, id: JobId, how: Requeue) -> Result<Job, board::Error> {
+        let job = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let now = Utc::now();
+                    let row: Option<(String, bool, bool)> = sqlx::query_as(&format!(
+                        "SELECT j.state, coalesce(j.lease_expires_at > ?2, 0), \
+                                EXISTS (SELECT 1 FROM flows f WHERE f.id = j.id \
+                                           AND f.state NOT IN {RUN_ENDED}) \
+                           FROM jobs j WHERE j.id = ?1"
+                    ))
+                    .bind(id.to_string())
+                    .bind(now.timestamp_millis())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                    let (state, lease_live, run_unfinished) =
+                        row.ok_or(board::Error::JobNotFound(id))?;
+                    let state = job_state(id, Some(state))?;
+                    board::check_requeue(id, state, lease_live, run_unfinished, how)?;
+                    // Whatever claim there was is revoked: the token moves on.
+                    let row = sqlx::query(&format!(
+                        "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, lease_expires_at = NULL, \
+                             token = token + 1, outcome = NULL, stalled_claims = 0, \
+                             cancel = CASE WHEN ?2 THEN 'REVERT' ELSE cancel END, updated_at = ?3 \
+                         WHERE id = ?1 RETURNING {COLUMNS}"
+                    ))
+                    .bind(id.to_string())
+                    .bind(how.revert)
+                    .bind(codec::time_text(now))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                    let job = decode(&row)?;
+                    set_fence(conn, &id.to_string(), token_db(job.token)?).await?;
+                    Ok(job)
+                })
+            })
+            .await?;
+        self.wake.wake();
+        Ok(job)
     }
 
     async fn release(&self, id: JobId) -> Result<(), board::Error> {
@@ -459,10 +555,14 @@ impl JobBoard for SqliteJobBoard {
         let before = codec::time_text(codec::sortable_time(ended_before));
         self.write(move |conn| {
             Box::pin(async move {
-                let doomed: Vec<String> = sqlx::query_scalar(
-                    "SELECT id FROM jobs WHERE state IN (?1, ?2) AND updated_at < ?3 \
-                     ORDER BY seq LIMIT ?4",
-                )
+                // A job whose run is unfinished stays: it is what an operator recovers the run
+                // with.
+                let doomed: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT j.id FROM jobs j WHERE j.state IN (?1, ?2) AND j.updated_at < ?3 \
+                        AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.id = j.id \
+                                           AND f.state NOT IN {RUN_ENDED}) \
+                     ORDER BY j.seq LIMIT ?4"
+                ))
                 .bind(JobState::Complete.as_str())
                 .bind(JobState::Trashed.as_str())
                 .bind(before)
@@ -497,9 +597,9 @@ impl JobBoard for SqliteJobBoard {
         self.write(move |conn| {
             Box::pin(async move {
                 sqlx::query(
-                    "INSERT INTO conductors (id, name, host, pid, started_at, last_seen) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                    "INSERT INTO conductors (id, name, host, pid, started_at, last_seen, offer) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, offer = excluded.offer",
                 )
                 .bind(info.id.to_string())
                 .bind(info.name)
@@ -507,6 +607,7 @@ impl JobBoard for SqliteJobBoard {
                 .bind(i64::from(info.pid))
                 .bind(codec::time_text(info.started_at))
                 .bind(codec::time_text(info.last_seen))
+                .bind(offer_json(&info.offer).to_string())
                 .execute(conn)
                 .await
                 .map_err(db)?;
@@ -531,20 +632,27 @@ impl JobBoard for SqliteJobBoard {
     }
 
     async fn conductors(&self) -> Result<Vec<ConductorInfo>, board::Error> {
-        let rows: Vec<(String, String, String, i64, String, String)> = sqlx::query_as(
-            "SELECT id, name, host, pid, started_at, last_seen FROM conductors ORDER BY started_at",
+        #[allow(clippy::type_complexity)] // one row, as sqlx reads it
+        let rows: Vec<(String, String, String, i64, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, name, host, pid, started_at, last_seen, offer FROM conductors ORDER BY started_at",
         )
         .fetch_all(self.store.pool())
         .await
         .map_err(db)?;
         let all = rows
             .into_iter()
-            .map(|(id, name, host, pid, started, seen)| {
+            .map(|(id, name, host, pid, started, seen, offer)| {
                 let bad = |d: String| board::Error::Corrupt {
                     job: format!("conductor {id}"),
                     detail: d,
                 };
+                let offer = offer
+                    .map(|o| {
+                        serde_json::from_str::<Value>(&o).map_err(|e| bad(format!("offer: {e}")))
+                    })
+                    .transpose()?;
                 Ok(ConductorInfo {
+                    offer: offer_from_json(&id, offer.as_ref())?,
                     id: id
                         .parse()
                         .map_err(|e: baton_core::ParseIdError| bad(e.to_string()))?,

@@ -1,7 +1,9 @@
 //! What both backends share: encoding records for storage (with the size limit), decoding rows
 //! back (reporting damage as [`Error::Corrupt`]), and the client-side half of the write checks.
 
-use baton_core::model::{AtomKind, AtomRecord, Change, FlowRecord, Transition, MODEL_VERSION};
+use baton_core::model::{
+    AtomKind, AtomRecord, Change, FactoryRef, FlowRecord, Transition, MODEL_VERSION,
+};
 use baton_core::store::{check_write, Error, Result, Write};
 use baton_core::{FencingToken, FlowId};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -568,6 +570,9 @@ pub(crate) struct RawFlow {
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
     pub(crate) model_version: i64,
+    pub(crate) factory: Option<String>,
+    pub(crate) factory_version: Option<i64>,
+    pub(crate) fingerprint: Option<String>,
 }
 
 /// An atom row as read, before it is checked.
@@ -647,20 +652,34 @@ fn count(column: &str, n: i64) -> std::result::Result<u32, String> {
 pub(crate) fn decode_flow(raw: RawFlow) -> Result<FlowRecord> {
     let id = raw.id;
     check_version(id, None, raw.model_version)?;
-    let go = || -> std::result::Result<FlowRecord, String> {
-        Ok(FlowRecord {
-            id,
-            name: raw.name,
-            state: parse("state", &raw.state)?,
-            intention: parse("intention", &raw.intention)?,
-            inputs: json("inputs", &raw.inputs)?,
-            meta: json("meta", &raw.meta)?,
-            factory: None,
-            fingerprint: None,
-            created_at: raw.created_at,
-            updated_at: raw.updated_at,
-        })
-    };
+    let go =
+        || -> std::result::Result<FlowRecord, String> {
+            Ok(FlowRecord {
+                id,
+                name: raw.name,
+                state: parse("state", &raw.state)?,
+                intention: parse("intention", &raw.intention)?,
+                inputs: json("inputs", &raw.inputs)?,
+                meta: json("meta", &raw.meta)?,
+                factory: match (raw.factory, raw.factory_version) {
+                    (Some(name), Some(version)) => Some(FactoryRef {
+                        name,
+                        version: u32::try_from(version).ok().filter(|v| *v > 0).ok_or_else(
+                            || format!("column factory_version: {version} is out of range"),
+                        )?,
+                    }),
+                    (None, None) => None,
+                    _ => return Err("columns factory and factory_version: one is missing".into()),
+                },
+                fingerprint: raw
+                    .fingerprint
+                    .as_deref()
+                    .map(|f| parse("fingerprint", f))
+                    .transpose()?,
+                created_at: raw.created_at,
+                updated_at: raw.updated_at,
+            })
+        };
     go().map_err(|detail| corrupt(id, None, detail))
 }
 
@@ -912,5 +931,38 @@ mod tests {
         let now = Utc::now();
         assert_eq!(parse_time(&time_text(now)).unwrap(), now);
         assert!(parse_time("yesterday").is_err());
+    }
+}
+
+/// Adds `query`'s filters to a listing of flows (`... WHERE <something>` so far), then its
+/// order and limit: the same SQL for both databases.
+pub(crate) fn push_flow_query<'a, DB: sqlx::Database>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    query: &baton_core::store::FlowQuery,
+) where
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    if let Some(state) = query.state {
+        q.push(" AND state = ").push_bind(state.as_str().to_owned());
+    }
+    if let Some(name) = &query.name {
+        q.push(" AND name = ").push_bind(name.clone());
+    }
+    if let Some(factory) = &query.factory {
+        q.push(" AND factory = ").push_bind(factory.clone());
+    }
+    if let Some(version) = query.version {
+        q.push(" AND factory_version = ")
+            .push_bind(i64::from(version));
+    }
+    if query.unfinished {
+        q.push(" AND state NOT IN ")
+            .push(crate::board_common::RUN_ENDED);
+    }
+    q.push(" ORDER BY seq DESC");
+    if let Some(limit) = query.limit {
+        q.push(" LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 }

@@ -501,8 +501,8 @@ const CREATE_FLOW_WITH: &str = "\
             SELECT 1 FROM fences WHERE job_id = $1 AND token = $2 FOR SHARE) AS holds \
     ), flow AS ( \
         INSERT INTO flows (id, name, state, intention, inputs, meta, created_at, updated_at, \
-                           model_version) \
-        SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM fence WHERE fence.holds \
+                           model_version, factory, factory_version, fingerprint) \
+        SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $26, $27, $28 FROM fence WHERE fence.holds \
         ON CONFLICT (id) DO NOTHING \
         RETURNING id \
     ), atoms AS ( \
@@ -525,16 +525,17 @@ const CREATE_FLOW_WITH: &str = "\
 const CREATE_FLOW_ANSWER: &str =
     " SELECT (SELECT holds FROM fence) AS holds, EXISTS (SELECT 1 FROM flow) AS created";
 
-/// Creating a run ([`CREATE_FLOW_WITH`]), and with `with_step` its first batch too: its step is appended in
-/// the same statement if (and only if) the flow was created (`$26`..`$30`: time, flow state,
-/// intention, body, model version).
+/// Creating a run ([`CREATE_FLOW_WITH`]: `$26`..`$28` are the run's factory, factory version
+/// and fingerprint), and with `with_step` its first batch too: its step is appended in the same
+/// statement if (and only if) the flow was created (`$29`..`$33`: time, flow state, intention,
+/// body, model version).
 fn create_flow_sql(with_step: bool) -> String {
     if with_step {
         format!(
             "{CREATE_FLOW_WITH}, step AS ( \
                  INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
                                     model_version) \
-                 SELECT flow.id, 1, $26, $27, $28, $29, $30 FROM flow \
+                 SELECT flow.id, 1, $29, $30, $31, $32, $33 FROM flow \
              ){CREATE_FLOW_ANSWER}"
         )
     } else {
@@ -591,7 +592,7 @@ macro_rules! flow_columns {
         concat!(
             "id, name, state, intention, inputs::text AS inputs, ",
             $meta,
-            ", created_at, updated_at, model_version"
+            ", created_at, updated_at, model_version, factory, factory_version, fingerprint"
         )
     };
 }
@@ -611,6 +612,9 @@ fn flow_from_row(row: &PgRow) -> store::Result<FlowRecord> {
             created_at: get(row, "created_at")?,
             updated_at: get(row, "updated_at")?,
             model_version: get(row, "model_version")?,
+            factory: get(row, "factory")?,
+            factory_version: get(row, "factory_version")?,
+            fingerprint: get(row, "fingerprint")?,
         })
     })()
     .map_err(|d| codec::corrupt(id, None, d))?;
@@ -1019,7 +1023,10 @@ impl PostgresStore {
             .bind(encoded.iter().map(|a| a.retry_at).collect::<Vec<_>>())
             .bind(encoded.iter().map(|a| a.progress).collect::<Vec<_>>())
             .bind(encoded.iter().map(|a| a.started_at).collect::<Vec<_>>())
-            .bind(encoded.iter().map(|a| a.finished_at).collect::<Vec<_>>());
+            .bind(encoded.iter().map(|a| a.finished_at).collect::<Vec<_>>())
+            .bind(flow.factory.as_ref().map(|f| f.name.as_str()))
+            .bind(flow.factory.as_ref().map(|f| i64::from(f.version)))
+            .bind(flow.fingerprint.map(|f| f.to_string()));
         if let Some((batch, step, _)) = &first {
             query = query
                 .bind(batch.at)
@@ -1307,17 +1314,7 @@ impl Store for PostgresStore {
         let mut q = QueryBuilder::<Postgres>::new(format!(
             "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE true"
         ));
-        if let Some(state) = query.state {
-            q.push(" AND state = ").push_bind(state.as_str());
-        }
-        if let Some(name) = &query.name {
-            q.push(" AND name = ").push_bind(name.clone());
-        }
-        q.push(" ORDER BY seq DESC");
-        if let Some(limit) = query.limit {
-            q.push(" LIMIT ")
-                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        }
+        codec::push_flow_query(&mut q, query);
         let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
         rows.iter().map(flow_from_row).collect()
     }
@@ -1339,7 +1336,7 @@ impl Store for PostgresStore {
             "WITH doomed AS ( \
                  SELECT id FROM flows WHERE state = ANY($1) AND updated_at < $2 \
                    AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = flows.id \
-                                   AND jobs.state IN ('UNCLAIMED', 'CLAIMED')) \
+                                   AND jobs.state IN ('UNCLAIMED', 'CLAIMED', 'PARKED')) \
                  ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
              gone_steps AS (DELETE FROM steps WHERE flow_id IN (SELECT id FROM doomed)), \
              gone_atoms AS (DELETE FROM atoms WHERE flow_id IN (SELECT id FROM doomed)) \
@@ -1363,7 +1360,7 @@ impl Store for PostgresStore {
 const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs::text AS inputs, \
      meta::text AS meta, created_at, \
      coalesce((SELECT s.at FROM steps s WHERE s.flow_id = flows.id ORDER BY s.seq DESC \
-     LIMIT 1), updated_at) AS updated_at, model_version";
+     LIMIT 1), updated_at) AS updated_at, model_version, factory, factory_version, fingerprint";
 
 #[cfg(test)]
 mod tests {

@@ -611,7 +611,7 @@ macro_rules! flow_columns {
         concat!(
             "id, name, state, intention, inputs, ",
             $meta,
-            ", created_at, updated_at, model_version"
+            ", created_at, updated_at, model_version, factory, factory_version, fingerprint"
         )
     };
 }
@@ -631,6 +631,9 @@ fn flow_from_row(row: &SqliteRow) -> store::Result<FlowRecord> {
             created_at: time("created_at", &get::<String>(row, "created_at")?)?,
             updated_at: time("updated_at", &get::<String>(row, "updated_at")?)?,
             model_version: get(row, "model_version")?,
+            factory: get(row, "factory")?,
+            factory_version: get(row, "factory_version")?,
+            fingerprint: get(row, "fingerprint")?,
         })
     })()
     .map_err(|d| codec::corrupt(id, None, d))?;
@@ -1298,7 +1301,8 @@ impl SqliteStore {
             check_fence(&mut tx, flow.id, fence).await?;
             let inserted = sqlx::query(
                 "INSERT INTO flows (id, name, state, intention, inputs, meta, created_at, updated_at, \
-                 model_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+                 model_version, factory, factory_version, fingerprint) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
             )
             .bind(&id)
             .bind(&flow.name)
@@ -1309,6 +1313,9 @@ impl SqliteStore {
             .bind(codec::time_text(flow.created_at))
             .bind(codec::time_text(row.updated_at))
             .bind(ROW_VERSION)
+            .bind(flow.factory.as_ref().map(|f| f.name.as_str()))
+            .bind(flow.factory.as_ref().map(|f| i64::from(f.version)))
+            .bind(flow.fingerprint.map(|f| f.to_string()))
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
@@ -1513,17 +1520,7 @@ impl Store for SqliteStore {
         let mut q = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE 1 = 1"
         ));
-        if let Some(state) = query.state {
-            q.push(" AND state = ").push_bind(state.as_str());
-        }
-        if let Some(name) = &query.name {
-            q.push(" AND name = ").push_bind(name.clone());
-        }
-        q.push(" ORDER BY seq DESC");
-        if let Some(limit) = query.limit {
-            q.push(" LIMIT ")
-                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        }
+        codec::push_flow_query(&mut q, query);
         let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
         rows.iter().map(flow_from_row).collect()
     }
@@ -1545,7 +1542,7 @@ impl Store for SqliteStore {
             let doomed: Vec<(i64, String)> = sqlx::query_as(
                 "SELECT seq, id FROM flows WHERE state IN (?1, ?2, ?3) AND updated_at < ?4 \
                  AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = flows.id \
-                                 AND jobs.state IN ('UNCLAIMED', 'CLAIMED')) \
+                                 AND jobs.state IN ('UNCLAIMED', 'CLAIMED', 'PARKED')) \
                  ORDER BY seq LIMIT ?5",
             )
             .bind(a)
@@ -1597,7 +1594,7 @@ impl Store for SqliteStore {
 const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs, meta, created_at, \
      coalesce((SELECT s.at FROM steps s WHERE s.id > flows.seq * 4294967296 \
      AND s.id < (flows.seq + 1) * 4294967296 ORDER BY s.id DESC LIMIT 1), updated_at) \
-     AS updated_at, model_version";
+     AS updated_at, model_version, factory, factory_version, fingerprint";
 
 #[cfg(test)]
 mod tests {

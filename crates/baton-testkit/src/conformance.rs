@@ -496,6 +496,77 @@ pub async fn values_over_the_limit_are_refused<S: Store>(store: S) {
     assert_eq!(snap.flow.state, FlowState::Pending);
 }
 
+/// A run records the factory, version and fingerprint of its definition, loads them back, and
+/// listings filter by factory, version and whether a run has ended.
+pub async fn runs_record_their_definition_and_list_by_it<S: Store>(store: S) {
+    use baton_core::FactoryRef;
+    let fingerprint = baton_core::Flow::linear("f")
+        .add(baton_core::Atom::from_fn("a", |_| async { Ok(json!(1)) }))
+        .compile()
+        .unwrap()
+        .fingerprint();
+    let mut v1 = flow_record("versioned");
+    v1.factory = Some(FactoryRef::new("stack-create", 1));
+    v1.fingerprint = Some(fingerprint);
+    let mut v2 = flow_record("versioned");
+    v2.factory = Some(FactoryRef::new("stack-create", 2));
+    let plain = flow_record("versioned");
+    for f in [&v1, &v2, &plain] {
+        store.create_flow(f, &atoms(), None).await.unwrap();
+    }
+    for f in [&v1, &v2, &plain] {
+        for loaded in [
+            store.load_flow(f.id).await.unwrap().flow,
+            store.load_run(f.id).await.unwrap().flow,
+        ] {
+            assert_eq!(loaded.factory, f.factory);
+            assert_eq!(loaded.fingerprint, f.fingerprint);
+        }
+    }
+    // v2 ends; v1 and the plain run do not.
+    let mut batch = Batch::new(v2.id, None);
+    for (from, to) in [
+        (FlowState::Pending, FlowState::Running),
+        (FlowState::Running, FlowState::Failure),
+    ] {
+        batch.writes.push(Write::Flow {
+            from,
+            to,
+            intention: Intention::Execute,
+        });
+    }
+    store.commit(&batch).await.unwrap();
+    let ids = |q: FlowQuery| {
+        let store = &store;
+        async move {
+            store
+                .list_flows(&q.name("versioned"))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|f| f.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        ids(FlowQuery::all().factory("stack-create")).await,
+        [v2.id, v1.id]
+    );
+    assert_eq!(
+        ids(FlowQuery::all().factory("stack-create").version(1)).await,
+        [v1.id]
+    );
+    assert_eq!(ids(FlowQuery::all().version(2)).await, [v2.id]);
+    assert!(ids(FlowQuery::all().factory("other")).await.is_empty());
+    assert_eq!(ids(FlowQuery::all().unfinished()).await, [plain.id, v1.id]);
+    let listed = store
+        .list_flows(&FlowQuery::all().name("versioned").version(1))
+        .await
+        .unwrap();
+    assert_eq!(listed[0].factory, v1.factory);
+    assert_eq!(listed[0].fingerprint, v1.fingerprint);
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each given a store from `$make`
 /// (an async expression).
 ///
@@ -520,6 +591,7 @@ macro_rules! store_conformance {
             list_filters_and_orders,
             purge_deletes_only_runs_that_ended_before_the_cutoff,
             values_over_the_limit_are_refused,
+            runs_record_their_definition_and_list_by_it,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

@@ -36,7 +36,7 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
     let effects = SideEffects::memory();
     let registry = registry(effects.clone());
     let (flow, _) = registry
-        .build("stack-create", &params)
+        .build_newest("stack-create", &params)
         .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
     if let Some(atom) = &args.fail_at {
         if !flow.contains(atom) {
@@ -234,7 +234,7 @@ fn hints(invocation: &Invocation, db: &Database, commands: &[String]) -> Vec<Str
 async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
     let params = json_arg("--params", &args.params, Json::Object)?;
     registry(SideEffects::Discard)
-        .build(&args.factory, &params)
+        .build_newest(&args.factory, &params)
         .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
     let board = db.open().await?.board;
     let board = &*board;

@@ -239,25 +239,13 @@ impl JobBoard for MemoryJobBoard {
         let job = {
             let mut inner = self.lock();
             let job = inner.jobs.get_mut(&id).ok_or(Error::JobNotFound(id))?;
-            let refuse = |operation| Error::InvalidState {
-                job: id,
-                state: job.state,
-                operation,
-            };
-            match job.state {
-                JobState::Claimed if job.lease_expires_at.is_some_and(|t| t > now) => {
-                    return Err(refuse("requeue a job its owner is running"));
-                }
-                JobState::Complete | JobState::Trashed if !how.reopen_ended => {
-                    return Err(refuse("requeue a job that ended"));
-                }
-                JobState::Complete | JobState::Trashed
-                    if !self.store.run_unfinished(job.flow()) =>
-                {
-                    return Err(refuse("reopen a job whose run has ended or never started"));
-                }
-                _ => {}
-            }
+            super::check_requeue(
+                id,
+                job.state,
+                job.lease_expires_at.is_some_and(|t| t > now),
+                self.store.run_unfinished(job.flow()),
+                how,
+            )?;
             // Whatever claim there was is revoked: whoever claims the job next does so under a
             // token no earlier owner holds.
             self.hand_back(job);

@@ -390,6 +390,36 @@ impl std::fmt::Display for Offer {
     }
 }
 
+/// Whether [`JobBoard::requeue`] may put back job `id`, in `state`, whose lease is live or not
+/// and whose run is unfinished or not (`false` when it ended or does not exist): the rules of
+/// `requeue`, for backends to apply in the step that requeues.
+///
+/// # Errors
+/// [`Error::InvalidState`] naming what is refused.
+pub fn check_requeue(
+    id: JobId,
+    state: JobState,
+    lease_live: bool,
+    run_unfinished: bool,
+    how: Requeue,
+) -> Result<()> {
+    let refuse = |operation| Error::InvalidState {
+        job: id,
+        state,
+        operation,
+    };
+    match state {
+        JobState::Claimed if lease_live => Err(refuse("requeue a job its owner is running")),
+        JobState::Complete | JobState::Trashed if !how.reopen_ended => {
+            Err(refuse("requeue a job that ended"))
+        }
+        JobState::Complete | JobState::Trashed if !run_unfinished => {
+            Err(refuse("reopen a job whose run has ended or never started"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// How [`JobBoard::requeue`] puts a job back on the board.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -42,6 +42,7 @@ fn info(id: ConductorId) -> ConductorInfo {
         pid: std::process::id(),
         started_at: now,
         last_seen: now,
+        offer: offer(),
     }
 }
 
@@ -414,17 +415,19 @@ where
     let log = Log::new();
     let registry = {
         let log = log.clone();
-        Registry::new().register("steps", move |params| {
-            let job = params["job"].as_u64().ok_or("`job` is required")?;
-            let mut flow = Flow::linear("steps");
-            for i in 0..4 {
-                flow = flow.add(Atom::task(
-                    format!("j{job}-s{i}"),
-                    Probe::new(&log).delay(Duration::from_millis(3)),
-                ));
-            }
-            Ok(Blueprint::new(flow))
-        })
+        Registry::new()
+            .register("steps", 1, move |params: &serde_json::Value| {
+                let job = params["job"].as_u64().ok_or("`job` is required")?;
+                let mut flow = Flow::linear("steps");
+                for i in 0..4 {
+                    flow = flow.add(Atom::task(
+                        format!("j{job}-s{i}"),
+                        Probe::new(&log).delay(Duration::from_millis(3)),
+                    ));
+                }
+                Ok(Blueprint::new(flow))
+            })
+            .unwrap()
     };
     let board = boards[0].clone();
     for job in 0..12 {
@@ -520,13 +523,15 @@ where
     use baton_core::conductor::Options;
     use baton_core::{Atom, Blueprint, Conductor, CreateOptions, Engine, Flow, Registry};
 
-    let registry = Registry::new().register("one", |_| {
-        Ok(Blueprint::new(
-            Flow::linear("one").add(Atom::from_fn("only", |_| async {
-                Ok(serde_json::json!(1))
-            })),
-        ))
-    });
+    let registry = Registry::new()
+        .register("one", 1, |_| {
+            Ok(Blueprint::new(
+                Flow::linear("one").add(Atom::from_fn("only", |_| async {
+                    Ok(serde_json::json!(1))
+                })),
+            ))
+        })
+        .unwrap();
     let job = board
         .post(NewJob::new("from the future", "one"))
         .await
@@ -593,7 +598,11 @@ where
     // Once the lease has run out, another conductor claims it.
     tokio::time::sleep(lease).await;
     let next = board
-        .claim(ConductorId::new(), Duration::from_secs(60), &offer())
+        .claim(
+            ConductorId::new(),
+            Duration::from_secs(60),
+            &baton_core::board::Offer::new().with("one", 1),
+        )
         .await
         .unwrap();
     assert_eq!(next.map(|c| c.job.id), Some(job.id));

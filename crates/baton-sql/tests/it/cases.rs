@@ -997,3 +997,70 @@ pub async fn step_formats_mix<S: Store + Clone + 'static>(long: S, short: S) {
         }
     }
 }
+
+/// The migrations of the release before versions (baton 0.3).
+pub fn before_versions(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrator.migrations = std::borrow::Cow::Owned(
+        migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20261206000000)
+            .cloned()
+            .collect(),
+    );
+    migrator
+}
+
+/// SQL (good on both databases) for a board as baton 0.3 left it: job `claimed` claimed once
+/// (its lease long run out), job `waiting` never claimed. `now` is a time column's text.
+pub fn old_jobs(claimed: JobId, waiting: JobId, now: &str) -> Vec<String> {
+    vec![format!(
+        "INSERT INTO jobs (id, name, factory, params, priority, state, owner, lease_expires_at, \
+         token, attempts, created_at, updated_at) VALUES \
+         ('{claimed}', 'claimed', 'stack', '{{}}', 0, 'CLAIMED', '{owner}', 1, 1, 1, '{now}', '{now}'), \
+         ('{waiting}', 'waiting', 'stack', '{{}}', 0, 'UNCLAIMED', NULL, NULL, 0, 0, '{now}', '{now}')",
+        owner = baton_core::ConductorId::new(),
+    )]
+}
+
+/// After the upgrade: the job 0.3 claimed is pinned to version 1, the other is not pinned; a
+/// claim of this release pins it to the newest version offered and takes the first at
+/// version 1; a claim as 0.3 made it is refused by the database (`old_claim` runs it) and
+/// changes nothing.
+pub async fn old_jobs_after_the_upgrade<B, F, Fut>(
+    board: &B,
+    claimed: JobId,
+    waiting: JobId,
+    old_claim: F,
+) where
+    B: baton_core::JobBoard,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,
+{
+    use baton_core::board::Offer;
+    assert_eq!(board.get(claimed).await.unwrap().version, Some(1));
+    assert_eq!(board.get(waiting).await.unwrap().version, None);
+    let refused = old_claim().await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("older than the database schema"),
+        "{refused}"
+    );
+    assert_eq!(
+        board.get(waiting).await.unwrap().state,
+        baton_core::JobState::Unclaimed
+    );
+    let offer = Offer::new().with("stack", 1).with("stack", 2);
+    let claims = board
+        .claim_up_to(
+            baton_core::ConductorId::new(),
+            std::time::Duration::from_secs(60),
+            5,
+            &offer,
+        )
+        .await
+        .unwrap();
+    let got: Vec<_> = claims.iter().map(|c| (c.job.id, c.job.version)).collect();
+    assert_eq!(got, [(claimed, Some(1)), (waiting, Some(2))]);
+}

@@ -100,7 +100,13 @@ async fn migrations_create_the_schema_once_without_leaking_the_search_path() {
     .unwrap();
     assert_eq!(
         functions,
-        ["check_fence", "create_flow", "lock_held", "now_ms"]
+        [
+            "check_fence",
+            "create_flow",
+            "lock_held",
+            "now_ms",
+            "refuse_claims_of_earlier_releases"
+        ]
     );
     let flow = crate::cases::new_flow(&store).await;
 
@@ -311,6 +317,74 @@ async fn purged_runs_leave_no_rows_behind() {
         engine.run(&flow, kept).await.unwrap().state,
         FlowState::Success
     );
+    conn.close().await.unwrap();
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}
+
+/// A board last written by baton 0.3 is upgraded on connect: the job it claimed is pinned to
+/// version 1, and a claim made by 0.3's own statement, from a process still running while the
+/// migration was applied, is refused (see `cases::old_jobs_after_the_upgrade`).
+#[tokio::test]
+async fn a_board_of_the_previous_release_is_upgraded_and_its_claims_refused() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema();
+    let mut plain = pg_connect(&url, None).await;
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut plain)
+        .await
+        .unwrap();
+    plain.close().await.unwrap();
+    let mut conn = pg_connect(&url, Some(&schema)).await;
+    crate::cases::before_versions(sqlx::migrate!("./migrations/postgres"))
+        .run(&mut conn)
+        .await
+        .unwrap();
+    let (claimed, waiting) = (baton_core::JobId::new(), baton_core::JobId::new());
+    for sql in crate::cases::old_jobs(claimed, waiting, "2026-11-01T10:00:00Z") {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    let Some(store) = open(&url, &schema).await else {
+        return;
+    };
+    let board = baton_sql::PostgresJobBoard::new(&store);
+    // The claim statement of baton 0.3.0, word for word.
+    const OLD_CLAIM: &str = "WITH fresh AS ( \
+         SELECT j.id, j.priority, j.seq FROM jobs j \
+          WHERE j.state = 'UNCLAIMED' AND (j.job_key IS NULL OR NOT EXISTS ( \
+            SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
+               AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
+          ORDER BY j.priority DESC, j.seq LIMIT $4 FOR UPDATE OF j SKIP LOCKED \
+         ), stale AS ( \
+         SELECT j.id, j.priority, j.seq FROM jobs j \
+          WHERE j.state = 'CLAIMED' AND j.lease_expires_at <= (SELECT now_ms()) \
+            AND (j.job_key IS NULL OR NOT EXISTS ( \
+            SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
+               AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
+          ORDER BY j.priority DESC, j.seq LIMIT $4 FOR UPDATE OF j SKIP LOCKED \
+         ), picked AS ( \
+         SELECT id FROM (SELECT * FROM fresh UNION ALL SELECT * FROM stale) c \
+          ORDER BY priority DESC, seq LIMIT $4 \
+         ), claimed AS ( \
+         UPDATE jobs SET state = 'CLAIMED', owner = $1, owner_lock = $2, \
+                lease_expires_at = now_ms() + $3, token = token + 1, \
+                attempts = attempts + 1, updated_at = now() \
+           FROM picked WHERE jobs.id = picked.id RETURNING jobs.* \
+         ), fenced AS ( \
+         INSERT INTO fences (job_id, token) SELECT id, token FROM claimed \
+         ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token \
+         ) SELECT count(*) FROM claimed";
+    crate::cases::old_jobs_after_the_upgrade(&board, claimed, waiting, || async {
+        sqlx::query_scalar::<_, i64>(OLD_CLAIM)
+            .bind(baton_core::ConductorId::new().as_uuid())
+            .bind(None::<i64>)
+            .bind(60_000_i64)
+            .bind(5_i64)
+            .fetch_one(&mut conn)
+            .await
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    })
+    .await;
     conn.close().await.unwrap();
     store.close().await;
     drop_schema(&url, &schema).await;

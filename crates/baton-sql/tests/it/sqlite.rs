@@ -590,3 +590,50 @@ async fn purged_runs_leave_no_rows_behind() {
         FlowState::Success
     );
 }
+
+/// A database last written by baton 0.3 is upgraded on open: the job it claimed is pinned to
+/// version 1, and a claim made by 0.3's own statement, from a process still running while the
+/// migration was applied, is refused (see `cases::old_jobs_after_the_upgrade`).
+#[tokio::test]
+async fn a_board_of_the_previous_release_is_upgraded_and_its_claims_refused() {
+    let (_dir, url) = sqlite_url();
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+    let mut conn = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true))
+        .await
+        .unwrap();
+    crate::cases::before_versions(sqlx::migrate!("./migrations/sqlite"))
+        .run(&mut conn)
+        .await
+        .unwrap();
+    let (claimed, waiting) = (baton_core::JobId::new(), baton_core::JobId::new());
+    for sql in crate::cases::old_jobs(claimed, waiting, "2026-11-01T10:00:00.000000000Z") {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    let store = SqliteStore::open(&url).await.unwrap();
+    let board = baton_sql::SqliteJobBoard::new(&store);
+    // The claim statement of baton 0.3.0, word for word.
+    const OLD_CLAIM: &str =
+        "UPDATE jobs SET state = 'CLAIMED', owner = ?1, lease_expires_at = ?2 + ?3, \
+             token = token + 1, attempts = attempts + 1, updated_at = ?4 \
+         WHERE id IN ( \
+             SELECT j.id FROM jobs j \
+              WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
+                AND (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?2)) \
+                AND (j.job_key IS NULL OR NOT EXISTS ( \
+                    SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
+                       AND k.state IN ('UNCLAIMED', 'CLAIMED') AND k.seq < j.seq)) \
+              ORDER BY j.priority DESC, j.seq LIMIT ?5)";
+    crate::cases::old_jobs_after_the_upgrade(&board, claimed, waiting, || async {
+        sqlx::query(OLD_CLAIM)
+            .bind(baton_core::ConductorId::new().to_string())
+            .bind(chrono::Utc::now().timestamp_millis())
+            .bind(60_000_i64)
+            .bind("2026-12-06T10:00:00.000000000Z")
+            .bind(5_i64)
+            .execute(&mut conn)
+            .await
+            .map(|done| done.rows_affected())
+    })
+    .await;
+    conn.close().await.unwrap();
+}
