@@ -5,6 +5,7 @@
 
 mod board;
 mod conductor;
+mod conductor_errors;
 mod crash;
 mod data;
 mod events;
