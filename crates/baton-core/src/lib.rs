@@ -48,6 +48,7 @@
 pub mod board;
 pub mod compile;
 pub mod conductor;
+mod draw;
 pub mod engine;
 mod failure;
 mod flow;

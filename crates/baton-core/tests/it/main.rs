@@ -9,6 +9,7 @@ mod conductor_errors;
 mod crash;
 mod data;
 mod events;
+mod graphs;
 mod patterns;
 mod properties;
 mod resume;
