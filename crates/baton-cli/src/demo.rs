@@ -6,6 +6,23 @@
 //! in a [`SideEffects`] log. Crash tests read that log to prove that no step which succeeded
 //! ran twice.
 //!
+//! The providers are written the way a real one should be, since users copy demo code:
+//!
+//! - **A create is idempotent.** Each resource is recorded with the idempotency key of the
+//!   call that created it ([`TaskContext::idempotency_key`], the same for every re-run of one
+//!   `execute` after a crash). A create first looks for a resource made with its key, and
+//!   returns that one if there is one: an `execute` re-run because its process died after the
+//!   cloud call, before its result was stored, finds the resource instead of making a second.
+//!   (A real cloud API takes the key with the request and de-duplicates it itself; this fake
+//!   looks first, which is enough for one caller of a key at a time.)
+//! - **A revert finds what to undo by the key**, not only by the result: an `execute` that
+//!   failed or was interrupted after its cloud call has no result
+//!   ([`RevertContext::result`] is `None`), but its resource exists and must go. A resource
+//!   already gone (a revert run again after a crash) is left alone.
+//! - **Ids are stable.** A resource's id is derived from its key with FNV-1a, a hash that is
+//!   the same on every platform and every Rust release (`std`'s `DefaultHasher` promises
+//!   neither), so the same key gives the same id in any process, today and after an upgrade.
+//!
 //! Factories, by name, for a [`Registry`]:
 //!
 //! | factory | parameters |
@@ -33,6 +50,10 @@ pub struct Effect {
     pub action: String,
     /// The resource id.
     pub resource: String,
+    /// The idempotency key of the `execute` that created the resource: how the fake cloud finds
+    /// it again.
+    #[serde(default)]
+    pub key: String,
     /// The atom that did it.
     pub atom: String,
     /// The flow run.
@@ -43,7 +64,8 @@ pub struct Effect {
     pub at: String,
 }
 
-/// Where providers record their side effects.
+/// Where providers record their side effects: the fake cloud. The resources it holds are those
+/// created and not deleted since ([`SideEffects::find`]).
 #[derive(Debug, Clone)]
 pub enum SideEffects {
     /// Nowhere.
@@ -100,6 +122,42 @@ impl SideEffects {
         }
     }
 
+    /// The resource created with idempotency key `key` and not deleted since, if any (always
+    /// `None` for [`SideEffects::Discard`], which keeps nothing).
+    ///
+    /// # Errors
+    /// If the file cannot be read or holds a line that is not an effect.
+    pub async fn find(&self, key: &str) -> Result<Option<String>, TaskError> {
+        let last = match self {
+            SideEffects::Discard => None,
+            SideEffects::Memory(m) => m
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .rev()
+                .find(|e| e.key == key)
+                .cloned(),
+            SideEffects::File(path) => {
+                let text = match tokio::fs::read_to_string(path).await {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => return Err(TaskError::from(e).context("reading the side effects")),
+                };
+                // Only the lines that hold the key (as JSON writes it) are parsed.
+                let quoted = serde_json::to_string(key)?;
+                let mut last = None;
+                for line in text.lines().filter(|l| l.contains(&quoted)) {
+                    let effect: Effect = serde_json::from_str(line)?;
+                    if effect.key == key {
+                        last = Some(effect);
+                    }
+                }
+                last
+            }
+        };
+        Ok(last.filter(|e| e.action == "create").map(|e| e.resource))
+    }
+
     /// Reads a side-effect file back.
     ///
     /// # Errors
@@ -126,48 +184,66 @@ struct Resource {
     effects: SideEffects,
 }
 
-impl Resource {
-    fn id(&self, ctx_key: &str, atom: &str) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        ctx_key.hash(&mut h);
-        format!("{}-{atom}-{:06x}", self.kind, h.finish() & 0xff_ffff)
-    }
+/// The id of a resource of `kind` made by `atom` with idempotency key `key`: the same for the
+/// same key in every process and with every Rust release (FNV-1a over the key's bytes), short
+/// enough to read. (A real provider returns ids of its own; it is the key that must be stable.)
+#[must_use]
+pub fn resource_id(kind: &str, atom: &str, key: &str) -> String {
+    let mut hash = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut hash, key.as_bytes());
+    let tag = std::hash::Hasher::finish(&hash) & 0xff_ffff;
+    format!("{kind}-{atom}-{tag:06x}")
 }
 
 #[async_trait]
 impl Task for Resource {
     async fn execute(&self, ctx: TaskContext) -> Result<Value, TaskError> {
-        tokio::time::sleep(self.step).await;
         if self.fail {
+            // The cloud refuses at once: nothing was made.
             return Err(TaskError::msg(format!(
                 "{} {} failed: quota exceeded",
                 self.kind,
                 ctx.atom()
             )));
         }
-        let id = self.id(&ctx.idempotency_key(), ctx.atom());
-        self.effects
-            .record(Effect {
-                action: "create".into(),
-                resource: id.clone(),
-                atom: ctx.atom().into(),
-                flow: ctx.flow_id().to_string(),
-                attempt: ctx.attempt(),
-                at: Utc::now().to_rfc3339(),
-            })
-            .await?;
+        let key = ctx.idempotency_key();
+        // The call may have been made before, by an `execute` whose process died before its
+        // result was stored: then the resource exists, and is the answer.
+        let id = match self.effects.find(&key).await? {
+            Some(id) => id,
+            None => {
+                let id = resource_id(self.kind, ctx.atom(), &key);
+                self.effects
+                    .record(Effect {
+                        action: "create".into(),
+                        resource: id.clone(),
+                        key,
+                        atom: ctx.atom().into(),
+                        flow: ctx.flow_id().to_string(),
+                        attempt: ctx.attempt(),
+                        at: Utc::now().to_rfc3339(),
+                    })
+                    .await?;
+                id
+            }
+        };
+        // The cloud took the request; the resource takes `step` to become ready.
+        tokio::time::sleep(self.step).await;
         Ok(json!({ "id": id, "kind": self.kind }))
     }
 
     async fn revert(&self, ctx: RevertContext) -> Result<(), TaskError> {
-        let Some(id) = ctx.result().and_then(|r| r["id"].as_str()) else {
+        // By the key, not the result: an `execute` interrupted after its cloud call left no
+        // result, but a resource. And only if it still exists: a revert may run twice.
+        let key = ctx.idempotency_key();
+        let Some(id) = self.effects.find(&key).await? else {
             return Ok(());
         };
         self.effects
             .record(Effect {
                 action: "delete".into(),
-                resource: id.to_owned(),
+                resource: id,
+                key,
                 atom: ctx.atom().into(),
                 flow: ctx.flow_id().to_string(),
                 attempt: 0,
@@ -355,7 +431,22 @@ pub fn registry(effects: SideEffects) -> Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_core::{Engine, FlowState, MemoryStore};
+    use baton_core::engine::Error as EngineError;
+    use baton_core::model::Change;
+    use baton_core::store::Store;
+    use baton_core::{AtomState, Control, Engine, EventKind, FlowState, MemoryStore, RunOptions};
+
+    /// The resources the fake cloud holds: created and not deleted since.
+    fn left(effects: &[Effect]) -> Vec<String> {
+        let mut last: std::collections::BTreeMap<&str, &Effect> = Default::default();
+        for e in effects {
+            last.insert(&e.key, e);
+        }
+        last.values()
+            .filter(|e| e.action == "create")
+            .map(|e| e.resource.clone())
+            .collect()
+    }
 
     async fn run(factory: &str, params: Value) -> (baton_core::Outcome, Vec<Effect>) {
         let effects = SideEffects::memory();
@@ -431,6 +522,117 @@ mod tests {
             .build("stack-create", &json!({"colour": "blue"}))
             .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    /// The run's process dies (the run is halted) while `server-0` waits for the server it
+    /// has just created to boot, and the flow is already reverting (`server-1` failed): the
+    /// store has `server-0` running, with no result. The engine that resumes the run reverts
+    /// it, and its revert finds the server by the key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_interrupted_after_its_cloud_call_is_undone_by_the_revert() {
+        let effects = SideEffects::memory();
+        let params = json!({"step_ms": 500, "servers": 2, "fail_at": "server-1"});
+        let (flow, inputs) = registry(effects.clone())
+            .build("stack-create", &params)
+            .unwrap();
+        let store = MemoryStore::new();
+        let engine = Engine::new(store.clone()).with_parallelism(4);
+        let mut events = engine.subscribe();
+        let id = engine.create(&flow, inputs).await.unwrap();
+        let control = Control::new();
+        let run = tokio::spawn({
+            let (engine, flow, control) = (engine.clone(), flow.clone(), control.clone());
+            async move {
+                engine
+                    .run_with(&flow, id, RunOptions::new().control(control))
+                    .await
+            }
+        });
+        while let Some(event) = events.next().await {
+            if let EventKind::Transition(Change::Flow { to, .. }) = event.kind {
+                if to == FlowState::Reverting {
+                    break;
+                }
+            }
+        }
+        control.halt();
+        assert!(matches!(run.await.unwrap(), Err(EngineError::Halted(_))));
+        let snap = store.load_flow(id).await.unwrap();
+        let server = snap.atoms.iter().find(|a| a.name == "server-0").unwrap();
+        assert_eq!(
+            (server.state, &server.result),
+            (AtomState::Running, &None),
+            "server-0 was caught waiting for its server"
+        );
+        assert!(left(&effects.recorded())
+            .iter()
+            .any(|r| r.starts_with("server-server-0-")));
+
+        let outcome = Engine::new(store).run(&flow, id).await.unwrap();
+        assert_eq!(outcome.state, FlowState::Reverted);
+        let recorded = effects.recorded();
+        assert_eq!(left(&recorded), Vec::<String>::new(), "{recorded:#?}");
+    }
+
+    /// The run's process dies after `step-0001` created its resource, before the result was
+    /// stored: the engine that resumes the run runs `step-0001` again, with the same key,
+    /// which finds the resource instead of making a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_run_again_after_a_crash_finds_its_resource() {
+        let effects = SideEffects::memory();
+        let (flow, inputs) = registry(effects.clone())
+            .build("steps", &json!({"steps": 3, "step_ms": 500}))
+            .unwrap();
+        let store = MemoryStore::new();
+        let engine = Engine::new(store.clone());
+        let id = engine.create(&flow, inputs).await.unwrap();
+        let control = Control::new();
+        let run = tokio::spawn({
+            let (engine, flow, control) = (engine.clone(), flow.clone(), control.clone());
+            async move {
+                engine
+                    .run_with(&flow, id, RunOptions::new().control(control))
+                    .await
+            }
+        });
+        for _ in 0..1000 {
+            if effects.recorded().iter().any(|e| e.atom == "step-0001") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        control.halt();
+        assert!(matches!(run.await.unwrap(), Err(EngineError::Halted(_))));
+
+        let outcome = Engine::new(store.clone()).run(&flow, id).await.unwrap();
+        assert_eq!(outcome.state, FlowState::Success);
+        let snap = store.load_flow(id).await.unwrap();
+        let step = snap.atoms.iter().find(|a| a.name == "step-0001").unwrap();
+        assert_eq!(step.attempt, 2, "step-0001 ran again");
+        let creates: Vec<Effect> = effects
+            .recorded()
+            .into_iter()
+            .filter(|e| e.atom == "step-0001")
+            .collect();
+        assert_eq!(creates.len(), 1, "one resource, not two: {creates:#?}");
+        assert_eq!(
+            step.result.as_ref().unwrap()["id"],
+            json!(creates[0].resource),
+            "the re-run answered with the resource of the first"
+        );
+    }
+
+    #[test]
+    fn resource_ids_are_the_same_in_every_process_and_release() {
+        // FNV-1a of the key's bytes, low 24 bits: 0x731716d1640f403e.
+        assert_eq!(
+            resource_id(
+                "server",
+                "server-0",
+                "01a212fe-59db-735c-a5d3-d255ea0500da/server-0/0"
+            ),
+            "server-server-0-0f403e"
+        );
     }
 
     #[tokio::test]
