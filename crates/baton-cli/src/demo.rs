@@ -31,6 +31,9 @@
 //! | `stack-update` | `stack`, `server` (the one to replace, `server-0`), `step_ms`, `fail_at` |
 //! | `stack-delete` | `stack`, `servers`, `volumes`, `step_ms` |
 //! | `steps` | `steps` (count), `step_ms` (100): a line of plain steps, for load and crash tests |
+//!
+//! Parameters over the limits ([`MAX_STEPS`], [`MAX_SERVERS`] servers and volumes,
+//! [`MAX_STEP_MS`]) are refused before anything is built.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -289,16 +292,40 @@ fn default_server() -> String {
     "server-0".into()
 }
 
+/// The most steps a `steps` flow may have.
+pub const MAX_STEPS: u32 = 10_000;
+/// The most servers, and the most volumes, a stack may have. (Each server is linked to each
+/// volume, and each volume to each attachment: a stack's edges grow with the square.)
+pub const MAX_SERVERS: u32 = 100;
+/// The longest a fake cloud call may take (`step_ms`): an hour.
+pub const MAX_STEP_MS: u64 = 3_600_000;
+
 fn parse(params: &Value) -> Result<StackParams, String> {
     let params = if params.is_null() {
         json!({})
     } else {
         params.clone()
     };
-    serde_path_to_error::deserialize(params).map_err(|e| match e.path().to_string().as_str() {
-        "." => format!("bad parameters: {}", e.inner()),
-        path => format!("bad parameter `{path}`: {}", e.inner()),
-    })
+    let p: StackParams = serde_path_to_error::deserialize(params).map_err(|e| {
+        match e.path().to_string().as_str() {
+            "." => format!("bad parameters: {}", e.inner()),
+            path => format!("bad parameter `{path}`: {}", e.inner()),
+        }
+    })?;
+    // Checked before anything is built: a flow of `steps: 4294967295` would not fit in memory.
+    for (name, value, limit) in [
+        ("steps", u64::from(p.steps), u64::from(MAX_STEPS)),
+        ("servers", u64::from(p.servers), u64::from(MAX_SERVERS)),
+        ("volumes", u64::from(p.volumes), u64::from(MAX_SERVERS)),
+        ("step_ms", p.step_ms, MAX_STEP_MS),
+    ] {
+        if value > limit {
+            return Err(format!(
+                "bad parameter `{name}`: {value} is over the limit of {limit}"
+            ));
+        }
+    }
+    Ok(p)
 }
 
 struct Maker<'a> {
@@ -633,6 +660,53 @@ mod tests {
             ),
             "server-server-0-0f403e"
         );
+    }
+
+    #[test]
+    fn counts_over_the_limits_are_refused_before_anything_is_built() {
+        let registry = registry(SideEffects::Discard);
+        for (factory, params, named) in [
+            (
+                "steps",
+                json!({"steps": 10_001}),
+                "`steps`: 10001 is over the limit of 10000",
+            ),
+            (
+                "steps",
+                json!({"steps": 4_294_967_295_u32}),
+                "`steps`: 4294967295",
+            ),
+            (
+                "stack-create",
+                json!({"servers": 101}),
+                "`servers`: 101 is over the limit of 100",
+            ),
+            (
+                "stack-create",
+                json!({"volumes": 4_294_967_295_u32}),
+                "`volumes`",
+            ),
+            (
+                "stack-delete",
+                json!({"servers": 4_294_967_295_u32}),
+                "`servers`",
+            ),
+            ("steps", json!({"step_ms": u64::MAX}), "`step_ms`"),
+        ] {
+            let Err(err) = registry.build(factory, &params) else {
+                panic!("{factory} built a flow from {params}");
+            };
+            assert!(err.to_string().contains(named), "{factory} {params}: {err}");
+        }
+        // At the limits, the flows are built.
+        let (flow, _) = registry
+            .build("steps", &json!({"steps": 10_000, "step_ms": 3_600_000}))
+            .unwrap();
+        assert_eq!(flow.len(), 10_000);
+        let (flow, _) = registry
+            .build("stack-create", &json!({"servers": 100, "volumes": 100}))
+            .unwrap();
+        assert_eq!(flow.len(), 304);
     }
 
     #[tokio::test]
