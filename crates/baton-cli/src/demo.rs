@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use baton_core::conductor::BuildError;
 use baton_core::{Atom, Blueprint, Flow, Registry, RevertContext, Task, TaskContext, TaskError};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -455,6 +456,33 @@ pub fn registry(effects: SideEffects) -> Registry {
     registry
 }
 
+/// For fuzzing and property tests (not part of the API): builds `params` with every demo
+/// factory, which must either refuse them ([`BuildError::BadParams`]) or build a flow within the
+/// limits; a description of anything else.
+///
+/// # Errors
+/// What went wrong, if anything did.
+#[doc(hidden)]
+pub fn fuzz_params(params: &Value) -> Result<(), String> {
+    let registry = registry(SideEffects::Discard);
+    for factory in registry.names() {
+        match registry.build(factory, params) {
+            Ok((flow, _)) => {
+                let most = MAX_STEPS as usize + 3 * MAX_SERVERS as usize + 4;
+                if flow.len() > most {
+                    return Err(format!(
+                        "{factory} built {} atoms from {params}",
+                        flow.len()
+                    ));
+                }
+            }
+            Err(BuildError::BadParams { .. }) => {}
+            Err(e) => return Err(format!("{factory} from {params}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,6 +735,55 @@ mod tests {
             .build("stack-create", &json!({"servers": 100, "volumes": 100}))
             .unwrap();
         assert_eq!(flow.len(), 304);
+    }
+
+    /// JSON of any shape, with the demo's parameter names and the numbers around its limits
+    /// more likely than chance would make them.
+    fn any_params() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let number = prop_oneof![
+            0u64..30,
+            Just(100),
+            Just(101),
+            Just(10_000),
+            Just(10_001),
+            Just(u64::from(u32::MAX)),
+            Just(u64::MAX),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            number.prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,24}".prop_map(Value::from),
+        ];
+        let key = prop_oneof![
+            Just("stack".to_owned()),
+            Just("servers".to_owned()),
+            Just("volumes".to_owned()),
+            Just("step_ms".to_owned()),
+            Just("fail_at".to_owned()),
+            Just("server".to_owned()),
+            Just("steps".to_owned()),
+            "[a-z_]{1,8}",
+        ];
+        leaf.prop_recursive(3, 48, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        // 256 cases by default; PROPTEST_CASES=100000 runs more (CONTRIBUTING.md).
+        #[test]
+        fn any_parameters_build_a_bounded_flow_or_are_refused(params in any_params()) {
+            proptest::prop_assert_eq!(fuzz_params(&params), Ok(()));
+        }
     }
 
     #[tokio::test]
