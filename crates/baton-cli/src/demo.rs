@@ -491,6 +491,21 @@ mod tests {
     use baton_core::store::Store;
     use baton_core::{AtomState, Control, Engine, EventKind, FlowState, MemoryStore, RunOptions};
 
+    /// Runs flow `id` in a task of its own, under `control`.
+    fn run_in_task(
+        engine: &Engine,
+        flow: &baton_core::CompiledFlow,
+        id: baton_core::FlowId,
+        control: &Control,
+    ) -> tokio::task::JoinHandle<Result<baton_core::Outcome, EngineError>> {
+        let (engine, flow, control) = (engine.clone(), flow.clone(), control.clone());
+        tokio::spawn(async move {
+            engine
+                .run_with(&flow, id, RunOptions::new().control(control))
+                .await
+        })
+    }
+
     /// The resources the fake cloud holds: created and not deleted since.
     fn left(effects: &[Effect]) -> Vec<String> {
         let mut last: std::collections::BTreeMap<&str, &Effect> = Default::default();
@@ -595,14 +610,7 @@ mod tests {
         let mut events = engine.subscribe();
         let id = engine.create(&flow, inputs).await.unwrap();
         let control = Control::new();
-        let run = tokio::spawn({
-            let (engine, flow, control) = (engine.clone(), flow.clone(), control.clone());
-            async move {
-                engine
-                    .run_with(&flow, id, RunOptions::new().control(control))
-                    .await
-            }
-        });
+        let run = run_in_task(&engine, &flow, id, &control);
         while let Some(event) = events.next().await {
             if let EventKind::Transition(Change::Flow { to, .. }) = event.kind {
                 if to == FlowState::Reverting {
@@ -642,14 +650,7 @@ mod tests {
         let engine = Engine::new(store.clone());
         let id = engine.create(&flow, inputs).await.unwrap();
         let control = Control::new();
-        let run = tokio::spawn({
-            let (engine, flow, control) = (engine.clone(), flow.clone(), control.clone());
-            async move {
-                engine
-                    .run_with(&flow, id, RunOptions::new().control(control))
-                    .await
-            }
-        });
+        let run = run_in_task(&engine, &flow, id, &control);
         for _ in 0..1000 {
             if effects.recorded().iter().any(|e| e.atom == "step-0001") {
                 break;
@@ -693,39 +694,27 @@ mod tests {
     #[test]
     fn counts_over_the_limits_are_refused_before_anything_is_built() {
         let registry = registry(SideEffects::Discard);
-        for (factory, params, named) in [
-            (
-                "steps",
-                json!({"steps": 10_001}),
-                "`steps`: 10001 is over the limit of 10000",
-            ),
-            (
-                "steps",
-                json!({"steps": 4_294_967_295_u32}),
-                "`steps`: 4294967295",
-            ),
-            (
-                "stack-create",
-                json!({"servers": 101}),
-                "`servers`: 101 is over the limit of 100",
-            ),
-            (
-                "stack-create",
-                json!({"volumes": 4_294_967_295_u32}),
-                "`volumes`",
-            ),
-            (
-                "stack-delete",
-                json!({"servers": 4_294_967_295_u32}),
-                "`servers`",
-            ),
-            ("steps", json!({"step_ms": u64::MAX}), "`step_ms`"),
-        ] {
+        let refused = |factory: &str, params: Value, named: &str| {
             let Err(err) = registry.build(factory, &params) else {
                 panic!("{factory} built a flow from {params}");
             };
             assert!(err.to_string().contains(named), "{factory} {params}: {err}");
-        }
+        };
+        let most = u64::from(u32::MAX);
+        refused(
+            "steps",
+            json!({"steps": 10_001}),
+            "`steps`: 10001 is over the limit of 10000",
+        );
+        refused("steps", json!({ "steps": most }), "`steps`: 4294967295");
+        refused(
+            "stack-create",
+            json!({"servers": 101}),
+            "`servers`: 101 is over the limit",
+        );
+        refused("stack-create", json!({ "volumes": most }), "`volumes`");
+        refused("stack-delete", json!({ "servers": most }), "`servers`");
+        refused("steps", json!({ "step_ms": u64::MAX }), "`step_ms`");
         // At the limits, the flows are built.
         let (flow, _) = registry
             .build("steps", &json!({"steps": 10_000, "step_ms": 3_600_000}))

@@ -44,11 +44,35 @@ async fn run_until_it_stops(conductor: Conductor) -> Result<Summary, conductor::
         .expect("the conductor stopped by itself")
 }
 
-async fn post_steps(board: &impl JobBoard, steps: u32) -> baton_core::board::Job {
+async fn post_steps(board: &impl JobBoard, steps: u32) -> board::Job {
     board
         .post(NewJob::new("job", "steps").params(json!({ "steps": steps })))
         .await
         .unwrap()
+}
+
+/// A conductor that runs a job of 1000 slow steps, one of which has run: the store, the board,
+/// the job, and the conductor's task (see [`run_until_it_stops`]).
+async fn running_a_long_job() -> (
+    MemoryStore,
+    FaultyBoard<MemoryJobBoard>,
+    board::Job,
+    tokio::task::JoinHandle<Result<Summary, conductor::Error>>,
+) {
+    let (store, log) = (MemoryStore::new(), Log::new());
+    let board = FaultyBoard::new(MemoryJobBoard::new(&store));
+    let job = post_steps(&board, 1000).await;
+    let c = tokio::spawn(run_until_it_stops(conductor_on(
+        &board,
+        Arc::new(store.clone()),
+        &log,
+    )));
+    wait_until("a step ran", || {
+        let log = log.clone();
+        async move { !log.sequence(Action::Execute, Phase::Ok).is_empty() }
+    })
+    .await;
+    (store, board, job, c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,19 +124,7 @@ async fn a_claim_that_fails_for_a_while_is_tried_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conductor_heartbeat_that_fails_for_good_stops_the_conductor() {
-    let (store, log) = (MemoryStore::new(), Log::new());
-    let board = FaultyBoard::new(MemoryJobBoard::new(&store));
-    let job = post_steps(&board, 1000).await;
-    let c = tokio::spawn(run_until_it_stops(conductor_on(
-        &board,
-        Arc::new(store.clone()),
-        &log,
-    )));
-    wait_until("a step ran", || {
-        let log = log.clone();
-        async move { !log.sequence(Action::Execute, Phase::Ok).is_empty() }
-    })
-    .await;
+    let (store, board, job, c) = running_a_long_job().await;
     board.fail(BoardOp::Register, || {
         board::Error::Backend(Box::new(std::io::Error::other("permission denied")))
     });
@@ -176,19 +188,7 @@ async fn a_corrupt_database_met_by_a_run_stops_the_conductor_and_consumes_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_database_met_by_a_lease_heartbeat_halts_the_run_and_stops_the_conductor() {
-    let (store, log) = (MemoryStore::new(), Log::new());
-    let board = FaultyBoard::new(MemoryJobBoard::new(&store));
-    let job = post_steps(&board, 1000).await;
-    let c = tokio::spawn(run_until_it_stops(conductor_on(
-        &board,
-        Arc::new(store.clone()),
-        &log,
-    )));
-    wait_until("a step ran", || {
-        let log = log.clone();
-        async move { !log.sequence(Action::Execute, Phase::Ok).is_empty() }
-    })
-    .await;
+    let (store, board, job, c) = running_a_long_job().await;
     board.fail(BoardOp::Heartbeat, || {
         board::Error::CorruptDatabase(malformed())
     });
