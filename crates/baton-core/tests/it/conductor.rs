@@ -14,7 +14,7 @@ use baton_testkit::{Action, Log, Phase, Probe};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-fn registry(log: &Log, step: Duration) -> Registry {
+pub(super) fn registry(log: &Log, step: Duration) -> Registry {
     let log = log.clone();
     Registry::new().register("steps", move |params| {
         let n = params["steps"]
@@ -28,7 +28,7 @@ fn registry(log: &Log, step: Duration) -> Registry {
     })
 }
 
-fn fast_options() -> Options {
+pub(super) fn fast_options() -> Options {
     let mut o = Options::default();
     o.lease = Duration::from_millis(600);
     o.heartbeat = Duration::from_millis(100);
@@ -47,7 +47,7 @@ fn conductor(board: &MemoryJobBoard, store: &MemoryStore, registry: Registry) ->
     .unwrap()
 }
 
-async fn wait_until<F, Fut>(what: &str, mut done: F)
+pub(super) async fn wait_until<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
