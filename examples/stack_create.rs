@@ -9,6 +9,10 @@
 //! The stack: a network, then a subnet on it, then two servers booted in parallel on the
 //! subnet, then a volume attached to the first server. Each provider records what it created
 //! in a fake cloud, so the end of the run shows what exists.
+//!
+//! `--fail-at` makes a step fail *after* its cloud call went through (the server was created
+//! but never became active), the hard case for an undo: the step has no result, so its revert
+//! finds the resource by the step's idempotency key. The cloud must be empty at the end.
 
 // An example program: printing is its job.
 #![allow(clippy::print_stdout)]
@@ -22,35 +26,45 @@ use baton::{
 };
 use serde_json::{json, Value};
 
-/// A pretend cloud: resource id -> description.
+/// One resource in the [`Cloud`].
+#[derive(Clone)]
+struct Resource {
+    id: String,
+    what: String,
+}
+
+/// A pretend cloud that keeps each resource under the idempotency key of the request that
+/// made it, as cloud APIs that take a client token do: a repeated request gets the resource
+/// the first one made, and the key finds it again.
 #[derive(Clone, Default)]
-struct Cloud(Arc<Mutex<BTreeMap<String, String>>>);
+struct Cloud(Arc<Mutex<BTreeMap<String, Resource>>>);
 
 impl Cloud {
-    fn create(&self, id: &str, what: String) {
-        self.0
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, Resource>) -> T) -> T {
+        f(&mut self
+            .0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.to_owned(), what);
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
-    fn delete(&self, id: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id);
+    /// Creates `resource` under `key`, unless `key` already made one: the id of the resource.
+    fn create(&self, key: &str, resource: Resource) -> String {
+        self.with(|c| c.entry(key.to_owned()).or_insert(resource).id.clone())
     }
-    fn list(&self) -> Vec<(String, String)> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .into_iter()
-            .collect()
+    /// Deletes the resource made with `key`, if it exists.
+    fn delete(&self, key: &str) {
+        self.with(|c| c.remove(key));
+    }
+    fn list(&self) -> Vec<Resource> {
+        let mut all: Vec<Resource> = self.with(|c| c.values().cloned().collect());
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 }
 
-/// Creates one resource; deletes it on revert. Its id is derived from the idempotency key, so a
-/// repeated call after a crash finds the same resource instead of making a second one.
+/// Creates one resource; deletes it on revert. The request carries the step's idempotency key,
+/// so a call repeated after a crash gets the resource the first call made, and the revert finds
+/// it by the key even when the step has no result (it failed, or its process died, after the
+/// call went through).
 struct Create {
     cloud: Cloud,
     kind: &'static str,
@@ -60,11 +74,7 @@ struct Create {
 #[async_trait::async_trait]
 impl Task for Create {
     async fn execute(&self, ctx: TaskContext) -> Result<Value, TaskError> {
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        if self.fail {
-            return Err(TaskError::msg(format!("{} quota exceeded", self.kind)));
-        }
-        let id = format!("{}-{:06x}", self.kind, short_hash(&ctx.idempotency_key()));
+        let key = ctx.idempotency_key();
         let parents: Vec<String> = ctx
             .inputs()
             .values()
@@ -75,27 +85,35 @@ impl Task for Create {
         } else {
             format!(" on {}", parents.join(", "))
         };
-        self.cloud.create(
-            &format!("{}/{}", ctx.atom(), id),
-            format!("{}{on}", self.kind),
+        let id = self.cloud.create(
+            &key,
+            Resource {
+                id: format!("{}/{}-{}", ctx.atom(), self.kind, short_id(&key)),
+                what: format!("{}{on}", self.kind),
+            },
         );
+        // Wait for the resource to become ready.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        if self.fail {
+            return Err(TaskError::msg(format!("{id} never became active")));
+        }
         Ok(json!(id))
     }
 
     async fn revert(&self, ctx: RevertContext) -> Result<(), TaskError> {
-        if let Some(id) = ctx.result().and_then(Value::as_str) {
-            self.cloud.delete(&format!("{}/{}", ctx.atom(), id));
-        }
+        // By the key, not the result: a step that failed after its call has none.
+        self.cloud.delete(&ctx.idempotency_key());
         Ok(())
     }
 }
 
-/// A short, stable tag for an idempotency key (a real provider would send the key itself).
-fn short_hash(key: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish() & 0xff_ffff
+/// A short tag derived from an idempotency key, the same in every process and with every Rust
+/// release (FNV-1a; `std`'s `DefaultHasher` may change its output in any release).
+fn short_id(key: &str) -> String {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(key.as_bytes());
+    format!("{:06x}", h.finish() & 0xff_ffff)
 }
 
 fn stack(cloud: &Cloud, fail_at: Option<&str>) -> Flow {
@@ -189,8 +207,8 @@ async fn main() -> anyhow::Result<()> {
     if resources.is_empty() {
         println!("  (none)");
     }
-    for (id, what) in resources {
-        println!("  {id}: {what}");
+    for r in &resources {
+        println!("  {}: {}", r.id, r.what);
     }
     let expected = if fail_at.is_some() {
         baton::FlowState::Reverted
@@ -201,5 +219,8 @@ async fn main() -> anyhow::Result<()> {
         outcome.state == expected,
         "expected the flow to end {expected}"
     );
+    if fail_at.is_some() {
+        anyhow::ensure!(resources.is_empty(), "the undo left resources behind");
+    }
     Ok(())
 }

@@ -10,6 +10,13 @@
 //! `--fail-at` takes one of `create-server`, `move-volume`, `delete-old-server`. The flow runs
 //! on SQLite in a temporary folder. Deleting the old server is the last step on purpose: it is
 //! the one thing that cannot be undone, so nothing that can still fail comes after it.
+//!
+//! The failure comes *after* the step's call to the cloud went through (the new server exists
+//! but never answers; the volume moved but the step timed out), the hard case for an undo:
+//! the step has no result, so each revert works from what does not depend on one. Creating
+//! the server records the step's idempotency key with it, and the revert deletes the server
+//! made with that key; moving the volume back needs only the step's inputs. Only
+//! `delete-old-server` fails before its call, since nothing could undo it.
 
 // An example program: printing is its job.
 #![allow(clippy::print_stdout)]
@@ -22,24 +29,55 @@ use baton::sql::SqliteStore;
 use baton::{
     Atom, Engine, EventKind, Flow, FlowState, FnTask, RevertContext, TaskContext, TaskError,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
-/// A pretend cloud: resource name -> description.
+/// One resource in the [`Cloud`]: what it is, and the idempotency key of the request that
+/// created it (none for what was there before).
+#[derive(Clone, PartialEq)]
+struct Entry {
+    what: String,
+    made_by: Option<String>,
+}
+
+/// A pretend cloud: resource name -> what it is.
 #[derive(Clone, Default)]
-struct Cloud(Arc<Mutex<BTreeMap<String, String>>>);
+struct Cloud(Arc<Mutex<BTreeMap<String, Entry>>>);
 
 impl Cloud {
-    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, String>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, Entry>) -> T) -> T {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
+    /// Sets what `name` is (creating it if need be), keeping who made it.
     fn set(&self, name: &str, what: String) {
-        self.with(|c| c.insert(name.to_owned(), what));
+        self.with(|c| match c.get_mut(name) {
+            Some(e) => e.what = what,
+            None => {
+                let made_by = None;
+                c.insert(name.to_owned(), Entry { what, made_by });
+            }
+        });
+    }
+    /// Creates `name` with the request's idempotency `key`; a repeated request changes nothing.
+    fn create(&self, name: &str, what: String, key: &str) -> Result<(), TaskError> {
+        self.with(|c| match c.get(name) {
+            Some(e) if e.made_by.as_deref() == Some(key) => Ok(()),
+            Some(_) => Err(TaskError::msg(format!("{name} already exists"))),
+            None => {
+                let made_by = Some(key.to_owned());
+                c.insert(name.to_owned(), Entry { what, made_by });
+                Ok(())
+            }
+        })
+    }
+    /// Deletes what the request with idempotency `key` created, if it still exists.
+    fn remove_made_by(&self, key: &str) {
+        self.with(|c| c.retain(|_, e| e.made_by.as_deref() != Some(key)));
     }
     fn remove(&self, name: &str) {
         self.with(|c| c.remove(name));
     }
     fn snapshot(&self) -> BTreeMap<String, String> {
-        self.with(|c| c.clone())
+        self.with(|c| c.iter().map(|(n, e)| (n.clone(), e.what.clone())).collect())
     }
     fn print(&self, title: &str) {
         println!("{title}");
@@ -51,7 +89,7 @@ impl Cloud {
 
 const ATOMS: [&str; 3] = ["create-server", "move-volume", "delete-old-server"];
 
-/// Fails the step named by `--fail-at`, before it touches the cloud.
+/// Fails the step named by `--fail-at`.
 fn injected(fail_at: Option<&str>, atom: &str) -> Result<(), TaskError> {
     if fail_at == Some(atom) {
         return Err(TaskError::msg(format!(
@@ -64,64 +102,61 @@ fn injected(fail_at: Option<&str>, atom: &str) -> Result<(), TaskError> {
 fn update_flow(cloud: &Cloud, fail_at: Option<&str>) -> Flow {
     let fail_at: Option<Arc<str>> = fail_at.map(Arc::from);
 
-    // 1. Boot the replacement; revert: delete it.
+    // 1. Boot the replacement; revert: delete the server this step's request created (found
+    //    by the request's idempotency key, so also when the step failed after the call).
     let create = {
         let (c, r, fail) = (cloud.clone(), cloud.clone(), fail_at.clone());
         FnTask::new(move |ctx: TaskContext| {
             let (cloud, fail) = (c.clone(), fail.clone());
             async move {
-                injected(fail.as_deref(), ctx.atom())?;
                 let name: String = ctx.input("new_server")?;
                 let flavor: String = ctx.input("flavor")?;
-                cloud.set(
+                cloud.create(
                     &format!("server/{name}"),
                     format!("ACTIVE, flavor {flavor}"),
-                );
+                    &ctx.idempotency_key(),
+                )?;
+                injected(fail.as_deref(), ctx.atom())?;
                 Ok(json!(name))
             }
         })
         .on_revert(move |ctx: RevertContext| {
             let cloud = r.clone();
             async move {
-                if let Some(name) = ctx.result().and_then(Value::as_str) {
-                    cloud.remove(&format!("server/{name}"));
-                }
+                cloud.remove_made_by(&ctx.idempotency_key());
                 Ok(())
             }
         })
     };
 
-    // 2. Detach the volume from the old server and attach it to the new one; revert: move it
-    //    back.
+    // 2. Detach the volume from the old server and attach it to the new one; revert: attach it
+    //    to the old server again (from the inputs: the step may have no result).
     let move_volume = {
         let (c, r, fail) = (cloud.clone(), cloud.clone(), fail_at.clone());
         FnTask::new(move |ctx: TaskContext| {
             let (cloud, fail) = (c.clone(), fail.clone());
             async move {
-                injected(fail.as_deref(), ctx.atom())?;
                 let volume: String = ctx.input("volume")?;
                 let from: String = ctx.input("old_server")?;
                 let to: String = ctx.input("server")?;
                 cloud.set(&format!("volume/{volume}"), format!("attached to {to}"));
+                injected(fail.as_deref(), ctx.atom())?;
                 Ok(json!({ "volume": volume, "from": from, "to": to }))
             }
         })
         .on_revert(move |ctx: RevertContext| {
             let cloud = r.clone();
             async move {
-                if let Some(moved) = ctx.result() {
-                    let (volume, from) = (&moved["volume"], &moved["from"]);
-                    let (volume, from) = (volume.as_str(), from.as_str());
-                    if let (Some(volume), Some(from)) = (volume, from) {
-                        cloud.set(&format!("volume/{volume}"), format!("attached to {from}"));
-                    }
-                }
+                let volume: String = ctx.input("volume")?;
+                let from: String = ctx.input("old_server")?;
+                cloud.set(&format!("volume/{volume}"), format!("attached to {from}"));
                 Ok(())
             }
         })
     };
 
-    // 3. Delete the old server: the point of no return, hence last.
+    // 3. Delete the old server: the point of no return, hence last (and it fails, if asked to,
+    //    before its call).
     let delete_old = {
         let (c, fail) = (cloud.clone(), fail_at);
         FnTask::new(move |ctx: TaskContext| {

@@ -6,6 +6,23 @@
 //! in a [`SideEffects`] log. Crash tests read that log to prove that no step which succeeded
 //! ran twice.
 //!
+//! The providers are written the way a real one should be, since users copy demo code:
+//!
+//! - **A create is idempotent.** Each resource is recorded with the idempotency key of the
+//!   call that created it ([`TaskContext::idempotency_key`], the same for every re-run of one
+//!   `execute` after a crash). A create first looks for a resource made with its key, and
+//!   returns that one if there is one: an `execute` re-run because its process died after the
+//!   cloud call, before its result was stored, finds the resource instead of making a second.
+//!   (A real cloud API takes the key with the request and de-duplicates it itself; this fake
+//!   looks first, which is enough for one caller of a key at a time.)
+//! - **A revert finds what to undo by the key**, not only by the result: an `execute` that
+//!   failed or was interrupted after its cloud call has no result
+//!   ([`RevertContext::result`] is `None`), but its resource exists and must go. A resource
+//!   already gone (a revert run again after a crash) is left alone.
+//! - **Ids are stable.** A resource's id is derived from its key with FNV-1a, a hash that is
+//!   the same on every platform and every Rust release (`std`'s `DefaultHasher` promises
+//!   neither), so the same key gives the same id in any process, today and after an upgrade.
+//!
 //! Factories, by name, for a [`Registry`]:
 //!
 //! | factory | parameters |
@@ -15,15 +32,15 @@
 //! | `stack-delete` | `stack`, `servers`, `volumes`, `step_ms` |
 //! | `steps` | `steps` (count), `step_ms` (100): a line of plain steps, for load and crash tests |
 //!
-//! Counts and times are bounded, so that no job can make a flow too big to build or a step
-//! that never ends: at most 100 `servers` and 100 `volumes`, 10 000 `steps`, and a `step_ms`
-//! of 600 000 (ten minutes).
+//! Parameters over the limits ([`MAX_STEPS`], [`MAX_SERVERS`] servers and volumes,
+//! [`MAX_STEP_MS`]) are refused before anything is built.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use baton_core::registry::BuildError;
 use baton_core::{Atom, Blueprint, Flow, Registry, RevertContext, Task, TaskContext, TaskError};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -37,6 +54,10 @@ pub struct Effect {
     pub action: String,
     /// The resource id.
     pub resource: String,
+    /// The idempotency key of the `execute` that created the resource: how the fake cloud finds
+    /// it again.
+    #[serde(default)]
+    pub key: String,
     /// The atom that did it.
     pub atom: String,
     /// The flow run.
@@ -47,7 +68,8 @@ pub struct Effect {
     pub at: String,
 }
 
-/// Where providers record their side effects.
+/// Where providers record their side effects: the fake cloud. The resources it holds are those
+/// created and not deleted since ([`SideEffects::find`]).
 #[derive(Debug, Clone)]
 pub enum SideEffects {
     /// Nowhere.
@@ -104,6 +126,42 @@ impl SideEffects {
         }
     }
 
+    /// The resource created with idempotency key `key` and not deleted since, if any (always
+    /// `None` for [`SideEffects::Discard`], which keeps nothing).
+    ///
+    /// # Errors
+    /// If the file cannot be read or holds a line that is not an effect.
+    pub async fn find(&self, key: &str) -> Result<Option<String>, TaskError> {
+        let last = match self {
+            SideEffects::Discard => None,
+            SideEffects::Memory(m) => m
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .rev()
+                .find(|e| e.key == key)
+                .cloned(),
+            SideEffects::File(path) => {
+                let text = match tokio::fs::read_to_string(path).await {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => return Err(TaskError::from(e).context("reading the side effects")),
+                };
+                // Only the lines that hold the key (as JSON writes it) are parsed.
+                let quoted = serde_json::to_string(key)?;
+                let mut last = None;
+                for line in text.lines().filter(|l| l.contains(&quoted)) {
+                    let effect: Effect = serde_json::from_str(line)?;
+                    if effect.key == key {
+                        last = Some(effect);
+                    }
+                }
+                last
+            }
+        };
+        Ok(last.filter(|e| e.action == "create").map(|e| e.resource))
+    }
+
     /// Reads a side-effect file back.
     ///
     /// # Errors
@@ -130,48 +188,66 @@ struct Resource {
     effects: SideEffects,
 }
 
-impl Resource {
-    fn id(&self, ctx_key: &str, atom: &str) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        ctx_key.hash(&mut h);
-        format!("{}-{atom}-{:06x}", self.kind, h.finish() & 0xff_ffff)
-    }
+/// The id of a resource of `kind` made by `atom` with idempotency key `key`: the same for the
+/// same key in every process and with every Rust release (FNV-1a over the key's bytes), short
+/// enough to read. (A real provider returns ids of its own; it is the key that must be stable.)
+#[must_use]
+pub fn resource_id(kind: &str, atom: &str, key: &str) -> String {
+    let mut hash = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut hash, key.as_bytes());
+    let tag = std::hash::Hasher::finish(&hash) & 0xff_ffff;
+    format!("{kind}-{atom}-{tag:06x}")
 }
 
 #[async_trait]
 impl Task for Resource {
     async fn execute(&self, ctx: TaskContext) -> Result<Value, TaskError> {
-        tokio::time::sleep(self.step).await;
         if self.fail {
+            // The cloud refuses at once: nothing was made.
             return Err(TaskError::msg(format!(
                 "{} {} failed: quota exceeded",
                 self.kind,
                 ctx.atom()
             )));
         }
-        let id = self.id(&ctx.idempotency_key(), ctx.atom());
-        self.effects
-            .record(Effect {
-                action: "create".into(),
-                resource: id.clone(),
-                atom: ctx.atom().into(),
-                flow: ctx.flow_id().to_string(),
-                attempt: ctx.attempt(),
-                at: Utc::now().to_rfc3339(),
-            })
-            .await?;
+        let key = ctx.idempotency_key();
+        // The call may have been made before, by an `execute` whose process died before its
+        // result was stored: then the resource exists, and is the answer.
+        let id = match self.effects.find(&key).await? {
+            Some(id) => id,
+            None => {
+                let id = resource_id(self.kind, ctx.atom(), &key);
+                self.effects
+                    .record(Effect {
+                        action: "create".into(),
+                        resource: id.clone(),
+                        key,
+                        atom: ctx.atom().into(),
+                        flow: ctx.flow_id().to_string(),
+                        attempt: ctx.attempt(),
+                        at: Utc::now().to_rfc3339(),
+                    })
+                    .await?;
+                id
+            }
+        };
+        // The cloud took the request; the resource takes `step` to become ready.
+        tokio::time::sleep(self.step).await;
         Ok(json!({ "id": id, "kind": self.kind }))
     }
 
     async fn revert(&self, ctx: RevertContext) -> Result<(), TaskError> {
-        let Some(id) = ctx.result().and_then(|r| r["id"].as_str()) else {
+        // By the key, not the result: an `execute` interrupted after its cloud call left no
+        // result, but a resource. And only if it still exists: a revert may run twice.
+        let key = ctx.idempotency_key();
+        let Some(id) = self.effects.find(&key).await? else {
             return Ok(());
         };
         self.effects
             .record(Effect {
                 action: "delete".into(),
-                resource: id.to_owned(),
+                resource: id,
+                key,
                 atom: ctx.atom().into(),
                 flow: ctx.flow_id().to_string(),
                 attempt: 0,
@@ -217,11 +293,13 @@ fn default_server() -> String {
     "server-0".into()
 }
 
-/// The most servers, volumes and steps a demo flow has, and the longest `step_ms`.
-const MAX_SERVERS: u32 = 100;
-const MAX_VOLUMES: u32 = 100;
-const MAX_STEPS: u32 = 10_000;
-const MAX_STEP_MS: u64 = 600_000;
+/// The most steps a `steps` flow may have.
+pub const MAX_STEPS: u32 = 10_000;
+/// The most servers, and the most volumes, a stack may have. (Each server is linked to each
+/// volume, and each volume to each attachment: a stack's edges grow with the square.)
+pub const MAX_SERVERS: u32 = 100;
+/// The longest a fake cloud call may take (`step_ms`): an hour.
+pub const MAX_STEP_MS: u64 = 3_600_000;
 
 fn parse(params: &Value) -> Result<StackParams, String> {
     let params = if params.is_null() {
@@ -235,15 +313,16 @@ fn parse(params: &Value) -> Result<StackParams, String> {
             path => format!("bad parameter `{path}`: {}", e.inner()),
         }
     })?;
-    for (name, value, max) in [
-        ("servers", u64::from(p.servers), u64::from(MAX_SERVERS)),
-        ("volumes", u64::from(p.volumes), u64::from(MAX_VOLUMES)),
+    // Checked before anything is built: a flow of `steps: 4294967295` would not fit in memory.
+    for (name, value, limit) in [
         ("steps", u64::from(p.steps), u64::from(MAX_STEPS)),
+        ("servers", u64::from(p.servers), u64::from(MAX_SERVERS)),
+        ("volumes", u64::from(p.volumes), u64::from(MAX_SERVERS)),
         ("step_ms", p.step_ms, MAX_STEP_MS),
     ] {
-        if value > max {
+        if value > limit {
             return Err(format!(
-                "bad parameter `{name}`: {value} is more than the demo allows, {max}"
+                "bad parameter `{name}`: {value} is over the limit of {limit}"
             ));
         }
     }
@@ -381,10 +460,67 @@ pub fn registry(effects: SideEffects) -> Registry {
     registry
 }
 
+/// For fuzzing and property tests (not part of the API): builds `params` with every demo
+/// factory, which must either refuse them ([`BuildError::BadParams`]) or build a flow within the
+/// limits; a description of anything else.
+///
+/// # Errors
+/// What went wrong, if anything did.
+#[doc(hidden)]
+pub fn fuzz_params(params: &Value) -> Result<(), String> {
+    let registry = registry(SideEffects::Discard);
+    for factory in registry.names() {
+        match registry.build_newest(factory, params) {
+            Ok((flow, _)) => {
+                let most = MAX_STEPS as usize + 3 * MAX_SERVERS as usize + 4;
+                if flow.len() > most {
+                    return Err(format!(
+                        "{factory} built {} atoms from {params}",
+                        flow.len()
+                    ));
+                }
+            }
+            Err(BuildError::BadParams { .. }) => {}
+            Err(e) => return Err(format!("{factory} from {params}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_core::{Engine, FlowState, MemoryStore};
+    use baton_core::engine::Error as EngineError;
+    use baton_core::model::Change;
+    use baton_core::store::Store;
+    use baton_core::{AtomState, Control, Engine, EventKind, FlowState, MemoryStore, RunOptions};
+
+    /// Runs flow `id` in a task of its own, under `control`.
+    fn run_in_task(
+        engine: &Engine,
+        flow: &baton_core::CompiledFlow,
+        id: baton_core::FlowId,
+        control: &Control,
+    ) -> tokio::task::JoinHandle<Result<baton_core::Outcome, EngineError>> {
+        let (engine, flow, control) = (engine.clone(), flow.clone(), control.clone());
+        tokio::spawn(async move {
+            engine
+                .run_with(&flow, id, RunOptions::new().control(control))
+                .await
+        })
+    }
+
+    /// The resources the fake cloud holds: created and not deleted since.
+    fn left(effects: &[Effect]) -> Vec<String> {
+        let mut last: std::collections::BTreeMap<&str, &Effect> = Default::default();
+        for e in effects {
+            last.insert(&e.key, e);
+        }
+        last.values()
+            .filter(|e| e.action == "create")
+            .map(|e| e.resource.clone())
+            .collect()
+    }
 
     async fn run(factory: &str, params: Value) -> (baton_core::Outcome, Vec<Effect>) {
         let effects = SideEffects::memory();
@@ -464,25 +600,187 @@ mod tests {
         assert!(err.to_string().contains("colour"), "{err}");
     }
 
-    /// Counts and times that would take forever to build or to run are refused, naming the
-    /// parameter and the limit; the limits themselves are accepted.
-    #[test]
-    fn counts_and_times_are_bounded() {
-        let registry = registry(SideEffects::Discard);
-        for (factory, params, message) in [
-            ("stack-create", json!({"servers": u32::MAX}), "bad parameter `servers`: 4294967295 is more than the demo allows, 100"),
-            ("stack-delete", json!({"volumes": 101}), "bad parameter `volumes`: 101 is more than the demo allows, 100"),
-            ("steps", json!({"steps": 10_001}), "bad parameter `steps`: 10001 is more than the demo allows, 10000"),
-            ("stack-update", json!({"step_ms": u64::MAX}), "bad parameter `step_ms`: 18446744073709551615 is more than the demo allows, 600000"),
-        ] {
-            let err = registry.build_newest(factory, &params).unwrap_err();
-            assert!(err.to_string().contains(message), "{err}");
-        }
-        let most = json!({"servers": 100, "volumes": 100, "step_ms": 600_000});
-        registry.build_newest("stack-create", &most).unwrap();
-        registry
-            .build_newest("steps", &json!({"steps": 10_000}))
+    /// The run's process dies (the run is halted) while `server-0` waits for the server it
+    /// has just created to boot, and the flow is already reverting (`server-1` failed): the
+    /// store has `server-0` running, with no result. The engine that resumes the run reverts
+    /// it, and its revert finds the server by the key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_interrupted_after_its_cloud_call_is_undone_by_the_revert() {
+        let effects = SideEffects::memory();
+        let params = json!({"step_ms": 500, "servers": 2, "fail_at": "server-1"});
+        let (flow, inputs) = registry(effects.clone())
+            .build_newest("stack-create", &params)
             .unwrap();
+        let store = MemoryStore::new();
+        let engine = Engine::new(store.clone()).with_parallelism(4);
+        let mut events = engine.subscribe();
+        let id = engine.create(&flow, inputs).await.unwrap();
+        let control = Control::new();
+        let run = run_in_task(&engine, &flow, id, &control);
+        while let Some(event) = events.next().await {
+            // A subscriber this close to the run never falls behind.
+            let event = event.unwrap();
+            if let EventKind::Transition(Change::Flow { to, .. }) = event.kind {
+                if to == FlowState::Reverting {
+                    break;
+                }
+            }
+        }
+        control.halt();
+        assert!(matches!(run.await.unwrap(), Err(EngineError::Halted(_))));
+        let snap = store.load_flow(id).await.unwrap();
+        let server = snap.atoms.iter().find(|a| a.name == "server-0").unwrap();
+        assert_eq!(
+            (server.state, &server.result),
+            (AtomState::Running, &None),
+            "server-0 was caught waiting for its server"
+        );
+        assert!(left(&effects.recorded())
+            .iter()
+            .any(|r| r.starts_with("server-server-0-")));
+
+        let outcome = Engine::new(store).run(&flow, id).await.unwrap();
+        assert_eq!(outcome.state, FlowState::Reverted);
+        let recorded = effects.recorded();
+        assert_eq!(left(&recorded), Vec::<String>::new(), "{recorded:#?}");
+    }
+
+    /// The run's process dies after `step-0001` created its resource, before the result was
+    /// stored: the engine that resumes the run runs `step-0001` again, with the same key,
+    /// which finds the resource instead of making a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_run_again_after_a_crash_finds_its_resource() {
+        let effects = SideEffects::memory();
+        let (flow, inputs) = registry(effects.clone())
+            .build_newest("steps", &json!({"steps": 3, "step_ms": 500}))
+            .unwrap();
+        let store = MemoryStore::new();
+        let engine = Engine::new(store.clone());
+        let id = engine.create(&flow, inputs).await.unwrap();
+        let control = Control::new();
+        let run = run_in_task(&engine, &flow, id, &control);
+        for _ in 0..1000 {
+            if effects.recorded().iter().any(|e| e.atom == "step-0001") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        control.halt();
+        assert!(matches!(run.await.unwrap(), Err(EngineError::Halted(_))));
+
+        let outcome = Engine::new(store.clone()).run(&flow, id).await.unwrap();
+        assert_eq!(outcome.state, FlowState::Success);
+        let snap = store.load_flow(id).await.unwrap();
+        let step = snap.atoms.iter().find(|a| a.name == "step-0001").unwrap();
+        assert_eq!(step.attempt, 2, "step-0001 ran again");
+        let creates: Vec<Effect> = effects
+            .recorded()
+            .into_iter()
+            .filter(|e| e.atom == "step-0001")
+            .collect();
+        assert_eq!(creates.len(), 1, "one resource, not two: {creates:#?}");
+        assert_eq!(
+            step.result.as_ref().unwrap()["id"],
+            json!(creates[0].resource),
+            "the re-run answered with the resource of the first"
+        );
+    }
+
+    #[test]
+    fn resource_ids_are_the_same_in_every_process_and_release() {
+        // FNV-1a of the key's bytes, low 24 bits: 0x731716d1640f403e.
+        assert_eq!(
+            resource_id(
+                "server",
+                "server-0",
+                "01a212fe-59db-735c-a5d3-d255ea0500da/server-0/0"
+            ),
+            "server-server-0-0f403e"
+        );
+    }
+
+    #[test]
+    fn counts_over_the_limits_are_refused_before_anything_is_built() {
+        let registry = registry(SideEffects::Discard);
+        let refused = |factory: &str, params: Value, named: &str| {
+            let Err(err) = registry.build_newest(factory, &params) else {
+                panic!("{factory} built a flow from {params}");
+            };
+            assert!(err.to_string().contains(named), "{factory} {params}: {err}");
+        };
+        let most = u64::from(u32::MAX);
+        refused(
+            "steps",
+            json!({"steps": 10_001}),
+            "`steps`: 10001 is over the limit of 10000",
+        );
+        refused("steps", json!({ "steps": most }), "`steps`: 4294967295");
+        refused(
+            "stack-create",
+            json!({"servers": 101}),
+            "`servers`: 101 is over the limit",
+        );
+        refused("stack-create", json!({ "volumes": most }), "`volumes`");
+        refused("stack-delete", json!({ "servers": most }), "`servers`");
+        refused("steps", json!({ "step_ms": u64::MAX }), "`step_ms`");
+        // At the limits, the flows are built.
+        let (flow, _) = registry
+            .build_newest("steps", &json!({"steps": 10_000, "step_ms": 3_600_000}))
+            .unwrap();
+        assert_eq!(flow.len(), 10_000);
+        let (flow, _) = registry
+            .build_newest("stack-create", &json!({"servers": 100, "volumes": 100}))
+            .unwrap();
+        assert_eq!(flow.len(), 304);
+    }
+
+    /// JSON of any shape, with the demo's parameter names and the numbers around its limits
+    /// more likely than chance would make them.
+    fn any_params() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let number = prop_oneof![
+            0u64..30,
+            Just(100),
+            Just(101),
+            Just(10_000),
+            Just(10_001),
+            Just(u64::from(u32::MAX)),
+            Just(u64::MAX),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            number.prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,24}".prop_map(Value::from),
+        ];
+        let key = prop_oneof![
+            Just("stack".to_owned()),
+            Just("servers".to_owned()),
+            Just("volumes".to_owned()),
+            Just("step_ms".to_owned()),
+            Just("fail_at".to_owned()),
+            Just("server".to_owned()),
+            Just("steps".to_owned()),
+            "[a-z_]{1,8}",
+        ];
+        leaf.prop_recursive(3, 48, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        // 256 cases by default; PROPTEST_CASES=100000 runs more (CONTRIBUTING.md).
+        #[test]
+        fn any_parameters_build_a_bounded_flow_or_are_refused(params in any_params()) {
+            proptest::prop_assert_eq!(fuzz_params(&params), Ok(()));
+        }
     }
 
     #[tokio::test]

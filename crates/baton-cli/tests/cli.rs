@@ -64,7 +64,9 @@ fn demo_then_inspect(db: &str) {
     );
 
     let dot = stdout(&baton(db, &["flows", "graph", id]));
-    assert!(dot.contains("\"network\" -> \"subnet\";"), "{dot}");
+    assert!(dot.contains("a0 [label=\"network\", shape=box];"), "{dot}");
+    assert!(dot.contains("a1 [label=\"subnet\", shape=box];"), "{dot}");
+    assert!(dot.contains("a0 -> a1;"), "{dot}");
     let mermaid = stdout(&baton(db, &["flows", "graph", id, "--format", "mermaid"]));
     assert!(mermaid.starts_with("flowchart TD"), "{mermaid}");
 

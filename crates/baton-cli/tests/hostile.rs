@@ -284,7 +284,7 @@ fn numbers() {
     }
     for (value, code) in [
         ("18446744073709551615", BAD_INPUT),
-        ("600001", BAD_INPUT),
+        ("3600001", BAD_INPUT),
         ("-0", USAGE),
         ("1e3", USAGE),
     ] {

@@ -275,41 +275,19 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The shape in Graphviz DOT, as a digraph named `name`.
+    /// The shape in Graphviz DOT, as a digraph named `name`. Nodes are `a0`, `a1`, ... (the
+    /// atoms' indexes), labelled with the atoms' names, escaped so that any name reads back
+    /// as written.
     #[must_use]
     pub fn to_dot(&self, name: &str) -> String {
-        let mut out = format!("digraph {name:?} {{\n");
-        for a in &self.atoms {
-            let shape = match a.kind {
-                AtomKind::Task => "box",
-                AtomKind::Retry => "diamond",
-            };
-            out.push_str(&format!("  {:?} [shape={shape}];\n", a.name));
-        }
-        for &(from, to) in &self.edges {
-            if let (Some(f), Some(t)) = (self.atoms.get(from), self.atoms.get(to)) {
-                out.push_str(&format!("  {:?} -> {:?};\n", f.name, t.name));
-            }
-        }
-        out.push_str("}\n");
-        out
+        crate::draw::dot(self, name)
     }
 
-    /// The shape as a Mermaid flowchart.
+    /// The shape as a Mermaid flowchart. Nodes are `a0`, `a1`, ... (the atoms' indexes),
+    /// labelled with the atoms' names, escaped so that any name reads back as written.
     #[must_use]
     pub fn to_mermaid(&self) -> String {
-        let mut out = String::from("flowchart TD\n");
-        for (i, a) in self.atoms.iter().enumerate() {
-            let label = a.name.replace('"', "'");
-            match a.kind {
-                AtomKind::Task => out.push_str(&format!("  a{i}[\"{label}\"]\n")),
-                AtomKind::Retry => out.push_str(&format!("  a{i}{{\"{label}\"}}\n")),
-            }
-        }
-        for &(from, to) in &self.edges {
-            out.push_str(&format!("  a{from} --> a{to}\n"));
-        }
-        out
+        crate::draw::mermaid(self)
     }
 }
 

@@ -26,13 +26,21 @@
 //!   job is left claimed without heartbeats, untouched, so that whoever claims it when the
 //!   lease runs out takes it, in time a conductor that can read it
 //!   ([`Summary::left_for_newer`]).
+//! - **Errors retrying cannot cure**: a claim or the conductor's own heartbeat that fails with
+//!   an error that is not transient, or a database found corrupt
+//!   ([`store::Error::CorruptDatabase`], [`board::Error::CorruptDatabase`]) by any part of the
+//!   conductor. It logs the error, shuts down as above (what it runs is suspended, or halted,
+//!   and written nothing more by this conductor) and [`Conductor::run`] returns it
+//!   ([`Error`]). Jobs whose runs met a corrupt database are not consumed: their runs did not
+//!   end.
 //!
 //! A job carrying a [`Cancel::Revert`] request (an operator's
 //! `baton flows revert`) has its run reverted instead of run forward.
 
 use std::collections::HashMap;
+use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -292,9 +300,81 @@ pub struct Summary {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The board failed in a way retrying cannot fix.
+    /// The board failed in a way retrying cannot fix: registering, a claim or the conductor's
+    /// heartbeat failed with an error that is not transient, or an operation on a job found
+    /// the database corrupt.
     #[error(transparent)]
     Board(#[from] board::Error),
+    /// The store failed in a way retrying cannot fix: a run found the database corrupt.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl Error {
+    fn is_corrupt_database(&self) -> bool {
+        matches!(
+            self,
+            Error::Board(board::Error::CorruptDatabase(_))
+                | Error::Store(store::Error::CorruptDatabase(_))
+        )
+    }
+}
+
+/// What stops a conductor before it is asked to: the first [`Error`] any part of it (the claim
+/// loop, a job's task, the retention task) reports, and the token that ends its claim loop.
+#[derive(Debug, Clone)]
+struct Fatal {
+    stop: CancellationToken,
+    first: Arc<Mutex<Option<Error>>>,
+}
+
+impl Fatal {
+    /// `stop` ends the claim loop; it is cancelled by [`Fatal::report`] (and with its parent).
+    fn new(stop: CancellationToken) -> Self {
+        Self {
+            stop,
+            first: Arc::default(),
+        }
+    }
+
+    /// Logs `error` and stops the conductor with it (unless another error stopped it first).
+    fn report(&self, error: Error, what: &str) {
+        tracing::error!(error = %Chain(&error), "{what}: stopping the conductor");
+        self.first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(error);
+        self.stop.cancel();
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// An error with its causes, `error: cause: cause`, for logs (a backend's own message, such as
+/// SQLite's "database disk image is malformed", is usually a cause).
+struct Chain<'a>(&'a (dyn StdError + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            // Many errors repeat their source's text in their own: write each fact once.
+            let text = cause.to_string();
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 /// How one job ended, from the conductor's point of view.
@@ -320,13 +400,14 @@ const RETENTION_BATCH: u32 = 500;
 const RETENTION_CALLS: usize = 20;
 
 /// [`Options::retention`]: every `every`, deletes what ended longer ago than `keep`, until
-/// `stop`; the runs and jobs it deleted.
+/// `stop` (or a corrupt database, reported to `fatal`); the runs and jobs it deleted.
 async fn retain(
     store: Arc<dyn crate::store::Store>,
     board: Arc<dyn JobBoard>,
     keep: Duration,
     every: Duration,
     stop: CancellationToken,
+    fatal: Fatal,
 ) -> (u64, u64) {
     let (mut runs, mut jobs) = (0, 0);
     let mut round = tokio::time::interval(every.max(Duration::from_millis(1)));
@@ -343,8 +424,15 @@ async fn retain(
             // Nothing can have ended that long ago.
             continue;
         };
-        runs += purge_round("runs", &stop, |n| store.purge_flows(cutoff, n)).await;
-        jobs += purge_round("jobs", &stop, |n| board.purge_jobs(cutoff, n)).await;
+        let (store, board) = (&store, &board);
+        runs += purge_round("runs", &stop, &fatal, |n| async move {
+            Ok(store.purge_flows(cutoff, n).await?)
+        })
+        .await;
+        jobs += purge_round("jobs", &stop, &fatal, |n| async move {
+            Ok(board.purge_jobs(cutoff, n).await?)
+        })
+        .await;
         tracing::debug!(runs, jobs, "retention round done");
     }
     (runs, jobs)
@@ -352,12 +440,17 @@ async fn retain(
 
 /// One round of [`Options::retention`] for one kind (`what`): purge calls of
 /// [`RETENTION_BATCH`] until one deletes fewer, at most [`RETENTION_CALLS`], stopping early on
-/// `stop` or an error (tried again next round); how many it deleted.
-async fn purge_round<F, Fut, E>(what: &str, stop: &CancellationToken, mut purge: F) -> u64
+/// `stop` or an error (tried again next round; a corrupt database is reported to `fatal`); how
+/// many it deleted.
+async fn purge_round<F, Fut>(
+    what: &str,
+    stop: &CancellationToken,
+    fatal: &Fatal,
+    mut purge: F,
+) -> u64
 where
     F: FnMut(u32) -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<u64, E>>,
-    E: std::fmt::Display,
+    Fut: std::future::Future<Output = std::result::Result<u64, Error>>,
 {
     let mut purged = 0;
     for _ in 0..RETENTION_CALLS {
@@ -371,8 +464,12 @@ where
                     break;
                 }
             }
+            Err(e) if e.is_corrupt_database() => {
+                fatal.report(e, &format!("purging ended {what} failed"));
+                break;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, what, "purging ended {what} failed; trying again next round");
+                tracing::warn!(error = %Chain(&e), what, "purging ended {what} failed; trying again next round");
                 break;
             }
         }
@@ -425,7 +522,8 @@ impl Conductor {
     /// Runs until `shutdown` is cancelled, then shuts down gracefully.
     ///
     /// # Errors
-    /// Only board errors that make going on pointless; transient ones are retried.
+    /// Only errors that make going on pointless (see the [module documentation](self)), after
+    /// the same graceful shutdown; transient ones are retried.
     ///
     /// # Cancel safety
     /// Not cancel safe: cancel through `shutdown` instead, so flows are suspended and their jobs
@@ -446,12 +544,17 @@ impl Conductor {
             last_seen: now,
             offer: self.offer.clone(),
         };
-        self.board.register(&info(started_at)).await?;
+        if let Err(e) = self.board.register(&info(started_at)).await {
+            tracing::error!(error = %Chain(&e), "registering the conductor failed");
+            return Err(e.into());
+        }
         tracing::info!("conductor started");
 
+        // Cancelled by `shutdown`, or by the first error that stops the conductor.
+        let fatal = Fatal::new(shutdown.child_token());
         let mut summary = Summary::default();
         let retention = self.options.retention.map(|keep| {
-            let stop = shutdown.child_token();
+            let stop = fatal.stop.child_token();
             let task = tokio::spawn(
                 retain(
                     self.engine.store().clone(),
@@ -459,6 +562,7 @@ impl Conductor {
                     keep,
                     self.options.retention_every,
                     stop.clone(),
+                    fatal.clone(),
                 )
                 .in_current_span(),
             );
@@ -479,9 +583,10 @@ impl Conductor {
         // loop's turns: a heartbeat more frequent than the poll would otherwise start the wait
         // afresh every time and the conductor would never poll.
         let mut next_poll = tokio::time::Instant::now() + self.options.poll;
-        while !shutdown.is_cancelled() {
+        let stop = &fatal.stop;
+        while !stop.is_cancelled() {
             let free = self.options.concurrency.saturating_sub(jobs.len());
-            if free > 0 && ask && !shutdown.is_cancelled() {
+            if free > 0 && ask {
                 // All it has room for in one go: fewer means the board has no more for now,
                 // so there is no need to ask again until woken.
                 let claims = match self
@@ -493,9 +598,13 @@ impl Conductor {
                         ask = claims.len() == free;
                         claims
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claim failed");
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(error = %Chain(&e), "claim failed");
                         Vec::new()
+                    }
+                    Err(e) => {
+                        fatal.report(e.into(), "claim failed");
+                        break;
                     }
                 };
                 for claim in claims {
@@ -509,6 +618,7 @@ impl Conductor {
                         registry: self.registry.clone(),
                         options: self.options.clone(),
                         control: control.clone(),
+                        fatal: fatal.clone(),
                     };
                     let handle = jobs.spawn(run.drive());
                     controls.insert(handle.id(), (job, control));
@@ -516,7 +626,7 @@ impl Conductor {
             }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
+                () = stop.cancelled() => break,
                 Some(done) = jobs.join_next_with_id() => {
                     if jobs.len() + 1 >= self.options.concurrency {
                         ask = true;
@@ -528,14 +638,18 @@ impl Conductor {
                     next_poll = tokio::time::Instant::now() + self.options.poll;
                     if !jobs.is_empty() && !self.options.gather.is_zero() {
                         tokio::select! {
-                            () = shutdown.cancelled() => break,
+                            () = stop.cancelled() => break,
                             () = tokio::time::sleep(self.options.gather) => {}
                         }
                     }
                 }
                 _ = beat.tick() => {
-                    if let Err(e) = self.board.register(&info(Utc::now())).await {
-                        tracing::warn!(error = %e, "conductor heartbeat failed");
+                    match self.board.register(&info(Utc::now())).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_transient() => {
+                            tracing::warn!(error = %Chain(&e), "conductor heartbeat failed");
+                        }
+                        Err(e) => fatal.report(e.into(), "conductor heartbeat failed"),
                     }
                 }
             }
@@ -576,7 +690,11 @@ impl Conductor {
             }
         }
         if let Err(e) = self.board.deregister(self.id).await {
-            tracing::warn!(error = %e, "deregistering failed");
+            tracing::warn!(error = %Chain(&e), "deregistering failed");
+        }
+        if let Some(e) = fatal.take() {
+            tracing::error!(?summary, "conductor stopped by an error");
+            return Err(e);
         }
         tracing::info!(?summary, "conductor stopped");
         Ok(summary)
@@ -615,6 +733,7 @@ struct JobRun {
     registry: Arc<Registry>,
     options: Options,
     control: Control,
+    fatal: Fatal,
 }
 
 /// The outcome of a job asked to revert a run that never started.
@@ -797,8 +916,13 @@ impl JobRun {
                         tracing::warn!("claim lost: halting the flow");
                         return true;
                     }
+                    Err(e @ board::Error::CorruptDatabase(_)) => {
+                        self.fatal
+                            .report(e.into(), "heartbeat failed: halting the flow");
+                        return true;
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "heartbeat failed");
+                        tracing::warn!(error = %Chain(&e), "heartbeat failed");
                         if Utc::now() >= expires {
                             tracing::warn!("lease ran out without a heartbeat: halting the flow");
                             return true;
@@ -837,8 +961,12 @@ impl JobRun {
                         tracing::info!("flow suspended, job handed back");
                         JobEnd::Abandoned
                     }
+                    Err(e @ board::Error::CorruptDatabase(_)) => {
+                        self.fatal.report(e.into(), "abandoning the job failed");
+                        JobEnd::Halted
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "abandoning the job failed");
+                        tracing::warn!(error = %Chain(&e), "abandoning the job failed");
                         JobEnd::Lost
                     }
                 }
@@ -896,10 +1024,16 @@ impl JobRun {
                 }
                 JobEnd::LeftForNewer
             }
+            engine::Error::Store(e @ store::Error::CorruptDatabase(_)) => {
+                // Not the run's fault, nor its end: the job is not consumed. Another conductor
+                // takes it over when its lease runs out, once the database is repaired.
+                self.fatal.report(e.into(), "flow cannot run");
+                JobEnd::Halted
+            }
             engine::Error::Store(e) if e.is_transient() => {
                 // The store went away (the engine retries its own writes; this came from around
                 // them, e.g. creating the flow): hand the job back rather than record a failure.
-                tracing::warn!(error = %e, "store unavailable: handing the job back");
+                tracing::warn!(error = %Chain(&e), "store unavailable: handing the job back");
                 match self.board.abandon(self.claim.fence).await {
                     Ok(()) => JobEnd::Abandoned,
                     Err(_) => JobEnd::Lost,
@@ -913,7 +1047,7 @@ impl JobRun {
                     engine::Error::Store(_) => "store",
                     _ => "engine",
                 };
-                tracing::error!(error = %e, "flow cannot go on: parking the job");
+                tracing::error!(error = %Chain(&e), "flow cannot go on: parking the job");
                 self.park(park_reason(kind, &e)).await
             }
         }
@@ -929,8 +1063,12 @@ impl JobRun {
                 tracing::info!("job consumed");
                 JobEnd::Consumed
             }
+            Err(e @ board::Error::CorruptDatabase(_)) => {
+                self.fatal.report(e.into(), "consuming the job failed");
+                JobEnd::Halted
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "consuming the job failed");
+                tracing::warn!(error = %Chain(&e), "consuming the job failed");
                 JobEnd::Lost
             }
         }

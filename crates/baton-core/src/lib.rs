@@ -49,6 +49,7 @@ pub mod board;
 mod clip;
 pub mod compile;
 pub mod conductor;
+mod draw;
 pub mod engine;
 mod failure;
 pub mod fingerprint;

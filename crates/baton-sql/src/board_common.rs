@@ -11,6 +11,7 @@ use serde_json::Value;
 pub(crate) fn db(err: sqlx::Error) -> board::Error {
     match crate::error::classify(err) {
         baton_core::store::Error::Unavailable(e) => board::Error::Unavailable(e),
+        baton_core::store::Error::CorruptDatabase(e) => board::Error::CorruptDatabase(e),
         other => board::Error::Backend(Box::new(other)),
     }
 }

@@ -815,6 +815,39 @@ impl Ended {
     }
 }
 
+/// Adds `query`'s filters to a listing of flows (`... WHERE <something>` so far), then its
+/// order and limit: the same SQL for both databases.
+pub(crate) fn push_flow_query<'a, DB: sqlx::Database>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    query: &baton_core::store::FlowQuery,
+) where
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    if let Some(state) = query.state {
+        q.push(" AND state = ").push_bind(state.as_str().to_owned());
+    }
+    if let Some(name) = &query.name {
+        q.push(" AND name = ").push_bind(name.clone());
+    }
+    if let Some(factory) = &query.factory {
+        q.push(" AND factory = ").push_bind(factory.clone());
+    }
+    if let Some(version) = query.version {
+        q.push(" AND factory_version = ")
+            .push_bind(i64::from(version));
+    }
+    if query.unfinished {
+        q.push(" AND state NOT IN ")
+            .push(crate::board_common::RUN_ENDED);
+    }
+    q.push(" ORDER BY seq DESC");
+    if let Some(limit) = query.limit {
+        q.push(" LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use baton_core::model::AtomKind;
@@ -931,38 +964,5 @@ mod tests {
         let now = Utc::now();
         assert_eq!(parse_time(&time_text(now)).unwrap(), now);
         assert!(parse_time("yesterday").is_err());
-    }
-}
-
-/// Adds `query`'s filters to a listing of flows (`... WHERE <something>` so far), then its
-/// order and limit: the same SQL for both databases.
-pub(crate) fn push_flow_query<'a, DB: sqlx::Database>(
-    q: &mut sqlx::QueryBuilder<'a, DB>,
-    query: &baton_core::store::FlowQuery,
-) where
-    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    if let Some(state) = query.state {
-        q.push(" AND state = ").push_bind(state.as_str().to_owned());
-    }
-    if let Some(name) = &query.name {
-        q.push(" AND name = ").push_bind(name.clone());
-    }
-    if let Some(factory) = &query.factory {
-        q.push(" AND factory = ").push_bind(factory.clone());
-    }
-    if let Some(version) = query.version {
-        q.push(" AND factory_version = ")
-            .push_bind(i64::from(version));
-    }
-    if query.unfinished {
-        q.push(" AND state NOT IN ")
-            .push(crate::board_common::RUN_ENDED);
-    }
-    q.push(" ORDER BY seq DESC");
-    if let Some(limit) = query.limit {
-        q.push(" LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 }

@@ -69,17 +69,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(feature = "sqlite")]
 const SQLITE_TRANSIENT: [i64; 5] = [5, 6, 10, 13, 14];
 
+/// SQLite primary result codes that mean the database file is damaged: `SQLITE_CORRUPT`
+/// ("database disk image is malformed") and `SQLITE_NOTADB` ("file is not a database").
+#[cfg(feature = "sqlite")]
+const SQLITE_CORRUPT: [i64; 2] = [11, 26];
+
 /// Maps a sqlx error onto the store's error kinds: what retrying may cure becomes
-/// [`store::Error::Unavailable`], everything else [`store::Error::Backend`]. Either keeps the
-/// sqlx error (and so the server's message) as its source.
+/// [`store::Error::Unavailable`], a damaged database [`store::Error::CorruptDatabase`],
+/// everything else [`store::Error::Backend`]. Each keeps the sqlx error (and so the server's
+/// message) as its source.
 ///
 /// Transient: I/O errors (connection refused, reset, closed), TLS failures, a pool that timed
 /// out waiting for a connection; PostgreSQL's refusals that an outage, a failover or an
 /// operator's fix cures (see [`POSTGRES_TRANSIENT`]); and SQLite's busy, locked, I/O,
 /// full-disk and cannot-open codes. A pool closed on purpose is not transient.
+/// Damaged: SQLite's corrupt and not-a-database codes.
 pub(crate) fn classify(err: sqlx::Error) -> store::Error {
     if is_transient(&err) {
         store::Error::Unavailable(Box::new(err))
+    } else if is_corrupt_database(&err) {
+        store::Error::CorruptDatabase(Box::new(err))
     } else {
         store::Error::Backend(Box::new(err))
     }
@@ -99,11 +108,8 @@ fn transient_database_error(db: &dyn sqlx::error::DatabaseError) -> bool {
         return transient_postgres_code(pg.code());
     }
     #[cfg(feature = "sqlite")]
-    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        return db
-            .code()
-            .and_then(|code| code.parse::<i64>().ok())
-            .is_some_and(transient_sqlite_code);
+    if let Some(code) = sqlite_code(db) {
+        return transient_sqlite_code(code);
     }
     let _ = db;
     false
@@ -127,6 +133,27 @@ pub(crate) const POSTGRES_TRANSIENT: [&str; 13] = [
     "08*", "57P0*", "57014", "3D000", "28*", "53000", "53100", "53200", "53300", "40001", "40P01",
     "40003", "25006",
 ];
+
+/// The result code of an error SQLite reported; `None` for any other database's.
+#[cfg(feature = "sqlite")]
+fn sqlite_code(db: &dyn sqlx::error::DatabaseError) -> Option<i64> {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    db.code()?.parse().ok()
+}
+
+fn is_corrupt_database(err: &sqlx::Error) -> bool {
+    #[cfg(feature = "sqlite")]
+    if let sqlx::Error::Database(db) = err {
+        return sqlite_code(db.as_ref()).is_some_and(corrupt_sqlite_code);
+    }
+    let _ = err;
+    false
+}
+
+#[cfg(feature = "sqlite")]
+fn corrupt_sqlite_code(code: i64) -> bool {
+    SQLITE_CORRUPT.contains(&(code & 0xff))
+}
 
 #[cfg(feature = "postgres")]
 fn transient_postgres_code(code: &str) -> bool {
@@ -206,6 +233,20 @@ mod tests {
         // SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_ERROR
         for code in [1555, 1] {
             assert!(!transient_sqlite_code(code), "{code}");
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_corrupt_and_not_a_database_codes_are_corruption() {
+        // SQLITE_CORRUPT, SQLITE_CORRUPT_INDEX, SQLITE_NOTADB
+        for code in [11, 779, 26] {
+            assert!(corrupt_sqlite_code(code), "{code}");
+            assert!(!transient_sqlite_code(code), "{code}");
+        }
+        // SQLITE_BUSY, SQLITE_ERROR, SQLITE_CONSTRAINT_PRIMARYKEY
+        for code in [5, 1, 1555] {
+            assert!(!corrupt_sqlite_code(code), "{code}");
         }
     }
 }

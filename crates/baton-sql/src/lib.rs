@@ -87,6 +87,9 @@ mod board_sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
 mod error;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "postgres")]
 mod liveness;
 #[cfg(feature = "postgres")]

@@ -785,7 +785,7 @@ async fn read_step_rows(
 /// `name`, `kind` and `model_version`, then, unless the atom is as its creation left it
 /// ([`PackedAtom::rest`] is `None`), the other columns of [`ATOM_COLUMNS`] in order (`progress`
 /// as text with 17 significant digits, which reads back exactly; SQLite's JSON writes 15).
-struct PackedAtom {
+pub(crate) struct PackedAtom {
     position: i64,
     name: String,
     kind: String,
@@ -1026,7 +1026,7 @@ async fn read_atom_rows(
 
 /// An atom read packed; `None` if its `progress` does not read back as a number (then the
 /// row-by-row path says why).
-fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<Option<AtomRecord>> {
+pub(crate) fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<Option<AtomRecord>> {
     let name = a.name;
     let Some(rest) = a.rest else {
         return codec::decode_pristine_atom(flow, name, &a.kind, a.model_version).map(Some);

@@ -4,6 +4,7 @@
 //!   command, so a test can check what ran, in which order, and how often.
 //! - [`CrashStore`] and [`FlakyStore`]: store wrappers that kill the engine at the k-th write, or
 //!   make the store unavailable for a while (or lose the answer to a run's last write).
+//! - [`FaultyBoard`]: a job-board wrapper whose claims or heartbeats fail on command.
 //! - [`scenarios`]: the flows the crash tests run (linear, parallel graph, failing, retrying),
 //!   and flows for edge cases ([`scenarios::huge_failures`]).
 //! - [`run_until_retrying`]: runs a flow until a retry controller waits, and suspends it there.
@@ -18,12 +19,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod board;
+mod boards;
 pub mod conformance;
 pub mod crash;
 mod probe;
 pub mod scenarios;
 mod stores;
 
+pub use boards::{BoardOp, FaultyBoard};
 pub use probe::{Action, Call, Log, Phase, Probe};
 pub use stores::{CrashMode, CrashStore, FlakyStore};
 

@@ -28,13 +28,19 @@ impl std::error::Error for Injected {}
 
 /// A store wrapper that fails its k-th write (flow creation or batch) with a non-transient
 /// error, so the engine stops dead there as if its process had died. Every later write fails
-/// too: a dead engine writes nothing more.
+/// too: a dead engine writes nothing more. The error is a [`Error::Backend`] unless
+/// [`CrashStore::failing_with`] chooses another.
 #[derive(Debug, Clone)]
 pub struct CrashStore<S> {
     inner: S,
     crash_at: u64,
     mode: CrashMode,
     writes: Arc<AtomicU64>,
+    error: fn() -> Error,
+}
+
+fn injected_crash() -> Error {
+    Error::Backend(Box::new(Injected("injected crash")))
 }
 
 impl<S: Store> CrashStore<S> {
@@ -45,7 +51,16 @@ impl<S: Store> CrashStore<S> {
             crash_at,
             mode,
             writes: Arc::new(AtomicU64::new(0)),
+            error: injected_crash,
         }
+    }
+
+    /// Fails with the error `error` makes instead (say, [`Error::CorruptDatabase`]: a
+    /// database found damaged at that write).
+    #[must_use]
+    pub fn failing_with(mut self, error: fn() -> Error) -> Self {
+        self.error = error;
+        self
     }
 
     /// A wrapper that never crashes but counts writes.
@@ -76,7 +91,7 @@ impl<S: Store> CrashStore<S> {
         if n == self.crash_at && self.mode == CrashMode::AfterWrite {
             f.await?;
         }
-        Err(Error::Backend(Box::new(Injected("injected crash"))))
+        Err((self.error)())
     }
 }
 

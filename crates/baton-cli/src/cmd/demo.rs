@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_core::board::{JobBoard, JobQuery, NewJob};
-use baton_core::conductor::{InvalidOptions, Options};
+use baton_core::conductor::{InvalidOptions, Options, Summary};
 use baton_core::model::Change;
 use baton_core::{AtomState, Conductor, Engine, EventKind, FlowState, JobState};
 use serde_json::json;
@@ -117,6 +117,11 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
                     }
                 }
             }
+            Some(ended) = running.join_next() => {
+                // Only an error stops the conductor before it is asked to.
+                conductor_ended(ended)?;
+                return Err(CliError::new(exit::INTERNAL, "the conductor stopped before the job ended"));
+            }
             _ = check.tick() => {
                 let current = board.get(job.id).await?;
                 if current.state.is_terminal() {
@@ -130,22 +135,8 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
         }
     };
     shutdown.cancel();
-    while let Some(r) = running.join_next().await {
-        match r {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(CliError::new(
-                    exit::INTERNAL,
-                    format!("the conductor failed: {e}"),
-                ))
-            }
-            Err(e) => {
-                return Err(CliError::new(
-                    exit::INTERNAL,
-                    format!("the conductor crashed: {e}"),
-                ))
-            }
-        }
+    while let Some(ended) = running.join_next().await {
+        conductor_ended(ended)?;
     }
 
     let outcome = finished.outcome.clone().unwrap_or_default();
@@ -191,6 +182,27 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
     } else {
         exit::FLOW_FAILED
     })
+}
+
+/// How the demo's conductor task ended, as the command's error if it failed.
+fn conductor_ended(
+    ended: std::result::Result<
+        std::result::Result<Summary, baton_core::conductor::Error>,
+        tokio::task::JoinError,
+    >,
+) -> Result<()> {
+    match ended {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(conductor_failed(&e)),
+        Err(e) => Err(CliError::new(
+            exit::INTERNAL,
+            format!("the conductor crashed: {e}"),
+        )),
+    }
+}
+
+fn conductor_failed(e: &baton_core::conductor::Error) -> CliError {
+    CliError::new(exit::INTERNAL, format!("the conductor failed: {e}")).caused_by(e)
 }
 
 fn paint(style: Style, state: &str) -> String {
@@ -354,9 +366,13 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
     let summary = conductor
         .run(shutdown.clone())
         .await
-        .map_err(|e| CliError::new(exit::INTERNAL, format!("the conductor failed: {e}")))?;
+        .map_err(|e| conductor_failed(&e))?;
     shutdown.cancel();
-    helpers.shutdown().await;
+    while let Some(helper) = helpers.join_next().await {
+        if let Ok(Err(e)) = helper {
+            return Err(e);
+        }
+    }
     outln!(
         "{}",
         json!({
@@ -365,6 +381,7 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
             "consumed": summary.consumed,
             "abandoned": summary.abandoned,
             "lost": summary.lost,
+            "parked": summary.parked,
             "left_behind": summary.left_behind,
             "left_for_newer": summary.left_for_newer,
             "purged_runs": summary.purged_runs,
@@ -374,7 +391,7 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
     Ok(())
 }
 
-async fn signals(shutdown: CancellationToken) {
+async fn signals(shutdown: CancellationToken) -> Result<()> {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -386,30 +403,97 @@ async fn signals(shutdown: CancellationToken) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
-        () = shutdown.cancelled() => return,
+        () = shutdown.cancelled() => return Ok(()),
     }
     eprintln!("stopping: suspending running flows and handing their jobs back");
     shutdown.cancel();
+    Ok(())
 }
 
-async fn exit_when_idle(board: Arc<dyn JobBoard>, shutdown: CancellationToken, every: Duration) {
+/// Stops the conductor once the board has no unclaimed or claimed job; also (with the error)
+/// when the board cannot tell, other than for a while.
+async fn exit_when_idle(
+    board: Arc<dyn JobBoard>,
+    shutdown: CancellationToken,
+    every: Duration,
+) -> Result<()> {
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(every) => {}
         }
-        let unclaimed = board
-            .list(&JobQuery::all().state(JobState::Unclaimed).limit(1))
-            .await;
-        let claimed = board
-            .list(&JobQuery::all().state(JobState::Claimed).limit(1))
-            .await;
-        match (unclaimed, claimed) {
-            (Ok(u), Ok(c)) if u.is_empty() && c.is_empty() => {
-                shutdown.cancel();
-                return;
+        let idle = async {
+            for state in [JobState::Unclaimed, JobState::Claimed] {
+                if !board
+                    .list(&JobQuery::all().state(state).limit(1))
+                    .await?
+                    .is_empty()
+                {
+                    return Ok(false);
+                }
             }
-            _ => {}
+            Ok::<_, baton_core::board::Error>(true)
+        };
+        match idle.await {
+            Ok(false) => {}
+            Ok(true) => {
+                shutdown.cancel();
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {}
+            Err(e) => {
+                tracing::error!("cannot tell whether the board is idle: stopping");
+                shutdown.cancel();
+                return Err(CliError::from(e));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::board::Error as BoardError;
+    use baton_core::{MemoryJobBoard, MemoryStore};
+    use baton_testkit::{BoardOp, FaultyBoard};
+
+    fn board() -> FaultyBoard<MemoryJobBoard> {
+        FaultyBoard::new(MemoryJobBoard::new(&MemoryStore::new()))
+    }
+
+    #[tokio::test]
+    async fn exit_when_idle_stops_the_conductor_when_the_board_cannot_tell() {
+        let board = board();
+        board.fail(BoardOp::List, || {
+            BoardError::CorruptDatabase("database disk image is malformed".into())
+        });
+        let shutdown = CancellationToken::new();
+        let idle = exit_when_idle(Arc::new(board), shutdown.clone(), Duration::from_millis(1));
+        let err = tokio::time::timeout(Duration::from_secs(10), idle)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.code, exit::INTERNAL);
+        assert!(err.message.contains("corrupt"), "{}", err.message);
+        assert!(shutdown.is_cancelled(), "the conductor is told to stop");
+    }
+
+    #[tokio::test]
+    async fn exit_when_idle_waits_out_an_unreachable_board() {
+        let board = board();
+        board.fail(BoardOp::List, || BoardError::Unavailable("refused".into()));
+        let shutdown = CancellationToken::new();
+        let idle = tokio::spawn(exit_when_idle(
+            Arc::new(board.clone()),
+            shutdown.clone(),
+            Duration::from_millis(1),
+        ));
+        while board.failed() < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!shutdown.is_cancelled(), "an outage is not the end");
+        board.heal();
+        idle.await.unwrap().unwrap();
+        assert!(shutdown.is_cancelled(), "the empty board is idle");
     }
 }

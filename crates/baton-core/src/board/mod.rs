@@ -101,6 +101,11 @@ pub enum Error {
     /// The board cannot be reached right now; retrying later may work.
     #[error("job board unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// The database that holds the board is damaged, not one job's record: nothing read from
+    /// it can be trusted until an operator restores or repairs it (see
+    /// [`store::Error::CorruptDatabase`](crate::store::Error::CorruptDatabase)).
+    #[error("the database is corrupt")]
+    CorruptDatabase(#[source] Box<dyn StdError + Send + Sync>),
     /// Any other backend error.
     #[error("job board error")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),

@@ -144,6 +144,11 @@ pub enum Error {
     /// The store cannot be reached right now; retrying later may work.
     #[error("store unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// The database itself is damaged (SQLite: "database disk image is malformed"), not one
+    /// record of it: nothing read from it can be trusted until an operator restores or repairs
+    /// it. Retrying does not help; a [`Conductor`](crate::Conductor) meeting this stops.
+    #[error("the database is corrupt")]
+    CorruptDatabase(#[source] Box<dyn StdError + Send + Sync>),
     /// Any other backend error.
     #[error("store error")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),

@@ -15,7 +15,7 @@ use baton_testkit::{Action, Log, Phase, Probe};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-fn registry(log: &Log, step: Duration) -> Registry {
+pub(super) fn registry(log: &Log, step: Duration) -> Registry {
     let log = log.clone();
     Registry::new()
         .register("steps", 1, move |params| {
@@ -31,7 +31,7 @@ fn registry(log: &Log, step: Duration) -> Registry {
         .unwrap()
 }
 
-fn fast_options() -> Options {
+pub(super) fn fast_options() -> Options {
     let mut o = Options::default();
     o.lease = Duration::from_millis(600);
     o.heartbeat = Duration::from_millis(100);
@@ -50,7 +50,7 @@ fn conductor(board: &MemoryJobBoard, store: &MemoryStore, registry: Registry) ->
     .unwrap()
 }
 
-async fn wait_until<F, Fut>(what: &str, mut done: F)
+pub(super) async fn wait_until<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

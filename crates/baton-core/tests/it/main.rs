@@ -5,9 +5,11 @@
 
 mod board;
 mod conductor;
+mod conductor_errors;
 mod crash;
 mod data;
 mod events;
+mod graphs;
 mod lifecycle;
 mod limits;
 mod patterns;

@@ -188,8 +188,12 @@ fn graphs_export_to_dot_and_mermaid() {
         .add(noop("b"))
         .compile()
         .unwrap();
-    assert!(flow.to_dot().contains("\"a\" -> \"b\";"));
-    assert!(flow.to_mermaid().contains("a0 --> a1"));
+    let dot = flow.to_dot();
+    assert!(dot.contains("a0 [label=\"a\", shape=box];"), "{dot}");
+    assert!(dot.contains("a0 -> a1;"), "{dot}");
+    let mermaid = flow.to_mermaid();
+    assert!(mermaid.contains("a0[\"a\"]"), "{mermaid}");
+    assert!(mermaid.contains("a0 --> a1"), "{mermaid}");
 }
 
 #[tokio::test]
