@@ -48,6 +48,7 @@ async fn a_flow_rides_out_a_postgres_restart() {
 
     let effects = SideEffects::memory();
     let (flow, inputs) = registry(effects.clone())
+        .expect("the demo registry")
         .build_newest("steps", &json!({ "steps": 300, "step_ms": 10 }))
         .unwrap();
     let engine = Engine::from_arc(store.clone());

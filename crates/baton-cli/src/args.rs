@@ -121,6 +121,10 @@ pub struct DemoPostArgs {
     /// A key shared by the jobs (they then run one at a time).
     #[arg(long)]
     pub key: Option<String>,
+    /// The factory version to run them with (default: the newest offered by the conductor
+    /// that first claims each).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub version: Option<u32>,
     /// Print the posted jobs as JSON.
     #[arg(long)]
     pub json: bool,
@@ -155,6 +159,10 @@ pub struct ConductorArgs {
     /// minutes, beside the work; by default everything is kept.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub retain: Option<std::time::Duration>,
+    /// Which versions of the demo factories to offer, e.g. `1` or `1,2` (default: all). A
+    /// factory without a version listed here keeps its only one.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub demo_versions: Option<Vec<u32>>,
     /// Append the demo providers' side effects to this file (one JSON object per line).
     #[arg(long)]
     pub effects: Option<PathBuf>,
@@ -174,6 +182,16 @@ pub enum FlowsCommand {
         /// Only runs with this name.
         #[arg(long)]
         name: Option<String>,
+        /// Only runs built by this factory.
+        #[arg(long)]
+        factory: Option<String>,
+        /// Only runs built by this version of their factory.
+        #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
+        version: Option<u32>,
+        /// Only stranded runs: unfinished, and their job parked, ended or gone (no conductor
+        /// will take them up by itself; see `flows revert` and `flows resume`).
+        #[arg(long)]
+        stranded: bool,
         /// At most this many.
         #[arg(long, allow_negative_numbers = true, default_value_t = 50)]
         limit: usize,
@@ -200,9 +218,29 @@ pub enum FlowsCommand {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
+    /// Have a stranded or parked run rolled back: its job goes back on the board with a
+    /// request to revert, and a conductor that has the run's definition reverts it.
+    Revert(RecoverArgs),
+    /// Have a stranded or parked run taken up again by a conductor, going on in the direction
+    /// it was heading.
+    Resume(RecoverArgs),
     /// Delete runs that ended (SUCCESS, FAILURE, REVERTED) before a time, with their atoms,
     /// step logs and histories. Runs that have not ended are never touched.
     Purge(PurgeArgs),
+}
+
+/// `baton flows revert`, `baton flows resume` and `baton jobs retry`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The flow id (for `jobs retry`, the job id; a job and its flow share their id).
+    pub id: String,
+    /// Wait until the job is at rest again (complete, trashed or parked), and exit with 1
+    /// unless its run ended as asked.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the job as JSON (when it was put back, and again at the end with `--wait`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `baton flows purge` and `baton jobs purge`.
@@ -246,7 +284,7 @@ pub enum GraphFormat {
 pub enum JobsCommand {
     /// List jobs in posting order.
     List {
-        /// Only jobs in this state (UNCLAIMED, CLAIMED, COMPLETE, TRASHED).
+        /// Only jobs in this state (UNCLAIMED, CLAIMED, PARKED, COMPLETE, TRASHED).
         #[arg(long)]
         state: Option<String>,
         /// Only jobs with this key.
@@ -288,10 +326,17 @@ pub enum JobsCommand {
         /// Higher runs first.
         #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
         priority: i32,
+        /// The factory version to run it with (default: the newest offered by the conductor
+        /// that first claims it).
+        #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
+        version: Option<u32>,
         /// Print the job as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Put a parked job back on the board (after deploying what it needed, say); its run goes
+    /// on in the direction it was heading.
+    Retry(RecoverArgs),
     /// Take a claimed job back from its owner, so another conductor resumes it at once.
     Abandon {
         /// The job id.
@@ -307,6 +352,11 @@ pub enum JobsCommand {
         /// Why (recorded as the job's outcome).
         #[arg(long, default_value = "trashed by an operator")]
         reason: String,
+        /// Trash it even though its run is unfinished (the run is left half done, and the
+        /// job's key is freed: revert the run instead, with `flows revert`, unless you know
+        /// better).
+        #[arg(long)]
+        force: bool,
     },
 }
 

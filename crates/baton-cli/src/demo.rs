@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_core::registry::BuildError;
+use baton_core::registry::{BuildError, Error as RegistryError};
 use baton_core::{Atom, Blueprint, Flow, Registry, RevertContext, Task, TaskContext, TaskError};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -350,12 +350,27 @@ impl Maker<'_> {
 
 /// The stack-create flow.
 fn stack_create(p: &StackParams, effects: &SideEffects) -> Flow {
+    stack_create_version(p, effects, 1)
+}
+
+/// Version 2 of stack-create: a security group, made after the router, that every server is
+/// booted in. (Version 1 stays registered beside it: runs it started finish on it.)
+fn stack_create_v2(p: &StackParams, effects: &SideEffects) -> Flow {
+    stack_create_version(p, effects, 2)
+}
+
+fn stack_create_version(p: &StackParams, effects: &SideEffects, version: u32) -> Flow {
     let m = Maker { p, effects };
+    let server_needs: &[&str] = if version >= 2 {
+        &["subnet", "security_group"]
+    } else {
+        &["subnet"]
+    };
     let mut servers = Flow::unordered("servers");
     for i in 0..p.servers {
         servers = servers.add(
             m.atom(&format!("server-{i}"), "server")
-                .requires(["subnet"])
+                .requires(server_needs.iter().copied())
                 .provides(format!("server_{i}")),
         );
     }
@@ -373,15 +388,22 @@ fn stack_create(p: &StackParams, effects: &SideEffects) -> Flow {
                 .requires([format!("server_{i}"), format!("volume_{i}")]),
         );
     }
-    Flow::linear(format!("stack-create:{}", p.stack))
+    let mut flow = Flow::linear(format!("stack-create:{}", p.stack))
         .add(m.atom("network", "network").provides("network"))
         .add(
             m.atom("subnet", "subnet")
                 .requires(["network"])
                 .provides("subnet"),
         )
-        .add(m.atom("router", "router").requires(["subnet"]))
-        .add(servers)
+        .add(m.atom("router", "router").requires(["subnet"]));
+    if version >= 2 {
+        flow = flow.add(
+            m.atom("security-group", "security_group")
+                .requires(["network"])
+                .provides("security_group"),
+        );
+    }
+    flow.add(servers)
         .add(volumes)
         .add(attach)
         .add(m.atom("check", "check"))
@@ -436,28 +458,38 @@ fn steps(p: &StackParams, effects: &SideEffects) -> Flow {
 
 type Builder = fn(&StackParams, &SideEffects) -> Flow;
 
-/// The demo registry: `stack-create`, `stack-update`, `stack-delete` and `steps`, recording
-/// side effects in `effects`.
-pub fn registry(effects: SideEffects) -> Registry {
-    let builders: [(&str, Builder); 4] = [
-        ("stack-create", stack_create),
-        ("stack-update", stack_update),
-        ("stack-delete", stack_delete),
-        ("steps", steps),
+/// The versions of each demo factory: `stack-create` has two (version 2 adds a security group
+/// before the servers), the others one.
+pub const VERSIONS: &[(&str, u32)] = &[
+    ("stack-create", 1),
+    ("stack-create", 2),
+    ("stack-update", 1),
+    ("stack-delete", 1),
+    ("steps", 1),
+];
+
+/// The demo registry: `stack-create` (versions 1 and 2), `stack-update`, `stack-delete` and
+/// `steps`, recording side effects in `effects`.
+///
+/// # Errors
+/// None in practice: every name and version is distinct (the registry's own checks).
+pub fn registry(effects: SideEffects) -> Result<Registry, RegistryError> {
+    let builders: [(&str, u32, Builder); 5] = [
+        ("stack-create", 1, stack_create),
+        ("stack-create", 2, stack_create_v2),
+        ("stack-update", 1, stack_update),
+        ("stack-delete", 1, stack_delete),
+        ("steps", 1, steps),
     ];
     let mut registry = Registry::new();
-    for (name, build) in builders {
+    for (name, version, build) in builders {
         let effects = effects.clone();
-        registry = match registry.register(name, 1, move |params| {
+        registry = registry.register(name, version, move |params| {
             let p = parse(params)?;
             Ok(Blueprint::new(build(&p, &effects)))
-        }) {
-            Ok(registry) => registry,
-            // Every name and version above is distinct.
-            Err(e) => unreachable!("the demo registry: {e}"),
-        };
+        })?;
     }
-    registry
+    Ok(registry)
 }
 
 /// For fuzzing and property tests (not part of the API): builds `params` with every demo
@@ -468,9 +500,9 @@ pub fn registry(effects: SideEffects) -> Registry {
 /// What went wrong, if anything did.
 #[doc(hidden)]
 pub fn fuzz_params(params: &Value) -> Result<(), String> {
-    let registry = registry(SideEffects::Discard);
-    for factory in registry.names() {
-        match registry.build_newest(factory, params) {
+    let registry = registry(SideEffects::Discard).map_err(|e| e.to_string())?;
+    for &(factory, version) in VERSIONS {
+        match registry.build(&baton_core::FactoryRef::new(factory, version), params) {
             Ok((flow, _)) => {
                 let most = MAX_STEPS as usize + 3 * MAX_SERVERS as usize + 4;
                 if flow.len() > most {
@@ -525,6 +557,7 @@ mod tests {
     async fn run(factory: &str, params: Value) -> (baton_core::Outcome, Vec<Effect>) {
         let effects = SideEffects::memory();
         let (flow, inputs) = registry(effects.clone())
+            .unwrap()
             .build_newest(factory, &params)
             .unwrap();
         let outcome = Engine::new(MemoryStore::new())
@@ -591,10 +624,12 @@ mod tests {
     #[test]
     fn bad_parameters_are_named() {
         let err = registry(SideEffects::Discard)
+            .unwrap()
             .build_newest("stack-create", &json!({"servers": "two"}))
             .unwrap_err();
         assert!(err.to_string().contains("servers"), "{err}");
         let err = registry(SideEffects::Discard)
+            .unwrap()
             .build_newest("stack-create", &json!({"colour": "blue"}))
             .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
@@ -609,6 +644,7 @@ mod tests {
         let effects = SideEffects::memory();
         let params = json!({"step_ms": 500, "servers": 2, "fail_at": "server-1"});
         let (flow, inputs) = registry(effects.clone())
+            .unwrap()
             .build_newest("stack-create", &params)
             .unwrap();
         let store = MemoryStore::new();
@@ -652,6 +688,7 @@ mod tests {
     async fn a_create_run_again_after_a_crash_finds_its_resource() {
         let effects = SideEffects::memory();
         let (flow, inputs) = registry(effects.clone())
+            .unwrap()
             .build_newest("steps", &json!({"steps": 3, "step_ms": 500}))
             .unwrap();
         let store = MemoryStore::new();
@@ -701,7 +738,7 @@ mod tests {
 
     #[test]
     fn counts_over_the_limits_are_refused_before_anything_is_built() {
-        let registry = registry(SideEffects::Discard);
+        let registry = registry(SideEffects::Discard).unwrap();
         let refused = |factory: &str, params: Value, named: &str| {
             let Err(err) = registry.build_newest(factory, &params) else {
                 panic!("{factory} built a flow from {params}");
@@ -789,6 +826,7 @@ mod tests {
         let path = dir.path().join("effects.jsonl");
         let effects = SideEffects::File(path.clone());
         let (flow, inputs) = registry(effects)
+            .unwrap()
             .build_newest("steps", &json!({"steps": 5, "step_ms": 0}))
             .unwrap();
         Engine::new(MemoryStore::new())

@@ -142,6 +142,18 @@ impl From<engine::Error> for CliError {
     }
 }
 
+impl From<baton_core::recovery::Error> for CliError {
+    fn from(e: baton_core::recovery::Error) -> Self {
+        use baton_core::recovery::Error as R;
+        match e {
+            R::Store(s) => s.into(),
+            R::Board(b) => b.into(),
+            R::NoJob { .. } => CliError::new(exit::NOT_FOUND, e.to_string()),
+            other => CliError::new(exit::CONFLICT, other.to_string()),
+        }
+    }
+}
+
 impl From<baton_sql::Error> for CliError {
     fn from(e: baton_sql::Error) -> Self {
         match e {

@@ -123,6 +123,17 @@ pub(crate) fn duration(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -
     }
 }
 
+/// Text shortened to `max` characters (on a character boundary), with an ellipsis.
+#[must_use]
+pub(crate) fn truncate_text(text: &str, max: usize) -> String {
+    if text.chars().count() > max {
+        let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        text.to_owned()
+    }
+}
+
 /// JSON shortened to `max` characters (on a character boundary), with an ellipsis.
 #[must_use]
 pub(crate) fn truncate(value: &serde_json::Value, max: Option<usize>) -> String {

@@ -249,3 +249,38 @@ async fn requeue(board: &dyn JobBoard, job: JobId, how: Requeue) -> Result<Job> 
         Err(e) => Err(e.into()),
     }
 }
+
+/// What an operator should know about `job` beyond its state, given the live `fleet`
+/// ([`JobBoard::conductors`]): why a waiting job waits when no live conductor can run it, why a
+/// parked job is parked, and a pending request to revert its run. `None` when there is
+/// nothing to say.
+#[must_use]
+pub fn note(job: &Job, fleet: &[board::ConductorInfo]) -> Option<String> {
+    let mut notes = Vec::new();
+    match job.state {
+        JobState::Unclaimed if !fleet.iter().any(|c| c.offer.covers(job)) => {
+            let wanted = match job.version {
+                Some(v) => format!("{} v{v}", job.factory),
+                None => job.factory.clone(),
+            };
+            notes.push(format!("waits: no live conductor offers {wanted}"));
+        }
+        JobState::Parked => {
+            let outcome = job.outcome.as_ref();
+            let kind = outcome
+                .and_then(|o| o.get("parked"))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("unknown");
+            let error = outcome
+                .and_then(|o| o.get("error"))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            notes.push(format!("parked ({kind}): {error}"));
+        }
+        _ => {}
+    }
+    if job.cancel == Some(Cancel::Revert) && !job.state.is_terminal() {
+        notes.push("revert requested".into());
+    }
+    (!notes.is_empty()).then(|| notes.join("; "))
+}

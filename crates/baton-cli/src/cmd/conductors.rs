@@ -17,7 +17,15 @@ pub(crate) async fn run(db: &Database, command: ConductorsCommand, style: Style)
             }
             let mut t = output::table(
                 style,
-                &["id", "name", "host", "pid", "started", "last seen"],
+                &[
+                    "id",
+                    "name",
+                    "host",
+                    "pid",
+                    "started",
+                    "last seen",
+                    "offers",
+                ],
             );
             for c in &fleet {
                 t.add_row(vec![
@@ -27,6 +35,7 @@ pub(crate) async fn run(db: &Database, command: ConductorsCommand, style: Style)
                     Cell::new(c.pid),
                     Cell::new(output::time(Some(c.started_at))),
                     Cell::new(output::time(Some(c.last_seen))),
+                    Cell::new(&c.offer),
                 ]);
             }
             output::print_table(&t);

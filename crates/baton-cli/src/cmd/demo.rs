@@ -34,7 +34,7 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
         params["fail_at"] = json!(atom);
     }
     let effects = SideEffects::memory();
-    let registry = registry(effects.clone());
+    let registry = demo_registry(effects.clone())?;
     let (flow, _) = registry
         .build_newest("stack-create", &params)
         .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
@@ -245,9 +245,12 @@ fn hints(invocation: &Invocation, db: &Database, commands: &[String]) -> Vec<Str
 
 async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
     let params = json_arg("--params", &args.params, Json::Object)?;
-    registry(SideEffects::Discard)
-        .build_newest(&args.factory, &params)
-        .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+    let registry = demo_registry(SideEffects::Discard)?;
+    match args.version {
+        Some(v) => registry.build(&baton_core::FactoryRef::new(&args.factory, v), &params),
+        None => registry.build_newest(&args.factory, &params),
+    }
+    .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
     let board = db.open().await?.board;
     let board = &*board;
     let mut jobs = Vec::new();
@@ -256,6 +259,9 @@ async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
             .params(params.clone());
         if let Some(k) = &args.key {
             new = new.key(k.clone());
+        }
+        if let Some(v) = args.version {
+            new = new.version(v);
         }
         match board.post(new).await {
             Ok(job) => jobs.push(job),
@@ -273,7 +279,8 @@ async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
     if args.json {
         return output::print_json(&jobs);
     }
-    super::jobs::print_jobs(&jobs, style);
+    let fleet = board.conductors().await?;
+    super::jobs::print_jobs(&jobs, &fleet, style);
     Ok(())
 }
 
@@ -339,15 +346,13 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
         .effects
         .clone()
         .map_or(SideEffects::Discard, SideEffects::File);
+    let registry = offered(demo_registry(effects)?, args.demo_versions.as_deref())?;
+    let offer = registry.offer();
     let backends = db.open().await?;
     let board = backends.board;
-    let conductor = Conductor::new(
-        board.clone(),
-        Engine::from_arc(backends.store),
-        registry(effects),
-    )
-    .with_options(options)
-    .map_err(|e| options_error(&e))?;
+    let conductor = Conductor::new(board.clone(), Engine::from_arc(backends.store), registry)
+        .with_options(options)
+        .map_err(|e| options_error(&e))?;
     let id = conductor.id();
     let shutdown = CancellationToken::new();
     let mut helpers = tokio::task::JoinSet::new();
@@ -355,6 +360,7 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
     if args.exit_when_idle {
         helpers.spawn(exit_when_idle(
             board.clone(),
+            offer,
             shutdown.clone(),
             Duration::from_millis(args.poll_ms.max(50)),
         ));
@@ -412,8 +418,12 @@ async fn signals(shutdown: CancellationToken) -> Result<()> {
 
 /// Stops the conductor once the board has no unclaimed or claimed job; also (with the error)
 /// when the board cannot tell, other than for a while.
+/// How many waiting (and claimed) jobs `--exit-when-idle` looks at for one it could run.
+const IDLE_LOOK: usize = 10_000;
+
 async fn exit_when_idle(
     board: Arc<dyn JobBoard>,
+    offer: baton_core::board::Offer,
     shutdown: CancellationToken,
     every: Duration,
 ) -> Result<()> {
@@ -422,12 +432,15 @@ async fn exit_when_idle(
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(every) => {}
         }
+        // Idle: no job waiting or claimed that this conductor could run (a job pinned to a
+        // version it does not offer is another conductor's).
         let idle = async {
             for state in [JobState::Unclaimed, JobState::Claimed] {
-                if !board
-                    .list(&JobQuery::all().state(state).limit(1))
+                if board
+                    .list(&JobQuery::all().state(state).limit(IDLE_LOOK))
                     .await?
-                    .is_empty()
+                    .iter()
+                    .any(|j| offer.covers(j))
                 {
                     return Ok(false);
                 }
@@ -468,7 +481,12 @@ mod tests {
             BoardError::CorruptDatabase("database disk image is malformed".into())
         });
         let shutdown = CancellationToken::new();
-        let idle = exit_when_idle(Arc::new(board), shutdown.clone(), Duration::from_millis(1));
+        let idle = exit_when_idle(
+            Arc::new(board),
+            baton_core::board::Offer::new().with("steps", 1),
+            shutdown.clone(),
+            Duration::from_millis(1),
+        );
         let err = tokio::time::timeout(Duration::from_secs(10), idle)
             .await
             .unwrap()
@@ -485,6 +503,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let idle = tokio::spawn(exit_when_idle(
             Arc::new(board.clone()),
+            baton_core::board::Offer::new().with("steps", 1),
             shutdown.clone(),
             Duration::from_millis(1),
         ));
@@ -496,4 +515,42 @@ mod tests {
         idle.await.unwrap().unwrap();
         assert!(shutdown.is_cancelled(), "the empty board is idle");
     }
+}
+
+/// The demo's registry (see [`registry`]).
+fn demo_registry(effects: SideEffects) -> Result<baton_core::Registry> {
+    registry(effects).map_err(|e| CliError::new(exit::INTERNAL, format!("the demo registry: {e}")))
+}
+
+/// The demo registry with only the versions `--demo-versions` lists, for the factories that
+/// have one of them (the others keep all theirs).
+fn offered(
+    registry: baton_core::Registry,
+    versions: Option<&[u32]>,
+) -> Result<baton_core::Registry> {
+    let Some(versions) = versions else {
+        return Ok(registry);
+    };
+    if let Some(v) = versions
+        .iter()
+        .find(|&&v| !crate::demo::VERSIONS.iter().any(|&(_, has)| has == v))
+    {
+        let known: Vec<String> = crate::demo::VERSIONS
+            .iter()
+            .map(|(f, v)| format!("{f} {v}"))
+            .collect();
+        return Err(CliError::new(
+            exit::BAD_INPUT,
+            format!(
+                "--demo-versions {v}: no demo factory has version {v} (there are: {})",
+                known.join(", ")
+            ),
+        ));
+    }
+    let listed = |factory: &str| {
+        crate::demo::VERSIONS
+            .iter()
+            .any(|&(f, v)| f == factory && versions.contains(&v))
+    };
+    Ok(registry.retain(|factory, v| !listed(factory) || versions.contains(&v)))
 }

@@ -22,6 +22,9 @@ pub(crate) async fn run(db: &Database, command: FlowsCommand, style: Style) -> R
         FlowsCommand::List {
             state,
             name,
+            factory,
+            version,
+            stranded,
             limit,
             json,
         } => {
@@ -32,7 +35,24 @@ pub(crate) async fn run(db: &Database, command: FlowsCommand, style: Style) -> R
             if let Some(n) = name {
                 query = query.name(n);
             }
-            list(&*db.open().await?.store, &query, json, style).await
+            if let Some(f) = factory {
+                query = query.factory(f);
+            }
+            if let Some(v) = version {
+                query = query.version(v);
+            }
+            let backends = db.open().await?;
+            if stranded {
+                return list_stranded(&*backends.store, &*backends.board, &query, json, style)
+                    .await;
+            }
+            list(&*backends.store, &query, json, style).await
+        }
+        FlowsCommand::Revert(args) => {
+            super::recover::run(db, super::recover::Action::Revert, args).await
+        }
+        FlowsCommand::Resume(args) => {
+            super::recover::run(db, super::recover::Action::Resume, args).await
         }
         FlowsCommand::Show { id, full, json } => {
             let id: FlowId = parse("flow id", &id)?;
@@ -62,13 +82,66 @@ async fn list(store: &dyn Store, query: &FlowQuery, as_json: bool, style: Style)
     if as_json {
         return output::print_json(&flows);
     }
-    let mut t = output::table(style, &["id", "name", "state", "created", "updated"]);
+    let mut t = output::table(
+        style,
+        &["id", "name", "state", "factory", "created", "updated"],
+    );
     for f in &flows {
         t.add_row(vec![
             Cell::new(f.id),
             Cell::new(&f.name),
             output::state_cell(style, f.state.as_str()),
+            Cell::new(
+                f.factory
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), ToString::to_string),
+            ),
             Cell::new(output::time(Some(f.created_at))),
+            Cell::new(output::time(Some(f.updated_at))),
+        ]);
+    }
+    output::print_table(&t);
+    Ok(())
+}
+
+/// `flows list --stranded`: unfinished runs no conductor will take up by itself.
+async fn list_stranded(
+    store: &dyn Store,
+    board: &dyn baton_core::JobBoard,
+    query: &FlowQuery,
+    as_json: bool,
+    style: Style,
+) -> Result<()> {
+    let stranded = baton_core::recovery::stranded(store, board, query).await?;
+    if as_json {
+        let rows: Vec<serde_json::Value> = stranded
+            .iter()
+            .map(|s| {
+                json!({
+                    "flow": s.flow,
+                    "job": s.job,
+                    "because": s.because.to_string(),
+                })
+            })
+            .collect();
+        return output::print_json(&rows);
+    }
+    let mut t = output::table(
+        style,
+        &["id", "name", "state", "factory", "because", "updated"],
+    );
+    for s in &stranded {
+        let f = &s.flow;
+        t.add_row(vec![
+            Cell::new(f.id),
+            Cell::new(&f.name),
+            output::state_cell(style, f.state.as_str()),
+            Cell::new(
+                f.factory
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), ToString::to_string),
+            ),
+            Cell::new(s.because),
             Cell::new(output::time(Some(f.updated_at))),
         ]);
     }
@@ -103,6 +176,12 @@ async fn show(
     );
     if let Some(job) = f.meta.get("job") {
         outln!("job      {}", job.as_str().unwrap_or_default());
+    }
+    if let Some(factory) = &f.factory {
+        outln!("factory  {factory}");
+    }
+    if let Some(fingerprint) = &f.fingerprint {
+        outln!("definition fingerprint {fingerprint}");
     }
     if !f.inputs.is_empty() {
         outln!(

@@ -1,13 +1,15 @@
 //! `baton jobs`.
 
-use baton_core::board::{Job, JobQuery, NewJob};
-use baton_core::{ConductorId, JobId, JobState};
+use baton_core::board::{ConductorInfo, Job, JobQuery, NewJob};
+use baton_core::recovery;
+use baton_core::{ConductorId, FlowId, JobId, JobState};
 use comfy_table::Cell;
 use serde_json::json;
 
 use super::{json_arg, parse, Database, Json};
 use crate::args::JobsCommand;
-use crate::error::Result;
+use crate::error::{CliError, Result};
+use crate::exit;
 use crate::output::{self, Style};
 
 /// Runs a `jobs` command: checks its arguments, then opens the database.
@@ -33,20 +35,24 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
             if let Some(l) = limit {
                 query = query.limit(l);
             }
-            let jobs = db.open().await?.board.list(&query).await?;
+            let board = db.open().await?.board;
+            let jobs = board.list(&query).await?;
             if json {
                 return output::print_json(&jobs);
             }
-            print_jobs(&jobs, style);
+            let fleet = board.conductors().await?;
+            print_jobs(&jobs, &fleet, style);
             Ok(())
         }
         JobsCommand::Show { id, json } => {
             let id = parse::<JobId>("job id", &id)?;
-            let job = db.open().await?.board.get(id).await?;
+            let board = db.open().await?.board;
+            let job = board.get(id).await?;
             if json {
                 return output::print_json(&job);
             }
-            print_job(&job);
+            let fleet = board.conductors().await?;
+            print_job(&job, &fleet);
             Ok(())
         }
         JobsCommand::Post {
@@ -55,6 +61,7 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
             params,
             key,
             priority,
+            version,
             json,
         } => {
             let params = json_arg("--params", &params, Json::Any)?;
@@ -64,6 +71,9 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
                 .priority(priority);
             if let Some(k) = key {
                 new = new.key(k);
+            }
+            if let Some(v) = version {
+                new = new.version(v);
             }
             let job = board.post(new).await?;
             // This process exits next: send any wake-up the board held back.
@@ -89,41 +99,76 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
             })
             .await
         }
-        JobsCommand::Trash { id, reason } => {
+        JobsCommand::Retry(args) => {
+            super::recover::run(db, super::recover::Action::Retry, args).await
+        }
+        JobsCommand::Trash { id, reason, force } => {
             let id = parse::<JobId>("job id", &id)?;
-            let board = db.open().await?.board;
-            board.trash(id, None, json!({ "trashed": reason })).await?;
+            let backends = db.open().await?;
+            if !force {
+                // A trashed job frees its key: the next job of its stack would start on top
+                // of a half-done run.
+                match backends.store.load_run(FlowId::for_job(id)).await {
+                    Ok(run) if !run.flow.state.is_terminal() => {
+                        return Err(CliError::new(
+                            exit::CONFLICT,
+                            format!(
+                                "job {id}'s run is unfinished ({}): trashing the job would leave it \
+                                 half done and free its key; revert it instead (flows revert {id}), \
+                                 or pass --force",
+                                run.flow.state
+                            ),
+                        ));
+                    }
+                    Ok(_) | Err(baton_core::store::Error::FlowNotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            backends
+                .board
+                .trash(id, None, json!({ "trashed": reason }))
+                .await?;
             outln!("job {id} trashed");
             Ok(())
         }
     }
 }
 
-pub(crate) fn print_jobs(jobs: &[Job], style: Style) {
+pub(crate) fn print_jobs(jobs: &[Job], fleet: &[ConductorInfo], style: Style) {
     let mut t = output::table(
         style,
         &[
-            "id", "name", "factory", "key", "state", "owner", "attempts", "posted",
+            "id", "name", "factory", "key", "state", "owner", "attempts", "posted", "note",
         ],
     );
     for j in jobs {
         t.add_row(vec![
             Cell::new(j.id),
             Cell::new(&j.name),
-            Cell::new(&j.factory),
+            Cell::new(factory(j)),
             Cell::new(j.key.as_deref().unwrap_or("-")),
             output::state_cell(style, j.state.as_str()),
             Cell::new(j.owner.map_or_else(|| "-".to_owned(), |o| o.to_string())),
             Cell::new(j.attempts),
             Cell::new(output::time(Some(j.created_at))),
+            Cell::new(output::truncate_text(
+                &recovery::note(j, fleet).unwrap_or_else(|| "-".to_owned()),
+                60,
+            )),
         ]);
     }
     output::print_table(&t);
 }
 
-fn print_job(j: &Job) {
+/// The job's factory, with its version once pinned.
+fn factory(j: &Job) -> String {
+    j.factory_ref()
+        .map_or_else(|| j.factory.clone(), |f| f.to_string())
+}
+
+fn print_job(j: &Job, fleet: &[ConductorInfo]) {
     outln!("job       {}  {}", j.id, j.name);
-    outln!("factory   {}", j.factory);
+    outln!("factory   {}", factory(j));
     outln!("params    {}", j.params);
     outln!("key       {}", j.key.as_deref().unwrap_or("-"));
     outln!("priority  {}", j.priority);
@@ -135,10 +180,17 @@ fn print_job(j: &Job) {
     outln!("lease     {}", output::time(j.lease_expires_at));
     outln!("token     {}", j.token);
     outln!("attempts  {}", j.attempts);
+    outln!(
+        "stalled   {} claims in a row without progress",
+        j.stalled_claims
+    );
     outln!("flow      {}", j.flow());
     outln!("posted    {}", output::time(Some(j.created_at)));
     outln!("updated   {}", output::time(Some(j.updated_at)));
     if let Some(o) = &j.outcome {
         outln!("outcome   {o}");
+    }
+    if let Some(note) = recovery::note(j, fleet) {
+        outln!("note      {note}");
     }
 }

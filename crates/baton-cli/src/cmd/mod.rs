@@ -4,6 +4,7 @@ pub(crate) mod conductors;
 pub(crate) mod demo;
 pub(crate) mod flows;
 pub(crate) mod jobs;
+pub(crate) mod recover;
 
 use std::borrow::Cow;
 use std::io::Read;

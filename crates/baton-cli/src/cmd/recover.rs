@@ -1,0 +1,115 @@
+//! `baton flows revert`, `baton flows resume` and `baton jobs retry`: operator recovery of
+//! stranded and parked runs (`baton_core::recovery`). None of them runs a flow here: the job
+//! goes back on the board, and a conductor with the run's definition does the work.
+
+use std::time::Duration;
+
+use baton_core::board::{Job, JobBoard};
+use baton_core::recovery;
+use baton_core::{FlowId, FlowState, JobId, JobState};
+
+use super::{parse, Database};
+use crate::args::RecoverArgs;
+use crate::error::{CliError, Result};
+use crate::exit;
+use crate::output;
+
+/// What an operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// `flows revert`.
+    Revert,
+    /// `flows resume`.
+    Resume,
+    /// `jobs retry`.
+    Retry,
+}
+
+/// How often `--wait` looks at the job.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+/// Runs a recovery command.
+pub(crate) async fn run(db: &Database, action: Action, args: RecoverArgs) -> Result<()> {
+    let backends = match action {
+        Action::Retry => {
+            // Checked before the database is opened, as every command does.
+            parse::<JobId>("job id", &args.id)?;
+            db.open().await?
+        }
+        Action::Revert | Action::Resume => {
+            parse::<FlowId>("flow id", &args.id)?;
+            db.open().await?
+        }
+    };
+    let (store, board) = (&*backends.store, &*backends.board);
+    let job = match action {
+        Action::Retry => recovery::retry(board, parse("job id", &args.id)?).await?,
+        Action::Revert => recovery::revert(store, board, parse("flow id", &args.id)?).await?,
+        Action::Resume => recovery::resume(store, board, parse("flow id", &args.id)?).await?,
+    };
+    if args.json {
+        output::print_json(&job)?;
+    } else {
+        let what = match action {
+            Action::Revert => "with a request to revert its run",
+            Action::Resume | Action::Retry => "its run goes on in the direction it was heading",
+        };
+        outln!("job {} is back on the board, {what}", job.id);
+        let fleet = board.conductors().await?;
+        if let Some(note) = recovery::note(&job, &fleet) {
+            outln!("  {note}");
+        }
+    }
+    if !args.wait {
+        return Ok(());
+    }
+    let ended = wait_at_rest(board, job.id).await?;
+    let run = store
+        .load_flow(ended.flow())
+        .await
+        .ok()
+        .map(|s| s.flow.state);
+    if args.json {
+        output::print_json(&ended)?;
+    } else {
+        outln!(
+            "job {} is {}; its run is {}",
+            ended.id,
+            ended.state,
+            run.map_or_else(|| "not stored".to_owned(), |s| s.to_string())
+        );
+        if let Some(o) = &ended.outcome {
+            outln!("  outcome: {o}");
+        }
+    }
+    let wanted = match action {
+        Action::Revert => ended.state == JobState::Complete && run == Some(FlowState::Reverted),
+        Action::Resume | Action::Retry => {
+            ended.state == JobState::Complete && run.is_some_and(FlowState::is_terminal)
+        }
+    };
+    if wanted {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            exit::FLOW_FAILED,
+            format!(
+                "job {} ended {} with its run {}",
+                ended.id,
+                ended.state,
+                run.map_or_else(|| "not stored".to_owned(), |s| s.to_string())
+            ),
+        ))
+    }
+}
+
+/// Waits until job `id` is at rest: complete, trashed or parked.
+async fn wait_at_rest(board: &dyn JobBoard, id: JobId) -> Result<Job> {
+    loop {
+        let job = board.get(id).await?;
+        if job.state.is_terminal() || job.state == JobState::Parked {
+            return Ok(job);
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
