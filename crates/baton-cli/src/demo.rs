@@ -575,8 +575,31 @@ mod tests {
         )
         .await;
         assert_eq!(outcome.state, FlowState::Success);
-        // network, subnet, router, 3 servers, 2 volumes, 2 attachments, check
-        assert_eq!(effects.iter().filter(|e| e.action == "create").count(), 11);
+        // network, subnet, router, security group (version 2), 3 servers, 2 volumes,
+        // 2 attachments, check
+        assert_eq!(effects.iter().filter(|e| e.action == "create").count(), 12);
+    }
+
+    /// Version 1 of stack-create, still registered beside version 2, builds the stack without
+    /// a security group; version 2 boots every server in one.
+    #[test]
+    fn both_versions_of_stack_create_are_registered() {
+        let registry = registry(SideEffects::Discard).unwrap();
+        assert_eq!(registry.versions("stack-create"), [1, 2]);
+        let build = |v| {
+            registry
+                .build(&baton_core::FactoryRef::new("stack-create", v), &json!({}))
+                .unwrap()
+                .0
+        };
+        let (v1, v2) = (build(1), build(2));
+        assert!(!v1.contains("security-group"));
+        assert!(v2.contains("security-group"));
+        assert_eq!(v2.len(), v1.len() + 1);
+        assert!(v2
+            .edges()
+            .any(|(from, to)| from == "security-group" && to == "server-0"));
+        assert_ne!(v1.fingerprint(), v2.fingerprint());
     }
 
     #[tokio::test]
@@ -661,6 +684,17 @@ mod tests {
                     break;
                 }
             }
+        }
+        // server-0 runs beside server-1: wait for its cloud call (it then waits `step_ms`
+        // for the server to boot), and halt the run there.
+        for _ in 0..1000 {
+            if left(&effects.recorded())
+                .iter()
+                .any(|r| r.starts_with("server-server-0-"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         control.halt();
         assert!(matches!(run.await.unwrap(), Err(EngineError::Halted(_))));
@@ -768,7 +802,8 @@ mod tests {
         let (flow, _) = registry
             .build_newest("stack-create", &json!({"servers": 100, "volumes": 100}))
             .unwrap();
-        assert_eq!(flow.len(), 304);
+        // Version 2: one atom more than version 1, the security group.
+        assert_eq!(flow.len(), 305);
     }
 
     /// JSON of any shape, with the demo's parameter names and the numbers around its limits

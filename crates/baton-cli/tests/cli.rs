@@ -54,7 +54,8 @@ fn demo_then_inspect(db: &str) {
     let id = flow["id"].as_str().unwrap();
 
     let shown = json(&baton(db, &["flows", "show", id, "--json"]));
-    assert_eq!(shown["atoms"].as_array().unwrap().len(), 8);
+    // Version 2 of stack-create: 8 atoms and the security group.
+    assert_eq!(shown["atoms"].as_array().unwrap().len(), 9);
     assert!(shown["history"].as_array().unwrap().len() > 16);
 
     let human = stdout(&baton(db, &["flows", "show", id]));
@@ -132,13 +133,13 @@ fn listings_have_a_stable_layout() {
     let list = normalise(&stdout(&baton(&db.url, &["flows", "list"])));
     assert_eq!(
         list,
-        "ID  NAME  STATE  CREATED  UPDATED\n\
-         <id>  stack-create:demo  SUCCESS  <time>  <time>\n"
+        "ID  NAME  STATE  FACTORY  CREATED  UPDATED\n\
+         <id>  stack-create:demo  SUCCESS  stack-create v2  <time>  <time>\n"
     );
     let flows = json(&baton(&db.url, &["flows", "list", "--json"]));
     let id = flows[0]["id"].as_str().unwrap();
     let show = normalise(&stdout(&baton(&db.url, &["flows", "show", id])));
-    let head: Vec<&str> = show.lines().take(9).collect();
+    let head: Vec<&str> = show.lines().take(11).collect();
     assert_eq!(
         head,
         [
@@ -146,6 +147,11 @@ fn listings_have_a_stable_layout() {
             "state  SUCCESS (heading: EXECUTE)",
             "created  <time>  updated <time>",
             "job  <id>",
+            "factory  stack-create v2",
+            &format!(
+                "definition fingerprint {}",
+                flows[0]["fingerprint"].as_str().unwrap()
+            ),
             "",
             "ATOM  KIND  STATE  ATTEMPT  STARTED  TOOK  RESULT",
             "network  task  SUCCESS  1  <time>  <took>  {\"id\":\"network-network-<hash>\",\"kind\":\"network\"}",
@@ -162,8 +168,8 @@ fn listings_have_a_stable_layout() {
     let jobs = normalise(&stdout(&baton(&db.url, &["jobs", "list"])));
     assert_eq!(
         jobs,
-        "ID  NAME  FACTORY  KEY  STATE  OWNER  ATTEMPTS  POSTED\n\
-         <id>  stack-create demo  stack-create  stack:demo  COMPLETE  -  1  <time>\n"
+        "ID  NAME  FACTORY  KEY  STATE  OWNER  ATTEMPTS  POSTED  NOTE\n\
+         <id>  stack-create demo  stack-create v2  stack:demo  COMPLETE  -  1  <time>  -\n"
     );
 }
 
