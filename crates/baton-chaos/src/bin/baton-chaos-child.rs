@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("opening the store")?;
     let (flow, inputs) = registry(SideEffects::File(args.effects))
-        .expect("the demo registry")
+        .context("the demo registry")?
         .build_newest(
             "steps",
             &json!({ "steps": args.steps, "step_ms": args.step_ms }),
