@@ -463,6 +463,44 @@ async fn exit_when_idle(
     }
 }
 
+/// The demo's registry (see [`registry`]).
+fn demo_registry(effects: SideEffects) -> Result<baton_core::Registry> {
+    registry(effects).map_err(|e| CliError::new(exit::INTERNAL, format!("the demo registry: {e}")))
+}
+
+/// The demo registry with only the versions `--demo-versions` lists, for the factories that
+/// have one of them (the others keep all theirs).
+fn offered(
+    registry: baton_core::Registry,
+    versions: Option<&[u32]>,
+) -> Result<baton_core::Registry> {
+    let Some(versions) = versions else {
+        return Ok(registry);
+    };
+    if let Some(v) = versions
+        .iter()
+        .find(|&&v| !crate::demo::VERSIONS.iter().any(|&(_, has)| has == v))
+    {
+        let known: Vec<String> = crate::demo::VERSIONS
+            .iter()
+            .map(|(f, v)| format!("{f} {v}"))
+            .collect();
+        return Err(CliError::new(
+            exit::BAD_INPUT,
+            format!(
+                "--demo-versions {v}: no demo factory has version {v} (there are: {})",
+                known.join(", ")
+            ),
+        ));
+    }
+    let listed = |factory: &str| {
+        crate::demo::VERSIONS
+            .iter()
+            .any(|&(f, v)| f == factory && versions.contains(&v))
+    };
+    Ok(registry.retain(|factory, v| !listed(factory) || versions.contains(&v)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,42 +553,4 @@ mod tests {
         idle.await.unwrap().unwrap();
         assert!(shutdown.is_cancelled(), "the empty board is idle");
     }
-}
-
-/// The demo's registry (see [`registry`]).
-fn demo_registry(effects: SideEffects) -> Result<baton_core::Registry> {
-    registry(effects).map_err(|e| CliError::new(exit::INTERNAL, format!("the demo registry: {e}")))
-}
-
-/// The demo registry with only the versions `--demo-versions` lists, for the factories that
-/// have one of them (the others keep all theirs).
-fn offered(
-    registry: baton_core::Registry,
-    versions: Option<&[u32]>,
-) -> Result<baton_core::Registry> {
-    let Some(versions) = versions else {
-        return Ok(registry);
-    };
-    if let Some(v) = versions
-        .iter()
-        .find(|&&v| !crate::demo::VERSIONS.iter().any(|&(_, has)| has == v))
-    {
-        let known: Vec<String> = crate::demo::VERSIONS
-            .iter()
-            .map(|(f, v)| format!("{f} {v}"))
-            .collect();
-        return Err(CliError::new(
-            exit::BAD_INPUT,
-            format!(
-                "--demo-versions {v}: no demo factory has version {v} (there are: {})",
-                known.join(", ")
-            ),
-        ));
-    }
-    let listed = |factory: &str| {
-        crate::demo::VERSIONS
-            .iter()
-            .any(|&(f, v)| f == factory && versions.contains(&v))
-    };
-    Ok(registry.retain(|factory, v| !listed(factory) || versions.contains(&v)))
 }
