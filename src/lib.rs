@@ -50,7 +50,8 @@ mod tests {
             .expect("the guide shows a summary");
         let mut summary = crate::conductor::Summary::default();
         summary.claimed = 3;
-        summary.consumed = 3;
+        summary.consumed = 2;
+        summary.parked = 1;
         assert_eq!(shown, format!("{summary:?}"));
     }
 
