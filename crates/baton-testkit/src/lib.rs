@@ -11,6 +11,7 @@
 //! - [`crash`]: the crash-at-every-write check, generic over the store.
 //! - [`conformance`]: store cases every backend must pass, one test per case per backend.
 //! - [`board`]: job-board cases every backend must pass, likewise.
+//! - [`lifecycle`]: conductor cases (upgrades, parking, recovery) every backend pair must pass.
 //!
 //! Panics here are failed assertions: this crate is only ever used from tests.
 
@@ -22,6 +23,7 @@ pub mod board;
 mod boards;
 pub mod conformance;
 pub mod crash;
+pub mod lifecycle;
 mod probe;
 pub mod scenarios;
 mod stores;

@@ -1,14 +1,24 @@
 //! Every run ends at rest: upgrades, mixed fleets, bad jobs and operator recovery, on the
-//! memory board (the SQL boards run the same scenarios in `baton-cli`'s fleet tests).
+//! memory board. The scenarios every backend runs are in `baton_testkit::lifecycle`; these are
+//! the ones about the conductor and the engine alone.
+
+mod conformance {
+    fn pair() -> (baton_core::MemoryJobBoard, baton_core::MemoryStore) {
+        let store = baton_core::MemoryStore::new();
+        (baton_core::MemoryJobBoard::new(&store), store)
+    }
+
+    baton_testkit::lifecycle_conformance!(pair());
+}
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_core::board::{Cancel, JobBoard};
+use baton_core::board::JobBoard;
 use baton_core::conductor::{Options, Summary};
 use baton_core::model::{Change, FactoryRef};
-use baton_core::recovery::{self, Because};
+use baton_core::recovery;
 use baton_core::store::{FlowQuery, Store};
 use baton_core::{
     AtomState, Blueprint, Conductor, ConductorId, Engine, Flow, FlowId, FlowState, JobState,
@@ -64,12 +74,6 @@ impl Running {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap()
     }
-
-    /// Kills it: no hand-back, no deregistration; its claims run out with their leases.
-    async fn kill(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
 }
 
 fn start(board: &MemoryJobBoard, store: &MemoryStore, registry: Registry, o: Options) -> Running {
@@ -121,112 +125,6 @@ async fn state_of(board: &MemoryJobBoard, job: baton_core::JobId) -> JobState {
     board.get(job).await.unwrap().state
 }
 
-/// The rolling upgrade of the issue: a run made by version 1, its conductor killed mid-run; a
-/// fleet with only version 2 leaves the job waiting; a conductor offering both finishes the
-/// run on version 1, every step succeeding once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_finishes_on_the_version_it_was_created_with() {
-    let (store, log) = (MemoryStore::new(), Log::new());
-    let board = MemoryJobBoard::new(&store);
-    let job = board
-        .post(NewJob::new("create", "stack").params(json!({"steps": 3})))
-        .await
-        .unwrap();
-    let flow = job.flow();
-
-    let old = start(&board, &store, registry(&log, &[1]), options());
-    wait_until("s0 succeeded", || async {
-        reached(&store, flow, AtomState::Success)
-            .await
-            .contains_key("s0")
-    })
-    .await;
-    old.kill().await;
-    let run = store.load_flow(flow).await.unwrap().flow;
-    assert_eq!(run.factory, Some(FactoryRef::new("stack", 1)));
-    assert_eq!(run.state, FlowState::Running);
-
-    // The new fleet: version 2 only. It must not touch the job, however long it waits.
-    let new = start(&board, &store, registry(&log, &[2]), options());
-    tokio::time::sleep(options().lease * 3).await;
-    let summary = new.stop().await;
-    assert_eq!(
-        summary.claimed, 0,
-        "a conductor without version 1 claimed the job"
-    );
-    let waiting = board.get(job.id).await.unwrap();
-    assert_eq!((waiting.attempts, waiting.version), (1, Some(1)));
-    assert!(!waiting.state.is_terminal(), "{}", waiting.state);
-
-    // A conductor that still has version 1 finishes it there.
-    let both = start(&board, &store, registry(&log, &[1, 2]), options());
-    wait_until("the job is complete", || async {
-        state_of(&board, job.id).await == JobState::Complete
-    })
-    .await;
-    both.stop().await;
-    let run = store.load_flow(flow).await.unwrap();
-    assert_eq!(run.flow.state, FlowState::Success);
-    assert_eq!(run.atoms.len(), 3, "built with version 1");
-    let once: BTreeMap<String, usize> = ["s0", "s1", "s2"]
-        .iter()
-        .map(|s| (s.to_string(), 1))
-        .collect();
-    assert_eq!(reached(&store, flow, AtomState::Success).await, once);
-}
-
-/// A definition changed under the same version and atom names (the steps no longer in a line)
-/// is caught by the fingerprint: the job is parked naming the difference, the run untouched.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_wiring_under_the_same_names_parks_the_job() {
-    let (store, log) = (MemoryStore::new(), Log::new());
-    let board = MemoryJobBoard::new(&store);
-    let job = board
-        .post(NewJob::new("create", "stack").params(json!({"steps": 3})))
-        .await
-        .unwrap();
-    let old = start(&board, &store, registry(&log, &[1]), options());
-    wait_until("s0 succeeded", || async {
-        reached(&store, job.flow(), AtomState::Success)
-            .await
-            .contains_key("s0")
-    })
-    .await;
-    old.kill().await;
-    let before = store.history(job.flow()).await.unwrap();
-
-    let log2 = log.clone();
-    let rewired = Registry::new()
-        .register("stack", 1, move |_| {
-            let mut flow = Flow::unordered("stack");
-            for i in 0..3 {
-                flow = flow.add(baton_core::Atom::task(format!("s{i}"), Probe::new(&log2)));
-            }
-            Ok(Blueprint::new(flow))
-        })
-        .unwrap();
-    let c = start(&board, &store, rewired, options());
-    wait_until("the job is parked", || async {
-        state_of(&board, job.id).await == JobState::Parked
-    })
-    .await;
-    let summary = c.stop().await;
-    assert_eq!(summary.parked, 1);
-    let outcome = board.get(job.id).await.unwrap().outcome.unwrap();
-    assert_eq!(outcome["parked"], "definition", "{outcome}");
-    let error = outcome["error"].as_str().unwrap();
-    assert!(error.contains("wiring"), "{error}");
-    assert!(
-        error.contains("edges no longer defined: s0 -> s1, s1 -> s2"),
-        "{error}"
-    );
-    assert_eq!(
-        store.history(job.flow()).await.unwrap(),
-        before,
-        "the run was left as stored"
-    );
-}
-
 /// A job whose factory panics is parked with the panic's message, and the conductor goes on
 /// with other jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,126 +159,6 @@ async fn a_factory_that_panics_parks_its_job_and_the_fleet_goes_on() {
             .contains("the factory exploded"),
         "{outcome}"
     );
-}
-
-/// A job that crashed its conductors (claimed again and again, never progressing, never handed
-/// back) is parked when claimed past the limit, instead of crashing one more; others run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_claimed_too_often_without_progress_is_parked() {
-    let (store, log) = (MemoryStore::new(), Log::new());
-    let board = MemoryJobBoard::new(&store);
-    let poison = board
-        .post(NewJob::new("poison", "stack").params(json!({"steps": 2})))
-        .await
-        .unwrap();
-    // Three conductors that died right after claiming it.
-    let offer = registry(&log, &[1]).offer();
-    for _ in 0..3 {
-        let claim = loop {
-            match board
-                .claim(ConductorId::new(), Duration::from_millis(30), &offer)
-                .await
-                .unwrap()
-            {
-                Some(c) => break c,
-                None => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
-        assert_eq!(claim.job.id, poison.id);
-    }
-    tokio::time::sleep(Duration::from_millis(40)).await;
-    let good = board
-        .post(NewJob::new("good", "stack").params(json!({"steps": 1})))
-        .await
-        .unwrap();
-    let mut o = options();
-    o.max_stalled_claims = 3;
-    let c = start(&board, &store, registry(&log, &[1]), o);
-    wait_until("both jobs are done", || async {
-        state_of(&board, poison.id).await == JobState::Parked
-            && state_of(&board, good.id).await == JobState::Complete
-    })
-    .await;
-    c.stop().await;
-    let parked = board.get(poison.id).await.unwrap();
-    assert_eq!(parked.outcome.as_ref().unwrap()["parked"], "stalled");
-    assert_eq!(parked.attempts, 4);
-    // Only the poison job's flow has a second step: it never ran.
-    assert!(log.of("s1").is_empty(), "the poison job's flow ran");
-    // An operator retries it (say, after a fix): it runs.
-    let retried = recovery::retry(&board, poison.id).await.unwrap();
-    assert_eq!(
-        (retried.state, retried.stalled_claims),
-        (JobState::Unclaimed, 0)
-    );
-    let c = start(&board, &store, registry(&log, &[1]), options());
-    wait_until("the retried job is complete", || async {
-        state_of(&board, poison.id).await == JobState::Complete
-    })
-    .await;
-    c.stop().await;
-}
-
-/// `flows revert` of a stranded run (its job trashed while it ran): the job is reopened with a
-/// request to revert, and a conductor reverts exactly the atoms that ran, in reverse order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reverting_a_stranded_run_undoes_exactly_what_ran_in_reverse_order() {
-    let (store, log) = (MemoryStore::new(), Log::new());
-    let board = MemoryJobBoard::new(&store);
-    let job = board
-        .post(NewJob::new("create", "stack").params(json!({"steps": 5})))
-        .await
-        .unwrap();
-    let flow = job.flow();
-    let c = start(&board, &store, registry(&log, &[1]), options());
-    wait_until("s1 succeeded", || async {
-        reached(&store, flow, AtomState::Success)
-            .await
-            .contains_key("s1")
-    })
-    .await;
-    c.kill().await;
-    // Owned by a live lease: refused, nothing changed.
-    assert!(matches!(
-        recovery::revert(&store, &board, flow).await,
-        Err(recovery::Error::Owned { .. })
-    ));
-    assert_eq!(board.get(job.id).await.unwrap().cancel, None);
-    // An operator trashes the job: the run is stranded, and listed so.
-    board.trash(job.id, None, json!("gave up")).await.unwrap();
-    let stranded = recovery::stranded(&store, &board, &FlowQuery::all())
-        .await
-        .unwrap();
-    assert_eq!(stranded.len(), 1);
-    assert_eq!(stranded[0].flow.id, flow);
-    assert_eq!(stranded[0].because, Because::JobEnded(JobState::Trashed));
-
-    let requeued = recovery::revert(&store, &board, flow).await.unwrap();
-    assert_eq!(
-        (requeued.state, requeued.cancel),
-        (JobState::Unclaimed, Some(Cancel::Revert))
-    );
-    let started = log.sequence(Action::Execute, Phase::Start);
-    let c = start(&board, &store, registry(&log, &[1]), options());
-    wait_until("the job is complete", || async {
-        state_of(&board, job.id).await == JobState::Complete
-    })
-    .await;
-    c.stop().await;
-    let run = store.load_flow(flow).await.unwrap();
-    assert_eq!(run.flow.state, FlowState::Reverted);
-    let outcome = board.get(job.id).await.unwrap().outcome.unwrap();
-    assert_eq!(outcome["state"], "REVERTED", "{outcome}");
-    // Exactly what ran (started, maybe interrupted), undone last first; nothing ran anew.
-    let mut ran: Vec<String> = started.clone();
-    ran.dedup();
-    ran.reverse();
-    assert_eq!(log.sequence(Action::Revert, Phase::Ok), ran);
-    assert_eq!(log.sequence(Action::Execute, Phase::Start), started);
-    assert!(recovery::stranded(&store, &board, &FlowQuery::all())
-        .await
-        .unwrap()
-        .is_empty());
 }
 
 /// What an operator may not do is refused with a typed error, and nothing changes.

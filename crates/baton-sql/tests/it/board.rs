@@ -25,12 +25,24 @@ mod sqlite {
     use super::sqlite_pair;
 
     baton_testkit::board_conformance!(optional: sqlite_pair().await);
+
+    mod lifecycle {
+        use super::sqlite_pair;
+
+        baton_testkit::lifecycle_conformance!(optional: sqlite_pair().await);
+    }
 }
 
 mod postgres {
     use super::postgres_pair;
 
     baton_testkit::board_conformance!(optional: postgres_pair().await);
+
+    mod lifecycle {
+        use super::postgres_pair;
+
+        baton_testkit::lifecycle_conformance!(optional: postgres_pair().await);
+    }
 }
 
 fn info(id: ConductorId) -> ConductorInfo {
