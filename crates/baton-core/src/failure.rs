@@ -71,6 +71,7 @@ mod millis {
 /// The kind of a [`Failure`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FailureKind {
     /// The task's `execute` returned an error.
     Execute,
@@ -82,6 +83,12 @@ pub enum FailureKind {
     Input,
     /// The atom's result did not contain a symbol it declares to provide, or was too large.
     Result,
+    /// The task ran past its time limit ([`Atom::timeout`](crate::Atom::timeout)) and was
+    /// cancelled, or the run's [deadline](crate::model::Deadline) passed while it ran.
+    Timeout,
+    /// The task was cancelled by a request to cancel its run
+    /// ([`Engine::cancel`](crate::Engine::cancel), or a job's cancel request).
+    Cancelled,
 }
 
 impl fmt::Display for Failure {

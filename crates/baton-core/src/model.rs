@@ -52,6 +52,10 @@ pub struct FlowRecord {
     /// which are checked by their atoms' names and kinds only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<Fingerprint>,
+    /// The run's deadline, if it has one (Heat's stack timeout): past it, the engine that owns
+    /// the run cancels its running tasks and reverts it (or fails it; see [`AtDeadline`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Deadline>,
     /// When the run was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -71,6 +75,7 @@ impl FlowRecord {
             meta: Value::Null,
             factory: self.factory.clone(),
             fingerprint: self.fingerprint,
+            deadline: self.deadline,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -178,6 +183,72 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// A run's deadline, stored with the run so that whichever engine owns it by then keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadline {
+    /// When the run's time is up.
+    pub at: DateTime<Utc>,
+    /// What happens then to a run still heading forward.
+    pub then: AtDeadline,
+}
+
+impl Deadline {
+    /// A deadline at `at` past which the run is reverted.
+    #[must_use]
+    pub fn revert_at(at: DateTime<Utc>) -> Self {
+        Self {
+            at,
+            then: AtDeadline::Revert,
+        }
+    }
+
+    /// A deadline at `at` past which the run fails without reverting anything.
+    #[must_use]
+    pub fn fail_at(at: DateTime<Utc>) -> Self {
+        Self {
+            at,
+            then: AtDeadline::Fail,
+        }
+    }
+}
+
+/// What a run still heading forward does when its [`Deadline`] passes. Either way its running
+/// tasks are cancelled and each ends `FAILURE` with a [`Timeout`](crate::FailureKind::Timeout)
+/// failure, which no retry controller retries. A run already reverting goes on reverting
+/// (each revert is bounded by its atom's own time limit, if it has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AtDeadline {
+    /// Revert what ran, in reverse order; the run ends `REVERTED` (Heat's rollback).
+    Revert,
+    /// End the run `FAILURE` and leave what ran in place for an operator to inspect (Heat's
+    /// `disable_rollback`).
+    Fail,
+}
+
+impl AtDeadline {
+    /// The stable text form used in stores.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AtDeadline::Revert => "REVERT",
+            AtDeadline::Fail => "FAIL",
+        }
+    }
+}
+
+impl std::str::FromStr for AtDeadline {
+    type Err = crate::state::ParseStateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "REVERT" => Ok(AtDeadline::Revert),
+            "FAIL" => Ok(AtDeadline::Fail),
+            other => Err(crate::state::ParseStateError::new("deadline action", other)),
+        }
+    }
+}
+
 /// One atom of a flow run, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AtomRecord {
@@ -209,6 +280,11 @@ pub struct AtomRecord {
     pub progress: f64,
     /// When the current attempt started.
     pub started_at: Option<DateTime<Utc>>,
+    /// (Tasks with a time limit, while `RUNNING` or `REVERTING`) when the current `execute` or
+    /// `revert` runs out of time. Kept when a crashed run resumes, so the limit counts from
+    /// the attempt's first start rather than from the resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
     /// When the atom last reached a resting state.
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -231,6 +307,7 @@ impl AtomRecord {
             retry_at: None,
             progress: 0.0,
             started_at: None,
+            deadline: None,
             finished_at: None,
         }
     }

@@ -2,7 +2,7 @@
 //! back (reporting damage as [`Error::Corrupt`]), and the client-side half of the write checks.
 
 use baton_core::model::{
-    AtomKind, AtomRecord, Change, FactoryRef, FlowRecord, Transition, MODEL_VERSION,
+    AtomKind, AtomRecord, Change, Deadline, FactoryRef, FlowRecord, Transition, MODEL_VERSION,
 };
 use baton_core::store::{check_write, Error, Result, Write};
 use baton_core::{FencingToken, FlowId};
@@ -40,6 +40,7 @@ pub(crate) struct EncodedAtom<'a> {
     pub(crate) progress: f64,
     pub(crate) started_at: Option<DateTime<Utc>>,
     pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) deadline: Option<DateTime<Utc>>,
 }
 
 /// An atom record as a step of `format` holds it: the fields at their defaults (kind task,
@@ -49,7 +50,7 @@ pub(crate) struct EncodedAtom<'a> {
 /// - [`StepFormat::Long`]: the keys are the `atoms` table's column names, times RFC 3339 text.
 /// - [`StepFormat::Short`]: `n` name, `k` kind, `s` state, `i` intention, `a` attempt, `rd`
 ///   round, `v` result, `x` failure, `rx` revert failure, `h` retry history, `ra` retry at,
-///   `p` progress, `st` started at, `ft` finished at; times as integer nanoseconds since 1970
+///   `p` progress, `st` started at, `ft` finished at, `dl` deadline; times as integer nanoseconds since 1970
 ///   (as text when they do not fit an `i64`, or fall in a leap second).
 pub(crate) struct Shaped<'a> {
     pub(crate) atom: &'a EncodedAtom<'a>,
@@ -108,6 +109,7 @@ impl Shaped<'_> {
             ("retry_at", "ra", a.retry_at),
             ("started_at", "st", a.started_at),
             ("finished_at", "ft", a.finished_at),
+            ("deadline", "dl", a.deadline),
         ];
         for (long, short_key, time) in times {
             if let Some(t) = time {
@@ -275,6 +277,7 @@ impl Serialize for Shaped<'_> {
             ("retry_at", "ra", a.retry_at),
             ("started_at", "st", a.started_at),
             ("finished_at", "ft", a.finished_at),
+            ("deadline", "dl", a.deadline),
         ];
         for (long, short_key, time) in times {
             if let Some(t) = time {
@@ -428,6 +431,7 @@ pub(crate) fn encode_atom(flow: FlowId, rec: &AtomRecord, limit: usize) -> Resul
         progress: rec.progress,
         started_at: rec.started_at,
         finished_at: rec.finished_at,
+        deadline: rec.deadline,
     })
 }
 
@@ -573,6 +577,8 @@ pub(crate) struct RawFlow {
     pub(crate) factory: Option<String>,
     pub(crate) factory_version: Option<i64>,
     pub(crate) fingerprint: Option<String>,
+    pub(crate) deadline: Option<DateTime<Utc>>,
+    pub(crate) deadline_then: Option<String>,
 }
 
 /// An atom row as read, before it is checked.
@@ -591,6 +597,7 @@ pub(crate) struct RawAtom {
     pub(crate) progress: f64,
     pub(crate) started_at: Option<DateTime<Utc>>,
     pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) deadline: Option<DateTime<Utc>>,
     pub(crate) model_version: i64,
 }
 
@@ -676,6 +683,14 @@ pub(crate) fn decode_flow(raw: RawFlow) -> Result<FlowRecord> {
                     .as_deref()
                     .map(|f| parse("fingerprint", f))
                     .transpose()?,
+                deadline: match (raw.deadline, raw.deadline_then) {
+                    (Some(at), Some(then)) => Some(Deadline {
+                        at,
+                        then: parse("deadline_then", &then)?,
+                    }),
+                    (None, None) => None,
+                    _ => return Err("columns deadline and deadline_then: one is missing".into()),
+                },
                 created_at: raw.created_at,
                 updated_at: raw.updated_at,
             })
@@ -713,6 +728,7 @@ pub(crate) fn decode_atom(flow: FlowId, name: String, raw: RawAtom) -> Result<At
             progress: raw.progress,
             started_at: raw.started_at,
             finished_at: raw.finished_at,
+            deadline: raw.deadline,
             name,
         })
     };

@@ -126,6 +126,7 @@ fn atom_row(input: &mut Columns<'_>) -> Result<(), String> {
         progress: f64::from_bits(u64::from_le_bytes(input.int().to_le_bytes())),
         started_at: None,
         finished_at: None,
+        deadline: None,
         model_version: input.version(),
     };
     codec::decode_atom(flow(), input.text(), raw)
@@ -147,6 +148,8 @@ fn flow_row(input: &mut Columns<'_>) -> Result<(), String> {
         factory: input.optional_text(),
         factory_version: Some(input.int()),
         fingerprint: input.optional_text(),
+        deadline: None,
+        deadline_then: input.optional_text(),
     };
     codec::decode_flow(raw).map(|_| ()).or_else(named)
 }

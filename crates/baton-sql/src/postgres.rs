@@ -501,41 +501,44 @@ const CREATE_FLOW_WITH: &str = "\
             SELECT 1 FROM fences WHERE job_id = $1 AND token = $2 FOR SHARE) AS holds \
     ), flow AS ( \
         INSERT INTO flows (id, name, state, intention, inputs, meta, created_at, updated_at, \
-                           model_version, factory, factory_version, fingerprint) \
-        SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $26, $27, $28 FROM fence WHERE fence.holds \
+                           model_version, factory, factory_version, fingerprint, deadline, \
+                           deadline_then) \
+        SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $26, $27, $28, $29, $30 \
+          FROM fence WHERE fence.holds \
         ON CONFLICT (id) DO NOTHING \
         RETURNING id \
     ), atoms AS ( \
         INSERT INTO atoms (flow_id, name, position, kind, state, intention, attempt, round, \
                            result, failure, revert_failure, retry_history, retry_at, progress, \
-                           started_at, finished_at, model_version) \
+                           started_at, finished_at, model_version, deadline) \
         SELECT flow.id, a.name, a.pos - 1, a.kind, a.state, a.intention, a.attempt, a.round, \
                a.result::jsonb, a.failure::jsonb, a.revert_failure::jsonb, \
-               a.retry_history::jsonb, a.retry_at, a.progress, a.started_at, a.finished_at, $11 \
+               a.retry_history::jsonb, a.retry_at, a.progress, a.started_at, a.finished_at, $11, \
+               a.deadline \
           FROM flow, unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::bigint[], \
                             $17::bigint[], $18::text[], $19::text[], $20::text[], $21::text[], \
                             $22::timestamptz[], $23::float8[], $24::timestamptz[], \
-                            $25::timestamptz[]) \
+                            $25::timestamptz[], $31::timestamptz[]) \
                WITH ORDINALITY AS a(name, kind, state, intention, attempt, round, result, \
                                     failure, revert_failure, retry_history, retry_at, progress, \
-                                    started_at, finished_at, pos) \
+                                    started_at, finished_at, deadline, pos) \
     )";
 
 /// What creating a run answers: whether the fence held and whether the flow was created.
 const CREATE_FLOW_ANSWER: &str =
     " SELECT (SELECT holds FROM fence) AS holds, EXISTS (SELECT 1 FROM flow) AS created";
 
-/// Creating a run ([`CREATE_FLOW_WITH`]: `$26`..`$28` are the run's factory, factory version
-/// and fingerprint), and with `with_step` its first batch too: its step is appended in the same
-/// statement if (and only if) the flow was created (`$29`..`$33`: time, flow state, intention,
-/// body, model version).
+/// Creating a run ([`CREATE_FLOW_WITH`]: `$26`..`$30` are the run's factory, factory version,
+/// fingerprint, deadline and what happens at it, `$31` its atoms' deadlines), and with
+/// `with_step` its first batch too: its step is appended in the same statement if (and only
+/// if) the flow was created (`$32`..`$36`: time, flow state, intention, body, model version).
 fn create_flow_sql(with_step: bool) -> String {
     if with_step {
         format!(
             "{CREATE_FLOW_WITH}, step AS ( \
                  INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
                                     model_version) \
-                 SELECT flow.id, 1, $29, $30, $31, $32, $33 FROM flow \
+                 SELECT flow.id, 1, $32, $33, $34, $35, $36 FROM flow \
              ){CREATE_FLOW_ANSWER}"
         )
     } else {
@@ -592,7 +595,8 @@ macro_rules! flow_columns {
         concat!(
             "id, name, state, intention, inputs::text AS inputs, ",
             $meta,
-            ", created_at, updated_at, model_version, factory, factory_version, fingerprint"
+            ", created_at, updated_at, model_version, factory, factory_version, fingerprint, \
+             deadline, deadline_then"
         )
     };
 }
@@ -615,6 +619,8 @@ fn flow_from_row(row: &PgRow) -> store::Result<FlowRecord> {
             factory: get(row, "factory")?,
             factory_version: get(row, "factory_version")?,
             fingerprint: get(row, "fingerprint")?,
+            deadline: get(row, "deadline")?,
+            deadline_then: get(row, "deadline_then")?,
         })
     })()
     .map_err(|d| codec::corrupt(id, None, d))?;
@@ -624,7 +630,7 @@ fn flow_from_row(row: &PgRow) -> store::Result<FlowRecord> {
 const ATOM_COLUMNS: &str = "name, kind, state, intention, attempt, round, result::text AS result, \
      failure::text AS failure, revert_failure::text AS revert_failure, \
      retry_history::text AS retry_history, retry_at, progress, started_at, finished_at, \
-     model_version";
+     model_version, deadline";
 
 fn atom_from_row(flow: FlowId, row: &PgRow) -> store::Result<AtomRecord> {
     let name: String = get(row, "name").map_err(|d| codec::corrupt(flow, None, d))?;
@@ -643,6 +649,7 @@ fn atom_from_row(flow: FlowId, row: &PgRow) -> store::Result<AtomRecord> {
             progress: get(row, "progress")?,
             started_at: get(row, "started_at")?,
             finished_at: get(row, "finished_at")?,
+            deadline: get(row, "deadline")?,
             model_version: get(row, "model_version")?,
         })
     })()
@@ -1026,7 +1033,10 @@ impl PostgresStore {
             .bind(encoded.iter().map(|a| a.finished_at).collect::<Vec<_>>())
             .bind(flow.factory.as_ref().map(|f| f.name.as_str()))
             .bind(flow.factory.as_ref().map(|f| i64::from(f.version)))
-            .bind(flow.fingerprint.map(|f| f.to_string()));
+            .bind(flow.fingerprint.map(|f| f.to_string()))
+            .bind(flow.deadline.map(|d| d.at))
+            .bind(flow.deadline.map(|d| d.then.as_str()))
+            .bind(encoded.iter().map(|a| a.deadline).collect::<Vec<_>>());
         if let Some((batch, step, _)) = &first {
             query = query
                 .bind(batch.at)
@@ -1360,7 +1370,8 @@ impl Store for PostgresStore {
 const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs::text AS inputs, \
      meta::text AS meta, created_at, \
      coalesce((SELECT s.at FROM steps s WHERE s.flow_id = flows.id ORDER BY s.seq DESC \
-     LIMIT 1), updated_at) AS updated_at, model_version, factory, factory_version, fingerprint";
+     LIMIT 1), updated_at) AS updated_at, model_version, factory, factory_version, fingerprint, \
+     deadline, deadline_then";
 
 #[cfg(test)]
 mod tests {

@@ -611,7 +611,8 @@ macro_rules! flow_columns {
         concat!(
             "id, name, state, intention, inputs, ",
             $meta,
-            ", created_at, updated_at, model_version, factory, factory_version, fingerprint"
+            ", created_at, updated_at, model_version, factory, factory_version, fingerprint, \
+             deadline, deadline_then"
         )
     };
 }
@@ -634,6 +635,8 @@ fn flow_from_row(row: &SqliteRow) -> store::Result<FlowRecord> {
             factory: get(row, "factory")?,
             factory_version: get(row, "factory_version")?,
             fingerprint: get(row, "fingerprint")?,
+            deadline: opt_time("deadline", get(row, "deadline")?)?,
+            deadline_then: get(row, "deadline_then")?,
         })
     })()
     .map_err(|d| codec::corrupt(id, None, d))?;
@@ -641,7 +644,8 @@ fn flow_from_row(row: &SqliteRow) -> store::Result<FlowRecord> {
 }
 
 const ATOM_COLUMNS: &str = "name, kind, state, intention, attempt, round, result, failure, \
-     revert_failure, retry_history, retry_at, progress, started_at, finished_at, model_version";
+     revert_failure, retry_history, retry_at, progress, started_at, finished_at, model_version, \
+     deadline";
 
 fn atom_from_row(flow: FlowId, row: &SqliteRow) -> store::Result<AtomRecord> {
     let name: String = get(row, "name").map_err(|d| codec::corrupt(flow, None, d))?;
@@ -660,6 +664,7 @@ fn atom_from_row(flow: FlowId, row: &SqliteRow) -> store::Result<AtomRecord> {
             progress: get(row, "progress")?,
             started_at: opt_time("started_at", get(row, "started_at")?)?,
             finished_at: opt_time("finished_at", get(row, "finished_at")?)?,
+            deadline: opt_time("deadline", get(row, "deadline")?)?,
             model_version: get(row, "model_version")?,
         })
     })()
@@ -807,6 +812,7 @@ struct PackedRest {
     progress: String,
     started_at: Option<String>,
     finished_at: Option<String>,
+    deadline: Option<String>,
 }
 
 impl<'de> serde::Deserialize<'de> for PackedAtom {
@@ -849,6 +855,7 @@ impl<'de> serde::Deserialize<'de> for PackedAtom {
                         progress: field!(),
                         started_at: field!(),
                         finished_at: field!(),
+                        deadline: field!(),
                     }),
                 };
                 Ok(PackedAtom {
@@ -940,7 +947,7 @@ macro_rules! packed_atoms {
                THEN json_array(position, name, kind, model_version) \
                ELSE json_array(position, name, kind, model_version, state, intention, attempt, \
                    round, result, failure, revert_failure, retry_history, retry_at, \
-                   printf('%!.17g', progress), started_at, finished_at) END), \
+                   printf('%!.17g', progress), started_at, finished_at, deadline) END), \
            count(*), max(position), \
            max(typeof(model_version) <> 'integer' OR typeof(position) <> 'integer' \
                OR typeof(name) <> 'text' OR typeof(kind) <> 'text' \
@@ -952,11 +959,13 @@ macro_rules! packed_atoms {
                    OR typeof(revert_failure) NOT IN ('text', 'null') \
                    OR typeof(retry_history) <> 'text' OR typeof(retry_at) NOT IN ('text', 'null') \
                    OR typeof(progress) <> 'real' OR typeof(started_at) NOT IN ('text', 'null') \
-                   OR typeof(finished_at) NOT IN ('text', 'null') END) \
+                   OR typeof(finished_at) NOT IN ('text', 'null') \
+                   OR typeof(deadline) NOT IN ('text', 'null') END) \
       FROM (SELECT *, state = 'PENDING' AND intention = 'EXECUTE' AND attempt = 0 \
                    AND round = 0 AND result IS NULL AND failure IS NULL \
                    AND revert_failure IS NULL AND retry_history = '[]' AND retry_at IS NULL \
                    AND progress = 0 AND started_at IS NULL AND finished_at IS NULL \
+                   AND deadline IS NULL \
                    AS pristine \
               FROM atoms WHERE flow_id = ?1",
             $after,
@@ -1049,6 +1058,7 @@ pub(crate) fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<Option<A
             progress,
             started_at: opt_time("started_at", rest.started_at)?,
             finished_at: opt_time("finished_at", rest.finished_at)?,
+            deadline: opt_time("deadline", rest.deadline)?,
             model_version: a.model_version,
         })
     })()
@@ -1212,12 +1222,13 @@ macro_rules! bind_atom {
             .bind(enc.started_at.map(codec::time_text))
             .bind(enc.finished_at.map(codec::time_text))
             .bind(ROW_VERSION)
+            .bind(enc.deadline.map(codec::time_text))
     }};
 }
 
 /// How many atoms one statement inserts at a run's creation: as many of the biggest size as
 /// fit, then of the next, so that any run takes few statements and the connection's statement
-/// cache holds only these four texts. 50 rows of 17 values keep a statement under the 999
+/// cache holds only these four texts. 50 rows of 18 values keep a statement under the 999
 /// variables older SQLite builds allow.
 const ATOMS_PER_INSERT: [usize; 4] = [50, 16, 4, 1];
 
@@ -1228,11 +1239,11 @@ fn insert_atoms_sql(size: usize) -> &'static str {
         ATOMS_PER_INSERT
             .iter()
             .map(|&rows| {
-                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
                 format!(
                     "INSERT INTO atoms (flow_id, name, position, kind, state, intention, \
                      attempt, round, result, failure, revert_failure, retry_history, retry_at, \
-                     progress, started_at, finished_at, model_version) VALUES {}",
+                     progress, started_at, finished_at, model_version, deadline) VALUES {}",
                     vec![row; rows].join(", ")
                 )
             })
@@ -1301,8 +1312,9 @@ impl SqliteStore {
             check_fence(&mut tx, flow.id, fence).await?;
             let inserted = sqlx::query(
                 "INSERT INTO flows (id, name, state, intention, inputs, meta, created_at, updated_at, \
-                 model_version, factory, factory_version, fingerprint) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
+                 model_version, factory, factory_version, fingerprint, deadline, deadline_then) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+                 ON CONFLICT (id) DO NOTHING",
             )
             .bind(&id)
             .bind(&flow.name)
@@ -1316,6 +1328,8 @@ impl SqliteStore {
             .bind(flow.factory.as_ref().map(|f| f.name.as_str()))
             .bind(flow.factory.as_ref().map(|f| i64::from(f.version)))
             .bind(flow.fingerprint.map(|f| f.to_string()))
+            .bind(flow.deadline.map(|d| codec::time_text(d.at)))
+            .bind(flow.deadline.map(|d| d.then.as_str()))
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
@@ -1594,7 +1608,8 @@ impl Store for SqliteStore {
 const LISTED_FLOW_COLUMNS: &str = "id, name, state, intention, inputs, meta, created_at, \
      coalesce((SELECT s.at FROM steps s WHERE s.id > flows.seq * 4294967296 \
      AND s.id < (flows.seq + 1) * 4294967296 ORDER BY s.id DESC LIMIT 1), updated_at) \
-     AS updated_at, model_version, factory, factory_version, fingerprint";
+     AS updated_at, model_version, factory, factory_version, fingerprint, deadline, \
+     deadline_then";
 
 #[cfg(test)]
 mod tests {

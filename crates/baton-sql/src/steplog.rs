@@ -357,6 +357,8 @@ struct AtomIn {
     started_at: Option<DateTime<Utc>>,
     #[serde(alias = "ft", default, deserialize_with = "time")]
     finished_at: Option<DateTime<Utc>>,
+    #[serde(alias = "dl", default, deserialize_with = "time")]
+    deadline: Option<DateTime<Utc>>,
 }
 
 fn default_kind() -> String {
@@ -460,6 +462,7 @@ pub(crate) fn decode(flow: FlowId, row: &StepRow) -> Result<Vec<Write>> {
                     progress: rec.progress,
                     started_at: rec.started_at,
                     finished_at: rec.finished_at,
+                    deadline: rec.deadline,
                     model_version: row.model_version,
                 };
                 Write::Atom {
@@ -795,6 +798,7 @@ mod tests {
             started_at: at("1969-12-31T23:59:59.999999999Z"),
             // Outside what nanoseconds in an `i64` hold: written as text in either form.
             finished_at: at("2300-01-01T00:00:00.000000001Z"),
+            deadline: at("2026-11-26T03:05:05.5Z"),
         }
     }
 
@@ -976,7 +980,12 @@ mod tests {
             to: FlowState::Reverting,
             intention: Intention::Revert,
         };
-        assert_eq!(decode(flow, &old).unwrap(), [busy_write(), flow_write]);
+        // Earlier versions had no attempt deadlines.
+        let mut busy = busy_write();
+        if let Write::Atom { record, .. } = &mut busy {
+            record.deadline = None;
+        }
+        assert_eq!(decode(flow, &old).unwrap(), [busy, flow_write]);
     }
 
     /// What identifies a record stays required, in either form, and values of the wrong type
@@ -1052,6 +1061,7 @@ mod tests {
             meta: json!(null),
             factory: None,
             fingerprint: None,
+            deadline: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

@@ -85,6 +85,7 @@ pub fn job_run(job: baton_core::JobId, name: &str) -> baton_core::model::FlowRec
         meta: json!({}),
         factory: None,
         fingerprint: None,
+        deadline: None,
         created_at: Utc::now(),
         updated_at: Utc::now(),
     }
@@ -791,6 +792,7 @@ pub async fn a_first_batch_carries_the_creations_fence<B: JobBoard, S: Store>(bo
         meta: json!({}),
         factory: None,
         fingerprint: None,
+        deadline: None,
         created_at: now,
         updated_at: now,
     };

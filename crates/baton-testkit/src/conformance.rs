@@ -20,6 +20,7 @@ fn flow_record(name: &str) -> FlowRecord {
         meta: json!({"owner": "tests"}),
         factory: None,
         fingerprint: None,
+        deadline: None,
         created_at: now,
         updated_at: now,
     }
@@ -567,6 +568,79 @@ pub async fn runs_record_their_definition_and_list_by_it<S: Store>(store: S) {
     assert_eq!(listed[0].fingerprint, v1.fingerprint);
 }
 
+/// A run's deadline and its atoms' attempt deadlines read back exactly, whether given at the
+/// run's creation or written by a batch, from every read (`load_flow`, `load_run`, listings).
+pub async fn deadlines_round_trip<S: Store>(store: S) {
+    use baton_core::model::Deadline;
+    // Whole microseconds: what every store keeps of a time.
+    let at = |secs: i64| {
+        let t = Utc::now() + chrono::Duration::seconds(secs);
+        chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap()
+    };
+    let mut reverting = flow_record("deadlines");
+    reverting.deadline = Some(Deadline::revert_at(at(60)));
+    let mut failing = flow_record("deadlines");
+    failing.deadline = Some(Deadline::fail_at(at(120)));
+    let plain = flow_record("deadlines");
+    // An atom created part-way (running, with its attempt's deadline), beside pristine ones.
+    let mut created = atoms();
+    created[1].state = AtomState::Running;
+    created[1].attempt = 1;
+    created[1].started_at = Some(at(0));
+    created[1].deadline = Some(at(30));
+    for f in [&reverting, &failing, &plain] {
+        store.create_flow(f, &created, None).await.unwrap();
+    }
+    for f in [&reverting, &failing, &plain] {
+        for loaded in [
+            store.load_flow(f.id).await.unwrap(),
+            store.load_run(f.id).await.unwrap(),
+        ] {
+            assert_eq!(loaded.flow.deadline, f.deadline);
+            assert_eq!(loaded.atoms, created);
+        }
+    }
+    let listed = store
+        .list_flows(&FlowQuery::all().name("deadlines"))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    for l in &listed {
+        let f = [&reverting, &failing, &plain]
+            .into_iter()
+            .find(|f| f.id == l.id)
+            .unwrap();
+        assert_eq!(l.deadline, f.deadline);
+    }
+
+    // Written by a batch: set, then cleared.
+    let mut batch = start_flow(reverting.id, &created[0]);
+    let Some(Write::Atom { record, .. }) = batch.writes.last_mut() else {
+        unreachable!("start_flow ends with the atom's start")
+    };
+    record.deadline = Some(at(45));
+    let running = record.clone();
+    store.commit(&batch).await.unwrap();
+    for loaded in [
+        store.load_flow(reverting.id).await.unwrap(),
+        store.load_run(reverting.id).await.unwrap(),
+    ] {
+        assert_eq!(loaded.atoms[0], running);
+    }
+    let mut done = running.clone();
+    done.state = AtomState::Success;
+    done.result = Some(json!(1));
+    done.deadline = None;
+    let mut batch = Batch::new(reverting.id, None);
+    batch.writes.push(Write::Atom {
+        expected_state: AtomState::Running,
+        expected_attempt: 1,
+        record: done.clone(),
+    });
+    store.commit(&batch).await.unwrap();
+    assert_eq!(store.load_run(reverting.id).await.unwrap().atoms[0], done);
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each given a store from `$make`
 /// (an async expression).
 ///
@@ -592,6 +666,7 @@ macro_rules! store_conformance {
             purge_deletes_only_runs_that_ended_before_the_cutoff,
             values_over_the_limit_are_refused,
             runs_record_their_definition_and_list_by_it,
+            deadlines_round_trip,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::compile::CompiledFlow;
 use crate::failure::Failure;
 use crate::ids::{Fence, FlowId};
-use crate::model::{AtomRecord, Change, FactoryRef, FlowRecord, Inputs};
+use crate::model::{AtomRecord, Change, Deadline, FactoryRef, FlowRecord, Inputs};
 use crate::state::{AtomState, FlowState, Intention};
 use crate::store::{self, Store};
 
@@ -67,6 +67,17 @@ pub enum Error {
     /// lost its claim and stopped writing.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// A run was to be created with a deadline that has already passed; nothing was stored.
+    #[error("the deadline {deadline} has already passed (it is {now})")]
+    DeadlinePassed {
+        /// The deadline asked for.
+        deadline: DateTime<Utc>,
+        /// The time it was refused at.
+        now: DateTime<Utc>,
+    },
+    /// [`Engine::cancel`] was asked to cancel a run this engine is not driving.
+    #[error("flow {0} is not being run by this engine")]
+    NotRunning(FlowId),
     /// The flow cannot make progress from its stored state (a bug, or records edited by hand).
     #[error("flow {flow} is stuck: {detail}")]
     Stuck {
@@ -316,6 +327,7 @@ pub struct CreateOptions {
     pub(crate) meta: Value,
     pub(crate) fence: Option<Fence>,
     pub(crate) factory: Option<FactoryRef>,
+    pub(crate) deadline: Option<Deadline>,
 }
 
 impl CreateOptions {
@@ -347,6 +359,15 @@ impl CreateOptions {
     /// ([`FlowRecord::factory`](crate::model::FlowRecord::factory)), as a conductor does.
     pub fn factory(mut self, factory: FactoryRef) -> Self {
         self.factory = Some(factory);
+        self
+    }
+
+    /// Gives the run a deadline, stored with it: past `deadline.at`, whichever engine owns
+    /// the run cancels its running tasks and reverts it, or fails it (see
+    /// [`AtDeadline`](crate::model::AtDeadline)). Creating a run whose deadline has passed
+    /// is refused ([`Error::DeadlinePassed`]).
+    pub fn deadline(mut self, deadline: Deadline) -> Self {
+        self.deadline = Some(deadline);
         self
     }
 }
@@ -581,6 +602,14 @@ impl Engine {
             }
         }
         let now = Utc::now();
+        if let Some(deadline) = options.deadline {
+            if deadline.at <= now {
+                return Err(Error::DeadlinePassed {
+                    deadline: deadline.at,
+                    now,
+                });
+            }
+        }
         let mut meta = options.meta;
         if meta.is_null() {
             meta = Value::Object(serde_json::Map::new());
@@ -600,6 +629,7 @@ impl Engine {
             meta,
             factory: options.factory,
             fingerprint: Some(flow.fingerprint()),
+            deadline: options.deadline,
             created_at: now,
             updated_at: now,
         };

@@ -427,6 +427,7 @@ async fn a_conductor_with_a_retention_purges_what_ended_long_ago() {
             meta: json!({}),
             factory: None,
             fingerprint: None,
+            deadline: None,
             created_at: an_hour_ago,
             updated_at: an_hour_ago,
         };

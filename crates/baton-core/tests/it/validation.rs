@@ -316,6 +316,7 @@ async fn a_run_without_a_fingerprint_is_matched_by_atom_names() {
         meta: json!({}),
         factory: None,
         fingerprint: None,
+        deadline: None,
         created_at: now,
         updated_at: now,
     };

@@ -28,6 +28,7 @@ pub fn flow_record(name: &str) -> FlowRecord {
         meta: json!({"owner": "tests"}),
         factory: None,
         fingerprint: None,
+        deadline: None,
         created_at: now,
         updated_at: now,
     }
