@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -71,6 +72,28 @@ pub enum Error {
         /// `inject` or `rebind`.
         via: &'static str,
     },
+    /// An atom's or a flow's time limit cannot be kept.
+    #[error("{what} {name:?} has a bad time limit: {problem}")]
+    BadTimeout {
+        /// `atom` or `flow`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// What is wrong with it.
+        problem: TimeoutError,
+    },
+}
+
+/// A time limit that cannot be kept: zero, or on an atom that cannot be timed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimeoutError {
+    /// A time limit of zero.
+    #[error("a time limit of zero: give a positive duration, or none")]
+    Zero,
+    /// A time limit on a retry controller, which runs inline and cannot be cancelled.
+    #[error("retry controllers decide at once and take no time limit")]
+    OnController,
 }
 
 /// Where an atom's input comes from.
@@ -98,6 +121,10 @@ pub(crate) struct CompiledAtom {
     pub(crate) body: AtomBody,
     pub(crate) inputs: Vec<Binding>,
     pub(crate) provides: Provides,
+    /// The time limit on each `execute`.
+    pub(crate) timeout: Option<Duration>,
+    /// The time limit on each `revert`.
+    pub(crate) revert_timeout: Option<Duration>,
 }
 
 impl CompiledAtom {
@@ -306,17 +333,45 @@ struct Builder {
     deciders: Vec<(usize, DeciderEdge)>,
     retry_of: Vec<Option<usize>>,
     scopes: Vec<(usize, Range<usize>)>,
+    /// Each atom's time limits, execute and revert, defaults applied.
+    limits: Vec<(Option<Duration>, Option<Duration>)>,
 }
 
 impl Builder {
-    fn push_atom(&mut self, atom: &Atom, retry: Option<usize>) -> Result<usize, Error> {
+    fn push_atom(
+        &mut self,
+        atom: &Atom,
+        retry: Option<usize>,
+        default_timeout: Option<Duration>,
+    ) -> Result<usize, Error> {
         check_declared(atom)?;
+        let bad = |problem| Error::BadTimeout {
+            what: "atom",
+            name: atom.name.clone(),
+            problem,
+        };
+        let limits = match atom.body {
+            AtomBody::Retry(_) => {
+                if atom.timeout.is_some() || atom.revert_timeout.is_some() {
+                    return Err(bad(TimeoutError::OnController));
+                }
+                (None, None)
+            }
+            AtomBody::Task(_) => {
+                if [atom.timeout, atom.revert_timeout].contains(&Some(Duration::ZERO)) {
+                    return Err(bad(TimeoutError::Zero));
+                }
+                let execute = atom.timeout.or(default_timeout);
+                (execute, atom.revert_timeout.or(execute))
+            }
+        };
         let index = self.atoms.len();
         if self.names.insert(atom.name.clone(), index).is_some() {
             return Err(Error::DuplicateName(atom.name.clone()));
         }
         self.atoms.push(atom.clone());
         self.retry_of.push(retry);
+        self.limits.push(limits);
         Ok(index)
     }
 
@@ -328,14 +383,27 @@ impl Builder {
         }
     }
 
-    fn flatten(&mut self, flow: &Flow, parent_retry: Option<usize>) -> Result<Part, Error> {
+    fn flatten(
+        &mut self,
+        flow: &Flow,
+        parent_retry: Option<usize>,
+        parent_timeout: Option<Duration>,
+    ) -> Result<Part, Error> {
         let start = self.atoms.len();
+        if flow.default_timeout == Some(Duration::ZERO) {
+            return Err(Error::BadTimeout {
+                what: "flow",
+                name: flow.name.clone(),
+                problem: TimeoutError::Zero,
+            });
+        }
+        let timeout = flow.default_timeout.or(parent_timeout);
         let retry = match &flow.retry {
             Some(r) => {
                 if !matches!(r.body, AtomBody::Retry(_)) {
                     return Err(Error::MisplacedAtom(r.name.clone()));
                 }
-                Some(self.push_atom(r, parent_retry)?)
+                Some(self.push_atom(r, parent_retry, None)?)
             }
             None => None,
         };
@@ -358,14 +426,14 @@ impl Builder {
                     if !matches!(a.body, AtomBody::Task(_)) {
                         return Err(Error::MisplacedAtom(a.name.clone()));
                     }
-                    let i = self.push_atom(a, inner_retry)?;
+                    let i = self.push_atom(a, inner_retry, timeout)?;
                     Part {
                         members: i..i + 1,
                         sources: vec![i],
                         sinks: vec![i],
                     }
                 }
-                Node::Flow(f) => self.flatten(f, inner_retry)?,
+                Node::Flow(f) => self.flatten(f, inner_retry, timeout)?,
             };
             parts.push(part);
         }
@@ -533,7 +601,7 @@ fn required_symbols(atom: &Atom) -> impl Iterator<Item = String> + '_ {
 
 pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
     let mut b = Builder::default();
-    b.flatten(flow, None)?;
+    b.flatten(flow, None, None)?;
     let n = b.atoms.len();
 
     let mut graph: DiGraph<(), ()> = DiGraph::with_capacity(n, b.edges.len());
@@ -650,11 +718,14 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
                 default,
             });
         }
+        let (timeout, revert_timeout) = b.limits[i];
         compiled.push(CompiledAtom {
             name: atom.name.clone(),
             body: atom.body.clone(),
             inputs,
             provides: atom.provides.clone(),
+            timeout,
+            revert_timeout,
         });
     }
 

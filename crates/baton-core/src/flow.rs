@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -75,6 +76,8 @@ pub struct Atom {
     pub(crate) provides: Provides,
     pub(crate) rebind: BTreeMap<String, String>,
     pub(crate) inject: BTreeMap<String, Value>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) revert_timeout: Option<Duration>,
 }
 
 impl Atom {
@@ -87,6 +90,8 @@ impl Atom {
             provides: Provides::Nothing,
             rebind: BTreeMap::new(),
             inject: BTreeMap::new(),
+            timeout: None,
+            revert_timeout: None,
         }
     }
 
@@ -177,6 +182,29 @@ impl Atom {
         self.inject.insert(input.into(), value.into());
         self
     }
+
+    /// Limits each call of the task's `execute` (and of its `revert`, unless
+    /// [`Atom::revert_timeout`] sets another limit) to `limit`.
+    ///
+    /// An `execute` past its limit is cancelled (its [cancellation
+    /// token](crate::TaskContext::cancellation) fires and its future is dropped) and fails with
+    /// a retryable [`Timeout`](crate::FailureKind::Timeout) failure, which retry controllers
+    /// see like any other. A `revert` past its limit ends `REVERT_FAILURE`. The deadline of a
+    /// running attempt is stored with it, so a run resumed after a crash counts from the
+    /// attempt's first start, not from the resume. Overrides the flow's
+    /// [`Flow::default_timeout`]. A zero limit, or one on a retry controller, is refused by
+    /// [`Flow::compile`].
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Limits each call of the task's `revert` to `limit` (see [`Atom::timeout`]); past it,
+    /// the revert is cancelled and the atom ends `REVERT_FAILURE`.
+    pub fn revert_timeout(mut self, limit: Duration) -> Self {
+        self.revert_timeout = Some(limit);
+        self
+    }
 }
 
 /// A function deciding, from the results of a link's source, whether its target runs.
@@ -251,6 +279,7 @@ pub struct Flow {
     pub(crate) children: Vec<Node>,
     pub(crate) links: Vec<Link>,
     pub(crate) retry: Option<Atom>,
+    pub(crate) default_timeout: Option<Duration>,
 }
 
 impl Flow {
@@ -261,6 +290,7 @@ impl Flow {
             children: Vec::new(),
             links: Vec::new(),
             retry: None,
+            default_timeout: None,
         }
     }
 
@@ -303,6 +333,13 @@ impl Flow {
     /// before the flow's children and decides what happens when one of them fails.
     pub fn retry(mut self, controller: Atom) -> Self {
         self.retry = Some(controller);
+        self
+    }
+
+    /// Gives every task of this flow, and of its subflows, the time limit `limit` (see
+    /// [`Atom::timeout`]) unless the task, or a subflow nearer to it, sets its own.
+    pub fn default_timeout(mut self, limit: Duration) -> Self {
+        self.default_timeout = Some(limit);
         self
     }
 

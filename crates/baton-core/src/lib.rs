@@ -78,7 +78,7 @@ pub use model::{FactoryRef, Inputs};
 pub use registry::{Blueprint, Registry};
 pub use state::{AtomState, FlowState, Intention, JobState, ParseStateError};
 pub use store::MemoryStore;
-pub use task::{FnTask, RevertContext, Task, TaskContext};
+pub use task::{ClaimCheck, ClaimError, ClaimHeld, FnTask, RevertContext, Task, TaskContext};
 
 /// The message of a caught panic.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

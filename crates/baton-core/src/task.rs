@@ -6,12 +6,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::failure::{Failure, TaskError};
-use crate::ids::FlowId;
+use crate::ids::{Fence, FlowId, JobId};
 
 /// A unit of work that can be undone.
 ///
@@ -129,6 +131,80 @@ pub(crate) struct ProgressReport {
     pub(crate) progress: f64,
 }
 
+/// Confirms, when a task asks, that the claim its run is driven under still holds (see
+/// [`TaskContext::confirm_claim`]). A [`Conductor`](crate::Conductor) gives one to every run
+/// it drives, which asks the job board (a heartbeat); give your own to
+/// [`RunOptions::claim_check`](crate::RunOptions::claim_check) when you drive runs under
+/// claims yourself.
+#[async_trait]
+pub trait ClaimCheck: Send + Sync + fmt::Debug + 'static {
+    /// Asks whoever grants the claim on `fence` whether it still holds.
+    ///
+    /// # Errors
+    /// [`ClaimError::Lost`] if it does not (the check should then also stop the run);
+    /// [`ClaimError::Unconfirmed`] if the answer could not be had.
+    async fn confirm(&self, fence: Fence) -> Result<ClaimHeld, ClaimError>;
+}
+
+/// A confirmation that a run's claim holds, from [`TaskContext::confirm_claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimHeld {
+    until: Option<tokio::time::Instant>,
+}
+
+impl ClaimHeld {
+    /// The claim holds until `until` (on the monotonic clock) at least.
+    #[must_use]
+    pub fn until(until: tokio::time::Instant) -> Self {
+        Self { until: Some(until) }
+    }
+
+    /// The run is under no claim: nobody else can take it, so it holds for good.
+    #[must_use]
+    pub fn unclaimed() -> Self {
+        Self { until: None }
+    }
+
+    /// How long, from now, the claim is sure to hold: `None` for a run under no claim. Once
+    /// this has run out, no side effect is covered by the confirmation any more.
+    #[must_use]
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.until
+            .map(|u| u.saturating_duration_since(tokio::time::Instant::now()))
+    }
+}
+
+/// Why [`TaskContext::confirm_claim`] could not confirm the claim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// The claim is gone: another owner may be running the job. Do nothing more; the run is
+    /// being stopped.
+    #[error("the claim on job {job} is lost: {reason}")]
+    Lost {
+        /// The job.
+        job: JobId,
+        /// What the board said.
+        reason: String,
+    },
+    /// The claim may still hold, but that could not be confirmed now (the board could not be
+    /// reached, or the run has no way to ask). Treat it as not confirmed.
+    #[error("the claim on job {job} could not be confirmed: {reason}")]
+    Unconfirmed {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The claim a run is driven under: its fence, and how to confirm it.
+#[derive(Debug)]
+pub(crate) struct ClaimHandle {
+    pub(crate) fence: Fence,
+    pub(crate) check: Option<Arc<dyn ClaimCheck>>,
+}
+
 /// What every atom run can see: who it is and what it was given.
 #[derive(Debug, Clone)]
 pub(crate) struct AtomScope {
@@ -138,9 +214,27 @@ pub(crate) struct AtomScope {
     pub(crate) attempt: u32,
     pub(crate) round: u32,
     pub(crate) inputs: Arc<HashMap<String, Value>>,
+    /// Fires when this call is to stop (see [`TaskContext::cancellation`]).
+    pub(crate) cancel: CancellationToken,
+    /// When this call runs out of time, if it has a limit.
+    pub(crate) deadline: Option<DateTime<Utc>>,
+    pub(crate) claim: Option<Arc<ClaimHandle>>,
 }
 
 impl AtomScope {
+    async fn confirm_claim(&self) -> Result<ClaimHeld, ClaimError> {
+        let Some(claim) = &self.claim else {
+            return Ok(ClaimHeld::unclaimed());
+        };
+        match &claim.check {
+            Some(check) => check.confirm(claim.fence).await,
+            None => Err(ClaimError::Unconfirmed {
+                job: claim.fence.job,
+                reason: "the run was given a fence but no claim check".into(),
+            }),
+        }
+    }
+
     fn input<T: DeserializeOwned>(&self, name: &str) -> Result<T, TaskError> {
         let value = self.inputs.get(name).ok_or_else(|| {
             TaskError::msg(format!(
@@ -214,6 +308,55 @@ impl TaskContext {
             "{}/{}/{}",
             self.scope.flow, self.scope.atom, self.scope.round
         )
+    }
+
+    /// Fires when this call should stop: its time limit ran out, the run was cancelled (with
+    /// [`Engine::cancel`](crate::Engine::cancel) or a job's cancel request), its deadline
+    /// passed, or it was halted (its claim lost, its conductor gone past the drain timeout).
+    /// The engine drops the call's future right after, so an `await` in the task is simply
+    /// never resumed; the token is for work the future does not own: a thread, a spawned
+    /// task, a child process, a request to cancel on a remote system.
+    #[must_use]
+    pub fn cancellation(&self) -> CancellationToken {
+        self.scope.cancel.clone()
+    }
+
+    /// Whether [`cancellation`](Self::cancellation) has fired.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.scope.cancel.is_cancelled()
+    }
+
+    /// Completes when [`cancellation`](Self::cancellation) fires.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.scope.cancel.cancelled()
+    }
+
+    /// When this call runs out of time, if it has a limit ([`Atom::timeout`](crate::Atom::timeout)),
+    /// as stored with the attempt: pass it on to remote calls.
+    #[must_use]
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.scope.deadline
+    }
+
+    /// The fence (job and token) of the claim the run is driven under, if it is: give it to
+    /// an external system that can refuse requests from an owner whose claim has moved on
+    /// (the token only grows).
+    #[must_use]
+    pub fn fence(&self) -> Option<Fence> {
+        self.scope.claim.as_ref().map(|c| c.fence)
+    }
+
+    /// Asks the job board, now, whether the run's claim still holds: call it just before a
+    /// side effect that must not happen twice. An owner that was paused or cut off may have
+    /// lost its claim without knowing; this finds out.
+    ///
+    /// # Errors
+    /// [`ClaimError::Lost`] if another owner may have the job now (the run is being
+    /// stopped: return, doing nothing more); [`ClaimError::Unconfirmed`] if the board could
+    /// not say. A run under no claim is always confirmed.
+    pub async fn confirm_claim(&self) -> Result<ClaimHeld, ClaimError> {
+        self.scope.confirm_claim().await
     }
 
     /// Reports progress between 0.0 and 1.0 (clamped). The engine persists it, throttled, and
@@ -294,5 +437,54 @@ impl RevertContext {
             "{}/{}/{}",
             self.scope.flow, self.scope.atom, self.scope.round
         )
+    }
+
+    /// Fires when this call should stop: its time limit ran out, the run was cancelled (with
+    /// [`Engine::cancel`](crate::Engine::cancel) or a job's cancel request), its deadline
+    /// passed, or it was halted (its claim lost, its conductor gone past the drain timeout).
+    /// The engine drops the call's future right after, so an `await` in the task is simply
+    /// never resumed; the token is for work the future does not own: a thread, a spawned
+    /// task, a child process, a request to cancel on a remote system.
+    #[must_use]
+    pub fn cancellation(&self) -> CancellationToken {
+        self.scope.cancel.clone()
+    }
+
+    /// Whether [`cancellation`](Self::cancellation) has fired.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.scope.cancel.is_cancelled()
+    }
+
+    /// Completes when [`cancellation`](Self::cancellation) fires.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.scope.cancel.cancelled()
+    }
+
+    /// When this call runs out of time, if it has a limit ([`Atom::timeout`](crate::Atom::timeout)),
+    /// as stored with the attempt: pass it on to remote calls.
+    #[must_use]
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.scope.deadline
+    }
+
+    /// The fence (job and token) of the claim the run is driven under, if it is: give it to
+    /// an external system that can refuse requests from an owner whose claim has moved on
+    /// (the token only grows).
+    #[must_use]
+    pub fn fence(&self) -> Option<Fence> {
+        self.scope.claim.as_ref().map(|c| c.fence)
+    }
+
+    /// Asks the job board, now, whether the run's claim still holds: call it just before a
+    /// side effect that must not happen twice. An owner that was paused or cut off may have
+    /// lost its claim without knowing; this finds out.
+    ///
+    /// # Errors
+    /// [`ClaimError::Lost`] if another owner may have the job now (the run is being
+    /// stopped: return, doing nothing more); [`ClaimError::Unconfirmed`] if the board could
+    /// not say. A run under no claim is always confirmed.
+    pub async fn confirm_claim(&self) -> Result<ClaimHeld, ClaimError> {
+        self.scope.confirm_claim().await
     }
 }

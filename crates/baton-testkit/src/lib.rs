@@ -24,6 +24,7 @@ mod boards;
 pub mod conformance;
 pub mod crash;
 pub mod lifecycle;
+pub mod limits;
 mod probe;
 pub mod scenarios;
 mod stores;

@@ -284,6 +284,9 @@ impl Job {
 pub enum Cancel {
     /// Stop going forward and revert what ran; the job completes when the run is `REVERTED`.
     Revert,
+    /// Stop at once, cancelling the running tasks (they run again when the run resumes), and
+    /// leave the run `SUSPENDED` for an operator to resume or revert.
+    Suspend,
 }
 
 impl Cancel {
@@ -292,6 +295,17 @@ impl Cancel {
     pub const fn as_str(self) -> &'static str {
         match self {
             Cancel::Revert => "REVERT",
+            Cancel::Suspend => "SUSPEND",
+        }
+    }
+
+    /// The stronger of two requests: a revert cannot be taken back into a suspend.
+    #[must_use]
+    pub fn max(self, other: Cancel) -> Cancel {
+        if self == Cancel::Revert || other == Cancel::Revert {
+            Cancel::Revert
+        } else {
+            Cancel::Suspend
         }
     }
 }
@@ -302,6 +316,7 @@ impl std::str::FromStr for Cancel {
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         match s {
             "REVERT" => Ok(Cancel::Revert),
+            "SUSPEND" => Ok(Cancel::Suspend),
             other => Err(crate::state::ParseStateError::new("cancel request", other)),
         }
     }

@@ -31,12 +31,14 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::board::Cancel;
 use crate::compile::CompiledFlow;
 use crate::failure::Failure;
 use crate::ids::{Fence, FlowId};
 use crate::model::{AtomRecord, Change, Deadline, FactoryRef, FlowRecord, Inputs};
 use crate::state::{AtomState, FlowState, Intention};
 use crate::store::{self, Store};
+use crate::task::ClaimCheck;
 
 /// What can stop the engine from running a flow.
 #[derive(Debug, thiserror::Error)]
@@ -203,16 +205,29 @@ impl Events {
     }
 }
 
-/// Steers a run from outside: suspend it at a step boundary, or halt it.
+/// Steers a run from outside: suspend it at a step boundary, cancel it, or halt it.
 ///
 /// Clones control the same run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Control {
     suspend: CancellationToken,
     halt: CancellationToken,
+    /// The strongest cancel request so far, if any.
+    cancel: Arc<tokio::sync::watch::Sender<Option<Cancel>>>,
     /// How many times an atom came to rest (succeeded, failed, was reverted or skipped) in a
     /// committed batch of the run: what a conductor reports as progress.
     settled: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            suspend: CancellationToken::new(),
+            halt: CancellationToken::new(),
+            cancel: Arc::new(tokio::sync::watch::Sender::new(None)),
+            settled: Arc::default(),
+        }
+    }
 }
 
 impl Control {
@@ -220,6 +235,25 @@ impl Control {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Cancels the run: its running tasks are cancelled at once (their
+    /// [cancellation tokens](crate::TaskContext::cancellation) fire and their futures are
+    /// dropped), and then, with [`Cancel::Revert`], each of them ends `FAILURE` (a
+    /// [`Cancelled`](crate::FailureKind::Cancelled) failure, which no retry controller
+    /// retries) and the run reverts what ran, in reverse order, ending `REVERTED`; with
+    /// [`Cancel::Suspend`], they are left as interrupted (they run again, afresh, on resume)
+    /// and the run ends `SUSPENDED`. A revert asked after a suspend turns the run round; a
+    /// suspend after a revert changes nothing. A run that already ended is not changed.
+    pub fn cancel(&self, how: Cancel) {
+        self.cancel
+            .send_modify(|c| *c = Some(c.map_or(how, |c| c.max(how))));
+    }
+
+    /// The cancel request made so far, if any.
+    #[must_use]
+    pub fn cancel_requested(&self) -> Option<Cancel> {
+        *self.cancel.borrow()
     }
 
     /// Asks the run to suspend: it starts nothing after the request (even one a task makes
@@ -267,6 +301,7 @@ impl Control {
 #[must_use]
 pub struct RunOptions {
     pub(crate) fence: Option<Fence>,
+    pub(crate) claim_check: Option<Arc<dyn ClaimCheck>>,
     pub(crate) control: Control,
     pub(crate) consume_job: bool,
     pub(crate) revert: bool,
@@ -282,6 +317,17 @@ impl RunOptions {
     /// Makes every write carry `fence`, so the store refuses them once the claim is lost.
     pub fn fence(mut self, fence: Fence) -> Self {
         self.fence = Some(fence);
+        self
+    }
+
+    /// Lets the run's tasks confirm its claim ([`TaskContext::confirm_claim`]) through
+    /// `check`; without one, a fenced run's tasks get [`ClaimError::Unconfirmed`]. A
+    /// [`Conductor`](crate::Conductor) gives every run it drives one.
+    ///
+    /// [`TaskContext::confirm_claim`]: crate::TaskContext::confirm_claim
+    /// [`ClaimError::Unconfirmed`]: crate::ClaimError::Unconfirmed
+    pub fn claim_check(mut self, check: Arc<dyn ClaimCheck>) -> Self {
+        self.claim_check = Some(check);
         self
     }
 
@@ -454,6 +500,8 @@ pub struct Engine {
     store: Arc<dyn Store>,
     options: Options,
     events: broadcast::Sender<Event>,
+    /// The controls of the runs this engine (and its clones) drive now, for [`Engine::cancel`].
+    driving: Arc<std::sync::Mutex<std::collections::HashMap<FlowId, Control>>>,
 }
 
 impl Engine {
@@ -470,6 +518,7 @@ impl Engine {
             store,
             options: Options::default(),
             events,
+            driving: Arc::default(),
         }
     }
 
@@ -676,6 +725,39 @@ impl Engine {
         self.run_with(flow, id, RunOptions::new()).await
     }
 
+    /// Cancels run `flow`, which this engine (or a clone of it) is driving now, as
+    /// [`Control::cancel`] does. For a run a conductor drives, anywhere, ask its job board
+    /// instead ([`JobBoard::request_cancel`](crate::JobBoard)): the owner honours it.
+    ///
+    /// # Errors
+    /// [`Error::NotRunning`] if this engine is not driving `flow` (it ended, or runs
+    /// elsewhere); nothing is changed.
+    pub fn cancel(&self, flow: FlowId, how: Cancel) -> Result<()> {
+        let driving = self
+            .driving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match driving.get(&flow) {
+            Some(control) => {
+                control.cancel(how);
+                Ok(())
+            }
+            None => Err(Error::NotRunning(flow)),
+        }
+    }
+
+    /// Notes that this engine drives `flow` with `control` until the returned guard drops.
+    pub(crate) fn driving(&self, flow: FlowId, control: &Control) -> Driving {
+        self.driving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(flow, control.clone());
+        Driving {
+            engine: self.driving.clone(),
+            flow,
+        }
+    }
+
     /// [`Engine::run`] with a fence and a [`Control`].
     ///
     /// # Errors
@@ -691,6 +773,21 @@ impl Engine {
     ) -> Result<Outcome> {
         let run = run::Run::load(self.clone(), flow.clone(), id, options).await?;
         drive(run).await
+    }
+}
+
+/// While alive, [`Engine::cancel`] reaches a run (see [`Engine::driving`]).
+pub(crate) struct Driving {
+    engine: Arc<std::sync::Mutex<std::collections::HashMap<FlowId, Control>>>,
+    flow: FlowId,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        self.engine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.flow);
     }
 }
 

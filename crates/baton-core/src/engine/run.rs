@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,23 +15,36 @@ use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{field, Instrument};
 
 use super::{outcome, Control, Engine, Error, Event, EventKind, Outcome, Result, RunOptions};
+use crate::board::Cancel;
 use crate::compile::{CompiledFlow, Source};
 use crate::failure::{Failure, FailureKind, TaskError};
 use crate::flow::{AtomBody, Provides};
 use crate::ids::{Fence, FlowId};
-use crate::model::{AtomKind, AtomRecord, Batch, FlowRecord, RetryAttempt, Write};
+use crate::model::{AtDeadline, AtomKind, AtomRecord, Batch, FlowRecord, RetryAttempt, Write};
 use crate::retry::{Decision, History, RetryContext};
 use crate::state::{AtomState, FlowState, Intention};
 use crate::store::{self, transition_of};
-use crate::task::{AtomScope, ProgressReport, RevertContext, TaskContext};
+use crate::task::{AtomScope, ClaimHandle, ProgressReport, RevertContext, TaskContext};
 
 /// What a spawned task reports back.
 enum Done {
     Executed(Result<Value, Failure>),
     Reverted(Result<(), Failure>),
+    /// Stopped by the run: see `Run::why`.
+    Cancelled,
+}
+
+/// Why the run stopped a running task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// A cancel request.
+    Cancel(Cancel),
+    /// The run's deadline passed.
+    Deadline,
 }
 
 /// Work to start once the batch that allows it is committed.
@@ -75,6 +89,26 @@ pub(crate) struct Run {
     job_consumed: bool,
     /// Whether to turn the run round and revert it (see `RunOptions::revert`).
     revert: bool,
+    /// The claim the run is driven under, for its tasks.
+    claim: Option<Arc<ClaimHandle>>,
+    /// Fires every running task's token: when the run is halted (it is a child of the
+    /// control's halt) or dropped (the guard).
+    tasks: CancellationToken,
+    /// Fires `tasks` if the run stops short (halted, an error, its future dropped); disarmed
+    /// when it ends or suspends.
+    tasks_guard: Option<tokio_util::sync::DropGuard>,
+    /// The token of each running task, and why the run stopped it, if it did.
+    tokens: Vec<Option<CancellationToken>>,
+    why: Vec<Option<Why>>,
+    /// Cancel requests, and the strongest acted on so far.
+    cancel_rx: tokio::sync::watch::Receiver<Option<Cancel>>,
+    cancel_done: Option<Cancel>,
+    /// Whether the run's deadline has been acted on, and whether the run is failing at it
+    /// (`AtDeadline::Fail`: nothing starts, and the run ends `FAILURE` once nothing runs).
+    deadline_done: bool,
+    failing: bool,
+    /// Keeps [`Engine::cancel`] able to reach the run while it is driven.
+    _driving: Option<super::Driving>,
 }
 
 /// The value of `symbol` in a result, as the atom's `provides` maps it.
@@ -232,6 +266,14 @@ impl Run {
         };
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let n = atoms.len();
+        let tasks = options.control.halt.child_token();
+        let claim = options.fence.map(|fence| {
+            Arc::new(ClaimHandle {
+                fence,
+                check: options.claim_check.clone(),
+            })
+        });
+        let cancel_rx = options.control.cancel.subscribe();
         let retrying = atoms
             .iter()
             .enumerate()
@@ -269,6 +311,16 @@ impl Run {
             consume_job: options.consume_job,
             job_consumed: false,
             revert: options.revert,
+            claim,
+            tasks_guard: Some(tasks.clone().drop_guard()),
+            tasks,
+            tokens: vec![None; n],
+            why: vec![None; n],
+            cancel_rx,
+            cancel_done: None,
+            deadline_done: false,
+            failing: false,
+            _driving: None,
         })
     }
 
@@ -301,19 +353,24 @@ impl Run {
             if self.record.state.is_terminal() {
                 return Ok(self.outcome(self.record.state));
             }
+            self._driving = Some(self.engine.driving(self.id, &self.control));
             self.enter();
             loop {
                 // A task that asked to suspend as it ended may have ended in the same poll that
                 // `wait` returned from: look at the request before planning, so nothing starts
-                // after it.
+                // after it. Likewise a cancel request.
                 if self.control.suspend.is_cancelled() {
                     self.on_suspend();
                 }
+                self.on_cancel();
                 self.plan();
                 self.commit().await?;
                 self.launch();
                 if let Some(state) = self.finished {
                     tracing::info!(state = %state, "flow ended");
+                    if let Some(guard) = self.tasks_guard.take() {
+                        guard.disarm();
+                    }
                     let mut outcome = self.outcome(state);
                     outcome.job_consumed = self.job_consumed;
                     return Ok(outcome);
@@ -596,6 +653,15 @@ impl Run {
         ) {
             return;
         }
+        self.check_deadline();
+        if self.failing {
+            // Past the deadline, failing: nothing starts; the run ends once nothing runs.
+            if self.in_flight_count == 0 {
+                self.set_flow(FlowState::Failure, self.record.intention);
+                self.finished = Some(FlowState::Failure);
+            }
+            return;
+        }
         let may_start = self.record.state != FlowState::Suspending;
         if self.record.intention != Intention::Revert {
             self.plan_forward(may_start);
@@ -637,6 +703,71 @@ impl Run {
         } else if self.record.state == FlowState::Suspending {
             self.set_flow(FlowState::Suspended, self.record.intention);
             self.finished = Some(FlowState::Suspended);
+        }
+    }
+
+    /// Acts on the run's deadline once it has passed (while the run heads forward), or sets
+    /// the loop to wake at it.
+    fn check_deadline(&mut self) {
+        let Some(deadline) = self.record.deadline else {
+            return;
+        };
+        if self.deadline_done || self.record.intention == Intention::Revert {
+            return;
+        }
+        if Utc::now() < deadline.at {
+            self.wake_at = Some(self.wake_at.map_or(deadline.at, |w| w.min(deadline.at)));
+            return;
+        }
+        self.deadline_done = true;
+        tracing::warn!(deadline = %deadline.at, then = deadline.then.as_str(), "the run's deadline passed");
+        match deadline.then {
+            AtDeadline::Revert => {
+                self.revert_all();
+                self.stop_running(Why::Deadline, |s| s == AtomState::Running);
+            }
+            AtDeadline::Fail => {
+                self.failing = true;
+                self.stop_running(Why::Deadline, |_| true);
+            }
+        }
+    }
+
+    /// Acts on a cancel request, if a new (or stronger) one came.
+    fn on_cancel(&mut self) {
+        let Some(how) = *self.cancel_rx.borrow_and_update() else {
+            return;
+        };
+        if self.cancel_done.is_some_and(|done| done.max(how) == done) {
+            return;
+        }
+        self.cancel_done = Some(how);
+        match how {
+            Cancel::Revert => {
+                tracing::info!("cancelling the run's tasks and reverting it, as asked");
+                if self.record.intention != Intention::Revert {
+                    self.revert_all();
+                }
+                self.stop_running(Why::Cancel(how), |s| s == AtomState::Running);
+            }
+            Cancel::Suspend => {
+                tracing::info!("cancelling the run's tasks and suspending it, as asked");
+                self.on_suspend();
+                self.stop_running(Why::Cancel(how), |_| true);
+            }
+        }
+    }
+
+    /// Stops the running tasks whose atoms are in a state `which` accepts: their tokens fire,
+    /// and they come back as `Done::Cancelled`, handled for `why`.
+    fn stop_running(&mut self, why: Why, which: impl Fn(AtomState) -> bool) {
+        for i in 0..self.atoms.len() {
+            if let Some(token) = &self.tokens[i] {
+                if self.in_flight[i] && which(self.atoms[i].state) {
+                    self.why[i] = Some(why);
+                    token.cancel();
+                }
+            }
         }
     }
 
@@ -831,7 +962,17 @@ impl Run {
     /// Starts atom `i` (pending, interrupted, or a retry controller due to run again).
     fn start(&mut self, i: usize) {
         let now = Utc::now();
+        let timeout = self.flow.atoms[i].timeout;
         self.set_atom(i, |a| {
+            // An attempt interrupted by a crash keeps its deadline: the limit counts from
+            // its first start.
+            let interrupted = a.state == AtomState::Running && a.deadline.is_some();
+            if !interrupted {
+                a.deadline = timeout.map(|t| crate::time::after(now, t));
+            }
+            if timeout.is_none() {
+                a.deadline = None;
+            }
             a.state = AtomState::Running;
             a.intention = Intention::Execute;
             // Saturating: the attempt comes from the store.
@@ -879,6 +1020,7 @@ impl Run {
         let now = Utc::now();
         self.set_atom(i, |a| {
             a.state = AtomState::Success;
+            a.deadline = None;
             a.result = Some(value);
             a.failure = None;
             a.progress = 1.0;
@@ -886,7 +1028,13 @@ impl Run {
         });
     }
 
-    fn fail(&mut self, i: usize, mut failure: Failure) {
+    fn fail(&mut self, i: usize, failure: Failure) {
+        self.record_failure(i, failure);
+        self.resolve_failure(i);
+    }
+
+    /// Records atom `i`'s failure, without asking any retry controller what to do.
+    fn record_failure(&mut self, i: usize, mut failure: Failure) {
         crate::clip::clip_failure(&mut failure, self.engine.options.max_failure_bytes);
         let now = Utc::now();
         tracing::info!(atom = %failure.atom, attempt = failure.attempt, error = %failure, "atom failed");
@@ -894,8 +1042,21 @@ impl Run {
             a.state = AtomState::Failure;
             a.failure = Some(failure);
             a.finished_at = Some(now);
+            a.deadline = None;
         });
-        self.resolve_failure(i);
+    }
+
+    /// Records that `revert` of atom `i` failed.
+    fn record_revert_failure(&mut self, i: usize, mut failure: Failure) {
+        crate::clip::clip_failure(&mut failure, self.engine.options.max_failure_bytes);
+        tracing::warn!(atom = %failure.atom, error = %failure, "revert failed");
+        let now = Utc::now();
+        self.set_atom(i, |a| {
+            a.state = AtomState::RevertFailure;
+            a.revert_failure = Some(failure);
+            a.finished_at = Some(now);
+            a.deadline = None;
+        });
     }
 
     /// Asks the retry controllers governing the failed atom `i` what to do, innermost first.
@@ -1050,9 +1211,12 @@ impl Run {
         if is_task && !self.has_capacity() {
             return;
         }
+        let now = Utc::now();
+        let limit = self.flow.atoms[i].revert_timeout;
         self.set_atom(i, |a| {
             a.state = AtomState::Reverting;
             a.intention = Intention::Revert;
+            a.deadline = limit.map(|t| crate::time::after(now, t));
         });
         if is_task {
             let inputs = self.inputs_best_effort(i);
@@ -1068,6 +1232,15 @@ impl Run {
 
     fn relaunch_revert(&mut self, i: usize) {
         if matches!(self.flow.atoms[i].body, AtomBody::Task(_)) {
+            // An interrupted revert keeps its deadline; one that had none (it was left by a
+            // suspend, or the limit is new) counts from now.
+            let limit = self.flow.atoms[i].revert_timeout;
+            if limit.is_some() != self.atoms[i].deadline.is_some() {
+                let now = Utc::now();
+                self.set_atom(i, |a| {
+                    a.deadline = limit.map(|t| crate::time::after(now, t))
+                });
+            }
             let inputs = self.inputs_best_effort(i);
             self.queue(Launch::Revert(i, inputs));
         } else {
@@ -1106,7 +1279,12 @@ impl Run {
 
     // ----- running tasks ------------------------------------------------------------------
 
-    fn scope_of(&self, i: usize, inputs: HashMap<String, Value>) -> AtomScope {
+    fn scope_of(
+        &self,
+        i: usize,
+        inputs: HashMap<String, Value>,
+        cancel: CancellationToken,
+    ) -> AtomScope {
         let a = &self.atoms[i];
         AtomScope {
             flow: self.id,
@@ -1115,6 +1293,9 @@ impl Run {
             attempt: a.attempt,
             round: a.round,
             inputs: inputs.into(),
+            cancel,
+            deadline: a.deadline,
+            claim: self.claim.clone(),
         }
     }
 
@@ -1141,10 +1322,13 @@ impl Run {
             let task = task.clone();
             let name = self.atoms[i].name.clone();
             let attempt = self.atoms[i].attempt;
+            let limit = self.atoms[i].deadline;
+            let token = self.tasks.child_token();
+            self.tokens[i] = Some(token.clone());
             match job {
                 Ok(inputs) => {
                     let ctx = TaskContext {
-                        scope: self.scope_of(i, inputs),
+                        scope: self.scope_of(i, inputs, token.clone()),
                         progress: Some(self.progress_tx.clone()),
                     };
                     let span =
@@ -1152,19 +1336,22 @@ impl Run {
                     self.set_going(
                         alone,
                         async move {
-                            let res = AssertUnwindSafe(task.execute(ctx)).catch_unwind().await;
-                            let done =
-                                match res {
-                                    Ok(Ok(v)) => Ok(v),
-                                    Ok(Err(e)) => {
-                                        Err(e.into_failure(&name, attempt, FailureKind::Execute))
-                                    }
-                                    Err(p) => Err(TaskError::msg(format!(
-                                        "task panicked: {}",
-                                        crate::panic_message(p.as_ref())
-                                    ))
-                                    .into_failure(&name, attempt, FailureKind::Panic)),
-                                };
+                            let work = AssertUnwindSafe(task.execute(ctx)).catch_unwind();
+                            let done = match race(work, &token, limit).await {
+                                Raced::Cancelled => return (i, Done::Cancelled),
+                                Raced::TimedOut(at) => Err(timed_out("execute", &name, at)
+                                    .retryable()
+                                    .into_failure(&name, attempt, FailureKind::Timeout)),
+                                Raced::Done(Ok(Ok(v))) => Ok(v),
+                                Raced::Done(Ok(Err(e))) => {
+                                    Err(e.into_failure(&name, attempt, FailureKind::Execute))
+                                }
+                                Raced::Done(Err(p)) => Err(TaskError::msg(format!(
+                                    "task panicked: {}",
+                                    crate::panic_message(p.as_ref())
+                                ))
+                                .into_failure(&name, attempt, FailureKind::Panic)),
+                            };
                             (i, Done::Executed(done))
                         }
                         .instrument(span),
@@ -1172,7 +1359,7 @@ impl Run {
                 }
                 Err(inputs) => {
                     let ctx = RevertContext {
-                        scope: self.scope_of(i, inputs),
+                        scope: self.scope_of(i, inputs, token.clone()),
                         result: self.atoms[i].result.clone(),
                         failure: self.atoms[i].failure.clone(),
                     };
@@ -1181,19 +1368,21 @@ impl Run {
                     self.set_going(
                         alone,
                         async move {
-                            let res = AssertUnwindSafe(task.revert(ctx)).catch_unwind().await;
-                            let done =
-                                match res {
-                                    Ok(Ok(())) => Ok(()),
-                                    Ok(Err(e)) => {
-                                        Err(e.into_failure(&name, attempt, FailureKind::Revert))
-                                    }
-                                    Err(p) => Err(TaskError::msg(format!(
-                                        "revert panicked: {}",
-                                        crate::panic_message(p.as_ref())
-                                    ))
-                                    .into_failure(&name, attempt, FailureKind::Panic)),
-                                };
+                            let work = AssertUnwindSafe(task.revert(ctx)).catch_unwind();
+                            let done = match race(work, &token, limit).await {
+                                Raced::Cancelled => return (i, Done::Cancelled),
+                                Raced::TimedOut(at) => Err(timed_out("revert", &name, at)
+                                    .into_failure(&name, attempt, FailureKind::Timeout)),
+                                Raced::Done(Ok(Ok(()))) => Ok(()),
+                                Raced::Done(Ok(Err(e))) => {
+                                    Err(e.into_failure(&name, attempt, FailureKind::Revert))
+                                }
+                                Raced::Done(Err(p)) => Err(TaskError::msg(format!(
+                                    "revert panicked: {}",
+                                    crate::panic_message(p.as_ref())
+                                ))
+                                .into_failure(&name, attempt, FailureKind::Panic)),
+                            };
                             (i, Done::Reverted(done))
                         }
                         .instrument(span),
@@ -1246,6 +1435,7 @@ impl Run {
                 }
             }
             Some(report) = self.progress_rx.recv() => self.on_progress(report),
+            Ok(()) = self.cancel_rx.changed() => self.on_cancel(),
             () = async { tokio::time::sleep(sleep_for.unwrap_or_default()).await }, if sleep_for.is_some() => {}
         }
         Ok(())
@@ -1279,7 +1469,10 @@ impl Run {
         };
         self.in_flight[i] = false;
         self.in_flight_count -= 1;
+        self.tokens[i] = None;
+        let why = self.why[i].take();
         match done {
+            Done::Cancelled => self.on_stopped(i, why),
             Done::Executed(Ok(value)) => match self.check_result(i, &value) {
                 Ok(()) => self.succeed(i, value),
                 Err(f) => self.fail(i, f),
@@ -1290,17 +1483,11 @@ impl Run {
                 self.set_atom(i, |a| {
                     a.state = AtomState::Reverted;
                     a.finished_at = Some(now);
+                    a.deadline = None;
                 });
             }
-            Done::Reverted(Err(mut f)) => {
-                crate::clip::clip_failure(&mut f, self.engine.options.max_failure_bytes);
-                tracing::warn!(atom = %f.atom, error = %f, "revert failed");
-                let now = Utc::now();
-                self.set_atom(i, |a| {
-                    a.state = AtomState::RevertFailure;
-                    a.revert_failure = Some(f);
-                    a.finished_at = Some(now);
-                });
+            Done::Reverted(Err(f)) => {
+                self.record_revert_failure(i, f);
                 if self.record.intention != Intention::Revert {
                     // A subflow that cannot be undone cannot be retried either.
                     self.revert_all();
@@ -1308,6 +1495,41 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// Records what became of a task the run stopped (`why`: `None` if it was halted, when
+    /// nothing more is written).
+    fn on_stopped(&mut self, i: usize, why: Option<Why>) {
+        let state = self.atoms[i].state;
+        let name = self.atoms[i].name.clone();
+        let attempt = self.atoms[i].attempt;
+        match why {
+            Some(Why::Cancel(Cancel::Revert)) if state == AtomState::Running => {
+                let f = TaskError::msg(format!(
+                    "atom {name:?} was cancelled: its run is being cancelled and reverted"
+                ))
+                .into_failure(&name, attempt, FailureKind::Cancelled);
+                self.record_failure(i, f);
+            }
+            Some(Why::Deadline) => {
+                let at = self.record.deadline.map(|d| d.at.to_rfc3339());
+                let f = TaskError::msg(format!(
+                    "atom {name:?} was cancelled: the run's deadline ({}) passed",
+                    at.unwrap_or_default()
+                ))
+                .into_failure(&name, attempt, FailureKind::Timeout);
+                match state {
+                    AtomState::Running => self.record_failure(i, f),
+                    AtomState::Reverting => self.record_revert_failure(i, f),
+                    _ => {}
+                }
+            }
+            // Suspended: left as interrupted, to run again on resume, with a fresh limit.
+            Some(Why::Cancel(_)) if self.atoms[i].deadline.is_some() => {
+                self.set_atom(i, |a| a.deadline = None);
+            }
+            Some(Why::Cancel(_)) | None => {}
+        }
     }
 
     /// Checks a task's result against the atom's `provides` and the size limit.
@@ -1364,4 +1586,51 @@ impl Run {
             self.set_atom(i, |a| a.progress = report.progress);
         }
     }
+}
+
+/// How a task's call ended, raced against its token and its deadline.
+enum Raced<T> {
+    Done(T),
+    Cancelled,
+    TimedOut(DateTime<Utc>),
+}
+
+/// Runs `work` until it ends, `token` fires or `limit` passes, whichever comes first (in that
+/// order, when several are ready at once). Past the limit, `token` is fired for whatever the
+/// task handed it to.
+async fn race<F: std::future::Future>(
+    work: F,
+    token: &CancellationToken,
+    limit: Option<DateTime<Utc>>,
+) -> Raced<F::Output> {
+    let left = limit.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+    if let (Some(at), Some(Duration::ZERO)) = (limit, left) {
+        // Out of time already (a resume after the deadline): the task is not even called.
+        token.cancel();
+        return Raced::TimedOut(at);
+    }
+    let timer = async {
+        let due = left.and_then(|left| tokio::time::Instant::now().checked_add(left));
+        match due {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        () = token.cancelled() => Raced::Cancelled,
+        () = timer => {
+            token.cancel();
+            Raced::TimedOut(limit.unwrap_or_else(Utc::now))
+        }
+        out = work => Raced::Done(out),
+    }
+}
+
+/// The error of a call cancelled at its time limit.
+fn timed_out(action: &str, atom: &str, at: DateTime<Utc>) -> TaskError {
+    TaskError::msg(format!(
+        "{action} of atom {atom:?} ran past its time limit (due at {}) and was cancelled",
+        at.to_rfc3339()
+    ))
 }

@@ -18,6 +18,7 @@ mod resume;
 mod retries;
 mod reverts;
 mod store;
+mod time_limits;
 mod validation;
 
 use baton_core::{CompiledFlow, Engine, Inputs, MemoryStore, Outcome};

@@ -12,6 +12,13 @@ mod conformance {
     baton_testkit::store_conformance!(optional: sqlite_store().await);
 }
 
+/// Time limits, deadlines and cancellation.
+mod limits {
+    use crate::support::sqlite_store;
+
+    baton_testkit::limits_conformance!(optional: sqlite_store().await);
+}
+
 /// The same contract, with steps written long (the default of 0.2.0; short is the default now).
 mod conformance_long_steps {
     use baton_sql::{SqliteOptions, StepFormat};
