@@ -1,0 +1,382 @@
+//! Driving one claimed job: build its flow, run it fenced while heartbeating the claim, and
+//! hand the job on (consume, park, abandon) by how the run stopped.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::FutureExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Chain, Fatal, JobEnd, Options, Registry, EAGER_PROGRESS};
+use crate::board::{self, Cancel, Claim, JobBoard};
+use crate::engine::{self, Control, CreateOptions, Engine, RunOptions};
+use crate::state::FlowState;
+use crate::store;
+
+/// One claimed job being driven to its end.
+pub(super) struct JobRun {
+    pub(super) claim: Claim,
+    pub(super) board: Arc<dyn JobBoard>,
+    pub(super) engine: Engine,
+    pub(super) registry: Arc<Registry>,
+    pub(super) options: Options,
+    pub(super) control: Control,
+    pub(super) fatal: Fatal,
+}
+
+/// The outcome of a job asked to revert a run that never started.
+fn never_started(flow: crate::FlowId) -> Value {
+    json!({
+        "flow": flow,
+        "state": null,
+        "cancelled": "the run was to be reverted, but it never started",
+    })
+}
+
+/// Why a job is parked: what its outcome records.
+fn park_reason(kind: &str, error: impl std::fmt::Display) -> Value {
+    json!({ "parked": kind, "error": error.to_string() })
+}
+
+impl JobRun {
+    pub(super) async fn drive(self) -> JobEnd {
+        let job = &self.claim.job;
+        let span = tracing::info_span!(
+            "job",
+            job.id = %job.id,
+            job.name = %job.name,
+            token = %self.claim.fence.token,
+            attempt = job.attempts,
+        );
+        let fence = self.claim.fence;
+        let board = self.board.clone();
+        // The engine catches what tasks panic with; a panic here is a bug, of baton's or in
+        // code it calls around the run. Caught, so the job is parked, not left claimed to
+        // crash the next conductor the same way.
+        let driven = std::panic::AssertUnwindSafe(self.drive_inner())
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
+        match driven {
+            Ok(end) => end,
+            Err(panic) => {
+                let message = crate::panic_message(panic.as_ref());
+                let _enter = span.enter();
+                tracing::error!(error = %message, "driving the job panicked: parking it");
+                park(&*board, fence, park_reason("panic", message)).await
+            }
+        }
+    }
+
+    async fn drive_inner(self) -> JobEnd {
+        let fence = self.claim.fence;
+        let job = &self.claim.job;
+        tracing::info!(factory = %job.factory, version = ?job.version, "job claimed");
+        if job.stalled_claims > self.options.max_stalled_claims {
+            let why = format!(
+                "claimed {} times in a row without progress (its build or its run may be \
+                 crashing the conductors that take it)",
+                job.stalled_claims
+            );
+            tracing::error!(
+                stalled_claims = job.stalled_claims,
+                "poison job: parking it"
+            );
+            return self.park(park_reason("stalled", why)).await;
+        }
+        let Some(factory) = job.factory_ref() else {
+            // Every claim pins the version; a board that did not is broken.
+            return self
+                .park(park_reason(
+                    "build",
+                    "the board claimed the job without pinning its version",
+                ))
+                .await;
+        };
+        let flow_id = job.flow();
+        let revert = job.cancel == Some(Cancel::Revert);
+        let (flow, inputs) = match self.registry.build(&factory, &job.params) {
+            Ok(built) => built,
+            Err(e) => {
+                if revert
+                    && matches!(
+                        self.engine.store().load_run(flow_id).await,
+                        Err(store::Error::FlowNotFound(_))
+                    )
+                {
+                    // Nothing ran: nothing to revert, whatever the build says.
+                    return self.finish(never_started(flow_id)).await;
+                }
+                tracing::error!(error = %e, "job cannot be built: parking it");
+                return self.park(park_reason("build", e)).await;
+            }
+        };
+        // The job's flow: created by the first claim, found by every later one. Creation is
+        // atomic and fenced, so trying it is the cheapest way to find out; a new flow runs
+        // from what was just written, an existing one from the store.
+        let create = CreateOptions::new()
+            .id(flow_id)
+            .fence(fence)
+            .factory(factory.clone())
+            .meta(json!({ "job": job.id, "job_name": job.name }));
+        // The flow's last step consumes the job too, where the store can (one commit fewer,
+        // and no window between the flow's end and the job's). A stored run must have been
+        // built by the version the job is pinned to.
+        let mut run_options = RunOptions::new()
+            .fence(fence)
+            .control(self.control.clone())
+            .consume_job()
+            .expecting_factory(factory);
+        if revert {
+            tracing::info!("the job asks for its run to be reverted");
+            run_options = run_options.revert();
+        }
+        let run = async {
+            if revert {
+                // A run to turn round, if it was ever created.
+                return self
+                    .engine
+                    .run_with(&flow, flow_id, run_options.clone())
+                    .await;
+            }
+            match self
+                .engine
+                .create_and_run(&flow, inputs, create, run_options.clone())
+                .await
+            {
+                Err(engine::Error::Store(store::Error::FlowExists(_))) => {
+                    self.engine
+                        .run_with(&flow, flow_id, run_options.clone())
+                        .await
+                }
+                other => other,
+            }
+        };
+        tokio::pin!(run);
+        // The heartbeat runs beside the flow, polled concurrently with it, never inside a
+        // `select!` arm that would stop polling the flow while it waits: the flow may hold a
+        // lock the heartbeat needs (SQLite's write gate), and the other way round. It is
+        // stopped by a token and awaited, never dropped in the middle of a call, so it cannot
+        // be left holding such a lock either.
+        let stop = CancellationToken::new();
+        let heartbeat = async {
+            // The claim was just made: the first heartbeat is due one interval from now.
+            let mut beat = tokio::time::interval_at(
+                tokio::time::Instant::now() + self.options.heartbeat,
+                self.options.heartbeat,
+            );
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut expires = self.claim.lease_expires_at;
+            // Atoms come to rest: the progress the board has been told of.
+            let mut reported = 0;
+            // A job that stalled before (its owners died before reporting progress) reports
+            // its first progress at once, not a heartbeat later: a crash soon after should
+            // not count against it.
+            let mut eager = self.claim.job.stalled_claims > 1;
+            let mut look = tokio::time::interval(EAGER_PROGRESS);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return false,
+                    _ = beat.tick() => {}
+                    _ = look.tick(), if eager => {
+                        if self.control.settled() == 0 {
+                            continue;
+                        }
+                        eager = false;
+                    }
+                }
+                let settled = self.control.settled();
+                let progressed = settled > reported;
+                match self
+                    .board
+                    .heartbeat(fence, self.options.lease, progressed)
+                    .await
+                {
+                    Ok(until) => {
+                        expires = until;
+                        reported = settled;
+                    }
+                    // The run ended while this heartbeat was on its way: its last step may
+                    // have consumed the job, which is no loss.
+                    Err(board::Error::ClaimLost { .. }) if stop.is_cancelled() => return false,
+                    Err(board::Error::ClaimLost { .. }) => {
+                        tracing::warn!("claim lost: halting the flow");
+                        return true;
+                    }
+                    Err(e @ board::Error::CorruptDatabase(_)) => {
+                        self.fatal
+                            .report(e.into(), "heartbeat failed: halting the flow");
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %Chain(&e), "heartbeat failed");
+                        if Utc::now() >= expires {
+                            tracing::warn!("lease ran out without a heartbeat: halting the flow");
+                            return true;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::pin!(heartbeat);
+        let (result, lost) = tokio::select! {
+            result = &mut run => {
+                stop.cancel();
+                let lost = heartbeat.await;
+                (result, lost)
+            }
+            lost = &mut heartbeat => {
+                if lost {
+                    self.control.halt();
+                }
+                (run.await, lost)
+            }
+        };
+        // A run whose last step consumed the job is done, whatever a heartbeat racing that
+        // step answered (the job was no longer claimed when it looked).
+        if matches!(&result, Ok(outcome) if outcome.job_consumed) {
+            tracing::info!("job consumed with the flow's last step");
+            return JobEnd::Consumed;
+        }
+        if lost {
+            return JobEnd::Lost;
+        }
+        match result {
+            Ok(outcome) if outcome.state == FlowState::Suspended => {
+                match self.board.abandon(fence).await {
+                    Ok(()) => {
+                        tracing::info!("flow suspended, job handed back");
+                        JobEnd::Abandoned
+                    }
+                    Err(e @ board::Error::CorruptDatabase(_)) => {
+                        self.fatal.report(e.into(), "abandoning the job failed");
+                        JobEnd::Halted
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %Chain(&e), "abandoning the job failed");
+                        JobEnd::Lost
+                    }
+                }
+            }
+            Ok(outcome) => self.finish(outcome.job_outcome()).await,
+            Err(engine::Error::Store(store::Error::FlowNotFound(_))) if revert => {
+                // Asked to revert a run that was never created: nothing ran, nothing to undo.
+                tracing::info!("the job's run never started: nothing to revert");
+                self.finish(never_started(flow_id)).await
+            }
+            Err(engine::Error::Halted(_)) => {
+                // Halted by this conductor's shutdown (a lost claim was handled above): the
+                // engine writes nothing more, so the job can go to another conductor at once,
+                // as a suspended one does. A hand-back is no stall.
+                match self.board.abandon(fence).await {
+                    Ok(()) => tracing::info!("flow halted at shutdown, job handed back"),
+                    Err(e) => tracing::warn!(error = %e, "handing the halted job back failed"),
+                }
+                JobEnd::Halted
+            }
+            Err(e) => self.on_engine_error(e).await,
+        }
+    }
+
+    async fn on_engine_error(&self, e: engine::Error) -> JobEnd {
+        match e {
+            engine::Error::Store(store::Error::Fenced { .. }) => {
+                tracing::warn!("claim lost: a write was fenced");
+                JobEnd::Lost
+            }
+            engine::Error::Halted(_) => JobEnd::Halted,
+            engine::Error::Store(store::Error::TooNew {
+                version, supported, ..
+            }) => {
+                // A newer baton wrote the run (during an upgrade, say). Parking it would need
+                // an operator; handing it back would have the conductors of this version claim
+                // it in turn as fast as they can. Left claimed without heartbeats, it goes to
+                // whoever claims it when its lease runs out: in time, a conductor that can
+                // read it.
+                tracing::warn!(
+                    version,
+                    supported,
+                    attempts = self.claim.job.attempts,
+                    "the run holds data of a newer version of baton: leaving the job to a \
+                     conductor that can read it"
+                );
+                // This claim is no crash: say so, or the job would look like a poison job
+                // to the next conductor of this version.
+                if let Err(e) = self
+                    .board
+                    .heartbeat(self.claim.fence, self.options.lease, true)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not reset the job's stall count");
+                }
+                JobEnd::LeftForNewer
+            }
+            engine::Error::Store(e @ store::Error::CorruptDatabase(_)) => {
+                // Not the run's fault, nor its end: the job is not consumed. Another conductor
+                // takes it over when its lease runs out, once the database is repaired.
+                self.fatal.report(e.into(), "flow cannot run");
+                JobEnd::Halted
+            }
+            engine::Error::Store(e) if e.is_transient() => {
+                // The store went away (the engine retries its own writes; this came from around
+                // them, e.g. creating the flow): hand the job back rather than record a failure.
+                tracing::warn!(error = %Chain(&e), "store unavailable: handing the job back");
+                match self.board.abandon(self.claim.fence).await {
+                    Ok(()) => JobEnd::Abandoned,
+                    Err(_) => JobEnd::Lost,
+                }
+            }
+            e => {
+                // Not the flow's own end, and not something waiting fixes: the run stays as
+                // stored, for an operator.
+                let kind = match &e {
+                    engine::Error::FlowMismatch { .. } => "definition",
+                    engine::Error::Store(_) => "store",
+                    _ => "engine",
+                };
+                tracing::error!(error = %Chain(&e), "flow cannot go on: parking the job");
+                self.park(park_reason(kind, &e)).await
+            }
+        }
+    }
+
+    async fn park(&self, reason: Value) -> JobEnd {
+        park(&*self.board, self.claim.fence, reason).await
+    }
+
+    async fn finish(&self, outcome: Value) -> JobEnd {
+        match self.board.consume(self.claim.fence, outcome).await {
+            Ok(()) => {
+                tracing::info!("job consumed");
+                JobEnd::Consumed
+            }
+            Err(e @ board::Error::CorruptDatabase(_)) => {
+                self.fatal.report(e.into(), "consuming the job failed");
+                JobEnd::Halted
+            }
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "consuming the job failed");
+                JobEnd::Lost
+            }
+        }
+    }
+}
+
+/// Parks the job of `fence` with `reason`.
+async fn park(board: &dyn JobBoard, fence: crate::Fence, reason: Value) -> JobEnd {
+    match board.park(fence, reason).await {
+        Ok(()) => {
+            tracing::warn!("job parked: it waits for an operator");
+            JobEnd::Parked
+        }
+        Err(e) => {
+            // Lost, or the board cannot be reached: whoever claims the job next meets the
+            // same reason (or the stall count) and parks it.
+            tracing::warn!(error = %e, "parking the job failed");
+            JobEnd::Lost
+        }
+    }
+}
