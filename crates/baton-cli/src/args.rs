@@ -155,6 +155,11 @@ pub struct ConductorArgs {
     /// before it claims, in milliseconds (0: claim at once).
     #[arg(long, allow_negative_numbers = true, default_value_t = 5)]
     pub gather_ms: u64,
+    /// How long before its lease runs out a conductor that cannot renew a claim (its database
+    /// does not answer) stops the job's tasks on its own, in milliseconds (default: a fifth of
+    /// the lease; at most the lease less two heartbeats).
+    #[arg(long, allow_negative_numbers = true)]
+    pub self_fence_margin_ms: Option<u64>,
     /// Also delete runs and jobs that ended longer ago than this (e.g. `30d`), every ten
     /// minutes, beside the work; by default everything is kept.
     #[arg(long, value_parser = humantime::parse_duration)]

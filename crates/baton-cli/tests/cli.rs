@@ -511,6 +511,24 @@ fn conductor_options_that_cannot_work_are_refused() {
             exit::BAD_INPUT,
             "--gather-ms 18446744073709551615 is too long: give 200000 or less",
         ),
+        (
+            &["--self-fence-margin-ms", "0"],
+            exit::BAD_INPUT,
+            "--self-fence-margin-ms 0 is too short: give 1 or more",
+        ),
+        (
+            &[
+                "--lease-ms",
+                "3000",
+                "--heartbeat-ms",
+                "500",
+                "--self-fence-margin-ms",
+                "2500",
+            ],
+            exit::BAD_INPUT,
+            "--self-fence-margin-ms 2500 leaves less than two heartbeats (--heartbeat-ms 500) \
+             of --lease-ms 3000: give --self-fence-margin-ms 2000 or less, or a longer lease",
+        ),
         (&["--lease-ms", "-1"], exit::USAGE, "'-1'"),
         (&["--concurrency", "many"], exit::USAGE, "'many'"),
     ];

@@ -25,8 +25,17 @@ pub enum BoardOp {
     List,
 }
 
-/// The failing operations, each with the function making its error.
-type Faults = Vec<(BoardOp, fn() -> Error)>;
+/// What a faulty operation does.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Answers the error the function makes.
+    Fail(fn() -> Error),
+    /// Never answers (until healed): a connection that stopped carrying packets.
+    Hang,
+}
+
+/// The faulty operations, each with its fault.
+type Faults = Vec<(BoardOp, Fault)>;
 
 /// A job board that passes everything to the board it wraps, except the operations a test
 /// tells it to fail ([`FaultyBoard::fail`]): those answer the error the test's function makes,
@@ -52,7 +61,15 @@ impl<B: JobBoard> FaultyBoard<B> {
     pub fn fail(&self, op: BoardOp, error: fn() -> Error) {
         let mut faults = self.faults();
         faults.retain(|(o, _)| *o != op);
-        faults.push((op, error));
+        faults.push((op, Fault::Fail(error)));
+    }
+
+    /// From now on, every call of `op` hangs, without an answer, until [`FaultyBoard::heal`]
+    /// (then it goes through).
+    pub fn hang(&self, op: BoardOp) {
+        let mut faults = self.faults();
+        faults.retain(|(o, _)| *o != op);
+        faults.push((op, Fault::Hang));
     }
 
     /// From now on, nothing fails.
@@ -70,19 +87,29 @@ impl<B: JobBoard> FaultyBoard<B> {
         self.faults.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The error to answer a call of `op` with, if `op` is failing.
-    fn fault(&self, op: BoardOp) -> Result<()> {
-        let error = self
-            .faults()
-            .iter()
-            .find(|(o, _)| *o == op)
-            .map(|(_, e)| *e);
-        match error {
-            Some(error) => {
-                self.failed.fetch_add(1, Ordering::SeqCst);
-                Err(error())
+    /// The error to answer a call of `op` with, if `op` is failing; waits while it hangs.
+    async fn fault(&self, op: BoardOp) -> Result<()> {
+        let mut counted = false;
+        loop {
+            let fault = self
+                .faults()
+                .iter()
+                .find(|(o, _)| *o == op)
+                .map(|(_, f)| *f);
+            match fault {
+                Some(Fault::Fail(error)) => {
+                    self.failed.fetch_add(1, Ordering::SeqCst);
+                    return Err(error());
+                }
+                Some(Fault::Hang) => {
+                    if !counted {
+                        counted = true;
+                        self.failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                None => return Ok(()),
             }
-            None => Ok(()),
         }
     }
 }
@@ -99,7 +126,7 @@ impl<B: JobBoard> JobBoard for FaultyBoard<B> {
         lease: Duration,
         offer: &Offer,
     ) -> Result<Option<Claim>> {
-        self.fault(BoardOp::Claim)?;
+        self.fault(BoardOp::Claim).await?;
         self.inner.claim(owner, lease, offer).await
     }
 
@@ -110,7 +137,7 @@ impl<B: JobBoard> JobBoard for FaultyBoard<B> {
         max: usize,
         offer: &Offer,
     ) -> Result<Vec<Claim>> {
-        self.fault(BoardOp::Claim)?;
+        self.fault(BoardOp::Claim).await?;
         self.inner.claim_up_to(owner, lease, max, offer).await
     }
 
@@ -120,7 +147,7 @@ impl<B: JobBoard> JobBoard for FaultyBoard<B> {
         lease: Duration,
         progressed: bool,
     ) -> Result<DateTime<Utc>> {
-        self.fault(BoardOp::Heartbeat)?;
+        self.fault(BoardOp::Heartbeat).await?;
         self.inner.heartbeat(fence, lease, progressed).await
     }
 
@@ -153,7 +180,7 @@ impl<B: JobBoard> JobBoard for FaultyBoard<B> {
     }
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>> {
-        self.fault(BoardOp::List)?;
+        self.fault(BoardOp::List).await?;
         self.inner.list(query).await
     }
 
@@ -170,7 +197,7 @@ impl<B: JobBoard> JobBoard for FaultyBoard<B> {
     }
 
     async fn register(&self, info: &ConductorInfo) -> Result<()> {
-        self.fault(BoardOp::Register)?;
+        self.fault(BoardOp::Register).await?;
         self.inner.register(info).await
     }
 

@@ -294,6 +294,7 @@ fn conductor_options(args: &ConductorArgs) -> Result<Options> {
     options.poll = Duration::from_millis(args.poll_ms);
     options.gather = Duration::from_millis(args.gather_ms);
     options.retention = args.retain;
+    options.self_fence_margin = args.self_fence_margin_ms.map(Duration::from_millis);
     options.validate().map_err(|e| options_error(&e))?;
     Ok(options)
 }
@@ -305,6 +306,7 @@ fn options_error(e: &InvalidOptions) -> CliError {
         "heartbeat" => Some("--heartbeat-ms"),
         "poll" => Some("--poll-ms"),
         "gather" => Some("--gather-ms"),
+        "self_fence_margin" => Some("--self-fence-margin-ms"),
         _ => None,
     };
     let message = match e {
@@ -331,6 +333,19 @@ fn options_error(e: &InvalidOptions) -> CliError {
             lease.as_millis(),
             max_heartbeat.as_millis(),
             min_lease.as_millis()
+        )),
+        InvalidOptions::MarginTooLong {
+            margin,
+            lease,
+            heartbeat,
+            max,
+        } => Some(format!(
+            "--self-fence-margin-ms {} leaves less than two heartbeats (--heartbeat-ms {}) of \
+             --lease-ms {}: give --self-fence-margin-ms {} or less, or a longer lease",
+            margin.as_millis(),
+            heartbeat.as_millis(),
+            lease.as_millis(),
+            max.as_millis()
         )),
         _ => None,
     };

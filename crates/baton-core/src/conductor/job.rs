@@ -1,9 +1,9 @@
 //! Driving one claimed job: build its flow, run it fenced while heartbeating the claim, and
 //! hand the job on (consume, park, abandon) by how the run stopped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use chrono::Utc;
 use futures::FutureExt;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -14,10 +14,13 @@ use crate::board::{self, Cancel, Claim, JobBoard};
 use crate::engine::{self, Control, CreateOptions, Engine, RunOptions};
 use crate::state::FlowState;
 use crate::store;
+use crate::task::{ClaimCheck, ClaimError, ClaimHeld};
 
 /// One claimed job being driven to its end.
 pub(super) struct JobRun {
     pub(super) claim: Claim,
+    /// When the claim was asked for, on the monotonic clock.
+    pub(super) claimed_at: tokio::time::Instant,
     pub(super) board: Arc<dyn JobBoard>,
     pub(super) engine: Engine,
     pub(super) registry: Arc<Registry>,
@@ -124,8 +127,17 @@ impl JobRun {
         // The flow's last step consumes the job too, where the store can (one commit fewer,
         // and no window between the flow's end and the job's). A stored run must have been
         // built by the version the job is pinned to.
+        // Set when a task's confirmation finds the claim lost (and halts the run).
+        let lost_by_task = Arc::new(AtomicBool::new(false));
         let mut run_options = RunOptions::new()
             .fence(fence)
+            .claim_check(Arc::new(ClaimCheckByHeartbeat {
+                board: self.board.clone(),
+                lease: self.options.lease,
+                margin: self.options.effective_self_fence_margin(),
+                control: self.control.clone(),
+                lost: lost_by_task.clone(),
+            }))
             .control(self.control.clone())
             .consume_job()
             .expecting_factory(factory);
@@ -162,13 +174,24 @@ impl JobRun {
         // be left holding such a lock either.
         let stop = CancellationToken::new();
         let heartbeat = async {
+            let lease = self.options.lease;
+            let margin = self.options.effective_self_fence_margin();
+            // The claim holds on the board until at least a lease after `confirmed`: when the
+            // last request the board confirmed (the claim, then each heartbeat) was sent, on
+            // the monotonic clock. A margin before that, without a newer confirmation, the
+            // conductor stops the job itself, however long its calls to the board hang.
+            let mut confirmed = self.claimed_at;
+            let fence_at = |confirmed: tokio::time::Instant| {
+                confirmed
+                    .checked_add(lease.saturating_sub(margin))
+                    .unwrap_or(confirmed)
+            };
             // The claim was just made: the first heartbeat is due one interval from now.
             let mut beat = tokio::time::interval_at(
                 tokio::time::Instant::now() + self.options.heartbeat,
                 self.options.heartbeat,
             );
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut expires = self.claim.lease_expires_at;
             // Atoms come to rest: the progress the board has been told of.
             let mut reported = 0;
             // A job that stalled before (its owners died before reporting progress) reports
@@ -176,10 +199,20 @@ impl JobRun {
             // not count against it.
             let mut eager = self.claim.job.stalled_claims > 1;
             let mut look = tokio::time::interval(EAGER_PROGRESS);
+            let self_fence = |confirmed: tokio::time::Instant| {
+                tracing::error!(
+                    unconfirmed_for = ?confirmed.elapsed(),
+                    ?lease,
+                    "no heartbeat confirmed by the board: stopping the job's tasks before its \
+                     lease runs out (another conductor may take the job then)"
+                );
+                true
+            };
             loop {
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => return false,
+                    () = tokio::time::sleep_until(fence_at(confirmed)) => return self_fence(confirmed),
                     _ = beat.tick() => {}
                     _ = look.tick(), if eager => {
                         if self.control.settled() == 0 {
@@ -190,13 +223,15 @@ impl JobRun {
                 }
                 let settled = self.control.settled();
                 let progressed = settled > reported;
-                match self
-                    .board
-                    .heartbeat(fence, self.options.lease, progressed)
-                    .await
-                {
-                    Ok(until) => {
-                        expires = until;
+                let sent = tokio::time::Instant::now();
+                let answer = tokio::select! {
+                    biased;
+                    answer = self.board.heartbeat(fence, lease, progressed) => answer,
+                    () = tokio::time::sleep_until(fence_at(confirmed)) => return self_fence(confirmed),
+                };
+                match answer {
+                    Ok(_) => {
+                        confirmed = sent;
                         reported = settled;
                     }
                     // The run ended while this heartbeat was on its way: its last step may
@@ -212,11 +247,8 @@ impl JobRun {
                         return true;
                     }
                     Err(e) => {
+                        // The watchdog above stops the job if no heartbeat gets through in time.
                         tracing::warn!(error = %Chain(&e), "heartbeat failed");
-                        if Utc::now() >= expires {
-                            tracing::warn!("lease ran out without a heartbeat: halting the flow");
-                            return true;
-                        }
                     }
                 }
             }
@@ -241,7 +273,7 @@ impl JobRun {
             tracing::info!("job consumed with the flow's last step");
             return JobEnd::Consumed;
         }
-        if lost {
+        if lost || lost_by_task.load(Ordering::SeqCst) {
             return JobEnd::Lost;
         }
         match result {
@@ -377,6 +409,44 @@ async fn park(board: &dyn JobBoard, fence: crate::Fence, reason: Value) -> JobEn
             // same reason (or the stall count) and parks it.
             tracing::warn!(error = %e, "parking the job failed");
             JobEnd::Lost
+        }
+    }
+}
+
+/// Confirms a run's claim for its tasks ([`crate::TaskContext::confirm_claim`]) with a
+/// heartbeat: the claim is renewed, and holds for a lease (less the self-fencing margin) from
+/// when it was asked. A lost claim halts the run.
+#[derive(Debug)]
+struct ClaimCheckByHeartbeat {
+    board: Arc<dyn JobBoard>,
+    lease: std::time::Duration,
+    margin: std::time::Duration,
+    control: Control,
+    lost: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl ClaimCheck for ClaimCheckByHeartbeat {
+    async fn confirm(&self, fence: crate::Fence) -> Result<ClaimHeld, ClaimError> {
+        let sent = tokio::time::Instant::now();
+        match self.board.heartbeat(fence, self.lease, false).await {
+            Ok(_) => Ok(ClaimHeld::until(
+                sent.checked_add(self.lease.saturating_sub(self.margin))
+                    .unwrap_or(sent),
+            )),
+            Err(e @ board::Error::ClaimLost { .. }) => {
+                tracing::warn!("a task found the claim lost: halting the flow");
+                self.lost.store(true, Ordering::SeqCst);
+                self.control.halt();
+                Err(ClaimError::Lost {
+                    job: fence.job,
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) => Err(ClaimError::Unconfirmed {
+                job: fence.job,
+                reason: Chain(&e).to_string(),
+            }),
         }
     }
 }

@@ -69,6 +69,8 @@ use crate::store;
 /// - `heartbeat` is at most a third of `lease`, so that a claim outlives one heartbeat that is
 ///   late or lost: with a heartbeat near the lease, every slow answer hands the job to another
 ///   conductor while this one still runs it.
+/// - `self_fence_margin`, if given, is at least 1 ms and at most `lease` less two heartbeats,
+///   so that one late heartbeat does not stop a job whose claim still holds.
 /// - `heartbeat` and `gather` are at most [`Options::MAX_HEARTBEAT`] (a third of
 ///   [`board::CONDUCTOR_UNSEEN_LIMIT`]), so that the conductor reports in often enough that no
 ///   board takes it for dead.
@@ -115,6 +117,12 @@ pub struct Options {
     /// parked when claimed again, instead of crashing another conductor: a poison job.
     /// Default 5.
     pub max_stalled_claims: u32,
+    /// How long before its lease runs out a conductor that could not renew a claim stops the
+    /// job's tasks (halting its run) on its own: counted on the monotonic clock from when it
+    /// sent the last request the board confirmed (the claim, or a heartbeat), so that it has
+    /// stopped before the board can give the job to another conductor, however long its
+    /// calls to the board hang. `None` (the default): a fifth of `lease`.
+    pub self_fence_margin: Option<Duration>,
 }
 
 impl Default for Options {
@@ -131,6 +139,7 @@ impl Default for Options {
             retention: None,
             retention_every: Duration::from_secs(600),
             max_stalled_claims: 5,
+            self_fence_margin: None,
         }
     }
 }
@@ -145,6 +154,13 @@ impl Options {
 
     /// The longest `lease`, `poll`, `drain_timeout` and `retention_every`: 365 days.
     pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    /// The self-fencing margin in effect: [`Options::self_fence_margin`], or a fifth of the
+    /// lease.
+    #[must_use]
+    pub fn effective_self_fence_margin(&self) -> Duration {
+        self.self_fence_margin.unwrap_or(self.lease / 5)
+    }
 
     /// Checks the options against the rules in [`Options`]' documentation.
     ///
@@ -199,6 +215,24 @@ impl Options {
                 min_lease,
             });
         }
+        if let Some(margin) = self.self_fence_margin {
+            if margin < Self::MIN_INTERVAL {
+                return Err(InvalidOptions::TooShort {
+                    option: "self_fence_margin",
+                    value: margin,
+                    min: Self::MIN_INTERVAL,
+                });
+            }
+            let max = self.lease.saturating_sub(self.heartbeat.saturating_mul(2));
+            if margin > max {
+                return Err(InvalidOptions::MarginTooLong {
+                    margin,
+                    lease: self.lease,
+                    heartbeat: self.heartbeat,
+                    max,
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -251,6 +285,26 @@ pub enum InvalidOptions {
         max_heartbeat: Duration,
         /// The shortest lease that suits the heartbeat: three times it.
         min_lease: Duration,
+    },
+    /// `self_fence_margin` leaves less than two heartbeats of the lease: one late heartbeat
+    /// would stop a job whose claim still holds.
+    #[error(
+        "self_fence_margin {} leaves less than two heartbeats ({}) of the lease {}: give a \
+         margin of {} or less, or a longer lease",
+        Millis(*margin),
+        Millis(*heartbeat),
+        Millis(*lease),
+        Millis(*max)
+    )]
+    MarginTooLong {
+        /// The margin given.
+        margin: Duration,
+        /// The lease.
+        lease: Duration,
+        /// The heartbeat.
+        heartbeat: Duration,
+        /// The longest margin that suits them.
+        max: Duration,
     },
 }
 
@@ -588,6 +642,9 @@ impl Conductor {
         while !stop.is_cancelled() {
             let free = self.options.concurrency.saturating_sub(jobs.len());
             if free > 0 && ask {
+                // The claims hold on the board until at least a lease from when they were
+                // asked for: what self-fencing counts from.
+                let asked = tokio::time::Instant::now();
                 // All it has room for in one go: fewer means the board has no more for now,
                 // so there is no need to ask again until woken.
                 let claims = match self
@@ -614,6 +671,7 @@ impl Conductor {
                     let job = claim.job.id;
                     let run = JobRun {
                         claim,
+                        claimed_at: asked,
                         board: self.board.clone(),
                         engine: self.engine.clone(),
                         registry: self.registry.clone(),

@@ -141,7 +141,14 @@ async fn load_patiently(
     let options = &engine.options;
     let mut delay = options.store_retry_base;
     loop {
-        match engine.store.load_run(id).await {
+        // Halting interrupts the call, not only the wait between calls: a store that does not
+        // answer (a connection cut off) must not keep a halted run.
+        let loaded = tokio::select! {
+            biased;
+            () = control.halt.cancelled() => return Err(Error::Halted(id)),
+            loaded = engine.store.load_run(id) => loaded,
+        };
+        match loaded {
             Ok(snapshot) => return Ok(snapshot),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?delay, "store unavailable, retrying load");
@@ -519,7 +526,12 @@ impl Run {
             if self.control.halt.is_cancelled() {
                 return Err(Error::Halted(self.id));
             }
-            match self.engine.store.commit(&batch).await {
+            let committed = tokio::select! {
+                biased;
+                () = self.control.halt.cancelled() => return Err(Error::Halted(self.id)),
+                committed = self.engine.store.commit(&batch) => committed,
+            };
+            match committed {
                 Ok(()) => break,
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, retry_in = ?delay, "store unavailable, retrying commit");
@@ -565,12 +577,15 @@ impl Run {
             if self.control.halt.is_cancelled() {
                 return Err(Error::Halted(self.id));
             }
-            match self
-                .engine
-                .store
-                .create_and_commit(&created.flow, &created.atoms, fence, batch)
-                .await
-            {
+            let stored = tokio::select! {
+                biased;
+                () = self.control.halt.cancelled() => return Err(Error::Halted(self.id)),
+                stored = self
+                    .engine
+                    .store
+                    .create_and_commit(&created.flow, &created.atoms, fence, batch) => stored,
+            };
+            match stored {
                 Ok(()) => return Ok(true),
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, retry_in = ?delay, "store unavailable, retrying creation");

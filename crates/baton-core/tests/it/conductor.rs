@@ -605,6 +605,30 @@ fn options_that_cannot_work_are_refused_when_the_conductor_is_built() {
             },
             "give a heartbeat of 3333ms or less, or a lease of 10002ms or more",
         ),
+        (
+            |o| o.self_fence_margin = Some(Duration::ZERO),
+            InvalidOptions::TooShort {
+                option: "self_fence_margin",
+                value: Duration::ZERO,
+                min: ms(1),
+            },
+            "self_fence_margin 0ms is too short: give 1ms or more",
+        ),
+        (
+            |o| {
+                o.lease = Duration::from_secs(3);
+                o.heartbeat = Duration::from_millis(500);
+                o.self_fence_margin = Some(Duration::from_millis(2500));
+            },
+            InvalidOptions::MarginTooLong {
+                margin: ms(2500),
+                lease: Duration::from_secs(3),
+                heartbeat: ms(500),
+                max: Duration::from_secs(2),
+            },
+            "self_fence_margin 2500ms leaves less than two heartbeats (500ms) of the lease 3s: \
+             give a margin of 2s or less, or a longer lease",
+        ),
     ];
     for (change, expected, message) in cases {
         let mut options = Options::default();

@@ -17,6 +17,7 @@ mod properties;
 mod resume;
 mod retries;
 mod reverts;
+mod self_fencing;
 mod store;
 mod time_limits;
 mod validation;
