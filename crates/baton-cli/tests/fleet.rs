@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::process::Child;
 use std::time::Duration;
 
 use baton_cli::demo::SideEffects;
@@ -15,7 +14,7 @@ use baton_core::board::{JobQuery, NewJob};
 use baton_core::model::Change;
 use baton_core::{AtomState, FlowState, JobState};
 use serde_json::json;
-use support::fleet::{check_steps, conductor, creates, signal, stop_all, wait_until};
+use support::fleet::{check_steps, conductor, creates, signal, stop_all, wait_until, Conductor};
 use support::{pg_db, sqlite_db};
 
 /// Stops `owner` (SIGSTOP) at a moment it holds no SQLite write lock. A process stopped in the
@@ -23,7 +22,7 @@ use support::{pg_db, sqlite_db};
 /// cannot cure (see docs/operations.md, "When a conductor is paused or cut off") and which
 /// this test is not about; so on SQLite, a stop that caught the owner inside a write is undone
 /// and tried again a moment later. PostgreSQL has no such lock.
-async fn stop_between_writes(owner: &Child, db: &str) {
+async fn stop_between_writes(owner: &Conductor, db: &str) {
     if !db.starts_with("sqlite:") {
         signal(owner, "STOP");
         return;
@@ -74,7 +73,7 @@ async fn fleet_survives_kills(db: &str) {
             .await
             .unwrap();
     }
-    let mut fleet: Vec<Child> = (0..3)
+    let mut fleet: Vec<Conductor> = (0..3)
         .map(|i| conductor(db, &format!("c{i}"), &effects, 1500))
         .collect();
 

@@ -22,7 +22,7 @@ use baton_core::store::Store;
 use baton_core::{AtomState, ConductorId, FlowId, JobId, JobState};
 use support::fleet::{
     check_steps, conductor_command, creates, logs, output, poll_until, spawn, stop, stop_all,
-    wait_for, wait_until,
+    wait_for, wait_until, Conductor,
 };
 use support::{baton, pg_db, sqlite_db, stderr, stdout};
 
@@ -38,7 +38,7 @@ const LEASE_MS: u64 = 1500;
 const V1_ATOMS: usize = 8;
 
 /// A conductor named `name` offering the demo factories' versions `versions` (`1`, `1,2`).
-fn offering(db: &str, name: &str, effects: &Path, versions: &str) -> Child {
+fn offering(db: &str, name: &str, effects: &Path, versions: &str) -> Conductor {
     let mut cmd = conductor_command(db, name, effects, LEASE_MS);
     cmd.args(["--demo-versions", versions]);
     spawn(cmd)
@@ -200,7 +200,7 @@ async fn rolling_upgrade(db: &str) {
     assert_eq!(posted.len(), JOBS);
 
     // The fleet of the old release: version 1 only.
-    let old: Vec<(String, Child)> = (0..3)
+    let old: Vec<(String, Conductor)> = (0..3)
         .map(|i| {
             let name = format!("old-{i}");
             let child = offering(db, &name, &effects, "1");
@@ -442,7 +442,7 @@ async fn sqlite_a_job_pinned_to_a_version_nobody_offers_waits_for_a_conductor_th
     let effects = dir.path().join("effects.jsonl");
     let backends = baton_sql::open(db).await.unwrap();
     let (board, store) = (backends.board.clone(), backends.store.clone());
-    let mut fleet: Vec<Child> = (0..2)
+    let mut fleet: Vec<Conductor> = (0..2)
         .map(|i| offering(db, &format!("new-{i}"), &effects, "2"))
         .collect();
     for c in &fleet {

@@ -45,13 +45,40 @@ pub fn conductor_command(db: &str, name: &str, effects: &Path, lease_ms: u64) ->
     cmd
 }
 
+/// A conductor process, killed (SIGKILL) if it is still running when dropped: a test that
+/// fails half-way leaves no conductor behind. It is its [`Child`] otherwise.
+#[derive(Debug)]
+pub struct Conductor(Child);
+
+impl std::ops::Deref for Conductor {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conductor {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Conductor {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a command made by [`conductor_command`].
-pub fn spawn(mut cmd: Command) -> Child {
-    cmd.spawn().expect("the conductor starts")
+pub fn spawn(mut cmd: Command) -> Conductor {
+    Conductor(cmd.spawn().expect("the conductor starts"))
 }
 
 /// A conductor offering every version of every demo factory (see [`conductor_command`]).
-pub fn conductor(db: &str, name: &str, effects: &Path, lease_ms: u64) -> Child {
+pub fn conductor(db: &str, name: &str, effects: &Path, lease_ms: u64) -> Conductor {
     spawn(conductor_command(db, name, effects, lease_ms))
 }
 
@@ -92,7 +119,7 @@ pub fn signal(child: &Child, sig: &str) {
 
 /// Stops `child` as an operator would (SIGTERM: it suspends its runs and hands their jobs
 /// back), killing it if it is still there after 20 s; how it exited.
-pub fn stop(mut child: Child) -> ExitStatus {
+pub fn stop(mut child: Conductor) -> ExitStatus {
     signal(&child, "TERM");
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
@@ -105,7 +132,7 @@ pub fn stop(mut child: Child) -> ExitStatus {
 }
 
 /// [`stop`]s each of `children`.
-pub fn stop_all(children: Vec<Child>) {
+pub fn stop_all(children: Vec<Conductor>) {
     for c in children {
         stop(c);
     }
