@@ -7,61 +7,22 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_cli::demo::SideEffects;
 use baton_core::board::{JobQuery, NewJob};
 use baton_core::model::Change;
 use baton_core::{AtomState, FlowState, JobState};
 use serde_json::json;
+use support::fleet::{check_steps, conductor, creates, signal, stop_all, wait_until, Conductor};
 use support::{pg_db, sqlite_db};
-
-fn conductor(db: &str, name: &str, effects: &Path, lease_ms: u64) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args([
-            "--db",
-            db,
-            "conductor",
-            "--demo",
-            "--name",
-            name,
-            "--concurrency",
-            "2",
-        ])
-        .args([
-            "--lease-ms",
-            &lease_ms.to_string(),
-            "--heartbeat-ms",
-            "200",
-            "--poll-ms",
-            "50",
-        ])
-        .arg("--effects")
-        .arg(effects)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the conductor starts")
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} failed");
-}
 
 /// Stops `owner` (SIGSTOP) at a moment it holds no SQLite write lock. A process stopped in the
 /// middle of a write blocks every other process's writes until it resumes, which leases
 /// cannot cure (see docs/operations.md, "When a conductor is paused or cut off") and which
 /// this test is not about; so on SQLite, a stop that caught the owner inside a write is undone
 /// and tried again a moment later. PostgreSQL has no such lock.
-async fn stop_between_writes(owner: &Child, db: &str) {
+async fn stop_between_writes(owner: &Conductor, db: &str) {
     if !db.starts_with("sqlite:") {
         signal(owner, "STOP");
         return;
@@ -96,32 +57,6 @@ async fn sqlite_writable(db: &str) -> bool {
     writable
 }
 
-fn stop_all(children: Vec<Child>) {
-    for mut c in children {
-        signal(&c, "TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if c.try_wait().unwrap().is_none() {
-            c.kill().unwrap();
-        }
-        c.wait().unwrap();
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn fleet_survives_kills(db: &str) {
     const JOBS: usize = 30;
     const KILLS: usize = 6;
@@ -138,7 +73,7 @@ async fn fleet_survives_kills(db: &str) {
             .await
             .unwrap();
     }
-    let mut fleet: Vec<Child> = (0..3)
+    let mut fleet: Vec<Conductor> = (0..3)
         .map(|i| conductor(db, &format!("c{i}"), &effects, 1500))
         .collect();
 
@@ -166,15 +101,10 @@ async fn fleet_survives_kills(db: &str) {
     stop_all(fleet);
 
     // Side effects, by flow and step.
-    let mut creates: BTreeMap<(String, String), u32> = BTreeMap::new();
-    for e in SideEffects::read_file(&effects).unwrap() {
-        *creates.entry((e.flow, e.atom)).or_default() += 1;
-    }
+    let creates = creates(&SideEffects::read_file(&effects).unwrap());
     assert_eq!(creates.len(), JOBS * 50, "some step never ran");
 
-    // Every job ran its flow to success. The history is the proof that no step which had
-    // succeeded ran again: a step is executed once per attempt, attempts only grow from
-    // RUNNING (a step caught mid-call), and each step succeeded exactly once.
+    // Every job ran its flow to success, each step once.
     let mut reruns = 0;
     for job in backends.board.list(&JobQuery::all()).await.unwrap() {
         assert_eq!(
@@ -184,28 +114,8 @@ async fn fleet_survives_kills(db: &str) {
             job.name
         );
         let snap = backends.store.load_flow(job.flow()).await.unwrap();
-        assert_eq!(snap.flow.state, FlowState::Success);
         let history = backends.store.history(job.flow()).await.unwrap();
-        for a in &snap.atoms {
-            let successes = history
-                .iter()
-                .filter(|t| matches!(&t.change, Change::Atom { atom, to: AtomState::Success, .. } if atom == &a.name))
-                .count();
-            assert_eq!(
-                successes, 1,
-                "{} of {} succeeded {successes} times",
-                a.name, job.name
-            );
-            let ran = creates[&(job.flow().to_string(), a.name.clone())];
-            assert!(
-                ran <= a.attempt,
-                "{} of {} ran {ran} times in {} attempts",
-                a.name,
-                job.name,
-                a.attempt
-            );
-            reruns += a.attempt - 1;
-        }
+        reruns += check_steps(&snap, &history, &creates, &job.name);
     }
     // A killed conductor had at most 2 jobs, each with one step in flight.
     assert!(

@@ -13,6 +13,8 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+pub mod fleet;
+
 /// Runs `baton --db <db> <args>` and returns what it did.
 pub fn baton(db: &str, args: &[&str]) -> Output {
     run(command(Some(db), args), None)
