@@ -19,6 +19,15 @@
 //!   failed or was interrupted after its cloud call has no result
 //!   ([`RevertContext::result`] is `None`), but its resource exists and must go. A resource
 //!   already gone (a revert run again after a crash) is left alone.
+//! - **No side effect for an owner that lost its claim.** A create prepares its request (half
+//!   of `step_ms`), confirms that the run's claim still holds
+//!   ([`TaskContext::confirm_claim`]), and only then makes its cloud call, then waits the
+//!   other half for the resource to become ready; a delete confirms before its call too. A
+//!   conductor that was paused or cut off while another took the job over makes no call after
+//!   that. (A pause between the confirmation and the call is what the claim's fence is for: a
+//!   real cloud would take [`TaskContext::fence`] with the request and refuse a stale one.) A
+//!   call whose cancellation token fires (a time limit, a cancel, a self-fencing conductor)
+//!   stops where it is.
 //! - **Ids are stable.** A resource's id is derived from its key with FNV-1a, a hash that is
 //!   the same on every platform and every Rust release (`std`'s `DefaultHasher` promises
 //!   neither), so the same key gives the same id in any process, today and after an upgrade.
@@ -41,7 +50,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::registry::{BuildError, Error as RegistryError};
-use baton_core::{Atom, Blueprint, Flow, Registry, RevertContext, Task, TaskContext, TaskError};
+use baton_core::{
+    Atom, Blueprint, ClaimError, Flow, Registry, RevertContext, Task, TaskContext, TaskError,
+};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -50,7 +61,8 @@ use tokio::io::AsyncWriteExt;
 /// One thing a fake provider did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Effect {
-    /// `create` or `delete`.
+    /// `create` or `delete`: the cloud calls. Also, to show when a call ran: `begin` when an
+    /// `execute` starts and `stop` when its cancellation token fires (it stopped there).
     pub action: String,
     /// The resource id.
     pub resource: String,
@@ -66,6 +78,17 @@ pub struct Effect {
     pub attempt: u32,
     /// When (RFC 3339).
     pub at: String,
+    /// The process that did it (0 in files of earlier versions).
+    #[serde(default)]
+    pub pid: u32,
+}
+
+impl Effect {
+    /// Whether this is a cloud call (`create` or `delete`), not a mark of when a call ran.
+    #[must_use]
+    pub fn is_call(&self) -> bool {
+        self.action == "create" || self.action == "delete"
+    }
 }
 
 /// Where providers record their side effects: the fake cloud. The resources it holds are those
@@ -139,7 +162,7 @@ impl SideEffects {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .iter()
                 .rev()
-                .find(|e| e.key == key)
+                .find(|e| e.key == key && e.is_call())
                 .cloned(),
             SideEffects::File(path) => {
                 let text = match tokio::fs::read_to_string(path).await {
@@ -152,7 +175,7 @@ impl SideEffects {
                 let mut last = None;
                 for line in text.lines().filter(|l| l.contains(&quoted)) {
                     let effect: Effect = serde_json::from_str(line)?;
-                    if effect.key == key {
+                    if effect.key == key && effect.is_call() {
                         last = Some(effect);
                     }
                 }
@@ -199,6 +222,47 @@ pub fn resource_id(kind: &str, atom: &str, key: &str) -> String {
     format!("{kind}-{atom}-{tag:06x}")
 }
 
+impl Resource {
+    fn effect(&self, action: &str, key: &str, atom: &str, flow: String, attempt: u32) -> Effect {
+        Effect {
+            action: action.into(),
+            resource: String::new(),
+            key: key.into(),
+            atom: atom.into(),
+            flow,
+            attempt,
+            at: Utc::now().to_rfc3339(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// How often, and how many times, a provider asks again when its claim cannot be confirmed
+/// (the board does not answer): about a minute, far past any lease, by when a conductor has
+/// stopped the task itself.
+const CONFIRM_RETRY: Duration = Duration::from_millis(250);
+const CONFIRM_TRIES: u32 = 240;
+
+/// Waits until the run's claim is confirmed (`ask` asks once): a lost claim is an error (the
+/// run is being stopped); a board that cannot say is asked again.
+async fn confirm<F, Fut>(ask: F) -> Result<(), TaskError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<baton_core::ClaimHeld, ClaimError>>,
+{
+    for _ in 0..CONFIRM_TRIES {
+        match ask().await {
+            Ok(_) => return Ok(()),
+            Err(e @ ClaimError::Lost { .. }) => return Err(TaskError::from(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot confirm the claim yet");
+                tokio::time::sleep(CONFIRM_RETRY).await;
+            }
+        }
+    }
+    Err(TaskError::msg("the claim could not be confirmed").retryable())
+}
+
 #[async_trait]
 impl Task for Resource {
     async fn execute(&self, ctx: TaskContext) -> Result<Value, TaskError> {
@@ -211,29 +275,51 @@ impl Task for Resource {
             )));
         }
         let key = ctx.idempotency_key();
+        let (atom, flow, attempt) = (ctx.atom(), ctx.flow_id().to_string(), ctx.attempt());
         // The call may have been made before, by an `execute` whose process died before its
         // result was stored: then the resource exists, and is the answer.
-        let id = match self.effects.find(&key).await? {
-            Some(id) => id,
-            None => {
-                let id = resource_id(self.kind, ctx.atom(), &key);
-                self.effects
-                    .record(Effect {
-                        action: "create".into(),
-                        resource: id.clone(),
-                        key,
-                        atom: ctx.atom().into(),
-                        flow: ctx.flow_id().to_string(),
-                        attempt: ctx.attempt(),
-                        at: Utc::now().to_rfc3339(),
-                    })
-                    .await?;
-                id
+        if let Some(id) = self.effects.find(&key).await? {
+            return Ok(json!({ "id": id, "kind": self.kind }));
+        }
+        self.effects
+            .record(self.effect("begin", &key, atom, flow.clone(), attempt))
+            .await?;
+        // Marks when the call stopped, if it is stopped: not when it ends on its own.
+        let ended = tokio_util::sync::CancellationToken::new();
+        let (token, stopped) = (
+            ctx.cancellation(),
+            self.effect("stop", &key, atom, flow.clone(), attempt),
+        );
+        let (effects, watch_ended) = (self.effects.clone(), ended.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {
+                    let stopped = Effect { at: Utc::now().to_rfc3339(), ..stopped };
+                    if let Err(e) = effects.record(stopped).await {
+                        tracing::warn!(error = %e, "could not record that a call stopped");
+                    }
+                }
+                () = watch_ended.cancelled() => {}
             }
-        };
-        // The cloud took the request; the resource takes `step` to become ready.
-        tokio::time::sleep(self.step).await;
-        Ok(json!({ "id": id, "kind": self.kind }))
+        });
+        // Half of `step` preparing the request; the call itself, if the claim still holds;
+        // the other half waiting for the resource to become ready.
+        let made = async {
+            tokio::time::sleep(self.step / 2).await;
+            confirm(|| ctx.confirm_claim()).await?;
+            let id = resource_id(self.kind, atom, &key);
+            self.effects
+                .record(Effect {
+                    resource: id.clone(),
+                    ..self.effect("create", &key, atom, flow, attempt)
+                })
+                .await?;
+            tokio::time::sleep(self.step - self.step / 2).await;
+            Ok(json!({ "id": id, "kind": self.kind }))
+        }
+        .await;
+        ended.cancel();
+        made
     }
 
     async fn revert(&self, ctx: RevertContext) -> Result<(), TaskError> {
@@ -243,15 +329,11 @@ impl Task for Resource {
         let Some(id) = self.effects.find(&key).await? else {
             return Ok(());
         };
+        confirm(|| ctx.confirm_claim()).await?;
         self.effects
             .record(Effect {
-                action: "delete".into(),
                 resource: id,
-                key,
-                atom: ctx.atom().into(),
-                flow: ctx.flow_id().to_string(),
-                attempt: 0,
-                at: Utc::now().to_rfc3339(),
+                ..self.effect("delete", &key, ctx.atom(), ctx.flow_id().to_string(), 0)
             })
             .await
     }
@@ -545,7 +627,7 @@ mod tests {
     /// The resources the fake cloud holds: created and not deleted since.
     fn left(effects: &[Effect]) -> Vec<String> {
         let mut last: std::collections::BTreeMap<&str, &Effect> = Default::default();
-        for e in effects {
+        for e in effects.iter().filter(|e| e.is_call()) {
             last.insert(&e.key, e);
         }
         last.values()
@@ -731,7 +813,11 @@ mod tests {
         let control = Control::new();
         let run = run_in_task(&engine, &flow, id, &control);
         for _ in 0..1000 {
-            if effects.recorded().iter().any(|e| e.atom == "step-0001") {
+            if effects
+                .recorded()
+                .iter()
+                .any(|e| e.atom == "step-0001" && e.action == "create")
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -747,7 +833,7 @@ mod tests {
         let creates: Vec<Effect> = effects
             .recorded()
             .into_iter()
-            .filter(|e| e.atom == "step-0001")
+            .filter(|e| e.atom == "step-0001" && e.is_call())
             .collect();
         assert_eq!(creates.len(), 1, "one resource, not two: {creates:#?}");
         assert_eq!(
@@ -869,7 +955,10 @@ mod tests {
             .await
             .unwrap();
         let read = SideEffects::read_file(&path).unwrap();
-        assert_eq!(read.len(), 5);
-        assert!(read.iter().all(|e| e.action == "create" && e.attempt == 1));
+        let calls: Vec<&Effect> = read.iter().filter(|e| e.is_call()).collect();
+        assert_eq!(calls.len(), 5);
+        assert!(calls.iter().all(|e| e.action == "create" && e.attempt == 1));
+        assert_eq!(read.iter().filter(|e| e.action == "begin").count(), 5);
+        assert!(read.iter().all(|e| e.pid == std::process::id()));
     }
 }
