@@ -293,6 +293,7 @@ impl Task for Resource {
         let (effects, watch_ended) = (self.effects.clone(), ended.clone());
         tokio::spawn(async move {
             tokio::select! {
+                biased;
                 () = token.cancelled() => {
                     let stopped = Effect { at: Utc::now().to_rfc3339(), ..stopped };
                     if let Err(e) = effects.record(stopped).await {

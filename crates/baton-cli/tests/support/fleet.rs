@@ -16,6 +16,17 @@ use baton_core::{AtomState, FlowState};
 /// `effects` (see [`output`] and [`logs`]). Add arguments (`--demo-versions`) before
 /// [`spawn`]ing it.
 pub fn conductor_command(db: &str, name: &str, effects: &Path, lease_ms: u64) -> Command {
+    conductor_command_with(db, name, effects, lease_ms, 200)
+}
+
+/// [`conductor_command`] with a heartbeat every `heartbeat_ms`.
+pub fn conductor_command_with(
+    db: &str,
+    name: &str,
+    effects: &Path,
+    lease_ms: u64,
+    heartbeat_ms: u64,
+) -> Command {
     let mut cmd = super::command(
         Some(db),
         &["conductor", "--demo", "--name", name, "--concurrency", "2"],
@@ -24,7 +35,7 @@ pub fn conductor_command(db: &str, name: &str, effects: &Path, lease_ms: u64) ->
         "--lease-ms",
         &lease_ms.to_string(),
         "--heartbeat-ms",
-        "200",
+        &heartbeat_ms.to_string(),
         "--poll-ms",
         "50",
     ])
