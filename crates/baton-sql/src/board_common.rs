@@ -1,8 +1,10 @@
-//! What the SQL job boards share: error mapping, row decoding helpers.
+//! What the SQL job boards share: error mapping, row decoding helpers, and the rules they
+//! apply in SQL.
 
+use std::future::Future;
 use std::str::FromStr;
 
-use baton_core::board::{self, Cancel, Job, Offer};
+use baton_core::board::{self, Cancel, CancelStep, Job, Offer};
 use baton_core::{ConductorId, Fence, FencingToken, JobId, JobState};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
@@ -45,6 +47,10 @@ pub(crate) struct RawJob {
     pub(crate) version: Option<i64>,
     pub(crate) stalled_claims: i64,
     pub(crate) cancel: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) deadline: Option<i64>,
+    /// Job ids.
+    pub(crate) supersedes: Option<Vec<String>>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
 }
@@ -93,6 +99,20 @@ impl RawJob {
             .map(Cancel::from_str)
             .transpose()
             .map_err(|e| corrupt(&self.id, e.to_string()))?;
+        let deadline = self
+            .deadline
+            .map(|ms| {
+                Utc.timestamp_millis_opt(ms)
+                    .single()
+                    .ok_or_else(|| corrupt(&self.id, format!("deadline {ms} out of range")))
+            })
+            .transpose()?;
+        let supersedes = self
+            .supersedes
+            .unwrap_or_default()
+            .iter()
+            .map(|j| JobId::from_str(j).map_err(|e| corrupt(&self.id, format!("supersedes: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Job {
             id,
             name: self.name,
@@ -109,11 +129,120 @@ impl RawJob {
             version,
             stalled_claims,
             cancel,
+            deadline,
+            supersedes,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
     }
 }
+
+/// A deadline as the boards store it: milliseconds since the Unix epoch.
+pub(crate) fn deadline_ms(deadline: Option<DateTime<Utc>>) -> Option<i64> {
+    deadline.map(|d| d.timestamp_millis())
+}
+
+/// The statements on job rows that the protocols written once here (cancel requests,
+/// supersede) need of a board's dialect, run in the caller's transaction.
+pub(crate) trait JobRows: Send {
+    /// Job `id`'s state and cancel request, if it exists, locked until the transaction ends
+    /// where the database locks rows.
+    fn cancel_of(
+        &mut self,
+        id: JobId,
+    ) -> impl Future<Output = Result<Option<(String, Option<String>)>, board::Error>> + Send;
+
+    /// The ids of the jobs of `key` that hold it (not ended), in posting order, locked like
+    /// [`JobRows::cancel_of`].
+    fn holding(
+        &mut self,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<JobId>, board::Error>> + Send;
+
+    /// Job `id` put back on the board, as [`JobBoard::requeue`](baton_core::JobBoard::requeue)
+    /// puts it, with a request to revert its run if `revert`; answers it as it now is.
+    fn reopen(
+        &mut self,
+        id: JobId,
+        revert: bool,
+    ) -> impl Future<Output = Result<Job, board::Error>> + Send;
+
+    /// Job `id` with its request set to `how`; with `tell`, a wake-up for its owner goes with
+    /// the transaction (where the board sends one). Answers it as it now is.
+    fn set_cancel(
+        &mut self,
+        id: JobId,
+        how: Cancel,
+        tell: bool,
+    ) -> impl Future<Output = Result<Job, board::Error>> + Send;
+
+    /// Job `id` as it is.
+    fn job(&mut self, id: JobId) -> impl Future<Output = Result<Job, board::Error>> + Send;
+}
+
+/// Asks `how` of job `id`, as [`JobBoard::request_cancel`](baton_core::JobBoard::request_cancel)
+/// says ([`board::check_cancel`] decides). Answers the job as it now is, its state before, and
+/// what was done to it.
+pub(crate) async fn cancel<R: JobRows>(
+    rows: &mut R,
+    id: JobId,
+    how: Cancel,
+) -> Result<(Job, JobState, CancelStep), board::Error> {
+    let (state, current) = rows
+        .cancel_of(id)
+        .await?
+        .map_or((None, None), |(s, c)| (Some(s), c));
+    let state = job_state(id, state)?;
+    let current = current
+        .as_deref()
+        .map(Cancel::from_str)
+        .transpose()
+        .map_err(|e| corrupt(&id.to_string(), e.to_string()))?;
+    let step = board::check_cancel(id, state, current, how)?;
+    let job = match step {
+        CancelStep::Reopen => rows.reopen(id, true).await?,
+        CancelStep::Set(how) => rows.set_cancel(id, how, owner_told(state, step)).await?,
+        _ => rows.job(id).await?,
+    };
+    Ok((job, state, step))
+}
+
+/// What a superseding post of a job of `key` does before the job is inserted: every job that
+/// holds the key is asked to revert ([`cancel`]). Answers their ids, in posting order, and
+/// whether an owner is to be told.
+pub(crate) async fn supersede<R: JobRows>(
+    rows: &mut R,
+    key: &str,
+) -> Result<(Vec<JobId>, bool), board::Error> {
+    let earlier = rows.holding(key).await?;
+    let mut told = false;
+    for &id in &earlier {
+        let (_, state, step) = cancel(rows, id, Cancel::Revert).await?;
+        told |= owner_told(state, step);
+    }
+    Ok((earlier, told))
+}
+
+/// A job id read from a row.
+pub(crate) fn job_id(text: &str) -> Result<JobId, board::Error> {
+    JobId::from_str(text).map_err(|e| corrupt(text, e.to_string()))
+}
+
+/// A row of an owner's cancel requests (`id` and `cancel` text), checked.
+pub(crate) fn cancel_request(id: &str, cancel: &str) -> Result<(JobId, Cancel), board::Error> {
+    let how = Cancel::from_str(cancel).map_err(|e| corrupt(id, e.to_string()))?;
+    Ok((job_id(id)?, how))
+}
+
+/// Whether what a cancel request did to a job in `state` is news for its owner: a request set
+/// on a claimed job.
+pub(crate) fn owner_told(state: JobState, step: CancelStep) -> bool {
+    state == JobState::Claimed && matches!(step, CancelStep::Set(_))
+}
+
+/// Parking answers a request to suspend: the assignment a park makes to `cancel`.
+pub(crate) const PARK_CANCEL: &str =
+    "cancel = CASE WHEN cancel = 'SUSPEND' THEN NULL ELSE cancel END";
 
 /// The token as the database stores it.
 pub(crate) fn token_db(token: FencingToken) -> Result<i64, board::Error> {

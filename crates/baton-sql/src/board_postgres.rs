@@ -5,23 +5,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::board::{
-    self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob, Offer, Requeue,
+    self, Cancel, CancelStep, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob, Offer, Requeue,
 };
 use baton_core::{ConductorId, Fence, JobId, JobState};
 use chrono::{DateTime, Utc};
-use futures::FutureExt;
 use serde_json::Value;
-use sqlx::postgres::{PgListener, PgRow};
+use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::Row;
-use tokio::sync::Mutex;
 
 use crate::board_common::{
-    check_trash, db, from_ms, job_state, ms, offer_from_json, offer_json, offer_lists,
-    release_needed, token_db, RawJob, RUN_ENDED,
+    cancel, cancel_request, check_trash, db, deadline_ms, from_ms, job_state, ms, offer_from_json,
+    offer_json, offer_lists, release_needed, supersede, token_db, JobRows, RawJob, HOLDS_KEY,
+    PARK_CANCEL, RUN_ENDED,
 };
 use crate::liveness::{lock_key, Liveness};
 use crate::postgres::PostgresStore;
-use crate::wake::{self, PostWakes};
+use crate::wake::{self, Listener, News, PostWakes, CANCEL_NEWS};
 
 /// When a fenced update wakes idle conductors.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +44,15 @@ const OFFERED: &str = "EXISTS (SELECT 1 FROM unnest($5::text[], $6::bigint[]) o(
 const COLUMNS: &str =
     "id::text AS id, name, factory, params, job_key, priority::bigint AS priority, \
                        state, owner::text AS owner, lease_expires_at, token, attempts, outcome, \
-                       version, stalled_claims, cancel, created_at, updated_at";
+                       version, stalled_claims, cancel, deadline, \
+                       supersedes::text[] AS supersedes, created_at, updated_at";
+
+/// The first half of the transaction-scoped advisory lock a post of a keyed job takes on its
+/// key (the second half is a hash of the key), so that a superseding post sees every earlier
+/// job of its key: posts of the key wait for it, and it for them. Locks of two 32-bit halves
+/// are a space apart from the conductors' liveness locks (one 64-bit key each), so a key's lock
+/// is never a conductor's.
+const KEY_LOCK: i32 = 0x6b65_7973;
 
 /// A [`JobBoard`] in a PostgreSQL schema, beside a [`PostgresStore`] whose flows its claims
 /// fence.
@@ -64,12 +71,18 @@ const COLUMNS: &str =
 ///   `NOTIFY`, so idle conductors (waiting in [`JobBoard::wait_for_work`]) react at once
 ///   (posts close together share one, sent at most a window later: see
 ///   [`PostgresJobBoard::with_wake_window`]); polling covers a missed one.
+/// - **Cancel requests** on a claimed job send a `NOTIFY` on the same channel when they
+///   commit, so its owner, waiting in [`JobBoard::wait_for_cancel`], hears of it at once.
+///   A board listens on one connection of its own for both, whichever of its waiters holds it
+///   passing on what the others wait for.
+/// - **Keyed posts** take a transaction-scoped advisory lock on their key, so a superseding
+///   post ([`NewJob::supersede`]) sees every job of its key posted before it.
 #[derive(Debug, Clone)]
 pub struct PostgresJobBoard {
     store: PostgresStore,
     channel: Arc<str>,
     liveness: Arc<Liveness>,
-    listener: Arc<Mutex<Option<PgListener>>>,
+    listener: Arc<Listener>,
     last_reap: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     wakes: PostWakes,
 }
@@ -97,10 +110,140 @@ fn decode(row: &PgRow) -> Result<Job, board::Error> {
         version: row.try_get("version").map_err(db)?,
         stalled_claims: row.try_get("stalled_claims").map_err(db)?,
         cancel: row.try_get("cancel").map_err(db)?,
+        deadline: row.try_get("deadline").map_err(db)?,
+        supersedes: row.try_get("supersedes").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
         updated_at: row.try_get("updated_at").map_err(db)?,
     }
     .decode()
+}
+
+/// The statement that posts a job (`$1` id, `$2` name, `$3` factory, `$4` params, `$5` key,
+/// `$6` priority, `$7` the channel, `$8` version, `$9` deadline, `$10` the jobs it supersedes),
+/// answering it and `woke` (an expression that sends its wake-up, or not). A keyed job takes
+/// its key's lock first ([`KEY_LOCK`]; the aggregate answers one row either way, so the job is
+/// inserted once the lock is held).
+fn post_sql(woke: &str) -> String {
+    format!(
+        "WITH keyed AS MATERIALIZED ( \
+             SELECT count(pg_advisory_xact_lock({KEY_LOCK}, hashtext(p.k))) AS locks \
+               FROM (SELECT $5::text AS k) p WHERE p.k IS NOT NULL \
+         ), posted AS ( \
+             INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, \
+                               version, deadline, supersedes, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, $8, $9, $10, now(), now() FROM keyed \
+             RETURNING * \
+         ) SELECT {COLUMNS}, {woke} AS woke FROM posted"
+    )
+}
+
+/// [`post_sql`]'s statement with `new`'s values bound.
+fn bind_post<'q>(
+    sql: &'q str,
+    new: &'q NewJob,
+    channel: &'q str,
+    supersedes: Option<Vec<uuid::Uuid>>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(JobId::new().as_uuid())
+        .bind(&new.name)
+        .bind(&new.factory)
+        .bind(&new.params)
+        .bind(&new.key)
+        .bind(new.priority)
+        .bind(channel)
+        .bind(new.version.map(i64::from))
+        .bind(deadline_ms(new.deadline))
+        .bind(supersedes)
+}
+
+/// The board's statements on job rows, in the transaction of the connection it holds (see
+/// [`JobRows`]); a request for a claimed job's owner is sent on `channel`.
+struct Rows<'c> {
+    conn: &'c mut PgConnection,
+    channel: &'c str,
+}
+
+impl JobRows for Rows<'_> {
+    async fn cancel_of(
+        &mut self,
+        id: JobId,
+    ) -> Result<Option<(String, Option<String>)>, board::Error> {
+        sqlx::query_as("SELECT state, cancel FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db)
+    }
+
+    async fn holding(&mut self, key: &str) -> Result<Vec<JobId>, board::Error> {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE job_key = $1 AND state IN {HOLDS_KEY} ORDER BY seq \
+             FOR UPDATE"
+        ))
+        .bind(key)
+        .fetch_all(&mut *self.conn)
+        .await
+        .map_err(db)?;
+        Ok(ids.into_iter().map(JobId::from_uuid).collect())
+    }
+
+    async fn reopen(&mut self, id: JobId, revert: bool) -> Result<Job, board::Error> {
+        // Whatever claim there was is revoked: the token moves on, in `fences` too.
+        let row = sqlx::query(&format!(
+            "WITH requeued AS ( \
+                 UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, \
+                        lease_expires_at = NULL, token = token + 1, outcome = NULL, \
+                        stalled_claims = 0, cancel = CASE WHEN $2 THEN 'REVERT' ELSE cancel END, \
+                        updated_at = now() \
+                  WHERE id = $1 RETURNING * \
+             ), fenced AS ( \
+                 INSERT INTO fences (job_id, token) SELECT id, token FROM requeued \
+                 ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token \
+             ) SELECT {COLUMNS} FROM requeued"
+        ))
+        .bind(id.as_uuid())
+        .bind(revert)
+        .fetch_one(&mut *self.conn)
+        .await
+        .map_err(db)?;
+        decode(&row)
+    }
+
+    async fn set_cancel(
+        &mut self,
+        id: JobId,
+        how: Cancel,
+        tell: bool,
+    ) -> Result<Job, board::Error> {
+        // The owner's wake-up goes out when the transaction commits.
+        let told = if tell {
+            format!("pg_notify($3, '{CANCEL_NEWS}') IS NULL")
+        } else {
+            "$3::text IS NOT NULL".to_owned()
+        };
+        let row = sqlx::query(&format!(
+            "WITH asked AS ( \
+                 UPDATE jobs SET cancel = $2, updated_at = now() WHERE id = $1 RETURNING * \
+             ) SELECT {COLUMNS}, {told} AS told FROM asked"
+        ))
+        .bind(id.as_uuid())
+        .bind(how.as_str())
+        .bind(self.channel)
+        .fetch_one(&mut *self.conn)
+        .await
+        .map_err(db)?;
+        decode(&row)
+    }
+
+    async fn job(&mut self, id: JobId) -> Result<Job, board::Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(db)?;
+        decode(&row)
+    }
 }
 
 impl PostgresJobBoard {
@@ -111,7 +254,7 @@ impl PostgresJobBoard {
             channel: store.job_channel().into(),
             store: store.clone(),
             liveness: Arc::default(),
-            listener: Arc::default(),
+            listener: Arc::new(Listener::new(store.clone(), store.job_channel().into())),
             last_reap: Arc::default(),
             wakes: PostWakes::new(
                 store.clone(),
@@ -249,33 +392,39 @@ impl PostgresJobBoard {
         Ok(())
     }
 
-    /// Drops the wake-ups already received: this claim sees the work they announce (a
-    /// wake-up is sent when its job is committed), so each would only cost another claim
-    /// finding nothing. Skipped if a conductor of this process is waiting on the listener.
-    fn forget_wake_ups(&self) {
-        let Ok(mut guard) = self.listener.try_lock() else {
-            return;
-        };
-        let Some(listener) = guard.as_mut() else {
-            return;
-        };
-        // Only what has arrived: `try_recv` is polled once, never waited for. The listener
-        // does not reconnect on its own (see `wait_for_work`), so polling it once cannot stop
-        // a reconnection half-way; a lost connection is dropped here and made anew there.
-        loop {
-            match listener.try_recv().now_or_never() {
-                Some(Ok(Some(_))) => {}
-                None => return,
-                Some(Ok(None) | Err(_)) => {
-                    *guard = None;
-                    return;
-                }
-            }
-        }
-    }
-
     async fn notify(&self) {
         wake::notify(&self.store, &self.channel).await;
+    }
+
+    /// Posts `new`, a job of `key` that supersedes, in one transaction: under the key's lock
+    /// (so every earlier job of the key is seen), the earlier unfinished jobs of the key are
+    /// asked to revert (their owners told), then the job is posted with its own wake-up.
+    async fn post_superseding(&self, new: &NewJob, key: &str) -> Result<Job, board::Error> {
+        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        sqlx::query(&format!(
+            "SELECT pg_advisory_xact_lock({KEY_LOCK}, hashtext($1))"
+        ))
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        // Statements of their own, after the lock: they see the posts the lock waited for. The
+        // rows are locked, so none of them ends before it is asked to revert.
+        let mut rows = Rows {
+            conn: &mut tx,
+            channel: &self.channel,
+        };
+        let (earlier, _) = supersede(&mut rows, key).await?;
+        let supersedes = (!earlier.is_empty())
+            .then(|| earlier.iter().map(|id| id.as_uuid()).collect::<Vec<_>>());
+        let sql = post_sql("pg_notify($7, '') IS NULL");
+        let row = bind_post(&sql, new, &self.channel, supersedes)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let job = decode(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(job)
     }
 }
 
@@ -283,32 +432,22 @@ impl PostgresJobBoard {
 impl JobBoard for PostgresJobBoard {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
         new.check(self.store.max_value_bytes())?;
+        if let (true, Some(key)) = (new.supersede, new.key.as_deref()) {
+            return self.post_superseding(&new, key).await;
+        }
         let wakes = self.wakes.post_wakes();
         let woke = if wakes {
             "pg_notify($7, '') IS NULL"
         } else {
             "$7::text IS NOT NULL"
         };
-        let sql = format!(
-            "WITH posted AS ( \
-                 INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, version, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, $8, now(), now()) RETURNING * \
-             ) SELECT {COLUMNS}, {woke} AS woke FROM posted"
-        );
+        let sql = post_sql(woke);
         let mut kept = self.store.acquire().await.map_err(db)?;
         // Counts the post as owed a wake-up unless its own went out with it, also if this
         // future is dropped half-way. (A statement cancelled half-way may still commit after
         // the wake-up that covers it went out: that job then waits for a poll.)
         let guard = self.wakes.guard();
-        let row = sqlx::query(&sql)
-            .bind(JobId::new().as_uuid())
-            .bind(&new.name)
-            .bind(&new.factory)
-            .bind(&new.params)
-            .bind(&new.key)
-            .bind(new.priority)
-            .bind(&*self.channel)
-            .bind(new.version.map(i64::from))
+        let row = bind_post(&sql, &new, &self.channel, None)
             .fetch_one(&mut *kept)
             .await;
         self.store.release(kept, &row);
@@ -343,7 +482,7 @@ impl JobBoard for PostgresJobBoard {
         if self.reap_due() {
             self.reap().await?;
         }
-        self.forget_wake_ups();
+        self.listener.forget_work();
         let owner_lock = self.liveness.holds(owner).then(|| lock_key(owner));
         // Two paths, each along an index of its own and each taking at most `max`: unclaimed
         // jobs in claim order, and claimed jobs whose lease ran out. The best `max` of both
@@ -463,10 +602,12 @@ impl JobBoard for PostgresJobBoard {
     async fn park(&self, fence: Fence, reason: Value) -> Result<(), board::Error> {
         self.fenced(
             fence,
-            "UPDATE jobs SET state = 'PARKED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
-                 token = token + 1, outcome = $3, updated_at = now() \
-             WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
-             RETURNING id, token, lease_expires_at, job_key",
+            &format!(
+                "UPDATE jobs SET state = 'PARKED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
+                     token = token + 1, outcome = $3, {PARK_CANCEL}, updated_at = now() \
+                 WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
+                 RETURNING id, token, lease_expires_at, job_key"
+            ),
             Some(reason),
             Wake::Never,
             true,
@@ -493,27 +634,48 @@ impl JobBoard for PostgresJobBoard {
             return Err(e);
         }
         // Whatever claim there was is revoked: the token moves on.
-        let row = sqlx::query(&format!(
-            "WITH requeued AS ( \
-                 UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, owner_lock = NULL, \
-                        lease_expires_at = NULL, token = token + 1, outcome = NULL, \
-                        stalled_claims = 0, cancel = CASE WHEN $2 THEN 'REVERT' ELSE cancel END, \
-                        updated_at = now() \
-                  WHERE id = $1 RETURNING * \
-             ), fenced AS ( \
-                 INSERT INTO fences (job_id, token) SELECT id, token FROM requeued \
-                 ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token \
-             ) SELECT {COLUMNS} FROM requeued"
-        ))
-        .bind(id.as_uuid())
-        .bind(how.revert)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
-        let job = decode(&row)?;
+        let job = Rows {
+            conn: &mut tx,
+            channel: &self.channel,
+        }
+        .reopen(id, how.revert)
+        .await?;
         tx.commit().await.map_err(db)?;
         self.notify().await;
         Ok(job)
+    }
+
+    async fn request_cancel(&self, id: JobId, how: Cancel) -> Result<Job, board::Error> {
+        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut rows = Rows {
+            conn: &mut tx,
+            channel: &self.channel,
+        };
+        let (job, _, step) = cancel(&mut rows, id, how).await?;
+        tx.commit().await.map_err(db)?;
+        if step == CancelStep::Reopen {
+            self.notify().await;
+        }
+        Ok(job)
+    }
+
+    async fn cancel_requests(
+        &self,
+        owner: ConductorId,
+    ) -> Result<Vec<(JobId, Cancel)>, board::Error> {
+        let mut kept = self.store.acquire().await.map_err(db)?;
+        let rows: Result<Vec<(String, String)>, _> = sqlx::query_as(
+            "SELECT id::text, cancel FROM jobs \
+              WHERE owner = $1 AND state = 'CLAIMED' AND cancel IS NOT NULL ORDER BY seq",
+        )
+        .bind(owner.as_uuid())
+        .fetch_all(&mut *kept)
+        .await;
+        self.store.release(kept, &rows);
+        rows.map_err(db)?
+            .iter()
+            .map(|(id, how)| cancel_request(id, how))
+            .collect()
     }
 
     async fn release(&self, id: JobId) -> Result<(), board::Error> {
@@ -652,54 +814,11 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut guard = match tokio::time::timeout_at(deadline, self.listener.lock()).await {
-            Ok(g) => g,
-            // Another conductor of this process is already listening: just wait out the poll.
-            Err(_) => return,
-        };
-        if guard.is_none() {
-            // On a connection of its own, outside the store's pool: a listener kept between
-            // waits would otherwise hold one of the pool's connections for good, and closing
-            // the store (which waits for them all) would wait for this board to go.
-            let own = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_lazy_with((*self.store.pool().connect_options()).clone());
-            let listening = tokio::time::timeout_at(deadline, PgListener::connect_with(&own));
-            match listening.await.unwrap_or(Err(sqlx::Error::PoolTimedOut)) {
-                Ok(mut l) => {
-                    // Reconnecting is done here, never inside `try_recv`: that one is given
-                    // up on at the deadline, and giving it up in the middle of a reconnection
-                    // could hand a half-subscribed connection back to the pool.
-                    l.eager_reconnect(false);
-                    // Bounded by the poll too; a listener given up on half-way is dropped with
-                    // its own one-connection pool, so nothing half-subscribed is reused.
-                    let subscribed = tokio::time::timeout_at(deadline, l.listen(&self.channel));
-                    if matches!(subscribed.await, Ok(Ok(()))) {
-                        *guard = Some(l);
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot listen for job wake-ups; polling"),
-            }
-        }
-        match guard.as_mut() {
-            Some(listener) => match tokio::time::timeout_at(deadline, listener.try_recv()).await {
-                Ok(Ok(Some(_))) | Err(_) => {}
-                Ok(Ok(None)) => {
-                    tracing::debug!(
-                        "job wake-up listener lost its connection; reconnecting next time"
-                    );
-                    *guard = None;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "job wake-up listener failed; reconnecting next time");
-                    *guard = None;
-                }
-            },
-            None => tokio::time::sleep_until(deadline).await,
-        }
+        self.listener.wait(News::Work, timeout).await;
+    }
+
+    async fn wait_for_cancel(&self, _owner: ConductorId, timeout: Duration) {
+        self.listener.wait(News::Cancel, timeout).await;
     }
 
     async fn flush_wake_ups(&self) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::board::{
-    self, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob, Offer, Requeue,
+    self, Cancel, CancelStep, Claim, ConductorInfo, Job, JobBoard, JobQuery, NewJob, Offer, Requeue,
 };
 use baton_core::JobState;
 use baton_core::{ConductorId, Fence, JobId};
@@ -15,26 +15,30 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
 use crate::board_common::{
-    check_trash, db, job_state, ms, offer_from_json, offer_json, release_needed, token_db, RawJob,
-    HOLDS_KEY, RUN_ENDED,
+    cancel, cancel_request, check_trash, db, deadline_ms, job_id, job_state, ms, offer_from_json,
+    offer_json, owner_told, release_needed, supersede, token_db, JobRows, RawJob, HOLDS_KEY,
+    PARK_CANCEL, RUN_ENDED,
 };
 use crate::codec;
 use crate::sqlite::SqliteStore;
 
 const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owner, \
                        lease_expires_at, token, attempts, outcome, version, stalled_claims, \
-                       cancel, created_at, updated_at";
+                       cancel, deadline, supersedes, created_at, updated_at";
 
 /// A [`JobBoard`] in a SQLite database, beside a [`SqliteStore`] whose flows its claims fence.
 ///
 /// Claims are `BEGIN IMMEDIATE` transactions, so they are exclusive across the processes that
 /// share the file. Dead owners are found by their leases running out. Idle conductors of this
 /// process are woken at once when a job is posted or handed back here; conductors of other
-/// processes find it when they next poll.
+/// processes find it when they next poll. Likewise, an owner waiting for cancel requests
+/// ([`JobBoard::wait_for_cancel`]) is woken at once by a request made in this process, and
+/// otherwise finds it when it next polls.
 #[derive(Debug, Clone)]
 pub struct SqliteJobBoard {
     store: SqliteStore,
     wake: Arc<baton_core::board::Wake>,
+    cancels: Arc<baton_core::board::Wake>,
 }
 
 fn text_time(job: &str, column: &str, text: &str) -> Result<chrono::DateTime<Utc>, board::Error> {
@@ -54,6 +58,7 @@ fn json(job: &str, column: &str, text: &str) -> Result<Value, board::Error> {
 fn decode(row: &SqliteRow) -> Result<Job, board::Error> {
     let id: String = row.try_get("id").map_err(db)?;
     let outcome: Option<String> = row.try_get("outcome").map_err(db)?;
+    let supersedes: Option<String> = row.try_get("supersedes").map_err(db)?;
     RawJob {
         name: row.try_get("name").map_err(db)?,
         factory: row.try_get("factory").map_err(db)?,
@@ -76,6 +81,16 @@ fn decode(row: &SqliteRow) -> Result<Job, board::Error> {
         version: row.try_get("version").map_err(db)?,
         stalled_claims: row.try_get("stalled_claims").map_err(db)?,
         cancel: row.try_get("cancel").map_err(db)?,
+        deadline: row.try_get("deadline").map_err(db)?,
+        supersedes: supersedes
+            .as_deref()
+            .map(|s| {
+                serde_json::from_str::<Vec<String>>(s).map_err(|e| board::Error::Corrupt {
+                    job: id.clone(),
+                    detail: format!("column supersedes: {e}"),
+                })
+            })
+            .transpose()?,
         created_at: text_time(
             &id,
             "created_at",
@@ -131,6 +146,81 @@ async fn hand_back(
     }
 }
 
+/// The board's statements on job rows, in the transaction of the connection it holds (see
+/// [`JobRows`]).
+struct Rows<'c>(&'c mut SqliteConnection);
+
+impl JobRows for Rows<'_> {
+    async fn cancel_of(
+        &mut self,
+        id: JobId,
+    ) -> Result<Option<(String, Option<String>)>, board::Error> {
+        sqlx::query_as("SELECT state, cancel FROM jobs WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.0)
+            .await
+            .map_err(db)
+    }
+
+    async fn holding(&mut self, key: &str) -> Result<Vec<JobId>, board::Error> {
+        let ids: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE job_key = ?1 AND state IN {HOLDS_KEY} ORDER BY seq"
+        ))
+        .bind(key)
+        .fetch_all(&mut *self.0)
+        .await
+        .map_err(db)?;
+        ids.iter().map(|id| job_id(id)).collect()
+    }
+
+    async fn reopen(&mut self, id: JobId, revert: bool) -> Result<Job, board::Error> {
+        // Whatever claim there was is revoked: the token moves on.
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, lease_expires_at = NULL, \
+                 token = token + 1, outcome = NULL, stalled_claims = 0, \
+                 cancel = CASE WHEN ?2 THEN 'REVERT' ELSE cancel END, updated_at = ?3 \
+             WHERE id = ?1 RETURNING {COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(revert)
+        .bind(codec::time_text(Utc::now()))
+        .fetch_one(&mut *self.0)
+        .await
+        .map_err(db)?;
+        let job = decode(&row)?;
+        set_fence(self.0, &id.to_string(), token_db(job.token)?).await?;
+        Ok(job)
+    }
+
+    async fn set_cancel(
+        &mut self,
+        id: JobId,
+        how: Cancel,
+        _tell: bool,
+    ) -> Result<Job, board::Error> {
+        // The owner is told once the transaction commits (`SqliteJobBoard::cancels`).
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET cancel = ?2, updated_at = ?3 WHERE id = ?1 RETURNING {COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(how.as_str())
+        .bind(codec::time_text(Utc::now()))
+        .fetch_one(&mut *self.0)
+        .await
+        .map_err(db)?;
+        decode(&row)
+    }
+
+    async fn job(&mut self, id: JobId) -> Result<Job, board::Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))
+            .bind(id.to_string())
+            .fetch_one(&mut *self.0)
+            .await
+            .map_err(db)?;
+        decode(&row)
+    }
+}
+
 /// Why a guarded update touched no row: the job is gone, or the claim is stale.
 async fn lost(conn: &mut SqliteConnection, fence: Fence) -> board::Error {
     let exists: Result<Option<i64>, _> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?1")
@@ -154,6 +244,7 @@ impl SqliteJobBoard {
         Self {
             store: store.clone(),
             wake: store.job_wake().clone(),
+            cancels: store.cancel_wake().clone(),
         }
     }
 
@@ -230,12 +321,22 @@ impl JobBoard for SqliteJobBoard {
         let params = serde_json::to_string(&new.params)
             .map_err(|e| board::Error::InvalidJob(e.to_string()))?;
         let sql = format!(
-            "INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, version, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'UNCLAIMED', 0, 0, ?8, ?7, ?7) RETURNING {COLUMNS}"
+            "INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, version, \
+                               deadline, supersedes, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'UNCLAIMED', 0, 0, ?8, ?9, ?10, ?7, ?7) RETURNING {COLUMNS}"
         );
-        let job = self
+        let (job, told) = self
             .write(move |conn| {
                 Box::pin(async move {
+                    // In the same transaction: the earlier jobs of the key are asked to revert.
+                    let (supersedes, told) = match (new.supersede, &new.key) {
+                        (true, Some(key)) => supersede(&mut Rows(&mut *conn), key).await?,
+                        _ => (Vec::new(), false),
+                    };
+                    let supersedes = (!supersedes.is_empty()).then(|| {
+                        let ids: Vec<String> = supersedes.iter().map(JobId::to_string).collect();
+                        serde_json::Value::from(ids).to_string()
+                    });
                     let row = sqlx::query(&sql)
                         .bind(id.to_string())
                         .bind(new.name)
@@ -245,13 +346,18 @@ impl JobBoard for SqliteJobBoard {
                         .bind(i64::from(new.priority))
                         .bind(now)
                         .bind(new.version.map(i64::from))
+                        .bind(deadline_ms(new.deadline))
+                        .bind(supersedes)
                         .fetch_one(conn)
                         .await
                         .map_err(db)?;
-                    decode(&row)
+                    Ok((decode(&row)?, told))
                 })
             })
             .await?;
+        if told {
+            self.cancels.wake();
+        }
         self.wake.wake();
         Ok(job)
     }
@@ -398,11 +504,11 @@ impl JobBoard for SqliteJobBoard {
         self.write(move |conn| {
             Box::pin(async move {
                 let key = fence.job.to_string();
-                let moved: Option<i64> = sqlx::query_scalar(
+                let moved: Option<i64> = sqlx::query_scalar(&format!(
                     "UPDATE jobs SET state = 'PARKED', owner = NULL, lease_expires_at = NULL, \
-                         token = token + 1, outcome = ?3, updated_at = ?4 \
-                     WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2 RETURNING token",
-                )
+                             token = token + 1, outcome = ?3, {PARK_CANCEL}, updated_at = ?4 \
+                         WHERE id = ?1 AND state = 'CLAIMED' AND token = ?2 RETURNING token"
+                ))
                 .bind(&key)
                 .bind(token)
                 .bind(reason.to_string())
@@ -439,27 +545,46 @@ impl JobBoard for SqliteJobBoard {
                         row.ok_or(board::Error::JobNotFound(id))?;
                     let state = job_state(id, Some(state))?;
                     board::check_requeue(id, state, lease_live, run_unfinished, how)?;
-                    // Whatever claim there was is revoked: the token moves on.
-                    let row = sqlx::query(&format!(
-                        "UPDATE jobs SET state = 'UNCLAIMED', owner = NULL, lease_expires_at = NULL, \
-                             token = token + 1, outcome = NULL, stalled_claims = 0, \
-                             cancel = CASE WHEN ?2 THEN 'REVERT' ELSE cancel END, updated_at = ?3 \
-                         WHERE id = ?1 RETURNING {COLUMNS}"
-                    ))
-                    .bind(id.to_string())
-                    .bind(how.revert)
-                    .bind(codec::time_text(now))
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(db)?;
-                    let job = decode(&row)?;
-                    set_fence(conn, &id.to_string(), token_db(job.token)?).await?;
-                    Ok(job)
+                    Rows(conn).reopen(id, how.revert).await
                 })
             })
             .await?;
         self.wake.wake();
         Ok(job)
+    }
+
+    async fn request_cancel(&self, id: JobId, how: Cancel) -> Result<Job, board::Error> {
+        let (job, state, step) = self
+            .write(move |conn| Box::pin(async move { cancel(&mut Rows(conn), id, how).await }))
+            .await?;
+        if owner_told(state, step) {
+            self.cancels.wake();
+        }
+        if step == CancelStep::Reopen {
+            self.wake.wake();
+        }
+        Ok(job)
+    }
+
+    async fn cancel_requests(
+        &self,
+        owner: ConductorId,
+    ) -> Result<Vec<(JobId, Cancel)>, board::Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, cancel FROM jobs \
+              WHERE owner = ?1 AND state = 'CLAIMED' AND cancel IS NOT NULL ORDER BY seq",
+        )
+        .bind(owner.to_string())
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|(id, how)| cancel_request(id, how))
+            .collect()
+    }
+
+    async fn wait_for_cancel(&self, _owner: ConductorId, timeout: Duration) {
+        self.cancels.wait(timeout).await;
     }
 
     async fn release(&self, id: JobId) -> Result<(), board::Error> {

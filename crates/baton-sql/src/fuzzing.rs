@@ -186,6 +186,8 @@ fn job_row(input: &mut Columns<'_>) -> Result<(), String> {
         version: Some(input.int()),
         stalled_claims: input.int(),
         cancel: input.optional_text(),
+        deadline: Some(input.int()),
+        supersedes: input.optional_text().map(|t| vec![t]),
         created_at: DateTime::<Utc>::UNIX_EPOCH,
         updated_at: DateTime::<Utc>::UNIX_EPOCH,
     };

@@ -178,6 +178,9 @@ pub struct SqliteStore {
     /// Wakes this process's conductors waiting for work (the job boards made from this store
     /// wait on it) when a job ends with a flow's last step: a job with the same key may run.
     job_wake: Arc<baton_core::board::Wake>,
+    /// Wakes this process's conductors waiting for cancel requests on their jobs (the job
+    /// boards made from this store make the requests and wait on it).
+    cancel_wake: Arc<baton_core::board::Wake>,
 }
 
 fn is_memory(url: &str) -> bool {
@@ -274,6 +277,7 @@ impl SqliteStore {
             spin: options.spin,
             known: Arc::default(),
             job_wake: Arc::default(),
+            cancel_wake: Arc::default(),
         };
         if !memory {
             store.enable_wal(options.busy_timeout).await?;
@@ -460,6 +464,11 @@ impl SqliteStore {
     /// What this process's job boards on this store wait on for new work.
     pub(crate) fn job_wake(&self) -> &Arc<baton_core::board::Wake> {
         &self.job_wake
+    }
+
+    /// What this process's job boards on this store wait on for cancel requests.
+    pub(crate) fn cancel_wake(&self) -> &Arc<baton_core::board::Wake> {
+        &self.cancel_wake
     }
 
     /// The lock this process's write transactions queue on (the job board's too).

@@ -1,5 +1,7 @@
-//! The wake-ups a PostgreSQL board's posts send idle conductors, shared by posts that come
-//! close together (see `PostgresJobBoard::with_wake_window`).
+//! The news a PostgreSQL board sends and hears on its channel: the wake-ups its posts send idle
+//! conductors, shared by posts that come close together (see
+//! `PostgresJobBoard::with_wake_window`), and the [`Listener`] its waiters hear them on, with
+//! the cancel requests sent to the owners of claimed jobs.
 //!
 //! The first post after a quiet spell sends its `NOTIFY` in its own statement. Posts of the
 //! following window commit without one and are *owed* a wake-up: a background task (the
@@ -12,6 +14,10 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use baton_core::board::Wake;
+use futures::FutureExt;
+use sqlx::postgres::PgListener;
 
 use crate::postgres::PostgresStore;
 
@@ -237,6 +243,197 @@ pub(crate) async fn notify(store: &PostgresStore, channel: &str) -> bool {
         Err(_) => {
             tracing::debug!("job wake-up timed out; conductors find the job by polling");
             false
+        }
+    }
+}
+
+/// The payload of the `NOTIFY` a cancel request sends to the owner of a claimed job. Wake-ups
+/// for work carry an empty one (as every release of baton sends them), and a listener of an
+/// earlier release takes this one for a wake-up for work too: it costs it a claim that finds
+/// nothing.
+pub(crate) const CANCEL_NEWS: &str = "cancel";
+
+/// What a board's callers wait for on its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum News {
+    /// A job may be claimable ([`JobBoard::wait_for_work`](baton_core::JobBoard::wait_for_work)).
+    Work,
+    /// A claimed job was asked to stop
+    /// ([`JobBoard::wait_for_cancel`](baton_core::JobBoard::wait_for_cancel)).
+    Cancel,
+}
+
+impl News {
+    fn of(payload: &str) -> Self {
+        if payload == CANCEL_NEWS {
+            News::Cancel
+        } else {
+            News::Work
+        }
+    }
+}
+
+/// The connection a board (and its clones) listens on for news, shared by everyone waiting:
+/// a conductor's loop waits for work while its watcher waits for cancel requests, and both
+/// hear through one connection rather than one each.
+///
+/// Whoever waits while nobody listens takes the connection (opening it the first time, outside
+/// the store's pool) and receives; the others wait on an in-process [`Wake`] for their kind of
+/// news. The one receiving passes on what it hears: news of its own kind wakes it and the others
+/// waiting for that kind; news of the other kind wakes those waiting for it, or is kept for the
+/// next one to wait (so a cancel request heard while the owner's watcher was busy elsewhere is
+/// not lost). When its wait ends it lets go, and the next waiter takes over; what arrives
+/// meanwhile waits in the connection. So a request is heard at once whoever happens to be
+/// listening, and the poll is only a fallback (a lost connection, a `NOTIFY` sent before the
+/// connection listened).
+#[derive(Debug)]
+pub(crate) struct Listener {
+    store: PostgresStore,
+    channel: Arc<str>,
+    conn: tokio::sync::Mutex<Option<PgListener>>,
+    work: Wake,
+    cancel: Wake,
+}
+
+impl Listener {
+    pub(crate) fn new(store: PostgresStore, channel: Arc<str>) -> Self {
+        Self {
+            store,
+            channel,
+            conn: tokio::sync::Mutex::new(None),
+            work: Wake::new(),
+            cancel: Wake::new(),
+        }
+    }
+
+    fn wake(&self, news: News) -> &Wake {
+        match news {
+            News::Work => &self.work,
+            News::Cancel => &self.cancel,
+        }
+    }
+
+    /// Returns when `news` may have come, or after `timeout`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a caller given up on half-way loses nothing (news it was receiving stays
+    /// in the connection, or was passed on).
+    pub(crate) async fn wait(&self, news: News, timeout: Duration) {
+        let now = tokio::time::Instant::now();
+        // A timeout too long for the clock: as long as a day, then the caller looks again.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400));
+        tokio::select! {
+            // The news passed on comes first: taking the connection when both are ready would
+            // drop it (it is not kept for a caller that was waiting when it came).
+            biased;
+            () = self.wake(news).wait(deadline - now) => {}
+            mut conn = self.conn.lock() => self.receive(&mut conn, news, deadline).await,
+        }
+    }
+
+    /// Receives on the connection (opening it if there is none) until `news` comes or the
+    /// deadline, passing on the other kind.
+    async fn receive(
+        &self,
+        conn: &mut Option<PgListener>,
+        news: News,
+        deadline: tokio::time::Instant,
+    ) {
+        if conn.is_none() {
+            *conn = self.subscribe(deadline).await;
+        }
+        let Some(listener) = conn.as_mut() else {
+            // Cannot listen: wait out the poll.
+            tokio::time::sleep_until(deadline).await;
+            return;
+        };
+        loop {
+            match tokio::time::timeout_at(deadline, listener.try_recv()).await {
+                Err(_) => return,
+                Ok(Ok(Some(notice))) => {
+                    let heard = News::of(notice.payload());
+                    if heard == news {
+                        // This caller looks for itself: nothing to keep for a later one.
+                        self.wake(news).wake_waiting();
+                        return;
+                    }
+                    self.wake(heard).wake();
+                }
+                Ok(Ok(None)) => {
+                    tracing::debug!(
+                        "job wake-up listener lost its connection; reconnecting next time"
+                    );
+                    *conn = None;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "job wake-up listener failed; reconnecting next time");
+                    *conn = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A connection listening on the board's channel, if one can be had by `deadline`.
+    async fn subscribe(&self, deadline: tokio::time::Instant) -> Option<PgListener> {
+        // On a connection of its own, outside the store's pool: a listener kept between waits
+        // would otherwise hold one of the pool's connections for good, and closing the store
+        // (which waits for them all) would wait for this board to go.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with((*self.store.pool().connect_options()).clone());
+        let listening = tokio::time::timeout_at(deadline, PgListener::connect_with(&own));
+        match listening.await.unwrap_or(Err(sqlx::Error::PoolTimedOut)) {
+            Ok(mut listener) => {
+                // Reconnecting is done here, never inside `try_recv`: that one is given up on
+                // at the deadline, and giving it up in the middle of a reconnection could hand
+                // a half-subscribed connection back to the pool.
+                listener.eager_reconnect(false);
+                // Bounded by the poll too; a listener given up on half-way is dropped with its
+                // own one-connection pool, so nothing half-subscribed is reused.
+                let subscribed = tokio::time::timeout_at(deadline, listener.listen(&self.channel));
+                matches!(subscribed.await, Ok(Ok(()))).then_some(listener)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot listen for job wake-ups; polling");
+                None
+            }
+        }
+    }
+
+    /// Drops the wake-ups for work already received, passing on the cancel requests: a claim
+    /// about to be made sees the work they announce (a wake-up is sent when its job is
+    /// committed), so each would only cost another claim finding nothing. The connection is
+    /// left alone while someone receives on it.
+    pub(crate) fn forget_work(&self) {
+        self.work.forget();
+        let Ok(mut conn) = self.conn.try_lock() else {
+            return;
+        };
+        let Some(listener) = conn.as_mut() else {
+            return;
+        };
+        // Only what has arrived: `try_recv` is polled once, never waited for. The listener
+        // does not reconnect on its own (see `subscribe`), so polling it once cannot stop a
+        // reconnection half-way; a lost connection is dropped here and made anew by a wait.
+        loop {
+            match listener.try_recv().now_or_never() {
+                Some(Ok(Some(notice))) => {
+                    if News::of(notice.payload()) == News::Cancel {
+                        self.cancel.wake();
+                    }
+                }
+                None => return,
+                Some(Ok(None) | Err(_)) => {
+                    *conn = None;
+                    return;
+                }
+            }
         }
     }
 }

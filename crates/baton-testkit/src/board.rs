@@ -15,6 +15,10 @@ use baton_core::{
 use chrono::Utc;
 use serde_json::json;
 
+mod cancel;
+
+pub use cancel::*;
+
 const LEASE: Duration = Duration::from_secs(30);
 
 /// A batch that moves flow `flow` from `from` to `to` (intention execute) under `fence`.
@@ -31,6 +35,21 @@ fn flow_move(
         intention: Intention::Execute,
     });
     batch
+}
+
+/// Asserts that `store` refuses to start run `flow` under `fence`: a claim that was revoked.
+async fn assert_fenced<S: Store>(store: &S, flow: baton_core::FlowId, fence: baton_core::Fence) {
+    assert!(matches!(
+        store
+            .commit(&flow_move(
+                flow,
+                Some(fence),
+                FlowState::Pending,
+                FlowState::Running
+            ))
+            .await,
+        Err(store::Error::Fenced { .. })
+    ));
 }
 
 /// The owner of claim `old` creates run `id` of `flow` under it and abandons the job, and
@@ -1021,17 +1040,7 @@ pub async fn parking_keeps_the_job_and_its_key_for_an_operator<B: JobBoard, S: S
         board.park(claim.fence, json!("again")).await,
         Err(Error::ClaimLost { .. })
     ));
-    assert!(matches!(
-        store
-            .commit(&flow_move(
-                record.id,
-                Some(claim.fence),
-                FlowState::Pending,
-                FlowState::Running
-            ))
-            .await,
-        Err(store::Error::Fenced { .. })
-    ));
+    assert_fenced(&store, record.id, claim.fence).await;
     // Its key is held: the next job of the key waits.
     assert!(board
         .claim(ConductorId::new(), LEASE, &offer())
@@ -1202,17 +1211,7 @@ pub async fn requeue_puts_back_only_what_may_go_back<B: JobBoard, S: Store>(boar
         board.heartbeat(short.fence, LEASE, false).await,
         Err(Error::ClaimLost { .. })
     ));
-    assert!(matches!(
-        store
-            .commit(&flow_move(
-                stale_run.id,
-                Some(short.fence),
-                FlowState::Pending,
-                FlowState::Running
-            ))
-            .await,
-        Err(store::Error::Fenced { .. })
-    ));
+    assert_fenced(&store, stale_run.id, short.fence).await;
     board
         .trash(stale.id, None, json!("done with it"))
         .await
@@ -1327,6 +1326,15 @@ macro_rules! board_conformance {
             stalled_claims_count_claims_without_progress,
             requeue_puts_back_only_what_may_go_back,
             jobs_of_unfinished_runs_are_not_purged,
+            unclaimed_jobs_carry_cancel_requests_to_their_claimant,
+            owners_learn_of_cancel_requests_on_their_jobs,
+            parked_jobs_asked_to_revert_go_back_to_be_reverted,
+            parking_answers_a_request_to_suspend,
+            cancel_requests_on_ended_or_unknown_jobs_change_nothing,
+            cancel_requests_wake_the_waiting_owner,
+            superseding_posts_revert_the_earlier_jobs_of_their_key,
+            deadlines_are_kept_and_past_ones_refused,
+            superseding_without_a_key_is_refused,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

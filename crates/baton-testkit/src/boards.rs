@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::board::{
-    Claim, ConductorInfo, Error, Job, JobBoard, JobQuery, NewJob, Offer, Requeue, Result,
+    Cancel, Claim, ConductorInfo, Error, Job, JobBoard, JobQuery, NewJob, Offer, Requeue, Result,
 };
 use baton_core::{ConductorId, Fence, JobId};
 use chrono::{DateTime, Utc};
@@ -165,6 +165,18 @@ impl<B: JobBoard> JobBoard for FaultyBoard<B> {
 
     async fn abandon(&self, fence: Fence) -> Result<()> {
         self.inner.abandon(fence).await
+    }
+
+    async fn request_cancel(&self, job: JobId, how: Cancel) -> Result<Job> {
+        self.inner.request_cancel(job, how).await
+    }
+
+    async fn cancel_requests(&self, owner: ConductorId) -> Result<Vec<(JobId, Cancel)>> {
+        self.inner.cancel_requests(owner).await
+    }
+
+    async fn wait_for_cancel(&self, owner: ConductorId, timeout: Duration) {
+        self.inner.wait_for_cancel(owner, timeout).await;
     }
 
     async fn release(&self, job: JobId) -> Result<()> {

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{
-    Cancel, Claim, ConductorInfo, Error, Job, JobBoard, JobQuery, NewJob, Offer, Requeue, Result,
+    Cancel, CancelStep, Claim, ConductorInfo, Error, Job, JobBoard, JobQuery, NewJob, Offer,
+    Requeue, Result,
 };
 use crate::ids::{ConductorId, Fence, FencingToken, JobId};
 use crate::state::JobState;
@@ -30,6 +31,8 @@ pub struct MemoryJobBoard {
     inner: Arc<Mutex<Inner>>,
     store: MemoryStore,
     wake: Arc<super::Wake>,
+    /// Wakes owners waiting for cancel requests ([`JobBoard::wait_for_cancel`]).
+    cancels: Arc<super::Wake>,
 }
 
 fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
@@ -44,6 +47,7 @@ impl MemoryJobBoard {
             inner: Arc::default(),
             store: store.clone(),
             wake: Arc::new(super::Wake::new()),
+            cancels: Arc::new(super::Wake::new()),
         }
     }
 
@@ -64,6 +68,36 @@ impl MemoryJobBoard {
         job.token = FencingToken(job.token.0.saturating_add(1));
         job.updated_at = Utc::now();
         self.store.set_fence(job.id, job.token);
+    }
+
+    /// Puts `job` back on the board, `UNCLAIMED`, as [`JobBoard::requeue`] does (its claim,
+    /// if any, revoked; its outcome cleared and its stall count reset), with a request to
+    /// revert its run if `revert`.
+    fn reopen(&self, job: &mut Job, revert: bool) {
+        self.hand_back(job);
+        job.outcome = None;
+        job.stalled_claims = 0;
+        if revert {
+            job.cancel = Some(Cancel::Revert);
+        }
+        self.store.set_job_open(job.id, true);
+    }
+
+    /// Applies `step` (decided by [`super::check_cancel`]) to `job`; answers whether its owner
+    /// is to be told (a request set on a claimed job).
+    fn apply_cancel(&self, job: &mut Job, step: CancelStep) -> bool {
+        match step {
+            CancelStep::Keep => false,
+            CancelStep::Set(how) => {
+                job.cancel = Some(how);
+                job.updated_at = Utc::now();
+                job.state == JobState::Claimed
+            }
+            CancelStep::Reopen => {
+                self.reopen(job, true);
+                false
+            }
+        }
     }
 
     /// The job under `fence`, if the claim is current.
@@ -87,7 +121,7 @@ impl JobBoard for MemoryJobBoard {
     async fn post(&self, new: NewJob) -> Result<Job> {
         new.check(self.store.max_value_bytes())?;
         let now = Utc::now();
-        let job = Job {
+        let mut job = Job {
             id: JobId::new(),
             name: new.name,
             factory: new.factory,
@@ -103,13 +137,44 @@ impl JobBoard for MemoryJobBoard {
             version: new.version,
             stalled_claims: 0,
             cancel: None,
+            // Kept to the millisecond, as the SQL boards keep it.
+            deadline: new
+                .deadline
+                .map(|d| chrono::SubsecRound::trunc_subsecs(d, 3)),
+            supersedes: Vec::new(),
             created_at: now,
             updated_at: now,
         };
-        {
+        let told = {
             let mut inner = self.lock();
+            let mut told = false;
+            if new.supersede {
+                // Every step is decided before any is applied: a refusal changes nothing.
+                let steps = inner
+                    .order
+                    .iter()
+                    .filter_map(|id| inner.jobs.get(id))
+                    .filter(|j| j.key == job.key && j.state.holds_key())
+                    .map(|j| {
+                        Ok((
+                            j.id,
+                            super::check_cancel(j.id, j.state, j.cancel, Cancel::Revert)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                for (id, step) in steps {
+                    if let Some(earlier) = inner.jobs.get_mut(&id) {
+                        told |= self.apply_cancel(earlier, step);
+                        job.supersedes.push(id);
+                    }
+                }
+            }
             inner.order.push(job.id);
             inner.jobs.insert(job.id, job.clone());
+            told
+        };
+        if told {
+            self.cancels.wake();
         }
         self.wake.wake();
         Ok(job)
@@ -229,6 +294,10 @@ impl JobBoard for MemoryJobBoard {
         job.lease_expires_at = None;
         job.token = FencingToken(job.token.0 + 1);
         job.outcome = Some(reason);
+        // Parking answers a request to suspend.
+        if job.cancel == Some(Cancel::Suspend) {
+            job.cancel = None;
+        }
         job.updated_at = Utc::now();
         self.store.set_fence(fence.job, job.token);
         Ok(())
@@ -248,18 +317,42 @@ impl JobBoard for MemoryJobBoard {
             )?;
             // Whatever claim there was is revoked: whoever claims the job next does so under a
             // token no earlier owner holds.
-            self.hand_back(job);
-            job.outcome = None;
-            job.stalled_claims = 0;
-            if how.revert {
-                job.cancel = Some(Cancel::Revert);
-            }
-            job.updated_at = now;
-            self.store.set_job_open(id, true);
+            self.reopen(job, how.revert);
             job.clone()
         };
         self.wake.wake();
         Ok(job)
+    }
+
+    async fn request_cancel(&self, id: JobId, how: Cancel) -> Result<Job> {
+        let (job, step) = {
+            let mut inner = self.lock();
+            let job = inner.jobs.get_mut(&id).ok_or(Error::JobNotFound(id))?;
+            let step = super::check_cancel(id, job.state, job.cancel, how)?;
+            if self.apply_cancel(job, step) {
+                self.cancels.wake();
+            }
+            (job.clone(), step)
+        };
+        if step == CancelStep::Reopen {
+            self.wake.wake();
+        }
+        Ok(job)
+    }
+
+    async fn cancel_requests(&self, owner: ConductorId) -> Result<Vec<(JobId, Cancel)>> {
+        let inner = self.lock();
+        Ok(inner
+            .order
+            .iter()
+            .filter_map(|id| inner.jobs.get(id))
+            .filter(|j| j.state == JobState::Claimed && j.owner == Some(owner))
+            .filter_map(|j| Some((j.id, j.cancel?)))
+            .collect())
+    }
+
+    async fn wait_for_cancel(&self, _owner: ConductorId, timeout: Duration) {
+        self.cancels.wait(timeout).await;
     }
 
     async fn release(&self, id: JobId) -> Result<()> {

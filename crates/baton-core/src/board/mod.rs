@@ -31,9 +31,22 @@
 //! - **Stalls**: every claim counts one more [`Job::stalled_claims`]; a heartbeat that reports
 //!   progress and a hand-back ([`JobBoard::abandon`]) reset it. A conductor parks a job whose
 //!   count shows it crashing one conductor after another.
+//! - **Cancel requests**: a request to revert or suspend a job's run ([`Cancel`],
+//!   [`JobBoard::request_cancel`]) is stored on the job, whatever its state short of ended; the
+//!   owner of a claimed job learns of it ([`JobBoard::cancel_requests`], woken by
+//!   [`JobBoard::wait_for_cancel`]), and whoever claims the job later honours it. A revert wins
+//!   over a suspend. A parked job asked to revert goes back on the board to be reverted.
+//! - **Supersede**: a job posted with [`NewJob::supersede`] asks, in the same step, for the
+//!   run of every earlier unfinished job of its key to be reverted ([`Job::supersedes`] lists
+//!   them), and waits behind them by the key rule: the old runs are rolled back, then the new
+//!   one runs, never interleaved.
+//! - **Deadlines**: a job may carry a deadline ([`NewJob::deadline`], [`Job::deadline`]) for
+//!   its run; the board only keeps it (a job past its deadline is still claimed, and its run
+//!   then reverts at once).
 //!
 //! The trait is exempt from semver until 1.0.
 
+mod cancel;
 mod memory;
 mod wake;
 
@@ -48,6 +61,7 @@ use serde_json::Value;
 use crate::ids::{ConductorId, Fence, FencingToken, FlowId, JobId};
 use crate::state::JobState;
 
+pub use cancel::{check_cancel, Cancel, CancelStep};
 pub use memory::MemoryJobBoard;
 pub use wake::Wake;
 
@@ -79,6 +93,14 @@ pub enum Error {
     /// A job was posted with something missing or malformed.
     #[error("invalid job: {0}")]
     InvalidJob(String),
+    /// The job has ended (`COMPLETE` or `TRASHED`): its run can no longer be cancelled.
+    #[error("job {job} has ended ({state}): there is no run to cancel")]
+    Ended {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+    },
     /// A job was posted with a value larger than the board accepts (see
     /// [`DEFAULT_MAX_VALUE_BYTES`](crate::store::DEFAULT_MAX_VALUE_BYTES)).
     #[error("the job's {what} take {size} bytes, over the limit of {limit}")]
@@ -139,6 +161,11 @@ pub struct NewJob {
     /// The factory version to run it with; `None` for the newest version offered by the
     /// conductor that first claims it.
     pub version: Option<u32>,
+    /// When its run must be done by, as an absolute time (see [`NewJob::deadline`]).
+    pub deadline: Option<DateTime<Utc>>,
+    /// Whether posting it supersedes the earlier unfinished jobs of its key (see
+    /// [`NewJob::supersede`]).
+    pub supersede: bool,
 }
 
 impl NewJob {
@@ -151,6 +178,8 @@ impl NewJob {
             key: None,
             priority: 0,
             version: None,
+            deadline: None,
+            supersede: false,
         }
     }
 
@@ -178,6 +207,27 @@ impl NewJob {
         self
     }
 
+    /// Gives the job's run a deadline: an absolute time, which must be in the future when the
+    /// job is posted (by the posting process's clock). Boards keep it to the millisecond
+    /// ([`Job::deadline`]) and do nothing else with it: the conductor that runs the job passes
+    /// it to the run, which reverts once it has passed. A job whose deadline passed while it
+    /// waited is still claimed, and its run then reverts at once.
+    pub fn deadline(mut self, at: DateTime<Utc>) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
+    /// Makes the job supersede the earlier unfinished jobs of its key (it needs a
+    /// [key](NewJob::key)): posting it asks, in the same step, for each of their runs to be
+    /// reverted ([`Cancel::Revert`], as [`JobBoard::request_cancel`] does: a parked one goes
+    /// back on the board to be reverted), and the new job waits behind them by the key rule.
+    /// So the runs in progress are rolled back, then the new one runs, never interleaved
+    /// (Heat's "an update replaces the one in progress"). [`Job::supersedes`] lists them.
+    pub fn supersede(mut self) -> Self {
+        self.supersede = true;
+        self
+    }
+
     /// Checks the job can be posted on a board whose limit on a JSON value is
     /// `max_value_bytes`: [`NewJob::validate`], and parameters no larger than that.
     ///
@@ -200,7 +250,8 @@ impl NewJob {
     /// Checks the job can be posted.
     ///
     /// # Errors
-    /// [`Error::InvalidJob`] naming the empty field, or a version 0.
+    /// [`Error::InvalidJob`] naming the empty field, a version 0, a deadline that is not in
+    /// the future, or a superseding job without a key.
     pub fn validate(&self) -> Result<()> {
         if self.version == Some(0) {
             return Err(Error::InvalidJob(
@@ -215,6 +266,21 @@ impl NewJob {
         }
         if self.key.as_deref().is_some_and(|k| k.trim().is_empty()) {
             return Err(Error::InvalidJob("the key is empty".into()));
+        }
+        if self.supersede && self.key.is_none() {
+            return Err(Error::InvalidJob(
+                "a superseding job needs a key (it supersedes the earlier jobs of its key)".into(),
+            ));
+        }
+        if let Some(deadline) = self.deadline {
+            let now = Utc::now();
+            if deadline <= now {
+                return Err(Error::InvalidJob(format!(
+                    "the deadline {} is not in the future (it is {} now)",
+                    deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                )));
+            }
         }
         Ok(())
     }
@@ -254,8 +320,16 @@ pub struct Job {
     /// Claims in a row that ended neither with progress reported nor with the job handed
     /// back: a count that grows when the job crashes one conductor after another.
     pub stalled_claims: u32,
-    /// A request to cancel the job's run, for whoever runs it next.
+    /// A request to cancel the job's run: for its owner, if it is claimed, and for whoever
+    /// runs it next (see [`JobBoard::request_cancel`]).
     pub cancel: Option<Cancel>,
+    /// When its run must be done by, to the millisecond (see [`NewJob::deadline`]).
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+    /// The earlier jobs of its key it superseded when it was posted ([`NewJob::supersede`]):
+    /// their runs were asked to revert. Empty for a job that superseded nothing.
+    #[serde(default)]
+    pub supersedes: Vec<JobId>,
     /// When it was posted.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -274,51 +348,6 @@ impl Job {
     pub fn factory_ref(&self) -> Option<crate::model::FactoryRef> {
         self.version
             .map(|v| crate::model::FactoryRef::new(self.factory.clone(), v))
-    }
-}
-
-/// A request to cancel a job's run, stored on the job for whoever runs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[non_exhaustive]
-pub enum Cancel {
-    /// Stop going forward and revert what ran; the job completes when the run is `REVERTED`.
-    Revert,
-    /// Stop at once, cancelling the running tasks (they run again when the run resumes), and
-    /// leave the run `SUSPENDED` for an operator to resume or revert.
-    Suspend,
-}
-
-impl Cancel {
-    /// The stable text form used in stores.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Cancel::Revert => "REVERT",
-            Cancel::Suspend => "SUSPEND",
-        }
-    }
-
-    /// The stronger of two requests: a revert cannot be taken back into a suspend.
-    #[must_use]
-    pub fn max(self, other: Cancel) -> Cancel {
-        if self == Cancel::Revert || other == Cancel::Revert {
-            Cancel::Revert
-        } else {
-            Cancel::Suspend
-        }
-    }
-}
-
-impl std::str::FromStr for Cancel {
-    type Err = crate::state::ParseStateError;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s {
-            "REVERT" => Ok(Cancel::Revert),
-            "SUSPEND" => Ok(Cancel::Suspend),
-            other => Err(crate::state::ParseStateError::new("cancel request", other)),
-        }
     }
 }
 
@@ -592,10 +621,14 @@ pub struct ConductorInfo {
 /// every backend keeps.
 #[async_trait]
 pub trait JobBoard: Send + Sync + std::fmt::Debug {
-    /// Posts a job, `UNCLAIMED`, and wakes idle conductors.
+    /// Posts a job, `UNCLAIMED`, and wakes idle conductors. A superseding job
+    /// ([`NewJob::supersede`]) asks, in the same step, for the runs of the earlier unfinished
+    /// jobs of its key to be reverted, as [`JobBoard::request_cancel`] with [`Cancel::Revert`]
+    /// does, and lists them in [`Job::supersedes`].
     ///
     /// # Errors
-    /// [`Error::InvalidJob`] for a malformed job; backend errors.
+    /// [`Error::InvalidJob`] for a malformed job (see [`NewJob::validate`]); backend errors.
+    /// Nothing is changed then.
     async fn post(&self, job: NewJob) -> Result<Job>;
 
     /// Claims the next eligible job that `offer` covers for `owner`, for `lease`, pinning its
@@ -664,7 +697,9 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
 
     /// Parks the job (`PARKED`), if the claim is still current, with `reason` as its outcome:
     /// its run cannot go on for a reason outside the flow, and waits for an operator. The
-    /// token moves on, so the claim can write nothing more; the job keeps its key.
+    /// token moves on, so the claim can write nothing more; the job keeps its key. A request
+    /// to suspend the run ([`Cancel::Suspend`]) is answered by parking, and cleared; a request
+    /// to revert stays.
     ///
     /// # Errors
     /// [`Error::ClaimLost`].
@@ -684,6 +719,54 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     /// [`Error::JobNotFound`]; [`Error::InvalidState`] for a job claimed under a live lease
     /// (its owner is running it), or one that ended when `how` does not reopen ended jobs.
     async fn requeue(&self, job: JobId, how: Requeue) -> Result<Job>;
+
+    /// (Operators, and superseding posts) asks for job `job`'s run to be cancelled as `how`
+    /// says, and returns the job as it now is:
+    ///
+    /// - an `UNCLAIMED` job carries the request, and whoever claims it honours it;
+    /// - a `CLAIMED` job carries it, and its owner is told: it learns of the request through
+    ///   [`JobBoard::cancel_requests`] (woken by [`JobBoard::wait_for_cancel`]) and stops at a
+    ///   step boundary; if the owner is dead, whoever claims the job next honours it;
+    /// - a `PARKED` job asked to revert goes back on the board with the request, as
+    ///   [`JobBoard::requeue`] with [`Requeue::revert`] puts it, and wakes idle conductors; one
+    ///   asked to suspend is left as it is (it is at rest already).
+    ///
+    /// A revert wins over a suspend: a suspend asked of a job that carries a revert changes
+    /// nothing, and a revert replaces a suspend. Asking again what a job carries changes
+    /// nothing. [`check_cancel`] holds these rules.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`]; [`Error::Ended`] for a job that is `COMPLETE` or `TRASHED`
+    /// (a run left unfinished by a trashed job is reverted with
+    /// [`recovery::revert`](crate::recovery::revert) instead). Nothing is changed then.
+    async fn request_cancel(&self, job: JobId, how: Cancel) -> Result<Job>;
+
+    /// The cancel requests on the jobs `owner` holds (`CLAIMED` by it and carrying a request),
+    /// in posting order: what a conductor polls to learn that a run it drives is to stop.
+    /// Cheap: the SQL boards read it from an index of claimed jobs that carry a request.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn cancel_requests(&self, owner: ConductorId) -> Result<Vec<(JobId, Cancel)>>;
+
+    /// Returns when a cancel request may have been made on a job `owner` holds, or after
+    /// `timeout`, whichever comes first; callers then ask [`JobBoard::cancel_requests`]. It
+    /// may return early for a request on another conductor's job, and a request may reach it
+    /// only at the timeout, so callers loop with a timeout of about a second.
+    ///
+    /// How soon a request is noticed, board by board:
+    /// [`MemoryJobBoard`] at once; the SQLite board at once for a request made by a board of
+    /// the same store in this process, otherwise at the timeout; the PostgreSQL board at once
+    /// (a `NOTIFY` sent with the request, heard on the connection the board listens for work
+    /// on), with the timeout as a fallback. A request made while nobody waits is not lost on
+    /// these boards: the next wait returns at once. The default waits out `timeout`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn wait_for_cancel(&self, owner: ConductorId, timeout: Duration) {
+        let _ = owner;
+        tokio::time::sleep(timeout).await;
+    }
 
     /// (Operators) takes a claimed job back from its owner and makes it `UNCLAIMED` at once:
     /// the claim is revoked (its token moves on), so the old owner can write nothing more.

@@ -39,6 +39,18 @@ impl Wake {
         }
     }
 
+    /// Wakes every caller of [`Wake::wait`] waiting now, and keeps nothing for a later one:
+    /// for a caller that learnt the news itself and passes it on to the others waiting.
+    pub fn wake_waiting(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// Drops the wake-up kept for the next wait, if one is (see [`Wake::wake`]): for a
+    /// caller about to look for what it would announce.
+    pub fn forget(&self) {
+        let _ = futures::FutureExt::now_or_never(self.notify.notified());
+    }
+
     /// Returns when woken (or at once if a wake-up was kept), or after `timeout`.
     ///
     /// # Cancel safety
@@ -98,6 +110,41 @@ mod tests {
         let started = Instant::now();
         wake.wait(Duration::from_millis(50)).await;
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_for_those_waiting_is_not_kept() {
+        let wake = Arc::new(Wake::new());
+        let waiter = {
+            let wake = wake.clone();
+            tokio::spawn(async move { wake.wait(Duration::from_secs(10)).await })
+        };
+        while wake.waiting.load(Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+        wake.wake_waiting();
+        waiter.await.unwrap();
+        // Nobody waits now: nothing was kept.
+        wake.wake_waiting();
+        let started = Instant::now();
+        wake.wait(Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_wake_up_is_not_kept() {
+        let wake = Wake::new();
+        wake.wake();
+        wake.forget();
+        let started = Instant::now();
+        wake.wait(Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // Forgetting with nothing kept changes nothing.
+        wake.forget();
+        wake.wake();
+        let started = Instant::now();
+        wake.wait(Duration::from_secs(10)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]

@@ -237,6 +237,10 @@ impl JobRun {
                     // The run ended while this heartbeat was on its way: its last step may
                     // have consumed the job, which is no loss.
                     Err(board::Error::ClaimLost { .. }) if stop.is_cancelled() => return false,
+                    Err(board::Error::ClaimLost { .. }) if self.consumed_by_this_claim().await => {
+                        // The run's last step consumed the job and its answer is on its way.
+                        return false;
+                    }
                     Err(board::Error::ClaimLost { .. }) => {
                         tracing::warn!("claim lost: halting the flow");
                         return true;
@@ -373,6 +377,15 @@ impl JobRun {
                 self.park(park_reason(kind, &e)).await
             }
         }
+    }
+
+    /// Whether the job was consumed under this claim (by the run's last step): a heartbeat
+    /// that finds the claim gone then lost nothing.
+    async fn consumed_by_this_claim(&self) -> bool {
+        matches!(
+            self.board.get(self.claim.fence.job).await,
+            Ok(job) if job.state == crate::JobState::Complete && job.token == self.claim.fence.token
+        )
     }
 
     async fn park(&self, reason: Value) -> JobEnd {

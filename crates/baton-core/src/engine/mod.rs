@@ -246,8 +246,7 @@ impl Control {
     /// and the run ends `SUSPENDED`. A revert asked after a suspend turns the run round; a
     /// suspend after a revert changes nothing. A run that already ended is not changed.
     pub fn cancel(&self, how: Cancel) {
-        self.cancel
-            .send_modify(|c| *c = Some(c.map_or(how, |c| c.max(how))));
+        self.cancel.send_modify(|c| *c = Some(how.after(*c)));
     }
 
     /// The cancel request made so far, if any.

@@ -753,7 +753,10 @@ impl Run {
         let Some(how) = *self.cancel_rx.borrow_and_update() else {
             return;
         };
-        if self.cancel_done.is_some_and(|done| done.max(how) == done) {
+        if self
+            .cancel_done
+            .is_some_and(|done| how.after(Some(done)) == done)
+        {
             return;
         }
         self.cancel_done = Some(how);

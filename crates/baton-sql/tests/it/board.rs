@@ -16,7 +16,7 @@ async fn sqlite_pair() -> Option<(SqliteJobBoard, Held<SqliteStore>)> {
     Some((SqliteJobBoard::new(&store.store), store))
 }
 
-async fn postgres_pair() -> Option<(PostgresJobBoard, Held<PostgresStore>)> {
+pub(crate) async fn postgres_pair() -> Option<(PostgresJobBoard, Held<PostgresStore>)> {
     let store = postgres_store().await?;
     Some((PostgresJobBoard::new(&store.store), store))
 }
@@ -241,7 +241,7 @@ async fn claim_on_wake_ups(board: PostgresJobBoard, want: usize, within: Duratio
 
 /// Polls `sql`, a query answering a count, until the count is above zero; fails naming
 /// `what` after ten seconds.
-async fn until_positive(conn: &mut sqlx::PgConnection, sql: &str, what: &str) {
+pub(crate) async fn until_positive(conn: &mut sqlx::PgConnection, sql: &str, what: &str) {
     let started = Instant::now();
     loop {
         let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap();
@@ -254,7 +254,7 @@ async fn until_positive(conn: &mut sqlx::PgConnection, sql: &str, what: &str) {
 }
 
 /// Waits until a session of the test server listens for `store`'s job wake-ups.
-async fn until_listening(store: &Held<PostgresStore>) {
+pub(crate) async fn until_listening(store: &Held<PostgresStore>) {
     let Raw::Postgres { url, schema } = &store.raw else {
         unreachable!("a PostgreSQL store");
     };

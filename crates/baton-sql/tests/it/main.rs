@@ -13,6 +13,7 @@
 )]
 
 mod board;
+mod cancel;
 mod cases;
 mod connect;
 mod engine_edges;
