@@ -21,6 +21,7 @@
 
 pub mod board;
 mod boards;
+pub mod cancel;
 pub mod conformance;
 pub mod crash;
 pub mod lifecycle;

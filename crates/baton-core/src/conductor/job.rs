@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::{Chain, Fatal, JobEnd, Options, Registry, EAGER_PROGRESS};
 use crate::board::{self, Cancel, Claim, JobBoard};
 use crate::engine::{self, Control, CreateOptions, Engine, RunOptions};
+use crate::model::Deadline;
 use crate::state::FlowState;
 use crate::store;
 use crate::task::{ClaimCheck, ClaimError, ClaimHeld};
@@ -100,6 +101,12 @@ impl JobRun {
         };
         let flow_id = job.flow();
         let revert = job.cancel == Some(Cancel::Revert);
+        if job.cancel == Some(Cancel::Suspend) {
+            // Asked to stop before anyone ran it further: the run stops at once (nothing
+            // starts), and the job is parked below.
+            tracing::info!("the job asks for its run to be suspended");
+            self.control.cancel(Cancel::Suspend);
+        }
         let (flow, inputs) = match self.registry.build(&factory, &job.params) {
             Ok(built) => built,
             Err(e) => {
@@ -119,11 +126,15 @@ impl JobRun {
         // The job's flow: created by the first claim, found by every later one. Creation is
         // atomic and fenced, so trying it is the cheapest way to find out; a new flow runs
         // from what was just written, an existing one from the store.
-        let create = CreateOptions::new()
+        let mut create = CreateOptions::new()
             .id(flow_id)
             .fence(fence)
             .factory(factory.clone())
             .meta(json!({ "job": job.id, "job_name": job.name }));
+        if let Some(at) = job.deadline {
+            // Stored with the run: whoever runs it later keeps it.
+            create = create.deadline(Deadline::revert_at(at));
+        }
         // The flow's last step consumes the job too, where the store can (one commit fewer,
         // and no window between the flow's end and the job's). A stored run must have been
         // built by the version the job is pinned to.
@@ -158,7 +169,12 @@ impl JobRun {
                 .create_and_run(&flow, inputs, create, run_options.clone())
                 .await
             {
-                Err(engine::Error::Store(store::Error::FlowExists(_))) => {
+                // The run exists (it keeps the deadline it was created with), or the job's
+                // deadline passed before any run was made: then there is none to resume.
+                Err(
+                    engine::Error::Store(store::Error::FlowExists(_))
+                    | engine::Error::DeadlinePassed { .. },
+                ) => {
                     self.engine
                         .run_with(&flow, flow_id, run_options.clone())
                         .await
@@ -281,6 +297,17 @@ impl JobRun {
             return JobEnd::Lost;
         }
         match result {
+            Ok(outcome)
+                if outcome.state == FlowState::Suspended
+                    && self.control.cancel_requested() == Some(Cancel::Suspend) =>
+            {
+                self.park(json!({
+                    "parked": "suspended",
+                    "flow": outcome.flow,
+                    "error": "the run was suspended as asked: resume or revert it",
+                }))
+                .await
+            }
             Ok(outcome) if outcome.state == FlowState::Suspended => {
                 match self.board.abandon(fence).await {
                     Ok(()) => {
@@ -302,6 +329,16 @@ impl JobRun {
                 // Asked to revert a run that was never created: nothing ran, nothing to undo.
                 tracing::info!("the job's run never started: nothing to revert");
                 self.finish(never_started(flow_id)).await
+            }
+            Err(engine::Error::Store(store::Error::FlowNotFound(_))) if job.deadline.is_some() => {
+                // The deadline passed before any run was made: none ever will be.
+                tracing::warn!("the job's deadline passed before its run started");
+                self.finish(json!({
+                    "flow": flow_id,
+                    "state": null,
+                    "deadline": "passed before the run started",
+                }))
+                .await
             }
             Err(engine::Error::Halted(_)) => {
                 // Halted by this conductor's shutdown (a lost claim was handled above): the

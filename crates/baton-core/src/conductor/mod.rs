@@ -447,6 +447,56 @@ enum JobEnd {
 /// it at once.
 const EAGER_PROGRESS: Duration = Duration::from_millis(50);
 
+/// How long a conductor running jobs waits, at most, between two looks at the cancel requests
+/// on them ([`JobBoard::cancel_requests`]); boards that can tell it of a request sooner do
+/// ([`JobBoard::wait_for_cancel`]).
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
+/// The controls of the runs a conductor drives, by job: where cancel requests go.
+type Running = Arc<Mutex<HashMap<JobId, Control>>>;
+
+/// Passes the cancel requests on the jobs `owner` holds to their runs (see
+/// [`Control::cancel`]) until `stop`.
+async fn watch_cancels(
+    board: Arc<dyn JobBoard>,
+    owner: ConductorId,
+    running: Running,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = board.wait_for_cancel(owner, CANCEL_POLL) => {}
+        }
+        if running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+        {
+            continue;
+        }
+        let requests = tokio::select! {
+            () = stop.cancelled() => break,
+            requests = board.cancel_requests(owner) => requests,
+        };
+        match requests {
+            Ok(requests) => {
+                let running = running.lock().unwrap_or_else(PoisonError::into_inner);
+                for (job, how) in requests {
+                    if let Some(control) = running.get(&job) {
+                        if control.cancel_requested() != Some(how.after(control.cancel_requested()))
+                        {
+                            tracing::info!(job.id = %job, how = how.as_str(), "cancel requested");
+                        }
+                        control.cancel(how);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %Chain(&e), "reading cancel requests failed"),
+        }
+    }
+}
+
 /// How many runs or jobs one purge call of [`Options::retention`] deletes (one transaction).
 const RETENTION_BATCH: u32 = 500;
 
@@ -625,6 +675,15 @@ impl Conductor {
         });
         let mut jobs: JoinSet<JobEnd> = JoinSet::new();
         let mut controls: HashMap<tokio::task::Id, (JobId, Control)> = HashMap::new();
+        let running: Running = Arc::default();
+        let cancels = {
+            let stop = fatal.stop.child_token();
+            let task = tokio::spawn(
+                watch_cancels(self.board.clone(), self.id, running.clone(), stop.clone())
+                    .in_current_span(),
+            );
+            (stop, task)
+        };
         let mut beat = tokio::time::interval(self.options.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -680,6 +739,10 @@ impl Conductor {
                         fatal: fatal.clone(),
                     };
                     let handle = jobs.spawn(run.drive());
+                    running
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(job, control.clone());
                     controls.insert(handle.id(), (job, control));
                 }
             }
@@ -690,7 +753,7 @@ impl Conductor {
                     if jobs.len() + 1 >= self.options.concurrency {
                         ask = true;
                     }
-                    Self::reap(done, &mut controls, &mut summary);
+                    Self::reap(done, &mut controls, &running, &mut summary);
                 }
                 () = self.board.wait_for_work(next_poll.saturating_duration_since(tokio::time::Instant::now())), if jobs.len() < self.options.concurrency => {
                     ask = true;
@@ -721,7 +784,7 @@ impl Conductor {
         }
         let drained = tokio::time::timeout(self.options.drain_timeout, async {
             while let Some(done) = jobs.join_next_with_id().await {
-                Self::reap(done, &mut controls, &mut summary);
+                Self::reap(done, &mut controls, &running, &mut summary);
             }
         })
         .await;
@@ -735,8 +798,13 @@ impl Conductor {
                 control.halt();
             }
             while let Some(done) = jobs.join_next_with_id().await {
-                Self::reap(done, &mut controls, &mut summary);
+                Self::reap(done, &mut controls, &running, &mut summary);
             }
+        }
+        let (stop_cancels, cancels) = cancels;
+        stop_cancels.cancel();
+        if let Err(e) = cancels.await {
+            tracing::warn!(error = %e, "the cancel watcher failed");
         }
         if let Some((stop, task)) = retention {
             stop.cancel();
@@ -762,22 +830,29 @@ impl Conductor {
     fn reap(
         done: Result<(tokio::task::Id, JobEnd), tokio::task::JoinError>,
         controls: &mut HashMap<tokio::task::Id, (JobId, Control)>,
+        running: &Running,
         summary: &mut Summary,
     ) {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some((job, _)) = controls.remove(&id) {
+            running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&job);
+        }
         match done {
-            Ok((id, end)) => {
-                controls.remove(&id);
-                match end {
-                    JobEnd::Consumed => summary.consumed += 1,
-                    JobEnd::Parked => summary.parked += 1,
-                    JobEnd::Abandoned => summary.abandoned += 1,
-                    JobEnd::Lost => summary.lost += 1,
-                    JobEnd::LeftForNewer => summary.left_for_newer += 1,
-                    JobEnd::Halted => {}
-                }
-            }
+            Ok((_, end)) => match end {
+                JobEnd::Consumed => summary.consumed += 1,
+                JobEnd::Parked => summary.parked += 1,
+                JobEnd::Abandoned => summary.abandoned += 1,
+                JobEnd::Lost => summary.lost += 1,
+                JobEnd::LeftForNewer => summary.left_for_newer += 1,
+                JobEnd::Halted => {}
+            },
             Err(e) => {
-                controls.remove(&e.id());
                 tracing::error!(error = %e, "a job task panicked");
             }
         }

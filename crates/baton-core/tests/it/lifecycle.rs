@@ -9,6 +9,10 @@ mod conformance {
     }
 
     baton_testkit::lifecycle_conformance!(pair());
+
+    mod cancel {
+        baton_testkit::cancel_conformance!(super::pair());
+    }
 }
 
 use std::collections::BTreeMap;

@@ -31,6 +31,12 @@ mod sqlite {
 
         baton_testkit::lifecycle_conformance!(optional: sqlite_pair().await);
     }
+
+    mod cancel {
+        use super::sqlite_pair;
+
+        baton_testkit::cancel_conformance!(optional: sqlite_pair().await);
+    }
 }
 
 mod postgres {
@@ -42,6 +48,12 @@ mod postgres {
         use super::postgres_pair;
 
         baton_testkit::lifecycle_conformance!(optional: postgres_pair().await);
+    }
+
+    mod cancel {
+        use super::postgres_pair;
+
+        baton_testkit::cancel_conformance!(optional: postgres_pair().await);
     }
 }
 
