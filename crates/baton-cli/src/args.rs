@@ -121,6 +121,12 @@ pub struct DemoPostArgs {
     /// A key shared by the jobs (they then run one at a time).
     #[arg(long)]
     pub key: Option<String>,
+    /// Cancel and revert the unfinished jobs of the key first (see `jobs post --supersede`).
+    #[arg(long, requires = "key")]
+    pub supersede: bool,
+    /// How long each run may take from now (e.g. `30s`): past it, the run is reverted.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub deadline: Option<std::time::Duration>,
     /// The factory version to run them with (default: the newest offered by the conductor
     /// that first claims each).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
@@ -229,6 +235,9 @@ pub enum FlowsCommand {
     /// Have a stranded or parked run taken up again by a conductor, going on in the direction
     /// it was heading.
     Resume(RecoverArgs),
+    /// Cancel a run its job's conductor is driving (or will): its running tasks are
+    /// cancelled and it is reverted, or with `--no-revert` suspended and its job parked.
+    Cancel(CancelArgs),
     /// Delete runs that ended (SUCCESS, FAILURE, REVERTED) before a time, with their atoms,
     /// step logs and histories. Runs that have not ended are never touched.
     Purge(PurgeArgs),
@@ -244,6 +253,23 @@ pub struct RecoverArgs {
     #[arg(long)]
     pub wait: bool,
     /// Print the job as JSON (when it was put back, and again at the end with `--wait`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `baton flows cancel` and `baton jobs cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The flow id (for `jobs cancel`, the job id; a job and its flow share their id).
+    pub id: String,
+    /// Suspend the run and park its job for an operator, instead of reverting it.
+    #[arg(long)]
+    pub no_revert: bool,
+    /// Wait until the job is at rest (complete, trashed or parked), and exit with 1 unless its
+    /// run ended as asked.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the job as JSON (when the request was made, and again at the end with `--wait`).
     #[arg(long)]
     pub json: bool,
 }
@@ -331,6 +357,14 @@ pub enum JobsCommand {
         /// Higher runs first.
         #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
         priority: i32,
+        /// Cancel and revert the unfinished jobs of the same key, and run this one after them
+        /// (a new update of a stack replacing the one in progress). Needs `--key`.
+        #[arg(long, requires = "key")]
+        supersede: bool,
+        /// How long its run may take from now (e.g. `30s`, `10m`): past it, its running tasks
+        /// are cancelled and the run is reverted.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        deadline: Option<std::time::Duration>,
         /// The factory version to run it with (default: the newest offered by the conductor
         /// that first claims it).
         #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
@@ -342,6 +376,9 @@ pub enum JobsCommand {
     /// Put a parked job back on the board (after deploying what it needed, say); its run goes
     /// on in the direction it was heading.
     Retry(RecoverArgs),
+    /// Cancel a job: its owner (or whoever claims it next) cancels the running tasks and
+    /// reverts the run, or with `--no-revert` suspends it and parks the job.
+    Cancel(CancelArgs),
     /// Take a claimed job back from its owner, so another conductor resumes it at once.
     Abandon {
         /// The job id.

@@ -115,7 +115,9 @@ impl From<board::Error> for CliError {
         let code = match &e {
             board::Error::JobNotFound(_) => exit::NOT_FOUND,
             board::Error::InvalidJob(_) | board::Error::TooLarge { .. } => exit::BAD_INPUT,
-            board::Error::InvalidState { .. } | board::Error::ClaimLost { .. } => exit::CONFLICT,
+            board::Error::InvalidState { .. }
+            | board::Error::ClaimLost { .. }
+            | board::Error::Ended { .. } => exit::CONFLICT,
             board::Error::Unavailable(_) => exit::UNAVAILABLE,
             _ => exit::INTERNAL,
         };

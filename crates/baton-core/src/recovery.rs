@@ -252,8 +252,8 @@ async fn requeue(board: &dyn JobBoard, job: JobId, how: Requeue) -> Result<Job> 
 
 /// What an operator should know about `job` beyond its state, given the live `fleet`
 /// ([`JobBoard::conductors`]): why a waiting job waits when no live conductor can run it, why a
-/// parked job is parked, and a pending request to revert its run. `None` when there is
-/// nothing to say.
+/// parked job is parked, a pending request to revert or suspend its run, its deadline, and the
+/// earlier jobs of its key it superseded. `None` when there is nothing to say.
 #[must_use]
 pub fn note(job: &Job, fleet: &[board::ConductorInfo]) -> Option<String> {
     let mut notes = Vec::new();
@@ -279,8 +279,23 @@ pub fn note(job: &Job, fleet: &[board::ConductorInfo]) -> Option<String> {
         }
         _ => {}
     }
-    if job.cancel == Some(Cancel::Revert) && !job.state.is_terminal() {
-        notes.push("revert requested".into());
+    match job.cancel {
+        _ if job.state.is_terminal() => {}
+        Some(Cancel::Revert) => notes.push("revert requested".into()),
+        Some(Cancel::Suspend) => notes.push("suspend requested".into()),
+        None => {}
+    }
+    if let Some(at) = job.deadline.filter(|_| !job.state.is_terminal()) {
+        notes.push(format!(
+            "deadline {}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    if !job.supersedes.is_empty() && !job.state.is_terminal() {
+        notes.push(format!(
+            "supersedes {} earlier job(s) of its key",
+            job.supersedes.len()
+        ));
     }
     (!notes.is_empty()).then(|| notes.join("; "))
 }

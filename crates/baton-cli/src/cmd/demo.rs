@@ -251,6 +251,7 @@ async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
         None => registry.build_newest(&args.factory, &params),
     }
     .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+    let deadline = args.deadline.map(super::deadline_from_now).transpose()?;
     let board = db.open().await?.board;
     let board = &*board;
     let mut jobs = Vec::new();
@@ -262,6 +263,13 @@ async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
         }
         if let Some(v) = args.version {
             new = new.version(v);
+        }
+        // The first job replaces the earlier ones of the key; the others queue behind it.
+        if args.supersede && i == 0 {
+            new = new.supersede();
+        }
+        if let Some(at) = deadline {
+            new = new.deadline(at);
         }
         match board.post(new).await {
             Ok(job) => jobs.push(job),

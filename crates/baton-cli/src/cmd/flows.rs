@@ -54,6 +54,7 @@ pub(crate) async fn run(db: &Database, command: FlowsCommand, style: Style) -> R
         FlowsCommand::Resume(args) => {
             super::recover::run(db, super::recover::Action::Resume, args).await
         }
+        FlowsCommand::Cancel(args) => super::recover::cancel(db, args, true).await,
         FlowsCommand::Show { id, full, json } => {
             let id: FlowId = parse("flow id", &id)?;
             show(&*db.open().await?.store, id, full, json, style).await

@@ -62,9 +62,12 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
             key,
             priority,
             version,
+            supersede,
+            deadline,
             json,
         } => {
             let params = json_arg("--params", &params, Json::Any)?;
+            let deadline = deadline.map(super::deadline_from_now).transpose()?;
             let board = db.open().await?.board;
             let mut new = NewJob::new(name.unwrap_or_else(|| factory.clone()), factory)
                 .params(params)
@@ -75,6 +78,12 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
             if let Some(v) = version {
                 new = new.version(v);
             }
+            if supersede {
+                new = new.supersede();
+            }
+            if let Some(at) = deadline {
+                new = new.deadline(at);
+            }
             let job = board.post(new).await?;
             // This process exits next: send any wake-up the board held back.
             board.flush_wake_ups().await;
@@ -82,6 +91,9 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
                 return output::print_json(&job);
             }
             outln!("posted job {} (its flow will be {})", job.id, job.flow());
+            for old in &job.supersedes {
+                outln!("  supersedes job {old}: asked to cancel and revert its run");
+            }
             Ok(())
         }
         JobsCommand::Abandon { id } => {
@@ -102,6 +114,7 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
         JobsCommand::Retry(args) => {
             super::recover::run(db, super::recover::Action::Retry, args).await
         }
+        JobsCommand::Cancel(args) => super::recover::cancel(db, args, false).await,
         JobsCommand::Trash { id, reason, force } => {
             let id = parse::<JobId>("job id", &id)?;
             let backends = db.open().await?;

@@ -105,6 +105,29 @@ pub(crate) fn cutoff(cutoff: &crate::args::Cutoff) -> Result<chrono::DateTime<ch
     }
 }
 
+/// The time a `--deadline` names: `within` from now, which must be positive and within the
+/// clock's range.
+pub(crate) fn deadline_from_now(
+    within: std::time::Duration,
+) -> Result<chrono::DateTime<chrono::Utc>> {
+    let shown = humantime::format_duration(within);
+    if within.is_zero() {
+        return Err(CliError::new(
+            exit::BAD_INPUT,
+            format!("--deadline {shown} is not in the future: give a positive duration, e.g. 30m"),
+        ));
+    }
+    chrono::Duration::from_std(within)
+        .ok()
+        .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+        .ok_or_else(|| {
+            CliError::new(
+                exit::BAD_INPUT,
+                format!("--deadline {shown} reaches past any time the clock can hold"),
+            )
+        })
+}
+
 /// Runs a purge: `once(before, n)` deletes up to `n` `what`s (runs or jobs) that ended before
 /// `before`, and is called until a call deletes fewer than the batch; then reports the total
 /// and the cutoff (for runs, give the one the store applies: `store::purge_cutoff`).

@@ -1,15 +1,16 @@
 //! `baton flows revert`, `baton flows resume` and `baton jobs retry`: operator recovery of
-//! stranded and parked runs (`baton_core::recovery`). None of them runs a flow here: the job
-//! goes back on the board, and a conductor with the run's definition does the work.
+//! stranded and parked runs (`baton_core::recovery`); and `baton flows cancel` and `baton jobs
+//! cancel`. None of them runs a flow here: the job goes back on the board, or carries the
+//! request to its owner, and a conductor with the run's definition does the work.
 
 use std::time::Duration;
 
-use baton_core::board::{Job, JobBoard};
+use baton_core::board::{Cancel, Job, JobBoard};
 use baton_core::recovery;
 use baton_core::{FlowId, FlowState, JobId, JobState};
 
 use super::{parse, Database};
-use crate::args::RecoverArgs;
+use crate::args::{CancelArgs, RecoverArgs};
 use crate::error::{CliError, Result};
 use crate::exit;
 use crate::output;
@@ -111,5 +112,85 @@ async fn wait_at_rest(board: &dyn JobBoard, id: JobId) -> Result<Job> {
             return Ok(job);
         }
         tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// Runs `flows cancel` (`by_flow`, the id names the run) or `jobs cancel`.
+pub(crate) async fn cancel(db: &Database, args: CancelArgs, by_flow: bool) -> Result<()> {
+    // A job and its run share their id.
+    let job: JobId = if by_flow {
+        JobId::from_uuid(parse::<FlowId>("flow id", &args.id)?.as_uuid())
+    } else {
+        parse("job id", &args.id)?
+    };
+    let how = if args.no_revert {
+        Cancel::Suspend
+    } else {
+        Cancel::Revert
+    };
+    let backends = db.open().await?;
+    let (store, board) = (&*backends.store, &*backends.board);
+    let job = match board.request_cancel(job, how).await {
+        Err(baton_core::board::Error::JobNotFound(_)) if by_flow => {
+            return Err(CliError::new(
+                exit::NOT_FOUND,
+                format!(
+                    "no job drives flow {}: a run a process drives itself is cancelled there \
+                     (Engine::cancel), and a stranded one is reverted with `baton flows revert`",
+                    args.id
+                ),
+            ));
+        }
+        other => other?,
+    };
+    if args.json {
+        output::print_json(&job)?;
+    } else {
+        let what = match how {
+            Cancel::Revert => "cancel and revert its run",
+            _ => "cancel and suspend its run, then park the job",
+        };
+        outln!("job {} is {}: asked to {what}", job.id, job.state);
+    }
+    if !args.wait {
+        return Ok(());
+    }
+    let ended = wait_at_rest(board, job.id).await?;
+    let run = store
+        .load_flow(ended.flow())
+        .await
+        .ok()
+        .map(|s| s.flow.state);
+    if args.json {
+        output::print_json(&ended)?;
+    } else {
+        outln!(
+            "job {} is {}; its run is {}",
+            ended.id,
+            ended.state,
+            run.map_or_else(|| "not stored".to_owned(), |s| s.to_string())
+        );
+        if let Some(o) = &ended.outcome {
+            outln!("  outcome: {o}");
+        }
+    }
+    let wanted = match how {
+        Cancel::Revert => {
+            ended.state == JobState::Complete && matches!(run, None | Some(FlowState::Reverted))
+        }
+        _ => ended.state == JobState::Parked || ended.state == JobState::Complete,
+    };
+    if wanted {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            exit::FLOW_FAILED,
+            format!(
+                "job {} ended {} with its run {}",
+                ended.id,
+                ended.state,
+                run.map_or_else(|| "not stored".to_owned(), |s| s.to_string())
+            ),
+        ))
     }
 }
