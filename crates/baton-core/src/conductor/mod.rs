@@ -11,8 +11,13 @@
 //!
 //! Every other way a run can stop leaves it where an operator sees it:
 //!
-//! - **Claim lost** (a heartbeat answers `ClaimLost`, a write is fenced, or the lease ran out
-//!   while the board was unreachable): the engine is halted at once and writes nothing more.
+//! - **Claim lost** (a heartbeat, or a task's [confirmation](crate::TaskContext::confirm_claim),
+//!   answers `ClaimLost`, or a write is fenced): the engine is halted at once, its running
+//!   tasks' cancellation tokens fire, and it writes nothing more.
+//! - **Claim not confirmed in time** (self-fencing): when no heartbeat has been confirmed for
+//!   the lease less [`Options::self_fence_margin`], measured on the monotonic clock from when
+//!   the last confirmed request was sent, the run is halted the same way, before the board can
+//!   give the job to anyone else, however long the board's calls hang.
 //! - **Shutdown** (the cancellation token given to [`Conductor::run`]): stop claiming, suspend
 //!   running flows at a step boundary, abandon their jobs so another conductor resumes them at
 //!   once, and deregister. Flows still running after [`Options::drain_timeout`] are halted;
@@ -34,8 +39,14 @@
 //!   ([`Error`]). Jobs whose runs met a corrupt database are not consumed: their runs did not
 //!   end.
 //!
-//! A job carrying a [`Cancel::Revert`] request (an operator's
-//! `baton flows revert`) has its run reverted instead of run forward.
+//! Cancel requests ([`JobBoard::request_cancel`]) reach the runs they name: a conductor reads
+//! those on the jobs it holds about every second, sooner where its board tells it
+//! ([`JobBoard::wait_for_cancel`]), and cancels the run ([`Control::cancel`]). A
+//! [`Cancel::Revert`](crate::board::Cancel::Revert) (also an operator's `baton flows revert`,
+//! or a superseding job) reverts the run and completes the job; a
+//! [`Cancel::Suspend`](crate::board::Cancel::Suspend) suspends it and parks the job. A job
+//! claimed with a request is run that way from the start. A job's
+//! [deadline](crate::board::Job::deadline) is given to the run it creates.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;

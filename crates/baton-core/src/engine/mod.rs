@@ -350,7 +350,7 @@ impl RunOptions {
     /// suspended, or not started) turns round and reverts what ran, in reverse order, and
     /// ends `REVERTED` (or `FAILURE` if a revert fails). A run already reverting goes on
     /// reverting; a run that ended is left as it is. This is how a conductor honours a
-    /// [`Cancel::Revert`](crate::board::Cancel::Revert) request.
+    /// [`Cancel::Revert`] request.
     pub fn revert(mut self) -> Self {
         self.revert = true;
         self
