@@ -181,6 +181,9 @@ pub struct SqliteStore {
     /// Wakes this process's conductors waiting for cancel requests on their jobs (the job
     /// boards made from this store make the requests and wait on it).
     cancel_wake: Arc<baton_core::board::Wake>,
+    /// The database file, symbolic links resolved (`None`: in memory); the job boards keep
+    /// their conductors' liveness locks beside it.
+    file: Option<Arc<std::path::Path>>,
 }
 
 fn is_memory(url: &str) -> bool {
@@ -234,6 +237,7 @@ impl SqliteStore {
                 Synchronous::Normal => SqliteSynchronous::Normal,
                 Synchronous::Full => SqliteSynchronous::Full,
             });
+        let connect_file = connect.get_filename().to_path_buf();
         // Pinging a SQLite connection before use only costs a message to its thread: there is
         // no server that could have gone away.
         let (pool, writer) = if memory {
@@ -278,6 +282,12 @@ impl SqliteStore {
             known: Arc::default(),
             job_wake: Arc::default(),
             cancel_wake: Arc::default(),
+            // The file exists now: every process that names it, by whatever path, finds the
+            // same one.
+            file: (!memory).then(|| {
+                let named = connect_file;
+                std::fs::canonicalize(&named).unwrap_or(named).into()
+            }),
         };
         if !memory {
             store.enable_wal(options.busy_timeout).await?;
@@ -474,6 +484,11 @@ impl SqliteStore {
     /// The lock this process's write transactions queue on (the job board's too).
     pub(crate) fn write_gate(&self) -> &tokio::sync::Mutex<()> {
         &self.write_gate
+    }
+
+    /// The database file (`None`: an in-memory database).
+    pub(crate) fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
     }
 }
 
