@@ -40,8 +40,9 @@ const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owne
 ///   transaction frees the jobs of owners whose locks are free, so they are claimed at once
 ///   instead of when their leases run out. An owner with no lock file (in-memory databases, a
 ///   conductor of an earlier release, a folder it could not write) is found by its lease
-///   running out; leases remain the backstop for owners that are alive but stuck. How the
-///   locks are kept sound: see the module `lockfile`'s documentation.
+///   running out; leases remain the backstop for owners that are alive but stuck. Why a
+///   probe never takes a live owner for dead: `docs/operations.md`, "How dead owners are
+///   found".
 /// - **Wake-ups**: idle conductors of this process are woken at once when a job is posted or
 ///   handed back here; conductors of other processes find it when they next poll. Likewise,
 ///   an owner waiting for cancel requests ([`JobBoard::wait_for_cancel`]) is woken at once by
