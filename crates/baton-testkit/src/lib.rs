@@ -12,6 +12,8 @@
 //! - [`conformance`]: store cases every backend must pass, one test per case per backend.
 //! - [`board`]: job-board cases every backend must pass, likewise.
 //! - [`lifecycle`]: conductor cases (upgrades, parking, recovery) every backend pair must pass.
+//! - [`limits`]: time limits, deadlines and cancellation, on every store.
+//! - [`policies`]: per-atom retry policies, on every store.
 //!
 //! Panics here are failed assertions: this crate is only ever used from tests.
 
@@ -26,6 +28,7 @@ pub mod conformance;
 pub mod crash;
 pub mod lifecycle;
 pub mod limits;
+pub mod policies;
 mod probe;
 pub mod scenarios;
 mod stores;

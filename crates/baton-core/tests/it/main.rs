@@ -13,6 +13,7 @@ mod graphs;
 mod lifecycle;
 mod limits;
 mod patterns;
+mod policies;
 mod properties;
 mod resume;
 mod retries;
