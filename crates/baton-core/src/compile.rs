@@ -91,10 +91,11 @@ pub enum Error {
         /// What is wrong with it.
         problem: PolicyError,
     },
-    /// An atom added to a `TypedFlow` is wired wrongly.
+    /// An atom added to a [`TypedFlow`](crate::typed::TypedFlow) is wired wrongly.
     #[error("atom {atom:?} is wired wrongly: {problem}")]
     BadWiring {
-        /// The atom (or, for [`WiringError::NotProvided`], the flow).
+        /// The atom (for [`WiringError::NotProvided`], the untyped child asked for the
+        /// symbol).
         atom: String,
         /// What is wrong.
         problem: WiringError,
@@ -111,7 +112,7 @@ pub enum PolicyError {
     OnController,
 }
 
-/// What is wrong with the wiring of an atom added to a `TypedFlow`.
+/// What is wrong with the wiring of an atom added to a [`TypedFlow`](crate::typed::TypedFlow).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WiringError {

@@ -198,7 +198,7 @@ impl Backoff {
 pub enum RetryOn {
     /// Only failures marked transient ([`Failure::retryable`]: a [`TaskError`] marked
     /// `.retryable()` or `.retry_after(..)`, a typed task's error that says it is
-    /// transient) and attempts cut at their time limit.
+    /// [transient](crate::typed::Transient)) and attempts cut at their time limit.
     #[default]
     Transient,
     /// Every failure of the call, fatal ones and panics included; not a missing input, nor a

@@ -14,6 +14,7 @@
 //! - [`lifecycle`]: conductor cases (upgrades, parking, recovery) every backend pair must pass.
 //! - [`limits`]: time limits, deadlines and cancellation, on every store.
 //! - [`policies`]: per-atom retry policies, on every store.
+//! - [`typed`]: typed tasks' values through every store and a resume.
 //!
 //! Panics here are failed assertions: this crate is only ever used from tests.
 
@@ -32,6 +33,7 @@ pub mod policies;
 mod probe;
 pub mod scenarios;
 mod stores;
+pub mod typed;
 
 pub use boards::{BoardOp, FaultyBoard};
 pub use probe::{Action, Call, Log, Phase, Probe};

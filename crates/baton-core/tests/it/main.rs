@@ -21,6 +21,7 @@ mod reverts;
 mod self_fencing;
 mod store;
 mod time_limits;
+mod typed;
 mod validation;
 
 use baton_core::{CompiledFlow, Engine, Inputs, MemoryStore, Outcome};
