@@ -132,18 +132,7 @@ impl Step {
     /// [`compile::Error::BadWiring`] ([`WiringError::NotProvided`]) if no atom of the child
     /// provides `symbol`.
     pub fn output<T>(&self, symbol: &str) -> Result<Out<T>, compile::Error> {
-        self.provides
-            .iter()
-            .rev()
-            .find(|(s, _)| s == symbol)
-            .map(|(s, atom)| Out::new(atom.as_str(), s.as_str()))
-            .ok_or_else(|| compile::Error::BadWiring {
-                atom: self.name.to_string(),
-                problem: WiringError::NotProvided {
-                    provider: self.name.to_string(),
-                    symbol: symbol.to_owned(),
-                },
-            })
+        output_of(&self.name, &self.provides, symbol)
     }
 }
 
@@ -307,6 +296,19 @@ impl TypedFlow {
     #[must_use]
     pub fn input<T>(&self, name: impl Into<Arc<str>>) -> FlowInput<T> {
         FlowInput::new(name)
+    }
+
+    /// A typed handle to the symbol `symbol`, which an atom already in this flow provides: its
+    /// retry controller's value (what a [`ForEach`](crate::retry::ForEach) tries, say), or a
+    /// symbol of an untyped child. The type is taken on trust, as for [`Step::output`].
+    ///
+    /// # Errors
+    /// [`compile::Error::BadWiring`] ([`WiringError::NotProvided`]) if no atom of the flow
+    /// provides `symbol`.
+    pub fn output<T>(&self, symbol: &str) -> Result<Out<T>, compile::Error> {
+        let mut provides = Vec::new();
+        collect_provides_in(&self.flow, &mut provides);
+        output_of(self.name(), &provides, symbol)
     }
 
     /// Adds `atom`, given `args` as its input, and returns a handle to its output.
@@ -484,17 +486,41 @@ fn collect_provides(node: &Node, out: &mut Vec<(String, String)>) {
                 out.push((s.clone(), a.name.clone()));
             }
         }
-        Node::Flow(f) => {
-            if let Some(r) = &f.retry {
-                for s in r.provides.names() {
-                    out.push((s.clone(), r.name.clone()));
-                }
-            }
-            for child in &f.children {
-                collect_provides(child, out);
-            }
+        Node::Flow(f) => collect_provides_in(f, out),
+    }
+}
+
+/// The symbols provided in `flow`, with their providers, in definition order.
+fn collect_provides_in(flow: &Flow, out: &mut Vec<(String, String)>) {
+    if let Some(r) = &flow.retry {
+        for s in r.provides.names() {
+            out.push((s.clone(), r.name.clone()));
         }
     }
+    for child in &flow.children {
+        collect_provides(child, out);
+    }
+}
+
+/// A handle to `symbol`, the last of `provides` (symbols and their providers, found in
+/// `owner`) to provide it.
+fn output_of<T>(
+    owner: &str,
+    provides: &[(String, String)],
+    symbol: &str,
+) -> Result<Out<T>, compile::Error> {
+    provides
+        .iter()
+        .rev()
+        .find(|(s, _)| s == symbol)
+        .map(|(s, atom)| Out::new(atom.as_str(), s.as_str()))
+        .ok_or_else(|| compile::Error::BadWiring {
+            atom: owner.to_owned(),
+            problem: WiringError::NotProvided {
+                provider: owner.to_owned(),
+                symbol: symbol.to_owned(),
+            },
+        })
 }
 
 /// A handle to the child `node`, about to be added.

@@ -293,3 +293,37 @@ async fn flow_inputs_are_typed_and_required() {
         "{missing:?}"
     );
 }
+
+/// A typed atom in a subflow reads its retry controller's value: the flavour to try.
+#[tokio::test]
+async fn a_typed_atom_reads_its_controllers_value() {
+    use baton_core::retry::ForEach;
+
+    let mut attempt = TypedFlow::linear("boot")
+        .retry(Atom::retry("flavors", ForEach::new(["small", "large"])).provides("flavor"));
+    let flavor = attempt.output::<String>("flavor").unwrap();
+    let server = attempt.add(
+        atom(
+            "server",
+            from_fn(|flavor: String, _ctx| async move {
+                if flavor == "small" {
+                    return Err(TaskError::msg("too small").retryable());
+                }
+                Ok(format!("srv-{flavor}"))
+            }),
+        ),
+        &flavor,
+    );
+    assert!(matches!(
+        attempt.output::<String>("colour"),
+        Err(CompileError::BadWiring {
+            problem: WiringError::NotProvided { .. },
+            ..
+        })
+    ));
+    let mut flow = TypedFlow::linear("stack");
+    flow.add_flow(attempt);
+    let outcome = run(&flow.compile().unwrap(), Inputs::new()).await;
+    assert_eq!(outcome.state, FlowState::Success, "{outcome:?}");
+    assert_eq!(server.get(&outcome).unwrap(), Some("srv-large".to_owned()));
+}
