@@ -4,7 +4,6 @@
 //! [`typed_conformance!`](crate::typed_conformance).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,11 +80,20 @@ fn expected_report() -> Report {
     }
 }
 
-/// `spec` (from the flow input `name` and a constant kind) -> `note` (an `Option`) and
-/// `none` (an `Option` that is `None`) -> `report`, which never returns while `hang` is set.
+/// Never returns if `hang`.
+async fn gate(hang: bool) {
+    if hang {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `spec` (from the flow input `name` and a constant kind) -> `note` (an `Option`) ->
+/// `none` (an `Option` that is `None`) -> `report`; the atom named `hang_in`, if any, never
+/// returns.
 fn round_trip_flow(
-    hang: &Arc<AtomicBool>,
+    hang_in: Option<&str>,
 ) -> (CompiledFlow, FlowInput<String>, Out<Spec>, Out<Report>) {
+    let hangs = |atom: &str| hang_in == Some(atom);
     let mut flow = TypedFlow::linear("typed-round-trip");
     let name = flow.input::<String>("name");
     let spec = flow.add(
@@ -103,10 +111,12 @@ fn round_trip_flow(
         ),
         (&name, Const(Kind::Custom { cpu: 4, ram_gb: 16 })),
     );
+    let hang = hangs("note");
     let note = flow.add(
         atom(
             "note",
-            from_fn(|spec: Spec, _ctx| async move {
+            from_fn(move |spec: Spec, _ctx| async move {
+                gate(hang).await;
                 Ok::<_, TaskError>(Some(format!(
                     "{} has {} sizes",
                     spec.name,
@@ -123,7 +133,7 @@ fn round_trip_flow(
         ),
         (),
     );
-    let hang = hang.clone();
+    let hang = hangs("report");
     let report = flow.add(
         atom(
             "report",
@@ -135,11 +145,8 @@ fn round_trip_flow(
                     Vec<Kind>,
                 ),
                       _ctx| {
-                    let hang = hang.load(Ordering::SeqCst);
                     async move {
-                        if hang {
-                            std::future::pending::<()>().await;
-                        }
+                        gate(hang).await;
                         let total = spec.sizes.iter().map(|&s| u64::from(s)).sum();
                         Ok::<_, TaskError>(Report {
                             spec,
@@ -162,13 +169,22 @@ fn round_trip_flow(
     (flow.compile().unwrap(), name, spec, report)
 }
 
-/// Typed values round-trip through the store and a resume: a run halted while its last atom
-/// runs is resumed by a new engine with the flow built afresh, the atoms that succeeded are
-/// not run again, their stored outputs (the JSON of the typed values) are read back into
-/// their types for the last atom, and the typed result is what an uninterrupted run gives.
+/// Typed values round-trip through the store and a resume: a run halted after its first
+/// atom (and, again, while its last one runs) is resumed by a new engine with the flow built
+/// afresh, the atoms that succeeded are not run again, their stored outputs (the JSON of the
+/// typed values) are read back into their types, and the typed result is what an
+/// uninterrupted run gives.
 pub async fn typed_values_round_trip_through_a_resume<S: Store + Clone + 'static>(store: S) {
-    let hang = Arc::new(AtomicBool::new(true));
-    let (flow, name, spec, report) = round_trip_flow(&hang);
+    for (halt_in, attempts) in [("note", [1, 2, 1, 1]), ("report", [1, 1, 1, 2])] {
+        halt_and_resume(&store, halt_in, attempts).await;
+    }
+}
+
+/// Runs the round-trip flow until `halt_in` runs, halts it there, resumes it with a new
+/// engine and checks the typed results and each atom's attempts.
+async fn halt_and_resume<S: Store + Clone + 'static>(store: &S, halt_in: &str, attempts: [u32; 4]) {
+    let (flow, name, spec, report) = round_trip_flow(Some(halt_in));
+    let position = flow.atom_names().position(|a| a == halt_in).unwrap();
     let mut inputs = Inputs::new();
     name.insert(&mut inputs, &"web".to_owned()).unwrap();
     let engine = Engine::new(store.clone());
@@ -185,14 +201,14 @@ pub async fn typed_values_round_trip_through_a_resume<S: Store + Clone + 'static
     let mut halted = false;
     for _ in 0..1000 {
         let snapshot = store.load_flow(id).await.unwrap();
-        if snapshot.atoms[3].state == AtomState::Running {
+        if snapshot.atoms[position].state == AtomState::Running {
             control.halt();
             halted = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(halted, "the last atom never started");
+    assert!(halted, "{halt_in} never started");
     assert!(run.await.unwrap().is_err(), "halted");
     let stored = store.load_flow(id).await.unwrap();
     assert_eq!(
@@ -200,31 +216,32 @@ pub async fn typed_values_round_trip_through_a_resume<S: Store + Clone + 'static
         Some(serde_json::to_value(expected_spec()).unwrap()),
         "the typed output is stored as its JSON"
     );
-    assert_eq!(
-        stored.atoms[2].result,
-        Some(serde_json::Value::Null),
-        "None"
-    );
 
     // A new engine, the flow built afresh.
-    let fresh = Arc::new(AtomicBool::new(false));
-    let (again, _, _, _) = round_trip_flow(&fresh);
+    let (again, _, _, _) = round_trip_flow(None);
     let outcome = Engine::new(store.clone()).run(&again, id).await.unwrap();
     assert_eq!(outcome.state, FlowState::Success, "{outcome:?}");
     assert_eq!(report.get(&outcome).unwrap(), Some(expected_report()));
     assert_eq!(spec.get(&outcome).unwrap(), Some(expected_spec()));
     let resumed = store.load_flow(id).await.unwrap();
-    let attempts: Vec<u32> = resumed.atoms.iter().map(|a| a.attempt).collect();
+    let stored_attempts: Vec<u32> = resumed.atoms.iter().map(|a| a.attempt).collect();
     assert_eq!(
-        attempts,
-        [1, 1, 1, 2],
-        "only the interrupted atom ran again"
+        stored_attempts, attempts,
+        "halted in {halt_in}: only the interrupted atom ran again"
+    );
+    assert_eq!(
+        resumed.atoms[2].result,
+        Some(serde_json::Value::Null),
+        "None"
     );
 
     // The same as an uninterrupted run.
     let mut inputs = Inputs::new();
     name.insert(&mut inputs, &"web".to_owned()).unwrap();
-    let straight = Engine::new(store).start(&again, inputs).await.unwrap();
+    let straight = Engine::new(store.clone())
+        .start(&again, inputs)
+        .await
+        .unwrap();
     assert_eq!(straight.results, outcome.results);
 }
 
