@@ -91,6 +91,14 @@ pub enum Error {
         /// What is wrong with it.
         problem: PolicyError,
     },
+    /// The flow's result ([`Flow::returns`]) is a symbol no atom of the flow provides.
+    #[error("flow {flow:?} returns {symbol:?}, which no atom of it provides")]
+    UnknownResult {
+        /// The flow.
+        flow: String,
+        /// The symbol it returns.
+        symbol: String,
+    },
     /// An atom added to a [`TypedFlow`](crate::typed::TypedFlow) is wired wrongly.
     #[error("atom {atom:?} is wired wrongly: {problem}")]
     BadWiring {
@@ -236,6 +244,8 @@ pub struct Compiled {
     /// For each retry controller, the atoms it governs (nested ones included, itself not), in
     /// topological order.
     pub(crate) scope: Vec<Vec<usize>>,
+    /// The symbol whose value is the flow's result ([`Flow::returns`]).
+    pub(crate) returns: Option<String>,
 }
 
 impl std::ops::Deref for CompiledFlow {
@@ -798,6 +808,14 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
         });
     }
 
+    if let Some(symbol) = &flow.returns {
+        if !providers.contains_key(symbol.as_str()) {
+            return Err(Error::UnknownResult {
+                flow: flow.name.clone(),
+                symbol: symbol.clone(),
+            });
+        }
+    }
     let mut deciders = vec![Vec::new(); n];
     for (target, edge) in b.deciders {
         deciders[target].push(edge);
@@ -819,6 +837,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
         topo_pos,
         retry_of: b.retry_of,
         scope,
+        returns: flow.returns.clone(),
     })))
 }
 

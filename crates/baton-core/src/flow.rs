@@ -332,6 +332,8 @@ pub struct Flow {
     pub(crate) links: Vec<Link>,
     pub(crate) retry: Option<Atom>,
     pub(crate) default_timeout: Option<Duration>,
+    /// The symbol whose value is the flow's result (see [`Flow::returns`]).
+    pub(crate) returns: Option<String>,
 }
 
 impl Flow {
@@ -343,6 +345,7 @@ impl Flow {
             links: Vec::new(),
             retry: None,
             default_timeout: None,
+            returns: None,
         }
     }
 
@@ -392,6 +395,21 @@ impl Flow {
     /// [`Atom::timeout`]) unless the task, or a subflow nearer to it, sets its own.
     pub fn default_timeout(mut self, limit: Duration) -> Self {
         self.default_timeout = Some(limit);
+        self
+    }
+
+    /// Makes the value of `symbol`, which an atom of the flow provides, the flow's result: a
+    /// run that succeeds has it as [`Outcome::result`](crate::Outcome::result), and the
+    /// conductor that ran the run of a job records it on the job's outcome (under `result`),
+    /// where a [`JobHandle`](crate::JobHandle) reads it. Only the flow that is compiled (the
+    /// outermost) has a result: a subflow's is ignored. It changes nothing about how the flow
+    /// runs, nor its [fingerprint](crate::CompiledFlow::fingerprint): runs made before a
+    /// factory named a result resume with the definition that names one.
+    ///
+    /// Compiling refuses a symbol that no atom of the flow provides
+    /// ([`compile::Error::UnknownResult`](crate::compile::Error::UnknownResult)).
+    pub fn returns(mut self, symbol: impl Into<String>) -> Self {
+        self.returns = Some(symbol.into());
         self
     }
 

@@ -56,6 +56,7 @@ pub mod engine;
 mod failure;
 pub mod fingerprint;
 mod flow;
+pub mod handle;
 mod ids;
 pub mod model;
 pub mod recovery;
@@ -76,6 +77,7 @@ pub use engine::{
 pub use failure::{Failure, FailureKind, ResultExt, Retryability, TaskError};
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use flow::{Atom, Decider, Flow, FlowChild, Pattern, Provides};
+pub use handle::JobHandle;
 pub use ids::{ConductorId, Fence, FencingToken, FlowId, JobId, ParseIdError};
 pub use model::{FactoryRef, Inputs};
 pub use registry::{Blueprint, Registry};

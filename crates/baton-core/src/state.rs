@@ -141,6 +141,17 @@ impl JobState {
         matches!(self, JobState::Complete | JobState::Trashed)
     }
 
+    /// Whether the job is at rest: ended (`COMPLETE`, `TRASHED`) or `PARKED`, waiting for an
+    /// operator. Nothing happens to a job at rest until someone acts on it; it is what
+    /// [`JobBoard::wait_for_end`](crate::JobBoard::wait_for_end) waits for.
+    #[must_use]
+    pub const fn is_at_rest(self) -> bool {
+        matches!(
+            self,
+            JobState::Complete | JobState::Trashed | JobState::Parked
+        )
+    }
+
     /// Whether the job holds its key: it has not ended (waiting, claimed or parked), so later
     /// jobs of its key wait for it.
     #[must_use]

@@ -179,6 +179,10 @@ impl<B: JobBoard> JobBoard for FaultyBoard<B> {
         self.inner.wait_for_cancel(owner, timeout).await;
     }
 
+    async fn wait_for_end(&self, job: JobId, timeout: Duration) -> Result<Job> {
+        self.inner.wait_for_end(job, timeout).await
+    }
+
     async fn release(&self, job: JobId) -> Result<()> {
         self.inner.release(job).await
     }

@@ -12,6 +12,8 @@
 //! - [`conformance`]: store cases every backend must pass, one test per case per backend.
 //! - [`board`]: job-board cases every backend must pass, likewise.
 //! - [`lifecycle`]: conductor cases (upgrades, parking, recovery) every backend pair must pass.
+//! - [`handle`]: job handles waiting for typed jobs that succeed, revert or are parked, on
+//!   every backend pair.
 //! - [`limits`]: time limits, deadlines and cancellation, on every store.
 //! - [`policies`]: per-atom retry policies, on every store.
 //! - [`typed`]: typed tasks' values through every store and a resume.
@@ -27,6 +29,7 @@ mod boards;
 pub mod cancel;
 pub mod conformance;
 pub mod crash;
+pub mod handle;
 pub mod lifecycle;
 pub mod limits;
 pub mod policies;

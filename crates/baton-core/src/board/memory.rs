@@ -33,6 +33,8 @@ pub struct MemoryJobBoard {
     wake: Arc<super::Wake>,
     /// Wakes owners waiting for cancel requests ([`JobBoard::wait_for_cancel`]).
     cancels: Arc<super::Wake>,
+    /// Wakes those waiting for a job to end ([`JobBoard::wait_for_end`]).
+    ends: Arc<super::Ends>,
 }
 
 fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
@@ -48,6 +50,7 @@ impl MemoryJobBoard {
             store: store.clone(),
             wake: Arc::new(super::Wake::new()),
             cancels: Arc::new(super::Wake::new()),
+            ends: Arc::new(super::Ends::new()),
         }
     }
 
@@ -272,6 +275,7 @@ impl JobBoard for MemoryJobBoard {
         drop(inner);
         // A job waiting on the same key may now run.
         self.wake.wake();
+        self.ends.ended(fence.job);
         Ok(())
     }
 
@@ -300,6 +304,8 @@ impl JobBoard for MemoryJobBoard {
         }
         job.updated_at = Utc::now();
         self.store.set_fence(fence.job, job.token);
+        drop(inner);
+        self.ends.ended(fence.job);
         Ok(())
     }
 
@@ -355,6 +361,10 @@ impl JobBoard for MemoryJobBoard {
         self.cancels.wait(timeout).await;
     }
 
+    async fn wait_for_end(&self, job: JobId, timeout: Duration) -> Result<Job> {
+        self.ends.wait_for_end(job, timeout, |j| self.get(j)).await
+    }
+
     async fn release(&self, id: JobId) -> Result<()> {
         {
             let mut inner = self.lock();
@@ -405,6 +415,7 @@ impl JobBoard for MemoryJobBoard {
         self.store.set_job_open(id, false);
         drop(inner);
         self.wake.wake();
+        self.ends.ended(id);
         Ok(())
     }
 

@@ -63,7 +63,7 @@ use crate::state::JobState;
 
 pub use cancel::{check_cancel, Cancel, CancelStep};
 pub use memory::MemoryJobBoard;
-pub use wake::Wake;
+pub use wake::{EndWatch, Ends, Wake};
 
 /// What can go wrong on a job board.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +166,8 @@ pub struct NewJob {
     /// Whether posting it supersedes the earlier unfinished jobs of its key (see
     /// [`NewJob::supersede`]).
     pub supersede: bool,
+    /// Whether someone will wait for its end (see [`NewJob::watched`]).
+    pub watched: bool,
 }
 
 impl NewJob {
@@ -180,6 +182,7 @@ impl NewJob {
             version: None,
             deadline: None,
             supersede: false,
+            watched: false,
         }
     }
 
@@ -187,6 +190,20 @@ impl NewJob {
     pub fn params(mut self, params: Value) -> Self {
         self.params = params;
         self
+    }
+
+    /// Sets the factory's parameters from a value of yours, as JSON: what a factory
+    /// registered with [`Registry::register_typed`](crate::Registry::register_typed) reads
+    /// back as its own type.
+    ///
+    /// # Errors
+    /// [`Error::InvalidJob`] if `params` does not serialize as JSON (a map whose keys are not
+    /// strings, say).
+    pub fn typed_params<P: Serialize + ?Sized>(mut self, params: &P) -> Result<Self> {
+        self.params = serde_json::to_value(params).map_err(|e| {
+            Error::InvalidJob(format!("the parameters do not serialize as JSON: {e}"))
+        })?;
+        Ok(self)
     }
 
     /// Serialises the job with every other unfinished job of `key`.
@@ -225,6 +242,17 @@ impl NewJob {
     /// (Heat's "an update replaces the one in progress"). [`Job::supersedes`] lists them.
     pub fn supersede(mut self) -> Self {
         self.supersede = true;
+        self
+    }
+
+    /// Marks the job as one whose end someone waits for, from another process maybe
+    /// ([`JobBoard::wait_for_end`], [`JobHandle`](crate::JobHandle)): a board that tells other
+    /// processes of ends (PostgreSQL, with a `NOTIFY`) tells them of this job's, and only of
+    /// the ends of such jobs, so that nobody pays for news nobody hears.
+    /// [`JobHandle::post`](crate::JobHandle::post) posts its jobs so. A wait marks a job that
+    /// was posted without it, which costs the PostgreSQL board a write to the job's row.
+    pub fn watched(mut self) -> Self {
+        self.watched = true;
         self
     }
 
@@ -766,6 +794,33 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     async fn wait_for_cancel(&self, owner: ConductorId, timeout: Duration) {
         let _ = owner;
         tokio::time::sleep(timeout).await;
+    }
+
+    /// Returns job `job` as soon as it is at rest ([`JobState::is_at_rest`]: consumed, trashed
+    /// or parked), at once if it is, or as it is after `timeout`. Callers loop with a timeout
+    /// of about a second, as for [`JobBoard::wait_for_cancel`]: an end may reach a wait only
+    /// at its timeout. [`JobHandle`](crate::JobHandle) does that, and reads the job's outcome.
+    ///
+    /// How soon an end is noticed, board by board: [`MemoryJobBoard`] at once; the SQLite
+    /// board at once for an end made in this process (by a board or store of the same
+    /// database), otherwise at the timeout; the PostgreSQL board at once (a `NOTIFY` sent by
+    /// the statement that ends the job, for jobs someone waits for, heard on the connection
+    /// the board listens for work on), with the timeout as a fallback. A wait marks the job as
+    /// watched ([`NewJob::watched`]) before it first looks at it, so an end between that look
+    /// and the wait is not missed. The default looks, sleeps out `timeout`, and looks again.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`] (also for a job purged while waited for); backend errors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a wait given up on changes nothing but, on PostgreSQL, the job's mark.
+    async fn wait_for_end(&self, job: JobId, timeout: Duration) -> Result<Job> {
+        let now = self.get(job).await?;
+        if now.state.is_at_rest() {
+            return Ok(now);
+        }
+        tokio::time::sleep(timeout).await;
+        self.get(job).await
     }
 
     /// (Operators) takes a claimed job back from its owner and makes it `UNCLAIMED` at once:

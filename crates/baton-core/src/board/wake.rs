@@ -1,9 +1,14 @@
-//! Wake-ups for boards whose news travels inside one process.
+//! Wake-ups for boards whose news travels inside one process: new work ([`Wake`]), and the
+//! ends of the jobs someone waits for ([`Ends`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use crate::ids::JobId;
 
 /// What a board signals when new work may be available, and what
 /// [`JobBoard::wait_for_work`](super::JobBoard::wait_for_work) waits on, for boards whose
@@ -69,6 +74,168 @@ impl Wake {
         }
         let _back = Back(&self.waiting);
         let _ = tokio::time::timeout(timeout, notified).await;
+    }
+}
+
+/// Who waits for which job to end, in one process: what
+/// [`JobBoard::wait_for_end`](super::JobBoard::wait_for_end) waits on, and what a board (or a
+/// store that ends jobs in its last step) tells when a job ends: consumed, parked or trashed.
+///
+/// A caller registers before it looks at the job ([`Ends::watch`]), then looks, then waits
+/// ([`EndWatch::wait`]): an end told at any time after the registration wakes it, also one
+/// told between the look and the wait, so a job that ends in that moment is not missed. Ends
+/// of jobs nobody watches cost a look-up in an empty map. Only the callers watching a job
+/// are woken by its end, not every waiter of the board.
+#[derive(Debug, Default)]
+pub struct Ends {
+    watched: Mutex<HashMap<JobId, Watched>>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    entry: Arc<EndEntry>,
+    /// The [`EndWatch`]es alive for the job.
+    watchers: usize,
+}
+
+#[derive(Debug, Default)]
+struct EndEntry {
+    /// How many ends were told while someone watched.
+    told: AtomicU64,
+    notify: Notify,
+}
+
+impl Ends {
+    /// Nobody watches any job yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<JobId, Watched>> {
+        // Every change under the lock is one insert, removal or count: a poisoned map is whole.
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells those watching `job` that it ended (or was parked).
+    pub fn ended(&self, job: JobId) {
+        let map = self.map();
+        if let Some(w) = map.get(&job) {
+            w.entry.told.fetch_add(1, Ordering::SeqCst);
+            w.entry.notify.notify_waiters();
+        }
+    }
+
+    /// Starts watching `job`: an end told from now on wakes [`EndWatch::wait`]. Register
+    /// before looking at the job's state.
+    pub fn watch(&self, job: JobId) -> EndWatch<'_> {
+        let mut map = self.map();
+        let w = map.entry(job).or_insert_with(|| Watched {
+            entry: Arc::default(),
+            watchers: 0,
+        });
+        w.watchers += 1;
+        let entry = Arc::clone(&w.entry);
+        let seen = entry.told.load(Ordering::SeqCst);
+        EndWatch {
+            ends: self,
+            job,
+            entry,
+            seen,
+        }
+    }
+
+    /// Registers `job`, looks at it with `look`, and if it is not at rest
+    /// ([`JobState::is_at_rest`](crate::JobState::is_at_rest)), waits until its end is told
+    /// or `timeout` passes, then looks again: how a board whose news of ends travels inside
+    /// the process ([`MemoryJobBoard`](super::MemoryJobBoard), the SQLite board) waits.
+    ///
+    /// # Errors
+    /// What `look` answers.
+    ///
+    /// # Cancel safety
+    /// Cancel safe if `look` is.
+    pub async fn wait_for_end<F, Fut>(
+        &self,
+        job: JobId,
+        timeout: Duration,
+        look: F,
+    ) -> super::Result<super::Job>
+    where
+        F: Fn(JobId) -> Fut,
+        Fut: std::future::Future<Output = super::Result<super::Job>>,
+    {
+        let watch = self.watch(job);
+        let now = look(job).await?;
+        if now.state.is_at_rest() {
+            return Ok(now);
+        }
+        watch.wait(timeout).await;
+        drop(watch);
+        look(job).await
+    }
+}
+
+/// A caller watching one job's end, from [`Ends::watch`]; it stops watching when dropped.
+#[derive(Debug)]
+pub struct EndWatch<'a> {
+    ends: &'a Ends,
+    job: JobId,
+    entry: Arc<EndEntry>,
+    /// Ends told before the watch began.
+    seen: u64,
+}
+
+impl EndWatch<'_> {
+    /// The job watched.
+    #[must_use]
+    pub fn job(&self) -> JobId {
+        self.job
+    }
+
+    /// Whether an end was told since the watch began.
+    #[must_use]
+    pub fn told(&self) -> bool {
+        self.entry.told.load(Ordering::SeqCst) != self.seen
+    }
+
+    /// Returns once an end of the job has been told since the watch began (at once if one
+    /// has), or after `timeout`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        loop {
+            let notified = self.entry.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the count is read: an end told after the read wakes it.
+            notified.as_mut().enable();
+            if self.told() {
+                return;
+            }
+            match deadline {
+                Some(at) => {
+                    if tokio::time::timeout_at(at, notified).await.is_err() {
+                        return;
+                    }
+                }
+                // A timeout too long for the clock: only an end ends the wait.
+                None => notified.await,
+            }
+        }
+    }
+}
+
+impl Drop for EndWatch<'_> {
+    fn drop(&mut self) {
+        let mut map = self.ends.map();
+        if let Some(w) = map.get_mut(&self.job) {
+            w.watchers = w.watchers.saturating_sub(1);
+            if w.watchers == 0 {
+                map.remove(&self.job);
+            }
+        }
     }
 }
 
@@ -145,6 +312,62 @@ mod tests {
         let started = Instant::now();
         wake.wait(Duration::from_secs(10)).await;
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn an_end_told_between_the_watch_and_the_wait_is_not_missed() {
+        let ends = Ends::new();
+        let job = JobId::new();
+        let watch = ends.watch(job);
+        // The job ends after the caller looked at it, before it waits.
+        ends.ended(job);
+        let started = Instant::now();
+        watch.wait(Duration::from_secs(10)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn an_end_wakes_every_watcher_of_its_job_and_no_other() {
+        let ends = Arc::new(Ends::new());
+        let (job, other) = (JobId::new(), JobId::new());
+        let mut waiters = tokio::task::JoinSet::new();
+        for watched in [job, job, other] {
+            let ends = ends.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waiters.spawn(async move {
+                let watch = ends.watch(watched);
+                tx.send(()).unwrap();
+                let started = Instant::now();
+                watch.wait(Duration::from_millis(300)).await;
+                (watched, started.elapsed())
+            });
+            rx.await.unwrap();
+        }
+        ends.ended(job);
+        while let Some(waited) = waiters.join_next().await {
+            let (watched, waited) = waited.unwrap();
+            if watched == job {
+                assert!(waited < Duration::from_millis(250), "{waited:?}");
+            } else {
+                assert!(waited >= Duration::from_millis(300), "{waited:?}");
+            }
+        }
+        // Nobody watches any more: nothing is kept.
+        assert!(ends.map().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_end_before_the_watch_is_not_kept() {
+        let ends = Ends::new();
+        let job = JobId::new();
+        ends.ended(job);
+        let watch = ends.watch(job);
+        assert!(!watch.told());
+        let started = Instant::now();
+        watch.wait(Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        drop(watch);
+        assert!(ends.map().is_empty());
     }
 
     #[tokio::test]

@@ -433,6 +433,8 @@ pub struct Outcome {
     /// [`RunOptions::consume_job`]).
     pub job_consumed: bool,
     symbols: BTreeMap<String, Value>,
+    /// The symbol the flow returns ([`Flow::returns`](crate::Flow::returns)).
+    returns: Option<String>,
 }
 
 impl Outcome {
@@ -442,16 +444,33 @@ impl Outcome {
         self.state == FlowState::Success
     }
 
+    /// The flow's result ([`Flow::returns`](crate::Flow::returns)): `None` unless the run
+    /// succeeded and its flow returns a symbol; `Some(&Value::Null)` if it did, but no atom
+    /// that ran provided the symbol (the atom was skipped by a decider, say).
+    #[must_use]
+    pub fn result(&self) -> Option<&Value> {
+        let symbol = self.returns.as_deref()?;
+        if self.state != FlowState::Success {
+            return None;
+        }
+        Some(self.symbols.get(symbol).unwrap_or(&Value::Null))
+    }
+
     /// What a conductor records on the job of this run when it consumes it: the flow, its
-    /// final state and its failures (as text).
+    /// final state, its failures (as text), and, if it has one, its [result](Outcome::result)
+    /// (under `result`, which [`JobHandle`](crate::JobHandle) reads).
     #[must_use]
     pub fn job_outcome(&self) -> Value {
         let failures: Vec<String> = self.failures.iter().map(ToString::to_string).collect();
-        serde_json::json!({
+        let mut outcome = serde_json::json!({
             "flow": self.flow,
             "state": self.state,
             "failures": failures,
-        })
+        });
+        if let (Some(result), Value::Object(fields)) = (self.result(), &mut outcome) {
+            fields.insert("result".into(), result.clone());
+        }
+        outcome
     }
 
     /// The value of a symbol provided by an atom that succeeded.
@@ -857,5 +876,6 @@ pub(crate) fn outcome(
         failures,
         job_consumed: false,
         symbols,
+        returns: flow.returns.clone(),
     }
 }

@@ -413,6 +413,16 @@ impl TypedFlow {
         step
     }
 
+    /// Makes `out`'s value the flow's result ([`Flow::returns`]): what a run that succeeds
+    /// has as [`Outcome::result`](crate::Outcome::result), and what a
+    /// [`JobHandle`](crate::JobHandle) of a job running the flow gives when the job ends
+    /// (read as the handle's type, which should be `T`). `out` must be an output of an atom of
+    /// this flow (or of its subflows): compiling refuses a symbol no atom of the flow
+    /// provides ([`compile::Error::UnknownResult`]).
+    pub fn returns<T>(&mut self, out: &Out<T>) {
+        self.flow.returns = Some(out.symbol().to_owned());
+    }
+
     /// Orders `then` after `first`, with no data between them (a graph flow's link, see
     /// [`Flow::link`]). Both must be children of this flow: atoms added to it, its fan-outs,
     /// its subflows; and the flow must be a graph flow (the compiler refuses links elsewhere).

@@ -10,6 +10,7 @@ mod crash;
 mod data;
 mod events;
 mod graphs;
+mod handle;
 mod lifecycle;
 mod limits;
 mod patterns;
