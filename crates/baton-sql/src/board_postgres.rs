@@ -20,7 +20,7 @@ use crate::board_common::{
 };
 use crate::liveness::{lock_key, Liveness};
 use crate::postgres::PostgresStore;
-use crate::wake::{self, Listener, News, PostWakes, CANCEL_NEWS};
+use crate::wake::{self, announce_end, Listener, News, PostWakes, CANCEL_NEWS};
 
 /// When a fenced update wakes idle conductors.
 #[derive(Debug, Clone, Copy)]
@@ -134,7 +134,8 @@ fn decode(row: &PgRow) -> Result<Job, board::Error> {
 }
 
 /// The statement that posts a job (`$1` id, `$2` name, `$3` factory, `$4` params, `$5` key,
-/// `$6` priority, `$7` the channel, `$8` version, `$9` deadline, `$10` the jobs it supersedes),
+/// `$6` priority, `$7` the channel, `$8` version, `$9` deadline, `$10` the jobs it supersedes,
+/// `$11` whether it is watched),
 /// answering it and `woke` (an expression that sends its wake-up, or not). A keyed job takes
 /// its key's lock first ([`KEY_LOCK`]; the aggregate answers one row either way, so the job is
 /// inserted once the lock is held).
@@ -145,8 +146,8 @@ fn post_sql(woke: &str) -> String {
                FROM (SELECT $5::text AS k) p WHERE p.k IS NOT NULL \
          ), posted AS ( \
              INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, \
-                               version, deadline, supersedes, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, $8, $9, $10, now(), now() FROM keyed \
+                               version, deadline, supersedes, watched, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, $8, $9, $10, $11, now(), now() FROM keyed \
              RETURNING * \
          ) SELECT {COLUMNS}, {woke} AS woke FROM posted"
     )
@@ -170,6 +171,7 @@ fn bind_post<'q>(
         .bind(new.version.map(i64::from))
         .bind(deadline_ms(new.deadline))
         .bind(supersedes)
+        .bind(new.watched)
 }
 
 /// The board's statements on job rows, in the transaction of the connection it holds (see
@@ -345,16 +347,17 @@ impl PostgresJobBoard {
     }
 
     /// Runs a fenced update (`$1` job, `$2` token, `$3` the extra value; it must return
-    /// `id, token, lease_expires_at, job_key`) and sends a wake-up as `wake` says, in the same
-    /// statement. With `revoke`, the update moves the job's token on, and the statement
-    /// records the new token in `fences` too, so the claim's writes are refused from then on.
+    /// `id, token, lease_expires_at, job_key`, and `watched` if it `ends` the job) and sends a
+    /// wake-up as `wake` says, in the same statement. With `revoke`, the update moves the
+    /// job's token on, and the statement records the new token in `fences` too, so the claim's
+    /// writes are refused from then on. With `ends`, the statement tells of the job's end if
+    /// someone waits for it.
     async fn fenced(
         &self,
         fence: Fence,
         sql: &str,
         extra: Option<Value>,
-        wake: Wake,
-        revoke: bool,
+        (wake, revoke, ends): (Wake, bool, bool),
     ) -> Result<Option<i64>, board::Error> {
         let token = token_db(fence.token)?;
         let notify = match wake {
@@ -371,8 +374,13 @@ impl PostgresJobBoard {
         } else {
             ""
         };
+        let told = if ends {
+            announce_end!("$4", "done")
+        } else {
+            "true"
+        };
         let sql = format!(
-            "WITH done AS ({sql}){revoked} SELECT done.lease_expires_at, {notify} FROM done"
+            "WITH done AS ({sql}){revoked} SELECT done.lease_expires_at, {notify}, {told} FROM done"
         );
         let mut kept = self.store.acquire().await.map_err(db)?;
         let row: Result<Option<(Option<i64>, bool)>, _> = sqlx::query_as(&sql)
@@ -427,6 +435,38 @@ impl PostgresJobBoard {
 
     async fn notify(&self) {
         wake::notify(&self.store, &self.channel).await;
+    }
+
+    /// Job `id`, marked as watched ([`NewJob::watched`]) unless it is: in one statement whose
+    /// row is the job as the mark left it, so that an end committed after it sees the mark
+    /// (the job's row lock orders the two), and one committed while the mark waited for the
+    /// row is in the row it answers. (Hence no condition on the state: one that an end made
+    /// false would skip the row and answer the job as it was before the end.) A job marked
+    /// already is only read: no write, no row lock for a claim to skip.
+    async fn mark_watched(&self, id: JobId) -> Result<Job, board::Error> {
+        self.one_job(
+            &format!(
+                "WITH marked AS ( \
+                     UPDATE jobs SET watched = true WHERE id = $1 AND NOT watched RETURNING * \
+                 ) SELECT {COLUMNS} FROM marked \
+                 UNION ALL \
+                 SELECT {COLUMNS} FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM marked)"
+            ),
+            id,
+        )
+        .await
+    }
+
+    /// The job row `sql` answers for job `id` (bound as `$1`).
+    async fn one_job(&self, sql: &str, id: JobId) -> Result<Job, board::Error> {
+        let mut kept = self.store.acquire().await.map_err(db)?;
+        let row = sqlx::query(sql)
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *kept)
+            .await;
+        self.store.release(kept, &row);
+        let row = row.map_err(db)?.ok_or(board::Error::JobNotFound(id))?;
+        decode(&row)
     }
 
     /// Posts `new`, a job of `key` that supersedes, in one transaction: under the key's lock
@@ -598,7 +638,12 @@ impl JobBoard for PostgresJobBoard {
              RETURNING id, token, lease_expires_at, job_key"
         };
         let lease = self
-            .fenced(fence, sql, Some(Value::from(ms(lease))), Wake::Never, false)
+            .fenced(
+                fence,
+                sql,
+                Some(Value::from(ms(lease))),
+                (Wake::Never, false, false),
+            )
             .await?;
         Ok(lease.map_or_else(Utc::now, from_ms))
     }
@@ -609,10 +654,9 @@ impl JobBoard for PostgresJobBoard {
             "UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
                  outcome = $3, updated_at = now() \
              WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
-             RETURNING id, token, lease_expires_at, job_key",
+             RETURNING id, token, lease_expires_at, job_key, watched",
             Some(outcome),
-            Wake::IfKeyed,
-            false,
+            (Wake::IfKeyed, false, true),
         )
         .await?;
         Ok(())
@@ -626,8 +670,7 @@ impl JobBoard for PostgresJobBoard {
              WHERE id = $1 AND state = 'CLAIMED' AND token = $2 AND $3::jsonb IS NULL \
              RETURNING id, token, lease_expires_at, job_key",
             None,
-            Wake::Always,
-            true,
+            (Wake::Always, true, false),
         )
         .await?;
         Ok(())
@@ -640,11 +683,10 @@ impl JobBoard for PostgresJobBoard {
                 "UPDATE jobs SET state = 'PARKED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
                      token = token + 1, outcome = $3, {PARK_CANCEL}, updated_at = now() \
                  WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
-                 RETURNING id, token, lease_expires_at, job_key"
+                 RETURNING id, token, lease_expires_at, job_key, watched"
             ),
             Some(reason),
-            Wake::Never,
-            true,
+            (Wake::Never, true, true),
         )
         .await?;
         Ok(())
@@ -765,16 +807,21 @@ impl JobBoard for PostgresJobBoard {
             let _ = tx.rollback().await;
             return Err(e);
         }
-        sqlx::query(
+        sqlx::query(concat!(
             "WITH trashed AS ( \
                  UPDATE jobs SET state = 'TRASHED', owner = NULL, owner_lock = NULL, lease_expires_at = NULL, \
                         token = token + 1, outcome = $2, updated_at = now() \
-                  WHERE id = $1 RETURNING id, token) \
-             INSERT INTO fences (job_id, token) SELECT id, token FROM trashed \
-             ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token",
-        )
+                  WHERE id = $1 RETURNING id, token, watched), \
+             fenced AS ( \
+                 INSERT INTO fences (job_id, token) SELECT id, token FROM trashed \
+                 ON CONFLICT (job_id) DO UPDATE SET token = EXCLUDED.token) \
+             SELECT ",
+            announce_end!("$3", "trashed"),
+            " FROM trashed"
+        ))
         .bind(id.as_uuid())
         .bind(&reason)
+        .bind(&*self.channel)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -785,14 +832,8 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn get(&self, id: JobId) -> Result<Job, board::Error> {
-        let mut kept = self.store.acquire().await.map_err(db)?;
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *kept)
-            .await;
-        self.store.release(kept, &row);
-        let row = row.map_err(db)?.ok_or(board::Error::JobNotFound(id))?;
-        decode(&row)
+        self.one_job(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"), id)
+            .await
     }
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>, board::Error> {
@@ -853,6 +894,20 @@ impl JobBoard for PostgresJobBoard {
 
     async fn wait_for_cancel(&self, _owner: ConductorId, timeout: Duration) {
         self.listener.wait(News::Cancel, timeout).await;
+    }
+
+    async fn wait_for_end(&self, job: JobId, timeout: Duration) -> Result<Job, board::Error> {
+        let deadline = Listener::deadline(timeout);
+        // Watching, and listening, before the look: an end after it is heard.
+        let watch = self.listener.watch(job);
+        self.listener.listen(deadline).await;
+        let now = self.mark_watched(job).await?;
+        if now.state.is_at_rest() {
+            return Ok(now);
+        }
+        self.listener.wait_for_end(&watch, deadline).await;
+        drop(watch);
+        self.get(job).await
     }
 
     async fn flush_wake_ups(&self) {

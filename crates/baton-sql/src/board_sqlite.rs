@@ -46,12 +46,16 @@ const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owne
 /// - **Wake-ups**: idle conductors of this process are woken at once when a job is posted or
 ///   handed back here; conductors of other processes find it when they next poll. Likewise,
 ///   an owner waiting for cancel requests ([`JobBoard::wait_for_cancel`]) is woken at once by
-///   a request made in this process, and otherwise finds it when it next polls.
+///   a request made in this process, and otherwise finds it when it next polls; and a caller
+///   waiting for a job to end ([`JobBoard::wait_for_end`]) is woken at once by an end made in
+///   this process (by a board, or by a store's last step of a flow), and otherwise finds it
+///   at its timeout.
 #[derive(Debug, Clone)]
 pub struct SqliteJobBoard {
     store: SqliteStore,
     wake: Arc<baton_core::board::Wake>,
     cancels: Arc<baton_core::board::Wake>,
+    ends: Arc<baton_core::board::Ends>,
     locks: Arc<Locks>,
     reaps: Arc<Throttle>,
     /// Whether a lock that could not be taken was reported (at warning level, once).
@@ -313,6 +317,7 @@ impl SqliteJobBoard {
             store: store.clone(),
             wake: store.job_wake().clone(),
             cancels: store.cancel_wake().clone(),
+            ends: store.job_ends().clone(),
             locks: Arc::new(Locks::new(store.file())),
             reaps: Arc::default(),
             lock_warned: Arc::default(),
@@ -393,8 +398,8 @@ impl JobBoard for SqliteJobBoard {
             .map_err(|e| board::Error::InvalidJob(e.to_string()))?;
         let sql = format!(
             "INSERT INTO jobs (id, name, factory, params, job_key, priority, state, token, attempts, version, \
-                               deadline, supersedes, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'UNCLAIMED', 0, 0, ?8, ?9, ?10, ?7, ?7) RETURNING {COLUMNS}"
+                               deadline, supersedes, watched, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'UNCLAIMED', 0, 0, ?8, ?9, ?10, ?11, ?7, ?7) RETURNING {COLUMNS}"
         );
         let (job, told) = self
             .write(move |conn| {
@@ -419,6 +424,7 @@ impl JobBoard for SqliteJobBoard {
                         .bind(new.version.map(i64::from))
                         .bind(deadline_ms(new.deadline))
                         .bind(supersedes)
+                        .bind(new.watched)
                         .fetch_one(conn)
                         .await
                         .map_err(db)?;
@@ -565,6 +571,7 @@ impl JobBoard for SqliteJobBoard {
         .await?;
         // A job waiting on the same key may now run.
         self.wake.wake();
+        self.ends.ended(fence.job);
         Ok(())
     }
 
@@ -607,7 +614,9 @@ impl JobBoard for SqliteJobBoard {
                 }
             })
         })
-        .await
+        .await?;
+        self.ends.ended(fence.job);
+        Ok(())
     }
 
     async fn requeue(&self, id: JobId, how: Requeue) -> Result<Job, board::Error> {
@@ -672,6 +681,10 @@ impl JobBoard for SqliteJobBoard {
         self.cancels.wait(timeout).await;
     }
 
+    async fn wait_for_end(&self, job: JobId, timeout: Duration) -> Result<Job, board::Error> {
+        self.ends.wait_for_end(job, timeout, |j| self.get(j)).await
+    }
+
     async fn release(&self, id: JobId) -> Result<(), board::Error> {
         self.write(move |conn| {
             Box::pin(async move {
@@ -722,6 +735,7 @@ impl JobBoard for SqliteJobBoard {
         })
         .await?;
         self.wake.wake();
+        self.ends.ended(id);
         Ok(())
     }
 

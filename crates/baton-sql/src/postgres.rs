@@ -548,25 +548,30 @@ fn create_flow_sql(with_step: bool) -> String {
 
 /// Ends the job a fenced batch consumes, in the batch's transaction: `$1` job, `$2` token,
 /// `$3` outcome, `$4` the job board's channel, woken when the job has a key (another job with
-/// it may run now). A row back means the job was consumed.
-const CONSUME_JOB: &str = "\
-    WITH done AS ( \
+/// it may run now), and told of the job's end if someone waits for it. A row back means the
+/// job was consumed.
+const CONSUME_JOB: &str = concat!(
+    "WITH done AS ( \
         UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, \
                lease_expires_at = NULL, outcome = $3::jsonb, updated_at = now() \
          WHERE id = $1 AND state = 'CLAIMED' AND token = $2 \
-        RETURNING job_key \
-    ) SELECT (CASE WHEN job_key IS NOT NULL THEN pg_notify($4, '') END) IS NULL FROM done";
+        RETURNING id, job_key, watched \
+    ) SELECT (CASE WHEN job_key IS NOT NULL THEN pg_notify($4, '') END) IS NULL, ",
+    crate::wake::announce_end!("$4", "done"),
+    " FROM done"
+);
 
 /// The one-statement append of a batch that also consumes its job: the job's row is updated
 /// first (its token checked under the row's lock, so a new claim waits for this statement),
 /// and the step is appended only if that held. `$1`..`$7` the step, `$8` job, `$9` token,
-/// `$10` outcome, `$11` channel; answers whether the step was appended.
-const APPEND_AND_CONSUME: &str = "\
-    WITH done AS ( \
+/// `$10` outcome, `$11` channel (woken as [`CONSUME_JOB`] says); answers whether the step was
+/// appended.
+const APPEND_AND_CONSUME: &str = concat!(
+    "WITH done AS ( \
         UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, \
                lease_expires_at = NULL, outcome = $10::jsonb, updated_at = now() \
          WHERE id = $8 AND state = 'CLAIMED' AND token = $9 \
-        RETURNING job_key \
+        RETURNING id, job_key, watched \
     ), step AS ( \
         INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
         SELECT $1, $2, $3, $4, $5, $6, $7 FROM done \
@@ -576,7 +581,11 @@ const APPEND_AND_CONSUME: &str = "\
           FROM step WHERE flows.id = step.flow_id AND $4::text IS NOT NULL \
     ) SELECT EXISTS (SELECT 1 FROM step) AS appended, \
              (SELECT (CASE WHEN job_key IS NOT NULL THEN pg_notify($11, '') END) IS NULL \
-                FROM done) AS woke";
+                FROM done) AS woke, \
+             (SELECT ",
+    crate::wake::announce_end!("$11", "done"),
+    " FROM done) AS told"
+);
 
 // ----- reading rows -------------------------------------------------------------------------
 

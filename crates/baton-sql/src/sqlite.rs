@@ -181,6 +181,9 @@ pub struct SqliteStore {
     /// Wakes this process's conductors waiting for cancel requests on their jobs (the job
     /// boards made from this store make the requests and wait on it).
     cancel_wake: Arc<baton_core::board::Wake>,
+    /// Wakes those of this process waiting for a job to end (the job boards made from this
+    /// store wait on it) when a job ends, here with a flow's last step or on a board.
+    job_ends: Arc<baton_core::board::Ends>,
     /// The database file, symbolic links resolved (`None`: in memory); the job boards keep
     /// their conductors' liveness locks beside it.
     file: Option<Arc<std::path::Path>>,
@@ -282,6 +285,7 @@ impl SqliteStore {
             known: Arc::default(),
             job_wake: Arc::default(),
             cancel_wake: Arc::default(),
+            job_ends: Arc::default(),
             // The file exists now: every process that names it, by whatever path, finds the
             // same one.
             file: (!memory).then(|| {
@@ -479,6 +483,11 @@ impl SqliteStore {
     /// What this process's job boards on this store wait on for cancel requests.
     pub(crate) fn cancel_wake(&self) -> &Arc<baton_core::board::Wake> {
         &self.cancel_wake
+    }
+
+    /// What this process's job boards on this store wait on for jobs to end.
+    pub(crate) fn job_ends(&self) -> &Arc<baton_core::board::Ends> {
+        &self.job_ends
     }
 
     /// The lock this process's write transactions queue on (the job board's too).
@@ -1379,8 +1388,9 @@ impl SqliteStore {
         let mut known = Known::of(0, flow, atoms, began).based(base);
         if let Some((batch, _, consume)) = &first {
             known.apply(&batch.writes, Some(began));
-            if consume.is_some() {
+            if let Some((fence, _)) = consume {
                 self.job_wake.wake();
+                self.job_ends.ended(fence.job);
             }
         }
         self.known.put(flow.id, known);
@@ -1515,8 +1525,9 @@ impl Store for SqliteStore {
             self.known.put(flow, known);
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
-        if consume.is_some() {
+        if let Some((fence, _)) = &consume {
             self.job_wake.wake();
+            self.job_ends.ended(fence.job);
         }
         Ok(())
     }

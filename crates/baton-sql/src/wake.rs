@@ -1,7 +1,8 @@
 //! The news a PostgreSQL board sends and hears on its channel: the wake-ups its posts send idle
 //! conductors, shared by posts that come close together (see
 //! `PostgresJobBoard::with_wake_window`), and the [`Listener`] its waiters hear them on, with
-//! the cancel requests sent to the owners of claimed jobs.
+//! the cancel requests sent to the owners of claimed jobs and the ends of the jobs someone
+//! waits for.
 //!
 //! The first post after a quiet spell sends its `NOTIFY` in its own statement. Posts of the
 //! following window commit without one and are *owed* a wake-up: a background task (the
@@ -15,7 +16,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_core::board::Wake;
+use baton_core::board::{EndWatch, Ends, Wake};
+use baton_core::JobId;
 use futures::FutureExt;
 use sqlx::postgres::PgListener;
 
@@ -253,6 +255,37 @@ pub(crate) async fn notify(store: &PostgresStore, channel: &str) -> bool {
 /// nothing.
 pub(crate) const CANCEL_NEWS: &str = "cancel";
 
+/// The start of the payload of the `NOTIFY` that tells of a job's end, followed by the job's
+/// id. Like a cancel request's, a listener of an earlier release takes it for a wake-up for
+/// work.
+macro_rules! end_news {
+    () => {
+        "ended "
+    };
+}
+pub(crate) use end_news;
+
+/// An expression (for a statement's select list) that tells of the end of the job in row
+/// `$row` (a name whose `id` and `watched` columns are the ended job's) on the channel bound
+/// as `$channel`, if someone waits for it (`watched`): evaluated once per row, a `NOTIFY` sent
+/// when the transaction commits.
+macro_rules! announce_end {
+    ($channel:literal, $row:literal) => {
+        concat!(
+            "(CASE WHEN ",
+            $row,
+            ".watched THEN pg_notify(",
+            $channel,
+            ", '",
+            $crate::wake::end_news!(),
+            "' || ",
+            $row,
+            ".id::text) END) IS NULL"
+        )
+    };
+}
+pub(crate) use announce_end;
+
 /// What a board's callers wait for on its channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum News {
@@ -261,31 +294,39 @@ pub(crate) enum News {
     /// A claimed job was asked to stop
     /// ([`JobBoard::wait_for_cancel`](baton_core::JobBoard::wait_for_cancel)).
     Cancel,
+    /// A job someone waits for ended
+    /// ([`JobBoard::wait_for_end`](baton_core::JobBoard::wait_for_end)).
+    Ended(JobId),
 }
 
 impl News {
     fn of(payload: &str) -> Self {
         if payload == CANCEL_NEWS {
-            News::Cancel
-        } else {
-            News::Work
+            return News::Cancel;
+        }
+        match payload.strip_prefix(end_news!()).map(str::parse) {
+            Some(Ok(job)) => News::Ended(job),
+            // Not ours to read: as every payload of an unknown kind, a wake-up for work.
+            _ => News::Work,
         }
     }
 }
 
 /// The connection a board (and its clones) listens on for news, shared by everyone waiting:
-/// a conductor's loop waits for work while its watcher waits for cancel requests, and both
-/// hear through one connection rather than one each.
+/// a conductor's loop waits for work while its watcher waits for cancel requests, and a
+/// service waits for the jobs it posted to end, and all hear through one connection rather
+/// than one each.
 ///
 /// Whoever waits while nobody listens takes the connection (opening it the first time, outside
-/// the store's pool) and receives; the others wait on an in-process [`Wake`] for their kind of
-/// news. The one receiving passes on what it hears: news of its own kind wakes it and the others
-/// waiting for that kind; news of the other kind wakes those waiting for it, or is kept for the
-/// next one to wait (so a cancel request heard while the owner's watcher was busy elsewhere is
-/// not lost). When its wait ends it lets go, and the next waiter takes over; what arrives
-/// meanwhile waits in the connection. So a request is heard at once whoever happens to be
-/// listening, and the poll is only a fallback (a lost connection, a `NOTIFY` sent before the
-/// connection listened).
+/// the store's pool) and receives; the others wait in process: on a [`Wake`] for their kind of
+/// news, or, for a job's end, on the [`Ends`] of the job they watch. The one receiving passes
+/// on what it hears: news of its own kind wakes it and the others waiting for that kind; news
+/// of another kind wakes those waiting for it, or, for work and cancel requests, is kept for
+/// the next one to wait (so a cancel request heard while the owner's watcher was busy
+/// elsewhere is not lost); the end of a job nobody here watches is dropped. When its wait ends
+/// it lets go, and the next waiter takes over; what arrives meanwhile waits in the connection.
+/// So news is heard at once whoever happens to be listening, and the poll is only a fallback
+/// (a lost connection, a `NOTIFY` sent before the connection listened).
 #[derive(Debug)]
 pub(crate) struct Listener {
     store: PostgresStore,
@@ -293,6 +334,7 @@ pub(crate) struct Listener {
     conn: tokio::sync::Mutex<Option<PgListener>>,
     work: Wake,
     cancel: Wake,
+    ends: Ends,
 }
 
 impl Listener {
@@ -303,33 +345,86 @@ impl Listener {
             conn: tokio::sync::Mutex::new(None),
             work: Wake::new(),
             cancel: Wake::new(),
+            ends: Ends::new(),
         }
     }
 
-    fn wake(&self, news: News) -> &Wake {
-        match news {
+    /// Passes `heard` on to those waiting for it here: a job's end to its watchers, other
+    /// news to those waiting for its kind, or to the next one to wait for it if `keep`.
+    fn pass_on(&self, heard: News, keep: bool) {
+        let wake = match heard {
+            News::Ended(job) => return self.ends.ended(job),
             News::Work => &self.work,
             News::Cancel => &self.cancel,
+        };
+        if keep {
+            wake.wake();
+        } else {
+            wake.wake_waiting();
         }
     }
 
-    /// Returns when `news` may have come, or after `timeout`.
+    /// A deadline `timeout` from now; for a timeout too long for the clock, a day from now
+    /// (the caller looks again then).
+    pub(crate) fn deadline(timeout: Duration) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        now.checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400))
+    }
+
+    /// Returns when `news` (work, or a cancel request) may have come, or after `timeout`.
     ///
     /// # Cancel safety
     /// Cancel safe: a caller given up on half-way loses nothing (news it was receiving stays
     /// in the connection, or was passed on).
     pub(crate) async fn wait(&self, news: News, timeout: Duration) {
-        let now = tokio::time::Instant::now();
-        // A timeout too long for the clock: as long as a day, then the caller looks again.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400));
+        let deadline = Self::deadline(timeout);
+        let passed_on = match news {
+            News::Work => &self.work,
+            News::Cancel => &self.cancel,
+            // Waited for with `wait_for_end`.
+            News::Ended(_) => return tokio::time::sleep_until(deadline).await,
+        };
         tokio::select! {
             // The news passed on comes first: taking the connection when both are ready would
             // drop it (it is not kept for a caller that was waiting when it came).
             biased;
-            () = self.wake(news).wait(deadline - now) => {}
+            () = passed_on.wait(deadline - tokio::time::Instant::now()) => {}
             mut conn = self.conn.lock() => self.receive(&mut conn, news, deadline).await,
+        }
+    }
+
+    /// Starts watching job `job`'s end (see [`Ends::watch`]): before looking at the job.
+    pub(crate) fn watch(&self, job: JobId) -> EndWatch<'_> {
+        self.ends.watch(job)
+    }
+
+    /// Makes sure the connection listens (opening it if there is none, by `deadline`), so that
+    /// a `NOTIFY` sent from now on reaches it: before looking at a job whose end is then
+    /// waited for. If someone holds the connection, it listens already (or is opening it: an
+    /// end sent in that moment is found by the waiter's next look).
+    pub(crate) async fn listen(&self, deadline: tokio::time::Instant) {
+        let Ok(mut conn) = self.conn.try_lock() else {
+            return;
+        };
+        if conn.is_none() {
+            *conn = self.subscribe(deadline).await;
+        }
+    }
+
+    /// Returns when the end of the job `watch` watches may have come, or at `deadline`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Listener::wait`].
+    pub(crate) async fn wait_for_end(&self, watch: &EndWatch<'_>, deadline: tokio::time::Instant) {
+        tokio::select! {
+            biased;
+            () = watch.wait(deadline.saturating_duration_since(tokio::time::Instant::now())) => {}
+            mut conn = self.conn.lock() => {
+                if !watch.told() {
+                    self.receive(&mut conn, News::Ended(watch.job()), deadline).await;
+                }
+            }
         }
     }
 
@@ -356,10 +451,10 @@ impl Listener {
                     let heard = News::of(notice.payload());
                     if heard == news {
                         // This caller looks for itself: nothing to keep for a later one.
-                        self.wake(news).wake_waiting();
+                        self.pass_on(heard, false);
                         return;
                     }
-                    self.wake(heard).wake();
+                    self.pass_on(heard, true);
                 }
                 Ok(Ok(None)) => {
                     tracing::debug!(
@@ -423,11 +518,10 @@ impl Listener {
         // reconnection half-way; a lost connection is dropped here and made anew by a wait.
         loop {
             match listener.try_recv().now_or_never() {
-                Some(Ok(Some(notice))) => {
-                    if News::of(notice.payload()) == News::Cancel {
-                        self.cancel.wake();
-                    }
-                }
+                Some(Ok(Some(notice))) => match News::of(notice.payload()) {
+                    News::Work => {}
+                    other => self.pass_on(other, true),
+                },
                 None => return,
                 Some(Ok(None) | Err(_)) => {
                     *conn = None;

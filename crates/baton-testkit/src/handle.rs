@@ -126,6 +126,14 @@ fn shared<B: JobBoard + Clone + 'static>(board: &B) -> Arc<dyn JobBoard> {
     Arc::new(board.clone())
 }
 
+/// Posts `job` on `board` with a handle that looks at it only every [`POLL`].
+async fn post<T, B: JobBoard + Clone + 'static>(board: &B, job: NewJob) -> JobHandle<T> {
+    JobHandle::post(shared(board), job)
+        .await
+        .unwrap()
+        .poll_every(POLL)
+}
+
 /// Waits on `handle` (which looks only every [`POLL`]), and asserts the answer came within
 /// [`PROMPT`]: woken by the news of the job's end.
 async fn wait_promptly<T: serde::de::DeserializeOwned>(handle: &JobHandle<T>) -> Ended<T> {
@@ -159,10 +167,7 @@ where
             numbers: vec![2, 3, 37],
         })
         .unwrap();
-    let handle: JobHandle<Total> = JobHandle::post(shared(&board), job)
-        .await
-        .unwrap()
-        .poll_every(POLL);
+    let handle: JobHandle<Total> = post(&board, job).await;
     let expected = Total {
         total: 42,
         count: 3,
@@ -194,10 +199,7 @@ where
     S: Store + Clone + 'static,
 {
     let running = conductor(&board, &store);
-    let handle: JobHandle<String> = JobHandle::post(shared(&board), NewJob::new("full", "refuse"))
-        .await
-        .unwrap()
-        .poll_every(POLL);
+    let handle: JobHandle<String> = post(&board, NewJob::new("full", "refuse")).await;
     match wait_promptly(&handle).await {
         Ended::Reverted { failures } => {
             assert_eq!(failures.len(), 1, "{failures:?}");
@@ -218,10 +220,7 @@ where
 {
     let running = conductor(&board, &store);
     let job = NewJob::new("bad", "sum").params(json!({ "numbers": [1, "two"] }));
-    let handle: JobHandle<Total> = JobHandle::post(shared(&board), job)
-        .await
-        .unwrap()
-        .poll_every(POLL);
+    let handle: JobHandle<Total> = post(&board, job).await;
     match wait_promptly(&handle).await {
         Ended::Parked {
             kind,
@@ -299,10 +298,7 @@ where
     B: JobBoard + Clone + 'static,
     S: Store,
 {
-    let watched: JobHandle<Total> = JobHandle::post(shared(&board), NewJob::new("w", "nobody"))
-        .await
-        .unwrap()
-        .poll_every(POLL);
+    let watched: JobHandle<Total> = post(&board, NewJob::new("w", "nobody")).await;
     let unmarked = board.post(NewJob::new("u", "nobody")).await.unwrap();
     let unmarked: JobHandle<Total> = JobHandle::new(shared(&board), unmarked.id).poll_every(POLL);
     let mut waits = tokio::task::JoinSet::new();

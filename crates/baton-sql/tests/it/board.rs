@@ -37,6 +37,12 @@ mod sqlite {
 
         baton_testkit::cancel_conformance!(optional: sqlite_pair().await);
     }
+
+    mod handle {
+        use super::sqlite_pair;
+
+        baton_testkit::handle_conformance!(optional: sqlite_pair().await);
+    }
 }
 
 mod postgres {
@@ -54,6 +60,12 @@ mod postgres {
         use super::postgres_pair;
 
         baton_testkit::cancel_conformance!(optional: postgres_pair().await);
+    }
+
+    mod handle {
+        use super::postgres_pair;
+
+        baton_testkit::handle_conformance!(optional: postgres_pair().await);
     }
 }
 

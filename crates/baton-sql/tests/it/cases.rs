@@ -845,12 +845,21 @@ pub async fn a_stale_write_to_a_purged_run_is_refused<S: Store>(
     ));
 }
 
-pub fn before_the_step_log(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+pub fn before_the_step_log(migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrations_before(migrator, 20250801000000)
+}
+
+/// The migrations of `migrator` older than `version`: a database as an earlier release left
+/// it.
+pub fn migrations_before(
+    mut migrator: sqlx::migrate::Migrator,
+    version: i64,
+) -> sqlx::migrate::Migrator {
     migrator.migrations = std::borrow::Cow::Owned(
         migrator
             .migrations
             .iter()
-            .filter(|m| m.version < 20250801000000)
+            .filter(|m| m.version < version)
             .cloned()
             .collect(),
     );
@@ -1000,16 +1009,8 @@ pub async fn step_formats_mix<S: Store + Clone + 'static>(long: S, short: S) {
 }
 
 /// The migrations of the release before versions (baton 0.3).
-pub fn before_versions(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
-    migrator.migrations = std::borrow::Cow::Owned(
-        migrator
-            .migrations
-            .iter()
-            .filter(|m| m.version < 20261206000000)
-            .cloned()
-            .collect(),
-    );
-    migrator
+pub fn before_versions(migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrations_before(migrator, 20261206000000)
 }
 
 /// SQL (good on both databases) for a board as baton 0.3 left it: job `claimed` claimed once
@@ -1064,4 +1065,63 @@ pub async fn old_jobs_after_the_upgrade<B, F, Fut>(
         .unwrap();
     let got: Vec<_> = claims.iter().map(|c| (c.job.id, c.job.version)).collect();
     assert_eq!(got, [(claimed, Some(1)), (waiting, Some(2))]);
+}
+
+/// The migrations of the release before watched jobs (`20261208000000`).
+pub fn before_watched(migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrations_before(migrator, 20261208000000)
+}
+
+/// SQL (good on both databases) for job `job` as the release before watched jobs posted it:
+/// waiting, pinned to version 1 of `noop`. `now` is a time column's text.
+pub fn job_before_watched(job: JobId, now: &str) -> String {
+    format!(
+        "INSERT INTO jobs (id, name, factory, params, priority, state, token, attempts, version, \
+         created_at, updated_at) VALUES \
+         ('{job}', 'before', 'noop', '{{}}', 0, 'UNCLAIMED', 0, 0, 1, '{now}', '{now}')"
+    )
+}
+
+/// After the upgrade, job `job` (posted before it, so not watched) is waited for by a handle
+/// that looks only every 30 s: the wait marks it where a mark is needed, and returns as soon as
+/// a claim made here consumes it, woken by the board's news of the end.
+pub async fn a_job_posted_before_the_upgrade_is_waited_for<B>(board: &B, job: JobId)
+where
+    B: baton_core::JobBoard + Clone + 'static,
+{
+    use baton_core::handle::Ended;
+    use baton_core::JobHandle;
+    use std::time::{Duration, Instant};
+
+    let handle: JobHandle<()> =
+        JobHandle::new(Arc::new(board.clone()), job).poll_every(Duration::from_secs(30));
+    let waiter = tokio::spawn(async move {
+        let started = Instant::now();
+        (handle.wait().await.unwrap(), started.elapsed())
+    });
+    // The wait looks (and marks) first; the end comes after.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let claim = board
+        .claim(
+            baton_core::ConductorId::new(),
+            Duration::from_secs(60),
+            &baton_testkit::board::offer(),
+        )
+        .await
+        .unwrap()
+        .expect("the job posted before the upgrade is claimed");
+    assert_eq!(claim.job.id, job);
+    board
+        .consume(
+            claim.fence,
+            json!({"flow": claim.job.flow(), "state": "SUCCESS", "failures": []}),
+        )
+        .await
+        .unwrap();
+    let (ended, waited) = waiter.await.unwrap();
+    assert_eq!(ended, Ended::Succeeded(()));
+    assert!(
+        waited < Duration::from_secs(10),
+        "the wait took {waited:?}: the end's news did not wake it"
+    );
 }

@@ -18,6 +18,7 @@ mod cases;
 mod connect;
 mod engine_edges;
 mod errors;
+mod handle;
 mod liveness;
 mod postgres;
 mod sqlite;

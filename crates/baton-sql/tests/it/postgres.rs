@@ -77,6 +77,24 @@ pub async fn drop_schema(url: &str, schema: &str) {
     conn.close().await.unwrap();
 }
 
+/// A fresh schema with `migrator`'s migrations applied (a database as an earlier release left
+/// it), and a connection to it.
+async fn schema_as_of(
+    url: &str,
+    migrator: sqlx::migrate::Migrator,
+) -> (String, sqlx::PgConnection) {
+    let schema = fresh_schema();
+    let mut plain = pg_connect(url, None).await;
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut plain)
+        .await
+        .unwrap();
+    plain.close().await.unwrap();
+    let mut conn = pg_connect(url, Some(&schema)).await;
+    migrator.run(&mut conn).await.unwrap();
+    (schema, conn)
+}
+
 /// Opens a store in `schema`, or `None` (skipped) without a server.
 async fn open(url: &str, schema: &str) -> Option<PostgresStore> {
     match PostgresStore::connect_with(url, PostgresOptions::new().schema(schema)).await {
@@ -258,18 +276,11 @@ async fn stale_knowledge_is_caught_by_the_log() {
 #[tokio::test]
 async fn a_run_in_progress_survives_the_upgrade_to_the_step_log() {
     let Some(url) = postgres_url() else { return };
-    let schema = fresh_schema();
-    let mut plain = pg_connect(&url, None).await;
-    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
-        .execute(&mut plain)
-        .await
-        .unwrap();
-    plain.close().await.unwrap();
-    let mut conn = pg_connect(&url, Some(&schema)).await;
-    crate::cases::before_the_step_log(sqlx::migrate!("./migrations/postgres"))
-        .run(&mut conn)
-        .await
-        .unwrap();
+    let (schema, mut conn) = schema_as_of(
+        &url,
+        crate::cases::before_the_step_log(sqlx::migrate!("./migrations/postgres")),
+    )
+    .await;
     let flow = baton_core::FlowId::new();
     for sql in crate::cases::old_run(flow) {
         sqlx::query(&sql).execute(&mut conn).await.unwrap();
@@ -349,18 +360,11 @@ async fn purged_runs_leave_no_rows_behind() {
 #[tokio::test]
 async fn a_board_of_the_previous_release_is_upgraded_and_its_claims_refused() {
     let Some(url) = postgres_url() else { return };
-    let schema = fresh_schema();
-    let mut plain = pg_connect(&url, None).await;
-    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
-        .execute(&mut plain)
-        .await
-        .unwrap();
-    plain.close().await.unwrap();
-    let mut conn = pg_connect(&url, Some(&schema)).await;
-    crate::cases::before_versions(sqlx::migrate!("./migrations/postgres"))
-        .run(&mut conn)
-        .await
-        .unwrap();
+    let (schema, mut conn) = schema_as_of(
+        &url,
+        crate::cases::before_versions(sqlx::migrate!("./migrations/postgres")),
+    )
+    .await;
     let (claimed, waiting) = (baton_core::JobId::new(), baton_core::JobId::new());
     for sql in crate::cases::old_jobs(claimed, waiting, "2026-11-01T10:00:00Z") {
         sqlx::query(&sql).execute(&mut conn).await.unwrap();
@@ -406,6 +410,41 @@ async fn a_board_of_the_previous_release_is_upgraded_and_its_claims_refused() {
             .map(|n| u64::try_from(n).unwrap_or(0))
     })
     .await;
+    conn.close().await.unwrap();
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}
+
+/// A board written by the release before watched jobs is upgraded on connect: a job it posted
+/// is waited for (the wait marks it) and its end reaches the waiter at once (see
+/// `cases::a_job_posted_before_the_upgrade_is_waited_for`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_posted_before_watched_jobs_is_waited_for_after_the_upgrade() {
+    let Some(url) = postgres_url() else { return };
+    let (schema, mut conn) = schema_as_of(
+        &url,
+        crate::cases::before_watched(sqlx::migrate!("./migrations/postgres")),
+    )
+    .await;
+    let job = baton_core::JobId::new();
+    sqlx::query(&crate::cases::job_before_watched(
+        job,
+        "2026-12-07T10:00:00Z",
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let Some(store) = open(&url, &schema).await else {
+        return;
+    };
+    let watched: bool = sqlx::query_scalar("SELECT watched FROM jobs WHERE id = $1")
+        .bind(job.as_uuid())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!watched, "a job posted before the upgrade is not watched");
+    let board = baton_sql::PostgresJobBoard::new(&store);
+    crate::cases::a_job_posted_before_the_upgrade_is_waited_for(&board, job).await;
     conn.close().await.unwrap();
     store.close().await;
     drop_schema(&url, &schema).await;

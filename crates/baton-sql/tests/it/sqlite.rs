@@ -288,15 +288,10 @@ async fn stale_knowledge_is_caught_by_the_log() {
 /// upgraded on open, and the run goes on (see `cases::old_run_goes_on`).
 #[tokio::test]
 async fn a_run_in_progress_survives_the_upgrade_to_the_step_log() {
-    let (_dir, url) = sqlite_url();
-    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
-    let mut conn = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true))
-        .await
-        .unwrap();
-    crate::cases::before_the_step_log(sqlx::migrate!("./migrations/sqlite"))
-        .run(&mut conn)
-        .await
-        .unwrap();
+    let (_dir, url, mut conn) = database_as_of(crate::cases::before_the_step_log(sqlx::migrate!(
+        "./migrations/sqlite"
+    )))
+    .await;
     let flow = baton_core::FlowId::new();
     for sql in crate::cases::old_run(flow) {
         sqlx::query(&sql).execute(&mut conn).await.unwrap();
@@ -617,15 +612,10 @@ async fn purged_runs_leave_no_rows_behind() {
 /// migration was applied, is refused (see `cases::old_jobs_after_the_upgrade`).
 #[tokio::test]
 async fn a_board_of_the_previous_release_is_upgraded_and_its_claims_refused() {
-    let (_dir, url) = sqlite_url();
-    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
-    let mut conn = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true))
-        .await
-        .unwrap();
-    crate::cases::before_versions(sqlx::migrate!("./migrations/sqlite"))
-        .run(&mut conn)
-        .await
-        .unwrap();
+    let (_dir, url, mut conn) = database_as_of(crate::cases::before_versions(sqlx::migrate!(
+        "./migrations/sqlite"
+    )))
+    .await;
     let (claimed, waiting) = (baton_core::JobId::new(), baton_core::JobId::new());
     for sql in crate::cases::old_jobs(claimed, waiting, "2026-11-01T10:00:00.000000000Z") {
         sqlx::query(&sql).execute(&mut conn).await.unwrap();
@@ -657,4 +647,41 @@ async fn a_board_of_the_previous_release_is_upgraded_and_its_claims_refused() {
     })
     .await;
     conn.close().await.unwrap();
+}
+
+/// A board written by the release before watched jobs is upgraded on open: a job it posted is
+/// waited for, and an end made here wakes the waiter at once (see
+/// `cases::a_job_posted_before_the_upgrade_is_waited_for`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_posted_before_watched_jobs_is_waited_for_after_the_upgrade() {
+    let (_dir, url, mut conn) = database_as_of(crate::cases::before_watched(sqlx::migrate!(
+        "./migrations/sqlite"
+    )))
+    .await;
+    let job = baton_core::JobId::new();
+    sqlx::query(&crate::cases::job_before_watched(
+        job,
+        "2026-12-07T10:00:00.000000000Z",
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let store = SqliteStore::open(&url).await.unwrap();
+    let board = baton_sql::SqliteJobBoard::new(&store);
+    crate::cases::a_job_posted_before_the_upgrade_is_waited_for(&board, job).await;
+}
+
+/// A fresh database file with `migrator`'s migrations applied (a database as an earlier
+/// release left it): its folder, its URL, and a connection to it.
+async fn database_as_of(
+    migrator: sqlx::migrate::Migrator,
+) -> (tempfile::TempDir, String, sqlx::SqliteConnection) {
+    let (dir, url) = sqlite_url();
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+    let mut conn = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true))
+        .await
+        .unwrap();
+    migrator.run(&mut conn).await.unwrap();
+    (dir, url, conn)
 }
