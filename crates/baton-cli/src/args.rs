@@ -339,6 +339,15 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Wait until a job is at rest (complete, trashed or parked), then say how it ended (with
+    /// its flow's result, if it returns one); exit with 1 unless its run succeeded.
+    Wait {
+        /// The job id.
+        id: String,
+        /// Print the job as JSON when it is at rest.
+        #[arg(long)]
+        json: bool,
+    },
     /// Post a job.
     Post {
         /// The flow factory that builds its flow.

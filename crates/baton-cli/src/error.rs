@@ -129,6 +129,16 @@ impl From<board::Error> for CliError {
     }
 }
 
+impl From<baton_core::handle::Error> for CliError {
+    fn from(e: baton_core::handle::Error) -> Self {
+        match e {
+            baton_core::handle::Error::Board(b) => b.into(),
+            // An outcome baton cannot read.
+            other => CliError::new(exit::INTERNAL, other.to_string()).caused_by(&other),
+        }
+    }
+}
+
 impl From<engine::Error> for CliError {
     fn from(e: engine::Error) -> Self {
         match e {

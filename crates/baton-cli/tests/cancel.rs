@@ -1,5 +1,5 @@
-//! `baton jobs cancel`, `baton flows cancel`, `jobs post --supersede` and `--deadline`, with a
-//! real conductor process: what an operator types, and what each refuses.
+//! `baton jobs cancel`, `baton flows cancel`, `jobs post --supersede` and `--deadline`, and
+//! `jobs wait`, with a real conductor process: what an operator types, and what each refuses.
 
 // Test helpers panic on purpose: that is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
@@ -58,6 +58,15 @@ async fn cancel_with_a_conductor(db: &str, dir: &std::path::Path) {
         "{}",
         stdout(&out)
     );
+    // Waiting for it now says how it ended, and fails: it did not succeed.
+    let out = baton(db, &["jobs", "wait", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(exit::FLOW_FAILED),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("was reverted"), "{}", stdout(&out));
     // The run ended: a second request is refused, naming the job's state.
     refused(
         &baton(db, &["jobs", "cancel", &id]),
@@ -124,6 +133,15 @@ async fn cancel_with_a_conductor(db: &str, dir: &std::path::Path) {
         "{}",
         stdout(&out)
     );
+    let superseding = stdout(&out).split_whitespace().nth(2).unwrap().to_owned();
+    // Waiting for the superseding job: it runs once the first is reverted, and succeeds.
+    let out = baton(db, &["jobs", "wait", &superseding, "--json"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let waited: Job = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (waited.state, waited.outcome.unwrap()["state"].clone()),
+        (baton_core::JobState::Complete, serde_json::json!("SUCCESS"))
+    );
     assert!(stop(fleet).success(), "{}", logs(&effects));
 }
 
@@ -160,6 +178,16 @@ fn bad_cancel_and_deadline_input_is_refused() {
     );
     refused(
         &baton(url, &["jobs", "cancel", "not-an-id"]),
+        exit::BAD_INPUT,
+        "not-an-id",
+    );
+    refused(
+        &baton(url, &["jobs", "wait", &unknown]),
+        exit::NOT_FOUND,
+        &unknown,
+    );
+    refused(
+        &baton(url, &["jobs", "wait", "not-an-id"]),
         exit::BAD_INPUT,
         "not-an-id",
     );

@@ -531,3 +531,24 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_read_by_kind() {
+        let job = JobId::new();
+        assert_eq!(News::of(""), News::Work);
+        assert_eq!(News::of(CANCEL_NEWS), News::Cancel);
+        assert_eq!(News::of(&format!("ended {job}")), News::Ended(job));
+        // What this release does not know is a wake-up for work, as it always was.
+        assert_eq!(News::of("ended nobody"), News::Work);
+        assert_eq!(News::of("later news"), News::Work);
+        let sql = announce_end!("$4", "done");
+        assert_eq!(
+            sql,
+            "(CASE WHEN done.watched THEN pg_notify($4, 'ended ' || done.id::text) END) IS NULL"
+        );
+    }
+}

@@ -1,8 +1,9 @@
 //! `baton jobs`.
 
 use baton_core::board::{ConductorInfo, Job, JobQuery, NewJob};
+use baton_core::handle::Ended;
 use baton_core::recovery;
-use baton_core::{ConductorId, FlowId, JobId, JobState};
+use baton_core::{ConductorId, FlowId, JobHandle, JobId, JobState};
 use comfy_table::Cell;
 use serde_json::json;
 
@@ -54,6 +55,25 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
             let fleet = board.conductors().await?;
             print_job(&job, &fleet);
             Ok(())
+        }
+        JobsCommand::Wait { id, json } => {
+            let id = parse::<JobId>("job id", &id)?;
+            let board = db.open().await?.board;
+            let handle: JobHandle<serde_json::Value> =
+                JobHandle::new(board, id).poll_every(super::recover::WAIT_POLL);
+            let ended = handle.wait().await?;
+            if json {
+                output::print_json(&handle.job().await?)?;
+            } else {
+                outln!("job {id} {}", describe(&ended));
+            }
+            match ended {
+                Ended::Succeeded(_) => Ok(()),
+                _ => Err(CliError::new(
+                    exit::FLOW_FAILED,
+                    format!("job {id} did not succeed"),
+                )),
+            }
         }
         JobsCommand::Post {
             factory,
@@ -144,6 +164,29 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
             outln!("job {id} trashed");
             Ok(())
         }
+    }
+}
+
+/// How a job ended, in words (after "job <id>").
+fn describe(ended: &Ended<serde_json::Value>) -> String {
+    let failures = |all: &[String]| {
+        all.iter()
+            .map(|f| format!("\n  failure: {f}"))
+            .collect::<String>()
+    };
+    match ended {
+        Ended::Succeeded(serde_json::Value::Null) => "succeeded".to_owned(),
+        Ended::Succeeded(result) => format!("succeeded\n  result: {result}"),
+        Ended::Reverted { failures: all } => format!("was reverted{}", failures(all)),
+        Ended::Failed { failures: all } => {
+            format!("failed, and reverting it failed too{}", failures(all))
+        }
+        Ended::NotStarted { reason } => format!("ended before its run started: {reason}"),
+        Ended::Parked { kind, reason, .. } => {
+            format!("is parked ({kind}), waiting for an operator: {reason}")
+        }
+        Ended::Trashed { reason } => format!("was trashed: {reason}"),
+        other => format!("ended: {other:?}"),
     }
 }
 

@@ -26,8 +26,10 @@ pub(crate) enum Action {
     Retry,
 }
 
-/// How often `--wait` looks at the job.
-const WAIT_POLL: Duration = Duration::from_millis(200);
+/// How often `--wait` looks at the job when the board sends no news of its end (see
+/// `JobBoard::wait_for_end`): the SQLite board never does for an end made by another process,
+/// such as a conductor.
+pub(crate) const WAIT_POLL: Duration = Duration::from_millis(200);
 
 /// Runs a recovery command.
 pub(crate) async fn run(db: &Database, action: Action, args: RecoverArgs) -> Result<()> {
@@ -105,13 +107,12 @@ pub(crate) async fn run(db: &Database, action: Action, args: RecoverArgs) -> Res
 }
 
 /// Waits until job `id` is at rest: complete, trashed or parked.
-async fn wait_at_rest(board: &dyn JobBoard, id: JobId) -> Result<Job> {
+pub(crate) async fn wait_at_rest(board: &dyn JobBoard, id: JobId) -> Result<Job> {
     loop {
-        let job = board.get(id).await?;
-        if job.state.is_terminal() || job.state == JobState::Parked {
+        let job = board.wait_for_end(id, WAIT_POLL).await?;
+        if job.state.is_at_rest() {
             return Ok(job);
         }
-        tokio::time::sleep(WAIT_POLL).await;
     }
 }
 
