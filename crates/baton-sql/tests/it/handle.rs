@@ -152,6 +152,7 @@ async fn postgres_an_end_made_elsewhere_reaches_the_waiter_through_the_server() 
         .unwrap();
     let (ended, waited) = waiter.await.unwrap();
     let latency = ended_at.elapsed();
+    eprintln!("the waiter heard of the end {latency:?} after the consume was sent");
     assert_eq!(ended, Ended::Succeeded(json!(7)));
     assert!(
         latency < Duration::from_secs(5),
