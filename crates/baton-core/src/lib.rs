@@ -71,7 +71,7 @@ pub use board::{JobBoard, MemoryJobBoard, NewJob};
 pub use compile::CompiledFlow;
 pub use conductor::Conductor;
 pub use engine::{
-    Control, CreateOptions, Engine, Event, EventKind, Events, Lagged, Outcome, RunOptions,
+    Clock, Control, CreateOptions, Engine, Event, EventKind, Events, Lagged, Outcome, RunOptions,
 };
 pub use failure::{Failure, FailureKind, ResultExt, Retryability, TaskError};
 pub use fingerprint::{Fingerprint, ParseFingerprintError};

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod board;
+mod clock;
 mod conductor;
 mod conductor_errors;
 mod crash;
