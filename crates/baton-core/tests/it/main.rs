@@ -21,6 +21,7 @@ mod retries;
 mod reverts;
 mod self_fencing;
 mod store;
+mod testing;
 mod time_limits;
 mod typed;
 mod validation;
