@@ -17,8 +17,8 @@ use crate::failure::{Failure, FailureKind};
 use crate::state::{AtomState, FlowState};
 use crate::store::Store;
 
-/// A run of a [`CrashTest`](super::CrashTest) that ended differently from the uninterrupted run, or failed its
-/// check.
+/// A run of a [`CrashTest`](super::CrashTest) that ended differently from the uninterrupted
+/// run, or failed its check.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Divergence {

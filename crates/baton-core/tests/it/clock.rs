@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use baton_core::model::{Change, Deadline, Transition};
-use baton_core::retry::{Backoff, RetryPolicy};
+use baton_core::retry::{Backoff, RetryPolicy, Times};
 use baton_core::store::Store;
 use baton_core::{
     Atom, AtomState, Clock, CreateOptions, Engine, FailureKind, Flow, FlowState, Inputs,
@@ -15,7 +15,8 @@ use serde_json::json;
 
 /// A flow whose waits are counted in `minute`s: `flaky` fails once, transiently, and its retry
 /// policy waits an hour (60 minutes) before calling it again; `boot`'s first call would take
-/// two hours, its time limit is 30 minutes, and its second call returns at once.
+/// two hours, its time limit is 30 minutes, and its second call returns at once; `attach`, in
+/// a subflow whose retry controller waits an hour between rounds, fails in the first round.
 fn slow_cloud(minute: Duration) -> baton_core::CompiledFlow {
     let hour = minute * 60;
     let flaky = Atom::from_fn("flaky", |ctx| async move {
@@ -33,9 +34,22 @@ fn slow_cloud(minute: Duration) -> baton_core::CompiledFlow {
     })
     .timeout(minute * 30)
     .retries(RetryPolicy::attempts(2).backoff(Backoff::none()));
+    let attach = Atom::from_fn("attach", |ctx| async move {
+        if ctx.input::<u64>("round")? < 2 {
+            return Err(TaskError::msg("the volume is busy").retryable());
+        }
+        Ok(json!("attached"))
+    })
+    .requires(["round"]);
+    let controller = Times::new(2).backoff(Backoff::exponential(hour, hour));
     Flow::linear("slow-cloud")
         .add(flaky)
         .add(boot)
+        .add(
+            Flow::linear("volume")
+                .retry(Atom::retry("r", controller).provides("round"))
+                .add(attach),
+        )
         .compile()
         .unwrap()
 }
@@ -57,9 +71,27 @@ fn when(history: &[Transition], atom: &str, from: AtomState, to: AtomState) -> D
         .at
 }
 
-/// An hour of backoff and a 30-minute time limit take milliseconds of real time under paused
-/// time, and the stored history is the one a real-time run stores (here: the same flow with
-/// milliseconds for minutes), with the waits' true lengths in its times.
+/// When atom `atom` next went to `to`, after `at`.
+fn history_after(
+    history: &[Transition],
+    at: DateTime<Utc>,
+    atom: &str,
+    to: AtomState,
+) -> DateTime<Utc> {
+    history
+        .iter()
+        .find(|t| {
+            t.at > at
+                && matches!(&t.change, Change::Atom { atom: a, to: t, .. } if a == atom && *t == to)
+        })
+        .unwrap_or_else(|| panic!("{atom} never went {to:?} after {at}: {history:#?}"))
+        .at
+}
+
+/// An hour of backoff (a retry policy's, and a retry controller's) and a 30-minute time limit
+/// take milliseconds of real time under paused time, and the stored history is the one a
+/// real-time run stores (here: the same flow with 5 ms for a minute), with the waits'
+/// true lengths in its times.
 #[tokio::test(start_paused = true)]
 async fn an_hour_of_backoff_and_a_time_limit_pass_at_once_under_paused_time() {
     let start: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
@@ -84,6 +116,13 @@ async fn an_hour_of_backoff_and_a_time_limit_pass_at_once_under_paused_time() {
     let booted = when(&paused, "boot", AtomState::Pending, AtomState::Running);
     let timed_out = when(&paused, "boot", AtomState::Running, AtomState::Failure);
     assert_eq!(timed_out - booted, chrono::Duration::minutes(30));
+    let refused = when(&paused, "attach", AtomState::Running, AtomState::Failure);
+    let again = history_after(&paused, refused, "attach", AtomState::Running);
+    assert_eq!(
+        again - refused,
+        chrono::Duration::hours(1),
+        "the controller's backoff"
+    );
     let timeouts: Vec<_> = outcome
         .failures
         .iter()
@@ -92,11 +131,12 @@ async fn an_hour_of_backoff_and_a_time_limit_pass_at_once_under_paused_time() {
         .collect();
     assert_eq!(timeouts, ["boot"]);
 
-    // The same flow in real time, with a millisecond for a minute, stores the same changes.
+    // The same flow in real time, with 5 ms for a minute (time limits long enough for a
+    // loaded machine to keep), stores the same changes.
     let real_store = MemoryStore::new();
     let real_run = tokio::spawn(async move {
         let outcome = Engine::new(real_store.clone())
-            .start(&slow_cloud(Duration::from_millis(1)), Inputs::new())
+            .start(&slow_cloud(Duration::from_millis(5)), Inputs::new())
             .await
             .unwrap();
         real_store.history(outcome.flow).await.unwrap()
