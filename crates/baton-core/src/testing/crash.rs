@@ -200,91 +200,116 @@ impl<W: 'static> CrashTest<W> {
     /// As [`CrashTest::run`].
     pub async fn run_on<S: Store + Clone + 'static>(&self, store: S) -> Result<CrashReport> {
         let clock = self.clock.unwrap_or_else(Clock::tokio);
-        let (reference_world, flow) = self.build()?;
+        let (world, flow) = self.build()?;
         let counting = CrashStore::counting(store.clone());
-        let reference = self
+        let outcome = self
             .start(counting.clone(), &flow, FlowId::new(), clock)
             .await
             .map_err(Error::Uninterrupted)?;
-        let writes = counting.writes();
-        let expected = End::read(&store, &reference).await?;
-        let first = RunEnd {
-            crash: None,
-            world: &reference_world,
-            reference: &reference_world,
-            outcome: &reference,
-            store: &store,
+        let reference = Reference {
+            writes: counting.writes(),
+            end: End::read(&store, &outcome).await?,
+            world,
         };
-        if let Some(Err(message)) = self.check.as_ref().map(|check| check(&first)) {
-            return Err(Error::Diverged(Box::new(Divergence {
+        self.verdict(
+            &RunEnd {
                 crash: None,
-                differences: vec![Difference::Check(message)],
-            })));
-        }
-
+                world: &reference.world,
+                reference: &reference.world,
+                outcome: &outcome,
+                store: &store,
+            },
+            Vec::new(),
+        )?;
         let mut report = CrashReport {
-            writes,
+            writes: reference.writes,
             runs: 0,
             crashes: 0,
-            outcome: reference.clone(),
+            outcome,
         };
-        for write in 1..=writes {
+        for write in 1..=reference.writes {
             for mode in CrashMode::ALL {
                 report.runs += 1;
-                let (world, flow) = self.build()?;
-                let id = FlowId::new();
-                let crashing = CrashStore::new(store.clone(), write, mode);
-                let first = self.start(crashing.clone(), &flow, id, clock).await;
-                // Let the tasks the dead engine dropped reach their next await point.
-                tokio::task::yield_now().await;
-                let mut crash = Crash {
-                    write,
-                    writes,
-                    mode,
-                    reached: crashing.crashed(),
-                    stored: true,
-                    running: Vec::new(),
-                    reverting: Vec::new(),
-                };
-                let (outcome, stopped) = match first {
-                    Ok(outcome) => (outcome, crash.reached),
-                    Err(source) if !crash.reached => {
-                        return Err(Error::Run {
-                            crash: Box::new(crash),
-                            source,
-                        })
-                    }
-                    Err(_) => {
-                        report.crashes += 1;
-                        crash.caught(&store, id).await?;
-                        (self.resume(&store, &world, &crash, id, clock).await?, false)
-                    }
-                };
-                let caught = [&crash.running[..], &crash.reverting[..]].concat();
-                let actual = End::read(&store, &outcome).await?;
-                let mut differences = expected.differences(&actual, &caught);
-                if stopped {
-                    differences.insert(0, Difference::WentOn);
-                }
-                let end = RunEnd {
-                    crash: Some(&crash),
-                    world: &world,
-                    reference: &reference_world,
-                    outcome: &outcome,
-                    store: &store,
-                };
-                if let Some(Err(message)) = self.check.as_ref().map(|check| check(&end)) {
-                    differences.push(Difference::Check(message));
-                }
-                if !differences.is_empty() {
-                    return Err(Error::Diverged(Box::new(Divergence {
-                        crash: Some(crash),
-                        differences,
-                    })));
+                if self
+                    .crash_at(&store, clock, &reference, write, mode)
+                    .await?
+                {
+                    report.crashes += 1;
                 }
             }
         }
         Ok(report)
+    }
+
+    /// Runs the flow with its engine killed at `write`, as `mode` says, resumes it with a fresh
+    /// engine and compares its end with the uninterrupted run's. `Ok(true)` if the engine was
+    /// killed (`false`: the run ended before that write).
+    async fn crash_at<S: Store + Clone + 'static>(
+        &self,
+        store: &S,
+        clock: Clock,
+        reference: &Reference<W>,
+        write: u64,
+        mode: CrashMode,
+    ) -> Result<bool> {
+        let (world, flow) = self.build()?;
+        let id = FlowId::new();
+        let crashing = CrashStore::new(store.clone(), write, mode);
+        let first = self.start(crashing.clone(), &flow, id, clock).await;
+        // Let the tasks the dead engine dropped reach their next await point.
+        tokio::task::yield_now().await;
+        let mut crash = Crash {
+            write,
+            writes: reference.writes,
+            mode,
+            reached: crashing.crashed(),
+            stored: true,
+            running: Vec::new(),
+            reverting: Vec::new(),
+        };
+        let (outcome, went_on) = match first {
+            Ok(outcome) => (outcome, crash.reached),
+            Err(source) if !crash.reached => {
+                return Err(Error::Run {
+                    crash: Box::new(crash),
+                    source,
+                })
+            }
+            Err(_) => {
+                crash.caught(store, id).await?;
+                (self.resume(store, &world, &crash, id, clock).await?, false)
+            }
+        };
+        let caught = [&crash.running[..], &crash.reverting[..]].concat();
+        let mut differences = reference
+            .end
+            .differences(&End::read(store, &outcome).await?, &caught);
+        if went_on {
+            differences.insert(0, Difference::WentOn);
+        }
+        let end = RunEnd {
+            crash: Some(&crash),
+            world: &world,
+            reference: &reference.world,
+            outcome: &outcome,
+            store,
+        };
+        self.verdict(&end, differences)?;
+        Ok(crash.reached)
+    }
+
+    /// Adds the check's verdict on `end` to `differences`, and reports them, if any.
+    fn verdict(&self, end: &RunEnd<'_, W>, mut differences: Vec<Difference>) -> Result<()> {
+        if let Some(Err(message)) = self.check.as_ref().map(|check| check(end)) {
+            differences.push(Difference::Check(message));
+        }
+        if differences.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Diverged(Box::new(Divergence {
+            crash: end.crash.cloned(),
+            differences,
+        })))
     }
 
     /// A fresh world and the flow built over it.
@@ -348,6 +373,16 @@ impl<W: 'static> CrashTest<W> {
             source,
         })
     }
+}
+
+/// What every run of a crash test is compared with: the uninterrupted run.
+struct Reference<W> {
+    /// How many writes it made.
+    writes: u64,
+    /// How it ended.
+    end: End,
+    /// Its world, as it left it.
+    world: W,
 }
 
 /// What a [`CrashTest::check`] is given after a run.

@@ -20,6 +20,7 @@ use crate::store::Store;
 /// A run's stored history: its records and every transition, in order. Its `Display` is a
 /// table of the transitions and the failures, for messages.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct History {
     /// The run's records as stored now.
     pub snapshot: FlowSnapshot,
