@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use baton_core::board::{JobBoard, JobQuery, NewJob};
 use baton_core::conductor::{InvalidOptions, Options, Summary};
 use baton_core::model::Change;
+use baton_core::registry::BuildError;
 use baton_core::{AtomState, Conductor, Engine, EventKind, FlowState, JobState};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +38,7 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
     let registry = demo_registry(effects.clone())?;
     let (flow, _) = registry
         .build_newest("stack-create", &params)
-        .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+        .map_err(refused)?;
     if let Some(atom) = &args.fail_at {
         if !flow.contains(atom) {
             let names: Vec<&str> = flow.atom_names().collect();
@@ -243,6 +244,27 @@ fn hints(invocation: &Invocation, db: &Database, commands: &[String]) -> Vec<Str
     lines
 }
 
+/// Why the demo's registry built nothing from the parameters given: parameters that do not
+/// fit the factory's type are named the way the factory names those over its limits
+/// (``bad parameter `servers`: ...``).
+fn refused(e: BuildError) -> CliError {
+    let message = match e {
+        BuildError::InvalidParams {
+            factory,
+            field,
+            reason,
+        } => {
+            let what = match field.as_str() {
+                "." => "bad parameters".to_owned(),
+                path => format!("bad parameter `{path}`"),
+            };
+            format!("flow factory {factory} rejected its parameters: {what}: {reason}")
+        }
+        e => e.to_string(),
+    };
+    CliError::new(exit::BAD_INPUT, message)
+}
+
 async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
     let params = json_arg("--params", &args.params, Json::Object)?;
     let registry = demo_registry(SideEffects::Discard)?;
@@ -250,7 +272,7 @@ async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
         Some(v) => registry.build(&baton_core::FactoryRef::new(&args.factory, v), &params),
         None => registry.build_newest(&args.factory, &params),
     }
-    .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+    .map_err(refused)?;
     let deadline = args.deadline.map(super::deadline_from_now).transpose()?;
     let board = db.open().await?.board;
     let board = &*board;
