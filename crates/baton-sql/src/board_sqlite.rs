@@ -20,6 +20,7 @@ use crate::board_common::{
     PARK_CANCEL, RUN_ENDED,
 };
 use crate::codec;
+use crate::deadline::Raw;
 use crate::sqlite::SqliteStore;
 
 const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owner, \
@@ -248,6 +249,13 @@ impl SqliteJobBoard {
         }
     }
 
+    /// How long a call of this board may take: its store's
+    /// [`call_timeout`](SqliteStore::call_timeout).
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.store.call_timeout()
+    }
+
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if it succeeds.
     async fn write<T, F>(&self, f: F) -> Result<T, board::Error>
     where
@@ -312,8 +320,11 @@ impl SqliteJobBoard {
     }
 }
 
+crate::deadline::bounded_board!(SqliteJobBoard, Duration::ZERO);
+
+/// The board's calls, unbounded: [`crate::deadline`] bounds each.
 #[async_trait]
-impl JobBoard for SqliteJobBoard {
+impl JobBoard for Raw<'_, SqliteJobBoard> {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
         new.check(self.store.max_value_bytes())?;
         let id = JobId::new();

@@ -21,6 +21,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use crate::codec::{
     self, Meta, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES, ROW_VERSION,
 };
+use crate::deadline::Raw;
 use crate::error::{classify, is_unique_violation, Error};
 use crate::steplog::{self, Known, Step, StepRow};
 
@@ -48,9 +49,13 @@ pub enum Synchronous {
 pub struct SqliteOptions {
     /// Durability of commits; see [`Synchronous`].
     pub synchronous: Synchronous,
-    /// How long a write waits for another connection (another process) to release the
-    /// database before it fails with [`store::Error::Unavailable`]. Default 5 s.
-    pub busy_timeout: Duration,
+    /// How long any call of the store or of a job board built on it may take before it fails
+    /// with `Unavailable` (whose source is a [`DeadlineExceeded`](crate::DeadlineExceeded)),
+    /// and SQLite's busy timeout: how long a statement waits for another connection (another
+    /// process) to release the database. More than zero, at most
+    /// [`MAX_CALL_TIMEOUT`](crate::MAX_CALL_TIMEOUT); default 5 s
+    /// ([`DEFAULT_CALL_TIMEOUT`](crate::DEFAULT_CALL_TIMEOUT)). See [`crate::deadline`].
+    pub call_timeout: Duration,
     /// How many connections the store opens at most: one for writes, the others for reads,
     /// which run in parallel (at least one). Default 4. An in-memory database always uses one.
     pub max_connections: u32,
@@ -82,7 +87,7 @@ impl Default for SqliteOptions {
     fn default() -> Self {
         Self {
             synchronous: Synchronous::Normal,
-            busy_timeout: Duration::from_secs(5),
+            call_timeout: crate::DEFAULT_CALL_TIMEOUT,
             max_connections: 4,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             spin: Duration::ZERO,
@@ -103,9 +108,9 @@ impl SqliteOptions {
         self
     }
 
-    /// Sets [`SqliteOptions::busy_timeout`].
-    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.busy_timeout = timeout;
+    /// Sets [`SqliteOptions::call_timeout`] (checked when the store is opened).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
         self
     }
 
@@ -181,6 +186,8 @@ pub struct SqliteStore {
     /// Wakes this process's conductors waiting for cancel requests on their jobs (the job
     /// boards made from this store make the requests and wait on it).
     cancel_wake: Arc<baton_core::board::Wake>,
+    /// The bound of every call (see [`crate::deadline`]).
+    call_timeout: Duration,
 }
 
 fn is_memory(url: &str) -> bool {
@@ -224,11 +231,12 @@ impl SqliteStore {
     /// As [`SqliteStore::open`].
     #[tracing::instrument(skip_all, fields(backend = "sqlite", url = %crate::redact_url(url)), err)]
     pub async fn open_with(url: &str, options: SqliteOptions) -> Result<Self, Error> {
+        let call_timeout = crate::deadline::check("call_timeout", options.call_timeout)?;
         let memory = is_memory(url);
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(config)?
             .create_if_missing(true)
-            .busy_timeout(options.busy_timeout)
+            .busy_timeout(call_timeout)
             .foreign_keys(true)
             .synchronous(match options.synchronous {
                 Synchronous::Normal => SqliteSynchronous::Normal,
@@ -278,9 +286,10 @@ impl SqliteStore {
             known: Arc::default(),
             job_wake: Arc::default(),
             cancel_wake: Arc::default(),
+            call_timeout,
         };
         if !memory {
-            store.enable_wal(options.busy_timeout).await?;
+            store.enable_wal(call_timeout).await?;
         }
         store.migrate().await?;
         Ok(store)
@@ -350,6 +359,13 @@ impl SqliteStore {
     pub fn backdate_cached_views(&self, by: std::time::Duration) {
         self.known
             .backdate(chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX));
+    }
+
+    /// How long a call of this store, or of a job board built on it, may take (see
+    /// [`SqliteOptions::call_timeout`]).
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
     }
 
     /// How many transactions (flow creations and batches) this store and its clones have
@@ -1373,8 +1389,11 @@ impl SqliteStore {
     }
 }
 
+crate::deadline::bounded_store!(SqliteStore);
+
+/// The store's calls, unbounded: [`crate::deadline`] bounds each.
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for Raw<'_, SqliteStore> {
     async fn create_flow(
         &self,
         flow: &FlowRecord,
