@@ -12,6 +12,8 @@
 //! - [`conformance`]: store cases every backend must pass, one test per case per backend.
 //! - [`board`]: job-board cases every backend must pass, likewise.
 //! - [`lifecycle`]: conductor cases (upgrades, parking, recovery) every backend pair must pass.
+//! - [`Proxy`]: a loopback TCP proxy whose link can be cut (silence both ways, sockets kept
+//!   open, as on a dead network path) and healed.
 //!
 //! Panics here are failed assertions: this crate is only ever used from tests.
 
@@ -27,11 +29,13 @@ pub mod crash;
 pub mod lifecycle;
 pub mod limits;
 mod probe;
+pub mod proxy;
 pub mod scenarios;
 mod stores;
 
 pub use boards::{BoardOp, FaultyBoard};
 pub use probe::{Action, Call, Log, Phase, Probe};
+pub use proxy::Proxy;
 pub use stores::{CrashMode, CrashStore, FlakyStore};
 
 /// Runs (or resumes) the stored run `id` of `flow` on `engine` until a retry controller goes
