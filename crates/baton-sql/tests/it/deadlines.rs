@@ -10,8 +10,8 @@ use baton_core::board::{Cancel, JobBoard, NewJob};
 use baton_core::store::Store;
 use baton_core::{Atom, ConductorId, Control, CreateOptions, Engine, Flow, RunOptions};
 use baton_sql::{
-    DeadlineExceeded, OpenOptions, PostgresJobBoard, PostgresOptions, PostgresStore,
-    SqliteOptions, SqliteStore,
+    DeadlineExceeded, OpenOptions, PostgresJobBoard, PostgresOptions, PostgresStore, SqliteOptions,
+    SqliteStore,
 };
 use baton_testkit::board::offer;
 use baton_testkit::Proxy;
@@ -104,7 +104,12 @@ async fn postgres_calls_on_a_cut_link_fail_within_the_deadline_and_work_once_hea
     cut_off("a heartbeat", &err, err.is_transient(), took);
     let (answer, took) = timed(board.request_cancel(job.id, Cancel::Revert)).await;
     let err = answer.unwrap_err();
-    cut_off("a cancel request (a transaction)", &err, err.is_transient(), took);
+    cut_off(
+        "a cancel request (a transaction)",
+        &err,
+        err.is_transient(),
+        took,
+    );
     // Waits are not calls: a wait for work lasts its own timeout, no longer.
     let ((), took) = timed(board.wait_for_work(Duration::from_millis(300))).await;
     assert!(
@@ -180,9 +185,15 @@ async fn postgres_the_server_gives_up_statements_past_the_call_timeout() {
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    assert!(gone, "a backend still waits for the lock after the call was given up");
+    assert!(
+        gone,
+        "a backend still waits for the lock after the call was given up"
+    );
 
-    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
     assert_eq!(board.get(job.id).await.unwrap().id, job.id);
     locker.close().await.unwrap();
     watcher.close().await.unwrap();
@@ -210,7 +221,9 @@ async fn postgres_halting_an_engine_stops_its_call_in_progress() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok(serde_json::json!(1))
         }))
-        .add(Atom::from_fn("next", |_| async { Ok(serde_json::json!(2)) }))
+        .add(Atom::from_fn("next", |_| async {
+            Ok(serde_json::json!(2))
+        }))
         .compile()
         .unwrap();
     let engine = Engine::new(store.store.clone());
@@ -277,7 +290,10 @@ async fn a_zero_call_timeout_is_refused_naming_it() {
     let err = SqliteStore::open_with(&url, SqliteOptions::new().call_timeout(too_long))
         .await
         .unwrap_err();
-    assert!(matches!(err, baton_sql::Error::InvalidTimeout { .. }), "{err:?}");
+    assert!(
+        matches!(err, baton_sql::Error::InvalidTimeout { .. }),
+        "{err:?}"
+    );
     // PostgreSQL refuses it before connecting: no server is needed to tell.
     let err = PostgresStore::connect_with(
         "postgres://nobody@127.0.0.1:1/none",
