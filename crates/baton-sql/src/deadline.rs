@@ -43,8 +43,9 @@
 //! - **Waits are not calls.** [`JobBoard::wait_for_work`](baton_core::board::JobBoard::wait_for_work)
 //!   and [`JobBoard::wait_for_cancel`](baton_core::board::JobBoard::wait_for_cancel) return
 //!   after the timeout they are given, whatever the connection they listen on does; they are
-//!   not cut short by the call timeout. A conductor's registration may open its liveness
-//!   connection, which has a bound of its own; it gets that bound on top of the call timeout.
+//!   not cut short by the call timeout. A conductor's registration may check or open its
+//!   liveness connection, which has a bound of its own (2 s on PostgreSQL); it gets that
+//!   bound on top of the call timeout.
 //!
 //! The trait implementations are written once per type, as implementations on [`Raw`], a view
 //! of the store or board that does the work unbounded; the macros here generate the public
@@ -250,8 +251,8 @@ pub(crate) use bounded_store;
 /// Implements [`JobBoard`](baton_core::board::JobBoard) for `$board`, a type with a
 /// `call_timeout(&self) -> Duration` method and a `JobBoard` implementation on
 /// `Raw<'_, $board>`: every call is the raw one, bounded by the call timeout, except the
-/// waits, which keep the timeout they are given, and `register` and `deregister`, which get
-/// `$registration` (the bound of the board's own liveness check) on top of it.
+/// waits, which keep the timeout they are given, and `register`, which gets `$registration`
+/// (the bound of the board's own liveness check) on top of it.
 macro_rules! bounded_board {
     ($board:ty, $registration:expr) => {
         #[::async_trait::async_trait]
@@ -489,7 +490,7 @@ macro_rules! bounded_board {
                 id: ::baton_core::ConductorId,
             ) -> ::baton_core::board::Result<()> {
                 $crate::deadline::board_call(
-                    self.call_timeout().saturating_add($registration),
+                    self.call_timeout(),
                     "deregister",
                     $crate::deadline::Raw(self).deregister(id),
                 )
