@@ -47,10 +47,12 @@
 //!   liveness connection, which has a bound of its own (2 s on PostgreSQL); it gets that
 //!   bound on top of the call timeout.
 //!
-//! The trait implementations are written once per type, as implementations on [`Raw`], a view
+//! The trait implementations are written once per type, as implementations on `Raw`, a view
 //! of the store or board that does the work unbounded; the macros here generate the public
-//! implementations, each method a bounded call of the raw one, so no method can be left out
-//! of the rule by accident and no method body carries it.
+//! implementations, each method a bounded call of the raw one. So the rule lives in one place
+//! for every method of both backends, and no method body carries it. (A method added to
+//! either trait must be added to its macro too: until it is, the public types keep the
+//! trait's default for it, built on the bounded methods, and ignore the raw one.)
 
 // Without a backend nothing is bounded: only the public items are used then.
 #![cfg_attr(
