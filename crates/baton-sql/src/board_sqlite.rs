@@ -21,7 +21,7 @@ use crate::board_common::{
 };
 use crate::codec;
 use crate::deadline::Raw;
-use crate::sqlite::SqliteStore;
+use crate::sqlite::{SqliteStore, Writable};
 
 const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owner, \
                        lease_expires_at, token, attempts, outcome, version, stalled_claims, \
@@ -266,12 +266,9 @@ impl SqliteJobBoard {
         >,
     {
         let _gate = self.store.write_gate().lock().await;
-        let mut tx = self
-            .store
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db)?;
+        // Closed if given up on in the middle of its `BEGIN` (see `Writable`).
+        let mut conn = Writable::new(self.store.pool().acquire().await.map_err(db)?);
+        let mut tx = conn.begin_immediate().await.map_err(db)?;
         match f(&mut tx).await {
             Ok(v) => {
                 tx.commit().await.map_err(db)?;

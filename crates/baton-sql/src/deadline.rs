@@ -39,7 +39,8 @@
 //!   that is only cut off would free its liveness lock, and let its jobs be claimed, before
 //!   its lease, and with it the owner's self-fencing, ran out.)
 //! - **On SQLite**, the busy timeout (how long a statement waits for another process's lock)
-//!   is the call timeout.
+//!   is the call timeout. A connection given up on in the middle of its `BEGIN IMMEDIATE`
+//!   is closed (`Writable`): sqlx can leave it in a transaction nobody ends.
 //! - **Waits are not calls.** [`JobBoard::wait_for_work`](baton_core::board::JobBoard::wait_for_work)
 //!   and [`JobBoard::wait_for_cancel`](baton_core::board::JobBoard::wait_for_cancel) return
 //!   after the timeout they are given, whatever the connection they listen on does; they are
