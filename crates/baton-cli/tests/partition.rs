@@ -17,7 +17,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -45,17 +44,6 @@ fn at(e: &Effect) -> DateTime<Utc> {
     e.at.parse().unwrap()
 }
 
-/// The address of the server `url` names.
-async fn server(url: &str) -> SocketAddr {
-    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
-    let found = tokio::net::lookup_host((options.get_host(), options.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    found
-}
-
 /// Posts a demo job (`baton demo post --json` with `args`) and returns it.
 fn post(db: &str, args: &[&str]) -> Job {
     let mut all = vec!["demo", "post", "--json"];
@@ -64,6 +52,22 @@ fn post(db: &str, args: &[&str]) -> Job {
     assert!(out.status.success(), "demo post: {}", stderr(&out));
     let jobs: Vec<Job> = serde_json::from_slice(&out.stdout).unwrap();
     jobs[0].clone()
+}
+
+/// Posts a job only "cut" runs (`stack-create` 2, one server), with steps of `step_ms`.
+fn post_for_cut(db: &str, step_ms: u64) -> Job {
+    let params = serde_json::json!({ "step_ms": step_ms, "servers": 1, "volumes": 0 });
+    post(
+        db,
+        &[
+            "--factory",
+            "stack-create",
+            "--version",
+            "2",
+            "--params",
+            &params.to_string(),
+        ],
+    )
 }
 
 /// The effects recorded so far.
@@ -103,7 +107,7 @@ async fn postgres_a_conductor_cut_off_stops_before_the_takeover_and_recovers() {
     let began = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("effects.jsonl");
-    let proxy = Proxy::start(server(&db.url).await).await.unwrap();
+    let proxy = Proxy::to_url(&db.url).await.unwrap();
     let params = serde_json::json!({ "steps": STEPS, "step_ms": STEP_MS }).to_string();
     let job = post(&db.url, &["--factory", "steps", "--params", &params]);
     let flow = job.flow().to_string();
@@ -213,17 +217,7 @@ async fn postgres_a_conductor_cut_off_stops_before_the_takeover_and_recovers() {
         }
     })
     .await;
-    let work = post(
-        &db.url,
-        &[
-            "--factory",
-            "stack-create",
-            "--version",
-            "2",
-            "--params",
-            r#"{"step_ms": 20, "servers": 1, "volumes": 0}"#,
-        ],
-    );
+    let work = post_for_cut(&db.url, 20);
     wait_until("\"cut\" runs new work", Duration::from_secs(20), || {
         let board = backends.board.clone();
         async move { board.get(work.id).await.unwrap().state == JobState::Complete }
@@ -242,17 +236,7 @@ async fn postgres_a_conductor_cut_off_stops_before_the_takeover_and_recovers() {
 
     // Cut off again while running a step, and asked to stop: it ends within its drain timeout
     // and two call timeouts (the hand-back of the job it had to halt, and deregistering).
-    let slow = post(
-        &db.url,
-        &[
-            "--factory",
-            "stack-create",
-            "--version",
-            "2",
-            "--params",
-            r#"{"step_ms": 3000, "servers": 1, "volumes": 0}"#,
-        ],
-    );
+    let slow = post_for_cut(&db.url, 3_000);
     effect_of(
         &file,
         "\"cut\" begins a slow step",

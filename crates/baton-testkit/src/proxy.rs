@@ -75,6 +75,35 @@ impl Proxy {
         })
     }
 
+    /// A proxy to the server a database URL names
+    /// (`scheme://[user[:password]@]host[:port][/rest]`; the port is PostgreSQL's 5432 if the
+    /// URL has none). Clients given [`Proxy::url`] of the same URL connect through it.
+    ///
+    /// # Errors
+    /// The host cannot be resolved, or the listener cannot be bound.
+    ///
+    /// # Panics
+    /// If `url` has no `://`.
+    pub async fn to_url(url: &str) -> std::io::Result<Self> {
+        let (host_at, end) = authority(url);
+        let host_port = &url[host_at..end];
+        let target = match host_port.rsplit_once(':') {
+            // `[::1]` alone has colons but no port.
+            Some((_, port)) if !port.ends_with(']') => host_port.to_owned(),
+            _ => format!("{host_port}:5432"),
+        };
+        let target = tokio::net::lookup_host(target)
+            .await?
+            .next()
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{host_port}: no address"),
+                )
+            })?;
+        Self::start(target).await
+    }
+
     /// Where clients connect.
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
@@ -88,11 +117,7 @@ impl Proxy {
     /// If `url` has no `://`.
     #[must_use]
     pub fn url(&self, url: &str) -> String {
-        let start = url.find("://").expect("a URL with a scheme") + 3;
-        let end = url[start..]
-            .find(['/', '?', '#'])
-            .map_or(url.len(), |i| start + i);
-        let host_at = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
+        let (host_at, end) = authority(url);
         format!("{}{}{}", &url[..host_at], self.addr, &url[end..])
     }
 
@@ -131,6 +156,16 @@ impl Proxy {
     pub fn closed_by_client(&self) -> u64 {
         self.counts.closed_by_client.load(Ordering::SeqCst)
     }
+}
+
+/// Where the host and port of `url` begin and end.
+fn authority(url: &str) -> (usize, usize) {
+    let start = url.find("://").expect("a URL with a scheme") + 3;
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let host_at = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
+    (host_at, end)
 }
 
 /// Accepts connections and forwards each, until dropped.
@@ -313,6 +348,19 @@ mod tests {
             .await
             .expect("the connection ends");
         assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_proxy_to_a_url_reaches_its_server() {
+        let (target, _server) = echo().await;
+        let url = format!("postgres://u:p@{target}/db?x=1");
+        let proxy = Proxy::to_url(&url).await.unwrap();
+        assert_eq!(
+            proxy.url(&url),
+            format!("postgres://u:p@{}/db?x=1", proxy.addr())
+        );
+        let mut conn = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut conn, b"ping").await, b"ping");
     }
 
     #[tokio::test]

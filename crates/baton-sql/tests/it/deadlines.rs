@@ -3,7 +3,6 @@
 //! transient error, the connection it was using is closed rather than pooled again, and calls
 //! work again once the link heals. Halting an engine stops a call in progress.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use baton_core::board::{Cancel, JobBoard, NewJob};
@@ -28,22 +27,11 @@ const LIMIT: Duration = Duration::from_secs(1);
 /// slack, generous for a loaded CI machine.
 const SLACK: Duration = Duration::from_secs(2);
 
-/// The address of the server `url` names.
-async fn server(url: &str) -> SocketAddr {
-    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
-    let found = tokio::net::lookup_host((options.get_host(), options.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    found
-}
-
 /// A store and a board on the test server, reached through a proxy, with a call timeout of
 /// [`LIMIT`].
 async fn through_proxy() -> Option<(Proxy, support::Held<PostgresStore>, PostgresJobBoard)> {
     let url = postgres_url()?;
-    let proxy = Proxy::start(server(&url).await).await.unwrap();
+    let proxy = Proxy::to_url(&url).await.unwrap();
     let store = postgres_store_via(
         &url,
         &proxy.url(&url),
@@ -206,7 +194,7 @@ async fn postgres_halting_an_engine_stops_its_call_in_progress() {
     let Some(url) = postgres_url() else {
         return;
     };
-    let proxy = Proxy::start(server(&url).await).await.unwrap();
+    let proxy = Proxy::to_url(&url).await.unwrap();
     let Some(store) = postgres_store_via(
         &url,
         &proxy.url(&url),
