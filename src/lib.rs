@@ -5,7 +5,8 @@
 //! the same process or another one. This facade re-exports [`baton_core`], and the SQL stores
 //! of `baton-sql` as [`sql`] (features `sqlite`, on by default, and `postgres`).
 //!
-//! See the repository's `docs/` for the user guide.
+//! Flows written in Rust are best built with [`typed`]: typed tasks, and flows whose wiring
+//! the compiler checks. See the repository's `docs/` for the user guide.
 
 #![forbid(unsafe_code)]
 

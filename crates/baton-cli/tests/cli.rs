@@ -955,3 +955,42 @@ fn negative_numbers_are_read_as_numbers() {
         "invalid value '-1' for '--limit <LIMIT>'",
     );
 }
+
+/// `flows show` tells when an atom waiting for its retry policy's next call will be called,
+/// and lists the failure that made it wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_show_tells_when_a_retried_atom_is_called_again() {
+    use baton_core::retry::{Backoff, RetryPolicy};
+    use baton_core::{Atom, Engine, Flow, FlowState, TaskError};
+
+    let db = sqlite_db();
+    let store = baton_sql::connect(&db.url).await.unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    let flow = Flow::linear("flaky")
+        .add(
+            Atom::from_fn("call", |_| async {
+                Err::<Value, _>(TaskError::msg("the cloud is busy").retryable())
+            })
+            .retries(RetryPolicy::attempts(3).backoff(Backoff::exponential(hour, hour))),
+        )
+        .compile()
+        .unwrap();
+    let engine = Engine::from_arc(store);
+    let id = engine.create(&flow, Default::default()).await.unwrap();
+    let outcome = baton_testkit::run_until_retrying(&engine, &flow, id).await;
+    assert_eq!(outcome.state, FlowState::Suspended);
+    let url = db.url.clone();
+    let show = tokio::task::spawn_blocking(move || {
+        normalise(&stdout(&baton(&url, &["flows", "show", &id.to_string()])))
+    })
+    .await
+    .unwrap();
+    assert!(
+        show.contains("call  task  RETRYING  1  <time>  <took>  failed: the cloud is busy; retrying at <time>\n"),
+        "{show}"
+    );
+    assert!(
+        show.contains("failures:\n  call (attempt 1, Execute): the cloud is busy\n"),
+        "{show}"
+    );
+}

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::flow::{Atom, AtomBody, Decider, Flow, Node, Pattern, Provides};
 use crate::model::AtomKind;
+use crate::retry::RetryPolicy;
 
 /// Why a flow does not compile. Each variant names the culprit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +83,62 @@ pub enum Error {
         /// What is wrong with it.
         problem: TimeoutError,
     },
+    /// An atom's retry policy cannot be kept.
+    #[error("atom {atom:?} has a retry policy it cannot have: {problem}")]
+    BadRetryPolicy {
+        /// The atom.
+        atom: String,
+        /// What is wrong with it.
+        problem: PolicyError,
+    },
+    /// An atom added to a [`TypedFlow`](crate::typed::TypedFlow) is wired wrongly.
+    #[error("atom {atom:?} is wired wrongly: {problem}")]
+    BadWiring {
+        /// The atom (for [`WiringError::NotProvided`], the untyped child asked for the
+        /// symbol).
+        atom: String,
+        /// What is wrong.
+        problem: WiringError,
+    },
+}
+
+/// Why an atom's retry policy cannot be kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A policy on a retry controller, which decides at once and is never retried: a
+    /// controller's subflow is retried by the controller itself.
+    #[error("retry controllers decide at once and take no retry policy: give the policy to the tasks, or retry the subflow with the controller")]
+    OnController,
+}
+
+/// What is wrong with the wiring of an atom added to a [`TypedFlow`](crate::typed::TypedFlow).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WiringError {
+    /// The atom reads the output of an atom that is not in the flow: a handle that came
+    /// from another flow.
+    #[error("it reads the output of {producer:?}, which is not in this flow (a handle from another flow?)")]
+    ForeignHandle {
+        /// The atom whose output it reads.
+        producer: String,
+    },
+    /// A constant input does not serialize as JSON.
+    #[error("its constant input {input} does not serialize as JSON: {error}")]
+    Constant {
+        /// The input's position among the atom's inputs, from 0.
+        input: usize,
+        /// The serializer's error.
+        error: String,
+    },
+    /// A symbol said to be provided by an untyped atom or subflow is not provided by it.
+    #[error("{provider:?} provides no symbol {symbol:?}")]
+    NotProvided {
+        /// The untyped atom or subflow.
+        provider: String,
+        /// The symbol.
+        symbol: String,
+    },
 }
 
 /// A time limit that cannot be kept: zero, or on an atom that cannot be timed out.
@@ -125,6 +182,10 @@ pub(crate) struct CompiledAtom {
     pub(crate) timeout: Option<Duration>,
     /// The time limit on each `revert`.
     pub(crate) revert_timeout: Option<Duration>,
+    /// How a failed `execute` is retried in place.
+    pub(crate) retries: Option<RetryPolicy>,
+    /// How a failed `revert` is retried in place.
+    pub(crate) revert_retries: Option<RetryPolicy>,
 }
 
 impl CompiledAtom {
@@ -354,6 +415,12 @@ impl Builder {
             AtomBody::Retry(_) => {
                 if atom.timeout.is_some() || atom.revert_timeout.is_some() {
                     return Err(bad(TimeoutError::OnController));
+                }
+                if atom.retries.is_some() || atom.revert_retries.is_some() {
+                    return Err(Error::BadRetryPolicy {
+                        atom: atom.name.clone(),
+                        problem: PolicyError::OnController,
+                    });
                 }
                 (None, None)
             }
@@ -726,6 +793,8 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
             provides: atom.provides.clone(),
             timeout,
             revert_timeout,
+            retries: atom.retries,
+            revert_retries: atom.revert_retries,
         });
     }
 

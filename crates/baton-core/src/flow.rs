@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::retry::RetryController;
+use crate::retry::{RetryController, RetryPolicy};
 use crate::task::{FnTask, Task, TaskContext};
 use crate::TaskError;
 
@@ -78,6 +78,8 @@ pub struct Atom {
     pub(crate) inject: BTreeMap<String, Value>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) revert_timeout: Option<Duration>,
+    pub(crate) retries: Option<RetryPolicy>,
+    pub(crate) revert_retries: Option<RetryPolicy>,
 }
 
 impl Atom {
@@ -92,6 +94,8 @@ impl Atom {
             inject: BTreeMap::new(),
             timeout: None,
             revert_timeout: None,
+            retries: None,
+            revert_retries: None,
         }
     }
 
@@ -200,9 +204,57 @@ impl Atom {
     }
 
     /// Limits each call of the task's `revert` to `limit` (see [`Atom::timeout`]); past it,
-    /// the revert is cancelled and the atom ends `REVERT_FAILURE`.
+    /// the revert is cancelled and the atom ends `REVERT_FAILURE` (or, with
+    /// [`Atom::revert_retries`], is called again).
     pub fn revert_timeout(mut self, limit: Duration) -> Self {
         self.revert_timeout = Some(limit);
+        self
+    }
+
+    /// Retries the task's `execute` in place after a failure, as `policy` says: the atom goes
+    /// `FAILURE`, then `RETRYING` with the time of its next call stored
+    /// ([`AtomRecord::retry_at`](crate::model::AtomRecord::retry_at)), then `RUNNING` again
+    /// with a larger attempt number and the same
+    /// [idempotency key](crate::TaskContext::idempotency_key) (nothing was undone). The
+    /// failures of earlier calls are kept in the atom's
+    /// [`retry_history`](crate::model::AtomRecord::retry_history) and reported in the
+    /// [`Outcome`](crate::Outcome).
+    ///
+    /// With a time limit ([`Atom::timeout`]), a call cut at the limit is a transient failure
+    /// and is retried like one. Once the policy gives up, the failure goes to the flow's
+    /// retry controllers as it would without a policy. No retry starts while the run is
+    /// reverting, cancelled or past its deadline. A retry controller atom takes no policy:
+    /// [`Flow::compile`] refuses it
+    /// ([`BadRetryPolicy`](crate::compile::Error::BadRetryPolicy)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use baton_core::retry::{Backoff, RetryPolicy};
+    /// use baton_core::{Atom, TaskError};
+    /// use serde_json::json;
+    ///
+    /// let boot = Atom::from_fn("boot", |_| async { Err::<serde_json::Value, _>(TaskError::msg("busy").retryable()) })
+    ///     .timeout(Duration::from_secs(30))
+    ///     .retries(RetryPolicy::attempts(4).backoff(Backoff::exponential(
+    ///         Duration::from_secs(1),
+    ///         Duration::from_secs(20),
+    ///     )))
+    ///     .revert_retries(RetryPolicy::attempts(10));
+    /// # let _ = boot;
+    /// ```
+    pub fn retries(mut self, policy: RetryPolicy) -> Self {
+        self.retries = Some(policy);
+        self
+    }
+
+    /// Retries the task's `revert` in place after a failure, as `policy` says: the atom stays
+    /// `REVERTING`, the failure of the last call in
+    /// [`revert_failure`](crate::model::AtomRecord::revert_failure) and the time of the next
+    /// call in [`retry_at`](crate::model::AtomRecord::retry_at), both stored, until a call
+    /// succeeds (`REVERTED`) or the policy gives up (`REVERT_FAILURE`). A call cut at its time
+    /// limit ([`Atom::revert_timeout`]) is a transient failure.
+    pub fn revert_retries(mut self, policy: RetryPolicy) -> Self {
+        self.revert_retries = Some(policy);
         self
     }
 }

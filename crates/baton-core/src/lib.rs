@@ -10,6 +10,8 @@
 //!   in parallel) or [`Flow::graph`] (ordered by links and data dependencies).
 //! - [`Flow::compile`] turns a flow into one DAG ([`CompiledFlow`]), rejecting cycles,
 //!   duplicate names and unresolvable symbols with an error naming the culprit.
+//! - [`typed`]: typed tasks ([`TypedTask`](typed::TypedTask)) and flows whose wiring the
+//!   compiler checks ([`TypedFlow`](typed::TypedFlow)), over the untyped API.
 //! - The [`Engine`] runs a compiled flow against a [`Store`](store::Store), committing every
 //!   transition before acting on it. A run interrupted anywhere resumes from the store with
 //!   [`Engine::run`].
@@ -63,6 +65,7 @@ mod state;
 pub mod store;
 mod task;
 mod time;
+pub mod typed;
 
 pub use board::{JobBoard, MemoryJobBoard, NewJob};
 pub use compile::CompiledFlow;

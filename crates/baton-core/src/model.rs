@@ -142,7 +142,8 @@ impl std::str::FromStr for AtomKind {
 }
 
 /// One attempt of a retry controller's subflow: the value the controller produced for it and
-/// the failures that ended it.
+/// the failures that ended it. (In the history of a task with a retry policy: one failed
+/// call; see [`AtomRecord::retry_history`].)
 ///
 /// The engine keeps a history small enough to store (see
 /// [`Options::max_history_bytes`](crate::engine::Options::max_history_bytes)): the first
@@ -272,9 +273,16 @@ pub struct AtomRecord {
     pub failure: Option<Failure>,
     /// Why `revert` failed, if it did.
     pub revert_failure: Option<Failure>,
-    /// (Retry controllers) the attempts of the subflow so far.
+    /// (Retry controllers) the attempts of the subflow so far. (Tasks with a retry policy,
+    /// [`Atom::retries`](crate::Atom::retries) or
+    /// [`Atom::revert_retries`](crate::Atom::revert_retries)) the failed calls the policy
+    /// retried in this round, oldest first: each entry's value is
+    /// `{"retry": "execute" | "revert", "failed": n}` and its one failure that of the `n`-th
+    /// failed call; the failure of the latest call stays in `failure` (or `revert_failure`).
     pub retry_history: Vec<RetryAttempt>,
-    /// (Retry controllers) not before this time will the subflow run again: persisted backoff.
+    /// Persisted backoff. (Retry controllers) not before this time will the subflow run
+    /// again. (Tasks with a retry policy) not before this time will a `RETRYING` task's
+    /// `execute`, or a `REVERTING` task's `revert` after a failed call, be called again.
     pub retry_at: Option<DateTime<Utc>>,
     /// Progress reported by the task, 0.0 to 1.0.
     pub progress: f64,

@@ -28,12 +28,46 @@
 //! assert_eq!(registry.newest("hello"), Some(2));
 //! # Ok::<_, baton_core::registry::Error>(())
 //! ```
+//!
+//! A factory can take its parameters as a type of its own ([`Registry::register_typed`]):
+//! parameters that do not fit it are refused naming the field
+//! ([`BuildError::InvalidParams`]), and it can return a
+//! [`TypedFlow`](crate::typed::TypedFlow), a [`Flow`] or a [`Blueprint`] (or a `Result` of
+//! one, to refuse parameters that fit the type but make no sense).
+//!
+//! ```
+//! use baton_core::registry::BuildError;
+//! use baton_core::typed::{atom, from_fn, Const, TypedFlow};
+//! use baton_core::{FactoryRef, Registry, TaskError};
+//! use serde::Deserialize;
+//! use serde_json::json;
+//!
+//! #[derive(Deserialize)]
+//! struct Params { servers: Vec<String> }
+//!
+//! let registry = Registry::new().register_typed("servers", 1, |p: Params| {
+//!     let mut flow = TypedFlow::unordered("servers");
+//!     for name in p.servers {
+//!         let boot = from_fn(|name: String, _ctx| async move { Ok::<_, TaskError>(format!("srv-{name}")) });
+//!         flow.add(atom(format!("boot-{name}"), boot), Const(name.clone()));
+//!     }
+//!     flow
+//! })?;
+//! assert!(registry.build_newest("servers", &json!({ "servers": ["web", "db"] })).is_ok());
+//! let refused = registry.build_newest("servers", &json!({ "servers": ["web", 7] }));
+//! assert!(matches!(
+//!     refused,
+//!     Err(BuildError::InvalidParams { field, .. }) if field == "servers[1]"
+//! ));
+//! # Ok::<_, baton_core::registry::Error>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::board::Offer;
@@ -68,7 +102,62 @@ impl Blueprint {
     }
 }
 
-type Factory = Arc<dyn Fn(&Value) -> Result<Blueprint, String> + Send + Sync>;
+type Factory = Arc<dyn Fn(&Value) -> Result<Blueprint, sealed::Refusal> + Send + Sync>;
+
+/// What a factory may return: a [`Blueprint`], a [`Flow`], a
+/// [`TypedFlow`](crate::typed::TypedFlow), or a `Result` of one of these whose error (any
+/// `Display`) refuses the parameters ([`BuildError::BadParams`]). Implemented by this crate
+/// only.
+pub trait IntoBlueprint: sealed::Build {}
+
+mod sealed {
+    /// Why a factory built nothing.
+    #[derive(Debug)]
+    pub enum Refusal {
+        /// The factory refused the parameters, saying why.
+        Reason(String),
+        /// The parameters do not fit the factory's type.
+        Field { field: String, reason: String },
+        /// The flow it built is wired wrongly.
+        Compile(crate::compile::Error),
+    }
+
+    /// Makes the blueprint. Only this crate implements it.
+    pub trait Build {
+        fn build(self) -> Result<super::Blueprint, Refusal>;
+    }
+}
+
+impl sealed::Build for Blueprint {
+    fn build(self) -> Result<Blueprint, sealed::Refusal> {
+        Ok(self)
+    }
+}
+impl IntoBlueprint for Blueprint {}
+
+impl sealed::Build for Flow {
+    fn build(self) -> Result<Blueprint, sealed::Refusal> {
+        Ok(Blueprint::new(self))
+    }
+}
+impl IntoBlueprint for Flow {}
+
+impl sealed::Build for crate::typed::TypedFlow {
+    fn build(self) -> Result<Blueprint, sealed::Refusal> {
+        self.into_flow()
+            .map(Blueprint::new)
+            .map_err(sealed::Refusal::Compile)
+    }
+}
+impl IntoBlueprint for crate::typed::TypedFlow {}
+
+impl<B: IntoBlueprint, E: fmt::Display> sealed::Build for Result<B, E> {
+    fn build(self) -> Result<Blueprint, sealed::Refusal> {
+        self.map_err(|e| sealed::Refusal::Reason(e.to_string()))
+            .and_then(sealed::Build::build)
+    }
+}
+impl<B: IntoBlueprint, E: fmt::Display> IntoBlueprint for Result<B, E> {}
 
 /// Why a factory cannot be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +205,20 @@ pub enum BuildError {
         /// The factory and version.
         factory: FactoryRef,
         /// Why.
+        reason: String,
+    },
+    /// The parameters do not fit the type a typed factory
+    /// ([`Registry::register_typed`]) takes.
+    #[error(
+        "flow factory {factory} got parameters that do not fit its type, at `{field}`: {reason}"
+    )]
+    InvalidParams {
+        /// The factory and version.
+        factory: FactoryRef,
+        /// Where in the parameters: a path such as `servers[1].flavor`, or `.` for the
+        /// parameters as a whole (a missing field is named in `reason`).
+        field: String,
+        /// What is wrong there.
         reason: String,
     },
     /// The factory panicked.
@@ -174,7 +277,7 @@ impl Registry {
     /// [`Error::EmptyName`], [`Error::ZeroVersion`], or [`Error::Duplicate`] if this version
     /// of the factory is registered already.
     pub fn register<F>(
-        mut self,
+        self,
         name: impl Into<String>,
         version: u32,
         factory: F,
@@ -182,7 +285,49 @@ impl Registry {
     where
         F: Fn(&Value) -> Result<Blueprint, String> + Send + Sync + 'static,
     {
-        let name = name.into();
+        self.insert(
+            name.into(),
+            version,
+            Arc::new(move |params| factory(params).map_err(sealed::Refusal::Reason)),
+        )
+    }
+
+    /// Registers `factory` as version `version` of `name`, taking a job's parameters as a
+    /// `P`. Parameters that do not deserialize as `P` are refused before the factory is
+    /// called, naming where they do not fit ([`BuildError::InvalidParams`]); a job posted
+    /// without parameters (`null`) is read as `{}` when `P` does not take `null`, so a
+    /// struct whose fields all have defaults takes it. The factory returns what to run: a
+    /// [`TypedFlow`](crate::typed::TypedFlow), a [`Flow`], a [`Blueprint`] (with inputs), or
+    /// a `Result` of one whose error refuses the parameters ([`BuildError::BadParams`]). Like
+    /// any factory, it should be a pure function of the parameters.
+    ///
+    /// Jobs still carry their parameters as JSON: posting one (from the command line, say)
+    /// is unchanged.
+    ///
+    /// # Errors
+    /// As [`Registry::register`].
+    pub fn register_typed<P, B, F>(
+        self,
+        name: impl Into<String>,
+        version: u32,
+        factory: F,
+    ) -> Result<Self, Error>
+    where
+        P: DeserializeOwned,
+        B: IntoBlueprint,
+        F: Fn(P) -> B + Send + Sync + 'static,
+    {
+        self.insert(
+            name.into(),
+            version,
+            Arc::new(move |params| {
+                let params: P = typed_params(params)?;
+                sealed::Build::build(factory(params))
+            }),
+        )
+    }
+
+    fn insert(mut self, name: String, version: u32, factory: Factory) -> Result<Self, Error> {
         if name.trim().is_empty() {
             return Err(Error::EmptyName);
         }
@@ -196,7 +341,7 @@ impl Registry {
                 version,
             });
         }
-        versions.insert(version, Arc::new(factory));
+        versions.insert(version, factory);
         Ok(self)
     }
 
@@ -290,23 +435,50 @@ impl Registry {
             })?;
         let built = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let blueprint = f(params)?;
-            Ok(blueprint.flow.compile().map(|c| (c, blueprint.inputs)))
+            blueprint
+                .flow
+                .compile()
+                .map(|c| (c, blueprint.inputs))
+                .map_err(sealed::Refusal::Compile)
         }));
+        let factory = factory.clone();
         match built {
-            Ok(Ok(Ok(built))) => Ok(built),
-            Ok(Ok(Err(error))) => Err(BuildError::Compile {
-                factory: factory.clone(),
+            Ok(Ok(built)) => Ok(built),
+            Ok(Err(sealed::Refusal::Compile(error))) => Err(BuildError::Compile {
+                factory,
                 error: Box::new(error),
             }),
-            Ok(Err(reason)) => Err(BuildError::BadParams {
-                factory: factory.clone(),
+            Ok(Err(sealed::Refusal::Reason(reason))) => {
+                Err(BuildError::BadParams { factory, reason })
+            }
+            Ok(Err(sealed::Refusal::Field { field, reason })) => Err(BuildError::InvalidParams {
+                factory,
+                field,
                 reason,
             }),
             Err(panic) => Err(BuildError::Panicked {
-                factory: factory.clone(),
+                factory,
                 message: crate::panic_message(panic.as_ref()),
             }),
         }
+    }
+}
+
+/// A job's parameters as a `P`: `null` (no parameters) read as `{}` if `P` does not take
+/// `null`; what does not fit named by its path.
+fn typed_params<P: DeserializeOwned>(params: &Value) -> Result<P, sealed::Refusal> {
+    let refusal = |e: serde_path_to_error::Error<serde_json::Error>| sealed::Refusal::Field {
+        field: e.path().to_string(),
+        reason: e.into_inner().to_string(),
+    };
+    match serde_path_to_error::deserialize(params) {
+        Ok(p) => Ok(p),
+        // Said about `{}`, the error names a missing field rather than the `null`.
+        Err(_) if params.is_null() => {
+            serde_path_to_error::deserialize(&Value::Object(serde_json::Map::new()))
+                .map_err(refusal)
+        }
+        Err(e) => Err(refusal(e)),
     }
 }
 
@@ -393,6 +565,116 @@ mod tests {
         assert!(matches!(
             r.build(&FactoryRef::new("boom", 1), &json!({})),
             Err(BuildError::Panicked { message, .. }) if message == "factory exploded"
+        ));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Stack {
+        servers: Vec<Server>,
+        #[serde(default)]
+        note: Option<String>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Server {
+        name: String,
+        flavor: String,
+    }
+
+    fn typed_registry() -> Registry {
+        use crate::typed::{atom, from_fn, Const, TypedFlow};
+        Registry::new()
+            .register_typed("stack", 1, |p: Stack| {
+                if p.servers.is_empty() {
+                    return Err("a stack needs a server");
+                }
+                let mut flow = TypedFlow::unordered("stack");
+                for s in p.servers {
+                    let boot =
+                        from_fn(
+                            |flavor: String, _| async move { Ok::<_, crate::TaskError>(flavor) },
+                        );
+                    flow.add(atom(s.name, boot), Const(s.flavor));
+                }
+                Ok(flow)
+            })
+            .and_then(|r| {
+                r.register_typed("defaults", 1, |p: Option<u32>| {
+                    Blueprint::new(
+                        Flow::linear("defaults")
+                            .add(Atom::from_fn("a", move |_| async move { Ok(json!(p)) })),
+                    )
+                })
+            })
+            .and_then(|r| {
+                r.register_typed("foreign", 1, |(): ()| {
+                    let mut other = TypedFlow::linear("other");
+                    let out = other.add(
+                        atom(
+                            "x",
+                            from_fn(|(): (), _| async { Ok::<_, crate::TaskError>(1) }),
+                        ),
+                        (),
+                    );
+                    let mut flow = TypedFlow::linear("foreign");
+                    flow.add(
+                        atom(
+                            "y",
+                            from_fn(|n: i32, _| async move { Ok::<_, crate::TaskError>(n) }),
+                        ),
+                        &out,
+                    );
+                    flow
+                })
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn typed_params_that_do_not_fit_name_the_field() {
+        let r = typed_registry();
+        let stack = FactoryRef::new("stack", 1);
+        let good = json!({"servers": [{"name": "web", "flavor": "small"}]});
+        let (flow, _) = r.build(&stack, &good).unwrap();
+        assert_eq!(flow.len(), 1);
+        let err = r
+            .build(
+                &stack,
+                &json!({"servers": [{"name": "web", "flavor": "small"}, {"name": "db", "flavor": 2}]}),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, BuildError::InvalidParams { field, .. } if field == "servers[1].flavor"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`servers[1].flavor`"), "{err}");
+        let missing = r.build(&stack, &json!({"note": "x"})).unwrap_err();
+        assert!(
+            matches!(&missing, BuildError::InvalidParams { field, reason, .. } if field == "." && reason.contains("missing field `servers`")),
+            "{missing:?}"
+        );
+        // No parameters at all: read as `{}`, so the missing field is named.
+        let none = r.build(&stack, &Value::Null).unwrap_err();
+        assert!(
+            matches!(&none, BuildError::InvalidParams { reason, .. } if reason.contains("`servers`")),
+            "{none:?}"
+        );
+        // A type that takes `null` gets it.
+        assert!(r
+            .build(&FactoryRef::new("defaults", 1), &Value::Null)
+            .is_ok());
+        // Parameters that fit but that the factory refuses.
+        assert!(matches!(
+            r.build(&stack, &json!({"servers": []})),
+            Err(BuildError::BadParams { reason, .. }) if reason == "a stack needs a server"
+        ));
+        // A typed flow wired wrongly is a compile error.
+        assert!(matches!(
+            r.build(&FactoryRef::new("foreign", 1), &Value::Null),
+            Err(BuildError::Compile { error, .. })
+                if matches!(*error, crate::compile::Error::BadWiring { ref atom, .. } if atom == "y")
         ));
     }
 }

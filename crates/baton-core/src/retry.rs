@@ -11,6 +11,14 @@
 //! - [`Decision::Revert`]: give up on this subflow and ask the enclosing controller; with none
 //!   left, the whole flow reverts;
 //! - [`Decision::RevertAll`]: revert the whole flow at once.
+//!
+//! A controller retries a *group*: the subflow is undone and run again as a whole. To retry one
+//! flaky call in place, give its atom a [`RetryPolicy`] instead
+//! ([`Atom::retries`](crate::Atom::retries), and [`Atom::revert_retries`](crate::Atom::revert_retries)
+//! for its `revert`): no subflow and no controller atom, and the work is not undone between
+//! attempts. The two compose: an atom whose policy runs out fails as it would without one, and
+//! the controllers around it decide as before (a controller's retry starts the atom's policy
+//! afresh).
 
 use std::fmt;
 use std::time::Duration;
@@ -136,6 +144,16 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// No wait at all.
+    #[must_use]
+    pub const fn none() -> Self {
+        Self {
+            base: Duration::ZERO,
+            max: Duration::ZERO,
+            jitter: 0.0,
+        }
+    }
+
     /// `base`, then doubling on each attempt, never more than `max`; no jitter.
     #[must_use]
     pub fn exponential(base: Duration, max: Duration) -> Self {
@@ -171,6 +189,131 @@ impl Backoff {
         } else {
             delay
         }
+    }
+}
+
+/// Which failures a [`RetryPolicy`] retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RetryOn {
+    /// Only failures marked transient ([`Failure::retryable`]: a [`TaskError`] marked
+    /// `.retryable()` or `.retry_after(..)`, a typed task's error that says it is
+    /// [transient](crate::typed::Transient)) and attempts cut at their time limit.
+    #[default]
+    Transient,
+    /// Every failure of the call, fatal ones and panics included; not a missing input, nor a
+    /// task stopped by a cancel or by its run's deadline, which no retry can help.
+    All,
+}
+
+/// How to retry one atom's `execute` ([`Atom::retries`](crate::Atom::retries)) or `revert`
+/// ([`Atom::revert_retries`](crate::Atom::revert_retries)) in place, without a subflow.
+///
+/// After a failed call the policy decides whether to call again: if the failure is one it
+/// retries ([`RetryOn`]) and fewer than [`attempts`](RetryPolicy::attempts) calls have
+/// failed, the engine waits the policy's delay, or the failure's
+/// [`retry_after`](Failure::retry_after) if that is longer, and calls again. The time of the
+/// next call is stored with the atom before the engine waits, so an engine that resumes the
+/// run after a crash waits only what is left of it.
+///
+/// Only calls that failed count: a call interrupted by a crash is run again (at least once)
+/// without using up an attempt. The count starts afresh when a retry controller runs the atom
+/// again in a new round.
+///
+/// ```
+/// use std::time::Duration;
+/// use baton_core::retry::{Backoff, RetryPolicy};
+///
+/// // Up to 5 calls in all: waits of about 1 s, 2 s, 4 s, 8 s (each cut by up to 20 %), at most 30 s.
+/// let policy = RetryPolicy::attempts(5)
+///     .backoff(Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30)).jitter(0.2));
+/// assert_eq!(policy.max_attempts(), 5);
+/// assert!(policy.delay(4) <= Duration::from_secs(8));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
+pub struct RetryPolicy {
+    attempts: u32,
+    backoff: Backoff,
+    on: RetryOn,
+}
+
+impl RetryPolicy {
+    /// The backoff a policy has unless given another: 1 s, doubling, at most 60 s, each wait
+    /// cut by up to a fifth at random.
+    pub const DEFAULT_BACKOFF: Backoff = Backoff {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+        jitter: 0.2,
+    };
+
+    /// At most `attempts` calls in all (at least 1: one call, no retry), retrying transient
+    /// failures only, with [`RetryPolicy::DEFAULT_BACKOFF`].
+    pub fn attempts(attempts: u32) -> Self {
+        Self {
+            attempts: attempts.max(1),
+            backoff: Self::DEFAULT_BACKOFF,
+            on: RetryOn::Transient,
+        }
+    }
+
+    /// Waits `backoff` between calls ([`Backoff::none`] for no wait).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Retries every failure, not only transient ones (see [`RetryOn::All`]).
+    pub fn retry_all(mut self) -> Self {
+        self.on = RetryOn::All;
+        self
+    }
+
+    /// Retries the failures `on` says.
+    pub fn retry_on(mut self, on: RetryOn) -> Self {
+        self.on = on;
+        self
+    }
+
+    /// The most calls made in all.
+    #[must_use]
+    pub fn max_attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Which failures are retried.
+    #[must_use]
+    pub fn retries_on(&self) -> RetryOn {
+        self.on
+    }
+
+    /// The wait after `failed` failed calls (1 after the first): the backoff's, not counting
+    /// a failure's own [`retry_after`](Failure::retry_after).
+    #[must_use]
+    pub fn delay(&self, failed: u32) -> Duration {
+        self.backoff
+            .delay(usize::try_from(failed).unwrap_or(usize::MAX))
+    }
+
+    /// Whether the policy retries `failure`, after `failed` failed calls (this one
+    /// included), and if so after how long: the longer of the backoff and the failure's
+    /// [`retry_after`](Failure::retry_after).
+    #[must_use]
+    pub fn next_delay(&self, failure: &Failure, failed: u32) -> Option<Duration> {
+        use crate::failure::FailureKind;
+        if failed >= self.attempts {
+            return None;
+        }
+        let eligible = match failure.kind {
+            // Nothing a second call could find: a missing input, a stop asked for.
+            FailureKind::Input | FailureKind::Cancelled => false,
+            FailureKind::Timeout => failure.retryable,
+            _ => failure.retryable || self.on == RetryOn::All,
+        };
+        eligible.then(|| {
+            self.delay(failed)
+                .max(failure.retry_after.unwrap_or_default())
+        })
     }
 }
 
@@ -502,6 +645,73 @@ mod tests {
         };
         assert!(f.execute(&ctx).is_err());
         assert_eq!(decide(&f, 2, &inputs), Decision::Revert);
+    }
+
+    #[test]
+    fn a_policy_retries_what_it_says_as_often_as_it_says() {
+        use crate::failure::FailureKind;
+        let failure = |kind, retryable| Failure {
+            retryable,
+            ..TaskError::msg("boom").into_failure("a", 1, kind)
+        };
+        let policy = RetryPolicy::attempts(3).backoff(Backoff::exponential(
+            Duration::from_millis(100),
+            Duration::from_millis(150),
+        ));
+        let transient = failure(FailureKind::Execute, true);
+        assert_eq!(
+            policy.next_delay(&transient, 1),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            policy.next_delay(&transient, 2),
+            Some(Duration::from_millis(150)),
+            "capped"
+        );
+        assert_eq!(policy.next_delay(&transient, 3), None, "out of attempts");
+        let fatal = failure(FailureKind::Execute, false);
+        assert_eq!(policy.next_delay(&fatal, 1), None, "transient only");
+        assert!(policy.retry_all().next_delay(&fatal, 1).is_some());
+        let panic = failure(FailureKind::Panic, false);
+        assert!(policy.retry_all().next_delay(&panic, 1).is_some());
+        for never in [FailureKind::Input, FailureKind::Cancelled] {
+            let f = failure(never, true);
+            assert_eq!(policy.retry_all().next_delay(&f, 1), None, "{never:?}");
+        }
+        // A timeout is retried if it is the atom's own limit (transient), not a deadline.
+        assert!(policy
+            .next_delay(&failure(FailureKind::Timeout, true), 1)
+            .is_some());
+        assert_eq!(
+            policy
+                .retry_all()
+                .next_delay(&failure(FailureKind::Timeout, false), 1),
+            None
+        );
+        // A task's `retry_after` wins when longer, and only then.
+        let mut throttled = transient.clone();
+        throttled.retry_after = Some(Duration::from_secs(3));
+        assert_eq!(
+            policy.next_delay(&throttled, 1),
+            Some(Duration::from_secs(3))
+        );
+        throttled.retry_after = Some(Duration::from_millis(1));
+        assert_eq!(
+            policy.next_delay(&throttled, 1),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(RetryPolicy::attempts(0).max_attempts(), 1);
+        assert_eq!(RetryPolicy::attempts(1).next_delay(&transient, 1), None);
+        assert_eq!(
+            RetryPolicy::attempts(2).retries_on(),
+            RetryOn::Transient,
+            "transient only by default"
+        );
+        let default = RetryPolicy::attempts(9);
+        for failed in 1..9 {
+            let d = default.delay(failed);
+            assert!(d <= Duration::from_secs(60), "{d:?}");
+        }
     }
 
     #[test]

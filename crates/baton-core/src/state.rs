@@ -91,7 +91,9 @@ state_enum!(
         Reverted => "REVERTED",
         /// `revert` failed; the failure is stored.
         RevertFailure => "REVERT_FAILURE",
-        /// A retry controller about to run its subflow again.
+        /// A retry controller about to run its subflow again, or a task whose retry policy
+        /// ([`Atom::retries`](crate::Atom::retries)) calls it again after a failure, once its
+        /// `retry_at` has come.
         Retrying => "RETRYING",
         /// Skipped by a decider; never runs.
         Ignore => "IGNORE",
@@ -196,7 +198,8 @@ impl AtomState {
     /// `RUNNING -> RUNNING` is a new attempt after a crash (the attempt number must grow) and
     /// is allowed; other same-state updates are field updates (progress, intention) and are
     /// allowed too. `RUNNING -> REVERTING` is for an atom whose `execute` was interrupted by a
-    /// crash and that must now be reverted.
+    /// crash and that must now be reverted. `FAILURE -> RETRYING` is a task retried in place
+    /// by its retry policy.
     #[must_use]
     pub fn can_transition(self, to: AtomState) -> bool {
         use AtomState::*;
@@ -206,7 +209,7 @@ impl AtomState {
                 (Pending, Running | Ignore)
                     | (Running, Success | Failure | Reverting)
                     | (Success, Reverting | Retrying)
-                    | (Failure, Reverting)
+                    | (Failure, Reverting | Retrying)
                     | (Reverting, Reverted | RevertFailure)
                     | (Reverted, Pending)
                     | (Retrying, Running | Pending | Reverting)

@@ -293,15 +293,17 @@ impl TaskContext {
         &self.scope.atom
     }
 
-    /// Which start of `execute` this is, from 1. Grows when a crashed run is resumed.
+    /// Which start of `execute` this is, from 1. Grows when a crashed run is resumed, and when
+    /// the atom's retry policy ([`Atom::retries`](crate::Atom::retries)) calls it again.
     #[must_use]
     pub fn attempt(&self) -> u32 {
         self.scope.attempt
     }
 
-    /// A key that stays the same for every re-run of this `execute` after a crash, so an
-    /// external system can recognise a repeated request. A retry controller that reverts and
-    /// re-runs the atom starts a new round, with a new key: the earlier work was undone.
+    /// A key that stays the same for every re-run of this `execute` after a crash, and for
+    /// every call its retry policy makes, so an external system can recognise a repeated
+    /// request. A retry controller that reverts and re-runs the atom starts a new round, with
+    /// a new key: the earlier work was undone.
     #[must_use]
     pub fn idempotency_key(&self) -> String {
         format!(

@@ -101,6 +101,8 @@ mod error;
 pub mod fuzzing;
 #[cfg(feature = "postgres")]
 mod liveness;
+#[cfg(feature = "sqlite")]
+mod lockfile;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -120,7 +122,7 @@ use std::sync::Arc;
 use baton_core::store::Store;
 
 #[cfg(feature = "postgres")]
-pub use board_postgres::{PostgresJobBoard, DEFAULT_WAKE_WINDOW};
+pub use board_postgres::{PostgresJobBoard, DEFAULT_RESTART_GRACE, DEFAULT_WAKE_WINDOW};
 #[cfg(feature = "sqlite")]
 pub use board_sqlite::SqliteJobBoard;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

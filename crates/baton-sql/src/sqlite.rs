@@ -188,6 +188,9 @@ pub struct SqliteStore {
     cancel_wake: Arc<baton_core::board::Wake>,
     /// The bound of every call (see [`crate::deadline`]).
     call_timeout: Duration,
+    /// The database file, symbolic links resolved (`None`: in memory); the job boards keep
+    /// their conductors' liveness locks beside it.
+    file: Option<Arc<std::path::Path>>,
 }
 
 fn is_memory(url: &str) -> bool {
@@ -242,6 +245,7 @@ impl SqliteStore {
                 Synchronous::Normal => SqliteSynchronous::Normal,
                 Synchronous::Full => SqliteSynchronous::Full,
             });
+        let connect_file = connect.get_filename().to_path_buf();
         // Pinging a SQLite connection before use only costs a message to its thread: there is
         // no server that could have gone away.
         let (pool, writer) = if memory {
@@ -287,6 +291,12 @@ impl SqliteStore {
             job_wake: Arc::default(),
             cancel_wake: Arc::default(),
             call_timeout,
+            // The file exists now: every process that names it, by whatever path, finds the
+            // same one.
+            file: (!memory).then(|| {
+                let named = connect_file;
+                std::fs::canonicalize(&named).unwrap_or(named).into()
+            }),
         };
         if !memory {
             store.enable_wal(call_timeout).await?;
@@ -495,6 +505,11 @@ impl SqliteStore {
     /// The lock this process's write transactions queue on (the job board's too).
     pub(crate) fn write_gate(&self) -> &tokio::sync::Mutex<()> {
         &self.write_gate
+    }
+
+    /// The database file (`None`: an in-memory database).
+    pub(crate) fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
     }
 }
 

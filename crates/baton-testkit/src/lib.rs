@@ -12,6 +12,9 @@
 //! - [`conformance`]: store cases every backend must pass, one test per case per backend.
 //! - [`board`]: job-board cases every backend must pass, likewise.
 //! - [`lifecycle`]: conductor cases (upgrades, parking, recovery) every backend pair must pass.
+//! - [`limits`]: time limits, deadlines and cancellation, on every store.
+//! - [`policies`]: per-atom retry policies, on every store.
+//! - [`typed`]: typed tasks' values through every store and a resume.
 //! - [`Proxy`]: a loopback TCP proxy whose link can be cut (silence both ways, sockets kept
 //!   open, as on a dead network path) and healed.
 //!
@@ -28,10 +31,12 @@ pub mod conformance;
 pub mod crash;
 pub mod lifecycle;
 pub mod limits;
+pub mod policies;
 mod probe;
 pub mod proxy;
 pub mod scenarios;
 mod stores;
+pub mod typed;
 
 pub use boards::{BoardOp, FaultyBoard};
 pub use probe::{Action, Call, Log, Phase, Probe};

@@ -112,6 +112,7 @@ pub struct Probe {
     result: Option<Value>,
     fail: Option<Predicate>,
     revert_fails: bool,
+    revert_transient: bool,
     delay: Duration,
 }
 
@@ -135,6 +136,7 @@ impl Probe {
             result: None,
             fail: None,
             revert_fails: false,
+            revert_transient: false,
             delay: Duration::ZERO,
         }
     }
@@ -163,10 +165,18 @@ impl Probe {
         self
     }
 
-    /// Fails `revert`.
+    /// Fails `revert` (with a fatal error).
     #[must_use]
     pub fn revert_fails(mut self) -> Self {
         self.revert_fails = true;
+        self
+    }
+
+    /// Fails `revert` with an error marked retryable (so a revert retry policy retries it).
+    #[must_use]
+    pub fn revert_fails_transiently(mut self) -> Self {
+        self.revert_fails = true;
+        self.revert_transient = true;
         self
     }
 
@@ -255,10 +265,12 @@ impl Task for Probe {
         rec.at(Phase::Start);
         if self.revert_fails {
             rec.at(Phase::Err);
-            return Err(TaskError::msg(format!(
-                "{} revert failed on purpose",
-                rec.atom
-            )));
+            let err = TaskError::msg(format!("{} revert failed on purpose", rec.atom));
+            return Err(if self.revert_transient {
+                err.retryable()
+            } else {
+                err
+            });
         }
         rec.at(Phase::Ok);
         Ok(())

@@ -1,7 +1,7 @@
 //! The flows the crash and conformance tests run. Every result is deterministic (it depends only
 //! on persisted data), so a resumed run can be compared with an uninterrupted one.
 
-use baton_core::retry::Times;
+use baton_core::retry::{Backoff, RetryPolicy, Times};
 use baton_core::{Atom, CompiledFlow, Flow, FnTask, Inputs, TaskError};
 use serde_json::json;
 
@@ -140,6 +140,39 @@ pub fn retrying() -> Scenario {
     }
 }
 
+/// `a`, then `b` and `c` in parallel: `b` fails every call, transiently, and its retry policy
+/// calls it three times before the flow reverts; `c` succeeds, but its `revert` fails every
+/// call, transiently, and its revert policy calls it twice before giving up: `c` ends
+/// `REVERT_FAILURE`, `a` is left as it is, and the run ends `FAILURE`.
+#[must_use]
+pub fn atom_retries() -> Scenario {
+    Scenario {
+        name: "atom retries",
+        build: |log| {
+            let at_once = |n| RetryPolicy::attempts(n).backoff(Backoff::none());
+            Flow::linear("atom-retries")
+                .add(Atom::task("a", Probe::new(log)).provides("a"))
+                .add(
+                    Flow::unordered("mid")
+                        .add(
+                            Atom::task("b", Probe::new(log).fails())
+                                .requires(["a"])
+                                .retries(at_once(3)),
+                        )
+                        .add(
+                            Atom::task("c", Probe::new(log).revert_fails_transiently())
+                                .requires(["a"])
+                                .revert_retries(at_once(2)),
+                        ),
+                )
+                .compile()
+                .expect("atom retries flow compiles")
+        },
+        inputs: Inputs::new(),
+        parallelism: 2,
+    }
+}
+
 /// A task `x` whose `execute` fails with a 10 MB message and ten causes of 100 KB, and whose
 /// `revert` fails with a 10 MB message: far over any store's limit on one value. (Not one of
 /// [`all`]: no crash test runs it.) Each message starts with `"{what} starts"` and ends with
@@ -167,5 +200,11 @@ pub fn huge_failures() -> CompiledFlow {
 /// Every scenario of the crash tests.
 #[must_use]
 pub fn all() -> Vec<Scenario> {
-    vec![linear(), parallel_graph(), failing(), retrying()]
+    vec![
+        linear(),
+        parallel_graph(),
+        failing(),
+        retrying(),
+        atom_retries(),
+    ]
 }

@@ -4,7 +4,7 @@ use baton_core::compile::Shape;
 use baton_core::engine::GRAPH_META_KEY;
 use baton_core::model::Change;
 use baton_core::store::{FlowQuery, Store};
-use baton_core::{FlowId, FlowState};
+use baton_core::{AtomState, FlowId, FlowState};
 use comfy_table::Cell;
 use serde_json::json;
 
@@ -199,11 +199,21 @@ async fn show(
         ],
     );
     for a in &snap.atoms {
-        let result = match (&a.result, &a.failure) {
-            (Some(r), _) => output::truncate(r, width),
-            (None, Some(f)) => format!("failed: {}", f.message),
+        let mut result = match (&a.result, &a.failure, &a.revert_failure) {
+            (_, _, Some(f)) if a.state == AtomState::Reverting => {
+                format!("revert failed: {}", f.message)
+            }
+            (Some(r), _, _) => output::truncate(r, width),
+            (None, Some(f), _) => format!("failed: {}", f.message),
             _ => String::new(),
         };
+        // Waiting to be called again (a retry policy or a retry controller's backoff).
+        if let (Some(at), AtomState::Retrying | AtomState::Reverting) = (a.retry_at, a.state) {
+            if !result.is_empty() {
+                result.push_str("; ");
+            }
+            result.push_str(&format!("retrying at {}", output::time(Some(at))));
+        }
         t.add_row(vec![
             Cell::new(&a.name),
             Cell::new(a.kind.as_str()),

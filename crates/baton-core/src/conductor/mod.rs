@@ -329,7 +329,7 @@ struct Millis(Duration);
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
-        if d.subsec_nanos() % 1_000_000 != 0 {
+        if !d.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{d:?}")
         } else if d.subsec_millis() == 0 && !d.is_zero() {
             write!(f, "{}s", d.as_secs())

@@ -427,7 +427,7 @@ pub struct Outcome {
     /// The results of the atoms that succeeded, by atom name.
     pub results: BTreeMap<String, Value>,
     /// Every failure recorded, execute and revert failures, including those of attempts a
-    /// retry controller retried.
+    /// retry controller retried and of calls an atom's retry policy retried.
     pub failures: Vec<Failure>,
     /// Whether the run's final batch also consumed its job (see
     /// [`RunOptions::consume_job`]).

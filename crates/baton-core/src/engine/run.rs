@@ -981,7 +981,15 @@ impl Run {
     fn start(&mut self, i: usize) {
         let now = Utc::now();
         let timeout = self.flow.atoms[i].timeout;
+        let is_task = matches!(self.flow.atoms[i].body, AtomBody::Task(_));
+        let history_limit = self.engine.options.max_history_bytes;
         self.set_atom(i, |a| {
+            if is_task && a.state == AtomState::Retrying {
+                // Retried in place: the failure of the call before goes to the history.
+                if let Some(failure) = a.failure.take() {
+                    push_failed_call(a, CallKind::Execute, failure, history_limit);
+                }
+            }
             // An attempt interrupted by a crash keeps its deadline: the limit counts from
             // its first start.
             let interrupted = a.state == AtomState::Running && a.deadline.is_some();
@@ -1047,8 +1055,70 @@ impl Run {
     }
 
     fn fail(&mut self, i: usize, failure: Failure) {
+        let retry_in = self.retry_in(i, &failure);
         self.record_failure(i, failure);
-        self.resolve_failure(i);
+        match retry_in {
+            Some(delay) => self.schedule_retry(i, delay),
+            None => self.resolve_failure(i),
+        }
+    }
+
+    /// Whether atom `i`'s own retry policy retries the failure of its `execute`, and after
+    /// how long. Not while the run is undoing anything around it: a retry then would only
+    /// be reverted.
+    fn retry_in(&self, i: usize, failure: &Failure) -> Option<Duration> {
+        let policy = self.flow.atoms[i].retries.as_ref()?;
+        if self.record.intention == Intention::Revert
+            || self.failing
+            || self.retrying_scope(i).is_some()
+        {
+            return None;
+        }
+        let failed = failed_calls(&self.atoms[i].retry_history, CallKind::Execute);
+        policy.next_delay(failure, failed.saturating_add(1))
+    }
+
+    /// Makes failed atom `i` wait `delay`, then run again (`RETRYING`, with the time stored).
+    fn schedule_retry(&mut self, i: usize, delay: Duration) {
+        let at = crate::time::after(Utc::now(), delay);
+        tracing::info!(atom = %self.flow.atoms[i].name, ?delay, "retrying atom");
+        self.set_atom(i, |a| {
+            a.state = AtomState::Retrying;
+            a.retry_at = Some(at);
+        });
+    }
+
+    /// Whether atom `i`'s revert retry policy retries the failure of its `revert`, and after
+    /// how long.
+    fn revert_retry_in(&self, i: usize, failure: &Failure) -> Option<Duration> {
+        let policy = self.flow.atoms[i].revert_retries.as_ref()?;
+        let failed = failed_calls(&self.atoms[i].retry_history, CallKind::Revert);
+        policy.next_delay(failure, failed.saturating_add(1))
+    }
+
+    /// Keeps atom `i` `REVERTING` after a failed `revert`, to call it again after `delay`:
+    /// the failure and the time of the next call are stored.
+    fn schedule_revert_retry(&mut self, i: usize, mut failure: Failure, delay: Duration) {
+        crate::clip::clip_failure(&mut failure, self.engine.options.max_failure_bytes);
+        tracing::warn!(atom = %failure.atom, error = %failure, ?delay, "revert failed, retrying");
+        let at = crate::time::after(Utc::now(), delay);
+        self.set_atom(i, |a| {
+            a.revert_failure = Some(failure);
+            a.retry_at = Some(at);
+            a.deadline = None;
+        });
+    }
+
+    /// Whether atom `i`, `REVERTING`, waits to call its `revert` again; if so, the loop is
+    /// set to wake then.
+    fn revert_waits(&mut self, i: usize) -> bool {
+        match self.atoms[i].retry_at {
+            Some(at) if at > Utc::now() => {
+                self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Records atom `i`'s failure, without asking any retry controller what to do.
@@ -1157,7 +1227,7 @@ impl Run {
             let state = self.atoms[m].state;
             if state == AtomState::Reverting {
                 at_rest = false;
-                if may_start && self.has_capacity() {
+                if may_start && self.has_capacity() && !self.revert_waits(m) {
                     self.relaunch_revert(m);
                 }
             } else if self.revertible(state) {
@@ -1214,7 +1284,7 @@ impl Run {
             }
             let state = self.atoms[i].state;
             if state == AtomState::Reverting {
-                if self.has_capacity() {
+                if self.has_capacity() && !self.revert_waits(i) {
                     self.relaunch_revert(i);
                 }
             } else if self.revertible(state) && self.successors_clear(i, None) {
@@ -1235,6 +1305,8 @@ impl Run {
             a.state = AtomState::Reverting;
             a.intention = Intention::Revert;
             a.deadline = limit.map(|t| crate::time::after(now, t));
+            // A retry it was waiting for (`RETRYING`) will not come.
+            a.retry_at = None;
         });
         if is_task {
             let inputs = self.inputs_best_effort(i);
@@ -1251,12 +1323,19 @@ impl Run {
     fn relaunch_revert(&mut self, i: usize) {
         if matches!(self.flow.atoms[i].body, AtomBody::Task(_)) {
             // An interrupted revert keeps its deadline; one that had none (it was left by a
-            // suspend, or the limit is new) counts from now.
+            // suspend, or the limit is new, or this is a retry) counts from now.
             let limit = self.flow.atoms[i].revert_timeout;
-            if limit.is_some() != self.atoms[i].deadline.is_some() {
+            let retry = self.atoms[i].revert_failure.is_some() || self.atoms[i].retry_at.is_some();
+            if retry || limit.is_some() != self.atoms[i].deadline.is_some() {
                 let now = Utc::now();
+                let history_limit = self.engine.options.max_history_bytes;
                 self.set_atom(i, |a| {
-                    a.deadline = limit.map(|t| crate::time::after(now, t))
+                    // Retried in place: the failure of the call before goes to the history.
+                    if let Some(failure) = a.revert_failure.take() {
+                        push_failed_call(a, CallKind::Revert, failure, history_limit);
+                    }
+                    a.retry_at = None;
+                    a.deadline = limit.map(|t| crate::time::after(now, t));
                 });
             }
             let inputs = self.inputs_best_effort(i);
@@ -1390,6 +1469,7 @@ impl Run {
                             let done = match race(work, &token, limit).await {
                                 Raced::Cancelled => return (i, Done::Cancelled),
                                 Raced::TimedOut(at) => Err(timed_out("revert", &name, at)
+                                    .retryable()
                                     .into_failure(&name, attempt, FailureKind::Timeout)),
                                 Raced::Done(Ok(Ok(()))) => Ok(()),
                                 Raced::Done(Ok(Err(e))) => {
@@ -1504,13 +1584,16 @@ impl Run {
                     a.deadline = None;
                 });
             }
-            Done::Reverted(Err(f)) => {
-                self.record_revert_failure(i, f);
-                if self.record.intention != Intention::Revert {
-                    // A subflow that cannot be undone cannot be retried either.
-                    self.revert_all();
+            Done::Reverted(Err(f)) => match self.revert_retry_in(i, &f) {
+                Some(delay) => self.schedule_revert_retry(i, f, delay),
+                None => {
+                    self.record_revert_failure(i, f);
+                    if self.record.intention != Intention::Revert {
+                        // A subflow that cannot be undone cannot be retried either.
+                        self.revert_all();
+                    }
                 }
-            }
+            },
         }
         Ok(())
     }
@@ -1651,4 +1734,43 @@ fn timed_out(action: &str, atom: &str, at: DateTime<Utc>) -> TaskError {
         "{action} of atom {atom:?} ran past its time limit (due at {}) and was cancelled",
         at.to_rfc3339()
     ))
+}
+
+/// Which call of a task a retry policy retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    Execute,
+    Revert,
+}
+
+impl CallKind {
+    const fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Execute => "execute",
+            CallKind::Revert => "revert",
+        }
+    }
+}
+
+/// How many calls of `kind` failed in the atom's current round, as its history counts them:
+/// each entry a retry policy adds is `{"retry": "execute" | "revert", "failed": n}` with the
+/// failure of the `n`-th failed call, and the latest is always kept (see
+/// [`clip_history`](crate::clip::clip_history)).
+fn failed_calls(history: &[RetryAttempt], kind: CallKind) -> u32 {
+    history
+        .iter()
+        .rev()
+        .find(|h| h.value.get("retry").and_then(Value::as_str) == Some(kind.as_str()))
+        .and_then(|h| h.value.get("failed").and_then(Value::as_u64))
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// Moves the failure of a call that a retry policy retries into the atom's history.
+fn push_failed_call(a: &mut AtomRecord, kind: CallKind, failure: Failure, limit: usize) {
+    let failed = failed_calls(&a.retry_history, kind).saturating_add(1);
+    a.retry_history.push(RetryAttempt::new(
+        serde_json::json!({ "retry": kind.as_str(), "failed": failed }),
+        vec![failure],
+    ));
+    crate::clip::clip_history(&mut a.retry_history, limit);
 }

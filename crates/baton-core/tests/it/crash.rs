@@ -38,3 +38,8 @@ async fn failing_flow_survives_a_crash_at_every_write() {
 async fn retrying_flow_survives_a_crash_at_every_write() {
     check(scenarios::retrying()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atom_retries_survive_a_crash_at_every_write() {
+    check(scenarios::atom_retries()).await;
+}

@@ -13,6 +13,7 @@ mod graphs;
 mod lifecycle;
 mod limits;
 mod patterns;
+mod policies;
 mod properties;
 mod resume;
 mod retries;
@@ -20,6 +21,7 @@ mod reverts;
 mod self_fencing;
 mod store;
 mod time_limits;
+mod typed;
 mod validation;
 
 use baton_core::{CompiledFlow, Engine, Inputs, MemoryStore, Outcome};

@@ -19,6 +19,7 @@ mod connect;
 mod deadlines;
 mod engine_edges;
 mod errors;
+mod liveness;
 mod postgres;
 mod sqlite;
 mod support;
@@ -126,11 +127,19 @@ macro_rules! generic_cases {
                 }
             }
 
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn atom_retries_survive_a_crash_at_every_write() {
+                if let Some(store) = $make {
+                    crate::cases::crash_at_every_write_resumes(store, scenarios::atom_retries())
+                        .await;
+                }
+            }
+
             #[test]
             fn every_scenario_has_a_crash_test() {
                 assert_eq!(
                     scenarios::all().len(),
-                    4,
+                    5,
                     "add a crash test for the new scenario"
                 );
             }

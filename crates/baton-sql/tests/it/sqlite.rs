@@ -19,6 +19,20 @@ mod limits {
     baton_testkit::limits_conformance!(optional: sqlite_store().await);
 }
 
+/// Per-atom retry policies.
+mod policies {
+    use crate::support::sqlite_store;
+
+    baton_testkit::policies_conformance!(optional: sqlite_store().await);
+}
+
+/// Typed tasks' values through the store and a resume.
+mod typed {
+    use crate::support::sqlite_store;
+
+    baton_testkit::typed_conformance!(optional: sqlite_store().await);
+}
+
 /// The same contract, with steps written long (the default of 0.2.0; short is the default now).
 mod conformance_long_steps {
     use baton_sql::{SqliteOptions, StepFormat};
