@@ -15,6 +15,8 @@
 //! - [`limits`]: time limits, deadlines and cancellation, on every store.
 //! - [`policies`]: per-atom retry policies, on every store.
 //! - [`typed`]: typed tasks' values through every store and a resume.
+//! - [`Proxy`]: a loopback TCP proxy whose link can be cut (silence both ways, sockets kept
+//!   open, as on a dead network path) and healed.
 //!
 //! Panics here are failed assertions: this crate is only ever used from tests.
 
@@ -31,12 +33,14 @@ pub mod lifecycle;
 pub mod limits;
 pub mod policies;
 mod probe;
+pub mod proxy;
 pub mod scenarios;
 mod stores;
 pub mod typed;
 
 pub use boards::{BoardOp, FaultyBoard};
 pub use probe::{Action, Call, Log, Phase, Probe};
+pub use proxy::Proxy;
 pub use stores::{CrashMode, CrashStore, FlakyStore};
 
 /// Runs (or resumes) the stored run `id` of `flow` on `engine` until a retry controller goes

@@ -325,6 +325,7 @@ fn conductor_options(args: &ConductorArgs) -> Result<Options> {
     options.gather = Duration::from_millis(args.gather_ms);
     options.retention = args.retain;
     options.self_fence_margin = args.self_fence_margin_ms.map(Duration::from_millis);
+    options.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     options.validate().map_err(|e| options_error(&e))?;
     Ok(options)
 }
@@ -337,6 +338,7 @@ fn options_error(e: &InvalidOptions) -> CliError {
         "poll" => Some("--poll-ms"),
         "gather" => Some("--gather-ms"),
         "self_fence_margin" => Some("--self-fence-margin-ms"),
+        "drain_timeout" => Some("--drain-timeout-ms"),
         _ => None,
     };
     let message = match e {
@@ -379,9 +381,26 @@ fn options_error(e: &InvalidOptions) -> CliError {
         )),
         _ => None,
     };
-    // Options the command line does not set (the drain timeout, the retention's interval).
+    // Options the command line does not set (the retention's interval).
     let message = message.unwrap_or_else(|| format!("invalid conductor options: {e}"));
     CliError::new(exit::BAD_INPUT, message)
+}
+
+/// The shortest call timeout a conductor takes, whatever its lease: below it, calls that are
+/// only slow (a busy machine, a busy SQLite file) would fail as lost.
+const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The call timeout of a conductor's store and board (see `baton_sql::deadline`): a third of
+/// its lease, no more than the default (5 s) and no less than [`MIN_CALL_TIMEOUT`].
+///
+/// A call the database does not answer then fails well before the lease runs out: the
+/// conductor logs it at once and retries. With the self-fencing margin at a fifth of the
+/// lease, two heartbeats in a row can time out and a third still be sent before the
+/// conductor stops its jobs itself, so one connection lost to a dead path costs no job.
+/// Shorter would fail calls that are only slow; the default bounds calls of long leases.
+/// (Leases under 300 ms, for tests, get calls longer than a third of them.)
+fn call_timeout(lease: Duration) -> Duration {
+    (lease / 3).clamp(MIN_CALL_TIMEOUT, baton_sql::DEFAULT_CALL_TIMEOUT)
 }
 
 /// Runs a conductor with the demo registry until interrupted.
@@ -393,7 +412,10 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
         .map_or(SideEffects::Discard, SideEffects::File);
     let registry = offered(demo_registry(effects)?, args.demo_versions.as_deref())?;
     let offer = registry.offer();
-    let backends = db.open().await?;
+    let call_timeout = call_timeout(options.lease);
+    let backends = db
+        .open_with(baton_sql::OpenOptions::new().call_timeout(call_timeout))
+        .await?;
     let board = backends.board;
     let conductor = Conductor::new(board.clone(), Engine::from_arc(backends.store), registry)
         .with_options(options)
@@ -411,8 +433,10 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
         ));
     }
     eprintln!(
-        "conductor {id} ({}) running; SIGINT or SIGTERM stops it",
-        args.name
+        "conductor {id} ({}) running, database calls time out after {}ms; SIGINT or SIGTERM \
+         stops it",
+        args.name,
+        call_timeout.as_millis()
     );
     let summary = conductor
         .run(shutdown.clone())
@@ -577,6 +601,20 @@ mod tests {
         assert_eq!(err.code, exit::INTERNAL);
         assert!(err.message.contains("corrupt"), "{}", err.message);
         assert!(shutdown.is_cancelled(), "the conductor is told to stop");
+    }
+
+    #[test]
+    fn a_conductors_call_timeout_is_a_third_of_its_lease_within_bounds() {
+        for (lease_ms, timeout) in [
+            (3_000, Duration::from_millis(1_000)),
+            (10_000, Duration::from_nanos(3_333_333_333)),
+            (15_000, baton_sql::DEFAULT_CALL_TIMEOUT),
+            (60_000, baton_sql::DEFAULT_CALL_TIMEOUT),
+            (300, Duration::from_millis(100)),
+            (1, MIN_CALL_TIMEOUT),
+        ] {
+            assert_eq!(call_timeout(Duration::from_millis(lease_ms)), timeout);
+        }
     }
 
     #[tokio::test]

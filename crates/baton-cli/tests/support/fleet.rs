@@ -194,6 +194,32 @@ where
     }
 }
 
+/// Waits until at least `n` steps of run `flow` succeeded (its owner is a few steps in, so
+/// stopping it now interrupts it), for up to 60 s.
+pub async fn wait_for_steps(
+    store: &std::sync::Arc<dyn baton_core::store::Store>,
+    flow: baton_core::FlowId,
+    n: usize,
+) {
+    wait_until(
+        &format!("{n} steps succeeded"),
+        Duration::from_secs(60),
+        || {
+            let store = store.clone();
+            async move {
+                store.load_flow(flow).await.is_ok_and(|s| {
+                    s.atoms
+                        .iter()
+                        .filter(|a| a.state == AtomState::Success)
+                        .count()
+                        >= n
+                })
+            }
+        },
+    )
+    .await;
+}
+
 /// How many resources each step created, by run (its flow id, as text) and atom.
 pub fn creates(effects: &[Effect]) -> BTreeMap<(String, String), u32> {
     let mut creates = BTreeMap::new();
