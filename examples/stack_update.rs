@@ -287,7 +287,7 @@ impl Cloud {
     /// first call of every other request: then the cloud is busy, and does nothing.
     fn call<T>(&self, request: String, f: impl FnOnce(&mut Layout) -> Option<T>) -> Reply<T> {
         let mut state = self.state();
-        if state.seen.insert(request.clone()) && state.seen.len() % 2 == 0 {
+        if state.seen.insert(request.clone()) && state.seen.len().is_multiple_of(2) {
             return Err(CloudError::Busy);
         }
         f(&mut state.layout).ok_or(CloudError::NotFound(request))
