@@ -184,7 +184,8 @@ impl SideEffects {
         Ok(last.filter(|e| e.action == "create").map(|e| e.resource))
     }
 
-    /// Reads a side-effect file back.
+    /// Reads a side-effect file back: its whole lines (a last line still being written by
+    /// another process is left out).
     ///
     /// # Errors
     /// If the file cannot be read or a line is not an effect.
@@ -194,7 +195,11 @@ impl SideEffects {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        text.lines()
+        // A last line without its newline is a write still under way in another process
+        // (a reader can see part of it): it is left for the next read.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).map_err(|e| format!("bad line {l:?}: {e}")))
             .collect()
@@ -616,6 +621,41 @@ mod tests {
     use baton_core::store::Store;
     use baton_core::{AtomState, Control, Engine, EventKind, FlowState, MemoryStore, RunOptions};
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_line_still_being_written_is_left_for_the_next_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("effects.jsonl");
+        let effects = SideEffects::File(path.clone());
+        effects.record(effects_sample("create")).await.unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        // Another process's write, seen half done.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&whole[..whole.len() / 2]);
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(SideEffects::read_file(&path).unwrap().len(), 1);
+        // Once whole, it is read.
+        torn.extend_from_slice(&whole[whole.len() / 2..]);
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(SideEffects::read_file(&path).unwrap().len(), 2);
+        // A line that is whole and wrong is still an error.
+        torn.extend_from_slice(b"{not json}\n");
+        std::fs::write(&path, &torn).unwrap();
+        assert!(SideEffects::read_file(&path).is_err());
+    }
+
+    fn effects_sample(action: &str) -> Effect {
+        Effect {
+            action: action.into(),
+            resource: "res-1".into(),
+            key: "key-1".into(),
+            atom: "step-0000".into(),
+            flow: "flow-1".into(),
+            attempt: 1,
+            at: Utc::now().to_rfc3339(),
+            pid: std::process::id(),
+        }
+    }
 
     /// Runs flow `id` in a task of its own, under `control`.
     fn run_in_task(

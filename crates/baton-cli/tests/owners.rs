@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use baton_cli::demo::{Effect, SideEffects};
 use baton_core::board::Job;
-use baton_core::{AtomState, FlowState, JobState};
+use baton_core::{AtomState, FlowState};
 use chrono::{DateTime, Utc};
 use support::fleet::{conductor_command_with, logs, signal, spawn, stop, wait_until};
 use support::{baton, pg_db, sqlite_db, stderr};
@@ -85,7 +85,7 @@ async fn paused_owner_makes_no_call_after_the_takeover(db: &str, dir: &std::path
     let backends = baton_sql::open(db).await.unwrap();
     wait_until("the job completes", Duration::from_secs(60), || {
         let board = backends.board.clone();
-        async move { board.get(job.id).await.unwrap().state == JobState::Complete }
+        async move { support::fleet::is_complete(&*board, job.id).await }
     })
     .await;
     let log = SideEffects::read_file(&effects).unwrap();

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use baton_cli::demo::{Effect, SideEffects};
 use baton_core::board::Job;
-use baton_core::JobState;
 use baton_testkit::Proxy;
 use chrono::{DateTime, Utc};
 use support::fleet::{conductor_command_with, logs, signal, spawn, wait_until, Conductor};
@@ -220,7 +219,7 @@ async fn postgres_a_conductor_cut_off_stops_before_the_takeover_and_recovers() {
     let work = post_for_cut(&db.url, 20);
     wait_until("\"cut\" runs new work", Duration::from_secs(20), || {
         let board = backends.board.clone();
-        async move { board.get(work.id).await.unwrap().state == JobState::Complete }
+        async move { support::fleet::is_complete(&*board, work.id).await }
     })
     .await;
     let work_flow = work.flow().to_string();
@@ -269,7 +268,7 @@ async fn postgres_a_conductor_cut_off_stops_before_the_takeover_and_recovers() {
     // cloud call after "other" took over.
     wait_until("the first job completes", Duration::from_secs(40), || {
         let board = backends.board.clone();
-        async move { board.get(job.id).await.unwrap().state == JobState::Complete }
+        async move { support::fleet::is_complete(&*board, job.id).await }
     })
     .await;
     let log = effects(&file);
