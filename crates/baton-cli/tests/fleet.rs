@@ -14,7 +14,9 @@ use baton_core::board::{JobQuery, NewJob};
 use baton_core::model::Change;
 use baton_core::{AtomState, FlowState, JobState};
 use serde_json::json;
-use support::fleet::{check_steps, conductor, creates, signal, stop_all, wait_until, Conductor};
+use support::fleet::{
+    check_steps, conductor, creates, signal, stop_all, wait_for_steps, wait_until, Conductor,
+};
 use support::{pg_db, sqlite_db};
 
 /// Stops `owner` (SIGSTOP) at a moment it holds no SQLite write lock. A process stopped in the
@@ -149,23 +151,7 @@ async fn stopped_owner_writes_nothing(db: &str) {
         .unwrap();
     let owner = conductor(db, "owner", &effects, 1000);
     let (board, store) = (backends.board.clone(), backends.store.clone());
-    wait_until(
-        "the owner is a few steps in",
-        Duration::from_secs(60),
-        || {
-            let (store, flow) = (store.clone(), job.flow());
-            async move {
-                store.load_flow(flow).await.is_ok_and(|s| {
-                    s.atoms
-                        .iter()
-                        .filter(|a| a.state == AtomState::Success)
-                        .count()
-                        >= 3
-                })
-            }
-        },
-    )
-    .await;
+    wait_for_steps(&store, job.flow(), 3).await;
     let claimed = board.get(job.id).await.unwrap();
     stop_between_writes(&owner, db).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -186,7 +172,7 @@ async fn stopped_owner_writes_nothing(db: &str) {
     let successor = conductor(db, "successor", &effects, 1000);
     wait_until("the job is complete", Duration::from_secs(120), || {
         let board = board.clone();
-        async move { board.get(job.id).await.unwrap().state == JobState::Complete }
+        async move { support::fleet::is_complete(&*board, job.id).await }
     })
     .await;
     let done = board.get(job.id).await.unwrap();

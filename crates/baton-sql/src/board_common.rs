@@ -3,11 +3,39 @@
 
 use std::future::Future;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use baton_core::board::{self, Cancel, CancelStep, Job, Offer};
 use baton_core::{ConductorId, Fence, FencingToken, JobId, JobState};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
+
+/// How often, at most, a board looks for the jobs of dead owners before a claim: one look (at
+/// `pg_locks` on PostgreSQL, at the lock files on SQLite) is cheap a few times a second, too
+/// dear for every claim.
+pub(crate) const REAP_EVERY: Duration = Duration::from_millis(100);
+
+/// Lets something happen at most once per interval (a board's looks for dead owners).
+#[derive(Debug, Default)]
+pub(crate) struct Throttle(std::sync::Mutex<Option<Instant>>);
+
+impl Throttle {
+    /// Whether `every` has passed since the last time this answered `true` (which it then
+    /// counts from now).
+    pub(crate) fn due(&self, every: Duration) -> bool {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *last {
+            Some(t) if t.elapsed() < every => false,
+            _ => {
+                *last = Some(Instant::now());
+                true
+            }
+        }
+    }
+}
 
 /// Maps a sqlx error onto the board's error kinds, as the store does.
 pub(crate) fn db(err: sqlx::Error) -> board::Error {

@@ -15,9 +15,10 @@ use sqlx::Row;
 
 use crate::board_common::{
     cancel, cancel_request, check_trash, db, deadline_ms, from_ms, job_state, ms, offer_from_json,
-    offer_json, offer_lists, release_needed, supersede, token_db, JobRows, RawJob, HOLDS_KEY,
-    PARK_CANCEL, RUN_ENDED,
+    offer_json, offer_lists, release_needed, supersede, token_db, JobRows, RawJob, Throttle,
+    HOLDS_KEY, PARK_CANCEL, REAP_EVERY, RUN_ENDED,
 };
+use crate::deadline::Raw;
 use crate::liveness::{lock_key, Liveness};
 use crate::postgres::PostgresStore;
 use crate::wake::{self, Listener, News, PostWakes, CANCEL_NEWS};
@@ -67,6 +68,13 @@ const KEY_LOCK: i32 = 0x6b65_7973;
 ///   owner's jobs are claimed within a poll interval instead of when their leases run out.
 ///   Leases remain the backstop for owners that are alive but cut off. Registering waits 2 s
 ///   at most for the lock (or the connection), and claims never wait for it.
+/// - **A database restart moves no job.** A restart drops every session, and with them every
+///   conductor's lock: right after it, every owner looks dead. So a free lock counts as its
+///   owner's death only once the server has been up for longer than a grace
+///   ([`PostgresJobBoard::with_restart_grace`], 15 s by default), long enough for live
+///   conductors to take their locks again at their next heartbeat; until then only leases run
+///   out. A board whose own conductor lost its lock (every session dropped without a restart,
+///   a failover) likewise trusts no free lock until it took its own again and the grace passed.
 /// - **Wake-ups**: posting, abandoning, releasing and consuming a keyed job send a
 ///   `NOTIFY`, so idle conductors (waiting in [`JobBoard::wait_for_work`]) react at once
 ///   (posts close together share one, sent at most a window later: see
@@ -83,15 +91,23 @@ pub struct PostgresJobBoard {
     channel: Arc<str>,
     liveness: Arc<Liveness>,
     listener: Arc<Listener>,
-    last_reap: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    reaps: Arc<Throttle>,
+    restart_grace: Duration,
     wakes: PostWakes,
 }
 
 /// The default of [`PostgresJobBoard::with_wake_window`].
 pub const DEFAULT_WAKE_WINDOW: Duration = Duration::from_millis(20);
 
-/// How often, at most, a board looks for dead owners (see `PostgresJobBoard::reap`).
-const REAP_EVERY: Duration = Duration::from_millis(100);
+/// The default of [`PostgresJobBoard::with_restart_grace`]: 15 s, time for conductors that
+/// heartbeat every 10 s or more often to take their locks again.
+pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(15);
+
+/// Whether the server has been up for longer than `$n` milliseconds (the restart grace): only
+/// then does a free liveness lock mean that its owner died.
+fn up_longer_than(n: u8) -> String {
+    format!("(pg_postmaster_start_time() <= clock_timestamp() - ${n}::float8 * interval '1 millisecond')")
+}
 
 fn decode(row: &PgRow) -> Result<Job, board::Error> {
     RawJob {
@@ -255,7 +271,8 @@ impl PostgresJobBoard {
             store: store.clone(),
             liveness: Arc::default(),
             listener: Arc::new(Listener::new(store.clone(), store.job_channel().into())),
-            last_reap: Arc::default(),
+            reaps: Arc::default(),
+            restart_grace: DEFAULT_RESTART_GRACE,
             wakes: PostWakes::new(
                 store.clone(),
                 store.job_channel().into(),
@@ -281,6 +298,36 @@ impl PostgresJobBoard {
     #[must_use]
     pub fn with_wake_window(mut self, window: Duration) -> Self {
         self.wakes = PostWakes::new(self.store.clone(), Arc::clone(&self.channel), window);
+        self
+    }
+
+    /// How long a call of this board may take: its store's
+    /// [`call_timeout`](PostgresStore::call_timeout).
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.store.call_timeout()
+    }
+
+    /// How long after the database server starts a free liveness lock still does not count as
+    /// its owner's death (default [`DEFAULT_RESTART_GRACE`], 15 s; zero: at once).
+    ///
+    /// A restart of the server (or a failover, or a crash of one backend, after which the
+    /// server drops every session) frees every conductor's liveness lock at once; each live
+    /// conductor takes its lock again at its next heartbeat. Were a free lock trusted at once,
+    /// the first claim after the restart would take every running job from its live owner, and
+    /// the fleet would trade all its jobs (safely, thanks to fencing, but each one's step in
+    /// flight would run again). So for `grace` after the server started, counted by the
+    /// server's clock (`pg_postmaster_start_time()`), a claim takes only jobs whose leases ran
+    /// out. A board whose own conductor's lock was lost does the same until it took the lock
+    /// again and `grace` passed since, which covers the events that drop every session without
+    /// restarting the server.
+    ///
+    /// Choose it longer than the conductors' heartbeat, with room for reconnecting. What a
+    /// longer grace costs is bounded by the lease: a conductor that dies within the grace has
+    /// its jobs taken when their leases run out, as if it had no lock.
+    #[must_use]
+    pub fn with_restart_grace(mut self, grace: Duration) -> Self {
+        self.restart_grace = grace;
         self
     }
 
@@ -351,36 +398,30 @@ impl PostgresJobBoard {
         }
     }
 
-    /// Whether it is time to look for dead owners again (at most every [`REAP_EVERY`]).
-    fn reap_due(&self) -> bool {
-        let mut last = self
-            .last_reap
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match *last {
-            Some(t) if t.elapsed() < REAP_EVERY => false,
-            _ => {
-                *last = Some(std::time::Instant::now());
-                true
-            }
-        }
-    }
-
     /// Expires the leases of jobs whose owner's liveness lock is gone (its process died), so
-    /// the next claim takes them at once. One look at `pg_locks` per call: cheap a few times a
-    /// second, too dear for every claim.
-    async fn reap(&self) -> Result<(), board::Error> {
+    /// the next claim takes them at once; unless the server started less than the restart
+    /// grace ago, or the claimant's own lock (`own`, if it holds one) is gone too: then a free
+    /// lock may only mean that the server dropped its session. One look at `pg_locks` per
+    /// call: cheap a few times a second, too dear for every claim.
+    async fn reap(&self, own: Option<i64>) -> Result<(), board::Error> {
         let mut kept = self.store.acquire().await.map_err(db)?;
-        let reaped = sqlx::query(
+        let reaped = sqlx::query(&format!(
             "WITH live AS MATERIALIZED ( \
                  SELECT (l.classid::bigint << 32) | l.objid::bigint AS owner_lock FROM pg_locks l \
                   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())), \
+             trusted AS MATERIALIZED ( \
+                 SELECT {} AND ($2::bigint IS NULL OR $2 IN (SELECT owner_lock FROM live)) AS yes) \
              UPDATE jobs SET lease_expires_at = 0 \
-              WHERE state = 'CLAIMED' AND owner_lock IS NOT NULL AND lease_expires_at > 0 \
+              WHERE (SELECT yes FROM trusted) \
+                AND state = 'CLAIMED' AND owner_lock IS NOT NULL AND lease_expires_at > 0 \
                 AND owner_lock NOT IN (SELECT owner_lock FROM live)",
-        )
-        .execute(&mut *kept).await;
+            up_longer_than(1)
+        ))
+        .bind(ms(self.restart_grace))
+        .bind(own)
+        .execute(&mut *kept)
+        .await;
         self.store.release(kept, &reaped);
         let reaped = reaped.map_err(db)?;
         if reaped.rows_affected() > 0 {
@@ -400,7 +441,7 @@ impl PostgresJobBoard {
     /// (so every earlier job of the key is seen), the earlier unfinished jobs of the key are
     /// asked to revert (their owners told), then the job is posted with its own wake-up.
     async fn post_superseding(&self, new: &NewJob, key: &str) -> Result<Job, board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         sqlx::query(&format!(
             "SELECT pg_advisory_xact_lock({KEY_LOCK}, hashtext($1))"
         ))
@@ -428,8 +469,11 @@ impl PostgresJobBoard {
     }
 }
 
+crate::deadline::bounded_board!(PostgresJobBoard, crate::liveness::LIVENESS_WAIT);
+
+/// The board's calls, unbounded: [`crate::deadline`] bounds each.
 #[async_trait]
-impl JobBoard for PostgresJobBoard {
+impl JobBoard for Raw<'_, PostgresJobBoard> {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
         new.check(self.store.max_value_bytes())?;
         if let (true, Some(key)) = (new.supersede, new.key.as_deref()) {
@@ -479,8 +523,9 @@ impl JobBoard for PostgresJobBoard {
         if max == 0 || offer.is_empty() {
             return Ok(Vec::new());
         }
-        if self.reap_due() {
-            self.reap().await?;
+        if self.reaps.due(REAP_EVERY) && self.liveness.settled(owner, self.restart_grace) {
+            self.reap(self.liveness.holds(owner).then(|| lock_key(owner)))
+                .await?;
         }
         self.listener.forget_work();
         let owner_lock = self.liveness.holds(owner).then(|| lock_key(owner));
@@ -617,7 +662,7 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn requeue(&self, id: JobId, how: Requeue) -> Result<Job, board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         let row: Option<(String, bool, bool)> = sqlx::query_as(&format!(
             "SELECT j.state, coalesce(j.lease_expires_at > now_ms(), false), \
                     EXISTS (SELECT 1 FROM flows f WHERE f.id = j.id AND f.state NOT IN {RUN_ENDED}) \
@@ -646,7 +691,7 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn request_cancel(&self, id: JobId, how: Cancel) -> Result<Job, board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         let mut rows = Rows {
             conn: &mut tx,
             channel: &self.channel,
@@ -679,7 +724,7 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn release(&self, id: JobId) -> Result<(), board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
                 .bind(id.as_uuid())
@@ -718,7 +763,7 @@ impl JobBoard for PostgresJobBoard {
         fence: Option<Fence>,
         reason: Value,
     ) -> Result<(), board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         let row: Option<(String, i64)> =
             sqlx::query_as("SELECT state, token FROM jobs WHERE id = $1 FOR UPDATE")
                 .bind(id.as_uuid())
@@ -893,6 +938,16 @@ impl JobBoard for PostgresJobBoard {
                 })
             })
             .collect::<Result<Vec<_>, board::Error>>()?;
+        // Within the restart grace, a free lock may be a live conductor's that has not taken it
+        // again yet: nobody is dead.
+        let trusted: bool = sqlx::query_scalar(&format!("SELECT {}", up_longer_than(1)))
+            .bind(ms(self.restart_grace))
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(db)?;
+        if !trusted {
+            return Ok(all);
+        }
         // Read after the rows: a conductor takes its lock before it writes its row, so one
         // listed above without a lock now is dead (or lost its lock's connection, and takes it
         // again, with its row, at its next report).
@@ -912,11 +967,15 @@ impl JobBoard for PostgresJobBoard {
         for c in &dead {
             // Unless it took its lock again meanwhile. Best effort: the listing stands even if
             // forgetting fails.
-            let done = sqlx::query("DELETE FROM conductors WHERE id = $1 AND NOT lock_held($2)")
-                .bind(c.id.as_uuid())
-                .bind(lock_key(c.id))
-                .execute(self.store.pool())
-                .await;
+            let done = sqlx::query(&format!(
+                "DELETE FROM conductors WHERE id = $2 AND NOT lock_held($3) AND {}",
+                up_longer_than(1)
+            ))
+            .bind(ms(self.restart_grace))
+            .bind(c.id.as_uuid())
+            .bind(lock_key(c.id))
+            .execute(self.store.pool())
+            .await;
             match done {
                 Ok(done) if done.rows_affected() == 1 => {
                     tracing::info!(conductor = %c.id, name = %c.name, host = %c.host, pid = c.pid, "forgot a dead conductor");

@@ -1,5 +1,6 @@
 //! The SQLite job board: jobs and the fleet in the store's own database file.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +17,13 @@ use sqlx::Row;
 
 use crate::board_common::{
     cancel, cancel_request, check_trash, db, deadline_ms, job_id, job_state, ms, offer_from_json,
-    offer_json, owner_told, release_needed, supersede, token_db, JobRows, RawJob, HOLDS_KEY,
-    PARK_CANCEL, RUN_ENDED,
+    offer_json, owner_told, release_needed, supersede, token_db, JobRows, RawJob, Throttle,
+    HOLDS_KEY, PARK_CANCEL, REAP_EVERY, RUN_ENDED,
 };
 use crate::codec;
-use crate::sqlite::SqliteStore;
+use crate::deadline::Raw;
+use crate::lockfile::{Life, Locks};
+use crate::sqlite::{SqliteStore, Writable};
 
 const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owner, \
                        lease_expires_at, token, attempts, outcome, version, stalled_claims, \
@@ -28,17 +31,83 @@ const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owne
 
 /// A [`JobBoard`] in a SQLite database, beside a [`SqliteStore`] whose flows its claims fence.
 ///
-/// Claims are `BEGIN IMMEDIATE` transactions, so they are exclusive across the processes that
-/// share the file. Dead owners are found by their leases running out. Idle conductors of this
-/// process are woken at once when a job is posted or handed back here; conductors of other
-/// processes find it when they next poll. Likewise, an owner waiting for cancel requests
-/// ([`JobBoard::wait_for_cancel`]) is woken at once by a request made in this process, and
-/// otherwise finds it when it next polls.
+/// - **Claims** are `BEGIN IMMEDIATE` transactions, so they are exclusive across the processes
+///   that share the file.
+/// - **Dead owners are found at once.** Every process that shares the file runs on one host,
+///   so the kernel can tell: a conductor that registers through this board holds an exclusive
+///   lock on a file of its own (`<id>.lock` in the folder `<database>-conductors/` beside the
+///   database file), which the kernel lets go when the process dies, however it dies. Before
+///   a claim (at most every 100 ms per board), the board probes those locks, and the claim's
+///   transaction frees the jobs of owners whose locks are free, so they are claimed at once
+///   instead of when their leases run out. An owner with no lock file (in-memory databases, a
+///   conductor of an earlier release, a folder it could not write) is found by its lease
+///   running out; leases remain the backstop for owners that are alive but stuck. Why a
+///   probe never takes a live owner for dead: `docs/operations.md`, "How dead owners are
+///   found".
+/// - **Wake-ups**: idle conductors of this process are woken at once when a job is posted or
+///   handed back here; conductors of other processes find it when they next poll. Likewise,
+///   an owner waiting for cancel requests ([`JobBoard::wait_for_cancel`]) is woken at once by
+///   a request made in this process, and otherwise finds it when it next polls.
 #[derive(Debug, Clone)]
 pub struct SqliteJobBoard {
     store: SqliteStore,
     wake: Arc<baton_core::board::Wake>,
     cancels: Arc<baton_core::board::Wake>,
+    locks: Arc<Locks>,
+    reaps: Arc<Throttle>,
+    /// Whether a lock that could not be taken was reported (at warning level, once).
+    lock_warned: Arc<AtomicBool>,
+}
+
+/// Runs `f` on `locks` off the runtime's threads (it does file I/O); `None` if it panicked.
+async fn with_locks<T: Send + 'static>(
+    locks: &Arc<Locks>,
+    f: impl FnOnce(&Locks) -> T + Send + 'static,
+) -> Option<T> {
+    let locks = Arc::clone(locks);
+    tokio::task::spawn_blocking(move || f(&locks)).await.ok()
+}
+
+/// Frees the claimed jobs of `dead` (conductors whose lock files a probe found free), in the
+/// caller's transaction, and forgets their rows in `conductors`: those whose locks are still
+/// free, probed again now that the transaction holds the write lock. Answers them (their lock
+/// files are to be deleted once the transaction commits).
+async fn free_dead_owners(
+    conn: &mut SqliteConnection,
+    locks: &Arc<Locks>,
+    dead: Vec<ConductorId>,
+) -> Result<Vec<ConductorId>, board::Error> {
+    if dead.is_empty() {
+        return Ok(dead);
+    }
+    let dead = with_locks(locks, move |l| l.still_dead(dead))
+        .await
+        .unwrap_or_default();
+    if dead.is_empty() {
+        return Ok(dead);
+    }
+    let ids = Value::from(dead.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string();
+    let freed = sqlx::query(
+        "UPDATE jobs SET lease_expires_at = 0 \
+          WHERE state = 'CLAIMED' AND lease_expires_at > 0 \
+            AND owner IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    sqlx::query("DELETE FROM conductors WHERE id IN (SELECT value FROM json_each(?1))")
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    if freed.rows_affected() > 0 {
+        tracing::info!(
+            jobs = freed.rows_affected(),
+            "owners of claimed jobs are gone: their jobs are free"
+        );
+    }
+    Ok(dead)
 }
 
 fn text_time(job: &str, column: &str, text: &str) -> Result<chrono::DateTime<Utc>, board::Error> {
@@ -245,7 +314,17 @@ impl SqliteJobBoard {
             store: store.clone(),
             wake: store.job_wake().clone(),
             cancels: store.cancel_wake().clone(),
+            locks: Arc::new(Locks::new(store.file())),
+            reaps: Arc::default(),
+            lock_warned: Arc::default(),
         }
+    }
+
+    /// How long a call of this board may take: its store's
+    /// [`call_timeout`](SqliteStore::call_timeout).
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.store.call_timeout()
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if it succeeds.
@@ -258,12 +337,9 @@ impl SqliteJobBoard {
         >,
     {
         let _gate = self.store.write_gate().lock().await;
-        let mut tx = self
-            .store
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db)?;
+        // Closed if given up on in the middle of its `BEGIN` (see `Writable`).
+        let mut conn = Writable::new(self.store.pool().acquire().await.map_err(db)?);
+        let mut tx = conn.begin_immediate().await.map_err(db)?;
         match f(&mut tx).await {
             Ok(v) => {
                 tx.commit().await.map_err(db)?;
@@ -312,8 +388,11 @@ impl SqliteJobBoard {
     }
 }
 
+crate::deadline::bounded_board!(SqliteJobBoard, Duration::ZERO);
+
+/// The board's calls, unbounded: [`crate::deadline`] bounds each.
 #[async_trait]
-impl JobBoard for SqliteJobBoard {
+impl JobBoard for Raw<'_, SqliteJobBoard> {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
         new.check(self.store.max_value_bytes())?;
         let id = JobId::new();
@@ -406,12 +485,23 @@ impl JobBoard for SqliteJobBoard {
              RETURNING {COLUMNS}, seq AS claim_order"
         );
         let offer = offer_json(offer).to_string();
+        // Owners found dead are probed outside the transaction, so that it holds the write
+        // lock no longer than it must (dead stays dead).
+        let dead = if self.reaps.due(REAP_EVERY) {
+            with_locks(&self.locks, Locks::dead)
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let locks = Arc::clone(&self.locks);
         let now = Utc::now();
         let lease_ms = ms(lease);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let mut jobs = self
+        let (mut jobs, gone) = self
             .write(move |conn| {
                 Box::pin(async move {
+                    let gone = free_dead_owners(&mut *conn, &locks, dead).await?;
                     let rows = sqlx::query(&sql)
                         .bind(owner.to_string())
                         .bind(now.timestamp_millis())
@@ -431,10 +521,13 @@ impl JobBoard for SqliteJobBoard {
                         set_fence(conn, &job.id.to_string(), token_db(job.token)?).await?;
                         jobs.push((order, job));
                     }
-                    Ok(jobs)
+                    Ok((jobs, gone))
                 })
             })
             .await?;
+        if !gone.is_empty() {
+            with_locks(&self.locks, move |l| l.forget(&gone)).await;
+        }
         // In the order one claim at a time would have taken them.
         jobs.sort_by_key(|(order, job)| (std::cmp::Reverse(job.priority), *order));
         Ok(jobs
@@ -718,6 +811,18 @@ impl JobBoard for SqliteJobBoard {
     }
 
     async fn register(&self, info: &ConductorInfo) -> Result<(), board::Error> {
+        // The lock first, then the row: a conductor listed without a lock is dead.
+        let id = info.id;
+        match with_locks(&self.locks, move |l| l.keep(id)).await {
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => {
+                if self.lock_warned.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(conductor = %id, error = %e, "no liveness lock");
+                } else {
+                    tracing::warn!(conductor = %id, error = %e, "no liveness lock: if this conductor dies, its jobs wait for their leases");
+                }
+            }
+        }
         let info = info.clone();
         self.write(move |conn| {
             Box::pin(async move {
@@ -743,17 +848,30 @@ impl JobBoard for SqliteJobBoard {
     }
 
     async fn deregister(&self, id: ConductorId) -> Result<(), board::Error> {
-        self.write(move |conn| {
-            Box::pin(async move {
-                sqlx::query("DELETE FROM conductors WHERE id = ?1")
+        let left_claimed = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let left: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'CLAIMED' AND owner = ?1)",
+                    )
                     .bind(id.to_string())
-                    .execute(conn)
+                    .fetch_one(&mut *conn)
                     .await
                     .map_err(db)?;
-                Ok(())
+                    sqlx::query("DELETE FROM conductors WHERE id = ?1")
+                        .bind(id.to_string())
+                        .execute(conn)
+                        .await
+                        .map_err(db)?;
+                    Ok(left)
+                })
             })
-        })
-        .await
+            .await;
+        // Jobs it leaves claimed (halted at the drain timeout) are freed at once by the next
+        // claim, as a dead owner's are: its lock file stays, free, until then.
+        let delete = matches!(left_claimed, Ok(false));
+        with_locks(&self.locks, move |l| l.release(id, delete)).await;
+        left_claimed.map(|_| ())
     }
 
     async fn conductors(&self) -> Result<Vec<ConductorInfo>, board::Error> {
@@ -789,17 +907,28 @@ impl JobBoard for SqliteJobBoard {
                 })
             })
             .collect::<Result<Vec<_>, board::Error>>()?;
-        // Every process that shares a SQLite file runs on one host, so a conductor registered
-        // under this host's name whose process is gone, and that has been quiet for a while
-        // (a process of the same host name may not be visible from here: containers of one
-        // pod, `/proc` mounted with `hidepid`), is dead; so is one that has not reported in
-        // for a long while, whatever its host.
+        // Every process that shares a SQLite file runs on one host, so a conductor whose lock
+        // file is free is dead, at once. Without a lock file (a conductor of an earlier
+        // release), one registered under this host's name whose process is gone, and that has
+        // been quiet for a while (a process of the same host name may not be visible from
+        // here: containers of one pod, `/proc` mounted with `hidepid`), is dead; so is one that
+        // has not reported in for a long while, whatever its host.
+        let ids: Vec<ConductorId> = all.iter().map(|c| c.id).collect();
+        let lives = with_locks(&self.locks, move |l| {
+            ids.into_iter()
+                .map(|id| (id, l.life(id)))
+                .collect::<std::collections::HashMap<_, _>>()
+        })
+        .await
+        .unwrap_or_default();
         let here = board::this_host();
         let now = Utc::now();
         let ago = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
         let (unseen, quiet) = (ago(board::CONDUCTOR_UNSEEN_LIMIT), ago(GONE_AND_QUIET));
         let (live, dead): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| {
-            c.last_seen >= unseen && !(c.last_seen < quiet && c.host == here && process_gone(c.pid))
+            lives.get(&c.id) != Some(&Life::Dead)
+                && c.last_seen >= unseen
+                && !(c.last_seen < quiet && c.host == here && process_gone(c.pid))
         });
         if !dead.is_empty() {
             // Best effort: the listing stands even if forgetting fails.

@@ -14,6 +14,12 @@
 //! bound, rather than with `pg_advisory_lock`, which waits for as long as the other session
 //! holds it: a registration that waited so long held up every claim of its board, and the
 //! conductor's loop with it (which then saw no shutdown signal either).
+//!
+//! A conductor whose connection died while it lives (a database restart, a crash of another
+//! backend that made the server drop every session, a failover, a network blip) re-takes its
+//! lock at its next registration. Until then, and for a grace after it, its board does not
+//! trust other conductors' free locks either: the same event may have freed theirs, and they
+//! re-take them at their own next registrations (see [`Liveness::settled`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +55,9 @@ type Held = Arc<tokio::sync::Mutex<Option<PgConnection>>>;
 #[derive(Debug, Default)]
 pub(crate) struct Liveness {
     conns: std::sync::Mutex<HashMap<ConductorId, Held>>,
+    /// The conductors whose liveness connection died while registered here: when their lock
+    /// was taken again (`None`: not yet).
+    retaken: std::sync::Mutex<HashMap<ConductorId, Option<Instant>>>,
 }
 
 fn unavailable(detail: String) -> board::Error {
@@ -63,10 +72,28 @@ impl Liveness {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn retaken(&self) -> std::sync::MutexGuard<'_, HashMap<ConductorId, Option<Instant>>> {
+        self.retaken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether `id` holds its lock through this board, as far as it knows (it learns that a
     /// connection died at the next registration). Never waits for a registration.
     pub(crate) fn holds(&self, id: ConductorId) -> bool {
         self.lock().contains_key(&id)
+    }
+
+    /// Whether `id` may trust other conductors' free locks as their deaths: unless its own
+    /// connection died, not before it took its lock again and `grace` passed since. Whatever
+    /// freed its lock (a restart, a failover, every session of the server dropped) may have
+    /// freed everyone's, and the others take theirs again at their next registrations.
+    pub(crate) fn settled(&self, id: ConductorId, grace: Duration) -> bool {
+        match self.retaken().get(&id) {
+            None => true,
+            Some(None) => false,
+            Some(Some(at)) => at.elapsed() >= grace,
+        }
     }
 
     /// Makes sure `id` holds its lock: its connection answers, or a new one takes the lock.
@@ -87,6 +114,9 @@ impl Liveness {
         let conn = take(id, connect, deadline).await?;
         self.lock()
             .insert(id, Arc::new(tokio::sync::Mutex::new(Some(conn))));
+        if let Some(at) = self.retaken().get_mut(&id) {
+            *at = Some(Instant::now());
+        }
         Ok(())
     }
 
@@ -108,6 +138,8 @@ impl Liveness {
             if conns.get(&id).is_some_and(|h| Arc::ptr_eq(h, &held)) {
                 conns.remove(&id);
             }
+            drop(conns);
+            self.retaken().insert(id, None);
         }
         answered
     }
@@ -115,6 +147,7 @@ impl Liveness {
     /// Gives up `id`'s lock: its connection is closed (within [`LIVENESS_WAIT`]; dropped
     /// otherwise, which the server notices in time).
     pub(crate) async fn release(&self, id: ConductorId) {
+        self.retaken().remove(&id);
         let held = self.lock().remove(&id);
         if let Some(held) = held {
             let conn = held.lock().await.take();

@@ -68,8 +68,8 @@ pub(crate) fn write_fast(t: DateTime<Utc>, fraction: Fraction) -> Option<Text> {
     let (value, digits) = match fraction {
         Fraction::Nanos => (nanos, 9),
         Fraction::Auto if nanos == 0 => (0, 0),
-        Fraction::Auto if nanos % 1_000_000 == 0 => (nanos / 1_000_000, 3),
-        Fraction::Auto if nanos % 1_000 == 0 => (nanos / 1_000, 6),
+        Fraction::Auto if nanos.is_multiple_of(1_000_000) => (nanos / 1_000_000, 3),
+        Fraction::Auto if nanos.is_multiple_of(1_000) => (nanos / 1_000, 6),
         Fraction::Auto => (nanos, 9),
     };
     if digits == 0 {

@@ -17,6 +17,8 @@
 //! - [`limits`]: time limits, deadlines and cancellation, on every store.
 //! - [`policies`]: per-atom retry policies, on every store.
 //! - [`typed`]: typed tasks' values through every store and a resume.
+//! - [`Proxy`]: a loopback TCP proxy whose link can be cut (silence both ways, sockets kept
+//!   open, as on a dead network path) and healed.
 //!
 //! Panics here are failed assertions: this crate is only ever used from tests.
 
@@ -33,6 +35,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod policies;
 mod probe;
+pub mod proxy;
 pub mod scenarios;
 mod stores;
 pub mod typed;
@@ -40,6 +43,7 @@ pub mod typed;
 pub use baton_core::testing::{CrashMode, CrashStore};
 pub use boards::{BoardOp, FaultyBoard};
 pub use probe::{Action, Call, Log, Phase, Probe};
+pub use proxy::Proxy;
 pub use stores::FlakyStore;
 
 /// Runs (or resumes) the stored run `id` of `flow` on `engine` until a retry controller goes

@@ -68,7 +68,7 @@ impl<S: Store> FlakyStore<S> {
     {
         let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
         let applied_first = match self.schedule {
-            Schedule::Every(every) if n % every == 0 => {
+            Schedule::Every(every) if n.is_multiple_of(every) => {
                 self.failures.fetch_add(1, Ordering::SeqCst) % 2 == 1
             }
             Schedule::Every(_) => return commit.await,

@@ -194,6 +194,32 @@ where
     }
 }
 
+/// Waits until at least `n` steps of run `flow` succeeded (its owner is a few steps in, so
+/// stopping it now interrupts it), for up to 60 s.
+pub async fn wait_for_steps(
+    store: &std::sync::Arc<dyn baton_core::store::Store>,
+    flow: baton_core::FlowId,
+    n: usize,
+) {
+    wait_until(
+        &format!("{n} steps succeeded"),
+        Duration::from_secs(60),
+        || {
+            let store = store.clone();
+            async move {
+                store.load_flow(flow).await.is_ok_and(|s| {
+                    s.atoms
+                        .iter()
+                        .filter(|a| a.state == AtomState::Success)
+                        .count()
+                        >= n
+                })
+            }
+        },
+    )
+    .await;
+}
+
 /// How many resources each step created, by run (its flow id, as text) and atom.
 pub fn creates(effects: &[Effect]) -> BTreeMap<(String, String), u32> {
     let mut creates = BTreeMap::new();
@@ -241,4 +267,15 @@ pub fn check_steps(
         reruns += a.attempt - 1;
     }
     reruns
+}
+
+/// Whether job `id` is `COMPLETE`, for a test polling a board while conductors write to its
+/// database: a transient error (SQLite busy past the call timeout on a loaded machine) is
+/// "not yet"; any other error fails the test.
+pub async fn is_complete(board: &dyn baton_core::JobBoard, id: baton_core::JobId) -> bool {
+    match board.get(id).await {
+        Ok(job) => job.state == baton_core::JobState::Complete,
+        Err(e) if e.is_transient() => false,
+        Err(e) => panic!("reading job {id}: {e}"),
+    }
 }

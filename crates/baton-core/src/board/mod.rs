@@ -838,8 +838,10 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
 
     /// The registered conductors that are alive as far as the board can tell, oldest first.
     /// The board forgets (deletes) the ones it finds dead: on PostgreSQL, those whose liveness
-    /// lock is gone; on SQLite, those quiet for 30 s whose process is gone from this host's
-    /// process table, or that have not reported in for [`CONDUCTOR_UNSEEN_LIMIT`]; on
+    /// lock is gone (once the server has been up for longer than the board's restart grace);
+    /// on SQLite, those whose lock file is free, and, of those without one, those quiet for
+    /// 30 s whose process is gone from this host's process table, or that have not reported in
+    /// for [`CONDUCTOR_UNSEEN_LIMIT`]; on
     /// [`MemoryJobBoard`], those unseen for that long. A conductor that deregisters is gone at
     /// once.
     ///

@@ -1,5 +1,5 @@
-//! The SQL job boards against the job-board contract, and PostgreSQL's fast dead-owner
-//! detection.
+//! The SQL job boards against the job-board contract, and their conductor listings (how they
+//! find dead owners' jobs: see `liveness`).
 
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,7 @@ mod postgres {
     }
 }
 
-fn info(id: ConductorId) -> ConductorInfo {
+pub(crate) fn info(id: ConductorId) -> ConductorInfo {
     let now = Utc::now();
     ConductorInfo {
         id,
@@ -70,58 +70,8 @@ fn info(id: ConductorId) -> ConductorInfo {
     }
 }
 
-/// A conductor's process dies (here: its board, with the connection holding its liveness lock,
-/// is dropped): its job is claimable at once, long before its lease would expire.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_jobs_of_a_dead_owner_are_claimable_at_once() {
-    let Some((survivor, store)) = postgres_pair().await else {
-        return;
-    };
-    let doomed_board = PostgresJobBoard::new(&store.store);
-    let doomed = ConductorId::new();
-    doomed_board.register(&info(doomed)).await.unwrap();
-    let posted = survivor.post(NewJob::new("orphan", "noop")).await.unwrap();
-    let claim = doomed_board
-        .claim(doomed, Duration::from_secs(600), &offer())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(claim.job.id, posted.id);
-
-    // While the owner lives, its claim holds.
-    assert!(survivor
-        .claim(ConductorId::new(), Duration::from_secs(60), &offer())
-        .await
-        .unwrap()
-        .is_none());
-
-    drop(doomed_board);
-    let died = Instant::now();
-    let taken = loop {
-        if let Some(c) = survivor
-            .claim(ConductorId::new(), Duration::from_secs(60), &offer())
-            .await
-            .unwrap()
-        {
-            break c;
-        }
-        assert!(
-            died.elapsed() < Duration::from_secs(10),
-            "the dead owner's job was never freed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    assert_eq!(taken.job.id, posted.id);
-    assert!(taken.fence.token > claim.fence.token);
-    eprintln!(
-        "claimable {:?} after the owner's connection closed",
-        died.elapsed()
-    );
-    assert!(died.elapsed() < Duration::from_secs(5));
-}
-
 /// The ids of the conductors `board` lists.
-async fn listed_ids(board: &impl JobBoard) -> Vec<ConductorId> {
+pub(crate) async fn listed_ids(board: &impl JobBoard) -> Vec<ConductorId> {
     board
         .conductors()
         .await
@@ -163,13 +113,19 @@ async fn postgres_dead_conductors_are_forgotten() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rows = store
-        .raw
-        .count(&format!(
-            "SELECT count(*) FROM conductors WHERE id = '{doomed}'"
-        ))
-        .await;
-    assert_eq!(rows, 0, "the dead conductor's row is still there");
+    assert_eq!(
+        conductor_rows(&store.raw, doomed).await,
+        0,
+        "the dead conductor's row is still there"
+    );
+}
+
+/// How many rows of `conductors` conductor `id` has (one while registered, none once forgotten).
+pub(crate) async fn conductor_rows(raw: &Raw, id: ConductorId) -> i64 {
+    raw.count(&format!(
+        "SELECT count(*) FROM conductors WHERE id = '{id}'"
+    ))
+    .await
 }
 
 /// On SQLite (one host): a conductor registered under this host's name whose process is gone
