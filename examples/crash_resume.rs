@@ -25,42 +25,52 @@ use std::time::{Duration, Instant};
 
 use baton::sql::SqliteStore;
 use baton::store::Store;
-use baton::{Atom, AtomState, CompiledFlow, Engine, Flow, FlowId, TaskError};
-use serde_json::json;
+use baton::typed::{atom, Const, TypedFlow, TypedTask};
+use baton::{AtomState, CompiledFlow, Engine, FlowId, Inputs, TaskContext, TaskError};
 
 const STEPS: usize = 10;
 /// The step during which the child is killed (0-based: the fifth).
 const KILL_DURING: usize = 4;
 
-/// The flow: ten steps, each recording its execution in `log` and then working for a while.
+/// Step number `i` (its input): records its execution in the log, then works for a while.
+struct Step {
+    log: Arc<Path>,
+}
+
+#[async_trait::async_trait]
+impl TypedTask for Step {
+    type Input = usize;
+    type Output = usize;
+    type Error = TaskError;
+
+    async fn execute(&self, i: usize, ctx: &TaskContext) -> Result<usize, TaskError> {
+        // One line per execution, written before the work, with O_APPEND: a killed process
+        // leaves its line behind.
+        let line = format!("{} {}\n", ctx.atom(), ctx.attempt());
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| f.write_all(line.as_bytes()))?;
+        println!(
+            "  [pid {}] {} starts (attempt {}, key {})",
+            std::process::id(),
+            ctx.atom(),
+            ctx.attempt(),
+            ctx.idempotency_key()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Ok(i)
+    }
+}
+
+/// The flow: ten steps, each recording its execution in `log`.
 fn ten_steps(log: &Path) -> anyhow::Result<CompiledFlow> {
     let log: Arc<Path> = Arc::from(log);
-    let mut flow = Flow::linear("ten-steps");
+    let mut flow = TypedFlow::linear("ten-steps");
     for i in 0..STEPS {
-        let log = log.clone();
-        flow = flow.add(Atom::from_fn(format!("step-{i}"), move |ctx| {
-            let log = log.clone();
-            async move {
-                // One line per execution, written before the work, with O_APPEND: a killed
-                // process leaves its line behind.
-                let line = format!("{} {}\n", ctx.atom(), ctx.attempt());
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .and_then(|mut f| f.write_all(line.as_bytes()))
-                    .map_err(TaskError::from)?;
-                println!(
-                    "  [pid {}] {} starts (attempt {}, key {})",
-                    std::process::id(),
-                    ctx.atom(),
-                    ctx.attempt(),
-                    ctx.idempotency_key()
-                );
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                Ok(json!(i))
-            }
-        }));
+        let step = Step { log: log.clone() };
+        flow.add(atom(format!("step-{i}"), step), Const(i));
     }
     Ok(flow.compile()?)
 }
@@ -98,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
     let flow = ten_steps(&log)?;
     let store = SqliteStore::open(&db_url(dir.path())).await?;
     let id = Engine::new(store.clone())
-        .create(&flow, Default::default())
+        .create(&flow, Inputs::new())
         .await?;
     println!("created flow {id} in {}", dir.path().display());
 

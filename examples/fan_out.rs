@@ -5,78 +5,110 @@
 //! cargo run --example fan_out
 //! ```
 //!
-//! The flow is a graph: every `boot-i` provides `server_i`, and `join` requires all of them, so
-//! the compiler orders `join` after every boot while the boots stay unordered among
+//! The flow is written on the typed API: `each` fans out, one `boot-i` atom per server in an
+//! unordered subflow, and returns the handles to their outputs; `join` is given them all, as a
+//! `Vec<Server>`, so it runs after every boot, while the boots stay unordered among
 //! themselves. The engine's parallelism (3) bounds how many run at once; the timeline printed
 //! at the end shows the waves, and the run takes about a third of the serial time.
 
 // An example program: printing is its job.
 #![allow(clippy::print_stdout)]
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use baton::{Atom, Engine, Flow, MemoryStore};
-use serde_json::{json, Value};
+use baton::typed::{atom, from_fn, Const, TypedFlow, TypedTask};
+use baton::{Engine, MemoryStore, TaskContext};
+use serde::{Deserialize, Serialize};
 
 const SERVERS: usize = 8;
 const PARALLELISM: usize = 3;
 
-/// What the boots record for the timeline: (server, started, finished), from the start of the
-/// run.
-type Timeline = Arc<Mutex<Vec<(usize, Duration, Duration)>>>;
+/// A booted server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Server {
+    name: String,
+    ip: String,
+}
+
+/// A load balancer's pool of servers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pool {
+    name: String,
+    members: Vec<String>,
+}
+
+/// What the boots record: when the run started, how many boots run now and the most that ran
+/// at once, and for the timeline (server, started, finished), from the start of the run.
+struct Watch {
+    t0: Instant,
+    running: AtomicUsize,
+    peak: AtomicUsize,
+    timeline: Mutex<Vec<(usize, Duration, Duration)>>,
+}
+
+/// Boots server number `i` (its input), taking 150 to 250 ms.
+struct Boot(Arc<Watch>);
+
+#[async_trait::async_trait]
+impl TypedTask for Boot {
+    type Input = usize;
+    type Output = Server;
+    type Error = Infallible;
+
+    async fn execute(&self, i: usize, _ctx: &TaskContext) -> Result<Server, Infallible> {
+        let watch = &self.0;
+        let started = watch.t0.elapsed();
+        let now = watch.running.fetch_add(1, Ordering::SeqCst) + 1;
+        watch.peak.fetch_max(now, Ordering::SeqCst);
+        let ms = 150 + 50 * u64::try_from(i % 3).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        watch.running.fetch_sub(1, Ordering::SeqCst);
+        watch
+            .timeline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((i, started, watch.t0.elapsed()));
+        Ok(Server {
+            name: format!("web-{i}"),
+            ip: format!("10.0.0.{}", 10 + i),
+        })
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let timeline = Timeline::default();
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
+    let watch = Arc::new(Watch {
+        t0,
+        running: AtomicUsize::new(0),
+        peak: AtomicUsize::new(0),
+        timeline: Mutex::default(),
+    });
 
-    let mut flow = Flow::graph("fan-out");
-    for i in 0..SERVERS {
-        let (timeline, running, peak) = (timeline.clone(), running.clone(), peak.clone());
-        let boot = Atom::from_fn(format!("boot-{i}"), move |_ctx| {
-            let (timeline, running, peak) = (timeline.clone(), running.clone(), peak.clone());
-            async move {
-                let started = t0.elapsed();
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                // Servers take 150 to 250 ms to boot.
-                let ms = 150 + 50 * u64::try_from(i % 3).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
-                timeline
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push((i, started, t0.elapsed()));
-                Ok(json!({ "name": format!("web-{i}"), "ip": format!("10.0.0.{}", 10 + i) }))
-            }
+    let mut flow = TypedFlow::linear("fan-out");
+    let servers = flow.each("boots", 0..SERVERS, |i| {
+        (atom(format!("boot-{i}"), Boot(watch.clone())), Const(i))
+    });
+    let join = from_fn(|servers: Vec<Server>, _ctx| async move {
+        let members = servers.iter().map(|s| format!("{}:80", s.ip)).collect();
+        Ok::<_, Infallible>(Pool {
+            name: "web".into(),
+            members,
         })
-        .provides(format!("server_{i}"));
-        flow = flow.add(boot);
-    }
-    let symbols: Vec<String> = (0..SERVERS).map(|i| format!("server_{i}")).collect();
-    let join = Atom::from_fn("join", |ctx| async move {
-        // Read every server's result, in order.
-        let mut members = Vec::new();
-        for i in 0..SERVERS {
-            let server: Value = ctx.input(&format!("server_{i}"))?;
-            members.push(format!("{}:80", server["ip"].as_str().unwrap_or("?")));
-        }
-        Ok(json!({ "pool": "web", "members": members }))
-    })
-    .requires(symbols)
-    .provides("pool");
-    let flow = flow.add(join).compile()?;
+    });
+    let pool = flow.add(atom("join", join), &servers);
+    let flow = flow.compile()?;
 
     let engine = Engine::new(MemoryStore::new()).with_parallelism(PARALLELISM);
     let outcome = engine.start(&flow, Default::default()).await?;
     let elapsed = t0.elapsed();
 
     // The timeline: one row per server, one column per 25 ms.
-    let mut rows = timeline
+    let mut rows = watch
+        .timeline
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
@@ -93,15 +125,15 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let serial: Duration = rows.iter().map(|(_, s, f)| *f - *s).sum();
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = watch.peak.load(Ordering::SeqCst);
     println!(
         "flow ended {} in {} ms (the boots alone take {} ms one after the other); at most {peak} boots ran at once",
         outcome.state,
         elapsed.as_millis(),
         serial.as_millis()
     );
-    let pool = outcome.symbol("pool").cloned().unwrap_or_default();
-    println!("join result: {pool}");
+    let members = pool.get(&outcome)?.map(|p| p.members).unwrap_or_default();
+    println!("join: the pool's members are {}", members.join(", "));
 
     anyhow::ensure!(outcome.is_success(), "the fan-out should succeed");
     anyhow::ensure!(
@@ -109,9 +141,6 @@ async fn main() -> anyhow::Result<()> {
         "expected {PARALLELISM} boots at once, saw {peak}"
     );
     anyhow::ensure!(elapsed < serial * 2 / 3, "the boots should have overlapped");
-    anyhow::ensure!(
-        pool["members"].as_array().map(Vec::len) == Some(SERVERS),
-        "the join should see every server"
-    );
+    anyhow::ensure!(members.len() == SERVERS, "the join should see every server");
     Ok(())
 }

@@ -12,9 +12,10 @@
 //!
 //! Five jobs share the key `stack-a` and five `stack-b` (like jobs touching one Heat stack);
 //! the other ten have no key. The three conductors run in this process, each with its own
-//! `PostgresJobBoard` over the shared store, as they would in three processes. Once every job
-//! is complete, their cancellation tokens are cancelled: each stops claiming, drains, and
-//! deregisters, returning a summary of what it did.
+//! `PostgresJobBoard` over the shared store, as they would in three processes. Their factory,
+//! `provision`, takes its parameters as a type of its own (`Registry::register_typed`) and
+//! builds a typed flow. Once every job is complete, their cancellation tokens are cancelled:
+//! each stops claiming, drains, and deregisters, returning a summary of what it did.
 
 // An example program: printing is its job.
 #![allow(clippy::print_stdout)]
@@ -27,8 +28,9 @@ use anyhow::Context as _;
 use baton::board::{JobBoard, JobQuery};
 use baton::conductor::{self, Summary};
 use baton::sql::{PostgresJobBoard, PostgresOptions, PostgresStore};
-use baton::{Atom, Blueprint, Conductor, Engine, Flow, Inputs, JobState, NewJob, Registry};
-use serde_json::{json, Value};
+use baton::typed::{atom, Const, TypedFlow, TypedTask};
+use baton::{Conductor, Engine, JobState, NewJob, Registry, TaskContext};
+use serde::{Deserialize, Serialize};
 use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
 
@@ -45,44 +47,73 @@ struct Run {
 
 type Runs = Arc<Mutex<BTreeMap<String, Run>>>;
 
-/// The `provision` factory as conductor `conductor` registers it: three short steps, the
-/// first and last noting the job's run in `runs`.
+/// The parameters of a `provision` job.
+#[derive(Debug, Serialize, Deserialize)]
+struct Provision {
+    label: String,
+}
+
+/// Where a step of a job's run notes it: on the run's first step (the conductor running it,
+/// and when it started), on its last (when it finished), or nowhere.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Note {
+    Start,
+    Finish,
+    Nothing,
+}
+
+/// A step of a `provision` run: it is given the conductor's name, notes the run in `runs` as
+/// `note` says, works for 40 ms, and returns its atom's name.
+struct Step {
+    label: String,
+    note: Note,
+    runs: Runs,
+    t0: Instant,
+}
+
+#[async_trait::async_trait]
+impl TypedTask for Step {
+    type Input = String;
+    type Output = String;
+    type Error = std::convert::Infallible;
+
+    async fn execute(&self, who: String, ctx: &TaskContext) -> Result<String, Self::Error> {
+        let at = self.t0.elapsed().as_millis();
+        if self.note == Note::Start {
+            let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            let run = runs.entry(self.label.clone()).or_default();
+            (run.conductor, run.started) = (who, at);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        if self.note == Note::Finish {
+            let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            runs.entry(self.label.clone()).or_default().finished = self.t0.elapsed().as_millis();
+        }
+        Ok(ctx.atom().to_owned())
+    }
+}
+
+/// The `provision` factory as conductor `conductor` registers it: three short steps, given
+/// the conductor's name, the first and last noting the job's run in `runs`.
 fn registry(conductor: &str, runs: &Runs, t0: Instant) -> Registry {
     let (conductor, runs) = (conductor.to_owned(), runs.clone());
-    let registry = Registry::new().register("provision", 1, move |params: &Value| {
-        let label = params["label"]
-            .as_str()
-            .ok_or("`label` is required")?
-            .to_owned();
-        let step = |name: &str, note: Option<bool>| {
-            let (runs, label) = (runs.clone(), label.clone());
-            Atom::from_fn(name, move |ctx| {
-                let (runs, label) = (runs.clone(), label.clone());
-                async move {
-                    let who: String = ctx.input("conductor")?;
-                    let at = t0.elapsed().as_millis();
-                    if note == Some(true) {
-                        let mut runs = runs.lock().unwrap_or_else(PoisonError::into_inner);
-                        let run = runs.entry(label.clone()).or_default();
-                        (run.conductor, run.started) = (who, at);
-                    }
-                    tokio::time::sleep(Duration::from_millis(40)).await;
-                    if note == Some(false) {
-                        let mut runs = runs.lock().unwrap_or_else(PoisonError::into_inner);
-                        runs.entry(label).or_default().finished = t0.elapsed().as_millis();
-                    }
-                    Ok(json!(ctx.atom()))
-                }
-            })
-            .requires(["conductor"])
-        };
-        let flow = Flow::linear(format!("provision-{label}"))
-            .add(step("reserve", Some(true)))
-            .add(step("boot", None))
-            .add(step("register", Some(false)));
-        let mut inputs = Inputs::new();
-        inputs.insert("conductor".into(), json!(conductor));
-        Ok(Blueprint::new(flow).inputs(inputs))
+    let registry = Registry::new().register_typed("provision", 1, move |p: Provision| {
+        let mut flow = TypedFlow::linear(format!("provision-{}", p.label));
+        for (name, note) in [
+            ("reserve", Note::Start),
+            ("boot", Note::Nothing),
+            ("register", Note::Finish),
+        ] {
+            let (label, runs) = (p.label.clone(), runs.clone());
+            let step = Step {
+                label,
+                note,
+                runs,
+                t0,
+            };
+            flow.add(atom(name, step), Const(conductor.clone()));
+        }
+        flow
     });
     registry.unwrap_or_else(|e| panic!("the example's registry: {e}"))
 }
@@ -95,7 +126,10 @@ async fn fleet(store: &PostgresStore) -> anyhow::Result<()> {
     let mut keys: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for i in 0..JOBS {
         let label = format!("job-{i:02}");
-        let mut job = NewJob::new(&label, "provision").params(json!({ "label": label }));
+        let params = serde_json::to_value(Provision {
+            label: label.clone(),
+        })?;
+        let mut job = NewJob::new(&label, "provision").params(params);
         let key = ["stack-a", "stack-b", "", ""][i % 4];
         if !key.is_empty() {
             job = job.key(key);

@@ -10,6 +10,10 @@
 //! subnet, then a volume attached to the first server. Each provider records what it created
 //! in a fake cloud, so the end of the run shows what exists.
 //!
+//! The flow is written on the typed API (`baton::typed`): one task type, `Create`, takes the
+//! ids of the resources it is made on and returns the id of the one it makes. Giving an atom
+//! the handles of others' outputs is what orders it after them; no symbol is named.
+//!
 //! `--fail-at` makes a step fail *after* its cloud call went through (the server was created
 //! but never became active), the hard case for an undo: the step has no result, so its revert
 //! finds the resource by the step's idempotency key. The cloud must be empty at the end.
@@ -21,10 +25,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton::{
-    Atom, Engine, EventKind, Flow, MemoryStore, RevertContext, Task, TaskContext, TaskError,
-};
-use serde_json::{json, Value};
+use baton::typed::{atom, Out, TypedAtom, TypedFlow, TypedTask};
+use baton::{Engine, EventKind, MemoryStore, RevertContext, TaskContext, TaskError};
 
 /// One resource in the [`Cloud`].
 #[derive(Clone)]
@@ -61,10 +63,11 @@ impl Cloud {
     }
 }
 
-/// Creates one resource; deletes it on revert. The request carries the step's idempotency key,
-/// so a call repeated after a crash gets the resource the first call made, and the revert finds
-/// it by the key even when the step has no result (it failed, or its process died, after the
-/// call went through).
+/// Creates one resource on the resources given as its input (their ids), and returns its id;
+/// deletes it on revert. The request carries the step's idempotency key, so a call repeated
+/// after a crash gets the resource the first call made, and the revert finds it by the key
+/// even when the step has no result (it failed, or its process died, after the call went
+/// through).
 struct Create {
     cloud: Cloud,
     kind: &'static str,
@@ -72,14 +75,13 @@ struct Create {
 }
 
 #[async_trait::async_trait]
-impl Task for Create {
-    async fn execute(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+impl TypedTask for Create {
+    type Input = Vec<String>;
+    type Output = String;
+    type Error = TaskError;
+
+    async fn execute(&self, parents: Vec<String>, ctx: &TaskContext) -> Result<String, TaskError> {
         let key = ctx.idempotency_key();
-        let parents: Vec<String> = ctx
-            .inputs()
-            .values()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
         let on = if parents.is_empty() {
             String::new()
         } else {
@@ -97,10 +99,15 @@ impl Task for Create {
         if self.fail {
             return Err(TaskError::msg(format!("{id} never became active")));
         }
-        Ok(json!(id))
+        Ok(id)
     }
 
-    async fn revert(&self, ctx: RevertContext) -> Result<(), TaskError> {
+    async fn revert(
+        &self,
+        _parents: Vec<String>,
+        _id: Option<String>,
+        ctx: &RevertContext,
+    ) -> Result<(), TaskError> {
         // By the key, not the result: a step that failed after its call has none.
         self.cloud.delete(&ctx.idempotency_key());
         Ok(())
@@ -116,39 +123,33 @@ fn short_id(key: &str) -> String {
     format!("{:06x}", h.finish() & 0xff_ffff)
 }
 
-fn stack(cloud: &Cloud, fail_at: Option<&str>) -> Flow {
-    let create = |name: &str, kind: &'static str| {
-        Atom::task(
+fn stack(cloud: &Cloud, fail_at: Option<&str>) -> TypedFlow {
+    let create = |name: &str, kind: &'static str| -> TypedAtom<Create> {
+        let fail = fail_at == Some(name);
+        atom(
             name,
             Create {
                 cloud: cloud.clone(),
                 kind,
-                fail: fail_at == Some(name),
+                fail,
             },
         )
     };
-    Flow::linear("stack-create")
-        .add(create("network", "net").provides("network"))
-        .add(
-            create("subnet", "subnet")
-                .requires(["network"])
-                .provides("subnet"),
-        )
-        .add(
-            Flow::unordered("servers")
-                .add(
-                    create("server-a", "server")
-                        .requires(["subnet"])
-                        .provides("server_a"),
-                )
-                .add(
-                    create("server-b", "server")
-                        .requires(["subnet"])
-                        .provides("server_b"),
-                ),
-        )
-        .add(create("volume", "volume").provides("volume"))
-        .add(create("attach", "attachment").requires(["server_a", "volume"]))
+    // Each resource is given the ids of those it is made on: the handles to their outputs.
+    let nothing: Vec<Out<String>> = Vec::new();
+    let mut flow = TypedFlow::linear("stack-create");
+    let network = flow.add(create("network", "net"), &nothing);
+    let subnet = flow.add(create("subnet", "subnet"), vec![&network]);
+    // The servers, in parallel: a fan-out, one atom per name.
+    let servers = flow.each("servers", ["server-a", "server-b"], |name| {
+        (create(name, "server"), vec![&subnet])
+    });
+    let volume = flow.add(create("volume", "volume"), &nothing);
+    flow.add(
+        create("attach", "attachment"),
+        vec![&servers.outs()[0], &volume],
+    );
+    flow
 }
 
 #[tokio::main]

@@ -7,10 +7,18 @@
 //!
 //! Flows written in Rust are best built with [`typed`]: typed tasks, and flows whose wiring
 //! the compiler checks. See the repository's `docs/` for the user guide.
+//!
+//! With the feature `testing` (for dev-dependencies), `testing` checks that a flow of yours
+//! ends the same when its engine is killed at any write, and asserts on a run's history;
+//! [`Clock::tokio`] lets tests skip backoff and time limits under tokio's paused time.
 
 #![forbid(unsafe_code)]
 
 pub use baton_core::*;
+
+/// Testing your flows: a crash test, history assertions (feature `testing`).
+#[cfg(feature = "testing")]
+pub use baton_core::testing;
 
 /// Durable stores on SQLite and PostgreSQL (`baton-sql`): [`sql::connect`] opens one by URL.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -166,6 +166,10 @@ pub struct ConductorArgs {
     /// the lease; at most the lease less two heartbeats).
     #[arg(long, allow_negative_numbers = true)]
     pub self_fence_margin_ms: Option<u64>,
+    /// When stopped (SIGINT, SIGTERM), how long to wait for running flows to reach a step
+    /// boundary before halting them, in milliseconds (0: halt them at once).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
     /// Also delete runs and jobs that ended longer ago than this (e.g. `30d`), every ten
     /// minutes, beside the work; by default everything is kept.
     #[arg(long, value_parser = humantime::parse_duration)]

@@ -50,12 +50,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::registry::{BuildError, Error as RegistryError};
-use baton_core::{
-    Atom, Blueprint, ClaimError, Flow, Registry, RevertContext, Task, TaskContext, TaskError,
-};
+use baton_core::typed::{atom, Out, TypedAtom, TypedFlow, TypedTask};
+use baton_core::{ClaimError, Registry, RevertContext, TaskContext, TaskError};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 /// One thing a fake provider did.
@@ -185,7 +184,8 @@ impl SideEffects {
         Ok(last.filter(|e| e.action == "create").map(|e| e.resource))
     }
 
-    /// Reads a side-effect file back.
+    /// Reads a side-effect file back: its whole lines (a last line still being written by
+    /// another process is left out).
     ///
     /// # Errors
     /// If the file cannot be read or a line is not an effect.
@@ -195,14 +195,30 @@ impl SideEffects {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        text.lines()
+        // A last line without its newline is a write still under way in another process
+        // (a reader can see part of it): it is left for the next read.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).map_err(|e| format!("bad line {l:?}: {e}")))
             .collect()
     }
 }
 
-/// A fake provider: creates one resource, deletes it on revert.
+/// What a fake provider made: the resource's id and kind. Stored as the atom's result
+/// (`{"id": ..., "kind": ...}`), and given to the providers of the resources made on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Made {
+    /// The resource id.
+    pub id: String,
+    /// Its kind (`network`, `server`, ...).
+    pub kind: String,
+}
+
+/// A fake provider: creates one resource, deletes it on revert. Its input is what the
+/// resource is made on (the network of a subnet, the server and the volume of an
+/// attachment): being given those is what orders it after their providers.
 #[derive(Debug)]
 struct Resource {
     kind: &'static str,
@@ -223,6 +239,11 @@ pub fn resource_id(kind: &str, atom: &str, key: &str) -> String {
 }
 
 impl Resource {
+    fn made(&self, id: String) -> Made {
+        let kind = self.kind.to_owned();
+        Made { id, kind }
+    }
+
     fn effect(&self, action: &str, key: &str, atom: &str, flow: String, attempt: u32) -> Effect {
         Effect {
             action: action.into(),
@@ -264,8 +285,12 @@ where
 }
 
 #[async_trait]
-impl Task for Resource {
-    async fn execute(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+impl TypedTask for Resource {
+    type Input = Vec<Made>;
+    type Output = Made;
+    type Error = TaskError;
+
+    async fn execute(&self, _on: Vec<Made>, ctx: &TaskContext) -> Result<Made, TaskError> {
         if self.fail {
             // The cloud refuses at once: nothing was made.
             return Err(TaskError::msg(format!(
@@ -279,7 +304,7 @@ impl Task for Resource {
         // The call may have been made before, by an `execute` whose process died before its
         // result was stored: then the resource exists, and is the answer.
         if let Some(id) = self.effects.find(&key).await? {
-            return Ok(json!({ "id": id, "kind": self.kind }));
+            return Ok(self.made(id));
         }
         self.effects
             .record(self.effect("begin", &key, atom, flow.clone(), attempt))
@@ -316,14 +341,19 @@ impl Task for Resource {
                 })
                 .await?;
             tokio::time::sleep(self.step - self.step / 2).await;
-            Ok(json!({ "id": id, "kind": self.kind }))
+            Ok(self.made(id))
         }
         .await;
         ended.cancel();
         made
     }
 
-    async fn revert(&self, ctx: RevertContext) -> Result<(), TaskError> {
+    async fn revert(
+        &self,
+        _on: Vec<Made>,
+        _made: Option<Made>,
+        ctx: &RevertContext,
+    ) -> Result<(), TaskError> {
         // By the key, not the result: an `execute` interrupted after its cloud call left no
         // result, but a resource. And only if it still exists: a revert may run twice.
         let key = ctx.idempotency_key();
@@ -384,42 +414,46 @@ pub const MAX_SERVERS: u32 = 100;
 /// The longest a fake cloud call may take (`step_ms`): an hour.
 pub const MAX_STEP_MS: u64 = 3_600_000;
 
-fn parse(params: &Value) -> Result<StackParams, String> {
-    let params = if params.is_null() {
-        json!({})
-    } else {
-        params.clone()
-    };
-    let p: StackParams = serde_path_to_error::deserialize(params).map_err(|e| {
-        match e.path().to_string().as_str() {
-            "." => format!("bad parameters: {}", e.inner()),
-            path => format!("bad parameter `{path}`: {}", e.inner()),
+impl StackParams {
+    /// Refuses counts over the limits, before anything is built: a flow of
+    /// `steps: 4294967295` would not fit in memory.
+    fn check(&self) -> Result<(), String> {
+        for (name, value, limit) in [
+            ("steps", u64::from(self.steps), u64::from(MAX_STEPS)),
+            ("servers", u64::from(self.servers), u64::from(MAX_SERVERS)),
+            ("volumes", u64::from(self.volumes), u64::from(MAX_SERVERS)),
+            ("step_ms", self.step_ms, MAX_STEP_MS),
+        ] {
+            if value > limit {
+                return Err(format!(
+                    "bad parameter `{name}`: {value} is over the limit of {limit}"
+                ));
+            }
         }
-    })?;
-    // Checked before anything is built: a flow of `steps: 4294967295` would not fit in memory.
-    for (name, value, limit) in [
-        ("steps", u64::from(p.steps), u64::from(MAX_STEPS)),
-        ("servers", u64::from(p.servers), u64::from(MAX_SERVERS)),
-        ("volumes", u64::from(p.volumes), u64::from(MAX_SERVERS)),
-        ("step_ms", p.step_ms, MAX_STEP_MS),
-    ] {
-        if value > limit {
-            return Err(format!(
-                "bad parameter `{name}`: {value} is over the limit of {limit}"
-            ));
-        }
+        Ok(())
     }
-    Ok(p)
 }
 
+/// Adds the demo's providers to a flow.
 struct Maker<'a> {
     p: &'a StackParams,
     effects: &'a SideEffects,
 }
 
 impl Maker<'_> {
-    fn atom(&self, name: &str, kind: &'static str) -> Atom {
-        Atom::task(
+    /// Adds a provider of a `kind` resource, named `name`, made on the resources `on`.
+    fn add(
+        &self,
+        flow: &mut TypedFlow,
+        name: &str,
+        kind: &'static str,
+        on: &[&Out<Made>],
+    ) -> Out<Made> {
+        flow.add(self.atom(name, kind), on)
+    }
+
+    fn atom(&self, name: &str, kind: &'static str) -> TypedAtom<Resource> {
+        atom(
             name,
             Resource {
                 kind,
@@ -432,114 +466,89 @@ impl Maker<'_> {
 }
 
 /// The stack-create flow.
-fn stack_create(p: &StackParams, effects: &SideEffects) -> Flow {
+fn stack_create(p: &StackParams, effects: &SideEffects) -> TypedFlow {
     stack_create_version(p, effects, 1)
 }
 
 /// Version 2 of stack-create: a security group, made after the router, that every server is
 /// booted in. (Version 1 stays registered beside it: runs it started finish on it.)
-fn stack_create_v2(p: &StackParams, effects: &SideEffects) -> Flow {
+fn stack_create_v2(p: &StackParams, effects: &SideEffects) -> TypedFlow {
     stack_create_version(p, effects, 2)
 }
 
-fn stack_create_version(p: &StackParams, effects: &SideEffects, version: u32) -> Flow {
+fn stack_create_version(p: &StackParams, effects: &SideEffects, version: u32) -> TypedFlow {
     let m = Maker { p, effects };
-    let server_needs: &[&str] = if version >= 2 {
-        &["subnet", "security_group"]
-    } else {
-        &["subnet"]
-    };
-    let mut servers = Flow::unordered("servers");
-    for i in 0..p.servers {
-        servers = servers.add(
-            m.atom(&format!("server-{i}"), "server")
-                .requires(server_needs.iter().copied())
-                .provides(format!("server_{i}")),
-        );
-    }
-    let mut volumes = Flow::unordered("volumes");
-    for i in 0..p.volumes {
-        volumes = volumes.add(
-            m.atom(&format!("volume-{i}"), "volume")
-                .provides(format!("volume_{i}")),
-        );
-    }
-    let mut attach = Flow::unordered("attachments");
-    for i in 0..p.volumes.min(p.servers) {
-        attach = attach.add(
-            m.atom(&format!("attach-{i}"), "attachment")
-                .requires([format!("server_{i}"), format!("volume_{i}")]),
-        );
-    }
-    let mut flow = Flow::linear(format!("stack-create:{}", p.stack))
-        .add(m.atom("network", "network").provides("network"))
-        .add(
-            m.atom("subnet", "subnet")
-                .requires(["network"])
-                .provides("subnet"),
-        )
-        .add(m.atom("router", "router").requires(["subnet"]));
+    let mut flow = TypedFlow::linear(format!("stack-create:{}", p.stack));
+    let network = m.add(&mut flow, "network", "network", &[]);
+    let subnet = m.add(&mut flow, "subnet", "subnet", &[&network]);
+    m.add(&mut flow, "router", "router", &[&subnet]);
+    let mut server_on = vec![subnet];
     if version >= 2 {
-        flow = flow.add(
-            m.atom("security-group", "security_group")
-                .requires(["network"])
-                .provides("security_group"),
-        );
+        let group = m.add(&mut flow, "security-group", "security_group", &[&network]);
+        server_on.push(group);
     }
-    flow.add(servers)
-        .add(volumes)
-        .add(attach)
-        .add(m.atom("check", "check"))
+    let servers = flow.each("servers", 0..p.servers, |i| {
+        (m.atom(&format!("server-{i}"), "server"), server_on.clone())
+    });
+    let volumes = flow.each("volumes", 0..p.volumes, |i| {
+        (
+            m.atom(&format!("volume-{i}"), "volume"),
+            Vec::<Out<Made>>::new(),
+        )
+    });
+    // Volume i is attached to server i.
+    let pairs = servers.outs().iter().zip(volumes.outs()).enumerate();
+    flow.each("attachments", pairs, |(i, (server, volume))| {
+        (
+            m.atom(&format!("attach-{i}"), "attachment"),
+            vec![server, volume],
+        )
+    });
+    m.add(&mut flow, "check", "check", &[]);
+    flow
 }
 
 /// The stack-update flow: replace one server, moving its volume, keeping the old one until
 /// the new one works; a failure anywhere puts the old layout back.
-fn stack_update(p: &StackParams, effects: &SideEffects) -> Flow {
+fn stack_update(p: &StackParams, effects: &SideEffects) -> TypedFlow {
     let m = Maker { p, effects };
     let old = &p.server;
-    Flow::linear(format!("stack-update:{}", p.stack))
-        .add(
-            m.atom(&format!("{old}-replacement"), "server")
-                .provides("new_server"),
-        )
-        .add(m.atom("detach-volume", "detachment"))
-        .add(
-            m.atom("attach-volume", "attachment")
-                .requires(["new_server"]),
-        )
-        .add(m.atom(&format!("{old}-retire"), "retirement"))
+    let mut flow = TypedFlow::linear(format!("stack-update:{}", p.stack));
+    let new_server = m.add(&mut flow, &format!("{old}-replacement"), "server", &[]);
+    m.add(&mut flow, "detach-volume", "detachment", &[]);
+    m.add(&mut flow, "attach-volume", "attachment", &[&new_server]);
+    m.add(&mut flow, &format!("{old}-retire"), "retirement", &[]);
+    flow
 }
 
 /// The stack-delete flow: everything a stack has, removed newest first.
-fn stack_delete(p: &StackParams, effects: &SideEffects) -> Flow {
+fn stack_delete(p: &StackParams, effects: &SideEffects) -> TypedFlow {
     let m = Maker { p, effects };
-    let mut flow = Flow::linear(format!("stack-delete:{}", p.stack));
-    let mut servers = Flow::unordered("delete-servers");
-    for i in 0..p.servers {
-        servers = servers.add(m.atom(&format!("delete-server-{i}"), "deletion"));
-    }
-    let mut volumes = Flow::unordered("delete-volumes");
-    for i in 0..p.volumes {
-        volumes = volumes.add(m.atom(&format!("delete-volume-{i}"), "deletion"));
-    }
-    flow = flow.add(volumes).add(servers);
+    let mut flow = TypedFlow::linear(format!("stack-delete:{}", p.stack));
+    let nothing = Vec::<Out<Made>>::new;
+    flow.each("delete-volumes", 0..p.volumes, |i| {
+        (m.atom(&format!("delete-volume-{i}"), "deletion"), nothing())
+    });
+    flow.each("delete-servers", 0..p.servers, |i| {
+        (m.atom(&format!("delete-server-{i}"), "deletion"), nothing())
+    });
     for name in ["router", "subnet", "network"] {
-        flow = flow.add(m.atom(&format!("delete-{name}"), "deletion"));
+        m.add(&mut flow, &format!("delete-{name}"), "deletion", &[]);
     }
     flow
 }
 
 /// A line of `steps` plain steps.
-fn steps(p: &StackParams, effects: &SideEffects) -> Flow {
+fn steps(p: &StackParams, effects: &SideEffects) -> TypedFlow {
     let m = Maker { p, effects };
-    let mut flow = Flow::linear("steps");
+    let mut flow = TypedFlow::linear("steps");
     for i in 0..p.steps {
-        flow = flow.add(m.atom(&format!("step-{i:04}"), "step"));
+        m.add(&mut flow, &format!("step-{i:04}"), "step", &[]);
     }
     flow
 }
 
-type Builder = fn(&StackParams, &SideEffects) -> Flow;
+type Builder = fn(&StackParams, &SideEffects) -> TypedFlow;
 
 /// The versions of each demo factory: `stack-create` has two (version 2 adds a security group
 /// before the servers), the others one.
@@ -552,7 +561,9 @@ pub const VERSIONS: &[(&str, u32)] = &[
 ];
 
 /// The demo registry: `stack-create` (versions 1 and 2), `stack-update`, `stack-delete` and
-/// `steps`, recording side effects in `effects`.
+/// `steps`, recording side effects in `effects`. The factories take their parameters as a type
+/// of their own ([`Registry::register_typed`]): parameters that do not fit it are refused
+/// naming the field, and counts over the limits before anything is built.
 ///
 /// # Errors
 /// None in practice: every name and version is distinct (the registry's own checks).
@@ -567,17 +578,17 @@ pub fn registry(effects: SideEffects) -> Result<Registry, RegistryError> {
     let mut registry = Registry::new();
     for (name, version, build) in builders {
         let effects = effects.clone();
-        registry = registry.register(name, version, move |params| {
-            let p = parse(params)?;
-            Ok(Blueprint::new(build(&p, &effects)))
+        registry = registry.register_typed(name, version, move |p: StackParams| {
+            p.check().map(|()| build(&p, &effects))
         })?;
     }
     Ok(registry)
 }
 
 /// For fuzzing and property tests (not part of the API): builds `params` with every demo
-/// factory, which must either refuse them ([`BuildError::BadParams`]) or build a flow within the
-/// limits; a description of anything else.
+/// factory, which must either refuse them ([`BuildError::InvalidParams`],
+/// [`BuildError::BadParams`]) or build a flow within the limits; a description of anything
+/// else.
 ///
 /// # Errors
 /// What went wrong, if anything did.
@@ -595,7 +606,7 @@ pub fn fuzz_params(params: &Value) -> Result<(), String> {
                     ));
                 }
             }
-            Err(BuildError::BadParams { .. }) => {}
+            Err(BuildError::BadParams { .. } | BuildError::InvalidParams { .. }) => {}
             Err(e) => return Err(format!("{factory} from {params}: {e}")),
         }
     }
@@ -609,6 +620,42 @@ mod tests {
     use baton_core::model::Change;
     use baton_core::store::Store;
     use baton_core::{AtomState, Control, Engine, EventKind, FlowState, MemoryStore, RunOptions};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_line_still_being_written_is_left_for_the_next_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("effects.jsonl");
+        let effects = SideEffects::File(path.clone());
+        effects.record(effects_sample("create")).await.unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        // Another process's write, seen half done.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&whole[..whole.len() / 2]);
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(SideEffects::read_file(&path).unwrap().len(), 1);
+        // Once whole, it is read.
+        torn.extend_from_slice(&whole[whole.len() / 2..]);
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(SideEffects::read_file(&path).unwrap().len(), 2);
+        // A line that is whole and wrong is still an error.
+        torn.extend_from_slice(b"{not json}\n");
+        std::fs::write(&path, &torn).unwrap();
+        assert!(SideEffects::read_file(&path).is_err());
+    }
+
+    fn effects_sample(action: &str) -> Effect {
+        Effect {
+            action: action.into(),
+            resource: "res-1".into(),
+            key: "key-1".into(),
+            atom: "step-0000".into(),
+            flow: "flow-1".into(),
+            attempt: 1,
+            at: Utc::now().to_rfc3339(),
+            pid: std::process::id(),
+        }
+    }
 
     /// Runs flow `id` in a task of its own, under `control`.
     fn run_in_task(

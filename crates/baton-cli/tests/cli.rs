@@ -529,7 +529,13 @@ fn conductor_options_that_cannot_work_are_refused() {
             "--self-fence-margin-ms 2500 leaves less than two heartbeats (--heartbeat-ms 500) \
              of --lease-ms 3000: give --self-fence-margin-ms 2000 or less, or a longer lease",
         ),
+        (
+            &["--drain-timeout-ms", "31536000001"],
+            exit::BAD_INPUT,
+            "--drain-timeout-ms 31536000001 is too long: give 31536000000 or less",
+        ),
         (&["--lease-ms", "-1"], exit::USAGE, "'-1'"),
+        (&["--drain-timeout-ms", "-1"], exit::USAGE, "'-1'"),
         (&["--concurrency", "many"], exit::USAGE, "'many'"),
     ];
     for (options, code, message) in cases {
@@ -558,6 +564,8 @@ fn conductor_options_that_cannot_work_are_refused() {
             "--concurrency",
             "1",
             "--gather-ms",
+            "0",
+            "--drain-timeout-ms",
             "0",
         ],
     );

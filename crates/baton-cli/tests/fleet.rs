@@ -172,7 +172,7 @@ async fn stopped_owner_writes_nothing(db: &str) {
     let successor = conductor(db, "successor", &effects, 1000);
     wait_until("the job is complete", Duration::from_secs(120), || {
         let board = board.clone();
-        async move { board.get(job.id).await.unwrap().state == JobState::Complete }
+        async move { support::fleet::is_complete(&*board, job.id).await }
     })
     .await;
     let done = board.get(job.id).await.unwrap();

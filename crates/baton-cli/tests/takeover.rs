@@ -78,7 +78,7 @@ async fn a_killed_owners_job_is_taken_over_before_its_lease(db: &str) {
 
     wait_until("the job is complete", Duration::from_secs(120), || {
         let board = board.clone();
-        async move { board.get(job.id).await.unwrap().state == JobState::Complete }
+        async move { support::fleet::is_complete(&*board, job.id).await }
     })
     .await;
     let done = board.get(job.id).await.unwrap();

@@ -183,7 +183,7 @@ async fn completed(board: &Arc<dyn JobBoard>, id: JobId) -> Job {
         Duration::from_secs(60),
         || {
             let board = board.clone();
-            async move { board.get(id).await.unwrap().state == JobState::Complete }
+            async move { support::fleet::is_complete(&*board, id).await }
         },
     )
     .await;

@@ -227,7 +227,7 @@ pub struct CompiledFlow(Arc<Compiled>);
 
 /// The inside of a [`CompiledFlow`], shared by its clones. Nothing in it is public.
 #[doc(hidden)]
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Compiled {
     pub(crate) name: String,
     pub(crate) atoms: Vec<CompiledAtom>,
@@ -310,6 +310,24 @@ impl CompiledFlow {
                     _ => None,
                 })
         })
+    }
+
+    /// A copy of the flow whose task `name` is `wrap` of its task (same wiring, same
+    /// fingerprint), or `None` if the flow has no task of that name.
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_task(
+        &self,
+        name: &str,
+        wrap: impl FnOnce(Arc<dyn crate::Task>) -> Arc<dyn crate::Task>,
+    ) -> Option<CompiledFlow> {
+        let &i = self.index.get(name)?;
+        let AtomBody::Task(task) = &self.atoms[i].body else {
+            return None;
+        };
+        let task = wrap(task.clone());
+        let mut copy = Compiled::clone(self);
+        copy.atoms[i].body = AtomBody::Task(task);
+        Some(CompiledFlow(Arc::new(copy)))
     }
 
     /// The fingerprint of the flow's structure: what a run records to be resumed only with

@@ -15,6 +15,9 @@
 //! - The [`Engine`] runs a compiled flow against a [`Store`](store::Store), committing every
 //!   transition before acting on it. A run interrupted anywhere resumes from the store with
 //!   [`Engine::run`].
+//! - `testing` (feature `testing`, for dev-dependencies): check that a flow of yours ends the
+//!   same when its engine is killed at any write, skip backoff and time limits in tests, and
+//!   assert on a run's stored history.
 //!
 //! # Quick start
 //!
@@ -65,6 +68,8 @@ pub mod retry;
 mod state;
 pub mod store;
 mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod time;
 pub mod typed;
 
@@ -72,7 +77,7 @@ pub use board::{JobBoard, MemoryJobBoard, NewJob};
 pub use compile::CompiledFlow;
 pub use conductor::Conductor;
 pub use engine::{
-    Control, CreateOptions, Engine, Event, EventKind, Events, Lagged, Outcome, RunOptions,
+    Clock, Control, CreateOptions, Engine, Event, EventKind, Events, Lagged, Outcome, RunOptions,
 };
 pub use failure::{Failure, FailureKind, ResultExt, Retryability, TaskError};
 pub use fingerprint::{Fingerprint, ParseFingerprintError};

@@ -18,6 +18,7 @@ use crate::board_common::{
     offer_json, offer_lists, release_needed, supersede, token_db, JobRows, RawJob, Throttle,
     HOLDS_KEY, PARK_CANCEL, REAP_EVERY, RUN_ENDED,
 };
+use crate::deadline::Raw;
 use crate::liveness::{lock_key, Liveness};
 use crate::postgres::PostgresStore;
 use crate::wake::{self, announce_end, Listener, News, PostWakes, CANCEL_NEWS};
@@ -302,6 +303,13 @@ impl PostgresJobBoard {
         self
     }
 
+    /// How long a call of this board may take: its store's
+    /// [`call_timeout`](PostgresStore::call_timeout).
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.store.call_timeout()
+    }
+
     /// How long after the database server starts a free liveness lock still does not count as
     /// its owner's death (default [`DEFAULT_RESTART_GRACE`], 15 s; zero: at once).
     ///
@@ -473,7 +481,7 @@ impl PostgresJobBoard {
     /// (so every earlier job of the key is seen), the earlier unfinished jobs of the key are
     /// asked to revert (their owners told), then the job is posted with its own wake-up.
     async fn post_superseding(&self, new: &NewJob, key: &str) -> Result<Job, board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         sqlx::query(&format!(
             "SELECT pg_advisory_xact_lock({KEY_LOCK}, hashtext($1))"
         ))
@@ -501,8 +509,11 @@ impl PostgresJobBoard {
     }
 }
 
+crate::deadline::bounded_board!(PostgresJobBoard, crate::liveness::LIVENESS_WAIT);
+
+/// The board's calls, unbounded: [`crate::deadline`] bounds each.
 #[async_trait]
-impl JobBoard for PostgresJobBoard {
+impl JobBoard for Raw<'_, PostgresJobBoard> {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
         new.check(self.store.max_value_bytes())?;
         if let (true, Some(key)) = (new.supersede, new.key.as_deref()) {
@@ -693,7 +704,7 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn requeue(&self, id: JobId, how: Requeue) -> Result<Job, board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         let row: Option<(String, bool, bool)> = sqlx::query_as(&format!(
             "SELECT j.state, coalesce(j.lease_expires_at > now_ms(), false), \
                     EXISTS (SELECT 1 FROM flows f WHERE f.id = j.id AND f.state NOT IN {RUN_ENDED}) \
@@ -722,7 +733,7 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn request_cancel(&self, id: JobId, how: Cancel) -> Result<Job, board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         let mut rows = Rows {
             conn: &mut tx,
             channel: &self.channel,
@@ -755,7 +766,7 @@ impl JobBoard for PostgresJobBoard {
     }
 
     async fn release(&self, id: JobId) -> Result<(), board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
                 .bind(id.as_uuid())
@@ -794,7 +805,7 @@ impl JobBoard for PostgresJobBoard {
         fence: Option<Fence>,
         reason: Value,
     ) -> Result<(), board::Error> {
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self.store.begin().await.map_err(db)?;
         let row: Option<(String, i64)> =
             sqlx::query_as("SELECT state, token FROM jobs WHERE id = $1 FOR UPDATE")
                 .bind(id.as_uuid())

@@ -21,8 +21,9 @@ use crate::board_common::{
     HOLDS_KEY, PARK_CANCEL, REAP_EVERY, RUN_ENDED,
 };
 use crate::codec;
+use crate::deadline::Raw;
 use crate::lockfile::{Life, Locks};
-use crate::sqlite::SqliteStore;
+use crate::sqlite::{SqliteStore, Writable};
 
 const COLUMNS: &str = "id, name, factory, params, job_key, priority, state, owner, \
                        lease_expires_at, token, attempts, outcome, version, stalled_claims, \
@@ -324,6 +325,13 @@ impl SqliteJobBoard {
         }
     }
 
+    /// How long a call of this board may take: its store's
+    /// [`call_timeout`](SqliteStore::call_timeout).
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.store.call_timeout()
+    }
+
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if it succeeds.
     async fn write<T, F>(&self, f: F) -> Result<T, board::Error>
     where
@@ -334,12 +342,9 @@ impl SqliteJobBoard {
         >,
     {
         let _gate = self.store.write_gate().lock().await;
-        let mut tx = self
-            .store
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db)?;
+        // Closed if given up on in the middle of its `BEGIN` (see `Writable`).
+        let mut conn = Writable::new(self.store.pool().acquire().await.map_err(db)?);
+        let mut tx = conn.begin_immediate().await.map_err(db)?;
         match f(&mut tx).await {
             Ok(v) => {
                 tx.commit().await.map_err(db)?;
@@ -388,8 +393,11 @@ impl SqliteJobBoard {
     }
 }
 
+crate::deadline::bounded_board!(SqliteJobBoard, Duration::ZERO);
+
+/// The board's calls, unbounded: [`crate::deadline`] bounds each.
 #[async_trait]
-impl JobBoard for SqliteJobBoard {
+impl JobBoard for Raw<'_, SqliteJobBoard> {
     async fn post(&self, new: NewJob) -> Result<Job, board::Error> {
         new.check(self.store.max_value_bytes())?;
         let id = JobId::new();

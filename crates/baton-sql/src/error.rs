@@ -34,6 +34,17 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// A timeout option is zero or longer than allowed: the option, the value and the longest
+    /// allowed.
+    #[error("{option} {value:?} is not a usable timeout: give more than zero and at most {max:?}")]
+    InvalidTimeout {
+        /// The option (e.g. `call_timeout`).
+        option: &'static str,
+        /// The value given.
+        value: std::time::Duration,
+        /// The longest value allowed.
+        max: std::time::Duration,
+    },
     /// The PostgreSQL schema name is not a plain lowercase identifier.
     #[error(
         "invalid schema name {schema:?}: use 1 to 63 lowercase letters, digits or underscores, not starting with a digit"

@@ -71,6 +71,14 @@
 //! limit (1 MiB by default: results, failures, a run's inputs, a job's parameters) are
 //! `TooLarge`, and nothing of their batch is written.
 //!
+//! # Deadlines
+//!
+//! Every call of a store or a job board ends within the store's call timeout (5 s unless
+//! opened with another: [`SqliteOptions::call_timeout`], [`PostgresOptions::call_timeout`],
+//! [`OpenOptions::call_timeout`]). A call the database does not answer in time, a server
+//! that went silent say, is `Unavailable`, with a [`DeadlineExceeded`] as its source; the
+//! connection it was using is closed. See [`deadline`] for what is bounded where, and why.
+//!
 //! # Features
 //!
 //! `sqlite` and `postgres` (both on by default) compile in each backend. [`connect`] answers
@@ -86,6 +94,7 @@ mod board_postgres;
 mod board_sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
+pub mod deadline;
 mod error;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[doc(hidden)]
@@ -118,6 +127,7 @@ pub use board_postgres::{PostgresJobBoard, DEFAULT_RESTART_GRACE, DEFAULT_WAKE_W
 pub use board_sqlite::SqliteJobBoard;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use codec::{StepFormat, DEFAULT_MAX_VALUE_BYTES};
+pub use deadline::{DeadlineExceeded, DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT};
 pub use error::{Error, Result};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore, DEFAULT_SCHEMA};
@@ -224,12 +234,22 @@ pub struct OpenOptions {
     /// The PostgreSQL schema to use instead of the default (`baton`). Refused for SQLite, which
     /// has no schemas.
     pub schema: Option<String>,
+    /// How long any call of the store or the board may take (see [`deadline`]); `None` for
+    /// [`DEFAULT_CALL_TIMEOUT`]. Checked when the store opens: more than zero, at most
+    /// [`MAX_CALL_TIMEOUT`].
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 impl OpenOptions {
-    /// The defaults: the default schema.
+    /// The defaults: the default schema and call timeout.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Bounds every call of the store and the board by `timeout` (see [`deadline`]).
+    pub fn call_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.call_timeout = Some(timeout);
+        self
     }
 
     /// Uses the PostgreSQL schema `schema`.
@@ -243,7 +263,8 @@ impl OpenOptions {
 ///
 /// # Errors
 /// As [`open`], and [`Error::Config`] if a schema is given for SQLite,
-/// [`Error::InvalidSchema`] if it is not a plain lowercase identifier.
+/// [`Error::InvalidSchema`] if it is not a plain lowercase identifier,
+/// [`Error::InvalidTimeout`] for a call timeout of zero or over [`MAX_CALL_TIMEOUT`].
 ///
 /// # Cancel safety
 /// As [`connect`].
@@ -257,7 +278,11 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Backends> {
     match backend {
         #[cfg(feature = "sqlite")]
         Backend::Sqlite => {
-            let store = SqliteStore::open(url).await?;
+            let mut sqlite = SqliteOptions::new();
+            if let Some(timeout) = options.call_timeout {
+                sqlite = sqlite.call_timeout(timeout);
+            }
+            let store = SqliteStore::open_with(url, sqlite).await?;
             let board = SqliteJobBoard::new(&store);
             Ok(Backends {
                 store: Arc::new(store),
@@ -274,6 +299,9 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Backends> {
             let mut pg = PostgresOptions::new();
             if let Some(schema) = options.schema {
                 pg = pg.schema(schema);
+            }
+            if let Some(timeout) = options.call_timeout {
+                pg = pg.call_timeout(timeout);
             }
             let store = PostgresStore::connect_with(url, pg).await?;
             let board = PostgresJobBoard::new(&store);

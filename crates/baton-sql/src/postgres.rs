@@ -18,6 +18,7 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 use crate::codec::{
     self, Meta, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES,
 };
+use crate::deadline::Raw;
 use crate::error::{classify, is_unique_violation, Error};
 use crate::steplog::{self, Known, Step, StepRow};
 use serde_json::value::RawValue;
@@ -39,8 +40,17 @@ pub struct PostgresOptions {
     /// them between writes (see [`PostgresStore`]); reads and the other writes share the rest.
     pub max_connections: u32,
     /// How long an operation waits for a connection (for instance while the server is down)
-    /// before it fails with [`store::Error::Unavailable`]. Default 10 s.
+    /// before it fails with [`store::Error::Unavailable`], at most: the call timeout bounds
+    /// it too, so the wait is the shorter of the two. Default 10 s.
     pub acquire_timeout: Duration,
+    /// How long any call of the store or of a job board built on it may take before it fails
+    /// with `Unavailable` (whose source is a [`DeadlineExceeded`](crate::DeadlineExceeded)):
+    /// waiting for a connection, opening one, and its statements. The server is told too:
+    /// the pool's connections have it as their `statement_timeout` and
+    /// `idle_in_transaction_session_timeout`. More than zero, at most
+    /// [`MAX_CALL_TIMEOUT`](crate::MAX_CALL_TIMEOUT); default 5 s
+    /// ([`DEFAULT_CALL_TIMEOUT`](crate::DEFAULT_CALL_TIMEOUT)). See [`crate::deadline`].
+    pub call_timeout: Duration,
     /// The largest stored JSON value (result, failure, revert failure, retry history, a run's
     /// inputs) in bytes; a larger one is refused with [`store::Error::TooLarge`]. The job
     /// board built on the store refuses a job's parameters over it likewise
@@ -59,6 +69,7 @@ impl Default for PostgresOptions {
             schema: DEFAULT_SCHEMA.to_owned(),
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
+            call_timeout: crate::DEFAULT_CALL_TIMEOUT,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             step_format: StepFormat::default(),
         }
@@ -86,6 +97,12 @@ impl PostgresOptions {
     /// Sets [`PostgresOptions::acquire_timeout`].
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PostgresOptions::call_timeout`] (checked when the store connects).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
         self
     }
 
@@ -137,6 +154,11 @@ pub struct PostgresStore {
     known: Arc<steplog::Cache>,
     /// The channel of the job board's wake-ups (see [`job_channel`]).
     channel: Arc<str>,
+    /// The bound of every call (see [`crate::deadline`]).
+    call_timeout: Duration,
+    /// How to connect for migrations: as the pool does, but without the call timeout on the
+    /// server's side (a migration may take long, or wait for another process's).
+    unbounded: Arc<PgConnectOptions>,
 }
 
 fn config(e: impl std::fmt::Display) -> Error {
@@ -201,22 +223,38 @@ impl PostgresStore {
                 ),
             });
         }
+        let call_timeout = crate::deadline::check("call_timeout", options.call_timeout)?;
         // The search path travels in the startup packet: set on every connection the pool
-        // opens, at no extra round trip, and never on anyone else's connection.
-        let connect = PgConnectOptions::from_str(url)
+        // opens, at no extra round trip, and never on anyone else's connection. So do the
+        // server's timeouts (see `crate::deadline`), in whole milliseconds (zero would turn
+        // them off).
+        let unbounded = PgConnectOptions::from_str(url)
             .map_err(config)?
             .options([("search_path", options.schema.as_str())]);
-        prepare_schema(&connect, &options.schema).await?;
+        let server_timeout = call_timeout.as_millis().max(1).to_string();
+        let connect = unbounded.clone().options([
+            ("statement_timeout", server_timeout.as_str()),
+            (
+                "idle_in_transaction_session_timeout",
+                server_timeout.as_str(),
+            ),
+        ]);
+        prepare_schema(&unbounded, &options.schema, call_timeout).await?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout)
+            .acquire_timeout(options.acquire_timeout.min(call_timeout))
             .test_before_acquire(false)
+            .after_release(move |conn, _| {
+                Box::pin(async move { Ok(answers_within(conn, call_timeout).await) })
+            })
             .connect_with(connect)
             .await
             .map_err(|e| Error::Store(classify(e)))?;
         Ok(Self {
             spare: Arc::new(Spare::holding(options.max_connections.max(1) / 2)),
             pool,
+            call_timeout,
+            unbounded: Arc::new(unbounded),
             channel: job_channel(&options.schema).into(),
             schema: options.schema.into(),
             commits: Arc::new(AtomicU64::new(0)),
@@ -233,21 +271,21 @@ impl PostgresStore {
     /// # Errors
     /// [`Error::Migrate`], or [`Error::Store`] if the database cannot be reached.
     ///
+    /// Migrations run on a connection of their own (closed afterwards, so the migrator's
+    /// advisory lock goes with it whatever happens), without the call timeout: opening it is
+    /// bounded by the call timeout, applying the migrations is not.
+    ///
     /// # Cancel safety
     /// Not cancel safe: dropped midway, some migrations may have been applied.
     pub async fn migrate(&self) -> Result<(), Error> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| Error::Store(classify(e)))?;
-        let result = MIGRATOR.run_direct(&mut *conn).await;
-        if result.is_err() {
-            // The migrator's advisory lock is held by the session until unlocked: never give
-            // such a connection back to the pool.
-            drop(conn.detach());
-        }
-        result.map_err(crate::error::migrate)
+        prepare_schema(&self.unbounded, &self.schema, self.call_timeout).await
+    }
+
+    /// How long a call of this store, or of a job board built on it, may take (see
+    /// [`PostgresOptions::call_timeout`]).
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
     }
 
     /// The schema the store lives in.
@@ -287,13 +325,14 @@ impl PostgresStore {
         let token = codec::token_to_db(token).ok_or_else(|| {
             crate::error::backend(format!("fencing token {token} is too large to store"))
         })?;
-        sqlx::query(
-            "INSERT INTO fences (job_id, token) VALUES ($1, $2) \
-             ON CONFLICT (job_id) DO UPDATE SET token = excluded.token",
+        self.write(
+            sqlx::query(
+                "INSERT INTO fences (job_id, token) VALUES ($1, $2) \
+                 ON CONFLICT (job_id) DO UPDATE SET token = excluded.token",
+            )
+            .bind(job.as_uuid())
+            .bind(token),
         )
-        .bind(job.as_uuid())
-        .bind(token)
-        .execute(&self.pool)
         .await
         .map_err(classify)?;
         Ok(())
@@ -314,36 +353,36 @@ impl PostgresStore {
         &self,
         query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
-        let mut conn = match self.spare.take() {
-            Some(conn) => conn,
-            None => self.pool.acquire().await?,
-        };
+        let mut conn = self.acquire().await?;
         let outcome = query.execute(&mut *conn).await;
-        self.spare.keep(
-            conn,
-            !matches!(&outcome, Err(e) if !matches!(e, sqlx::Error::Database(_))),
-        );
+        self.release(conn, &outcome);
         outcome
     }
 
     /// A connection for one operation: a kept one if there is any, else one from the pool.
     /// Give it back with [`PostgresStore::release`], so it is kept too (the pool would ping it
-    /// on its way back, a round trip per operation).
-    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    /// on its way back, a round trip per operation). One dropped instead (its operation
+    /// abandoned half-way, or ended by an early return) is closed: see [`Lent`].
+    pub(crate) async fn acquire(&self) -> Result<Lent, sqlx::Error> {
         match self.spare.take() {
             Some(conn) => Ok(conn),
-            None => self.pool.acquire().await,
+            None => Ok(Lent::new(self.pool.acquire().await?)),
         }
     }
 
     /// Gives back a connection from [`PostgresStore::acquire`] after an operation with this
     /// outcome: kept unless the operation failed in a way that may have broken it.
-    pub(crate) fn release<T>(
-        &self,
-        conn: PoolConnection<Postgres>,
-        outcome: &Result<T, sqlx::Error>,
-    ) {
+    pub(crate) fn release<T>(&self, conn: Lent, outcome: &Result<T, sqlx::Error>) {
         self.spare.keep(conn, healthy(outcome));
+    }
+
+    /// Begins a transaction on a connection from [`PostgresStore::acquire`]. Committed or
+    /// rolled back, the connection is given back; dropped otherwise (abandoned half-way, or
+    /// ended by an early return), it is closed, and the server rolls the transaction back.
+    pub(crate) async fn begin(&self) -> Result<Tx<'_>, sqlx::Error> {
+        let mut conn = self.acquire().await?;
+        sqlx::Executor::execute(&mut *conn, "BEGIN").await?;
+        Ok(Tx { store: self, conn })
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -386,6 +425,102 @@ fn job_channel(schema: &str) -> String {
     format!("{PREFIX}{head}_{hash:016x}")
 }
 
+/// A pooled connection lent to one operation (by [`PostgresStore::acquire`]), closed when it
+/// is dropped unless the store took it back ([`PostgresStore::release`]).
+///
+/// An operation abandoned half-way (its future dropped: a call past its deadline, a run
+/// halted) drops its connection anywhere in the protocol: a statement sent and its answer not
+/// read, a transaction open. Dropped as it is, sqlx would give it back to the pool after a
+/// ping with no timeout, which on a server that went silent waits as long as TCP does and
+/// holds a place in the pool meanwhile. Closed instead, it is never lent again; the pool opens
+/// another when one is needed.
+#[derive(Debug)]
+pub(crate) struct Lent {
+    conn: PoolConnection<Postgres>,
+    /// Set while the store holds it (between operations, or on its way back to the pool).
+    given_back: bool,
+}
+
+impl Lent {
+    fn new(conn: PoolConnection<Postgres>) -> Self {
+        Self {
+            conn,
+            given_back: false,
+        }
+    }
+}
+
+impl std::ops::Deref for Lent {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if !self.given_back {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// A transaction on a connection lent by [`PostgresStore::begin`]: committed or rolled back,
+/// the connection goes back to the store; dropped otherwise, it is closed (see [`Lent`]), and
+/// the server rolls the transaction back.
+#[derive(Debug)]
+pub(crate) struct Tx<'s> {
+    store: &'s PostgresStore,
+    conn: Lent,
+}
+
+impl Tx<'_> {
+    /// Commits the transaction.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.end("COMMIT").await
+    }
+
+    /// Rolls the transaction back.
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.end("ROLLBACK").await
+    }
+
+    async fn end(self, how: &'static str) -> Result<(), sqlx::Error> {
+        let Tx { store, mut conn } = self;
+        let ended = sqlx::Executor::execute(&mut *conn, how).await.map(|_| ());
+        store.release(conn, &ended);
+        ended
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+/// Whether `conn` answers a ping within `limit`. The pool checks every connection sqlx itself
+/// hands back to it this way (see [`crate::deadline`]): one that does not answer is closed,
+/// not pooled.
+async fn answers_within(conn: &mut PgConnection, limit: Duration) -> bool {
+    matches!(tokio::time::timeout(limit, conn.ping()).await, Ok(Ok(())))
+}
+
 /// Whether a connection is still good after an operation with this outcome: anything but an
 /// error the server reported may have left it broken or mid-protocol.
 fn healthy<T>(outcome: &Result<T, sqlx::Error>) -> bool {
@@ -407,7 +542,7 @@ struct Spare {
 
 #[derive(Debug, Default)]
 struct Kept {
-    conns: Vec<PoolConnection<Postgres>>,
+    conns: Vec<Lent>,
     /// Set by [`Spare::drain`] (the store is closing): nothing is kept any more, so the pool
     /// gets back every connection an operation racing the close still held.
     closed: bool,
@@ -421,17 +556,20 @@ impl Spare {
         }
     }
 
-    fn take(&self) -> Option<PoolConnection<Postgres>> {
-        self.lock().conns.pop()
+    fn take(&self) -> Option<Lent> {
+        let mut conn = self.lock().conns.pop()?;
+        conn.given_back = false;
+        Some(conn)
     }
 
     /// Keeps `conn` for the next write, unless it may be broken (`healthy` is false when an
-    /// operation on it failed with anything but an error the server reported).
-    fn keep(&self, mut conn: PoolConnection<Postgres>, healthy: bool) {
+    /// operation on it failed with anything but an error the server reported): then it is
+    /// closed.
+    fn keep(&self, mut conn: Lent, healthy: bool) {
         if !healthy {
-            conn.close_on_drop();
             return;
         }
+        conn.given_back = true;
         let mut kept = self.lock();
         if !kept.closed && kept.conns.len() < self.cap {
             kept.conns.push(conn);
@@ -439,7 +577,7 @@ impl Spare {
     }
 
     /// Gives up the kept connections, for good: later ones go back to the pool at once.
-    fn drain(&self) -> Vec<PoolConnection<Postgres>> {
+    fn drain(&self) -> Vec<Lent> {
         let mut kept = self.lock();
         kept.closed = true;
         std::mem::take(&mut kept.conns)
@@ -455,16 +593,31 @@ impl Spare {
 
 /// Creates the schema if it is missing, then applies the migrations, on a connection of its
 /// own that is closed afterwards (the migrator's advisory lock goes with it, whatever happens).
-async fn prepare_schema(connect: &PgConnectOptions, schema: &str) -> Result<(), Error> {
-    let mut conn = PgConnection::connect_with(connect)
+/// Opening the connection and looking for the schema are bounded by `limit` (the call
+/// timeout); the migrations are not.
+async fn prepare_schema(
+    connect: &PgConnectOptions,
+    schema: &str,
+    limit: Duration,
+) -> Result<(), Error> {
+    let late = |call| {
+        Error::Store(store::Error::Unavailable(Box::new(
+            crate::DeadlineExceeded { call, limit },
+        )))
+    };
+    let mut conn = tokio::time::timeout(limit, PgConnection::connect_with(connect))
         .await
+        .map_err(|_| late("connect"))?
         .map_err(|e| Error::Store(classify(e)))?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .bind(schema)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| Error::Store(classify(e)))?;
+    let exists = sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+    )
+    .bind(schema)
+    .fetch_one(&mut conn);
+    let exists = tokio::time::timeout(limit, exists)
+        .await
+        .map_err(|_| late("connect"))?
+        .map_err(|e| Error::Store(classify(e)))?;
     if !exists {
         // The name was validated as a plain identifier, so it can be spliced in.
         let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
@@ -813,16 +966,35 @@ fn met_another_writer(e: &sqlx::Error) -> bool {
 const CAREFUL_TRIES: usize = 5;
 
 impl PostgresStore {
-    /// A load in one read-only snapshot for the flow, its atoms and its log.
-    async fn load(&self, id: FlowId, meta: Meta) -> store::Result<FlowSnapshot> {
-        let began = chrono::Utc::now();
-        let mut tx = self
-            .pool
+    /// Runs `read` in a read-only `REPEATABLE READ` transaction (so its rows come from one
+    /// snapshot), on a connection from [`PostgresStore::acquire`].
+    async fn read_only<T, F>(&self, read: F) -> store::Result<T>
+    where
+        F: for<'c> FnOnce(
+            &'c mut PgConnection,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = store::Result<T>> + Send + 'c>,
+        >,
+    {
+        let mut conn = self.acquire().await.map_err(classify)?;
+        let mut tx = conn
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(classify)?;
-        let result = read_flow(&mut tx, id, meta).await;
-        let (snapshot, seq) = codec::finish(tx, result).await?;
+        let result = read(&mut tx).await;
+        let answer = codec::finish(tx, result).await;
+        // A refusal (not found, corrupt) leaves the connection as good as it was.
+        let healthy = !matches!(answer, Err(store::Error::Unavailable(_)));
+        self.spare.keep(conn, healthy);
+        answer
+    }
+
+    /// A load in one read-only snapshot for the flow, its atoms and its log.
+    async fn load(&self, id: FlowId, meta: Meta) -> store::Result<FlowSnapshot> {
+        let began = chrono::Utc::now();
+        let (snapshot, seq) = self
+            .read_only(|tx| Box::pin(read_flow(tx, id, meta)))
+            .await?;
         self.known
             .put(id, Known::of(seq, &snapshot.flow, &snapshot.atoms, began));
         Ok(snapshot)
@@ -842,10 +1014,7 @@ impl PostgresStore {
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut conn = match self.spare.take() {
-                Some(conn) => conn,
-                None => self.pool.acquire().await.map_err(classify)?,
-            };
+            let mut conn = self.acquire().await.map_err(classify)?;
             let outcome = self.try_carefully(&mut conn, batch, step, consume).await;
             let healthy = match &outcome {
                 Err(Attempt::Db(e)) => matches!(e, sqlx::Error::Database(_)),
@@ -1183,8 +1352,11 @@ impl PostgresStore {
     }
 }
 
+crate::deadline::bounded_store!(PostgresStore);
+
+/// The store's calls, unbounded: [`crate::deadline`] bounds each.
 #[async_trait]
-impl Store for PostgresStore {
+impl Store for Raw<'_, PostgresStore> {
     async fn create_flow(
         &self,
         flow: &FlowRecord,
@@ -1299,26 +1471,24 @@ impl Store for PostgresStore {
     }
 
     async fn history(&self, id: FlowId) -> store::Result<Vec<Transition>> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(classify)?;
-        let result = async {
-            let rows = sqlx::query(
-                "SELECT h.seq, h.at, h.subject, h.atom, h.from_state, h.to_state, h.attempt \
-                 FROM flows f LEFT JOIN history h ON h.flow_id = f.id \
-                 WHERE f.id = $1 ORDER BY h.seq",
-            )
-            .bind(id.as_uuid())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
-            let steps = read_steps(&mut tx, id).await?;
-            Ok((rows, steps))
-        }
-        .await;
-        let (rows, steps) = codec::finish(tx, result).await?;
+        let (rows, steps) = self
+            .read_only(|tx| {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "SELECT h.seq, h.at, h.subject, h.atom, h.from_state, h.to_state, \
+                                h.attempt \
+                         FROM flows f LEFT JOIN history h ON h.flow_id = f.id \
+                         WHERE f.id = $1 ORDER BY h.seq",
+                    )
+                    .bind(id.as_uuid())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let steps = read_steps(tx, id).await?;
+                    Ok((rows, steps))
+                })
+            })
+            .await?;
         if rows.is_empty() {
             return Err(store::Error::FlowNotFound(id));
         }
@@ -1334,8 +1504,10 @@ impl Store for PostgresStore {
             "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE true"
         ));
         codec::push_flow_query(&mut q, query);
-        let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
-        rows.iter().map(flow_from_row).collect()
+        let mut conn = self.acquire().await.map_err(classify)?;
+        let rows = q.build().fetch_all(&mut *conn).await;
+        self.release(conn, &rows);
+        rows.map_err(classify)?.iter().map(flow_from_row).collect()
     }
 
     async fn purge_flows(

@@ -21,6 +21,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use crate::codec::{
     self, Meta, RawAtom, RawFlow, RawTransition, StepFormat, DEFAULT_MAX_VALUE_BYTES, ROW_VERSION,
 };
+use crate::deadline::Raw;
 use crate::error::{classify, is_unique_violation, Error};
 use crate::steplog::{self, Known, Step, StepRow};
 
@@ -48,9 +49,13 @@ pub enum Synchronous {
 pub struct SqliteOptions {
     /// Durability of commits; see [`Synchronous`].
     pub synchronous: Synchronous,
-    /// How long a write waits for another connection (another process) to release the
-    /// database before it fails with [`store::Error::Unavailable`]. Default 5 s.
-    pub busy_timeout: Duration,
+    /// How long any call of the store or of a job board built on it may take before it fails
+    /// with `Unavailable` (whose source is a [`DeadlineExceeded`](crate::DeadlineExceeded)),
+    /// and SQLite's busy timeout: how long a statement waits for another connection (another
+    /// process) to release the database. More than zero, at most
+    /// [`MAX_CALL_TIMEOUT`](crate::MAX_CALL_TIMEOUT); default 5 s
+    /// ([`DEFAULT_CALL_TIMEOUT`](crate::DEFAULT_CALL_TIMEOUT)). See [`crate::deadline`].
+    pub call_timeout: Duration,
     /// How many connections the store opens at most: one for writes, the others for reads,
     /// which run in parallel (at least one). Default 4. An in-memory database always uses one.
     pub max_connections: u32,
@@ -82,7 +87,7 @@ impl Default for SqliteOptions {
     fn default() -> Self {
         Self {
             synchronous: Synchronous::Normal,
-            busy_timeout: Duration::from_secs(5),
+            call_timeout: crate::DEFAULT_CALL_TIMEOUT,
             max_connections: 4,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             spin: Duration::ZERO,
@@ -103,9 +108,9 @@ impl SqliteOptions {
         self
     }
 
-    /// Sets [`SqliteOptions::busy_timeout`].
-    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.busy_timeout = timeout;
+    /// Sets [`SqliteOptions::call_timeout`] (checked when the store is opened).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
         self
     }
 
@@ -163,7 +168,7 @@ pub struct SqliteStore {
     /// The writer's connection, kept between writes (taking a connection from a pool and
     /// giving it back costs more than many a commit). Locked only by the holder of the write
     /// gate.
-    writer_conn: Arc<tokio::sync::Mutex<Option<PoolConnection<Sqlite>>>>,
+    writer_conn: Arc<tokio::sync::Mutex<Option<Writable>>>,
     /// Whether the writer's connection is kept between writes: not for an in-memory database,
     /// whose one connection serves the readers too.
     keep_writer: bool,
@@ -184,6 +189,8 @@ pub struct SqliteStore {
     /// Wakes those of this process waiting for a job to end (the job boards made from this
     /// store wait on it) when a job ends, here with a flow's last step or on a board.
     job_ends: Arc<baton_core::board::Ends>,
+    /// The bound of every call (see [`crate::deadline`]).
+    call_timeout: Duration,
     /// The database file, symbolic links resolved (`None`: in memory); the job boards keep
     /// their conductors' liveness locks beside it.
     file: Option<Arc<std::path::Path>>,
@@ -230,11 +237,12 @@ impl SqliteStore {
     /// As [`SqliteStore::open`].
     #[tracing::instrument(skip_all, fields(backend = "sqlite", url = %crate::redact_url(url)), err)]
     pub async fn open_with(url: &str, options: SqliteOptions) -> Result<Self, Error> {
+        let call_timeout = crate::deadline::check("call_timeout", options.call_timeout)?;
         let memory = is_memory(url);
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(config)?
             .create_if_missing(true)
-            .busy_timeout(options.busy_timeout)
+            .busy_timeout(call_timeout)
             .foreign_keys(true)
             .synchronous(match options.synchronous {
                 Synchronous::Normal => SqliteSynchronous::Normal,
@@ -286,6 +294,7 @@ impl SqliteStore {
             job_wake: Arc::default(),
             cancel_wake: Arc::default(),
             job_ends: Arc::default(),
+            call_timeout,
             // The file exists now: every process that names it, by whatever path, finds the
             // same one.
             file: (!memory).then(|| {
@@ -294,7 +303,7 @@ impl SqliteStore {
             }),
         };
         if !memory {
-            store.enable_wal(options.busy_timeout).await?;
+            store.enable_wal(call_timeout).await?;
         }
         store.migrate().await?;
         Ok(store)
@@ -366,6 +375,13 @@ impl SqliteStore {
             .backdate(chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX));
     }
 
+    /// How long a call of this store, or of a job board built on it, may take (see
+    /// [`SqliteOptions::call_timeout`]).
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
     /// How many transactions (flow creations and batches) this store and its clones have
     /// committed.
     #[must_use]
@@ -434,12 +450,14 @@ impl SqliteStore {
                 if conn.ping().await.is_ok() {
                     *slot = Some(conn);
                 } else {
-                    conn.close_on_drop();
+                    conn.conn.close_on_drop();
                 }
             }
         }
         if slot.is_none() {
-            *slot = Some(self.writer.acquire().await.map_err(classify)?);
+            *slot = Some(Writable::new(
+                self.writer.acquire().await.map_err(classify)?,
+            ));
         }
         Ok(Turn {
             slot,
@@ -454,10 +472,13 @@ impl SqliteStore {
         &self,
         turn: &'t mut Turn<'_>,
     ) -> store::Result<sqlx::Transaction<'t, Sqlite>> {
-        turn.conn()?
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.failed(classify(e)))
+        match turn.slot.as_mut() {
+            Some(conn) => conn
+                .begin_immediate()
+                .await
+                .map_err(|e| self.failed(classify(e))),
+            None => Err(crate::error::backend("no connection to write on")),
+        }
     }
 
     /// Notes that a write failed, so the next one checks the writer's connection first.
@@ -501,9 +522,69 @@ impl SqliteStore {
     }
 }
 
+/// A pooled connection to write on, closed if it is dropped while a `BEGIN IMMEDIATE` on it is
+/// under way ([`Writable::begin_immediate`]).
+///
+/// A call given up half-way (past its deadline, say) drops what it was doing. sqlx rolls
+/// back a `BEGIN` whose caller went away before the worker thread answered it, but a custom
+/// `BEGIN` (`begin_with`) given up after that answer, while sqlx checks that it did start a
+/// transaction, leaves the connection in a transaction that nothing will end: the next
+/// `begin_with` on it fails ("non-zero transaction depth") and a plain `begin` nests in it,
+/// holding SQLite's write lock for good. Such a connection is closed instead, never used
+/// again.
+#[derive(Debug)]
+pub(crate) struct Writable {
+    conn: PoolConnection<Sqlite>,
+    /// Set while a `BEGIN IMMEDIATE` is under way.
+    beginning: bool,
+}
+
+impl Writable {
+    pub(crate) fn new(conn: PoolConnection<Sqlite>) -> Self {
+        Self {
+            conn,
+            beginning: false,
+        }
+    }
+
+    /// Begins a write transaction: `BEGIN IMMEDIATE`, which takes SQLite's write lock at once
+    /// (waiting up to the busy timeout for another process).
+    pub(crate) async fn begin_immediate(
+        &mut self,
+    ) -> Result<sqlx::Transaction<'_, Sqlite>, sqlx::Error> {
+        let Self { conn, beginning } = self;
+        *beginning = true;
+        let tx = conn.begin_with("BEGIN IMMEDIATE").await;
+        *beginning = false;
+        tx
+    }
+}
+
+impl std::ops::Deref for Writable {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Writable {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Writable {
+    fn drop(&mut self) {
+        if self.beginning {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// A turn to write: the write gate, held, and the connection to write on.
 struct Turn<'a> {
-    slot: tokio::sync::MutexGuard<'a, Option<PoolConnection<Sqlite>>>,
+    slot: tokio::sync::MutexGuard<'a, Option<Writable>>,
     keep: bool,
     // Dropped after `slot` (fields drop in order): the connection is put away first.
     _gate: tokio::sync::MutexGuard<'a, ()>,
@@ -521,8 +602,10 @@ impl Turn<'_> {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        if !self.keep {
-            // Back to the pool, for the readers.
+        let abandoned = self.slot.as_ref().is_some_and(|conn| conn.beginning);
+        if !self.keep || abandoned {
+            // Back to the pool, for the readers; or, given up on in the middle of its
+            // `BEGIN`, closed (see `Writable`).
             self.slot.take();
         }
     }
@@ -1398,8 +1481,11 @@ impl SqliteStore {
     }
 }
 
+crate::deadline::bounded_store!(SqliteStore);
+
+/// The store's calls, unbounded: [`crate::deadline`] bounds each.
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for Raw<'_, SqliteStore> {
     async fn create_flow(
         &self,
         flow: &FlowRecord,
@@ -1651,6 +1737,68 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
+
+    /// A connection whose `BEGIN IMMEDIATE` was given up on half-way is closed, not handed back
+    /// to the pool: the pool's next connection is another one (a temporary table, which lives
+    /// as long as its connection, is gone). The window that makes this necessary (the call
+    /// given up after SQLite answered, while sqlx checks the transaction) depends on how the
+    /// connection's thread is scheduled; giving up before the answer puts the connection in
+    /// the same state for this check.
+    #[tokio::test]
+    async fn a_connection_given_up_on_in_its_begin_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let connect = SqliteConnectOptions::new()
+            .filename(dir.path().join("begin.db"))
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect)
+            .await
+            .unwrap();
+        let marked = "SELECT count(*) FROM temp.sqlite_master WHERE name = 'marker'";
+        let mut conn = Writable::new(pool.acquire().await.unwrap());
+        sqlx::query("CREATE TEMP TABLE marker (x)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        {
+            let mut begin = Box::pin(conn.begin_immediate());
+            assert!(futures::poll!(&mut begin).is_pending());
+        }
+        assert!(conn.beginning, "given up on in the middle of its BEGIN");
+        drop(conn);
+        let mut next = tokio::time::timeout(Duration::from_secs(10), pool.acquire())
+            .await
+            .unwrap()
+            .unwrap();
+        let n: i64 = sqlx::query_scalar(marked)
+            .fetch_one(&mut *next)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "the connection given up on was lent again");
+        next.begin_with("BEGIN IMMEDIATE").await.unwrap();
+
+        // One that began and ended goes back to the pool as usual.
+        drop(next);
+        let mut conn = Writable::new(pool.acquire().await.unwrap());
+        sqlx::query("CREATE TEMP TABLE marker (x)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        conn.begin_immediate()
+            .await
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
+        drop(conn);
+        let mut again = pool.acquire().await.unwrap();
+        let n: i64 = sqlx::query_scalar(marked)
+            .fetch_one(&mut *again)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
 
     /// A database error as SQLite would report it: an extended result code and a message.
     #[derive(Debug)]

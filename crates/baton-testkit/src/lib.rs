@@ -2,13 +2,15 @@
 //!
 //! - [`Log`] and [`Probe`]: tasks that record each `execute` and `revert` call, and fail on
 //!   command, so a test can check what ran, in which order, and how often.
-//! - [`CrashStore`] and [`FlakyStore`]: store wrappers that kill the engine at the k-th write, or
-//!   make the store unavailable for a while (or lose the answer to a run's last write).
+//! - [`CrashStore`] (`baton_core::testing`'s) and [`FlakyStore`]: store wrappers that kill the
+//!   engine at the k-th write, or make the store unavailable for a while (or lose the answer to
+//!   a run's last write).
 //! - [`FaultyBoard`]: a job-board wrapper whose claims or heartbeats fail on command.
 //! - [`scenarios`]: the flows the crash tests run (linear, parallel graph, failing, retrying),
 //!   and flows for edge cases ([`scenarios::huge_failures`]).
 //! - [`run_until_retrying`]: runs a flow until a retry controller waits, and suspends it there.
-//! - [`crash`]: the crash-at-every-write check, generic over the store.
+//! - [`crash`]: the crash-at-every-write check of the scenarios, generic over the store: the
+//!   crash test users get (`baton_core::testing::CrashTest`), with a check of the probes' calls.
 //! - [`conformance`]: store cases every backend must pass, one test per case per backend.
 //! - [`board`]: job-board cases every backend must pass, likewise.
 //! - [`lifecycle`]: conductor cases (upgrades, parking, recovery) every backend pair must pass.
@@ -17,6 +19,8 @@
 //! - [`limits`]: time limits, deadlines and cancellation, on every store.
 //! - [`policies`]: per-atom retry policies, on every store.
 //! - [`typed`]: typed tasks' values through every store and a resume.
+//! - [`Proxy`]: a loopback TCP proxy whose link can be cut (silence both ways, sockets kept
+//!   open, as on a dead network path) and healed.
 //!
 //! Panics here are failed assertions: this crate is only ever used from tests.
 
@@ -34,13 +38,16 @@ pub mod lifecycle;
 pub mod limits;
 pub mod policies;
 mod probe;
+pub mod proxy;
 pub mod scenarios;
 mod stores;
 pub mod typed;
 
+pub use baton_core::testing::{CrashMode, CrashStore};
 pub use boards::{BoardOp, FaultyBoard};
 pub use probe::{Action, Call, Log, Phase, Probe};
-pub use stores::{CrashMode, CrashStore, FlakyStore};
+pub use proxy::Proxy;
+pub use stores::FlakyStore;
 
 /// Runs (or resumes) the stored run `id` of `flow` on `engine` until a retry controller goes
 /// `RETRYING`, suspends it there, and returns the outcome (`SUSPENDED`, unless the run ended

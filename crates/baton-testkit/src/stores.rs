@@ -6,15 +6,7 @@ use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition}
 use baton_core::store::{Error, FlowQuery, Result, Store};
 use baton_core::{Fence, FlowId};
 
-/// When a [`CrashStore`] kills the engine at its k-th write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashMode {
-    /// The k-th write is not applied: the process died before it reached the store.
-    BeforeWrite,
-    /// The k-th write is applied, then the engine dies before it can act on it.
-    AfterWrite,
-}
-
+/// The error a [`FlakyStore`] answers with.
 #[derive(Debug)]
 struct Injected(&'static str);
 
@@ -25,130 +17,6 @@ impl std::fmt::Display for Injected {
 }
 
 impl std::error::Error for Injected {}
-
-/// A store wrapper that fails its k-th write (flow creation or batch) with a non-transient
-/// error, so the engine stops dead there as if its process had died. Every later write fails
-/// too: a dead engine writes nothing more. The error is a [`Error::Backend`] unless
-/// [`CrashStore::failing_with`] chooses another.
-#[derive(Debug, Clone)]
-pub struct CrashStore<S> {
-    inner: S,
-    crash_at: u64,
-    mode: CrashMode,
-    writes: Arc<AtomicU64>,
-    error: fn() -> Error,
-}
-
-fn injected_crash() -> Error {
-    Error::Backend(Box::new(Injected("injected crash")))
-}
-
-impl<S: Store> CrashStore<S> {
-    /// Crashes at write number `crash_at` (from 1).
-    pub fn new(inner: S, crash_at: u64, mode: CrashMode) -> Self {
-        Self {
-            inner,
-            crash_at,
-            mode,
-            writes: Arc::new(AtomicU64::new(0)),
-            error: injected_crash,
-        }
-    }
-
-    /// Fails with the error `error` makes instead (say, [`Error::CorruptDatabase`]: a
-    /// database found damaged at that write).
-    #[must_use]
-    pub fn failing_with(mut self, error: fn() -> Error) -> Self {
-        self.error = error;
-        self
-    }
-
-    /// A wrapper that never crashes but counts writes.
-    pub fn counting(inner: S) -> Self {
-        Self::new(inner, u64::MAX, CrashMode::BeforeWrite)
-    }
-
-    /// How many writes were attempted.
-    #[must_use]
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::SeqCst)
-    }
-
-    /// Whether the crash happened.
-    #[must_use]
-    pub fn crashed(&self) -> bool {
-        self.writes() >= self.crash_at
-    }
-
-    async fn write<F>(&self, f: F) -> Result<()>
-    where
-        F: std::future::Future<Output = Result<()>>,
-    {
-        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
-        if n < self.crash_at {
-            return f.await;
-        }
-        if n == self.crash_at && self.mode == CrashMode::AfterWrite {
-            f.await?;
-        }
-        Err((self.error)())
-    }
-}
-
-#[async_trait]
-impl<S: Store> Store for CrashStore<S> {
-    async fn create_flow(
-        &self,
-        flow: &FlowRecord,
-        atoms: &[AtomRecord],
-        fence: Option<Fence>,
-    ) -> Result<()> {
-        self.write(self.inner.create_flow(flow, atoms, fence)).await
-    }
-
-    async fn load_flow(&self, id: FlowId) -> Result<FlowSnapshot> {
-        self.inner.load_flow(id).await
-    }
-
-    async fn load_run(&self, id: FlowId) -> Result<FlowSnapshot> {
-        self.inner.load_run(id).await
-    }
-
-    async fn commit(&self, batch: &Batch) -> Result<()> {
-        self.write(self.inner.commit(batch)).await
-    }
-
-    async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {
-        self.inner.history(id).await
-    }
-
-    async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
-        self.inner.list_flows(query).await
-    }
-
-    async fn purge_flows(
-        &self,
-        ended_before: chrono::DateTime<chrono::Utc>,
-        limit: u32,
-    ) -> Result<u64> {
-        self.inner.purge_flows(ended_before, limit).await
-    }
-
-    async fn create_and_commit(
-        &self,
-        flow: &FlowRecord,
-        atoms: &[AtomRecord],
-        fence: Option<Fence>,
-        first: &Batch,
-    ) -> Result<()> {
-        self.write(self.inner.create_and_commit(flow, atoms, fence, first))
-            .await
-    }
-
-    fn consumes_jobs(&self) -> bool {
-        self.inner.consumes_jobs()
-    }
-}
 
 /// A store wrapper that is unavailable for some commits (batches, and creations with a first
 /// batch): it answers [`Error::Unavailable`] as its schedule says, for a commit it did not

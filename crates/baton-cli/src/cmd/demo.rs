@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use baton_core::board::{JobBoard, JobQuery, NewJob};
 use baton_core::conductor::{InvalidOptions, Options, Summary};
 use baton_core::model::Change;
+use baton_core::registry::BuildError;
 use baton_core::{AtomState, Conductor, Engine, EventKind, FlowState, JobState};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +38,7 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
     let registry = demo_registry(effects.clone())?;
     let (flow, _) = registry
         .build_newest("stack-create", &params)
-        .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+        .map_err(refused)?;
     if let Some(atom) = &args.fail_at {
         if !flow.contains(atom) {
             let names: Vec<&str> = flow.atom_names().collect();
@@ -243,6 +244,27 @@ fn hints(invocation: &Invocation, db: &Database, commands: &[String]) -> Vec<Str
     lines
 }
 
+/// Why the demo's registry built nothing from the parameters given: parameters that do not
+/// fit the factory's type are named the way the factory names those over its limits
+/// (``bad parameter `servers`: ...``).
+fn refused(e: BuildError) -> CliError {
+    let message = match e {
+        BuildError::InvalidParams {
+            factory,
+            field,
+            reason,
+        } => {
+            let what = match field.as_str() {
+                "." => "bad parameters".to_owned(),
+                path => format!("bad parameter `{path}`"),
+            };
+            format!("flow factory {factory} rejected its parameters: {what}: {reason}")
+        }
+        e => e.to_string(),
+    };
+    CliError::new(exit::BAD_INPUT, message)
+}
+
 async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
     let params = json_arg("--params", &args.params, Json::Object)?;
     let registry = demo_registry(SideEffects::Discard)?;
@@ -250,7 +272,7 @@ async fn post(db: &Database, args: DemoPostArgs, style: Style) -> Result<()> {
         Some(v) => registry.build(&baton_core::FactoryRef::new(&args.factory, v), &params),
         None => registry.build_newest(&args.factory, &params),
     }
-    .map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+    .map_err(refused)?;
     let deadline = args.deadline.map(super::deadline_from_now).transpose()?;
     let board = db.open().await?.board;
     let board = &*board;
@@ -303,6 +325,7 @@ fn conductor_options(args: &ConductorArgs) -> Result<Options> {
     options.gather = Duration::from_millis(args.gather_ms);
     options.retention = args.retain;
     options.self_fence_margin = args.self_fence_margin_ms.map(Duration::from_millis);
+    options.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     options.validate().map_err(|e| options_error(&e))?;
     Ok(options)
 }
@@ -315,6 +338,7 @@ fn options_error(e: &InvalidOptions) -> CliError {
         "poll" => Some("--poll-ms"),
         "gather" => Some("--gather-ms"),
         "self_fence_margin" => Some("--self-fence-margin-ms"),
+        "drain_timeout" => Some("--drain-timeout-ms"),
         _ => None,
     };
     let message = match e {
@@ -357,9 +381,26 @@ fn options_error(e: &InvalidOptions) -> CliError {
         )),
         _ => None,
     };
-    // Options the command line does not set (the drain timeout, the retention's interval).
+    // Options the command line does not set (the retention's interval).
     let message = message.unwrap_or_else(|| format!("invalid conductor options: {e}"));
     CliError::new(exit::BAD_INPUT, message)
+}
+
+/// The shortest call timeout a conductor takes, whatever its lease: below it, calls that are
+/// only slow (a busy machine, a busy SQLite file) would fail as lost.
+const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The call timeout of a conductor's store and board (see `baton_sql::deadline`): a third of
+/// its lease, no more than the default (5 s) and no less than [`MIN_CALL_TIMEOUT`].
+///
+/// A call the database does not answer then fails well before the lease runs out: the
+/// conductor logs it at once and retries. With the self-fencing margin at a fifth of the
+/// lease, two heartbeats in a row can time out and a third still be sent before the
+/// conductor stops its jobs itself, so one connection lost to a dead path costs no job.
+/// Shorter would fail calls that are only slow; the default bounds calls of long leases.
+/// (Leases under 300 ms, for tests, get calls longer than a third of them.)
+fn call_timeout(lease: Duration) -> Duration {
+    (lease / 3).clamp(MIN_CALL_TIMEOUT, baton_sql::DEFAULT_CALL_TIMEOUT)
 }
 
 /// Runs a conductor with the demo registry until interrupted.
@@ -371,7 +412,10 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
         .map_or(SideEffects::Discard, SideEffects::File);
     let registry = offered(demo_registry(effects)?, args.demo_versions.as_deref())?;
     let offer = registry.offer();
-    let backends = db.open().await?;
+    let call_timeout = call_timeout(options.lease);
+    let backends = db
+        .open_with(baton_sql::OpenOptions::new().call_timeout(call_timeout))
+        .await?;
     let board = backends.board;
     let conductor = Conductor::new(board.clone(), Engine::from_arc(backends.store), registry)
         .with_options(options)
@@ -389,8 +433,10 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
         ));
     }
     eprintln!(
-        "conductor {id} ({}) running; SIGINT or SIGTERM stops it",
-        args.name
+        "conductor {id} ({}) running, database calls time out after {}ms; SIGINT or SIGTERM \
+         stops it",
+        args.name,
+        call_timeout.as_millis()
     );
     let summary = conductor
         .run(shutdown.clone())
@@ -555,6 +601,20 @@ mod tests {
         assert_eq!(err.code, exit::INTERNAL);
         assert!(err.message.contains("corrupt"), "{}", err.message);
         assert!(shutdown.is_cancelled(), "the conductor is told to stop");
+    }
+
+    #[test]
+    fn a_conductors_call_timeout_is_a_third_of_its_lease_within_bounds() {
+        for (lease_ms, timeout) in [
+            (3_000, Duration::from_millis(1_000)),
+            (10_000, Duration::from_nanos(3_333_333_333)),
+            (15_000, baton_sql::DEFAULT_CALL_TIMEOUT),
+            (60_000, baton_sql::DEFAULT_CALL_TIMEOUT),
+            (300, Duration::from_millis(100)),
+            (1, MIN_CALL_TIMEOUT),
+        ] {
+            assert_eq!(call_timeout(Duration::from_millis(lease_ms)), timeout);
+        }
     }
 
     #[tokio::test]

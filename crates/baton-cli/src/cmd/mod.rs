@@ -32,9 +32,17 @@ pub(crate) struct Database {
 }
 
 impl Database {
-    /// Opens the store and its job board, applying any pending migrations.
+    /// Opens the store and its job board, applying any pending migrations, with the default
+    /// call timeout.
     pub(crate) async fn open(&self) -> Result<baton_sql::Backends> {
-        let mut options = baton_sql::OpenOptions::new();
+        self.open_with(baton_sql::OpenOptions::new()).await
+    }
+
+    /// [`Database::open`] with options (the schema is the command line's).
+    pub(crate) async fn open_with(
+        &self,
+        mut options: baton_sql::OpenOptions,
+    ) -> Result<baton_sql::Backends> {
         if let Some(schema) = &self.schema {
             options = options.schema(schema);
         }

@@ -268,3 +268,14 @@ pub fn check_steps(
     }
     reruns
 }
+
+/// Whether job `id` is `COMPLETE`, for a test polling a board while conductors write to its
+/// database: a transient error (SQLite busy past the call timeout on a loaded machine) is
+/// "not yet"; any other error fails the test.
+pub async fn is_complete(board: &dyn baton_core::JobBoard, id: baton_core::JobId) -> bool {
+    match board.get(id).await {
+        Ok(job) => job.state == baton_core::JobState::Complete,
+        Err(e) if e.is_transient() => false,
+        Err(e) => panic!("reading job {id}: {e}"),
+    }
+}

@@ -21,7 +21,11 @@
 //! - **Shutdown** (the cancellation token given to [`Conductor::run`]): stop claiming, suspend
 //!   running flows at a step boundary, abandon their jobs so another conductor resumes them at
 //!   once, and deregister. Flows still running after [`Options::drain_timeout`] are halted;
-//!   their leases expire and another conductor takes them over.
+//!   their leases expire and another conductor takes them over. A claim or a registration in
+//!   progress is given up at once; what follows the drain (handing back the halted jobs, all
+//!   at once, then deregistering) is two board calls, each as long as the board lets a call
+//!   take (the SQL boards' call timeout). So a conductor whose database does not answer ends
+//!   within its drain timeout and two call timeouts of being asked to stop.
 //! - **Parked** (a reason outside the flow: a build that fails or panics, a stored run that
 //!   does not match its definition, data a store refuses or cannot read, a job claimed
 //!   [`Options::max_stalled_claims`] times in a row without progress): the job is parked
@@ -717,11 +721,15 @@ impl Conductor {
                 let asked = tokio::time::Instant::now();
                 // All it has room for in one go: fewer means the board has no more for now,
                 // so there is no need to ask again until woken.
-                let claims = match self
-                    .board
-                    .claim_up_to(self.id, self.options.lease, free, &self.offer)
-                    .await
-                {
+                // Shutdown does not wait for a claim the board is slow to answer: a claim
+                // given up on half-way may have taken jobs, which this conductor's liveness
+                // (released when it deregisters) or their leases give back.
+                let claimed = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    claimed = self.board.claim_up_to(self.id, self.options.lease, free, &self.offer) => claimed,
+                };
+                let claims = match claimed {
                     Ok(claims) => {
                         ask = claims.len() == free;
                         claims
@@ -777,7 +785,13 @@ impl Conductor {
                     }
                 }
                 _ = beat.tick() => {
-                    match self.board.register(&info(Utc::now())).await {
+                    let now = info(Utc::now());
+                    let registered = tokio::select! {
+                        biased;
+                        () = stop.cancelled() => break,
+                        registered = self.board.register(&now) => registered,
+                    };
+                    match registered {
                         Ok(()) => {}
                         Err(e) if e.is_transient() => {
                             tracing::warn!(error = %Chain(&e), "conductor heartbeat failed");

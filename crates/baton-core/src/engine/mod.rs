@@ -39,6 +39,7 @@ use crate::model::{AtomRecord, Change, Deadline, FactoryRef, FlowRecord, Inputs}
 use crate::state::{AtomState, FlowState, Intention};
 use crate::store::{self, Store};
 use crate::task::ClaimCheck;
+pub use crate::time::Clock;
 
 /// What can stop the engine from running a flow.
 #[derive(Debug, thiserror::Error)]
@@ -520,6 +521,8 @@ pub struct Engine {
     events: broadcast::Sender<Event>,
     /// The controls of the runs this engine (and its clones) drive now, for [`Engine::cancel`].
     driving: Arc<std::sync::Mutex<std::collections::HashMap<FlowId, Control>>>,
+    /// Where every time the engine stores or waits for is read.
+    clock: Clock,
 }
 
 impl Engine {
@@ -537,6 +540,7 @@ impl Engine {
             options: Options::default(),
             events,
             driving: Arc::default(),
+            clock: Clock::system(),
         }
     }
 
@@ -552,6 +556,22 @@ impl Engine {
     pub fn with_parallelism(mut self, parallelism: usize) -> Self {
         self.options.parallelism = parallelism.max(1);
         self
+    }
+
+    /// Reads the time from `clock`: every time the engine stores (a step's time, when a retry
+    /// is due, when an attempt runs out of time) and every wait it computes from one (backoff,
+    /// time limits, a run's deadline). The default is [`Clock::system`]; [`Clock::tokio`] lets a
+    /// test under tokio's paused time skip the waits.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock the engine reads.
+    #[must_use]
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     /// The store.
@@ -629,7 +649,7 @@ impl Engine {
             return drive(run).await;
         }
         let fence = create.fence;
-        let snapshot = Self::records(flow, inputs, create)?;
+        let snapshot = self.records(flow, inputs, create)?;
         let id = snapshot.flow.id;
         let for_run = crate::model::FlowSnapshot {
             flow: snapshot.flow.without_meta(),
@@ -647,7 +667,7 @@ impl Engine {
         options: CreateOptions,
     ) -> Result<crate::model::FlowSnapshot> {
         let fence = options.fence;
-        let snapshot = Self::records(flow, inputs, options)?;
+        let snapshot = self.records(flow, inputs, options)?;
         self.store
             .create_flow(&snapshot.flow, &snapshot.atoms, fence)
             .await?;
@@ -656,6 +676,7 @@ impl Engine {
 
     /// The records of a new run of `flow`: the flow `PENDING`, every atom `PENDING`.
     fn records(
+        &self,
         flow: &CompiledFlow,
         inputs: Inputs,
         options: CreateOptions,
@@ -668,7 +689,7 @@ impl Engine {
                 });
             }
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         if let Some(deadline) = options.deadline {
             if deadline.at <= now {
                 return Err(Error::DeadlinePassed {

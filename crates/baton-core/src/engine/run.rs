@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -77,7 +77,9 @@ pub(crate) struct Run {
     launches: Vec<Launch>,
     progress_tx: mpsc::UnboundedSender<ProgressReport>,
     progress_rx: mpsc::UnboundedReceiver<ProgressReport>,
-    progress_written: HashMap<usize, Instant>,
+    /// When each atom's progress was last written, on tokio's clock (so that paused time
+    /// throttles progress as real time does).
+    progress_written: HashMap<usize, tokio::time::Instant>,
     wake_at: Option<DateTime<Utc>>,
     finished: Option<FlowState>,
     suspend_requested: bool,
@@ -495,7 +497,7 @@ impl Run {
         let mut batch = Batch {
             flow: self.id,
             fence: self.fence,
-            at: Utc::now(),
+            at: self.engine.clock.now(),
             writes: std::mem::take(&mut self.writes),
             consume: None,
         };
@@ -543,7 +545,7 @@ impl Run {
                     delay = crate::time::doubled(delay, options.store_retry_max);
                     // The batch's time is when it is stored: after a long outage, a run's end
                     // must not look older than it is (purges go by it).
-                    batch.at = Utc::now();
+                    batch.at = self.engine.clock.now();
                 }
                 Err(e @ store::Error::Conflict { .. }) if retried => {
                     // The attempt that timed out may have been applied after all.
@@ -730,7 +732,7 @@ impl Run {
         if self.deadline_done || self.record.intention == Intention::Revert {
             return;
         }
-        if Utc::now() < deadline.at {
+        if self.engine.clock.now() < deadline.at {
             self.wake_at = Some(self.wake_at.map_or(deadline.at, |w| w.min(deadline.at)));
             return;
         }
@@ -860,6 +862,7 @@ impl Run {
 
         // Only atoms something happened to (or near) need a look: see `set_atom`.
         let mut now = None;
+        let clock = self.engine.clock;
         let mut later = Vec::new();
         while let Some(pos) = self.dirty.pop_first() {
             // Stop when nothing more can start: the rest waits for a free slot, and a pass stays
@@ -880,7 +883,7 @@ impl Run {
                     true
                 }
                 AtomState::Retrying if may_start => match self.atoms[i].retry_at {
-                    Some(at) if at > *now.get_or_insert_with(Utc::now) => {
+                    Some(at) if at > *now.get_or_insert_with(|| clock.now()) => {
                         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
                         false
                     }
@@ -931,7 +934,7 @@ impl Run {
                 !(edge.decider)(&results)
             });
         if skip {
-            let now = Utc::now();
+            let now = self.engine.clock.now();
             self.set_atom(i, |a| {
                 a.state = AtomState::Ignore;
                 a.finished_at = Some(now);
@@ -979,7 +982,7 @@ impl Run {
 
     /// Starts atom `i` (pending, interrupted, or a retry controller due to run again).
     fn start(&mut self, i: usize) {
-        let now = Utc::now();
+        let now = self.engine.clock.now();
         let timeout = self.flow.atoms[i].timeout;
         let is_task = matches!(self.flow.atoms[i].body, AtomBody::Task(_));
         let history_limit = self.engine.options.max_history_bytes;
@@ -1043,7 +1046,7 @@ impl Run {
     }
 
     fn succeed(&mut self, i: usize, value: Value) {
-        let now = Utc::now();
+        let now = self.engine.clock.now();
         self.set_atom(i, |a| {
             a.state = AtomState::Success;
             a.deadline = None;
@@ -1080,7 +1083,7 @@ impl Run {
 
     /// Makes failed atom `i` wait `delay`, then run again (`RETRYING`, with the time stored).
     fn schedule_retry(&mut self, i: usize, delay: Duration) {
-        let at = crate::time::after(Utc::now(), delay);
+        let at = crate::time::after(self.engine.clock.now(), delay);
         tracing::info!(atom = %self.flow.atoms[i].name, ?delay, "retrying atom");
         self.set_atom(i, |a| {
             a.state = AtomState::Retrying;
@@ -1101,7 +1104,7 @@ impl Run {
     fn schedule_revert_retry(&mut self, i: usize, mut failure: Failure, delay: Duration) {
         crate::clip::clip_failure(&mut failure, self.engine.options.max_failure_bytes);
         tracing::warn!(atom = %failure.atom, error = %failure, ?delay, "revert failed, retrying");
-        let at = crate::time::after(Utc::now(), delay);
+        let at = crate::time::after(self.engine.clock.now(), delay);
         self.set_atom(i, |a| {
             a.revert_failure = Some(failure);
             a.retry_at = Some(at);
@@ -1113,7 +1116,7 @@ impl Run {
     /// set to wake then.
     fn revert_waits(&mut self, i: usize) -> bool {
         match self.atoms[i].retry_at {
-            Some(at) if at > Utc::now() => {
+            Some(at) if at > self.engine.clock.now() => {
                 self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
                 true
             }
@@ -1124,7 +1127,7 @@ impl Run {
     /// Records atom `i`'s failure, without asking any retry controller what to do.
     fn record_failure(&mut self, i: usize, mut failure: Failure) {
         crate::clip::clip_failure(&mut failure, self.engine.options.max_failure_bytes);
-        let now = Utc::now();
+        let now = self.engine.clock.now();
         tracing::info!(atom = %failure.atom, attempt = failure.attempt, error = %failure, "atom failed");
         self.set_atom(i, |a| {
             a.state = AtomState::Failure;
@@ -1138,7 +1141,7 @@ impl Run {
     fn record_revert_failure(&mut self, i: usize, mut failure: Failure) {
         crate::clip::clip_failure(&mut failure, self.engine.options.max_failure_bytes);
         tracing::warn!(atom = %failure.atom, error = %failure, "revert failed");
-        let now = Utc::now();
+        let now = self.engine.clock.now();
         self.set_atom(i, |a| {
             a.state = AtomState::RevertFailure;
             a.revert_failure = Some(failure);
@@ -1176,7 +1179,7 @@ impl Run {
                     // asked for (`TaskError::retry_after`).
                     let asked = self.atoms[i].failure.as_ref().and_then(|f| f.retry_after);
                     let delay = controller.delay(&ctx).max(asked.unwrap_or_default());
-                    let at = crate::time::after(Utc::now(), delay);
+                    let at = crate::time::after(self.engine.clock.now(), delay);
                     tracing::info!(retry = %self.flow.atoms[r].name, ?delay, "retrying subflow");
                     self.set_atom(r, |a| {
                         a.intention = Intention::Retry;
@@ -1299,7 +1302,7 @@ impl Run {
         if is_task && !self.has_capacity() {
             return;
         }
-        let now = Utc::now();
+        let now = self.engine.clock.now();
         let limit = self.flow.atoms[i].revert_timeout;
         self.set_atom(i, |a| {
             a.state = AtomState::Reverting;
@@ -1312,7 +1315,7 @@ impl Run {
             let inputs = self.inputs_best_effort(i);
             self.queue(Launch::Revert(i, inputs));
         } else {
-            let now = Utc::now();
+            let now = self.engine.clock.now();
             self.set_atom(i, |a| {
                 a.state = AtomState::Reverted;
                 a.finished_at = Some(now);
@@ -1327,7 +1330,7 @@ impl Run {
             let limit = self.flow.atoms[i].revert_timeout;
             let retry = self.atoms[i].revert_failure.is_some() || self.atoms[i].retry_at.is_some();
             if retry || limit.is_some() != self.atoms[i].deadline.is_some() {
-                let now = Utc::now();
+                let now = self.engine.clock.now();
                 let history_limit = self.engine.options.max_history_bytes;
                 self.set_atom(i, |a| {
                     // Retried in place: the failure of the call before goes to the history.
@@ -1341,7 +1344,7 @@ impl Run {
             let inputs = self.inputs_best_effort(i);
             self.queue(Launch::Revert(i, inputs));
         } else {
-            let now = Utc::now();
+            let now = self.engine.clock.now();
             self.set_atom(i, |a| {
                 a.state = AtomState::Reverted;
                 a.finished_at = Some(now);
@@ -1420,6 +1423,7 @@ impl Run {
             let name = self.atoms[i].name.clone();
             let attempt = self.atoms[i].attempt;
             let limit = self.atoms[i].deadline;
+            let clock = self.engine.clock;
             let token = self.tasks.child_token();
             self.tokens[i] = Some(token.clone());
             match job {
@@ -1434,7 +1438,7 @@ impl Run {
                         alone,
                         async move {
                             let work = AssertUnwindSafe(task.execute(ctx)).catch_unwind();
-                            let done = match race(work, &token, limit).await {
+                            let done = match race(work, &token, limit, clock).await {
                                 Raced::Cancelled => return (i, Done::Cancelled),
                                 Raced::TimedOut(at) => Err(timed_out("execute", &name, at)
                                     .retryable()
@@ -1466,7 +1470,7 @@ impl Run {
                         alone,
                         async move {
                             let work = AssertUnwindSafe(task.revert(ctx)).catch_unwind();
-                            let done = match race(work, &token, limit).await {
+                            let done = match race(work, &token, limit, clock).await {
                                 Raced::Cancelled => return (i, Done::Cancelled),
                                 Raced::TimedOut(at) => Err(timed_out("revert", &name, at)
                                     .retryable()
@@ -1504,9 +1508,11 @@ impl Run {
     }
 
     async fn wait(&mut self) -> Result<()> {
-        let sleep_for = self
-            .wake_at
-            .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        let sleep_for = self.wake_at.map(|at| {
+            (at - self.engine.clock.now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        });
         let halt = self.control.halt.clone();
         let suspend = self.control.suspend.clone();
         tokio::select! {
@@ -1577,7 +1583,7 @@ impl Run {
             },
             Done::Executed(Err(f)) => self.fail(i, f),
             Done::Reverted(Ok(())) => {
-                let now = Utc::now();
+                let now = self.engine.clock.now();
                 self.set_atom(i, |a| {
                     a.state = AtomState::Reverted;
                     a.finished_at = Some(now);
@@ -1668,7 +1674,7 @@ impl Run {
         };
         let _ = self.engine.events.send(Event {
             flow: self.id,
-            at: Utc::now(),
+            at: self.engine.clock.now(),
             kind: EventKind::Progress {
                 atom: rec.name.clone(),
                 progress: report.progress,
@@ -1683,7 +1689,7 @@ impl Run {
             .get(&i)
             .is_none_or(|t| t.elapsed() >= interval);
         if due {
-            self.progress_written.insert(i, Instant::now());
+            self.progress_written.insert(i, tokio::time::Instant::now());
             self.set_atom(i, |a| a.progress = report.progress);
         }
     }
@@ -1703,8 +1709,9 @@ async fn race<F: std::future::Future>(
     work: F,
     token: &CancellationToken,
     limit: Option<DateTime<Utc>>,
+    clock: super::Clock,
 ) -> Raced<F::Output> {
-    let left = limit.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+    let left = limit.map(|at| (at - clock.now()).to_std().unwrap_or(Duration::ZERO));
     if let (Some(at), Some(Duration::ZERO)) = (limit, left) {
         // Out of time already (a resume after the deadline): the task is not even called.
         token.cancel();
@@ -1722,7 +1729,7 @@ async fn race<F: std::future::Future>(
         () = token.cancelled() => Raced::Cancelled,
         () = timer => {
             token.cancel();
-            Raced::TimedOut(limit.unwrap_or_else(Utc::now))
+            Raced::TimedOut(limit.unwrap_or_else(|| clock.now()))
         }
         out = work => Raced::Done(out),
     }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod board;
+mod clock;
 mod conductor;
 mod conductor_errors;
 mod crash;
@@ -21,6 +22,7 @@ mod retries;
 mod reverts;
 mod self_fencing;
 mod store;
+mod testing;
 mod time_limits;
 mod typed;
 mod validation;

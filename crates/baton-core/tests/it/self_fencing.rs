@@ -242,3 +242,38 @@ async fn a_task_confirms_its_claim_before_a_side_effect() {
     let summary = conductor.await.unwrap().unwrap();
     assert!(summary.lost >= 1, "{summary:?}");
 }
+
+/// Shutdown does not wait for the conductor's own calls to a board that does not answer: a
+/// claim, or the conductor's registration, hanging when it is asked to stop is given up at
+/// once. (The board's own call timeout bounds what follows the drain.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_a_claim_or_registration_that_hangs() {
+    for op in [BoardOp::Claim, BoardOp::Register] {
+        let store = MemoryStore::new();
+        let board = FaultyBoard::new(MemoryJobBoard::new(&store));
+        let seen = Seen::default();
+        let (shutdown, conductor) = start(&board, &store, registry(&seen, Duration::ZERO, false));
+        wait_until("the conductor registered", || {
+            let board = board.clone();
+            async move { !board.conductors().await.unwrap().is_empty() }
+        })
+        .await;
+        board.hang(op);
+        wait_until("a call hangs", || {
+            let board = board.clone();
+            async move { board.failed() >= 1 }
+        })
+        .await;
+        let asked = std::time::Instant::now();
+        shutdown.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), conductor)
+            .await
+            .unwrap_or_else(|_| panic!("{op:?}: the conductor did not stop"));
+        assert!(stopped.unwrap().is_ok(), "{op:?}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{op:?}: stopped after {:?}",
+            asked.elapsed()
+        );
+    }
+}

@@ -16,6 +16,7 @@ mod board;
 mod cancel;
 mod cases;
 mod connect;
+mod deadlines;
 mod engine_edges;
 mod errors;
 mod handle;

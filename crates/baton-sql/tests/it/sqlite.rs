@@ -152,15 +152,16 @@ async fn full_synchronous_mode_commits() {
     assert_eq!(store.load_flow(flow.id).await.unwrap().flow.id, flow.id);
 }
 
+/// The call timeout is SQLite's busy timeout: a write waits that long for another process's
+/// lock, then answers `Unavailable`, and works once the lock is gone.
 #[tokio::test]
-async fn a_locked_database_is_unavailable_not_broken() {
+async fn a_locked_database_is_unavailable_within_the_call_timeout() {
     let (_dir, url) = sqlite_url();
-    let store = SqliteStore::open_with(
-        &url,
-        SqliteOptions::new().busy_timeout(std::time::Duration::from_millis(100)),
-    )
-    .await
-    .unwrap();
+    let limit = std::time::Duration::from_millis(300);
+    let store = SqliteStore::open_with(&url, SqliteOptions::new().call_timeout(limit))
+        .await
+        .unwrap();
+    assert_eq!(store.call_timeout(), limit);
     // Another process holds the write lock.
     let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
     sqlx::raw_sql("BEGIN IMMEDIATE")
@@ -168,11 +169,18 @@ async fn a_locked_database_is_unavailable_not_broken() {
         .await
         .unwrap();
     let flow = crate::cases::flow_record("locked");
+    let started = std::time::Instant::now();
     let err = store
         .create_flow(&flow, &crate::cases::atoms(), None)
         .await
         .unwrap_err();
+    let took = started.elapsed();
+    eprintln!("a write on a locked database failed after {took:?} (call timeout {limit:?})");
     assert!(err.is_transient(), "{err:?}");
+    assert!(
+        took >= limit / 2 && took < limit + std::time::Duration::from_secs(2),
+        "{took:?}"
+    );
     sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
     store
         .create_flow(&flow, &crate::cases::atoms(), None)

@@ -264,8 +264,19 @@ pub fn fresh_schema() -> String {
 /// there is no server to test against (see [`skip`]).
 pub async fn postgres_store_with(options: PostgresOptions) -> Option<Held<PostgresStore>> {
     let url = postgres_url()?;
+    postgres_store_via(&url, &url, options).await
+}
+
+/// [`postgres_store_with`], the store reaching the server of `url` at `via` instead (through a
+/// proxy, say); the schema is cleaned up through `url`.
+pub async fn postgres_store_via(
+    url: &str,
+    via: &str,
+    options: PostgresOptions,
+) -> Option<Held<PostgresStore>> {
+    let url = url.to_owned();
     let schema = fresh_schema();
-    match PostgresStore::connect_with(&url, options.schema(schema.clone())).await {
+    match PostgresStore::connect_with(via, options.schema(schema.clone())).await {
         Ok(store) => Some(Held {
             store,
             raw: Raw::Postgres {
@@ -300,4 +311,16 @@ pub fn migration_count(backend: &str) -> i64 {
         })
         .count();
     i64::try_from(n).unwrap()
+}
+
+/// Whether `check` came true within `limit` (checked every 20 ms).
+pub async fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while !check() {
+        if started.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
 }
