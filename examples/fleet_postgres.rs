@@ -14,8 +14,11 @@
 //! the other ten have no key. The three conductors run in this process, each with its own
 //! `PostgresJobBoard` over the shared store, as they would in three processes. Their factory,
 //! `provision`, takes its parameters as a type of its own (`Registry::register_typed`) and
-//! builds a typed flow. Once every job is complete, their cancellation tokens are cancelled:
-//! each stops claiming, drains, and deregisters, returning a summary of what it did.
+//! builds a typed flow whose result is the name of the conductor that ran it. Each job is
+//! posted with a `JobHandle`, which waits for it to end, woken by the board's `NOTIFY`, and
+//! gives that result. Once every job is complete, the conductors' cancellation tokens are
+//! cancelled: each stops claiming, drains, and deregisters, returning a summary of what it
+//! did.
 
 // An example program: printing is its job.
 #![allow(clippy::print_stdout)]
@@ -27,9 +30,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use baton::board::{JobBoard, JobQuery};
 use baton::conductor::{self, Summary};
+use baton::handle::Ended;
 use baton::sql::{PostgresJobBoard, PostgresOptions, PostgresStore};
 use baton::typed::{atom, Const, TypedFlow, TypedTask};
-use baton::{Conductor, Engine, JobState, NewJob, Registry, TaskContext};
+use baton::{Conductor, Engine, JobHandle, NewJob, Registry, TaskContext};
 use serde::{Deserialize, Serialize};
 use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +67,7 @@ enum Note {
 }
 
 /// A step of a `provision` run: it is given the conductor's name, notes the run in `runs` as
-/// `note` says, works for 40 ms, and returns its atom's name.
+/// `note` says, works for 40 ms, and returns the conductor's name.
 struct Step {
     label: String,
     note: Note,
@@ -77,28 +81,30 @@ impl TypedTask for Step {
     type Output = String;
     type Error = std::convert::Infallible;
 
-    async fn execute(&self, who: String, ctx: &TaskContext) -> Result<String, Self::Error> {
+    async fn execute(&self, who: String, _ctx: &TaskContext) -> Result<String, Self::Error> {
         let at = self.t0.elapsed().as_millis();
         if self.note == Note::Start {
             let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
             let run = runs.entry(self.label.clone()).or_default();
-            (run.conductor, run.started) = (who, at);
+            (run.conductor, run.started) = (who.clone(), at);
         }
         tokio::time::sleep(Duration::from_millis(40)).await;
         if self.note == Note::Finish {
             let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
             runs.entry(self.label.clone()).or_default().finished = self.t0.elapsed().as_millis();
         }
-        Ok(ctx.atom().to_owned())
+        Ok(who)
     }
 }
 
 /// The `provision` factory as conductor `conductor` registers it: three short steps, given
-/// the conductor's name, the first and last noting the job's run in `runs`.
+/// the conductor's name, the first and last noting the job's run in `runs`; the last one's
+/// output (the conductor's name) is the flow's result.
 fn registry(conductor: &str, runs: &Runs, t0: Instant) -> Registry {
     let (conductor, runs) = (conductor.to_owned(), runs.clone());
     let registry = Registry::new().register_typed("provision", 1, move |p: Provision| {
         let mut flow = TypedFlow::linear(format!("provision-{}", p.label));
+        let mut last = None;
         for (name, note) in [
             ("reserve", Note::Start),
             ("boot", Note::Nothing),
@@ -111,7 +117,10 @@ fn registry(conductor: &str, runs: &Runs, t0: Instant) -> Registry {
                 runs,
                 t0,
             };
-            flow.add(atom(name, step), Const(conductor.clone()));
+            last = Some(flow.add(atom(name, step), Const(conductor.clone())));
+        }
+        if let Some(last) = &last {
+            flow.returns(last);
         }
         flow
     });
@@ -121,21 +130,24 @@ fn registry(conductor: &str, runs: &Runs, t0: Instant) -> Registry {
 async fn fleet(store: &PostgresStore) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let board = PostgresJobBoard::new(store);
+    let shared: Arc<dyn JobBoard> = Arc::new(board.clone());
 
     // Post the jobs: every fourth shares key stack-a, the next ones stack-b, the rest none.
+    // Each is posted with a handle that waits for its end and reads its result.
     let mut keys: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut handles = Vec::new();
     for i in 0..JOBS {
         let label = format!("job-{i:02}");
-        let params = serde_json::to_value(Provision {
+        let mut job = NewJob::new(&label, "provision").typed_params(&Provision {
             label: label.clone(),
         })?;
-        let mut job = NewJob::new(&label, "provision").params(params);
         let key = ["stack-a", "stack-b", "", ""][i % 4];
         if !key.is_empty() {
             job = job.key(key);
-            keys.entry(key).or_default().push(label);
+            keys.entry(key).or_default().push(label.clone());
         }
-        board.post(job).await?;
+        let handle: JobHandle<String> = JobHandle::post(shared.clone(), job).await?;
+        handles.push((label, handle));
     }
     println!("posted {JOBS} jobs");
 
@@ -158,38 +170,34 @@ async fn fleet(store: &PostgresStore) -> anyhow::Result<()> {
         fleet.push((name, token, handle));
     }
 
-    // Wait for every job to be complete.
+    // Wait for every job to end: each handle sleeps until the board tells it its job ended.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut registered = Vec::new();
-    loop {
-        let complete = board
-            .list(&JobQuery::all().state(JobState::Complete))
-            .await?;
-        if registered.len() < CONDUCTORS {
-            registered = board
-                .conductors()
-                .await?
-                .into_iter()
-                .map(|c| c.name)
-                .collect();
-        }
-        if complete.len() == JOBS {
-            break;
-        }
-        // A conductor that stopped on its own hit an error: report it rather than wait.
-        for (name, _, handle) in &mut fleet {
-            if handle.is_finished() {
-                let ended = handle.await?;
-                anyhow::bail!("conductor {name} stopped early: {ended:?}");
+    let mut ran_by = BTreeMap::new();
+    for (label, handle) in &handles {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match handle.wait_timeout(left).await? {
+            Some(Ended::Succeeded(conductor)) => {
+                ran_by.insert(label.clone(), conductor);
+            }
+            Some(other) => anyhow::bail!("{label} did not succeed: {other:?}"),
+            None => {
+                // A conductor that stopped on its own hit an error: report it.
+                for (name, _, handle) in &mut fleet {
+                    if handle.is_finished() {
+                        let ended = handle.await?;
+                        anyhow::bail!("conductor {name} stopped early: {ended:?}");
+                    }
+                }
+                anyhow::bail!("{label} had not ended after 30 s");
             }
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {JOBS} jobs complete after 30 s",
-            complete.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let mut registered: Vec<String> = board
+        .conductors()
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
     registered.sort();
     println!(
         "all {JOBS} jobs complete after {} ms; conductors registered on the board: {}",
@@ -240,6 +248,12 @@ async fn fleet(store: &PostgresStore) -> anyhow::Result<()> {
         runs.len() == JOBS && total.consumed == JOBS as u64 && total.lost == 0,
         "every job should have been run and consumed once"
     );
+    for (label, conductor) in &ran_by {
+        anyhow::ensure!(
+            runs.get(label).map(|r| &r.conductor) == Some(conductor),
+            "{label}'s result names {conductor}, who did not run it"
+        );
+    }
     for labels in keys.values() {
         for pair in labels.windows(2) {
             let (a, b) = (&runs[&pair[0]], &runs[&pair[1]]);
