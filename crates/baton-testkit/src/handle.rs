@@ -147,11 +147,22 @@ async fn wait_promptly<T: serde::de::DeserializeOwned>(handle: &JobHandle<T>) ->
     ended
 }
 
-/// The job as the board holds it, which must be at rest.
-async fn at_rest<B: JobBoard>(board: &B, job: JobId) -> Job {
-    let job = board.get(job).await.unwrap();
+/// Posts `job` with a handle (see [`post`]) while a conductor runs on `board` and `store`,
+/// waits for its end (see [`wait_promptly`]), and answers how it ended, the handle, and the
+/// job as the board then holds it (at rest).
+async fn run_to_end<T, B, S>(board: &B, store: &S, job: NewJob) -> (Ended<T>, JobHandle<T>, Job)
+where
+    T: serde::de::DeserializeOwned,
+    B: JobBoard + Clone + 'static,
+    S: Store + Clone + 'static,
+{
+    let running = conductor(board, store);
+    let handle: JobHandle<T> = post(board, job).await;
+    let ended = wait_promptly(&handle).await;
+    let job = board.get(handle.id()).await.unwrap();
     assert!(job.state.is_at_rest(), "{job:?}");
-    job
+    running.stop().await;
+    (ended, handle, job)
 }
 
 /// A typed job that succeeds: its handle gives the flow's result, as the handle's type, and
@@ -161,19 +172,17 @@ where
     B: JobBoard + Clone + 'static,
     S: Store + Clone + 'static,
 {
-    let running = conductor(&board, &store);
     let job = NewJob::new("add", "sum")
         .typed_params(&Numbers {
             numbers: vec![2, 3, 37],
         })
         .unwrap();
-    let handle: JobHandle<Total> = post(&board, job).await;
+    let (ended, handle, done) = run_to_end::<Total, _, _>(&board, &store, job).await;
     let expected = Total {
         total: 42,
         count: 3,
     };
-    assert_eq!(wait_promptly(&handle).await, Ended::Succeeded(expected));
-    let done = at_rest(&board, handle.id()).await;
+    assert_eq!(ended, Ended::Succeeded(expected));
     assert_eq!(done.state, JobState::Complete);
     let outcome = done.outcome.unwrap();
     assert_eq!(outcome["state"], json!("SUCCESS"));
@@ -189,7 +198,6 @@ where
         wrong.wait().await,
         Err(handle::Error::BadResult { path, .. }) if path == "."
     ));
-    running.stop().await;
 }
 
 /// A job whose run fails and is reverted: its handle lists the run's failures.
@@ -198,17 +206,16 @@ where
     B: JobBoard + Clone + 'static,
     S: Store + Clone + 'static,
 {
-    let running = conductor(&board, &store);
-    let handle: JobHandle<String> = post(&board, NewJob::new("full", "refuse")).await;
-    match wait_promptly(&handle).await {
+    let job = NewJob::new("full", "refuse");
+    let (ended, _, done) = run_to_end::<String, _, _>(&board, &store, job).await;
+    match ended {
         Ended::Reverted { failures } => {
             assert_eq!(failures.len(), 1, "{failures:?}");
             assert!(failures[0].contains("no room for slot-1"), "{failures:?}");
         }
         other => panic!("the job did not revert: {other:?}"),
     }
-    assert_eq!(at_rest(&board, handle.id()).await.state, JobState::Complete);
-    running.stop().await;
+    assert_eq!(done.state, JobState::Complete);
 }
 
 /// A job whose flow cannot be built (its parameters do not fit the factory's type) is parked:
@@ -218,10 +225,9 @@ where
     B: JobBoard + Clone + 'static,
     S: Store + Clone + 'static,
 {
-    let running = conductor(&board, &store);
     let job = NewJob::new("bad", "sum").params(json!({ "numbers": [1, "two"] }));
-    let handle: JobHandle<Total> = post(&board, job).await;
-    match wait_promptly(&handle).await {
+    let (ended, _, done) = run_to_end::<Total, _, _>(&board, &store, job).await;
+    match ended {
         Ended::Parked {
             kind,
             reason,
@@ -233,8 +239,7 @@ where
         }
         other => panic!("the job was not parked: {other:?}"),
     }
-    assert_eq!(at_rest(&board, handle.id()).await.state, JobState::Parked);
-    running.stop().await;
+    assert_eq!(done.state, JobState::Parked);
 }
 
 /// A wait on a job that ended already returns at once, whoever posted it; a wait on a job
