@@ -40,6 +40,11 @@
 //!   run of every earlier unfinished job of its key to be reverted ([`Job::supersedes`] lists
 //!   them), and waits behind them by the key rule: the old runs are rolled back, then the new
 //!   one runs, never interleaved.
+//! - **Ends**: a job consumed, trashed or parked is at rest ([`JobState::is_at_rest`]); a
+//!   caller waiting for that ([`JobBoard::wait_for_end`], which
+//!   [`JobHandle`](crate::JobHandle) uses) is told by the board that ended it where the board
+//!   can tell (in process, or on PostgreSQL with a `NOTIFY` for jobs marked
+//!   [watched](NewJob::watched)), and otherwise finds the end at its next look.
 //! - **Deadlines**: a job may carry a deadline ([`NewJob::deadline`], [`Job::deadline`]) for
 //!   its run; the board only keeps it (a job past its deadline is still claimed, and its run
 //!   then reverts at once).
