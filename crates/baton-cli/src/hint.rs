@@ -62,13 +62,18 @@ impl Invocation {
     }
 }
 
-/// Whether `exe` lies in a cargo target directory (`<target>/<profile>/baton`, where
-/// `<target>` holds cargo's `CACHEDIR.TAG`).
+/// Whether `exe` lies in a cargo target directory (`<target>/<profile>/baton`): its folder
+/// holds cargo's `.fingerprint` bookkeeping, or `<target>` holds the `CACHEDIR.TAG` cargo
+/// writes in a target directory it creates (not in one that existed before its first build,
+/// as a CI cache's may).
 fn in_cargo_target(exe: &Path) -> bool {
-    exe.ancestors()
-        .skip(2)
-        .take(2)
-        .any(|dir| dir.join("CACHEDIR.TAG").is_file())
+    exe.parent()
+        .is_some_and(|profile| profile.join(".fingerprint").is_dir())
+        || exe
+            .ancestors()
+            .skip(2)
+            .take(2)
+            .any(|dir| dir.join("CACHEDIR.TAG").is_file())
 }
 
 /// `word` quoted for a POSIX shell if it needs to be: as it is when it holds only characters
@@ -136,6 +141,15 @@ mod tests {
         let exe = target.path().join("debug").join("baton");
         assert!(in_cargo_target(&exe));
         assert!(!in_cargo_target(Path::new("/usr/local/bin/baton")));
+    }
+
+    #[test]
+    fn a_build_directory_without_the_tag_is_recognised_by_its_fingerprints() {
+        let target = tempfile::tempdir().unwrap();
+        let profile = target.path().join("debug");
+        std::fs::create_dir_all(profile.join(".fingerprint")).unwrap();
+        assert!(in_cargo_target(&profile.join("baton")));
+        assert!(!in_cargo_target(&target.path().join("bin").join("baton")));
     }
 
     #[test]
