@@ -43,6 +43,16 @@
 //!
 //! Parameters over the limits ([`MAX_STEPS`], [`MAX_SERVERS`] servers and volumes,
 //! [`MAX_STEP_MS`]) are refused before anything is built.
+//!
+//! **Runs of earlier releases.** The factories are written on the typed API since 0.4; 0.3.0
+//! built the same flows on the name-and-JSON API. A run 0.3.0 left unfinished resumes on
+//! version 1 of its factory (a job of 0.3.0 names no version: one claimed before is read as
+//! version 1, one never claimed is pinned to the newest version when claimed): 0.3.0
+//! recorded no [fingerprint](baton_core::Fingerprint) of a run's wiring, so the engine checks
+//! what such a run holds, its flow's name and each atom's name and kind in order, and version 1
+//! of each factory keeps those exactly. Runs made from now on record their fingerprint, and a
+//! change to a definition's wiring needs a new version (as `stack-create`'s security group
+//! did), with the old one kept registered until its runs are done.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
