@@ -240,7 +240,7 @@ fn assert_kept(old: &Value, new: &Value, at: &str) {
 /// reads what is left of the fleet. Only the runs and jobs in `except` are left out (they have moved
 /// on since).
 fn assert_all_kept(db: &Previous, except: &BTreeSet<String>) {
-    let jobs = db.json(&["jobs", "list"]);
+    let jobs = db.json(&["jobs", "list", "--limit", "1000"]);
     let jobs = by_id(jobs.as_array().unwrap(), |j| &j["id"]);
     let old_jobs = db.old_jobs();
     assert_eq!(
@@ -357,7 +357,7 @@ async fn purges_what_ended(db: Previous) {
     let purged = db.json(&[&["jobs", "purge"][..], &cutoff].concat());
     assert_eq!(purged["purged"], ended_jobs, "jobs purged: {purged}");
 
-    let jobs = db.json(&["jobs", "list"]);
+    let jobs = db.json(&["jobs", "list", "--limit", "1000"]);
     let open: BTreeMap<String, &Value> = db
         .old_jobs()
         .into_iter()
@@ -390,7 +390,7 @@ async fn purges_what_ended(db: Previous) {
 async fn finishes_unfinished_runs(db: Previous) {
     // The versions the migrations pinned the started runs' jobs to.
     let pinned: BTreeMap<String, Value> = db
-        .json(&["jobs", "list"])
+        .json(&["jobs", "list", "--limit", "1000"])
         .as_array()
         .unwrap()
         .iter()
@@ -425,7 +425,7 @@ async fn finishes_unfinished_runs(db: Previous) {
     assert_eq!(summary["consumed"], open, "{summary}\n{}", stderr(&out));
 
     // Every job that was open is complete, its run a success; what had ended is as it was.
-    let jobs = db.json(&["jobs", "list"]);
+    let jobs = db.json(&["jobs", "list", "--limit", "1000"]);
     let moved_on: BTreeSet<String> = db
         .old_jobs()
         .into_iter()
