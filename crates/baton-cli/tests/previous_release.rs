@@ -237,9 +237,8 @@ fn assert_kept(old: &Value, new: &Value, at: &str) {
 
 /// Every job the previous release listed reads back unchanged through `jobs list`, and there
 /// is no other; likewise every run through `flows list` and `flows show`; `conductors list`
-/// reads what is left of the fleet. Only the runs and jobs in `except` are left out (they have moved
-/// on since).
-fn assert_all_kept(db: &Previous, except: &BTreeSet<String>) {
+/// reads what is left of the fleet.
+fn assert_all_kept(db: &Previous) {
     let jobs = db.json(&["jobs", "list", "--limit", "1000"]);
     let jobs = by_id(jobs.as_array().unwrap(), |j| &j["id"]);
     let old_jobs = db.old_jobs();
@@ -248,7 +247,7 @@ fn assert_all_kept(db: &Previous, except: &BTreeSet<String>) {
         old_jobs.keys().collect::<Vec<_>>(),
         "the jobs"
     );
-    for (id, old) in old_jobs.iter().filter(|(id, _)| !except.contains(*id)) {
+    for (id, old) in &old_jobs {
         assert_kept(old, jobs[id], &format!("job {id}"));
     }
 
@@ -260,7 +259,7 @@ fn assert_all_kept(db: &Previous, except: &BTreeSet<String>) {
         old_flows.keys().collect::<Vec<_>>(),
         "the runs"
     );
-    for (id, old) in old_flows.iter().filter(|(id, _)| !except.contains(*id)) {
+    for (id, old) in &old_flows {
         assert_kept(&old["flow"], flows[id], &format!("run {id} as listed"));
         let shown = db.json(&["flows", "show", id]);
         assert_kept(old, &shown, &format!("run {id}"));
@@ -299,7 +298,7 @@ async fn migrates_and_reads_back(db: Previous) {
         assert!(after.values().all(|ok| *ok), "{after:?}");
     }
 
-    assert_all_kept(&db, &BTreeSet::new());
+    assert_all_kept(&db);
 
     // The fixture holds every kind of record the release could make.
     let states = |items: &BTreeMap<String, &Value>, field: &dyn Fn(&Value) -> &Value| {
