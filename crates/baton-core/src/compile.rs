@@ -246,6 +246,9 @@ pub struct Compiled {
     pub(crate) scope: Vec<Vec<usize>>,
     /// The symbol whose value is the flow's result ([`Flow::returns`]).
     pub(crate) returns: Option<String>,
+    /// The fingerprint, computed the first time it is asked for: every run created from the
+    /// flow and every load of one compares it, and it hashes the whole structure.
+    pub(crate) fingerprint: std::sync::OnceLock<crate::Fingerprint>,
 }
 
 impl std::ops::Deref for CompiledFlow {
@@ -334,7 +337,9 @@ impl CompiledFlow {
     /// the definition it was made from (see [`Fingerprint`](crate::Fingerprint)).
     #[must_use]
     pub fn fingerprint(&self) -> crate::Fingerprint {
-        crate::fingerprint::of(self)
+        *self
+            .fingerprint
+            .get_or_init(|| crate::fingerprint::of(self))
     }
 
     /// The DAG's shape: atom names and kinds, and edges. Stored with every run (in its
@@ -856,6 +861,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, Error> {
         retry_of: b.retry_of,
         scope,
         returns: flow.returns.clone(),
+        fingerprint: std::sync::OnceLock::new(),
     })))
 }
 
