@@ -1331,6 +1331,120 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_are_due_by_steps_and_atoms() {
+        let policy = Checkpoints::every(1000, 4);
+        assert!(!policy.due(999, 8));
+        assert!(policy.due(1000, 8));
+        // A big run: four steps per atom.
+        assert!(!policy.due(39_999, 10_000));
+        assert!(policy.due(40_000, 10_000));
+        assert!(!Checkpoints::never().due(i64::MAX, 0));
+        // At least one step apart.
+        assert!(!Checkpoints::every(0, 0).due(0, 0));
+        assert!(Checkpoints::every(0, 0).due(1, 0));
+        assert_eq!(Checkpoints::default(), Checkpoints::DEFAULT);
+    }
+
+    /// A checkpoint holds the atoms changed since the last one as the step leaves them, and
+    /// only those; once written, the next starts afresh.
+    #[test]
+    fn a_checkpoint_holds_what_changed_since_the_last() {
+        let flow = FlowId::new();
+        let a = AtomRecord::pending("a", AtomKind::Task);
+        let b = AtomRecord::pending("b", AtomKind::Task);
+        let c = AtomRecord::pending("c", AtomKind::Task);
+        let rec = running_flow(flow);
+        let mut known = Known::of(0, &rec, &[a.clone(), b.clone(), c.clone()], Utc::now());
+        let policy = Checkpoints::every(3, 0);
+        let (start_a, running_a) = moved(&a, AtomState::Running, 1);
+        let batch = |writes: Vec<Write>| Batch {
+            writes,
+            ..Batch::new(flow, None)
+        };
+        let first = batch(vec![start_a]);
+        assert!(known.checkpoint_with(&first, policy).is_none());
+        known.apply(&first.writes, first.at, None, false);
+        let (finish_a, _) = moved(&running_a, AtomState::Success, 1);
+        let (start_b, running_b) = moved(&b, AtomState::Running, 1);
+        let second = batch(vec![finish_a, start_b]);
+        known.apply(&second.writes, second.at, None, false);
+        let (progress_b, _) = moved(&running_b, AtomState::Running, 1);
+        let third = batch(vec![progress_b]);
+        let due = known.checkpoint_with(&third, policy).unwrap();
+        assert_eq!(due.seq, 3);
+        assert_eq!(due.at, third.at.max(second.at));
+        let held: Vec<(&str, AtomState)> = due
+            .atoms
+            .iter()
+            .map(|r| (r.name.as_str(), r.state))
+            .collect();
+        assert_eq!(held, [("a", AtomState::Success), ("b", AtomState::Running)]);
+        known.apply(&third.writes, third.at, None, true);
+        assert_eq!(known.checkpoint, 3);
+        assert!(known.dirty.is_empty());
+        let (finish_b, _) = moved(&running_b, AtomState::Success, 1);
+        let fourth = batch(vec![finish_b]);
+        assert!(known.checkpoint_with(&fourth, policy).is_none());
+    }
+
+    /// A load from a checkpoint replays only the steps after it, and refuses a checkpoint whose
+    /// step is missing from the log.
+    #[test]
+    fn loads_start_at_the_checkpoint_step() {
+        let flow = FlowId::new();
+        let a = AtomRecord::pending("a", AtomKind::Task);
+        let (start, running) = moved(&a, AtomState::Running, 1);
+        let (finish, done) = moved(&running, AtomState::Success, 1);
+        let stamp = Stamp {
+            seq: 1,
+            at: Some(Utc::now()),
+        };
+        assert_eq!(read_from(stamp, LoadFrom::Checkpoint), 1);
+        assert_eq!(read_from(Stamp::default(), LoadFrom::Checkpoint), 1);
+        assert_eq!(
+            read_from(Stamp { seq: 7, at: None }, LoadFrom::Checkpoint),
+            7
+        );
+        assert_eq!(read_from(Stamp { seq: 7, at: None }, LoadFrom::WholeLog), 1);
+        // The rows hold the run as of step 1 (`a` running); step 2 ends it.
+        let steps = [row(1, &[start], flow), row(2, &[finish], flow)];
+        let (snapshot, known) = assemble(
+            running_flow(flow),
+            vec![running.clone()],
+            stamp,
+            &steps,
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(snapshot.atoms, [done.clone()]);
+        assert_eq!(known.seq, 2);
+        assert_eq!(known.checkpoint, 1);
+        assert_eq!(known.dirty.get("a"), Some(&done));
+        // No step after the checkpoint: the log's last is the checkpoint's.
+        let (snapshot, known) = assemble(
+            running_flow(flow),
+            vec![running.clone()],
+            stamp,
+            &steps[..1],
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(snapshot.atoms, [running]);
+        assert_eq!(known.seq, 1);
+        assert!(known.dirty.is_empty());
+        // The checkpoint's step is gone: damage.
+        let err = assemble(
+            running_flow(flow),
+            vec![done],
+            stamp,
+            &steps[1..],
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
     fn knowledge_admits_only_what_it_expects() {
         let flow = FlowId::new();
         let a = AtomRecord::pending("a", AtomKind::Task);
