@@ -175,14 +175,14 @@ impl Writer {
                 self.moved(i, failed)
             }
             AtomState::Failure => {
-                let mut retrying = current.clone();
+                let mut retrying = current;
                 retrying.state = AtomState::Retrying;
                 retrying.retry_at = Some(Utc::now());
                 self.moved(i, retrying)
             }
             AtomState::Retrying | AtomState::Pending => self.start(i),
             _ => {
-                let mut report = current.clone();
+                let mut report = current;
                 report.progress = (k as f64 / 10.0).fract();
                 self.moved(i, report)
             }

@@ -1354,7 +1354,7 @@ mod tests {
         let b = AtomRecord::pending("b", AtomKind::Task);
         let c = AtomRecord::pending("c", AtomKind::Task);
         let rec = running_flow(flow);
-        let mut known = Known::of(0, &rec, &[a.clone(), b.clone(), c.clone()], Utc::now());
+        let mut known = Known::of(0, &rec, &[a.clone(), b.clone(), c], Utc::now());
         let policy = Checkpoints::every(3, 0);
         let (start_a, running_a) = moved(&a, AtomState::Running, 1);
         let batch = |writes: Vec<Write>| Batch {
@@ -1416,7 +1416,7 @@ mod tests {
             Utc::now(),
         )
         .unwrap();
-        assert_eq!(snapshot.atoms, [done.clone()]);
+        assert_eq!(snapshot.atoms, std::slice::from_ref(&done));
         assert_eq!(known.seq, 2);
         assert_eq!(known.checkpoint, 1);
         assert_eq!(known.dirty.get("a"), Some(&done));
