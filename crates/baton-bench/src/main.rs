@@ -5,6 +5,7 @@
 //! cargo run --release -p baton-bench -- linear --backend sqlite --tasks 1000
 //! cargo run --release -p baton-bench -- fanout --backend postgres --tasks 1000 --parallelism 8
 //! cargo run --release -p baton-bench -- floor --backend sqlite --gap-us 0,5,20
+//! cargo run --release -p baton-bench -- resume --backend sqlite --steps 1000,10000,100000
 //! ```
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
@@ -27,6 +28,7 @@
 #![allow(clippy::print_stdout)]
 
 mod fleet;
+mod resume;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -211,6 +213,29 @@ enum Scenario {
         /// the default takes enough of them for a steadier median.
         #[arg(long, default_value_t = 15)]
         rounds: usize,
+    },
+    /// Write a run whose log grows to each of N steps, and time loading it (as a resume does)
+    /// from its checkpoint and, for the same run written without checkpoints, by replaying
+    /// the whole log: one line per length.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+        /// Lengths of the log at which loads are timed.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        steps: Vec<usize>,
+        /// What the log is made of.
+        #[arg(long, value_enum, default_value_t = resume::Shape::Progress)]
+        shape: resume::Shape,
+        /// The checkpoint policy's least number of steps between checkpoints (default: the
+        /// stores' default, `Checkpoints::DEFAULT`).
+        #[arg(long)]
+        min_steps: Option<u32>,
+        /// The policy's least number of steps per atom of the run between checkpoints.
+        #[arg(long)]
+        steps_per_atom: Option<u32>,
+        /// Loads timed at each length (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        loads: usize,
     },
 }
 
@@ -639,6 +664,29 @@ fn main() -> Result<()> {
             gap_us,
             rounds,
         } => rt.block_on(floor_gaps(&target, commits, &gap_us, rounds)),
+        Scenario::Resume {
+            target,
+            steps,
+            shape,
+            min_steps,
+            steps_per_atom,
+            loads,
+        } => {
+            let policy = match (min_steps, steps_per_atom) {
+                (None, None) => baton_sql::Checkpoints::DEFAULT,
+                (min, per) => baton_sql::Checkpoints::every(
+                    min.unwrap_or(baton_sql::Checkpoints::DEFAULT_MIN_STEPS),
+                    per.unwrap_or(baton_sql::Checkpoints::DEFAULT_STEPS_PER_ATOM),
+                ),
+            };
+            let settings = resume::Settings {
+                shape,
+                steps,
+                policy,
+                loads,
+            };
+            rt.block_on(resume::resume(&target, &settings))
+        }
         Scenario::Fanout {
             target,
             tasks,

@@ -133,6 +133,8 @@ pub use error::{Error, Result};
 pub use postgres::{PostgresOptions, PostgresStore, DEFAULT_SCHEMA};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use steplog::Checkpoints;
 pub use url::redact_url;
 
 /// The backend a URL names, from its scheme.

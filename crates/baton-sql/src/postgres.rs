@@ -20,7 +20,7 @@ use crate::codec::{
 };
 use crate::deadline::Raw;
 use crate::error::{classify, is_unique_violation, Error};
-use crate::steplog::{self, Known, Step, StepRow};
+use crate::steplog::{self, Checkpoints, Known, LoadFrom, Stamp, Step, StepRow};
 use serde_json::value::RawValue;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -61,6 +61,9 @@ pub struct PostgresOptions {
     /// versions from 0.2.0 on read ([`StepFormat::Long`] for a fleet that still has 0.1.0
     /// engines).
     pub step_format: StepFormat,
+    /// When a step also writes a checkpoint of its run, so that a load replays only the steps
+    /// after it (see [`Checkpoints`]); default [`Checkpoints::DEFAULT`].
+    pub checkpoints: Checkpoints,
 }
 
 impl Default for PostgresOptions {
@@ -72,6 +75,7 @@ impl Default for PostgresOptions {
             call_timeout: crate::DEFAULT_CALL_TIMEOUT,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             step_format: StepFormat::default(),
+            checkpoints: Checkpoints::DEFAULT,
         }
     }
 }
@@ -117,6 +121,12 @@ impl PostgresOptions {
         self.step_format = format;
         self
     }
+
+    /// Sets [`PostgresOptions::checkpoints`].
+    pub fn checkpoints(mut self, checkpoints: Checkpoints) -> Self {
+        self.checkpoints = checkpoints;
+        self
+    }
 }
 
 /// A [`Store`] in a PostgreSQL database.
@@ -150,6 +160,10 @@ pub struct PostgresStore {
     commits: Arc<AtomicU64>,
     max_value_bytes: usize,
     step_format: StepFormat,
+    checkpoints: Checkpoints,
+    /// Loads replay the whole log, ignoring checkpoints (see
+    /// [`PostgresStore::replaying_whole_log`]).
+    whole_log: bool,
     /// What this store knows of the flows it writes to (see [`crate::steplog`]).
     known: Arc<steplog::Cache>,
     /// The channel of the job board's wake-ups (see [`job_channel`]).
@@ -260,6 +274,8 @@ impl PostgresStore {
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
             step_format: options.step_format,
+            checkpoints: options.checkpoints,
+            whole_log: false,
             known: Arc::default(),
         })
     }
@@ -308,6 +324,18 @@ impl PostgresStore {
     #[must_use]
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    /// For benchmarks and tests: the same store (sharing its connections), except that its
+    /// loads replay a run's whole log over the atoms' rows, ignoring checkpoints, as a baton of
+    /// an earlier release does; they give the same state, more slowly.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn replaying_whole_log(&self) -> Self {
+        Self {
+            whole_log: true,
+            ..self.clone()
+        }
     }
 
     /// Records `token` as the current claim of `job`: from now on only writes fenced with it
@@ -852,37 +880,47 @@ fn step_from_row(flow: FlowId, row: &PgRow) -> store::Result<StepRow> {
     go().map_err(|d| codec::corrupt(flow, None, format!("step log: {d}")))
 }
 
-/// The flow's steps, in order.
-async fn read_steps(conn: &mut PgConnection, flow: FlowId) -> store::Result<Vec<StepRow>> {
+/// The flow's steps from number `from_seq` on, in order.
+async fn read_steps(
+    conn: &mut PgConnection,
+    flow: FlowId,
+    from_seq: i64,
+) -> store::Result<Vec<StepRow>> {
     let rows = sqlx::query(
-        "SELECT seq, at, body, model_version FROM steps WHERE flow_id = $1 ORDER BY seq",
+        "SELECT seq, at, body, model_version FROM steps WHERE flow_id = $1 AND seq >= $2 \
+         ORDER BY seq",
     )
     .bind(flow.as_uuid())
+    .bind(from_seq)
     .fetch_all(&mut *conn)
     .await
     .map_err(classify)?;
     rows.iter().map(|r| step_from_row(flow, r)).collect()
 }
 
-/// The flow as it is now, and the number of its log's last step. Run it in a `REPEATABLE
-/// READ` transaction, so that the rows come from one snapshot.
+/// The flow as it is now, and what this store then knows of it (as of a statement sent at
+/// `began` or later). Run it in a `REPEATABLE READ` transaction, so that the rows come from one
+/// snapshot.
 ///
-/// With [`Meta::Skip`] the run's `meta` is read as `null` (see [`Store::load_run`]).
+/// With [`Meta::Skip`] the run's `meta` is read as `null` (see [`Store::load_run`]). The log is
+/// read from the run's checkpoint on, or whole (see [`steplog::read_from`]).
 async fn read_flow(
     conn: &mut PgConnection,
     id: FlowId,
     meta: Meta,
-) -> store::Result<(FlowSnapshot, i64)> {
+    from: LoadFrom,
+    began: chrono::DateTime<chrono::Utc>,
+) -> store::Result<(FlowSnapshot, Known)> {
     let sql = match meta {
         Meta::Read => concat!(
             "SELECT ",
             flow_columns!("meta::text AS meta"),
-            " FROM flows WHERE id = $1"
+            ", checkpoint_seq, checkpoint_at FROM flows WHERE id = $1"
         ),
         Meta::Skip => concat!(
             "SELECT ",
             flow_columns!("'null' AS meta"),
-            " FROM flows WHERE id = $1"
+            ", checkpoint_seq, checkpoint_at FROM flows WHERE id = $1"
         ),
     };
     let row = sqlx::query(sql)
@@ -891,6 +929,13 @@ async fn read_flow(
         .await
         .map_err(classify)?
         .ok_or(store::Error::FlowNotFound(id))?;
+    let stamp = (|| -> Result<Stamp, String> {
+        Ok(Stamp {
+            seq: get(&row, "checkpoint_seq")?,
+            at: get(&row, "checkpoint_at")?,
+        })
+    })()
+    .map_err(|d| codec::corrupt(id, None, d))?;
     let rows = sqlx::query(&format!(
         "SELECT {ATOM_COLUMNS} FROM atoms WHERE flow_id = $1 ORDER BY position"
     ))
@@ -898,15 +943,106 @@ async fn read_flow(
     .fetch_all(&mut *conn)
     .await
     .map_err(classify)?;
-    let steps = read_steps(conn, id).await?;
-    let mut flow = flow_from_row(&row)?;
-    let mut atoms = rows
+    let steps = read_steps(conn, id, steplog::read_from(stamp, from)).await?;
+    let flow = flow_from_row(&row)?;
+    let atoms = rows
         .iter()
         .map(|r| atom_from_row(id, r))
         .collect::<store::Result<Vec<_>>>()?;
-    steplog::replay(&mut flow, &mut atoms, &steps)?;
-    let last = steps.last().map_or(0, |s| s.seq);
-    Ok((FlowSnapshot { flow, atoms }, last))
+    steplog::assemble(flow, atoms, stamp, &steps, began)
+}
+
+/// Writes `checkpoint` in the caller's transaction, which has just appended its step: the
+/// rows of the atoms it holds, from arrays (one per column, as a creation inserts them), and
+/// the run's stamp, in one statement.
+async fn write_checkpoint(
+    conn: &mut PgConnection,
+    flow: FlowId,
+    checkpoint: &steplog::Checkpoint<'_>,
+    limit: usize,
+) -> Result<(), Attempt> {
+    let encoded = checkpoint
+        .atoms
+        .iter()
+        .map(|a| codec::encode_atom(flow, a, limit))
+        .collect::<store::Result<Vec<_>>>()
+        .map_err(Attempt::Store)?;
+    let updated: i64 = sqlx::query_scalar(
+        "WITH rewritten AS ( \
+             UPDATE atoms SET kind = a.kind, state = a.state, intention = a.intention, \
+                    attempt = a.attempt, round = a.round, result = a.result::jsonb, \
+                    failure = a.failure::jsonb, revert_failure = a.revert_failure::jsonb, \
+                    retry_history = a.retry_history::jsonb, retry_at = a.retry_at, \
+                    progress = a.progress, started_at = a.started_at, \
+                    finished_at = a.finished_at, model_version = $4, deadline = a.deadline \
+               FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], \
+                           $10::bigint[], $11::text[], $12::text[], $13::text[], $14::text[], \
+                           $15::timestamptz[], $16::float8[], $17::timestamptz[], \
+                           $18::timestamptz[], $19::timestamptz[]) \
+                    AS a(name, kind, state, intention, attempt, round, result, failure, \
+                         revert_failure, retry_history, retry_at, progress, started_at, \
+                         finished_at, deadline) \
+              WHERE atoms.flow_id = $1 AND atoms.name = a.name \
+             RETURNING 1 \
+         ), stamped AS ( \
+             UPDATE flows SET checkpoint_seq = $2, checkpoint_at = $3 WHERE id = $1 \
+         ) SELECT count(*) FROM rewritten",
+    )
+    .bind(flow.as_uuid())
+    .bind(checkpoint.seq)
+    .bind(checkpoint.at)
+    .bind(codec::ROW_VERSION)
+    .bind(encoded.iter().map(|a| a.name).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|a| a.kind).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|a| a.state).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|a| a.intention).collect::<Vec<_>>())
+    .bind(
+        encoded
+            .iter()
+            .map(|a| i64::from(a.attempt))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        encoded
+            .iter()
+            .map(|a| i64::from(a.round))
+            .collect::<Vec<_>>(),
+    )
+    .bind(encoded.iter().map(|a| raw(&a.result)).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|a| raw(&a.failure)).collect::<Vec<_>>())
+    .bind(
+        encoded
+            .iter()
+            .map(|a| raw(&a.revert_failure))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        encoded
+            .iter()
+            .map(|a| a.retry_history.get())
+            .collect::<Vec<_>>(),
+    )
+    .bind(encoded.iter().map(|a| a.retry_at).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|a| a.progress).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|a| a.started_at).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|a| a.finished_at).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|a| a.deadline).collect::<Vec<_>>())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(Attempt::Db)?;
+    if usize::try_from(updated).ok() != Some(encoded.len()) {
+        // Refused, so the step goes with it: a checkpoint never disagrees with the log.
+        return Err(Attempt::Store(codec::corrupt(
+            flow,
+            None,
+            format!(
+                "a checkpoint at step {} found {updated} of its {} atoms' rows",
+                checkpoint.seq,
+                encoded.len()
+            ),
+        )));
+    }
+    Ok(())
 }
 
 /// The statement that appends a step: `$1`..`$7` are the row; a fenced one also takes the
@@ -992,30 +1128,81 @@ impl PostgresStore {
     /// A load in one read-only snapshot for the flow, its atoms and its log.
     async fn load(&self, id: FlowId, meta: Meta) -> store::Result<FlowSnapshot> {
         let began = chrono::Utc::now();
-        let (snapshot, seq) = self
-            .read_only(|tx| Box::pin(read_flow(tx, id, meta)))
+        let from = if self.whole_log {
+            LoadFrom::WholeLog
+        } else {
+            LoadFrom::Checkpoint
+        };
+        let (snapshot, known) = self
+            .read_only(|tx| Box::pin(read_flow(tx, id, meta, from, began)))
             .await?;
-        self.known
-            .put(id, Known::of(seq, &snapshot.flow, &snapshot.atoms, began));
+        self.known.put(id, known);
         Ok(snapshot)
     }
 
+    /// The append of a step that writes a checkpoint, as [`append_sql`] and
+    /// [`write_checkpoint`] in one transaction: `Ok(false)` (nothing written) if the fence did
+    /// not hold, a unique violation if another writer appended first.
+    async fn append_with_checkpoint(
+        &self,
+        batch: &Batch,
+        step: &Step,
+        known: &Known,
+        fence: Option<(uuid::Uuid, i64)>,
+    ) -> Result<bool, sqlx::Error> {
+        let Some(checkpoint) = known.checkpoint_with(batch, self.checkpoints) else {
+            return Err(sqlx::Error::Protocol("no checkpoint is due".into()));
+        };
+        let mut tx = self.begin().await?;
+        let mut query = sqlx::query(append_sql(fence.is_some(), step.flow_state.is_some()))
+            .bind(batch.flow.as_uuid())
+            .bind(known.seq + 1)
+            .bind(batch.at)
+            .bind(step.flow_state)
+            .bind(step.flow_intention)
+            .bind(step.body.as_str())
+            .bind(step.model_version);
+        if let Some((job, token)) = fence {
+            query = query.bind(job).bind(token);
+        }
+        if query.execute(&mut *tx).await?.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        match write_checkpoint(&mut tx, batch.flow, &checkpoint, self.max_value_bytes).await {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(true)
+            }
+            Err(Attempt::Db(e)) => Err(e),
+            // Nothing was written; the careful way reports what is wrong.
+            Err(Attempt::Store(_)) => {
+                tx.rollback().await?;
+                Ok(false)
+            }
+        }
+    }
+
     /// The careful commit: in one `REPEATABLE READ` transaction, check the fence, read the flow
-    /// as it is, check write by write (reporting exactly what is wrong) and append. Returns
-    /// what the flow was before the batch, and its last step then; `None` if the batch ends
-    /// a job and an earlier attempt of it was stored already (see [`codec::Ended`]).
+    /// as it is, check write by write (reporting exactly what is wrong) and append, with a
+    /// checkpoint if one is due. Returns what was known of the flow before the batch, and
+    /// whether a checkpoint was written; `None` if the batch ends a job and an earlier attempt
+    /// of it was stored already (see [`codec::Ended`]).
     async fn commit_carefully(
         &self,
         batch: &Batch,
         step: &Step,
         consume: Option<&(Fence, String)>,
-    ) -> store::Result<Option<(FlowSnapshot, i64)>> {
+        began: chrono::DateTime<chrono::Utc>,
+    ) -> store::Result<Option<(Known, bool)>> {
         let flow = batch.flow;
         let mut tries = 0;
         loop {
             tries += 1;
             let mut conn = self.acquire().await.map_err(classify)?;
-            let outcome = self.try_carefully(&mut conn, batch, step, consume).await;
+            let outcome = self
+                .try_carefully(&mut conn, batch, step, consume, began)
+                .await;
             let healthy = match &outcome {
                 Err(Attempt::Db(e)) => matches!(e, sqlx::Error::Database(_)),
                 _ => true,
@@ -1047,7 +1234,8 @@ impl PostgresStore {
         batch: &Batch,
         step: &Step,
         consume: Option<&(Fence, String)>,
-    ) -> Result<Option<(FlowSnapshot, i64)>, Attempt> {
+        began: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(Known, bool)>, Attempt> {
         let flow = batch.flow;
         let mut tx = conn
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -1079,14 +1267,15 @@ impl PostgresStore {
                     }));
                 }
             }
-            let (snapshot, seq) = read_flow(&mut tx, flow, Meta::Skip)
-                .await
-                .map_err(Attempt::Store)?;
+            let (snapshot, known) =
+                read_flow(&mut tx, flow, Meta::Skip, LoadFrom::Checkpoint, began)
+                    .await
+                    .map_err(Attempt::Store)?;
             codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)
                 .map_err(Attempt::Store)?;
             sqlx::query(append_sql(false, step.flow_state.is_some()))
                 .bind(flow.as_uuid())
-                .bind(seq + 1)
+                .bind(known.seq + 1)
                 .bind(batch.at)
                 .bind(step.flow_state)
                 .bind(step.flow_intention)
@@ -1095,7 +1284,16 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(Attempt::Db)?;
-            Ok(Some((snapshot, seq)))
+            // The run's last step (ending its job) needs no checkpoint.
+            let checkpoint = match consume {
+                Some(_) => None,
+                None => known.checkpoint_with(batch, self.checkpoints),
+            };
+            if let Some(checkpoint) = &checkpoint {
+                write_checkpoint(&mut tx, flow, checkpoint, self.max_value_bytes).await?;
+            }
+            let checkpointed = checkpoint.is_some();
+            Ok(Some((known, checkpointed)))
         }
         .await;
         settle(tx, result).await
@@ -1256,7 +1454,7 @@ impl PostgresStore {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 let mut known = Known::of(0, flow, atoms, began);
                 if let Some((batch, _, _)) = &first {
-                    known.apply(&batch.writes, Some(began));
+                    known.apply(&batch.writes, batch.at, Some(began), false);
                 }
                 self.known.put(flow.id, known);
                 Ok(())
@@ -1403,6 +1601,13 @@ impl Store for Raw<'_, PostgresStore> {
             .filter(|k| k.trusted(chrono::Utc::now()) && k.admits(&batch.writes));
         if let Some(mut known) = known {
             let seq = known.seq + 1;
+            // A step that is due to write a checkpoint (unless it is the run's last, ending
+            // its job) writes it in a transaction with the append.
+            let checkpoint = match consume {
+                Some(_) => false,
+                None => known.checkpoint_with(batch, self.checkpoints).is_some(),
+            }
+            .then_some(());
             let appended = match (&consume, fence) {
                 // The run's last step, ending its job too.
                 (Some((_, outcome)), Some((job, token))) => {
@@ -1422,6 +1627,10 @@ impl Store for Raw<'_, PostgresStore> {
                     let answer = query.fetch_one(&mut *conn).await;
                     self.release(conn, &answer);
                     answer.map(|(appended, _)| appended)
+                }
+                _ if checkpoint.is_some() => {
+                    self.append_with_checkpoint(batch, &step, &known, fence)
+                        .await
                 }
                 _ => {
                     let mut query =
@@ -1444,7 +1653,7 @@ impl Store for Raw<'_, PostgresStore> {
             match appended {
                 Ok(true) => {
                     // The append did not look the run up: the stamp stays (see `Known::apply`).
-                    known.apply(&batch.writes, None);
+                    known.apply(&batch.writes, batch.at, None, checkpoint.is_some());
                     self.known.put(flow, known);
                     self.commits.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
@@ -1458,12 +1667,11 @@ impl Store for Raw<'_, PostgresStore> {
         }
         let began = chrono::Utc::now();
         // `None`: stored by an earlier attempt; the run has ended, there is nothing to know.
-        if let Some((snapshot, seq)) = self
-            .commit_carefully(batch, &step, consume.as_ref())
+        if let Some((mut known, checkpointed)) = self
+            .commit_carefully(batch, &step, consume.as_ref(), began)
             .await?
         {
-            let mut known = Known::of(seq, &snapshot.flow, &snapshot.atoms, began);
-            known.apply(&batch.writes, Some(began));
+            known.apply(&batch.writes, batch.at, Some(began), checkpointed);
             self.known.put(flow, known);
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -1484,7 +1692,7 @@ impl Store for Raw<'_, PostgresStore> {
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(classify)?;
-                    let steps = read_steps(tx, id).await?;
+                    let steps = read_steps(tx, id, 1).await?;
                     Ok((rows, steps))
                 })
             })

@@ -23,7 +23,7 @@ use crate::codec::{
 };
 use crate::deadline::Raw;
 use crate::error::{classify, is_unique_violation, Error};
-use crate::steplog::{self, Known, Step, StepRow};
+use crate::steplog::{self, Checkpoints, Known, LoadFrom, Stamp, Step, StepRow};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -81,6 +81,9 @@ pub struct SqliteOptions {
     /// versions from 0.2.0 on read ([`StepFormat::Long`] for a fleet that still has 0.1.0
     /// engines).
     pub step_format: StepFormat,
+    /// When a step also writes a checkpoint of its run, so that a load replays only the steps
+    /// after it (see [`Checkpoints`]); default [`Checkpoints::DEFAULT`].
+    pub checkpoints: Checkpoints,
 }
 
 impl Default for SqliteOptions {
@@ -92,6 +95,7 @@ impl Default for SqliteOptions {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             spin: Duration::ZERO,
             step_format: StepFormat::default(),
+            checkpoints: Checkpoints::DEFAULT,
         }
     }
 }
@@ -137,6 +141,12 @@ impl SqliteOptions {
         self.spin = spin;
         self
     }
+
+    /// Sets [`SqliteOptions::checkpoints`].
+    pub fn checkpoints(mut self, checkpoints: Checkpoints) -> Self {
+        self.checkpoints = checkpoints;
+        self
+    }
 }
 
 /// A [`Store`] in a SQLite database.
@@ -178,6 +188,10 @@ pub struct SqliteStore {
     max_value_bytes: usize,
     step_format: StepFormat,
     spin: Duration,
+    checkpoints: Checkpoints,
+    /// Loads replay the whole log, ignoring checkpoints (see
+    /// [`SqliteStore::replaying_whole_log`]).
+    whole_log: bool,
     /// What this store knows of the flows it writes to (see [`crate::steplog`]).
     known: Arc<steplog::Cache>,
     /// Wakes this process's conductors waiting for work (the job boards made from this store
@@ -290,6 +304,8 @@ impl SqliteStore {
             max_value_bytes: options.max_value_bytes,
             step_format: options.step_format,
             spin: options.spin,
+            checkpoints: options.checkpoints,
+            whole_log: false,
             known: Arc::default(),
             job_wake: Arc::default(),
             cancel_wake: Arc::default(),
@@ -389,6 +405,18 @@ impl SqliteStore {
         self.commits.load(Ordering::Relaxed)
     }
 
+    /// For benchmarks and tests: the same store (sharing its connections), except that its
+    /// loads replay a run's whole log over the atoms' rows, ignoring checkpoints, as a baton of
+    /// an earlier release does; they give the same state, more slowly.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn replaying_whole_log(&self) -> Self {
+        Self {
+            whole_log: true,
+            ..self.clone()
+        }
+    }
+
     /// Records `token` as the current claim of `job`: from now on only writes fenced with it
     /// are accepted for that job. (The job board does this when it claims a job.)
     ///
@@ -433,8 +461,13 @@ impl SqliteStore {
     /// snapshot.
     async fn load(&self, id: FlowId, meta: Meta) -> store::Result<FlowSnapshot> {
         let began = Utc::now();
+        let from = if self.whole_log {
+            LoadFrom::WholeLog
+        } else {
+            LoadFrom::Checkpoint
+        };
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let result = read_flow(&mut tx, id, began, meta).await;
+        let result = read_flow(&mut tx, id, began, meta, from).await;
         let (snapshot, known) = codec::finish(tx, result).await?;
         self.known.put(id, known);
         Ok(snapshot)
@@ -836,17 +869,18 @@ fn base_of(flow: FlowId, flow_seq: i64) -> store::Result<i64> {
     })
 }
 
-/// The flow's steps, in order; its steps start at `base`. Read packed, in chunks, for the
+/// The flow's steps from number `from_seq` on, in order; its steps start at `base`. Read packed, in chunks, for the
 /// reasons given at [`read_atoms`]; a step row of an unexpected type sends the whole read down
 /// the row-by-row path, whose error says what is wrong.
 async fn read_steps(
     conn: &mut SqliteConnection,
     flow: FlowId,
     base: i64,
+    from_seq: i64,
 ) -> store::Result<Vec<StepRow>> {
     let end = base.saturating_add(STEPS_PER_FLOW);
     let mut steps = Vec::new();
-    let mut after = base;
+    let mut after = base.saturating_add(from_seq.max(1) - 1);
     loop {
         let query = sqlx::query_as(
             "SELECT json_group_array(json_array(id, seq, at, body, model_version)), count(*), \
@@ -858,11 +892,11 @@ async fn read_steps(
         .bind(end)
         .bind(PACKED_CHUNK);
         let Some(chunk) = read_packed(conn, flow, query, PACKED_CHUNK).await? else {
-            return read_step_rows(conn, flow, base).await;
+            return read_step_rows(conn, flow, base, from_seq).await;
         };
         let Ok(rows) = serde_json::from_str::<Vec<(i64, i64, String, String, i64)>>(&chunk.json)
         else {
-            return read_step_rows(conn, flow, base).await;
+            return read_step_rows(conn, flow, base, from_seq).await;
         };
         for (id, seq, at, body, model_version) in rows {
             steps.push((
@@ -885,16 +919,17 @@ async fn read_steps(
     Ok(steps.into_iter().map(|(_, step)| step).collect())
 }
 
-/// The flow's steps, one row at a time.
+/// The flow's steps from number `from_seq` on, one row at a time.
 async fn read_step_rows(
     conn: &mut SqliteConnection,
     flow: FlowId,
     base: i64,
+    from_seq: i64,
 ) -> store::Result<Vec<StepRow>> {
     let rows = sqlx::query(
         "SELECT seq, at, body, model_version FROM steps WHERE id > ?1 AND id < ?2 ORDER BY id",
     )
-    .bind(base)
+    .bind(base.saturating_add(from_seq.max(1) - 1))
     .bind(base.saturating_add(STEPS_PER_FLOW))
     .fetch_all(&mut *conn)
     .await
@@ -1185,24 +1220,26 @@ pub(crate) fn unpack_atom(flow: FlowId, a: PackedAtom) -> store::Result<Option<A
 /// The flow as it is now, and what this store then knows of it. Run it in a transaction, so
 /// that the rows come from one snapshot.
 ///
-/// With [`Meta::Skip`] the run's `meta` is read as `null` (see [`Store::load_run`]).
+/// With [`Meta::Skip`] the run's `meta` is read as `null` (see [`Store::load_run`]). The
+/// log is read from the run's checkpoint on, or whole (see [`steplog::read_from`]).
 async fn read_flow(
     conn: &mut SqliteConnection,
     id: FlowId,
     began: DateTime<Utc>,
     meta: Meta,
+    from: LoadFrom,
 ) -> store::Result<(FlowSnapshot, Known)> {
     let key = id.to_string();
     let sql = match meta {
         Meta::Read => concat!(
             "SELECT ",
             flow_columns!("meta"),
-            ", seq AS flow_seq FROM flows WHERE id = ?1"
+            ", seq AS flow_seq, checkpoint_seq, checkpoint_at FROM flows WHERE id = ?1"
         ),
         Meta::Skip => concat!(
             "SELECT ",
             flow_columns!("'null' AS meta"),
-            ", seq AS flow_seq FROM flows WHERE id = ?1"
+            ", seq AS flow_seq, checkpoint_seq, checkpoint_at FROM flows WHERE id = ?1"
         ),
     };
     let row = sqlx::query(sql)
@@ -1211,15 +1248,20 @@ async fn read_flow(
         .await
         .map_err(classify)?
         .ok_or(store::Error::FlowNotFound(id))?;
-    let mut atoms = read_atoms(conn, id, &key).await?;
-    let flow_seq: i64 = get(&row, "flow_seq").map_err(|d| codec::corrupt(id, None, d))?;
+    let atoms = read_atoms(conn, id, &key).await?;
+    let (flow_seq, stamp) = (|| -> Result<(i64, Stamp), String> {
+        let stamp = Stamp {
+            seq: get(&row, "checkpoint_seq")?,
+            at: opt_time("checkpoint_at", get(&row, "checkpoint_at")?)?,
+        };
+        Ok((get(&row, "flow_seq")?, stamp))
+    })()
+    .map_err(|d| codec::corrupt(id, None, d))?;
     let base = base_of(id, flow_seq)?;
-    let steps = read_steps(conn, id, base).await?;
-    let mut flow = flow_from_row(&row)?;
-    steplog::replay(&mut flow, &mut atoms, &steps)?;
-    let last = steps.last().map_or(0, |s| s.seq);
-    let known = Known::of(last, &flow, &atoms, began).based(base);
-    Ok((FlowSnapshot { flow, atoms }, known))
+    let steps = read_steps(conn, id, base, steplog::read_from(stamp, from)).await?;
+    let flow = flow_from_row(&row)?;
+    let (snapshot, known) = steplog::assemble(flow, atoms, stamp, &steps, began)?;
+    Ok((snapshot, known.based(base)))
 }
 
 /// Appends `step` as step number `seq` of the flow whose steps start at `base`: `Ok(false)`
@@ -1397,6 +1439,90 @@ async fn insert_atoms(
     Ok(())
 }
 
+/// Writes `checkpoint` in the caller's transaction, which has just appended its step: the
+/// rows of the atoms it holds (several a statement, as [`insert_atoms`] does) and the run's
+/// stamp.
+async fn write_checkpoint(
+    conn: &mut SqliteConnection,
+    flow: FlowId,
+    key: &str,
+    checkpoint: &steplog::Checkpoint<'_>,
+    limit: usize,
+) -> store::Result<()> {
+    let encoded = checkpoint
+        .atoms
+        .iter()
+        .map(|a| codec::encode_atom(flow, a, limit))
+        .collect::<store::Result<Vec<_>>>()?;
+    let mut done = 0;
+    let mut updated = 0;
+    while done < encoded.len() {
+        let left = encoded.len() - done;
+        let size = ATOMS_PER_INSERT
+            .iter()
+            .position(|&rows| rows <= left)
+            .unwrap_or(ATOMS_PER_INSERT.len() - 1);
+        let rows = ATOMS_PER_INSERT[size];
+        let mut query = sqlx::query(update_atoms_sql(size));
+        for enc in &encoded[done..done + rows] {
+            query = bind_atom!(query.bind(enc.name), enc);
+        }
+        updated += query
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        done += rows;
+    }
+    if updated != encoded.len() as u64 {
+        // Refused, so the step goes with it: a checkpoint never disagrees with the log.
+        return Err(codec::corrupt(
+            flow,
+            None,
+            format!(
+                "a checkpoint at step {} found {updated} of its {} atoms' rows",
+                checkpoint.seq,
+                encoded.len()
+            ),
+        ));
+    }
+    sqlx::query("UPDATE flows SET checkpoint_seq = ?1, checkpoint_at = ?2 WHERE id = ?3")
+        .bind(checkpoint.seq)
+        .bind(codec::time_text(checkpoint.at))
+        .bind(key)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// The statement that rewrites `ATOMS_PER_INSERT[size]` atoms' rows of one run for a
+/// checkpoint: the rows' values (name, then the columns [`bind_atom`] binds), then the run.
+fn update_atoms_sql(size: usize) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        ATOMS_PER_INSERT
+            .iter()
+            .map(|&rows| {
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                format!(
+                    "UPDATE atoms SET kind = v.column2, state = v.column3, \
+                     intention = v.column4, attempt = v.column5, round = v.column6, \
+                     result = v.column7, failure = v.column8, revert_failure = v.column9, \
+                     retry_history = v.column10, retry_at = v.column11, progress = v.column12, \
+                     started_at = v.column13, finished_at = v.column14, \
+                     model_version = v.column15, deadline = v.column16 \
+                     FROM (VALUES {}) AS v \
+                     WHERE atoms.flow_id = ? AND atoms.name = v.column1",
+                    vec![row; rows].join(", ")
+                )
+            })
+            .collect()
+    });
+    &texts[size]
+}
+
 impl SqliteStore {
     /// Stores a new run, and its first batch with it if there is one, in one transaction.
     async fn create(
@@ -1470,7 +1596,7 @@ impl SqliteStore {
         self.commits.fetch_add(1, Ordering::Relaxed);
         let mut known = Known::of(0, flow, atoms, began).based(base);
         if let Some((batch, _, consume)) = &first {
-            known.apply(&batch.writes, Some(began));
+            known.apply(&batch.writes, batch.at, Some(began), false);
             if let Some((fence, _)) = consume {
                 self.job_wake.wake();
                 self.job_ends.ended(fence.job);
@@ -1539,20 +1665,57 @@ impl Store for Raw<'_, SqliteStore> {
             .take(flow)
             .filter(|k| consume.is_none() && k.trusted(sent) && k.admits(&batch.writes))
         {
-            // Waiting for the answer by spinning first: see `SqliteOptions::spin`.
-            let appended = append(
-                turn.conn()?,
-                key,
-                known.base,
-                known.seq + 1,
-                &at,
-                &step,
-                fence.as_ref(),
-            );
-            match crate::spin::spin_then_sleep(self.spin, appended).await {
+            // A step that is due to write a checkpoint writes it in its own transaction.
+            let checkpoint = known.checkpoint_with(batch, self.checkpoints);
+            let appended = match &checkpoint {
+                None => {
+                    // Waiting for the answer by spinning first: see `SqliteOptions::spin`.
+                    let appended = append(
+                        turn.conn()?,
+                        key,
+                        known.base,
+                        known.seq + 1,
+                        &at,
+                        &step,
+                        fence.as_ref(),
+                    );
+                    crate::spin::spin_then_sleep(self.spin, appended).await
+                }
+                Some(checkpoint) => {
+                    let mut tx = self.begin_immediate(&mut turn).await?;
+                    let appended = append(
+                        &mut tx,
+                        key,
+                        known.base,
+                        known.seq + 1,
+                        &at,
+                        &step,
+                        fence.as_ref(),
+                    )
+                    .await;
+                    let result = match appended {
+                        Ok(true) => {
+                            write_checkpoint(&mut tx, flow, key, checkpoint, self.max_value_bytes)
+                                .await
+                        }
+                        // Nothing to undo, but nothing to keep: the careful way follows.
+                        Ok(false) | Err(_) => Err(store::Error::Refused {
+                            flow,
+                            reason: "not appended",
+                        }),
+                    };
+                    match codec::finish(tx, result).await {
+                        Ok(()) => Ok(true),
+                        Err(store::Error::Refused { .. }) => appended,
+                        Err(e) => return Err(self.failed(e)),
+                    }
+                }
+            };
+            let checkpointed = checkpoint.is_some();
+            match appended {
                 Ok(true) => {
                     // The append looked the run up: the knowledge is confirmed as of `sent`.
-                    known.apply(&batch.writes, Some(sent));
+                    known.apply(&batch.writes, batch.at, Some(sent), checkpointed);
                     self.known.put(flow, known);
                     self.commits.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
@@ -1570,7 +1733,8 @@ impl Store for Raw<'_, SqliteStore> {
         let result = async {
             let checked = async {
                 check_fence(&mut tx, flow, batch.fence).await?;
-                let (snapshot, known) = read_flow(&mut tx, flow, began, Meta::Skip).await?;
+                let (snapshot, known) =
+                    read_flow(&mut tx, flow, began, Meta::Skip, LoadFrom::Checkpoint).await?;
                 codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)?;
                 Ok(known)
             }
@@ -1596,18 +1760,23 @@ impl Store for Raw<'_, SqliteStore> {
                 (Err(e), _) => return Err(e),
             };
             append_in_transaction(&mut tx, key, known.base, known.seq + 1, &at, &step).await?;
+            let mut checkpointed = false;
             if let Some((fence, outcome)) = &consume {
+                // The run's last step: a checkpoint would be of no use.
                 consume_job(&mut tx, flow, *fence, outcome).await?;
+            } else if let Some(checkpoint) = known.checkpoint_with(batch, self.checkpoints) {
+                write_checkpoint(&mut tx, flow, key, &checkpoint, self.max_value_bytes).await?;
+                checkpointed = true;
             }
-            Ok(Some(known))
+            Ok(Some((known, checkpointed)))
         }
         .await;
         // `None`: stored by an earlier attempt; the run has ended, there is nothing to know.
         let known = codec::finish(tx, result)
             .await
             .map_err(|e| self.failed(e))?;
-        if let Some(mut known) = known {
-            known.apply(&batch.writes, Some(began));
+        if let Some((mut known, checkpointed)) = known {
+            known.apply(&batch.writes, batch.at, Some(began), checkpointed);
             self.known.put(flow, known);
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -1636,7 +1805,7 @@ impl Store for Raw<'_, SqliteStore> {
                 return Err(store::Error::FlowNotFound(id));
             };
             let flow_seq: i64 = get(first, "flow_seq").map_err(|d| codec::corrupt(id, None, d))?;
-            let steps = read_steps(&mut tx, id, base_of(id, flow_seq)?).await?;
+            let steps = read_steps(&mut tx, id, base_of(id, flow_seq)?, 1).await?;
             Ok((rows, steps))
         }
         .await;

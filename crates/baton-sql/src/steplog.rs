@@ -31,10 +31,32 @@
 //! insert, a fence that does not hold, or a flow the store knows nothing of goes the careful
 //! way: a transaction that reads the flow's current state, checks write by write (reporting
 //! exactly what is wrong) and appends.
+//!
+//! # Checkpoints
+//!
+//! A load used to read the run's atoms as created and replay its whole log, so a run with
+//! 100 000 steps (progress reports and retries add up) took as long to load as its history
+//! was long. Now, every so many steps ([`Checkpoints`]), the step that is due also rewrites
+//! the `atoms` rows of the atoms changed since the last checkpoint to their records as of that
+//! step, and stamps the run's row with the step's number (`flows.checkpoint_seq`) and the
+//! latest time of the steps up to it (`checkpoint_at`), all in the step's transaction: a
+//! checkpoint exists exactly when its step does. A load reads the atoms and only the steps
+//! from the checkpoint's on (the checkpoint's own step is read to check it is there, not
+//! replayed): its cost is the run's size plus at most one interval of steps.
+//!
+//! The log stays the truth and keeps every step: the history is read from all of them, and a
+//! run replayed from its whole log (a baton of an earlier release does that, and the stores'
+//! `replaying_whole_log` handle, for benchmarks and tests,) comes out the same, because a step holds
+//! each atom's whole record, so replaying a step over a row it has already been applied to
+//! changes nothing. A run written before checkpoints (`checkpoint_seq` 0) loads from its whole
+//! log. Purging a run deletes its rows, checkpoint included.
+//!
+//! The records a checkpoint writes come from the store's [`Known`]: the one-statement append
+//! proves it current, and so does the careful way's transaction, which read the run.
 
 use std::collections::HashMap;
 
-use baton_core::model::{AtomRecord, Batch, FlowRecord, Transition, Write};
+use baton_core::model::{AtomRecord, Batch, FlowRecord, FlowSnapshot, Transition, Write};
 use baton_core::store::{transition_of, Error, Result};
 use baton_core::{AtomState, Fence, FlowId, FlowState};
 use chrono::{DateTime, Utc};
@@ -484,18 +506,30 @@ pub(crate) fn decode(flow: FlowId, row: &StepRow) -> Result<Vec<Write>> {
     Ok(writes)
 }
 
-/// Brings the atoms as the `atoms` table holds them up to date with the log. Also takes the
-/// flow's `updated_at` to the last step's time.
+/// What [`replay`] found: the atoms the steps after the checkpoint changed (their indexes)
+/// and the latest time of a step it read.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    touched: Vec<usize>,
+    latest: Option<DateTime<Utc>>,
+}
+
+/// Brings the atoms as the `atoms` table holds them (as of step `checkpoint`) up to date with
+/// the log's `steps`, which may begin at or before the checkpoint (replaying a step already
+/// applied to the rows changes nothing). Also takes the flow's `updated_at` to the last step's
+/// time.
 pub(crate) fn replay(
     flow: &mut FlowRecord,
     atoms: &mut [AtomRecord],
+    checkpoint: i64,
     steps: &[StepRow],
-) -> Result<()> {
+) -> Result<Replayed> {
     let index: HashMap<String, usize> = atoms
         .iter()
         .enumerate()
         .map(|(i, a)| (a.name.clone(), i))
         .collect();
+    let mut replayed = Replayed::default();
     for row in steps {
         for write in decode(flow.id, row)? {
             if let Write::Atom { record, .. } = write {
@@ -507,11 +541,85 @@ pub(crate) fn replay(
                     ));
                 };
                 atoms[i] = record;
+                if row.seq > checkpoint {
+                    replayed.touched.push(i);
+                }
             }
         }
         flow.updated_at = flow.updated_at.max(row.at);
+        replayed.latest = Some(replayed.latest.map_or(row.at, |t| t.max(row.at)));
     }
-    Ok(())
+    Ok(replayed)
+}
+
+/// A run's checkpoint as its row holds it: the number of the step it was taken at (0: none)
+/// and the latest time of the steps up to it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stamp {
+    pub(crate) seq: i64,
+    pub(crate) at: Option<DateTime<Utc>>,
+}
+
+/// From which step a load reads the log: the checkpoint's (see [`read_from`]), or the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoadFrom {
+    Checkpoint,
+    WholeLog,
+}
+
+/// The first step a load reads: the checkpoint's own (read to check that it is there, not
+/// replayed) or, for the whole log, 1.
+pub(crate) fn read_from(stamp: Stamp, from: LoadFrom) -> i64 {
+    match from {
+        LoadFrom::Checkpoint => stamp.seq.max(1),
+        LoadFrom::WholeLog => 1,
+    }
+}
+
+/// A load's result, shared by both SQL stores: the run's row, its atoms as the `atoms` table
+/// holds them (as of the checkpoint `stamp`), and the steps read from [`read_from`] on, made
+/// into the run as it is now and what the store then knows of it.
+pub(crate) fn assemble(
+    mut flow: FlowRecord,
+    mut atoms: Vec<AtomRecord>,
+    stamp: Stamp,
+    steps: &[StepRow],
+    confirmed: DateTime<Utc>,
+) -> Result<(FlowSnapshot, Known)> {
+    if !(0..1 << 32).contains(&stamp.seq) {
+        return Err(codec::corrupt(
+            flow.id,
+            None,
+            format!("checkpoint at step {} is out of range", stamp.seq),
+        ));
+    }
+    // The checkpoint's step must be in the log: a checkpoint is written with it.
+    if stamp.seq > 0 && !steps.iter().any(|s| s.seq == stamp.seq) {
+        return Err(codec::corrupt(
+            flow.id,
+            None,
+            format!(
+                "the log has no step {}, at which its checkpoint was taken",
+                stamp.seq
+            ),
+        ));
+    }
+    let replayed = replay(&mut flow, &mut atoms, stamp.seq, steps)?;
+    if let Some(at) = stamp.at {
+        flow.updated_at = flow.updated_at.max(at);
+    }
+    let seq = steps.last().map_or(stamp.seq, |s| s.seq.max(stamp.seq));
+    let mut known = Known::of(seq, &flow, &atoms, confirmed);
+    known.checkpoint = stamp.seq;
+    known.latest = match (stamp.at, replayed.latest) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    for i in replayed.touched {
+        let atom = &atoms[i];
+        known.dirty.insert(atom.name.clone(), atom.clone());
+    }
+    Ok((FlowSnapshot { flow, atoms }, known))
 }
 
 /// A flow's whole history: the transitions recorded in `history` rows (by a baton from before
@@ -562,6 +670,79 @@ pub(crate) fn transitions(
 /// gone; the append need not look the run up.
 pub(crate) const VIEW_TRUST: chrono::Duration = chrono::Duration::seconds(60);
 
+/// When a step also writes a checkpoint of its run (see the module's documentation,
+/// "Checkpoints"): once the steps since the last checkpoint number at least `min_steps`, and at
+/// least `steps_per_atom` times the run's atoms.
+///
+/// A load then replays at most that many steps after the run's atoms, so its cost is
+/// proportional to the run's size (its atoms), not to its history. The second term keeps a
+/// checkpoint's cost, which is a row rewritten for each atom changed since the last one (at
+/// most every atom), below `1 / steps_per_atom` of a row per step, however big the run; the
+/// first keeps the cost of a checkpoint's transaction small beside the steps between two.
+/// The default, [`Checkpoints::DEFAULT`], was chosen from measurements (`docs/performance.md`,
+/// "Loading long runs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoints {
+    every: Option<(u32, u32)>,
+}
+
+impl Checkpoints {
+    /// [`Checkpoints::DEFAULT`]'s least number of steps between two checkpoints.
+    pub const DEFAULT_MIN_STEPS: u32 = 1000;
+
+    /// [`Checkpoints::DEFAULT`]'s least number of steps per atom of the run between two
+    /// checkpoints.
+    pub const DEFAULT_STEPS_PER_ATOM: u32 = 4;
+
+    /// A checkpoint once at least [`DEFAULT_MIN_STEPS`](Self::DEFAULT_MIN_STEPS) steps, and at
+    /// least [`DEFAULT_STEPS_PER_ATOM`](Self::DEFAULT_STEPS_PER_ATOM) steps per atom of the
+    /// run, were appended since the last one.
+    pub const DEFAULT: Self = Self::every(Self::DEFAULT_MIN_STEPS, Self::DEFAULT_STEPS_PER_ATOM);
+
+    /// A checkpoint once at least `min_steps` steps (at least 1), and at least
+    /// `steps_per_atom` steps per atom of the run, were appended since the last one.
+    #[must_use]
+    pub const fn every(min_steps: u32, steps_per_atom: u32) -> Self {
+        let min_steps = if min_steps == 0 { 1 } else { min_steps };
+        Self {
+            every: Some((min_steps, steps_per_atom)),
+        }
+    }
+
+    /// No checkpoints: every load replays the run's whole log (as before checkpoints). For
+    /// comparisons; runs written with checkpoints still load from theirs.
+    #[must_use]
+    pub const fn never() -> Self {
+        Self { every: None }
+    }
+
+    /// Whether a step that leaves `since` steps after the last checkpoint, in a run of `atoms`
+    /// atoms, takes one.
+    pub(crate) fn due(self, since: i64, atoms: usize) -> bool {
+        let Some((min_steps, per_atom)) = self.every else {
+            return false;
+        };
+        let atoms = i64::try_from(atoms).unwrap_or(i64::MAX);
+        since >= i64::from(min_steps) && since >= atoms.saturating_mul(i64::from(per_atom))
+    }
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A checkpoint to write with a step: the step's number, the latest time of the steps up to
+/// it, and the records of the atoms changed since the last checkpoint as the step leaves them
+/// (by name, so that two writers would lock rows in the same order).
+#[derive(Debug)]
+pub(crate) struct Checkpoint<'a> {
+    pub(crate) seq: i64,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) atoms: Vec<&'a AtomRecord>,
+}
+
 /// What a store knows of a flow as of one step of its log (see the module's documentation).
 #[derive(Debug, Clone)]
 pub(crate) struct Known {
@@ -574,12 +755,20 @@ pub(crate) struct Known {
     atoms: HashMap<String, (AtomState, u32)>,
     /// When the database last confirmed this knowledge (see [`VIEW_TRUST`]).
     confirmed: DateTime<Utc>,
+    /// The step of the run's last checkpoint (0: none): the `atoms` rows hold the run as of it.
+    checkpoint: i64,
+    /// The latest time of a step of the run, if it has any.
+    latest: Option<DateTime<Utc>>,
+    /// The records, as they are now, of the atoms changed since the last checkpoint: what the
+    /// next one writes.
+    dirty: HashMap<String, AtomRecord>,
 }
 
 impl Known {
     /// What a snapshot of the flow says as of step `seq`, read (or written) by a statement
     /// sent at `confirmed` or later: callers pass the time from before they began, so that a
-    /// pause during the round trip makes the knowledge look older, never newer.
+    /// pause during the round trip makes the knowledge look older, never newer. (A load's
+    /// knowledge comes from [`assemble`], which adds what the checkpoints need.)
     pub(crate) fn of(
         seq: i64,
         flow: &FlowRecord,
@@ -595,6 +784,9 @@ impl Known {
                 .map(|a| (a.name.clone(), (a.state, a.attempt)))
                 .collect(),
             confirmed,
+            checkpoint: 0,
+            latest: None,
+            dirty: HashMap::new(),
         }
     }
 
@@ -654,15 +846,54 @@ impl Known {
         true
     }
 
-    /// Takes in the writes of the step just appended. `confirmed` renews the knowledge's
-    /// stamp (the time from before the append was sent) when the append proves the run is
-    /// still there (a careful commit, or SQLite's append, which looks the run up); PostgreSQL's
-    /// one-statement append does not look the run up, so it leaves the stamp as it was, and a
-    /// flow written that way is read again once a minute.
-    pub(crate) fn apply(&mut self, writes: &[Write], confirmed: Option<DateTime<Utc>>) {
+    /// The checkpoint that `batch`, appended as the step after the last one known, must
+    /// write with it under `policy`, if one is due.
+    pub(crate) fn checkpoint_with<'a>(
+        &'a self,
+        batch: &'a Batch,
+        policy: Checkpoints,
+    ) -> Option<Checkpoint<'a>> {
+        let seq = self.seq + 1;
+        if !policy.due(seq - self.checkpoint, self.atoms.len()) {
+            return None;
+        }
+        let mut atoms: HashMap<&str, &AtomRecord> =
+            self.dirty.iter().map(|(n, r)| (n.as_str(), r)).collect();
+        for write in &batch.writes {
+            if let Write::Atom { record, .. } = write {
+                atoms.insert(record.name.as_str(), record);
+            }
+        }
+        let mut atoms: Vec<&AtomRecord> = atoms.into_values().collect();
+        atoms.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Some(Checkpoint {
+            seq,
+            at: self.latest.map_or(batch.at, |t| t.max(batch.at)),
+            atoms,
+        })
+    }
+
+    /// Takes in the step just appended with `writes` at time `at`. `confirmed` renews the
+    /// knowledge's stamp (the time from before the append was sent) when the append proves the
+    /// run is still there (a careful commit, or SQLite's append, which looks the run up);
+    /// PostgreSQL's one-statement append does not look the run up, so it leaves the stamp as it
+    /// was, and a flow written that way is read again once a minute. `checkpointed`: the step
+    /// wrote a checkpoint too.
+    pub(crate) fn apply(
+        &mut self,
+        writes: &[Write],
+        at: DateTime<Utc>,
+        confirmed: Option<DateTime<Utc>>,
+        checkpointed: bool,
+    ) {
         self.seq += 1;
+        self.latest = Some(self.latest.map_or(at, |t| t.max(at)));
         if let Some(at) = confirmed {
             self.confirmed = at;
+        }
+        if checkpointed {
+            self.checkpoint = self.seq;
+            self.dirty.clear();
         }
         for write in writes {
             match write {
@@ -670,6 +901,15 @@ impl Known {
                 Write::Atom { record, .. } => {
                     if let Some(slot) = self.atoms.get_mut(record.name.as_str()) {
                         *slot = (record.state, record.attempt);
+                        if checkpointed {
+                            continue;
+                        }
+                        match self.dirty.get_mut(record.name.as_str()) {
+                            Some(kept) => kept.clone_from(record),
+                            None => {
+                                self.dirty.insert(record.name.clone(), record.clone());
+                            }
+                        }
                     }
                 }
             }
@@ -1080,14 +1320,128 @@ mod tests {
         );
         // An append that does not look the run up keeps the stamp; one that does renews it.
         let mut known = known;
-        known.apply(&[], None);
+        known.apply(&[], now, None, false);
         assert!(!known.trusted(now + VIEW_TRUST));
-        known.apply(&[], Some(now + VIEW_TRUST));
+        known.apply(&[], now, Some(now + VIEW_TRUST), false);
         assert!(known.trusted(now + VIEW_TRUST));
         assert!(
             VIEW_TRUST * 5 <= chrono::Duration::from_std(baton_core::store::PURGE_MIN_AGE).unwrap(),
             "purges must keep runs well past the trust, whatever the clocks' skew"
         );
+    }
+
+    #[test]
+    fn checkpoints_are_due_by_steps_and_atoms() {
+        let policy = Checkpoints::every(1000, 4);
+        assert!(!policy.due(999, 8));
+        assert!(policy.due(1000, 8));
+        // A big run: four steps per atom.
+        assert!(!policy.due(39_999, 10_000));
+        assert!(policy.due(40_000, 10_000));
+        assert!(!Checkpoints::never().due(i64::MAX, 0));
+        // At least one step apart.
+        assert!(!Checkpoints::every(0, 0).due(0, 0));
+        assert!(Checkpoints::every(0, 0).due(1, 0));
+        assert_eq!(Checkpoints::default(), Checkpoints::DEFAULT);
+    }
+
+    /// A checkpoint holds the atoms changed since the last one as the step leaves them, and
+    /// only those; once written, the next starts afresh.
+    #[test]
+    fn a_checkpoint_holds_what_changed_since_the_last() {
+        let flow = FlowId::new();
+        let a = AtomRecord::pending("a", AtomKind::Task);
+        let b = AtomRecord::pending("b", AtomKind::Task);
+        let c = AtomRecord::pending("c", AtomKind::Task);
+        let rec = running_flow(flow);
+        let mut known = Known::of(0, &rec, &[a.clone(), b.clone(), c], Utc::now());
+        let policy = Checkpoints::every(3, 0);
+        let (start_a, running_a) = moved(&a, AtomState::Running, 1);
+        let batch = |writes: Vec<Write>| Batch {
+            writes,
+            ..Batch::new(flow, None)
+        };
+        let first = batch(vec![start_a]);
+        assert!(known.checkpoint_with(&first, policy).is_none());
+        known.apply(&first.writes, first.at, None, false);
+        let (finish_a, _) = moved(&running_a, AtomState::Success, 1);
+        let (start_b, running_b) = moved(&b, AtomState::Running, 1);
+        let second = batch(vec![finish_a, start_b]);
+        known.apply(&second.writes, second.at, None, false);
+        let (progress_b, _) = moved(&running_b, AtomState::Running, 1);
+        let third = batch(vec![progress_b]);
+        let due = known.checkpoint_with(&third, policy).unwrap();
+        assert_eq!(due.seq, 3);
+        assert_eq!(due.at, third.at.max(second.at));
+        let held: Vec<(&str, AtomState)> = due
+            .atoms
+            .iter()
+            .map(|r| (r.name.as_str(), r.state))
+            .collect();
+        assert_eq!(held, [("a", AtomState::Success), ("b", AtomState::Running)]);
+        known.apply(&third.writes, third.at, None, true);
+        assert_eq!(known.checkpoint, 3);
+        assert!(known.dirty.is_empty());
+        let (finish_b, _) = moved(&running_b, AtomState::Success, 1);
+        let fourth = batch(vec![finish_b]);
+        assert!(known.checkpoint_with(&fourth, policy).is_none());
+    }
+
+    /// A load from a checkpoint replays only the steps after it, and refuses a checkpoint whose
+    /// step is missing from the log.
+    #[test]
+    fn loads_start_at_the_checkpoint_step() {
+        let flow = FlowId::new();
+        let a = AtomRecord::pending("a", AtomKind::Task);
+        let (start, running) = moved(&a, AtomState::Running, 1);
+        let (finish, done) = moved(&running, AtomState::Success, 1);
+        let stamp = Stamp {
+            seq: 1,
+            at: Some(Utc::now()),
+        };
+        assert_eq!(read_from(stamp, LoadFrom::Checkpoint), 1);
+        assert_eq!(read_from(Stamp::default(), LoadFrom::Checkpoint), 1);
+        assert_eq!(
+            read_from(Stamp { seq: 7, at: None }, LoadFrom::Checkpoint),
+            7
+        );
+        assert_eq!(read_from(Stamp { seq: 7, at: None }, LoadFrom::WholeLog), 1);
+        // The rows hold the run as of step 1 (`a` running); step 2 ends it.
+        let steps = [row(1, &[start], flow), row(2, &[finish], flow)];
+        let (snapshot, known) = assemble(
+            running_flow(flow),
+            vec![running.clone()],
+            stamp,
+            &steps,
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(snapshot.atoms, std::slice::from_ref(&done));
+        assert_eq!(known.seq, 2);
+        assert_eq!(known.checkpoint, 1);
+        assert_eq!(known.dirty.get("a"), Some(&done));
+        // No step after the checkpoint: the log's last is the checkpoint's.
+        let (snapshot, known) = assemble(
+            running_flow(flow),
+            vec![running.clone()],
+            stamp,
+            &steps[..1],
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(snapshot.atoms, [running]);
+        assert_eq!(known.seq, 1);
+        assert!(known.dirty.is_empty());
+        // The checkpoint's step is gone: damage.
+        let err = assemble(
+            running_flow(flow),
+            vec![done],
+            stamp,
+            &steps[1..],
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 
     #[test]
@@ -1111,7 +1465,7 @@ mod tests {
             1,
         );
         assert!(!known.admits(&[ghost]));
-        known.apply(std::slice::from_ref(&start), None);
+        known.apply(std::slice::from_ref(&start), Utc::now(), None, false);
         assert_eq!(known.seq, 1);
         assert!(!known.admits(std::slice::from_ref(&start)));
         assert!(known.admits(&[finish]));

@@ -15,6 +15,7 @@
 mod board;
 mod cancel;
 mod cases;
+mod checkpoints;
 mod connect;
 mod deadlines;
 mod engine_edges;
@@ -24,6 +25,130 @@ mod liveness;
 mod postgres;
 mod sqlite;
 mod support;
+
+/// Expands, for a backend, to the checkpoint tests (`checkpoints.rs`). `$make` is a closure
+/// taking a `Checkpoints` policy to a future of `Option<Held<store>>` (`None`: no server,
+/// skip); each store's `replaying_whole_log` handle is the checks' reference.
+macro_rules! checkpoint_cases {
+    ($make:expr) => {
+        mod checkpoints {
+            use baton_sql::Checkpoints;
+            use baton_testkit::scenarios;
+
+            #[allow(unused_imports)]
+            use super::*;
+            use crate::checkpoints::OFTEN;
+
+            macro_rules! crash_case {
+                ($name:ident, $scenario:expr) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        if let Some(store) = ($make)(OFTEN).await {
+                            let check = store.reopened().await;
+                            let whole = store.reopened().await;
+                            let whole = whole.with_store(whole.store.replaying_whole_log());
+                            crate::checkpoints::checkpoints_agree_with_the_log_at_every_crash(
+                                store, check, whole, $scenario,
+                            )
+                            .await;
+                        }
+                    }
+                };
+            }
+
+            crash_case!(linear_flow_loads_alike_at_every_crash, scenarios::linear());
+            crash_case!(
+                parallel_graph_loads_alike_at_every_crash,
+                scenarios::parallel_graph()
+            );
+            crash_case!(
+                failing_flow_loads_alike_at_every_crash,
+                scenarios::failing()
+            );
+            crash_case!(
+                retrying_flow_loads_alike_at_every_crash,
+                scenarios::retrying()
+            );
+            crash_case!(
+                atom_retries_load_alike_at_every_crash,
+                scenarios::atom_retries()
+            );
+
+            /// 10 000 atoms, a checkpoint every 1000 steps (each rewriting about 1000 atoms'
+            /// rows, many statements' worth on SQLite), killed past the middle.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_run_of_10000_atoms_resumes() {
+                if let Some(store) = ($make)(Checkpoints::every(1000, 0)).await {
+                    let check = store.reopened().await;
+                    let whole = store.reopened().await;
+                    let whole = whole.with_store(whole.store.replaying_whole_log());
+                    crate::checkpoints::a_long_run_resumes(store, check, whole, 10_000, 6_543)
+                        .await;
+                }
+            }
+
+            /// The default policy: a run of few atoms and a long log is checkpointed.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_checkpointed_run_resumes_with_the_default_policy() {
+                if let Some(store) = ($make)(Checkpoints::DEFAULT).await {
+                    let check = store.reopened().await;
+                    let whole = store.reopened().await;
+                    let whole = whole.with_store(whole.store.replaying_whole_log());
+                    let raw = store.raw.clone();
+                    let id = crate::checkpoints::a_long_run_resumes(
+                        store.clone(),
+                        check,
+                        whole,
+                        1_500,
+                        1_250,
+                    )
+                    .await;
+                    let at = raw
+                        .count(&format!(
+                            "SELECT checkpoint_seq FROM flows WHERE id = '{id}'"
+                        ))
+                        .await;
+                    // 1 500 atoms: a checkpoint only after 6 000 steps; the log has about
+                    // 1 500.
+                    assert_eq!(at, 0);
+                }
+            }
+
+            /// A run longer than the policy's interval is checkpointed, and resumes.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_run_longer_than_the_policy_is_checkpointed() {
+                if let Some(store) = ($make)(Checkpoints::every(100, 0)).await {
+                    let check = store.reopened().await;
+                    let whole = store.reopened().await;
+                    let whole = whole.with_store(whole.store.replaying_whole_log());
+                    let raw = store.raw.clone();
+                    let id = crate::checkpoints::a_long_run_resumes(
+                        store.clone(),
+                        check,
+                        whole,
+                        250,
+                        120,
+                    )
+                    .await;
+                    let at = raw
+                        .count(&format!(
+                            "SELECT checkpoint_seq FROM flows WHERE id = '{id}'"
+                        ))
+                        .await;
+                    assert!(at >= 100, "checkpoint at step {at}");
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_checkpointed_run_is_purged_whole() {
+                if let Some(store) = ($make)(Checkpoints::every(2, 0)).await {
+                    let raw = store.raw.clone();
+                    crate::checkpoints::a_checkpointed_run_is_purged_whole(store, &raw).await;
+                }
+            }
+        }
+    };
+}
 
 /// Expands, for a backend, to one test per generic case. `$make` is an async expression of
 /// type `Option<store>` (`None`: no server, skip); `$limited` is the same with the value size
@@ -147,4 +272,5 @@ macro_rules! generic_cases {
         }
     };
 }
+pub(crate) use checkpoint_cases;
 pub(crate) use generic_cases;

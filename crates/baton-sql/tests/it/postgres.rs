@@ -449,3 +449,53 @@ async fn a_job_posted_before_watched_jobs_is_waited_for_after_the_upgrade() {
     store.close().await;
     drop_schema(&url, &schema).await;
 }
+
+crate::checkpoint_cases!(|policy| crate::support::postgres_store_with(
+    PostgresOptions::new().checkpoints(policy)
+));
+
+/// The whole store contract with a checkpoint at every step.
+mod conformance_checkpoints {
+    use baton_sql::{Checkpoints, PostgresOptions};
+
+    use crate::support::postgres_store_with;
+
+    baton_testkit::store_conformance!(
+        optional: postgres_store_with(
+            PostgresOptions::new().checkpoints(Checkpoints::every(1, 0))
+        )
+        .await
+    );
+}
+
+/// A run written by the release before checkpoints, its schema upgraded on connecting, loads
+/// from its whole log and goes on (see `checkpoints::a_run_from_before_checkpoints_goes_on`).
+#[tokio::test]
+async fn a_run_written_before_checkpoints_goes_on_after_the_upgrade() {
+    let Some(url) = postgres_url() else { return };
+    let (schema, mut conn) = schema_as_of(
+        &url,
+        crate::cases::migrations_before(sqlx::migrate!("./migrations/postgres"), 20261209120000),
+    )
+    .await;
+    let flow = baton_core::FlowId::new();
+    for sql in crate::checkpoints::run_before_checkpoints(flow, false) {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    let store = match PostgresStore::connect_with(
+        &url,
+        PostgresOptions::new()
+            .schema(&schema)
+            .checkpoints(baton_sql::Checkpoints::every(1, 0)),
+    )
+    .await
+    {
+        Ok(store) => store,
+        Err(e) => panic!("{e:?}"),
+    };
+    let whole = store.replaying_whole_log();
+    crate::checkpoints::a_run_from_before_checkpoints_goes_on(&store, &whole, flow).await;
+    conn.close().await.unwrap();
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}

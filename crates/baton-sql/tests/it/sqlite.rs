@@ -693,3 +693,43 @@ async fn database_as_of(
     migrator.run(&mut conn).await.unwrap();
     (dir, url, conn)
 }
+
+crate::checkpoint_cases!(|policy| crate::support::sqlite_store_with(
+    SqliteOptions::new().checkpoints(policy)
+));
+
+/// The whole store contract with a checkpoint at every step.
+mod conformance_checkpoints {
+    use baton_sql::{Checkpoints, SqliteOptions};
+
+    use crate::support::sqlite_store_with;
+
+    baton_testkit::store_conformance!(
+        optional: sqlite_store_with(SqliteOptions::new().checkpoints(Checkpoints::every(1, 0)))
+            .await
+    );
+}
+
+/// A run written by the release before checkpoints, its database upgraded on open, loads from
+/// its whole log and goes on (see `checkpoints::a_run_from_before_checkpoints_goes_on`).
+#[tokio::test]
+async fn a_run_written_before_checkpoints_goes_on_after_the_upgrade() {
+    let (_dir, url, mut conn) = database_as_of(crate::cases::migrations_before(
+        sqlx::migrate!("./migrations/sqlite"),
+        20261209120000,
+    ))
+    .await;
+    let flow = baton_core::FlowId::new();
+    for sql in crate::checkpoints::run_before_checkpoints(flow, true) {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    let store = SqliteStore::open_with(
+        &url,
+        SqliteOptions::new().checkpoints(baton_sql::Checkpoints::every(1, 0)),
+    )
+    .await
+    .unwrap();
+    let whole = store.replaying_whole_log();
+    crate::checkpoints::a_run_from_before_checkpoints_goes_on(&store, &whole, flow).await;
+}

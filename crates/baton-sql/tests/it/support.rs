@@ -20,6 +20,40 @@ pub struct Held<S> {
     _guard: Arc<Guard>,
 }
 
+impl<S> Held<S> {
+    /// The same database (kept alive as long as either), through `store`.
+    pub fn with_store(&self, store: S) -> Self {
+        Self {
+            store,
+            raw: self.raw.clone(),
+            _guard: self._guard.clone(),
+        }
+    }
+}
+
+impl Held<SqliteStore> {
+    /// Another store on the same database, with default options: what it knows of runs is
+    /// its own.
+    pub async fn reopened(&self) -> Self {
+        let Raw::Sqlite { url } = &self.raw else {
+            panic!("not a SQLite store");
+        };
+        self.with_store(SqliteStore::open(url).await.unwrap())
+    }
+}
+
+impl Held<PostgresStore> {
+    /// Another store on the same schema, with default options: what it knows of runs is its
+    /// own.
+    pub async fn reopened(&self) -> Self {
+        let Raw::Postgres { url, schema } = &self.raw else {
+            panic!("not a PostgreSQL store");
+        };
+        let options = PostgresOptions::new().schema(schema);
+        self.with_store(PostgresStore::connect_with(url, options).await.unwrap())
+    }
+}
+
 impl<S> Deref for Held<S> {
     type Target = S;
 
