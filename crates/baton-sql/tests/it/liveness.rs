@@ -348,8 +348,10 @@ async fn postgres_a_board_that_lost_its_own_lock_waits_for_the_grace() {
         .await
         .is_none());
     // It takes its lock again (its heartbeat), and waits the grace before trusting others'.
-    survivor.register(&info(me)).await.unwrap();
+    // The instant before the call: the lock is taken again inside it, and the grace is
+    // counted from then (after the call returns would count the call's own time twice).
     let retaken = Instant::now();
+    survivor.register(&info(me)).await.unwrap();
     let taken = mine_claims(survivor.clone(), Duration::from_secs(10))
         .await
         .unwrap();
