@@ -429,8 +429,17 @@ impl JobBoard for MemoryJobBoard {
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>> {
         let inner = self.lock();
-        Ok(inner
-            .order
+        // Posting order: a page after `after` is what follows it in `order`.
+        let start = match query.after {
+            Some(after) => inner
+                .order
+                .iter()
+                .position(|id| *id == after)
+                .ok_or(Error::UnknownCursor(after))?
+                .saturating_add(1),
+            None => 0,
+        };
+        Ok(inner.order[start..]
             .iter()
             .filter_map(|id| inner.jobs.get(id))
             .filter(|j| query.matches(j))
