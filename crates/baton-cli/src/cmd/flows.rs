@@ -31,7 +31,7 @@ pub(crate) async fn run(db: &Database, command: FlowsCommand, style: Style) -> R
         } => {
             let mut query = FlowQuery::all().limit(limit);
             if let Some(a) = after {
-                query = query.after(parse::<FlowId>("flow id (--after)", &a)?);
+                query = query.after(super::parse_after::<FlowId>(&a)?);
             }
             if let Some(s) = state {
                 query = query.state(parse::<FlowState>("flow state", &s.to_uppercase())?);

@@ -26,7 +26,7 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
         } => {
             let mut query = JobQuery::all().limit(limit);
             if let Some(a) = after {
-                query = query.after(parse::<JobId>("job id (--after)", &a)?);
+                query = query.after(super::parse_after::<JobId>(&a)?);
             }
             if let Some(s) = state {
                 query = query.state(parse::<JobState>("job state", &s.to_uppercase())?);
