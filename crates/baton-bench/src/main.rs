@@ -5,6 +5,7 @@
 //! cargo run --release -p baton-bench -- linear --backend sqlite --tasks 1000
 //! cargo run --release -p baton-bench -- fanout --backend postgres --tasks 1000 --parallelism 8
 //! cargo run --release -p baton-bench -- floor --backend sqlite --gap-us 0,5,20
+//! cargo run --release -p baton-bench -- history --backend postgres --runs 1000000
 //! ```
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
@@ -27,6 +28,7 @@
 #![allow(clippy::print_stdout)]
 
 mod fleet;
+mod history;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -197,6 +199,27 @@ enum Scenario {
         gap_us: Vec<u64>,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// Steps and jobs on a database holding N ended runs, against the same on an empty one:
+    /// times a linear flow and one-task jobs, fills the database in bulk with N copies of a
+    /// finished job's run (all its rows), times them again, and times listing pages.
+    History {
+        #[command(flatten)]
+        target: Target,
+        /// Ended runs (with their jobs) the database is filled with.
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+        /// Tasks of the linear flow timed.
+        #[arg(long, default_value_t = 200)]
+        tasks: usize,
+        /// Runs of the linear flow timed in each phase; the median is reported.
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        /// One-task jobs timed in each phase.
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 4)]
+        conductors: usize,
     },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
@@ -639,6 +662,23 @@ fn main() -> Result<()> {
             gap_us,
             rounds,
         } => rt.block_on(floor_gaps(&target, commits, &gap_us, rounds)),
+        Scenario::History {
+            target,
+            runs,
+            tasks,
+            rounds,
+            jobs,
+            conductors,
+        } => rt.block_on(history::history(
+            &target,
+            history::Shape {
+                runs,
+                tasks,
+                rounds,
+                jobs,
+                conductors,
+            },
+        )),
         Scenario::Fanout {
             target,
             tasks,
