@@ -26,9 +26,10 @@ pub(crate) struct Shape {
     pub(crate) runs: usize,
     /// Tasks of the linear flow timed.
     pub(crate) tasks: usize,
-    /// Runs of the linear flow timed in each phase (the median is reported).
+    /// Rounds: in each, the linear flow and the jobs are timed on each database in turn (the
+    /// medians are reported).
     pub(crate) rounds: usize,
-    /// One-task jobs timed in each phase.
+    /// One-task jobs timed in each round, on each database.
     pub(crate) jobs: usize,
     /// Conductors running them.
     pub(crate) conductors: usize,
@@ -37,18 +38,56 @@ pub(crate) struct Shape {
 /// Rows copied per statement when filling a SQL database.
 const FILL_CHUNK: usize = 50_000;
 
-/// `history`: times a linear flow and one-task jobs on the (nearly) empty database, fills it
-/// with `runs` ended runs, times them again, and times listing pages; prints the ratios.
+/// `history`: opens two databases, fills one with `runs` ended runs, then times a linear flow
+/// and one-task jobs on each in turn, round after round, and times listing pages on the full
+/// one; prints the medians and the ratios.
+///
+/// Taking turns puts both databases under the same drift of the machine's speed (others
+/// compile on it; a small virtual machine's speed drifts within seconds): each round's ratio
+/// compares two measurements taken a few seconds apart.
 pub(crate) async fn history(target: &Target, shape: Shape) -> Result<()> {
-    let fleet = Fleet::open(target).await?;
-    let empty = phase(&fleet, &shape).await?;
-    let template = empty.template;
+    let empty = Fleet::open(target).await?;
+    let full = Fleet::open(target).await?;
+    // One job run for real on the database to fill: the run the fill copies.
+    let (_, template) = fleet::timed_jobs(&full, 1, 1).await?;
     let filling = Instant::now();
-    let prefix = fill(&fleet, target, template, shape.runs).await?;
+    let prefix = fill(&full, template, shape.runs).await?;
     let fill_secs = filling.elapsed().as_secs_f64();
-    let full = phase(&fleet, &shape).await?;
-    let pages = pages(&fleet, &prefix, shape.runs).await?;
-    fleet.clean_up().await?;
+
+    let compiled = crate::linear_flow(shape.tasks).compile()?;
+    let mut engines = Vec::new();
+    for fleet in [&empty, &full] {
+        let (store, _) = fleet.member().await?;
+        let engine = Engine::from_arc(store);
+        // Once untimed: connections, statements, caches.
+        run_linear(&engine, &compiled).await?;
+        engines.push(engine);
+    }
+    let mut steps: [Vec<f64>; 2] = Default::default();
+    let mut jobs: [Vec<f64>; 2] = Default::default();
+    for round in 0..shape.rounds.max(1) {
+        // Which goes first alternates, so neither is always the one after a pause.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let fleet = if i == 0 { &empty } else { &full };
+            let secs = run_linear(&engines[i], &compiled).await?;
+            steps[i].push(shape.tasks as f64 / secs);
+            let (rate, _) = fleet::timed_jobs(fleet, shape.jobs, shape.conductors).await?;
+            jobs[i].push(rate);
+        }
+    }
+    let pages = pages(&full, &prefix, shape.runs).await?;
+    let counts = counts(&full).await?;
+    empty.clean_up().await?;
+    full.clean_up().await?;
+    let ratios = |figures: &[Vec<f64>; 2]| -> Vec<f64> {
+        figures[1]
+            .iter()
+            .zip(&figures[0])
+            .map(|(full, empty)| full / empty)
+            .collect()
+    };
+    let (step_ratios, job_ratios) = (ratios(&steps), ratios(&jobs));
     println!(
         "{}",
         json!({
@@ -56,56 +95,64 @@ pub(crate) async fn history(target: &Target, shape: Shape) -> Result<()> {
             "backend": target.backend.name(),
             "runs": shape.runs,
             "fill_seconds": fill_secs,
+            // What the full database holds, counted after the rounds.
+            "rows": counts,
             "tasks": shape.tasks,
-            "rounds": shape.rounds,
+            "rounds": shape.rounds.max(1),
             "jobs": shape.jobs,
             "conductors": shape.conductors,
             "empty": {
-                "steps_per_sec": empty.steps_per_sec,
-                "steps_per_sec_rounds": empty.step_rounds,
-                "jobs_per_sec": empty.jobs_per_sec,
+                "steps_per_sec": crate::median(&steps[0]),
+                "steps_per_sec_rounds": steps[0],
+                "jobs_per_sec": crate::median(&jobs[0]),
+                "jobs_per_sec_rounds": jobs[0],
             },
             "full": {
-                "steps_per_sec": full.steps_per_sec,
-                "steps_per_sec_rounds": full.step_rounds,
-                "jobs_per_sec": full.jobs_per_sec,
+                "steps_per_sec": crate::median(&steps[1]),
+                "steps_per_sec_rounds": steps[1],
+                "jobs_per_sec": crate::median(&jobs[1]),
+                "jobs_per_sec_rounds": jobs[1],
             },
-            // The figures: the rate on the full database over the rate on the empty one.
-            "steps_ratio": full.steps_per_sec / empty.steps_per_sec,
-            "jobs_ratio": full.jobs_per_sec / empty.jobs_per_sec,
+            // The figures: the median over the rounds of the full database's rate over the
+            // empty one's in the same round.
+            "steps_ratio": crate::median(&step_ratios),
+            "steps_ratio_rounds": step_ratios,
+            "jobs_ratio": crate::median(&job_ratios),
+            "jobs_ratio_rounds": job_ratios,
             "page_ms": pages,
         })
     );
     Ok(())
 }
 
-/// What one phase measured.
-struct Phase {
-    steps_per_sec: f64,
-    step_rounds: Vec<f64>,
-    jobs_per_sec: f64,
-    /// A job that ran to its end in this phase, with its run: what the fill copies.
-    template: JobId,
-}
-
-async fn phase(fleet: &Fleet, shape: &Shape) -> Result<Phase> {
-    let (store, _) = fleet.member().await?;
-    let compiled = crate::linear_flow(shape.tasks).compile()?;
-    let engine = Engine::from_arc(store.clone());
-    // Once untimed: connections, statements, caches.
-    run_linear(&engine, &compiled).await?;
-    let mut step_rounds = Vec::with_capacity(shape.rounds);
-    for _ in 0..shape.rounds.max(1) {
-        let secs = run_linear(&engine, &compiled).await?;
-        step_rounds.push(shape.tasks as f64 / secs);
+/// How many runs, steps and jobs a fleet's database holds.
+async fn counts(fleet: &Fleet) -> Result<Value> {
+    let tables = ["flows", "atoms", "steps", "history", "jobs", "fences"];
+    let mut out = serde_json::Map::new();
+    match fleet.backend() {
+        Backend::Memory => return Ok(Value::Null),
+        Backend::Sqlite => {
+            let options: sqlx::sqlite::SqliteConnectOptions = fleet.url().parse()?;
+            let mut conn: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&options).await?;
+            for t in tables {
+                let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
+                    .fetch_one(&mut conn)
+                    .await?;
+                out.insert(t.into(), n.into());
+            }
+        }
+        Backend::Postgres => {
+            let schema = fleet.schema().context("a PostgreSQL fleet has a schema")?;
+            let mut conn: sqlx::PgConnection = sqlx::Connection::connect(fleet.url()).await?;
+            for t in tables {
+                let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.{t}"))
+                    .fetch_one(&mut conn)
+                    .await?;
+                out.insert(t.into(), n.into());
+            }
+        }
     }
-    let (jobs_per_sec, template) = fleet::timed_jobs(fleet, shape.jobs, shape.conductors).await?;
-    Ok(Phase {
-        steps_per_sec: crate::median(&step_rounds),
-        step_rounds,
-        jobs_per_sec,
-        template,
-    })
+    Ok(Value::Object(out))
 }
 
 /// One run of the linear flow, created and run to its end: its seconds.
@@ -120,12 +167,12 @@ async fn run_linear(engine: &Engine, compiled: &baton_core::CompiledFlow) -> Res
 
 /// Fills the database with `runs` copies of job `template` and its run. Returns the prefix of
 /// the copies' ids: copy `g` (from 1) has id `{prefix}{g:012x}`.
-async fn fill(fleet: &Fleet, target: &Target, template: JobId, runs: usize) -> Result<String> {
+async fn fill(fleet: &Fleet, template: JobId, runs: usize) -> Result<String> {
     // The first 24 characters of a new UUIDv7: the copies' ids are new, and sort after every
     // id made so far.
     let fresh = uuid::Uuid::now_v7().to_string();
     let prefix = fresh[..24].to_owned();
-    match target.backend {
+    match fleet.backend() {
         Backend::Memory => {
             // No SQL to copy rows with: the runs are made for real.
             fleet::run_jobs(fleet, runs, 4).await?;
@@ -145,13 +192,14 @@ enum Dialect {
 }
 
 /// The tables a finished run writes to, each with the column that names the run (or its job),
-/// in the order the copies are inserted (steps before their run, so SQLite's trigger that
-/// moves a run with its steps finds no run to move: the copied run has its end already).
+/// in the order the copies are inserted: steps before their run, so SQLite's trigger that
+/// moves a run with its steps finds no run to move (the copied run has its end already), and
+/// atoms and history after it (their foreign keys).
 const TABLES: [(&str, &str); 6] = [
     ("steps", "flow_id"),
+    ("flows", "id"),
     ("atoms", "flow_id"),
     ("history", "flow_id"),
-    ("flows", "id"),
     ("jobs", "id"),
     ("fences", "job_id"),
 ];
@@ -321,11 +369,9 @@ async fn pages(fleet: &Fleet, prefix: &str, runs: usize) -> Result<Value> {
     let middle = format!("{prefix}{:012x}", (runs / 2).max(1));
     let middle_flow: baton_core::FlowId = middle.parse()?;
     let middle_job: JobId = middle.parse()?;
-    let owner = board
-        .get(middle_job)
-        .await?
-        .owner
-        .context("a completed job keeps its owner")?;
+    // Ended jobs keep no owner: a conductor that holds nothing, to list the jobs it holds
+    // must not read the ended ones.
+    let owner = baton_core::ConductorId::new();
     let flows = |q: FlowQuery| {
         let store: Arc<dyn Store> = store.clone();
         move || {
@@ -347,15 +393,15 @@ async fn pages(fleet: &Fleet, prefix: &str, runs: usize) -> Result<Value> {
         "flows_factory_middle": time_ms(flows(FlowQuery::all().factory("one").after(middle_flow))).await?,
         "flows_factory_version_middle": time_ms(flows(FlowQuery::all().factory("one").version(1).after(middle_flow))).await?,
         "flows_version_middle": time_ms(flows(FlowQuery::all().version(1).after(middle_flow))).await?,
-        "flows_name_middle": time_ms(flows(FlowQuery::all().name("one").after(middle_flow))).await?,
-        // The linear runs of the timed phases: few among many ended ones.
+        "flows_name_middle": time_pass(flows(FlowQuery::all().name("one").after(middle_flow))).await?,
+        // Few among many ended runs (none here, once the rounds are over).
         "flows_running_first": time_pass(flows(FlowQuery::all().state(FlowState::Running))).await?,
         "flows_unfinished_first": time_pass(flows(FlowQuery::all().unfinished())).await?,
         "jobs_first": time_ms(jobs(JobQuery::all())).await?,
         "jobs_middle": time_ms(jobs(JobQuery::all().after(middle_job))).await?,
         "jobs_complete_middle": time_ms(jobs(JobQuery::all().state(JobState::Complete).after(middle_job))).await?,
         "jobs_unclaimed_first": time_pass(jobs(JobQuery::all().state(JobState::Unclaimed))).await?,
-        "jobs_owner_middle": time_ms(jobs(JobQuery::all().owner(owner).after(middle_job))).await?,
+        "jobs_owner_first": time_pass(jobs(JobQuery::all().owner(owner))).await?,
         "jobs_key_first": time_pass(jobs(JobQuery::all().key("no-such-key"))).await?,
     }))
 }

@@ -201,8 +201,9 @@ enum Scenario {
         rounds: usize,
     },
     /// Steps and jobs on a database holding N ended runs, against the same on an empty one:
-    /// times a linear flow and one-task jobs, fills the database in bulk with N copies of a
-    /// finished job's run (all its rows), times them again, and times listing pages.
+    /// fills a database in bulk with N copies of a finished job's run (all its rows), times a
+    /// linear flow and one-task jobs on it and on an empty database in turn, and times
+    /// listing pages.
     History {
         #[command(flatten)]
         target: Target,
@@ -212,10 +213,11 @@ enum Scenario {
         /// Tasks of the linear flow timed.
         #[arg(long, default_value_t = 200)]
         tasks: usize,
-        /// Runs of the linear flow timed in each phase; the median is reported.
-        #[arg(long, default_value_t = 9)]
+        /// Rounds; in each, the linear flow and the jobs are timed on the empty and the full
+        /// database in turn. Medians are reported.
+        #[arg(long, default_value_t = 7)]
         rounds: usize,
-        /// One-task jobs timed in each phase.
+        /// One-task jobs timed in each round, on each database.
         #[arg(long, default_value_t = 1000)]
         jobs: usize,
         #[arg(long, default_value_t = 4)]
