@@ -46,6 +46,11 @@ const FILL_CHUNK: usize = 50_000;
 /// compile on it; a small virtual machine's speed drifts within seconds): each round's ratio
 /// compares two measurements taken a few seconds apart.
 pub(crate) async fn history(target: &Target, shape: Shape) -> Result<()> {
+    // Two databases: on PostgreSQL two schemas of the server, on SQLite two files.
+    anyhow::ensure!(
+        !(target.backend == Backend::Sqlite && target.database_url.is_some()),
+        "history opens two SQLite databases in a temporary folder: --database-url would make them one"
+    );
     let empty = Fleet::open(target).await?;
     let full = Fleet::open(target).await?;
     // One job run for real on the database to fill: the run the fill copies.
