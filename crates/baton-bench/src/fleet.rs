@@ -216,13 +216,13 @@ async fn post_all(
 }
 
 /// Runs `count` one-task jobs with `conductors` conductors (started first, stopped after),
-/// posted by one client; returns the jobs a second and the id of one of the jobs, each checked
-/// complete with its flow's success.
+/// posted by one client; returns the jobs a second and the jobs' ids in posting order, each
+/// checked complete with its flow's success.
 pub(crate) async fn timed_jobs(
     fleet: &Fleet,
     count: usize,
     conductors: usize,
-) -> Result<(f64, baton_core::JobId)> {
+) -> Result<(f64, Vec<baton_core::JobId>)> {
     let shutdown = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
     for i in 0..conductors.max(1) {
@@ -261,13 +261,7 @@ pub(crate) async fn timed_jobs(
             job.outcome
         );
     }
-    let last = ids.last().copied().context("no job was run")?;
-    Ok((count as f64 / secs, last))
-}
-
-/// Runs `count` one-task jobs to their end with `conductors` conductors, untimed.
-pub(crate) async fn run_jobs(fleet: &Fleet, count: usize, conductors: usize) -> Result<()> {
-    timed_jobs(fleet, count, conductors).await.map(|_| ())
+    Ok((count as f64 / secs, ids))
 }
 
 /// Waits until no job is left unclaimed or claimed (two cheap look-ups along the claim

@@ -54,9 +54,10 @@ pub(crate) async fn history(target: &Target, shape: Shape) -> Result<()> {
     let empty = Fleet::open(target).await?;
     let full = Fleet::open(target).await?;
     // One job run for real on the database to fill: the run the fill copies.
-    let (_, template) = fleet::timed_jobs(&full, 1, 1).await?;
+    let (_, ran) = fleet::timed_jobs(&full, 1, 1).await?;
+    let template = ran.first().copied().context("no job was run")?;
     let filling = Instant::now();
-    let prefix = fill(&full, template, shape.runs).await?;
+    let middle = fill(&full, template, shape.runs).await?;
     let fill_secs = filling.elapsed().as_secs_f64();
 
     let compiled = crate::linear_flow(shape.tasks).compile()?;
@@ -81,7 +82,7 @@ pub(crate) async fn history(target: &Target, shape: Shape) -> Result<()> {
             jobs[i].push(rate);
         }
     }
-    let pages = pages(&full, &prefix, shape.runs).await?;
+    let pages = pages(&full, middle).await?;
     let counts = counts(&full).await?;
     empty.clean_up().await?;
     full.clean_up().await?;
@@ -170,23 +171,24 @@ async fn run_linear(engine: &Engine, compiled: &baton_core::CompiledFlow) -> Res
     Ok(secs)
 }
 
-/// Fills the database with `runs` copies of job `template` and its run. Returns the prefix of
-/// the copies' ids: copy `g` (from 1) has id `{prefix}{g:012x}`.
-async fn fill(fleet: &Fleet, template: JobId, runs: usize) -> Result<String> {
-    // The first 24 characters of a new UUIDv7: the copies' ids are new, and sort after every
-    // id made so far.
-    let fresh = uuid::Uuid::now_v7().to_string();
-    let prefix = fresh[..24].to_owned();
+/// Fills the database with `runs` copies of job `template` and its run (on memory, `runs`
+/// new runs of jobs). Returns the id of the job (and run) in the middle of the fill.
+async fn fill(fleet: &Fleet, template: JobId, runs: usize) -> Result<JobId> {
     match fleet.backend() {
         Backend::Memory => {
             // No SQL to copy rows with: the runs are made for real.
-            fleet::run_jobs(fleet, runs, 4).await?;
+            let (_, ids) = fleet::timed_jobs(fleet, runs, 4).await?;
+            ids.get(runs / 2).copied().context("the fill ran no job")
         }
         Backend::Sqlite | Backend::Postgres => {
-            fill_sql(fleet, template, &prefix, runs).await?;
+            // The first 24 characters of a new UUIDv7: copy `g` (from 1) has id
+            // `{prefix}{g:012x}`, new, and after every id made so far.
+            let fresh = uuid::Uuid::now_v7().to_string();
+            let prefix = &fresh[..24];
+            fill_sql(fleet, template, prefix, runs).await?;
+            Ok(format!("{prefix}{:012x}", (runs / 2).max(1)).parse()?)
         }
     }
-    Ok(prefix)
 }
 
 /// The SQL dialect of a fill: how a text becomes an id, and how a JSON column is written.
@@ -367,13 +369,12 @@ where
 }
 
 /// Times pages of 100 rows of `flows list` and `jobs list` on the full database, with each
-/// filter the CLI offers: first pages and pages from the middle of the listing.
-async fn pages(fleet: &Fleet, prefix: &str, runs: usize) -> Result<Value> {
+/// filter the CLI offers: first pages and pages from the middle of the listing (after job
+/// `middle` and its run).
+async fn pages(fleet: &Fleet, middle_job: JobId) -> Result<Value> {
     let (store, board) = fleet.member().await?;
     let page = 100;
-    let middle = format!("{prefix}{:012x}", (runs / 2).max(1));
-    let middle_flow: baton_core::FlowId = middle.parse()?;
-    let middle_job: JobId = middle.parse()?;
+    let middle_flow = baton_core::FlowId::for_job(middle_job);
     // Ended jobs keep no owner: a conductor that holds nothing, to list the jobs it holds
     // must not read the ended ones.
     let owner = baton_core::ConductorId::new();
