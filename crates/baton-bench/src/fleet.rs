@@ -33,6 +33,20 @@ impl Fleet {
         (self.make_board)()
     }
 
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The database's URL (`memory` on memory).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The PostgreSQL schema the fleet's tables are in.
+    pub(crate) fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
     /// A store and a board of the fleet's database on connections of their own (on memory,
     /// the shared ones: there is nothing to connect to).
     pub(crate) async fn member(&self) -> Result<(Arc<dyn Store>, Arc<dyn JobBoard>)> {
@@ -173,25 +187,81 @@ pub(crate) struct Load {
 }
 
 /// Posts jobs `0..count` named `{prefix}-{i}`, spread over the `posters`, each posting its
-/// share one after the other.
-async fn post_all(posters: &[Arc<dyn JobBoard>], prefix: &str, count: usize) -> Result<()> {
+/// share one after the other. Returns the ids of the jobs posted.
+async fn post_all(
+    posters: &[Arc<dyn JobBoard>],
+    prefix: &str,
+    count: usize,
+) -> Result<Vec<baton_core::JobId>> {
     let mut posting = tokio::task::JoinSet::new();
     for (p, poster) in posters.iter().enumerate() {
         let (poster, prefix, every) = (poster.clone(), prefix.to_owned(), posters.len());
         posting.spawn(async move {
+            let mut ids = Vec::new();
             for i in (p..count).step_by(every) {
-                poster
+                let job = poster
                     .post(NewJob::new(format!("{prefix}-{i}"), "one"))
                     .await?;
+                ids.push(job.id);
             }
             poster.flush_wake_ups().await;
-            anyhow::Ok(())
+            anyhow::Ok(ids)
         });
     }
+    let mut ids = Vec::with_capacity(count);
     while let Some(posted) = posting.join_next().await {
-        posted??;
+        ids.extend(posted??);
     }
-    Ok(())
+    Ok(ids)
+}
+
+/// Runs `count` one-task jobs with `conductors` conductors (started first, stopped after),
+/// posted by one client; returns the jobs a second and the jobs' ids in posting order, each
+/// checked complete with its flow's success.
+pub(crate) async fn timed_jobs(
+    fleet: &Fleet,
+    count: usize,
+    conductors: usize,
+) -> Result<(f64, Vec<baton_core::JobId>)> {
+    let shutdown = CancellationToken::new();
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0..conductors.max(1) {
+        running.spawn(
+            conductor(
+                fleet,
+                format!("history-{i}"),
+                Duration::from_millis(50),
+                Options::default().concurrency,
+            )
+            .await?
+            .run(shutdown.clone()),
+        );
+    }
+    let poster = vec![fleet.member().await?.1];
+    let (_, watcher) = fleet.member().await?;
+    // A warm-up, untimed: connections, statements, caches.
+    let warming = Instant::now();
+    post_all(&poster, "history-warmup", 20).await?;
+    wait_until_done(watcher.as_ref(), warming).await?;
+    let start = Instant::now();
+    let ids = post_all(&poster, "history", count).await?;
+    wait_until_done(watcher.as_ref(), start).await?;
+    let secs = start.elapsed().as_secs_f64();
+    shutdown.cancel();
+    while let Some(r) = running.join_next().await {
+        r??;
+    }
+    for id in &ids {
+        let job = watcher.get(*id).await?;
+        anyhow::ensure!(
+            job.state == JobState::Complete
+                && job.outcome.as_ref().and_then(|o| o.get("state")) == Some(&json!("SUCCESS")),
+            "job {id} ended {} with {:?}",
+            job.state,
+            job.outcome
+        );
+    }
+    Ok((count as f64 / secs, ids))
 }
 
 /// Waits until no job is left unclaimed or claimed (two cheap look-ups along the claim

@@ -6,6 +6,7 @@
 //! cargo run --release -p baton-bench -- fanout --backend postgres --tasks 1000 --parallelism 8
 //! cargo run --release -p baton-bench -- floor --backend sqlite --gap-us 0,5,20
 //! cargo run --release -p baton-bench -- resume --backend sqlite --steps 1000,10000,100000
+//! cargo run --release -p baton-bench -- history --backend postgres --runs 1000000
 //! ```
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
@@ -29,6 +30,7 @@
 
 mod fleet;
 mod resume;
+mod history;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,6 +201,29 @@ enum Scenario {
         gap_us: Vec<u64>,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// Steps and jobs on a database holding N ended runs, against the same on an empty one:
+    /// fills a database in bulk with N copies of a finished job's run (all its rows), times a
+    /// linear flow and one-task jobs on it and on an empty database in turn, and times
+    /// listing pages.
+    History {
+        #[command(flatten)]
+        target: Target,
+        /// Ended runs (with their jobs) the database is filled with.
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+        /// Tasks of the linear flow timed.
+        #[arg(long, default_value_t = 200)]
+        tasks: usize,
+        /// Rounds; in each, the linear flow and the jobs are timed on the empty and the full
+        /// database in turn. Medians are reported.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// One-task jobs timed in each round, on each database.
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 4)]
+        conductors: usize,
     },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
@@ -687,6 +712,23 @@ fn main() -> Result<()> {
             };
             rt.block_on(resume::resume(&target, &settings))
         }
+        Scenario::History {
+            target,
+            runs,
+            tasks,
+            rounds,
+            jobs,
+            conductors,
+        } => rt.block_on(history::history(
+            &target,
+            history::Shape {
+                runs,
+                tasks,
+                rounds,
+                jobs,
+                conductors,
+            },
+        )),
         Scenario::Fanout {
             target,
             tasks,

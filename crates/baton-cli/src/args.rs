@@ -186,6 +186,18 @@ pub struct ConductorArgs {
     pub exit_when_idle: bool,
 }
 
+/// How many rows `flows list` and `jobs list` print unless told otherwise: one page.
+pub const PAGE: usize = 100;
+
+/// A `--limit`: a whole number from 1 (a page of nothing would name no next page).
+fn page_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("a page holds at least 1 row".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number of rows")),
+    }
+}
+
 /// `baton flows ...`.
 #[derive(Debug, Subcommand)]
 pub enum FlowsCommand {
@@ -207,9 +219,14 @@ pub enum FlowsCommand {
         /// will take them up by itself; see `flows revert` and `flows resume`).
         #[arg(long)]
         stranded: bool,
-        /// At most this many.
-        #[arg(long, allow_negative_numbers = true, default_value_t = 50)]
+        /// At most this many: one page. When a page is full, the command names the next
+        /// page's `--after` on stderr.
+        #[arg(long, allow_negative_numbers = true, default_value_t = PAGE, value_parser = page_limit)]
         limit: usize,
+        /// Start after this run (a flow id): the last row of the previous page. Runs are
+        /// listed newest first, so the next page holds older runs.
+        #[arg(long, value_name = "FLOW_ID")]
+        after: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -328,9 +345,13 @@ pub enum JobsCommand {
         /// Only jobs claimed by this conductor id.
         #[arg(long)]
         owner: Option<String>,
-        /// At most this many.
-        #[arg(long, allow_negative_numbers = true)]
-        limit: Option<usize>,
+        /// At most this many: one page. When a page is full, the command names the next
+        /// page's `--after` on stderr.
+        #[arg(long, allow_negative_numbers = true, default_value_t = PAGE, value_parser = page_limit)]
+        limit: usize,
+        /// Start after this job (a job id): the last row of the previous page.
+        #[arg(long, value_name = "JOB_ID")]
+        after: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -88,7 +88,9 @@ fn shown(text: &str) -> String {
 /// The exit code for a store error.
 pub(crate) fn store_code(e: &store::Error) -> i32 {
     match e {
-        store::Error::FlowNotFound(_) | store::Error::AtomNotFound { .. } => exit::NOT_FOUND,
+        store::Error::FlowNotFound(_)
+        | store::Error::AtomNotFound { .. }
+        | store::Error::UnknownCursor(_) => exit::NOT_FOUND,
         store::Error::Unavailable(_) => exit::UNAVAILABLE,
         store::Error::Conflict { .. }
         | store::Error::IllegalTransition { .. }
@@ -113,7 +115,7 @@ impl From<store::Error> for CliError {
 impl From<board::Error> for CliError {
     fn from(e: board::Error) -> Self {
         let code = match &e {
-            board::Error::JobNotFound(_) => exit::NOT_FOUND,
+            board::Error::JobNotFound(_) | board::Error::UnknownCursor(_) => exit::NOT_FOUND,
             board::Error::InvalidJob(_) | board::Error::TooLarge { .. } => exit::BAD_INPUT,
             board::Error::InvalidState { .. }
             | board::Error::ClaimLost { .. }

@@ -147,6 +147,16 @@ pub(crate) fn truncate(value: &serde_json::Value, max: Option<usize>) -> String 
     }
 }
 
+/// After a page of `shown` rows printed with `--limit limit`: when the page is full, says on
+/// stderr how to ask for the next one (`--after` with the page's last row, `last`). stdout
+/// keeps only the rows (a plain JSON array with `--json`), so a script pages with the last
+/// id it read.
+pub(crate) fn page_hint(shown: usize, limit: usize, last: Option<impl std::fmt::Display>) {
+    if let Some(last) = last.filter(|_| shown >= limit) {
+        eprintln!("more may follow: the next page is --after {last}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -994,3 +994,131 @@ async fn flows_show_tells_when_a_retried_atom_is_called_again() {
         "{show}"
     );
 }
+
+/// The ids of a listing's `--json` rows, in order.
+fn ids_of(out: &std::process::Output) -> Vec<String> {
+    json(out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Pages `baton <what> list` with `--limit size`, each page `--after` the last id of the one
+/// before, as a script would: every row once, in order. A full page names the next `--after`
+/// on stderr; the last (short) page names none.
+fn page_through(url: &str, what: &str, size: usize) -> Vec<String> {
+    let limit = size.to_string();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = vec![what, "list", "--json", "--limit", &limit];
+        if let Some(a) = &after {
+            args.extend(["--after", a]);
+        }
+        let out = baton(url, &args);
+        let page = ids_of(&out);
+        assert!(page.len() <= size, "{page:?}");
+        let hint = stderr(&out);
+        if page.len() < size {
+            assert!(
+                !hint.contains("--after"),
+                "a short page names no next one: {hint}"
+            );
+            seen.extend(page);
+            return seen;
+        }
+        let last = page.last().unwrap().clone();
+        assert!(
+            hint.contains(&format!("the next page is --after {last}")),
+            "a full page names the next one: {hint}"
+        );
+        seen.extend(page);
+        after = Some(last);
+    }
+}
+
+/// `flows list` and `jobs list` page with `--limit` and `--after`; the default page is 100
+/// rows; a bad cursor or limit is refused, naming it.
+#[test]
+fn listings_page_with_limit_and_after() {
+    let db = sqlite_db();
+    let out = baton(
+        &db.url,
+        &["demo", "post", "--factory", "steps", "--count", "5"],
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+    let out = baton(
+        &db.url,
+        &["conductor", "--demo", "--exit-when-idle", "--poll-ms", "20"],
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+
+    for what in ["flows", "jobs"] {
+        let everything = ids_of(&baton(&db.url, &[what, "list", "--json"]));
+        assert_eq!(everything.len(), 5, "{what}: {everything:?}");
+        for size in [1, 2, 5, 6] {
+            assert_eq!(
+                page_through(&db.url, what, size),
+                everything,
+                "{what} by {size}"
+            );
+        }
+        // The human listing names the next page too.
+        let out = baton(&db.url, &[what, "list", "--limit", "2"]);
+        assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+        assert_eq!(stdout(&out).lines().count(), 3, "{}", stdout(&out));
+        assert!(
+            stderr(&out).contains(&format!("--after {}", everything[1])),
+            "{}",
+            stderr(&out)
+        );
+        // A cursor naming no row, or no id at all, is refused and named.
+        let ghost = uuid::Uuid::now_v7().to_string();
+        let out = baton(&db.url, &[what, "list", "--after", &ghost]);
+        refused(
+            &out,
+            exit::NOT_FOUND,
+            &format!("cannot list after {}", &what[..what.len() - 1]),
+        );
+        assert!(stderr(&out).contains(&ghost), "{}", stderr(&out));
+        let out = baton(&db.url, &[what, "list", "--after", "not-an-id"]);
+        refused(&out, exit::BAD_INPUT, "--after");
+        let out = baton(&db.url, &[what, "list", "--limit", "0"]);
+        refused(&out, exit::USAGE, "a page holds at least 1 row");
+    }
+    // The runs are the jobs' (a run has its job's id), whatever order the conductor made
+    // them in.
+    let mut jobs = ids_of(&baton(&db.url, &["jobs", "list", "--json"]));
+    let mut flows = ids_of(&baton(&db.url, &["flows", "list", "--json"]));
+    jobs.sort();
+    flows.sort();
+    assert_eq!(flows, jobs);
+}
+
+/// Without `--limit`, a listing prints one page of 100 rows and names the next.
+#[test]
+fn listings_print_one_page_by_default() {
+    let db = sqlite_db();
+    let out = baton(
+        &db.url,
+        &["demo", "post", "--factory", "steps", "--count", "101"],
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", stderr(&out));
+    let out = baton(&db.url, &["jobs", "list", "--json"]);
+    let first = ids_of(&out);
+    assert_eq!(first.len(), 100);
+    assert!(
+        stderr(&out).contains(&format!("the next page is --after {}", first[99])),
+        "{}",
+        stderr(&out)
+    );
+    let out = baton(&db.url, &["jobs", "list", "--json", "--after", &first[99]]);
+    let rest = ids_of(&out);
+    assert_eq!(rest.len(), 1);
+    assert!(!first.contains(&rest[0]));
+    assert!(!stderr(&out).contains("--after"), "{}", stderr(&out));
+    let out = baton(&db.url, &["jobs", "list"]);
+    assert_eq!(stdout(&out).lines().count(), 101, "a header and 100 rows");
+}

@@ -233,7 +233,8 @@ fn numbers() {
     let mut cases = Vec::new();
     for (limit, code) in [
         ("-1", USAGE),
-        ("0", OK),
+        // A page of nothing would name no next page.
+        ("0", USAGE),
         ("18446744073709551615", OK),
         ("18446744073709551616", USAGE),
         ("1.5", USAGE),

@@ -133,9 +133,14 @@ fn made_from_job(flow: &FlowRecord) -> bool {
     flow.factory.is_some() || flow.meta.get("job").is_some()
 }
 
+/// How many unfinished runs [`stranded`] reads at a time, at most.
+const STRANDED_CHUNK: usize = 500;
+
 /// The stranded runs among those `query` selects (it is narrowed to unfinished runs made from
 /// jobs; its limit counts stranded runs), newest first. It looks up the job of every unfinished
-/// run, so it costs a board read per unfinished run.
+/// run it reads, so it costs a board read per unfinished run up to the page's last. With
+/// [`FlowQuery::after`], it starts after that run: the next page after a page whose last row
+/// was that run.
 ///
 /// # Errors
 /// Store or board errors.
@@ -145,27 +150,40 @@ pub async fn stranded(
     query: &FlowQuery,
 ) -> Result<Vec<Stranded>> {
     let limit = query.limit.unwrap_or(usize::MAX);
-    let mut query = query.clone().unfinished();
-    query.limit = None;
+    // Unfinished runs, read a chunk at a time (most of them have a live job and are not
+    // stranded): memory stays bounded however many there are.
+    let chunk = limit.clamp(1, STRANDED_CHUNK);
+    let mut query = query.clone().unfinished().limit(chunk);
     let mut out = Vec::new();
-    for flow in store.list_flows(&query).await? {
-        if out.len() >= limit {
+    'pages: loop {
+        let flows = store.list_flows(&query).await?;
+        let Some(last) = flows.last().map(|f| f.id) else {
+            break;
+        };
+        let full = flows.len() >= chunk;
+        for flow in flows {
+            if out.len() >= limit {
+                break 'pages;
+            }
+            if !made_from_job(&flow) {
+                continue;
+            }
+            let (job, because) = match board.get(job_of(flow.id)).await {
+                Ok(job) if job.state == JobState::Parked => (Some(job), Because::Parked),
+                Ok(job) if job.state.is_terminal() => {
+                    let state = job.state;
+                    (Some(job), Because::JobEnded(state))
+                }
+                Ok(_) => continue,
+                Err(board::Error::JobNotFound(_)) => (None, Because::JobMissing),
+                Err(e) => return Err(e.into()),
+            };
+            out.push(Stranded { flow, job, because });
+        }
+        if !full {
             break;
         }
-        if !made_from_job(&flow) {
-            continue;
-        }
-        let (job, because) = match board.get(job_of(flow.id)).await {
-            Ok(job) if job.state == JobState::Parked => (Some(job), Because::Parked),
-            Ok(job) if job.state.is_terminal() => {
-                let state = job.state;
-                (Some(job), Because::JobEnded(state))
-            }
-            Ok(_) => continue,
-            Err(board::Error::JobNotFound(_)) => (None, Because::JobMissing),
-            Err(e) => return Err(e.into()),
-        };
-        out.push(Stranded { flow, job, because });
+        query = query.after(last);
     }
     Ok(out)
 }

@@ -329,6 +329,45 @@ pub(crate) fn check_trash(
     Ok(())
 }
 
+/// Adds `query`'s filters to a listing of jobs (`SELECT ... FROM jobs WHERE true` so far),
+/// then its position, order and limit: the same SQL for both databases. `owner` is
+/// `query.owner` as the database stores it; `after` is the `seq` of `query.after` (looked up
+/// by the caller, who refuses a cursor it does not find).
+///
+/// Jobs are listed in posting order, `seq`. Every filter has an index that leads with it and
+/// ends with `seq` (`jobs_by_state`, `jobs_by_key`, `jobs_by_owner`), so a page is one range of
+/// one index, whatever the table's size. The posting order is a column of its own, so a
+/// listing of jobs kept in more than one table stays a merge of ranges in `seq`.
+pub(crate) fn push_job_query<'a, DB, O>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    query: &board::JobQuery,
+    owner: Option<O>,
+    after: Option<i64>,
+) where
+    DB: sqlx::Database,
+    O: sqlx::Encode<'a, DB> + sqlx::Type<DB> + 'a,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    if let Some(state) = query.state {
+        q.push(" AND state = ").push_bind(state.as_str().to_owned());
+    }
+    if let Some(key) = &query.key {
+        q.push(" AND job_key = ").push_bind(key.clone());
+    }
+    if let Some(owner) = owner {
+        q.push(" AND owner = ").push_bind(owner);
+    }
+    if let Some(seq) = after {
+        q.push(" AND seq > ").push_bind(seq);
+    }
+    q.push(" ORDER BY seq");
+    if let Some(limit) = query.limit {
+        q.push(" LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+}
+
 /// The states of a job that holds its key, as SQL text: waiting, claimed or parked.
 pub(crate) const HOLDS_KEY: &str = "('UNCLAIMED', 'CLAIMED', 'PARKED')";
 

@@ -15,8 +15,8 @@ use sqlx::Row;
 
 use crate::board_common::{
     cancel, cancel_request, check_trash, db, deadline_ms, from_ms, job_state, ms, offer_from_json,
-    offer_json, offer_lists, release_needed, supersede, token_db, JobRows, RawJob, Throttle,
-    HOLDS_KEY, PARK_CANCEL, REAP_EVERY, RUN_ENDED,
+    offer_json, offer_lists, push_job_query, release_needed, supersede, token_db, JobRows, RawJob,
+    Throttle, HOLDS_KEY, PARK_CANCEL, REAP_EVERY, RUN_ENDED,
 };
 use crate::deadline::Raw;
 use crate::liveness::{lock_key, Liveness};
@@ -848,23 +848,28 @@ impl JobBoard for Raw<'_, PostgresJobBoard> {
     }
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>, board::Error> {
-        let limit = query.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
         let mut kept = self.store.acquire().await.map_err(db)?;
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM jobs \
-              WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR job_key = $2) \
-                AND ($3::uuid IS NULL OR owner = $3) \
-              ORDER BY seq LIMIT $4"
-        ))
-        .bind(query.state.map(|s| s.as_str()))
-        .bind(query.key.clone())
-        .bind(query.owner.map(|o| o.as_uuid()))
-        .bind(limit)
-        .fetch_all(&mut *kept)
+        let rows = async {
+            let after = match query.after {
+                Some(job) => {
+                    let seq = sqlx::query_scalar::<_, i64>("SELECT seq FROM jobs WHERE id = $1")
+                        .bind(job.as_uuid())
+                        .fetch_optional(&mut *kept)
+                        .await?;
+                    match seq {
+                        Some(seq) => Some(seq),
+                        None => return Ok(Err(board::Error::UnknownCursor(job))),
+                    }
+                }
+                None => None,
+            };
+            let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM jobs WHERE true"));
+            push_job_query(&mut q, query, query.owner.map(|o| o.as_uuid()), after);
+            q.build().fetch_all(&mut *kept).await.map(Ok)
+        }
         .await;
         self.store.release(kept, &rows);
-        let rows = rows.map_err(db)?;
-        rows.iter().map(decode).collect()
+        rows.map_err(db)??.iter().map(decode).collect()
     }
 
     async fn purge_jobs(

@@ -17,8 +17,8 @@ use sqlx::Row;
 
 use crate::board_common::{
     cancel, cancel_request, check_trash, db, deadline_ms, job_id, job_state, ms, offer_from_json,
-    offer_json, owner_told, release_needed, supersede, token_db, JobRows, RawJob, Throttle,
-    HOLDS_KEY, PARK_CANCEL, REAP_EVERY, RUN_ENDED,
+    offer_json, owner_told, push_job_query, release_needed, supersede, token_db, JobRows, RawJob,
+    Throttle, HOLDS_KEY, PARK_CANCEL, REAP_EVERY, RUN_ENDED,
 };
 use crate::codec;
 use crate::deadline::Raw;
@@ -758,21 +758,21 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
     }
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>, board::Error> {
-        let limit = query
-            .limit
-            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM jobs \
-              WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR job_key = ?2) AND (?3 IS NULL OR owner = ?3) \
-              ORDER BY seq LIMIT ?4"
-        ))
-        .bind(query.state.map(|s| s.as_str()))
-        .bind(query.key.clone())
-        .bind(query.owner.map(|o| o.to_string()))
-        .bind(limit)
-        .fetch_all(self.store.pool())
-        .await
-        .map_err(db)?;
+        let pool = self.store.pool();
+        let after = match query.after {
+            Some(job) => Some(
+                sqlx::query_scalar::<_, i64>("SELECT seq FROM jobs WHERE id = ?1")
+                    .bind(job.to_string())
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(db)?
+                    .ok_or(board::Error::UnknownCursor(job))?,
+            ),
+            None => None,
+        };
+        let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM jobs WHERE 1 = 1"));
+        push_job_query(&mut q, query, query.owner.map(|o| o.to_string()), after);
+        let rows = q.build().fetch_all(pool).await.map_err(db)?;
         rows.iter().map(decode).collect()
     }
 

@@ -832,10 +832,15 @@ impl Ended {
 }
 
 /// Adds `query`'s filters to a listing of flows (`... WHERE <something>` so far), then its
-/// order and limit: the same SQL for both databases.
+/// position, order and limit: the same SQL for both databases. `after` is the `seq` of
+/// `query.after` (looked up by the caller, who refuses a cursor it does not find).
+///
+/// Every filter has an index that leads with it and ends with `seq` (or a partial index over
+/// `seq`), so a page is one range of one index, read from its end, whatever the table's size.
 pub(crate) fn push_flow_query<'a, DB: sqlx::Database>(
     q: &mut sqlx::QueryBuilder<'a, DB>,
     query: &baton_core::store::FlowQuery,
+    after: Option<i64>,
 ) where
     String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -856,6 +861,9 @@ pub(crate) fn push_flow_query<'a, DB: sqlx::Database>(
     if query.unfinished {
         q.push(" AND state NOT IN ")
             .push(crate::board_common::RUN_ENDED);
+    }
+    if let Some(seq) = after {
+        q.push(" AND seq < ").push_bind(seq);
     }
     q.push(" ORDER BY seq DESC");
     if let Some(limit) = query.limit {

@@ -1708,14 +1708,30 @@ impl Store for Raw<'_, PostgresStore> {
     }
 
     async fn list_flows(&self, query: &FlowQuery) -> store::Result<Vec<FlowRecord>> {
-        let mut q = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE true"
-        ));
-        codec::push_flow_query(&mut q, query);
         let mut conn = self.acquire().await.map_err(classify)?;
-        let rows = q.build().fetch_all(&mut *conn).await;
+        let rows = async {
+            let after = match query.after {
+                Some(flow) => {
+                    let seq = sqlx::query_scalar::<_, i64>("SELECT seq FROM flows WHERE id = $1")
+                        .bind(flow.as_uuid())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    match seq {
+                        Some(seq) => Some(seq),
+                        None => return Ok(Err(store::Error::UnknownCursor(flow))),
+                    }
+                }
+                None => None,
+            };
+            let mut q = QueryBuilder::<Postgres>::new(format!(
+                "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE true"
+            ));
+            codec::push_flow_query(&mut q, query, after);
+            q.build().fetch_all(&mut *conn).await.map(Ok)
+        }
+        .await;
         self.release(conn, &rows);
-        rows.map_err(classify)?.iter().map(flow_from_row).collect()
+        rows.map_err(classify)??.iter().map(flow_from_row).collect()
     }
 
     async fn purge_flows(

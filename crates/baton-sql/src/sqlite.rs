@@ -1821,10 +1821,21 @@ impl Store for Raw<'_, SqliteStore> {
     }
 
     async fn list_flows(&self, query: &FlowQuery) -> store::Result<Vec<FlowRecord>> {
+        let after = match query.after {
+            Some(flow) => Some(
+                sqlx::query_scalar::<_, i64>("SELECT seq FROM flows WHERE id = ?1")
+                    .bind(flow.to_string())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(classify)?
+                    .ok_or(store::Error::UnknownCursor(flow))?,
+            ),
+            None => None,
+        };
         let mut q = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE 1 = 1"
         ));
-        codec::push_flow_query(&mut q, query);
+        codec::push_flow_query(&mut q, query, after);
         let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
         rows.iter().map(flow_from_row).collect()
     }

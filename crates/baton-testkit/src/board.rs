@@ -1286,6 +1286,115 @@ pub async fn conductors_register_and_leave<B: JobBoard, S: Store>(board: B, _sto
         .any(|c| c.id == info.id));
 }
 
+/// Reads every page of `query` with pages of `size`, each after the previous page's last row,
+/// checking that no page is longer than `size` and that every row passes the filter: the rows
+/// in the order they came.
+async fn all_job_pages<B: JobBoard>(
+    board: &B,
+    query: &JobQuery,
+    size: usize,
+) -> Vec<baton_core::JobId> {
+    let mut seen = Vec::new();
+    let mut page_query = query.clone().limit(size);
+    loop {
+        let page = board.list(&page_query).await.unwrap();
+        assert!(
+            page.len() <= size,
+            "a page of {} jobs with limit {size}",
+            page.len()
+        );
+        assert!(page.iter().all(|j| query.matches(j)), "{query:?}: {page:?}");
+        seen.extend(page.iter().map(|j| j.id));
+        match page.last() {
+            Some(last) if page.len() == size => page_query = page_query.after(last.id),
+            _ => return seen,
+        }
+    }
+}
+
+/// Listings page: pages of any size, each after the last row of the one before, hold every
+/// job the filter selects exactly once, in posting order, with each filter (state, key,
+/// owner); a page after a job the board does not hold is refused, naming the job.
+pub async fn listings_page_through_every_job_once<B: JobBoard, S: Store>(board: B, _store: S) {
+    let keys = [
+        format!("page-a-{}", ConductorId::new()),
+        format!("page-b-{}", ConductorId::new()),
+    ];
+    let mut posted = Vec::new();
+    for i in 0..8 {
+        let mut new = job(&format!("page-{i}"));
+        if i % 3 != 2 {
+            new = new.key(&keys[i % 2]);
+        }
+        posted.push(board.post(new).await.unwrap().id);
+    }
+    // Two owners claim some (the first free job of each key, and the keyless ones); one claim
+    // ends, one job is trashed.
+    let owners = [ConductorId::new(), ConductorId::new()];
+    let mut claims = Vec::new();
+    for owner in owners.iter().cycle().take(3) {
+        if let Some(claim) = board.claim(*owner, LEASE, &offer()).await.unwrap() {
+            claims.push(claim);
+        }
+    }
+    assert_eq!(claims.len(), 3, "three jobs to claim");
+    board
+        .consume(claims[0].fence, json!({"done": true}))
+        .await
+        .unwrap();
+    board
+        .trash(posted[7], None, json!({"by": "tests"}))
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for id in &posted {
+        jobs.push(board.get(*id).await.unwrap());
+    }
+    let queries = [
+        JobQuery::all(),
+        JobQuery::all().state(JobState::Unclaimed),
+        JobQuery::all().state(JobState::Claimed),
+        JobQuery::all().key(&keys[0]),
+        JobQuery::all().key(&keys[1]).state(JobState::Unclaimed),
+        JobQuery::all().owner(owners[0]),
+        JobQuery::all().owner(owners[1]),
+    ];
+    for query in &queries {
+        let expected: Vec<_> = jobs
+            .iter()
+            .filter(|j| query.matches(j))
+            .map(|j| j.id)
+            .collect();
+        assert!(!expected.is_empty(), "{query:?} selects no job");
+        for size in [1, 2, 3, expected.len(), expected.len() + 1] {
+            let seen = all_job_pages(&board, query, size).await;
+            let unique: HashSet<_> = seen.iter().collect();
+            assert_eq!(
+                unique.len(),
+                seen.len(),
+                "{query:?} in pages of {size}: a job twice"
+            );
+            // Only the jobs of this case count (a board may hold others).
+            let mine: Vec<_> = seen.into_iter().filter(|id| posted.contains(id)).collect();
+            assert_eq!(mine, expected, "{query:?} in pages of {size}");
+        }
+    }
+    // After the newest job, nothing of this case follows.
+    let tail = board.list(&JobQuery::all().after(posted[7])).await.unwrap();
+    assert!(tail.iter().all(|j| !posted.contains(&j.id)));
+    // A cursor the board does not hold is refused, naming it.
+    let ghost = baton_core::JobId::new();
+    let err = board
+        .list(&JobQuery::all().after(ghost).limit(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownCursor(id) if id == ghost),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&ghost.to_string()));
+}
+
 /// Expands to one `#[tokio::test]` per job-board case, each given `(board, store)` from
 /// `$make` (an expression, which may `.await`). With `optional:`, `$make` gives an `Option` and
 /// `None` skips the case (for backends whose server may be missing).
@@ -1335,6 +1444,7 @@ macro_rules! board_conformance {
             superseding_posts_revert_the_earlier_jobs_of_their_key,
             deadlines_are_kept_and_past_ones_refused,
             superseding_without_a_key_is_refused,
+            listings_page_through_every_job_once,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

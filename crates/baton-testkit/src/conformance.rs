@@ -641,6 +641,103 @@ pub async fn deadlines_round_trip<S: Store>(store: S) {
     assert_eq!(store.load_run(reverting.id).await.unwrap().atoms[0], done);
 }
 
+/// Reads every page of `query` with pages of `size`, each after the previous page's last row,
+/// checking that no page is longer than `size`: the rows in the order they came.
+async fn all_pages<S: Store>(store: &S, query: &FlowQuery, size: usize) -> Vec<FlowId> {
+    let mut seen = Vec::new();
+    let mut page_query = query.clone().limit(size);
+    loop {
+        let page = store.list_flows(&page_query).await.unwrap();
+        assert!(
+            page.len() <= size,
+            "a page of {} rows with limit {size}",
+            page.len()
+        );
+        seen.extend(page.iter().map(|f| f.id));
+        match page.last() {
+            Some(last) if page.len() == size => page_query = page_query.after(last.id),
+            _ => return seen,
+        }
+    }
+}
+
+/// Listings page: pages of any size, each after the last row of the one before, hold every
+/// run the filter selects exactly once, newest first, with each filter; a page after a run
+/// the store does not hold is refused, naming the run.
+pub async fn listings_page_through_every_run_once<S: Store>(store: S) {
+    use baton_core::FactoryRef;
+    let name = format!("pages-{}", FlowId::new());
+    let factory = format!("factory-{}", FlowId::new());
+    let mut made = Vec::new();
+    for i in 0..9u32 {
+        let mut f = flow_record(&name);
+        if i % 3 != 0 {
+            f.factory = Some(FactoryRef::new(factory.as_str(), 1 + i % 2));
+        }
+        store.create_flow(&f, &atoms(), None).await.unwrap();
+        if i % 4 == 1 {
+            let mut batch = Batch::new(f.id, None);
+            for (from, to) in [
+                (FlowState::Pending, FlowState::Running),
+                (FlowState::Running, FlowState::Success),
+            ] {
+                batch.writes.push(Write::Flow {
+                    from,
+                    to,
+                    intention: Intention::Execute,
+                });
+            }
+            store.commit(&batch).await.unwrap();
+        }
+        made.push(store.load_flow(f.id).await.unwrap().flow);
+    }
+    let queries = [
+        FlowQuery::all().name(&name),
+        FlowQuery::all().name(&name).state(FlowState::Pending),
+        FlowQuery::all().name(&name).state(FlowState::Success),
+        FlowQuery::all().name(&name).unfinished(),
+        FlowQuery::all().factory(&factory),
+        FlowQuery::all().factory(&factory).version(2),
+        FlowQuery::all().name(&name).version(1),
+        FlowQuery::all().factory(&factory).unfinished(),
+    ];
+    for query in &queries {
+        // Newest first: the reverse of creation, filtered.
+        let expected: Vec<FlowId> = made
+            .iter()
+            .rev()
+            .filter(|f| query.matches(f))
+            .map(|f| f.id)
+            .collect();
+        assert!(!expected.is_empty(), "{query:?} selects no run");
+        for size in [1, 2, 3, expected.len(), expected.len() + 1] {
+            assert_eq!(
+                all_pages(&store, query, size).await,
+                expected,
+                "{query:?} in pages of {size}"
+            );
+        }
+    }
+    // A page after the last run is empty.
+    let oldest = made[0].id;
+    let tail = store
+        .list_flows(&FlowQuery::all().name(&name).after(oldest))
+        .await
+        .unwrap();
+    assert!(tail.is_empty());
+    // A cursor the store does not hold is refused, naming it.
+    let ghost = FlowId::new();
+    let err = store
+        .list_flows(&FlowQuery::all().name(&name).after(ghost).limit(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownCursor(id) if id == ghost),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&ghost.to_string()));
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each given a store from `$make`
 /// (an async expression).
 ///
@@ -663,6 +760,7 @@ macro_rules! store_conformance {
             illegal_transitions_are_refused,
             unknown_flow_or_atom_is_named,
             list_filters_and_orders,
+            listings_page_through_every_run_once,
             purge_deletes_only_runs_that_ended_before_the_cutoff,
             values_over_the_limit_are_refused,
             runs_record_their_definition_and_list_by_it,

@@ -26,9 +26,13 @@ pub(crate) async fn run(db: &Database, command: FlowsCommand, style: Style) -> R
             version,
             stranded,
             limit,
+            after,
             json,
         } => {
             let mut query = FlowQuery::all().limit(limit);
+            if let Some(a) = after {
+                query = query.after(super::parse_after::<FlowId>(&a)?);
+            }
             if let Some(s) = state {
                 query = query.state(parse::<FlowState>("flow state", &s.to_uppercase())?);
             }
@@ -80,8 +84,17 @@ pub(crate) async fn run(db: &Database, command: FlowsCommand, style: Style) -> R
 
 async fn list(store: &dyn Store, query: &FlowQuery, as_json: bool, style: Style) -> Result<()> {
     let flows = store.list_flows(query).await?;
+    let hint = || {
+        output::page_hint(
+            flows.len(),
+            query.limit.unwrap_or(usize::MAX),
+            flows.last().map(|f| f.id),
+        )
+    };
     if as_json {
-        return output::print_json(&flows);
+        output::print_json(&flows)?;
+        hint();
+        return Ok(());
     }
     let mut t = output::table(
         style,
@@ -102,6 +115,7 @@ async fn list(store: &dyn Store, query: &FlowQuery, as_json: bool, style: Style)
         ]);
     }
     output::print_table(&t);
+    hint();
     Ok(())
 }
 
@@ -114,6 +128,13 @@ async fn list_stranded(
     style: Style,
 ) -> Result<()> {
     let stranded = baton_core::recovery::stranded(store, board, query).await?;
+    let hint = || {
+        output::page_hint(
+            stranded.len(),
+            query.limit.unwrap_or(usize::MAX),
+            stranded.last().map(|s| s.flow.id),
+        );
+    };
     if as_json {
         let rows: Vec<serde_json::Value> = stranded
             .iter()
@@ -125,7 +146,9 @@ async fn list_stranded(
                 })
             })
             .collect();
-        return output::print_json(&rows);
+        output::print_json(&rows)?;
+        hint();
+        return Ok(());
     }
     let mut t = output::table(
         style,
@@ -147,6 +170,7 @@ async fn list_stranded(
         ]);
     }
     output::print_table(&t);
+    hint();
     Ok(())
 }
 

@@ -21,9 +21,13 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
             key,
             owner,
             limit,
+            after,
             json,
         } => {
-            let mut query = JobQuery::all();
+            let mut query = JobQuery::all().limit(limit);
+            if let Some(a) = after {
+                query = query.after(super::parse_after::<JobId>(&a)?);
+            }
             if let Some(s) = state {
                 query = query.state(parse::<JobState>("job state", &s.to_uppercase())?);
             }
@@ -33,16 +37,15 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
             if let Some(o) = owner {
                 query = query.owner(parse::<ConductorId>("conductor id", &o)?);
             }
-            if let Some(l) = limit {
-                query = query.limit(l);
-            }
             let board = db.open().await?.board;
             let jobs = board.list(&query).await?;
             if json {
-                return output::print_json(&jobs);
+                output::print_json(&jobs)?;
+            } else {
+                let fleet = board.conductors().await?;
+                print_jobs(&jobs, &fleet, style);
             }
-            let fleet = board.conductors().await?;
-            print_jobs(&jobs, &fleet, style);
+            output::page_hint(jobs.len(), limit, jobs.last().map(|j| j.id));
             Ok(())
         }
         JobsCommand::Show { id, json } => {

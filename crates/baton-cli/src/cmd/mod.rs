@@ -82,6 +82,20 @@ where
     T::from_str(text).map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))
 }
 
+/// A listing's `--after`: the id of the last row of the previous page.
+pub(crate) fn parse_after<T>(text: &str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    T::from_str(text).map_err(|e| {
+        CliError::new(
+            exit::BAD_INPUT,
+            format!("--after takes the id of the last row of a page: {e}"),
+        )
+    })
+}
+
 /// The time a purge's `--older-than` or `--ended-before` names.
 pub(crate) fn cutoff(cutoff: &crate::args::Cutoff) -> Result<chrono::DateTime<chrono::Utc>> {
     match (&cutoff.older_than, &cutoff.ended_before) {

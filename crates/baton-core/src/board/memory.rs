@@ -20,7 +20,24 @@ use crate::store::MemoryStore;
 struct Inner {
     jobs: HashMap<JobId, Job>,
     order: Vec<JobId>,
+    /// Each job's number in posting order.
+    numbers: HashMap<JobId, u64>,
+    /// The jobs that may not have ended, by number: every job that has not ended is here, and
+    /// ended (or purged) ones leave at the next claim. A claim reads these, not every job the
+    /// board ever held, so its cost does not grow with the ended ones.
+    open: std::collections::BTreeMap<u64, JobId>,
+    /// How many jobs were ever posted.
+    posted: u64,
     conductors: HashMap<ConductorId, ConductorInfo>,
+}
+
+impl Inner {
+    /// Counts job `id` among those that may not have ended (posted, or reopened).
+    fn mark_open(&mut self, id: JobId) {
+        if let Some(n) = self.numbers.get(&id) {
+            self.open.insert(*n, id);
+        }
+    }
 }
 
 /// A [`JobBoard`] in process memory, fencing the flows of a [`MemoryStore`].
@@ -173,6 +190,10 @@ impl JobBoard for MemoryJobBoard {
                 }
             }
             inner.order.push(job.id);
+            let number = inner.posted;
+            inner.posted += 1;
+            inner.numbers.insert(job.id, number);
+            inner.open.insert(number, job.id);
             inner.jobs.insert(job.id, job.clone());
             told
         };
@@ -191,11 +212,17 @@ impl JobBoard for MemoryJobBoard {
     ) -> Result<Option<Claim>> {
         let now = Utc::now();
         let mut inner = self.lock();
+        let inner = &mut *inner;
         let live = |j: &Job| j.lease_expires_at.is_some_and(|t| t > now);
+        // Ended and purged jobs leave the open ones.
+        let jobs = &inner.jobs;
+        inner
+            .open
+            .retain(|_, id| jobs.get(id).is_some_and(|j| !j.state.is_terminal()));
         // The earliest unfinished job of each key is the only one of its key that may run.
         let mut heads: HashMap<&str, JobId> = HashMap::new();
-        for id in &inner.order {
-            let job = &inner.jobs[id];
+        for id in inner.open.values() {
+            let Some(job) = jobs.get(id) else { continue };
             if let Some(k) = &job.key {
                 if job.state.holds_key() {
                     heads.entry(k.as_str()).or_insert(*id);
@@ -203,10 +230,9 @@ impl JobBoard for MemoryJobBoard {
             }
         }
         let best = inner
-            .order
+            .open
             .iter()
-            .enumerate()
-            .map(|(seq, id)| (seq, &inner.jobs[id]))
+            .filter_map(|(seq, id)| Some((*seq, jobs.get(id)?)))
             .filter(|(_, j)| match j.state {
                 JobState::Unclaimed => true,
                 JobState::Claimed => !live(j),
@@ -324,7 +350,9 @@ impl JobBoard for MemoryJobBoard {
             // Whatever claim there was is revoked: whoever claims the job next does so under a
             // token no earlier owner holds.
             self.reopen(job, how.revert);
-            job.clone()
+            let job = job.clone();
+            inner.mark_open(id);
+            job
         };
         self.wake.wake();
         Ok(job)
@@ -429,8 +457,17 @@ impl JobBoard for MemoryJobBoard {
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>> {
         let inner = self.lock();
-        Ok(inner
-            .order
+        // Posting order: a page after `after` is what follows it in `order`.
+        let start = match query.after {
+            Some(after) => inner
+                .order
+                .iter()
+                .position(|id| *id == after)
+                .ok_or(Error::UnknownCursor(after))?
+                .saturating_add(1),
+            None => 0,
+        };
+        Ok(inner.order[start..]
             .iter()
             .filter_map(|id| inner.jobs.get(id))
             .filter(|j| query.matches(j))
@@ -445,6 +482,7 @@ impl JobBoard for MemoryJobBoard {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut purged = Vec::new();
         let jobs = &mut inner.jobs;
+        let numbers = &mut inner.numbers;
         let store = &self.store;
         inner.order.retain(|id| {
             // A job whose run is unfinished stays: it is what an operator recovers the run
@@ -456,6 +494,7 @@ impl JobBoard for MemoryJobBoard {
             });
             if purged.len() < limit && ended {
                 jobs.remove(id);
+                numbers.remove(id);
                 purged.push(*id);
                 return false;
             }

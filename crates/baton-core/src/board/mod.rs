@@ -125,6 +125,10 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// A listing was asked for the jobs after a job the board does not hold
+    /// ([`JobQuery::after`]): it never existed, or it was purged since the page that named it.
+    #[error("cannot list after job {0}: the board holds no such job (purged since?)")]
+    UnknownCursor(JobId),
     /// The board cannot be reached right now; retrying later may work.
     #[error("job board unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
@@ -559,6 +563,8 @@ pub struct JobQuery {
     pub owner: Option<ConductorId>,
     /// At most this many, oldest first.
     pub limit: Option<usize>,
+    /// Only jobs posted after this one: the position a page ends at (see [`JobQuery::after`]).
+    pub after: Option<JobId>,
 }
 
 impl JobQuery {
@@ -593,6 +599,18 @@ impl JobQuery {
     #[must_use]
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = Some(limit);
+        self
+    }
+
+    /// Only the jobs that come after `job` in posting order: the next page after a page whose
+    /// last row is `job`. Paging this way (keyset pagination, on the board's posting sequence)
+    /// reads one index range per page, however deep, and never shows a job twice.
+    ///
+    /// A board refuses a position it does not hold with [`Error::UnknownCursor`] (the job was
+    /// purged since the page that named it, or never existed).
+    #[must_use]
+    pub fn after(mut self, job: JobId) -> Self {
+        self.after = Some(job);
         self
     }
 

@@ -351,8 +351,17 @@ impl Store for MemoryStore {
 
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
         let inner = self.lock();
-        let matching = inner
-            .order
+        // Newest first: `order` is creation order, so a page after `after` is what precedes
+        // it there.
+        let end = match query.after {
+            Some(after) => inner
+                .order
+                .iter()
+                .position(|id| *id == after)
+                .ok_or(Error::UnknownCursor(after))?,
+            None => inner.order.len(),
+        };
+        let matching = inner.order[..end]
             .iter()
             .rev()
             .filter_map(|id| inner.flows.get(id))

@@ -141,6 +141,10 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A listing was asked for the flows after a flow the store does not hold
+    /// ([`FlowQuery::after`]): it never existed, or it was purged since the page that named it.
+    #[error("cannot list after flow {0}: the store holds no such flow (purged since?)")]
+    UnknownCursor(FlowId),
     /// The store cannot be reached right now; retrying later may work.
     #[error("store unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
@@ -191,6 +195,8 @@ pub struct FlowQuery {
     pub unfinished: bool,
     /// At most this many (newest first); `None` for all.
     pub limit: Option<usize>,
+    /// Only flows listed after this one: the position a page ends at (see [`FlowQuery::after`]).
+    pub after: Option<FlowId>,
 }
 
 impl FlowQuery {
@@ -239,6 +245,19 @@ impl FlowQuery {
     #[must_use]
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = Some(limit);
+        self
+    }
+
+    /// Only the flows that come after `flow` in the listing's order (newest first), that is
+    /// the runs created before it: the next page after a page whose last row is `flow`.
+    /// Paging this way (keyset pagination) reads one index range per page, however deep, and
+    /// a run created while an operator pages shows up on the first page, never twice.
+    ///
+    /// A store refuses a position it does not hold with [`Error::UnknownCursor`] (the run was
+    /// purged since the page that named it, or never existed).
+    #[must_use]
+    pub fn after(mut self, flow: FlowId) -> Self {
+        self.after = Some(flow);
         self
     }
 
