@@ -5,6 +5,7 @@
 //! cargo run --release -p baton-bench -- linear --backend sqlite --tasks 1000
 //! cargo run --release -p baton-bench -- fanout --backend postgres --tasks 1000 --parallelism 8
 //! cargo run --release -p baton-bench -- floor --backend sqlite --gap-us 0,5,20
+//! cargo run --release -p baton-bench -- backlog --backend postgres --jobs 50000 --small 2000
 //! ```
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
@@ -164,6 +165,27 @@ enum Scenario {
         /// they would in service; 0 times the fleet's start too.
         #[arg(long, default_value_t = 100)]
         warmup: usize,
+    },
+    /// A backlog drained: post N one-task jobs with no conductor running, then start K
+    /// conductors and time until every job is complete; the same for a small backlog, each in
+    /// a new database (or schema), in the same run. The figure is the ratio of the two rates.
+    Backlog {
+        #[command(flatten)]
+        target: Target,
+        /// Jobs in the deep backlog.
+        #[arg(long, default_value_t = 50_000)]
+        jobs: usize,
+        /// Jobs in the shallow backlog, drained first.
+        #[arg(long, default_value_t = 2000)]
+        small: usize,
+        #[arg(long, default_value_t = 4)]
+        conductors: usize,
+        /// Jobs each conductor runs at once (default: a conductor's own default).
+        #[arg(long, default_value_t = baton_core::conductor::Options::default().concurrency)]
+        concurrency: usize,
+        /// Clients posting the backlog at the same time, each with its own connections.
+        #[arg(long, default_value_t = 8)]
+        posters: usize,
     },
     /// SIGKILL the conductor (a child process) that owns a running flow; measure how soon
     /// another conductor claims the job and completes it.
@@ -606,6 +628,24 @@ fn main() -> Result<()> {
                 concurrency,
                 posters,
                 warmup,
+            },
+        )),
+        Scenario::Backlog {
+            target,
+            jobs,
+            small,
+            conductors,
+            concurrency,
+            posters,
+        } => rt.block_on(fleet::backlog(
+            &target,
+            [small, jobs],
+            fleet::Load {
+                jobs,
+                conductors,
+                concurrency,
+                posters,
+                warmup: 0,
             },
         )),
         Scenario::Takeover { target } => rt.block_on(fleet::takeover(&target)),

@@ -1,6 +1,8 @@
 //! The in-memory job board: the reference implementation of [`JobBoard`].
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,7 +22,67 @@ use crate::store::MemoryStore;
 struct Inner {
     jobs: HashMap<JobId, Job>,
     order: Vec<JobId>,
+    /// Each job's place in posting order (`order` shifts when jobs are purged).
+    seqs: HashMap<JobId, u64>,
+    next_seq: u64,
+    /// The jobs that may be open (waiting, claimed or parked), in claim order: what claims
+    /// look through, so that their cost does not grow with the jobs that ended. An entry is
+    /// added when a job is posted or put back on the board, and dropped when a claim or a
+    /// listing finds its job ended (or purged).
+    open: BTreeSet<Open>,
+    /// The jobs of each key that may hold it, in posting order; cleaned the same way.
+    keyed: HashMap<String, BTreeSet<(u64, JobId)>>,
     conductors: HashMap<ConductorId, ConductorInfo>,
+}
+
+/// An entry of [`Inner::open`]: a job's priority (highest first) and place in posting order.
+type Open = (Reverse<i32>, u64, JobId);
+
+impl Inner {
+    /// Enters job `id` (posted or put back on the board) in the indexes of open jobs.
+    fn track(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let seq = *self.seqs.entry(id).or_insert_with(|| {
+            self.next_seq += 1;
+            self.next_seq
+        });
+        self.open.insert((Reverse(job.priority), seq, id));
+        if let Some(key) = &job.key {
+            self.keyed.entry(key.clone()).or_default().insert((seq, id));
+        }
+    }
+
+    /// The open jobs in posting order, the ended ones met on the way dropped from the index.
+    fn open_jobs(&mut self) -> Vec<&Job> {
+        let (open, ended): (Vec<Open>, Vec<Open>) = self
+            .open
+            .iter()
+            .partition(|(_, _, id)| self.jobs.get(id).is_some_and(|j| !j.state.is_terminal()));
+        for entry in &ended {
+            self.open.remove(entry);
+        }
+        let mut open: Vec<(u64, JobId)> = open.into_iter().map(|(_, seq, id)| (seq, id)).collect();
+        open.sort_unstable();
+        open.iter()
+            .filter_map(|(_, id)| self.jobs.get(id))
+            .collect()
+    }
+
+    /// The job that holds `key` (the earliest that has not ended), the ended ones met on the
+    /// way dropped from the index.
+    fn key_head(&mut self, key: &str) -> Option<JobId> {
+        let entries = self.keyed.get_mut(key)?;
+        while let Some(&(seq, id)) = entries.first() {
+            if self.jobs.get(&id).is_some_and(|j| j.state.holds_key()) {
+                return Some(id);
+            }
+            entries.remove(&(seq, id));
+        }
+        self.keyed.remove(key);
+        None
+    }
 }
 
 /// A [`JobBoard`] in process memory, fencing the flows of a [`MemoryStore`].
@@ -153,8 +215,13 @@ impl JobBoard for MemoryJobBoard {
             let mut told = false;
             if new.supersede {
                 // Every step is decided before any is applied: a refusal changes nothing.
-                let steps = inner
-                    .order
+                let holding: Vec<JobId> = job
+                    .key
+                    .as_ref()
+                    .and_then(|k| inner.keyed.get(k))
+                    .map(|e| e.iter().map(|(_, id)| *id).collect())
+                    .unwrap_or_default();
+                let steps = holding
                     .iter()
                     .filter_map(|id| inner.jobs.get(id))
                     .filter(|j| j.key == job.key && j.state.holds_key())
@@ -174,6 +241,7 @@ impl JobBoard for MemoryJobBoard {
             }
             inner.order.push(job.id);
             inner.jobs.insert(job.id, job.clone());
+            inner.track(job.id);
             told
         };
         if told {
@@ -191,31 +259,48 @@ impl JobBoard for MemoryJobBoard {
     ) -> Result<Option<Claim>> {
         let now = Utc::now();
         let mut inner = self.lock();
+        let inner = &mut *inner;
         let live = |j: &Job| j.lease_expires_at.is_some_and(|t| t > now);
-        // The earliest unfinished job of each key is the only one of its key that may run.
-        let mut heads: HashMap<&str, JobId> = HashMap::new();
-        for id in &inner.order {
-            let job = &inner.jobs[id];
-            if let Some(k) = &job.key {
-                if job.state.holds_key() {
-                    heads.entry(k.as_str()).or_insert(*id);
-                }
-            }
-        }
-        let best = inner
-            .order
-            .iter()
-            .enumerate()
-            .map(|(seq, id)| (seq, &inner.jobs[id]))
-            .filter(|(_, j)| match j.state {
+        // Along the open jobs in claim order: the first that may run is the one. Ended jobs
+        // met on the way leave the index; the earliest unfinished job of each key is the only
+        // one of its key that may run.
+        let mut ended = Vec::new();
+        let mut best = None;
+        let mut next = inner.open.first().copied();
+        while let Some(entry) = next {
+            next = inner
+                .open
+                .range((Excluded(entry), Unbounded))
+                .next()
+                .copied();
+            let id = entry.2;
+            let Some(j) = inner.jobs.get(&id) else {
+                ended.push(entry);
+                continue;
+            };
+            let eligible = match j.state {
                 JobState::Unclaimed => true,
                 JobState::Claimed => !live(j),
-                _ => false,
-            })
-            .filter(|(_, j)| j.key.as_deref().is_none_or(|k| heads.get(k) == Some(&j.id)))
-            .filter(|(_, j)| offer.covers(j))
-            .min_by_key(|(seq, j)| (std::cmp::Reverse(j.priority), *seq))
-            .map(|(_, j)| j.id);
+                JobState::Parked => false,
+                JobState::Complete | JobState::Trashed => {
+                    ended.push(entry);
+                    false
+                }
+            };
+            if !eligible || !offer.covers(j) {
+                continue;
+            }
+            if let Some(key) = j.key.clone() {
+                if inner.key_head(&key) != Some(id) {
+                    continue;
+                }
+            }
+            best = Some(id);
+            break;
+        }
+        for entry in &ended {
+            inner.open.remove(entry);
+        }
         let Some(id) = best else {
             return Ok(None);
         };
@@ -324,7 +409,9 @@ impl JobBoard for MemoryJobBoard {
             // Whatever claim there was is revoked: whoever claims the job next does so under a
             // token no earlier owner holds.
             self.reopen(job, how.revert);
-            job.clone()
+            let job = job.clone();
+            inner.track(id);
+            job
         };
         self.wake.wake();
         Ok(job)
@@ -338,7 +425,9 @@ impl JobBoard for MemoryJobBoard {
             if self.apply_cancel(job, step) {
                 self.cancels.wake();
             }
-            (job.clone(), step)
+            let job = job.clone();
+            inner.track(id);
+            (job, step)
         };
         if step == CancelStep::Reopen {
             self.wake.wake();
@@ -347,11 +436,10 @@ impl JobBoard for MemoryJobBoard {
     }
 
     async fn cancel_requests(&self, owner: ConductorId) -> Result<Vec<(JobId, Cancel)>> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         Ok(inner
-            .order
-            .iter()
-            .filter_map(|id| inner.jobs.get(id))
+            .open_jobs()
+            .into_iter()
             .filter(|j| j.state == JobState::Claimed && j.owner == Some(owner))
             .filter_map(|j| Some((j.id, j.cancel?)))
             .collect())
@@ -428,7 +516,17 @@ impl JobBoard for MemoryJobBoard {
     }
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        // Jobs of an unfinished state are found among the open ones, whatever ended.
+        if query.state.is_some_and(|s| !s.is_terminal()) {
+            return Ok(inner
+                .open_jobs()
+                .into_iter()
+                .filter(|j| query.matches(j))
+                .take(query.limit.unwrap_or(usize::MAX))
+                .cloned()
+                .collect());
+        }
         Ok(inner
             .order
             .iter()
@@ -463,6 +561,7 @@ impl JobBoard for MemoryJobBoard {
         });
         for id in &purged {
             self.store.forget_fence(*id);
+            inner.seqs.remove(id);
         }
         Ok(purged.len() as u64)
     }
