@@ -141,6 +141,7 @@ async fn migrations_create_the_schema_once_without_leaking_the_search_path() {
         functions,
         [
             "check_fence",
+            "claimable_jobs",
             "create_flow",
             "lock_held",
             "now_ms",
