@@ -167,15 +167,16 @@ enum Scenario {
         warmup: usize,
     },
     /// A backlog drained: post N one-task jobs with no conductor running, then start K
-    /// conductors and time until every job is complete; the same for a small backlog, each in
-    /// a new database (or schema), in the same run. The figure is the ratio of the two rates.
+    /// conductors and time until every job is complete; the same for a small backlog before and
+    /// after, each in a new database (or schema), in the same run. The figure is the ratio of
+    /// the deep backlog's rate to the mean of the small one's two.
     Backlog {
         #[command(flatten)]
         target: Target,
         /// Jobs in the deep backlog.
         #[arg(long, default_value_t = 50_000)]
         jobs: usize,
-        /// Jobs in the shallow backlog, drained first.
+        /// Jobs in the shallow backlog, drained before and after the deep one.
         #[arg(long, default_value_t = 2000)]
         small: usize,
         #[arg(long, default_value_t = 4)]

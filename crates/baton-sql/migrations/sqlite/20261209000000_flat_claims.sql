@@ -6,8 +6,8 @@
 -- planner chose `jobs_claimable (state, priority, seq)`, read every waiting job through it and
 -- sorted them all in a temporary b-tree to keep the first few, where `jobs_open` walks them in
 -- claim order and stops at the first it can take. The claim now names `jobs_open` (`INDEXED
--- BY`), and `jobs_claimable`, which only lured the planner away from it, gives way to an
--- index of jobs by state in posting order, the order listings of one state want.
+-- BY`), and `jobs_claimable`, which lured the planner away from it, gives way to a narrower
+-- index of jobs by state in posting order, which purges use to find the jobs that ended.
 --
 -- A claim of the previous release keeps working (it plans as before, along the new index).
 
