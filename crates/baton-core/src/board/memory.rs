@@ -30,6 +30,8 @@ struct Inner {
     /// added when a job is posted or put back on the board, and dropped when a claim or a
     /// listing finds its job ended (or purged).
     open: BTreeSet<Open>,
+    /// The same jobs in posting order, for listings; cleaned the same way.
+    open_in_order: BTreeSet<(u64, JobId)>,
     /// The jobs of each key that may hold it, in posting order; cleaned the same way.
     keyed: HashMap<String, BTreeSet<(u64, JobId)>>,
     conductors: HashMap<ConductorId, ConductorInfo>,
@@ -49,25 +51,35 @@ impl Inner {
             self.next_seq
         });
         self.open.insert((Reverse(job.priority), seq, id));
+        self.open_in_order.insert((seq, id));
         if let Some(key) = &job.key {
             self.keyed.entry(key.clone()).or_default().insert((seq, id));
         }
     }
 
-    /// The open jobs in posting order, the ended ones met on the way dropped from the index.
-    fn open_jobs(&mut self) -> Vec<&Job> {
-        let (open, ended): (Vec<Open>, Vec<Open>) = self
-            .open
-            .iter()
-            .partition(|(_, _, id)| self.jobs.get(id).is_some_and(|j| !j.state.is_terminal()));
-        for entry in &ended {
-            self.open.remove(entry);
+    /// The open jobs that `query` matches, in posting order, up to its limit; the ended ones
+    /// met on the way are dropped from the index.
+    fn open_jobs(&mut self, query: &JobQuery) -> Vec<Job> {
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let mut found = Vec::new();
+        let mut ended = Vec::new();
+        for entry in &self.open_in_order {
+            if found.len() >= limit {
+                break;
+            }
+            match self.jobs.get(&entry.1) {
+                Some(j) if !j.state.is_terminal() => {
+                    if query.matches(j) {
+                        found.push(j.clone());
+                    }
+                }
+                _ => ended.push(*entry),
+            }
         }
-        let mut open: Vec<(u64, JobId)> = open.into_iter().map(|(_, seq, id)| (seq, id)).collect();
-        open.sort_unstable();
-        open.iter()
-            .filter_map(|(_, id)| self.jobs.get(id))
-            .collect()
+        for entry in &ended {
+            self.open_in_order.remove(entry);
+        }
+        found
     }
 
     /// The job that holds `key` (the earliest that has not ended), the ended ones met on the
@@ -438,9 +450,8 @@ impl JobBoard for MemoryJobBoard {
     async fn cancel_requests(&self, owner: ConductorId) -> Result<Vec<(JobId, Cancel)>> {
         let mut inner = self.lock();
         Ok(inner
-            .open_jobs()
+            .open_jobs(&JobQuery::all().state(JobState::Claimed).owner(owner))
             .into_iter()
-            .filter(|j| j.state == JobState::Claimed && j.owner == Some(owner))
             .filter_map(|j| Some((j.id, j.cancel?)))
             .collect())
     }
@@ -519,13 +530,7 @@ impl JobBoard for MemoryJobBoard {
         let mut inner = self.lock();
         // Jobs of an unfinished state are found among the open ones, whatever ended.
         if query.state.is_some_and(|s| !s.is_terminal()) {
-            return Ok(inner
-                .open_jobs()
-                .into_iter()
-                .filter(|j| query.matches(j))
-                .take(query.limit.unwrap_or(usize::MAX))
-                .cloned()
-                .collect());
+            return Ok(inner.open_jobs(query));
         }
         Ok(inner
             .order
