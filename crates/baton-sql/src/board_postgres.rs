@@ -93,8 +93,8 @@ pub const DEFAULT_WAKE_WINDOW: Duration = Duration::from_millis(20);
 /// The default of [`PostgresJobBoard::with_vacuum`]: a look every 2 s.
 pub const DEFAULT_VACUUM_EVERY: Duration = Duration::from_secs(2);
 
-/// How many dead rows a table of the board holds before the board vacuums it: about what a
-/// fleet's claims walk past in a few milliseconds (a page of index entries holds some 300).
+/// How many dead rows a table of the board holds before the board vacuums it: a dozen pages
+/// or so of dead index entries for a claim to walk past (about 170 fit a page).
 const VACUUM_AFTER_DEAD_ROWS: i64 = 2000;
 
 /// The tables the board vacuums: those every claim, heartbeat and end rewrites a row of.
@@ -350,8 +350,9 @@ impl PostgresJobBoard {
     /// rows in `jobs` and `fences`, and when a table holds 2 000 or more and nobody vacuumed
     /// it in the last `every`, run `VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON)` on it (a
     /// vacuum already under way elsewhere is not waited for). A vacuum reads only the pages
-    /// changed since the last one, and every page of the table's indexes: a few milliseconds
-    /// for a board of a few hundred thousand jobs. It needs the role to own the tables (a role
+    /// changed since the last one, and every page of the table's indexes: about 0.1 s for a
+    /// table of 500 000 jobs on a small, busy machine, which the claim running it waits for.
+    /// It needs the role to own the tables (a role
     /// that does not gets a warning from the server, and nothing is vacuumed); a failed one is
     /// logged and the claim goes on. See `docs/operations.md`.
     #[must_use]
