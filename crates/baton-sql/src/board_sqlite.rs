@@ -466,9 +466,6 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
         if max == 0 || offer.is_empty() {
             return Ok(Vec::new());
         }
-        // The jobs are walked along `jobs_open`, in claim order, until enough are found: named,
-        // because the planner, given an index by state, would rather read every waiting job
-        // and sort them (see the migration `20261209000000_flat_claims`).
         // `?6`: the offer, a JSON array of [factory, version] pairs. A job is taken if the
         // offer has its factory, at its version if it is pinned; an unpinned job is pinned to
         // the newest version offered.
@@ -481,7 +478,7 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
                                                WHERE o.value ->> '$[0]' = jobs.factory)), \
                  updated_at = ?4 \
              WHERE id IN ( \
-                 SELECT j.id FROM jobs j INDEXED BY jobs_open \
+                 SELECT j.id FROM jobs j \
                   WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
                     AND (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?2)) \
                     AND EXISTS (SELECT 1 FROM json_each(?6) o \

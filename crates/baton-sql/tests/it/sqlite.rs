@@ -680,9 +680,10 @@ async fn a_job_posted_before_watched_jobs_is_waited_for_after_the_upgrade() {
     crate::cases::a_job_posted_before_the_upgrade_is_waited_for(&board, job).await;
 }
 
-/// A board written by the release before flat claims (a job in every state) is upgraded on
-/// open, and its jobs are listed, claimed and purged as they were (see
-/// `cases::jobs_before_flat_claims_after_the_upgrade`).
+/// A board with a job in every state, written as the release before flat claims wrote it, is
+/// opened, and its jobs are listed, claimed and purged as they were (see
+/// `cases::jobs_before_flat_claims_after_the_upgrade`; SQLite has no migration of its own for
+/// flat claims, so this checks the same cases as on PostgreSQL at the current schema).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_written_before_flat_claims_work_after_the_upgrade() {
     let (_dir, url, mut conn) = database_as_of(crate::cases::before_flat_claims(sqlx::migrate!(
