@@ -177,7 +177,8 @@ async fn conductor(
         .context("invalid conductor options")
 }
 
-/// The shape of a `jobs` run.
+/// The shape of a `jobs` or `backlog` run.
+#[derive(Clone, Copy)]
 pub(crate) struct Load {
     pub(crate) jobs: usize,
     pub(crate) conductors: usize,
@@ -242,10 +243,10 @@ pub(crate) async fn timed_jobs(
     // A warm-up, untimed: connections, statements, caches.
     let warming = Instant::now();
     post_all(&poster, "history-warmup", 20).await?;
-    wait_until_done(watcher.as_ref(), warming).await?;
+    wait_until_done(watcher.as_ref(), warming, Duration::from_secs(600)).await?;
     let start = Instant::now();
     let ids = post_all(&poster, "history", count).await?;
-    wait_until_done(watcher.as_ref(), start).await?;
+    wait_until_done(watcher.as_ref(), start, Duration::from_secs(600)).await?;
     let secs = start.elapsed().as_secs_f64();
     shutdown.cancel();
     while let Some(r) = running.join_next().await {
@@ -265,8 +266,8 @@ pub(crate) async fn timed_jobs(
 }
 
 /// Waits until no job is left unclaimed or claimed (two cheap look-ups along the claim
-/// indexes), looking every 2 ms.
-async fn wait_until_done(watcher: &dyn JobBoard, start: Instant) -> Result<()> {
+/// indexes), looking every 2 ms; fails after `limit`.
+async fn wait_until_done(watcher: &dyn JobBoard, start: Instant, limit: Duration) -> Result<()> {
     loop {
         let unclaimed = watcher
             .list(&JobQuery::all().state(JobState::Unclaimed).limit(1))
@@ -278,8 +279,8 @@ async fn wait_until_done(watcher: &dyn JobBoard, start: Instant) -> Result<()> {
             return Ok(());
         }
         anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(600),
-            "the jobs did not complete"
+            start.elapsed() < limit,
+            "the jobs did not complete in {limit:?}"
         );
         // It starts after the last post, when little is left to do: a short sleep keeps the
         // end from being seen late (by up to the sleep, which a 20 ms sleep made 2 to 3 % of a
@@ -324,12 +325,12 @@ pub(crate) async fn jobs(target: &Target, load: Load) -> Result<()> {
     if warmup > 0 {
         let warming = Instant::now();
         post_all(&clients, "warmup", warmup).await?;
-        wait_until_done(watcher.as_ref(), warming).await?;
+        wait_until_done(watcher.as_ref(), warming, Duration::from_secs(600)).await?;
     }
     let start = Instant::now();
     post_all(&clients, "job", jobs).await?;
     let posted_after = start.elapsed();
-    wait_until_done(watcher.as_ref(), start).await?;
+    wait_until_done(watcher.as_ref(), start, Duration::from_secs(600)).await?;
     let secs = start.elapsed().as_secs_f64();
     let complete = watcher
         .list(&JobQuery::all().state(JobState::Complete))
@@ -376,6 +377,223 @@ pub(crate) async fn jobs(target: &Target, load: Load) -> Result<()> {
             "jobs_per_sec": jobs as f64 / secs,
             "posted_after_secs": posted_after.as_secs_f64(),
             "consumed": consumed,
+        })
+    );
+    Ok(())
+}
+
+/// What the clock of `backlog` watches: whether any job is still waiting or claimed. Asked of
+/// the database directly, along the claim indexes, where there is one (the board's listing by
+/// state may read past every job that ended), else of the board; every 2 ms.
+enum Probe {
+    Board(Arc<dyn JobBoard>),
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl Probe {
+    async fn open(fleet: &Fleet) -> Result<Self> {
+        use sqlx::Connection;
+        Ok(match fleet.backend {
+            Backend::Memory => Probe::Board(fleet.board()),
+            Backend::Sqlite => Probe::Sqlite(sqlx::SqliteConnection::connect(&fleet.url).await?),
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&fleet.url).await?;
+                if let Some(schema) = &fleet.schema {
+                    sqlx::query(&format!("SET search_path TO {schema}"))
+                        .execute(&mut conn)
+                        .await?;
+                }
+                Probe::Postgres(conn)
+            }
+        })
+    }
+
+    async fn busy(&mut self) -> Result<bool> {
+        Ok(match self {
+            Probe::Board(board) => {
+                let open = JobQuery::all().limit(1);
+                !board
+                    .list(&open.clone().state(JobState::Unclaimed))
+                    .await?
+                    .is_empty()
+                    || !board.list(&open.state(JobState::Claimed)).await?.is_empty()
+            }
+            Probe::Postgres(conn) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'UNCLAIMED') \
+                         OR EXISTS (SELECT 1 FROM jobs WHERE state = 'CLAIMED')",
+                )
+                .fetch_one(conn)
+                .await?
+            }
+            Probe::Sqlite(conn) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_open \
+                                     WHERE state IN ('UNCLAIMED', 'CLAIMED'))",
+                )
+                .fetch_one(conn)
+                .await?
+            }
+        })
+    }
+
+    /// How many jobs the board holds, how many of them are in `state`, and how many of those
+    /// ended with their flow succeeded (a board's listing of every job is one call, which on
+    /// SQLite may outlast the call timeout for hundreds of thousands of jobs: counted in the
+    /// database where there is one).
+    async fn tally(&mut self, state: JobState) -> Result<(i64, i64, i64)> {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        Ok(match self {
+            Probe::Board(board) => {
+                let all = board.list(&JobQuery::all()).await?;
+                let in_state: Vec<_> = all.iter().filter(|j| j.state == state).collect();
+                let succeeded = in_state
+                    .iter()
+                    .filter(|j| {
+                        j.outcome.as_ref().and_then(|o| o.get("state")) == Some(&json!("SUCCESS"))
+                    })
+                    .count();
+                (count(all.len()), count(in_state.len()), count(succeeded))
+            }
+            Probe::Postgres(conn) => {
+                sqlx::query_as(
+                    "SELECT count(*), count(*) FILTER (WHERE state = $1), \
+                            count(*) FILTER (WHERE state = $1 AND outcome ->> 'state' = 'SUCCESS') \
+                       FROM jobs",
+                )
+                .bind(state.as_str())
+                .fetch_one(conn)
+                .await?
+            }
+            Probe::Sqlite(conn) => {
+                sqlx::query_as(
+                    "SELECT count(*), coalesce(sum(state = ?1), 0), \
+                            coalesce(sum(state = ?1 AND outcome ->> '$.state' = 'SUCCESS'), 0) \
+                       FROM jobs",
+                )
+                .bind(state.as_str())
+                .fetch_one(conn)
+                .await?
+            }
+        })
+    }
+
+    /// Waits until no job is left waiting or claimed; fails after `limit`.
+    async fn wait_until_done(&mut self, start: Instant, limit: Duration) -> Result<()> {
+        while self.busy().await? {
+            anyhow::ensure!(
+                start.elapsed() < limit,
+                "the jobs did not complete in {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+}
+
+/// One drain of `backlog`: in a new database, P posters post `jobs` one-task jobs with no
+/// conductor running; then K conductors (connected beforehand) start, and the clock runs until
+/// no job is left unclaimed or claimed. Checks that every posted job, and nothing else, ended
+/// COMPLETE with its flow succeeded. Answers the seconds the posts and the drain took, and
+/// what the conductors say they consumed.
+async fn drain(target: &Target, load: &Load) -> Result<(f64, f64, u64)> {
+    let fleet = Fleet::open(target).await?;
+    let mut clients = Vec::with_capacity(load.posters.max(1));
+    for _ in 0..load.posters.max(1) {
+        clients.push(fleet.member().await?.1);
+    }
+    let posting = Instant::now();
+    post_all(&clients, "job", load.jobs).await?;
+    let post_secs = posting.elapsed().as_secs_f64();
+    drop(clients);
+    let mut probe = Probe::open(&fleet).await?;
+    let posted = i64::try_from(load.jobs).unwrap_or(i64::MAX);
+    let (all, waiting, _) = probe.tally(JobState::Unclaimed).await?;
+    anyhow::ensure!(
+        (all, waiting) == (posted, posted),
+        "{waiting} of {all} jobs on the board wait before the drain, {posted} were posted"
+    );
+    let mut fleet_members = Vec::with_capacity(load.conductors.max(1));
+    for i in 0..load.conductors.max(1) {
+        fleet_members.push(
+            conductor(
+                &fleet,
+                format!("bench-{i}"),
+                Duration::from_millis(50),
+                load.concurrency,
+            )
+            .await?,
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let mut running = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for c in fleet_members {
+        running.spawn(c.run(shutdown.clone()));
+    }
+    // At least 10 jobs a second, and never less than 10 minutes.
+    let limit = Duration::from_secs(600.max(u64::try_from(load.jobs / 10).unwrap_or(u64::MAX)));
+    let drained = probe.wait_until_done(start, limit).await;
+    if let Err(e) = drained {
+        shutdown.cancel();
+        fleet.clean_up().await?;
+        return Err(e);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let mut consumed = 0;
+    while let Some(r) = running.join_next().await {
+        consumed += r??.consumed;
+    }
+    let (all, complete, succeeded) = probe.tally(JobState::Complete).await?;
+    anyhow::ensure!(
+        (all, complete) == (posted, posted),
+        "{complete} of {all} jobs on the board are complete, {posted} were posted"
+    );
+    anyhow::ensure!(
+        succeeded == posted,
+        "{} of {posted} jobs ended without their flow succeeding",
+        posted - succeeded
+    );
+    fleet.clean_up().await?;
+    Ok((post_secs, secs, consumed))
+}
+
+/// `backlog`: drains a shallow backlog, a deep one and the shallow one again (`sizes`:
+/// shallow, deep), each in a new database, and reports the rates and the ratio of the deep
+/// one's to the mean of the two shallow ones' (the machine's speed drifts over minutes; a
+/// shallow drain on each side of the deep one puts both under the same drift).
+pub(crate) async fn backlog(target: &Target, sizes: [usize; 2], load: Load) -> Result<()> {
+    let mut figures = Vec::with_capacity(3);
+    for jobs in [sizes[0], sizes[1], sizes[0]] {
+        anyhow::ensure!(jobs > 0, "a backlog needs at least one job");
+        let (posted, secs, consumed) = drain(target, &Load { jobs, ..load }).await?;
+        anyhow::ensure!(
+            usize::try_from(consumed).ok() == Some(jobs),
+            "the conductors consumed {consumed} jobs of {jobs}"
+        );
+        figures.push((jobs, posted, secs));
+    }
+    let rate = |(jobs, _, secs): (usize, f64, f64)| jobs as f64 / secs;
+    let (before, deep, after) = (figures[0], figures[1], figures[2]);
+    let small_rate = (rate(before) + rate(after)) / 2.0;
+    println!(
+        "{}",
+        json!({
+            "scenario": "backlog",
+            "backend": target.backend.name(),
+            "conductors": load.conductors,
+            "concurrency": load.concurrency,
+            "posters": load.posters,
+            "small_jobs": before.0,
+            "small_drain_secs": [before.2, after.2],
+            "small_jobs_per_sec": [rate(before), rate(after)],
+            "jobs": deep.0,
+            "post_secs": deep.1,
+            "drain_secs": deep.2,
+            "jobs_per_sec": rate(deep),
+            "ratio": rate(deep) / small_rate,
         })
     );
     Ok(())

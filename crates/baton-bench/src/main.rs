@@ -7,6 +7,7 @@
 //! cargo run --release -p baton-bench -- floor --backend sqlite --gap-us 0,5,20
 //! cargo run --release -p baton-bench -- resume --backend sqlite --steps 1000,10000,100000
 //! cargo run --release -p baton-bench -- history --backend postgres --runs 1000000
+//! cargo run --release -p baton-bench -- backlog --backend postgres --jobs 50000 --small 2000
 //! ```
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
@@ -29,8 +30,8 @@
 #![allow(clippy::print_stdout)]
 
 mod fleet;
-mod resume;
 mod history;
+mod resume;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,6 +169,28 @@ enum Scenario {
         /// they would in service; 0 times the fleet's start too.
         #[arg(long, default_value_t = 100)]
         warmup: usize,
+    },
+    /// A backlog drained: post N one-task jobs with no conductor running, then start K
+    /// conductors and time until every job is complete; the same for a small backlog before and
+    /// after, each in a new database (or schema), in the same run. The figure is the ratio of
+    /// the deep backlog's rate to the mean of the small one's two.
+    Backlog {
+        #[command(flatten)]
+        target: Target,
+        /// Jobs in the deep backlog.
+        #[arg(long, default_value_t = 50_000)]
+        jobs: usize,
+        /// Jobs in the shallow backlog, drained before and after the deep one.
+        #[arg(long, default_value_t = 2000)]
+        small: usize,
+        #[arg(long, default_value_t = 4)]
+        conductors: usize,
+        /// Jobs each conductor runs at once (default: a conductor's own default).
+        #[arg(long, default_value_t = baton_core::conductor::Options::default().concurrency)]
+        concurrency: usize,
+        /// Clients posting the backlog at the same time, each with its own connections.
+        #[arg(long, default_value_t = 8)]
+        posters: usize,
     },
     /// SIGKILL the conductor (a child process) that owns a running flow; measure how soon
     /// another conductor claims the job and completes it.
@@ -656,6 +679,24 @@ fn main() -> Result<()> {
                 concurrency,
                 posters,
                 warmup,
+            },
+        )),
+        Scenario::Backlog {
+            target,
+            jobs,
+            small,
+            conductors,
+            concurrency,
+            posters,
+        } => rt.block_on(fleet::backlog(
+            &target,
+            [small, jobs],
+            fleet::Load {
+                jobs,
+                conductors,
+                concurrency,
+                posters,
+                warmup: 0,
             },
         )),
         Scenario::Takeover { target } => rt.block_on(fleet::takeover(&target)),

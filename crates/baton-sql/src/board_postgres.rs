@@ -31,17 +31,6 @@ enum Wake {
     IfKeyed,
 }
 
-/// Whether job `j` may run as far as its key goes: no earlier job that holds the key (waiting,
-/// claimed or parked) has it.
-const KEY_IS_FREE: &str = "j.job_key IS NULL OR NOT EXISTS ( \
-        SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
-           AND k.state IN ('UNCLAIMED', 'CLAIMED', 'PARKED') AND k.seq < j.seq)";
-
-/// Whether the claimant can run job `j`: its offer (`$5` factories, `$6` versions, as
-/// parallel arrays) has the job's factory, at the job's version if it is pinned.
-const OFFERED: &str = "EXISTS (SELECT 1 FROM unnest($5::text[], $6::bigint[]) o(f, v) \
-        WHERE o.f = j.factory AND (j.version IS NULL OR o.v = j.version))";
-
 const COLUMNS: &str =
     "id::text AS id, name, factory, params, job_key, priority::bigint AS priority, \
                        state, owner::text AS owner, lease_expires_at, token, attempts, outcome, \
@@ -92,12 +81,24 @@ pub struct PostgresJobBoard {
     liveness: Arc<Liveness>,
     listener: Arc<Listener>,
     reaps: Arc<Throttle>,
+    vacuums: Arc<Throttle>,
+    vacuum_every: Option<Duration>,
     restart_grace: Duration,
     wakes: PostWakes,
 }
 
 /// The default of [`PostgresJobBoard::with_wake_window`].
 pub const DEFAULT_WAKE_WINDOW: Duration = Duration::from_millis(20);
+
+/// The default of [`PostgresJobBoard::with_vacuum`]: a look every 2 s.
+pub const DEFAULT_VACUUM_EVERY: Duration = Duration::from_secs(2);
+
+/// How many dead rows a table of the board holds before the board vacuums it: a dozen pages
+/// or so of dead index entries for a claim to walk past (about 170 fit a page).
+const VACUUM_AFTER_DEAD_ROWS: i64 = 2000;
+
+/// The tables the board vacuums: those every claim, heartbeat and end rewrites a row of.
+const CHURNING: [&str; 2] = ["jobs", "fences"];
 
 /// The default of [`PostgresJobBoard::with_restart_grace`]: 15 s, time for conductors that
 /// heartbeat every 10 s or more often to take their locks again.
@@ -274,6 +275,8 @@ impl PostgresJobBoard {
             liveness: Arc::default(),
             listener: Arc::new(Listener::new(store.clone(), store.job_channel().into())),
             reaps: Arc::default(),
+            vacuums: Arc::default(),
+            vacuum_every: Some(DEFAULT_VACUUM_EVERY),
             restart_grace: DEFAULT_RESTART_GRACE,
             wakes: PostWakes::new(
                 store.clone(),
@@ -331,6 +334,76 @@ impl PostgresJobBoard {
     pub fn with_restart_grace(mut self, grace: Duration) -> Self {
         self.restart_grace = grace;
         self
+    }
+
+    /// How often this board looks whether its tables need vacuuming, and vacuums them if so
+    /// (default [`DEFAULT_VACUUM_EVERY`], 2 s; `None`: never, the server's autovacuum alone
+    /// keeps them).
+    ///
+    /// A claim moves its job out of the index of waiting jobs, and a job's end moves it out
+    /// of the index of leases, but PostgreSQL keeps the old entries in the index until the
+    /// table is vacuumed; each claim walks past every one of them before it finds a job it
+    /// can take. A server whose autovacuum is off never removes them, and one at its defaults
+    /// does so only after a fifth of the table is dead: a claim then costs more the more jobs
+    /// have been claimed, and a deep backlog drains several times slower than a shallow one.
+    /// So claims look, at most once per `every` on this board, at the server's count of dead
+    /// rows in `jobs` and `fences`, and when a table holds 2 000 or more and nobody vacuumed
+    /// it in the last `every`, run `VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON)` on it (a
+    /// vacuum already under way elsewhere is not waited for). A vacuum reads only the pages
+    /// changed since the last one, and every page of the table's indexes: about 0.1 s for a
+    /// table of 500 000 jobs on a small, busy machine, which the claim running it waits for.
+    /// It needs the role to own the tables (a role
+    /// that does not gets a warning from the server, and nothing is vacuumed); a failed one is
+    /// logged and the claim goes on. See `docs/operations.md`.
+    #[must_use]
+    pub fn with_vacuum(mut self, every: Option<Duration>) -> Self {
+        self.vacuum_every = every;
+        self
+    }
+
+    /// Vacuums those of the board's tables that hold enough dead rows and were not vacuumed
+    /// in the last `every` (see [`PostgresJobBoard::with_vacuum`]). Best effort: a failure is
+    /// logged, and the claim that called this goes on.
+    async fn vacuum(&self, every: Duration) {
+        let mut kept = match self.store.acquire().await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look whether the job board needs vacuuming");
+                return;
+            }
+        };
+        let due: Result<Vec<String>, _> = sqlx::query_scalar(
+            "SELECT relname::text FROM pg_stat_user_tables \
+              WHERE relid IN ('jobs'::regclass, 'fences'::regclass) AND n_dead_tup >= $1 \
+                AND coalesce(greatest(last_vacuum, last_autovacuum), '-infinity') \
+                    < now() - $2::float8 * interval '1 millisecond'",
+        )
+        .bind(VACUUM_AFTER_DEAD_ROWS)
+        .bind(ms(every))
+        .fetch_all(&mut *kept)
+        .await;
+        let done = match due {
+            Err(e) => Err(e),
+            Ok(due) => {
+                let mut done = Ok(());
+                // Names from the list above, never from the database.
+                for table in CHURNING.iter().filter(|t| due.iter().any(|d| d == *t)) {
+                    let started = std::time::Instant::now();
+                    let sql = format!("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) {table}");
+                    done = sqlx::Executor::execute(&mut *kept, sql.as_str())
+                        .await
+                        .map(|_| tracing::debug!(table, took = ?started.elapsed(), "vacuumed"));
+                    if done.is_err() {
+                        break;
+                    }
+                }
+                done
+            }
+        };
+        self.store.release(kept, &done);
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "could not vacuum the job board's tables");
+        }
     }
 
     /// Why a fenced update touched no row.
@@ -567,27 +640,21 @@ impl JobBoard for Raw<'_, PostgresJobBoard> {
             self.reap(self.liveness.holds(owner).then(|| lock_key(owner)))
                 .await?;
         }
+        if let Some(every) = self.vacuum_every {
+            if self.vacuums.due(every) {
+                self.vacuum(every).await;
+            }
+        }
         self.listener.forget_work();
         let owner_lock = self.liveness.holds(owner).then(|| lock_key(owner));
-        // Two paths, each along an index of its own and each taking at most `max`: unclaimed
-        // jobs in claim order, and claimed jobs whose lease ran out. The best `max` of both
-        // are claimed (a row a path locked but the cut left out is free again when the
-        // statement ends).
+        // The jobs are chosen by `claimable_jobs` (see its migration): two paths, each along
+        // an index of its own and each taking at most `max`, unclaimed jobs in claim order and
+        // claimed jobs whose lease ran out, planned so that neither sorts the backlog. The
+        // best `max` of both are claimed (a row a path locked but the cut left out is free
+        // again when the statement ends).
         let sql = format!(
-            "WITH fresh AS ( \
-                 SELECT j.id, j.priority, j.seq FROM jobs j \
-                  WHERE j.state = 'UNCLAIMED' AND {OFFERED} AND ({KEY_IS_FREE}) \
-                  ORDER BY j.priority DESC, j.seq LIMIT $4 \
-                  FOR UPDATE OF j SKIP LOCKED \
-             ), stale AS ( \
-                 SELECT j.id, j.priority, j.seq FROM jobs j \
-                  WHERE j.state = 'CLAIMED' AND j.lease_expires_at <= (SELECT now_ms()) \
-                    AND {OFFERED} AND ({KEY_IS_FREE}) \
-                  ORDER BY j.priority DESC, j.seq LIMIT $4 \
-                  FOR UPDATE OF j SKIP LOCKED \
-             ), picked AS ( \
-                 SELECT id FROM (SELECT * FROM fresh UNION ALL SELECT * FROM stale) c \
-                  ORDER BY priority DESC, seq LIMIT $4 \
+            "WITH picked AS ( \
+                 SELECT id FROM claimable_jobs($4, $5::text[], $6::bigint[]) \
              ), claimed AS ( \
                  UPDATE jobs SET state = 'CLAIMED', owner = $1, owner_lock = $2, \
                         lease_expires_at = now_ms() + $3, token = token + 1, \

@@ -122,7 +122,9 @@ use std::sync::Arc;
 use baton_core::store::Store;
 
 #[cfg(feature = "postgres")]
-pub use board_postgres::{PostgresJobBoard, DEFAULT_RESTART_GRACE, DEFAULT_WAKE_WINDOW};
+pub use board_postgres::{
+    PostgresJobBoard, DEFAULT_RESTART_GRACE, DEFAULT_VACUUM_EVERY, DEFAULT_WAKE_WINDOW,
+};
 #[cfg(feature = "sqlite")]
 pub use board_sqlite::SqliteJobBoard;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

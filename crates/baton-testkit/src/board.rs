@@ -1395,6 +1395,193 @@ pub async fn listings_page_through_every_job_once<B: JobBoard, S: Store>(board: 
     assert!(err.to_string().contains(&ghost.to_string()));
 }
 
+/// The next job `owner` claims (`None`: none may run now).
+async fn next_id<B: JobBoard>(board: &B, owner: ConductorId) -> Option<baton_core::JobId> {
+    board
+        .claim(owner, LEASE, &offer())
+        .await
+        .unwrap()
+        .map(|c| c.job.id)
+}
+
+/// The ids of the jobs `query` lists.
+async fn listed_jobs<B: JobBoard>(board: &B, query: JobQuery) -> Vec<baton_core::JobId> {
+    board
+        .list(&query)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect()
+}
+
+/// However many jobs ended before them, claims take the waiting jobs by priority, then posting
+/// order; a job put back on the board (abandoned, or an ended job reopened) takes its old place
+/// in that order; keys hold through parked jobs; listings by state, purges and fences see what
+/// they would on a board with no history. (Boards keep what claims read apart from what ended:
+/// this is what they must keep doing.)
+pub async fn claims_keep_their_order_among_ended_jobs<B: JobBoard, S: Store>(board: B, store: S) {
+    let owner = ConductorId::new();
+    // A history: 30 jobs, every fifth of key "k", the others every third of priority 5, each
+    // claimed and ended (consumed, or trashed under its claim) before the next claim.
+    let mut old = Vec::new();
+    for i in 0..30 {
+        let mut new = job(&format!("old-{i}"));
+        if i % 5 == 0 {
+            new = new.key("k");
+        } else if i % 3 == 0 {
+            new = new.priority(5);
+        }
+        old.push(board.post(new).await.unwrap());
+    }
+    let mut expected: Vec<_> = old.iter().enumerate().collect();
+    expected.sort_by_key(|(i, j)| (std::cmp::Reverse(j.priority), *i));
+    let mut fences = Vec::new();
+    let mut reopenable = None;
+    for (n, (_, want)) in expected.iter().enumerate() {
+        let claim = claim_next(&board).await;
+        assert_eq!(claim.job.id, want.id, "claim {n} of the history");
+        if n % 2 == 0 {
+            board.consume(claim.fence, json!("ok")).await.unwrap();
+        } else {
+            if reopenable.is_none() && claim.job.priority == 0 {
+                // A run left unfinished, so that its trashed job may be reopened.
+                store
+                    .create_flow(&job_run(claim.job.id, "old"), &[], Some(claim.fence))
+                    .await
+                    .unwrap();
+                reopenable = Some(claim.job.clone());
+            }
+            board
+                .trash(claim.job.id, Some(claim.fence), json!("no"))
+                .await
+                .unwrap();
+        }
+        fences.push(claim.fence);
+    }
+    assert_eq!(next_id(&board, owner).await, None, "the history has ended");
+    let reopened = reopenable.expect("a trashed job of priority 0");
+
+    // New jobs among the ended ones; one ended job is reopened and one claim handed back.
+    let a = board.post(job("a")).await.unwrap();
+    let b = board.post(job("b").key("k2")).await.unwrap();
+    let c = board.post(job("c").key("k2").priority(9)).await.unwrap();
+    let d = board.post(job("d").priority(1)).await.unwrap();
+    board
+        .requeue(reopened.id, Requeue::retry().reopening_ended())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed_jobs(&board, JobQuery::all().state(JobState::Unclaimed)).await,
+        vec![reopened.id, a.id, b.id, c.id, d.id],
+        "waiting jobs are listed in posting order"
+    );
+    assert_eq!(
+        listed_jobs(&board, JobQuery::all().state(JobState::Unclaimed).limit(2)).await,
+        vec![reopened.id, a.id]
+    );
+    assert_eq!(
+        listed_jobs(&board, JobQuery::all().state(JobState::Complete))
+            .await
+            .len(),
+        15
+    );
+    assert_eq!(
+        listed_jobs(&board, JobQuery::all().key("k")).await.len(),
+        6,
+        "listings by key see ended jobs too"
+    );
+    let first = claim_next(&board).await;
+    assert_eq!(first.job.id, d.id, "priority first");
+    board.abandon(first.fence).await.unwrap();
+    // `c` outranks everything but waits for `b`, the earlier job of its key.
+    assert_eq!(
+        next_id(&board, owner).await,
+        Some(d.id),
+        "an abandoned job keeps its place"
+    );
+    assert_eq!(
+        next_id(&board, owner).await,
+        Some(reopened.id),
+        "a reopened job keeps its place"
+    );
+    assert_eq!(next_id(&board, owner).await, Some(a.id));
+    let b_claim = claim_next(&board).await;
+    assert_eq!(b_claim.job.id, b.id);
+    assert_eq!(next_id(&board, owner).await, None, "c waits for b");
+    board.consume(b_claim.fence, json!("ok")).await.unwrap();
+    assert_eq!(next_id(&board, owner).await, Some(c.id));
+
+    // A parked job holds its key until it is trashed.
+    let p = board.post(job("p").key("k3")).await.unwrap();
+    let q = board.post(job("q").key("k3").priority(9)).await.unwrap();
+    let p_claim = claim_next(&board).await;
+    assert_eq!(p_claim.job.id, p.id);
+    board.park(p_claim.fence, json!("look")).await.unwrap();
+    assert_eq!(
+        next_id(&board, owner).await,
+        None,
+        "q waits for the parked p"
+    );
+    assert_eq!(
+        listed_jobs(&board, JobQuery::all().state(JobState::Parked)).await,
+        vec![p.id]
+    );
+    board
+        .trash(p.id, None, json!("done with it"))
+        .await
+        .unwrap();
+    let q_claim = claim_next(&board).await;
+    assert_eq!(q_claim.job.id, q.id);
+    assert_eq!(
+        listed_jobs(&board, JobQuery::all().state(JobState::Claimed)).await,
+        vec![reopened.id, a.id, c.id, d.id, q.id]
+    );
+    assert_eq!(
+        listed_jobs(&board, JobQuery::all().owner(owner)).await,
+        vec![reopened.id, a.id, c.id, d.id],
+        "claimed by the first owner"
+    );
+
+    // Ending what is claimed and purging everything leaves only the reopened job, whose run
+    // is unfinished; the fences of purged jobs stay refused, and new posts are claimed.
+    for job in board
+        .list(&JobQuery::all().state(JobState::Claimed))
+        .await
+        .unwrap()
+    {
+        let fence = baton_core::Fence {
+            job: job.id,
+            token: job.token,
+        };
+        board.consume(fence, json!("ok")).await.unwrap();
+    }
+    assert_eq!(
+        board
+            .purge_jobs(chrono::DateTime::<Utc>::MAX_UTC, 1000)
+            .await
+            .unwrap(),
+        35
+    );
+    assert_eq!(
+        listed_jobs(&board, JobQuery::all()).await,
+        vec![reopened.id]
+    );
+    for fence in &fences[..3] {
+        assert!(board.heartbeat(*fence, LEASE, false).await.is_err());
+    }
+    let e = board.post(job("e").key("k")).await.unwrap();
+    assert_eq!(
+        next_id(&board, owner).await,
+        Some(e.id),
+        "key k is free again"
+    );
+    assert_eq!(
+        listed_jobs(&board, JobQuery::all().state(JobState::Claimed)).await,
+        vec![e.id]
+    );
+}
+
 /// Expands to one `#[tokio::test]` per job-board case, each given `(board, store)` from
 /// `$make` (an expression, which may `.await`). With `optional:`, `$make` gives an `Option` and
 /// `None` skips the case (for backends whose server may be missing).
@@ -1445,6 +1632,7 @@ macro_rules! board_conformance {
             deadlines_are_kept_and_past_ones_refused,
             superseding_without_a_key_is_refused,
             listings_page_through_every_job_once,
+            claims_keep_their_order_among_ended_jobs,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

@@ -1,6 +1,8 @@
 //! The in-memory job board: the reference implementation of [`JobBoard`].
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,23 +22,81 @@ use crate::store::MemoryStore;
 struct Inner {
     jobs: HashMap<JobId, Job>,
     order: Vec<JobId>,
-    /// Each job's number in posting order.
-    numbers: HashMap<JobId, u64>,
-    /// The jobs that may not have ended, by number: every job that has not ended is here, and
-    /// ended (or purged) ones leave at the next claim. A claim reads these, not every job the
-    /// board ever held, so its cost does not grow with the ended ones.
-    open: std::collections::BTreeMap<u64, JobId>,
-    /// How many jobs were ever posted.
-    posted: u64,
+    /// Each job's place in posting order (`order` shifts when jobs are purged).
+    seqs: HashMap<JobId, u64>,
+    next_seq: u64,
+    /// The jobs that may be open (waiting, claimed or parked), in claim order: what claims
+    /// look through, so that their cost does not grow with the jobs that ended. An entry is
+    /// added when a job is posted or put back on the board, and dropped when a claim or a
+    /// listing finds its job ended (or purged).
+    open: BTreeSet<Open>,
+    /// The same jobs in posting order, for listings; cleaned the same way.
+    open_in_order: BTreeSet<(u64, JobId)>,
+    /// The jobs of each key that may hold it, in posting order; cleaned the same way.
+    keyed: HashMap<String, BTreeSet<(u64, JobId)>>,
     conductors: HashMap<ConductorId, ConductorInfo>,
 }
 
+/// An entry of [`Inner::open`]: a job's priority (highest first) and place in posting order.
+type Open = (Reverse<i32>, u64, JobId);
+
 impl Inner {
-    /// Counts job `id` among those that may not have ended (posted, or reopened).
-    fn mark_open(&mut self, id: JobId) {
-        if let Some(n) = self.numbers.get(&id) {
-            self.open.insert(*n, id);
+    /// Enters job `id` (posted or put back on the board) in the indexes of open jobs.
+    fn track(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let seq = *self.seqs.entry(id).or_insert_with(|| {
+            self.next_seq += 1;
+            self.next_seq
+        });
+        self.open.insert((Reverse(job.priority), seq, id));
+        self.open_in_order.insert((seq, id));
+        if let Some(key) = &job.key {
+            self.keyed.entry(key.clone()).or_default().insert((seq, id));
         }
+    }
+
+    /// The open jobs that `query` matches, in posting order, up to its limit; the ended ones
+    /// met on the way are dropped from the index.
+    fn open_jobs(&mut self, query: &JobQuery, after: Option<u64>) -> Vec<Job> {
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let mut found = Vec::new();
+        let mut ended = Vec::new();
+        let from = after.map_or(Unbounded, |seq| {
+            Excluded((seq, JobId::from_uuid(uuid::Uuid::max())))
+        });
+        for entry in self.open_in_order.range((from, Unbounded)) {
+            if found.len() >= limit {
+                break;
+            }
+            match self.jobs.get(&entry.1) {
+                Some(j) if !j.state.is_terminal() => {
+                    if query.matches(j) {
+                        found.push(j.clone());
+                    }
+                }
+                _ => ended.push(*entry),
+            }
+        }
+        for entry in &ended {
+            self.open_in_order.remove(entry);
+        }
+        found
+    }
+
+    /// The job that holds `key` (the earliest that has not ended), the ended ones met on the
+    /// way dropped from the index.
+    fn key_head(&mut self, key: &str) -> Option<JobId> {
+        let entries = self.keyed.get_mut(key)?;
+        while let Some(&(seq, id)) = entries.first() {
+            if self.jobs.get(&id).is_some_and(|j| j.state.holds_key()) {
+                return Some(id);
+            }
+            entries.remove(&(seq, id));
+        }
+        self.keyed.remove(key);
+        None
     }
 }
 
@@ -170,8 +230,13 @@ impl JobBoard for MemoryJobBoard {
             let mut told = false;
             if new.supersede {
                 // Every step is decided before any is applied: a refusal changes nothing.
-                let steps = inner
-                    .order
+                let holding: Vec<JobId> = job
+                    .key
+                    .as_ref()
+                    .and_then(|k| inner.keyed.get(k))
+                    .map(|e| e.iter().map(|(_, id)| *id).collect())
+                    .unwrap_or_default();
+                let steps = holding
                     .iter()
                     .filter_map(|id| inner.jobs.get(id))
                     .filter(|j| j.key == job.key && j.state.holds_key())
@@ -190,11 +255,8 @@ impl JobBoard for MemoryJobBoard {
                 }
             }
             inner.order.push(job.id);
-            let number = inner.posted;
-            inner.posted += 1;
-            inner.numbers.insert(job.id, number);
-            inner.open.insert(number, job.id);
             inner.jobs.insert(job.id, job.clone());
+            inner.track(job.id);
             told
         };
         if told {
@@ -214,34 +276,46 @@ impl JobBoard for MemoryJobBoard {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let live = |j: &Job| j.lease_expires_at.is_some_and(|t| t > now);
-        // Ended and purged jobs leave the open ones.
-        let jobs = &inner.jobs;
-        inner
-            .open
-            .retain(|_, id| jobs.get(id).is_some_and(|j| !j.state.is_terminal()));
-        // The earliest unfinished job of each key is the only one of its key that may run.
-        let mut heads: HashMap<&str, JobId> = HashMap::new();
-        for id in inner.open.values() {
-            let Some(job) = jobs.get(id) else { continue };
-            if let Some(k) = &job.key {
-                if job.state.holds_key() {
-                    heads.entry(k.as_str()).or_insert(*id);
-                }
-            }
-        }
-        let best = inner
-            .open
-            .iter()
-            .filter_map(|(seq, id)| Some((*seq, jobs.get(id)?)))
-            .filter(|(_, j)| match j.state {
+        // Along the open jobs in claim order: the first that may run is the one. Ended jobs
+        // met on the way leave the index; the earliest unfinished job of each key is the only
+        // one of its key that may run.
+        let mut ended = Vec::new();
+        let mut best = None;
+        let mut next = inner.open.first().copied();
+        while let Some(entry) = next {
+            next = inner
+                .open
+                .range((Excluded(entry), Unbounded))
+                .next()
+                .copied();
+            let id = entry.2;
+            let Some(j) = inner.jobs.get(&id) else {
+                ended.push(entry);
+                continue;
+            };
+            let eligible = match j.state {
                 JobState::Unclaimed => true,
                 JobState::Claimed => !live(j),
-                _ => false,
-            })
-            .filter(|(_, j)| j.key.as_deref().is_none_or(|k| heads.get(k) == Some(&j.id)))
-            .filter(|(_, j)| offer.covers(j))
-            .min_by_key(|(seq, j)| (std::cmp::Reverse(j.priority), *seq))
-            .map(|(_, j)| j.id);
+                JobState::Parked => false,
+                JobState::Complete | JobState::Trashed => {
+                    ended.push(entry);
+                    false
+                }
+            };
+            if !eligible || !offer.covers(j) {
+                continue;
+            }
+            if let Some(key) = j.key.clone() {
+                if inner.key_head(&key) != Some(id) {
+                    continue;
+                }
+            }
+            best = Some(id);
+            break;
+        }
+        for entry in &ended {
+            inner.open.remove(entry);
+        }
         let Some(id) = best else {
             return Ok(None);
         };
@@ -351,7 +425,7 @@ impl JobBoard for MemoryJobBoard {
             // token no earlier owner holds.
             self.reopen(job, how.revert);
             let job = job.clone();
-            inner.mark_open(id);
+            inner.track(id);
             job
         };
         self.wake.wake();
@@ -366,7 +440,9 @@ impl JobBoard for MemoryJobBoard {
             if self.apply_cancel(job, step) {
                 self.cancels.wake();
             }
-            (job.clone(), step)
+            let job = job.clone();
+            inner.track(id);
+            (job, step)
         };
         if step == CancelStep::Reopen {
             self.wake.wake();
@@ -375,12 +451,10 @@ impl JobBoard for MemoryJobBoard {
     }
 
     async fn cancel_requests(&self, owner: ConductorId) -> Result<Vec<(JobId, Cancel)>> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         Ok(inner
-            .order
-            .iter()
-            .filter_map(|id| inner.jobs.get(id))
-            .filter(|j| j.state == JobState::Claimed && j.owner == Some(owner))
+            .open_jobs(&JobQuery::all().state(JobState::Claimed).owner(owner), None)
+            .into_iter()
             .filter_map(|j| Some((j.id, j.cancel?)))
             .collect())
     }
@@ -456,19 +530,21 @@ impl JobBoard for MemoryJobBoard {
     }
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>> {
-        let inner = self.lock();
-        // Posting order: a page after `after` is what follows it in `order`.
-        let start = match query.after {
-            Some(after) => inner
-                .order
-                .iter()
-                .position(|id| *id == after)
-                .ok_or(Error::UnknownCursor(after))?
-                .saturating_add(1),
-            None => 0,
+        let mut inner = self.lock();
+        // A page after a job: the jobs posted after it (posting order is the listing's).
+        let after = match query.after {
+            Some(after) => Some(*inner.seqs.get(&after).ok_or(Error::UnknownCursor(after))?),
+            None => None,
         };
-        Ok(inner.order[start..]
+        // Jobs of an unfinished state are found among the open ones, whatever ended.
+        if query.state.is_some_and(|s| !s.is_terminal()) {
+            return Ok(inner.open_jobs(query, after));
+        }
+        let seqs = &inner.seqs;
+        Ok(inner
+            .order
             .iter()
+            .filter(|id| after.is_none_or(|a| seqs.get(*id).is_some_and(|s| *s > a)))
             .filter_map(|id| inner.jobs.get(id))
             .filter(|j| query.matches(j))
             .take(query.limit.unwrap_or(usize::MAX))
@@ -482,7 +558,6 @@ impl JobBoard for MemoryJobBoard {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut purged = Vec::new();
         let jobs = &mut inner.jobs;
-        let numbers = &mut inner.numbers;
         let store = &self.store;
         inner.order.retain(|id| {
             // A job whose run is unfinished stays: it is what an operator recovers the run
@@ -494,7 +569,6 @@ impl JobBoard for MemoryJobBoard {
             });
             if purged.len() < limit && ended {
                 jobs.remove(id);
-                numbers.remove(id);
                 purged.push(*id);
                 return false;
             }
@@ -502,6 +576,7 @@ impl JobBoard for MemoryJobBoard {
         });
         for id in &purged {
             self.store.forget_fence(*id);
+            inner.seqs.remove(id);
         }
         Ok(purged.len() as u64)
     }

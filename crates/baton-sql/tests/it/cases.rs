@@ -6,7 +6,7 @@ use baton_core::model::{AtomKind, AtomRecord, Batch, FlowRecord, Write};
 use baton_core::store::{Error, Store};
 use baton_core::{
     AtomState, Engine, Failure, FailureKind, Fence, FencingToken, FlowId, FlowState, Intention,
-    JobId,
+    JobId, JobState,
 };
 use baton_testkit::crash::crash_at_every_write;
 use baton_testkit::scenarios::{self, Scenario};
@@ -1124,4 +1124,178 @@ where
         waited < Duration::from_secs(10),
         "the wait took {waited:?}: the end's news did not wake it"
     );
+}
+
+/// The migrations before claims went flat (`20261209000000_flat_claims`, issue 18).
+pub fn before_flat_claims(migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrations_before(migrator, 20261209000000)
+}
+
+/// The jobs of [`jobs_before_flat_claims`], in posting order.
+pub struct OldBoard {
+    /// Waiting, priority 0.
+    pub waiting: JobId,
+    /// Waiting, priority 5.
+    pub urgent: JobId,
+    /// Claimed, its lease long run out (token 1).
+    pub stale: JobId,
+    /// Claimed, its lease good for centuries (token 1).
+    pub live: JobId,
+    /// Parked, key `k` (token 2).
+    pub parked: JobId,
+    /// Waiting behind the parked job, key `k`.
+    pub behind: JobId,
+    /// Complete.
+    pub complete: JobId,
+    /// Trashed.
+    pub trashed: JobId,
+}
+
+impl OldBoard {
+    fn ids(&self) -> Vec<JobId> {
+        vec![
+            self.waiting,
+            self.urgent,
+            self.stale,
+            self.live,
+            self.parked,
+            self.behind,
+            self.complete,
+            self.trashed,
+        ]
+    }
+}
+
+/// SQL (good on both databases) for a board as the release before flat claims left it: a job
+/// in every state, all of factory `noop` at version 1 and ended long ago where they ended.
+/// `now` is a time column's text.
+pub fn jobs_before_flat_claims(now: &str) -> (OldBoard, String) {
+    let old = OldBoard {
+        waiting: JobId::new(),
+        urgent: JobId::new(),
+        stale: JobId::new(),
+        live: JobId::new(),
+        parked: JobId::new(),
+        behind: JobId::new(),
+        complete: JobId::new(),
+        trashed: JobId::new(),
+    };
+    let owner = baton_core::ConductorId::new();
+    let row =
+        |id: JobId, key: &str, priority: i32, state: &str, owner: &str, lease: &str, token| {
+            format!(
+            "('{id}', '{state}', 'noop', '{{}}', {key}, {priority}, '{state}', {owner}, {lease}, \
+              {token}, {token}, 1, '{now}', '{now}')"
+        )
+        };
+    let sql = format!(
+        "INSERT INTO jobs (id, name, factory, params, job_key, priority, state, owner, \
+                           lease_expires_at, token, attempts, version, created_at, updated_at) \
+         VALUES {}",
+        [
+            row(old.waiting, "NULL", 0, "UNCLAIMED", "NULL", "NULL", 0),
+            row(old.urgent, "NULL", 5, "UNCLAIMED", "NULL", "NULL", 0),
+            row(
+                old.stale,
+                "NULL",
+                0,
+                "CLAIMED",
+                &format!("'{owner}'"),
+                "1",
+                1
+            ),
+            row(
+                old.live,
+                "NULL",
+                0,
+                "CLAIMED",
+                &format!("'{owner}'"),
+                "99999999999999",
+                1
+            ),
+            row(old.parked, "'k'", 0, "PARKED", "NULL", "NULL", 2),
+            row(old.behind, "'k'", 0, "UNCLAIMED", "NULL", "NULL", 0),
+            row(old.complete, "NULL", 0, "COMPLETE", "NULL", "NULL", 1),
+            row(old.trashed, "NULL", 0, "TRASHED", "NULL", "NULL", 1),
+        ]
+        .join(", ")
+    );
+    (old, sql)
+}
+
+/// After the upgrade, the jobs written before it are listed, got, claimed (by priority, then
+/// posting order; the stale claim taken over under a new token, the live one left to its
+/// owner, whose fence still holds; the job behind the parked one of its key only once that is
+/// trashed) and purged as ended jobs are.
+pub async fn jobs_before_flat_claims_after_the_upgrade<B: baton_core::JobBoard>(
+    board: &B,
+    old: &OldBoard,
+) {
+    use baton_core::board::JobQuery;
+    use baton_core::ConductorId;
+    use std::time::Duration;
+
+    let lease = Duration::from_secs(60);
+    let offer = baton_testkit::board::offer();
+    let listed: Vec<JobId> = board
+        .list(&JobQuery::all())
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(listed, old.ids(), "listed in posting order");
+    for (id, state) in old.ids().into_iter().zip([
+        JobState::Unclaimed,
+        JobState::Unclaimed,
+        JobState::Claimed,
+        JobState::Claimed,
+        JobState::Parked,
+        JobState::Unclaimed,
+        JobState::Complete,
+        JobState::Trashed,
+    ]) {
+        assert_eq!(board.get(id).await.unwrap().state, state);
+    }
+    let owner = ConductorId::new();
+    let mut claimed = Vec::new();
+    while let Some(claim) = board.claim(owner, lease, &offer).await.unwrap() {
+        claimed.push((claim.job.id, claim.fence.token));
+    }
+    assert_eq!(
+        claimed,
+        vec![
+            (old.urgent, FencingToken(1)),
+            (old.waiting, FencingToken(1)),
+            (old.stale, FencingToken(2)),
+        ]
+    );
+    board
+        .heartbeat(
+            Fence {
+                job: old.live,
+                token: FencingToken(1),
+            },
+            lease,
+            false,
+        )
+        .await
+        .expect("the live claim holds through the upgrade");
+    board.trash(old.parked, None, json!("gone")).await.unwrap();
+    let behind = board.claim(owner, lease, &offer).await.unwrap().unwrap();
+    assert_eq!(behind.job.id, old.behind);
+    assert_eq!(
+        board
+            .purge_jobs(chrono::DateTime::<Utc>::MAX_UTC, 100)
+            .await
+            .unwrap(),
+        3,
+        "the complete, the trashed and the parked job trashed since"
+    );
+    for gone in [old.complete, old.trashed, old.parked] {
+        assert!(matches!(
+            board.get(gone).await,
+            Err(baton_core::board::Error::JobNotFound(id)) if id == gone
+        ));
+    }
 }

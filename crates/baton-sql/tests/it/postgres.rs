@@ -141,6 +141,7 @@ async fn migrations_create_the_schema_once_without_leaking_the_search_path() {
         functions,
         [
             "check_fence",
+            "claimable_jobs",
             "create_flow",
             "lock_held",
             "now_ms",
@@ -415,6 +416,29 @@ async fn a_board_of_the_previous_release_is_upgraded_and_its_claims_refused() {
     drop_schema(&url, &schema).await;
 }
 
+/// A board written by the release before flat claims (a job in every state) is upgraded on
+/// connect, and its jobs are listed, claimed (through `claimable_jobs`) and purged as they were
+/// (see `cases::jobs_before_flat_claims_after_the_upgrade`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_written_before_flat_claims_work_after_the_upgrade() {
+    let Some(url) = postgres_url() else { return };
+    let (schema, mut conn) = schema_as_of(
+        &url,
+        crate::cases::before_flat_claims(sqlx::migrate!("./migrations/postgres")),
+    )
+    .await;
+    let (old, sql) = crate::cases::jobs_before_flat_claims("2026-12-08T10:00:00Z");
+    sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    let Some(store) = open(&url, &schema).await else {
+        return;
+    };
+    let board = baton_sql::PostgresJobBoard::new(&store);
+    crate::cases::jobs_before_flat_claims_after_the_upgrade(&board, &old).await;
+    conn.close().await.unwrap();
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}
+
 /// A board written by the release before watched jobs is upgraded on connect: a job it posted
 /// is waited for (the wait marks it) and its end reaches the waiter at once (see
 /// `cases::a_job_posted_before_the_upgrade_is_waited_for`).
@@ -495,6 +519,78 @@ async fn a_run_written_before_checkpoints_goes_on_after_the_upgrade() {
     };
     let whole = store.replaying_whole_log();
     crate::checkpoints::a_run_from_before_checkpoints_goes_on(&store, &whole, flow).await;
+}
+
+/// A board vacuums its churning tables itself once enough dead rows piled up (the main test
+/// server runs with autovacuum off, so nobody else does), and claims, fences and ends work on
+/// through it: after 2 100 jobs claimed (each claim leaves a dead row), a claim vacuums
+/// `jobs`; the claims hold, their fences work, and a new job is claimed under token 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_vacuums_its_tables_and_claims_go_on() {
+    use baton_core::board::{JobBoard, JobQuery, NewJob};
+    use baton_core::{ConductorId, FencingToken, JobState};
+    use std::time::{Duration, Instant};
+
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema();
+    let Some(store) = open(&url, &schema).await else {
+        return;
+    };
+    let board = baton_sql::PostgresJobBoard::new(&store).with_vacuum(Some(Duration::ZERO));
+    let offer = baton_testkit::board::offer();
+    let owner = ConductorId::new();
+    let lease = Duration::from_secs(600);
+    for i in 0..2100 {
+        board
+            .post(NewJob::new(format!("churn-{i}"), "noop"))
+            .await
+            .unwrap();
+    }
+    let mut fences = Vec::new();
+    loop {
+        let claims = board.claim_up_to(owner, lease, 100, &offer).await.unwrap();
+        if claims.is_empty() {
+            break;
+        }
+        fences.extend(claims.iter().map(|c| c.fence));
+    }
+    assert_eq!(fences.len(), 2100);
+    let mut conn = pg_connect(&url, Some(&schema)).await;
+    // The server counts dead rows a moment after the statements that left them: claims look
+    // again until it has, and one of them vacuums.
+    let started = Instant::now();
+    loop {
+        assert!(board.claim(owner, lease, &offer).await.unwrap().is_none());
+        let vacuumed: bool = sqlx::query_scalar(
+            "SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if vacuumed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no claim vacuumed the jobs table"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let claimed = board
+        .list(&JobQuery::all().state(JobState::Claimed))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2100);
+    board.heartbeat(fences[0], lease, true).await.unwrap();
+    board
+        .consume(fences[0], serde_json::json!("ok"))
+        .await
+        .unwrap();
+    assert!(board.heartbeat(fences[0], lease, false).await.is_err());
+    assert!(board.heartbeat(fences[2099], lease, false).await.is_ok());
+    let new = board.post(NewJob::new("after", "noop")).await.unwrap();
+    let claim = board.claim(owner, lease, &offer).await.unwrap().unwrap();
+    assert_eq!((claim.job.id, claim.fence.token), (new.id, FencingToken(1)));
     conn.close().await.unwrap();
     store.close().await;
     drop_schema(&url, &schema).await;

@@ -680,6 +680,24 @@ async fn a_job_posted_before_watched_jobs_is_waited_for_after_the_upgrade() {
     crate::cases::a_job_posted_before_the_upgrade_is_waited_for(&board, job).await;
 }
 
+/// A board with a job in every state, written as the release before flat claims wrote it, is
+/// opened, and its jobs are listed, claimed and purged as they were (see
+/// `cases::jobs_before_flat_claims_after_the_upgrade`; SQLite has no migration of its own for
+/// flat claims, so this checks the same cases as on PostgreSQL at the current schema).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_written_before_flat_claims_work_after_the_upgrade() {
+    let (_dir, url, mut conn) = database_as_of(crate::cases::before_flat_claims(sqlx::migrate!(
+        "./migrations/sqlite"
+    )))
+    .await;
+    let (old, sql) = crate::cases::jobs_before_flat_claims("2026-12-08T10:00:00.000000000Z");
+    sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    let store = SqliteStore::open(&url).await.unwrap();
+    let board = baton_sql::SqliteJobBoard::new(&store);
+    crate::cases::jobs_before_flat_claims_after_the_upgrade(&board, &old).await;
+}
+
 /// A fresh database file with `migrator`'s migrations applied (a database as an earlier
 /// release left it): its folder, its URL, and a connection to it.
 async fn database_as_of(
