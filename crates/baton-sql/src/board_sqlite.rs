@@ -469,6 +469,11 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
         // `?6`: the offer, a JSON array of [factory, version] pairs. A job is taken if the
         // offer has its factory, at its version if it is pinned; an unpinned job is pinned to
         // the newest version offered.
+        //
+        // The jobs are walked along `jobs_open` (open jobs in claim order), named: left to
+        // itself the planner takes an index by state, reads every waiting job and sorts them
+        // all to keep `?5`, so a claim cost more the deeper the backlog (a 10 000-job backlog
+        // drained at half the rate of a 2 000-job one; docs/performance.md, "Backlogs").
         let sql = format!(
             "UPDATE jobs SET state = 'CLAIMED', owner = ?1, lease_expires_at = ?2 + ?3, \
                  token = token + 1, claim_token = token + 1, \
@@ -478,7 +483,7 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
                                                WHERE o.value ->> '$[0]' = jobs.factory)), \
                  updated_at = ?4 \
              WHERE id IN ( \
-                 SELECT j.id FROM jobs j \
+                 SELECT j.id FROM jobs j INDEXED BY jobs_open \
                   WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
                     AND (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?2)) \
                     AND EXISTS (SELECT 1 FROM json_each(?6) o \

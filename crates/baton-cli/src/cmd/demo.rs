@@ -524,9 +524,14 @@ async fn exit_when_idle(
             }
             Err(e) if e.is_transient() => {}
             Err(e) => {
-                tracing::error!("cannot tell whether the board is idle: stopping");
+                let err = CliError::from(e);
+                tracing::error!(
+                    error = %err.message,
+                    cause = err.cause.as_deref().unwrap_or("-"),
+                    "cannot tell whether the board is idle: stopping"
+                );
                 shutdown.cancel();
-                return Err(CliError::from(e));
+                return Err(err);
             }
         }
     }
