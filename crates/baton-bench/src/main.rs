@@ -88,6 +88,11 @@ struct Target {
     /// (`PostgresJobBoard::with_wake_window`). Default: the board's default.
     #[arg(long)]
     pg_wake_window_ms: Option<u64>,
+    /// SQLite: the conductors of the `jobs`, `backlog` and `history` scenarios share one
+    /// store, as the conductors of one process do. By default each opens its own, as
+    /// conductors in separate processes do, and they take SQLite's write lock in turn.
+    #[arg(long)]
+    one_store: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
