@@ -185,6 +185,22 @@ fn span_attr(span: &Span, key: &str) -> Option<String> {
     attr(&span.attributes, key)
 }
 
+/// A span attribute that must be a number.
+fn span_int(span: &Span, key: &str) -> Option<i64> {
+    match span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?
+    {
+        AnyValue::IntValue(i) => Some(*i),
+        other => panic!("{key} is not a number: {other:?}"),
+    }
+}
+
 fn json(out: &Output) -> Value {
     assert!(out.status.success(), "failed: {}", stderr(out));
     serde_json::from_slice(&out.stdout).unwrap()
@@ -271,6 +287,7 @@ fn a_demo_run_is_one_trace_of_its_job_its_flow_and_its_atoms() {
     let job = job_spans[0];
     assert_eq!(span_attr(job, "job.id").as_deref(), Some(&*job_id));
     assert_eq!(span_attr(job, "flow.id").as_deref(), Some(&*flow_id));
+    assert_eq!(span_int(job, "attempt"), Some(1));
     assert!(job.parent_span_id.is_empty(), "{job:?}");
     assert_eq!(flow.parent_span_id, job.span_id);
     assert_eq!(flow.trace_id, job.trace_id);
@@ -297,7 +314,7 @@ fn a_demo_run_is_one_trace_of_its_job_its_flow_and_its_atoms() {
             assert_eq!(s.parent_span_id, flow.span_id, "{s:?}");
             assert_eq!(s.trace_id, flow.trace_id, "{s:?}");
             assert_eq!(span_attr(s, "action").as_deref(), Some("execute"), "{s:?}");
-            assert_eq!(span_attr(s, "attempt").as_deref(), Some("1"), "{s:?}");
+            assert_eq!(span_int(s, "attempt"), Some(1), "{s:?}");
             span_attr(s, "atom").unwrap()
         })
         .collect();

@@ -57,7 +57,8 @@ impl JobRun {
             job.name = %job.name,
             flow.id = %job.flow(),
             token = %self.claim.fence.token,
-            attempt = job.attempts,
+            // As i64: trace exporters take an unsigned number as text.
+            attempt = i64::from(job.attempts),
         );
         span.follows_from(&self.conductor_span);
         let fence = self.claim.fence;

@@ -1748,7 +1748,8 @@ fn atom_span(name: &str, attempt: u32, action: &'static str) -> tracing::Span {
     tracing::info_span!(
         "atom",
         atom = %name,
-        attempt,
+        // As i64: trace exporters take an unsigned number as text.
+        attempt = i64::from(attempt),
         action,
         otel.status_description = field::Empty,
     )
