@@ -8,6 +8,7 @@
 //! cargo run --release -p baton-bench -- resume --backend sqlite --steps 1000,10000,100000
 //! cargo run --release -p baton-bench -- history --backend postgres --runs 1000000
 //! cargo run --release -p baton-bench -- backlog --backend postgres --jobs 50000 --small 2000
+//! cargo run --release -p baton-bench -- announce --tasks 1000 --rounds 10
 //! ```
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
@@ -29,6 +30,7 @@
 // A command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
 
+mod announce;
 mod fleet;
 mod history;
 mod resume;
@@ -88,6 +90,9 @@ struct Target {
     /// (`PostgresJobBoard::with_wake_window`). Default: the board's default.
     #[arg(long)]
     pg_wake_window_ms: Option<u64>,
+    /// PostgreSQL: the store announces each step (`PostgresOptions::announce_steps`).
+    #[arg(long)]
+    pg_announce_steps: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -127,6 +132,7 @@ impl Target {
         baton_sql::PostgresOptions::new()
             .schema(schema)
             .step_format(self.step_format())
+            .announce_steps(self.pg_announce_steps)
     }
 }
 
@@ -247,6 +253,18 @@ enum Scenario {
         jobs: usize,
         #[arg(long, default_value_t = 4)]
         conductors: usize,
+    },
+    /// PostgreSQL: a linear flow run in turns by a store that announces its steps
+    /// (`PostgresOptions::announce_steps`, what the console listens to) and one that does
+    /// not, in the same schema, while a listener drains the announcements; prints both speeds
+    /// and the median ratio of each pair of rounds.
+    Announce {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
     },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
@@ -770,6 +788,11 @@ fn main() -> Result<()> {
                 conductors,
             },
         )),
+        Scenario::Announce {
+            target,
+            tasks,
+            rounds,
+        } => rt.block_on(announce::announce(&target, tasks, rounds)),
         Scenario::Fanout {
             target,
             tasks,

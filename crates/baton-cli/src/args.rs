@@ -65,6 +65,8 @@ pub enum Command {
     /// Inspect the conductor fleet.
     #[command(subcommand)]
     Conductors(ConductorsCommand),
+    /// Serve the operator's console (web pages and a JSON API) until interrupted.
+    Serve(ServeArgs),
     /// Create or upgrade the database schema (every command does it on connecting, too).
     Migrate,
     /// Print a shell completion script.
@@ -72,6 +74,20 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `baton serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on. Anything but loopback needs an admin token.
+    #[arg(long, default_value = baton_console::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// A file holding the admin token that allows actions (cancel, retry, revert, ...): at
+    /// least 16 visible ASCII characters. Or set BATON_ADMIN_TOKEN. Without either, the
+    /// console is read-only. (There is no option taking the token itself: a command line is
+    /// visible to every user of the machine.)
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// `baton demo`.

@@ -86,6 +86,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "postgres")]
+mod announce;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod board_common;
 #[cfg(feature = "postgres")]
@@ -122,6 +124,8 @@ use std::sync::Arc;
 use baton_core::store::Store;
 
 #[cfg(feature = "postgres")]
+pub use announce::{Announcement, Announcements};
+#[cfg(feature = "postgres")]
 pub use board_postgres::{
     PostgresJobBoard, DEFAULT_RESTART_GRACE, DEFAULT_VACUUM_EVERY, DEFAULT_WAKE_WINDOW,
 };
@@ -132,7 +136,10 @@ pub use codec::{StepFormat, DEFAULT_MAX_VALUE_BYTES};
 pub use deadline::{DeadlineExceeded, DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT};
 pub use error::{Error, Result};
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresOptions, PostgresStore, DEFAULT_SCHEMA};
+pub use postgres::{
+    job_channel, parse_step_announcement, step_channel, PostgresOptions, PostgresStore,
+    DEFAULT_SCHEMA,
+};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

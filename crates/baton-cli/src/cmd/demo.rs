@@ -467,18 +467,8 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
 }
 
 async fn signals(shutdown: CancellationToken) -> Result<()> {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-        () = shutdown.cancelled() => return Ok(()),
+    if !super::signalled(&shutdown).await {
+        return Ok(());
     }
     eprintln!("stopping: suspending running flows and handing their jobs back");
     shutdown.cancel();
