@@ -112,6 +112,11 @@ pub struct DemoArgs {
     /// How long each fake cloud call takes, in milliseconds.
     #[arg(long, allow_negative_numbers = true, default_value_t = 300)]
     pub step_ms: u64,
+    /// Serve the operator's console beside the run, at ADDR (127.0.0.1:8080 when none is
+    /// given; port 0 takes a free one), print the run's link, and keep serving once the run has
+    /// ended, until interrupted (SIGINT or SIGTERM). Read-only unless BATON_ADMIN_TOKEN is set.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = baton_console::DEFAULT_LISTEN)]
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 /// `baton demo post`.

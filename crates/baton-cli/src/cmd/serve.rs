@@ -11,7 +11,7 @@ use crate::exit;
 /// Runs `baton serve`: checks the token and the address, opens the database, serves until
 /// SIGINT or SIGTERM.
 pub(crate) async fn serve(db: &Database, args: ServeArgs) -> Result<()> {
-    let token = admin_token(&args)?;
+    let token = admin_token(args.admin_token_file.as_deref())?;
     let backends = db.open().await?;
     let console = console(db, backends, token);
     let read_only = console.is_read_only();
@@ -63,12 +63,12 @@ pub(crate) fn console(
     console
 }
 
-/// The admin token: from `--admin-token-file`, or `BATON_ADMIN_TOKEN`; not both.
-fn admin_token(args: &ServeArgs) -> Result<Option<AdminToken>> {
+/// The admin token: from `file` (`--admin-token-file`), or `BATON_ADMIN_TOKEN`; not both.
+pub(crate) fn admin_token(file: Option<&std::path::Path>) -> Result<Option<AdminToken>> {
     let bad =
         |e: baton_console::TokenError| CliError::new(exit::BAD_INPUT, e.to_string()).caused_by(&e);
     let from_env = AdminToken::from_env().map_err(bad)?;
-    match (&args.admin_token_file, from_env) {
+    match (file, from_env) {
         (Some(_), Some(_)) => Err(CliError::new(
             exit::BAD_INPUT,
             format!(
@@ -81,7 +81,7 @@ fn admin_token(args: &ServeArgs) -> Result<Option<AdminToken>> {
     }
 }
 
-fn console_error(e: baton_console::Error) -> CliError {
+pub(crate) fn console_error(e: baton_console::Error) -> CliError {
     let code = match &e {
         baton_console::Error::UnsafeBind { .. } | baton_console::Error::Token(_) => exit::BAD_INPUT,
         _ => exit::INTERNAL,
