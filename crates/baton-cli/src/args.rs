@@ -163,6 +163,10 @@ pub struct ConductorArgs {
     /// Run the demo flows (the only registry this binary has; required for clarity).
     #[arg(long, required = true)]
     pub demo: bool,
+    /// PostgreSQL: announce each step committed (`NOTIFY`), so that the console (`baton
+    /// serve`) shows it at once rather than at its next poll.
+    #[arg(long)]
+    pub announce_steps: bool,
     /// A name for operators.
     #[arg(long, default_value = "conductor")]
     pub name: String,

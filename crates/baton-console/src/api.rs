@@ -300,14 +300,8 @@ impl Graph {
         match view.flow.shape() {
             Some(shape) => Graph {
                 edges: shape
-                    .edges
-                    .iter()
-                    .filter_map(|&(f, t)| {
-                        Some((
-                            shape.atoms.get(f)?.name.clone(),
-                            shape.atoms.get(t)?.name.clone(),
-                        ))
-                    })
+                    .named_edges()
+                    .map(|(f, t)| (f.to_owned(), t.to_owned()))
                     .collect(),
                 nodes: shape
                     .atoms

@@ -970,7 +970,7 @@ async fn postgres_database_errors_do_not_show_the_url() {
     s.stop().await;
 }
 
-/// A PostgreSQL store opened with `announce_steps` notifies each committed step on its
+/// A PostgreSQL store opened with `announce_steps` (here through `OpenOptions`) notifies each committed step on its
 /// channel, `flow <id> <seq>`, and the console's listener hears it.
 #[tokio::test]
 async fn postgres_steps_are_announced() {
@@ -980,20 +980,20 @@ async fn postgres_steps_are_announced() {
     let Db::Postgres { url, schema } = &db else {
         unreachable!()
     };
-    let store = baton_sql::PostgresStore::connect_with(
+    let store = baton_sql::open_with(
         url,
-        baton_sql::PostgresOptions::new()
+        baton_sql::OpenOptions::new()
             .schema(schema.clone())
             .announce_steps(true),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let mut listener = sqlx::postgres::PgListener::connect(url).await.unwrap();
     listener
         .listen(&baton_sql::step_channel(schema))
         .await
         .unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
     let id = finished_run(&store).await;
     let head = store.head(id).await.unwrap();
     let mut heard = Vec::new();

@@ -249,6 +249,10 @@ pub struct OpenOptions {
     /// [`DEFAULT_CALL_TIMEOUT`]. Checked when the store opens: more than zero, at most
     /// [`MAX_CALL_TIMEOUT`].
     pub call_timeout: Option<std::time::Duration>,
+    /// PostgreSQL: announce each step the store appends
+    /// ([`PostgresOptions::announce_steps`]), for the console to follow runs at once. Ignored
+    /// for SQLite, which has nobody to tell. Default off.
+    pub announce_steps: bool,
 }
 
 impl OpenOptions {
@@ -266,6 +270,12 @@ impl OpenOptions {
     /// Uses the PostgreSQL schema `schema`.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
+        self
+    }
+
+    /// Sets [`OpenOptions::announce_steps`].
+    pub fn announce_steps(mut self, announce: bool) -> Self {
+        self.announce_steps = announce;
         self
     }
 }
@@ -314,7 +324,8 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Backends> {
             if let Some(timeout) = options.call_timeout {
                 pg = pg.call_timeout(timeout);
             }
-            let store = PostgresStore::connect_with(url, pg).await?;
+            let store =
+                PostgresStore::connect_with(url, pg.announce_steps(options.announce_steps)).await?;
             let board = PostgresJobBoard::new(&store);
             Ok(Backends {
                 store: Arc::new(store),

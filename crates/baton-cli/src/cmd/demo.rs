@@ -493,7 +493,11 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
     let offer = registry.offer();
     let call_timeout = call_timeout(options.lease);
     let backends = db
-        .open_with(baton_sql::OpenOptions::new().call_timeout(call_timeout))
+        .open_with(
+            baton_sql::OpenOptions::new()
+                .call_timeout(call_timeout)
+                .announce_steps(args.announce_steps),
+        )
         .await?;
     let board = backends.board;
     let conductor = Conductor::new(board.clone(), Engine::from_arc(backends.store), registry)
