@@ -59,7 +59,11 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
         Some(_) => super::serve::admin_token(None)?,
         None => None,
     };
-    let backends = db.open().await?;
+    // With the console beside it, the run's steps are announced (PostgreSQL), so its pages
+    // follow them at once rather than at the console's next poll.
+    let backends = db
+        .open_with(baton_sql::OpenOptions::new().announce_steps(args.serve.is_some()))
+        .await?;
     // The console, if asked for, beside the run: bound before the job is posted, so its link
     // is printed with the job.
     let console_shutdown = CancellationToken::new();
