@@ -704,3 +704,52 @@ async fn cancelling_a_run_is_refused_without_the_admin_token_and_reverts_it_with
     demo.wait_for("ended REVERTED");
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_console_refuses_actions_and_says_why() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let db = support::sqlite_db();
+    let demo = Demo::start(&db.url, &["--step-ms", "1500"], None);
+
+    browser.goto(&demo.flow_page()).await;
+    browser
+        .until("the running run", &format!("{FLOW_STATE} === 'RUNNING'"))
+        .await;
+    browser
+        .click("#flow-actions button[data-action='cancel']")
+        .await;
+    browser
+        .until("the dialog", "document.getElementById('confirm').open")
+        .await;
+    browser
+        .client
+        .find(Locator::Css("#confirm-token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    browser.click("#confirm-yes").await;
+    let refused = browser
+        .until(
+            "the refusal",
+            "!document.getElementById('confirm-error').hidden && \
+             document.getElementById('confirm-error').textContent",
+        )
+        .await;
+    assert!(refused.as_str().unwrap().contains("read-only"), "{refused}");
+    // Back: nothing was asked of the run, which goes on.
+    browser.click("#confirm-no").await;
+    browser
+        .until(
+            "the dialog closed",
+            "!document.getElementById('confirm').open",
+        )
+        .await;
+    let job = browser.api(&format!("/api/jobs/{}", demo.flow)).await;
+    assert_eq!(job["cancel"], Value::Null);
+    browser.close().await;
+}
