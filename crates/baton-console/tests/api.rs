@@ -1,5 +1,5 @@
 //! The console's JSON API, served on a real listener (127.0.0.1, a port of its own) and asked
-//! over HTTP, on SQLite and on PostgreSQL.
+//! over HTTP, on SQLite and on PostgreSQL (and the in-memory backends).
 //!
 //! PostgreSQL tests need a server: `BATON_TEST_POSTGRES_URL`, e.g.
 //! `postgres://postgres@127.0.0.1:5432/postgres`. Without it they are skipped, unless
@@ -27,6 +27,8 @@ const TOKEN: &str = "test-admin-token-0123456789";
 
 /// Where a test's database is, and how to clean it up.
 enum Db {
+    /// In process memory: each console gets a new store and board.
+    Memory,
     Sqlite {
         url: String,
         _dir: tempfile::TempDir,
@@ -62,6 +64,14 @@ impl Db {
 
     async fn open(&self) -> baton_sql::Backends {
         match self {
+            Db::Memory => {
+                let store = baton_core::MemoryStore::new();
+                let board = baton_core::MemoryJobBoard::new(&store);
+                baton_sql::Backends {
+                    store: Arc::new(store),
+                    board: Arc::new(board),
+                }
+            }
             Db::Sqlite { url, .. } => baton_sql::open(url).await.unwrap(),
             Db::Postgres { url, schema } => {
                 baton_sql::open_with(url, baton_sql::OpenOptions::new().schema(schema))
@@ -73,7 +83,7 @@ impl Db {
 
     fn live(&self) -> LiveSource {
         match self {
-            Db::Sqlite { .. } => LiveSource::Poll,
+            Db::Memory | Db::Sqlite { .. } => LiveSource::Poll,
             Db::Postgres { url, schema } => LiveSource::postgres(url.clone(), schema.clone()),
         }
     }
@@ -847,6 +857,26 @@ async fn live_updates(db: Db) {
     assert_eq!(seen.last().unwrap().0, "job");
     drop(jobs);
     s.stop().await;
+}
+
+#[tokio::test]
+async fn memory_reads() {
+    reads(Db::Memory).await;
+}
+
+#[tokio::test]
+async fn memory_bad_requests() {
+    bad_requests(Db::Memory).await;
+}
+
+#[tokio::test]
+async fn memory_actions() {
+    actions(Db::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_live_updates() {
+    live_updates(Db::Memory).await;
 }
 
 #[tokio::test]
