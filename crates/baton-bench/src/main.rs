@@ -8,6 +8,7 @@
 //! cargo run --release -p baton-bench -- resume --backend sqlite --steps 1000,10000,100000
 //! cargo run --release -p baton-bench -- history --backend postgres --runs 1000000
 //! cargo run --release -p baton-bench -- backlog --backend postgres --jobs 50000 --small 2000
+//! cargo run --release -p baton-bench -- announce --tasks 1000 --rounds 10
 //! ```
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
@@ -29,6 +30,7 @@
 // A command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
 
+mod announce;
 mod fleet;
 mod history;
 mod resume;
@@ -88,6 +90,9 @@ struct Target {
     /// (`PostgresJobBoard::with_wake_window`). Default: the board's default.
     #[arg(long)]
     pg_wake_window_ms: Option<u64>,
+    /// PostgreSQL: the store announces each step (`PostgresOptions::announce_steps`).
+    #[arg(long)]
+    pg_announce_steps: bool,
     /// SQLite: the conductors of the `jobs`, `backlog` and `history` scenarios share one
     /// store, as the conductors of one process do. By default each opens its own, as
     /// conductors in separate processes do, and they take SQLite's write lock in turn.
@@ -132,6 +137,7 @@ impl Target {
         baton_sql::PostgresOptions::new()
             .schema(schema)
             .step_format(self.step_format())
+            .announce_steps(self.pg_announce_steps)
     }
 }
 
@@ -252,6 +258,18 @@ enum Scenario {
         jobs: usize,
         #[arg(long, default_value_t = 4)]
         conductors: usize,
+    },
+    /// PostgreSQL: a linear flow run in turns by a store that announces its steps
+    /// (`PostgresOptions::announce_steps`, what the console listens to) and one that does
+    /// not, in the same schema, while a listener drains the announcements; prints both speeds
+    /// and the median ratio of each pair of rounds.
+    Announce {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
     },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
@@ -775,6 +793,11 @@ fn main() -> Result<()> {
                 conductors,
             },
         )),
+        Scenario::Announce {
+            target,
+            tasks,
+            rounds,
+        } => rt.block_on(announce::announce(&target, tasks, rounds)),
         Scenario::Fanout {
             target,
             tasks,

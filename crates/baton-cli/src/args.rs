@@ -65,6 +65,8 @@ pub enum Command {
     /// Inspect the conductor fleet.
     #[command(subcommand)]
     Conductors(ConductorsCommand),
+    /// Serve the operator's console (web pages and a JSON API) until interrupted.
+    Serve(ServeArgs),
     /// Create or upgrade the database schema (every command does it on connecting, too).
     Migrate,
     /// Print a shell completion script.
@@ -72,6 +74,20 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `baton serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on. Anything but loopback needs an admin token.
+    #[arg(long, default_value = baton_console::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// A file holding the admin token that allows actions (cancel, retry, revert, ...): at
+    /// least 16 visible ASCII characters. Or set BATON_ADMIN_TOKEN. Without either, the
+    /// console is read-only. (There is no option taking the token itself: a command line is
+    /// visible to every user of the machine.)
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// `baton demo`.
@@ -96,6 +112,11 @@ pub struct DemoArgs {
     /// How long each fake cloud call takes, in milliseconds.
     #[arg(long, allow_negative_numbers = true, default_value_t = 300)]
     pub step_ms: u64,
+    /// Serve the operator's console beside the run, at ADDR (127.0.0.1:8080 when none is
+    /// given; port 0 takes a free one), print the run's link, and keep serving once the run has
+    /// ended, until interrupted (SIGINT or SIGTERM). Read-only unless BATON_ADMIN_TOKEN is set.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = baton_console::DEFAULT_LISTEN)]
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 /// `baton demo post`.
@@ -142,6 +163,10 @@ pub struct ConductorArgs {
     /// Run the demo flows (the only registry this binary has; required for clarity).
     #[arg(long, required = true)]
     pub demo: bool,
+    /// PostgreSQL: announce each step committed (`NOTIFY`), so that the console (`baton
+    /// serve`) shows it at once rather than at its next poll.
+    #[arg(long)]
+    pub announce_steps: bool,
     /// A name for operators.
     #[arg(long, default_value = "conductor")]
     pub name: String,

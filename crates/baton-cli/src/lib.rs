@@ -108,6 +108,8 @@ fn init_logging(command: &Command) -> traces::Exporting {
     // (sqlx reports the server's routine notices at info: keep those out.)
     let default = match command {
         Command::Conductor(_) => "info,sqlx=warn",
+        // The console logs the errors it answers 500 or 503 for.
+        Command::Serve(_) => "warn,sqlx=warn",
         _ => "off",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -131,6 +133,7 @@ async fn run(cli: Cli, db: &cmd::Database) -> error::Result<i32> {
         Command::Flows(c) => cmd::flows::run(db, c, style).await.map(|()| exit::OK),
         Command::Jobs(c) => cmd::jobs::run(db, c, style).await.map(|()| exit::OK),
         Command::Conductors(c) => cmd::conductors::run(db, c, style).await.map(|()| exit::OK),
+        Command::Serve(args) => cmd::serve::serve(db, args).await.map(|()| exit::OK),
         Command::Migrate => {
             db.open().await?;
             outln!("the schema of {} is up to date", db.shown());

@@ -396,6 +396,17 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// The edges by the names of their atoms, `(from, to)`, in order (an edge naming an atom
+    /// the shape does not hold, which only a damaged record has, is left out).
+    pub fn named_edges(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.edges.iter().filter_map(|&(f, t)| {
+            Some((
+                self.atoms.get(f)?.name.as_str(),
+                self.atoms.get(t)?.name.as_str(),
+            ))
+        })
+    }
+
     /// The shape in Graphviz DOT, as a digraph named `name`. Nodes are `a0`, `a1`, ... (the
     /// atoms' indexes), labelled with the atoms' names, escaped so that any name reads back
     /// as written.

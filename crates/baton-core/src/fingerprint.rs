@@ -180,16 +180,7 @@ pub(crate) fn of(flow: &CompiledFlow) -> Fingerprint {
 pub(crate) fn edge_difference(meta: &serde_json::Value, flow: &CompiledFlow) -> Option<String> {
     let shape: crate::compile::Shape =
         serde_json::from_value(meta.get(crate::engine::GRAPH_META_KEY)?.clone()).ok()?;
-    let stored: std::collections::BTreeSet<(&str, &str)> = shape
-        .edges
-        .iter()
-        .filter_map(|&(f, t)| {
-            Some((
-                shape.atoms.get(f)?.name.as_str(),
-                shape.atoms.get(t)?.name.as_str(),
-            ))
-        })
-        .collect();
+    let stored: std::collections::BTreeSet<(&str, &str)> = shape.named_edges().collect();
     let defined: std::collections::BTreeSet<(&str, &str)> = flow.edges().collect();
     let list = |edges: Vec<&(&str, &str)>| {
         let shown: Vec<String> = edges

@@ -63,6 +63,14 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
+    /// The shape of the run's flow as the engine recorded it when it created the run (its
+    /// metadata's [`GRAPH_META_KEY`](crate::engine::GRAPH_META_KEY)); `None` for a run created
+    /// without one, or whose record of it cannot be read.
+    #[must_use]
+    pub fn shape(&self) -> Option<crate::compile::Shape> {
+        serde_json::from_value(self.meta.get(crate::engine::GRAPH_META_KEY)?.clone()).ok()
+    }
+
     /// A copy with `meta` left out (`null`), without copying it: what an engine runs on (see
     /// [`Store::load_run`](crate::store::Store::load_run)).
     pub(crate) fn without_meta(&self) -> Self {

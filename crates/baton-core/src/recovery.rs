@@ -72,6 +72,15 @@ pub enum Error {
         /// Its state.
         state: JobState,
     },
+    /// `trash` of a job whose run has not ended, without forcing it: the trashed job would
+    /// free its key, and the next job of the key would start on top of a half-done run.
+    #[error("job {job}'s run is unfinished ({state}): trashing the job would leave it half done and free its key; revert the run instead, or force the trash")]
+    Unfinished {
+        /// The job.
+        job: JobId,
+        /// Its run's state.
+        state: FlowState,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -121,6 +130,19 @@ pub struct Stranded {
     pub job: Option<Job>,
     /// Why no conductor will take it up.
     pub because: Because,
+}
+
+/// As JSON: `{"flow": .., "job": .. or null, "because": "job parked"}` (`baton flows list
+/// --stranded --json`, and the console's `/api/flows?stranded=true`).
+impl serde::Serialize for Stranded {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut row = serializer.serialize_struct("Stranded", 3)?;
+        row.serialize_field("flow", &self.flow)?;
+        row.serialize_field("job", &self.job)?;
+        row.serialize_field("because", &self.because.to_string())?;
+        row.end()
+    }
 }
 
 /// The job a run was made from: the same id.
@@ -266,6 +288,39 @@ async fn requeue(board: &dyn JobBoard, job: JobId, how: Requeue) -> Result<Job> 
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Retires job `job` for good with `reason` (its outcome becomes `{"trashed": reason}`),
+/// revoking any claim on it, and returns it as it now is. Unless `force`, a job whose run has
+/// started and not ended is refused: trashing it frees its key, and the next job of the key
+/// would start on top of a half-done run (revert the run instead).
+///
+/// # Errors
+/// [`Error::Unfinished`] (nothing changed); board errors ([`board::Error::InvalidState`] for a
+/// job that is complete); store errors.
+pub async fn trash(
+    store: &dyn Store,
+    board: &dyn JobBoard,
+    job: JobId,
+    reason: &str,
+    force: bool,
+) -> Result<Job> {
+    if !force {
+        match store.load_run(FlowId::for_job(job)).await {
+            Ok(run) if !run.flow.state.is_terminal() => {
+                return Err(Error::Unfinished {
+                    job,
+                    state: run.flow.state,
+                });
+            }
+            Ok(_) | Err(store::Error::FlowNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    board
+        .trash(job, None, serde_json::json!({ "trashed": reason }))
+        .await?;
+    Ok(board.get(job).await?)
 }
 
 /// What an operator should know about `job` beyond its state, given the live `fleet`

@@ -613,6 +613,16 @@ pub(crate) struct RawTransition {
     pub(crate) attempt: Option<i64>,
 }
 
+/// A run's [`Head`](baton_core::store::Head) from its row's state and its step log's last
+/// step number.
+pub(crate) fn head(flow: FlowId, state: &str, seq: i64) -> Result<baton_core::store::Head> {
+    let state = state
+        .parse::<baton_core::FlowState>()
+        .map_err(|e| corrupt(flow, None, format!("state: {e}")))?;
+    let seq = u64::try_from(seq).map_err(|_| corrupt(flow, None, format!("step {seq}")))?;
+    Ok(baton_core::store::Head::new(state, seq))
+}
+
 /// The error for a damaged row.
 pub(crate) fn corrupt(flow: FlowId, atom: Option<&str>, detail: impl Into<String>) -> Error {
     Error::Corrupt {
@@ -837,14 +847,24 @@ impl Ended {
 ///
 /// Every filter has an index that leads with it and ends with `seq` (or a partial index over
 /// `seq`), so a page is one range of one index, read from its end, whatever the table's size.
-pub(crate) fn push_flow_query<'a, DB: sqlx::Database>(
+///
+/// `time` turns a creation-time bound into what the database compares `created_at` with.
+pub(crate) fn push_flow_query<'a, DB: sqlx::Database, T>(
     q: &mut sqlx::QueryBuilder<'a, DB>,
     query: &baton_core::store::FlowQuery,
     after: Option<i64>,
+    time: impl Fn(DateTime<Utc>) -> T,
 ) where
     String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    T: sqlx::Encode<'a, DB> + sqlx::Type<DB> + 'a,
 {
+    if let Some(since) = query.created_since {
+        q.push(" AND created_at >= ").push_bind(time(since));
+    }
+    if let Some(until) = query.created_until {
+        q.push(" AND created_at < ").push_bind(time(until));
+    }
     if let Some(state) = query.state {
         q.push(" AND state = ").push_bind(state.as_str().to_owned());
     }

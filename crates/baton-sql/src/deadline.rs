@@ -217,6 +217,18 @@ macro_rules! bounded_store {
                 .await
             }
 
+            async fn head(
+                &self,
+                id: ::baton_core::FlowId,
+            ) -> ::baton_core::store::Result<::baton_core::store::Head> {
+                $crate::deadline::store_call(
+                    self.call_timeout(),
+                    "head",
+                    $crate::deadline::Raw(self).head(id),
+                )
+                .await
+            }
+
             async fn purge_flows(
                 &self,
                 ended_before: ::chrono::DateTime<::chrono::Utc>,

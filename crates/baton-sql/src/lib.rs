@@ -86,6 +86,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "postgres")]
+mod announce;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod board_common;
 #[cfg(feature = "postgres")]
@@ -122,6 +124,8 @@ use std::sync::Arc;
 use baton_core::store::Store;
 
 #[cfg(feature = "postgres")]
+pub use announce::{Announcement, Announcements};
+#[cfg(feature = "postgres")]
 pub use board_postgres::{
     PostgresJobBoard, DEFAULT_RESTART_GRACE, DEFAULT_VACUUM_EVERY, DEFAULT_WAKE_WINDOW,
 };
@@ -132,7 +136,10 @@ pub use codec::{StepFormat, DEFAULT_MAX_VALUE_BYTES};
 pub use deadline::{DeadlineExceeded, DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT};
 pub use error::{Error, Result};
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresOptions, PostgresStore, DEFAULT_SCHEMA};
+pub use postgres::{
+    job_channel, parse_step_announcement, step_channel, PostgresOptions, PostgresStore,
+    DEFAULT_SCHEMA,
+};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -242,6 +249,10 @@ pub struct OpenOptions {
     /// [`DEFAULT_CALL_TIMEOUT`]. Checked when the store opens: more than zero, at most
     /// [`MAX_CALL_TIMEOUT`].
     pub call_timeout: Option<std::time::Duration>,
+    /// PostgreSQL: announce each step the store appends
+    /// ([`PostgresOptions::announce_steps`]), for the console to follow runs at once. Ignored
+    /// for SQLite, which has nobody to tell. Default off.
+    pub announce_steps: bool,
 }
 
 impl OpenOptions {
@@ -259,6 +270,12 @@ impl OpenOptions {
     /// Uses the PostgreSQL schema `schema`.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
+        self
+    }
+
+    /// Sets [`OpenOptions::announce_steps`].
+    pub fn announce_steps(mut self, announce: bool) -> Self {
+        self.announce_steps = announce;
         self
     }
 }
@@ -307,7 +324,8 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Backends> {
             if let Some(timeout) = options.call_timeout {
                 pg = pg.call_timeout(timeout);
             }
-            let store = PostgresStore::connect_with(url, pg).await?;
+            let store =
+                PostgresStore::connect_with(url, pg.announce_steps(options.announce_steps)).await?;
             let board = PostgresJobBoard::new(&store);
             Ok(Backends {
                 store: Arc::new(store),

@@ -64,6 +64,12 @@ pub struct PostgresOptions {
     /// When a step also writes a checkpoint of its run, so that a load replays only the steps
     /// after it (see [`Checkpoints`]); default [`Checkpoints::DEFAULT`].
     pub checkpoints: Checkpoints,
+    /// Whether each step appended to a run's log is announced on the schema's
+    /// [`step_channel`] (`NOTIFY`, payload `flow <id> <seq>`), in the statement that appends
+    /// it, so that it is sent exactly when the step commits: what the console listens to, to
+    /// follow a run live. (A run's first step, stored with its creation, is not announced.)
+    /// Default off.
+    pub announce_steps: bool,
 }
 
 impl Default for PostgresOptions {
@@ -76,6 +82,7 @@ impl Default for PostgresOptions {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             step_format: StepFormat::default(),
             checkpoints: Checkpoints::DEFAULT,
+            announce_steps: false,
         }
     }
 }
@@ -127,6 +134,12 @@ impl PostgresOptions {
         self.checkpoints = checkpoints;
         self
     }
+
+    /// Sets [`PostgresOptions::announce_steps`].
+    pub fn announce_steps(mut self, announce: bool) -> Self {
+        self.announce_steps = announce;
+        self
+    }
 }
 
 /// A [`Store`] in a PostgreSQL database.
@@ -168,6 +181,9 @@ pub struct PostgresStore {
     known: Arc<steplog::Cache>,
     /// The channel of the job board's wake-ups (see [`job_channel`]).
     channel: Arc<str>,
+    /// The channel steps are announced on, if they are (see
+    /// [`PostgresOptions::announce_steps`]).
+    announce: Option<Arc<str>>,
     /// The bound of every call (see [`crate::deadline`]).
     call_timeout: Duration,
     /// How to connect for migrations: as the pool does, but without the call timeout on the
@@ -270,6 +286,9 @@ impl PostgresStore {
             call_timeout,
             unbounded: Arc::new(unbounded),
             channel: job_channel(&options.schema).into(),
+            announce: options
+                .announce_steps
+                .then(|| step_channel(&options.schema).into()),
             schema: options.schema.into(),
             commits: Arc::new(AtomicU64::new(0)),
             max_value_bytes: options.max_value_bytes,
@@ -433,14 +452,44 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// The channel the job wake-ups of `schema` are sent on: `baton_jobs_` and the schema, when
 /// that fits an identifier; for a longer schema (up to 63 bytes are allowed), `baton_jobs_`,
-/// the schema's first 35 bytes, `_` and 16 hex digits of a hash of the whole schema: 63
+/// the schema's first bytes, `_` and 16 hex digits of a hash of the whole schema: 63
 /// bytes. (PostgreSQL refuses a longer channel in `pg_notify`, and cuts a `LISTEN`'s short,
 /// so neither wake-ups nor keyed jobs' ends would work.) The hash (64-bit FNV-1a) is the same
 /// on every machine and in every build, as every process of a fleet must agree on the
 /// channel; two schemas that share one only wake each other's conductors for nothing.
-fn job_channel(schema: &str) -> String {
-    const PREFIX: &str = "baton_jobs_";
-    let plain = format!("{PREFIX}{schema}");
+///
+/// A listener (the console, say) hears there that jobs were posted, or that a job someone
+/// waits for ended; the payload says no more.
+#[must_use]
+pub fn job_channel(schema: &str) -> String {
+    channel("baton_jobs_", schema)
+}
+
+/// The channel a store of `schema` announces its committed steps on, when it was opened with
+/// [`PostgresOptions::announce_steps`]: `baton_events_` and the schema, shortened as
+/// [`job_channel`] shortens. Each notification's payload is `flow <id> <seq>`: the run and
+/// the number of the step committed (see [`parse_step_announcement`]).
+#[must_use]
+pub fn step_channel(schema: &str) -> String {
+    channel("baton_events_", schema)
+}
+
+/// The run and step number a notification on [`step_channel`] announces; `None` for a
+/// payload of another form.
+#[must_use]
+pub fn parse_step_announcement(payload: &str) -> Option<(FlowId, u64)> {
+    let mut words = payload.split(' ');
+    if words.next()? != "flow" {
+        return None;
+    }
+    let flow = words.next()?.parse().ok()?;
+    let seq = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((flow, seq))
+}
+
+/// `prefix` and `schema`, made to fit an identifier (see [`job_channel`]).
+fn channel(prefix: &str, schema: &str) -> String {
+    let plain = format!("{prefix}{schema}");
     if plain.len() <= MAX_IDENTIFIER_BYTES {
         return plain;
     }
@@ -448,9 +497,9 @@ fn job_channel(schema: &str) -> String {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
     // A validated schema is ASCII, so any byte is a character boundary.
-    let kept = MAX_IDENTIFIER_BYTES - PREFIX.len() - 1 - 16;
+    let kept = MAX_IDENTIFIER_BYTES - prefix.len() - 1 - 16;
     let head = schema.get(..kept).unwrap_or(schema);
-    format!("{PREFIX}{head}_{hash:016x}")
+    format!("{prefix}{head}_{hash:016x}")
 }
 
 /// A pooled connection lent to one operation (by [`PostgresStore::acquire`]), closed when it
@@ -746,26 +795,45 @@ const CONSUME_JOB: &str = concat!(
 /// first (its token checked under the row's lock, so a new claim waits for this statement),
 /// and the step is appended only if that held. `$1`..`$7` the step, `$8` job, `$9` token,
 /// `$10` outcome, `$11` channel (woken as [`CONSUME_JOB`] says); answers whether the step was
-/// appended.
-const APPEND_AND_CONSUME: &str = concat!(
-    "WITH done AS ( \
-        UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, \
-               lease_expires_at = NULL, outcome = $10::jsonb, updated_at = now() \
-         WHERE id = $8 AND state = 'CLAIMED' AND token = $9 \
-        RETURNING id, job_key, watched \
-    ), step AS ( \
-        INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
-        SELECT $1, $2, $3, $4, $5, $6, $7 FROM done \
-        RETURNING flow_id \
-    ), moved AS ( \
-        UPDATE flows SET state = $4, intention = $5, updated_at = $3 \
-          FROM step WHERE flows.id = step.flow_id AND $4::text IS NOT NULL \
-    ) SELECT EXISTS (SELECT 1 FROM step) AS appended, \
-             (SELECT (CASE WHEN job_key IS NOT NULL THEN pg_notify($11, '') END) IS NULL \
-                FROM done) AS woke, \
-             (SELECT ",
-    crate::wake::announce_end!("$11", "done"),
-    " FROM done) AS told"
+/// appended. `$returning` is what the step's insert returns, `$more` more columns of the
+/// answer.
+macro_rules! append_and_consume {
+    ($returning:literal, $more:literal) => {
+        concat!(
+            "WITH done AS ( \
+                UPDATE jobs SET state = 'COMPLETE', owner = NULL, owner_lock = NULL, \
+                       lease_expires_at = NULL, outcome = $10::jsonb, updated_at = now() \
+                 WHERE id = $8 AND state = 'CLAIMED' AND token = $9 \
+                RETURNING id, job_key, watched \
+            ), step AS ( \
+                INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
+                                   model_version) \
+                SELECT $1, $2, $3, $4, $5, $6, $7 FROM done \
+                RETURNING ",
+            $returning,
+            " \
+            ), moved AS ( \
+                UPDATE flows SET state = $4, intention = $5, updated_at = $3 \
+                  FROM step WHERE flows.id = step.flow_id AND $4::text IS NOT NULL \
+            ) SELECT EXISTS (SELECT 1 FROM step) AS appended, \
+                     (SELECT (CASE WHEN job_key IS NOT NULL THEN pg_notify($11, '') END) IS NULL \
+                        FROM done) AS woke, \
+                     (SELECT ",
+            crate::wake::announce_end!("$11", "done"),
+            " FROM done) AS told",
+            $more
+        )
+    };
+}
+
+/// See [`append_and_consume`].
+const APPEND_AND_CONSUME: &str = append_and_consume!("flow_id", "");
+
+/// [`APPEND_AND_CONSUME`] that also announces the step on the channel `$12`
+/// ([`PostgresOptions::announce_steps`]).
+const APPEND_AND_CONSUME_ANNOUNCING: &str = append_and_consume!(
+    "flow_id, seq",
+    ", (SELECT pg_notify($12, 'flow ' || flow_id || ' ' || seq) IS NULL FROM step) AS announced"
 );
 
 // ----- reading rows -------------------------------------------------------------------------
@@ -1054,7 +1122,19 @@ async fn write_checkpoint(
 /// (`rows_affected`) is 1 if the step was appended, 0 if the fence did not hold. (A run's row
 /// is not looked up: a view of a run that may have been purged since is not trusted for the
 /// one-statement append at all, see `steplog::VIEW_TRUST`.)
-fn append_sql(fenced: bool, moves_flow: bool) -> &'static str {
+///
+/// An announcing statement ([`PostgresOptions::announce_steps`]) also takes the channel, as the
+/// parameter after the others (`$8`, or `$10` when fenced), and notifies it of the step it
+/// appended; its count of rows is the same.
+fn append_sql(fenced: bool, moves_flow: bool, announce: bool) -> &'static str {
+    if announce {
+        static ANNOUNCING: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+        let all = ANNOUNCING.get_or_init(|| {
+            [(false, false), (true, false), (false, true), (true, true)]
+                .map(|(fenced, moves_flow)| announcing_append_sql(fenced, moves_flow))
+        });
+        return &all[usize::from(fenced) + 2 * usize::from(moves_flow)];
+    }
     match (fenced, moves_flow) {
         (false, false) => {
             "INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, model_version) \
@@ -1088,6 +1168,35 @@ fn append_sql(fenced: bool, moves_flow: bool) -> &'static str {
              ) SELECT 1 FROM step"
         }
     }
+}
+
+/// The announcing form of [`append_sql`].
+fn announcing_append_sql(fenced: bool, moves_flow: bool) -> String {
+    let (values, channel) = if fenced {
+        (
+            "SELECT $1, $2, $3, $4, $5, $6, $7 \
+             WHERE EXISTS (SELECT 1 FROM fences WHERE job_id = $8 AND token = $9 FOR SHARE)",
+            "$10",
+        )
+    } else {
+        ("VALUES ($1, $2, $3, $4, $5, $6, $7)", "$8")
+    };
+    let moved = if moves_flow {
+        ", moved AS ( \
+             UPDATE flows SET state = $4, intention = $5, updated_at = $3 \
+               FROM step WHERE flows.id = step.flow_id \
+         )"
+    } else {
+        ""
+    };
+    format!(
+        "WITH step AS ( \
+             INSERT INTO steps (flow_id, seq, at, flow_state, flow_intention, body, \
+                                model_version) \
+             {values} RETURNING flow_id, seq \
+         ){moved} SELECT pg_notify({channel}, 'flow ' || step.flow_id || ' ' || step.seq) \
+         FROM step"
+    )
 }
 
 /// Whether a careful commit met another writer (a step appended, a fence row updated) and
@@ -1154,17 +1263,7 @@ impl PostgresStore {
             return Err(sqlx::Error::Protocol("no checkpoint is due".into()));
         };
         let mut tx = self.begin().await?;
-        let mut query = sqlx::query(append_sql(fence.is_some(), step.flow_state.is_some()))
-            .bind(batch.flow.as_uuid())
-            .bind(known.seq + 1)
-            .bind(batch.at)
-            .bind(step.flow_state)
-            .bind(step.flow_intention)
-            .bind(step.body.as_str())
-            .bind(step.model_version);
-        if let Some((job, token)) = fence {
-            query = query.bind(job).bind(token);
-        }
+        let query = self.append_step(batch, known.seq + 1, step, fence);
         if query.execute(&mut *tx).await?.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(false);
@@ -1181,6 +1280,37 @@ impl PostgresStore {
                 Ok(false)
             }
         }
+    }
+
+    /// The statement that appends `step` to `batch`'s run as its step `seq` ([`append_sql`]),
+    /// its parameters bound: fenced by `fence` (job and token) if given, announced if this
+    /// store announces steps.
+    fn append_step<'q>(
+        &'q self,
+        batch: &'q Batch,
+        seq: i64,
+        step: &'q Step,
+        fence: Option<(uuid::Uuid, i64)>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        let mut query = sqlx::query(append_sql(
+            fence.is_some(),
+            step.flow_state.is_some(),
+            self.announce.is_some(),
+        ))
+        .bind(batch.flow.as_uuid())
+        .bind(seq)
+        .bind(batch.at)
+        .bind(step.flow_state)
+        .bind(step.flow_intention)
+        .bind(step.body.as_str())
+        .bind(step.model_version);
+        if let Some((job, token)) = fence {
+            query = query.bind(job).bind(token);
+        }
+        if let Some(channel) = &self.announce {
+            query = query.bind(channel.as_ref());
+        }
+        query
     }
 
     /// The careful commit: in one `REPEATABLE READ` transaction, check the fence, read the flow
@@ -1273,14 +1403,7 @@ impl PostgresStore {
                     .map_err(Attempt::Store)?;
             codec::check_writes(flow, &snapshot.flow, &snapshot.atoms, &batch.writes)
                 .map_err(Attempt::Store)?;
-            sqlx::query(append_sql(false, step.flow_state.is_some()))
-                .bind(flow.as_uuid())
-                .bind(known.seq + 1)
-                .bind(batch.at)
-                .bind(step.flow_state)
-                .bind(step.flow_intention)
-                .bind(step.body.as_str())
-                .bind(step.model_version)
+            self.append_step(batch, known.seq + 1, step, None)
                 .execute(&mut *tx)
                 .await
                 .map_err(Attempt::Db)?;
@@ -1611,7 +1734,11 @@ impl Store for Raw<'_, PostgresStore> {
             let appended = match (&consume, fence) {
                 // The run's last step, ending its job too.
                 (Some((_, outcome)), Some((job, token))) => {
-                    let query = sqlx::query_as::<_, (bool, Option<bool>)>(APPEND_AND_CONSUME)
+                    let sql = match self.announce {
+                        Some(_) => APPEND_AND_CONSUME_ANNOUNCING,
+                        None => APPEND_AND_CONSUME,
+                    };
+                    let mut query = sqlx::query_as::<_, (bool, Option<bool>)>(sql)
                         .bind(flow.as_uuid())
                         .bind(seq)
                         .bind(batch.at)
@@ -1623,6 +1750,9 @@ impl Store for Raw<'_, PostgresStore> {
                         .bind(token)
                         .bind(outcome.as_str())
                         .bind(self.job_channel());
+                    if let Some(channel) = &self.announce {
+                        query = query.bind(channel.as_ref());
+                    }
                     let mut conn = self.acquire().await.map_err(classify)?;
                     let answer = query.fetch_one(&mut *conn).await;
                     self.release(conn, &answer);
@@ -1632,23 +1762,10 @@ impl Store for Raw<'_, PostgresStore> {
                     self.append_with_checkpoint(batch, &step, &known, fence)
                         .await
                 }
-                _ => {
-                    let mut query =
-                        sqlx::query(append_sql(fence.is_some(), step.flow_state.is_some()))
-                            .bind(flow.as_uuid())
-                            .bind(seq)
-                            .bind(batch.at)
-                            .bind(step.flow_state)
-                            .bind(step.flow_intention)
-                            .bind(step.body.as_str())
-                            .bind(step.model_version);
-                    if let Some((job, token)) = fence {
-                        query = query.bind(job).bind(token);
-                    }
-                    self.write(query)
-                        .await
-                        .map(|done| done.rows_affected() == 1)
-                }
+                _ => self
+                    .write(self.append_step(batch, seq, &step, fence))
+                    .await
+                    .map(|done| done.rows_affected() == 1),
             };
             match appended {
                 Ok(true) => {
@@ -1726,12 +1843,28 @@ impl Store for Raw<'_, PostgresStore> {
             let mut q = QueryBuilder::<Postgres>::new(format!(
                 "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE true"
             ));
-            codec::push_flow_query(&mut q, query, after);
+            codec::push_flow_query(&mut q, query, after, |t| t);
             q.build().fetch_all(&mut *conn).await.map(Ok)
         }
         .await;
         self.release(conn, &rows);
         rows.map_err(classify)??.iter().map(flow_from_row).collect()
+    }
+
+    async fn head(&self, id: FlowId) -> store::Result<store::Head> {
+        let mut conn = self.acquire().await.map_err(classify)?;
+        let row = sqlx::query_as::<_, (String, i64)>(
+            "SELECT state, coalesce((SELECT max(s.seq) FROM steps s WHERE s.flow_id = f.id), 0) \
+             FROM flows f WHERE f.id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await;
+        self.release(conn, &row);
+        let (state, seq) = row
+            .map_err(classify)?
+            .ok_or(store::Error::FlowNotFound(id))?;
+        codec::head(id, &state, seq)
     }
 
     async fn purge_flows(

@@ -1835,9 +1835,25 @@ impl Store for Raw<'_, SqliteStore> {
         let mut q = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {LISTED_FLOW_COLUMNS} FROM flows WHERE 1 = 1"
         ));
-        codec::push_flow_query(&mut q, query, after);
+        codec::push_flow_query(&mut q, query, after, |t| {
+            codec::time_text(codec::sortable_time(t))
+        });
         let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
         rows.iter().map(flow_from_row).collect()
+    }
+
+    async fn head(&self, id: FlowId) -> store::Result<store::Head> {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT state, coalesce((SELECT s.seq FROM steps s WHERE s.id > f.seq * 4294967296 \
+             AND s.id < (f.seq + 1) * 4294967296 ORDER BY s.id DESC LIMIT 1), 0) \
+             FROM flows f WHERE f.id = ?1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        let (state, seq) = row.ok_or(store::Error::FlowNotFound(id))?;
+        codec::head(id, &state, seq)
     }
 
     async fn purge_flows(&self, ended_before: DateTime<Utc>, limit: u32) -> store::Result<u64> {

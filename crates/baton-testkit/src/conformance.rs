@@ -329,6 +329,65 @@ pub async fn list_filters_and_orders<S: Store>(store: S) {
     assert_eq!(limited.len(), 2);
 }
 
+/// Creation-time filters select the runs created in the window, newest first, and page like
+/// any filter; a run's head is its state and a step number that grows with each commit.
+pub async fn time_filters_and_heads<S: Store>(store: S) {
+    let name = format!("time-{}", FlowId::new());
+    let base = Utc::now() - chrono::Duration::hours(1);
+    let mut ids = Vec::new();
+    for minutes in [0, 10, 20, 30] {
+        let mut f = flow_record(&name);
+        f.created_at = base + chrono::Duration::minutes(minutes);
+        store.create_flow(&f, &atoms(), None).await.unwrap();
+        ids.push(f.id);
+    }
+    let listed = |q: FlowQuery| {
+        let store = &store;
+        async move {
+            store
+                .list_flows(&q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|f| f.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let named = FlowQuery::all().name(&name);
+    let minutes = |m| base + chrono::Duration::minutes(m);
+    assert_eq!(
+        listed(named.clone().created_since(minutes(10))).await,
+        vec![ids[3], ids[2], ids[1]]
+    );
+    assert_eq!(
+        listed(named.clone().created_until(minutes(20))).await,
+        vec![ids[1], ids[0]]
+    );
+    let window = named
+        .clone()
+        .created_since(minutes(5))
+        .created_until(minutes(25));
+    assert_eq!(listed(window.clone()).await, vec![ids[2], ids[1]]);
+    assert_eq!(listed(window.clone().limit(1)).await, vec![ids[2]]);
+    assert_eq!(listed(window.after(ids[2])).await, vec![ids[1]]);
+    assert!(listed(named.created_since(minutes(31))).await.is_empty());
+
+    let before = store.head(ids[0]).await.unwrap();
+    assert_eq!(before.state, FlowState::Pending);
+    store
+        .commit(&start_flow(ids[0], &atoms()[0]))
+        .await
+        .unwrap();
+    let after = store.head(ids[0]).await.unwrap();
+    assert_eq!(after.state, FlowState::Running);
+    assert!(after.seq > before.seq, "{before:?} then {after:?}");
+    let unknown = FlowId::new();
+    assert!(matches!(
+        store.head(unknown).await,
+        Err(Error::FlowNotFound(id)) if id == unknown
+    ));
+}
+
 /// Moves `flow` (pending, with the atoms of [`atoms`]) through a run that starts atom `a`, and
 /// on to `end`, one batch per move, each made `ago` before now: it then has a step log and a
 /// history, and (if `end` is an ended state) ended `ago` before now.
@@ -760,6 +819,7 @@ macro_rules! store_conformance {
             illegal_transitions_are_refused,
             unknown_flow_or_atom_is_named,
             list_filters_and_orders,
+            time_filters_and_heads,
             listings_page_through_every_run_once,
             purge_deletes_only_runs_that_ended_before_the_cutoff,
             values_over_the_limit_are_refused,

@@ -152,6 +152,10 @@ impl<S: Store> Store for FlakyStore<S> {
         self.inner.list_flows(query).await
     }
 
+    async fn head(&self, id: FlowId) -> Result<baton_core::store::Head> {
+        self.inner.head(id).await
+    }
+
     async fn purge_flows(
         &self,
         ended_before: chrono::DateTime<chrono::Utc>,

@@ -55,7 +55,35 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
     let mut options = Options::default();
     options.name = "demo".into();
     options.poll = Duration::from_millis(100);
-    let backends = db.open().await?;
+    let token = match args.serve {
+        Some(_) => super::serve::admin_token(None)?,
+        None => None,
+    };
+    // With the console beside it, the run's steps are announced (PostgreSQL), so its pages
+    // follow them at once rather than at the console's next poll.
+    let backends = db
+        .open_with(baton_sql::OpenOptions::new().announce_steps(args.serve.is_some()))
+        .await?;
+    // The console, if asked for, beside the run: bound before the job is posted, so its link
+    // is printed with the job.
+    let console_shutdown = CancellationToken::new();
+    let mut console = tokio::task::JoinSet::new();
+    let serving = match args.serve {
+        Some(addr) => {
+            let console_of = super::serve::console(db, backends.clone(), token);
+            let read_only = console_of.is_read_only();
+            let bound = console_of
+                .bind(addr)
+                .await
+                .map_err(super::serve::console_error)?;
+            let addr = bound.local_addr().map_err(|e| {
+                CliError::new(exit::INTERNAL, "cannot read the console's address").caused_by(&e)
+            })?;
+            console.spawn(bound.run(console_shutdown.clone()));
+            Some((addr, read_only))
+        }
+        None => None,
+    };
     let board = backends.board;
     let engine = Engine::from_arc(backends.store);
     let mut events = engine.subscribe();
@@ -79,6 +107,17 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
             .map(|a| format!(", with {a} set to fail"))
             .unwrap_or_default()
     );
+    if let Some((addr, read_only)) = serving {
+        outln!(
+            "console: http://{addr}/flows/{} ({})",
+            job.flow(),
+            if read_only {
+                "read-only: set BATON_ADMIN_TOKEN to act on it"
+            } else {
+                "actions take the admin token in BATON_ADMIN_TOKEN"
+            }
+        );
+    }
 
     let shutdown = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
@@ -123,6 +162,10 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
                 conductor_ended(ended)?;
                 return Err(CliError::new(exit::INTERNAL, "the conductor stopped before the job ended"));
             }
+            Some(ended) = console.join_next() => {
+                console_ended(ended)?;
+                return Err(CliError::new(exit::INTERNAL, "the console stopped before the job ended"));
+            }
             _ = check.tick() => {
                 let current = board.get(job.id).await?;
                 if current.state.is_terminal() {
@@ -161,6 +204,13 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
         "fake cloud: {created} resources created, {deleted} deleted, {} left",
         created.saturating_sub(deleted)
     );
+    if serving.is_none() {
+        let (db_args, _) = db.hint_args();
+        outln!(
+            "\nwatch a run in a browser: {} {db_args}demo --serve",
+            Invocation::current().prefix
+        );
+    }
     outln!("\ninspect it:");
     for line in hints(
         &Invocation::current(),
@@ -171,6 +221,22 @@ pub(crate) async fn demo(db: &Database, args: DemoArgs, style: Style) -> Result<
         ],
     ) {
         outln!("  {line}");
+    }
+
+    if let Some((addr, _)) = serving {
+        outln!(
+            "\nthe console goes on serving at http://{addr}/flows/{}; SIGINT (Ctrl-C) or SIGTERM \
+             stops it",
+            job.flow()
+        );
+        tokio::select! {
+            _ = super::signalled(&console_shutdown) => {}
+            Some(ended) = console.join_next() => console_ended(ended)?,
+        }
+        console_shutdown.cancel();
+        while let Some(ended) = console.join_next().await {
+            console_ended(ended)?;
+        }
     }
 
     let expected = if args.fail_at.is_some() {
@@ -198,6 +264,23 @@ fn conductor_ended(
         Err(e) => Err(CliError::new(
             exit::INTERNAL,
             format!("the conductor crashed: {e}"),
+        )),
+    }
+}
+
+/// How the demo's console ended, as the command's error if it failed.
+fn console_ended(
+    ended: std::result::Result<
+        std::result::Result<(), baton_console::Error>,
+        tokio::task::JoinError,
+    >,
+) -> Result<()> {
+    match ended {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(super::serve::console_error(e)),
+        Err(e) => Err(CliError::new(
+            exit::INTERNAL,
+            format!("the console crashed: {e}"),
         )),
     }
 }
@@ -414,7 +497,11 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
     let offer = registry.offer();
     let call_timeout = call_timeout(options.lease);
     let backends = db
-        .open_with(baton_sql::OpenOptions::new().call_timeout(call_timeout))
+        .open_with(
+            baton_sql::OpenOptions::new()
+                .call_timeout(call_timeout)
+                .announce_steps(args.announce_steps),
+        )
         .await?;
     let board = backends.board;
     let conductor = Conductor::new(board.clone(), Engine::from_arc(backends.store), registry)
@@ -467,18 +554,8 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
 }
 
 async fn signals(shutdown: CancellationToken) -> Result<()> {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-        () = shutdown.cancelled() => return Ok(()),
+    if !super::signalled(&shutdown).await {
+        return Ok(());
     }
     eprintln!("stopping: suspending running flows and handing their jobs back");
     shutdown.cancel();

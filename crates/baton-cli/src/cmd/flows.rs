@@ -1,12 +1,9 @@
 //! `baton flows`.
 
-use baton_core::compile::Shape;
-use baton_core::engine::GRAPH_META_KEY;
 use baton_core::model::Change;
-use baton_core::store::{FlowQuery, Store};
+use baton_core::store::{FlowQuery, RunView, Store};
 use baton_core::{AtomState, FlowId, FlowState};
 use comfy_table::Cell;
-use serde_json::json;
 
 use super::{parse, Database};
 use crate::args::{FlowsCommand, GraphFormat};
@@ -136,17 +133,7 @@ async fn list_stranded(
         );
     };
     if as_json {
-        let rows: Vec<serde_json::Value> = stranded
-            .iter()
-            .map(|s| {
-                json!({
-                    "flow": s.flow,
-                    "job": s.job,
-                    "because": s.because.to_string(),
-                })
-            })
-            .collect();
-        output::print_json(&rows)?;
+        output::print_json(&stranded)?;
         hint();
         return Ok(());
     }
@@ -181,15 +168,11 @@ async fn show(
     as_json: bool,
     style: Style,
 ) -> Result<()> {
-    let snap = store.load_flow(id).await?;
-    let history = store.history(id).await?;
+    let view = RunView::load(store, id).await?;
     if as_json {
-        return output::print_json(&json!({
-            "flow": snap.flow,
-            "atoms": snap.atoms,
-            "history": history,
-        }));
+        return output::print_json(&view);
     }
+    let (snap, history) = (&view, &view.history);
     let width = (!full).then_some(RESULT_WIDTH);
     let f = &snap.flow;
     outln!("flow     {}  {}", f.id, f.name);
@@ -279,7 +262,7 @@ async fn show(
 
     outln!("\nhistory:");
     let mut h = output::table(style, &["seq", "at", "subject", "from", "to", "attempt"]);
-    for tr in &history {
+    for tr in history {
         let (subject, from, to, attempt) = match &tr.change {
             Change::Flow { from, to } => {
                 ("flow".to_owned(), from.as_str(), to.as_str(), String::new())
@@ -311,18 +294,12 @@ async fn show(
 
 async fn graph(store: &dyn Store, id: FlowId, format: GraphFormat) -> Result<()> {
     let snap = store.load_flow(id).await?;
-    let shape: Shape = snap
-        .flow
-        .meta
-        .get(GRAPH_META_KEY)
-        .cloned()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .ok_or_else(|| {
-            CliError::new(
-                exit::NOT_FOUND,
-                format!("flow {id} has no recorded graph (it was created without one)"),
-            )
-        })?;
+    let shape = snap.flow.shape().ok_or_else(|| {
+        CliError::new(
+            exit::NOT_FOUND,
+            format!("flow {id} has no recorded graph (it was created without one)"),
+        )
+    })?;
     match format {
         GraphFormat::Dot => out!("{}", shape.to_dot(&snap.flow.name)),
         GraphFormat::Mermaid => out!("{}", shape.to_mermaid()),

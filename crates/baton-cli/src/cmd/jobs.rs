@@ -3,9 +3,8 @@
 use baton_core::board::{ConductorInfo, Job, JobQuery, NewJob};
 use baton_core::handle::Ended;
 use baton_core::recovery;
-use baton_core::{ConductorId, FlowId, JobHandle, JobId, JobState};
+use baton_core::{ConductorId, JobHandle, JobId, JobState};
 use comfy_table::Cell;
-use serde_json::json;
 
 use super::{json_arg, parse, Database, Json};
 use crate::args::JobsCommand;
@@ -141,29 +140,19 @@ pub(crate) async fn run(db: &Database, command: JobsCommand, style: Style) -> Re
         JobsCommand::Trash { id, reason, force } => {
             let id = parse::<JobId>("job id", &id)?;
             let backends = db.open().await?;
-            if !force {
-                // A trashed job frees its key: the next job of its stack would start on top
-                // of a half-done run.
-                match backends.store.load_run(FlowId::for_job(id)).await {
-                    Ok(run) if !run.flow.state.is_terminal() => {
-                        return Err(CliError::new(
-                            exit::CONFLICT,
-                            format!(
-                                "job {id}'s run is unfinished ({}): trashing the job would leave it \
-                                 half done and free its key; revert it instead (flows revert {id}), \
-                                 or pass --force",
-                                run.flow.state
-                            ),
-                        ));
-                    }
-                    Ok(_) | Err(baton_core::store::Error::FlowNotFound(_)) => {}
-                    Err(e) => return Err(e.into()),
+            match recovery::trash(&*backends.store, &*backends.board, id, &reason, force).await {
+                Err(recovery::Error::Unfinished { state, .. }) => {
+                    return Err(CliError::new(
+                        exit::CONFLICT,
+                        format!(
+                            "job {id}'s run is unfinished ({state}): trashing the job would leave \
+                             it half done and free its key; revert it instead (flows revert {id}), \
+                             or pass --force"
+                        ),
+                    ));
                 }
-            }
-            backends
-                .board
-                .trash(id, None, json!({ "trashed": reason }))
-                .await?;
+                other => other?,
+            };
             outln!("job {id} trashed");
             Ok(())
         }

@@ -5,6 +5,7 @@ pub(crate) mod demo;
 pub(crate) mod flows;
 pub(crate) mod jobs;
 pub(crate) mod recover;
+pub(crate) mod serve;
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -68,6 +69,24 @@ impl Database {
             args.push_str(&format!("--schema {} ", crate::hint::quote(schema)));
         }
         (args, hidden)
+    }
+}
+
+/// Returns when the process is asked to stop (SIGINT or SIGTERM), or when `shutdown` is
+/// cancelled; `true` for a signal.
+pub(crate) async fn signalled(shutdown: &tokio_util::sync::CancellationToken) -> bool {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => true,
+        () = term => true,
+        () = shutdown.cancelled() => false,
     }
 }
 

@@ -31,6 +31,7 @@ pub fn command<S: AsRef<OsStr>>(db: Option<&str>, args: &[S]) -> Command {
     cmd.args(args)
         .env_remove("BATON_DATABASE_URL")
         .env_remove("BATON_SCHEMA")
+        .env_remove("BATON_ADMIN_TOKEN")
         .env_remove("RUST_LOG")
         .env_remove("CARGO_PKG_NAME")
         .env("NO_COLOR", "1");

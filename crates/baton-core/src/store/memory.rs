@@ -349,6 +349,15 @@ impl Store for MemoryStore {
         Ok(stored.history.clone())
     }
 
+    async fn head(&self, id: FlowId) -> Result<super::Head> {
+        let inner = self.lock();
+        let stored = inner.flows.get(&id).ok_or(Error::FlowNotFound(id))?;
+        Ok(super::Head::new(
+            stored.record.state,
+            stored.history.last().map_or(0, |t| t.seq),
+        ))
+    }
+
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
         let inner = self.lock();
         // Newest first: `order` is creation order, so a page after `after` is what precedes

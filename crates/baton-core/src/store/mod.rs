@@ -197,6 +197,10 @@ pub struct FlowQuery {
     pub limit: Option<usize>,
     /// Only flows listed after this one: the position a page ends at (see [`FlowQuery::after`]).
     pub after: Option<FlowId>,
+    /// Only runs created at or after this time.
+    pub created_since: Option<DateTime<Utc>>,
+    /// Only runs created before this time.
+    pub created_until: Option<DateTime<Utc>>,
 }
 
 impl FlowQuery {
@@ -261,6 +265,24 @@ impl FlowQuery {
         self
     }
 
+    /// Only runs created at or after `since`.
+    ///
+    /// A time is a filter, not a position: the listing keeps its order (newest first, by
+    /// creation) and its paging ([`FlowQuery::after`]); the store reads the runs the other
+    /// filters select and skips those created outside the window.
+    #[must_use]
+    pub fn created_since(mut self, since: DateTime<Utc>) -> Self {
+        self.created_since = Some(since);
+        self
+    }
+
+    /// Only runs created before `until` (see [`FlowQuery::created_since`]).
+    #[must_use]
+    pub fn created_until(mut self, until: DateTime<Utc>) -> Self {
+        self.created_until = Some(until);
+        self
+    }
+
     /// Whether `flow` passes the filter (for backends that filter in memory).
     #[must_use]
     pub fn matches(&self, flow: &FlowRecord) -> bool {
@@ -274,6 +296,58 @@ impl FlowQuery {
                 .version
                 .is_none_or(|v| flow.factory.as_ref().is_some_and(|r| r.version == v))
             && !(self.unfinished && flow.state.is_terminal())
+            && self.created_since.is_none_or(|t| flow.created_at >= t)
+            && self.created_until.is_none_or(|t| flow.created_at < t)
+    }
+}
+
+/// A run as an operator inspects it: the run, its atoms and its history. It is what
+/// `baton flows show --json` prints, and what the console's `/api/flows/{id}` answers (with
+/// more beside it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RunView {
+    /// The run, with its metadata.
+    pub flow: FlowRecord,
+    /// Its atoms, in the order they were created.
+    pub atoms: Vec<AtomRecord>,
+    /// Its history, oldest first.
+    pub history: Vec<Transition>,
+}
+
+impl RunView {
+    /// Reads run `id` from `store`.
+    ///
+    /// # Errors
+    /// [`Error::FlowNotFound`]; backend errors.
+    pub async fn load(store: &dyn Store, id: FlowId) -> Result<Self> {
+        let snap = store.load_flow(id).await?;
+        let history = store.history(id).await?;
+        Ok(Self {
+            flow: snap.flow,
+            atoms: snap.atoms,
+            history,
+        })
+    }
+}
+
+/// Where a run stands, as [`Store::head`] reads it: cheap enough to ask every half second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Head {
+    /// The run's state.
+    pub state: FlowState,
+    /// A number that grows with every step the store records for the run (0 before the first):
+    /// the SQL stores' step log's last step, the in-memory store's history length. Compare it
+    /// only with numbers from the same store.
+    pub seq: u64,
+}
+
+impl Head {
+    /// A run in `state` whose last step is `seq`.
+    #[must_use]
+    pub fn new(state: FlowState, seq: u64) -> Self {
+        Self { state, seq }
     }
 }
 
@@ -402,6 +476,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Backend errors only.
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>>;
 
+    /// Where run `id` stands: its state and its last step's number, for watching a run
+    /// change (the console polls it). The default loads the run and its history; the stores
+    /// of this workspace read one row.
+    ///
+    /// # Errors
+    /// [`Error::FlowNotFound`]; backend errors.
+    async fn head(&self, id: FlowId) -> Result<Head> {
+        let state = self.load_run(id).await?.flow.state;
+        let seq = self.history(id).await?.last().map_or(0, |t| t.seq);
+        Ok(Head { state, seq })
+    }
+
     /// Deletes up to `limit` runs that ended (`SUCCESS`, `FAILURE` or `REVERTED`, states a
     /// run never leaves) before `ended_before` and at least [`PURGE_MIN_AGE`] ago (see
     /// [`purge_cutoff`]), oldest first, with everything stored about
@@ -488,6 +574,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
         (**self).list_flows(query).await
+    }
+
+    async fn head(&self, id: FlowId) -> Result<Head> {
+        (**self).head(id).await
     }
 
     async fn purge_flows(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64> {

@@ -138,6 +138,10 @@ impl<S: Store> Store for CrashStore<S> {
         self.inner.list_flows(query).await
     }
 
+    async fn head(&self, id: FlowId) -> Result<crate::store::Head> {
+        self.inner.head(id).await
+    }
+
     async fn purge_flows(
         &self,
         ended_before: chrono::DateTime<chrono::Utc>,

@@ -135,6 +135,10 @@ impl<S: Store> Store for Held<S> {
         self.store.list_flows(query).await
     }
 
+    async fn head(&self, id: FlowId) -> Result<baton_core::store::Head> {
+        self.store.head(id).await
+    }
+
     async fn purge_flows(
         &self,
         ended_before: chrono::DateTime<chrono::Utc>,
