@@ -1636,6 +1636,23 @@ impl Store for Raw<'_, SqliteStore> {
         true
     }
 
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn count_runs(&self) -> store::Result<store::RunCounts> {
+        let rows = sqlx::query_as(crate::counts::UNFINISHED_BY_STATE)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        // `seq` is the rowid: its least and greatest are one probe each at the b-tree's ends.
+        let estimate: Option<i64> = sqlx::query_scalar("SELECT max(seq) - min(seq) + 1 FROM flows")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        crate::counts::run_counts(rows, Some(estimate.unwrap_or(0)))
+    }
+
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
         self.load(id, Meta::Read).await
     }

@@ -144,12 +144,20 @@ impl<S: Store> Store for FlakyStore<S> {
         self.inner.consumes_jobs()
     }
 
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
     async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {
         self.inner.history(id).await
     }
 
     async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowRecord>> {
         self.inner.list_flows(query).await
+    }
+
+    async fn count_runs(&self) -> Result<baton_core::store::RunCounts> {
+        self.inner.count_runs().await
     }
 
     async fn purge_flows(
