@@ -9,7 +9,7 @@
 //! - live updates as server-sent events (`/api/events`);
 //! - the pages (`/`, `/flows`, `/jobs`, `/conductors`) and the Prometheus metrics (`/metrics`).
 //!
-//! [`serve`] binds a listener and runs the router until shut down. The console is read-only
+//! `serve` binds a listener and runs the router until shut down. The console is read-only
 //! unless given an admin token; it refuses to listen on anything but loopback without one.
 //!
 //! docs/console.md describes every endpoint, the security model and how to run it
@@ -17,7 +17,7 @@
 
 #![forbid(unsafe_code)]
 
-mod metrics;
+pub mod metrics;
 mod pages;
 
 use std::fmt;
@@ -61,7 +61,6 @@ impl Console {
     }
 
     /// The console's HTTP routes.
-    #[must_use]
     pub fn router(self) -> axum::Router {
         axum::Router::new()
             // pages: mounted here
