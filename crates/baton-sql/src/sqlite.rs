@@ -1645,11 +1645,15 @@ impl Store for Raw<'_, SqliteStore> {
             .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
-        // `seq` is the rowid: its least and greatest are one probe each at the b-tree's ends.
-        let estimate: Option<i64> = sqlx::query_scalar("SELECT max(seq) - min(seq) + 1 FROM flows")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify)?;
+        // `seq` is the rowid: its least and greatest are one probe each at the b-tree's ends
+        // (each in a query of its own: SQLite probes for a lone min() or max() only, and
+        // scans the table for both in one).
+        let estimate: Option<i64> = sqlx::query_scalar(
+            "SELECT (SELECT max(seq) FROM flows) - (SELECT min(seq) FROM flows) + 1",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
         crate::counts::run_counts(rows, Some(estimate.unwrap_or(0)))
     }
 
