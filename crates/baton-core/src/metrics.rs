@@ -65,8 +65,7 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Registers the help text and unit of every metric above with the installed recorder, and
-/// the conductor counters at zero, so that a scrape shows them all before anything happened.
+/// Registers the help text and unit of every metric above with the installed recorder.
 /// Whoever installs a recorder calls it once.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -105,6 +104,11 @@ pub fn describe() {
         Unit::Seconds,
         "Least time left on the lease of any claim held, when its last heartbeat renewed it."
     );
+}
+
+/// A conductor starts: its counters are registered at zero, so that a scrape shows them before
+/// anything happened (and a process that runs no conductor shows none of them).
+pub(crate) fn conductor_started() {
     for name in [
         JOBS_CLAIMED,
         JOBS_CONSUMED,
@@ -113,10 +117,9 @@ pub fn describe() {
         JOBS_PARKED,
         TAKEOVERS,
     ] {
-        // Registered, so a scrape shows 0 rather than nothing.
         metrics::counter!(name).increment(0);
     }
-    metrics::gauge!(LEASE_MARGIN_SECONDS).set(f64::NAN);
+    set_least_margin(&mut MARGINS.lock().unwrap_or_else(PoisonError::into_inner));
 }
 
 /// An engine's handles, taken once per engine so that a step pays an increment and a
@@ -192,22 +195,27 @@ static MARGINS: Mutex<Option<HashMap<Fence, f64>>> = Mutex::new(None);
 /// Records the margin `claim` had left on its lease when a heartbeat renewed it (`None`:
 /// the claim is no longer held), and sets the gauge to the least margin of the claims held.
 pub(crate) fn lease_margin(claim: Fence, left: Option<Duration>) {
-    let least = {
-        let mut margins = MARGINS.lock().unwrap_or_else(PoisonError::into_inner);
-        let margins = margins.get_or_insert_with(HashMap::new);
-        match left {
-            Some(left) => {
-                margins.insert(claim, left.as_secs_f64());
-            }
-            None => {
-                margins.remove(&claim);
-            }
+    let mut margins = MARGINS.lock().unwrap_or_else(PoisonError::into_inner);
+    let held = margins.get_or_insert_with(HashMap::new);
+    match left {
+        Some(left) => {
+            held.insert(claim, left.as_secs_f64());
         }
-        margins
-            .values()
-            .copied()
-            .reduce(f64::min)
-            .unwrap_or(f64::NAN)
-    };
+        None => {
+            held.remove(&claim);
+        }
+    }
+    set_least_margin(&mut margins);
+}
+
+/// Sets the gauge to the least of `margins` (`NaN` for none), under their lock, so that two
+/// claims' updates cannot leave it at the older one's figure.
+fn set_least_margin(margins: &mut Option<HashMap<Fence, f64>>) {
+    let least = margins
+        .get_or_insert_with(HashMap::new)
+        .values()
+        .copied()
+        .reduce(f64::min)
+        .unwrap_or(f64::NAN);
     metrics::gauge!(LEASE_MARGIN_SECONDS).set(least);
 }

@@ -670,6 +670,7 @@ impl Conductor {
             return Err(e.into());
         }
         tracing::info!("conductor started");
+        crate::metrics::conductor_started();
 
         // Cancelled by `shutdown`, or by the first error that stops the conductor.
         let fatal = Fatal::new(shutdown.child_token());
