@@ -48,6 +48,10 @@ use sqlx::Connection;
 #[derive(Parser)]
 #[command(about = "baton's benchmark harness: one JSON line of measured figures per run")]
 struct Cli {
+    /// Install the Prometheus metrics recorder before the run (`baton_console::metrics`), so
+    /// that the figures include what counting costs; without it every count is a no-op.
+    #[arg(long, global = true)]
+    metrics: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -681,6 +685,9 @@ fn main() -> Result<()> {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
+    }
+    if cli.metrics {
+        baton_console::metrics::install()?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -209,6 +209,11 @@ pub struct ConductorArgs {
     /// Exit once no job is waiting or running (for tests and scripts).
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Serve this conductor's metrics in the Prometheus text format at
+    /// `http://ADDR/metrics` (e.g. `127.0.0.1:9464`; port 0 picks a free one, printed at
+    /// start). Read-only, and it shows no job data, so any address may be given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// How many rows `flows list` and `jobs list` print unless told otherwise: one page.

@@ -37,7 +37,7 @@ mod api;
 mod console_md {}
 mod error;
 mod live;
-mod metrics;
+pub mod metrics;
 mod pages;
 mod security;
 

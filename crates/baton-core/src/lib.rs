@@ -61,6 +61,7 @@ pub mod fingerprint;
 mod flow;
 pub mod handle;
 mod ids;
+pub mod metrics;
 pub mod model;
 pub mod recovery;
 pub mod registry;

@@ -1032,6 +1032,16 @@ impl JobBoard for Raw<'_, PostgresJobBoard> {
         Ok(())
     }
 
+    async fn backlog(&self) -> Result<std::collections::BTreeMap<String, u64>, board::Error> {
+        let mut kept = self.store.acquire().await.map_err(db)?;
+        let rows: Result<Vec<(String, i64)>, sqlx::Error> =
+            sqlx::query_as(crate::counts::BACKLOG_BY_FACTORY)
+                .fetch_all(&mut *kept)
+                .await;
+        self.store.release(kept, &rows);
+        crate::counts::backlog(rows.map_err(db)?)
+    }
+
     async fn conductors(&self) -> Result<Vec<ConductorInfo>, board::Error> {
         #[allow(clippy::type_complexity)] // one row, as sqlx reads it
         let rows: Vec<(

@@ -893,6 +893,14 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
         left_claimed.map(|_| ())
     }
 
+    async fn backlog(&self) -> Result<std::collections::BTreeMap<String, u64>, board::Error> {
+        let rows = sqlx::query_as(crate::counts::BACKLOG_BY_FACTORY)
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(db)?;
+        crate::counts::backlog(rows)
+    }
+
     async fn conductors(&self) -> Result<Vec<ConductorInfo>, board::Error> {
         #[allow(clippy::type_complexity)] // one row, as sqlx reads it
         let rows: Vec<(String, String, String, i64, String, String, Option<String>)> = sqlx::query_as(

@@ -260,6 +260,21 @@ macro_rules! bounded_store {
             fn consumes_jobs(&self) -> bool {
                 $crate::deadline::Raw(self).consumes_jobs()
             }
+
+            fn kind(&self) -> &'static str {
+                $crate::deadline::Raw(self).kind()
+            }
+
+            async fn count_runs(
+                &self,
+            ) -> ::baton_core::store::Result<::baton_core::store::RunCounts> {
+                $crate::deadline::store_call(
+                    self.call_timeout(),
+                    "count_runs",
+                    $crate::deadline::Raw(self).count_runs(),
+                )
+                .await
+            }
         }
     };
 }
@@ -537,6 +552,18 @@ macro_rules! bounded_board {
                     self.call_timeout(),
                     "conductors",
                     $crate::deadline::Raw(self).conductors(),
+                )
+                .await
+            }
+
+            async fn backlog(
+                &self,
+            ) -> ::baton_core::board::Result<::std::collections::BTreeMap<::std::string::String, u64>>
+            {
+                $crate::deadline::board_call(
+                    self.call_timeout(),
+                    "backlog",
+                    $crate::deadline::Raw(self).backlog(),
                 )
                 .await
             }

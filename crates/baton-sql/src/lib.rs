@@ -96,6 +96,8 @@ mod board_postgres;
 mod board_sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod counts;
 pub mod deadline;
 mod error;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

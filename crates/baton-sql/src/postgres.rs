@@ -1702,6 +1702,31 @@ impl Store for Raw<'_, PostgresStore> {
         true
     }
 
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn count_runs(&self) -> store::Result<store::RunCounts> {
+        let mut conn = self.acquire().await.map_err(classify)?;
+        let counted = async {
+            let rows: Vec<(String, i64)> = sqlx::query_as(crate::counts::UNFINISHED_BY_STATE)
+                .fetch_all(&mut *conn)
+                .await?;
+            // The server's running count of live rows (the statistics it keeps as rows are
+            // inserted and deleted): one catalogue row, whatever the table's size.
+            let estimate: Option<i64> = sqlx::query_scalar(
+                "SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'flows'::regclass",
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            Ok::<_, sqlx::Error>((rows, estimate))
+        }
+        .await;
+        self.release(conn, &counted);
+        let (rows, estimate) = counted.map_err(classify)?;
+        crate::counts::run_counts(rows, estimate)
+    }
+
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
         self.load(id, Meta::Read).await
     }

@@ -1636,6 +1636,27 @@ impl Store for Raw<'_, SqliteStore> {
         true
     }
 
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn count_runs(&self) -> store::Result<store::RunCounts> {
+        let rows = sqlx::query_as(crate::counts::UNFINISHED_BY_STATE)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        // `seq` is the rowid: its least and greatest are one probe each at the b-tree's ends
+        // (each in a query of its own: SQLite probes for a lone min() or max() only, and
+        // scans the table for both in one).
+        let estimate: Option<i64> = sqlx::query_scalar(
+            "SELECT (SELECT max(seq) FROM flows) - (SELECT min(seq) FROM flows) + 1",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        crate::counts::run_counts(rows, Some(estimate.unwrap_or(0)))
+    }
+
     async fn load_flow(&self, id: FlowId) -> store::Result<FlowSnapshot> {
         self.load(id, Meta::Read).await
     }

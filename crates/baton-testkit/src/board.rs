@@ -1260,6 +1260,45 @@ pub async fn jobs_of_unfinished_runs_are_not_purged<B: JobBoard, S: Store>(board
     assert_eq!(board.get(posted.id).await.unwrap().state, JobState::Trashed);
 }
 
+/// The backlog counts the jobs waiting to be claimed, by factory: not the claimed, ended or
+/// trashed ones.
+pub async fn backlog_counts_waiting_jobs_by_factory<B: JobBoard, S: Store>(board: B, _store: S) {
+    assert!(board.backlog().await.unwrap().is_empty());
+    for (name, factory) in [
+        ("n1", "noop"),
+        ("n2", "noop"),
+        ("n3", "noop"),
+        ("s1", "steps"),
+        ("x", "other \"one\""),
+    ] {
+        board.post(NewJob::new(name, factory)).await.unwrap();
+    }
+    let count = |backlog: &std::collections::BTreeMap<String, u64>, f: &str| {
+        backlog.get(f).copied().unwrap_or(0)
+    };
+    let backlog = board.backlog().await.unwrap();
+    assert_eq!(count(&backlog, "noop"), 3);
+    assert_eq!(count(&backlog, "steps"), 1);
+    assert_eq!(count(&backlog, "other \"one\""), 1);
+    // Claimed (n1), consumed (n2), trashed (s1): no longer waiting.
+    let first = claim_next(&board).await;
+    assert_eq!(first.job.name, "n1");
+    let second = claim_next(&board).await;
+    board.consume(second.fence, json!({})).await.unwrap();
+    let steps = board
+        .list(&JobQuery::all().state(JobState::Unclaimed))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.name == "s1")
+        .unwrap();
+    board.trash(steps.id, None, json!({})).await.unwrap();
+    let backlog = board.backlog().await.unwrap();
+    assert_eq!(count(&backlog, "noop"), 1, "{backlog:?}");
+    assert_eq!(count(&backlog, "steps"), 0, "{backlog:?}");
+    assert_eq!(backlog.values().sum::<u64>(), 2, "{backlog:?}");
+}
+
 /// Conductors register, show up in the fleet, and leave it.
 pub async fn conductors_register_and_leave<B: JobBoard, S: Store>(board: B, _store: S) {
     let now = Utc::now();
@@ -1633,6 +1672,7 @@ macro_rules! board_conformance {
             superseding_without_a_key_is_refused,
             listings_page_through_every_job_once,
             claims_keep_their_order_among_ended_jobs,
+            backlog_counts_waiting_jobs_by_factory,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

@@ -56,6 +56,79 @@ fn start_flow(flow: FlowId, first: &AtomRecord) -> Batch {
     batch
 }
 
+/// Unfinished runs are counted by state, every unfinished state listed (zeros included), ended
+/// runs not at all; an estimate of the runs stored, if the store gives one, is at least the
+/// unfinished ones.
+pub async fn unfinished_runs_are_counted_by_state<S: Store>(store: S) {
+    let counts = store.count_runs().await.unwrap();
+    let unfinished: Vec<FlowState> = FlowState::ALL
+        .iter()
+        .copied()
+        .filter(|s| !s.is_terminal())
+        .collect();
+    assert_eq!(
+        counts
+            .unfinished
+            .iter()
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>(),
+        unfinished
+    );
+    assert!(counts.unfinished.iter().all(|(_, n)| *n == 0), "{counts:?}");
+    let paths: [&[FlowState]; 7] = [
+        &[],
+        &[],
+        &[],
+        &[FlowState::Running],
+        &[FlowState::Running],
+        &[FlowState::Running, FlowState::Success],
+        &[
+            FlowState::Running,
+            FlowState::Suspending,
+            FlowState::Suspended,
+        ],
+    ];
+    for path in paths {
+        let f = flow_record("counted");
+        store.create_flow(&f, &atoms(), None).await.unwrap();
+        if path.is_empty() {
+            continue;
+        }
+        let mut batch = Batch::new(f.id, None);
+        let mut from = FlowState::Pending;
+        for &to in path {
+            batch.writes.push(Write::Flow {
+                from,
+                to,
+                intention: Intention::Execute,
+            });
+            from = to;
+        }
+        store.commit(&batch).await.unwrap();
+    }
+    let counts = store.count_runs().await.unwrap();
+    let count = |state| {
+        counts
+            .unfinished
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(count(FlowState::Pending), Some(3), "{counts:?}");
+    assert_eq!(count(FlowState::Running), Some(2), "{counts:?}");
+    assert_eq!(count(FlowState::Suspended), Some(1), "{counts:?}");
+    assert_eq!(
+        count(FlowState::Success),
+        None,
+        "ended runs are not counted"
+    );
+    let total: u64 = counts.unfinished.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 6);
+    if let Some(stored) = counts.stored_estimate {
+        assert!(stored >= 6, "{counts:?}");
+    }
+}
+
 /// A created flow loads back exactly as written.
 pub async fn create_and_load_round_trip<S: Store>(store: S) {
     let flow = flow_record("round-trip");
@@ -825,6 +898,7 @@ macro_rules! store_conformance {
             values_over_the_limit_are_refused,
             runs_record_their_definition_and_list_by_it,
             deadlines_round_trip,
+            unfinished_runs_are_counted_by_state,
         );
     };
     (@cases [required] $make:expr; $($case:ident,)*) => {

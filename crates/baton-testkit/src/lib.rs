@@ -38,6 +38,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod policies;
 mod probe;
+pub mod prometheus;
 pub mod proxy;
 pub mod scenarios;
 mod stores;

@@ -144,6 +144,10 @@ impl<S: Store> Store for FlakyStore<S> {
         self.inner.consumes_jobs()
     }
 
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
     async fn history(&self, id: FlowId) -> Result<Vec<Transition>> {
         self.inner.history(id).await
     }
@@ -154,6 +158,10 @@ impl<S: Store> Store for FlakyStore<S> {
 
     async fn head(&self, id: FlowId) -> Result<baton_core::store::Head> {
         self.inner.head(id).await
+    }
+
+    async fn count_runs(&self) -> Result<baton_core::store::RunCounts> {
+        self.inner.count_runs().await
     }
 
     async fn purge_flows(

@@ -496,6 +496,11 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
     let registry = offered(demo_registry(effects)?, args.demo_versions.as_deref())?;
     let offer = registry.offer();
     let call_timeout = call_timeout(options.lease);
+    // Before the engine and the conductor are built: they take their metric handles then.
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(metrics_listener(addr).await?),
+        None => None,
+    };
     let backends = db
         .open_with(
             baton_sql::OpenOptions::new()
@@ -511,6 +516,16 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
     let shutdown = CancellationToken::new();
     let mut helpers = tokio::task::JoinSet::new();
     helpers.spawn(signals(shutdown.clone()));
+    if let Some((listener, exporter)) = metrics {
+        let shutdown = shutdown.clone();
+        helpers.spawn(async move {
+            baton_console::metrics::serve(listener, exporter, shutdown)
+                .await
+                .map_err(|e| {
+                    CliError::new(exit::UNAVAILABLE, format!("serving metrics failed: {e}"))
+                })
+        });
+    }
     if args.exit_when_idle {
         helpers.spawn(exit_when_idle(
             board.clone(),
@@ -551,6 +566,24 @@ pub(crate) async fn conductor(db: &Database, args: ConductorArgs) -> Result<()> 
         })
     );
     Ok(())
+}
+
+/// Installs the metrics recorder and binds `addr` for `--metrics-listen`, printing where the
+/// metrics are served (the port chosen, if `addr`'s was 0).
+async fn metrics_listener(
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, baton_console::metrics::Exporter)> {
+    let exporter = baton_console::metrics::install()
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("--metrics-listen: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        CliError::new(
+            exit::UNAVAILABLE,
+            format!("--metrics-listen {addr}: cannot listen there: {e}"),
+        )
+    })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    eprintln!("metrics at http://{bound}/metrics");
+    Ok((listener, exporter))
 }
 
 async fn signals(shutdown: CancellationToken) -> Result<()> {

@@ -49,6 +49,11 @@ pub(crate) fn console(
     backends: baton_sql::Backends,
     token: Option<AdminToken>,
 ) -> Console {
+    // The process's own figures (the demo's conductor, say) beside the database gauges at
+    // `/metrics`: installed before any engine or conductor of the process is built.
+    if let Err(e) = baton_console::metrics::install() {
+        tracing::warn!(error = %e, "the console's /metrics shows no figures of this process");
+    }
     let mut console = Console::new(backends.store, backends.board);
     if let Some(token) = token {
         console = console.admin_token(token);

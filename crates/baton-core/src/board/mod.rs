@@ -926,4 +926,29 @@ pub trait JobBoard: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Backend errors.
     async fn conductors(&self) -> Result<Vec<ConductorInfo>>;
+
+    /// The jobs waiting to be claimed (`UNCLAIMED`), counted by factory, for monitoring (the
+    /// console's `baton_backlog_jobs`). Its cost must follow the number of such jobs, never
+    /// the number of ended ones. The default pages through [`JobBoard::list`]; the SQL boards
+    /// count with one statement over their index of jobs by state.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn backlog(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        const PAGE: usize = 1000;
+        let mut counts = std::collections::BTreeMap::new();
+        let mut after = None;
+        loop {
+            let mut query = JobQuery::all().state(JobState::Unclaimed).limit(PAGE);
+            query.after = after;
+            let page = self.list(&query).await?;
+            for job in &page {
+                *counts.entry(job.factory.clone()).or_insert(0) += 1;
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.id),
+                _ => return Ok(counts),
+            }
+        }
+    }
 }

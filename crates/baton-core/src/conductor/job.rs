@@ -63,6 +63,11 @@ impl JobRun {
         span.follows_from(&self.conductor_span);
         let fence = self.claim.fence;
         let board = self.board.clone();
+        // The claim's margin until its first heartbeat, and none once the job is done.
+        crate::metrics::lease_margin(
+            fence,
+            Some(self.options.lease.saturating_sub(self.claimed_at.elapsed())),
+        );
         // The engine catches what tasks panic with; a panic here is a bug, of baton's or in
         // code it calls around the run. Caught, so the job is parked, not left claimed to
         // crash the next conductor the same way.
@@ -70,6 +75,7 @@ impl JobRun {
             .catch_unwind()
             .instrument(span.clone())
             .await;
+        crate::metrics::lease_margin(fence, None);
         match driven {
             Ok(end) => end,
             Err(panic) => {
@@ -254,6 +260,12 @@ impl JobRun {
                 };
                 match answer {
                     Ok(_) => {
+                        // What the renewed lease had left: the margin the heartbeat kept.
+                        let now = tokio::time::Instant::now();
+                        let left = confirmed
+                            .checked_add(lease)
+                            .map_or(lease, |end| end.saturating_duration_since(now));
+                        crate::metrics::lease_margin(fence, Some(left));
                         confirmed = sent;
                         reported = settled;
                     }

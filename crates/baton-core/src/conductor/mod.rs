@@ -70,6 +70,7 @@ use job::JobRun;
 use crate::board::{self, ConductorInfo, JobBoard, Offer};
 use crate::engine::{Control, Engine};
 use crate::ids::{ConductorId, JobId};
+use crate::metrics::JobCount;
 pub use crate::registry::{Blueprint, Registry};
 use crate::store;
 
@@ -669,6 +670,7 @@ impl Conductor {
             return Err(e.into());
         }
         tracing::info!("conductor started");
+        crate::metrics::conductor_started();
 
         // Cancelled by `shutdown`, or by the first error that stops the conductor.
         let fatal = Fatal::new(shutdown.child_token());
@@ -731,6 +733,7 @@ impl Conductor {
                 };
                 let claims = match claimed {
                     Ok(claims) => {
+                        crate::metrics::claimed(&claims, asked.elapsed());
                         ask = claims.len() == free;
                         claims
                     }
@@ -870,14 +873,20 @@ impl Conductor {
                 .remove(&job);
         }
         match done {
-            Ok((_, end)) => match end {
-                JobEnd::Consumed => summary.consumed += 1,
-                JobEnd::Parked => summary.parked += 1,
-                JobEnd::Abandoned => summary.abandoned += 1,
-                JobEnd::Lost => summary.lost += 1,
-                JobEnd::LeftForNewer => summary.left_for_newer += 1,
-                JobEnd::Halted => {}
-            },
+            Ok((_, end)) => {
+                let (count, counted) = match end {
+                    JobEnd::Consumed => (&mut summary.consumed, Some(JobCount::Consumed)),
+                    JobEnd::Parked => (&mut summary.parked, Some(JobCount::Parked)),
+                    JobEnd::Abandoned => (&mut summary.abandoned, Some(JobCount::Abandoned)),
+                    JobEnd::Lost => (&mut summary.lost, Some(JobCount::Lost)),
+                    JobEnd::LeftForNewer => (&mut summary.left_for_newer, None),
+                    JobEnd::Halted => return,
+                };
+                *count += 1;
+                if let Some(counted) = counted {
+                    crate::metrics::job_ended(counted);
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "a job task panicked");
             }

@@ -523,6 +523,8 @@ pub struct Engine {
     driving: Arc<std::sync::Mutex<std::collections::HashMap<FlowId, Control>>>,
     /// Where every time the engine stores or waits for is read.
     clock: Clock,
+    /// What it counts (see [`crate::metrics`]).
+    metrics: crate::metrics::EngineMetrics,
 }
 
 impl Engine {
@@ -535,7 +537,9 @@ impl Engine {
     #[must_use]
     pub fn from_arc(store: Arc<dyn Store>) -> Self {
         let (events, _) = broadcast::channel(Events::CAPACITY);
+        let metrics = crate::metrics::EngineMetrics::new(store.kind());
         Self {
+            metrics,
             store,
             options: Options::default(),
             events,

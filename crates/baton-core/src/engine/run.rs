@@ -377,6 +377,7 @@ impl Run {
                 self.launch();
                 if let Some(state) = self.finished {
                     tracing::info!(state = %state, "flow ended");
+                    crate::metrics::EngineMetrics::ended(state);
                     if let Some(guard) = self.tasks_guard.take() {
                         guard.disarm();
                     }
@@ -484,6 +485,7 @@ impl Run {
         if self.writes.is_empty() && self.unstored.is_none() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         // The loop polls a lone task only while it waits (`wait`). Before it waits for
         // anything else, the task goes to the runtime, so it keeps running during the commit
         // (however long the store takes) and whatever it holds (the store's write gate, a
@@ -513,6 +515,7 @@ impl Run {
         let mut retried = false;
         if let Some((created, fence)) = self.unstored.take() {
             if self.create(&created, fence, &batch).await? {
+                self.engine.metrics.committed(started.elapsed());
                 self.job_consumed = batch.consume.is_some();
                 self.control.note_settled(&batch);
                 self.announce(&batch);
@@ -557,6 +560,7 @@ impl Run {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.engine.metrics.committed(started.elapsed());
         self.job_consumed = batch.consume.is_some();
         self.control.note_settled(&batch);
         self.announce(&batch);

@@ -282,6 +282,10 @@ fn commit_locked(inner: &mut Inner, batch: &Batch, limit: usize) -> Result<()> {
 
 #[async_trait]
 impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     async fn create_flow(
         &self,
         flow: &FlowRecord,

@@ -420,6 +420,50 @@ pub fn purge_cutoff(ended_before: DateTime<Utc>, now: DateTime<Utc>) -> DateTime
     ended_before.min(latest)
 }
 
+/// How many runs a store holds, for monitoring ([`Store::count_runs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunCounts {
+    /// The runs that have not ended, by state, exactly: every state that is not terminal, in
+    /// the order of [`FlowState::ALL`], zeros included.
+    pub unfinished: Vec<(FlowState, u64)>,
+    /// About how many runs the store holds, in every state (ended ones included), where the
+    /// store can tell without counting them: for capacity and retention, not for exact
+    /// figures. `None` where it cannot.
+    pub stored_estimate: Option<u64>,
+}
+
+impl Default for RunCounts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RunCounts {
+    /// Counts of zero for every unfinished state, and no estimate.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            unfinished: FlowState::ALL
+                .iter()
+                .filter(|s| !s.is_terminal())
+                .map(|&s| (s, 0))
+                .collect(),
+            stored_estimate: None,
+        }
+    }
+
+    /// Adds `n` runs in `state` (ignored for a terminal state, which is not counted).
+    pub fn add(&mut self, state: FlowState, n: u64) {
+        if let Some((_, count)) = self.unfinished.iter_mut().find(|(s, _)| *s == state) {
+            *count += n;
+        }
+    }
+}
+
+/// How many runs [`Store::count_runs`]' default implementation lists per call.
+const COUNT_PAGE: usize = 1000;
+
 /// Where flow runs are persisted.
 ///
 /// See the [module documentation](self) for the contract every implementation keeps.
@@ -543,6 +587,40 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn consumes_jobs(&self) -> bool {
         false
     }
+
+    /// A short name for the kind of store (`memory`, `sqlite`, `postgres`), for the `store`
+    /// label of the engine's metrics (see [`crate::metrics`]). Wrappers pass on the kind of the
+    /// store they wrap. The default is `custom`.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
+    /// Counts the runs that have not ended, by state, and estimates how many runs the store
+    /// holds (see [`RunCounts`]): what the console's `baton_runs` gauges show.
+    ///
+    /// Its cost must follow the number of unfinished runs, never the number of ended ones,
+    /// which grows without end. The default pages through [`Store::list_flows`] of the
+    /// unfinished runs and gives no estimate; the SQL stores count with one statement over
+    /// their index of unfinished runs.
+    ///
+    /// # Errors
+    /// Backend errors only.
+    async fn count_runs(&self) -> Result<RunCounts> {
+        let mut counts = RunCounts::new();
+        let mut after = None;
+        loop {
+            let mut query = FlowQuery::all().unfinished().limit(COUNT_PAGE);
+            query.after = after;
+            let page = self.list_flows(&query).await?;
+            for flow in &page {
+                counts.add(flow.state, 1);
+            }
+            match page.last() {
+                Some(last) if page.len() == COUNT_PAGE => after = Some(last.id),
+                _ => return Ok(counts),
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -596,6 +674,14 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn consumes_jobs(&self) -> bool {
         (**self).consumes_jobs()
+    }
+
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+
+    async fn count_runs(&self) -> Result<RunCounts> {
+        (**self).count_runs().await
     }
 }
 

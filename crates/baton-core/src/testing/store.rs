@@ -142,6 +142,10 @@ impl<S: Store> Store for CrashStore<S> {
         self.inner.head(id).await
     }
 
+    async fn count_runs(&self) -> Result<crate::store::RunCounts> {
+        self.inner.count_runs().await
+    }
+
     async fn purge_flows(
         &self,
         ended_before: chrono::DateTime<chrono::Utc>,
@@ -163,5 +167,9 @@ impl<S: Store> Store for CrashStore<S> {
 
     fn consumes_jobs(&self) -> bool {
         self.inner.consumes_jobs()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
     }
 }

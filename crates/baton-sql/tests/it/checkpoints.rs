@@ -181,6 +181,14 @@ impl<S: Store> Store for Checked<S> {
     fn consumes_jobs(&self) -> bool {
         self.store.consumes_jobs()
     }
+
+    fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    async fn count_runs(&self) -> baton_core::store::Result<baton_core::store::RunCounts> {
+        self.store.count_runs().await
+    }
 }
 
 /// A run killed at any write and resumed ends as an uninterrupted run does, with checkpoints

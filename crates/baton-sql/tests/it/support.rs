@@ -162,6 +162,14 @@ impl<S: Store> Store for Held<S> {
     fn consumes_jobs(&self) -> bool {
         self.store.consumes_jobs()
     }
+
+    fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    async fn count_runs(&self) -> baton_core::store::Result<baton_core::store::RunCounts> {
+        self.store.count_runs().await
+    }
 }
 
 /// What the generic cases need beyond the `Store` trait.
