@@ -11,6 +11,10 @@
 //! With the feature `testing` (for dev-dependencies), `testing` checks that a flow of yours
 //! ends the same when its engine is killed at any write, and asserts on a run's history;
 //! [`Clock::tokio`] lets tests skip backoff and time limits under tokio's paused time.
+//!
+//! With the feature `otlp`, `otlp` exports baton's tracing spans (a trace per job: its
+//! flow and each atom run) to an OpenTelemetry collector over OTLP/HTTP, configured by the
+//! standard `OTEL_*` environment variables.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +23,9 @@ pub use baton_core::*;
 /// Testing your flows: a crash test, history assertions (feature `testing`).
 #[cfg(feature = "testing")]
 pub use baton_core::testing;
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 /// Durable stores on SQLite and PostgreSQL (`baton-sql`): [`sql::connect`] opens one by URL.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

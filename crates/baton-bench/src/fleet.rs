@@ -52,6 +52,7 @@ impl Fleet {
     pub(crate) async fn member(&self) -> Result<(Arc<dyn Store>, Arc<dyn JobBoard>)> {
         Ok(match self.backend {
             Backend::Memory => (self.store.clone(), self.board()),
+            Backend::Sqlite if self.target.one_store => (self.store.clone(), self.board()),
             Backend::Sqlite => {
                 let store =
                     baton_sql::SqliteStore::open_with(&self.url, self.target.sqlite_options())

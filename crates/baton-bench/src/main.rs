@@ -93,6 +93,11 @@ struct Target {
     /// PostgreSQL: the store announces each step (`PostgresOptions::announce_steps`).
     #[arg(long)]
     pg_announce_steps: bool,
+    /// SQLite: the conductors of the `jobs`, `backlog` and `history` scenarios share one
+    /// store, as the conductors of one process do. By default each opens its own, as
+    /// conductors in separate processes do, and they take SQLite's write lock in turn.
+    #[arg(long)]
+    one_store: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]

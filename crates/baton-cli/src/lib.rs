@@ -34,6 +34,7 @@ mod error;
 pub mod exit;
 mod hint;
 mod output;
+mod traces;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
@@ -71,7 +72,7 @@ pub fn main() -> i32 {
         url: cli.db.clone(),
         schema: cli.schema.clone(),
     };
-    init_logging(&cli.command);
+    let traces = init_logging(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,16 +83,26 @@ pub fn main() -> i32 {
             return exit::INTERNAL;
         }
     };
-    match runtime.block_on(run(cli, &db)) {
+    let code = match runtime.block_on(run(cli, &db)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{e}");
             e.code
         }
-    }
+    };
+    // Tasks left in the runtime end their spans as they are dropped: drop them first, then
+    // send the spans still queued before the process ends.
+    drop(runtime);
+    traces.finish();
+    code
 }
 
-fn init_logging(command: &Command) {
+/// Installs the logger (and the trace exporter when the environment asks for one); returns
+/// what must be finished before the process exits.
+fn init_logging(command: &Command) -> traces::Exporting {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::Layer as _;
+
     // The conductor logs what it does; other commands report errors themselves, as one line
     // and its cause. RUST_LOG overrides.
     // (sqlx reports the server's routine notices at info: keep those out.)
@@ -103,11 +114,11 @@ fn init_logging(command: &Command) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_filter(filter);
+    traces::install(tracing_subscriber::registry().with(log))
 }
 
 /// Runs a command; each opens `db` once it has checked what it can without it.

@@ -22,7 +22,7 @@ pub fn baton(db: &str, args: &[&str]) -> Output {
 
 /// `baton [--db <db>] <args>`, to adjust before [`run`]: started as a test's tool, with no
 /// settings from the environment of the tests (the database, the schema, the log level,
-/// `cargo run`'s package name).
+/// `cargo run`'s package name, where to send traces).
 pub fn command<S: AsRef<OsStr>>(db: Option<&str>, args: &[S]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));
     if let Some(db) = db {
@@ -35,6 +35,11 @@ pub fn command<S: AsRef<OsStr>>(db: Option<&str>, args: &[S]) -> Command {
         .env_remove("RUST_LOG")
         .env_remove("CARGO_PKG_NAME")
         .env("NO_COLOR", "1");
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("OTEL_") {
+            cmd.env_remove(var);
+        }
+    }
     cmd
 }
 

@@ -28,6 +28,9 @@ pub(super) struct JobRun {
     pub(super) options: Options,
     pub(super) control: Control,
     pub(super) fatal: Fatal,
+    /// The conductor's span: the job's span follows from it, but is not its child, so that
+    /// each job is a trace of its own, not a part of one that lasts as long as the conductor.
+    pub(super) conductor_span: tracing::Span,
 }
 
 /// The outcome of a job asked to revert a run that never started.
@@ -48,12 +51,16 @@ impl JobRun {
     pub(super) async fn drive(self) -> JobEnd {
         let job = &self.claim.job;
         let span = tracing::info_span!(
+            parent: None,
             "job",
             job.id = %job.id,
             job.name = %job.name,
+            flow.id = %job.flow(),
             token = %self.claim.fence.token,
-            attempt = job.attempts,
+            // As i64: trace exporters take an unsigned number as text.
+            attempt = i64::from(job.attempts),
         );
+        span.follows_from(&self.conductor_span);
         let fence = self.claim.fence;
         let board = self.board.clone();
         // The engine catches what tasks panic with; a panic here is a bug, of baton's or in

@@ -756,6 +756,7 @@ impl Conductor {
                         options: self.options.clone(),
                         control: control.clone(),
                         fatal: fatal.clone(),
+                        conductor_span: tracing::Span::current(),
                     };
                     let handle = jobs.spawn(run.drive());
                     running

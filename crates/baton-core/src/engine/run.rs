@@ -1432,8 +1432,7 @@ impl Run {
                         scope: self.scope_of(i, inputs, token.clone()),
                         progress: Some(self.progress_tx.clone()),
                     };
-                    let span =
-                        tracing::info_span!("atom", atom = %name, attempt, action = "execute");
+                    let span = atom_span(&name, attempt, "execute");
                     self.set_going(
                         alone,
                         async move {
@@ -1453,6 +1452,9 @@ impl Run {
                                 ))
                                 .into_failure(&name, attempt, FailureKind::Panic)),
                             };
+                            if let Err(failure) = &done {
+                                mark_failed(failure);
+                            }
                             (i, Done::Executed(done))
                         }
                         .instrument(span),
@@ -1464,8 +1466,7 @@ impl Run {
                         result: self.atoms[i].result.clone(),
                         failure: self.atoms[i].failure.clone(),
                     };
-                    let span =
-                        tracing::info_span!("atom", atom = %name, attempt, action = "revert");
+                    let span = atom_span(&name, attempt, "revert");
                     self.set_going(
                         alone,
                         async move {
@@ -1485,6 +1486,9 @@ impl Run {
                                 ))
                                 .into_failure(&name, attempt, FailureKind::Panic)),
                             };
+                            if let Err(failure) = &done {
+                                mark_failed(failure);
+                            }
                             (i, Done::Reverted(done))
                         }
                         .instrument(span),
@@ -1733,6 +1737,27 @@ async fn race<F: std::future::Future>(
         }
         out = work => Raced::Done(out),
     }
+}
+
+/// The span of one call of a task: `action` is `execute` or `revert`.
+///
+/// `otel.status_description` stays empty unless the call fails ([`mark_failed`]): trace
+/// exporters (`tracing-opentelemetry`) read it as the span's status, and a log line shows it
+/// only in events logged inside the span after the failure, of which there are none.
+fn atom_span(name: &str, attempt: u32, action: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "atom",
+        atom = %name,
+        // As i64: trace exporters take an unsigned number as text.
+        attempt = i64::from(attempt),
+        action,
+        otel.status_description = field::Empty,
+    )
+}
+
+/// Marks the current atom span as failed, with the failure as its status.
+fn mark_failed(failure: &Failure) {
+    tracing::Span::current().record("otel.status_description", field::display(failure));
 }
 
 /// The error of a call cancelled at its time limit.
