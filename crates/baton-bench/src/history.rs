@@ -173,7 +173,7 @@ async fn run_linear(engine: &Engine, compiled: &baton_core::CompiledFlow) -> Res
 
 /// Fills the database with `runs` copies of job `template` and its run (on memory, `runs`
 /// new runs of jobs). Returns the id of the job (and run) in the middle of the fill.
-async fn fill(fleet: &Fleet, template: JobId, runs: usize) -> Result<JobId> {
+pub(crate) async fn fill(fleet: &Fleet, template: JobId, runs: usize) -> Result<JobId> {
     match fleet.backend() {
         Backend::Memory => {
             // No SQL to copy rows with: the runs are made for real.

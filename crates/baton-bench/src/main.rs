@@ -9,6 +9,7 @@
 //! cargo run --release -p baton-bench -- history --backend postgres --runs 1000000
 //! cargo run --release -p baton-bench -- backlog --backend postgres --jobs 50000 --small 2000
 //! cargo run --release -p baton-bench -- announce --tasks 1000 --rounds 10
+//! cargo run --release -p baton-bench -- console --backend postgres --runs 1000000
 //! ```
 //!
 //! Figures are measured in the run that prints them; nothing is asserted here. Each SQL run
@@ -31,6 +32,7 @@
 #![allow(clippy::print_stdout)]
 
 mod announce;
+mod console;
 mod fleet;
 mod history;
 mod resume;
@@ -274,6 +276,25 @@ enum Scenario {
         tasks: usize,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+    },
+    /// Fill the database with N ended runs, serve the console on a loopback port, and time
+    /// its listings (`/api/flows` pages, and `/api/jobs`) one after another while conductors
+    /// run batches of one-task jobs beside it; prints the latencies' percentiles.
+    Console {
+        #[command(flatten)]
+        target: Target,
+        /// Ended runs (with their jobs) the database is filled with.
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: usize,
+        /// Requests timed (after 20 untimed).
+        #[arg(long, default_value_t = 600)]
+        requests: usize,
+        /// Conductors running jobs meanwhile.
+        #[arg(long, default_value_t = 4)]
+        conductors: usize,
+        /// One-task jobs in each batch they run.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
     },
     /// Run no-op tasks with no order among them, P at a time.
     Fanout {
@@ -805,6 +826,21 @@ fn main() -> Result<()> {
             tasks,
             rounds,
         } => rt.block_on(announce::announce(&target, tasks, rounds)),
+        Scenario::Console {
+            target,
+            runs,
+            requests,
+            conductors,
+            batch,
+        } => rt.block_on(console::console(
+            &target,
+            console::Shape {
+                runs,
+                requests,
+                conductors,
+                batch,
+            },
+        )),
         Scenario::Fanout {
             target,
             tasks,
