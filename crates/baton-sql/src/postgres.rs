@@ -1020,6 +1020,49 @@ async fn read_flow(
     steplog::assemble(flow, atoms, stamp, &steps, began)
 }
 
+/// Binds the per-atom columns a run's creation and a checkpoint both write, name to
+/// `finished_at`, each as an array (the statements `unnest` them), in that order.
+macro_rules! bind_atom_columns {
+    ($query:expr, $encoded:expr) => {{
+        let encoded = &$encoded;
+        $query
+            .bind(encoded.iter().map(|a| a.name).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.kind).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.state).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.intention).collect::<Vec<_>>())
+            .bind(
+                encoded
+                    .iter()
+                    .map(|a| i64::from(a.attempt))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                encoded
+                    .iter()
+                    .map(|a| i64::from(a.round))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(encoded.iter().map(|a| raw(&a.result)).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| raw(&a.failure)).collect::<Vec<_>>())
+            .bind(
+                encoded
+                    .iter()
+                    .map(|a| raw(&a.revert_failure))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                encoded
+                    .iter()
+                    .map(|a| a.retry_history.get())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(encoded.iter().map(|a| a.retry_at).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.progress).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.started_at).collect::<Vec<_>>())
+            .bind(encoded.iter().map(|a| a.finished_at).collect::<Vec<_>>())
+    }};
+}
+
 /// Writes `checkpoint` in the caller's transaction, which has just appended its step: the
 /// rows of the atoms it holds, from arrays (one per column, as a creation inserts them), and
 /// the run's stamp, in one statement.
@@ -1035,7 +1078,7 @@ async fn write_checkpoint(
         .map(|a| codec::encode_atom(flow, a, limit))
         .collect::<store::Result<Vec<_>>>()
         .map_err(Attempt::Store)?;
-    let updated: i64 = sqlx::query_scalar(
+    let query = sqlx::query_scalar(
         "WITH rewritten AS ( \
              UPDATE atoms SET kind = a.kind, state = a.state, intention = a.intention, \
                     attempt = a.attempt, round = a.round, result = a.result::jsonb, \
@@ -1059,45 +1102,12 @@ async fn write_checkpoint(
     .bind(flow.as_uuid())
     .bind(checkpoint.seq)
     .bind(checkpoint.at)
-    .bind(codec::ROW_VERSION)
-    .bind(encoded.iter().map(|a| a.name).collect::<Vec<_>>())
-    .bind(encoded.iter().map(|a| a.kind).collect::<Vec<_>>())
-    .bind(encoded.iter().map(|a| a.state).collect::<Vec<_>>())
-    .bind(encoded.iter().map(|a| a.intention).collect::<Vec<_>>())
-    .bind(
-        encoded
-            .iter()
-            .map(|a| i64::from(a.attempt))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        encoded
-            .iter()
-            .map(|a| i64::from(a.round))
-            .collect::<Vec<_>>(),
-    )
-    .bind(encoded.iter().map(|a| raw(&a.result)).collect::<Vec<_>>())
-    .bind(encoded.iter().map(|a| raw(&a.failure)).collect::<Vec<_>>())
-    .bind(
-        encoded
-            .iter()
-            .map(|a| raw(&a.revert_failure))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        encoded
-            .iter()
-            .map(|a| a.retry_history.get())
-            .collect::<Vec<_>>(),
-    )
-    .bind(encoded.iter().map(|a| a.retry_at).collect::<Vec<_>>())
-    .bind(encoded.iter().map(|a| a.progress).collect::<Vec<_>>())
-    .bind(encoded.iter().map(|a| a.started_at).collect::<Vec<_>>())
-    .bind(encoded.iter().map(|a| a.finished_at).collect::<Vec<_>>())
-    .bind(encoded.iter().map(|a| a.deadline).collect::<Vec<_>>())
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(Attempt::Db)?;
+    .bind(codec::ROW_VERSION);
+    let updated: i64 = bind_atom_columns!(query, encoded)
+        .bind(encoded.iter().map(|a| a.deadline).collect::<Vec<_>>())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Attempt::Db)?;
     if usize::try_from(updated).ok() != Some(encoded.len()) {
         // Refused, so the step goes with it: a checkpoint never disagrees with the log.
         return Err(Attempt::Store(codec::corrupt(
@@ -1484,7 +1494,7 @@ impl PostgresStore {
             .unzip();
         let sql = create_flow_sql(first.is_some());
         let began = chrono::Utc::now();
-        let mut query = sqlx::query_as::<_, (bool, bool)>(&sql)
+        let query = sqlx::query_as::<_, (bool, bool)>(&sql)
             .bind(fence_job)
             .bind(fence_token)
             .bind(flow.id.as_uuid())
@@ -1495,41 +1505,8 @@ impl PostgresStore {
             .bind(Json(&flow.meta))
             .bind(flow.created_at)
             .bind(row.updated_at)
-            .bind(codec::ROW_VERSION)
-            .bind(encoded.iter().map(|a| a.name).collect::<Vec<_>>())
-            .bind(encoded.iter().map(|a| a.kind).collect::<Vec<_>>())
-            .bind(encoded.iter().map(|a| a.state).collect::<Vec<_>>())
-            .bind(encoded.iter().map(|a| a.intention).collect::<Vec<_>>())
-            .bind(
-                encoded
-                    .iter()
-                    .map(|a| i64::from(a.attempt))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                encoded
-                    .iter()
-                    .map(|a| i64::from(a.round))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(encoded.iter().map(|a| raw(&a.result)).collect::<Vec<_>>())
-            .bind(encoded.iter().map(|a| raw(&a.failure)).collect::<Vec<_>>())
-            .bind(
-                encoded
-                    .iter()
-                    .map(|a| raw(&a.revert_failure))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                encoded
-                    .iter()
-                    .map(|a| a.retry_history.get())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(encoded.iter().map(|a| a.retry_at).collect::<Vec<_>>())
-            .bind(encoded.iter().map(|a| a.progress).collect::<Vec<_>>())
-            .bind(encoded.iter().map(|a| a.started_at).collect::<Vec<_>>())
-            .bind(encoded.iter().map(|a| a.finished_at).collect::<Vec<_>>())
+            .bind(codec::ROW_VERSION);
+        let mut query = bind_atom_columns!(query, encoded)
             .bind(flow.factory.as_ref().map(|f| f.name.as_str()))
             .bind(flow.factory.as_ref().map(|f| i64::from(f.version)))
             .bind(flow.fingerprint.map(|f| f.to_string()))

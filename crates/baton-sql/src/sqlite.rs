@@ -1410,6 +1410,16 @@ fn insert_atoms_sql(size: usize) -> &'static str {
     &texts[size]
 }
 
+/// The largest statement size of [`ATOMS_PER_INSERT`] that `left` rows fill: its index and
+/// its rows. The last size is 1, so one always fits.
+fn batch_of(left: usize) -> (usize, usize) {
+    let size = ATOMS_PER_INSERT
+        .iter()
+        .position(|&rows| rows <= left)
+        .unwrap_or(ATOMS_PER_INSERT.len() - 1);
+    (size, ATOMS_PER_INSERT[size])
+}
+
 /// Inserts a new run's atoms, several rows a statement (see [`ATOMS_PER_INSERT`]): one
 /// statement an atom held SQLite's write lock about four times as long for a run of 1000
 /// atoms, a message to sqlx's SQLite thread and back for each.
@@ -1420,13 +1430,7 @@ async fn insert_atoms(
 ) -> store::Result<()> {
     let mut done = 0;
     while done < atoms.len() {
-        let left = atoms.len() - done;
-        // The last size is 1, so one always fits.
-        let size = ATOMS_PER_INSERT
-            .iter()
-            .position(|&rows| rows <= left)
-            .unwrap_or(ATOMS_PER_INSERT.len() - 1);
-        let rows = ATOMS_PER_INSERT[size];
+        let (size, rows) = batch_of(atoms.len() - done);
         let mut query = sqlx::query(insert_atoms_sql(size));
         for (i, enc) in atoms[done..done + rows].iter().enumerate() {
             let position =
@@ -1457,12 +1461,7 @@ async fn write_checkpoint(
     let mut done = 0;
     let mut updated = 0;
     while done < encoded.len() {
-        let left = encoded.len() - done;
-        let size = ATOMS_PER_INSERT
-            .iter()
-            .position(|&rows| rows <= left)
-            .unwrap_or(ATOMS_PER_INSERT.len() - 1);
-        let rows = ATOMS_PER_INSERT[size];
+        let (size, rows) = batch_of(encoded.len() - done);
         let mut query = sqlx::query(update_atoms_sql(size));
         for enc in &encoded[done..done + rows] {
             query = bind_atom!(query.bind(enc.name), enc);
