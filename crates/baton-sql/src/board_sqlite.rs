@@ -237,7 +237,8 @@ impl JobRows for Rows<'_> {
 
     async fn holding(&mut self, key: &str) -> Result<Vec<JobId>, board::Error> {
         let ids: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM jobs WHERE job_key = ?1 AND state IN {HOLDS_KEY} ORDER BY seq"
+            "SELECT id FROM jobs INDEXED BY jobs_keyed_open \
+              WHERE job_key = ?1 AND state IN {HOLDS_KEY} ORDER BY seq"
         ))
         .bind(key)
         .fetch_all(&mut *self.0)
@@ -466,35 +467,23 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
         if max == 0 || offer.is_empty() {
             return Ok(Vec::new());
         }
-        // `?6`: the offer, a JSON array of [factory, version] pairs. A job is taken if the
-        // offer has its factory, at its version if it is pinned; an unpinned job is pinned to
-        // the newest version offered.
+        // The offer (`?2` of `choose`, `?5` of `take`) is a JSON array of [factory, version]
+        // pairs. A job is taken if the offer has its factory, at its version if it is pinned;
+        // an unpinned job is pinned to the newest version offered.
         //
-        // The jobs are walked along `jobs_open` (open jobs in claim order), named: left to
-        // itself the planner takes an index by state, reads every waiting job and sorts them
-        // all to keep `?5`, so a claim cost more the deeper the backlog (a 10 000-job backlog
-        // drained at half the rate of a 2 000-job one; docs/performance.md, "Backlogs").
-        let sql = format!(
-            "UPDATE jobs SET state = 'CLAIMED', owner = ?1, lease_expires_at = ?2 + ?3, \
-                 token = token + 1, claim_token = token + 1, \
-                 attempts = min(attempts + 1, 4294967295), \
-                 stalled_claims = min(stalled_claims + 1, 4294967295), \
-                 version = coalesce(version, (SELECT max(o.value ->> '$[1]') FROM json_each(?6) o \
-                                               WHERE o.value ->> '$[0]' = jobs.factory)), \
-                 updated_at = ?4 \
-             WHERE id IN ( \
-                 SELECT j.id FROM jobs j INDEXED BY jobs_open \
-                  WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
-                    AND (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?2)) \
-                    AND EXISTS (SELECT 1 FROM json_each(?6) o \
-                                 WHERE o.value ->> '$[0]' = j.factory \
-                                   AND (j.version IS NULL OR o.value ->> '$[1]' = j.version)) \
-                    AND (j.job_key IS NULL OR NOT EXISTS ( \
-                        SELECT 1 FROM jobs k WHERE k.job_key = j.job_key \
-                           AND k.state IN {HOLDS_KEY} AND k.seq < j.seq)) \
-                  ORDER BY j.priority DESC, j.seq LIMIT ?5) \
-             RETURNING {COLUMNS}, seq AS claim_order"
-        );
+        // The jobs are chosen first, walking `jobs_open` (open jobs in claim order), named:
+        // left to itself the planner takes an index by state, reads every waiting job and
+        // sorts them all to keep `?3`, so a claim cost more the deeper the backlog (a 10 000-job
+        // backlog drained at half the rate of a 2 000-job one; docs/performance.md,
+        // "Backlogs"). A job's key is checked along `jobs_keyed_open` (open jobs that have a
+        // key), named too: with statistics of a table where few jobs have a key, the planner
+        // walked every earlier job instead.
+        //
+        // Then each chosen job is updated by its row number, one statement each. Updated in
+        // one statement (`WHERE id IN (...)`), the jobs were found by a scan of the table
+        // whenever the statistics said it was small (an `ANALYZE` of a young database): a scan
+        // of every job ever posted, at every claim, once the table had grown.
+        let (choose, take) = (claim_choice_sql(), claim_take_sql());
         let offer = offer_json(offer).to_string();
         // Owners found dead are probed outside the transaction, so that it holds the write
         // lock no longer than it must (dead stays dead).
@@ -513,19 +502,26 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
             .write(move |conn| {
                 Box::pin(async move {
                     let gone = free_dead_owners(&mut *conn, &locks, dead).await?;
-                    let rows = sqlx::query(&sql)
-                        .bind(owner.to_string())
+                    let chosen: Vec<i64> = sqlx::query_scalar(&choose)
                         .bind(now.timestamp_millis())
-                        .bind(lease_ms)
-                        .bind(codec::time_text(now))
+                        .bind(&offer)
                         .bind(limit)
-                        .bind(offer)
                         .fetch_all(&mut *conn)
                         .await
                         .map_err(db)?;
-                    let mut jobs = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        let job = decode(row)?;
+                    let mut jobs = Vec::with_capacity(chosen.len());
+                    for seq in chosen {
+                        let row = sqlx::query(&take)
+                            .bind(owner.to_string())
+                            .bind(now.timestamp_millis())
+                            .bind(lease_ms)
+                            .bind(codec::time_text(now))
+                            .bind(&offer)
+                            .bind(seq)
+                            .fetch_one(&mut *conn)
+                            .await
+                            .map_err(db)?;
+                        let job = decode(&row)?;
                         let order: i64 = row.try_get("claim_order").map_err(db)?;
                         // In the same transaction: from now on only the new token writes the
                         // flow.
@@ -995,7 +991,172 @@ const GONE_AND_QUIET: Duration = Duration::from_secs(30);
 /// Whether process `pid` of this host is certainly gone: the process table can be read (Linux's
 /// `/proc`) and holds no such process. Elsewhere nothing is certain, and only
 /// [`board::CONDUCTOR_UNSEEN_LIMIT`] counts.
+/// The claim's first statement: the row numbers (`seq`) of up to `?3` jobs the offer `?2` may
+/// take at `?1` (milliseconds since the epoch), in claim order. The comment in `claim_up_to`
+/// says why each index is named.
+fn claim_choice_sql() -> String {
+    format!(
+        "SELECT j.seq FROM jobs j INDEXED BY jobs_open \
+          WHERE j.state IN ('UNCLAIMED', 'CLAIMED') \
+            AND (j.state = 'UNCLAIMED' OR (j.state = 'CLAIMED' AND j.lease_expires_at <= ?1)) \
+            AND EXISTS (SELECT 1 FROM json_each(?2) o \
+                         WHERE o.value ->> '$[0]' = j.factory \
+                           AND (j.version IS NULL OR o.value ->> '$[1]' = j.version)) \
+            AND (j.job_key IS NULL OR NOT EXISTS ( \
+                SELECT 1 FROM jobs k INDEXED BY jobs_keyed_open \
+                 WHERE k.job_key = j.job_key AND k.state IN {HOLDS_KEY} AND k.seq < j.seq)) \
+          ORDER BY j.priority DESC, j.seq LIMIT ?3"
+    )
+}
+
+/// The claim's second statement, once per job chosen: claims job number `?6` for owner `?1`
+/// with a lease of `?3` ms from `?2`, at `?4`, pinning it to the newest version of its
+/// factory in the offer `?5` if it has none.
+fn claim_take_sql() -> String {
+    format!(
+        "UPDATE jobs SET state = 'CLAIMED', owner = ?1, lease_expires_at = ?2 + ?3, \
+             token = token + 1, claim_token = token + 1, \
+             attempts = min(attempts + 1, 4294967295), \
+             stalled_claims = min(stalled_claims + 1, 4294967295), \
+             version = coalesce(version, (SELECT max(o.value ->> '$[1]') FROM json_each(?5) o \
+                                           WHERE o.value ->> '$[0]' = jobs.factory)), \
+             updated_at = ?4 \
+         WHERE seq = ?6 \
+         RETURNING {COLUMNS}, seq AS claim_order"
+    )
+}
+
 fn process_gone(pid: u32) -> bool {
     std::path::Path::new("/proc/self").exists()
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// The query plan of `sql` on a new connection to `url` (which reads the statistics as
+    /// they are now), one line per step.
+    async fn plan(url: &str, sql: &str) -> Vec<String> {
+        let mut conn = SqliteConnection::connect(url).await.unwrap();
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        rows.into_iter().map(|(_, _, _, detail)| detail).collect()
+    }
+
+    /// A claim walks the index of open jobs, checks keys along the index of open keyed jobs and
+    /// updates the jobs it chose by their row numbers, whatever the statistics say: as an
+    /// `ANALYZE` of a young database leaves them (a table of a few rows, where a scan looks
+    /// cheapest), and as one of an old database where no job has a key (where a key looks
+    /// shared by every job).
+    #[tokio::test]
+    async fn claims_keep_their_plan_whatever_the_statistics_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plans.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let board = SqliteJobBoard::new(&store);
+        for i in 0..3 {
+            board
+                .post(NewJob::new(format!("job {i}"), "f"))
+                .await
+                .unwrap();
+        }
+        board
+            .post(NewJob::new("keyed", "f").key("k"))
+            .await
+            .unwrap();
+        sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+        let young = plan(&url, &claim_take_sql()).await;
+        let old_stats = [
+            ("sqlite_autoindex_jobs_1", "1000000 1"),
+            ("jobs_by_key", "1000000 1000000 1"),
+            ("jobs_by_state", "1000000 1000000 1"),
+        ];
+        let mut plans = vec![(young, plan(&url, &claim_choice_sql()).await)];
+        for (index, stat) in old_stats {
+            sqlx::query("UPDATE sqlite_stat1 SET stat = ?1 WHERE tbl = 'jobs' AND idx = ?2")
+                .bind(stat)
+                .bind(index)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        plans.push((
+            plan(&url, &claim_take_sql()).await,
+            plan(&url, &claim_choice_sql()).await,
+        ));
+        for (take, choose) in plans {
+            assert_eq!(
+                take.first().map(String::as_str),
+                Some("SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+                "{take:?}"
+            );
+            assert!(!take.iter().any(|l| l.starts_with("SCAN jobs")), "{take:?}");
+            assert!(
+                choose.iter().any(|l| l == "SCAN j USING INDEX jobs_open"),
+                "{choose:?}"
+            );
+            assert!(
+                choose
+                    .iter()
+                    .any(|l| l.starts_with("SEARCH k USING INDEX jobs_keyed_open")),
+                "{choose:?}"
+            );
+            assert!(
+                !choose.iter().any(|l| l.starts_with("SCAN jobs")),
+                "{choose:?}"
+            );
+        }
+        // And the claims work: the unkeyed jobs and the keyed one.
+        let offer = Offer::new().with("f", 1);
+        let claims = board
+            .claim_up_to(ConductorId::new(), Duration::from_secs(30), 10, &offer)
+            .await
+            .unwrap();
+        assert_eq!(claims.len(), 4);
+    }
+
+    /// An `ANALYZE` leaves per-value statistics (`sqlite_stat4`), with which SQLite compiles
+    /// each statement again at every execution; opening the store drops them and keeps the
+    /// others.
+    #[tokio::test]
+    async fn opening_drops_per_value_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("stat4.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let board = SqliteJobBoard::new(&store);
+        for i in 0..3 {
+            board
+                .post(NewJob::new(format!("job {i}"), "f"))
+                .await
+                .unwrap();
+        }
+        sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+        let tables = "SELECT name FROM sqlite_schema WHERE name LIKE 'sqlite_stat%' ORDER BY name";
+        let names: Vec<String> = sqlx::query_scalar(tables)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(names, ["sqlite_stat1", "sqlite_stat4"], "what ANALYZE left");
+        drop((board, store));
+
+        let store = SqliteStore::open(&url).await.unwrap();
+        let names: Vec<String> = sqlx::query_scalar(tables)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(names, ["sqlite_stat1"]);
+        let jobs = SqliteJobBoard::new(&store)
+            .list(&JobQuery::all())
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 3, "nothing else changed");
+        // A second open finds nothing to drop.
+        SqliteStore::open(&url).await.unwrap();
+    }
 }

@@ -27,6 +27,34 @@ use crate::steplog::{self, Checkpoints, Known, LoadFrom, Stamp, Step, StepRow};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Drops `sqlite_stat4`, the per-value statistics an `ANALYZE` leaves (the bundled SQLite is
+/// built with them), if the database holds them; `sqlite_stat1` stays.
+///
+/// With `sqlite_stat4` present, SQLite compiles a statement again whenever a value bound to it
+/// is compared with an indexed column, in case the value calls for another plan: every
+/// post, claim, step and consume was parsed and planned anew at each execution. On a database
+/// of a million runs that an operator had analyzed, that cost a fleet of four conductor
+/// processes a fifth of its job rate (`baton-bench history`, docs/performance.md). The
+/// store's statements need no plan that depends on a value: each names its index or reads by
+/// a unique key, and the claim walks the index of open jobs whatever the statistics say.
+///
+/// A write to the schema, so only when the table is there; run where the migrations run, in
+/// their transaction.
+async fn drop_value_statistics(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let present: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_stat4'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if present.is_some() {
+        tracing::info!("dropping sqlite_stat4 (per-value statistics of an ANALYZE): with them SQLite compiles the store's statements again at every execution");
+        sqlx::query("DROP TABLE sqlite_stat4")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// How hard SQLite works to make a commit durable (its `synchronous` setting, in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -368,7 +396,10 @@ impl SqliteStore {
             .begin_immediate(&mut turn)
             .await
             .map_err(Error::Store)?;
-        let result = MIGRATOR.run_direct(&mut *tx).await;
+        let mut result = MIGRATOR.run_direct(&mut *tx).await;
+        if result.is_ok() {
+            result = drop_value_statistics(&mut tx).await.map_err(Into::into);
+        }
         match result {
             Ok(()) => tx
                 .commit()
