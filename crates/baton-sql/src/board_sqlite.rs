@@ -476,8 +476,9 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
         // sorts them all to keep `?3`, so a claim cost more the deeper the backlog (a 10 000-job
         // backlog drained at half the rate of a 2 000-job one; docs/performance.md,
         // "Backlogs"). A job's key is checked along `jobs_keyed_open` (open jobs that have a
-        // key), named too: with statistics of a table where few jobs have a key, the planner
-        // walked every earlier job instead.
+        // key), named too, as a precaution: with the statistics of a million jobs without a
+        // key, Debian's sqlite3 3.40 planned that check as a walk of every earlier job (the
+        // bundled SQLite chose the index).
         //
         // Then each chosen job is updated by its row number, one statement each. Updated in
         // one statement (`WHERE id IN (...)`), the jobs were found by a scan of the table
@@ -991,6 +992,11 @@ const GONE_AND_QUIET: Duration = Duration::from_secs(30);
 /// Whether process `pid` of this host is certainly gone: the process table can be read (Linux's
 /// `/proc`) and holds no such process. Elsewhere nothing is certain, and only
 /// [`board::CONDUCTOR_UNSEEN_LIMIT`] counts.
+fn process_gone(pid: u32) -> bool {
+    std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The claim's first statement: the row numbers (`seq`) of up to `?3` jobs the offer `?2` may
 /// take at `?1` (milliseconds since the epoch), in claim order. The comment in `claim_up_to`
 /// says why each index is named.
@@ -1024,11 +1030,6 @@ fn claim_take_sql() -> String {
          WHERE seq = ?6 \
          RETURNING {COLUMNS}, seq AS claim_order"
     )
-}
-
-fn process_gone(pid: u32) -> bool {
-    std::path::Path::new("/proc/self").exists()
-        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[cfg(test)]

@@ -34,9 +34,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// is compared with an indexed column, in case the value calls for another plan: every
 /// post, claim, step and consume was parsed and planned anew at each execution. On a database
 /// of a million runs that an operator had analyzed, that cost a fleet of four conductor
-/// processes a fifth of its job rate (`baton-bench history`, docs/performance.md). The
-/// store's statements need no plan that depends on a value: each names its index or reads by
-/// a unique key, and the claim walks the index of open jobs whatever the statistics say.
+/// processes a fifth of its job rate (`baton-bench history`, docs/performance.md). None of
+/// the writes on a job's path needs a plan that depends on a value: the post, the steps and
+/// the consume find their rows by a unique key or a row number, and the claim names the
+/// indexes it walks.
 ///
 /// A write to the schema, so only when the table is there; run where the migrations run, in
 /// their transaction.

@@ -1,5 +1,6 @@
--- Two indexes of `jobs` that every post, claim and end wrote and no statement needs, as
--- PostgreSQL has done without them since ../postgres/20261209000000_flat_claims.sql.
+-- Two indexes of `jobs` that every post, claim and end wrote and no statement needs, as on
+-- PostgreSQL, which dropped `jobs_claimable` in ../postgres/20251125000000_claim_paths.sql and
+-- has kept `jobs_by_key` partial since ../postgres/20250701000000_jobs.sql.
 --
 -- `jobs_claimable` (state, priority, seq) was the claim's index until claims walked
 -- `jobs_open`; reads by state go along `jobs_by_state` (state, seq). `jobs_by_key` held every
