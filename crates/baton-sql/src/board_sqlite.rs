@@ -854,9 +854,13 @@ impl JobBoard for Raw<'_, SqliteJobBoard> {
                 .bind(codec::time_text(info.started_at))
                 .bind(codec::time_text(info.last_seen))
                 .bind(offer_json(&info.offer).to_string())
-                .execute(conn)
+                .execute(&mut *conn)
                 .await
                 .map_err(db)?;
+                // An `ANALYZE` run on the file since: see `drop_value_statistics`.
+                crate::sqlite::drop_value_statistics(conn)
+                    .await
+                    .map_err(db)?;
                 Ok(())
             })
         })
@@ -1159,5 +1163,32 @@ mod tests {
         assert_eq!(jobs.len(), 3, "nothing else changed");
         // A second open finds nothing to drop.
         SqliteStore::open(&url).await.unwrap();
+
+        // A conductor already running drops them at its next heartbeat.
+        let board = SqliteJobBoard::new(&store);
+        let now = Utc::now();
+        let info = ConductorInfo {
+            id: ConductorId::new(),
+            name: "c".into(),
+            host: "test".into(),
+            pid: std::process::id(),
+            started_at: now,
+            last_seen: now,
+            offer: Offer::new().with("f", 1),
+        };
+        board.register(&info).await.unwrap();
+        sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+        let names: Vec<String> = sqlx::query_scalar(tables)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(names, ["sqlite_stat1", "sqlite_stat4"]);
+        board.register(&info).await.unwrap();
+        let names: Vec<String> = sqlx::query_scalar(tables)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(names, ["sqlite_stat1"]);
+        assert_eq!(board.conductors().await.unwrap().len(), 1);
     }
 }

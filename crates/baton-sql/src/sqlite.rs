@@ -39,9 +39,12 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// the consume find their rows by a unique key or a row number, and the claim names the
 /// indexes it walks.
 ///
-/// A write to the schema, so only when the table is there; run where the migrations run, in
-/// their transaction.
-async fn drop_value_statistics(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+/// A write to the schema, so only when the table is there. Run where the migrations run, in
+/// their transaction, and by the job board at each conductor's heartbeat
+/// ([`JobBoard::register`](baton_core::board::JobBoard::register)), in its write: so an
+/// `ANALYZE` of a file that running conductors share costs them one heartbeat's worth of
+/// recompiling, not the rest of their lives.
+pub(crate) async fn drop_value_statistics(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
     let present: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_stat4'",
     )
