@@ -33,8 +33,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// With `sqlite_stat4` present, SQLite compiles a statement again whenever a value bound to it
 /// is compared with an indexed column, in case the value calls for another plan: every
 /// post, claim, step and consume was parsed and planned anew at each execution. On a database
-/// of a million runs that an operator had analyzed, that cost a fleet of four conductor
-/// processes a fifth of its job rate (`baton-bench history`, docs/performance.md). None of
+/// of a million runs that an operator had analyzed, that cost four conductors with stores of
+/// their own about an eighth of their job rate (0.78–0.85 of an empty database's rate with
+/// them, 0.91–0.93 without: `baton-bench history`, docs/performance.md). None of
 /// the writes on a job's path needs a plan that depends on a value: the post, the steps and
 /// the consume find their rows by a unique key or a row number, and the claim names the
 /// indexes it walks.
