@@ -1054,15 +1054,13 @@ mod tests {
         rows.into_iter().map(|(_, _, _, detail)| detail).collect()
     }
 
-    /// A claim walks the index of open jobs, checks keys along the index of open keyed jobs and
-    /// updates the jobs it chose by their row numbers, whatever the statistics say: as an
-    /// `ANALYZE` of a young database leaves them (a table of a few rows, where a scan looks
-    /// cheapest), and as one of an old database where no job has a key (where a key looks
-    /// shared by every job).
-    #[tokio::test]
-    async fn claims_keep_their_plan_whatever_the_statistics_say() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("plans.db").display());
+    /// A store on a new file in `dir`, its board, and the file's URL, holding three jobs of
+    /// factory `f` (and one with key `k` if `keyed`), analyzed.
+    async fn analyzed(
+        dir: &tempfile::TempDir,
+        keyed: bool,
+    ) -> (String, SqliteStore, SqliteJobBoard) {
+        let url = format!("sqlite://{}", dir.path().join("analyzed.db").display());
         let store = SqliteStore::open(&url).await.unwrap();
         let board = SqliteJobBoard::new(&store);
         for i in 0..3 {
@@ -1071,11 +1069,35 @@ mod tests {
                 .await
                 .unwrap();
         }
-        board
-            .post(NewJob::new("keyed", "f").key("k"))
-            .await
-            .unwrap();
+        if keyed {
+            board
+                .post(NewJob::new("keyed", "f").key("k"))
+                .await
+                .unwrap();
+        }
         sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+        (url, store, board)
+    }
+
+    /// The statistics tables the file of `store` holds, by name.
+    async fn statistics_tables(store: &SqliteStore) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT name FROM sqlite_schema WHERE name LIKE 'sqlite_stat%' ORDER BY name",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    }
+
+    /// A claim walks the index of open jobs, checks keys along the index of open keyed jobs and
+    /// updates the jobs it chose by their row numbers, whatever the statistics say: as an
+    /// `ANALYZE` of a young database leaves them (a table of a few rows, where a scan looks
+    /// cheapest), and as one of an old database where no job has a key (where a key looks
+    /// shared by every job).
+    #[tokio::test]
+    async fn claims_keep_their_plan_whatever_the_statistics_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, store, board) = analyzed(&dir, true).await;
         let young = plan(&url, &claim_take_sql()).await;
         let old_stats = [
             ("sqlite_autoindex_jobs_1", "1000000 1"),
@@ -1132,30 +1154,16 @@ mod tests {
     #[tokio::test]
     async fn opening_drops_per_value_statistics() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("stat4.db").display());
-        let store = SqliteStore::open(&url).await.unwrap();
-        let board = SqliteJobBoard::new(&store);
-        for i in 0..3 {
-            board
-                .post(NewJob::new(format!("job {i}"), "f"))
-                .await
-                .unwrap();
-        }
-        sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
-        let tables = "SELECT name FROM sqlite_schema WHERE name LIKE 'sqlite_stat%' ORDER BY name";
-        let names: Vec<String> = sqlx::query_scalar(tables)
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(names, ["sqlite_stat1", "sqlite_stat4"], "what ANALYZE left");
+        let (url, store, board) = analyzed(&dir, false).await;
+        assert_eq!(
+            statistics_tables(&store).await,
+            ["sqlite_stat1", "sqlite_stat4"],
+            "what ANALYZE left"
+        );
         drop((board, store));
 
         let store = SqliteStore::open(&url).await.unwrap();
-        let names: Vec<String> = sqlx::query_scalar(tables)
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(names, ["sqlite_stat1"]);
+        assert_eq!(statistics_tables(&store).await, ["sqlite_stat1"]);
         let jobs = SqliteJobBoard::new(&store)
             .list(&JobQuery::all())
             .await
@@ -1178,17 +1186,12 @@ mod tests {
         };
         board.register(&info).await.unwrap();
         sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
-        let names: Vec<String> = sqlx::query_scalar(tables)
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(names, ["sqlite_stat1", "sqlite_stat4"]);
+        assert_eq!(
+            statistics_tables(&store).await,
+            ["sqlite_stat1", "sqlite_stat4"]
+        );
         board.register(&info).await.unwrap();
-        let names: Vec<String> = sqlx::query_scalar(tables)
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(names, ["sqlite_stat1"]);
+        assert_eq!(statistics_tables(&store).await, ["sqlite_stat1"]);
         assert_eq!(board.conductors().await.unwrap().len(), 1);
     }
 }
