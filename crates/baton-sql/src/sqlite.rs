@@ -45,19 +45,27 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// ([`JobBoard::register`](baton_core::board::JobBoard::register)), in its write: so an
 /// `ANALYZE` of a file that running conductors share costs them one heartbeat's worth of
 /// recompiling, not the rest of their lives.
-pub(crate) async fn drop_value_statistics(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    let present: Option<i64> = sqlx::query_scalar(
+///
+/// Best effort: a failure is logged and the caller's transaction goes on. Statistics cost
+/// speed, never correctness, so they must not fail an open or stop a conductor.
+pub(crate) async fn drop_value_statistics(conn: &mut SqliteConnection) {
+    let present = sqlx::query_scalar::<_, i64>(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_stat4'",
     )
     .fetch_optional(&mut *conn)
-    .await?;
-    if present.is_some() {
-        tracing::info!("dropping sqlite_stat4 (per-value statistics of an ANALYZE): with them SQLite compiles the store's statements again at every execution");
-        sqlx::query("DROP TABLE sqlite_stat4")
+    .await;
+    let dropped = match present {
+        Ok(None) => return,
+        Ok(Some(_)) => sqlx::query("DROP TABLE sqlite_stat4")
             .execute(&mut *conn)
-            .await?;
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    match dropped {
+        Ok(()) => tracing::info!("dropped sqlite_stat4 (per-value statistics of an ANALYZE): with them SQLite compiles the store's statements again at every execution"),
+        Err(e) => tracing::warn!(error = %e, "could not drop sqlite_stat4 (per-value statistics of an ANALYZE); statements are compiled again at every execution until it is dropped"),
     }
-    Ok(())
 }
 
 /// How hard SQLite works to make a commit durable (its `synchronous` setting, in WAL mode).
@@ -401,9 +409,9 @@ impl SqliteStore {
             .begin_immediate(&mut turn)
             .await
             .map_err(Error::Store)?;
-        let mut result = MIGRATOR.run_direct(&mut *tx).await;
+        let result = MIGRATOR.run_direct(&mut *tx).await;
         if result.is_ok() {
-            result = drop_value_statistics(&mut tx).await.map_err(Into::into);
+            drop_value_statistics(&mut tx).await;
         }
         match result {
             Ok(()) => tx
